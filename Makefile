@@ -1,0 +1,57 @@
+# One command to run the engine, one to run the tests (see README.md).
+#   make run   - set up and start every process on the embedded defaults (SQLite, filesystem broker)
+#   make test  - set up and run the whole test suite on PostgreSQL and Redis
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Tests run on real PostgreSQL and Redis (started or installed by scripts/ensure-services.sh).
+TEST_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/pacs
+TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: run test venv venv-dev services migrate admin lint bench clean
+
+$(BIN)/python:
+	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: installing python3-venv"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.run-installed: $(BIN)/python requirements.txt
+	$(BIN)/pip install -q -r requirements.txt
+	@touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.run-installed requirements-dev.txt
+	$(BIN)/pip install -q -r requirements-dev.txt
+	@touch $@
+
+venv: $(VENV)/.run-installed
+venv-dev: $(VENV)/.dev-installed
+
+migrate: venv
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput -v 0
+
+run: migrate
+	$(BIN)/python manage.py check
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+
+admin: migrate
+	$(BIN)/python manage.py createsuperuser
+
+services:
+	bash scripts/ensure-services.sh
+
+lint: venv-dev
+	$(BIN)/ruff check .
+
+test: venv-dev services
+	$(BIN)/ruff check .
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/python manage.py makemigrations --check --dry-run
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/pytest $(PYTEST_ARGS)
+
+bench: venv-dev services
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) var

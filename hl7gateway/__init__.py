@@ -1,0 +1,1 @@
+"""HL7 v2 over MLLP: inbound message log, parsing, mapping to ris commands, ORU out."""

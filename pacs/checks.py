@@ -1,0 +1,88 @@
+"""System checks for the configuration (stable IDs, listed in README "Troubleshooting").
+
+pacs.E001  an environment variable has a value that cannot be used
+pacs.E002  DICOM_AE_TITLE is not a valid AE title (1-16 printable ASCII, no backslash)
+pacs.E003  ACCESSION_NUMBER_FORMAT does not produce a valid AccessionNumber (SH, <= 16)
+pacs.E004  DATABASE_URL names an engine other than PostgreSQL or SQLite
+pacs.E005  CELERY_BROKER_URL names a transport other than redis or filesystem
+pacs.W001  (deploy) DICOM_ALLOW_UNKNOWN_AE is on: any calling AE may query and store
+pacs.W002  (deploy) SECRET_KEY is the development default
+pacs.W003  (deploy) the database is SQLite
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+from pacs.env import PROBLEMS
+
+
+def is_valid_ae_title(value: str) -> bool:
+    """PS3.5 6.2 (AE VR): 16 characters at most, default repertoire, no backslash or control."""
+    stripped = value.strip(" ")
+    return 0 < len(stripped) <= 16 and len(value) <= 16 and all(32 <= ord(c) < 127 and c != "\\" for c in value)
+
+
+@register(Tags.compatibility)
+def check_environment(app_configs, **kwargs):
+    errors = [
+        Error(f"{p.name}={p.value!r} {p.message}.", hint="See .env.example for every setting.", id="pacs.E001")
+        for p in PROBLEMS
+    ]
+    if not is_valid_ae_title(settings.DICOM_AE_TITLE):
+        errors.append(
+            Error(
+                f"DICOM_AE_TITLE={settings.DICOM_AE_TITLE!r} is not a valid AE title.",
+                hint="1 to 16 printable ASCII characters, no backslash (DICOM PS3.5 6.2, VR AE).",
+                id="pacs.E002",
+            )
+        )
+    try:
+        sample = settings.ACCESSION_NUMBER_FORMAT.format(n=99999999)
+    except (KeyError, IndexError, ValueError) as exc:
+        sample = None
+        errors.append(
+            Error(f"ACCESSION_NUMBER_FORMAT cannot be formatted: {exc}.", hint="Use {n} for the number.", id="pacs.E003")
+        )
+    if sample is not None and (len(sample) > 16 or "\\" in sample or not sample.isprintable()):
+        errors.append(
+            Error(
+                f"ACCESSION_NUMBER_FORMAT gives {sample!r}, longer than 16 characters or not printable.",
+                hint="AccessionNumber (0008,0050) is SH: at most 16 characters.",
+                id="pacs.E003",
+            )
+        )
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if not (engine.endswith("postgresql") or engine.endswith("sqlite3")):
+        errors.append(Error(f"DATABASE_URL uses {engine}; only PostgreSQL and SQLite are supported.", id="pacs.E004"))
+    scheme = settings.CELERY_BROKER_URL.split("://", 1)[0]
+    if scheme not in {"redis", "rediss", "filesystem"}:
+        errors.append(
+            Error(
+                f"CELERY_BROKER_URL scheme {scheme!r} is not supported.",
+                hint="Use redis://host:6379/0, or leave it unset for the embedded filesystem broker.",
+                id="pacs.E005",
+            )
+        )
+    return errors
+
+
+@register(Tags.security, deploy=True)
+def check_deployment(app_configs, **kwargs):
+    warnings = []
+    if settings.DICOM_ALLOW_UNKNOWN_AE:
+        warnings.append(
+            Warning(
+                "DICOM_ALLOW_UNKNOWN_AE is on: any calling AE title may query the worklist and send images.",
+                hint="Configure the modalities as DICOM nodes in the admin and set DICOM_ALLOW_UNKNOWN_AE=false.",
+                id="pacs.W001",
+            )
+        )
+    if settings.SECRET_KEY_IS_DEFAULT:
+        warnings.append(Warning("SECRET_KEY is the development default.", hint="Set SECRET_KEY.", id="pacs.W002"))
+    if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        warnings.append(
+            Warning("The database is SQLite.", hint="Set DATABASE_URL=postgres://... for production.", id="pacs.W003")
+        )
+    return warnings

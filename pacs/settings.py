@@ -1,0 +1,208 @@
+"""Settings of the radiology workflow engine, read from the environment.
+
+Every setting is listed with its default and meaning in ``.env.example``.  Bad values
+never crash the import: they fall back to the default and are reported by the system
+checks in ``pacs.checks`` (run at the start of every process and by
+``manage.py check``).  With no environment at all the engine runs on a laptop:
+SQLite and a filesystem Celery broker under ``var/``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from pacs.env import env_bool, env_choice, env_float, env_int, env_list, env_str, record
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var"))).resolve()
+
+# --- Django core ---------------------------------------------------------------------------
+_DEV_SECRET = "insecure-development-key-change-me-in-production-0123456789"
+SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET)
+SECRET_KEY_IS_DEFAULT = SECRET_KEY == _DEV_SECRET
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+WEB_PORT = env_int("WEB_PORT", 8000, minimum=1, maximum=65535)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "pacs.apps.PacsConfig",
+    "ris.apps.RisConfig",
+    "hl7gateway.apps.Hl7GatewayConfig",
+    "worklist.apps.WorklistConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "pacs.urls"
+WSGI_APPLICATION = "pacs.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ------------------------------------------------------------------------------
+# DATABASE_URL unset: SQLite under var/ (laptop default).  Production and the test suite:
+# postgres://user:password@host:5432/name.
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'pacs.sqlite3'}")
+try:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0))
+except Exception as exc:  # noqa: BLE001 - any parse failure is reported by pacs.checks
+    record("DATABASE_URL", DATABASE_URL, f"cannot be parsed: {exc}")
+    _db = dj_database_url.parse(f"sqlite:///{VAR_DIR / 'pacs.sqlite3'}")
+if _db["ENGINE"].endswith("postgresql"):
+    # Persist before acknowledging: every commit waits for the WAL flush (reliability H-03).
+    _db.setdefault("OPTIONS", {})["options"] = "-c synchronous_commit=on"
+    _db["CONN_HEALTH_CHECKS"] = True
+elif _db["ENGINE"].endswith("sqlite3"):
+    _db["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=30000;",
+    }
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Celery --------------------------------------------------------------------------------
+# CELERY_BROKER_URL unset: kombu's filesystem transport under var/broker (no server needed,
+# still a real worker process).  Production and tests: redis://host:6379/0.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+BROKER_DIR = VAR_DIR / "broker"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    for _sub in ("queue", "processed"):
+        (BROKER_DIR / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+else:
+    # Redis: redeliver a task whose worker died only after this many seconds; every
+    # countdown we use is far below it (reliability C-05).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE: dict = {}
+
+# --- Identifiers ---------------------------------------------------------------------------
+# AccessionNumber (0008,0050) is SH: at most 16 characters.  {n} is the sequence value.
+ACCESSION_NUMBER_FORMAT = env_str("ACCESSION_NUMBER_FORMAT", "RAD{n:08d}")
+# Issuer of accession numbers we assign (IssuerOfAccessionNumberSequence LocalNamespaceEntityID).
+ACCESSION_NUMBER_ISSUER = env_str("ACCESSION_NUMBER_ISSUER", "PACS")
+
+# --- HL7 / MLLP ----------------------------------------------------------------------------
+HL7_MLLP_HOST = env_str("HL7_MLLP_HOST", "0.0.0.0")
+HL7_MLLP_PORT = env_int("HL7_MLLP_PORT", 2575, minimum=0, maximum=65535)
+HL7_MAX_FRAME_BYTES = env_int("HL7_MAX_FRAME_BYTES", 16 * 1024 * 1024, minimum=1024)
+HL7_IDLE_TIMEOUT_SECONDS = env_float("HL7_IDLE_TIMEOUT_SECONDS", 300.0, minimum=1.0)
+HL7_MAX_CONNECTIONS = env_int("HL7_MAX_CONNECTIONS", 100, minimum=1)
+HL7_DEFAULT_CHARSET = env_choice("HL7_DEFAULT_CHARSET", "UNICODE UTF-8", {"UNICODE UTF-8", "8859/1", "ASCII"})
+HL7_RECEIVING_APPLICATION = env_str("HL7_RECEIVING_APPLICATION", "PACS")
+HL7_RECEIVING_FACILITY = env_str("HL7_RECEIVING_FACILITY", "RADIOLOGY")
+# Outbound ORU^R01: name=mllp://host:port,... (also configurable in the admin).
+HL7_ORU_DESTINATIONS = env_str("HL7_ORU_DESTINATIONS", "")
+HL7_ORU_VERSION = env_choice("HL7_ORU_VERSION", "2.5.1", {"2.5.1", "2.3.1"})
+
+# --- DICOM ---------------------------------------------------------------------------------
+DICOM_HOST = env_str("DICOM_HOST", "0.0.0.0")
+DICOM_PORT = env_int("DICOM_PORT", 11112, minimum=0, maximum=65535)
+DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "PACS")
+DICOM_ALLOW_UNKNOWN_AE = env_bool("DICOM_ALLOW_UNKNOWN_AE", True)
+DICOM_MAX_ASSOCIATIONS = env_int("DICOM_MAX_ASSOCIATIONS", 32, minimum=1)
+DICOM_ACSE_TIMEOUT = env_float("DICOM_ACSE_TIMEOUT", 30.0, minimum=1.0)
+DICOM_DIMSE_TIMEOUT = env_float("DICOM_DIMSE_TIMEOUT", 60.0, minimum=1.0)
+DICOM_NETWORK_TIMEOUT = env_float("DICOM_NETWORK_TIMEOUT", 60.0, minimum=1.0)
+DICOM_MAX_PDU = env_int("DICOM_MAX_PDU", 262144, minimum=0)
+MWL_PATIENT_NAME_CASE_INSENSITIVE = env_bool("MWL_PATIENT_NAME_CASE_INSENSITIVE", True)
+MWL_FILTER_BY_CALLING_AE = env_bool("MWL_FILTER_BY_CALLING_AE", False)
+MWL_MAX_RESULTS = env_int("MWL_MAX_RESULTS", 500, minimum=1)
+
+# --- Images and the VNA --------------------------------------------------------------------
+STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
+STUDY_QUIET_PERIOD_SECONDS = env_int("STUDY_QUIET_PERIOD_SECONDS", 60, minimum=1)
+VNA_DESTINATIONS = env_str("VNA_DESTINATIONS", "")
+ARCHIVE_RETENTION_DAYS = env_int("ARCHIVE_RETENTION_DAYS", 0, minimum=0)
+
+# --- Reading worklist and reports ----------------------------------------------------------
+READING_CLAIM_TIMEOUT_MINUTES = env_int("READING_CLAIM_TIMEOUT_MINUTES", 30, minimum=1)
+VIEWER_URL_TEMPLATE = env_str("VIEWER_URL_TEMPLATE", "")
+
+# --- Auth, i18n, static --------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LANGUAGE_CODE = "en-us"
+# Local time of the department: DICOM dates and times (MWL, images) and HL7 timestamps
+# without an offset are read in this zone.
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- Logging: one JSON object a line, no patient names (see pacs.logs) ----------------------
+LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "pacs.logs.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "pynetdicom": {"level": "WARNING"},
+        "celery": {"level": "INFO"},
+    },
+}
+
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+os.environ.setdefault("TCP_NODELAY", "1")

@@ -1,0 +1,1 @@
+"""The radiology information domain: patients, orders, procedures, steps, reports."""

@@ -1,0 +1,40 @@
+"""The one function that changes a status (conventions: state machines as tables)."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from ris import states
+from ris.errors import InvalidTransition
+from ris.models import StatusChange
+
+
+def transition(obj: models.Model, to_status: str, *, entity: str, cause: str, actor: str = "",
+               field: str = "status") -> bool:
+    """Move ``obj`` to ``to_status`` if ``ris.states.TABLES[entity]`` allows it.
+
+    Records a ``StatusChange`` (from, to, cause, actor, time) and saves the object.
+    Returns False (and records nothing) when the object already has that status;
+    raises ``InvalidTransition`` for a pair the table does not list.  Call it inside
+    the caller's transaction, on a row the caller has locked (select_for_update) when
+    concurrent changes are possible.
+    """
+    current = getattr(obj, field)
+    if current == to_status:
+        return False
+    if (current, to_status) not in states.TABLES[entity]:
+        raise InvalidTransition(f"{entity} {obj.pk}: {current} -> {to_status} is not allowed")
+    setattr(obj, field, to_status)
+    update_fields = [field]
+    if any(f.name == "updated_at" for f in obj._meta.fields):
+        update_fields.append("updated_at")
+    obj.save(update_fields=update_fields)
+    StatusChange.objects.create(
+        entity=entity, object_id=obj.pk, from_status=current, to_status=to_status, cause=cause[:255],
+        actor=actor[:150],
+    )
+    return True
+
+
+def history(entity: str, object_id: int):
+    return StatusChange.objects.filter(entity=entity, object_id=object_id).order_by("at", "pk")

@@ -1,0 +1,103 @@
+"""State machines as tables: every allowed status change of every entity, in one place.
+
+``ris.services.transitions.transition`` is the only code that changes a status; it
+refuses any pair not listed here and records every change in ``StatusChange``.
+Later issues add their tables (studies, transfers, reports) to ``TABLES``.
+"""
+
+from __future__ import annotations
+
+# --- RequestedProcedurePriority (0040,1003), PS3.3 C.4.11 -----------------------------------
+PRIORITY_STAT = "STAT"
+PRIORITY_HIGH = "HIGH"
+PRIORITY_ROUTINE = "ROUTINE"
+PRIORITY_MEDIUM = "MEDIUM"
+PRIORITY_LOW = "LOW"
+PRIORITY_CHOICES = [(p, p) for p in (PRIORITY_STAT, PRIORITY_HIGH, PRIORITY_ROUTINE, PRIORITY_MEDIUM, PRIORITY_LOW)]
+# Sort rank for the reading worklist: STAT first.
+PRIORITY_RANK = {PRIORITY_STAT: 0, PRIORITY_HIGH: 1, PRIORITY_ROUTINE: 2, PRIORITY_MEDIUM: 3, PRIORITY_LOW: 4}
+# HL7 ORC-7.6 / TQ1-9 priority codes (HL7 table 0027) -> DICOM priority.
+HL7_PRIORITY = {"S": PRIORITY_STAT, "A": PRIORITY_HIGH, "P": PRIORITY_HIGH, "C": PRIORITY_HIGH, "R": PRIORITY_ROUTINE, "T": PRIORITY_MEDIUM}
+
+# --- ScheduledProcedureStepStatus (0040,0020) -----------------------------------------------
+SPS_SCHEDULED = "SCHEDULED"
+SPS_ARRIVED = "ARRIVED"
+SPS_READY = "READY"
+SPS_STARTED = "STARTED"
+SPS_DEPARTED = "DEPARTED"
+SPS_COMPLETED = "COMPLETED"
+SPS_DISCONTINUED = "DISCONTINUED"
+SPS_CANCELED = "CANCELED"
+SPS_STATUSES = (
+    SPS_SCHEDULED, SPS_ARRIVED, SPS_READY, SPS_STARTED, SPS_DEPARTED, SPS_COMPLETED, SPS_DISCONTINUED, SPS_CANCELED,
+)
+SPS_STATUS_CHOICES = [(s, s) for s in SPS_STATUSES]
+SPS_FINAL = frozenset({SPS_COMPLETED, SPS_DISCONTINUED, SPS_CANCELED})
+# Hidden from MWL queries by default (shared reference section 3).
+SPS_HIDDEN_FROM_MWL = SPS_FINAL
+
+_SPS_OPEN = (SPS_SCHEDULED, SPS_ARRIVED, SPS_READY)
+SPS_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
+    {(a, b) for a in _SPS_OPEN for b in _SPS_OPEN if a != b}
+    | {(a, SPS_STARTED) for a in _SPS_OPEN}
+    | {(a, SPS_CANCELED) for a in _SPS_OPEN}
+    | {(a, SPS_DISCONTINUED) for a in _SPS_OPEN}
+    # An order completed by the EHR (XO/CM, SC/CM) without an MPPS from the modality.
+    | {(a, SPS_COMPLETED) for a in _SPS_OPEN}
+    | {
+        (SPS_STARTED, SPS_COMPLETED),
+        (SPS_STARTED, SPS_DISCONTINUED),
+        (SPS_STARTED, SPS_DEPARTED),
+        (SPS_DEPARTED, SPS_COMPLETED),
+        (SPS_DEPARTED, SPS_DISCONTINUED),
+        # DC from the EHR while the exam runs.
+        (SPS_STARTED, SPS_CANCELED),
+    }
+)
+
+# --- Requested procedure (our own summary of its steps) -------------------------------------
+RP_SCHEDULED = "SCHEDULED"
+RP_IN_PROGRESS = "IN_PROGRESS"
+RP_COMPLETED = "COMPLETED"
+RP_DISCONTINUED = "DISCONTINUED"
+RP_CANCELED = "CANCELED"
+RP_STATUSES = (RP_SCHEDULED, RP_IN_PROGRESS, RP_COMPLETED, RP_DISCONTINUED, RP_CANCELED)
+RP_STATUS_CHOICES = [(s, s) for s in RP_STATUSES]
+RP_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
+    {
+        (RP_SCHEDULED, RP_IN_PROGRESS),
+        (RP_SCHEDULED, RP_COMPLETED),
+        (RP_SCHEDULED, RP_CANCELED),
+        (RP_SCHEDULED, RP_DISCONTINUED),
+        (RP_IN_PROGRESS, RP_COMPLETED),
+        (RP_IN_PROGRESS, RP_DISCONTINUED),
+        (RP_IN_PROGRESS, RP_CANCELED),
+    }
+)
+
+# --- HL7 order control (ORC-1) + order status (ORC-5) -> step status ------------------------
+# dcm4chee's default mapping (shared reference section 3); an unknown pair is rejected
+# with AE, ERR-3 code 101 at ORC-1.  An empty ORC-5 matches the ("NW", "") style keys.
+ORDER_CONTROL_TO_SPS_STATUS: dict[tuple[str, str], str] = {
+    ("NW", ""): SPS_SCHEDULED,
+    ("NW", "SC"): SPS_SCHEDULED,
+    ("NW", "IP"): SPS_SCHEDULED,
+    ("SC", ""): SPS_SCHEDULED,
+    ("SC", "SC"): SPS_SCHEDULED,
+    ("SC", "IP"): SPS_STARTED,
+    ("XO", ""): SPS_SCHEDULED,
+    ("XO", "SC"): SPS_SCHEDULED,
+    ("CA", ""): SPS_CANCELED,
+    ("CA", "CA"): SPS_CANCELED,
+    ("DC", ""): SPS_DISCONTINUED,
+    ("DC", "CA"): SPS_DISCONTINUED,
+    ("DC", "DC"): SPS_DISCONTINUED,
+    ("XO", "CM"): SPS_COMPLETED,
+    ("SC", "CM"): SPS_COMPLETED,
+}
+
+# Every transition table by entity name; later issues register theirs here.
+TABLES: dict[str, frozenset[tuple[str, str]]] = {
+    "sps": SPS_TRANSITIONS,
+    "requested_procedure": RP_TRANSITIONS,
+}

@@ -1,0 +1,47 @@
+"""Test configuration: real PostgreSQL and Redis (see the Makefile's `test` target).
+
+The test database is PostgreSQL (DATABASE_URL, default postgres://postgres@127.0.0.1:5432/pacs);
+pytest-django creates test_pacs.  Socket tests start the real listeners on ephemeral ports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pacs")
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
+os.environ.setdefault("TCP_NODELAY", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dcmtk_tool(name: str) -> str:
+    """dcmtk's tool by full path: pynetdicom installs scripts of the same names in the venv."""
+    path = f"/usr/bin/{name}"
+    if not os.path.exists(path):
+        pytest.fail(f"dcmtk's {name} is not installed at {path} (apt-get install dcmtk; make test does it)")
+    return path
+
+
+@pytest.fixture
+def tmp_var(tmp_path, settings):
+    """A private var/ (storage) directory for one test."""
+    settings.STORAGE_DIR = tmp_path / "storage"
+    settings.STORAGE_DIR.mkdir()
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def orthanc_binary():
+    path = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    if not os.path.exists(path):
+        pytest.fail("Orthanc is not installed (apt-get install orthanc; make test does it)")
+    return path

@@ -1,0 +1,1 @@
+"""The radiologists' reading worklist (not the DICOM Modality Worklist)."""

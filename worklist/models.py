@@ -1,0 +1,1 @@
+"""Reading worklist models (claims, saved filters) are added by the reporting issue."""
