@@ -48,6 +48,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Login for every page but those marked @public (login, health, static); then default deny.
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "pacs.access.DefaultDenyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]

@@ -1,10 +1,15 @@
-"""URL configuration.  Everything but login, health and static files requires a login."""
+"""URL configuration.  Every view declares its roles (pacs.access); login is required for
+everything but @public views (login, health) and static files."""
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.http import JsonResponse
-from django.urls import path
+from django.urls import include, path
+
+from pacs.access import public
 
 
+@public
 def health(request):
     """Liveness of the web process: no patient data, no version details."""
     return JsonResponse({"status": "ok"})
@@ -13,4 +18,9 @@ def health(request):
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
+    path("accounts/login/", public(auth_views.LoginView.as_view()), name="login"),
+    path("accounts/logout/", public(auth_views.LogoutView.as_view()), name="logout"),
+    path("", include("worklist.urls")),
+    path("imaging/", include("pacs.web.urls")),
+    path("interfaces/", include("hl7gateway.urls")),
 ]

@@ -1,0 +1,20 @@
+"""Verification SOP Class (PS3.4 Annex A): C-ECHO."""
+
+from __future__ import annotations
+
+from pynetdicom import evt
+from pynetdicom.sop_class import Verification
+
+from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
+
+
+def contexts():
+    return [(Verification, UNCOMPRESSED)]
+
+
+def on_c_echo(event):
+    return 0x0000
+
+
+def handlers():
+    return [(evt.EVT_C_ECHO, on_c_echo)]

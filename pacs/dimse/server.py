@@ -1,0 +1,66 @@
+"""Build and start the engine's one DICOM application entity (``manage.py run_dicom``).
+
+Services are collected from the modules in ``SERVICE_MODULES``; each provides
+``contexts()`` and ``handlers()`` (see ``pacs.dimse``).  Every association runs in its
+own thread; the thread's database connection is closed when the association ends.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from django.conf import settings
+from django.db import connections
+from pynetdicom import AE, evt
+
+log = logging.getLogger("pacs.dimse")
+
+# The services of the AE, in the order their presentation contexts are added.
+SERVICE_MODULES = [
+    "pacs.dimse.echo",
+    "pacs.dimse.mwl",
+    "pacs.dimse.mpps",
+    "pacs.dimse.store",
+]
+
+
+def _service_modules():
+    modules = []
+    for name in SERVICE_MODULES:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real import error inside an existing module
+                raise
+    return modules
+
+
+def _close_db(event):
+    """Association over: give this thread's database connection back."""
+    connections.close_all()
+
+
+def build_ae(ae_title: str | None = None) -> tuple[AE, list]:
+    ae = AE(ae_title=ae_title or settings.DICOM_AE_TITLE)
+    ae.maximum_associations = settings.DICOM_MAX_ASSOCIATIONS
+    ae.acse_timeout = settings.DICOM_ACSE_TIMEOUT
+    ae.dimse_timeout = settings.DICOM_DIMSE_TIMEOUT
+    ae.network_timeout = settings.DICOM_NETWORK_TIMEOUT
+    ae.maximum_pdu_size = settings.DICOM_MAX_PDU
+    ae.require_called_aet = True
+    handlers = [(evt.EVT_RELEASED, _close_db), (evt.EVT_ABORTED, _close_db), (evt.EVT_CONN_CLOSE, _close_db)]
+    for module in _service_modules():
+        for sop_class, syntaxes in module.contexts():
+            ae.add_supported_context(sop_class, syntaxes)
+        handlers.extend(module.handlers())
+    return ae, handlers
+
+
+def start_server(host: str | None = None, port: int | None = None, *, block: bool = False, ae_title: str | None = None):
+    """Start the AE.  Returns the threaded server (``block=False``) whose
+    ``server_address[1]`` is the port (0 asks the OS for a free one, for tests)."""
+    ae, handlers = build_ae(ae_title)
+    address = (host or settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
+    log.info("dicom listener starting", extra={"ae_title": ae.ae_title, "host": address[0], "port": address[1]})
+    return ae.start_server(address, block=block, evt_handlers=handlers)

@@ -1,0 +1,11 @@
+"""Imaging-side models, one module per concern:
+
+nodes.py      DicomNode (remote AEs)                     -- skeleton
+mpps.py       MPPS and what it performed                 -- MWL/MPPS issue
+images.py     Study / Series / Instance index            -- image issue
+transfers.py  VNA destinations and transfers             -- image issue
+"""
+
+from pacs.models.nodes import DicomNode
+
+__all__ = ["DicomNode"]

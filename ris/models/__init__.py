@@ -1,0 +1,29 @@
+"""RIS models, one module per concern:
+
+core.py     patients, identifiers, visits, orders, requested procedures, steps, status changes, merges
+reports.py  reports and their versions   -- reporting issue
+"""
+
+from ris.models.core import (
+    AccessionNumberAllocation,
+    Order,
+    Patient,
+    PatientIdentifier,
+    PatientMerge,
+    RequestedProcedure,
+    ScheduledProcedureStep,
+    StatusChange,
+    Visit,
+)
+
+__all__ = [
+    "AccessionNumberAllocation",
+    "Order",
+    "Patient",
+    "PatientIdentifier",
+    "PatientMerge",
+    "RequestedProcedure",
+    "ScheduledProcedureStep",
+    "StatusChange",
+    "Visit",
+]
