@@ -1,0 +1,1 @@
+"""Imaging-side domain services (MPPS, image index, order matching, VNA routing)."""
