@@ -100,4 +100,6 @@ ORDER_CONTROL_TO_SPS_STATUS: dict[tuple[str, str], str] = {
 TABLES: dict[str, frozenset[tuple[str, str]]] = {
     "sps": SPS_TRANSITIONS,
     "requested_procedure": RP_TRANSITIONS,
+    # PerformedProcedureStepStatus (0040,0252), PS3.4 F.7.2.2 (pacs.models.mpps).
+    "mpps": frozenset({("IN PROGRESS", "COMPLETED"), ("IN PROGRESS", "DISCONTINUED")}),
 }

@@ -6,6 +6,7 @@ images.py     Study / Series / Instance index            -- image issue
 transfers.py  VNA destinations and transfers             -- image issue
 """
 
+from pacs.models.mpps import PerformedInstance, PerformedProcedureStep
 from pacs.models.nodes import DicomNode
 
-__all__ = ["DicomNode"]
+__all__ = ["DicomNode", "PerformedInstance", "PerformedProcedureStep"]
