@@ -102,4 +102,20 @@ TABLES: dict[str, frozenset[tuple[str, str]]] = {
     "requested_procedure": RP_TRANSITIONS,
     # PerformedProcedureStepStatus (0040,0252), PS3.4 F.7.2.2 (pacs.models.mpps).
     "mpps": frozenset({("IN PROGRESS", "COMPLETED"), ("IN PROGRESS", "DISCONTINUED")}),
+    # Report status (ris.models.reports): draft -> preliminary -> final -> addended.
+    "report": frozenset(
+        {("DRAFT", "PRELIMINARY"), ("DRAFT", "FINAL"), ("PRELIMINARY", "FINAL"), ("FINAL", "ADDENDED")}
+    ),
+    # Received study (pacs.models.images): complete when matched and finished; a late instance re-opens it.
+    "study": frozenset(
+        {("RECEIVING", "COMPLETE"), ("COMPLETE", "ARCHIVED"), ("COMPLETE", "RECEIVING"), ("ARCHIVED", "RECEIVING")}
+    ),
+    # VNA transfer (pacs.models.transfers); retry/cancel from the transfers page record the user.
+    "transfer": frozenset(
+        {(a, "IN_PROGRESS") for a in ("SCHEDULED", "RETRYING", "COMMITTING")}
+        | {(a, "RETRYING") for a in ("SCHEDULED", "IN_PROGRESS", "COMMITTING", "FAILED", "CANCELED")}
+        | {(a, "FAILED") for a in ("SCHEDULED", "IN_PROGRESS", "COMMITTING", "RETRYING")}
+        | {(a, "CANCELED") for a in ("SCHEDULED", "IN_PROGRESS", "COMMITTING", "RETRYING", "FAILED")}
+        | {("IN_PROGRESS", "COMMITTING"), ("IN_PROGRESS", "COMMITTED"), ("COMMITTING", "COMMITTED")}
+    ),
 }

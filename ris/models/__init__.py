@@ -15,6 +15,7 @@ from ris.models.core import (
     StatusChange,
     Visit,
 )
+from ris.models.reports import Report, ReportTemplate, ReportVersion
 
 __all__ = [
     "AccessionNumberAllocation",
@@ -22,6 +23,9 @@ __all__ = [
     "Patient",
     "PatientIdentifier",
     "PatientMerge",
+    "Report",
+    "ReportTemplate",
+    "ReportVersion",
     "RequestedProcedure",
     "ScheduledProcedureStep",
     "StatusChange",
