@@ -107,7 +107,7 @@ def test_claim_race_two_connections_one_winner():
         barrier = threading.Barrier(2)
         results, errors = [None, None], []
 
-        def worker(i):
+        def worker(i, barrier=barrier, results=results, errors=errors, rp=rp):
             try:
                 barrier.wait()
                 results[i] = services.claim_study(rp.pk, users[i])
