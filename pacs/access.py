@@ -71,6 +71,15 @@ def public(view):
     return view
 
 
+def declare_roles(view, allowed: tuple[str, ...]):
+    """Declare roles on a view whose own decorator authenticates and checks them (token API)."""
+    unknown = set(allowed) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {unknown}")
+    setattr(view, _ATTR, frozenset(allowed))
+    return view
+
+
 def declared_roles(view) -> frozenset[str] | str | None:
     return getattr(view, _ATTR, None)
 

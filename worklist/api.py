@@ -1,0 +1,211 @@
+"""Reporting API for dictation systems: token-authenticated JSON (issue 5 item 8).
+
+``Authorization: Token <key>`` (a key from ``manage.py create_api_token``); the token's user
+must hold a reporting role.  The endpoints call the same domain services as the browser
+(``ris.services.reports``): the same signing rules, the same claims check, the same ORU^R01.
+No session, no CSRF cookie: the token is the credential (a machine endpoint).
+
+Answers: 200/201 JSON; 400 malformed JSON or fields; 401 no or bad token; 403 role or claim
+refuses; 404 unknown accession number; 422 a report rule refuses (e.g. final already signed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from functools import wraps
+
+from django.contrib.auth.decorators import login_not_required
+from django.http import JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from pacs.access import RADIOLOGIST, RESIDENT, declare_roles, has_role
+from ris.errors import DomainError, UnknownKey
+from ris.models import Report
+from ris.services import reports
+from worklist.models import ApiToken
+
+API_ROLES = (RADIOLOGIST, RESIDENT)
+
+
+def _error(status: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def token_roles(*allowed: str):
+    """Authenticate ``Authorization: Token <key>`` and require one of ``allowed`` roles."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            header = request.headers.get("Authorization", "")
+            scheme, _, key = header.partition(" ")
+            if scheme.lower() != "token" or not key.strip():
+                return _auth_required()
+            token = (
+                ApiToken.objects.select_related("user")
+                .filter(key_sha256=ApiToken.digest(key.strip()), revoked_at__isnull=True, user__is_active=True)
+                .first()
+            )
+            if token is None:
+                return _auth_required()
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+            request.user = token.user
+            if not has_role(token.user, *allowed):
+                return _error(403, "this token's user has no reporting role")
+            return view(request, *args, **kwargs)
+
+        wrapper = csrf_exempt(login_not_required(wrapper))
+        wrapper.api_auth = "token"
+        return declare_roles(wrapper, allowed)
+
+    return decorate
+
+
+def _auth_required() -> JsonResponse:
+    response = _error(401, "send Authorization: Token <key>")
+    response["WWW-Authenticate"] = "Token"
+    return response
+
+
+def _body(request) -> dict:
+    try:
+        data = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise _BadRequest("the body must be a JSON object")
+    return data
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _text(data: dict, name: str) -> str | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _BadRequest(f"{name} must be a string")
+    return value
+
+
+def _datetime(data: dict, name: str) -> dt.datetime | None:
+    raw = data.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        value = dt.datetime.fromisoformat(str(raw))
+    except ValueError:
+        raise _BadRequest(f"{name} must be an ISO 8601 date and time") from None
+    return timezone.make_aware(value) if timezone.is_naive(value) else value
+
+
+def _version_json(v) -> dict:
+    return {
+        "version_number": v.version_number, "kind": v.kind, "result_status": v.result_status,
+        "findings": v.findings, "impression": v.impression, "addendum": v.addendum,
+        "signed": v.is_signed, "signer_name": v.signer_name,
+        "signed_at": v.signed_at.isoformat() if v.signed_at else None,
+        "critical_result": v.critical_result, "critical_communicated_to": v.critical_communicated_to,
+        "critical_communicated_at": v.critical_communicated_at.isoformat() if v.critical_communicated_at else None,
+    }
+
+
+def _report_json(rp) -> dict:
+    report = Report.objects.filter(requested_procedure=rp).first()
+    return {
+        "accession_number": rp.accession_number,
+        "study_instance_uid": rp.study_instance_uid,
+        "status": report.status if report else None,
+        "versions": [_version_json(v) for v in reports.history(rp.pk)],
+    }
+
+
+def _call(fn):
+    """Translate the domain's answers into HTTP statuses (one place for every endpoint)."""
+    try:
+        return fn()
+    except _BadRequest as exc:
+        return _error(400, str(exc))
+    except UnknownKey as exc:
+        return _error(404, str(exc))
+    except reports.ReportPermissionDenied as exc:
+        return _error(403, str(exc))
+    except DomainError as exc:
+        return _error(422, str(exc))
+
+
+def _sign_or_save(request, rp, data: dict, kind: str | None):
+    text = {"findings": _text(data, "findings"), "impression": _text(data, "impression"),
+            "addendum": _text(data, "addendum")}
+    if kind is None:
+        version = reports.save_draft(rp.pk, request.user, source="api", **text)
+        return JsonResponse({"report": _report_json(rp), "version": _version_json(version)}, status=201)
+    version = reports.sign(
+        rp.pk, request.user, kind, source="api", critical_result=bool(data.get("critical_result")),
+        critical_communicated_to=str(data.get("critical_communicated_to") or ""),
+        critical_communicated_at=_datetime(data, "critical_communicated_at"), **text,
+    )
+    return JsonResponse({"report": _report_json(rp), "version": _version_json(version)}, status=201)
+
+
+@token_roles(*API_ROLES)
+def create_report(request):
+    """POST /api/v1/reports/ {accession_number, findings, impression, sign?: PRELIMINARY|FINAL, critical...}.
+
+    Without ``sign`` the text is saved as the open draft; with it the report is signed at once.
+    """
+    if request.method != "POST":
+        return _error(405, "POST")
+
+    def run():
+        data = _body(request)
+        accession = data.get("accession_number")
+        if not isinstance(accession, str) or not accession.strip():
+            raise _BadRequest("accession_number is required")
+        kind = data.get("sign")
+        if kind is not None and kind not in ("PRELIMINARY", "FINAL"):
+            raise _BadRequest("sign must be PRELIMINARY or FINAL (use .../addenda/ for an addendum)")
+        rp = reports.procedure_by_accession(accession.strip())
+        return _sign_or_save(request, rp, data, kind)
+
+    return _call(run)
+
+
+@token_roles(*API_ROLES)
+def report_detail(request, accession_number: str):
+    """GET /api/v1/reports/<accession>/: the report's status and every version."""
+    if request.method != "GET":
+        return _error(405, "GET")
+    return _call(lambda: JsonResponse(_report_json(reports.procedure_by_accession(accession_number))))
+
+
+@token_roles(*API_ROLES)
+def sign_report(request, accession_number: str):
+    """POST /api/v1/reports/<accession>/sign/ {kind: PRELIMINARY|FINAL, findings?, impression?, critical...}."""
+    if request.method != "POST":
+        return _error(405, "POST")
+
+    def run():
+        data = _body(request)
+        kind = data.get("kind")
+        if kind not in ("PRELIMINARY", "FINAL"):
+            raise _BadRequest("kind must be PRELIMINARY or FINAL")
+        return _sign_or_save(request, reports.procedure_by_accession(accession_number), data, kind)
+
+    return _call(run)
+
+
+@token_roles(*API_ROLES)
+def add_addendum(request, accession_number: str):
+    """POST /api/v1/reports/<accession>/addenda/ {addendum, critical...}: a signed addendum (radiologists)."""
+    if request.method != "POST":
+        return _error(405, "POST")
+
+    def run():
+        data = _body(request)
+        return _sign_or_save(request, reports.procedure_by_accession(accession_number),
+                             {**data, "findings": None, "impression": None}, "ADDENDUM")
+
+    return _call(run)

@@ -1,0 +1,190 @@
+"""Read-side queries of the reading worklist (one indexed scan of ``ReadingItem`` per page).
+
+Order: STAT first (``priority_rank``), then longest waiting (``ready_at``), then ``id``.
+Pagination is by key (seek method), not OFFSET: a page is "the 50 rows after (rank, ready_at,
+id) of the last row seen", so page 2,000 costs what page 1 costs and a refresh of the same URL
+keeps the user's place even while new studies arrive above it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlencode
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from ris import states
+from worklist.models import REPORT_STATUSES, ReadingClaim, ReadingItem, name_key
+from worklist.services import claim_timeout
+
+PAGE_SIZE = 50
+STATUS_TO_READ = "TO_READ"
+STATUS_ALL = "ALL"
+STATUS_FILTERS = (STATUS_TO_READ, STATUS_ALL, *REPORT_STATUSES)
+ORDER = ("priority_rank", "ready_at", "id")
+
+
+@dataclass
+class ListFilters:
+    """The filter form of the reading worklist, validated.  Unknown values are dropped with a message."""
+
+    modality: str = ""
+    priority: str = ""
+    status: str = STATUS_TO_READ
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    q: str = ""
+    errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_query(cls, data) -> ListFilters:
+        f = cls()
+        f.modality = (data.get("modality") or "").strip().upper()[:16]
+        priority = (data.get("priority") or "").strip().upper()
+        if priority and priority not in states.PRIORITY_RANK:
+            f.errors.append(f"unknown priority {priority!r}")
+        elif priority:
+            f.priority = priority
+        status = (data.get("status") or STATUS_TO_READ).strip().upper()
+        if status not in STATUS_FILTERS:
+            f.errors.append(f"unknown status {status!r}")
+        else:
+            f.status = status
+        for name in ("date_from", "date_to"):
+            raw = (data.get(name) or "").strip()
+            if raw:
+                try:
+                    setattr(f, name, dt.date.fromisoformat(raw))
+                except ValueError:
+                    f.errors.append(f"{name.replace('_', ' ')}: {raw!r} is not a date (YYYY-MM-DD)")
+        f.q = (data.get("q") or "").strip()[:64]
+        return f
+
+    def as_query(self) -> str:
+        pairs = {
+            "modality": self.modality, "priority": self.priority,
+            "status": "" if self.status == STATUS_TO_READ else self.status,
+            "date_from": self.date_from.isoformat() if self.date_from else "",
+            "date_to": self.date_to.isoformat() if self.date_to else "", "q": self.q,
+        }
+        return urlencode({k: v for k, v in pairs.items() if v})
+
+
+def filtered(filters: ListFilters):
+    qs = ReadingItem.objects.all()
+    if filters.status == STATUS_TO_READ:
+        qs = qs.filter(is_read=False)
+    elif filters.status != STATUS_ALL:
+        qs = qs.filter(report_status=filters.status)
+    if filters.modality:
+        qs = qs.filter(modality=filters.modality)
+    if filters.priority:
+        qs = qs.filter(priority_rank=states.PRIORITY_RANK[filters.priority])
+    tz = timezone.get_current_timezone()
+    if filters.date_from:
+        qs = qs.filter(ready_at__gte=dt.datetime.combine(filters.date_from, dt.time.min, tzinfo=tz))
+    if filters.date_to:
+        qs = qs.filter(ready_at__lt=dt.datetime.combine(filters.date_to + dt.timedelta(days=1), dt.time.min, tzinfo=tz))
+    if filters.q:
+        # Free text: accession or patient ID exactly, or the start of the name (family name first).
+        text = filters.q
+        qs = qs.filter(
+            Q(accession_number=text) | Q(patient_id=text) | Q(patient_name_key__startswith=name_key(text))
+        )
+    return qs
+
+
+def encode_cursor(item: ReadingItem) -> str:
+    return f"{item.priority_rank}.{int(item.ready_at.timestamp() * 1_000_000)}.{item.id}"
+
+
+def decode_cursor(raw: str) -> tuple[int, dt.datetime, int] | None:
+    try:
+        rank, micros, pk = (int(x) for x in raw.split("."))
+        return rank, dt.datetime.fromtimestamp(micros / 1_000_000, tz=dt.UTC), pk
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+@dataclass
+class Page:
+    rows: list
+    next_cursor: str = ""
+    prev_cursor: str = ""
+    claims: dict = field(default_factory=dict)
+
+
+def reading_page(filters: ListFilters, *, after: str = "", before: str = "", page_size: int = PAGE_SIZE) -> Page:
+    """One page of the reading worklist with the active claim of each row."""
+    qs = filtered(filters)
+    cursor_after, cursor_before = decode_cursor(after) if after else None, decode_cursor(before) if before else None
+    # Row-value comparison so that PostgreSQL seeks the (…, priority_rank, ready_at, id) index.
+    if cursor_before:
+        rows = list(
+            qs.extra(where=["(priority_rank, ready_at, worklist_readingitem.id) < (%s, %s, %s)"],
+                     params=list(cursor_before)).order_by(*(f"-{c}" for c in ORDER))[: page_size + 1]
+        )
+        has_more_before = len(rows) > page_size
+        rows = list(reversed(rows[:page_size]))
+        page = Page(rows)
+        page.prev_cursor = encode_cursor(rows[0]) if rows and has_more_before else ""
+        page.next_cursor = encode_cursor(rows[-1]) if rows else ""
+    else:
+        if cursor_after:
+            qs = qs.extra(where=["(priority_rank, ready_at, worklist_readingitem.id) > (%s, %s, %s)"],
+                          params=list(cursor_after))
+        rows = list(qs.order_by(*ORDER)[: page_size + 1])
+        has_more = len(rows) > page_size
+        rows = rows[:page_size]
+        page = Page(rows)
+        page.next_cursor = encode_cursor(rows[-1]) if rows and has_more else ""
+        page.prev_cursor = encode_cursor(rows[0]) if rows and cursor_after else ""
+    if rows:
+        cutoff = timezone.now() - claim_timeout()
+        active = ReadingClaim.objects.filter(
+            requested_procedure_id__in=[r.requested_procedure_id for r in rows], released_at__isnull=True,
+            last_activity_at__gte=cutoff,
+        ).select_related("user")
+        page.claims = {c.requested_procedure_id: c for c in active}
+    for row in rows:
+        row.claim = page.claims.get(row.requested_procedure_id)
+    return page
+
+
+def modalities() -> list[str]:
+    """Modalities offered in the filter (the ones on the list), from the modality index."""
+    return sorted(ReadingItem.objects.order_by().values_list("modality", flat=True).distinct()[:50])
+
+
+def viewer_url(item) -> str:
+    """The image viewer link of a study from VIEWER_URL_TEMPLATE (empty template: no link).
+
+    Placeholders: {study_instance_uid}, {accession_number}, {patient_id}; values are URL-quoted.
+    """
+    template = settings.VIEWER_URL_TEMPLATE
+    if not template:
+        return ""
+    values = {
+        "study_instance_uid": quote(item.study_instance_uid, safe=""),
+        "accession_number": quote(item.accession_number, safe=""),
+        "patient_id": quote(getattr(item, "patient_id", ""), safe=""),
+    }
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError):
+        return ""
+
+
+def time_waiting(ready_at: dt.datetime, now: dt.datetime | None = None) -> str:
+    seconds = max(0, int(((now or timezone.now()) - ready_at).total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m"

@@ -1,0 +1,24 @@
+// Reading worklist self-refresh: re-fetch the same page (same filters, same cursor) every
+// N seconds and replace only the table body, so the scroll position and the page are kept.
+(function () {
+  "use strict";
+  var table = document.getElementById("reading-worklist");
+  var body = document.getElementById("reading-rows");
+  var status = document.getElementById("refresh-status");
+  if (!table || !body) { return; }
+  var seconds = parseInt(table.getAttribute("data-refresh-seconds"), 10) || 30;
+  function refresh() {
+    if (document.hidden) { return; }
+    var params = new URLSearchParams(window.location.search);
+    params.set("partial", "1");
+    fetch(window.location.pathname + "?" + params.toString(), {credentials: "same-origin", headers: {"X-Requested-With": "fetch"}})
+      .then(function (r) { if (!r.ok) { throw new Error("HTTP " + r.status); } return r.text(); })
+      .then(function (html) {
+        body.innerHTML = html;
+        status.textContent = "Updated " + new Date().toLocaleTimeString();
+      })
+      .catch(function (e) { status.textContent = "Refresh failed (" + e.message + "); retrying"; });
+  }
+  window.readingWorklistRefresh = refresh;
+  setInterval(refresh, seconds * 1000);
+})();

@@ -1,0 +1,187 @@
+"""Reading worklist pages: the list, the study (editor or read-only), templates.
+
+Thin: each view parses the request, calls ``worklist.services`` / ``ris.services.reports`` /
+``worklist.selectors`` and renders.  Every view declares its roles (``pacs.access``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django import forms
+from django.contrib import messages
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST, has_role, roles
+from ris.errors import DomainError
+from ris.models import Report, ReportTemplate
+from ris.services import reports
+from worklist import selectors, services
+from worklist.models import ReadingItem, SavedFilter
+
+EVERY_ROLE = (RADIOLOGIST, RESIDENT, TECHNOLOGIST, ADMINISTRATOR)
+READERS = (RADIOLOGIST, RESIDENT)
+REFRESH_SECONDS = 30
+
+
+@roles(*EVERY_ROLE)
+@require_GET
+def reading_list(request):
+    """The reading worklist.  ``?partial=1`` answers the table body only (the self-refresh)."""
+    filters = selectors.ListFilters.from_query(request.GET)
+    page = selectors.reading_page(filters, after=request.GET.get("after", ""), before=request.GET.get("before", ""))
+    now = timezone.now()
+    for row in page.rows:
+        row.waiting = selectors.time_waiting(row.ready_at, now)
+    context = {
+        "filters": filters, "page": page, "refresh_seconds": REFRESH_SECONDS,
+        "filter_query": filters.as_query(), "can_read": has_role(request.user, *READERS),
+        "is_admin": has_role(request.user, ADMINISTRATOR),
+    }
+    if request.GET.get("partial"):
+        return render(request, "worklist/_rows.html", context)
+    context.update({
+        "modalities": selectors.modalities(), "priorities": [p for p, _ in selectors.states.PRIORITY_CHOICES],
+        "statuses": selectors.STATUS_FILTERS,
+        "saved_filters": SavedFilter.objects.filter(user=request.user),
+    })
+    return render(request, "worklist/list.html", context)
+
+
+@roles(*READERS)
+@require_POST
+def save_filter(request):
+    filters = selectors.ListFilters.from_query(request.POST)
+    try:
+        services.save_filter(request.user, request.POST.get("name", ""), filters.as_query())
+    except DomainError as exc:
+        messages.error(request, str(exc))
+    return redirect(f"{reverse('worklist:list')}?{filters.as_query()}")
+
+
+@roles(*READERS)
+@require_POST
+def delete_filter(request, filter_id: int):
+    services.delete_filter(request.user, filter_id)
+    return redirect("worklist:list")
+
+
+def _study_context(request, item: ReadingItem, claim, editable: bool, draft=None):
+    report = Report.objects.filter(requested_procedure_id=item.requested_procedure_id).first()
+    return {
+        "item": item, "claim": claim, "editable": editable, "draft": draft, "report": report,
+        "versions": reports.history(item.requested_procedure_id),
+        "viewer_url": selectors.viewer_url(item),
+        "is_radiologist": has_role(request.user, RADIOLOGIST),
+        "is_admin": has_role(request.user, ADMINISTRATOR),
+        "waiting": selectors.time_waiting(item.ready_at),
+        "now_local": timezone.localtime().strftime("%Y-%m-%dT%H:%M"),
+    }
+
+
+@roles(*EVERY_ROLE)
+@require_GET
+def study(request, requested_procedure_id: int):
+    """Open a study: a reader claims it and gets the editor; everyone else gets a read-only view."""
+    item = get_object_or_404(ReadingItem, requested_procedure_id=requested_procedure_id)
+    claim, editable, draft = services.active_claim(requested_procedure_id), False, None
+    if has_role(request.user, *READERS):
+        result = services.claim_study(requested_procedure_id, request.user)
+        claim = result.claim
+        if result.won:
+            draft = reports.open_draft(requested_procedure_id, request.user)
+            editable = True
+    return render(request, "worklist/study.html", _study_context(request, item, claim, editable, draft))
+
+
+@roles(*READERS)
+@require_POST
+def autosave(request, requested_procedure_id: int):
+    """Autosave of the editor (JSON): keeps the claim alive."""
+    if not services.touch_claim(requested_procedure_id, request.user):
+        return JsonResponse({"saved": False, "error": "you no longer hold this study (claim released or expired)"},
+                            status=409)
+    try:
+        version = reports.save_draft(
+            requested_procedure_id, request.user, findings=request.POST.get("findings"),
+            impression=request.POST.get("impression"), addendum=request.POST.get("addendum"),
+        )
+    except DomainError as exc:
+        return JsonResponse({"saved": False, "error": str(exc)}, status=409)
+    return JsonResponse({"saved": True, "version": version.version_number,
+                         "saved_at": timezone.localtime(version.updated_at).strftime("%H:%M:%S")})
+
+
+def _parse_local_datetime(raw: str) -> dt.datetime | None:
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    value = dt.datetime.fromisoformat(raw)
+    return timezone.make_aware(value) if timezone.is_naive(value) else value
+
+
+@roles(*READERS)
+@require_POST
+def sign(request, requested_procedure_id: int):
+    kind = request.POST.get("kind", "").upper()
+    try:
+        version = reports.sign(
+            requested_procedure_id, request.user, kind, findings=request.POST.get("findings"),
+            impression=request.POST.get("impression"), addendum=request.POST.get("addendum"),
+            critical_result=request.POST.get("critical_result") == "on",
+            critical_communicated_to=request.POST.get("critical_communicated_to", ""),
+            critical_communicated_at=_parse_local_datetime(request.POST.get("critical_communicated_at", "")),
+        )
+    except ValueError:
+        messages.error(request, "critical result: the time is not a date and time")
+    except DomainError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Signed {version.kind.lower()} (version {version.version_number}).")
+        return redirect("worklist:list")
+    return redirect("worklist:study", requested_procedure_id=requested_procedure_id)
+
+
+@roles(RADIOLOGIST, RESIDENT, ADMINISTRATOR)
+@require_POST
+def release(request, requested_procedure_id: int):
+    """The holder releases the study; an administrator may force the release (``force=1``)."""
+    force = request.POST.get("force") == "1"
+    try:
+        released = services.release_claim(requested_procedure_id, request.user, force=force)
+    except DomainError as exc:
+        messages.error(request, str(exc))
+        return redirect("worklist:study", requested_procedure_id=requested_procedure_id)
+    messages.info(request, "Claim released." if released else "There was no claim of yours to release.")
+    return redirect("worklist:list")
+
+
+# --- Report templates (administrators) ----------------------------------------------------------
+
+class ReportTemplateForm(forms.ModelForm):
+    class Meta:
+        model = ReportTemplate
+        fields = ["name", "procedure_code_value", "modality", "findings", "impression", "active"]
+        widgets = {"findings": forms.Textarea(attrs={"rows": 8}), "impression": forms.Textarea(attrs={"rows": 4})}
+
+
+@roles(ADMINISTRATOR)
+@require_GET
+def template_list(request):
+    return render(request, "worklist/templates.html", {"templates": ReportTemplate.objects.all()})
+
+
+@roles(ADMINISTRATOR)
+@require_http_methods(["GET", "POST"])
+def template_edit(request, template_id: int | None = None):
+    instance = get_object_or_404(ReportTemplate, pk=template_id) if template_id else None
+    form = ReportTemplateForm(request.POST or None, instance=instance)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Template saved.")
+        return redirect("worklist:templates")
+    return render(request, "worklist/template_form.html", {"form": form, "instance": instance})
