@@ -138,6 +138,8 @@ HL7_MAX_CONNECTIONS = env_int("HL7_MAX_CONNECTIONS", 100, minimum=1)
 HL7_DEFAULT_CHARSET = env_choice("HL7_DEFAULT_CHARSET", "UNICODE UTF-8", {"UNICODE UTF-8", "8859/1", "ASCII"})
 HL7_RECEIVING_APPLICATION = env_str("HL7_RECEIVING_APPLICATION", "PACS")
 HL7_RECEIVING_FACILITY = env_str("HL7_RECEIVING_FACILITY", "RADIOLOGY")
+# ORM^O01 has no station AE title (OMI has IPC-9): site rule MODALITY=AE,... e.g. "CT=CT1,MR=MR1".
+HL7_STATION_AE_BY_MODALITY = env_str("HL7_STATION_AE_BY_MODALITY", "")
 # Outbound ORU^R01: name=mllp://host:port,... (also configurable in the admin).
 HL7_ORU_DESTINATIONS = env_str("HL7_ORU_DESTINATIONS", "")
 HL7_ORU_VERSION = env_choice("HL7_ORU_VERSION", "2.5.1", {"2.5.1", "2.3.1"})

@@ -1,0 +1,187 @@
+"""Inbound message handling: one MLLP payload in, one ACK out (persist before acknowledging).
+
+``handle_payload`` parses and maps the message (pure), then in ONE outermost transaction
+(``transaction.atomic(durable=True)``) checks the duplicate key (MSH-3, MSH-4, MSH-10), applies
+the commands through the ``ris`` services and stores the raw message with its ACK and effect.
+Only after the commit does the caller write the ACK.  When the database fails nothing is
+acknowledged positively: the sender gets AE (207) and resends later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import F
+
+from hl7gateway.acks import build_ack, encode_ack
+from hl7gateway.mapping import map_message
+from hl7gateway.models import InboundMessage
+from hl7gateway.parsing import MSH, HL7Error, parse, read_msh
+from ris.commands import MergePatients, OrderCommand, RegisterPatient, UpdatePatient
+from ris.errors import DomainError
+from ris.services import orders, patients
+
+log = logging.getLogger("hl7gateway.intake")
+
+_PID3 = re.compile(rb"(?:^|[\r\n])PID\|[^|\r\n]*\|[^|\r\n]*\|([^|^~\r\n]*)")
+
+
+def apply_commands(commands: list) -> dict:
+    """Hand each command to its domain service; return the combined effect."""
+    effect: dict = {"results": []}
+    for cmd in commands:
+        if isinstance(cmd, OrderCommand):
+            result = orders.apply_order(cmd)
+        elif isinstance(cmd, RegisterPatient):
+            result = patients.register_patient(cmd)
+        elif isinstance(cmd, UpdatePatient):
+            result = patients.update_patient(cmd)
+        elif isinstance(cmd, MergePatients):
+            result = patients.merge_patients(cmd)
+        else:  # pragma: no cover - mapping returns only the types above
+            raise TypeError(f"no service for {type(cmd).__name__}")
+        effect["results"].append(result)
+    return effect
+
+
+def _patient_id(raw: bytes, commands: list) -> str:
+    for cmd in commands:
+        data = getattr(cmd, "patient", None) or getattr(cmd, "survivor", None)
+        if data is not None:
+            return data.primary.id_number[:64]
+    m = _PID3.search(raw)
+    return m.group(1).decode("latin-1")[:64] if m else ""
+
+
+def _accessions(commands: list, effect: dict) -> str:
+    found: list[str] = []
+    for result in effect.get("results", []):
+        found += result.get("accession_numbers", [])
+    for cmd in commands:
+        for proc in getattr(cmd, "procedures", []):
+            if proc.accession_number:
+                found.append(proc.accession_number)
+    return " ".join(dict.fromkeys(found))[:255]
+
+
+def _row(raw: bytes, msh: MSH | None, peer: str, digest: str, charset: str) -> InboundMessage:
+    m = msh or MSH()
+    return InboundMessage(
+        peer=peer[:64], sending_application=m.msh_3[:180], sending_facility=m.msh_4[:180],
+        receiving_application=m.msh_5[:180], receiving_facility=m.msh_6[:180], message_control_id=m.msh_10[:199],
+        message_type=m.message_type[:20], version_id=m.version[:20], character_set=charset[:32], raw=raw,
+        content_sha256=digest,
+    )
+
+
+def _finish(row: InboundMessage, msh: MSH | None, ack_code: str, status: str, *, error: HL7Error | DomainError |
+            None = None, error_text: str = "") -> bytes:
+    code = getattr(error, "code", None)
+    location = getattr(error, "location", "") or ""
+    text = error_text or (str(error) if error else "")
+    ack = encode_ack(build_ack(msh, ack_code, error_code=code, error_location=location, error_text=text), msh)
+    row.status, row.ack_code, row.ack = status, ack_code, ack
+    row.error_code = str(code) if code is not None else ""
+    row.error_location, row.error_text = location[:64], text
+    row.save(force_insert=row.pk is None)
+    return ack
+
+
+def _store_and_apply(raw: bytes, peer: str) -> bytes:
+    msh = read_msh(raw)
+    digest = hashlib.sha256(raw).hexdigest()
+    commands: list = []
+    parse_error: HL7Error | None = None
+    charset = ""
+    try:
+        parsed = parse(raw)
+        charset = parsed.charset
+        commands = map_message(parsed)
+    except HL7Error as exc:
+        parse_error = exc
+    with transaction.atomic(durable=True):
+        if msh is not None and msh.msh_10:
+            original = (InboundMessage.objects.select_for_update()
+                        .filter(sending_application=msh.msh_3[:180], sending_facility=msh.msh_4[:180],
+                                message_control_id=msh.msh_10[:199], replay_of__isnull=True)
+                        .exclude(status=InboundMessage.STATUS_COLLISION).first())
+            if original is not None:
+                if original.content_sha256 == digest:
+                    InboundMessage.objects.filter(pk=original.pk).update(duplicate_count=F("duplicate_count") + 1)
+                    log.info("duplicate message answered with the stored ACK",
+                             extra={"control_id": msh.msh_10, "peer": peer, "inbound": original.pk})
+                    return bytes(original.ack)
+                row = _row(raw, msh, peer, digest, charset)
+                row.patient_id = _patient_id(raw, commands)
+                log.warning("sender error: control ID reused with other content",
+                            extra={"control_id": msh.msh_10, "sender": msh.msh_3, "peer": peer, "inbound": original.pk})
+                err = HL7Error(f"message control ID {msh.msh_10} was already used (inbound message "
+                               f"{original.pk}) for a message with other content", code=205, location="MSH^1^10")
+                return _finish(row, msh, "AE", InboundMessage.STATUS_COLLISION, error=err)
+        row = _row(raw, msh, peer, digest, charset)
+        row.patient_id = _patient_id(raw, commands)
+        if parse_error is not None:
+            row.accession_numbers = _accessions(commands, {})
+            status = InboundMessage.STATUS_REJECTED if parse_error.ack_code == "AR" else InboundMessage.STATUS_ERROR
+            return _finish(row, msh, parse_error.ack_code, status, error=parse_error)
+        try:
+            with transaction.atomic():
+                effect = apply_commands(commands)
+        except DomainError as exc:
+            row.accession_numbers = _accessions(commands, {})
+            return _finish(row, msh, "AE", InboundMessage.STATUS_ERROR, error=exc)
+        except DatabaseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug must become AE 207, never a dropped message
+            log.exception("error applying message", extra={"control_id": msh.msh_10 if msh else ""})
+            err = DomainError(f"application internal error: {type(exc).__name__}")
+            return _finish(row, msh, "AE", InboundMessage.STATUS_ERROR, error=err)
+        row.effect = effect
+        row.accession_numbers = _accessions(commands, effect)
+        return _finish(row, msh, "AA", InboundMessage.STATUS_APPLIED)
+
+
+def handle_payload(raw: bytes, peer: str = "") -> bytes:
+    """The ACK (unframed bytes) for one MLLP payload, after its storage was committed.
+
+    Database unavailable: AE 207 built from the MSH, nothing stored (the sender resends).
+    """
+    for attempt in range(3):
+        try:
+            return _store_and_apply(raw, peer)
+        except IntegrityError:
+            # Another connection stored the same key (or created the same row) at the same time:
+            # run again -- it is now a duplicate, or the conflict is reported as an application error.
+            log.warning("integrity conflict, retrying", extra={"peer": peer, "attempt": attempt})
+            continue
+        except DatabaseError as exc:
+            return database_unavailable_ack(raw, exc)
+    return database_unavailable_ack(raw, None, text="conflicting concurrent writes; resend the message")
+
+
+def database_unavailable_ack(raw: bytes, exc: Exception | None, *, text: str = "") -> bytes:
+    log.error("database unavailable: message not stored, answered AE", extra={"error": str(exc)[:200]})
+    try:
+        connection.close()
+    except DatabaseError:
+        pass
+    msh = read_msh(raw)
+    text = text or "database unavailable: message not stored; resend it later"
+    return encode_ack(build_ack(msh, "AE", error_code=207, error_location="", error_text=text), msh)
+
+
+def handle_oversize(head: bytes, size: int, limit: int, peer: str = "") -> bytes:
+    """AR for a frame above ``HL7_MAX_FRAME_BYTES``; the first bytes are stored for the log."""
+    msh = read_msh(head)
+    text = f"message larger than the limit of {limit} bytes (at least {size} bytes); first {len(head)} bytes stored"
+    err = HL7Error(text, code=207, location="", ack_code="AR")
+    try:
+        with transaction.atomic(durable=True):
+            row = _row(head, msh, peer, hashlib.sha256(head).hexdigest(), "")
+            row.message_control_id = ""  # truncated: not a duplicate key of anything
+            return _finish(row, msh, "AR", InboundMessage.STATUS_REJECTED, error=err)
+    except DatabaseError as exc:
+        return database_unavailable_ack(head, exc, text=text)

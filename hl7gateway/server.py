@@ -1,0 +1,181 @@
+"""The MLLP listener behind ``manage.py run_mllp``.
+
+One thread per connection: messages of one connection are handled strictly in arrival order
+(one ACK written before the next frame is handled), connections run concurrently, each with
+its own database connection.  Limits (settings): ``HL7_MAX_FRAME_BYTES`` (larger: AR, then the
+connection is closed), ``HL7_IDLE_TIMEOUT_SECONDS`` (no byte for that long: closed),
+``HL7_MAX_CONNECTIONS`` (one more: closed at once, logged).  Bytes outside frames are skipped
+and logged.  ``port=0`` binds an ephemeral port, read back from ``server.port``.  With
+``reuse_port`` several processes listen on one port (SO_REUSEPORT; ``run_mllp --workers N``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import connections
+
+from hl7gateway import intake
+from hl7gateway.mllp import FrameTooLarge, MLLPDecoder, frame
+
+log = logging.getLogger("hl7gateway.server")
+
+RECV_BYTES = 65536
+
+
+class MLLPServer:
+    def __init__(self, host: str | None = None, port: int | None = None, *, max_frame_bytes: int | None = None,
+                 idle_timeout: float | None = None, max_connections: int | None = None,
+                 handler: Callable[[bytes, str], bytes] | None = None, reuse_port: bool = False,
+                 sock: socket.socket | None = None):
+        self.host = settings.HL7_MLLP_HOST if host is None else host
+        self.max_frame_bytes = max_frame_bytes or settings.HL7_MAX_FRAME_BYTES
+        self.idle_timeout = idle_timeout or settings.HL7_IDLE_TIMEOUT_SECONDS
+        self.max_connections = max_connections or settings.HL7_MAX_CONNECTIONS
+        self.handler = handler or intake.handle_payload
+        if sock is None:
+            sock = listening_socket(self.host, settings.HL7_MLLP_PORT if port is None else port, reuse_port=reuse_port)
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._conns: dict[int, socket.socket] = {}
+        self._threads: set[threading.Thread] = set()
+        self._accept_thread: threading.Thread | None = None
+        self.stats = {"connections": 0, "refused": 0, "messages": 0, "junk_bytes": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> MLLPServer:
+        """Serve in a background thread (tests, benchmarks)."""
+        self._accept_thread = threading.Thread(target=self.serve_forever, name=f"mllp-accept-{self.port}",
+                                               daemon=True)
+        self._accept_thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.sock.settimeout(0.5)
+        log.info("MLLP listener ready", extra={"host": self.host, "port": self.port})
+        while not self._stopping.is_set():
+            try:
+                conn, addr = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    break
+                raise
+            self._admit(conn, addr)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self._lock:
+            conns = list(self._conns.values())
+            threads = list(self._threads)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout)
+        for t in threads:
+            t.join(timeout)
+
+    # -- connections ----------------------------------------------------------------------
+    def _admit(self, conn: socket.socket, addr) -> None:
+        peer = f"{addr[0]}:{addr[1]}"
+        with self._lock:
+            if len(self._conns) >= self.max_connections:
+                self.stats["refused"] += 1
+                log.warning("connection refused: HL7_MAX_CONNECTIONS reached",
+                            extra={"peer": peer, "max_connections": self.max_connections})
+                conn.close()
+                return
+            self._conns[id(conn)] = conn
+            self.stats["connections"] += 1
+            t = threading.Thread(target=self._serve_connection, args=(conn, peer), name=f"mllp-{peer}", daemon=True)
+            self._threads.add(t)
+        t.start()
+
+    def _serve_connection(self, conn: socket.socket, peer: str) -> None:
+        conn.settimeout(self.idle_timeout)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        decoder = MLLPDecoder(self.max_frame_bytes)
+        log.info("connection opened", extra={"peer": peer})
+        try:
+            while not self._stopping.is_set():
+                try:
+                    data = conn.recv(RECV_BYTES)
+                except TimeoutError:
+                    log.info("idle timeout: connection closed", extra={"peer": peer, "seconds": self.idle_timeout})
+                    break
+                except OSError:
+                    break
+                if not data:
+                    if decoder.partial is not None:
+                        log.warning("peer closed inside a frame: truncated message discarded, not acknowledged",
+                                    extra={"peer": peer, "bytes": len(decoder.partial)})
+                    break
+                try:
+                    payloads = decoder.feed(data)
+                except FrameTooLarge as exc:
+                    self._log_junk(decoder, peer)
+                    self._answer(conn, peer, exc.payloads_before)
+                    log.warning("frame over HL7_MAX_FRAME_BYTES: AR sent, connection closed",
+                                extra={"peer": peer, "limit": exc.limit, "size": exc.size})
+                    self._send(conn, peer, intake.handle_oversize(exc.head, exc.size, exc.limit, peer))
+                    break
+                self._log_junk(decoder, peer)
+                if not self._answer(conn, peer, payloads):
+                    break
+        finally:
+            try:
+                conn.close()
+            finally:
+                with self._lock:
+                    self._conns.pop(id(conn), None)
+                    self._threads.discard(threading.current_thread())
+                connections.close_all()
+                log.info("connection closed", extra={"peer": peer})
+
+    def _answer(self, conn: socket.socket, peer: str, payloads: list[bytes]) -> bool:
+        for payload in payloads:
+            ack = self.handler(payload, peer)
+            self.stats["messages"] += 1
+            if ack is None or not self._send(conn, peer, ack):
+                return False
+        return True
+
+    def _send(self, conn: socket.socket, peer: str, ack: bytes) -> bool:
+        try:
+            conn.sendall(frame(ack))
+            return True
+        except OSError as exc:
+            # Stored and committed, but the ACK did not reach the sender: it resends, and the
+            # resend is answered from the stored ACK (duplicate key).
+            log.warning("ACK could not be written", extra={"peer": peer, "error": str(exc)})
+            return False
+
+    def _log_junk(self, decoder: MLLPDecoder, peer: str) -> None:
+        for sample in decoder.take_junk():
+            self.stats["junk_bytes"] += len(sample)
+            log.warning("bytes outside an MLLP frame skipped", extra={"peer": peer, "sample": sample[:64].hex()})
+
+
+def listening_socket(host: str, port: int, *, reuse_port: bool = False, backlog: int = 128) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    return sock

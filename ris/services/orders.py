@@ -1,0 +1,239 @@
+"""Orders: place, replace, status change, cancel, discontinue, complete (IHE RAD-2/RAD-4/RAD-13).
+
+ORC-1 (order control) + ORC-5 (order status) give the target status of the scheduled steps
+through ``ris.states.ORDER_CONTROL_TO_SPS_STATUS`` (shared reference section 3, dcm4chee's
+default).  Identifiers we assign come from ``ris.services.identifiers``; statuses change only
+through ``ris.services.transitions.transition``.  Called inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from ris import states
+from ris.commands import OrderCommand, ProcedureData
+from ris.errors import DuplicateKey, RequiredFieldMissing, TableValueNotFound, UnknownKey
+from ris.models import Order, RequestedProcedure, ScheduledProcedureStep
+from ris.services import identifiers, patients
+from ris.services.transitions import transition
+
+# Requested procedure status that follows from its steps' statuses.
+_STEP_TO_RP = {
+    states.SPS_STARTED: states.RP_IN_PROGRESS,
+    states.SPS_DEPARTED: states.RP_IN_PROGRESS,
+    states.SPS_COMPLETED: states.RP_COMPLETED,
+    states.SPS_DISCONTINUED: states.RP_DISCONTINUED,
+    states.SPS_CANCELED: states.RP_CANCELED,
+}
+
+
+def target_status(cmd: OrderCommand) -> str:
+    try:
+        return states.ORDER_CONTROL_TO_SPS_STATUS[(cmd.order_control, cmd.order_status)]
+    except KeyError:
+        raise TableValueNotFound(f"order control {cmd.order_control}/{cmd.order_status} is not mapped",
+                                 location=f"{cmd.location}^1") from None
+
+
+def find_order(cmd: OrderCommand, *, lock: bool = True) -> Order | None:
+    """By placer number (ORC-2.1 + ORC-2.2), else by filler number (ORC-3.1)."""
+    qs = Order.objects.select_for_update() if lock else Order.objects.all()
+    if cmd.placer_order_number:
+        order = qs.filter(placer_namespace=cmd.placer_namespace, placer_order_number=cmd.placer_order_number).first()
+        if order is not None:
+            return order
+    if cmd.filler_order_number:
+        return qs.filter(filler_order_number=cmd.filler_order_number).first()
+    return None
+
+
+def apply_order(cmd: OrderCommand) -> dict:
+    """Apply one ORC group (or several with one placer number) of an ORM^O01 / OMI^O23."""
+    to_status = target_status(cmd)
+    if cmd.order_control == "NW":
+        return place_order(cmd, to_status)
+    order = find_order(cmd)
+    if order is None:
+        raise UnknownKey(f"order {cmd.placer_order_number or cmd.filler_order_number} is unknown",
+                         location=f"{cmd.location}^{2 if cmd.placer_order_number else 3}")
+    if order.patient.merged_into_id is None:
+        patients.upsert_patient(cmd.patient)
+    if cmd.order_control == "XO":
+        return replace_order(order, cmd, to_status)
+    return change_order_status(order, cmd, to_status)
+
+
+def place_order(cmd: OrderCommand, to_status: str = states.SPS_SCHEDULED) -> dict:
+    """NW: a new order with its requested procedures and scheduled steps.
+
+    Missing accession number: assigned from the database sequence; missing Study Instance UID:
+    generated; missing requested procedure ID: the accession number; missing step ID: the
+    requested procedure ID; missing start: now (shared reference section 3).
+    """
+    if find_order(cmd, lock=False) is not None:
+        raise DuplicateKey(f"order {cmd.placer_order_number or cmd.filler_order_number} already exists",
+                           location=f"{cmd.location}^2")
+    if not cmd.procedures:
+        raise RequiredFieldMissing("new order without a procedure", location=cmd.location)
+    patient, _ = patients.upsert_patient(cmd.patient)
+    visit = patients.upsert_visit(patient, cmd.visit)
+    order = Order.objects.create(
+        patient=patient, visit=visit, placer_order_number=cmd.placer_order_number,
+        placer_namespace=cmd.placer_namespace, filler_order_number=cmd.filler_order_number,
+        order_control=cmd.order_control, order_status=cmd.order_status, ordering_provider=cmd.ordering_provider[:320],
+        referring_physician_name=cmd.referring_physician_name[:320], reason_for_study=cmd.reason_for_study,
+        sending_application=cmd.sending_application[:180], sending_facility=cmd.sending_facility[:180],
+    )
+    procs = [_create_procedure(order, p, cmd, to_status) for p in cmd.procedures]
+    return {"order": order.pk, "patient": patient.pk, "procedures": [p.pk for p in procs],
+            "accession_numbers": [p.accession_number for p in procs]}
+
+
+def _create_procedure(order: Order, data: ProcedureData, cmd: OrderCommand, to_status: str) -> RequestedProcedure:
+    accession = data.accession_number
+    assigned = not accession
+    if assigned:
+        accession = identifiers.new_accession_number()
+    elif RequestedProcedure.objects.filter(accession_number=accession).exists():
+        raise DuplicateKey(f"accession number {accession} is already used", location=f"{data.location}^18")
+    uid = data.study_instance_uid or identifiers.new_study_instance_uid()
+    if data.study_instance_uid and RequestedProcedure.objects.filter(study_instance_uid=uid).exists():
+        raise DuplicateKey(f"Study Instance UID {uid} is already used", location=f"{data.location}^1")
+    rp = RequestedProcedure.objects.create(
+        order=order, requested_procedure_id=(data.requested_procedure_id or accession)[:16],
+        requested_procedure_description=data.requested_procedure_description,
+        procedure_code_value=data.procedure_code_value, procedure_code_scheme=data.procedure_code_scheme,
+        procedure_code_meaning=data.procedure_code_meaning,
+        requested_procedure_priority=data.requested_procedure_priority or states.PRIORITY_ROUTINE,
+        study_instance_uid=uid, accession_number=accession,
+        accession_number_issuer=identifiers_issuer() if assigned else "", accession_assigned_by_us=assigned,
+    )
+    _create_steps(rp, data)
+    if to_status != states.SPS_SCHEDULED:
+        _set_status(rp, to_status, cmd)
+    return rp
+
+
+def identifiers_issuer() -> str:
+    from django.conf import settings
+
+    return settings.ACCESSION_NUMBER_ISSUER
+
+
+def _create_steps(rp: RequestedProcedure, data: ProcedureData) -> None:
+    used = set(rp.steps.values_list("scheduled_procedure_step_id", flat=True)) if rp.pk else set()
+    now = timezone.now()
+    rows = []
+    for i, step in enumerate(data.steps, start=1):
+        sps_id = step.scheduled_procedure_step_id or rp.requested_procedure_id
+        if sps_id in used:  # several IPC without IPC-4: number them
+            sps_id = f"{rp.requested_procedure_id[:12]}.{i}"
+        used.add(sps_id)
+        rows.append(ScheduledProcedureStep(
+            requested_procedure=rp, scheduled_procedure_step_id=sps_id[:16], modality=step.modality,
+            scheduled_station_ae_title=step.scheduled_station_ae_title,
+            scheduled_station_name=step.scheduled_station_name,
+            scheduled_procedure_step_location=step.scheduled_procedure_step_location,
+            scheduled_start=step.scheduled_start or now,
+            scheduled_procedure_step_description=step.scheduled_procedure_step_description,
+            protocol_code_value=step.protocol_code_value, protocol_code_scheme=step.protocol_code_scheme,
+            protocol_code_meaning=step.protocol_code_meaning,
+        ))
+    if rows:
+        ScheduledProcedureStep.objects.bulk_create(rows)
+
+
+def _set_status(rp: RequestedProcedure, to_status: str, cmd: OrderCommand) -> list[int]:
+    """Move every step of ``rp`` to ``to_status`` (through the transition table), then the procedure."""
+    changed = []
+    for step in rp.steps.select_for_update().order_by("pk"):
+        if transition(step, to_status, entity="sps", cause=cmd.cause, actor=cmd.sending_application[:150]):
+            changed.append(step.pk)
+    rp_status = _STEP_TO_RP.get(to_status, states.RP_SCHEDULED)
+    if rp.status != rp_status and (rp.status, rp_status) in states.RP_TRANSITIONS:
+        transition(rp, rp_status, entity="requested_procedure", cause=cmd.cause, actor=cmd.sending_application[:150])
+    return changed
+
+
+def _matching_procedures(order: Order, cmd: OrderCommand, *, add_missing: bool) -> list[RequestedProcedure]:
+    """The procedures a status message is about: those named by accession number or requested
+    procedure ID (OBR-18/19, IPC-1/2), else all of the order."""
+    existing = list(order.procedures.select_for_update().order_by("pk"))
+    named = [p for p in cmd.procedures if p.accession_number or p.requested_procedure_id]
+    if not named:
+        return existing
+    result = []
+    for data in named:
+        match = next((rp for rp in existing if (data.accession_number and rp.accession_number == data.accession_number)
+                      or (not data.accession_number and rp.requested_procedure_id == data.requested_procedure_id)),
+                     None)
+        if match is None:
+            if not add_missing:
+                raise UnknownKey(f"procedure {data.accession_number or data.requested_procedure_id} is not part of "
+                                 f"order {order}", location=f"{data.location}^{18 if data.accession_number else 19}")
+            match = _create_procedure(order, data, cmd, states.SPS_SCHEDULED)
+        result.append(match)
+    return result
+
+
+def replace_order(order: Order, cmd: OrderCommand, to_status: str) -> dict:
+    """XO: change the order (procedure text, priority, steps' modality and start), then its status."""
+    for name in ("ordering_provider", "referring_physician_name", "reason_for_study"):
+        value = getattr(cmd, name)
+        if value:
+            setattr(order, name, value)
+    if cmd.filler_order_number and not order.filler_order_number:
+        order.filler_order_number = cmd.filler_order_number
+    order.order_control, order.order_status = cmd.order_control, cmd.order_status
+    order.save()
+    procs = _matching_procedures(order, cmd, add_missing=True)
+    by_pk = {p.pk: p for p in procs}
+    for data in cmd.procedures:
+        rp = next((p for p in by_pk.values() if p.accession_number == data.accession_number
+                   or (not data.accession_number and p.requested_procedure_id == data.requested_procedure_id)), None)
+        if rp is None and len(procs) == 1:
+            rp = procs[0]
+        if rp is None:
+            continue
+        for name in ("requested_procedure_description", "procedure_code_value", "procedure_code_scheme",
+                     "procedure_code_meaning", "requested_procedure_priority"):
+            value = getattr(data, name)
+            if value:
+                setattr(rp, name, value)
+        rp.save()
+        for step_data in data.steps:
+            for step in rp.steps.filter(status__in=[states.SPS_SCHEDULED, states.SPS_ARRIVED, states.SPS_READY]):
+                if step_data.scheduled_procedure_step_id and step.scheduled_procedure_step_id != \
+                        step_data.scheduled_procedure_step_id:
+                    continue
+                for name in ("modality", "scheduled_station_ae_title", "scheduled_start",
+                             "scheduled_procedure_step_description"):
+                    value = getattr(step_data, name)
+                    if value:
+                        setattr(step, name, value)
+                step.save()
+    changed = [pk for rp in procs for pk in _set_status(rp, to_status, cmd)]
+    return {"order": order.pk, "procedures": [p.pk for p in procs], "steps_changed": changed,
+            "accession_numbers": [p.accession_number for p in procs]}
+
+
+def change_order_status(order: Order, cmd: OrderCommand, to_status: str) -> dict:
+    """SC (status changed), CA (cancel), DC (discontinue): steps to the mapped status."""
+    order.order_control, order.order_status = cmd.order_control, cmd.order_status
+    order.save(update_fields=["order_control", "order_status", "updated_at"])
+    procs = _matching_procedures(order, cmd, add_missing=False)
+    changed = [pk for rp in procs for pk in _set_status(rp, to_status, cmd)]
+    return {"order": order.pk, "procedures": [p.pk for p in procs], "steps_changed": changed,
+            "accession_numbers": [p.accession_number for p in procs]}
+
+
+def cancel_order(order: Order, cmd: OrderCommand) -> dict:
+    return change_order_status(order, cmd, states.SPS_CANCELED)
+
+
+def discontinue_order(order: Order, cmd: OrderCommand) -> dict:
+    return change_order_status(order, cmd, states.SPS_DISCONTINUED)
+
+
+def complete_order(order: Order, cmd: OrderCommand) -> dict:
+    return change_order_status(order, cmd, states.SPS_COMPLETED)

@@ -1,0 +1,175 @@
+"""Patients: register, update demographics, merge (IHE RAD-1, RAD-12; shared reference section 3).
+
+Called by the HL7 adapter (ADT, and the PID of every order) with ``ris.commands`` values,
+inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from django.db import connection
+from django.db.models import ForeignKey
+
+from ris.commands import MergePatients, PatientData, PatientIdentity, RegisterPatient, UpdatePatient, VisitData
+from ris.errors import UnknownKey
+from ris.models import Order, Patient, PatientIdentifier, PatientMerge, Visit
+from ris.states import SPS_FINAL, SPS_STATUSES
+
+
+def _lock_identity(identity: PatientIdentity) -> None:
+    """Serialise concurrent first registrations of one identifier (PostgreSQL advisory lock,
+    released at commit): two orders for a new patient on two connections create one patient."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                           [f"patient:{identity.assigning_authority}:{identity.id_number}"])
+
+
+def find_patient(identity: PatientIdentity) -> Patient | None:
+    """The patient holding PID-3.1 under PID-3.4 (the survivor when it was merged)."""
+    ident = (PatientIdentifier.objects.select_related("patient")
+             .filter(id_number=identity.id_number, assigning_authority=identity.assigning_authority).first())
+    if ident is None:
+        return None
+    patient = ident.patient
+    seen = set()
+    while patient.merged_into_id and patient.pk not in seen:
+        seen.add(patient.pk)
+        patient = Patient.objects.get(pk=patient.merged_into_id)
+    return patient
+
+
+def _apply_demographics(patient: Patient, data: PatientData) -> list[str]:
+    changed = []
+    for name in ("patient_name", "patient_birth_date", "patient_sex"):
+        value = getattr(data, name)
+        if value not in ("", None) and getattr(patient, name) != value:
+            setattr(patient, name, value)
+            changed.append(name)
+    return changed
+
+
+def _add_identifiers(patient: Patient, data: PatientData) -> None:
+    for ident in data.identifiers[1:]:
+        PatientIdentifier.objects.get_or_create(
+            id_number=ident.id_number, assigning_authority=ident.assigning_authority,
+            defaults={"patient": patient, "identifier_type_code": ident.identifier_type_code},
+        )
+
+
+def upsert_patient(data: PatientData) -> tuple[Patient, bool]:
+    """Find the patient by the primary PID-3 (creating it), update non-empty demographics.
+
+    Returns (patient, created).
+    """
+    _lock_identity(data.primary)
+    patient = find_patient(data.primary)
+    created = patient is None
+    if created:
+        patient = Patient.objects.create(patient_name=data.patient_name, patient_birth_date=data.patient_birth_date,
+                                         patient_sex=data.patient_sex)
+        PatientIdentifier.objects.create(
+            patient=patient, id_number=data.primary.id_number, assigning_authority=data.primary.assigning_authority,
+            identifier_type_code=data.primary.identifier_type_code,
+        )
+    else:
+        changed = _apply_demographics(patient, data)
+        if changed:
+            patient.save(update_fields=[*changed, "updated_at"])
+    if len(data.identifiers) > 1:
+        _add_identifiers(patient, data)
+    return patient, created
+
+
+def upsert_visit(patient: Patient, data: VisitData | None) -> Visit | None:
+    """PV1: the visit (PV1-19, else PID-18) of the patient, created or updated."""
+    if data is None:
+        return None
+    visit, created = Visit.objects.get_or_create(
+        patient=patient, visit_number=data.visit_number,
+        defaults={"patient_class": data.patient_class, "assigned_location": data.assigned_location,
+                  "referring_physician_name": data.referring_physician_name, "admit_datetime": data.admit_datetime},
+    )
+    if not created:
+        changed = []
+        for name in ("patient_class", "assigned_location", "referring_physician_name", "admit_datetime"):
+            value = getattr(data, name)
+            if value not in ("", None) and getattr(visit, name) != value:
+                setattr(visit, name, value)
+                changed.append(name)
+        if changed:
+            visit.save(update_fields=[*changed, "updated_at"])
+    return visit
+
+
+def register_patient(cmd: RegisterPatient) -> dict:
+    """A01/A04/A05: create the patient, or update it when already known."""
+    patient, created = upsert_patient(cmd.patient)
+    visit = upsert_visit(patient, cmd.visit)
+    return {"patient": patient.pk, "created": created, "visit": visit.pk if visit else None}
+
+
+def update_patient(cmd: UpdatePatient) -> dict:
+    """A08: update the demographics of the patient and of its open orders.
+
+    The MWL reads name, birth date and sex through the order's patient, so they follow at once;
+    the visit's referring physician (PV1-8) is copied onto the open orders of that visit.  An
+    unknown patient is registered (senders send A08 for patients we never saw).
+    """
+    patient, created = upsert_patient(cmd.patient)
+    visit = upsert_visit(patient, cmd.visit)
+    open_statuses = [s for s in SPS_STATUSES if s not in SPS_FINAL]
+    open_orders = Order.objects.filter(patient=patient, procedures__steps__status__in=open_statuses).distinct()
+    touched = []
+    if visit is not None and cmd.visit.referring_physician_name:
+        for order in open_orders.filter(visit=visit):
+            if order.referring_physician_name != cmd.visit.referring_physician_name:
+                order.referring_physician_name = cmd.visit.referring_physician_name
+                order.save(update_fields=["referring_physician_name", "updated_at"])
+                touched.append(order.pk)
+    return {"patient": patient.pk, "created": created, "visit": visit.pk if visit else None,
+            "open_orders": [o.pk for o in open_orders], "orders_updated": touched}
+
+
+def merge_patients(cmd: MergePatients) -> dict:
+    """A40: move everything of the retired patient (MRG-1) to the survivor (PID-3), record it.
+
+    Every row pointing at the retired patient moves -- orders (and with them their procedures
+    and steps), visits, identifiers, and rows of later apps (studies, reports) -- and the
+    ``PatientMerge`` lists them by model and primary key so the merge can be shown and undone.
+    """
+    _lock_identity(cmd.retired)
+    retired = find_patient(cmd.retired)
+    if retired is None:
+        raise UnknownKey(f"patient {cmd.retired} (MRG-1) is unknown", location="MRG^1^1")
+    survivor, _ = upsert_patient(cmd.survivor)
+    if survivor.pk == retired.pk:
+        return {"survivor": survivor.pk, "retired": retired.pk, "moved": {}, "noop": True}
+    moved: dict[str, list[int]] = {}
+    # Visits: a visit number the survivor already has is folded into the survivor's visit.
+    survivor_visits = {v.visit_number: v for v in Visit.objects.filter(patient=survivor)}
+    for visit in Visit.objects.filter(patient=retired):
+        target = survivor_visits.get(visit.visit_number)
+        if target is not None:
+            Order.objects.filter(visit=visit).update(visit=target)
+        else:
+            visit.patient = survivor
+            visit.save(update_fields=["patient", "updated_at"])
+            moved.setdefault("ris.visit", []).append(visit.pk)
+    steps = list(Order.objects.filter(patient=retired).values_list("procedures__steps__pk", flat=True))
+    for rel in Patient._meta.related_objects:
+        field = rel.field
+        if not isinstance(field, ForeignKey) or rel.related_model in (PatientMerge, Patient, Visit):
+            continue
+        qs = rel.related_model._default_manager.filter(**{field.name: retired})
+        pks = list(qs.values_list("pk", flat=True))
+        if pks:
+            qs.update(**{field.name: survivor})
+            moved[rel.related_model._meta.label_lower] = pks
+    moved["ris.scheduledprocedurestep"] = [pk for pk in steps if pk is not None]
+    retired.merged_into = survivor
+    retired.save(update_fields=["merged_into", "updated_at"])
+    merge = PatientMerge.objects.create(
+        survivor=survivor, retired=retired, retired_patient_id=cmd.retired.id_number,
+        retired_issuer_of_patient_id=cmd.retired.assigning_authority, moved=moved, cause=cmd.cause[:255],
+    )
+    return {"survivor": survivor.pk, "retired": retired.pk, "merge": merge.pk, "moved": moved}
