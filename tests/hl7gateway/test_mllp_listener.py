@@ -1,0 +1,256 @@
+"""Tier 3: the real MLLP listener on an ephemeral port, driven by python-hl7's MLLP client
+(``hl7.client.MLLPClient``, a third-party client) and by raw sockets for malformed input."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hl7.client import MLLPClient
+
+from hl7gateway.models import InboundMessage
+from hl7gateway.server import MLLPServer
+from ris.models import Order, RequestedProcedure, ScheduledProcedureStep
+from tests.hl7gateway.intake_helpers import ack_fields, fixture, recv_frame, unframe, with_control_id
+
+pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def listener():
+    servers = []
+
+    def start(**kwargs) -> MLLPServer:
+        server = MLLPServer("127.0.0.1", 0, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def send(port: int, raw: bytes) -> dict:
+    with MLLPClient("127.0.0.1", port) as client:
+        return ack_fields(unframe(client.send_message(raw)))
+
+
+def orm(i: int, placer: str | None = None) -> bytes:
+    """A small ORM^O01 (small-vendor style) with its own control ID and placer number."""
+    raw = fixture("smallvendor_orm_o01_nw_lf.hl7").replace(b"SV30001", (placer or f"PL{i:06d}").encode())
+    return with_control_id(raw, f"C{i:06d}")
+
+
+def test_order_sent_with_python_hl7_client_is_stored_then_acknowledged(listener):
+    server = listener()
+    ack = send(server.port, fixture("epic_orm_o01_nw.hl7"))
+    assert ack["msa_1"] == "AA" and ack["msa_2"] == "EPC000101" and ack["msh_9"] == "ACK^O01^ACK"
+    # visible with patient, accession numbers and steps once the ACK is back
+    order = Order.objects.get(placer_order_number="P10001")
+    assert order.patient.identifiers.filter(id_number="E1000001").exists()
+    assert sorted(RequestedProcedure.objects.filter(order=order).values_list("accession_number", flat=True)) == [
+        "EA100001", "EA100002"]
+    assert ScheduledProcedureStep.objects.filter(requested_procedure__order=order).count() == 2
+    row = InboundMessage.objects.get()
+    assert row.status == "APPLIED" and row.peer.startswith("127.0.0.1:")
+
+
+def test_many_messages_on_one_connection_are_applied_in_order(listener):
+    server = listener()
+    with MLLPClient("127.0.0.1", server.port) as client:
+        acks = [ack_fields(unframe(client.send_message(fixture(name)))) for name in (
+            "epic_orm_o01_nw.hl7", "epic_orm_o01_sc_ip.hl7", "epic_orm_o01_xo_cm.hl7", "epic_orm_o01_ca.hl7")]
+    assert [a["msa_1"] for a in acks] == ["AA", "AA", "AA", "AE"]  # cancel after completion: refused
+    assert ScheduledProcedureStep.objects.get(scheduled_procedure_step_id="SPS100001").status == "COMPLETED"
+    assert acks[3]["msa_2"] == "EPC000102" and "207" in acks[3]["err"]
+
+
+def test_duplicate_resend_gets_stored_ack_and_changes_nothing(listener):
+    server = listener()
+    raw = fixture("omi_o23_nw.hl7")
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"\x0b" + raw + b"\x1c\r")
+        first = recv_frame(s)
+        for _ in range(4):
+            s.sendall(b"\x0b" + raw + b"\x1c\r")
+            assert recv_frame(s) == first
+    assert Order.objects.count() == 1 and ScheduledProcedureStep.objects.count() == 2
+    assert InboundMessage.objects.get().duplicate_count == 4
+    ack = send(server.port, raw.replace(b"Zo\xc3\xab", b"Zoe"))
+    assert ack["msa_1"] == "AE" and "205" in ack["err"]
+    assert InboundMessage.objects.filter(status="COLLISION").count() == 1
+
+
+def test_one_byte_per_write_and_two_messages_in_one_write(listener):
+    server = listener()
+    data = b"\x0b" + orm(1) + b"\x1c\r"
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            s.sendall(data[i:i + 1])
+        assert ack_fields(recv_frame(s))["msa_2"] == "C000001"
+        s.sendall(b"\x0b" + orm(2) + b"\x1c\r\x0b" + orm(3) + b"\x1c\r")
+        assert ack_fields(recv_frame(s))["msa_2"] == "C000002"
+        assert ack_fields(recv_frame(s))["msa_2"] == "C000003"
+    assert Order.objects.count() == 3
+
+
+def test_junk_before_start_block_is_skipped_and_fs_without_cr_accepted(listener):
+    server = listener()
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"\r\n\x00garbage-before-frame\n\x0b" + orm(4) + b"\x1c")  # no CR after FS
+        assert ack_fields(recv_frame(s))["msa_1"] == "AA"
+        s.sendall(b"\r\x0b" + orm(5) + b"\x1c\r")
+        assert ack_fields(recv_frame(s))["msa_1"] == "AA"
+    assert server.stats["junk_bytes"] >= len(b"\r\n\x00garbage-before-frame\n")
+    assert Order.objects.count() == 2
+
+
+def test_garbage_frame_gets_ar_and_connection_stays_usable(listener):
+    server = listener()
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"\x0bthis is not an HL7 message\x1c\r")
+        bad = ack_fields(recv_frame(s))
+        assert bad["msa_1"] == "AR" and "100" in bad["err"]
+        s.sendall(b"\x0b" + orm(6) + b"\x1c\r")
+        assert ack_fields(recv_frame(s))["msa_1"] == "AA"
+    assert InboundMessage.objects.filter(status="REJECTED").count() == 1
+
+
+def test_unsupported_version_and_wrong_encoding(listener):
+    server = listener()
+    ack = send(server.port, fixture("epic_orm_o01_nw.hl7").replace(b"|P|2.3.1|", b"|P|2.1|"))
+    assert ack["msa_1"] == "AR" and "203" in ack["err"]
+    latin_in_utf8 = fixture("epic_orm_o01_nw.hl7").replace(b"EPC000101", b"ENC1").replace(
+        b"Testpatient", "Tëstpatient".encode("latin-1"))
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"\x0b" + latin_in_utf8 + b"\x1c\r")
+        ack = recv_frame(s)
+    assert b"MSA|AE|ENC1" in ack and b"102" in ack
+    assert Order.objects.count() == 0
+
+
+def test_truncated_frame_is_not_acknowledged_nor_stored(listener):
+    server = listener()
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"\x0b" + orm(7)[:60])
+        s.shutdown(socket.SHUT_WR)
+        assert recv_frame(s) is None  # closed without ACK
+    time.sleep(0.2)
+    assert InboundMessage.objects.count() == 0 and Order.objects.count() == 0
+    assert send(server.port, orm(8))["msa_1"] == "AA"  # the listener is fine
+
+
+def test_oversize_frame_is_rejected_and_connection_closed(listener):
+    server = listener(max_frame_bytes=2048)
+    big = orm(9).replace(b"Chest X-ray 2 views", b"X" * 5000)
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"\x0b" + orm(10) + b"\x1c\r\x0b" + big + b"\x1c\r")
+        assert ack_fields(recv_frame(s))["msa_1"] == "AA"
+        ack = ack_fields(recv_frame(s))
+        assert ack["msa_1"] == "AR" and ack["msa_2"] == "C000009" and "larger than the limit" in ack["msa_3"] + ack["err"]
+        assert recv_frame(s) is None
+    row = InboundMessage.objects.get(status="REJECTED")
+    assert len(bytes(row.raw)) == 2048
+    assert Order.objects.count() == 1
+
+
+def test_idle_timeout_and_connection_cap(listener):
+    server = listener(idle_timeout=1.0, max_connections=2)
+    a = socket.create_connection(("127.0.0.1", server.port))
+    b = socket.create_connection(("127.0.0.1", server.port))
+    time.sleep(0.2)
+    c = socket.create_connection(("127.0.0.1", server.port))
+    c.settimeout(5)
+    assert c.recv(10) == b""  # refused: closed at once
+    assert server.stats["refused"] == 1
+    start = time.monotonic()
+    a.settimeout(5)
+    assert a.recv(10) == b""  # idle: closed after about 1 s
+    assert 0.5 < time.monotonic() - start < 4
+    for s in (a, b, c):
+        s.close()
+
+
+def test_twenty_concurrent_connections_every_order_once(listener):
+    server = listener()
+    per_conn, n_conn = 10, 20
+    results: dict[int, list[str]] = {}
+    errors = []
+
+    def worker(k: int) -> None:
+        try:
+            with MLLPClient("127.0.0.1", server.port) as client:
+                codes = []
+                for j in range(per_conn):
+                    i = k * 1000 + j
+                    # every order twice (resend after ACK) -- still one order each
+                    raw = orm(i)
+                    codes.append(ack_fields(unframe(client.send_message(raw)))["msa_1"])
+                    if j % 3 == 0:
+                        codes.append(ack_fields(unframe(client.send_message(raw)))["msa_1"])
+                results[k] = codes
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_conn)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert all(code == "AA" for codes in results.values() for code in codes)
+    placers = list(Order.objects.values_list("placer_order_number", flat=True))
+    assert len(placers) == n_conn * per_conn == len(set(placers))
+    assert RequestedProcedure.objects.values("accession_number").distinct().count() == n_conn * per_conn
+    assert InboundMessage.objects.filter(status="APPLIED").count() == n_conn * per_conn
+
+
+def _run_mllp(env_extra: dict) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "manage.py", "run_mllp", "--host", "127.0.0.1", "--port", "0"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise AssertionError(f"run_mllp did not start: {line!r} {proc.stderr.read()[-2000:]}")
+    return proc, int(line.split(":")[-1].split()[0])
+
+
+def test_run_mllp_command_answers_ae_when_database_is_down():
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there
+    proc, port = _run_mllp({"DATABASE_URL": f"postgres://postgres@127.0.0.1:{dead_port}/nowhere"})
+    try:
+        ack = send(port, fixture("epic_orm_o01_nw.hl7"))
+        assert ack["msa_1"] == "AE" and ack["msa_2"] == "EPC000101" and "207" in ack["err"]
+        assert "database unavailable" in ack["msa_3"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert Order.objects.count() == 0
+
+
+def test_run_mllp_command_stores_orders(settings):
+    from django.db import connection
+
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    proc, port = _run_mllp({"DATABASE_URL": url})
+    try:
+        assert send(port, fixture("cerner_orm_o01_nw_crlf.hl7"))["msa_1"] == "AA"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    rp = RequestedProcedure.objects.get(accession_number="CA200001")
+    assert rp.order.patient.patient_name == "Müller^Jürgen"
