@@ -143,6 +143,19 @@ HL7_STATION_AE_BY_MODALITY = env_str("HL7_STATION_AE_BY_MODALITY", "")
 # Outbound ORU^R01: name=mllp://host:port,... (also configurable in the admin).
 HL7_ORU_DESTINATIONS = env_str("HL7_ORU_DESTINATIONS", "")
 HL7_ORU_VERSION = env_choice("HL7_ORU_VERSION", "2.5.1", {"2.5.1", "2.3.1"})
+# ORU delivery (hl7gateway.outbox): timeouts, AE attempts before failing, backoff with jitter
+# (capped far below the Redis visibility timeout, reliability C-05), the sweep that re-queues
+# rows no worker picked up, and how long a dispatched row may wait before it is re-queued.
+HL7_ORU_CONNECT_TIMEOUT_SECONDS = env_float("HL7_ORU_CONNECT_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+HL7_ORU_ACK_TIMEOUT_SECONDS = env_float("HL7_ORU_ACK_TIMEOUT_SECONDS", 30.0, minimum=0.1)
+HL7_ORU_MAX_ATTEMPTS = env_int("HL7_ORU_MAX_ATTEMPTS", 8, minimum=1)
+HL7_ORU_RETRY_BASE_SECONDS = env_float("HL7_ORU_RETRY_BASE_SECONDS", 5.0, minimum=0.01)
+HL7_ORU_RETRY_MAX_SECONDS = env_float("HL7_ORU_RETRY_MAX_SECONDS", 600.0, minimum=0.01)
+HL7_ORU_SWEEP_SECONDS = env_float("HL7_ORU_SWEEP_SECONDS", 15.0, minimum=0.5)
+HL7_ORU_REQUEUE_AFTER_SECONDS = env_float("HL7_ORU_REQUEUE_AFTER_SECONDS", 60.0, minimum=0.5)
+CELERY_BEAT_SCHEDULE["hl7gateway.sweep_outbound"] = {
+    "task": "hl7gateway.sweep_outbound", "schedule": HL7_ORU_SWEEP_SECONDS,
+}
 
 # --- DICOM ---------------------------------------------------------------------------------
 DICOM_HOST = env_str("DICOM_HOST", "0.0.0.0")

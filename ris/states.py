@@ -118,4 +118,10 @@ TABLES: dict[str, frozenset[tuple[str, str]]] = {
         | {(a, "CANCELED") for a in ("SCHEDULED", "IN_PROGRESS", "COMMITTING", "RETRYING", "FAILED")}
         | {("IN_PROGRESS", "COMMITTING"), ("IN_PROGRESS", "COMMITTED"), ("COMMITTING", "COMMITTED")}
     ),
+    # Outbound ORU^R01 (hl7gateway.models.outbound): AA delivers, AR / the attempt cap fails;
+    # the operator retries a failed message or cancels a pending or failed one.
+    "oru_outbound": frozenset(
+        {("PENDING", "DELIVERED"), ("PENDING", "FAILED"), ("PENDING", "CANCELED"), ("FAILED", "PENDING"),
+         ("FAILED", "CANCELED")}
+    ),
 }

@@ -1,0 +1,199 @@
+"""The outbound HL7 queue: ORU^R01 destinations, one row per (report version, destination),
+every delivery attempt as a row, and the operator's retry / cancel actions.
+
+A row is written in the signing transaction (``hl7gateway.outbox.enqueue_oru``) with its
+message already rendered and its MSH-10 fixed, so that every resend is the same bytes.
+``status`` moves only through ``ris.services.transitions.transition`` (table
+``oru_outbound`` in ``ris.states``):
+
+    PENDING --AA--> DELIVERED
+    PENDING --AR, or AE / worker lost more than the attempt cap--> FAILED
+    PENDING / FAILED --operator cancel--> CANCELED
+    FAILED --operator retry--> PENDING
+
+"Being sent right now" is not a status but a lease (``leased_until``): a worker claims a
+due row by a conditional UPDATE, and a worker that dies mid-send leaves a lease that
+simply expires, after which the sweep re-queues the row (reliability C-02/C-03).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.checks import Error, Tags, register
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+PENDING = "PENDING"
+DELIVERED = "DELIVERED"
+FAILED = "FAILED"
+CANCELED = "CANCELED"
+STATUSES = (PENDING, DELIVERED, FAILED, CANCELED)
+#: A row in one of these no longer holds back later rows of the same patient and destination.
+SETTLED = (DELIVERED, CANCELED)
+# Allowed status changes: ris.states.TABLES["oru_outbound"].
+
+
+class OutboundDestination(models.Model):
+    """A system that receives our ORU^R01 over MLLP (billing, the EHR ...).
+
+    Rows come from the admin or from ``HL7_ORU_DESTINATIONS`` (``declared_in_environment``:
+    host and port are then taken from the environment at every sync; the other fields stay
+    editable in the admin).
+    """
+
+    VERSION_DEFAULT = ""
+    VERSION_CHOICES = [("", "setting HL7_ORU_VERSION"), ("2.5.1", "2.5.1"), ("2.3.1", "2.3.1")]
+    TEXT_TYPE_CHOICES = [("TX", "TX (text)"), ("FT", "FT (formatted text)")]
+
+    name = models.SlugField(max_length=64, unique=True, help_text="e.g. billing, ehr")
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(65535)])
+    hl7_version = models.CharField(max_length=8, blank=True, choices=VERSION_CHOICES, default=VERSION_DEFAULT,
+                                   help_text="MSH-12; empty = the setting HL7_ORU_VERSION")
+    receiving_application = models.CharField(max_length=180, blank=True, help_text="MSH-5")
+    receiving_facility = models.CharField(max_length=180, blank=True, help_text="MSH-6")
+    text_value_type = models.CharField(max_length=2, choices=TEXT_TYPE_CHOICES, default="TX",
+                                       help_text="OBX-2 of the report text lines")
+    ack_timeout_seconds = models.FloatField(null=True, blank=True,
+                                            help_text="seconds to wait for the ACK; empty = HL7_ORU_ACK_TIMEOUT_SECONDS")
+    enabled = models.BooleanField(default=True, help_text="disabled: no new messages are queued for it")
+    declared_in_environment = models.BooleanField(default=False, editable=False,
+                                                  help_text="declared by HL7_ORU_DESTINATIONS")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.host}:{self.port})"
+
+    @property
+    def version(self) -> str:
+        return self.hl7_version or settings.HL7_ORU_VERSION
+
+    @property
+    def ack_timeout(self) -> float:
+        return self.ack_timeout_seconds or settings.HL7_ORU_ACK_TIMEOUT_SECONDS
+
+
+class OutboundMessage(models.Model):
+    """One ORU^R01 for one destination: the outbox row (see the module docstring)."""
+
+    STATUS_CHOICES = [(s, s.title()) for s in STATUSES]
+
+    destination = models.ForeignKey(OutboundDestination, on_delete=models.PROTECT, related_name="messages")
+    report_version = models.ForeignKey("ris.ReportVersion", on_delete=models.PROTECT, related_name="outbound_messages")
+    # The ordering key: messages of one patient to one destination leave in creation order.
+    patient = models.ForeignKey("ris.Patient", on_delete=models.PROTECT, related_name="+")
+    patient_id_text = models.CharField(max_length=200, blank=True, help_text="PID-3 as sent (for the operator)")
+    accession_number = models.CharField(max_length=16, blank=True, help_text="OBR-18 as sent")
+    result_status = models.CharField(max_length=1, help_text="OBR-25 as sent: P, F or C")
+    message_control_id = models.CharField(max_length=20, unique=True, null=True, help_text="MSH-10, never changes")
+    hl7_version = models.CharField(max_length=8, help_text="MSH-12 as sent")
+    payload = models.BinaryField(help_text="the message bytes (UTF-8), without MLLP framing")
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=PENDING)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    next_attempt_at = models.DateTimeField(help_text="not sent before this time")
+    dispatched_at = models.DateTimeField(null=True, blank=True,
+                                         help_text="when the last delivery task was due to run (for the sweep)")
+    leased_until = models.DateTimeField(null=True, blank=True, help_text="a worker is sending it until then")
+    attempt_count = models.PositiveIntegerField(default=0, help_text="attempts so far (= the last attempt's number)")
+    attempt_floor = models.PositiveIntegerField(default=0, help_text="attempt_count at the last operator retry")
+    last_outcome = models.CharField(max_length=20, blank=True)
+    last_error = models.TextField(blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    ack = models.BinaryField(null=True, blank=True, help_text="the ACK that settled the message")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["report_version", "destination"], name="uniq_oru_per_version_destination"),
+        ]
+        indexes = [
+            # The head-of-line check and "next in line" lookups.
+            models.Index(fields=["destination", "patient", "id"], name="oru_out_chain_idx",
+                         condition=Q(status__in=[PENDING, FAILED])),
+            # The sweep and the operator page (undelivered rows by due time / age).
+            models.Index(fields=["status", "next_attempt_at"], name="oru_out_due_idx"),
+            models.Index(fields=["destination", "status", "created_at"], name="oru_out_dest_status_idx"),
+        ]
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"ORU {self.message_control_id} -> {self.destination_id} {self.status}"
+
+    @property
+    def text(self) -> str:
+        return bytes(self.payload).decode("utf-8", errors="replace")
+
+    @property
+    def ack_text(self) -> str:
+        return bytes(self.ack).decode("utf-8", errors="replace") if self.ack else ""
+
+
+class OutboundAttempt(models.Model):
+    """One try to deliver a message: written when a worker claims the row, finished with its outcome.
+
+    ``outcome`` is one of hl7gateway.client's outcomes (AA, AE, AR, TIMEOUT, CONNECT_ERROR,
+    CONNECTION_LOST, BAD_ACK), or INTERRUPTED when the worker died before finishing it.
+    """
+
+    INTERRUPTED = "INTERRUPTED"
+
+    message = models.ForeignKey(OutboundMessage, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=20, blank=True)
+    detail = models.TextField(blank=True, help_text="MSA-3/ERR text or the socket error")
+    ack = models.BinaryField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True, help_text="host and process that tried")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "number"], name="uniq_oru_attempt_number")]
+        ordering = ["message", "number"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.message_id}: {self.outcome or 'in progress'}"
+
+
+class OutboundAction(models.Model):
+    """An operator's retry or cancel of an outbound message: who, when, why."""
+
+    RETRY = "RETRY"
+    CANCEL = "CANCEL"
+    ACTION_CHOICES = [(RETRY, "Retry"), (CANCEL, "Cancel")]
+
+    message = models.ForeignKey(OutboundMessage, on_delete=models.CASCADE, related_name="actions")
+    action = models.CharField(max_length=10, choices=ACTION_CHOICES)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    username = models.CharField(max_length=150, help_text="kept if the account is deleted")
+    reason = models.CharField(max_length=500, blank=True)
+    from_status = models.CharField(max_length=10)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.action} of {self.message_id} by {self.username}"
+
+
+@register(Tags.compatibility)
+def check_oru_destinations(app_configs, **kwargs):
+    """hl7gateway.E101: HL7_ORU_DESTINATIONS cannot be parsed (the destinations are then ignored)."""
+    from hl7gateway.outbox import parse_destinations
+
+    try:
+        parse_destinations(settings.HL7_ORU_DESTINATIONS)
+    except ValueError as exc:
+        return [
+            Error(
+                f"HL7_ORU_DESTINATIONS: {exc}.",
+                hint="name=mllp://host:port[?version=2.3.1&application=APP&facility=FAC],... (see .env.example)",
+                id="hl7gateway.E101",
+            )
+        ]
+    return []

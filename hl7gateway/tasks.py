@@ -1,0 +1,26 @@
+"""Celery tasks of the HL7 gateway: ORU^R01 delivery and its sweep (thin: the rules are in
+``hl7gateway.outbox``).
+
+Tasks take row IDs, are acknowledged late (settings: ``CELERY_TASK_ACKS_LATE``,
+``CELERY_TASK_REJECT_ON_WORKER_LOST``) and are idempotent: running ``deliver_oru`` twice
+for a row sends it at most once per lease, and never after it was settled.  Names are
+explicit and stable (they are what the broker and the beat schedule store).
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from hl7gateway import outbox
+
+
+@shared_task(name=outbox.TASK_NAME, acks_late=True, ignore_result=True)
+def deliver_oru(message_id: int) -> str:
+    """Send one outbound ORU^R01 row (claim, send over MLLP, wait for the ACK, record)."""
+    return outbox.deliver(message_id)
+
+
+@shared_task(name="hl7gateway.sweep_outbound", ignore_result=True)
+def sweep_outbound() -> int:
+    """Periodic (CELERY_BEAT_SCHEDULE): re-queue due rows whose task never ran or whose worker died."""
+    return outbox.sweep()

@@ -1,0 +1,270 @@
+"""A real MLLP listener that stands in for billing or the EHR (an HL7 receiving system).
+
+It listens on a TCP port, decodes MLLP frames with ``hl7gateway.mllp`` and answers each
+message the way it is told -- AA, AE or AR (original-mode ACK with MSA-2 = our MSH-10),
+nothing at all (``SILENT``: the sender's ACK timeout fires), or by closing the connection
+(``CLOSE``) -- and it can be taken down (port closed: connection refused) and brought up
+again on the same port.  It records every message it received, with the answer it gave.
+
+Used by the outbox tests and by ``bench/oru_delivery.py``::
+
+    with MLLPSink() as sink:            # port 0: an ephemeral port
+        sink.script(["AE", "AA"])      # answers for the next messages, then ``sink.mode``
+        ...
+        sink.wait_for(2, timeout=10)
+        sink.control_ids()             # MSH-10 of each message received, in order
+
+Run on its own: ``python tests/mllp_sink.py --port 2576 --mode AA``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make hl7gateway importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hl7gateway.mllp import MLLPDecoder, frame  # noqa: E402
+
+AA, AE, AR, SILENT, CLOSE = "AA", "AE", "AR", "SILENT", "CLOSE"
+MODES = (AA, AE, AR, SILENT, CLOSE)
+
+
+@dataclass(frozen=True)
+class Received:
+    payload: bytes
+    control_id: str  # MSH-10
+    answer: str  # the mode used to answer it
+    at: float  # time.monotonic()
+
+    @property
+    def text(self) -> str:
+        return self.payload.decode("utf-8")
+
+    def segments(self) -> list[list[str]]:
+        return [s.split("|") for s in self.text.split("\r") if s]
+
+    def segment(self, name: str, index: int = 0) -> list[str]:
+        """Fields of the index-th segment called ``name``; MSH fields are numbered like the standard."""
+        found = [s for s in self.segments() if s[0] == name]
+        seg = found[index]
+        return ["MSH", "|"] + seg[1:] if name == "MSH" else seg
+
+
+def _msh_fields(payload: bytes) -> list[str]:
+    text = payload.decode("utf-8", errors="replace")
+    first = text.split("\r", 1)[0]
+    if not first.startswith("MSH") or len(first) < 4:
+        return []
+    sep = first[3]
+    return ["MSH", sep] + first[4:].split(sep)[0:]  # index n = MSH-n (MSH-2 = encoding characters)
+
+
+def build_ack(payload: bytes, code: str, control_id: str, text: str = "") -> bytes:
+    """ACK^R01 in original mode: MSH-3/4 and 5/6 swapped, MSH-12 echoed, MSA-1 code, MSA-2 = MSH-10."""
+    msh = _msh_fields(payload)
+
+    def f(n: int) -> str:
+        return msh[n] if len(msh) > n else ""
+
+    now = time.strftime("%Y%m%d%H%M%S")
+    lines = [
+        f"MSH|^~\\&|{f(5)}|{f(6)}|{f(3)}|{f(4)}|{now}||ACK^R01^ACK|ACK{next(_ack_ids)}|P|{f(12) or '2.5.1'}",
+        f"MSA|{code}|{control_id}" + (f"|{text}" if text else ""),
+    ]
+    if code != AA:
+        lines.append(f"ERR|||207^Application internal error^HL70357|E||||{text}")
+    return ("\r".join(lines) + "\r").encode("utf-8")
+
+
+_ack_ids = itertools.count(1)
+
+
+class MLLPSink:
+    """A threaded MLLP receiver on 127.0.0.1 (see the module docstring)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, mode: str = AA, ack_delay: float = 0.0,
+                 record_payloads: bool = True):
+        if mode not in MODES:
+            raise ValueError(mode)
+        self.host = host
+        self.port = port
+        self.mode = mode
+        self.ack_delay = ack_delay
+        self.record_payloads = record_payloads
+        self.received: list[Received] = []
+        self.count = 0
+        self.connections = 0
+        self._script: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._open: set[socket.socket] = set()
+        self._running = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> MLLPSink:
+        """Listen (again) on the port; the first start picks an ephemeral port if port is 0."""
+        if self._running:
+            return self
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(128)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._running = True
+        self._accept_thread = threading.Thread(target=self._accept_loop, args=(listener,), daemon=True,
+                                               name=f"mllp-sink-{self.port}")
+        self._accept_thread.start()
+        return self
+
+    up = start
+
+    def down(self) -> None:
+        """Stop listening and drop every open connection: senders get connection refused."""
+        self._running = False
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            conns = list(self._open)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout=5)
+
+    stop = down
+
+    def __enter__(self) -> MLLPSink:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def url(self) -> str:
+        return f"mllp://{self.host}:{self.port}"
+
+    # -- behaviour -----------------------------------------------------------------------
+    def script(self, answers: list[str]) -> None:
+        """Answer the next messages with these modes, in order, then fall back to ``mode``."""
+        for a in answers:
+            if a not in MODES:
+                raise ValueError(a)
+        with self._lock:
+            self._script.extend(answers)
+
+    def _next_answer(self) -> str:
+        with self._lock:
+            return self._script.popleft() if self._script else self.mode
+
+    # -- observation ---------------------------------------------------------------------
+    def wait_for(self, n: int, timeout: float = 10.0) -> list[Received]:
+        """Block until at least n messages were received; raise AssertionError on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.count < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"sink received {self.count} messages, expected {n} within {timeout} s")
+                self._cond.wait(left)
+            return list(self.received)
+
+    def control_ids(self) -> list[str]:
+        with self._lock:
+            return [r.control_id for r in self.received]
+
+    # -- serving -------------------------------------------------------------------------
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if not self._running:
+                conn.close()
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._open.add(conn)
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        decoder = MLLPDecoder()
+        try:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                for payload in decoder.feed(data):
+                    msh = _msh_fields(payload)
+                    control_id = msh[10] if len(msh) > 10 else ""
+                    answer = self._next_answer()
+                    with self._cond:
+                        self.received.append(Received(payload if self.record_payloads else b"", control_id, answer,
+                                                      time.monotonic()))
+                        self.count += 1
+                        self._cond.notify_all()
+                    if answer == SILENT:
+                        continue
+                    if answer == CLOSE:
+                        return
+                    if self.ack_delay:
+                        time.sleep(self.ack_delay)
+                    text = {AE: "Simulated application error", AR: "Simulated rejection"}.get(answer, "")
+                    try:
+                        conn.sendall(frame(build_ack(payload, answer, control_id, text)))
+                    except OSError:
+                        return
+        finally:
+            with self._lock:
+                self._open.discard(conn)
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="MLLP sink: ACKs every HL7 message it receives")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--mode", default=AA, choices=MODES)
+    args = parser.parse_args(argv)
+    sink = MLLPSink(args.host, args.port, args.mode, record_payloads=False).start()
+    print(f"listening on {sink.host}:{sink.port} answering {sink.mode}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        sink.down()
+
+
+if __name__ == "__main__":
+    main()
