@@ -1,0 +1,70 @@
+"""Admin pages of the HL7 gateway: the inbound message log (operators search it by control ID,
+sender, patient ID, accession number, type and status; raw message and ACK shown readable).
+The outbound queue (ORU) registers its admin below."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.utils.html import format_html
+
+from hl7gateway.models import InboundMessage
+from hl7gateway.parsing import CHARSETS
+
+
+def readable_hl7(data: bytes | memoryview | None, charset: str = "") -> str:
+    """Bytes of a message as text, one segment a line (the charset it came in, else Latin-1)."""
+    if data is None:
+        return ""
+    raw = bytes(data)
+    codec = CHARSETS.get((charset or "").upper()) or "utf-8"
+    try:
+        text = raw.decode(codec)
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # make control characters visible instead of invisible
+    return "".join(ch if ch in "\n\t" or ord(ch) >= 32 else f"<0x{ord(ch):02x}>" for ch in text)
+
+
+@admin.register(InboundMessage)
+class InboundMessageAdmin(admin.ModelAdmin):
+    list_display = ("received_at", "message_type", "message_control_id", "sending_application", "sending_facility",
+                    "patient_id", "accession_numbers", "status", "ack_code", "error_code", "duplicate_count", "peer")
+    list_filter = ("status", "ack_code", "message_type", "sending_application", "sending_facility")
+    search_fields = ("=message_control_id", "sending_application", "sending_facility", "=patient_id",
+                     "accession_numbers", "message_type", "status", "error_text")
+    date_hierarchy = "received_at"
+    list_per_page = 50
+    show_full_result_count = False  # the log grows large: no COUNT(*) on every page
+    readonly_fields = ("received_at", "peer", "sending_application", "sending_facility", "receiving_application",
+                       "receiving_facility", "message_control_id", "message_type", "version_id", "character_set",
+                       "status", "ack_code", "error_code", "error_location", "error_text", "patient_id",
+                       "accession_numbers", "duplicate_count", "content_sha256", "replay_of", "effect",
+                       "raw_message", "ack_message")
+    exclude = ("raw", "ack")
+    fieldsets = (
+        (None, {"fields": ("received_at", "peer", "status", "ack_code", "error_code", "error_location",
+                           "error_text", "duplicate_count")}),
+        ("Message header", {"fields": ("message_type", "version_id", "message_control_id", "sending_application",
+                                       "sending_facility", "receiving_application", "receiving_facility",
+                                       "character_set", "content_sha256", "replay_of")}),
+        ("Identifiers and effect", {"fields": ("patient_id", "accession_numbers", "effect")}),
+        ("Raw message and ACK", {"fields": ("raw_message", "ack_message")}),
+    )
+
+    @admin.display(description="raw message")
+    def raw_message(self, obj: InboundMessage) -> str:
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', readable_hl7(obj.raw, obj.character_set))
+
+    @admin.display(description="ACK sent")
+    def ack_message(self, obj: InboundMessage) -> str:
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', readable_hl7(obj.ack, obj.character_set))
+
+    def has_add_permission(self, request) -> bool:
+        return False  # messages arrive over MLLP only
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # the log is evidence: read-only
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
