@@ -1,7 +1,8 @@
 """Build and start the engine's one DICOM application entity (``manage.py run_dicom``).
 
 Services are collected from the modules in ``SERVICE_MODULES``; each provides
-``contexts()`` and ``handlers()`` (see ``pacs.dimse``).  Every association runs in its
+``contexts()`` and ``handlers()`` (see ``pacs.dimse``).  Who may associate, and for which
+services, is decided by ``pacs.dimse.policy`` when the A-ASSOCIATE-RQ arrives.  Every association runs in its
 own thread; the thread's database connection is closed when the association ends.
 """
 
@@ -14,6 +15,8 @@ from django.conf import settings
 from django.db import connections
 from pynetdicom import AE, evt
 
+from pacs.dimse import policy
+
 log = logging.getLogger("pacs.dimse")
 
 # The services of the AE, in the order their presentation contexts are added.
@@ -22,6 +25,7 @@ SERVICE_MODULES = [
     "pacs.dimse.mwl",
     "pacs.dimse.mpps",
     "pacs.dimse.store",
+    "pacs.dimse.commitment",
 ]
 
 
@@ -49,7 +53,12 @@ def build_ae(ae_title: str | None = None) -> tuple[AE, list]:
     ae.network_timeout = settings.DICOM_NETWORK_TIMEOUT
     ae.maximum_pdu_size = settings.DICOM_MAX_PDU
     ae.require_called_aet = True
-    handlers = [(evt.EVT_RELEASED, _close_db), (evt.EVT_ABORTED, _close_db), (evt.EVT_CONN_CLOSE, _close_db)]
+    handlers = [
+        (evt.EVT_REQUESTED, policy.on_requested),  # who may associate, for which services
+        (evt.EVT_RELEASED, _close_db),
+        (evt.EVT_ABORTED, _close_db),
+        (evt.EVT_CONN_CLOSE, _close_db),
+    ]
     for module in _service_modules():
         for sop_class, syntaxes in module.contexts():
             ae.add_supported_context(sop_class, syntaxes)

@@ -1,0 +1,176 @@
+"""Modality Worklist Information Model - FIND (1.2.840.10008.5.1.4.31), PS3.4 Annex K.
+
+The handler reads the identifier into matching conditions (``pacs.dimse.matching``),
+runs the one database query, and yields one Pending (0xFF00) response per item with
+exactly the keys the query asked for (plus SpecificCharacterSet), then Success.
+
+Statuses: 0xFF00 pending, 0x0000 success, 0xFE00 canceled (C-CANCEL), 0xA900 identifier
+does not match SOP class, 0xC000 unable to process (database error or a bug: logged).
+Results beyond MWL_MAX_RESULTS are cut with a warning in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pynetdicom import evt
+from pynetdicom.sop_class import ModalityWorklistInformationFind
+
+from pacs.dimse import policy
+from pacs.dimse.matching import (
+    ISSUER_OF_PATIENT_ID,
+    PATIENT_ID,
+    SPS_KEYS,
+    TOP_KEYS,
+    IdentifierError,
+    Key,
+    SequenceKey,
+    build_queryset,
+    read_identifier,
+)
+from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
+from pacs.lib.dicom_values import format_da, format_tm
+
+log = logging.getLogger("pacs.dimse.mwl")
+
+PENDING = 0xFF00
+SUCCESS = 0x0000
+CANCELED = 0xFE00
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+
+
+def contexts():
+    return [(ModalityWorklistInformationFind, UNCOMPRESSED)]
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    return str(value)
+
+
+def _value(keyword: str, spec: Key, row: dict, local_start: datetime | None):
+    if spec.path is None:
+        return None
+    if spec.kind == "sps_date":
+        return format_da(local_start.date()) if local_start else ""
+    if spec.kind == "sps_time":
+        return format_tm(local_start.time()) if local_start else ""
+    raw = row.get(spec.path)
+    if spec.kind == "da":
+        return format_da(raw)
+    if spec.kind == "int":
+        return raw  # US: None -> empty
+    if spec.kind == "decimal":
+        return "" if raw is None else format(raw.normalize(), "f")
+    return _text(raw)
+
+
+def _fill(target: Dataset, returned: list, table: dict, row: dict, local_start) -> bool:
+    """Set each requested key from ``row``; True if any value is not ASCII."""
+    non_ascii = False
+    for keyword, tag, vr, sub in returned:
+        spec = table.get(keyword)
+        if vr == "SQ":
+            items = Sequence()
+            if isinstance(spec, SequenceKey) and not spec.empty and sub is not None:
+                if spec.present is None or row.get(spec.present):
+                    item = Dataset()
+                    non_ascii |= _fill(item, sub, spec.keys, row, local_start)
+                    items.append(item)
+            target.add_new(tag, "SQ", items)
+            continue
+        value = _value(keyword, spec, row, local_start) if isinstance(spec, Key) else None
+        if isinstance(value, str) and not value.isascii():
+            non_ascii = True
+        target.add_new(tag, vr, None if value in (None, "") else value)
+    return non_ascii
+
+
+def build_item(matches, row: dict) -> Dataset:
+    """One MWL answer: the requested keys, each filled or empty (PS3.4 K.6.1.2.2)."""
+    start = row.get("scheduled_start")
+    local_start = timezone.localtime(start) if start else None
+    ds = Dataset()
+    non_ascii = _fill(ds, matches.returned, TOP_KEYS, row, local_start)
+    if non_ascii:
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    elif matches.charset_requested:
+        ds.SpecificCharacterSet = ""
+    return ds
+
+
+def find(identifier: Dataset, *, calling_ae_title: str, node=None):
+    """Plain generator of (status, dataset) for one identifier (used by the handler and tests)."""
+    matches = read_identifier(identifier)
+    station = None
+    if settings.MWL_FILTER_BY_CALLING_AE:
+        station = (node.station_ae_title if node and node.station_ae_title else calling_ae_title).strip()
+    matches.paths.add("scheduled_start")
+    limit = settings.MWL_MAX_RESULTS
+    rows = list(build_queryset(matches, station_ae_title=station)[: limit + 1])
+    if len(rows) > limit:
+        log.warning(
+            "mwl result cut at MWL_MAX_RESULTS",
+            extra={"calling_ae_title": calling_ae_title, "limit": limit},
+        )
+        rows = rows[:limit]
+    return matches, rows
+
+
+def on_c_find(event):
+    """EVT_C_FIND: yield (0xFF00, item) per match, then (0x0000, None)."""
+    calling = event.assoc.requestor.ae_title.strip()
+    close_old_connections()
+    try:
+        matches, rows = find(event.identifier, calling_ae_title=calling, node=policy.node_of(event.assoc))
+    except IdentifierError as exc:
+        log.warning("mwl identifier refused", extra={"calling_ae_title": calling, "reason": str(exc)})
+        yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
+        return
+    except DatabaseError as exc:
+        log.error("mwl query failed", extra={"calling_ae_title": calling, "error": str(exc)})
+        yield _failure(UNABLE_TO_PROCESS, "database unavailable"), None
+        return
+    except Exception:  # noqa: BLE001 - a bug must give a failure status, not a dropped association
+        log.exception("mwl query failed", extra={"calling_ae_title": calling})
+        yield _failure(UNABLE_TO_PROCESS, "internal error"), None
+        return
+    log.info("mwl query", extra={"calling_ae_title": calling, "matches": len(rows)})
+    for row in rows:
+        if event.is_cancelled:
+            yield CANCELED, None
+            return
+        try:
+            item = build_item(matches, row)
+        except Exception:  # noqa: BLE001
+            log.exception("mwl answer could not be built", extra={"calling_ae_title": calling})
+            yield _failure(UNABLE_TO_PROCESS, "internal error"), None
+            return
+        yield PENDING, item
+    if event.is_cancelled:
+        yield CANCELED, None
+        return
+    yield SUCCESS, None
+
+
+def _failure(code: int, text: str) -> Dataset:
+    """A failure status with ErrorComment (0000,0902), at most 64 characters."""
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = text[:64]
+    return status
+
+
+def handlers():
+    return [(evt.EVT_C_FIND, on_c_find)]
+
+
+__all__ = ["ISSUER_OF_PATIENT_ID", "PATIENT_ID", "SPS_KEYS", "build_item", "find", "handlers", "contexts"]

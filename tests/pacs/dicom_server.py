@@ -1,0 +1,49 @@
+"""The real DICOM listener on an ephemeral port, and dcmtk's findscu/echoscu driving it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from tests.conftest import dcmtk_tool
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+@pytest.fixture(name="dicom_server")
+def dicom_server_fixture(transactional_db, settings):
+    """``start_server('127.0.0.1', 0)``: the AE of ``manage.py run_dicom``; stopped after the test."""
+    from pacs.dimse.server import start_server
+
+    settings.DICOM_AE_TITLE = "PACS"
+    server = start_server("127.0.0.1", 0)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+
+
+def port_of(server) -> int:
+    return server.server_address[1]
+
+
+def findscu(server, keys: list[str], out: Path, *, aet="MOD1", aec="PACS", extra=(), timeout=30):
+    """Run dcmtk's findscu (-W) with ``-k`` keys; returns (completed process, response datasets)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("rsp*.dcm"):
+        old.unlink()
+    args = [dcmtk_tool("findscu"), "-W", "-aet", aet, "-aec", aec, "-to", "10", "-X", "-od", str(out), *extra]
+    for key in keys:
+        args += ["-k", key]
+    args += ["127.0.0.1", str(port_of(server))]
+    proc = subprocess.run(args, capture_output=True, text=True, env=DCMTK_ENV, timeout=timeout)
+    return proc, [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def echoscu(server, *, aet="MOD1", aec="PACS"):
+    args = [dcmtk_tool("echoscu"), "-aet", aet, "-aec", aec, "-to", "10", "127.0.0.1", str(port_of(server))]
+    return subprocess.run(args, capture_output=True, text=True, env=DCMTK_ENV, timeout=30)
