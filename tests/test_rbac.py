@@ -1,0 +1,237 @@
+"""Role matrix of the whole project (reliability W-06): every URL pattern x anonymous and every role.
+
+The test walks Django's URL resolver (every app, the admin included), builds a concrete URL for
+each pattern and requests it as anonymous and as a user of each role, then asserts the
+declared outcome:
+
+- ``@public`` views: reachable without login;
+- ``@roles(...)`` views: anonymous -> redirect to the login page; a role outside the declared
+  set -> 403; a declared role -> neither 403 nor a login redirect nor a server error;
+- token views (the dictation API): 401 without a token, even with a session; with a token of
+  a declared role -> allowed; with a token of another role -> 403;
+- the Django admin: staff only (everyone else is sent to the admin login).
+
+A pattern whose view declares nothing fails the test (default deny: a new URL must say who
+may open it).  ``EXPECTED`` repeats the declarations of the pages known when this test was
+written, so a changed declaration on them is noticed as well.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
+from django.urls import get_resolver, resolve
+from django.urls.resolvers import RegexPattern, RoutePattern
+
+from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, ROLES, declared_roles
+from worklist.models import ApiToken
+
+ALL = frozenset(ROLES)
+READERS = frozenset({RADIOLOGIST, RESIDENT})
+ADMIN_ONLY = frozenset({ADMINISTRATOR})
+PUBLIC = "public"
+ADMIN_SITE = "admin-site"
+
+# Declarations of the pages known when this test was written: url name -> outcome.
+EXPECTED: dict[str, object] = {
+    "health": PUBLIC,
+    "login": PUBLIC,
+    "logout": PUBLIC,
+    "admin:login": PUBLIC,
+    "admin:logout": PUBLIC,
+    "worklist:list": ALL,
+    "worklist:save_filter": READERS,
+    "worklist:delete_filter": READERS,
+    "worklist:study": ALL,
+    "worklist:autosave": READERS,
+    "worklist:sign": READERS,
+    "worklist:release": frozenset({RADIOLOGIST, RESIDENT, ADMINISTRATOR}),
+    "worklist:templates": ADMIN_ONLY,
+    "worklist:template_new": ADMIN_ONLY,
+    "worklist:template_edit": ADMIN_ONLY,
+    ("token", "worklist:api_create_report"): READERS,
+    ("token", "worklist:api_report"): READERS,
+    ("token", "worklist:api_sign"): READERS,
+    ("token", "worklist:api_addendum"): READERS,
+}
+
+_ROUTE_SAMPLES = {"int": "1", "str": "x1", "slug": "x1", "path": "x1", "uuid": "00000000-0000-0000-0000-000000000001"}
+
+
+def _sample_route(route: str) -> str:
+    return re.sub(r"<(?:(\w+):)?\w+>", lambda m: _ROUTE_SAMPLES.get(m.group(1) or "str", "1"), route)
+
+
+def _sample_regex(regex: str) -> str:
+    def group(m):
+        body = m.group(1)
+        alternatives = body.split("|")
+        if all(re.fullmatch(r"[\w.-]+", a) for a in alternatives):
+            return alternatives[0]
+        return "1" if ("\\d" in body or "0-9" in body) else "x1"
+
+    text = re.sub(r"\(\?P<\w+>((?:[^()]|\([^()]*\))*)\)", group, regex)
+    return text.replace("^", "").replace("$", "").replace("\\", "")
+
+
+def walk(patterns=None, prefix="", namespace=""):
+    """Yield (url, name, view) for every leaf pattern of the project."""
+    for p in patterns if patterns is not None else get_resolver().url_patterns:
+        piece = _sample_regex(p.pattern._regex) if isinstance(p.pattern, RegexPattern) else _sample_route(
+            str(p.pattern) if isinstance(p.pattern, RoutePattern) else str(p.pattern))
+        if hasattr(p, "url_patterns"):
+            ns = p.namespace or ""
+            yield from walk(p.url_patterns, prefix + piece, f"{namespace}:{ns}".strip(":") if ns else namespace)
+        else:
+            name = f"{namespace}:{p.name}" if namespace and p.name else (p.name or f"{namespace}:<unnamed>")
+            yield "/" + prefix + piece, name, p.callback
+
+
+def _declaration(name: str, view):
+    if name in ("admin:login", "admin:logout"):  # the admin's own login form, like /accounts/login/
+        return PUBLIC
+    if name.split(":")[0] == "admin":
+        return ADMIN_SITE
+    declared = declared_roles(view)
+    if declared is None:
+        return None
+    if getattr(view, "api_auth", None) == "token":
+        return ("token", declared)
+    return declared
+
+
+@pytest.fixture
+def people(db):
+    users = {}
+    for role in ROLES:
+        u = User.objects.create_user(f"rbac_{role}", password="x-Rbac-Pass-1")
+        u.groups.add(Group.objects.get(name=role))
+        key = secrets.token_urlsafe(16)
+        ApiToken.objects.create(user=u, name="rbac", key_sha256=ApiToken.digest(key))
+        users[role] = (u, key)
+    return users
+
+
+def _request(client: Client, url: str, **headers):
+    r = client.get(url, **headers)
+    if r.status_code == 405:  # a POST-only endpoint: the role gate must still answer
+        r = client.post(url, **headers)
+    return r
+
+
+def _to_login(r, login="/accounts/login/") -> bool:
+    return r.status_code == 302 and r["Location"].startswith(login)
+
+
+@pytest.mark.django_db
+def test_every_url_declares_and_enforces_its_roles(people):
+    patterns = list(walk())
+    assert len(patterns) > 20
+    names = {name for _, name, _ in patterns}
+    for key in EXPECTED:
+        assert (key[1] if isinstance(key, tuple) else key) in names, f"{key} is no longer routed"
+    superuser = User.objects.create_superuser("rbac_super", password="x-Rbac-Pass-1")
+    failures = []
+    for url, name, view in patterns:
+        match = resolve(url.split("?")[0])
+        declaration = _declaration(name, view)
+        if declaration is None:
+            failures.append(f"{url} ({name}): the view declares no roles (@roles / @public)")
+            continue
+        if match.func is not view and name.split(":")[0] != "admin":
+            failures.append(f"{url} ({name}): the sample URL resolves to another view")
+            continue
+        if isinstance(declaration, tuple):
+            expected_key = ("token", name)
+        else:
+            expected_key = name
+        if expected_key in EXPECTED:
+            want = EXPECTED[expected_key]
+            got = declaration[1] if isinstance(declaration, tuple) else declaration
+            if want != got:
+                failures.append(f"{url} ({name}): declared {got}, the matrix says {want}")
+        failures.extend(_check(url, name, declaration, people, superuser))
+    assert not failures, "\n".join(failures)
+
+
+def _check(url, name, declaration, people, superuser) -> list[str]:
+    out = []
+    anon = Client(raise_request_exception=False)
+    r = _request(anon, url)
+    if declaration == ADMIN_SITE:
+        if not (_to_login(r) or _to_login(r, "/admin/login/")):
+            out.append(f"{url} ({name}) anonymous: {r.status_code}, expected a login page")
+        for role, (user, _key) in people.items():
+            c = Client(raise_request_exception=False)
+            c.force_login(user)
+            r = _request(c, url)
+            if not _to_login(r, "/admin/login/") and r.status_code != 404:
+                out.append(f"{url} ({name}) {role} (not staff): {r.status_code}, expected the admin login")
+        c = Client(raise_request_exception=False)
+        c.force_login(superuser)
+        r = _request(c, url)
+        if _to_login(r, "/admin/login/") or r.status_code >= 500:
+            out.append(f"{url} ({name}) superuser: {r.status_code}")
+        return out
+    if declaration == PUBLIC:
+        if _to_login(r) or r.status_code in (401, 403) or r.status_code >= 500:
+            out.append(f"{url} ({name}) anonymous: {r.status_code} on a public page")
+        return out
+    if isinstance(declaration, tuple):  # token API
+        allowed = declaration[1]
+        if r.status_code != 401:
+            out.append(f"{url} ({name}) anonymous: {r.status_code}, expected 401")
+        for role, (user, key) in people.items():
+            c = Client(raise_request_exception=False)
+            c.force_login(user)
+            r = _request(c, url)
+            if r.status_code != 401:
+                out.append(f"{url} ({name}) {role} with a session but no token: {r.status_code}, expected 401")
+            r = _request(Client(raise_request_exception=False), url, HTTP_AUTHORIZATION=f"Token {key}")
+            if role in allowed and (r.status_code in (401, 403) or r.status_code >= 500):
+                out.append(f"{url} ({name}) {role} token: {r.status_code}, expected allowed")
+            if role not in allowed and r.status_code != 403:
+                out.append(f"{url} ({name}) {role} token: {r.status_code}, expected 403")
+        return out
+    if not _to_login(r):
+        out.append(f"{url} ({name}) anonymous: {r.status_code}, expected the login page")
+    for role, (user, _key) in people.items():
+        c = Client(raise_request_exception=False)
+        c.force_login(user)
+        r = _request(c, url)
+        if role in declaration:
+            if r.status_code in (401, 403) or _to_login(r) or r.status_code >= 500:
+                out.append(f"{url} ({name}) {role}: {r.status_code}, expected allowed")
+        elif r.status_code != 403:
+            out.append(f"{url} ({name}) {role}: {r.status_code}, expected 403")
+    return out
+
+
+def test_sample_urls_for_regex_patterns():
+    assert _sample_regex(r"^(?P<app_label>auth|ris)/$") == "auth/"
+    assert _sample_regex(r"(?P<url>.*)$") == "x1"
+    assert _sample_route("reading/studies/<int:requested_procedure_id>/") == "reading/studies/1/"
+
+
+@pytest.mark.django_db
+def test_undeclared_view_is_denied_and_fails_the_matrix(people, settings):
+    """A view without @roles: the middleware answers 403 and the matrix reports it."""
+    from django.http import HttpResponse
+
+    def undeclared(request):
+        return HttpResponse("open")
+
+    assert _declaration("x:undeclared", undeclared) is None
+    from django.test import RequestFactory
+
+    from pacs.access import DefaultDenyMiddleware
+
+    request = RequestFactory().get("/x/")
+    request.user = people[RADIOLOGIST][0]
+    with pytest.raises(Exception) as exc:
+        DefaultDenyMiddleware(lambda r: None).process_view(request, undeclared, (), {})
+    assert exc.type.__name__ == "PermissionDenied"
