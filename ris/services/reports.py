@@ -278,11 +278,8 @@ def sign(requested_procedure_id: int, user, kind: str, *, findings: str | None =
 
 def _enqueue_oru(report_version_id: int) -> None:
     """One outbound ORU^R01 row per destination, in the caller's transaction (h5's outbox)."""
-    try:
-        from hl7gateway.outbox import enqueue_oru
-    except ImportError:  # the outbox (issue 5 items 5-6) has not landed in this checkout yet
-        log.error("no hl7gateway.outbox: ORU^R01 not queued", extra={"report_version_id": report_version_id})
-        return
+    from hl7gateway.outbox import enqueue_oru
+
     enqueue_oru(report_version_id)
 
 

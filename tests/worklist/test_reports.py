@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import pytest
 
+from hl7gateway.models.outbound import OutboundDestination, OutboundMessage
 from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST
 from ris.models import Report, ReportTemplate, ReportVersion, StatusChange
 from ris.services import reports
 from tests.worklist import factories as f
 from worklist import services
 from worklist.models import ReadingItem
+
+
+@pytest.fixture(autouse=True)
+def destinations(db, settings):
+    """Two enabled ORU destinations (rows only: nothing is sent, no worker runs in these tests)."""
+    settings.HL7_ORU_DESTINATIONS = ""
+    return [OutboundDestination.objects.create(name=n, host="127.0.0.1", port=p) for n, p in (("billing", 1),
+                                                                                              ("ehr", 2))]
 
 
 @pytest.fixture
@@ -56,6 +65,7 @@ def test_signing_rules_per_role(people, role, kind, allowed):
         with pytest.raises(reports.ReportPermissionDenied):
             reports.sign(rp.pk, user, kind, findings="Findings.", impression="Impression.")
         assert not ReportVersion.objects.filter(signed_at__isnull=False).exists()
+        assert not OutboundMessage.objects.exists()
 
 
 def test_preliminary_then_final_then_addendum_keeps_every_version(people):
@@ -85,6 +95,11 @@ def test_preliminary_then_final_then_addendum_keeps_every_version(people):
         "Final findings.", "Final.", "", "F")
     assert prelim.findings == "Prelim findings."
     assert [v.kind for v in reports.history(rp.pk)] == ["PRELIMINARY", "FINAL", "ADDENDUM"]
+    # One outbound ORU^R01 per signature and destination, committed with the signature.
+    rows = OutboundMessage.objects.order_by("report_version__version_number", "destination__name")
+    assert [(m.report_version.version_number, m.destination.name, m.result_status) for m in rows] == [
+        (1, "billing", "P"), (1, "ehr", "P"), (2, "billing", "F"), (2, "ehr", "F"), (3, "billing", "C"),
+        (3, "ehr", "C")]
     report = Report.objects.get(requested_procedure=rp)
     assert report.status == "ADDENDED"
     assert list(StatusChange.objects.filter(entity="report", object_id=report.pk).values_list(
@@ -107,6 +122,24 @@ def test_critical_result_needs_recipient(people):
                      critical_communicated_to="Dr Ward (ED), phone")
     assert v.critical_result and v.critical_communicated_to == "Dr Ward (ED), phone"
     assert v.critical_communicated_at is not None
+
+
+def test_signature_and_outbox_roll_back_together(people):
+    """The database refuses the outbound row (a trigger stands in for a full disk or a lost
+    connection): the signature is not committed either -- one transaction, no half state."""
+    from django.db import DatabaseError, connection
+
+    rp = f.study()
+    with connection.cursor() as cur:
+        cur.execute("""CREATE FUNCTION refuse_outbound() RETURNS trigger LANGUAGE plpgsql AS
+                       $$ BEGIN RAISE EXCEPTION 'outbox refused by test'; END $$""")
+        cur.execute("""CREATE TRIGGER refuse_outbound BEFORE INSERT ON hl7gateway_outboundmessage
+                       FOR EACH ROW EXECUTE FUNCTION refuse_outbound()""")
+    with pytest.raises(DatabaseError):
+        reports.sign(rp.pk, people["rad"], "FINAL", findings="Text.")
+    assert not ReportVersion.objects.filter(signed_at__isnull=False).exists()
+    assert not Report.objects.exclude(status="DRAFT").exists()
+    assert ReadingItem.objects.get(requested_procedure=rp).report_status == "UNREAD"
 
 
 def test_empty_report_cannot_be_signed(people):
