@@ -1,0 +1,77 @@
+"""Modality Performed Procedure Step SOP Class (1.2.840.10008.3.1.2.3.3), SCP role, PS3.4 Annex F.
+
+N-CREATE and N-SET are translated into ``pacs.services.mpps.create`` / ``update`` with
+plain values (UID, DICOM JSON, calling AE).  A refusal answers its DIMSE status with
+ErrorComment (and ErrorID / AttributeIdentifierList where they apply); anything unexpected
+answers 0x0110 processing failure, never Success.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import DatabaseError, close_old_connections
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.sop_class import ModalityPerformedProcedureStep
+
+from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
+from pacs.services import mpps as service
+
+log = logging.getLogger("pacs.dimse.mpps")
+
+SUCCESS = 0x0000
+
+
+def contexts():
+    return [(ModalityPerformedProcedureStep, UNCOMPRESSED)]
+
+
+def _status(refused: service.MppsRefused) -> Dataset:
+    status = Dataset()
+    status.Status = refused.status
+    status.ErrorComment = refused.comment[:64]
+    if refused.error_id is not None:
+        status.ErrorID = refused.error_id
+    tags = [tag_for_keyword(k) for k in refused.offending if tag_for_keyword(k) is not None]
+    if tags:
+        status.AttributeIdentifierList = tags
+    return status
+
+
+def _answer(kind: str, call, event, uid: str, dataset_of):
+    calling = event.assoc.requestor.ae_title.strip()
+    close_old_connections()
+    try:
+        attributes = dataset_of(event)
+        pps = call(uid, attributes.to_json_dict(), calling_ae_title=calling)
+    except service.MppsRefused as refused:
+        log.warning(f"mpps {kind} refused", extra={"calling_ae_title": calling, "sop_instance_uid": uid,
+                                                   "status": hex(refused.status), "reason": refused.comment})
+        return _status(refused), None
+    except DatabaseError as exc:
+        log.error(f"mpps {kind} failed", extra={"calling_ae_title": calling, "sop_instance_uid": uid, "error": str(exc)})
+        return _status(service.MppsRefused(service.PROCESSING_FAILURE, "database unavailable")), None
+    except Exception:  # noqa: BLE001 - a failure status, never a dropped association
+        log.exception(f"mpps {kind} failed", extra={"calling_ae_title": calling, "sop_instance_uid": uid})
+        return _status(service.MppsRefused(service.PROCESSING_FAILURE, "internal error")), None
+    log.info(f"mpps {kind}", extra={"calling_ae_title": calling, "mpps": pps.pk, "status": pps.status,
+                                    "scheduled": pps.scheduled_step_id is not None})
+    return SUCCESS, attributes
+
+
+def on_n_create(event):
+    """EVT_N_CREATE: the modality started a procedure step."""
+    uid = str(event.request.AffectedSOPInstanceUID or "")
+    return _answer("n-create", service.create, event, uid, lambda e: e.attribute_list)
+
+
+def on_n_set(event):
+    """EVT_N_SET: the modality updated, completed or discontinued it."""
+    uid = str(event.request.RequestedSOPInstanceUID or "")
+    return _answer("n-set", service.update, event, uid, lambda e: e.modification_list)
+
+
+def handlers():
+    return [(evt.EVT_N_CREATE, on_n_create), (evt.EVT_N_SET, on_n_set)]
