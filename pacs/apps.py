@@ -7,3 +7,4 @@ class PacsConfig(AppConfig):
 
     def ready(self):
         from pacs import checks  # noqa: F401 - registers the system checks
+        from pacs.services import completion  # noqa: F401 - study completion listens to mpps_completed

@@ -176,6 +176,21 @@ STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
 STUDY_QUIET_PERIOD_SECONDS = env_int("STUDY_QUIET_PERIOD_SECONDS", 60, minimum=1)
 VNA_DESTINATIONS = env_str("VNA_DESTINATIONS", "")
 ARCHIVE_RETENTION_DAYS = env_int("ARCHIVE_RETENTION_DAYS", 0, minimum=0)
+# VNA transfers: attempts, exponential backoff with jitter (capped below the Redis
+# visibility timeout, reliability C-05), the lease a worker holds a transfer for, and how
+# long to wait for the storage commitment N-EVENT-REPORT.
+TRANSFER_MAX_ATTEMPTS = env_int("TRANSFER_MAX_ATTEMPTS", 10, minimum=1)
+TRANSFER_RETRY_BASE_SECONDS = env_float("TRANSFER_RETRY_BASE_SECONDS", 10.0, minimum=0.1)
+TRANSFER_RETRY_MAX_SECONDS = env_float("TRANSFER_RETRY_MAX_SECONDS", 900.0, minimum=1.0)
+TRANSFER_LEASE_SECONDS = env_int("TRANSFER_LEASE_SECONDS", 300, minimum=2)
+STORAGE_COMMITMENT_TIMEOUT_SECONDS = env_int("STORAGE_COMMITMENT_TIMEOUT_SECONDS", 600, minimum=1)
+IMAGING_SWEEP_SECONDS = env_float("IMAGING_SWEEP_SECONDS", 10.0, minimum=1.0)
+CELERY_BEAT_SCHEDULE.update({
+    # Quiet-period completion, re-queue of transfers no worker holds, commitment timeouts.
+    "pacs.imaging_sweep": {"task": "pacs.imaging_sweep", "schedule": IMAGING_SWEEP_SECONDS},
+    # Local copies of archived studies older than ARCHIVE_RETENTION_DAYS (0: never).
+    "pacs.purge_archived": {"task": "pacs.purge_archived", "schedule": 3600.0},
+})
 
 # --- Reading worklist and reports ----------------------------------------------------------
 READING_CLAIM_TIMEOUT_MINUTES = env_int("READING_CLAIM_TIMEOUT_MINUTES", 30, minimum=1)

@@ -1,0 +1,63 @@
+"""Storage Commitment Push Model, SCU role: receiving the N-EVENT-REPORT (PS3.4 J.3.3).
+
+The engine asks the VNA for commitment with N-ACTION (``pacs.scu``); the VNA answers later
+with an N-EVENT-REPORT, usually on a new association it opens to our AE (the VNA acts as
+association requestor, so we accept the SCP/SCU role selection for this SOP class).
+Event Type 1: every instance committed; 2: some failed (FailedSOPSequence with
+FailureReason).  The report is recorded by ``pacs.services.routing.record_commitment``
+before we answer 0x0000; a database failure is answered 0x0110 (processing failure) so the
+VNA may send the report again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import DatabaseError, InterfaceError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import evt
+from pynetdicom.sop_class import StorageCommitmentPushModel
+
+log = logging.getLogger("pacs.dimse.commitment")
+
+PROCESSING_FAILURE = 0x0110
+NO_SUCH_EVENT_TYPE = 0x0113
+INVALID_ARGUMENT = 0x0115
+
+
+def contexts():
+    return [(StorageCommitmentPushModel, [ImplicitVRLittleEndian, ExplicitVRLittleEndian])]
+
+
+def report_from_dataset(ds) -> tuple[str, list[str], list[tuple[str, str]]]:
+    transaction_uid = str(ds.get("TransactionUID", "") or "")
+    committed = [str(i.ReferencedSOPInstanceUID) for i in ds.get("ReferencedSOPSequence", []) or []]
+    failed = [
+        (str(i.ReferencedSOPInstanceUID), f"FailureReason 0x{int(i.get('FailureReason', 0x0110)):04X}")
+        for i in ds.get("FailedSOPSequence", []) or []
+    ]
+    return transaction_uid, committed, failed
+
+
+def on_n_event_report(event):
+    from pacs.services import routing
+
+    if event.request.EventTypeID not in (1, 2):
+        return NO_SUCH_EVENT_TYPE, None
+    try:
+        transaction_uid, committed, failed = report_from_dataset(event.event_information)
+    except Exception:  # noqa: BLE001 - unreadable report
+        log.warning("unreadable storage commitment report", exc_info=True)
+        return INVALID_ARGUMENT, None
+    try:
+        status = routing.record_commitment(transaction_uid, committed, failed)
+    except (DatabaseError, InterfaceError):
+        log.exception("storage commitment report not recorded")
+        return PROCESSING_FAILURE, None
+    if status is None:
+        log.warning("storage commitment report for an unknown transaction", extra={"transaction_uid": transaction_uid})
+    return 0x0000, None
+
+
+def handlers():
+    return [(evt.EVT_N_EVENT_REPORT, on_n_event_report)]

@@ -1,0 +1,176 @@
+"""Storage SOP Classes, SCP role (PS3.4 Annex B): C-STORE into the file store and index.
+
+The dataset is never decoded in memory: pynetdicom writes it to a temporary file as it
+arrives (``_config.STORE_RECV_CHUNKED_DATASET``), the handler reads the header only
+(``stop_before_pixels``, large values deferred), hands the file to the store (hard link,
+fsync, rename; ``pacs.storage``) and the index (``pacs.services.images``), and answers
+Success only after both are committed.  Statuses (PS3.4 B.2.3):
+
+- 0x0000 success (also for a resend of a stored SOP Instance UID: idempotent)
+- 0xA700 out of resources: disk full or read-only, database down (the SCU may retry)
+- 0xA900 data set does not match SOP class: SOP Class/Instance UID differ from the command
+- 0xC000 cannot understand: unreadable header, invalid or path-unsafe UIDs, UID conflict
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from django.db import DatabaseError, InterfaceError
+from pydicom import dcmread
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    RLELossless,
+)
+from pynetdicom import _config, evt
+from pynetdicom import sop_class as sc
+
+from pacs import storage
+from pacs.services import images
+
+log = logging.getLogger("pacs.dimse.store")
+
+# Stream datasets to a temporary file instead of memory (bounded memory for 1 GB instances).
+_config.STORE_RECV_CHUNKED_DATASET = True
+
+STORAGE_SOP_CLASSES = [
+    sc.CTImageStorage, sc.EnhancedCTImageStorage,
+    sc.MRImageStorage, sc.EnhancedMRImageStorage,
+    sc.ComputedRadiographyImageStorage,
+    sc.DigitalXRayImageStorageForPresentation, sc.DigitalXRayImageStorageForProcessing,
+    sc.DigitalMammographyXRayImageStorageForPresentation, sc.DigitalMammographyXRayImageStorageForProcessing,
+    sc.UltrasoundImageStorage, sc.UltrasoundMultiFrameImageStorage,
+    sc.XRayAngiographicImageStorage, sc.XRayRadiofluoroscopicImageStorage,
+    sc.NuclearMedicineImageStorage, sc.PositronEmissionTomographyImageStorage,
+    sc.SecondaryCaptureImageStorage, sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage, sc.MultiFrameTrueColorSecondaryCaptureImageStorage,
+    sc.EncapsulatedPDFStorage,
+    sc.BasicTextSRStorage, sc.EnhancedSRStorage, sc.ComprehensiveSRStorage,
+    sc.GrayscaleSoftcopyPresentationStateStorage,
+]
+
+STORAGE_TRANSFER_SYNTAXES = [
+    ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+    JPEG2000Lossless, JPEG2000, RLELossless,
+]
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+
+def contexts():
+    return [(uid, STORAGE_TRANSFER_SYNTAXES) for uid in STORAGE_SOP_CLASSES]
+
+
+def _text(ds, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return "" if value is None else str(value).strip()
+
+
+def _int(ds, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _date(value: str) -> dt.date | None:
+    try:
+        return dt.datetime.strptime(value[:8], "%Y%m%d").date()
+    except (TypeError, ValueError):
+        return None
+
+
+def read_attributes(path, *, transfer_syntax_uid: str, calling_ae_title: str) -> images.InstanceAttributes:
+    """The header of a received file as plain values (pixel data and large values not read)."""
+    ds = dcmread(path, stop_before_pixels=True, defer_size="64 KB", force=True)
+    issuer_acc = ""
+    seq = ds.get("IssuerOfAccessionNumberSequence")
+    if seq:
+        issuer_acc = _text(seq[0], "LocalNamespaceEntityID") or _text(seq[0], "UniversalEntityID")
+    return images.InstanceAttributes(
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        transfer_syntax_uid=transfer_syntax_uid,
+        accession_number=_text(ds, "AccessionNumber"),
+        issuer_of_accession_number=issuer_acc,
+        patient_id=_text(ds, "PatientID"),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+        patient_name=_text(ds, "PatientName"),
+        patient_birth_date=_text(ds, "PatientBirthDate"),
+        patient_sex=_text(ds, "PatientSex"),
+        study_date=_date(_text(ds, "StudyDate")),
+        study_time=_text(ds, "StudyTime"),
+        study_description=_text(ds, "StudyDescription"),
+        modality=_text(ds, "Modality"),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription"),
+        instance_number=_int(ds, "InstanceNumber"),
+        calling_ae_title=calling_ae_title,
+    )
+
+
+def on_c_store(event):
+    """EVT_C_STORE: store, index, then answer (see module docstring for the statuses)."""
+    request = event.request
+    calling = (event.assoc.requestor.ae_title or "").strip()
+    temporary = None
+    try:
+        try:
+            temporary = storage.take_temporary(event.dataset_path)
+            attrs = read_attributes(
+                temporary, transfer_syntax_uid=str(event.context.transfer_syntax), calling_ae_title=calling
+            )
+        except storage.StorageFull:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unreadable dataset
+            log.warning("C-STORE dataset unreadable", extra={"calling_ae_title": calling, "error": str(exc)[:200]})
+            return CANNOT_UNDERSTAND
+        if attrs.sop_instance_uid != str(request.AffectedSOPInstanceUID) or (
+            attrs.sop_class_uid != str(request.AffectedSOPClassUID)
+        ):
+            log.warning("C-STORE dataset does not match its command", extra={"calling_ae_title": calling})
+            return DATASET_DOES_NOT_MATCH
+        result = images.store_instance(attrs, temporary)
+        temporary = None
+    except storage.InvalidUID as exc:
+        log.warning("C-STORE refused: invalid UID", extra={"calling_ae_title": calling, "error": str(exc)[:200]})
+        return CANNOT_UNDERSTAND
+    except images.InstanceConflict as exc:
+        log.warning("C-STORE refused: UID conflict", extra={"calling_ae_title": calling, "error": str(exc)[:200]})
+        return CANNOT_UNDERSTAND
+    except (storage.StorageFull, OSError) as exc:
+        log.error("C-STORE failed: storage", extra={"calling_ae_title": calling, "error": str(exc)[:200]})
+        return OUT_OF_RESOURCES
+    except (DatabaseError, InterfaceError) as exc:
+        log.error("C-STORE failed: database", extra={"calling_ae_title": calling, "error": str(exc)[:200]})
+        return OUT_OF_RESOURCES
+    finally:
+        storage.discard(temporary)
+    try:
+        from pacs.services import completion
+
+        completion.after_instance_stored(result.study_id)
+    except Exception:  # noqa: BLE001 - stored and indexed; the sweep completes the study later
+        log.exception("completion check after C-STORE failed")
+    return SUCCESS
+
+
+def handlers():
+    return [(evt.EVT_C_STORE, on_c_store)]

@@ -1,0 +1,177 @@
+"""The file store: received instances on disk, durably, at paths derived from UIDs only.
+
+Layout: ``STORAGE_DIR/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, each UID
+validated first (PS3.5 9.1: digits and dots, at most 64 characters, no empty component),
+so no name, ID or other free text ever reaches a path and ``../`` cannot (reliability D-09).
+
+Writing follows "persist before you acknowledge": the data goes to a temporary file in
+``STORAGE_DIR/.incoming`` (same file system), is fsynced, renamed over the final name
+(atomic), and the directory is fsynced.  The 128-byte preamble is always zeros
+(PS3.10 7.1; CVE-2019-11687, reliability D-10).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+
+# PS3.5 9.1: components of digits without leading zeros (a lone "0" allowed), separated by dots.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_UID_LENIENT = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # leading zeros seen in the wild: still safe for paths
+
+PREAMBLE = b"\x00" * 128
+COPY_CHUNK = 1024 * 1024
+
+
+class InvalidUID(ValueError):
+    """A UID that is not a DICOM UID (and must never become a path)."""
+
+
+class StorageFull(OSError):
+    """The store cannot take the file (no space, read-only, permissions): out of resources."""
+
+
+def is_valid_uid(value: str | None, *, strict: bool = False) -> bool:
+    if not value or len(value) > 64:
+        return False
+    return bool((_UID if strict else _UID_LENIENT).match(value))
+
+
+def require_uid(value, what: str) -> str:
+    text = "" if value is None else str(value)
+    if not is_valid_uid(text):
+        raise InvalidUID(f"{what} {text[:80]!r} is not a valid UID")
+    return text
+
+
+def storage_root() -> Path:
+    return Path(settings.STORAGE_DIR)
+
+
+def relative_path(study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> str:
+    """The path of an instance, relative to STORAGE_DIR, from three validated UIDs."""
+    parts = [
+        require_uid(study_instance_uid, "StudyInstanceUID"),
+        require_uid(series_instance_uid, "SeriesInstanceUID"),
+        require_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm",
+    ]
+    return "/".join(parts)
+
+
+def absolute_path(relative: str) -> Path:
+    path = (storage_root() / relative).resolve()
+    root = storage_root().resolve()
+    if root not in path.parents:
+        raise InvalidUID(f"path {relative!r} leaves the store")
+    return path
+
+
+def incoming_dir() -> Path:
+    path = storage_root() / ".incoming"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _as_storage_error(exc: OSError) -> OSError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE, errno.EIO):
+        return StorageFull(exc.errno, f"cannot write to the store: {exc.strerror}")
+    return exc
+
+
+def take_temporary(source: Path) -> Path:
+    """Bring a received file (pynetdicom's chunked temporary file) into the store's
+    incoming directory: a hard link when on the same file system (no copy), else a
+    streamed copy with bounded memory.  The preamble is (re)written as zeros."""
+    target = None
+    try:
+        target = incoming_dir() / f"{uuid.uuid4().hex}.part"
+        try:
+            os.link(source, target)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            with open(source, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, COPY_CHUNK)
+        with open(target, "r+b") as fh:
+            head = fh.read(132)
+            if len(head) < 132 or head[128:132] != b"DICM":
+                raise ValueError("received file has no DICOM File Meta Information")
+            if head[:128] != PREAMBLE:
+                fh.seek(0)
+                fh.write(PREAMBLE)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return target
+    except (OSError, ValueError) as exc:
+        discard(target)
+        if isinstance(exc, OSError):
+            raise _as_storage_error(exc) from exc
+        raise
+
+
+def write_temporary(write) -> Path:
+    """A temporary file in the store filled by ``write(fileobj)`` (used for datasets in memory), fsynced."""
+    target = None
+    try:
+        target = incoming_dir() / f"{uuid.uuid4().hex}.part"
+        with open(target, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return target
+    except OSError as exc:
+        discard(target)
+        raise _as_storage_error(exc) from exc
+
+
+def commit_file(temporary: Path, relative: str) -> tuple[Path, bool]:
+    """Rename the fsynced temporary file to its final place; fsync the directories.
+
+    Returns (final path, replaced) where ``replaced`` says a file was already there
+    (a resend of the same SOP Instance UID: the new copy replaces the old atomically).
+    """
+    final = absolute_path(relative)
+    try:
+        created = []
+        parent = final.parent
+        for directory in (parent.parent, parent):
+            if not directory.exists():
+                directory.mkdir(parents=True, exist_ok=True)
+                created.append(directory)
+        replaced = final.exists()
+        os.replace(temporary, final)
+        _fsync_dir(final.parent)
+        for directory in created:
+            _fsync_dir(directory.parent)
+        return final, replaced
+    except OSError as exc:
+        discard(temporary)
+        raise _as_storage_error(exc) from exc
+
+
+def discard(path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def remove_instance_file(relative: str) -> None:
+    """Delete a stored file (retention purge only: never before storage commitment)."""
+    discard(absolute_path(relative))
