@@ -17,7 +17,7 @@ _seq = itertools.count(1)
 def user(username: str, *roles: str, first_name: str = "", last_name: str = "", password: str = "pw-For-Tests-1"):
     u = User.objects.create_user(username, password=password, first_name=first_name, last_name=last_name)
     for role in roles:
-        u.groups.add(Group.objects.get(name=role))
+        u.groups.add(Group.objects.get_or_create(name=role)[0])
     return u
 
 

@@ -1,0 +1,146 @@
+"""The radiologists' side in a real browser: login, the reading worklist, the claim race, signing
+a final report -- and the ORU^R01 arriving at an MLLP sink through a real Celery worker."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from hl7gateway.models import OutboundDestination, OutboundMessage
+from pacs.access import RADIOLOGIST
+from ris.models import ReportVersion
+from tests.e2e.conftest import login
+from tests.mllp_sink import MLLPSink
+from tests.worklist import factories as f
+from worklist.models import ReadingClaim
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def _accessions(page) -> list[str]:
+    return page.locator("#reading-rows tr[data-accession]").evaluate_all(
+        "rows => rows.map(r => r.getAttribute('data-accession'))")
+
+
+def test_login_and_worklist_sorted_stat_first(live_server, new_page):
+    now = timezone.now()
+    routine = f.study(priority="ROUTINE", ready_at=now - dt.timedelta(hours=3), patient_name="ROUTINE^OLD")
+    stat = f.study(priority="STAT", ready_at=now - dt.timedelta(minutes=5), patient_name="STAT^NEW")
+    high = f.study(priority="HIGH", ready_at=now - dt.timedelta(hours=1), patient_name="HIGH^MID")
+    f.user("rad1", RADIOLOGIST)
+    page = new_page()
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", "rad1")
+    page.fill("input[name=password]", "wrong password")
+    page.click("button[type=submit]")
+    assert "/accounts/login/" in page.url  # a wrong password does not get in
+    login(page, live_server, "rad1")
+    assert _accessions(page) == [stat.accession_number, high.accession_number, routine.accession_number]
+    assert page.locator("#reading-rows tr[data-accession] td.stat").first.inner_text() == "STAT"
+    # A STAT study arriving later goes to the top on the next self-refresh, without a page load.
+    newer = f.study(priority="STAT", patient_name="STAT^LATER")
+    page.evaluate("window.readingWorklistRefresh()")
+    page.wait_for_function("document.querySelectorAll('#reading-rows tr[data-accession]').length === 4")
+    assert _accessions(page)[:2] == [stat.accession_number, newer.accession_number]
+    # Filter by free text.
+    page.fill("input[name=q]", "HIGH")
+    page.click("#filters button[type=submit]")
+    page.wait_for_url("**q=HIGH**")
+    assert _accessions(page) == [high.accession_number]
+
+
+def test_two_radiologists_race_for_one_study(live_server, new_page):
+    rp = f.study(priority="STAT", patient_name="RACE^CASE")
+    f.user("rad_a", RADIOLOGIST, first_name="Ann", last_name="Alpha")
+    f.user("rad_b", RADIOLOGIST, first_name="Bob", last_name="Beta")
+    a, b = login(new_page(), live_server, "rad_a"), login(new_page(), live_server, "rad_b")
+    url = f"{live_server.url}/reading/studies/{rp.pk}/"
+    # Both open the study at the same moment (navigations started back to back, not awaited).
+    a.evaluate("url => { window.location.href = url; }", url)
+    b.evaluate("url => { window.location.href = url; }", url)
+    a.wait_for_url(url)
+    b.wait_for_url(url)
+    a.wait_for_load_state()
+    b.wait_for_load_state()
+    editors = [p.locator("#report-editor").count() for p in (a, b)]
+    assert sorted(editors) == [0, 1], editors  # exactly one got the editor
+    winner, loser = (a, b) if editors[0] else (b, a)
+    winner_name = "Ann Alpha" if winner is a else "Bob Beta"
+    assert loser.locator("#claimed-by").inner_text().startswith(f"Claimed by {winner_name}")
+    assert loser.locator("textarea").count() == 0  # read-only
+    assert ReadingClaim.objects.filter(requested_procedure=rp, released_at__isnull=True).count() == 1
+    # The list shows who holds it.
+    loser.goto(f"{live_server.url}/")
+    assert loser.locator(f"tr[data-accession='{rp.accession_number}'] td.claim").inner_text() == winner_name
+    # The winner releases; the other can now claim it.
+    winner.click("#release")
+    winner.wait_for_url(f"{live_server.url}/")
+    loser.goto(url)
+    assert loser.locator("#report-editor").count() == 1
+
+
+@pytest.fixture
+def broker():
+    r = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    r.flushdb()
+    yield r
+    r.flushdb()
+
+
+def _wait(predicate, timeout, what, worker=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{worker.tail()}" if worker else ""))
+
+
+def test_sign_final_report_and_oru_reaches_the_sink(live_server, new_page, tmp_path, broker, settings):
+    from tests.hl7gateway.test_outbox_worker import Worker  # h5's real celery worker process
+
+    settings.VIEWER_URL_TEMPLATE = "https://viewer.example/viewer?StudyInstanceUIDs={study_instance_uid}"
+    rp = f.study(priority="STAT", patient_name="SIGNED^SAM", description="CT CHEST")
+    f.user("rad_s", RADIOLOGIST, first_name="Sara", last_name="Signer")
+    with MLLPSink() as sink:
+        OutboundDestination.objects.create(name="ehr", host="127.0.0.1", port=sink.port)
+        worker = Worker(tmp_path, "h3e2e").start()
+        try:
+            page = login(new_page(), live_server, "rad_s")
+            page.click(f"tr[data-accession='{rp.accession_number}'] a")
+            page.wait_for_selector("#report-editor")
+            assert rp.study_instance_uid in page.locator("#viewer-link").get_attribute("href")
+            page.fill("textarea[name=findings]", "No pulmonary embolism.\nLungs clear | no effusion.")
+            page.fill("textarea[name=impression]", "Normal CT chest.")
+            page.wait_for_selector("#autosave-status:has-text('Draft saved')")
+            assert ReportVersion.objects.get(report__requested_procedure=rp).findings.startswith("No pulmonary")
+            page.click("button[value=FINAL]")
+            page.wait_for_url(f"{live_server.url}/")
+            assert "Signed final" in page.content()
+            version = ReportVersion.objects.get(report__requested_procedure=rp)
+            assert (version.kind, version.result_status, version.signer_name) == ("FINAL", "F", "Signer^Sara")
+            _wait(lambda: OutboundMessage.objects.filter(status="DELIVERED").count() == 1, 60, "ORU delivered",
+                  worker)
+        finally:
+            worker.stop()
+        assert sink.count == 1
+        msg = sink.received[0]
+        assert msg.segment("MSH")[9].startswith("ORU^R01")
+        obr = msg.segment("OBR")
+        assert obr[18] == rp.accession_number and obr[25] == "F" and obr[24] == "RAD"
+        assert "Signer" in obr[32]
+        pid3 = msg.segment("PID")[3]
+        assert pid3.startswith(rp.order.patient.identifiers.get().id_number)
+        obx = [s for s in msg.segments() if s[0] == "OBX"]
+        assert all(s[11] == "F" for s in obx)
+        text = " ".join(s[5] for s in obx)
+        assert "No pulmonary embolism." in text and "Lungs clear \\F\\ no effusion." in text  # '|' escaped
+        assert any(rp.study_instance_uid in s[5] for s in obx)
+    # The study now shows the signed version in its history.
+    page.goto(f"{live_server.url}/reading/studies/{rp.pk}/")
+    assert page.locator("#report-history li[data-result-status=F]").count() == 1
