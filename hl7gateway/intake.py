@@ -127,21 +127,30 @@ def _store_and_apply(raw: bytes, peer: str) -> bytes:
             row.accession_numbers = _accessions(commands, {})
             status = InboundMessage.STATUS_REJECTED if parse_error.ack_code == "AR" else InboundMessage.STATUS_ERROR
             return _finish(row, msh, parse_error.ack_code, status, error=parse_error)
-        try:
-            with transaction.atomic():
-                effect = apply_commands(commands)
-        except DomainError as exc:
-            row.accession_numbers = _accessions(commands, {})
-            return _finish(row, msh, "AE", InboundMessage.STATUS_ERROR, error=exc)
-        except DatabaseError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a bug must become AE 207, never a dropped message
-            log.exception("error applying message", extra={"control_id": msh.msh_10 if msh else ""})
-            err = DomainError(f"application internal error: {type(exc).__name__}")
-            return _finish(row, msh, "AE", InboundMessage.STATUS_ERROR, error=err)
+        # No savepoint here (one round trip less per message): an application error aborts the
+        # whole transaction, and the message is then stored with its AE in a second one.
+        effect = apply_commands(commands)
         row.effect = effect
         row.accession_numbers = _accessions(commands, effect)
         return _finish(row, msh, "AA", InboundMessage.STATUS_APPLIED)
+
+
+def _store_refused(raw: bytes, peer: str, error: DomainError) -> bytes:
+    """Store a message whose effect was rolled back, with its AE (own durable transaction)."""
+    msh = read_msh(raw)
+    commands: list = []
+    charset = ""
+    try:
+        parsed = parse(raw)
+        charset = parsed.charset
+        commands = map_message(parsed)
+    except HL7Error:
+        pass
+    with transaction.atomic(durable=True):
+        row = _row(raw, msh, peer, hashlib.sha256(raw).hexdigest(), charset)
+        row.patient_id = _patient_id(raw, commands)
+        row.accession_numbers = _accessions(commands, {})
+        return _finish(row, msh, "AE", InboundMessage.STATUS_ERROR, error=error)
 
 
 def handle_payload(raw: bytes, peer: str = "") -> bytes:
@@ -151,7 +160,15 @@ def handle_payload(raw: bytes, peer: str = "") -> bytes:
     """
     for attempt in range(3):
         try:
-            return _store_and_apply(raw, peer)
+            try:
+                return _store_and_apply(raw, peer)
+            except DomainError as exc:
+                return _store_refused(raw, peer, exc)
+            except DatabaseError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug must become AE 207, never a dropped message
+                log.exception("error applying message", extra={"peer": peer})
+                return _store_refused(raw, peer, DomainError(f"application internal error: {type(exc).__name__}"))
         except IntegrityError:
             # Another connection stored the same key (or created the same row) at the same time:
             # run again -- it is now a duplicate, or the conflict is reported as an application error.

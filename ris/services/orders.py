@@ -8,6 +8,7 @@ through ``ris.services.transitions.transition``.  Called inside the caller's tra
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.utils import timezone
 
 from ris import states
@@ -106,22 +107,18 @@ def _create_procedure(order: Order, data: ProcedureData, cmd: OrderCommand, to_s
         procedure_code_meaning=data.procedure_code_meaning,
         requested_procedure_priority=data.requested_procedure_priority or states.PRIORITY_ROUTINE,
         study_instance_uid=uid, accession_number=accession,
-        accession_number_issuer=identifiers_issuer() if assigned else "", accession_assigned_by_us=assigned,
+        accession_number_issuer=settings.ACCESSION_NUMBER_ISSUER if assigned else "",
+        accession_assigned_by_us=assigned,
     )
-    _create_steps(rp, data)
+    _create_steps(rp, data, used=set())
     if to_status != states.SPS_SCHEDULED:
         _set_status(rp, to_status, cmd)
     return rp
 
 
-def identifiers_issuer() -> str:
-    from django.conf import settings
-
-    return settings.ACCESSION_NUMBER_ISSUER
-
-
-def _create_steps(rp: RequestedProcedure, data: ProcedureData) -> None:
-    used = set(rp.steps.values_list("scheduled_procedure_step_id", flat=True)) if rp.pk else set()
+def _create_steps(rp: RequestedProcedure, data: ProcedureData, used: set[str] | None = None) -> None:
+    if used is None:
+        used = set(rp.steps.values_list("scheduled_procedure_step_id", flat=True))
     now = timezone.now()
     rows = []
     for i, step in enumerate(data.steps, start=1):

@@ -84,12 +84,16 @@ def upsert_visit(patient: Patient, data: VisitData | None) -> Visit | None:
     """PV1: the visit (PV1-19, else PID-18) of the patient, created or updated."""
     if data is None:
         return None
-    visit, created = Visit.objects.get_or_create(
-        patient=patient, visit_number=data.visit_number,
-        defaults={"patient_class": data.patient_class, "assigned_location": data.assigned_location,
-                  "referring_physician_name": data.referring_physician_name, "admit_datetime": data.admit_datetime},
-    )
-    if not created:
+    # The caller holds the patient's advisory lock (upsert_patient): no concurrent insert of this
+    # visit, so a plain SELECT then INSERT is safe (and cheaper than get_or_create's savepoint).
+    visit = Visit.objects.filter(patient=patient, visit_number=data.visit_number).first()
+    if visit is None:
+        visit = Visit.objects.create(
+            patient=patient, visit_number=data.visit_number, patient_class=data.patient_class,
+            assigned_location=data.assigned_location, referring_physician_name=data.referring_physician_name,
+            admit_datetime=data.admit_datetime,
+        )
+    else:
         changed = []
         for name in ("patient_class", "assigned_location", "referring_physician_name", "admit_datetime"):
             value = getattr(data, name)

@@ -1,0 +1,202 @@
+"""HL7 intake benchmark: ORM^O01 orders through the real MLLP listener into PostgreSQL.
+
+Runs, side by side in one run:
+
+* ``engine``  -- ``manage.py run_mllp`` (store + apply in one durable transaction, then ACK),
+  PostgreSQL with synchronous_commit=on, optionally ``--workers N`` listener processes;
+* ``ceiling`` -- a no-persistence ACK-only server built on python-hl7's asyncio MLLP streams
+  (``hl7.mllp.start_hl7_server``; parses with ``hl7.parse``, answers AA): the ceiling of
+  Python framing on this machine.
+
+Each is driven over 1 and 4 connections (one client process per connection, each sending
+its share sequentially and waiting for every ACK).  Reports orders/s and ACK latency p50/p99,
+and checks afterwards that every order of the engine runs is in the database once.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/pacs_bench .venv/bin/python bench/hl7_intake.py --n 5000
+
+Results go to stdout as a table and JSON lines (``--json``); write them in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TEMPLATE = (
+    "MSH|^~\\&|BENCH_EHR|BENCH_HOSP|PACS|RADIOLOGY|20250301081500||ORM^O01|{cid}|P|2.3.1||||||UNICODE UTF-8\r"
+    "PID|1||{mrn}^^^BENCHMRN^MR||Benchpatient^Synthetic^{mrn}||19800215|F|||1 Synthetic Way^^Testtown^^00000\r"
+    "PV1|1|O|RAD^CT1^01|||||1234^Referrer^Robert^^^Dr|||||||||||V{i}\r"
+    "ORC|NW|{placer}^BENCH|||SC||^^^20250302093000^^R||20250301081500|||5678^Orderer^Olivia^^^Dr\r"
+    "OBR|1|{placer}^BENCH||CTHEAD^CT Head without contrast^BENCHPROC|||20250301081500|||||||||"
+    "5678^Orderer^Olivia^^^Dr||||||||CT|||^^^20250302093000^^R||||^Headache\r"
+)
+
+
+def message(run: str, i: int) -> bytes:
+    return TEMPLATE.format(cid=f"{run}-{i}", mrn=f"M{i % 2000:06d}", i=i, placer=f"{run}{i:07d}").encode()
+
+
+# --- client ------------------------------------------------------------------------------------
+def client(port: int, run: str, indices: list[int], out: mp.Queue) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    latencies, codes = [], {}
+    buf = b""
+    for i in indices:
+        data = b"\x0b" + message(run, i) + b"\x1c\r"
+        t0 = time.perf_counter()
+        sock.sendall(data)
+        while b"\x1c\r" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("server closed the connection")
+            buf += chunk
+        end = buf.index(b"\x1c\r")
+        ack, buf = buf[1:end], buf[end + 2:]
+        latencies.append(time.perf_counter() - t0)
+        code = ack.split(b"MSA|", 1)[1][:2].decode()
+        codes[code] = codes.get(code, 0) + 1
+    sock.close()
+    out.put((latencies, codes))
+
+
+def drive(port: int, run: str, n: int, conns: int) -> dict:
+    out: mp.Queue = mp.Queue()
+    shares = [list(range(k, n, conns)) for k in range(conns)]
+    procs = [mp.Process(target=client, args=(port, run, share, out)) for share in shares]
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=1800) for _ in procs]
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    lat = sorted(x for r in results for x in r[0])
+    codes: dict[str, int] = {}
+    for r in results:
+        for k, v in r[1].items():
+            codes[k] = codes.get(k, 0) + v
+    return {
+        "n": n, "connections": conns, "seconds": round(elapsed, 3), "per_second": round(n / elapsed, 1),
+        "p50_ms": round(statistics.median(lat) * 1000, 2), "p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000, 2),
+        "acks": codes,
+    }
+
+
+# --- servers -----------------------------------------------------------------------------------
+CEILING = r'''
+import asyncio, sys, hl7, uuid
+from hl7.mllp import start_hl7_server
+
+async def handle(reader, writer):
+    try:
+        while not writer.is_closing():
+            msg = await reader.readmessage()
+            ack = msg.create_ack("AA", message_id=uuid.uuid4().hex[:20])
+            writer.writemessage(ack)
+            await writer.drain()
+    except asyncio.IncompleteReadError:
+        pass
+    finally:
+        writer.close()
+
+async def main():
+    server = await start_hl7_server(handle, "127.0.0.1", 0, limit=16 * 1024 * 1024)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+'''
+
+
+def start(cmd: list[str], env: dict) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    try:
+        port = int(line.split(":")[-1].split()[0]) if "listening" in line else int(line)
+    except ValueError:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}") from None
+    return proc, port
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=5000, help="orders per run (default 5000)")
+    ap.add_argument("--connections", default="1,4", help="connection counts (default 1,4)")
+    ap.add_argument("--workers", default="1", help="run_mllp --workers values to try, e.g. 1,2")
+    ap.add_argument("--json", action="store_true", help="print JSON lines too")
+    args = ap.parse_args()
+    if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        raise SystemExit("set DATABASE_URL=postgres://... (a database of its own: the benchmark fills it)")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "WARNING"}
+    py = sys.executable
+    subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SHOW synchronous_commit")
+        sync = cur.fetchone()[0]
+        cur.execute("SHOW fsync")
+        fsync = cur.fetchone()[0]
+    connection.close()
+    conn_counts = [int(c) for c in args.connections.split(",")]
+    rows = []
+    proc, port = start([py, "-c", CEILING], env)
+    try:
+        for conns in conn_counts:
+            drive(port, f"W{int(time.time()) % 100000}", min(args.n, 500), conns)  # warm-up
+            rows.append({"server": "ceiling (python-hl7 asyncio, no storage)", **drive(port, "X", args.n, conns)})
+    finally:
+        proc.terminate()
+        proc.wait()
+    from ris.models import Order
+
+    for workers in [int(w) for w in args.workers.split(",")]:
+        proc, port = start([py, "manage.py", "run_mllp", "--host", "127.0.0.1", "--port", "0",
+                            "--workers", str(workers)], env)
+        try:
+            for conns in conn_counts:
+                run = f"B{int(time.time() * 10) % 10**7}"
+                drive(port, f"{run}w", min(args.n // 10, 200), conns)  # warm-up: connections, caches
+                result = drive(port, run, args.n, conns)
+                stored = Order.objects.filter(placer_order_number__regex=rf"^{run}\d{{7}}$").count()
+                connection.close()
+                rows.append({"server": f"engine run_mllp --workers {workers} (PostgreSQL)", **result,
+                             "orders_stored": stored})
+        finally:
+            proc.terminate()
+            proc.wait()
+    print(f"\nsynchronous_commit={sync} fsync={fsync} cpus={os.cpu_count()} n={args.n}\n")
+    print(f"{'server':52} {'conns':>5} {'msg/s':>8} {'p50 ms':>7} {'p99 ms':>7}  acks / stored")
+    for r in rows:
+        print(f"{r['server']:52} {r['connections']:>5} {r['per_second']:>8} {r['p50_ms']:>7} {r['p99_ms']:>7}  "
+              f"{r['acks']} {r.get('orders_stored', '')}")
+    ceiling = {r["connections"]: r["per_second"] for r in rows if r["server"].startswith("ceiling")}
+    for r in rows:
+        if r["server"].startswith("engine"):
+            print(f"ratio engine/ceiling {r['server'][7:]} x{r['connections']}: "
+                  f"{r['per_second'] / ceiling[r['connections']]:.2f}")
+    if args.json:
+        for r in rows:
+            print(json.dumps({**r, "synchronous_commit": sync}))
+
+
+if __name__ == "__main__":
+    main()
