@@ -21,6 +21,7 @@ import socket
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
+from pynetdicom import evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind, Verification
 
 from pacs.models import DicomNode
@@ -62,6 +63,13 @@ def _host_matches(node: DicomNode, address: str) -> bool:
         return False
 
 
+def _reject(assoc, result: int, source: int, diagnostic: int) -> None:
+    """A-ASSOCIATE-RJ, then end the association once the PDU is out (as pynetdicom's ACSE does)."""
+    assoc.acse.send_reject(result, source, diagnostic)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
+
+
 def on_requested(event) -> None:
     """EVT_REQUESTED: accept, narrow the services, or reject the association."""
     assoc = event.assoc
@@ -72,7 +80,7 @@ def on_requested(event) -> None:
         node = DicomNode.objects.filter(ae_title=calling, enabled=True).first()
     except DatabaseError as exc:
         log.error("association refused: node lookup failed", extra={"calling_ae_title": calling, "error": str(exc)})
-        assoc.acse.send_reject(REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, TEMPORARY_CONGESTION)
+        _reject(assoc, REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, TEMPORARY_CONGESTION)
         return
     if node is None:
         if not settings.DICOM_ALLOW_UNKNOWN_AE:
@@ -80,7 +88,7 @@ def on_requested(event) -> None:
                 "association rejected: unknown calling AE",
                 extra={"calling_ae_title": calling, "peer": address, "event": "dicom.association.rejected"},
             )
-            assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+            _reject(assoc, REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
         return
     if not _host_matches(node, address):
         log.warning(
@@ -88,7 +96,7 @@ def on_requested(event) -> None:
             extra={"calling_ae_title": calling, "peer": address, "expected_host": node.host,
                    "event": "dicom.association.rejected"},
         )
-        assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+        _reject(assoc, REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
         return
     setattr(assoc, _ATTR, node)
     allowed = [cx for cx in assoc.acceptor.supported_contexts if getattr(node, service_flag(cx.abstract_syntax))]
