@@ -68,3 +68,84 @@ class InboundMessageAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+# --- Outbound ORU^R01 (hl7gateway.models.outbound) ------------------------------------------
+from hl7gateway.models import OutboundAction, OutboundAttempt, OutboundDestination, OutboundMessage  # noqa: E402
+
+
+@admin.register(OutboundDestination)
+class OutboundDestinationAdmin(admin.ModelAdmin):
+    """Billing, the EHR ...: where signed reports go.  Destinations declared in HL7_ORU_DESTINATIONS
+    take host and port from the environment (read-only here); the other fields stay editable."""
+
+    list_display = ("name", "host", "port", "hl7_version", "receiving_application", "receiving_facility",
+                    "text_value_type", "enabled", "declared_in_environment")
+    list_filter = ("enabled", "declared_in_environment", "hl7_version")
+    search_fields = ("name", "host", "receiving_application", "receiving_facility")
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and obj.declared_in_environment:
+            return ("name", "host", "port", "declared_in_environment")
+        return ("declared_in_environment",)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # its messages refer to it: disable it instead
+
+
+class OutboundAttemptInline(admin.TabularInline):
+    model = OutboundAttempt
+    fields = ("number", "started_at", "finished_at", "outcome", "detail", "worker")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class OutboundActionInline(admin.TabularInline):
+    model = OutboundAction
+    fields = ("at", "username", "action", "from_status", "reason")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(OutboundMessage)
+class OutboundMessageAdmin(admin.ModelAdmin):
+    """The ORU outbox, read-only (retry and cancel are on the operator page /interfaces/)."""
+
+    list_display = ("message_control_id", "destination", "accession_number", "result_status", "hl7_version",
+                    "status", "attempt_count", "last_outcome", "created_at", "delivered_at")
+    list_filter = ("status", "destination", "result_status", "last_outcome")
+    search_fields = ("=message_control_id", "=accession_number", "patient_id_text")
+    date_hierarchy = "created_at"
+    list_per_page = 50
+    show_full_result_count = False
+    exclude = ("payload", "ack")
+    readonly_fields = ("message_control_id", "destination", "report_version", "patient", "patient_id_text",
+                       "accession_number", "result_status", "hl7_version", "status", "created_at", "next_attempt_at",
+                       "dispatched_at", "leased_until", "attempt_count", "attempt_floor", "last_outcome",
+                       "last_error", "delivered_at", "message_as_sent", "ack_received")
+    inlines = [OutboundAttemptInline, OutboundActionInline]
+
+    @admin.display(description="message as sent")
+    def message_as_sent(self, obj: OutboundMessage) -> str:
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', readable_hl7(obj.payload, "UNICODE UTF-8"))
+
+    @admin.display(description="ACK received")
+    def ack_received(self, obj: OutboundMessage) -> str:
+        return format_html('<pre style="white-space: pre-wrap">{}</pre>', readable_hl7(obj.ack, "UNICODE UTF-8"))
+
+    def has_add_permission(self, request) -> bool:
+        return False  # rows are written by the signing transaction only
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,0 +1,272 @@
+"""Delivery rules of the outbox against a real MLLP sink (hl7gateway.outbox.deliver is what the
+Celery task runs; here it is called in-process so each rule can be pinned down step by step).
+The tests with a real worker process are in test_outbox_worker.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pytest
+from django.utils import timezone
+
+from hl7gateway import client, outbox
+from hl7gateway.models import OutboundAction, OutboundAttempt, OutboundMessage
+from ris.models import StatusChange
+from tests.hl7gateway import outbox_helpers as h
+from tests.mllp_sink import AA, AE, AR, CLOSE, SILENT, MLLPSink
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def sink():
+    with MLLPSink() as s:
+        yield s
+
+
+@pytest.fixture
+def fast(settings):
+    settings.HL7_ORU_RETRY_BASE_SECONDS = 2.0
+    settings.HL7_ORU_RETRY_MAX_SECONDS = 10.0
+    settings.HL7_ORU_MAX_ATTEMPTS = 3
+    settings.HL7_ORU_CONNECT_TIMEOUT_SECONDS = 1.0
+    return settings
+
+
+def queued(sink, n_reports: int = 1, *, same_patient=None, **dest) -> list[OutboundMessage]:
+    """Sign n reports (one study each) for one destination at the sink; return their rows."""
+    from hl7gateway.models import OutboundDestination
+
+    if not OutboundDestination.objects.filter(name="ehr").exists():
+        h.destination("ehr", sink.port, **dest)
+    user = h.radiologist()
+    rows = []
+    for _ in range(n_reports):
+        rp = h.study(for_patient=same_patient)
+        version = h.sign_report(rp, user)
+        rows.append(OutboundMessage.objects.get(report_version=version))
+    return rows
+
+
+def make_due(row: OutboundMessage) -> None:
+    OutboundMessage.objects.filter(pk=row.pk).update(next_attempt_at=timezone.now())
+
+
+def test_aa_delivers_the_stored_bytes(sink, fast):
+    (row,) = queued(sink)
+    assert outbox.deliver(row.pk) == "DELIVERED"
+    row.refresh_from_db()
+    received = sink.wait_for(1)[0]
+    assert received.payload == bytes(row.payload) and received.control_id == row.message_control_id
+    assert row.status == "DELIVERED" and row.delivered_at and row.leased_until is None
+    assert b"MSA|AA|" + row.message_control_id.encode() in bytes(row.ack)
+    (attempt,) = row.attempts.all()
+    assert (attempt.number, attempt.outcome, attempt.finished_at is not None) == (1, "AA", True)
+    change = StatusChange.objects.get(entity="oru_outbound", object_id=row.pk)
+    assert (change.from_status, change.to_status) == ("PENDING", "DELIVERED")
+    # Idempotent: a second run of the task sends nothing.
+    assert outbox.deliver(row.pk) == "settled"
+    assert sink.count == 1
+
+
+def test_ae_is_retried_with_backoff_then_aa(sink, fast):
+    sink.script([AE])
+    (row,) = queued(sink)
+    before = timezone.now()
+    assert outbox.deliver(row.pk) == "PENDING"
+    row.refresh_from_db()
+    assert row.last_outcome == "AE" and "Simulated application error" in row.last_error
+    wait = (row.next_attempt_at - before).total_seconds()
+    assert 0.9 <= wait <= 2.5  # base 2 s, jitter 50-100 %
+    assert outbox.deliver(row.pk) == "not-due" and sink.count == 1
+    make_due(row)
+    assert outbox.deliver(row.pk) == "DELIVERED"
+    assert sink.control_ids() == [row.message_control_id] * 2  # same MSH-10 on the resend
+    assert [r.payload for r in sink.received][0] == [r.payload for r in sink.received][1]
+    assert list(row.attempts.values_list("outcome", flat=True)) == ["AE", "AA"]
+
+
+def test_ae_up_to_the_cap_then_failed(sink, fast):
+    sink.mode = AE
+    (row,) = queued(sink)
+    for _ in range(3):
+        outbox.deliver(row.pk)
+        make_due(row)
+    row.refresh_from_db()
+    assert row.status == "FAILED" and row.attempt_count == 3
+    assert "after 3 attempts" in row.last_error and "Simulated application error" in row.last_error
+    assert outbox.deliver(row.pk) == "settled" and sink.count == 3
+
+
+def test_ar_fails_at_once(sink, fast):
+    sink.mode = AR
+    (row,) = queued(sink)
+    assert outbox.deliver(row.pk) == "FAILED"
+    row.refresh_from_db()
+    assert row.attempt_count == 1 and row.last_outcome == "AR" and "Simulated rejection" in row.last_error
+    assert b"MSA|AR|" in bytes(row.ack)
+
+
+def test_no_answer_within_the_timeout_is_retried_without_limit(sink, fast):
+    sink.mode = SILENT
+    (row,) = queued(sink, ack_timeout_seconds=0.3)
+    for _ in range(4):  # more than HL7_ORU_MAX_ATTEMPTS: a silent destination never fails a report
+        assert outbox.deliver(row.pk) == "PENDING"
+        make_due(row)
+    row.refresh_from_db()
+    assert row.status == "PENDING" and row.last_outcome == "TIMEOUT" and "no ACK within 0.3 s" in row.last_error
+    assert sink.control_ids() == [row.message_control_id] * 4
+    sink.mode = AA
+    assert outbox.deliver(row.pk) == "DELIVERED"
+
+
+def test_destination_down_is_retried_then_delivered_once(sink, fast):
+    (row,) = queued(sink)
+    sink.down()
+    assert outbox.deliver(row.pk) == "PENDING"
+    row.refresh_from_db()
+    assert row.last_outcome == "CONNECT_ERROR" and "refused" in row.last_error.lower()
+    sink.up()
+    make_due(row)
+    assert outbox.deliver(row.pk) == "DELIVERED"
+    assert sink.control_ids() == [row.message_control_id]
+
+
+def test_connection_closed_without_ack_is_retried(sink, fast):
+    sink.script([CLOSE])
+    (row,) = queued(sink)
+    assert outbox.deliver(row.pk) == "PENDING"
+    row.refresh_from_db()
+    assert row.last_outcome == "CONNECTION_LOST"
+
+
+def test_one_patient_in_order_others_not_held(sink, fast):
+    patient = h.patient()
+    first, second = queued(sink, 2, same_patient=patient)
+    (other,) = queued(sink)
+    sink.down()
+    assert outbox.deliver(first.pk) == "PENDING"
+    sink.up()
+    assert outbox.deliver(second.pk) == "blocked"  # first is not delivered yet
+    assert outbox.deliver(other.pk) == "DELIVERED"  # another patient is not held back
+    make_due(first)
+    assert outbox.deliver(first.pk) == "DELIVERED"
+    assert outbox.deliver(second.pk) == "DELIVERED"
+    assert sink.control_ids() == [other.message_control_id, first.message_control_id, second.message_control_id]
+
+
+def test_failed_message_holds_the_patient_until_cancel(sink, fast):
+    patient = h.patient()
+    sink.script([AR])
+    first, second = queued(sink, 2, same_patient=patient)
+    assert outbox.deliver(first.pk) == "FAILED"
+    assert outbox.deliver(second.pk) == "blocked"
+    blocker = outbox.blocking_message(OutboundMessage.objects.get(pk=second.pk))
+    assert blocker.pk == first.pk
+    operator = h.radiologist("operator1")
+    outbox.cancel(first.pk, operator, reason="EHR refuses this order")
+    action = OutboundAction.objects.get(message=first)
+    assert (action.action, action.username, action.from_status, action.reason) == (
+        "CANCEL", "operator1", "FAILED", "EHR refuses this order")
+    assert outbox.deliver(second.pk) == "DELIVERED"
+    assert sink.control_ids() == [first.message_control_id, second.message_control_id]
+
+
+def test_operator_retry_of_a_failed_message_resends_the_same_msh10(sink, fast):
+    sink.script([AR])
+    (row,) = queued(sink)
+    outbox.deliver(row.pk)
+    operator = h.radiologist("operator2")
+    outbox.retry(row.pk, operator, reason="EHR fixed its mapping")
+    row.refresh_from_db()
+    assert row.status == "PENDING" and row.attempt_floor == 1
+    assert outbox.deliver(row.pk) == "DELIVERED"
+    assert sink.control_ids() == [row.message_control_id] * 2
+    assert list(OutboundAction.objects.values_list("action", "username")) == [("RETRY", "operator2")]
+    assert list(StatusChange.objects.filter(entity="oru_outbound", object_id=row.pk).values_list(
+        "to_status", flat=True)) == ["FAILED", "PENDING", "DELIVERED"]
+
+
+def test_operator_actions_refuse_wrong_states(sink, fast):
+    (row,) = queued(sink)
+    operator = h.radiologist("operator3")
+    with pytest.raises(outbox.OutboxError):
+        outbox.retry(row.pk, operator)  # pending: nothing to retry
+    outbox.deliver(row.pk)
+    with pytest.raises(outbox.OutboxError):
+        outbox.cancel(row.pk, operator)  # delivered: too late
+    assert OutboundAction.objects.count() == 0
+
+
+def test_worker_lost_mid_send_lease_expires_then_resent_with_same_msh10(sink, fast):
+    (row,) = queued(sink)
+    claimed = outbox.claim(row.pk, worker="dead-worker")
+    assert isinstance(claimed, outbox.Claim)
+    # The worker sends and dies before recording anything.
+    client.send_message(sink.host, sink.port, claimed.payload, message_control_id=claimed.message_control_id)
+    assert outbox.deliver(row.pk) == "leased"  # a redelivered task does not send twice while the lease runs
+    OutboundMessage.objects.filter(pk=row.pk).update(leased_until=timezone.now() - dt.timedelta(seconds=1))
+    assert outbox.deliver(row.pk) == "DELIVERED"
+    assert list(row.attempts.values_list("outcome", flat=True)) == [OutboundAttempt.INTERRUPTED, "AA"]
+    assert sink.control_ids() == [row.message_control_id] * 2
+
+
+def test_worker_lost_too_often_fails_the_message(sink, fast):
+    (row,) = queued(sink)
+    for _ in range(3):
+        assert isinstance(outbox.claim(row.pk), outbox.Claim)
+        OutboundMessage.objects.filter(pk=row.pk).update(leased_until=timezone.now() - dt.timedelta(seconds=1))
+    assert outbox.deliver(row.pk) == "settled"
+    row.refresh_from_db()
+    assert row.status == "FAILED" and "worker lost 3 times" in row.last_error
+    assert sink.count == 0
+
+
+def test_result_of_a_taken_over_lease_only_records_the_attempt(sink, fast):
+    (row,) = queued(sink)
+    slow = outbox.claim(row.pk)
+    OutboundMessage.objects.filter(pk=row.pk).update(leased_until=timezone.now() - dt.timedelta(seconds=1))
+    fresh = outbox.claim(row.pk)
+    assert fresh.number == 2
+    outbox.record_result(slow, client.SendResult(client.ERROR, detail="late"))
+    row.refresh_from_db()
+    assert row.status == "PENDING" and row.leased_until is not None  # the new holder's lease stands
+    outbox.record_result(fresh, client.SendResult(client.ACCEPTED, ack=b"MSH|^~\\&\rMSA|AA|x\r"))
+    row.refresh_from_db()
+    assert row.status == "DELIVERED"
+    assert list(row.attempts.values_list("outcome", flat=True)) == ["AE", "AA"]
+
+
+def test_sweep_requeues_only_lost_rows(sink, fast, monkeypatch, django_capture_on_commit_callbacks):
+    published: list[int] = []
+    monkeypatch.setattr(outbox, "dispatch", lambda ids, countdown=0.0: published.extend(ids))
+    fast.HL7_ORU_REQUEUE_AFTER_SECONDS = 30
+    patient = h.patient()
+    lost, behind = queued(sink, 2, same_patient=patient)
+    fresh, later, leased = queued(sink, 3)
+    long_ago = timezone.now() - dt.timedelta(minutes=5)
+    OutboundMessage.objects.filter(pk__in=[lost.pk, behind.pk, later.pk, leased.pk]).update(dispatched_at=long_ago)
+    OutboundMessage.objects.filter(pk=later.pk).update(next_attempt_at=timezone.now() + dt.timedelta(minutes=5))
+    OutboundMessage.objects.filter(pk=leased.pk).update(leased_until=timezone.now() + dt.timedelta(minutes=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert outbox.sweep() == 1
+    assert published == [lost.pk]  # not: behind (blocked), fresh (just dispatched), later (not due), leased
+    lost.refresh_from_db()
+    assert lost.dispatched_at > long_ago
+    assert outbox.sweep() == 0  # dispatched just now: not again until HL7_ORU_REQUEUE_AFTER_SECONDS
+
+
+def test_backoff_is_exponential_jittered_and_capped(fast):
+    rng = random.Random(7)
+    for failures, full in [(1, 2.0), (2, 4.0), (3, 8.0), (4, 10.0), (20, 10.0)]:
+        values = [outbox.backoff_seconds(failures, rng=rng) for _ in range(200)]
+        assert min(values) >= full * 0.5 and max(values) <= full
+        assert max(values) - min(values) > full * 0.3  # jitter spreads retries out
+
+
+def test_countdowns_stay_far_below_the_visibility_timeout(settings):
+    from django.conf import settings as conf
+
+    assert outbox.COUNTDOWN_LIMIT_SECONDS * 10 <= conf.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)
+    assert conf.HL7_ORU_RETRY_MAX_SECONDS < conf.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", 3600)

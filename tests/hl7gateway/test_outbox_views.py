@@ -1,0 +1,158 @@
+"""The outbound operator page (/interfaces/): queue depth, oldest undelivered age, failures with
+their reason, retry and cancel recorded with who did it; administrators only."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.contrib.auth.models import Group
+from django.test import Client
+from django.utils import timezone
+
+from hl7gateway import outbox
+from hl7gateway.models import OutboundAction, OutboundMessage
+from pacs.access import ADMINISTRATOR
+from tests.hl7gateway import outbox_helpers as h
+from tests.mllp_sink import AR, MLLPSink
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client(client):
+    user = h.radiologist("operator", first_name="Olga", last_name="Operator")
+    user.groups.add(Group.objects.get_or_create(name=ADMINISTRATOR)[0])
+    client.force_login(user)
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def sink():
+    with MLLPSink() as s:
+        yield s
+
+
+def signed(n: int, *, patient=None) -> list[OutboundMessage]:
+    user = h.radiologist()
+    rows = []
+    for _ in range(n):
+        version = h.sign_report(h.study(for_patient=patient), user)
+        rows.extend(OutboundMessage.objects.filter(report_version=version).order_by("destination__name"))
+    return rows
+
+
+def test_summary_per_destination(admin_client, sink):
+    billing = h.destination("billing", sink.port)
+    h.destination("ehr", sink.port)
+    rows = signed(3)  # 6 rows: 3 per destination
+    billing_rows = [r for r in rows if r.destination_id == billing.pk]
+    outbox.deliver(billing_rows[0].pk)
+    OutboundMessage.objects.filter(pk=billing_rows[1].pk).update(
+        created_at=timezone.now() - dt.timedelta(hours=2, minutes=5))
+    sink.mode = AR
+    outbox.deliver(billing_rows[2].pk)
+    page = admin_client.get("/interfaces/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    summaries = {s.destination.name: s for s in page.context["summaries"]}
+    assert (summaries["billing"].pending, summaries["billing"].failed, summaries["billing"].delivered) == (1, 1, 1)
+    assert summaries["billing"].queue_depth == 2 and summaries["ehr"].queue_depth == 3
+    assert summaries["billing"].oldest_age == "2 h 5 min"
+    assert "2 h 5 min" in html
+    # The failure, with its reason, in "Needs attention".
+    problem_ids = [m.message_control_id for m in page.context["problems"]]
+    assert problem_ids == [billing_rows[2].message_control_id]
+    assert "Simulated rejection" in html and "AR" in html
+
+
+def test_held_back_message_names_its_blocker(admin_client, sink):
+    h.destination("ehr", sink.port)
+    patient = h.patient()
+    first, second = signed(2, patient=patient)
+    sink.mode = AR
+    outbox.deliver(first.pk)
+    outbox.deliver(second.pk)
+    page = admin_client.get(f"/interfaces/outbound/{second.pk}/")
+    assert page.status_code == 200 and page.context["blocked_by"].pk == first.pk
+    assert f"held behind {first.message_control_id}" in admin_client.get("/interfaces/").content.decode()
+
+
+def test_detail_shows_bytes_attempts_and_ack(admin_client, sink):
+    h.destination("ehr", sink.port)
+    (row,) = signed(1)
+    outbox.deliver(row.pk)
+    html = admin_client.get(f"/interfaces/outbound/{row.pk}/").content.decode()
+    assert "OBR|1|" in html and "MSA|AA|" + row.message_control_id in html
+    assert "PENDING → DELIVERED" in html
+
+
+def test_retry_and_cancel_are_recorded_with_the_user(admin_client, sink):
+    h.destination("ehr", sink.port)
+    first, second = signed(2)
+    sink.mode = AR
+    outbox.deliver(first.pk)
+    response = admin_client.post(f"/interfaces/outbound/{first.pk}/retry/", {"reason": "EHR fixed", "next": "list"})
+    assert response.status_code == 302 and response["Location"] == "/interfaces/"
+    first.refresh_from_db()
+    assert first.status == "PENDING"
+    response = admin_client.post(f"/interfaces/outbound/{second.pk}/cancel/", {"reason": "duplicate order"})
+    assert response.status_code == 302 and response["Location"] == f"/interfaces/outbound/{second.pk}/"
+    actions = list(OutboundAction.objects.order_by("pk").values_list("action", "username", "reason"))
+    assert actions == [("RETRY", "operator", "EHR fixed"), ("CANCEL", "operator", "duplicate order")]
+    assert OutboundAction.objects.filter(user=admin_client.user).count() == 2
+    # Refused actions say why and change nothing.
+    response = admin_client.post(f"/interfaces/outbound/{second.pk}/retry/", {"reason": "x"}, follow=True)
+    assert "only a failed message can be retried" in response.content.decode()
+    assert OutboundAction.objects.count() == 2
+
+
+def test_filters_and_search(admin_client, sink):
+    h.destination("ehr", sink.port)
+    rows = signed(3)
+    outbox.deliver(rows[0].pk)
+    page = admin_client.get("/interfaces/", {"status": "DELIVERED"})
+    assert [m.pk for m in page.context["page"]] == [rows[0].pk]
+    page = admin_client.get("/interfaces/", {"q": rows[1].accession_number})
+    assert [m.pk for m in page.context["page"]] == [rows[1].pk]
+    page = admin_client.get("/interfaces/", {"q": rows[2].message_control_id, "status": "bogus", "page": "x"})
+    assert [m.pk for m in page.context["page"]] == [rows[2].pk]
+
+
+def test_only_administrators(client, sink):
+    h.destination("ehr", sink.port)
+    (row,) = signed(1)
+    anonymous = client.get("/interfaces/")
+    assert anonymous.status_code == 302 and "/accounts/login/" in anonymous["Location"]
+    assert client.post(f"/interfaces/outbound/{row.pk}/cancel/").status_code == 302
+    client.force_login(h.radiologist("reader"))
+    for url in ("/interfaces/", f"/interfaces/outbound/{row.pk}/"):
+        assert client.get(url).status_code == 403
+    assert client.post(f"/interfaces/outbound/{row.pk}/cancel/").status_code == 403
+    row.refresh_from_db()
+    assert row.status == "PENDING" and OutboundAction.objects.count() == 0
+
+
+def test_actions_need_post_and_csrf(sink):
+    h.destination("ehr", sink.port)
+    (row,) = signed(1)
+    user = h.radiologist("op2")
+    user.groups.add(Group.objects.get_or_create(name=ADMINISTRATOR)[0])
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(user)
+    assert strict.get(f"/interfaces/outbound/{row.pk}/cancel/").status_code == 405
+    assert strict.post(f"/interfaces/outbound/{row.pk}/cancel/").status_code == 403  # no CSRF token
+    row.refresh_from_db()
+    assert row.status == "PENDING"
+
+
+def test_admin_registrations(admin_client, sink):
+    h.destination("ehr", sink.port)
+    (row,) = signed(1)
+    admin_client.user.is_staff = admin_client.user.is_superuser = True
+    admin_client.user.save()
+    assert admin_client.get("/admin/hl7gateway/outbounddestination/").status_code == 200
+    assert admin_client.get("/admin/hl7gateway/outboundmessage/").status_code == 200
+    detail = admin_client.get(f"/admin/hl7gateway/outboundmessage/{row.pk}/change/")
+    assert detail.status_code == 200 and "ORU^R01^ORU_R01" in detail.content.decode()

@@ -1,0 +1,209 @@
+"""ORU delivery end to end with a REAL Celery worker process (``celery -A pacs worker -B``) on the
+pytest database and Redis, to a real MLLP sink: down then up, AE then AA, AR, and a worker
+SIGKILLed mid-send (reliability H-13, H-14, C-02, C-03, C-07).
+
+The worker runs with short retry and sweep timings (environment below); the test process
+signs reports through ``ris.services.reports.sign`` exactly as the browser does, so the
+delivery task is published by ``transaction.on_commit`` after the signing transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+from hl7gateway.models import OutboundAttempt, OutboundMessage
+from tests.hl7gateway import outbox_helpers as h
+from tests.mllp_sink import AA, AE, AR, SILENT, MLLPSink
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER_ENV = {
+    "HL7_ORU_RETRY_BASE_SECONDS": "0.3",
+    "HL7_ORU_RETRY_MAX_SECONDS": "1.5",
+    "HL7_ORU_SWEEP_SECONDS": "1",
+    "HL7_ORU_REQUEUE_AFTER_SECONDS": "2",
+    "HL7_ORU_CONNECT_TIMEOUT_SECONDS": "1",
+    "HL7_ORU_ACK_TIMEOUT_SECONDS": "3",
+    "HL7_ORU_MAX_ATTEMPTS": "4",
+}
+
+
+class Worker:
+    """A real ``celery -A pacs worker`` with embedded beat (the sweep), in its own process group."""
+
+    def __init__(self, tmp: Path, name: str):
+        self.tmp = tmp
+        self.name = name
+        self.log = tmp / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def env(self) -> dict:
+        db = connection.settings_dict
+        env = dict(os.environ)
+        env.update(WORKER_ENV)
+        env.update(
+            DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+            CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+            VAR_DIR=str(self.tmp / "var"),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def start(self, timeout: float = 60.0) -> Worker:
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [str(ROOT / ".venv/bin/celery"), "-A", "pacs", "worker", "-B", "--loglevel", "INFO", "--concurrency", "2",
+             "--without-gossip", "--without-mingle", "-n", f"{self.name}@%h",
+             "-s", str(self.tmp / f"{self.name}-beat-schedule")],
+            cwd=ROOT, env=self.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b" ready." in self.log.read_bytes():
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"celery worker did not start:\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children): nothing gets to clean up."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.exists() else ""
+
+
+@pytest.fixture
+def broker():
+    """Redis DB of this test run, emptied so no task of an earlier run is picked up."""
+    r = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    r.flushdb()
+    yield r
+    r.flushdb()
+
+
+@pytest.fixture
+def worker(tmp_path, broker):
+    w = Worker(tmp_path, "h5oru").start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def sink():
+    with MLLPSink() as s:
+        yield s
+
+
+def wait_until(predicate, timeout: float, what: str, worker: Worker | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\nworker log:\n{worker.tail()}" if worker else ""))
+
+
+def statuses() -> list[str]:
+    return list(OutboundMessage.objects.order_by("id").values_list("status", flat=True))
+
+
+def test_sink_down_then_up_delivers_each_once_in_order(worker, sink):
+    h.destination("ehr", sink.port)
+    sink.down()
+    rp, user = h.study(), h.radiologist()
+    h.sign_report(rp, user, "PRELIMINARY")
+    h.sign_report(rp, user, "FINAL")
+    h.sign_report(rp, user, "ADDENDUM", addendum="Correlation with prior: unchanged.")
+    rows = list(OutboundMessage.objects.order_by("id"))
+    assert [r.result_status for r in rows] == ["P", "F", "C"]
+    # While the sink is down the first message is retried; the others wait behind it.
+    wait_until(lambda: OutboundAttempt.objects.filter(outcome="CONNECT_ERROR").count() >= 2, 30,
+               "retries against the down sink", worker)
+    assert set(OutboundAttempt.objects.values_list("message_id", flat=True)) == {rows[0].pk}
+    sink.up()
+    wait_until(lambda: statuses() == ["DELIVERED"] * 3, 30, "delivery after the sink came back", worker)
+    assert sink.control_ids() == [r.message_control_id for r in rows]  # once each, in signing order
+    assert [r.segment("OBR")[25] for r in sink.received] == ["P", "F", "C"]
+
+
+def test_ae_then_aa_is_delivered_with_the_same_msh10(worker, sink):
+    h.destination("billing", sink.port)
+    sink.script([AE, AE])
+    h.sign_report(h.study(), h.radiologist())
+    row = OutboundMessage.objects.get()
+    wait_until(lambda: statuses() == ["DELIVERED"], 30, "delivery after AE, AE, AA", worker)
+    assert sink.control_ids() == [row.message_control_id] * 3
+    assert len({r.payload for r in sink.received}) == 1
+    assert list(row.attempts.values_list("outcome", flat=True)) == ["AE", "AE", "AA"]
+    started = list(row.attempts.values_list("started_at", flat=True))
+    assert (started[2] - started[1]) > (started[1] - started[0]) * 0.5  # backed off, not hammered
+
+
+def test_ar_fails_at_once_and_is_shown_to_the_operator(worker, sink, client):
+    h.destination("ehr", sink.port)
+    sink.mode = AR
+    h.sign_report(h.study(), h.radiologist())
+    row = OutboundMessage.objects.get()
+    wait_until(lambda: statuses() == ["FAILED"], 30, "the AR to fail the message", worker)
+    time.sleep(1.5)  # a sweep or two later: still one attempt, nothing resent
+    assert sink.count == 1 and row.attempts.count() == 1
+    admin = h.radiologist("ops")
+    admin.is_superuser = True
+    admin.save()
+    client.force_login(admin)
+    page = client.get("/interfaces/").content.decode()
+    assert row.message_control_id in page and "Simulated rejection" in page and "AR" in page
+
+
+def test_worker_killed_mid_send_is_delivered_after_restart_with_the_same_msh10(tmp_path, broker, sink):
+    h.destination("ehr", sink.port, ack_timeout_seconds=3)
+    sink.mode = SILENT  # the message arrives; the worker sits waiting for the ACK
+    first = Worker(tmp_path, "h5kill1").start()
+    try:
+        h.sign_report(h.study(), h.radiologist())
+        row = OutboundMessage.objects.get()
+        sink.wait_for(1, timeout=30)
+        first.kill()
+    finally:
+        first.kill()
+    row.refresh_from_db()
+    assert row.status == "PENDING" and row.last_outcome == "SENDING"  # nobody recorded an outcome
+    sink.mode = AA
+    second = Worker(tmp_path, "h5kill2").start()
+    try:
+        wait_until(lambda: statuses() == ["DELIVERED"], 60, "delivery after the restart", second)
+    finally:
+        second.stop()
+    assert sink.control_ids() == [row.message_control_id, row.message_control_id]
+    assert sink.received[0].payload == sink.received[1].payload
+    assert list(row.attempts.values_list("outcome", flat=True)) == [OutboundAttempt.INTERRUPTED, "AA"]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
