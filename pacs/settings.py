@@ -194,6 +194,8 @@ CELERY_BEAT_SCHEDULE.update({
 
 # --- Reading worklist and reports ----------------------------------------------------------
 READING_CLAIM_TIMEOUT_MINUTES = env_int("READING_CLAIM_TIMEOUT_MINUTES", 30, minimum=1)
+# Close idle reading claims once a minute (worklist.tasks; claims are also checked on every claim).
+CELERY_BEAT_SCHEDULE["worklist.expire_idle_claims"] = {"task": "worklist.expire_idle_claims", "schedule": 60.0}
 VIEWER_URL_TEMPLATE = env_str("VIEWER_URL_TEMPLATE", "")
 
 # --- Auth, i18n, static --------------------------------------------------------------------

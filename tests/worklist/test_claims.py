@@ -94,8 +94,12 @@ def test_sweep_expires_idle_claims(settings):
     c1 = services.claim_study(old.pk, a).claim
     services.claim_study(fresh.pk, a)
     ReadingClaim.objects.filter(pk=c1.pk).update(last_activity_at=timezone.now() - dt.timedelta(minutes=6))
-    assert services.expire_idle_claims() == 1
+    from worklist.tasks import expire_idle_claims  # the periodic Celery task, run in-process
+
+    assert expire_idle_claims() == 1
+    assert expire_idle_claims() == 0  # idempotent
     assert ReadingClaim.objects.filter(released_at__isnull=True).count() == 1
+    assert settings.CELERY_BEAT_SCHEDULE["worklist.expire_idle_claims"]["task"] == "worklist.expire_idle_claims"
 
 
 @pytest.mark.django_db(transaction=True)

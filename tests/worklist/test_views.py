@@ -101,7 +101,7 @@ def test_saved_filters_are_per_user(client):
 
 @pytest.mark.django_db
 def test_open_claims_second_reader_read_only_and_admin_force_release(client, settings):
-    settings.VIEWER_URL_TEMPLATE = "https://viewer.example/ohif/viewer?StudyInstanceUIDs={study_instance_uid}"
+    settings.VIEWER_URL_TEMPLATE = "https://viewer.example/ohif/viewer?StudyInstanceUIDs={StudyInstanceUID}"
     rp = f.study()
     a = f.user("rad_a", RADIOLOGIST, first_name="Ann", last_name="Alpha")
     b = f.user("rad_b", RADIOLOGIST)
@@ -184,3 +184,13 @@ def test_templates_maintained_by_administrators(client):
 def test_anonymous_is_sent_to_login(client):
     r = client.get(reverse("worklist:list"))
     assert r.status_code == 302 and r["Location"].startswith("/accounts/login/")
+
+
+def test_viewer_url_template_placeholders(settings):
+    item = type("Item", (), {"study_instance_uid": "1.2.3", "accession_number": "A 1", "patient_id": "P/1"})()
+    settings.VIEWER_URL_TEMPLATE = "https://v.example/{StudyInstanceUID}?acc={accession_number}&pid={PatientID}"
+    assert selectors.viewer_url(item) == "https://v.example/1.2.3?acc=A%201&pid=P%2F1"
+    settings.VIEWER_URL_TEMPLATE = "https://v.example/{Unknown}"
+    assert selectors.viewer_url(item) == ""
+    settings.VIEWER_URL_TEMPLATE = ""
+    assert selectors.viewer_url(item) == ""
