@@ -107,7 +107,8 @@ def _store_and_apply(raw: bytes, peer: str) -> bytes:
             original = (InboundMessage.objects.select_for_update()
                         .filter(sending_application=msh.msh_3[:180], sending_facility=msh.msh_4[:180],
                                 message_control_id=msh.msh_10[:199], replay_of__isnull=True)
-                        .exclude(status=InboundMessage.STATUS_COLLISION).first())
+                        .exclude(status=InboundMessage.STATUS_COLLISION)
+                        .only("pk", "content_sha256", "ack").first())
             if original is not None:
                 if original.content_sha256 == digest:
                     InboundMessage.objects.filter(pk=original.pk).update(duplicate_count=F("duplicate_count") + 1)

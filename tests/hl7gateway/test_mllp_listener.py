@@ -254,3 +254,65 @@ def test_run_mllp_command_stores_orders(settings):
         proc.wait(10)
     rp = RequestedProcedure.objects.get(accession_number="CA200001")
     assert rp.order.patient.patient_name == "Müller^Jürgen"
+
+
+def test_database_connection_lost_mid_stream_gives_ae_then_recovers(listener):
+    """PostgreSQL drops the listener's session (as on a restart or failover): AE, never AA;
+    the next message reconnects and is applied."""
+    from django.db import connection
+
+    server = listener()
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"\x0b" + orm(20) + b"\x1c\r")
+        assert ack_fields(recv_frame(s))["msa_1"] == "AA"
+        with connection.cursor() as cur:
+            cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            assert cur.fetchone()[0] >= 1
+        s.sendall(b"\x0b" + orm(21) + b"\x1c\r")
+        lost = ack_fields(recv_frame(s))
+        assert lost["msa_1"] == "AE" and "207" in lost["err"] and lost["msa_2"] == "C000021"
+        s.sendall(b"\x0b" + orm(21) + b"\x1c\r")  # the sender resends
+        assert ack_fields(recv_frame(s))["msa_1"] == "AA"
+    assert sorted(Order.objects.values_list("placer_order_number", flat=True)) == ["PL000020", "PL000021"]
+
+
+def test_intake_is_durable_outermost_transaction_with_synchronous_commit(listener):
+    """Reliability H-03: the ingest block is the outermost atomic(durable=True) and the
+    listener's sessions run with synchronous_commit=on."""
+    from django.db import connection, transaction
+
+    from hl7gateway.intake import handle_payload
+
+    with transaction.atomic(), pytest.raises(RuntimeError, match="durable"):
+        handle_payload(orm(30))
+    server = listener()
+    assert send(server.port, orm(31))["msa_1"] == "AA"
+    with connection.cursor() as cur:
+        cur.execute("SELECT setting FROM pg_settings WHERE name = 'synchronous_commit'")
+        assert cur.fetchone()[0] == "on"
+        cur.execute("SHOW fsync")
+        assert cur.fetchone()[0] == "on"
+
+
+def test_run_mllp_with_two_worker_processes_sharing_the_port():
+    from django.db import connection
+
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {**os.environ, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "manage.py", "run_mllp", "--host", "127.0.0.1", "--port", "0",
+                             "--workers", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "workers=2" in line, line
+        port = int(line.split(":")[-1].split()[0])
+        codes = [send(port, orm(40 + i))["msa_1"] for i in range(8)]  # 8 connections, spread by the kernel
+        assert codes == ["AA"] * 8
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert Order.objects.filter(placer_order_number__startswith="PL0000").count() == 8
+    # the children are gone with the parent: the port is free again
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
