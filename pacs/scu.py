@@ -54,9 +54,7 @@ def _associate(ae: AE, destination):
         if result == 0x01:
             raise PermanentError(reason)
         raise TransientError(reason)
-    if assoc.is_aborted:
-        raise TransientError(f"association aborted by {where}")
-    raise TransientError(f"no association with {where} (connection refused or timed out)")
+    raise TransientError(f"no association with {where} (connection refused, aborted or timed out)")
 
 
 def classify_status(code: int) -> tuple[bool, bool]:

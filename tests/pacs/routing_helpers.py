@@ -1,0 +1,126 @@
+"""A real Celery worker process (solo pool) on the pytest database and Redis DB of this engineer,
+and a real Orthanc VNA, for the routing tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+from tests.pacs.orthanc import OrthancProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+BROKER = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
+
+
+class Worker:
+    def __init__(self, workdir: Path, env: dict):
+        self.workdir = workdir
+        self.env = env
+        self.process: subprocess.Popen | None = None
+        self.count = 0
+
+    def start(self, timeout: float = 30.0) -> Worker:
+        self.count += 1
+        self.logfile = self.workdir / f"worker{self.count}.log"
+        self.process = subprocess.Popen(
+            [str(ROOT / ".venv/bin/celery"), "-A", "pacs", "worker", "-P", "solo", "-c", "1", "-l", "INFO",
+             "--without-heartbeat", "--without-gossip", "--without-mingle", "-n", f"h4test{self.count}@%h"],
+            cwd=ROOT, env=self.env, stdout=open(self.logfile, "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(self.logfile.read_text()[-3000:])
+            if "ready." in self.logfile.read_text():
+                return self
+            time.sleep(0.2)
+        raise RuntimeError("celery worker did not start: " + self.logfile.read_text()[-3000:])
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed host would."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.logfile.read_text()
+
+
+@pytest.fixture
+def routing_settings(settings):
+    settings.DICOM_AE_TITLE = "PACS"
+    settings.VNA_DESTINATIONS = ""
+    settings.STUDY_QUIET_PERIOD_SECONDS = 1
+    settings.TRANSFER_RETRY_BASE_SECONDS = 1.0
+    settings.TRANSFER_RETRY_MAX_SECONDS = 2.0
+    settings.TRANSFER_LEASE_SECONDS = 4
+    settings.TRANSFER_MAX_ATTEMPTS = 10
+    return settings
+
+
+@pytest.fixture
+def worker(transactional_db, store_dir, routing_settings, tmp_path):
+    """A Celery worker process on the test database (DATABASE_URL names test_<db>)."""
+    redis.Redis.from_url(BROKER).flushdb()
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "CELERY_BROKER_URL": BROKER,
+        "STORAGE_DIR": str(store_dir),
+        "DICOM_AE_TITLE": "PACS",
+        "VNA_DESTINATIONS": "",
+        "TRANSFER_RETRY_BASE_SECONDS": "1",
+        "TRANSFER_RETRY_MAX_SECONDS": "2",
+        "TRANSFER_LEASE_SECONDS": "4",
+        "TRANSFER_MAX_ATTEMPTS": "10",
+        "TCP_NODELAY": "1",
+    }
+    w = Worker(tmp_path, env).start()
+    try:
+        yield w
+    finally:
+        w.stop()
+        redis.Redis.from_url(BROKER).flushdb()
+
+
+@pytest.fixture
+def orthanc(engine, tmp_path):
+    """Orthanc as the VNA; it knows the engine's AE (for the N-EVENT-REPORT)."""
+    vna = OrthancProcess(tmp_path / "orthanc", engine_aet="PACS", engine_port=engine.server_address[1])
+    vna.start()
+    try:
+        yield vna
+    finally:
+        vna.stop()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, message: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting: {message}")
+
+
+def storage_dir() -> Path:
+    return Path(settings.STORAGE_DIR)

@@ -1,0 +1,170 @@
+# ruff: noqa: F811 - pytest fixtures imported from helper modules
+"""Routing to a real Orthanc VNA through a real Celery worker: C-STORE over one association,
+storage commitment N-ACTION + N-EVENT-REPORT, archived only when every instance is committed;
+VNA down then up; a SOP class refused; a worker killed mid-transfer (reliability C-03, D-12)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+from pydicom.uid import generate_uid
+
+from pacs.models import Study, Transfer, TransferItem, VnaDestination
+from pacs.models import images as im
+from pacs.models import transfers as tr
+from pacs.services import completion, routing
+from ris.models import StatusChange
+from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
+from tests.pacs.mwl_data import make_patient, make_step
+from tests.pacs.orthanc import storescu, write_study
+from tests.pacs.routing_helpers import orthanc, routing_settings, wait_for, worker  # noqa: F401
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
+
+
+def destination_for(vna, **kwargs) -> VnaDestination:
+    return VnaDestination.objects.create(name=f"orthanc-{vna.dicom_port}", kind=tr.KIND_DICOM, ae_title=vna.aet,
+                                         host="127.0.0.1", port=vna.dicom_port, **kwargs)
+
+
+def send_matched_study(engine, tmp_path, n=5, *, patient_name="DOE^JOHNNY", **kwargs):
+    step = make_step(make_patient("DOE^JOHN", "P1"), accession=f"A{generate_uid()[-10:]}", modality="CT")
+    rp = step.requested_procedure
+    paths = write_study(tmp_path / generate_uid(), n, study_instance_uid=rp.study_instance_uid,
+                        accession_number=rp.accession_number, patient_id="P1", patient_name=patient_name, **kwargs)
+    proc = storescu(port(engine), paths)
+    assert proc.returncode == 0, proc.stderr
+    return Study.objects.get(study_instance_uid=rp.study_instance_uid), paths
+
+
+def complete_now(study):
+    assert completion.check_study(study.pk, now=timezone.now() + dt.timedelta(seconds=5))
+
+
+def test_study_routed_committed_archived_with_corrections(engine, orthanc, worker, tmp_path):
+    destination_for(orthanc)
+    study, _ = send_matched_study(engine, tmp_path, 5)
+    complete_now(study)
+    transfer = Transfer.objects.get(study=study)
+    wait_for(lambda: Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED, 60,
+             message=f"transfer committed; worker log:\n{worker.log()[-3000:]}")
+    study.refresh_from_db()
+    assert study.status == im.ARCHIVED and study.archived_at is not None
+    assert orthanc.count_instances() == 5
+    assert TransferItem.objects.filter(transfer=transfer, status=tr.ITEM_COMMITTED).count() == 5
+    uid = TransferItem.objects.filter(transfer=transfer).first().instance.sop_instance_uid
+    tags = orthanc.instance_tags(uid)
+    assert tags["PatientName"] == "DOE^JOHN"  # corrected from the order on the way to the VNA
+    assert study.corrections == {"PatientName": ["DOE^JOHNNY", "DOE^JOHN"]}
+    history = [c.to_status for c in StatusChange.objects.filter(entity="transfer", object_id=transfer.pk)]
+    assert history == [tr.IN_PROGRESS, tr.COMMITTING, tr.COMMITTED]
+    # The local copies are still there: nothing is deleted by routing.
+    assert all((study_file.exists()) for study_file in [
+        __import__("pacs.storage", fromlist=["x"]).absolute_path(i.instance.path)
+        for i in TransferItem.objects.filter(transfer=transfer)])
+    # Running the task again is a no-op.
+    assert routing.run_transfer(transfer.pk) == "skipped"
+
+
+def test_vna_down_then_up_is_delivered_once(engine, worker, tmp_path):
+    from tests.pacs.orthanc import OrthancProcess
+
+    vna = OrthancProcess(tmp_path / "late-orthanc", engine_aet="PACS", engine_port=port(engine))
+    destination_for(vna)
+    study, _ = send_matched_study(engine, tmp_path, 3)
+    complete_now(study)
+    transfer = Transfer.objects.get(study=study)
+    wait_for(lambda: Transfer.objects.get(pk=transfer.pk).status == tr.RETRYING, 30, message="retrying")
+    refused = Transfer.objects.get(pk=transfer.pk)
+    assert refused.attempts >= 1 and "no association" in refused.reason
+    vna.start()
+    try:
+        wait_for(lambda: Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED, 60,
+                 message=f"committed after the VNA came up; worker:\n{worker.log()[-3000:]}")
+        assert vna.count_instances() == 3
+        assert Transfer.objects.get(pk=transfer.pk).attempts >= 2
+    finally:
+        vna.stop()
+
+
+def test_vna_refusing_a_sop_class_fails_that_instance_with_the_reason_and_sends_the_others(
+        engine, worker, tmp_path):
+    """Orthanc 1.10.1 cannot be told to refuse a SOP class by configuration; it is told to accept
+    only little-endian transfer syntaxes, so the presentation context of the Secondary Capture
+    instance stored in explicit big endian is refused: the same path as a refused SOP class."""
+    from tests.pacs.orthanc import SECONDARY_CAPTURE, OrthancProcess
+
+    vna = OrthancProcess(tmp_path / "picky", engine_aet="PACS", engine_port=port(engine))
+    config = vna.config
+
+    def picky_config():
+        cfg = config()
+        cfg["AcceptedTransferSyntaxes"] = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]
+        return cfg
+
+    vna.config = picky_config
+    vna.start()
+    try:
+        destination_for(vna)
+        study, _ = send_matched_study(engine, tmp_path, 3)
+        rp = study.requested_procedure
+        sc = write_study(tmp_path / "sc", 1, study_instance_uid=study.study_instance_uid, sop_class_uid=SECONDARY_CAPTURE,
+                         modality="OT", accession_number=rp.accession_number, patient_id="P1",
+                         patient_name="DOE^JOHN")
+        proc = storescu(port(engine), sc, extra=("-xb",))  # propose explicit VR big endian
+        assert proc.returncode == 0, proc.stderr
+        complete_now(study)
+        transfer = Transfer.objects.get(study=study)
+        wait_for(lambda: Transfer.objects.get(pk=transfer.pk).status == tr.FAILED, 60,
+                 message=f"failed; worker:\n{worker.log()[-3000:]}")
+        failed = Transfer.objects.get(pk=transfer.pk)
+        assert SECONDARY_CAPTURE in failed.reason and "not accepted by the VNA" in failed.reason
+        assert failed.attempts == 1  # permanent: not retried
+        assert vna.count_instances() == 3  # the others were sent
+        assert TransferItem.objects.filter(transfer=transfer, status=tr.ITEM_COMMITTED).count() == 3
+        assert TransferItem.objects.filter(transfer=transfer, status=tr.ITEM_FAILED).count() == 1
+        study.refresh_from_db()
+        assert study.status == im.COMPLETE  # not archived: one instance is not in the VNA
+    finally:
+        vna.stop()
+
+
+SLOW_VNA = """
+function ReceivedInstanceFilter(dicom, origin, info)
+  os.execute('sleep 0.25')
+  return true
+end
+"""
+
+
+def test_worker_killed_mid_transfer_completes_after_restart_each_instance_once(engine, worker, tmp_path):
+    from tests.pacs.orthanc import OrthancProcess
+
+    vna = OrthancProcess(tmp_path / "slow", engine_aet="PACS", engine_port=port(engine), lua=SLOW_VNA).start()
+    try:
+        destination_for(vna)
+        study, _ = send_matched_study(engine, tmp_path, 25)
+        complete_now(study)
+        transfer = Transfer.objects.get(study=study)
+        wait_for(lambda: TransferItem.objects.filter(transfer=transfer, status=tr.ITEM_SENT).count() >= 10, 60,
+                 interval=0.05, message=f"ten sent; worker:\n{worker.log()[-3000:]}")
+        worker.kill()
+        assert Transfer.objects.get(pk=transfer.pk).status == tr.IN_PROGRESS
+        pending = TransferItem.objects.filter(transfer=transfer, status=tr.ITEM_PENDING).count()
+        assert pending > 0, "the worker finished before it was killed"
+
+        worker.start()
+        # No worker holds the row once its lease has expired: the sweep hands it on.
+        wait_for(lambda: Transfer.objects.get(pk=transfer.pk).lease_expires_at < timezone.now(), 30)
+        assert routing.sweep() >= 1
+        wait_for(lambda: Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED, 90,
+                 message=f"committed after restart; worker:\n{worker.log()[-3000:]}")
+        uids = vna.sop_instance_uids()
+        assert len(uids) == 25 and len(set(uids)) == 25
+        assert Transfer.objects.get(pk=transfer.pk).attempts == 2
+        study.refresh_from_db()
+        assert study.status == im.ARCHIVED
+    finally:
+        vna.stop()
