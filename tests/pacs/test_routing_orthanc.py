@@ -168,3 +168,25 @@ def test_worker_killed_mid_transfer_completes_after_restart_each_instance_once(e
         assert study.status == im.ARCHIVED
     finally:
         vna.stop()
+
+
+def test_stow_rs_destination_from_the_environment(engine, worker, tmp_path, routing_settings):
+    """VNA_DESTINATIONS=stow+http://...: the study is POSTed to Orthanc's DICOMweb plug-in."""
+    from tests.pacs.orthanc import OrthancProcess
+
+    vna = OrthancProcess(tmp_path / "web", engine_aet="PACS", engine_port=port(engine), dicomweb=True).start()
+    try:
+        routing_settings.VNA_DESTINATIONS = f"stow+http://127.0.0.1:{vna.http_port}/dicom-web"
+        routing._synced = False
+        study, _ = send_matched_study(engine, tmp_path, 4)
+        complete_now(study)
+        transfer = Transfer.objects.get(study=study)
+        assert transfer.destination.kind == tr.KIND_STOW and transfer.destination.from_environment
+        wait_for(lambda: Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED, 60,
+                 message=f"STOW committed; worker:\n{worker.log()[-3000:]}")
+        assert vna.count_instances() == 4
+        study.refresh_from_db()
+        assert study.status == im.ARCHIVED
+    finally:
+        routing._synced = False
+        vna.stop()

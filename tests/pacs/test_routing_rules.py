@@ -1,0 +1,175 @@
+# ruff: noqa: F811 - pytest fixtures imported from helper modules
+"""Routing rules without a worker: destinations from the environment, backoff, the storage
+commitment report (event type 2), commitment timeout, permanent association rejection,
+operator retry/cancel recorded with the user, retention purge only after archiving."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from pacs import storage
+from pacs.dimse.commitment import report_from_dataset
+from pacs.models import Instance, Series, Study, Transfer, TransferItem, VnaDestination
+from pacs.models import images as im
+from pacs.models import transfers as tr
+from pacs.services import routing
+from ris.models import StatusChange
+from ris.services.transitions import transition
+from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
+from tests.pacs.orthanc import OrthancProcess
+
+pytestmark = pytest.mark.django_db
+
+
+def test_parse_destinations_from_the_environment():
+    parsed = routing.parse_destinations(
+        "dicom://ORTHANC@vna-host:4242, stow+https://user:secret@vna-host:8443/dicom-web/")
+    assert parsed[0] | {} == {"name": "env:dicom://ORTHANC@vna-host:4242", "kind": "dicom", "ae_title": "ORTHANC",
+                              "host": "vna-host", "port": 4242, "url": ""}
+    assert parsed[1]["kind"] == "stow" and parsed[1]["url"] == "https://vna-host:8443/dicom-web"
+    assert parsed[1]["username"] == "user" and parsed[1]["password"] == "secret"
+    assert "secret" not in parsed[1]["name"]
+    with pytest.raises(ValueError):
+        routing.parse_destinations("ftp://nowhere")
+    with pytest.raises(ValueError):
+        routing.parse_destinations("dicom://AE_TITLE_LONGER_THAN_16@h:1")
+
+
+def test_sync_disables_destinations_removed_from_the_environment(settings):
+    settings.VNA_DESTINATIONS = "dicom://A@h:1,dicom://B@h:2"
+    assert len(routing.sync_environment_destinations()) == 2
+    settings.VNA_DESTINATIONS = "dicom://B@h:2"
+    routing.sync_environment_destinations()
+    assert set(VnaDestination.objects.filter(enabled=True).values_list("ae_title", flat=True)) == {"B"}
+
+
+def test_backoff_is_exponential_with_jitter_and_capped(settings):
+    settings.TRANSFER_RETRY_BASE_SECONDS = 10
+    settings.TRANSFER_RETRY_MAX_SECONDS = 300
+    for attempts, ceiling in [(1, 10), (2, 20), (3, 40), (6, 300), (30, 300)]:
+        values = {routing.backoff_seconds(attempts) for _ in range(50)}
+        assert all(ceiling / 2 <= v <= ceiling for v in values)
+        assert len(values) > 1  # jitter
+
+
+@pytest.fixture
+def transfer(store_dir):
+    study = Study.objects.create(study_instance_uid=generate_uid(), last_received_at=timezone.now(),
+                                 status=im.RECEIVING, batch=1)
+    transition(study, im.COMPLETE, entity="study", cause="test", actor="test")
+    series = Series.objects.create(study=study, series_instance_uid=generate_uid())
+    destination = VnaDestination.objects.create(name="vna", ae_title="VNA", host="127.0.0.1", port=1)
+    t = Transfer.objects.create(study=study, destination=destination, batch=1, next_attempt_at=timezone.now())
+    for _ in range(3):
+        uid = generate_uid()
+        rel = storage.relative_path(study.study_instance_uid, series.series_instance_uid, uid)
+        path = storage.absolute_path(rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x00" * 128 + b"DICM")
+        instance = Instance.objects.create(study=study, series=series, sop_instance_uid=uid, sop_class_uid="1.2.3",
+                                           transfer_syntax_uid="1.2.840.10008.1.2.1", path=rel, size=132, batch=1,
+                                           received_at=timezone.now())
+        TransferItem.objects.create(transfer=t, instance=instance, status=tr.ITEM_SENT)
+    transition(t, tr.IN_PROGRESS, entity="transfer", cause="test", actor="test")
+    t.transaction_uid = generate_uid()
+    t.commitment_requested_at = timezone.now()
+    t.attempts = 1
+    t.save()
+    transition(t, tr.COMMITTING, entity="transfer", cause="test", actor="test")
+    return t
+
+
+def _report(t, committed, failed):
+    ds = Dataset()
+    ds.TransactionUID = t.transaction_uid
+    ds.ReferencedSOPSequence = []
+    for uid in committed:
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.3"
+        item.ReferencedSOPInstanceUID = uid
+        ds.ReferencedSOPSequence.append(item)
+    ds.FailedSOPSequence = []
+    for uid in failed:
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.3"
+        item.ReferencedSOPInstanceUID = uid
+        item.FailureReason = 0x0110
+        ds.FailedSOPSequence.append(item)
+    return report_from_dataset(ds)
+
+
+def test_event_type_2_sends_the_failed_instances_again(transfer, django_capture_on_commit_callbacks):
+    uids = list(Instance.objects.values_list("sop_instance_uid", flat=True))
+    with django_capture_on_commit_callbacks() as callbacks:
+        status = routing.record_commitment(*_report(transfer, uids[:2], uids[2:]))
+    assert status == tr.RETRYING and len(callbacks) == 1  # one task queued, after commit
+    transfer.refresh_from_db()
+    assert "not committed" in transfer.reason and "0x0110" in transfer.reason
+    assert TransferItem.objects.filter(transfer=transfer, status=tr.ITEM_COMMITTED).count() == 2
+    assert TransferItem.objects.filter(transfer=transfer, status=tr.ITEM_PENDING).count() == 1
+    assert transfer.study.status == im.COMPLETE  # not archived
+
+
+def test_event_type_1_commits_and_archives_and_a_repeat_changes_nothing(transfer):
+    uids = list(Instance.objects.values_list("sop_instance_uid", flat=True))
+    assert routing.record_commitment(*_report(transfer, uids, [])) == tr.COMMITTED
+    assert Study.objects.get(pk=transfer.study_id).status == im.ARCHIVED
+    assert routing.record_commitment(*_report(transfer, uids, [])) == tr.COMMITTED
+    assert routing.record_commitment("1.2.3.999", uids, []) is None
+    assert StatusChange.objects.filter(entity="transfer", object_id=transfer.pk, to_status=tr.COMMITTED).count() == 1
+
+
+def test_missing_report_times_out_and_the_sweep_requeues(transfer, settings, monkeypatch):
+    settings.STORAGE_COMMITMENT_TIMEOUT_SECONDS = 60
+    queued = []
+    monkeypatch.setattr("pacs.tasks.send_transfer.apply_async", lambda args, **kw: queued.append(args[0]))
+    assert routing.sweep() == 0
+    assert routing.sweep(now=timezone.now() + dt.timedelta(seconds=61)) == 1
+    assert queued == [transfer.pk]
+
+
+def test_operator_cancel_and_retry_are_recorded_with_the_user(transfer, django_capture_on_commit_callbacks):
+    routing.cancel(transfer.pk, actor="alice")
+    with django_capture_on_commit_callbacks() as callbacks:
+        routing.retry(transfer.pk, actor="bob")
+    assert len(callbacks) == 1
+    changes = list(StatusChange.objects.filter(entity="transfer", object_id=transfer.pk).values_list(
+        "to_status", "actor"))
+    assert changes[-2:] == [(tr.CANCELED, "alice"), (tr.RETRYING, "bob")]
+    with pytest.raises(routing.TransferActionError):
+        Transfer.objects.filter(pk=transfer.pk).update(status=tr.COMMITTED)
+        routing.retry(transfer.pk, actor="bob")
+
+
+def test_retention_purges_only_archived_studies_after_the_period(transfer, settings):
+    paths = [storage.absolute_path(p) for p in Instance.objects.values_list("path", flat=True)]
+    settings.ARCHIVE_RETENTION_DAYS = 0
+    assert routing.purge_archived(now=timezone.now() + dt.timedelta(days=999)) == 0
+    settings.ARCHIVE_RETENTION_DAYS = 7
+    assert routing.purge_archived(now=timezone.now() + dt.timedelta(days=30)) == 0  # committing, not archived
+    assert all(p.exists() for p in paths)
+    uids = list(Instance.objects.values_list("sop_instance_uid", flat=True))
+    routing.record_commitment(*_report(transfer, uids, []))
+    assert routing.purge_archived(now=timezone.now() + dt.timedelta(days=6)) == 0
+    assert routing.purge_archived(now=timezone.now() + dt.timedelta(days=8)) == 1
+    assert not any(p.exists() for p in paths)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_association_rejected_permanently_fails_at_once(tmp_path, transfer, settings):
+    """Orthanc rejects a wrong called AE title (rejected-permanent): no retry, the reason shown."""
+    vna = OrthancProcess(tmp_path / "o", engine_port=11112).start()
+    try:
+        VnaDestination.objects.filter(pk=transfer.destination_id).update(ae_title="WRONG_AE", port=vna.dicom_port)
+        TransferItem.objects.filter(transfer=transfer).update(status=tr.ITEM_PENDING)
+        Transfer.objects.filter(pk=transfer.pk).update(status=tr.RETRYING, next_attempt_at=timezone.now())
+        assert routing.run_transfer(transfer.pk) == tr.FAILED
+        failed = Transfer.objects.get(pk=transfer.pk)
+        assert "rejected" in failed.reason and "WRONG_AE" in failed.reason and failed.attempts == 2
+    finally:
+        vna.stop()
