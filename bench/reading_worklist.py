@@ -324,7 +324,7 @@ def main() -> int:
     ap.add_argument("--studies", type=int, default=100_000)
     ap.add_argument("--users", type=int, default=10)
     ap.add_argument("--requests", type=int, default=100, help="requests per user")
-    ap.add_argument("--workers", type=int, default=4, help="gunicorn sync workers")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn sync workers (default: cores)")
     ap.add_argument("--rebuild", action="store_true")
     args = ap.parse_args()
 

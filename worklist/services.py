@@ -67,11 +67,18 @@ def mark_ready_for_reading(requested_procedure_id: int, *, ready_at: dt.datetime
     does not restart when a late image arrives) and refreshes the copied columns.  Called by
     the image pipeline when a study is complete and matched (shared reference section 1, step 7).
     """
+    from ris.models import Report
+
     rp = RequestedProcedure.objects.select_related("order__patient").get(pk=requested_procedure_id)
     columns = _copied_columns(rp)
     with transaction.atomic():
+        # A report dictated before the images were complete (dictation API) keeps its status.
+        report_status = Report.objects.filter(requested_procedure=rp).values_list("status", flat=True).first()
+        report_status = report_status or UNREAD
         item, created = ReadingItem.objects.get_or_create(
-            requested_procedure=rp, defaults={**columns, "ready_at": ready_at or timezone.now()}
+            requested_procedure=rp, defaults={**columns, "ready_at": ready_at or timezone.now(),
+                                              "report_status": report_status,
+                                              "is_read": report_status in READ_STATUSES}
         )
         if not created:
             changed = [k for k, v in columns.items() if getattr(item, k) != v]

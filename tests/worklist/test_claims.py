@@ -145,3 +145,13 @@ def test_mark_ready_is_idempotent_and_keeps_time_waiting():
     assert again.priority_rank == 0 and again.requested_procedure_priority == "STAT"
     assert again.patient_id.startswith("MRN") and again.modality == "CT"
     assert again.patient_name_key.startswith("TEST PATIENT")
+
+
+@pytest.mark.django_db
+def test_study_reported_before_it_was_ready_enters_the_list_with_its_status():
+    from ris.services import reports
+
+    rp = f.study(ready=False)
+    reports.sign(rp.pk, f.user("rad", RADIOLOGIST), "FINAL", findings="Dictated before the images were complete.")
+    item = services.mark_ready_for_reading(rp.pk)
+    assert item.report_status == "FINAL" and item.is_read
