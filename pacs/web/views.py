@@ -1,0 +1,150 @@
+"""Imaging pages: the reconciliation queue and the VNA transfers page.
+
+Thin: each view parses the request, calls ``pacs.services.order_matching`` or
+``pacs.services.routing`` with plain values and renders.  Every view declares its roles.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.db.models import Count, Q
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from pacs.access import ADMINISTRATOR, TECHNOLOGIST, has_role, roles
+from pacs.models import Study, Transfer
+from pacs.models import transfers as tr
+from pacs.services import order_matching, routing
+from ris.errors import DomainError
+from ris.models import PatientIdentifier, RequestedProcedure
+
+RECONCILERS = (ADMINISTRATOR, TECHNOLOGIST)
+
+
+def _actor(request) -> str:
+    return request.user.get_username()
+
+
+@roles(*RECONCILERS)
+@require_GET
+def reconciliation(request):
+    """Unmatched studies (waiting for a person) and matched ones whose demographics disagree."""
+    unmatched = Study.objects.filter(requested_procedure__isnull=True).annotate(n=Count("instances"))
+    flagged = (
+        Study.objects.filter(requested_procedure__isnull=False).exclude(demographics_mismatch=[])
+        .select_related("requested_procedure").annotate(n=Count("instances"))
+    )
+    return render(request, "imaging/reconciliation.html", {
+        "unmatched": unmatched.order_by("-last_received_at")[:200],
+        "flagged": flagged.order_by("-last_received_at")[:200],
+    })
+
+
+@roles(*RECONCILERS)
+@require_GET
+def reconcile_study(request, study_id: int):
+    study = get_object_or_404(Study, pk=study_id)
+    candidates = RequestedProcedure.objects.none()
+    patients = []
+    if study.patient_id:
+        ids = PatientIdentifier.objects.filter(id_number=study.patient_id).select_related("patient")
+        patients = [i.patient for i in ids]
+        candidates = RequestedProcedure.objects.filter(order__patient__in=patients).select_related("order__patient")
+    query = request.GET.get("q", "").strip()
+    if query:
+        candidates = RequestedProcedure.objects.filter(
+            Q(accession_number=query) | Q(order__patient__identifiers__id_number=query)
+        ).select_related("order__patient").distinct()
+        patients = list({i.patient for i in PatientIdentifier.objects.filter(id_number=query).select_related("patient")})
+    return render(request, "imaging/reconcile_study.html", {
+        "study": study, "candidates": candidates.order_by("-created_at")[:50], "patients": patients, "q": query,
+        "links": study.links.all(),
+    })
+
+
+@roles(*RECONCILERS)
+@require_POST
+def link_study(request, study_id: int):
+    try:
+        rp_id = int(request.POST.get("requested_procedure_id", ""))
+        order_matching.link_study(study_id, rp_id, actor=_actor(request), note=request.POST.get("note", ""))
+    except (ValueError, DomainError) as exc:
+        messages.error(request, f"Not linked: {exc}")
+        return redirect("imaging:reconcile_study", study_id=study_id)
+    messages.success(request, "Study linked to the order.")
+    return redirect("imaging:reconciliation")
+
+
+@roles(*RECONCILERS)
+@require_POST
+def new_order_for_study(request, study_id: int):
+    try:
+        patient_pk = int(request.POST.get("patient", ""))
+        link = order_matching.link_study_to_new_order(
+            study_id, patient_pk, actor=_actor(request), description=request.POST.get("description", ""),
+            note=request.POST.get("note", ""),
+        )
+    except (ValueError, DomainError) as exc:
+        messages.error(request, f"No order created: {exc}")
+        return redirect("imaging:reconcile_study", study_id=study_id)
+    messages.success(request, f"New order created (accession {link.requested_procedure.accession_number}).")
+    return redirect("imaging:reconciliation")
+
+
+def _age(since, now) -> str:
+    seconds = int((now - since).total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} d"
+
+
+@roles(ADMINISTRATOR, TECHNOLOGIST)
+@require_GET
+def transfers(request):
+    """Transfers by state with reason, attempts and age; retry and cancel for administrators."""
+    status = request.GET.get("status", "")
+    rows = Transfer.objects.select_related("study", "destination").order_by("-created_at")
+    if status in tr.STATUSES:
+        rows = rows.filter(status=status)
+    now = timezone.now()
+    rows = list(rows[:500])
+    for row in rows:
+        row.age = _age(row.created_at, now)
+    counts = dict(Transfer.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    return render(request, "imaging/transfers.html", {
+        "rows": rows, "status": status,
+        "states": [(s, counts.get(s, 0)) for s in tr.STATUSES],
+        "can_act": has_role(request.user, ADMINISTRATOR),
+        "retryable": {tr.FAILED, tr.RETRYING, tr.CANCELED, tr.SCHEDULED},
+        "cancelable": tr.OPEN | {tr.FAILED},
+    })
+
+
+@roles(ADMINISTRATOR)
+@require_POST
+def retry_transfer(request, transfer_id: int):
+    get_object_or_404(Transfer, pk=transfer_id)
+    try:
+        routing.retry(transfer_id, actor=_actor(request))
+        messages.success(request, f"Transfer {transfer_id} queued again.")
+    except DomainError as exc:
+        messages.error(request, str(exc))
+    return redirect("imaging:transfers")
+
+
+@roles(ADMINISTRATOR)
+@require_POST
+def cancel_transfer(request, transfer_id: int):
+    get_object_or_404(Transfer, pk=transfer_id)
+    try:
+        routing.cancel(transfer_id, actor=_actor(request))
+        messages.success(request, f"Transfer {transfer_id} canceled.")
+    except DomainError as exc:
+        messages.error(request, str(exc))
+    return redirect("imaging:transfers")
+
