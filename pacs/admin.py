@@ -57,3 +57,61 @@ class PerformedProcedureStepAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="scheduled")
     def scheduled(self, obj):
         return not obj.is_unscheduled
+
+
+# --- Images and VNA transfers (image issue) ----------------------------------------------------
+from pacs.models import Instance, Series, Study, StudyLink, Transfer, TransferItem, VnaDestination  # noqa: E402
+
+
+@admin.register(VnaDestination)
+class VnaDestinationAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "ae_title", "host", "port", "url", "storage_commitment", "enabled",
+                    "from_environment")
+    list_filter = ("kind", "enabled", "from_environment")
+    search_fields = ("name", "ae_title", "host", "url")
+
+
+class SeriesInline(admin.TabularInline):
+    model = Series
+    extra = 0
+    can_delete = False
+    readonly_fields = ("series_instance_uid", "modality", "series_number", "series_description")
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = ("study_instance_uid", "accession_number", "patient_id", "status", "match_method", "batch",
+                    "last_received_at")
+    list_filter = ("status", "match_method")
+    search_fields = ("study_instance_uid", "accession_number", "patient_id")
+    raw_id_fields = ("requested_procedure",)
+    readonly_fields = ("status", "batch", "corrections", "demographics_mismatch")
+    inlines = [SeriesInline]
+
+
+@admin.register(Instance)
+class InstanceAdmin(admin.ModelAdmin):
+    list_display = ("sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "size", "batch", "received_at")
+    search_fields = ("sop_instance_uid",)
+    raw_id_fields = ("study", "series")
+
+
+@admin.register(StudyLink)
+class StudyLinkAdmin(admin.ModelAdmin):
+    list_display = ("study", "requested_procedure", "created_order", "actor", "at")
+    raw_id_fields = ("study", "requested_procedure")
+
+
+@admin.register(Transfer)
+class TransferAdmin(admin.ModelAdmin):
+    list_display = ("pk", "study", "destination", "batch", "status", "attempts", "next_attempt_at", "reason")
+    list_filter = ("status", "destination")
+    raw_id_fields = ("study",)
+    readonly_fields = ("status", "attempts", "transaction_uid")
+
+
+@admin.register(TransferItem)
+class TransferItemAdmin(admin.ModelAdmin):
+    list_display = ("transfer", "instance", "status", "reason", "sent_at", "committed_at")
+    list_filter = ("status",)
+    raw_id_fields = ("transfer", "instance")

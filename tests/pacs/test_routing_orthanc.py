@@ -30,7 +30,11 @@ def destination_for(vna, **kwargs) -> VnaDestination:
 
 
 def send_matched_study(engine, tmp_path, n=5, *, patient_name="DOE^JOHNNY", **kwargs):
-    step = make_step(make_patient("DOE^JOHN", "P1"), accession=f"A{generate_uid()[-10:]}", modality="CT")
+    from ris.models import PatientIdentifier
+
+    known = PatientIdentifier.objects.filter(id_number="P1", assigning_authority="HOSP").first()
+    patient = known.patient if known else make_patient("DOE^JOHN", "P1")
+    step = make_step(patient, accession=f"A{generate_uid()[-10:]}", modality="CT")
     rp = step.requested_procedure
     paths = write_study(tmp_path / generate_uid(), n, study_instance_uid=rp.study_instance_uid,
                         accession_number=rp.accession_number, patient_id="P1", patient_name=patient_name, **kwargs)
@@ -190,3 +194,39 @@ def test_stow_rs_destination_from_the_environment(engine, worker, tmp_path, rout
     finally:
         routing._synced = False
         vna.stop()
+
+
+def test_completed_by_mpps_then_by_the_quiet_period_sweep_task_both_routed(engine, orthanc, worker, tmp_path,
+                                                                           routing_settings):
+    """Study A completes by MPPS (N-CREATE/N-SET from the modality); study B has no MPPS and is
+    completed by the ``pacs.imaging_sweep`` task run by the worker; both reach the VNA committed."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityPerformedProcedureStep
+
+    from pacs.celery import app
+    from tests.pacs.test_mpps_socket import completion_dataset, n_create_dataset
+
+    destination_for(orthanc)
+    routing_settings.STUDY_QUIET_PERIOD_SECONDS = 3600  # A must not complete by quiet period here
+    study_a, paths = send_matched_study(engine, tmp_path, 2)
+    step = study_a.requested_procedure.steps.get()
+    ds_set, _ = completion_dataset(n_images=0)
+    ds_set.PerformedSeriesSequence[0].ReferencedImageSequence = []
+    ae = AE(ae_title="CT1")
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    assoc = ae.associate("127.0.0.1", port(engine), ae_title="PACS")
+    mpps_uid = generate_uid()
+    assert assoc.send_n_create(n_create_dataset(step), ModalityPerformedProcedureStep, mpps_uid)[0].Status == 0
+    assert assoc.send_n_set(ds_set, ModalityPerformedProcedureStep, mpps_uid)[0].Status == 0
+    assoc.release()
+    study_a.refresh_from_db()
+    assert study_a.status == im.COMPLETE
+    wait_for(lambda: Study.objects.get(pk=study_a.pk).status == im.ARCHIVED, 60,
+             message=f"A archived; worker:\n{worker.log()[-3000:]}")
+
+    study_b, _ = send_matched_study(engine, tmp_path, 3)
+    Study.objects.filter(pk=study_b.pk).update(last_received_at=timezone.now() - dt.timedelta(hours=2))
+    app.send_task("pacs.imaging_sweep")  # what celery beat sends every IMAGING_SWEEP_SECONDS
+    wait_for(lambda: Study.objects.get(pk=study_b.pk).status == im.ARCHIVED, 60,
+             message=f"B archived; worker:\n{worker.log()[-3000:]}")
+    assert orthanc.count_instances() == 5
