@@ -153,6 +153,8 @@ HL7_ORU_RETRY_BASE_SECONDS = env_float("HL7_ORU_RETRY_BASE_SECONDS", 5.0, minimu
 HL7_ORU_RETRY_MAX_SECONDS = env_float("HL7_ORU_RETRY_MAX_SECONDS", 600.0, minimum=0.01)
 HL7_ORU_SWEEP_SECONDS = env_float("HL7_ORU_SWEEP_SECONDS", 15.0, minimum=0.5)
 HL7_ORU_REQUEUE_AFTER_SECONDS = env_float("HL7_ORU_REQUEUE_AFTER_SECONDS", 60.0, minimum=0.5)
+# Due messages of one destination a worker takes along in one task, over one connection.
+HL7_ORU_BATCH_SIZE = env_int("HL7_ORU_BATCH_SIZE", 50, minimum=1, maximum=1000)
 CELERY_BEAT_SCHEDULE["hl7gateway.sweep_outbound"] = {
     "task": "hl7gateway.sweep_outbound", "schedule": HL7_ORU_SWEEP_SECONDS,
 }
@@ -170,6 +172,8 @@ DICOM_MAX_PDU = env_int("DICOM_MAX_PDU", 262144, minimum=0)
 MWL_PATIENT_NAME_CASE_INSENSITIVE = env_bool("MWL_PATIENT_NAME_CASE_INSENSITIVE", True)
 MWL_FILTER_BY_CALLING_AE = env_bool("MWL_FILTER_BY_CALLING_AE", False)
 MWL_MAX_RESULTS = env_int("MWL_MAX_RESULTS", 500, minimum=1)
+# Database connections kept open for the DICOM handlers (pacs.dimse.db), shared by all associations.
+DICOM_DB_CONNECTIONS = env_int("DICOM_DB_CONNECTIONS", 8, minimum=1)
 
 # --- Images and the VNA --------------------------------------------------------------------
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()

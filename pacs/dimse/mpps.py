@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
+from pacs.dimse import db
 from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
 from pacs.services import mpps as service
 
@@ -42,10 +43,9 @@ def _status(refused: service.MppsRefused) -> Dataset:
 
 def _answer(kind: str, call, event, uid: str, dataset_of):
     calling = event.assoc.requestor.ae_title.strip()
-    close_old_connections()
     try:
         attributes = dataset_of(event)
-        pps = call(uid, attributes.to_json_dict(), calling_ae_title=calling)
+        pps = db.run(call, uid, attributes.to_json_dict(), calling_ae_title=calling)
     except service.MppsRefused as refused:
         log.warning(f"mpps {kind} refused", extra={"calling_ae_title": calling, "sop_instance_uid": uid,
                                                    "status": hex(refused.status), "reason": refused.comment})

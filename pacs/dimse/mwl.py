@@ -15,14 +15,14 @@ import logging
 from datetime import datetime
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from django.utils import timezone
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom import evt
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
-from pacs.dimse import policy
+from pacs.dimse import db, policy
 from pacs.dimse.matching import (
     ISSUER_OF_PATIENT_ID,
     PATIENT_ID,
@@ -128,9 +128,8 @@ def find(identifier: Dataset, *, calling_ae_title: str, node=None):
 def on_c_find(event):
     """EVT_C_FIND: yield (0xFF00, item) per match, then (0x0000, None)."""
     calling = event.assoc.requestor.ae_title.strip()
-    close_old_connections()
     try:
-        matches, rows = find(event.identifier, calling_ae_title=calling, node=policy.node_of(event.assoc))
+        matches, rows = db.run(find, event.identifier, calling_ae_title=calling, node=policy.node_of(event.assoc))
     except IdentifierError as exc:
         log.warning("mwl identifier refused", extra={"calling_ae_title": calling, "reason": str(exc)})
         yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None

@@ -20,10 +20,11 @@ import logging
 import socket
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError
 from pynetdicom import evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind, Verification
 
+from pacs.dimse import db
 from pacs.models import DicomNode
 
 log = logging.getLogger("pacs.dimse.policy")
@@ -63,6 +64,10 @@ def _host_matches(node: DicomNode, address: str) -> bool:
         return False
 
 
+def _node(ae_title: str) -> DicomNode | None:
+    return DicomNode.objects.filter(ae_title=ae_title, enabled=True).first()
+
+
 def _reject(assoc, result: int, source: int, diagnostic: int) -> None:
     """A-ASSOCIATE-RJ, then end the association once the PDU is out (as pynetdicom's ACSE does)."""
     assoc.acse.send_reject(result, source, diagnostic)
@@ -75,9 +80,8 @@ def on_requested(event) -> None:
     assoc = event.assoc
     calling = assoc.requestor.primitive.calling_ae_title.strip()
     address = assoc.requestor.address
-    close_old_connections()
     try:
-        node = DicomNode.objects.filter(ae_title=calling, enabled=True).first()
+        node = db.run(_node, calling)
     except DatabaseError as exc:
         log.error("association refused: node lookup failed", extra={"calling_ae_title": calling, "error": str(exc)})
         _reject(assoc, REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, TEMPORARY_CONGESTION)
