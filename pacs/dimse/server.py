@@ -15,6 +15,7 @@ import socket
 from django.conf import settings
 from django.db import connections
 from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs.dimse import db, policy
 
@@ -79,17 +80,34 @@ def build_ae(ae_title: str | None = None) -> tuple[AE, list]:
     return ae, handlers
 
 
-def start_server(host: str | None = None, port: int | None = None, *, block: bool = False, ae_title: str | None = None):
+class ReusePortServer(ThreadedAssociationServer):
+    """The threaded association server, bound with SO_REUSEPORT so that several
+    ``run_dicom --workers`` processes share one port (the kernel spreads connections)."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def start_server(host: str | None = None, port: int | None = None, *, block: bool = False, ae_title: str | None = None,
+                 reuse_port: bool = False):
     """Start the AE.  Returns the threaded server (``block=False``) whose
     ``server_address[1]`` is the port (0 asks the OS for a free one, for tests)."""
     ae, handlers = build_ae(ae_title)
     address = (host or settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
     log.info("dicom listener starting", extra={"ae_title": ae.ae_title, "host": address[0], "port": address[1]})
     if block:
+        server_class = ReusePortServer if reuse_port else ThreadedAssociationServer
+        server = ae.make_server(address, evt_handlers=handlers, server_class=server_class)
+        ae._servers.append(server)
         try:
-            return ae.start_server(address, block=True, evt_handlers=handlers)
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
         finally:
+            server.shutdown()
             db.stop()
+        return None
     server = ae.start_server(address, block=False, evt_handlers=handlers)
     stop_server = server.shutdown
 

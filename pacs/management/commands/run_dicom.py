@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 
 from pacs.dimse.server import start_server
 
@@ -15,9 +20,42 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default=None, help="address to bind (default DICOM_HOST)")
         parser.add_argument("--port", type=int, default=None, help="port (default DICOM_PORT; 0 = any free)")
+        parser.add_argument("--workers", type=int, default=1,
+                            help="listener processes sharing the port with SO_REUSEPORT (default 1)")
 
-    def handle(self, *args, host=None, port=None, **options):
-        self.stdout.write(f"DICOM AE {settings.DICOM_AE_TITLE} listening on {host or settings.DICOM_HOST}:"
-                          f"{settings.DICOM_PORT if port is None else port}")
+    def handle(self, *args, host=None, port=None, workers=1, **options):
+        if workers < 1:
+            raise CommandError("--workers must be at least 1")
+        host = settings.DICOM_HOST if host is None else host
+        port = settings.DICOM_PORT if port is None else port
+        if port == 0 and workers > 1:
+            with socket.socket() as probe:  # one free port for every worker
+                probe.bind((host, 0))
+                port = probe.getsockname()[1]
+        connections.close_all()  # no database connection may cross a fork
+        children = []
+        for _ in range(workers - 1):
+            pid = os.fork()
+            if pid == 0:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                try:
+                    start_server(host, port, block=True, reuse_port=True)
+                finally:
+                    os._exit(0)
+            children.append(pid)
+
+        def stop(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
+        self.stdout.write(f"DICOM AE {settings.DICOM_AE_TITLE} listening on {host}:{port} workers={workers}")
         self.stdout.flush()
-        start_server(host, port, block=True)
+        try:
+            start_server(host, port, block=True, reuse_port=workers > 1)
+        finally:
+            for pid in children:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                    os.waitpid(pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass

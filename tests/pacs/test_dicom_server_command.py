@@ -1,0 +1,50 @@
+"""``manage.py run_dicom`` as the README starts it: a real process (and --workers sharing the port)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from tests.conftest import dcmtk_tool, free_port
+from tests.pacs.dicom_server import DCMTK_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _echo(port: int) -> subprocess.CompletedProcess:
+    return subprocess.run([dcmtk_tool("echoscu"), "-aet", "MOD1", "-aec", "PACS", "-to", "5", "127.0.0.1", str(port)],
+                          capture_output=True, text=True, env=DCMTK_ENV, timeout=30)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_dicom_serves_and_stops_on_sigterm(transactional_db, workers):
+    port = free_port()
+    db = connection.settings_dict
+    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+           "DICOM_AE_TITLE": "PACS", "LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "manage.py", "run_dicom", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", str(workers)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while _echo(port).returncode != 0:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "run_dicom did not answer C-ECHO"
+            time.sleep(0.3)
+        assert all(_echo(port).returncode == 0 for _ in range(6))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail("run_dicom did not stop on SIGTERM")
+    assert _echo(port).returncode != 0  # nobody listens any more (no orphaned worker)
