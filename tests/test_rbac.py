@@ -27,7 +27,7 @@ from django.test import Client
 from django.urls import get_resolver, resolve
 from django.urls.resolvers import RegexPattern, RoutePattern
 
-from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, ROLES, declared_roles
+from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, ROLES, TECHNOLOGIST, declared_roles
 from worklist.models import ApiToken
 
 ALL = frozenset(ROLES)
@@ -53,6 +53,19 @@ EXPECTED: dict[str, object] = {
     "worklist:templates": ADMIN_ONLY,
     "worklist:template_new": ADMIN_ONLY,
     "worklist:template_edit": ADMIN_ONLY,
+    # Images (h4): reconciliation of unmatched studies, VNA transfers.
+    "imaging:reconciliation": frozenset({TECHNOLOGIST, ADMINISTRATOR}),
+    "imaging:reconcile_study": frozenset({TECHNOLOGIST, ADMINISTRATOR}),
+    "imaging:link_study": frozenset({TECHNOLOGIST, ADMINISTRATOR}),
+    "imaging:new_order": frozenset({TECHNOLOGIST, ADMINISTRATOR}),
+    "imaging:transfers": frozenset({TECHNOLOGIST, ADMINISTRATOR}),
+    "imaging:retry_transfer": ADMIN_ONLY,
+    "imaging:cancel_transfer": ADMIN_ONLY,
+    # Outbound ORU operator page (h5).
+    "interfaces:outbound": ADMIN_ONLY,
+    "interfaces:outbound_detail": ADMIN_ONLY,
+    "interfaces:outbound_retry": ADMIN_ONLY,
+    "interfaces:outbound_cancel": ADMIN_ONLY,
     ("token", "worklist:api_create_report"): READERS,
     ("token", "worklist:api_report"): READERS,
     ("token", "worklist:api_sign"): READERS,
