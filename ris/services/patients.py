@@ -61,8 +61,12 @@ def upsert_patient(data: PatientData) -> tuple[Patient, bool]:
 
     Returns (patient, created).
     """
-    _lock_identity(data.primary)
     patient = find_patient(data.primary)
+    if patient is None:
+        # First sight of this identifier: serialise with other connections registering it, then
+        # look again (identifiers are never deleted, so a patient found above needs no lock).
+        _lock_identity(data.primary)
+        patient = find_patient(data.primary)
     created = patient is None
     if created:
         patient = Patient.objects.create(patient_name=data.patient_name, patient_birth_date=data.patient_birth_date,
