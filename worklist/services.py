@@ -116,9 +116,9 @@ def refresh_reading_items_for_patient(patient_id: int) -> int:
 
 def set_report_status(requested_procedure_id: int, report_status: str) -> None:
     """Mirror the report status on the list row (called by ris.services.reports in its transaction)."""
-    ReadingItem.objects.filter(requested_procedure_id=requested_procedure_id).update(
-        report_status=report_status, is_read=report_status in READ_STATUSES, updated_at=timezone.now()
-    )
+    ReadingItem.objects.filter(requested_procedure_id=requested_procedure_id).exclude(
+        report_status=report_status
+    ).update(report_status=report_status, is_read=report_status in READ_STATUSES, updated_at=timezone.now())
 
 
 # --- Claims --------------------------------------------------------------------------------------

@@ -203,6 +203,10 @@ def save_draft(requested_procedure_id: int, user, *, findings: str | None = None
         draft.author = user
         draft.source = source
         draft.save()
+        if report.status == REPORT_DRAFT:  # the list shows "Draft" once someone has started writing
+            from worklist.services import set_report_status
+
+            set_report_status(rp.pk, REPORT_DRAFT)
     return draft
 
 

@@ -48,6 +48,7 @@ def test_autosave_keeps_one_draft(people):
         reports.save_draft(rp.pk, people["res"], findings=f"text {i}", impression="imp")
     versions = ReportVersion.objects.filter(report__requested_procedure=rp)
     assert versions.count() == 1 and versions.get().findings == "text 2"
+    assert ReadingItem.objects.get(requested_procedure=rp).report_status == "DRAFT"
 
 
 @pytest.mark.parametrize("role,kind,allowed", [

@@ -29,6 +29,6 @@
     timer = setTimeout(save, 2000);
   });
   window.reportEditorSave = function () { dirty = true; save(); };
-  // Keep the claim alive while the editor is open, even without typing.
-  setInterval(function () { dirty = true; save(); }, 5 * 60 * 1000);
+  // No keep-alive timer: a claim is kept by activity (typing), so an editor left open on an
+  // unattended screen lets the claim expire after READING_CLAIM_TIMEOUT_MINUTES.
 })();
