@@ -114,3 +114,14 @@ def test_create_api_token_command(capsys):
     key = capsys.readouterr().out.strip()
     token = ApiToken.objects.get()
     assert token.key_sha256 == ApiToken.digest(key) and key not in token.key_sha256
+
+
+@pytest.mark.django_db
+def test_oversized_bodies_are_refused(client, rad_key):
+    rp = f.study()
+    r = _post(client, "/api/v1/reports/", {"accession_number": rp.accession_number, "findings": "x" * 100_001,
+                                          "sign": "FINAL"}, rad_key)
+    assert r.status_code == 422 and "longer than" in r.json()["error"]
+    huge = json.dumps({"accession_number": rp.accession_number, "findings": "x" * 3_000_000}).encode()
+    assert _post(client, "/api/v1/reports/", huge, rad_key).status_code == 400
+    assert not ReportVersion.objects.exists()

@@ -157,3 +157,43 @@ def test_other_users_claim_blocks_changes(people):
     with pytest.raises(reports.ReportPermissionDenied):
         reports.sign(rp.pk, people["rad"], "FINAL", findings="mine")
     assert not ReportVersion.objects.exists()
+
+
+def test_text_too_long_is_refused(people):
+    rp = f.study()
+    with pytest.raises(reports.ReportError):
+        reports.sign(rp.pk, people["rad"], "FINAL", findings="x" * (reports.MAX_TEXT + 1))
+    assert not ReportVersion.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_final_signatures_at_once_only_one_wins(destinations):
+    """Browser and dictation system sign the same study at the same moment: the report row lock
+    serializes them; one FINAL version, the other gets a clear refusal."""
+    import threading
+
+    from django.db import connection
+
+    rp = f.study()
+    users = [f.user("rad_x", RADIOLOGIST), f.user("rad_y", RADIOLOGIST)]
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def worker(user):
+        try:
+            barrier.wait()
+            reports.sign(rp.pk, user, "FINAL", findings=f"by {user.username}")
+            outcomes.append("signed")
+        except reports.ReportError as exc:
+            outcomes.append(f"refused: {exc}")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(o.split(":")[0] for o in outcomes) == ["refused", "signed"], outcomes
+    assert ReportVersion.objects.filter(kind="FINAL", signed_at__isnull=False).count() == 1
+    assert OutboundMessage.objects.count() == 2  # one per destination, for the one signature
