@@ -129,7 +129,13 @@ def on_c_find(event):
     """EVT_C_FIND: yield (0xFF00, item) per match, then (0x0000, None)."""
     calling = event.assoc.requestor.ae_title.strip()
     try:
-        matches, rows = db.run(find, event.identifier, calling_ae_title=calling, node=policy.node_of(event.assoc))
+        identifier = event.identifier
+    except Exception as exc:  # noqa: BLE001 - bytes that are no dataset
+        log.warning("mwl identifier cannot be decoded", extra={"calling_ae_title": calling, "reason": str(exc)})
+        yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "identifier cannot be decoded"), None
+        return
+    try:
+        matches, rows = db.run(find, identifier, calling_ae_title=calling, node=policy.node_of(event.assoc))
     except IdentifierError as exc:
         log.warning("mwl identifier refused", extra={"calling_ae_title": calling, "reason": str(exc)})
         yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -165,3 +166,34 @@ def test_association_limit(dicom_server, settings):
     finally:
         for a in held:
             a.release()
+
+
+def test_undecodable_identifier_bytes_answered_a900(dicom_server):
+    """Identifier bytes that are no dataset (a sequence never closed): 0xA900, association kept."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_FIND
+
+    assoc = _scu().associate("127.0.0.1", port_of(dicom_server), ae_title="PACS")
+    try:
+        cx = [c for c in assoc.accepted_contexts if c.abstract_syntax == ModalityWorklistInformationFind
+              and c.transfer_syntax[0] == "1.2.840.10008.1.2"][0]
+        req = C_FIND()
+        req.MessageID = 7
+        req.AffectedSOPClassUID = ModalityWorklistInformationFind
+        req.Priority = 2
+        # implicit VR: ScheduledProcedureStepSequence and its item of undefined length, never delimited
+        req.Identifier = BytesIO(b"\x40\x00\x00\x01\xff\xff\xff\xff\xfe\xff\x00\xe0\xff\xff\xff\xff"
+                                 b"\x08\x00\x60\x00\x02\x00\x00\x00CT")
+        assoc._reactor_checkpoint.clear()  # as pynetdicom's own send_* do: keep the reactor off the queue
+        while not assoc._is_paused:
+            time.sleep(0.0001)
+        try:
+            assoc.dimse.send_msg(req, cx.context_id)
+            _, rsp = assoc.dimse.get_msg(block=True)
+        finally:
+            assoc._reactor_checkpoint.set()
+        assert rsp is not None and rsp.Status == 0xA900
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
