@@ -23,11 +23,11 @@ import secrets
 
 import pytest
 from django.contrib.auth.models import Group, User
-from django.test import Client
-from django.urls import get_resolver, resolve
+from django.test import Client, override_settings
+from django.urls import get_resolver, path, resolve
 from django.urls.resolvers import RegexPattern, RoutePattern
 
-from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, ROLES, TECHNOLOGIST, declared_roles
+from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, ROLES, TECHNOLOGIST, declared_roles, roles
 from worklist.models import ApiToken
 
 ALL = frozenset(ROLES)
@@ -140,15 +140,12 @@ def _to_login(r, login="/accounts/login/") -> bool:
     return r.status_code == 302 and r["Location"].startswith(login)
 
 
-@pytest.mark.django_db
-def test_every_url_declares_and_enforces_its_roles(people):
+def matrix_failures(people, superuser, *, expected=EXPECTED) -> list[str]:
+    """Request every routed URL as anonymous and each role; return what breaks the declarations."""
     patterns = list(walk())
-    assert len(patterns) > 20
     names = {name for _, name, _ in patterns}
-    for key in EXPECTED:
-        assert (key[1] if isinstance(key, tuple) else key) in names, f"{key} is no longer routed"
-    superuser = User.objects.create_superuser("rbac_super", password="x-Rbac-Pass-1")
-    failures = []
+    failures = [f"{key} is no longer routed" for key in expected
+                if (key[1] if isinstance(key, tuple) else key) not in names]
     for url, name, view in patterns:
         match = resolve(url.split("?")[0])
         declaration = _declaration(name, view)
@@ -158,16 +155,21 @@ def test_every_url_declares_and_enforces_its_roles(people):
         if match.func is not view and name.split(":")[0] != "admin":
             failures.append(f"{url} ({name}): the sample URL resolves to another view")
             continue
-        if isinstance(declaration, tuple):
-            expected_key = ("token", name)
-        else:
-            expected_key = name
-        if expected_key in EXPECTED:
-            want = EXPECTED[expected_key]
+        expected_key = ("token", name) if isinstance(declaration, tuple) else name
+        if expected_key in expected:
+            want = expected[expected_key]
             got = declaration[1] if isinstance(declaration, tuple) else declaration
             if want != got:
                 failures.append(f"{url} ({name}): declared {got}, the matrix says {want}")
         failures.extend(_check(url, name, declaration, people, superuser))
+    return failures
+
+
+@pytest.mark.django_db
+def test_every_url_declares_and_enforces_its_roles(people):
+    assert len(list(walk())) > 20
+    superuser = User.objects.create_superuser("rbac_super", password="x-Rbac-Pass-1")
+    failures = matrix_failures(people, superuser)
     assert not failures, "\n".join(failures)
 
 
@@ -230,21 +232,36 @@ def test_sample_urls_for_regex_patterns():
     assert _sample_route("reading/studies/<int:requested_procedure_id>/") == "reading/studies/1/"
 
 
-@pytest.mark.django_db
-def test_undeclared_view_is_denied_and_fails_the_matrix(people, settings):
-    """A view without @roles: the middleware answers 403 and the matrix reports it."""
+# A URL configuration with one view that declares nothing and one that declares wrongly.
+def _undeclared(request):
     from django.http import HttpResponse
 
-    def undeclared(request):
-        return HttpResponse("open")
+    return HttpResponse("open to anyone?")
 
-    assert _declaration("x:undeclared", undeclared) is None
-    from django.test import RequestFactory
 
-    from pacs.access import DefaultDenyMiddleware
+@roles(RADIOLOGIST)
+def _declared_for_radiologists(request):
+    from django.http import HttpResponse
 
-    request = RequestFactory().get("/x/")
-    request.user = people[RADIOLOGIST][0]
-    with pytest.raises(Exception) as exc:
-        DefaultDenyMiddleware(lambda r: None).process_view(request, undeclared, (), {})
-    assert exc.type.__name__ == "PermissionDenied"
+    return HttpResponse("radiologists only")
+
+
+urlpatterns = [
+    path("undeclared/", _undeclared, name="undeclared"),
+    path("declared/", _declared_for_radiologists, name="declared"),
+]
+
+
+@pytest.mark.django_db
+@override_settings(ROOT_URLCONF="tests.test_rbac")
+def test_a_new_url_without_declaration_fails_the_matrix(people):
+    superuser = User.objects.create_superuser("rbac_super", password="x-Rbac-Pass-1")
+    failures = matrix_failures(people, superuser, expected={"declared": frozenset({RADIOLOGIST})})
+    assert failures == ["/undeclared/ (undeclared): the view declares no roles (@roles / @public)"]
+    # ... and the middleware denies it meanwhile (default deny), even to a logged-in user.
+    c = Client()
+    c.force_login(people[ADMINISTRATOR][0])
+    assert c.get("/undeclared/").status_code == 403
+    # A declaration that differs from the matrix is reported too.
+    failures = matrix_failures(people, superuser, expected={"declared": frozenset({RESIDENT})})
+    assert any("the matrix says" in f for f in failures)
