@@ -12,7 +12,12 @@
     var params = new URLSearchParams(window.location.search);
     params.set("partial", "1");
     fetch(window.location.pathname + "?" + params.toString(), {credentials: "same-origin", headers: {"X-Requested-With": "fetch"}})
-      .then(function (r) { if (!r.ok) { throw new Error("HTTP " + r.status); } return r.text(); })
+      .then(function (r) {
+        // Session ended: the answer is the login page; reload so that the browser shows it.
+        if (r.redirected && r.url.indexOf("/accounts/login/") !== -1) { window.location.reload(); throw new Error("logged out"); }
+        if (!r.ok) { throw new Error("HTTP " + r.status); }
+        return r.text();
+      })
       .then(function (html) {
         body.innerHTML = html;
         status.textContent = "Updated " + new Date().toLocaleTimeString();
