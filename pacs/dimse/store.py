@@ -166,7 +166,7 @@ def on_c_store(event):
     try:
         from pacs.services import completion
 
-        completion.after_instance_stored(result.study_id)
+        completion.after_instance_stored(result.study_id, attrs.study_instance_uid)
     except Exception:  # noqa: BLE001 - stored and indexed; the sweep completes the study later
         log.exception("completion check after C-STORE failed")
     return SUCCESS

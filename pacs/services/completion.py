@@ -116,12 +116,13 @@ def sweep_quiet_studies(*, now: dt.datetime | None = None) -> int:
     return done
 
 
-def after_instance_stored(study_id: int) -> None:
-    """A new instance may be the last one a COMPLETED MPPS was waiting for."""
+def after_instance_stored(study_id: int, study_instance_uid: str) -> None:
+    """A new instance may be the last one a COMPLETED MPPS was waiting for (one query when not)."""
+    from django.db.models import Q
+
     if PerformedProcedureStep.objects.filter(
-        study_instance_uid=Study.objects.filter(pk=study_id).values("study_instance_uid")[:1], status=mp.COMPLETED
-    ).exists() or Study.objects.filter(
-        pk=study_id, requested_procedure__steps__performed_procedure_steps__status=mp.COMPLETED
+        Q(study_instance_uid=study_instance_uid) | Q(scheduled_step__requested_procedure__studies=study_id),
+        status=mp.COMPLETED,
     ).exists():
         check_study(study_id, cause="instance after MPPS COMPLETED")
 

@@ -70,16 +70,13 @@ class StoreResult:
 
 def store_instance(attrs: InstanceAttributes, temporary: Path) -> StoreResult:
     """Put a fsynced temporary file in its place and index it (see module docstring)."""
-    relative = storage.relative_path(attrs.study_instance_uid, attrs.series_instance_uid, attrs.sop_instance_uid)
-    storage.require_uid(attrs.sop_class_uid, "SOPClassUID")
-    storage.require_uid(attrs.transfer_syntax_uid, "TransferSyntaxUID")
-    existing = Instance.objects.filter(sop_instance_uid=attrs.sop_instance_uid).select_related("study", "series").first()
-    if existing is not None and (
-        existing.study.study_instance_uid != attrs.study_instance_uid
-        or existing.series.series_instance_uid != attrs.series_instance_uid
-    ):
+    try:
+        relative = storage.relative_path(attrs.study_instance_uid, attrs.series_instance_uid, attrs.sop_instance_uid)
+        storage.require_uid(attrs.sop_class_uid, "SOPClassUID")
+        storage.require_uid(attrs.transfer_syntax_uid, "TransferSyntaxUID")
+    except storage.InvalidUID:
         storage.discard(temporary)
-        raise InstanceConflict(f"SOP Instance UID {attrs.sop_instance_uid} is already stored in another study/series")
+        raise
     final, replaced = storage.commit_file(temporary, relative)
     size = final.stat().st_size
     try:
@@ -90,56 +87,101 @@ def store_instance(attrs: InstanceAttributes, temporary: Path) -> StoreResult:
         raise
 
 
+# SeriesInstanceUID -> (study pk, series pk): series rows are never moved between studies,
+# so the lookup is skipped for every instance after the first of a series (per process).
+_SERIES_CACHE: dict[str, tuple[int, int]] = {}
+_SERIES_CACHE_MAX = 10000
+
+
 def _index(attrs: InstanceAttributes, relative: str, size: int) -> StoreResult:
+    """One durable transaction: study locked and touched, series found, instance inserted or
+    (a resend) updated.  Four statements for the usual instance of a known series."""
     now = timezone.now()
     for attempt in range(3):
         try:
             with transaction.atomic(durable=True):
-                study, study_created = _lock_or_create_study(attrs, now)
-                series = _series(study, attrs)
-                instance = Instance.objects.filter(sop_instance_uid=attrs.sop_instance_uid).first()
-                created = instance is None
+                row = (
+                    Study.objects.select_for_update()
+                    .filter(study_instance_uid=attrs.study_instance_uid)
+                    .values_list("pk", "status", "modalities_in_study")
+                    .first()
+                )
+                study_created = row is None
+                if study_created:
+                    study = _create_study(attrs, now)
+                    row = (study.pk, study.status, study.modalities_in_study)
+                study_id, status, modalities_text = row
+                series_id = _series_id(study_id, attrs)
+                existing = (
+                    Instance.objects.filter(sop_instance_uid=attrs.sop_instance_uid)
+                    .values_list("pk", "study_id", "series_id")
+                    .first()
+                )
+                created = existing is None
                 if created:
-                    instance = Instance.objects.create(
-                        study=study, series=series, sop_instance_uid=attrs.sop_instance_uid,
+                    instance_id = Instance.objects.create(
+                        study_id=study_id, series_id=series_id, sop_instance_uid=attrs.sop_instance_uid,
                         sop_class_uid=attrs.sop_class_uid, transfer_syntax_uid=attrs.transfer_syntax_uid,
                         instance_number=attrs.instance_number, path=relative, size=size, received_at=now,
-                    )
+                    ).pk
                 else:
-                    instance.sop_class_uid = attrs.sop_class_uid
-                    instance.transfer_syntax_uid = attrs.transfer_syntax_uid
-                    instance.size = size
-                    instance.received_at = now
-                    instance.save(update_fields=["sop_class_uid", "transfer_syntax_uid", "size", "received_at"])
+                    instance_id, old_study, old_series = existing
+                    if (old_study, old_series) != (study_id, series_id):
+                        raise InstanceConflict(
+                            f"SOP Instance UID {attrs.sop_instance_uid} is already stored in another study/series"
+                        )
+                    Instance.objects.filter(pk=instance_id).update(
+                        sop_class_uid=attrs.sop_class_uid, transfer_syntax_uid=attrs.transfer_syntax_uid,
+                        size=size, received_at=now,
+                    )
+                changes = {"last_received_at": now, "updated_at": now}
+                modalities = [m for m in modalities_text.split("\\") if m]
+                if attrs.modality and attrs.modality not in modalities:
+                    changes["modalities_in_study"] = "\\".join([*modalities, attrs.modality])[:64]
+                Study.objects.filter(pk=study_id).update(**changes)
                 reopened = False
-                if created and study.status != im.RECEIVING:
+                if created and status != im.RECEIVING:
+                    study = Study.objects.get(pk=study_id)
                     transition(
                         study, im.RECEIVING, entity="study", cause=f"late instance {attrs.sop_instance_uid}",
                         actor=attrs.calling_ae_title or "C-STORE",
                     )
                     reopened = True
-                study.last_received_at = now
-                modalities = [m for m in study.modalities_in_study.split("\\") if m]
-                if attrs.modality and attrs.modality not in modalities:
-                    modalities.append(attrs.modality)
-                study.modalities_in_study = "\\".join(modalities)[:64]
-                study.save(update_fields=["last_received_at", "modalities_in_study", "updated_at"])
                 if study_created:
                     from pacs.services import order_matching
 
-                    order_matching.match_study(study)
-            return StoreResult(instance.pk, study.pk, created, reopened)
+                    order_matching.match_study(Study.objects.get(pk=study_id))
+            return StoreResult(instance_id, study_id, created, reopened)
         except IntegrityError:
             # Two associations created the same study/series/instance at once: the loser retries.
+            _SERIES_CACHE.pop(attrs.series_instance_uid, None)
             if attempt == 2:
                 raise
     raise DatabaseError("unreachable")
 
 
-def _lock_or_create_study(attrs: InstanceAttributes, now) -> tuple[Study, bool]:
-    study = Study.objects.select_for_update().filter(study_instance_uid=attrs.study_instance_uid).first()
-    if study is not None:
-        return study, False
+def _series_id(study_id: int, attrs: InstanceAttributes) -> int:
+    cached = _SERIES_CACHE.get(attrs.series_instance_uid)
+    if cached is not None and cached[0] == study_id:
+        return cached[1]
+    row = Series.objects.filter(series_instance_uid=attrs.series_instance_uid).values_list("pk", "study_id").first()
+    if row is None:
+        with transaction.atomic():
+            series_id = Series.objects.create(
+                study_id=study_id, series_instance_uid=attrs.series_instance_uid, modality=attrs.modality[:16],
+                series_number=attrs.series_number, series_description=attrs.series_description[:64],
+            ).pk
+    else:
+        series_id, owner = row
+        if owner != study_id:
+            raise InstanceConflict(f"Series {attrs.series_instance_uid} belongs to another study")
+    if len(_SERIES_CACHE) >= _SERIES_CACHE_MAX:
+        _SERIES_CACHE.clear()
+    _SERIES_CACHE[attrs.series_instance_uid] = (study_id, series_id)
+    return series_id
+
+
+def _create_study(attrs: InstanceAttributes, now) -> Study:
     with transaction.atomic():
         study = Study.objects.create(
             study_instance_uid=attrs.study_instance_uid,
@@ -153,20 +195,8 @@ def _lock_or_create_study(attrs: InstanceAttributes, now) -> tuple[Study, bool]:
             study_date=attrs.study_date,
             study_time=attrs.study_time[:16],
             study_description=attrs.study_description[:64],
+            modalities_in_study=attrs.modality[:16],
             calling_ae_title=attrs.calling_ae_title[:16],
             last_received_at=now,
         )
-    return Study.objects.select_for_update().get(pk=study.pk), True
-
-
-def _series(study: Study, attrs: InstanceAttributes) -> Series:
-    series = Series.objects.filter(series_instance_uid=attrs.series_instance_uid).first()
-    if series is None:
-        with transaction.atomic():
-            series = Series.objects.create(
-                study=study, series_instance_uid=attrs.series_instance_uid, modality=attrs.modality[:16],
-                series_number=attrs.series_number, series_description=attrs.series_description[:64],
-            )
-    elif series.study_id != study.pk:
-        raise InstanceConflict(f"Series {attrs.series_instance_uid} belongs to another study")
-    return series
+    return Study.objects.select_for_update().get(pk=study.pk)

@@ -30,7 +30,8 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 class OrthancProcess:
     def __init__(self, workdir: Path, *, aet: str = "ORTHANC", engine_aet: str = "PACS", engine_port: int = 0,
-                 dicom_port: int | None = None, sync_storage: bool = True, lua: str = "", dicomweb: bool = False):
+                 dicom_port: int | None = None, sync_storage: bool = True, lua: str = "", dicomweb: bool = False,
+                 extra: dict | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.aet = aet
@@ -41,6 +42,7 @@ class OrthancProcess:
         self.sync_storage = sync_storage
         self.lua = lua
         self.dicomweb = dicomweb
+        self.extra = extra or {}
         self.process: subprocess.Popen | None = None
 
     @property
@@ -73,6 +75,7 @@ class OrthancProcess:
         if self.lua:
             (self.workdir / "filter.lua").write_text(self.lua)
             cfg["LuaScripts"] = [str(self.workdir / "filter.lua")]
+        cfg.update(self.extra)
         return cfg
 
     def start(self, timeout: float = 30.0) -> OrthancProcess:

@@ -1,0 +1,331 @@
+"""C-STORE ingest and VNA routing benchmark (issue 4), peers side by side in the same run.
+
+Ingest: a 200-image CT study (512 x 512, 16-bit, ~105 MB) sent by dcmtk's
+``/usr/bin/storescu`` (one association) into
+  * the engine: ``manage.py run_dicom`` (stream to disk, fsync, rename, index commit before
+    every Success),
+  * dcmtk's ``/usr/bin/storescp`` (writes files, no fsync),
+  * Orthanc with ``SyncStorageArea: true`` (fsyncs too).
+Each run uses a fresh study (new UIDs); MB/s and instances/s per receiver, median of runs.
+
+Routing (``--route``): the engine's transfer of the same study into Orthanc
+(``pacs.services.routing.run_transfer``: one association, files streamed from disk, then
+the storage commitment N-ACTION and the N-EVENT-REPORT) against ``storescu`` sending it
+straight to the same Orthanc.  Target: >= 80 % of the direct throughput.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/pacs_h4_bench \\
+        .venv/bin/python bench/store.py --images 200 --runs 3 --route
+
+The database named by DATABASE_URL is created if missing and its image tables EMPTIED:
+never point it at a real database.  ``--profile`` runs one engine ingest in-process under
+cProfile (every thread) and prints where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pacs_h4_bench")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
+os.environ["TCP_NODELAY"] = "1"
+os.environ.setdefault("VNA_DESTINATIONS", "")
+
+from tests.pacs.orthanc import OrthancProcess, write_study  # noqa: E402
+
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+PROFILE_ROUTE = False
+PDU = 0  # Orthanc's MaximumPduLength for the routing bench (0: Orthanc's default, 16 KiB)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_database() -> None:
+    import psycopg
+
+    url = os.environ["DATABASE_URL"]
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=ENV, check=True)
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def storescu(port: int, called: str, files: list[Path]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/storescu", "-aet", "MODALITY", "-aec", called, "127.0.0.1", str(port),
+                           *map(str, files)], env=ENV, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"storescu -> {called} failed: {proc.stderr[-1000:]}")
+    return elapsed
+
+
+class Engine:
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.storage = Path(tempfile.mkdtemp(prefix="engine-storage-", dir=workdir))
+        env = {**ENV, "STORAGE_DIR": str(self.storage), "DICOM_PORT": str(self.port), "DICOM_AE_TITLE": "PACS",
+               "LOG_LEVEL": "WARNING"}
+        self.process = subprocess.Popen([sys.executable, "manage.py", "run_dicom", "--host", "127.0.0.1"],
+                                        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(10)
+
+
+class StoreSCP:
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.out = Path(tempfile.mkdtemp(prefix="storescp-out-", dir=workdir))
+        self.process = subprocess.Popen(["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(self.out),
+                                         str(self.port)], env=ENV, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def reset_tables() -> None:
+    from pacs.models import Instance, Series, Study, StudyLink, Transfer, TransferItem
+
+    TransferItem.objects.all().delete()
+    Transfer.objects.all().delete()
+    StudyLink.objects.all().delete()
+    Instance.objects.all().delete()
+    Series.objects.all().delete()
+    Study.objects.all().delete()
+
+
+def make_study(directory: Path, images: int) -> tuple[list[Path], int]:
+    from pydicom.uid import generate_uid
+
+    files = write_study(directory, images, study_instance_uid=generate_uid(), rows=512, columns=512,
+                        accession_number="", patient_id="BENCH", patient_name="BENCH^CT")
+    return files, sum(f.stat().st_size for f in files)
+
+
+def rate(size: int, n: int, seconds: float) -> dict:
+    return {"seconds": round(seconds, 3), "MB_per_s": round(size / seconds / 1e6, 1),
+            "instances_per_s": round(n / seconds, 1)}
+
+
+def bench_ingest(workdir: Path, images: int, runs: int) -> dict:
+    engine, scp = Engine(workdir), StoreSCP(workdir)
+    orthanc = OrthancProcess(workdir / "orthanc-ingest", sync_storage=True, engine_port=engine.port).start()
+    results: dict[str, list[dict]] = {"engine": [], "storescp": [], "orthanc": []}
+    try:
+        for run in range(runs):
+            files, size = make_study(workdir / f"study{run}", images)
+            for name, port, called in (("engine", engine.port, "PACS"), ("storescp", scp.port, "STORESCP"),
+                                       ("orthanc", orthanc.dicom_port, orthanc.aet)):
+                results[name].append(rate(size, images, storescu(port, called, files)))
+            shutil.rmtree(workdir / f"study{run}")
+            shutil.rmtree(scp.out)
+            scp.out.mkdir()
+    finally:
+        engine.stop()
+        scp.stop()
+        orthanc.stop()
+    return {name: median(rows) for name, rows in results.items()} | {"size_MB": round(size / 1e6, 1)}
+
+
+def median(rows: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]} | {"runs": len(rows)}
+
+
+def bench_route(workdir: Path, images: int, runs: int) -> dict:
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.utils import timezone
+
+    from pacs.models import Study, Transfer, VnaDestination
+    from pacs.models import transfers as tr
+    from pacs.services import completion, routing
+
+    engine = Engine(workdir)
+    settings.STORAGE_DIR = engine.storage
+    orthanc = OrthancProcess(workdir / "orthanc-route", sync_storage=True, engine_port=engine.port,
+                             extra={"MaximumPduLength": PDU} if PDU else None).start()
+    VnaDestination.objects.all().delete()
+    VnaDestination.objects.create(name="bench-orthanc", ae_title=orthanc.aet, host="127.0.0.1",
+                                  port=orthanc.dicom_port)
+    direct, routed, committed = [], [], []
+    try:
+        for run in range(runs):
+            files, size = make_study(workdir / f"rstudy{run}", images)
+            direct.append(rate(size, images, storescu(orthanc.dicom_port, orthanc.aet, files)))
+            # The same study again under new UIDs for the engine (Orthanc already holds the first).
+            files, size = make_study(workdir / f"rstudy{run}b", images)
+            storescu(engine.port, "PACS", files)
+            study = Study.objects.latest("pk")
+            # Bench studies have no order: link them as the reconciliation page would, then complete.
+            Study.objects.filter(pk=study.pk).update(requested_procedure=_bench_order(study).pk)
+            assert completion.check_study(study.pk, now=timezone.now() + timezone.timedelta(hours=1))
+            transfer = Transfer.objects.get(study=study)
+            start = time.perf_counter()
+            if PROFILE_ROUTE and run == 0:
+                import cProfile
+                import pstats
+
+                profiler = cProfile.Profile()
+                status = profiler.runcall(routing.run_transfer, transfer.pk)
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+            else:
+                status = routing.run_transfer(transfer.pk)
+            sent = time.perf_counter() - start
+            while Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTING:
+                time.sleep(0.01)
+            done = time.perf_counter() - start
+            assert Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED, status
+            routed.append(rate(size, images, sent))
+            committed.append(rate(size, images, done))
+            for d in (f"rstudy{run}", f"rstudy{run}b"):
+                shutil.rmtree(workdir / d)
+    finally:
+        engine.stop()
+        orthanc.stop()
+    d, r, c = median(direct), median(routed), median(committed)
+    return {"direct_storescu_to_orthanc": d, "engine_to_orthanc_sent": r, "engine_to_orthanc_committed": c,
+            "ratio_sent": round(r["MB_per_s"] / d["MB_per_s"], 2),
+            "ratio_committed": round(c["MB_per_s"] / d["MB_per_s"], 2)}
+
+
+def _bench_order(study):
+    from django.utils import timezone
+
+    from ris.models import Order, Patient, RequestedProcedure, ScheduledProcedureStep
+    from ris.services.identifiers import new_accession_number
+
+    patient = Patient.objects.create(patient_name="BENCH^CT")
+    order = Order.objects.create(patient=patient, created_by_filler=True, order_control="SN")
+    accession = new_accession_number()
+    rp = RequestedProcedure.objects.create(order=order, requested_procedure_id=accession, accession_number=accession,
+                                           study_instance_uid=study.study_instance_uid)
+    ScheduledProcedureStep.objects.create(requested_procedure=rp, scheduled_procedure_step_id=accession,
+                                          modality="CT", scheduled_start=timezone.now())
+    return rp
+
+
+def profile_ingest(workdir: Path, images: int) -> None:
+    """One ingest into an in-process AE with every thread profiled (cProfile + threading.setprofile)."""
+    import cProfile
+    import pstats
+    import threading
+
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    from pacs.dimse.server import start_server
+
+    settings.STORAGE_DIR = workdir / "profile-storage"
+    settings.STORAGE_DIR.mkdir()
+    profiles = []
+
+    def per_thread(*args):
+        p = cProfile.Profile()
+        profiles.append(p)
+        sys.setprofile(None)
+        p.enable()
+
+    threading.setprofile(per_thread)
+    server = start_server("127.0.0.1", 0)
+    files, size = make_study(workdir / "pstudy", images)
+    seconds = storescu(server.server_address[1], "PACS", files)
+    server.shutdown()
+    threading.setprofile(None)
+    for p in profiles:
+        p.disable()
+    stats = pstats.Stats(*profiles) if profiles else None
+    print(f"profiled ingest: {rate(size, images, seconds)}")
+    if stats:
+        stats.sort_stats("tottime").print_stats(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--route", action="store_true", help="also measure routing into Orthanc")
+    parser.add_argument("--profile", action="store_true", help="profile one in-process engine ingest")
+    parser.add_argument("--orthanc-pdu", type=int, default=0,
+                        help="Orthanc MaximumPduLength in the routing bench (default: Orthanc's 16384)")
+    parser.add_argument("--ingest", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--json", help="append the results as one JSON line to this file")
+    args = parser.parse_args()
+    global PDU, PROFILE_ROUTE
+    PDU = args.orthanc_pdu
+    PROFILE_ROUTE = args.profile and args.route
+    ensure_database()
+    import django
+
+    django.setup()
+    reset_tables()
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        workdir = Path(tmp)
+        if args.profile and not args.route:
+            profile_ingest(workdir, args.images)
+            return
+        result = {"images": args.images}
+        if args.ingest:
+            result["ingest"] = bench_ingest(workdir, args.images, args.runs)
+        if args.route:
+            result["route"] = bench_route(workdir, args.images, args.runs)
+    reset_tables()
+    if args.ingest:
+        ingest = result["ingest"]
+        print(f"C-STORE of {args.images} CT images ({ingest['size_MB']} MB), median of {args.runs} runs:")
+        for name in ("engine", "storescp", "orthanc"):
+            r = ingest[name]
+            print(f"  {name:9s} {r['MB_per_s']:8.1f} MB/s {r['instances_per_s']:8.1f} instances/s ({r['seconds']} s)")
+        print(f"  engine / orthanc = {ingest['engine']['MB_per_s'] / ingest['orthanc']['MB_per_s']:.2f}")
+    if args.route:
+        route = result["route"]
+        print(f"Routing {args.images} CT images into Orthanc (MaximumPduLength {PDU or 16384}), median of {args.runs}:")
+        for name, r in route.items():
+            if isinstance(r, dict):
+                print(f"  {name:30s} {r['MB_per_s']:8.1f} MB/s {r['instances_per_s']:8.1f} instances/s")
+        print(f"  routed / direct = {route['ratio_sent']} (sent), {route['ratio_committed']} (committed)")
+    if args.json:
+        with open(args.json, "a") as fh:
+            fh.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
