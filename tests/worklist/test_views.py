@@ -194,3 +194,24 @@ def test_viewer_url_template_placeholders(settings):
     assert selectors.viewer_url(item) == ""
     settings.VIEWER_URL_TEMPLATE = ""
     assert selectors.viewer_url(item) == ""
+
+
+@pytest.mark.django_db
+def test_garbage_cursor_gives_the_first_page(client):
+    rp = f.study()
+    _login(client, f.user("rad", RADIOLOGIST))
+    for bad in ("garbage", "1.2", "9.99999999999999999999.1", "-1.-1.-1"):
+        r = client.get(reverse("worklist:list"), {"after": bad})
+        assert r.status_code == 200, bad
+    assert _accessions(client.get(reverse("worklist:list"), {"after": "garbage"})) == [rp.accession_number]
+
+
+@pytest.mark.django_db
+def test_patient_rename_reaches_the_list():
+    rp = f.study(patient_name="OLD^NAME")
+    patient = rp.order.patient
+    patient.patient_name = "NEW^NAME"
+    patient.save()
+    assert services.refresh_reading_items_for_patient(patient.pk) == 1
+    assert [r.patient_name for r in selectors.reading_page(selectors.ListFilters()).rows] == ["NEW^NAME"]
+    assert selectors.reading_page(selectors.ListFilters(q="new")).rows
