@@ -120,6 +120,9 @@ class StoreSCP:
 
 def reset_tables() -> None:
     from pacs.models import Instance, Series, Study, StudyLink, Transfer, TransferItem
+    from worklist.models import ReadingItem
+
+    ReadingItem.objects.all().delete()
 
     TransferItem.objects.all().delete()
     Transfer.objects.all().delete()
@@ -190,11 +193,14 @@ def bench_route(workdir: Path, images: int, runs: int) -> dict:
             files, size = make_study(workdir / f"rstudy{run}", images)
             direct.append(rate(size, images, storescu(orthanc.dicom_port, orthanc.aet, files)))
             # The same study again under new UIDs for the engine (Orthanc already holds the first).
-            files, size = make_study(workdir / f"rstudy{run}b", images)
+            rp = _bench_order()
+            files = write_study(workdir / f"rstudy{run}b", images, study_instance_uid=rp.study_instance_uid,
+                                rows=512, columns=512, accession_number=rp.accession_number, patient_id="BENCH",
+                                issuer_of_patient_id="BENCH", patient_name="BENCH^CT")
+            size = sum(f.stat().st_size for f in files)
             storescu(engine.port, "PACS", files)
-            study = Study.objects.latest("pk")
-            # Bench studies have no order: link them as the reconciliation page would, then complete.
-            Study.objects.filter(pk=study.pk).update(requested_procedure=_bench_order(study).pk)
+            study = Study.objects.get(study_instance_uid=rp.study_instance_uid)
+            assert study.requested_procedure_id == rp.pk and not study.corrections, study.corrections
             assert completion.check_study(study.pk, now=timezone.now() + timezone.timedelta(hours=1))
             transfer = Transfer.objects.get(study=study)
             start = time.perf_counter()
@@ -225,17 +231,24 @@ def bench_route(workdir: Path, images: int, runs: int) -> dict:
             "ratio_committed": round(c["MB_per_s"] / d["MB_per_s"], 2)}
 
 
-def _bench_order(study):
+def _bench_order():
+    """An order for the routed study, matched by accession number (the usual case: no corrections)."""
     from django.utils import timezone
+    from pydicom.uid import generate_uid
 
-    from ris.models import Order, Patient, RequestedProcedure, ScheduledProcedureStep
+    from ris.models import Order, Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep
     from ris.services.identifiers import new_accession_number
 
-    patient = Patient.objects.create(patient_name="BENCH^CT")
-    order = Order.objects.create(patient=patient, created_by_filler=True, order_control="SN")
+    identifier = PatientIdentifier.objects.filter(id_number="BENCH", assigning_authority="BENCH").first()
+    if identifier is None:
+        patient = Patient.objects.create(patient_name="BENCH^CT")
+        PatientIdentifier.objects.create(patient=patient, id_number="BENCH", assigning_authority="BENCH")
+    else:
+        patient = identifier.patient
+    order = Order.objects.create(patient=patient)
     accession = new_accession_number()
     rp = RequestedProcedure.objects.create(order=order, requested_procedure_id=accession, accession_number=accession,
-                                           study_instance_uid=study.study_instance_uid)
+                                           study_instance_uid=generate_uid())
     ScheduledProcedureStep.objects.create(requested_procedure=rp, scheduled_procedure_step_id=accession,
                                           modality="CT", scheduled_start=timezone.now())
     return rp
