@@ -10,6 +10,7 @@ SQLite and a filesystem Celery broker under ``var/``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -119,6 +120,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup closes the database connection before and after EVERY task unless
+# this is set: a new PostgreSQL backend per task (measured ~10 ms a task here, see bench/RESULTS.md
+# "ORU delivery").  Instead, hl7gateway.tasks closes unusable or obsolete connections at task
+# boundaries, as Django does between requests (CONN_MAX_AGE, CONN_HEALTH_CHECKS).
+CELERY_DB_REUSE_MAX = 1000
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict = {}
@@ -179,6 +185,10 @@ DICOM_DB_CONNECTIONS = env_int("DICOM_DB_CONNECTIONS", 8, minimum=1)
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
 STUDY_QUIET_PERIOD_SECONDS = env_int("STUDY_QUIET_PERIOD_SECONDS", 60, minimum=1)
 VNA_DESTINATIONS = env_str("VNA_DESTINATIONS", "")
+for _entry in [e.strip() for e in VNA_DESTINATIONS.split(",") if e.strip()]:
+    # Same forms as pacs.services.routing.parse_destinations; a bad entry is reported as pacs.E001.
+    if not re.match(r"^(dicom://[^@/\\]{1,16}@[^:/]+:\d{1,5}/?|stow\+https?://[^/\s]+(/\S*)?)$", _entry):
+        record("VNA_DESTINATIONS", _entry, "is neither dicom://AE@host:port nor stow+http(s)://host:port/path")
 ARCHIVE_RETENTION_DAYS = env_int("ARCHIVE_RETENTION_DAYS", 0, minimum=0)
 # VNA transfers: attempts, exponential backoff with jitter (capped below the Redis
 # visibility timeout, reliability C-05), the lease a worker holds a transfer for, and how

@@ -173,3 +173,22 @@ def test_association_rejected_permanently_fails_at_once(tmp_path, transfer, sett
         assert "rejected" in failed.reason and "WRONG_AE" in failed.reason and failed.attempts == 2
     finally:
         vna.stop()
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("dicom://ORTHANC@vna:4242,stow+http://vna:8042/dicom-web", True),
+    ("ftp://vna", False),
+    ("dicom://ORTHANC@vna", False),
+])
+def test_bad_vna_destinations_are_reported_by_the_system_checks(value, ok):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "VNA_DESTINATIONS": value}
+    proc = subprocess.run([sys.executable, "manage.py", "check"], cwd=root, env=env, capture_output=True, text=True)
+    assert (proc.returncode == 0) is ok, proc.stderr
+    if not ok:
+        assert "pacs.E001" in proc.stderr and "VNA_DESTINATIONS" in proc.stderr
