@@ -316,3 +316,34 @@ def test_run_mllp_with_two_worker_processes_sharing_the_port():
     # the children are gone with the parent: the port is free again
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_peer_closing_right_after_sending_still_gets_its_message_stored(listener):
+    """Reliability H-11: the message is processed, the failed ACK write is only logged; a resend
+    would be answered from the stored ACK."""
+    server = listener()
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"\x0b" + orm(50) + b"\x1c\r")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not Order.objects.filter(placer_order_number="PL000050").exists():
+        time.sleep(0.05)
+    assert Order.objects.filter(placer_order_number="PL000050").count() == 1
+    assert send(server.port, orm(50))["msa_1"] == "AA"  # the resend: duplicate, stored ACK
+    assert Order.objects.count() == 1 and InboundMessage.objects.get().duplicate_count == 1
+
+
+def test_patient_messages_of_one_connection_in_arrival_order(listener):
+    """ADT A04, order, A08, then A40 on one connection: each applied after the previous one."""
+    from ris.models import Patient, PatientMerge
+
+    server = listener()
+    order_for_old_id = fixture("epic_orm_o01_nw.hl7").replace(
+        b"E1000001^^^SYNTHMRN^MR~900-00-0001^^^SSA^SS", b"E1000099^^^SYNTHMRN^MR")
+    with MLLPClient("127.0.0.1", server.port) as client:
+        codes = [ack_fields(unframe(client.send_message(raw)))["msa_1"] for raw in (
+            fixture("cerner_adt_a04.hl7"), fixture("cerner_adt_a08.hl7"), order_for_old_id,
+            fixture("epic_adt_a01.hl7"), fixture("epic_adt_a40.hl7"))]
+    assert codes == ["AA"] * 5
+    assert Patient.objects.get(identifiers__id_number="C2000010").patient_name == "Doe-Smith^Jane^Q"
+    merge = PatientMerge.objects.get()
+    assert Order.objects.get(placer_order_number="P10001").patient_id == merge.survivor_id
