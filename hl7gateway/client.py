@@ -5,8 +5,10 @@ HL7 v2.x Implementation Guide Appendix C (MLLP release 1) for the framing -- don
 the receiver answers every message with one ACK whose MSA-1 is AA, AE or AR and whose
 MSA-2 echoes our MSH-10.  Enhanced-mode commit codes (CA/CE/CR) are read as AA/AE/AR.
 
-``send_message`` classifies every outcome; the caller (``hl7gateway.tasks``) decides
-what to do with it.  Nothing here retries: one call is one attempt.
+``MLLPConnection.send`` (and ``send_message`` for a single message) classifies every
+outcome; the caller (``hl7gateway.outbox``) decides what to do with it.  Nothing here
+retries: one call is one attempt.  Like any HL7 sender, one connection carries many
+messages in turn (original mode: the next message only after the ACK of the previous).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ CONNECT_ERROR = "CONNECT_ERROR"  # refused, unreachable, DNS, connect timeout
 CONNECTION_LOST = "CONNECTION_LOST"  # peer closed or reset before a complete ACK
 BAD_ACK = "BAD_ACK"  # an answer that is not an ACK of this message
 
+#: Outcomes after which the connection is still usable for the next message.
+ANSWERED = (ACCEPTED, ERROR, REJECTED)
 _ENHANCED = {"CA": ACCEPTED, "CE": ERROR, "CR": REJECTED}
 MAX_ACK_BYTES = 1024 * 1024
 
@@ -76,39 +80,62 @@ def parse_ack(payload: bytes) -> Ack | None:
     return Ack(code=_ENHANCED.get(code, code), control_id=msa[2].strip() if len(msa) > 2 else "", text="; ".join(notes))
 
 
-def send_message(
-    host: str,
-    port: int,
-    payload: bytes,
-    *,
-    message_control_id: str,
-    connect_timeout: float = 10.0,
-    ack_timeout: float = 30.0,
-) -> SendResult:
-    """Open a connection, send one framed message, wait for its ACK, close.
+class MLLPConnection:
+    """One MLLP connection that carries messages one after the other, each waiting for its ACK.
 
-    One connection per message keeps a worker killed mid-send from leaving a half-used
-    connection behind and makes each attempt independent.  (On loopback a connect costs
-    well under a millisecond; see bench/oru_delivery.py.)
+    Connects on first use.  After a timeout, a lost connection or an answer that is not the
+    ACK of the message sent, the connection is closed (a late ACK would otherwise be read as
+    the answer to the next message); the next ``send`` connects again.
     """
-    started = time.monotonic()
 
-    def result(outcome: str, ack: bytes = b"", detail: str = "") -> SendResult:
-        return SendResult(outcome, ack, detail, time.monotonic() - started)
+    def __init__(self, host: str, port: int, *, connect_timeout: float = 10.0, ack_timeout: float = 30.0):
+        self.host, self.port = host, port
+        self.connect_timeout, self.ack_timeout = connect_timeout, ack_timeout
+        self.sock: socket.socket | None = None
+        self.decoder = MLLPDecoder(max_frame_bytes=MAX_ACK_BYTES)
 
-    try:
-        sock = socket.create_connection((host, port), timeout=connect_timeout)
-    except OSError as exc:
-        return result(CONNECT_ERROR, detail=f"connect to {host}:{port}: {exc}")
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __enter__(self) -> MLLPConnection:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self.decoder = MLLPDecoder(max_frame_bytes=MAX_ACK_BYTES)
+
+    def send(self, payload: bytes, *, message_control_id: str) -> SendResult:
+        """Send one message and wait for its ACK; classify the outcome (never raises for I/O)."""
+        started = time.monotonic()
+        result = self._send(payload, message_control_id, started)
+        if result.outcome not in (ACCEPTED, ERROR, REJECTED):
+            self.close()
+        return result
+
+    def _send(self, payload: bytes, message_control_id: str, started: float) -> SendResult:
+        def result(outcome: str, ack: bytes = b"", detail: str = "") -> SendResult:
+            return SendResult(outcome, ack, detail, time.monotonic() - started)
+
+        if self.sock is None:
+            try:
+                self.sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:
+                self.sock = None
+                return result(CONNECT_ERROR, detail=f"connect to {self.host}:{self.port}: {exc}")
+        sock = self.sock
+        ack_timeout = self.ack_timeout
         deadline = time.monotonic() + ack_timeout
-        sock.settimeout(ack_timeout)
         try:
+            sock.settimeout(ack_timeout)
             sock.sendall(frame(payload))
         except OSError as exc:
             return result(CONNECTION_LOST, detail=f"send: {exc}")
-        decoder = MLLPDecoder(max_frame_bytes=MAX_ACK_BYTES)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -121,10 +148,10 @@ def send_message(
             except OSError as exc:
                 return result(CONNECTION_LOST, detail=f"receive: {exc}")
             if not data:
-                partial = decoder.partial
+                partial = self.decoder.partial
                 return result(CONNECTION_LOST, ack=partial or b"", detail="connection closed before a complete ACK")
             try:
-                frames = decoder.feed(data)
+                frames = self.decoder.feed(data)
             except FrameTooLarge as exc:
                 return result(BAD_ACK, ack=exc.head, detail=f"answer larger than {MAX_ACK_BYTES} bytes")
             for answer in frames:
@@ -133,14 +160,22 @@ def send_message(
                     return result(BAD_ACK, ack=answer, detail="answer has no MSH/MSA segment")
                 if ack.control_id != message_control_id:
                     # An ACK of another message (a stale one on this connection): not ours.
-                    return result(
-                        BAD_ACK, ack=answer, detail=f"MSA-2 {ack.control_id!r} does not match MSH-10 {message_control_id!r}"
-                    )
+                    return result(BAD_ACK, ack=answer,
+                                  detail=f"MSA-2 {ack.control_id!r} does not match MSH-10 {message_control_id!r}")
                 if ack.code not in (ACCEPTED, ERROR, REJECTED):
                     return result(BAD_ACK, ack=answer, detail=f"MSA-1 {ack.code!r} is not AA, AE or AR")
                 return result(ack.code, ack=answer, detail=ack.text)
-    finally:
-        try:
-            sock.close()
-        except OSError:
-            pass
+
+
+def send_message(
+    host: str,
+    port: int,
+    payload: bytes,
+    *,
+    message_control_id: str,
+    connect_timeout: float = 10.0,
+    ack_timeout: float = 30.0,
+) -> SendResult:
+    """Open a connection, send one framed message, wait for its ACK, close."""
+    with MLLPConnection(host, port, connect_timeout=connect_timeout, ack_timeout=ack_timeout) as conn:
+        return conn.send(payload, message_control_id=message_control_id)

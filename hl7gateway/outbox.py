@@ -37,13 +37,14 @@ import logging
 import os
 import random
 import socket
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Exists, Max, Min, OuterRef, Q
+from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q
 from django.utils import timezone
 
 from hl7gateway import client, oru
@@ -64,6 +65,9 @@ log = logging.getLogger(__name__)
 
 ENTITY = "oru_outbound"
 TASK_NAME = "hl7gateway.deliver_oru"
+DRAIN_TASK_NAME = "hl7gateway.drain_destination"
+#: A drain task sends batches for at most this long, then asks for another (fairness, leases).
+DRAIN_SECONDS = 10.0
 #: Delays up to this many seconds are Celery countdowns; longer ones wait for the sweep.
 COUNTDOWN_LIMIT_SECONDS = 60
 #: Added to connect + ACK timeouts for a worker's lease on the row it sends.
@@ -320,9 +324,34 @@ def enqueue_oru(report_version_id: int) -> int:
             row.payload = oru.encode(oru.render_oru(content, header, time_zone=settings.TIME_ZONE))
             row.save(update_fields=["message_control_id", "payload"])
             created.append(row.pk)
-        transaction.on_commit(lambda: dispatch(created), robust=True)
+        woken = [d.pk for d in destinations]
+        transaction.on_commit(lambda: wake(woken), robust=True)
     log.info("ORU^R01 queued", extra={"report_version_id": report_version_id, "rows": len(created)})
     return len(created)
+
+
+def wake(destination_ids: list[int]) -> int:
+    """Ask for a drain of these destinations (after commit), unless one is already queued.
+
+    Coalesces wake-ups: while a drain task of a destination waits in the queue
+    (``drain_requested_at`` set), further signatures publish nothing -- that task will take
+    their rows too.  A request older than ``HL7_ORU_REQUEUE_AFTER_SECONDS`` counts as lost
+    and is made again.  Returns the number of drain tasks published.
+    """
+    from pacs.celery import app
+
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.HL7_ORU_REQUEUE_AFTER_SECONDS)
+    published = 0
+    for pk in destination_ids:
+        requested = OutboundDestination.objects.filter(pk=pk).filter(
+            Q(drain_requested_at__isnull=True) | Q(drain_requested_at__lt=stale)
+        ).update(drain_requested_at=now)
+        if requested:
+            app.send_task(DRAIN_TASK_NAME, args=[pk], retry=True,
+                          retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+            published += 1
+    return published
 
 
 def dispatch(message_ids: list[int], countdown: float = 0.0) -> None:
@@ -335,20 +364,23 @@ def dispatch(message_ids: list[int], countdown: float = 0.0) -> None:
                       retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
 
 
-# --- one delivery attempt ----------------------------------------------------------------------
+# --- delivery: claim a batch, send, record ----------------------------------------------------
 @dataclass(frozen=True)
 class Claim:
     """A row leased to one worker for one attempt (plain values for the task)."""
 
     message_id: int
-    attempt_id: int
-    number: int
+    number: int  # the attempt number
     host: str
     port: int
     payload: bytes
     message_control_id: str
     connect_timeout: float
     ack_timeout: float
+    started_at: datetime
+    leased_until: datetime  # doubles as the lease token: still ours if the row still has it
+    worker: str
+    previous_outcome: str = ""
 
 
 @dataclass(frozen=True)
@@ -383,13 +415,61 @@ def worker_name() -> str:
 
 
 def _lease_seconds(connect_timeout: float, ack_timeout: float) -> float:
-    # sendall and the ACK wait are both bounded by the ACK timeout.
+    # A batch stops starting new sends after ack_timeout; the last one takes at most ack_timeout.
     return connect_timeout + 2 * ack_timeout + LEASE_MARGIN_SECONDS
 
 
-def claim(message_id: int, *, worker: str = "") -> Claim | NotClaimed:
-    """Lease a due, unblocked PENDING row for one attempt and record the attempt as started."""
+def _why_not(status: str, next_attempt_at: datetime, leased_until: datetime | None, now: datetime):
+    if status != PENDING:
+        return NotClaimed("settled")
+    if next_attempt_at > now:
+        return NotClaimed("not-due", retry_in=(next_attempt_at - now).total_seconds())
+    if leased_until and leased_until > now:
+        return NotClaimed("leased", retry_in=(leased_until - now).total_seconds())
+    return None
+
+
+def _interrupted_too_often(row: OutboundMessage, now: datetime) -> bool:
+    """The previous attempt's worker died (its lease ran out): record that attempt as
+    INTERRUPTED; fail the row once that happened ``HL7_ORU_MAX_ATTEMPTS`` times (C-04)."""
+    if row.last_outcome != "SENDING":
+        return False
+    OutboundAttempt.objects.get_or_create(
+        message=row, number=row.attempt_count,
+        defaults={"started_at": row.updated_at, "finished_at": now, "outcome": OutboundAttempt.INTERRUPTED,
+                  "detail": "the worker stopped before recording an outcome (lease expired)"},
+    )
+    row.last_outcome = OutboundAttempt.INTERRUPTED
+    interrupted = row.attempts.filter(outcome=OutboundAttempt.INTERRUPTED, number__gt=row.attempt_floor).count()
+    if interrupted < settings.HL7_ORU_MAX_ATTEMPTS:
+        return False
+    transition(row, FAILED, entity=ENTITY, cause="ORU delivery: worker lost too often", actor="hl7gateway worker")
+    OutboundMessage.objects.filter(pk=row.pk).update(
+        leased_until=None, last_outcome=OutboundAttempt.INTERRUPTED,
+        last_error=f"worker lost {interrupted} times while sending",
+    )
+    return True
+
+
+def claim_batch(message_id: int, *, limit: int = 1, worker: str = "") -> list[Claim] | NotClaimed:
+    """Lease this row and, if it can be sent, up to ``limit - 1`` more due rows of its destination.
+
+    Every claimed row is due, not leased, and first in line for its patient and destination
+    (so one batch holds at most one message per patient); rows another worker is claiming are
+    skipped (``SKIP LOCKED``).  The attempt number is counted before anything is sent; a
+    worker that dies leaves it behind, and the next claim records it as INTERRUPTED.
+    Returns the claims in id order, or why the given row cannot be sent.
+    """
     now = timezone.now()
+    # Cheap refusal first (no lock, no transaction): most duplicate tasks end here.
+    seen = OutboundMessage.objects.filter(pk=message_id).values_list("status", "next_attempt_at",
+                                                                     "leased_until").first()
+    if seen is None:
+        return NotClaimed("missing")
+    reason = _why_not(*seen, now)
+    if reason is not None:
+        return reason
+    worker = worker or worker_name()
     with transaction.atomic():
         row = (
             OutboundMessage.objects.select_for_update(of=("self",), skip_locked=True)
@@ -398,43 +478,68 @@ def claim(message_id: int, *, worker: str = "") -> Claim | NotClaimed:
             .first()
         )
         if row is None:
-            exists = OutboundMessage.objects.filter(pk=message_id).exists()
-            return NotClaimed("leased" if exists else "missing", retry_in=1.0 if exists else None)
-        if row.status != PENDING:
-            return NotClaimed("settled")
-        if row.next_attempt_at > now:
-            return NotClaimed("not-due", retry_in=(row.next_attempt_at - now).total_seconds())
-        if row.leased_until and row.leased_until > now:
-            return NotClaimed("leased", retry_in=(row.leased_until - now).total_seconds())
+            return NotClaimed("leased", retry_in=1.0)  # another worker is claiming it right now
+        reason = _why_not(row.status, row.next_attempt_at, row.leased_until, now)
+        if reason is not None:
+            return reason
         blocker = blocking_message(row)
         if blocker is not None:
             return NotClaimed("blocked", blocked_by=blocker.pk)
-        if row.last_outcome == "SENDING":
-            # The previous attempt's worker died (its lease ran out): record it.
-            OutboundAttempt.objects.filter(message=row, number=row.attempt_count, finished_at__isnull=True).update(
-                finished_at=now, outcome=OutboundAttempt.INTERRUPTED,
-                detail="the worker stopped before recording an outcome (lease expired)",
-            )
-            interrupted = row.attempts.filter(outcome=OutboundAttempt.INTERRUPTED, number__gt=row.attempt_floor).count()
-            if interrupted >= settings.HL7_ORU_MAX_ATTEMPTS:
-                _settle(row, FAILED, outcome=OutboundAttempt.INTERRUPTED,
-                        error=f"worker lost {interrupted} times while sending", now=now,
-                        cause="ORU delivery: worker lost too often")
-                return NotClaimed("settled")
-        dest = row.destination
-        connect_timeout = settings.HL7_ORU_CONNECT_TIMEOUT_SECONDS
-        ack_timeout = dest.ack_timeout
-        row.attempt_count += 1
-        row.leased_until = now + timedelta(seconds=_lease_seconds(connect_timeout, ack_timeout))
-        row.last_outcome = "SENDING"
-        row.save(update_fields=["attempt_count", "leased_until", "last_outcome", "updated_at"])
-        attempt = OutboundAttempt.objects.create(message=row, number=row.attempt_count, started_at=now,
-                                                 worker=worker or worker_name())
-    return Claim(
-        message_id=row.pk, attempt_id=attempt.pk, number=attempt.number, host=dest.host, port=dest.port,
-        payload=bytes(row.payload), message_control_id=row.message_control_id, connect_timeout=connect_timeout,
-        ack_timeout=ack_timeout,
+        if _interrupted_too_often(row, now):
+            return NotClaimed("settled")
+        return _lease(row.destination, [row], limit, worker, now)
+
+
+def _due_heads(destination_id: int, limit: int, now: datetime, exclude: int | None = None):
+    """Due, unleased PENDING rows of a destination that are first in line for their patient,
+    locked (rows other workers are claiming are skipped).  Call inside a transaction."""
+    qs = (
+        OutboundMessage.objects.select_for_update(of=("self",), skip_locked=True)
+        .filter(destination_id=destination_id, status=PENDING, next_attempt_at__lte=now)
+        .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now))
+        .exclude(Exists(_earlier_unsettled()))
     )
+    if exclude is not None:
+        qs = qs.exclude(pk=exclude)
+    return [r for r in qs.order_by("id")[:limit] if not _interrupted_too_often(r, now)]
+
+
+def _lease(dest: OutboundDestination, candidates: list[OutboundMessage], limit: int, worker: str,
+           now: datetime) -> list[Claim]:
+    """Fill the batch up to ``limit`` with other due rows of the destination and lease them all."""
+    if len(candidates) < limit:
+        exclude = candidates[0].pk if candidates else None
+        candidates = candidates + _due_heads(dest.pk, limit - len(candidates), now, exclude=exclude)
+    if not candidates:
+        return []
+    connect_timeout = settings.HL7_ORU_CONNECT_TIMEOUT_SECONDS
+    ack_timeout = dest.ack_timeout
+    leased_until = now + timedelta(seconds=_lease_seconds(connect_timeout, ack_timeout))
+    OutboundMessage.objects.filter(pk__in=[r.pk for r in candidates]).update(
+        attempt_count=F("attempt_count") + 1, leased_until=leased_until, last_outcome="SENDING", updated_at=now
+    )
+    return [
+        Claim(
+            message_id=r.pk, number=r.attempt_count + 1, host=dest.host, port=dest.port, payload=bytes(r.payload),
+            message_control_id=r.message_control_id, connect_timeout=connect_timeout, ack_timeout=ack_timeout,
+            started_at=now, leased_until=leased_until, worker=worker, previous_outcome=r.last_outcome,
+        )
+        for r in sorted(candidates, key=lambda r: r.pk)
+    ]
+
+
+def claim_due(destination_id: int, *, limit: int, worker: str = "") -> list[Claim]:
+    """Lease up to ``limit`` due rows of a destination (first in line for their patient)."""
+    now = timezone.now()
+    with transaction.atomic():
+        dest = OutboundDestination.objects.get(pk=destination_id)
+        return _lease(dest, [], limit, worker or worker_name(), now)
+
+
+def claim(message_id: int, *, worker: str = "") -> Claim | NotClaimed:
+    """Lease one due, unblocked PENDING row for one attempt (``claim_batch`` with limit 1)."""
+    claimed = claim_batch(message_id, limit=1, worker=worker)
+    return claimed[0] if isinstance(claimed, list) else claimed
 
 
 def backoff_seconds(failures: int, *, rng: random.Random | None = None) -> float:
@@ -443,24 +548,6 @@ def backoff_seconds(failures: int, *, rng: random.Random | None = None) -> float
     cap = settings.HL7_ORU_RETRY_MAX_SECONDS
     delay = min(cap, base * (2 ** max(failures - 1, 0)))
     return delay * (0.5 + 0.5 * (rng or random).random())
-
-
-def _settle(row: OutboundMessage, status: str, *, outcome: str, error: str, now: datetime, cause: str,
-            ack: bytes | None = None, actor: str = "hl7gateway worker") -> None:
-    """Move a locked row to DELIVERED / FAILED and clear its lease."""
-    transition(row, status, entity=ENTITY, cause=cause, actor=actor)
-    row.leased_until = None
-    row.last_outcome = outcome
-    row.last_error = error
-    fields = ["leased_until", "last_outcome", "last_error", "updated_at"]
-    if status == DELIVERED:
-        row.delivered_at = now
-        row.ack = ack
-        fields += ["delivered_at", "ack"]
-    elif ack is not None:
-        row.ack = ack
-        fields.append("ack")
-    row.save(update_fields=fields)
 
 
 def _next_in_line(row: OutboundMessage) -> OutboundMessage | None:
@@ -487,64 +574,182 @@ def _schedule(row: OutboundMessage, at: datetime, now: datetime) -> None:
         row.dispatched_at = None
 
 
-def record_result(claimed: Claim, result: client.SendResult) -> str:
-    """Record the outcome of one attempt and decide what happens to the message.
+def record_results(outcomes: list[tuple[Claim, client.SendResult]], unsent: list[Claim] = (), *,
+                   follow_up: bool = True) -> dict[int, str]:
+    """Record the outcomes of a batch in one transaction and decide what happens to each message.
 
-    Returns the message's status afterwards.  If the lease was lost meanwhile (another
-    worker took the row over), only the attempt is recorded.
+    AA: delivered.  AR: failed.  AE / an answer that is not our ACK: retried after a backoff,
+    failed at the attempt cap.  Timeout, refused, lost: retried after a backoff, no cap.
+    ``unsent`` are claimed rows the batch did not get to (the destination stopped answering,
+    or the batch ran out of time): their attempt is withdrawn and they wait as long as the
+    failed message before them.  A row whose lease was taken over meanwhile (another worker
+    claimed it after the lease ran out) only gets its attempt recorded.
+    Returns {message id: status afterwards}.
     """
     now = timezone.now()
-    detail = (result.detail or "")[:2000]
+    statuses: dict[int, str] = {}
     with transaction.atomic():
-        row = OutboundMessage.objects.select_for_update(of=("self",)).get(pk=claimed.message_id)
-        OutboundAttempt.objects.filter(pk=claimed.attempt_id).update(
-            finished_at=now, outcome=result.outcome, detail=detail, ack=result.ack or None
-        )
-        if row.status != PENDING or row.attempt_count != claimed.number:
-            log.warning("ORU attempt finished after its lease was taken over",
-                        extra={"message_id": row.pk, "attempt": claimed.number, "outcome": result.outcome})
-            return row.status
-        summary = f"{result.outcome}: {detail}" if detail else result.outcome
-        tries = row.attempt_count - row.attempt_floor  # attempts since creation or the last operator retry
-        if result.outcome == client.ACCEPTED:
-            _settle(row, DELIVERED, outcome=result.outcome, error="", now=now, ack=result.ack,
-                    cause=f"ORU delivered, AA for MSH-10 {row.message_control_id}")
-            nxt = _next_in_line(row)
-            if nxt is not None:
-                _schedule(nxt, max(nxt.next_attempt_at, now), now)
-                nxt.save(update_fields=["dispatched_at"])
-        elif result.outcome == client.REJECTED:
-            _settle(row, FAILED, outcome=result.outcome, error=summary, now=now, ack=result.ack,
-                    cause=f"ORU rejected (AR) for MSH-10 {row.message_control_id}")
-        elif result.outcome in RETRY_WITH_LIMIT and tries >= settings.HL7_ORU_MAX_ATTEMPTS:
-            _settle(row, FAILED, outcome=result.outcome, error=f"{summary} (after {tries} attempts)",
-                    now=now, ack=result.ack or None, cause=f"ORU failed after {tries} attempts ({result.outcome})")
-        else:
-            # AE / BAD_ACK below the cap, or the destination unreachable: try again later.
-            row.next_attempt_at = now + timedelta(seconds=backoff_seconds(tries))
+        ids = [c.message_id for c, _ in outcomes] + [c.message_id for c in unsent]
+        rows = {r.pk: r for r in OutboundMessage.objects.select_for_update(of=("self",)).filter(pk__in=ids)
+                .defer("payload").order_by("id")}
+        new_attempts: list[OutboundAttempt] = []
+        delivered: list[OutboundMessage] = []
+        wait_until = now
+        for claimed, result in outcomes:
+            row = rows[claimed.message_id]
+            detail = (result.detail or "")[:2000]
+            attempt = {"started_at": claimed.started_at, "finished_at": now, "outcome": result.outcome,
+                       "detail": detail, "ack": result.ack or None, "worker": claimed.worker}
+            statuses[row.pk] = row.status
+            if row.status != PENDING or row.leased_until != claimed.leased_until:
+                # Our lease ran out and another worker took the row over: keep the facts only.
+                OutboundAttempt.objects.update_or_create(message=row, number=claimed.number, defaults=attempt)
+                log.warning("ORU attempt finished after its lease was taken over",
+                            extra={"message_id": row.pk, "attempt": claimed.number, "outcome": result.outcome})
+                continue
+            new_attempts.append(OutboundAttempt(message=row, number=claimed.number, **attempt))
+            summary = f"{result.outcome}: {detail}" if detail else result.outcome
+            tries = row.attempt_count - row.attempt_floor  # attempts since creation or the last operator retry
+            if result.outcome == client.ACCEPTED:
+                transition(row, DELIVERED, entity=ENTITY, actor="hl7gateway worker",
+                           cause=f"ORU delivered, AA for MSH-10 {row.message_control_id}")
+                delivered.append(row)
+                continue
+            if result.outcome == client.REJECTED or (
+                result.outcome in RETRY_WITH_LIMIT and tries >= settings.HL7_ORU_MAX_ATTEMPTS
+            ):
+                cause = (f"ORU rejected (AR) for MSH-10 {row.message_control_id}" if result.outcome == client.REJECTED
+                         else f"ORU failed after {tries} attempts ({result.outcome})")
+                transition(row, FAILED, entity=ENTITY, actor="hl7gateway worker", cause=cause)
+                row.last_error = summary if result.outcome == client.REJECTED else f"{summary} (after {tries} attempts)"
+                row.ack = result.ack or None
+            else:
+                # AE / BAD_ACK below the cap, or the destination unreachable: try again later.
+                row.next_attempt_at = now + timedelta(seconds=backoff_seconds(tries))
+                row.last_error = summary
+                _schedule(row, row.next_attempt_at, now)
+                if result.outcome in RETRY_WITHOUT_LIMIT:
+                    wait_until = max(wait_until, row.next_attempt_at)
             row.leased_until = None
             row.last_outcome = result.outcome
-            row.last_error = summary
-            _schedule(row, row.next_attempt_at, now)
-            row.save(update_fields=["next_attempt_at", "leased_until", "last_outcome", "last_error",
+            row.save(update_fields=["leased_until", "last_outcome", "last_error", "ack", "next_attempt_at",
                                     "dispatched_at", "updated_at"])
-    log.info("ORU attempt", extra={"message_id": row.pk, "msh_10": row.message_control_id,
-                                   "attempt": claimed.number, "outcome": result.outcome, "status": row.status})
-    return row.status
+            statuses[row.pk] = row.status
+        OutboundAttempt.objects.bulk_create(new_attempts)
+        if delivered:
+            OutboundMessage.objects.filter(pk__in=[r.pk for r in delivered]).update(
+                delivered_at=now, leased_until=None, last_outcome=client.ACCEPTED, last_error="", updated_at=now
+            )
+            statuses.update({r.pk: DELIVERED for r in delivered})
+        for claimed in unsent:
+            row = rows[claimed.message_id]
+            if row.status != PENDING or row.leased_until != claimed.leased_until:
+                continue
+            row.attempt_count -= 1
+            row.leased_until = None
+            row.last_outcome = claimed.previous_outcome
+            row.next_attempt_at = wait_until
+            row.save(update_fields=["attempt_count", "leased_until", "last_outcome", "next_attempt_at", "updated_at"])
+            statuses[row.pk] = row.status
+        # (A drain continues with the destination's next batch itself: it only needs the unsent.)
+        nxt = _follow_up(delivered if follow_up else [], unsent, wait_until, now)
+        if nxt is not None:
+            kind, key, delay = nxt
+            if kind == "row":
+                transaction.on_commit(lambda: dispatch([key], countdown=delay), robust=True)
+            else:
+                transaction.on_commit(lambda: wake([key]), robust=True)
+    for claimed, result in outcomes:
+        log.info("ORU attempt", extra={"message_id": claimed.message_id, "msh_10": claimed.message_control_id,
+                                       "attempt": claimed.number, "outcome": result.outcome,
+                                       "status": statuses.get(claimed.message_id)})
+    return statuses
+
+
+def _follow_up(delivered, unsent, wait_until, now) -> tuple[str, int, float] | None:
+    """What to queue after a batch: the task of the first row the batch did not get to
+    (("row", id, countdown)), or, when a patient's message was delivered and that patient has
+    a next one due, a drain of the destination (("wake", destination id, 0))."""
+    if unsent:
+        first = unsent[0].message_id
+        delay = max((wait_until - now).total_seconds(), 0.0)
+        if delay > COUNTDOWN_LIMIT_SECONDS:
+            return None  # the sweep picks it up when due
+        OutboundMessage.objects.filter(pk=first).update(dispatched_at=now + timedelta(seconds=delay))
+        return "row", first, delay
+    if not delivered:
+        return None
+    nxt = (
+        OutboundMessage.objects.filter(destination_id=delivered[0].destination_id, status=PENDING,
+                                       patient_id__in={r.patient_id for r in delivered},
+                                       id__gt=min(r.pk for r in delivered), next_attempt_at__lte=now)
+        .exclude(Exists(_earlier_unsettled()))
+        .order_by("id")
+        .values_list("id", flat=True)
+        .first()
+    )
+    if nxt is None:
+        return None
+    OutboundMessage.objects.filter(pk=nxt).update(dispatched_at=now)
+    return "wake", delivered[0].destination_id, 0.0
+
+
+def record_result(claimed: Claim, result: client.SendResult) -> str:
+    """Record the outcome of one attempt (``record_results`` for a single claim)."""
+    return record_results([(claimed, result)])[claimed.message_id]
 
 
 def deliver(message_id: int) -> str:
-    """One idempotent delivery step for a row: claim, send, record.  Returns what happened."""
-    claimed = claim(message_id)
+    """One idempotent delivery step: claim this row (and other due rows of its destination, up
+    to ``HL7_ORU_BATCH_SIZE``), send them in order over one MLLP connection, each waiting for
+    its ACK, and record the outcomes.  Returns what happened to the given row."""
+    claimed = claim_batch(message_id, limit=settings.HL7_ORU_BATCH_SIZE)
     if isinstance(claimed, NotClaimed):
         # Nothing to do now: settled, a duplicate task, or not this row's turn.  Whoever holds
         # the lease or settles the blocking row schedules the next step; the sweep backs them up.
         return claimed.reason
-    result = client.send_message(
-        claimed.host, claimed.port, claimed.payload, message_control_id=claimed.message_control_id,
-        connect_timeout=claimed.connect_timeout, ack_timeout=claimed.ack_timeout,
-    )
-    return record_result(claimed, result)
+    return _send_batch(claimed)[message_id]
+
+
+def _send_batch(claimed: list[Claim], *, follow_up: bool = True) -> dict[int, str]:
+    """Send claimed rows in id order over one connection, each waiting for its ACK; record them."""
+    first = claimed[0]
+    outcomes: list[tuple[Claim, client.SendResult]] = []
+    budget_ends = time.monotonic() + first.ack_timeout
+    with client.MLLPConnection(first.host, first.port, connect_timeout=first.connect_timeout,
+                               ack_timeout=first.ack_timeout) as conn:
+        for c in claimed:
+            if outcomes and (outcomes[-1][1].outcome not in client.ANSWERED or time.monotonic() > budget_ends):
+                break  # the destination stopped answering, or the batch used up its time
+            outcomes.append((c, conn.send(c.payload, message_control_id=c.message_control_id)))
+    return record_results(outcomes, unsent=claimed[len(outcomes):], follow_up=follow_up)
+
+
+def drain(destination_id: int) -> int:
+    """Send the due messages of one destination, batch after batch (the task ``wake`` queues).
+
+    Clears the destination's drain request first, so that rows committed from now on wake
+    another drain.  Stops when nothing is due (or after a transport failure), or after
+    ``DRAIN_SECONDS``, when it asks for another drain.  Returns the number of messages sent.
+    """
+    OutboundDestination.objects.filter(pk=destination_id).update(drain_requested_at=None)
+    started = time.monotonic()
+    sent = 0
+    limit = settings.HL7_ORU_BATCH_SIZE
+    while True:
+        try:
+            claimed = claim_due(destination_id, limit=limit)
+        except OutboundDestination.DoesNotExist:
+            return sent
+        if not claimed:
+            return sent
+        statuses = _send_batch(claimed, follow_up=False)
+        sent += sum(1 for c in claimed if statuses.get(c.message_id) != PENDING)
+        if any(s == PENDING for s in statuses.values()):
+            return sent  # trouble at the destination: the rows wait for their backoff
+        if time.monotonic() - started > DRAIN_SECONDS:
+            wake([destination_id])
+            return sent
 
 
 # --- the sweep ---------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ class OutboundDestination(models.Model):
     ack_timeout_seconds = models.FloatField(null=True, blank=True,
                                             help_text="seconds to wait for the ACK; empty = HL7_ORU_ACK_TIMEOUT_SECONDS")
     enabled = models.BooleanField(default=True, help_text="disabled: no new messages are queued for it")
+    drain_requested_at = models.DateTimeField(null=True, blank=True, editable=False,
+                                              help_text="a drain task for it is queued since (coalesced wake-ups)")
     declared_in_environment = models.BooleanField(default=False, editable=False,
                                                   help_text="declared by HL7_ORU_DESTINATIONS")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -105,7 +107,7 @@ class OutboundMessage(models.Model):
     last_outcome = models.CharField(max_length=20, blank=True)
     last_error = models.TextField(blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
-    ack = models.BinaryField(null=True, blank=True, help_text="the ACK that settled the message")
+    ack = models.BinaryField(null=True, blank=True, help_text="the ACK that failed it (AR/AE); each attempt keeps its own")
 
     class Meta:
         constraints = [
@@ -134,7 +136,10 @@ class OutboundMessage(models.Model):
 
 
 class OutboundAttempt(models.Model):
-    """One try to deliver a message: written when a worker claims the row, finished with its outcome.
+    """One try to deliver a message, written with its outcome (a batch's attempts in one INSERT).
+
+    The attempt number is counted on the message when a worker claims it; if the worker dies
+    before recording, the next claim writes the attempt as INTERRUPTED.
 
     ``outcome`` is one of hl7gateway.client's outcomes (AA, AE, AR, TIMEOUT, CONNECT_ERROR,
     CONNECTION_LOST, BAD_ACK), or INTERRUPTED when the worker died before finishing it.
@@ -156,7 +161,11 @@ class OutboundAttempt(models.Model):
         ordering = ["message", "number"]
 
     def __str__(self) -> str:
-        return f"attempt {self.number} of {self.message_id}: {self.outcome or 'in progress'}"
+        return f"attempt {self.number} of {self.message_id}: {self.outcome}"
+
+    @property
+    def ack_text(self) -> str:
+        return bytes(self.ack).decode("utf-8", errors="replace").replace("\r", "\n") if self.ack else ""
 
 
 class OutboundAction(models.Model):

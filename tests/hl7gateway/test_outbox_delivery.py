@@ -31,6 +31,7 @@ def fast(settings):
     settings.HL7_ORU_RETRY_MAX_SECONDS = 10.0
     settings.HL7_ORU_MAX_ATTEMPTS = 3
     settings.HL7_ORU_CONNECT_TIMEOUT_SECONDS = 1.0
+    settings.HL7_ORU_BATCH_SIZE = 1  # one message per task here; batches are tested below
     return settings
 
 
@@ -60,8 +61,8 @@ def test_aa_delivers_the_stored_bytes(sink, fast):
     received = sink.wait_for(1)[0]
     assert received.payload == bytes(row.payload) and received.control_id == row.message_control_id
     assert row.status == "DELIVERED" and row.delivered_at and row.leased_until is None
-    assert b"MSA|AA|" + row.message_control_id.encode() in bytes(row.ack)
     (attempt,) = row.attempts.all()
+    assert b"MSA|AA|" + row.message_control_id.encode() in bytes(attempt.ack)
     assert (attempt.number, attempt.outcome, attempt.finished_at is not None) == (1, "AA", True)
     change = StatusChange.objects.get(entity="oru_outbound", object_id=row.pk)
     assert (change.from_status, change.to_status) == ("PENDING", "DELIVERED")
@@ -255,6 +256,48 @@ def test_sweep_requeues_only_lost_rows(sink, fast, monkeypatch, django_capture_o
     lost.refresh_from_db()
     assert lost.dispatched_at > long_ago
     assert outbox.sweep() == 0  # dispatched just now: not again until HL7_ORU_REQUEUE_AFTER_SECONDS
+
+
+def test_batch_takes_due_rows_of_the_destination_one_per_patient_over_one_connection(sink, fast):
+    fast.HL7_ORU_BATCH_SIZE = 10
+    patient = h.patient()
+    a1, a2 = queued(sink, 2, same_patient=patient)
+    b, c = queued(sink, 2)
+    connections_before = sink.connections
+    assert outbox.deliver(b.pk) == "DELIVERED"
+    # b, and along with it a1 and c (a2 waits behind a1): in id order, on one connection.
+    assert sink.control_ids() == [a1.message_control_id, b.message_control_id, c.message_control_id]
+    assert sink.connections - connections_before == 1
+    assert outbox.deliver(a2.pk) == "DELIVERED"
+    assert statuses_of(a1, a2, b, c) == ["DELIVERED"] * 4
+
+
+def test_batch_stops_when_the_destination_stops_answering(sink, fast):
+    fast.HL7_ORU_BATCH_SIZE = 10
+    rows = queued(sink, 3, ack_timeout_seconds=0.3)
+    sink.script([AA, SILENT])
+    before = timezone.now()
+    assert outbox.deliver(rows[0].pk) == "DELIVERED"
+    assert statuses_of(*rows) == ["DELIVERED", "PENDING", "PENDING"]
+    second, third = (OutboundMessage.objects.get(pk=r.pk) for r in rows[1:])
+    assert second.last_outcome == "TIMEOUT" and second.attempt_count == 1
+    # The third was not tried: no attempt counted, it waits as long as the second.
+    assert third.attempt_count == 0 and third.attempts.count() == 0 and third.last_outcome == ""
+    assert third.next_attempt_at == second.next_attempt_at > before
+    assert sink.count == 2
+
+
+def test_batch_continues_after_ae_and_ar(sink, fast):
+    fast.HL7_ORU_BATCH_SIZE = 10
+    rows = queued(sink, 3)
+    sink.script([AE, AR, AA])
+    outbox.deliver(rows[0].pk)
+    assert statuses_of(*rows) == ["PENDING", "FAILED", "DELIVERED"]
+    assert sink.connections == 1
+
+
+def statuses_of(*rows) -> list[str]:
+    return [OutboundMessage.objects.get(pk=r.pk).status for r in rows]
 
 
 def test_backoff_is_exponential_jittered_and_capped(fast):

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core.management import call_command
 from django.db import transaction
+from django.utils import timezone
 
 from hl7gateway import outbox
 from hl7gateway.models import OutboundDestination, OutboundMessage
@@ -49,12 +52,13 @@ def test_signature_committed_gives_one_row_per_enabled_destination_and_one_dispa
     h.destination("old-ris", 2578, enabled=False)
     rp, user = h.study(), h.radiologist()
     published: list[int] = []
-    monkeypatch.setattr(outbox, "dispatch", lambda ids, countdown=0.0: published.extend(ids))
+    monkeypatch.setattr(outbox, "wake", lambda ids: published.extend(ids))
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         version = h.sign_report(rp, user)
     rows = list(OutboundMessage.objects.order_by("destination__name"))
     assert [r.destination_id for r in rows] == [billing.pk, ehr.pk]
-    assert len(callbacks) == 1 and sorted(published) == sorted(r.pk for r in rows)
+    # After the commit: one wake-up of each destination that got a row.
+    assert len(callbacks) == 1 and sorted(published) == [billing.pk, ehr.pk]
     for row in rows:
         assert row.report_version_id == version.pk and row.status == "PENDING" and row.result_status == "F"
         assert row.message_control_id == outbox.message_control_id(row.pk)
@@ -89,6 +93,23 @@ def test_every_signature_kind_is_queued_with_its_result_status(django_capture_on
     assert list(OutboundMessage.objects.order_by("id").values_list("result_status", flat=True)) == ["P", "F", "C"]
     for row in OutboundMessage.objects.all():
         assert _field(row.payload, "OBR", 25) == row.result_status
+
+
+def test_wake_ups_are_coalesced_until_the_drain_starts(settings, monkeypatch):
+    from pacs.celery import app
+
+    sent: list[tuple] = []
+    monkeypatch.setattr(app, "send_task", lambda name, args=None, **kw: sent.append((name, args)))
+    billing, ehr = h.destination("billing", 2576), h.destination("ehr", 2577)
+    assert outbox.wake([billing.pk, ehr.pk]) == 2
+    assert outbox.wake([billing.pk, ehr.pk]) == 0  # drains already queued: their tasks take the new rows
+    assert sent == [(outbox.DRAIN_TASK_NAME, [billing.pk]), (outbox.DRAIN_TASK_NAME, [ehr.pk])]
+    outbox.drain(billing.pk)  # starts (nothing due): clears the request
+    assert outbox.wake([billing.pk, ehr.pk]) == 1
+    # A request that stayed queued too long counts as lost (a broker that dropped it).
+    OutboundDestination.objects.filter(pk=ehr.pk).update(
+        drain_requested_at=timezone.now() - timedelta(seconds=settings.HL7_ORU_REQUEUE_AFTER_SECONDS + 1))
+    assert outbox.wake([ehr.pk]) == 1
 
 
 def test_unknown_or_unsigned_version_is_refused():

@@ -19,6 +19,11 @@ from tests.mllp_sink import AR, MLLPSink
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def one_per_task(settings):
+    settings.HL7_ORU_BATCH_SIZE = 1  # each deliver() below sends exactly the row it is given
+
+
 @pytest.fixture
 def admin_client(client):
     user = h.radiologist("operator", first_name="Olga", last_name="Operator")
