@@ -91,6 +91,22 @@ def build_ae(ae_title: str | None = None) -> tuple[AE, list]:
     return ae, handlers
 
 
+class SharedContexts(list):
+    """The server's presentation contexts, handed to each association as a plain list copy.
+
+    pynetdicom deep-copies the supported contexts for every association (about 2 ms of CPU
+    here, most of it re-validating UIDs); negotiation only reads them
+    (``presentation.negotiate_as_acceptor``) and ``pacs.dimse.policy`` replaces the list rather
+    than changing it, so a shallow copy is enough."""
+
+    def __deepcopy__(self, memo):
+        return list(self)
+
+
+def _share_contexts(server) -> None:
+    server.contexts = SharedContexts(server.contexts)
+
+
 class ReusePortServer(ThreadedAssociationServer):
     """The threaded association server, bound with SO_REUSEPORT so that several
     ``run_dicom --workers`` processes share one port (the kernel spreads connections)."""
@@ -110,6 +126,7 @@ def start_server(host: str | None = None, port: int | None = None, *, block: boo
     if block:
         server_class = ReusePortServer if reuse_port else ThreadedAssociationServer
         server = ae.make_server(address, evt_handlers=handlers, server_class=server_class)
+        _share_contexts(server)
         ae._servers.append(server)
         try:
             server.serve_forever()
@@ -120,6 +137,7 @@ def start_server(host: str | None = None, port: int | None = None, *, block: boo
             db.stop()
         return None
     server = ae.start_server(address, block=False, evt_handlers=handlers)
+    _share_contexts(server)
     stop_server = server.shutdown
 
     def shutdown() -> None:
