@@ -74,6 +74,16 @@ def _corrected(path: str, corrections: dict[str, str]) -> Dataset:
 
 
 def send_items(destination, items: list[ItemToSend], *, corrections: dict[str, str], progress) -> list[ItemOutcome]:
+    """Send the items over one association with the sender chosen by ``VNA_DICOM_SENDER``."""
+    if settings.VNA_DICOM_SENDER == "dcmtk":
+        from pacs import scu_dcmtk
+
+        return scu_dcmtk.send_items(destination, items, corrections=corrections, progress=progress)
+    return send_items_pynetdicom(destination, items, corrections=corrections, progress=progress)
+
+
+def send_items_pynetdicom(destination, items: list[ItemToSend], *, corrections: dict[str, str],
+                          progress) -> list[ItemOutcome]:
     """Send the items over one association; report outcomes through ``progress(chunk)``."""
     pairs = sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in items})
     ae = _ae()

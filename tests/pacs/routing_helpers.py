@@ -72,7 +72,15 @@ def routing_settings(settings):
     settings.TRANSFER_RETRY_MAX_SECONDS = 2.0
     settings.TRANSFER_LEASE_SECONDS = 4
     settings.TRANSFER_MAX_ATTEMPTS = 10
+    settings.VNA_DICOM_SENDER = "pynetdicom"
     return settings
+
+
+@pytest.fixture(params=["pynetdicom", "dcmtk"])
+def sender(request, routing_settings):
+    """Run the test with each C-STORE sender (VNA_DICOM_SENDER); request it before ``worker``."""
+    routing_settings.VNA_DICOM_SENDER = request.param
+    return request.param
 
 
 @pytest.fixture
@@ -91,6 +99,7 @@ def worker(transactional_db, store_dir, routing_settings, tmp_path):
         "TRANSFER_RETRY_MAX_SECONDS": "2",
         "TRANSFER_LEASE_SECONDS": "4",
         "TRANSFER_MAX_ATTEMPTS": "10",
+        "VNA_DICOM_SENDER": routing_settings.VNA_DICOM_SENDER,
         "TCP_NODELAY": "1",
     }
     w = Worker(tmp_path, env).start()
