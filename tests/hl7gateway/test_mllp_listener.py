@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from hl7.client import MLLPClient
@@ -214,6 +215,12 @@ def test_twenty_concurrent_connections_every_order_once(listener):
     assert InboundMessage.objects.filter(status="APPLIED").count() == n_conn * per_conn
 
 
+def _test_database_url(db: dict) -> str:
+    """DATABASE_URL of the test database, for a listener started as a separate process."""
+    cred = db["USER"] + (f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else "")
+    return f"postgres://{cred}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
 def _run_mllp(env_extra: dict) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "manage.py", "run_mllp", "--host", "127.0.0.1", "--port", "0"],
@@ -244,8 +251,7 @@ def test_run_mllp_command_answers_ae_when_database_is_down():
 def test_run_mllp_command_stores_orders(settings):
     from django.db import connection
 
-    db = connection.settings_dict
-    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    url = _test_database_url(connection.settings_dict)
     proc, port = _run_mllp({"DATABASE_URL": url})
     try:
         assert send(port, fixture("cerner_orm_o01_nw_crlf.hl7"))["msa_1"] == "AA"
@@ -298,8 +304,7 @@ def test_intake_is_durable_outermost_transaction_with_synchronous_commit(listene
 def test_run_mllp_with_two_worker_processes_sharing_the_port():
     from django.db import connection
 
-    db = connection.settings_dict
-    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    url = _test_database_url(connection.settings_dict)
     env = {**os.environ, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "manage.py", "run_mllp", "--host", "127.0.0.1", "--port", "0",
                              "--workers", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
