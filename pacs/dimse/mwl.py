@@ -108,7 +108,8 @@ def build_item(matches, row: dict) -> Dataset:
 
 
 def find(identifier: Dataset, *, calling_ae_title: str, node=None):
-    """Plain generator of (status, dataset) for one identifier (used by the handler and tests)."""
+    """Run the one query for ``identifier``: ``(matches, rows)``, rows earliest first and at most
+    MWL_MAX_RESULTS (a cut is logged).  Raises IdentifierError (0xA900) or a DatabaseError."""
     matches = read_identifier(identifier)
     station = None
     if settings.MWL_FILTER_BY_CALLING_AE:
