@@ -44,7 +44,7 @@ class ClaimDenied(ReadingError):
 
 def _copied_columns(rp: RequestedProcedure) -> dict:
     patient = rp.order.patient
-    ident = patient.identifiers.order_by("pk").first()
+    ident = patient.primary_identifier
     step = rp.steps.order_by("pk").first()
     return {
         "priority_rank": states.PRIORITY_RANK.get(rp.requested_procedure_priority, 9),

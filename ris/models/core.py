@@ -40,9 +40,19 @@ class Patient(models.Model):
         primary = self.identifiers.first()
         return f"{self.patient_name} ({primary})" if primary else self.patient_name
 
+    def current_identifiers(self):
+        """Identifiers that may stand for this patient: all but those retired into it by an
+        A40 merge (MRG-1), which stay only so that late messages with the old ID still resolve."""
+        retired = PatientMerge.objects.filter(
+            survivor=self, undone_at__isnull=True, retired_patient_id=models.OuterRef("id_number"),
+            retired_issuer_of_patient_id=models.OuterRef("assigning_authority"),
+        )
+        return self.identifiers.exclude(models.Exists(retired)).order_by("pk")
+
     @property
     def primary_identifier(self) -> PatientIdentifier | None:
-        return self.identifiers.order_by("pk").first()
+        """PatientID (0010,0020) + IssuerOfPatientID we show and send: the oldest current identifier."""
+        return self.current_identifiers().first() or self.identifiers.order_by("pk").first()
 
 
 class PatientIdentifier(models.Model):

@@ -17,6 +17,7 @@ from ris.errors import DuplicateKey, RequiredFieldMissing, TableValueNotFound, U
 from ris.models import Order, RequestedProcedure, ScheduledProcedureStep
 from ris.services import identifiers, patients
 from ris.services.transitions import transition
+from ris.signals import procedure_changed
 
 # Requested procedure status that follows from its steps' statuses.
 _STEP_TO_RP = {
@@ -210,6 +211,8 @@ def replace_order(order: Order, cmd: OrderCommand, to_status: str) -> dict:
                         setattr(step, name, value)
                 step.save()
     changed = [pk for rp in procs for pk in _set_status(rp, to_status, cmd)]
+    for rp in procs:
+        procedure_changed.send(sender=RequestedProcedure, requested_procedure_id=rp.pk)
     return {"order": order.pk, "procedures": [p.pk for p in procs], "steps_changed": changed,
             "accession_numbers": [p.accession_number for p in procs]}
 

@@ -12,6 +12,7 @@ from django.db.models import ForeignKey
 from ris.commands import MergePatients, PatientData, PatientIdentity, RegisterPatient, UpdatePatient, VisitData
 from ris.errors import UnknownKey
 from ris.models import Order, Patient, PatientIdentifier, PatientMerge, Visit
+from ris.signals import patient_changed
 from ris.states import SPS_FINAL, SPS_STATUSES
 
 
@@ -134,6 +135,7 @@ def update_patient(cmd: UpdatePatient) -> dict:
                 order.referring_physician_name = cmd.visit.referring_physician_name
                 order.save(update_fields=["referring_physician_name", "updated_at"])
                 touched.append(order.pk)
+    patient_changed.send(sender=Patient, patient_id=patient.pk)
     return {"patient": patient.pk, "created": created, "visit": visit.pk if visit else None,
             "open_orders": [o.pk for o in open_orders], "orders_updated": touched}
 
@@ -180,4 +182,5 @@ def merge_patients(cmd: MergePatients) -> dict:
         survivor=survivor, retired=retired, retired_patient_id=cmd.retired.id_number,
         retired_issuer_of_patient_id=cmd.retired.assigning_authority, moved=moved, cause=cmd.cause[:255],
     )
+    patient_changed.send(sender=Patient, patient_id=survivor.pk)
     return {"survivor": survivor.pk, "retired": retired.pk, "merge": merge.pk, "moved": moved}
