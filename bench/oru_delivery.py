@@ -15,7 +15,11 @@ Runs, side by side in one run, against the same sink (``tests/mllp_sink.py``, in
 * ``client``  -- ``hl7gateway.client.send_message`` alone (one connection per message, as the
   worker does), sequentially: the transport part of the engine's cost.
 
-    .venv/bin/python bench/oru_delivery.py --n 1000 --concurrency 2,4
+    .venv/bin/python bench/oru_delivery.py --n 1000 --concurrency 2,4 --stream-n 300 --signers 2
+
+``--stream-n`` adds a run closer to a reading room: reports signed one per transaction by
+``--signers`` processes while the worker delivers; it reports latency from the signature to the
+ACK (p50/p95/max).  Its rate is bounded by how fast the signers sign, not by delivery.
 
 Environment: BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/pacs_oru_bench; the
 database is dropped and re-created), CELERY_BROKER_URL (default redis://127.0.0.1:6379/5; the
@@ -79,6 +83,10 @@ class Worker:
         raise RuntimeError("worker did not start:\n" + self.log.read_text(errors="replace")[-3000:])
 
     def stop(self) -> None:
+        out = ROOT / "bench" / "out"
+        out.mkdir(exist_ok=True)
+        if self.log.exists():
+            (out / f"oru_worker_c{self.concurrency}.log").write_bytes(self.log.read_bytes()[-2_000_000:])
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -166,6 +174,69 @@ def run_engine(n: int, concurrency: int, sink, user, tmp: Path, loglevel: str) -
     }
 
 
+def _signer(rp_ids: list[int], user_id: int) -> None:
+    """A signing process: one transaction (and one commit, one wake-up) per report."""
+    from django.contrib.auth.models import User
+    from django.db import connections
+
+    from ris.services.reports import sign
+
+    connections.close_all()
+    user = User.objects.get(pk=user_id)
+    for pk in rp_ids:
+        sign(pk, user, "FINAL", findings="No acute intracranial abnormality.", impression="Normal CT head.")
+    connections.close_all()
+
+
+def run_stream(n: int, signers: int, concurrency: int, user, tmp: Path, loglevel: str) -> dict:
+    """Reports signed one per transaction by several processes while the worker delivers:
+    latency from the signature (row created) to the ACK recorded, and the rate achieved."""
+    import multiprocessing as mp
+
+    import redis
+    from django.db import connections
+    from django.db.models import Max
+
+    from hl7gateway.models import OutboundMessage
+
+    redis.Redis.from_url(BROKER).flushdb()
+    rps = make_studies(n, user)
+    worker = Worker(concurrency, tmp, loglevel)
+    worker.start()
+    try:
+        first_id = (OutboundMessage.objects.aggregate(m=Max("id"))["m"] or 0) + 1
+        connections.close_all()
+        shares = [[rp.pk for rp in rps[k::signers]] for k in range(signers)]
+        ctx = mp.get_context("fork")
+        procs = [ctx.Process(target=_signer, args=(share, user.pk)) for share in shares]
+        t0_wall = time.time()
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        signed_s = time.time() - t0_wall
+        rows = OutboundMessage.objects.filter(id__gte=first_id)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and rows.exclude(status="DELIVERED").exists():
+            time.sleep(0.05)
+        values = list(rows.values_list("created_at", "delivered_at"))
+    finally:
+        worker.stop()
+    latencies = sorted((d - c).total_seconds() for c, d in values if d)
+    last = max(d for _, d in values if d).timestamp()
+
+    def pct(p: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 1)
+
+    return {
+        "peer": "engine-stream", "concurrency": concurrency, "signers": signers, "reports": n,
+        "messages": len(values), "delivered": len(latencies), "seconds": round(last - t0_wall, 3),
+        "signing_reports_per_s": round(n / signed_s, 1), "reports_per_s": round(n / (last - t0_wall), 1),
+        "messages_per_s": round(len(values) / (last - t0_wall), 1),
+        "latency_ms_p50": pct(0.50), "latency_ms_p95": pct(0.95), "latency_ms_max": round(latencies[-1] * 1000, 1),
+    }
+
+
 def sample_payloads(k: int) -> list[tuple[str, bytes]]:
     from hl7gateway.models import OutboundMessage
 
@@ -204,6 +275,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500, help="reports per engine run (2 messages each)")
     parser.add_argument("--concurrency", default="2,4", help="worker pool sizes to run, comma-separated")
     parser.add_argument("--loglevel", default="INFO", help="worker log level (INFO as in the Procfile)")
+    parser.add_argument("--stream-n", type=int, default=0,
+                        help="also sign this many reports one per transaction while the worker delivers")
+    parser.add_argument("--signers", type=int, default=2, help="signing processes for --stream-n")
     args = parser.parse_args()
 
     recreate_database()
@@ -228,6 +302,10 @@ def main() -> None:
         for c in [int(x) for x in args.concurrency.split(",") if x]:
             results.append(run_engine(args.n, c, sink, user, Path(tmp), args.loglevel))
             print(json.dumps(results[-1]), flush=True)
+        if args.stream_n:
+            c = int(args.concurrency.split(",")[0])
+            results.append(run_stream(args.stream_n, args.signers, c, user, Path(tmp), args.loglevel))
+            print(json.dumps(results[-1]), flush=True)
     payloads = sample_payloads(200)
     m = 2 * args.n
     results.append(run_python_hl7(sink.port, payloads, m))
@@ -242,6 +320,8 @@ def main() -> None:
     print(f"{'peer':55} {'msg/s':>8} {'reports/s':>10} {'vs python-hl7':>14}")
     for r in results:
         name = r["peer"] + (f" (worker --concurrency {r['concurrency']})" if "concurrency" in r else "")
+        if "signers" in r:
+            name = f"engine, {r['signers']} signers, 1 report per transaction (worker -c {r['concurrency']})"
         reports = f"{r['reports_per_s']:.0f}" if "reports_per_s" in r else ""
         print(f"{name:55} {r['messages_per_s']:8.0f} {reports:>10} {r['messages_per_s'] / ceiling:13.2f}x")
     out = ROOT / "bench" / "out"

@@ -324,10 +324,34 @@ def enqueue_oru(report_version_id: int) -> int:
             row.payload = oru.encode(oru.render_oru(content, header, time_zone=settings.TIME_ZONE))
             row.save(update_fields=["message_control_id", "payload"])
             created.append(row.pk)
-        woken = [d.pk for d in destinations]
-        transaction.on_commit(lambda: wake(woken), robust=True)
+        _wake_after_commit({d.pk for d in destinations})
     log.info("ORU^R01 queued", extra={"report_version_id": report_version_id, "rows": len(created)})
     return len(created)
+
+
+class _WakeAfterCommit:
+    """The destinations to wake when the current transaction commits: one callback per
+    transaction however many signatures it holds (a dictation system signing a batch)."""
+
+    def __init__(self):
+        self.destination_ids: set[int] = set()
+
+    def __call__(self) -> None:
+        wake(sorted(self.destination_ids))
+
+
+def _wake_after_commit(destination_ids: set[int]) -> None:
+    from django.db import connection
+
+    if not connection.in_atomic_block:
+        wake(sorted(destination_ids))
+        return
+    # Reuse this transaction's callback if it is still registered (not discarded by a rollback).
+    pending = next((f for _, f, _ in connection.run_on_commit if isinstance(f, _WakeAfterCommit)), None)
+    if pending is None:
+        pending = _WakeAfterCommit()
+        transaction.on_commit(pending, robust=True)
+    pending.destination_ids |= destination_ids
 
 
 def wake(destination_ids: list[int]) -> int:

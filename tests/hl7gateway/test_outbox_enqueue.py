@@ -112,6 +112,24 @@ def test_wake_ups_are_coalesced_until_the_drain_starts(settings, monkeypatch):
     assert outbox.wake([ehr.pk]) == 1
 
 
+def test_many_signatures_in_one_transaction_wake_each_destination_once(django_capture_on_commit_callbacks,
+                                                                        monkeypatch):
+    billing, ehr = h.destination("billing", 2576), h.destination("ehr", 2577)
+    user = h.radiologist()
+    rps = [h.study() for _ in range(4)]
+    woken: list[list[int]] = []
+    monkeypatch.setattr(outbox, "wake", lambda ids: woken.append(list(ids)))
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        with transaction.atomic():
+            with pytest.raises(Boom), transaction.atomic():  # the first signature rolls back (savepoint)
+                h.sign_report(rps[0], user)
+                raise Boom
+            for rp in rps[1:]:
+                h.sign_report(rp, user)
+    assert OutboundMessage.objects.count() == 6
+    assert len(callbacks) == 1 and woken == [[billing.pk, ehr.pk]]
+
+
 def test_unknown_or_unsigned_version_is_refused():
     with pytest.raises(UnknownKey):
         outbox.enqueue_oru(999999)
