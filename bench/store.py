@@ -170,6 +170,7 @@ def median(rows: list[dict]) -> dict:
 
 
 def bench_route(workdir: Path, images: int, runs: int) -> dict:
+    """Per run: storescu -> Orthanc directly, then the engine's transfer with each sender."""
     import django
 
     django.setup()
@@ -187,48 +188,59 @@ def bench_route(workdir: Path, images: int, runs: int) -> dict:
     VnaDestination.objects.all().delete()
     VnaDestination.objects.create(name="bench-orthanc", ae_title=orthanc.aet, host="127.0.0.1",
                                   port=orthanc.dicom_port)
-    direct, routed, committed = [], [], []
+    senders = ("pynetdicom", "dcmtk")
+    direct: list[dict] = []
+    sent: dict[str, list[dict]] = {s: [] for s in senders}
+    committed: dict[str, list[dict]] = {s: [] for s in senders}
     try:
         for run in range(runs):
             files, size = make_study(workdir / f"rstudy{run}", images)
             direct.append(rate(size, images, storescu(orthanc.dicom_port, orthanc.aet, files)))
-            # The same study again under new UIDs for the engine (Orthanc already holds the first).
-            rp = _bench_order()
-            files = write_study(workdir / f"rstudy{run}b", images, study_instance_uid=rp.study_instance_uid,
-                                rows=512, columns=512, accession_number=rp.accession_number, patient_id="BENCH",
-                                issuer_of_patient_id="BENCH", patient_name="BENCH^CT")
-            size = sum(f.stat().st_size for f in files)
-            storescu(engine.port, "PACS", files)
-            study = Study.objects.get(study_instance_uid=rp.study_instance_uid)
-            assert study.requested_procedure_id == rp.pk and not study.corrections, study.corrections
-            assert completion.check_study(study.pk, now=timezone.now() + timezone.timedelta(hours=1))
-            transfer = Transfer.objects.get(study=study)
-            start = time.perf_counter()
-            if PROFILE_ROUTE and run == 0:
-                import cProfile
-                import pstats
+            shutil.rmtree(workdir / f"rstudy{run}")
+            for sender in senders:
+                settings.VNA_DICOM_SENDER = sender
+                rp = _bench_order()
+                folder = workdir / f"rstudy{run}{sender}"
+                files = write_study(folder, images, study_instance_uid=rp.study_instance_uid, rows=512, columns=512,
+                                    accession_number=rp.accession_number, patient_id="BENCH",
+                                    issuer_of_patient_id="BENCH", patient_name="BENCH^CT")
+                size = sum(f.stat().st_size for f in files)
+                storescu(engine.port, "PACS", files)
+                shutil.rmtree(folder)
+                study = Study.objects.get(study_instance_uid=rp.study_instance_uid)
+                assert study.requested_procedure_id == rp.pk and not study.corrections, study.corrections
+                assert completion.check_study(study.pk, now=timezone.now() + timezone.timedelta(hours=1))
+                transfer = Transfer.objects.get(study=study)
+                start = time.perf_counter()
+                if PROFILE_ROUTE and run == 0 and sender == "pynetdicom":
+                    import cProfile
+                    import pstats
 
-                profiler = cProfile.Profile()
-                status = profiler.runcall(routing.run_transfer, transfer.pk)
-                pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
-            else:
-                status = routing.run_transfer(transfer.pk)
-            sent = time.perf_counter() - start
-            while Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTING:
-                time.sleep(0.01)
-            done = time.perf_counter() - start
-            assert Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED, status
-            routed.append(rate(size, images, sent))
-            committed.append(rate(size, images, done))
-            for d in (f"rstudy{run}", f"rstudy{run}b"):
-                shutil.rmtree(workdir / d)
+                    profiler = cProfile.Profile()
+                    status = profiler.runcall(routing.run_transfer, transfer.pk)
+                    pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+                else:
+                    status = routing.run_transfer(transfer.pk)
+                seconds_sent = time.perf_counter() - start
+                while Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTING:
+                    time.sleep(0.01)
+                seconds_done = time.perf_counter() - start
+                final = Transfer.objects.get(pk=transfer.pk)
+                assert final.status == tr.COMMITTED, (status, final.reason)
+                sent[sender].append(rate(size, images, seconds_sent))
+                committed[sender].append(rate(size, images, seconds_done))
     finally:
         engine.stop()
         orthanc.stop()
-    d, r, c = median(direct), median(routed), median(committed)
-    return {"direct_storescu_to_orthanc": d, "engine_to_orthanc_sent": r, "engine_to_orthanc_committed": c,
-            "ratio_sent": round(r["MB_per_s"] / d["MB_per_s"], 2),
-            "ratio_committed": round(c["MB_per_s"] / d["MB_per_s"], 2)}
+    d = median(direct)
+    out: dict = {"direct_storescu_to_orthanc": d, "orthanc_max_pdu": PDU or 16384}
+    for sender in senders:
+        r, c = median(sent[sender]), median(committed[sender])
+        out[f"engine_{sender}_sent"] = r
+        out[f"engine_{sender}_committed"] = c
+        out[f"ratio_{sender}_sent"] = round(r["MB_per_s"] / d["MB_per_s"], 2)
+        out[f"ratio_{sender}_committed"] = round(c["MB_per_s"] / d["MB_per_s"], 2)
+    return out
 
 
 def _bench_order():
@@ -333,8 +345,10 @@ def main() -> None:
         print(f"Routing {args.images} CT images into Orthanc (MaximumPduLength {PDU or 16384}), median of {args.runs}:")
         for name, r in route.items():
             if isinstance(r, dict):
-                print(f"  {name:30s} {r['MB_per_s']:8.1f} MB/s {r['instances_per_s']:8.1f} instances/s")
-        print(f"  routed / direct = {route['ratio_sent']} (sent), {route['ratio_committed']} (committed)")
+                print(f"  {name:34s} {r['MB_per_s']:8.1f} MB/s {r['instances_per_s']:8.1f} instances/s")
+        for sender in ("pynetdicom", "dcmtk"):
+            print(f"  routed ({sender}) / direct = {route[f'ratio_{sender}_sent']} (sent), "
+                  f"{route[f'ratio_{sender}_committed']} (committed)")
     if args.json:
         with open(args.json, "a") as fh:
             fh.write(json.dumps(result) + "\n")

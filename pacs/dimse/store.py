@@ -163,12 +163,14 @@ def on_c_store(event):
         return OUT_OF_RESOURCES
     finally:
         storage.discard(temporary)
-    try:
-        from pacs.services import completion
+    if result.mpps_completed:
+        # This instance may be the last one a COMPLETED MPPS was waiting for.
+        try:
+            from pacs.services import completion
 
-        completion.after_instance_stored(result.study_id, attrs.study_instance_uid)
-    except Exception:  # noqa: BLE001 - stored and indexed; the sweep completes the study later
-        log.exception("completion check after C-STORE failed")
+            completion.check_study(result.study_id, cause="instance after MPPS COMPLETED")
+        except Exception:  # noqa: BLE001 - stored and indexed; the sweep completes the study later
+            log.exception("completion check after C-STORE failed")
     return SUCCESS
 
 

@@ -116,17 +116,6 @@ def sweep_quiet_studies(*, now: dt.datetime | None = None) -> int:
     return done
 
 
-def after_instance_stored(study_id: int, study_instance_uid: str) -> None:
-    """A new instance may be the last one a COMPLETED MPPS was waiting for (one query when not)."""
-    from django.db.models import Q
-
-    if PerformedProcedureStep.objects.filter(
-        Q(study_instance_uid=study_instance_uid) | Q(scheduled_step__requested_procedure__studies=study_id),
-        status=mp.COMPLETED,
-    ).exists():
-        check_study(study_id, cause="instance after MPPS COMPLETED")
-
-
 @receiver(mpps_completed, dispatch_uid="pacs.completion.on_mpps_completed")
 def on_mpps_completed(sender, performed_procedure_step, **kwargs):
     """Sent inside the MPPS N-SET transaction: check the studies it names."""

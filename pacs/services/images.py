@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from pacs import storage
@@ -66,6 +67,19 @@ class StoreResult:
     study_id: int
     created: bool  # False: a resend of an instance already stored
     reopened: bool  # a late instance re-opened a completed study
+    mpps_completed: bool = False  # an MPPS of the study is COMPLETED: check completion now
+
+
+def _completed_mpps():
+    """COMPLETED MPPS naming the outer study, by Study Instance UID or through its order's steps."""
+    from pacs.models import PerformedProcedureStep
+    from pacs.models import mpps as mp
+
+    return PerformedProcedureStep.objects.filter(
+        Q(study_instance_uid=OuterRef("study_instance_uid"))
+        | Q(scheduled_step__requested_procedure=OuterRef("requested_procedure")),
+        status=mp.COMPLETED,
+    )
 
 
 def store_instance(attrs: InstanceAttributes, temporary: Path) -> StoreResult:
@@ -101,16 +115,17 @@ def _index(attrs: InstanceAttributes, relative: str, size: int) -> StoreResult:
         try:
             with transaction.atomic(durable=True):
                 row = (
-                    Study.objects.select_for_update()
+                    Study.objects.select_for_update(of=("self",))
                     .filter(study_instance_uid=attrs.study_instance_uid)
-                    .values_list("pk", "status", "modalities_in_study")
+                    .annotate(mpps_completed=Exists(_completed_mpps()))
+                    .values_list("pk", "status", "modalities_in_study", "mpps_completed")
                     .first()
                 )
                 study_created = row is None
                 if study_created:
                     study = _create_study(attrs, now)
-                    row = (study.pk, study.status, study.modalities_in_study)
-                study_id, status, modalities_text = row
+                    row = (study.pk, study.status, study.modalities_in_study, False)
+                study_id, status, modalities_text, mpps_completed = row
                 series_id = _series_id(study_id, attrs)
                 existing = (
                     Instance.objects.filter(sop_instance_uid=attrs.sop_instance_uid)
@@ -151,7 +166,8 @@ def _index(attrs: InstanceAttributes, relative: str, size: int) -> StoreResult:
                     from pacs.services import order_matching
 
                     order_matching.match_study(Study.objects.get(pk=study_id))
-            return StoreResult(instance_id, study_id, created, reopened)
+                    mpps_completed = Study.objects.filter(pk=study_id).filter(Exists(_completed_mpps())).exists()
+            return StoreResult(instance_id, study_id, created, reopened, mpps_completed)
         except IntegrityError:
             # Two associations created the same study/series/instance at once: the loser retries.
             _SERIES_CACHE.pop(attrs.series_instance_uid, None)
