@@ -422,6 +422,27 @@ def _earlier_unsettled():
     )
 
 
+def first_in_line(rows: list[tuple[int, int, int]]) -> list[int]:
+    """Of (id, destination id, patient id) triples, the ids that are first in line: no earlier
+    undelivered (PENDING or FAILED) message of the same patient to the same destination.
+
+    One grouped query on the (destination, patient, id) index per destination, instead of a
+    correlated NOT EXISTS whose plan degrades to a scan per row when the planner misjudges
+    the size of a backlog (thousands queued while a destination was down).
+    """
+    by_dest: dict[int, set[int]] = {}
+    for _, dest, patient in rows:
+        by_dest.setdefault(dest, set()).add(patient)
+    first: dict[tuple[int, int], int] = {}
+    for dest, patients in by_dest.items():
+        for patient, pk in (
+            OutboundMessage.objects.filter(destination_id=dest, patient_id__in=patients, status__in=[PENDING, FAILED])
+            .values("patient_id").annotate(first=Min("id")).values_list("patient_id", "first")
+        ):
+            first[(dest, patient)] = pk
+    return [pk for pk, dest, patient in rows if first.get((dest, patient)) == pk]
+
+
 def blocking_message(message: OutboundMessage) -> OutboundMessage | None:
     """The earliest earlier message of the same patient and destination not yet delivered or canceled."""
     return (
@@ -516,16 +537,32 @@ def claim_batch(message_id: int, *, limit: int = 1, worker: str = "") -> list[Cl
 
 def _due_heads(destination_id: int, limit: int, now: datetime, exclude: int | None = None):
     """Due, unleased PENDING rows of a destination that are first in line for their patient,
-    locked (rows other workers are claiming are skipped).  Call inside a transaction."""
-    qs = (
-        OutboundMessage.objects.select_for_update(of=("self",), skip_locked=True)
-        .filter(destination_id=destination_id, status=PENDING, next_attempt_at__lte=now)
+    in id order, locked (rows other workers are claiming are skipped).  Call inside a transaction."""
+    due = (
+        OutboundMessage.objects.filter(destination_id=destination_id, status=PENDING, next_attempt_at__lte=now)
         .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now))
-        .exclude(Exists(_earlier_unsettled()))
+        .exclude(pk=exclude)
     )
-    if exclude is not None:
-        qs = qs.exclude(pk=exclude)
-    return [r for r in qs.order_by("id")[:limit] if not _interrupted_too_often(r, now)]
+    heads: list[int] = []
+    after = 0
+    window = max(4 * limit, 100)
+    for _ in range(10):  # a window of rows all held back (one patient's long queue) moves on
+        rows = list(due.filter(id__gt=after).order_by("id").values_list("id", "destination_id", "patient_id")[:window])
+        if not rows:
+            break
+        heads += first_in_line(rows)
+        after = rows[-1][0]
+        if len(heads) >= limit or len(rows) < window:
+            break
+    if not heads:
+        return []
+    locked = (
+        OutboundMessage.objects.select_for_update(of=("self",), skip_locked=True)
+        .filter(pk__in=heads[:limit], status=PENDING)
+        .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now))
+        .order_by("id")
+    )
+    return [r for r in locked if not _interrupted_too_often(r, now)]
 
 
 def _lease(dest: OutboundDestination, candidates: list[OutboundMessage], limit: int, worker: str,
@@ -784,16 +821,14 @@ def sweep(now: datetime | None = None) -> int:
     now = now or timezone.now()
     sync_environment_destinations()
     stale = now - timedelta(seconds=settings.HL7_ORU_REQUEUE_AFTER_SECONDS)
+    lost = (
+        OutboundMessage.objects.filter(status=PENDING, next_attempt_at__lte=now)
+        .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now))
+        .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=stale))
+    )
+    heads = first_in_line(list(lost.order_by("id").values_list("id", "destination_id", "patient_id")[:SWEEP_BATCH]))
     with transaction.atomic():
-        ids = list(
-            OutboundMessage.objects.filter(status=PENDING, next_attempt_at__lte=now)
-            .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now))
-            .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=stale))
-            .exclude(Exists(_earlier_unsettled()))
-            .order_by("id")
-            .select_for_update(skip_locked=True)
-            .values_list("id", flat=True)[:SWEEP_BATCH]
-        )
+        ids = list(lost.filter(pk__in=heads).select_for_update(skip_locked=True).values_list("id", flat=True))
         if ids:
             OutboundMessage.objects.filter(pk__in=ids).update(dispatched_at=now)
             transaction.on_commit(lambda: dispatch(ids), robust=True)

@@ -296,6 +296,32 @@ def test_batch_continues_after_ae_and_ar(sink, fast):
     assert sink.connections == 1
 
 
+def test_a_long_queue_held_back_does_not_starve_other_patients(sink, fast):
+    """150 messages of one patient wait behind its failed first one; the batch still finds the
+    other patient's message further on (head-of-line found per window, not by a full scan)."""
+    from ris.models import Report, ReportVersion
+
+    fast.HL7_ORU_BATCH_SIZE = 10
+    dest = h.destination("ehr", sink.port)
+    rp = h.study()
+    report = Report.objects.create(requested_procedure=rp)
+    now = timezone.now()
+    versions = ReportVersion.objects.bulk_create(
+        ReportVersion(report=report, version_number=i, kind="ADDENDUM", result_status="C", signed_at=now)
+        for i in range(1, 152)
+    )
+    OutboundMessage.objects.bulk_create(
+        OutboundMessage(destination=dest, report_version=v, patient_id=rp.order.patient_id, result_status="C",
+                        message_control_id=f"T{v.pk:08d}", hl7_version="2.5.1",
+                        payload=b"MSH|^~\\&|PACS|RAD|||20260101||ORU^R01^ORU_R01|T|P|2.5.1\r", next_attempt_at=now,
+                        status="FAILED" if i == 0 else "PENDING")
+        for i, v in enumerate(versions)
+    )
+    (other,) = queued(sink)  # another patient, queued last
+    claimed = outbox.claim_due(dest.pk, limit=10)
+    assert [c.message_id for c in claimed] == [other.pk]
+
+
 def statuses_of(*rows) -> list[str]:
     return [OutboundMessage.objects.get(pk=r.pk).status for r in rows]
 
