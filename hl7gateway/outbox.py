@@ -329,29 +329,26 @@ def enqueue_oru(report_version_id: int) -> int:
     return len(created)
 
 
-class _WakeAfterCommit:
-    """The destinations to wake when the current transaction commits: one callback per
-    transaction however many signatures it holds (a dictation system signing a batch)."""
-
-    def __init__(self):
-        self.destination_ids: set[int] = set()
-
-    def __call__(self) -> None:
-        wake(sorted(self.destination_ids))
-
-
 def _wake_after_commit(destination_ids: set[int]) -> None:
+    """Wake these destinations when the current transaction commits: one callback per
+    transaction however many signatures it holds (a dictation system signing a batch)."""
     from django.db import connection
 
     if not connection.in_atomic_block:
         wake(sorted(destination_ids))
         return
     # Reuse this transaction's callback if it is still registered (not discarded by a rollback).
-    pending = next((f for _, f, _ in connection.run_on_commit if isinstance(f, _WakeAfterCommit)), None)
+    pending = next((f for _, f, _ in connection.run_on_commit if hasattr(f, "oru_destination_ids")), None)
     if pending is None:
-        pending = _WakeAfterCommit()
-        transaction.on_commit(pending, robust=True)
-    pending.destination_ids |= destination_ids
+        woken: set[int] = set()
+
+        def wake_destinations_after_commit() -> None:
+            wake(sorted(woken))
+
+        wake_destinations_after_commit.oru_destination_ids = woken
+        transaction.on_commit(wake_destinations_after_commit, robust=True)
+        pending = wake_destinations_after_commit
+    pending.oru_destination_ids |= destination_ids
 
 
 def wake(destination_ids: list[int]) -> int:
@@ -372,8 +369,14 @@ def wake(destination_ids: list[int]) -> int:
             Q(drain_requested_at__isnull=True) | Q(drain_requested_at__lt=stale)
         ).update(drain_requested_at=now)
         if requested:
-            app.send_task(DRAIN_TASK_NAME, args=[pk], retry=True,
-                          retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+            try:
+                app.send_task(DRAIN_TASK_NAME, args=[pk], retry=True,
+                              retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+            except Exception:
+                # Broker unreachable: withdraw the request so the next signature tries again (the
+                # rows are safe in the database; the sweep re-queues them once the broker is back).
+                OutboundDestination.objects.filter(pk=pk, drain_requested_at=now).update(drain_requested_at=None)
+                raise
             published += 1
     return published
 

@@ -112,6 +112,46 @@ def test_wake_ups_are_coalesced_until_the_drain_starts(settings, monkeypatch):
     assert outbox.wake([ehr.pk]) == 1
 
 
+def test_broker_unreachable_signature_still_commits_and_wake_is_withdrawn(monkeypatch):
+    """Reliability C-09: the broker (Redis, outside our code) refuses the publish.  The signature
+    and its rows are committed anyway (the callback is robust); the drain request is withdrawn so
+    the next signature publishes again; the sweep re-queues the rows when the broker is back."""
+    from kombu.exceptions import OperationalError
+
+    from pacs.celery import app
+
+    def refuse(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(app, "send_task", refuse)
+    ehr = h.destination("ehr", 2577)
+    with pytest.raises(OperationalError):
+        outbox.wake([ehr.pk])
+    ehr.refresh_from_db()
+    assert ehr.drain_requested_at is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_signature_commits_when_the_broker_refuses_after_commit(monkeypatch, caplog):
+    from kombu.exceptions import OperationalError
+
+    from pacs.celery import app
+
+    def refuse(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(app, "send_task", refuse)
+    ehr = h.destination("ehr", 2577)
+    rp, user = h.study(), h.radiologist()
+    version = h.sign_report(rp, user)  # commits; the wake-up after the commit fails and is logged
+    assert version.signed_at is not None
+    row = OutboundMessage.objects.get(report_version=version)
+    assert row.status == "PENDING" and row.dispatched_at is not None  # the sweep re-queues it later
+    ehr.refresh_from_db()
+    assert ehr.drain_requested_at is None
+    assert "Connection refused" in caplog.text
+
+
 def test_many_signatures_in_one_transaction_wake_each_destination_once(django_capture_on_commit_callbacks,
                                                                         monkeypatch):
     billing, ehr = h.destination("billing", 2576), h.destination("ehr", 2577)
