@@ -407,9 +407,14 @@ def main() -> None:
             write_worklist_files(100, folder)
             proc, port = start_wlmscpfs(folder)
             try:
-                qs = [("modality_day", (MODALITIES[k % 5], FIRST_DAY.strftime("%Y%m%d"))) for k in range(100)]
-                r = run_parallel(port, WL_AE, qs, 1, proc.pid)
-                rows.append(summary("wlmscpfs(100 items): client cost", 100, "modality_day", 1, r))
+                baselines = {
+                    "modality_day": [("modality_day", (MODALITIES[k % 5], FIRST_DAY.strftime("%Y%m%d")))
+                                     for k in range(100)],
+                    "accession": [("accession", item_values(k)["accession"]) for k in range(100)],
+                }
+                for kind, qs in baselines.items():
+                    r = run_parallel(port, WL_AE, qs, 1, proc.pid)
+                    rows.append(summary("wlmscpfs(100 items): client cost", 100, kind, 1, r))
             finally:
                 stop(proc)
         for size in [int(s) for s in args.sizes.split(",")]:
