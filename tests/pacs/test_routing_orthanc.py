@@ -233,3 +233,23 @@ def test_completed_by_mpps_then_by_the_quiet_period_sweep_task_both_routed(engin
     wait_for(lambda: Study.objects.get(pk=study_b.pk).status == im.ARCHIVED, 60,
              message=f"B archived; worker:\n{worker.log()[-3000:]}")
     assert orthanc.count_instances() == 5
+
+
+def test_late_instance_after_archiving_is_sent_alone_and_the_study_archived_again(engine, orthanc, worker, tmp_path):
+    destination_for(orthanc)
+    study, _ = send_matched_study(engine, tmp_path, 3)
+    complete_now(study)
+    wait_for(lambda: Study.objects.get(pk=study.pk).status == im.ARCHIVED, 60,
+             message=f"archived; worker:\n{worker.log()[-3000:]}")
+    rp = study.requested_procedure
+    late = write_study(tmp_path / "late", 1, study_instance_uid=study.study_instance_uid,
+                       accession_number=rp.accession_number, patient_id="P1", patient_name="DOE^JOHN")
+    assert storescu(port(engine), late).returncode == 0
+    assert Study.objects.get(pk=study.pk).status == im.RECEIVING  # re-opened
+    complete_now(study)
+    second = Transfer.objects.get(study=study, batch=2)
+    assert second.items.count() == 1  # only the late instance
+    wait_for(lambda: Study.objects.get(pk=study.pk).status == im.ARCHIVED, 60,
+             message=f"archived again; worker:\n{worker.log()[-3000:]}")
+    assert orthanc.count_instances() == 4
+    assert Transfer.objects.get(pk=second.pk).status == tr.COMMITTED

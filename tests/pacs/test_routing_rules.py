@@ -192,3 +192,53 @@ def test_bad_vna_destinations_are_reported_by_the_system_checks(value, ok):
     assert (proc.returncode == 0) is ok, proc.stderr
     if not ok:
         assert "pacs.E001" in proc.stderr and "VNA_DESTINATIONS" in proc.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commitment_report_answered_processing_failure_when_the_database_is_down(engine, transfer):
+    """The N-EVENT-REPORT arrives over a real association; with the database unreachable it is
+    answered 0x0110 (the VNA sends it again), and recorded once the database is back."""
+    from django.db import connections
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StorageCommitmentPushModel
+
+    uids = list(Instance.objects.values_list("sop_instance_uid", flat=True))
+    ds = Dataset()
+    ds.TransactionUID = transfer.transaction_uid
+    ds.ReferencedSOPSequence = []
+    for uid in uids:
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.3"
+        item.ReferencedSOPInstanceUID = uid
+        ds.ReferencedSOPSequence.append(item)
+
+    def report():
+        ae = AE(ae_title="VNA")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate("127.0.0.1", port(engine), ae_title="PACS")
+        assert assoc.is_established
+        try:
+            status, _ = assoc.send_n_event_report(ds, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
+            return int(status.Status)
+        finally:
+            assoc.release()
+
+    db = connections.settings["default"]
+    real_port = db.get("PORT")
+    ae = AE(ae_title="VNA")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate("127.0.0.1", port(engine), ae_title="PACS")
+    assert assoc.is_established
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    db["PORT"] = "1"
+    try:
+        status, _ = assoc.send_n_event_report(ds, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
+    finally:
+        db["PORT"] = real_port
+        assoc.release()
+    assert int(status.Status) == 0x0110
+    assert Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTING
+    assert report() == 0x0000
+    assert Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED
