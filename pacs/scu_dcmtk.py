@@ -116,7 +116,7 @@ def send_items(destination, items: list[ItemToSend], *, corrections: dict[str, s
             progress(chunk)
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     if not outcomes and fatal:
-        reason = f"association with {where}: {'; '.join(fatal)[:300]}"
+        reason = f"no association with {where}: {'; '.join(fatal)[:300]}"
         if rejected_permanently:
             raise PermanentError(reason)
         raise TransientError(reason)

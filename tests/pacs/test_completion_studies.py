@@ -131,3 +131,28 @@ def test_late_instance_reopens_and_is_scheduled_alone_with_transfer_rows(engine,
     assert storescu(port(engine), paths[:1]).returncode == 0
     study.refresh_from_db()
     assert study.status == im.COMPLETE
+
+
+def test_rolled_back_completion_writes_no_transfer_and_queues_nothing(engine, tmp_path, step, settings):
+    """Transfer rows and their tasks belong to the completing transaction (reliability C-01):
+    nothing reaches the broker (Redis) when it rolls back, one task when it commits."""
+    import redis
+    from django.db import transaction
+
+    from tests.pacs.routing_helpers import BROKER
+
+    queue = redis.Redis.from_url(BROKER)
+    queue.delete("celery")
+    settings.STUDY_QUIET_PERIOD_SECONDS = 1
+    VnaDestination.objects.create(name="vna", kind="dicom", ae_title="VNA", host="127.0.0.1", port=1)
+    study, _ = send(engine, tmp_path, step, 1)
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            completion.check_study(study.pk, now=timezone.now() + dt.timedelta(seconds=5))
+            assert Transfer.objects.filter(study=study).count() == 1
+            raise RuntimeError("rolled back")
+    assert queue.llen("celery") == 0 and Transfer.objects.count() == 0
+    assert Study.objects.get(pk=study.pk).status == im.RECEIVING
+    assert completion.check_study(study.pk, now=timezone.now() + dt.timedelta(seconds=5))
+    assert Transfer.objects.count() == 1 and queue.llen("celery") == 1
+    queue.delete("celery")

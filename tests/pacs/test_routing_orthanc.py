@@ -72,7 +72,7 @@ def test_study_routed_committed_archived_with_corrections(engine, orthanc, sende
     assert routing.run_transfer(transfer.pk) == "skipped"
 
 
-def test_vna_down_then_up_is_delivered_once(engine, worker, tmp_path):
+def test_vna_down_then_up_is_delivered_once(engine, sender, worker, tmp_path):
     from tests.pacs.orthanc import OrthancProcess
 
     vna = OrthancProcess(tmp_path / "late-orthanc", engine_aet="PACS", engine_port=port(engine))
