@@ -94,3 +94,30 @@ def test_cancel_stops_the_answers(dicom_server, transactional_db, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert 1 <= len(items) < 300
     assert "MatchingTerminatedDueToCancelRequest" in proc.stdout + proc.stderr
+
+
+def test_query_in_latin1_matches_a_utf8_name(dicom_server, worklist, tmp_path):
+    """The identifier's SpecificCharacterSet is honoured: ISO_IR 100 bytes for 'GARCÍA*' match, and
+    the answer comes back in ISO_IR 192 (UTF-8)."""
+    latin1 = "PatientName=GARCÍA*".encode("latin-1")  # the bytes go on findscu's command line as they are
+    proc, items = findscu(dicom_server, ["SpecificCharacterSet=ISO_IR 100", latin1, "AccessionNumber="], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [(str(i.PatientName), i.SpecificCharacterSet) for i in items] == [("GARCÍA^JOSÉ", "ISO_IR 192")]
+
+
+def test_dates_and_times_in_the_department_zone(dicom_server, tmp_path, settings):
+    """ScheduledProcedureStepStartDate/Time are local (TIME_ZONE): 03:00 UTC on the 27th is 22:00 on
+    the 26th in New York, both for matching and in the answer."""
+    from datetime import UTC, datetime
+
+    settings.TIME_ZONE = "America/New_York"
+    make_step(make_patient("ZONE^TEST", "Z1"), accession="TZ1", start=datetime(2026, 11, 27, 3, 0, tzinfo=UTC))
+    proc, items = findscu(dicom_server, ["AccessionNumber=", f"{SPS}.ScheduledProcedureStepStartDate=20261126",
+                                         f"{SPS}.ScheduledProcedureStepStartTime=2100-2300"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [i.AccessionNumber for i in items] == ["TZ1"]
+    sps = items[0].ScheduledProcedureStepSequence[0]
+    assert (sps.ScheduledProcedureStepStartDate, sps.ScheduledProcedureStepStartTime) == ("20261126", "220000")
+    _, none = findscu(dicom_server, ["AccessionNumber=", f"{SPS}.ScheduledProcedureStepStartDate=20261127"],
+                      tmp_path)
+    assert none == []
