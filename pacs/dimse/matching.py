@@ -29,6 +29,7 @@ from datetime import datetime, time, timedelta
 
 from django.conf import settings
 from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 import pacs.lib.lookups  # noqa: F401 - registers dicom_like and upper
 from pacs.lib.dicom_values import (
@@ -274,8 +275,6 @@ def _match_keys(ds, table: dict, matches: Matches, returned: list, *, in_sps: bo
 
 def _want(keyword: str, spec, matches: Matches, returned: list) -> None:
     """Return ``keyword`` (from a universal sequence) without matching on it."""
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
-
     tag = tag_for_keyword(keyword)
     vr = dictionary_VR(tag)
     if isinstance(spec, SequenceKey):

@@ -24,9 +24,6 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from pacs.dimse import db, policy
 from pacs.dimse.matching import (
-    ISSUER_OF_PATIENT_ID,
-    PATIENT_ID,
-    SPS_KEYS,
     TOP_KEYS,
     IdentifierError,
     Key,
@@ -178,5 +175,3 @@ def _failure(code: int, text: str) -> Dataset:
 def handlers():
     return [(evt.EVT_C_FIND, on_c_find)]
 
-
-__all__ = ["ISSUER_OF_PATIENT_ID", "PATIENT_ID", "SPS_KEYS", "build_item", "find", "handlers", "contexts"]
