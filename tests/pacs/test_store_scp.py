@@ -23,6 +23,13 @@ from tests.pacs.orthanc import make_instance, storescu, write_study
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+@pytest.fixture(autouse=True, params=["postgresql", "portable"])
+def index_path(request, monkeypatch):
+    """Every store test runs on both index paths: PostgreSQL's two statements and the ORM one."""
+    monkeypatch.setattr("pacs.services.images.FAST_INDEX", request.param == "postgresql")
+    return request.param
+
+
 def test_storescu_study_is_stored_indexed_and_resend_is_idempotent(engine, store_dir, tmp_path):
     study_uid = new_uid()
     paths = write_study(tmp_path / "in", 5, study_instance_uid=study_uid, accession_number="ACC-S1")
