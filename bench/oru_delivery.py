@@ -12,10 +12,13 @@ Runs, side by side in one run, against the same sink (``tests/mllp_sink.py``, in
 * ``python-hl7`` -- python-hl7's ``hl7.client.MLLPClient`` sending the same number of rendered
   messages sequentially over one kept-open connection, waiting for each ACK: the ceiling of
   one Python sender with no database and no queue.
+* ``one task per message`` -- the conventional outbox (``--per-message-n``): the same code with
+  ``HL7_ORU_BATCH_SIZE=1`` and one Celery task per message published after the commit; each
+  task claims, sends over its own connection and commits one message.
 * ``client``  -- ``hl7gateway.client.send_message`` alone (one connection per message, as the
   worker does), sequentially: the transport part of the engine's cost.
 
-    .venv/bin/python bench/oru_delivery.py --n 1000 --concurrency 2,4 --stream-n 300 --signers 2
+    .venv/bin/python bench/oru_delivery.py --n 1000 --concurrency 2,4 --per-message-n 300 --stream-n 300 --signers 2
 
 ``--stream-n`` adds a run closer to a reading room: reports signed one per transaction by
 ``--signers`` processes while the worker delivers; it reports latency from the signature to the
@@ -60,13 +63,14 @@ def recreate_database() -> None:
 
 
 class Worker:
-    def __init__(self, concurrency: int, tmp: Path, loglevel: str):
+    def __init__(self, concurrency: int, tmp: Path, loglevel: str, extra_env: dict | None = None):
         self.concurrency, self.tmp, self.loglevel = concurrency, tmp, loglevel
+        self.extra_env = extra_env or {}
         self.log = tmp / f"worker-{concurrency}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, VAR_DIR=str(self.tmp / "var"), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, VAR_DIR=str(self.tmp / "var"), PYTHONUNBUFFERED="1", **self.extra_env)
         self.proc = subprocess.Popen(
             [str(ROOT / ".venv/bin/celery"), "-A", "pacs", "worker", "--loglevel", self.loglevel, "--concurrency",
              str(self.concurrency), "--without-gossip", "--without-mingle", "-n", f"bench{self.concurrency}@%h"],
@@ -123,18 +127,25 @@ def make_studies(n: int, user):
     return rps
 
 
-def run_engine(n: int, concurrency: int, sink, user, tmp: Path, loglevel: str) -> dict:
+def run_engine(n: int, concurrency: int, sink, user, tmp: Path, loglevel: str, per_message: bool = False) -> dict:
+    """``per_message``: the conventional outbox as a peer -- one task per message published after
+    the commit, each claiming, sending (own connection) and committing one message
+    (HL7_ORU_BATCH_SIZE=1, no wake-up coalescing)."""
     import redis
     from django.db import transaction
     from django.db.models import Max
 
+    from hl7gateway import outbox
     from hl7gateway.models import OutboundMessage
     from ris.services.reports import sign
 
     redis.Redis.from_url(BROKER).flushdb()
     rps = make_studies(n, user)
-    worker = Worker(concurrency, tmp, loglevel)
+    worker = Worker(concurrency, tmp, loglevel, {"HL7_ORU_BATCH_SIZE": "1"} if per_message else None)
     worker.start()
+    real_wake = outbox.wake
+    if per_message:
+        outbox.wake = lambda ids: 0
     try:
         received_before = sink.count
         first_id = (OutboundMessage.objects.aggregate(m=Max("id"))["m"] or 0) + 1
@@ -146,8 +157,10 @@ def run_engine(n: int, concurrency: int, sink, user, tmp: Path, loglevel: str) -
             signing_seconds = time.perf_counter() - s0
             t0_wall = time.time()
             t0 = time.perf_counter()
-        published = time.perf_counter() - t0  # commit + on_commit publishing of 2 n tasks
         rows = OutboundMessage.objects.filter(id__gte=first_id)
+        if per_message:
+            outbox.dispatch(list(rows.order_by("id").values_list("id", flat=True)))
+        published = time.perf_counter() - t0  # commit + publishing the tasks
         total = rows.count()
         deadline = time.monotonic() + max(120.0, n / 5)
         while time.monotonic() < deadline:
@@ -162,9 +175,10 @@ def run_engine(n: int, concurrency: int, sink, user, tmp: Path, loglevel: str) -
             (r.delivered_at.timestamp() - t0_wall) for r in rows.only("delivered_at") if r.delivered_at
         )
     finally:
+        outbox.wake = real_wake
         worker.stop()
     return {
-        "peer": "engine", "concurrency": concurrency, "reports": n, "messages": total, "delivered": delivered,
+        "peer": "one task per message" if per_message else "engine", "concurrency": concurrency, "reports": n, "messages": total, "delivered": delivered,
         "exactly_once": len(ids) == total and len(set(ids)) == total,
         "seconds": round(elapsed, 3), "reports_per_s": round(n / elapsed, 1),
         "messages_per_s": round(total / elapsed, 1), "publish_seconds": round(published, 3),
@@ -278,6 +292,8 @@ def main() -> None:
     parser.add_argument("--stream-n", type=int, default=0,
                         help="also sign this many reports one per transaction while the worker delivers")
     parser.add_argument("--signers", type=int, default=2, help="signing processes for --stream-n")
+    parser.add_argument("--per-message-n", type=int, default=0,
+                        help="also run the conventional one-task-per-message outbox (peer) with this many reports")
     args = parser.parse_args()
 
     recreate_database()
@@ -301,6 +317,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="oru-bench-") as tmp:
         for c in [int(x) for x in args.concurrency.split(",") if x]:
             results.append(run_engine(args.n, c, sink, user, Path(tmp), args.loglevel))
+            print(json.dumps(results[-1]), flush=True)
+        if args.per_message_n:
+            c = int(args.concurrency.split(",")[0])
+            results.append(run_engine(args.per_message_n, c, sink, user, Path(tmp), args.loglevel, per_message=True))
             print(json.dumps(results[-1]), flush=True)
         if args.stream_n:
             c = int(args.concurrency.split(",")[0])
