@@ -192,6 +192,21 @@ def test_parse_destinations():
     assert outbox.parse_destinations("") == []
 
 
+def test_documented_examples_parse():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    examples = [
+        line.split("HL7_ORU_DESTINATIONS=", 1)[1].strip()
+        for name in (".env.example", "README.md")
+        for line in (root / name).read_text().splitlines()
+        if "HL7_ORU_DESTINATIONS=" in line and "mllp://" in line
+    ]
+    assert len(examples) >= 2
+    for value in examples:
+        assert {s.name for s in outbox.parse_destinations(value)} == {"billing", "ehr"}, value
+
+
 @pytest.mark.parametrize(
     "value",
     [
