@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, Q, Subquery
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -63,10 +63,11 @@ def outbound(request):
     summaries = outbox.destination_summaries()
     for s in summaries:
         s.oldest_age = age(s.oldest_age_seconds)
-    problems = _with_blocker(
-        OutboundMessage.objects.select_related("destination")
-        .filter(status__in=[outbox.FAILED, outbox.PENDING])
-        .exclude(status=outbox.PENDING, last_outcome__in=["", "SENDING"])
+    # Failed; pending after a failed attempt; pending and held behind an undelivered message.
+    problems = (
+        _with_blocker(OutboundMessage.objects.select_related("destination").defer("payload", "ack")
+                      .filter(status__in=[outbox.FAILED, outbox.PENDING]))
+        .filter(Q(status=outbox.FAILED) | ~Q(last_outcome__in=["", "SENDING"]) | Q(blocked_by__isnull=False))
         .order_by("status", "id")
     )[:PROBLEMS_SHOWN]
     status = request.GET.get("status", "")

@@ -81,7 +81,9 @@ def test_held_back_message_names_its_blocker(admin_client, sink):
     outbox.deliver(second.pk)
     page = admin_client.get(f"/interfaces/outbound/{second.pk}/")
     assert page.status_code == 200 and page.context["blocked_by"].pk == first.pk
-    assert f"held behind {first.message_control_id}" in admin_client.get("/interfaces/").content.decode()
+    overview = admin_client.get("/interfaces/")
+    assert [m.pk for m in overview.context["problems"]] == [first.pk, second.pk]  # the failed one, then what it holds
+    assert f"held behind {first.message_control_id}" in overview.content.decode()
 
 
 def test_detail_shows_bytes_attempts_and_ack(admin_client, sink):
