@@ -181,6 +181,22 @@ def test_ar_fails_at_once_and_is_shown_to_the_operator(worker, sink, client):
     assert row.message_control_id in page and "Simulated rejection" in page and "AR" in page
 
 
+def test_task_lost_by_the_broker_is_requeued_by_the_sweep(tmp_path, broker, sink):
+    """Reliability C-02: the wake-up published at the commit never reaches a worker (here: the
+    Redis queue is emptied before any worker runs); the beat sweep finds the due row and sends it."""
+    h.destination("ehr", sink.port)
+    h.sign_report(h.study(), h.radiologist())
+    row = OutboundMessage.objects.get()
+    assert broker.llen("celery") == 1  # the drain task, published after the commit
+    broker.flushdb()  # ... and lost
+    w = Worker(tmp_path, "h5lost").start()
+    try:
+        wait_until(lambda: statuses() == ["DELIVERED"], 60, "the sweep to re-queue the lost row", w)
+    finally:
+        w.stop()
+    assert sink.control_ids() == [row.message_control_id]
+
+
 def test_worker_killed_mid_send_is_delivered_after_restart_with_the_same_msh10(tmp_path, broker, sink):
     h.destination("ehr", sink.port, ack_timeout_seconds=3)
     sink.mode = SILENT  # the message arrives; the worker sits waiting for the ACK
