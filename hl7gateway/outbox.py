@@ -2,10 +2,12 @@
 
 * ``enqueue_oru(report_version_id)`` -- called by ``ris.services.reports.sign`` inside the
   signing transaction: one ``OutboundMessage`` per enabled destination, rendered now (so
-  every resend is the same bytes, MSH-10 included), the delivery task published only after
-  the transaction commits (``transaction.on_commit``; reliability C-01).
-* ``claim`` / ``record_result`` -- what the Celery task (``hl7gateway.tasks``) calls around
-  one send: claim a due row with a lease, then record the outcome of the attempt.
+  every resend is the same bytes, MSH-10 included); after the commit
+  (``transaction.on_commit``; reliability C-01) ``wake`` queues one drain task per
+  destination unless one is already queued (coalesced wake-ups).
+* ``drain(destination_id)`` / ``deliver(message_id)`` -- what the Celery tasks
+  (``hl7gateway.tasks``) run: claim due rows with a lease (``claim_batch``, ``claim_due``),
+  send them over one MLLP connection, record each outcome (``record_results``).
 * ``sweep`` -- the periodic re-drive: due rows whose task never ran (a broker that lost
   it, a worker killed mid-send whose lease ran out) are published again (C-02, C-03).
 * ``retry`` / ``cancel`` -- the operator's actions, recorded with who did it.
@@ -772,11 +774,13 @@ def deliver(message_id: int) -> str:
         # Nothing to do now: settled, a duplicate task, or not this row's turn.  Whoever holds
         # the lease or settles the blocking row schedules the next step; the sweep backs them up.
         return claimed.reason
-    return _send_batch(claimed)[message_id]
+    return _send_batch(claimed)[0][message_id]
 
 
-def _send_batch(claimed: list[Claim], *, follow_up: bool = True) -> dict[int, str]:
-    """Send claimed rows in id order over one connection, each waiting for its ACK; record them."""
+def _send_batch(claimed: list[Claim], *, follow_up: bool = True) -> tuple[dict[int, str], bool]:
+    """Send claimed rows in id order over one connection, each waiting for its ACK; record them.
+    Returns the statuses and whether the destination kept answering (every row was sent and
+    answered AA, AE or AR)."""
     first = claimed[0]
     outcomes: list[tuple[Claim, client.SendResult]] = []
     budget_ends = time.monotonic() + first.ack_timeout
@@ -786,15 +790,17 @@ def _send_batch(claimed: list[Claim], *, follow_up: bool = True) -> dict[int, st
             if outcomes and (outcomes[-1][1].outcome not in client.ANSWERED or time.monotonic() > budget_ends):
                 break  # the destination stopped answering, or the batch used up its time
             outcomes.append((c, conn.send(c.payload, message_control_id=c.message_control_id)))
-    return record_results(outcomes, unsent=claimed[len(outcomes):], follow_up=follow_up)
+    answering = len(outcomes) == len(claimed) and outcomes[-1][1].outcome in client.ANSWERED
+    return record_results(outcomes, unsent=claimed[len(outcomes):], follow_up=follow_up), answering
 
 
 def drain(destination_id: int) -> int:
     """Send the due messages of one destination, batch after batch (the task ``wake`` queues).
 
     Clears the destination's drain request first, so that rows committed from now on wake
-    another drain.  Stops when nothing is due (or after a transport failure), or after
-    ``DRAIN_SECONDS``, when it asks for another drain.  Returns the number of messages sent.
+    another drain.  Stops when nothing is due, when the destination stops answering (the
+    rows wait for their backoff; AE and AR do not stop it), or after
+    ``DRAIN_SECONDS``, when it asks for another drain.  Returns how many messages it settled.
     """
     OutboundDestination.objects.filter(pk=destination_id).update(drain_requested_at=None)
     started = time.monotonic()
@@ -807,10 +813,10 @@ def drain(destination_id: int) -> int:
             return sent
         if not claimed:
             return sent
-        statuses = _send_batch(claimed, follow_up=False)
+        statuses, answering = _send_batch(claimed, follow_up=False)
         sent += sum(1 for c in claimed if statuses.get(c.message_id) != PENDING)
-        if any(s == PENDING for s in statuses.values()):
-            return sent  # trouble at the destination: the rows wait for their backoff
+        if not answering:
+            return sent  # the destination stopped answering: the rows wait for their backoff
         if time.monotonic() - started > DRAIN_SECONDS:
             wake([destination_id])
             return sent

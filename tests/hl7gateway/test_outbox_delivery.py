@@ -322,6 +322,26 @@ def test_a_long_queue_held_back_does_not_starve_other_patients(sink, fast):
     assert [c.message_id for c in claimed] == [other.pk]
 
 
+def test_drain_sends_batch_after_batch_and_goes_on_after_ae(sink, fast):
+    fast.HL7_ORU_BATCH_SIZE = 2
+    patient = h.patient()
+    rows = queued(sink, 2, same_patient=patient) + queued(sink, 3)
+    sink.script([AE])
+    assert outbox.drain(rows[0].destination_id) == 3  # settled: all but the AE and the one behind it
+    assert statuses_of(*rows) == ["PENDING", "PENDING", "DELIVERED", "DELIVERED", "DELIVERED"]
+    # The second message of the patient waits behind the first (retried after its backoff).
+    assert sink.control_ids() == [r.message_control_id for r in (rows[0], rows[2], rows[3], rows[4])]
+
+
+def test_drain_stops_when_the_destination_stops_answering(sink, fast):
+    fast.HL7_ORU_BATCH_SIZE = 2
+    rows = queued(sink, 4, ack_timeout_seconds=0.3)
+    sink.script([AA, SILENT])
+    assert outbox.drain(rows[0].destination_id) == 1
+    assert statuses_of(*rows) == ["DELIVERED", "PENDING", "PENDING", "PENDING"]
+    assert sink.count == 2  # not one message more after the silence
+
+
 def statuses_of(*rows) -> list[str]:
     return [OutboundMessage.objects.get(pk=r.pk).status for r in rows]
 
