@@ -53,9 +53,10 @@ def check_environment(app_configs, **kwargs):
                 id="pacs.E003",
             )
         )
-    engine = settings.DATABASES["default"]["ENGINE"]
-    if not (engine.endswith("postgresql") or engine.endswith("sqlite3")):
-        errors.append(Error(f"DATABASE_URL uses {engine}; only PostgreSQL and SQLite are supported.", id="pacs.E004"))
+    engine = getattr(settings, "DATABASE_ENGINE_UNSUPPORTED", "")
+    if engine:
+        errors.append(Error(f"DATABASE_URL uses {engine}; only PostgreSQL and SQLite are supported.",
+                            hint="Use postgres://user:password@host:5432/name.", id="pacs.E004"))
     scheme = settings.CELERY_BROKER_URL.split("://", 1)[0]
     if scheme not in {"redis", "rediss", "filesystem"}:
         errors.append(

@@ -83,6 +83,12 @@ try:
 except Exception as exc:  # noqa: BLE001 - any parse failure is reported by pacs.checks
     record("DATABASE_URL", DATABASE_URL, f"cannot be parsed: {exc}")
     _db = dj_database_url.parse(f"sqlite:///{VAR_DIR / 'pacs.sqlite3'}")
+# An engine we do not support is reported by check pacs.E004; SQLite stands in so that the
+# checks can run at all (importing, say, the MySQL backend would fail before them).
+DATABASE_ENGINE_UNSUPPORTED = ""
+if not (_db["ENGINE"].endswith("postgresql") or _db["ENGINE"].endswith("sqlite3")):
+    DATABASE_ENGINE_UNSUPPORTED = _db["ENGINE"]
+    _db = dj_database_url.parse(f"sqlite:///{VAR_DIR / 'pacs.sqlite3'}")
 if _db["ENGINE"].endswith("postgresql"):
     # Persist before acknowledging: every commit waits for the WAL flush (reliability H-03).
     _db.setdefault("OPTIONS", {})["options"] = "-c synchronous_commit=on"
