@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "ris.apps.RisConfig",
     "hl7gateway.apps.Hl7GatewayConfig",
     "worklist.apps.WorklistConfig",
+    "monitoring.apps.MonitoringConfig",
 ]
 
 MIDDLEWARE = [

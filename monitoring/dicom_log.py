@@ -1,0 +1,43 @@
+"""Counting DIMSE operations per calling AE (``monitoring.DicomOperation``).
+
+``record(calling_ae_title, operation, status)`` adds one to the hour's counter with a single
+upsert (INSERT ... ON CONFLICT DO UPDATE, PostgreSQL and SQLite).  The DIMSE handlers call
+``record_quietly`` after deciding their answer: counting never changes an answer, and a
+failure to count (database down) is logged, not raised.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import connection
+from django.utils import timezone
+
+log = logging.getLogger("monitoring.dicom_log")
+
+
+def record(calling_ae_title: str, operation: str, status: int, *, now=None) -> None:
+    from monitoring.models import DicomOperation
+
+    now = now or timezone.now()
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    table = DicomOperation._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (hour, calling_ae_title, operation, status, count, last_at) "
+            "VALUES (%s, %s, %s, %s, 1, %s) "
+            "ON CONFLICT (hour, calling_ae_title, operation, status) "
+            f"DO UPDATE SET count = {table}.count + 1, last_at = excluded.last_at",
+            [hour, (calling_ae_title or "")[:16], operation[:16], int(status), now],
+        )
+
+
+def record_quietly(calling_ae_title: str, operation: str, status: int) -> None:
+    """``record`` on a DIMSE database thread (pacs.dimse.db); errors are logged only."""
+    from pacs.dimse import db
+
+    try:
+        db.run(record, calling_ae_title, operation, status)
+    except Exception as exc:  # noqa: BLE001 - counting must never change a DICOM answer
+        log.warning("dicom operation not counted", extra={"calling_ae_title": calling_ae_title,
+                                                          "operation": operation, "error": str(exc)[:200]})

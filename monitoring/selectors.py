@@ -1,0 +1,291 @@
+"""Figures of every interface, read from the database (issue 6): one function per figure.
+
+The alarms (``monitoring.services``), the metrics (``monitoring.metrics``) and the
+operator's console read the same functions, so a number means the same everywhere.
+Interfaces and their keys:
+
+- inbound HL7 per sender: ``"MSH-3^MSH-4"`` (``InboundMessage``; errors = AE/AR answered);
+- outbound HL7 per destination: the destination name (``OutboundMessage``/``OutboundAttempt``;
+  errors = attempts that did not end in AA; queue = PENDING and FAILED rows);
+- DICOM per calling AE title (``monitoring.DicomOperation``, counted by the DIMSE handlers;
+  errors = failure statuses);
+- VNA routing per destination name (``Transfer``; errors = FAILED transfers; queue = open ones).
+
+Every function takes ``now`` (default: ``timezone.now()``) so that tests can move time.
+Nothing here returns a patient name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+
+from django.db.models import Count, Max, Min, Q, Sum
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from hl7gateway.models import InboundMessage
+from hl7gateway.models.outbound import FAILED as ORU_FAILED
+from hl7gateway.models.outbound import PENDING as ORU_PENDING
+from hl7gateway.models.outbound import OutboundAttempt, OutboundDestination, OutboundMessage
+from monitoring.models import DicomOperation
+from pacs.models.transfers import FAILED as TRANSFER_FAILED
+from pacs.models.transfers import OPEN as TRANSFER_OPEN
+from pacs.models.transfers import Transfer, VnaDestination
+
+HOURS = 24
+HL7_ERROR_ACKS = ("AE", "AR", "CE", "CR")
+# DIMSE statuses that are not failures (PS3.7 C): success, pending, cancel, warnings.
+_DICOM_OK = Q(status__in=[0x0000, 0xFF00, 0xFF01, 0xFE00, 0x0107, 0x0116]) | Q(status__gte=0xB000, status__lte=0xBFFF)
+
+
+def _now(now: dt.datetime | None) -> dt.datetime:
+    return now or timezone.now()
+
+
+def _hour_start(moment: dt.datetime) -> dt.datetime:
+    return moment.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def hour_buckets(now: dt.datetime | None = None) -> list[dt.datetime]:
+    """The starts (UTC) of the last 24 hours, oldest first; the last one holds ``now``."""
+    last = _hour_start(_now(now))
+    return [last - dt.timedelta(hours=HOURS - 1 - i) for i in range(HOURS)]
+
+
+def _series(rows, key_field: str, now: dt.datetime, value: str = "n") -> dict[str, list[int]]:
+    """{key: [count per hour, oldest first]} from rows of (key, hour, n)."""
+    buckets = hour_buckets(now)
+    index = {b: i for i, b in enumerate(buckets)}
+    out: dict[str, list[int]] = defaultdict(lambda: [0] * HOURS)
+    for row in rows:
+        i = index.get(_hour_start(row["hour"]))
+        if i is not None:
+            out[row[key_field]][i] += row[value] or 0
+    return out
+
+
+def _age_seconds(since: dt.datetime | None, now: dt.datetime) -> float | None:
+    return None if since is None else max(0.0, (now - since).total_seconds())
+
+
+# --- inbound HL7, per sender ---------------------------------------------------------------
+
+def sender_key(sending_application: str, sending_facility: str) -> str:
+    return f"{sending_application}^{sending_facility}"
+
+
+def _split_sender(key: str) -> tuple[str, str]:
+    app, _, facility = key.partition("^")
+    return app, facility
+
+
+def inbound_last_message_at(key: str) -> dt.datetime | None:
+    """Time of the last message received from the sender ``APP^FACILITY``."""
+    app, facility = _split_sender(key)
+    return (InboundMessage.objects.filter(sending_application=app, sending_facility=facility)
+            .aggregate(last=Max("received_at"))["last"])
+
+
+def inbound_senders() -> list[str]:
+    """Every sender key ever seen."""
+    rows = InboundMessage.objects.values_list("sending_application", "sending_facility").distinct()
+    return sorted(sender_key(a, f) for a, f in rows)
+
+
+def inbound_error_counts(key: str, since: dt.datetime) -> tuple[int, int]:
+    """(errors, total) of messages from the sender since ``since``; errors = AE/AR answered."""
+    app, facility = _split_sender(key)
+    agg = InboundMessage.objects.filter(sending_application=app, sending_facility=facility,
+                                        received_at__gte=since).aggregate(
+        total=Count("id"), errors=Count("id", filter=Q(ack_code__in=HL7_ERROR_ACKS)))
+    return agg["errors"], agg["total"]
+
+
+def inbound_interfaces(now: dt.datetime | None = None) -> list[dict]:
+    """Per sender: last message time, messages per hour (24 h), ACK codes and errors (24 h).
+
+    Inbound HL7 has no queue (a message is applied before its ACK), so depth and age are 0/None.
+    """
+    now = _now(now)
+    since = hour_buckets(now)[0]
+    base = InboundMessage.objects.filter(received_at__gte=since)
+    hourly = (base.annotate(hour=TruncHour("received_at", tzinfo=dt.UTC))
+              .values("sending_application", "sending_facility", "hour").annotate(n=Count("id")))
+    series = _series(({"key": sender_key(r["sending_application"], r["sending_facility"]), "hour": r["hour"],
+                       "n": r["n"]} for r in hourly), "key", now)
+    acks: dict[str, dict[str, int]] = defaultdict(dict)
+    for r in base.values("sending_application", "sending_facility", "ack_code").annotate(n=Count("id")):
+        acks[sender_key(r["sending_application"], r["sending_facility"])][r["ack_code"] or "-"] = r["n"]
+    last = {sender_key(r["sending_application"], r["sending_facility"]): r["last"] for r in
+            InboundMessage.objects.values("sending_application", "sending_facility").annotate(last=Max("received_at"))}
+    out = []
+    for key in sorted(last):
+        codes = acks.get(key, {})
+        out.append({
+            "kind": "hl7_in", "key": key, "last_message_at": last[key],
+            "per_hour": series.get(key, [0] * HOURS), "ack_codes": codes,
+            "errors_24h": sum(n for code, n in codes.items() if code in HL7_ERROR_ACKS),
+            "queue_depth": 0, "oldest_age_seconds": None,
+        })
+    return out
+
+
+# --- outbound HL7, per destination ---------------------------------------------------------
+
+def outbound_backlog(name: str, now: dt.datetime | None = None) -> tuple[int, float | None]:
+    """(undelivered messages, age in seconds of the oldest) for a destination; PENDING and FAILED."""
+    now = _now(now)
+    agg = OutboundMessage.objects.filter(destination__name=name, status__in=[ORU_PENDING, ORU_FAILED]).aggregate(
+        n=Count("id"), oldest=Min("created_at"))
+    return agg["n"], _age_seconds(agg["oldest"], now)
+
+
+def outbound_error_counts(name: str, since: dt.datetime) -> tuple[int, int]:
+    """(attempts not answered AA, attempts) for a destination since ``since``."""
+    agg = OutboundAttempt.objects.filter(message__destination__name=name, started_at__gte=since).aggregate(
+        total=Count("id"), errors=Count("id", filter=~Q(outcome="AA")))
+    return agg["errors"], agg["total"]
+
+
+def outbound_destinations() -> list[str]:
+    return list(OutboundDestination.objects.order_by("name").values_list("name", flat=True))
+
+
+def outbound_interfaces(now: dt.datetime | None = None) -> list[dict]:
+    """Per destination: last delivery, attempts per hour and their outcomes (24 h), backlog and its age."""
+    now = _now(now)
+    since = hour_buckets(now)[0]
+    attempts = OutboundAttempt.objects.filter(started_at__gte=since)
+    hourly = (attempts.annotate(hour=TruncHour("started_at", tzinfo=dt.UTC))
+              .values("message__destination__name", "hour").annotate(n=Count("id")))
+    series = _series(hourly, "message__destination__name", now)
+    outcomes: dict[str, dict[str, int]] = defaultdict(dict)
+    for r in attempts.values("message__destination__name", "outcome").annotate(n=Count("id")):
+        outcomes[r["message__destination__name"]][r["outcome"] or "-"] = r["n"]
+    backlog = {r["destination__name"]: r for r in
+               OutboundMessage.objects.filter(status__in=[ORU_PENDING, ORU_FAILED])
+               .values("destination__name").annotate(n=Count("id"), oldest=Min("created_at"),
+                                                     failed=Count("id", filter=Q(status=ORU_FAILED)))}
+    delivered = {r["destination__name"]: r["last"] for r in
+                 OutboundMessage.objects.exclude(delivered_at=None).values("destination__name")
+                 .annotate(last=Max("delivered_at"))}
+    out = []
+    for dest in OutboundDestination.objects.order_by("name"):
+        codes = outcomes.get(dest.name, {})
+        b = backlog.get(dest.name, {"n": 0, "oldest": None, "failed": 0})
+        out.append({
+            "kind": "hl7_out", "key": dest.name, "enabled": dest.enabled,
+            "last_message_at": delivered.get(dest.name), "per_hour": series.get(dest.name, [0] * HOURS),
+            "ack_codes": codes, "errors_24h": sum(n for code, n in codes.items() if code != "AA"),
+            "queue_depth": b["n"], "failed": b["failed"], "oldest_age_seconds": _age_seconds(b["oldest"], now),
+        })
+    return out
+
+
+def failed_deliveries(limit: int = 100) -> list[dict]:
+    """Outbound messages in FAILED with their reason (no patient name)."""
+    rows = (OutboundMessage.objects.filter(status=ORU_FAILED).select_related("destination")
+            .order_by("created_at")[:limit])
+    return [{"id": m.pk, "destination": m.destination.name, "message_control_id": m.message_control_id,
+             "accession_number": m.accession_number, "created_at": m.created_at, "attempts": m.attempt_count,
+             "reason": f"{m.last_outcome}: {m.last_error}".strip(": ")} for m in rows]
+
+
+# --- DICOM, per calling AE -----------------------------------------------------------------
+
+def dicom_error_counts(calling_ae_title: str, since: dt.datetime) -> tuple[int, int]:
+    """(operations answered with a failure status, operations) of a calling AE since ``since``'s hour."""
+    agg = DicomOperation.objects.filter(calling_ae_title=calling_ae_title, hour__gte=_hour_start(since)).aggregate(
+        total=Sum("count"), errors=Sum("count", filter=~_DICOM_OK))
+    return agg["errors"] or 0, agg["total"] or 0
+
+
+def dicom_calling_aes() -> list[str]:
+    return sorted(set(DicomOperation.objects.values_list("calling_ae_title", flat=True)))
+
+
+def dicom_interfaces(now: dt.datetime | None = None) -> list[dict]:
+    """Per calling AE: last operation, operations per hour, by operation and status, failures (24 h)."""
+    now = _now(now)
+    since = hour_buckets(now)[0]
+    rows = list(DicomOperation.objects.filter(hour__gte=since).values(
+        "calling_ae_title", "hour", "operation", "status", "count", "last_at"))
+    series = _series(rows, "calling_ae_title", now, value="count")
+    ops: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    errors: dict[str, int] = defaultdict(int)
+    for r in rows:
+        ops[r["calling_ae_title"]][f"{r['operation']} 0x{r['status']:04X}"] += r["count"]
+    for r in (DicomOperation.objects.filter(hour__gte=since).exclude(_DICOM_OK)
+              .values("calling_ae_title").annotate(n=Sum("count"))):
+        errors[r["calling_ae_title"]] = r["n"]
+    last = {r["calling_ae_title"]: r["last"] for r in
+            DicomOperation.objects.values("calling_ae_title").annotate(last=Max("last_at"))}
+    return [{"kind": "dicom", "key": ae, "last_message_at": last[ae], "per_hour": series.get(ae, [0] * HOURS),
+             "operations": dict(ops.get(ae, {})), "errors_24h": errors.get(ae, 0),
+             "queue_depth": 0, "oldest_age_seconds": None} for ae in sorted(last)]
+
+
+def dicom_operation_totals() -> list[dict]:
+    """Every (calling AE, operation, status) with its total count (for /metrics)."""
+    return list(DicomOperation.objects.values("calling_ae_title", "operation", "status")
+                .annotate(n=Sum("count")).order_by("calling_ae_title", "operation", "status"))
+
+
+# --- VNA routing, per destination ----------------------------------------------------------
+
+def vna_backlog(name: str, now: dt.datetime | None = None) -> tuple[int, float | None]:
+    now = _now(now)
+    agg = Transfer.objects.filter(destination__name=name, status__in=TRANSFER_OPEN).aggregate(
+        n=Count("id"), oldest=Min("created_at"))
+    return agg["n"], _age_seconds(agg["oldest"], now)
+
+
+def vna_interfaces(now: dt.datetime | None = None) -> list[dict]:
+    """Per VNA destination: last committed transfer, transfers finished per hour, failures (24 h),
+    open transfers and the age of the oldest."""
+    now = _now(now)
+    since = hour_buckets(now)[0]
+    finished = Transfer.objects.filter(finished_at__gte=since)
+    series = _series(finished.annotate(hour=TruncHour("finished_at", tzinfo=dt.UTC))
+                     .values("destination__name", "hour").annotate(n=Count("id")), "destination__name", now)
+    failures = {r["destination__name"]: r["n"] for r in
+                finished.filter(status=TRANSFER_FAILED).values("destination__name").annotate(n=Count("id"))}
+    backlog = {r["destination__name"]: r for r in Transfer.objects.filter(status__in=TRANSFER_OPEN)
+               .values("destination__name").annotate(n=Count("id"), oldest=Min("created_at"))}
+    last = {r["destination__name"]: r["last"] for r in
+            Transfer.objects.filter(status="COMMITTED").values("destination__name").annotate(last=Max("finished_at"))}
+    out = []
+    for dest in VnaDestination.objects.order_by("name"):
+        b = backlog.get(dest.name, {"n": 0, "oldest": None})
+        out.append({"kind": "vna", "key": dest.name, "enabled": dest.enabled,
+                    "last_message_at": last.get(dest.name), "per_hour": series.get(dest.name, [0] * HOURS),
+                    "errors_24h": failures.get(dest.name, 0), "queue_depth": b["n"],
+                    "oldest_age_seconds": _age_seconds(b["oldest"], now)})
+    return out
+
+
+def failed_transfers(destination: str = "", limit: int = 100) -> list[dict]:
+    """VNA transfers in FAILED with their reason, oldest first (optionally of one destination)."""
+    qs = Transfer.objects.filter(status=TRANSFER_FAILED).select_related("destination", "study")
+    if destination:
+        qs = qs.filter(destination__name=destination)
+    return [{"id": t.pk, "destination": t.destination.name, "study_id": t.study_id,
+             "accession_number": t.study.accession_number, "failed_at": t.finished_at or t.updated_at,
+             "attempts": t.attempts, "reason": t.reason} for t in qs.order_by("updated_at")[:limit]]
+
+
+# --- unmatched studies ---------------------------------------------------------------------
+
+def unmatched_studies(now: dt.datetime | None = None, *, calling_ae_title: str = "", limit: int = 200) -> list[dict]:
+    """Studies without an order, oldest first, with their age in seconds (no patient name)."""
+    from pacs.models import Study
+
+    now = _now(now)
+    qs = Study.objects.filter(requested_procedure__isnull=True, purged_at__isnull=True)
+    if calling_ae_title:
+        qs = qs.filter(calling_ae_title=calling_ae_title)
+    return [{"id": s.pk, "calling_ae_title": s.calling_ae_title, "accession_number": s.accession_number,
+             "status": s.status, "first_received_at": s.first_received_at,
+             "age_seconds": _age_seconds(s.first_received_at, now)}
+            for s in qs.order_by("first_received_at")[:limit]]
