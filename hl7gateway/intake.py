@@ -86,11 +86,59 @@ def _finish(row: InboundMessage, msh: MSH | None, ack_code: str, status: str, *,
     row.status, row.ack_code, row.ack = status, ack_code, ack
     row.error_code = str(code) if code is not None else ""
     row.error_location, row.error_text = location[:64], text
-    row.save(force_insert=row.pk is None)
+    if row.pk is None:
+        _insert(row)
+    else:  # pragma: no cover - every caller passes a new row
+        row.save()
     return ack
 
 
-def _store_and_apply(raw: bytes, peer: str) -> bytes:
+_INSERT_SQL: str | None = None
+
+
+def _insert(row: InboundMessage) -> None:
+    """INSERT the row: on PostgreSQL one ``INSERT ... RETURNING id`` built from the model's fields
+    (the values prepared by the fields themselves, without ``Model.save``'s machinery)."""
+    global _INSERT_SQL
+    if connection.vendor != "postgresql":
+        row.save(force_insert=True)
+        return
+    fields = _INSERT_FIELDS
+    if _INSERT_SQL is None:
+        _INSERT_SQL = (f"INSERT INTO {InboundMessage._meta.db_table} ({', '.join(f.column for f in fields)}) "
+                       f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING id")
+    values = [f.get_db_prep_save(f.pre_save(row, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_SQL, values)
+        row.pk = cursor.fetchone()[0]
+
+
+_INSERT_FIELDS = [f for f in InboundMessage._meta.concrete_fields if not f.primary_key]
+
+# The stored original of a duplicate key (MSH-3, MSH-4, MSH-10), locked: the same predicate as
+# the partial unique index uniq_inbound_msh_key.
+_ORIGINAL_SQL = (
+    f"SELECT id, content_sha256, ack FROM {InboundMessage._meta.db_table} "
+    "WHERE sending_application = %s AND sending_facility = %s AND message_control_id = %s "
+    "AND message_control_id <> '' AND replay_of_id IS NULL AND status <> %s LIMIT 1 FOR UPDATE"
+)
+
+
+def _find_original(msh: MSH) -> InboundMessage | None:
+    key = (msh.msh_3[:180], msh.msh_4[:180], msh.msh_10[:199])
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_ORIGINAL_SQL, [*key, InboundMessage.STATUS_COLLISION])
+            found = cursor.fetchone()
+        return None if found is None else InboundMessage(pk=found[0], content_sha256=found[1], ack=found[2])
+    return (InboundMessage.objects.select_for_update()
+            .filter(sending_application=key[0], sending_facility=key[1], message_control_id=key[2],
+                    replay_of__isnull=True)
+            .exclude(status=InboundMessage.STATUS_COLLISION)
+            .only("pk", "content_sha256", "ack").first())
+
+
+def _store_and_apply(raw: bytes, peer: str, replay_of: int | None = None) -> bytes:
     msh = read_msh(raw)
     digest = hashlib.sha256(raw).hexdigest()
     commands: list = []
@@ -103,12 +151,9 @@ def _store_and_apply(raw: bytes, peer: str) -> bytes:
     except HL7Error as exc:
         parse_error = exc
     with transaction.atomic(durable=True):
-        if msh is not None and msh.msh_10:
-            original = (InboundMessage.objects.select_for_update()
-                        .filter(sending_application=msh.msh_3[:180], sending_facility=msh.msh_4[:180],
-                                message_control_id=msh.msh_10[:199], replay_of__isnull=True)
-                        .exclude(status=InboundMessage.STATUS_COLLISION)
-                        .only("pk", "content_sha256", "ack").first())
+        # A replay (issue 6) is a new row with replay_of set: not a duplicate of its original.
+        if msh is not None and msh.msh_10 and replay_of is None:
+            original = _find_original(msh)
             if original is not None:
                 if original.content_sha256 == digest:
                     InboundMessage.objects.filter(pk=original.pk).update(duplicate_count=F("duplicate_count") + 1)
@@ -123,6 +168,7 @@ def _store_and_apply(raw: bytes, peer: str) -> bytes:
                                f"{original.pk}) for a message with other content", code=205, location="MSH^1^10")
                 return _finish(row, msh, "AE", InboundMessage.STATUS_COLLISION, error=err)
         row = _row(raw, msh, peer, digest, charset)
+        row.replay_of_id = replay_of
         row.patient_id = _patient_id(raw, commands)
         if parse_error is not None:
             row.accession_numbers = _accessions(commands, {})
@@ -136,7 +182,7 @@ def _store_and_apply(raw: bytes, peer: str) -> bytes:
         return _finish(row, msh, "AA", InboundMessage.STATUS_APPLIED)
 
 
-def _store_refused(raw: bytes, peer: str, error: DomainError) -> bytes:
+def _store_refused(raw: bytes, peer: str, error: DomainError, replay_of: int | None = None) -> bytes:
     """Store a message whose effect was rolled back, with its AE (own durable transaction)."""
     msh = read_msh(raw)
     commands: list = []
@@ -149,27 +195,32 @@ def _store_refused(raw: bytes, peer: str, error: DomainError) -> bytes:
         pass
     with transaction.atomic(durable=True):
         row = _row(raw, msh, peer, hashlib.sha256(raw).hexdigest(), charset)
+        row.replay_of_id = replay_of
         row.patient_id = _patient_id(raw, commands)
         row.accession_numbers = _accessions(commands, {})
         return _finish(row, msh, "AE", InboundMessage.STATUS_ERROR, error=error)
 
 
-def handle_payload(raw: bytes, peer: str = "") -> bytes:
+def handle_payload(raw: bytes, peer: str = "", *, replay_of: int | None = None) -> bytes:
     """The ACK (unframed bytes) for one MLLP payload, after its storage was committed.
+
+    ``replay_of``: the id of a stored message an operator reprocesses (monitoring.replay); the
+    new row points at it and skips the duplicate check (the original stays unchanged).
 
     Database unavailable: AE 207 built from the MSH, nothing stored (the sender resends).
     """
     for attempt in range(3):
         try:
             try:
-                return _store_and_apply(raw, peer)
+                return _store_and_apply(raw, peer, replay_of)
             except DomainError as exc:
-                return _store_refused(raw, peer, exc)
+                return _store_refused(raw, peer, exc, replay_of)
             except DatabaseError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a bug must become AE 207, never a dropped message
                 log.exception("error applying message", extra={"peer": peer})
-                return _store_refused(raw, peer, DomainError(f"application internal error: {type(exc).__name__}"))
+                return _store_refused(raw, peer, DomainError(f"application internal error: {type(exc).__name__}"),
+                                      replay_of)
         except IntegrityError:
             # Another connection stored the same key (or created the same row) at the same time:
             # run again -- it is now a duplicate, or the conflict is reported as an application error.

@@ -14,18 +14,26 @@ from django.db import connection
 
 from ris.models import AccessionNumberAllocation
 
+# The PostgreSQL sequence accession numbers come from (migration ris 0002).
+ACCESSION_SEQUENCE = "ris_accession_number_seq"
+
 
 def next_accession_sequence_value() -> int:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT nextval('ris_accession_number_seq')")
+            cursor.execute(f"SELECT nextval('{ACCESSION_SEQUENCE}')")
             return int(cursor.fetchone()[0])
     return AccessionNumberAllocation.objects.create().pk
 
 
 def new_accession_number() -> str:
     """A new, unique AccessionNumber in ACCESSION_NUMBER_FORMAT (at most 16 characters, SH)."""
-    return settings.ACCESSION_NUMBER_FORMAT.format(n=next_accession_sequence_value())
+    return accession_number_for(next_accession_sequence_value())
+
+
+def accession_number_for(n: int) -> str:
+    """The AccessionNumber for sequence value ``n`` (callers that took the value in their own query)."""
+    return settings.ACCESSION_NUMBER_FORMAT.format(n=n)
 
 
 def new_study_instance_uid() -> str:

@@ -57,6 +57,14 @@ def _add_identifiers(patient: Patient, data: PatientData) -> None:
         )
 
 
+def update_demographics(patient: Patient, data: PatientData) -> list[str]:
+    """Copy the non-empty demographics of ``data`` that differ onto ``patient`` and save them."""
+    changed = _apply_demographics(patient, data)
+    if changed:
+        patient.save(update_fields=[*changed, "updated_at"])
+    return changed
+
+
 def upsert_patient(data: PatientData) -> tuple[Patient, bool]:
     """Find the patient by the primary PID-3 (creating it), update non-empty demographics.
 
@@ -77,9 +85,7 @@ def upsert_patient(data: PatientData) -> tuple[Patient, bool]:
             identifier_type_code=data.primary.identifier_type_code,
         )
     else:
-        changed = _apply_demographics(patient, data)
-        if changed:
-            patient.save(update_fields=[*changed, "updated_at"])
+        update_demographics(patient, data)
     if len(data.identifiers) > 1:
         _add_identifiers(patient, data)
     return patient, created
@@ -99,15 +105,21 @@ def upsert_visit(patient: Patient, data: VisitData | None) -> Visit | None:
             admit_datetime=data.admit_datetime,
         )
     else:
-        changed = []
-        for name in ("patient_class", "assigned_location", "referring_physician_name", "admit_datetime"):
-            value = getattr(data, name)
-            if value not in ("", None) and getattr(visit, name) != value:
-                setattr(visit, name, value)
-                changed.append(name)
-        if changed:
-            visit.save(update_fields=[*changed, "updated_at"])
+        update_visit(visit, data)
     return visit
+
+
+def update_visit(visit: Visit, data: VisitData) -> list[str]:
+    """Copy the non-empty PV1 fields of ``data`` that differ onto ``visit`` and save them."""
+    changed = []
+    for name in ("patient_class", "assigned_location", "referring_physician_name", "admit_datetime"):
+        value = getattr(data, name)
+        if value not in ("", None) and getattr(visit, name) != value:
+            setattr(visit, name, value)
+            changed.append(name)
+    if changed:
+        visit.save(update_fields=[*changed, "updated_at"])
+    return changed
 
 
 def register_patient(cmd: RegisterPatient) -> dict:
