@@ -41,3 +41,51 @@ def record_quietly(calling_ae_title: str, operation: str, status: int) -> None:
     except Exception as exc:  # noqa: BLE001 - counting must never change a DICOM answer
         log.warning("dicom operation not counted", extra={"calling_ae_title": calling_ae_title,
                                                           "operation": operation, "error": str(exc)[:200]})
+
+
+def _status_of(answer) -> int | None:
+    """The DIMSE status in a handler's answer: an int, a Dataset with Status, or (status, ...)."""
+    if isinstance(answer, tuple):
+        answer = answer[0] if answer else None
+    if isinstance(answer, int):
+        return answer
+    status = getattr(answer, "Status", None)
+    return int(status) if status is not None else None
+
+
+def counted(operation: str, handler):
+    """Wrap a pynetdicom event handler so that each answer is counted per calling AE and status.
+
+    A generator handler (C-FIND) is counted once, with its final (non-pending) status.
+    """
+    import functools
+    import inspect
+
+    def _calling(event) -> str:
+        try:
+            return (event.assoc.requestor.ae_title or "").strip()
+        except Exception:  # noqa: BLE001
+            return ""
+
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def gen_wrapper(event):
+            final = None
+            try:
+                for answer in handler(event):
+                    status = _status_of(answer)
+                    if status is not None and status not in (0xFF00, 0xFF01):
+                        final = status
+                    yield answer
+            finally:
+                record_quietly(_calling(event), operation, 0xFE00 if final is None else final)
+        return gen_wrapper
+
+    @functools.wraps(handler)
+    def wrapper(event):
+        answer = handler(event)
+        status = _status_of(answer)
+        if status is not None:
+            record_quietly(_calling(event), operation, status)
+        return answer
+    return wrapper

@@ -221,6 +221,26 @@ READING_CLAIM_TIMEOUT_MINUTES = env_int("READING_CLAIM_TIMEOUT_MINUTES", 30, min
 CELERY_BEAT_SCHEDULE["worklist.expire_idle_claims"] = {"task": "worklist.expire_idle_claims", "schedule": 60.0}
 VIEWER_URL_TEMPLATE = env_str("VIEWER_URL_TEMPLATE", "")
 
+# --- Monitoring and alarms (monitoring app, issue 6) ---------------------------------------
+# Alarm rules live in the database (admin); the beat task checks them every ALARM_CHECK_SECONDS.
+ALARM_CHECK_SECONDS = env_float("ALARM_CHECK_SECONDS", 60.0, minimum=5.0)
+CELERY_BEAT_SCHEDULE["monitoring.evaluate_alarms"] = {"task": "monitoring.evaluate_alarms", "schedule": ALARM_CHECK_SECONDS}
+ALARM_EMAIL_FROM = env_str("ALARM_EMAIL_FROM", "pacs-alarms@localhost")
+ALARM_EMAIL_SUBJECT_PREFIX = env_str("ALARM_EMAIL_SUBJECT_PREFIX", "[PACS alarm] ")
+ALARM_WEBHOOK_TIMEOUT_SECONDS = env_float("ALARM_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+ALARM_SOURCE_NAME = env_str("ALARM_SOURCE_NAME", "pacs")
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, minimum=0.1)
+# /metrics (Prometheus): answered only to these client addresses or networks (CIDR), or to a
+# request with "Authorization: Bearer <METRICS_BEARER_TOKEN>" when that is set.
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN", "")
+
 # --- Auth, i18n, static --------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -250,11 +270,14 @@ X_FRAME_OPTIONS = "DENY"
 
 # --- Logging: one JSON object a line, no patient names (see pacs.logs) ----------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
+# Accession numbers in log lines (the extra "accession_number"): masked unless true (pacs.logs).
+LOG_ACCESSION_NUMBERS = env_bool("LOG_ACCESSION_NUMBERS", False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "pacs.logs.JsonFormatter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "filters": {"patient_data": {"()": "pacs.logs.PatientDataFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["patient_data"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "pynetdicom": {"level": "WARNING"},

@@ -17,4 +17,6 @@ def on_c_echo(event):
 
 
 def handlers():
-    return [(evt.EVT_C_ECHO, on_c_echo)]
+    from monitoring.dicom_log import counted  # per-AE counts (monitoring.DicomOperation)
+
+    return [(evt.EVT_C_ECHO, counted("C-ECHO", on_c_echo))]

@@ -74,4 +74,6 @@ def on_n_set(event):
 
 
 def handlers():
-    return [(evt.EVT_N_CREATE, on_n_create), (evt.EVT_N_SET, on_n_set)]
+    from monitoring.dicom_log import counted  # per-AE counts (monitoring.DicomOperation)
+
+    return [(evt.EVT_N_CREATE, counted("MPPS N-CREATE", on_n_create)), (evt.EVT_N_SET, counted("MPPS N-SET", on_n_set))]

@@ -177,5 +177,7 @@ def _failure(code: int, text: str) -> Dataset:
 
 
 def handlers():
-    return [(evt.EVT_C_FIND, on_c_find)]
+    from monitoring.dicom_log import counted  # per-AE counts (monitoring.DicomOperation)
+
+    return [(evt.EVT_C_FIND, counted("MWL C-FIND", on_c_find))]
 

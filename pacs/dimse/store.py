@@ -175,4 +175,6 @@ def on_c_store(event):
 
 
 def handlers():
-    return [(evt.EVT_C_STORE, on_c_store)]
+    from monitoring.dicom_log import counted  # per-AE counts (monitoring.DicomOperation)
+
+    return [(evt.EVT_C_STORE, counted("C-STORE", on_c_store))]
