@@ -138,3 +138,7 @@ class DicomOperation(models.Model):
         # PS3.7 C: 0x0000 success, 0xFF00/0xFF01 pending, 0xFE00 cancel, 0xB000-0xBFFF warnings.
         return not (self.status == 0 or self.status in (0xFF00, 0xFF01, 0xFE00) or 0xB000 <= self.status <= 0xBFFF
                     or self.status == 0x0107 or self.status == 0x0116)
+
+
+# Part B (journey and replays): models kept in their own module.
+from monitoring.records import ReplayRecord, WorklistQueryResult  # noqa: E402,F401

@@ -289,3 +289,18 @@ def unmatched_studies(now: dt.datetime | None = None, *, calling_ae_title: str =
              "status": s.status, "first_received_at": s.first_received_at,
              "age_seconds": _age_seconds(s.first_received_at, now)}
             for s in qs.order_by("first_received_at")[:limit]]
+
+
+# --- alarms (for the operator's console, part B) -------------------------------------------
+
+def console_alarms(now: dt.datetime | None = None, *, recent_hours: int = 72, limit: int = 100) -> dict:
+    """Open alarms (oldest first) and those cleared in the last ``recent_hours`` (newest first)."""
+    from monitoring.models import Alarm
+
+    now = _now(now)
+    base = Alarm.objects.select_related("rule")
+    return {
+        "open": list(base.filter(cleared_at__isnull=True).order_by("opened_at")[:limit]),
+        "recent": list(base.filter(cleared_at__gte=now - dt.timedelta(hours=recent_hours))
+                       .order_by("-cleared_at")[:limit]),
+    }

@@ -285,5 +285,11 @@ LOGGING = {
     },
 }
 
+# --- Operator's console and journey (issue 6 part B) --------------------------------------
+# A study whose last image arrived longer ago than this and is not committed by the VNA is overdue.
+JOURNEY_VNA_OVERDUE_MINUTES = env_int("JOURNEY_VNA_OVERDUE_MINUTES", 60, minimum=1)
+# An ORU^R01 queued longer ago than this and not acknowledged (AA) is overdue.
+JOURNEY_ORU_ACK_OVERDUE_MINUTES = env_int("JOURNEY_ORU_ACK_OVERDUE_MINUTES", 30, minimum=1)
+
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("TCP_NODELAY", "1")

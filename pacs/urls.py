@@ -23,4 +23,5 @@ urlpatterns = [
     path("", include("worklist.urls")),
     path("imaging/", include("pacs.web.urls")),
     path("interfaces/", include("hl7gateway.urls")),
+    path("monitoring/", include("monitoring.urls")),
 ]

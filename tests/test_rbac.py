@@ -66,6 +66,12 @@ EXPECTED: dict[str, object] = {
     "interfaces:outbound_detail": ADMIN_ONLY,
     "interfaces:outbound_retry": ADMIN_ONLY,
     "interfaces:outbound_cancel": ADMIN_ONLY,
+    # Operator's console, journey and replays (issue 6 part B, h8).
+    "monitoring:console": ADMIN_ONLY,
+    "monitoring:journey": ADMIN_ONLY,
+    "monitoring:replays": ADMIN_ONLY,
+    "monitoring:replay_inbound": ADMIN_ONLY,
+    "monitoring:replay_outbound": ADMIN_ONLY,
     ("token", "worklist:api_create_report"): READERS,
     ("token", "worklist:api_report"): READERS,
     ("token", "worklist:api_sign"): READERS,

@@ -124,6 +124,10 @@ def find(identifier: Dataset, *, calling_ae_title: str, node=None):
             extra={"calling_ae_title": calling_ae_title, "limit": limit},
         )
         rows = rows[:limit]
+    if rows:  # which step went to which modality, for the journey page (issue 6)
+        from monitoring.records import record_worklist_results
+
+        record_worklist_results([row["pk"] for row in rows], calling_ae_title)
     return matches, rows
 
 

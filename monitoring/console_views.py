@@ -1,0 +1,131 @@
+"""The operator's console, one accession's journey and replays (issue 6 part B), under /monitoring/.
+
+Thin views: the figures come from ``monitoring.selectors`` (the same functions as the alarms
+and /metrics), the journey from ``monitoring.journey``, the replays from ``monitoring.replay``.
+Administrators only (``pacs.access``).  Charts are inline SVG drawn here, server-side.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_POST
+
+from hl7gateway.views import age
+from monitoring import journey as journey_mod
+from monitoring import replay, selectors
+from monitoring.records import ReplayRecord
+from pacs.access import ADMINISTRATOR, roles
+from ris.errors import DomainError
+
+
+def sparkline(values: list[int], *, width: int = 144, height: int = 28) -> str:
+    """An inline SVG of counts per hour (oldest left): one bar per hour, its count as a tooltip."""
+    n = max(len(values), 1)
+    top = max(values or [0]) or 1
+    bar = width / n
+    parts = [f'<svg class="spark" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+             f'aria-label="per hour, last {n} hours: {sum(values)} in all">']
+    for i, v in enumerate(values):
+        h = 0 if not v else max(1.5, (height - 2) * v / top)
+        parts.append(format_html('<rect x="{}" y="{}" width="{}" height="{}" fill="#3b6ea5"><title>{}</title></rect>',
+                                 f"{i * bar + 0.5:.1f}", f"{height - h:.1f}", f"{max(bar - 1, 1):.1f}", f"{h:.1f}",
+                                 f"{v} ({n - i - 1} h ago)"))
+    parts.append(f'<line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" stroke="#9aa7b5"/></svg>')
+    return mark_safe("".join(parts))  # noqa: S308 - every value above is a number or escaped by format_html
+
+
+def _rows(interfaces: list[dict]) -> list[dict]:
+    for row in interfaces:
+        row["chart"] = sparkline(row["per_hour"])
+        row["total_24h"] = sum(row["per_hour"])
+        row["oldest_age"] = age(row.get("oldest_age_seconds"))
+    return interfaces
+
+
+@roles(ADMINISTRATOR)
+def console(request):
+    """Every interface: last message, per hour (24 h), errors, queue depth and oldest age; unmatched
+    studies, failed transfers and deliveries, open and recent alarms."""
+    now = timezone.now()
+    groups = [
+        ("Inbound HL7 (per sending application^facility)", "hl7_in", _rows(selectors.inbound_interfaces(now))),
+        ("Outbound HL7 ORU (per destination)", "hl7_out", _rows(selectors.outbound_interfaces(now))),
+        ("DICOM (per calling AE title)", "dicom", _rows(selectors.dicom_interfaces(now))),
+        ("VNA routing (per destination)", "vna", _rows(selectors.vna_interfaces(now))),
+    ]
+    unmatched = selectors.unmatched_studies(now)
+    for s in unmatched:
+        s["age"] = age(s["age_seconds"])
+    alarms = selectors.console_alarms(now)
+    return render(request, "monitoring/console.html", {
+        "now": now, "groups": groups, "unmatched": unmatched,
+        "failed_transfers": selectors.failed_transfers(), "failed_deliveries": selectors.failed_deliveries(),
+        "open_alarms": alarms["open"], "recent_alarms": alarms["recent"],
+        "failed_inbound_count": replay.failed_inbound_count(),
+    })
+
+
+@roles(ADMINISTRATOR)
+def journey(request):
+    """``?accession=...`` (one timeline) or ``?patient_id=...`` (a timeline per accession of the patient)."""
+    accession = request.GET.get("accession", "").strip()
+    patient_id = request.GET.get("patient_id", "").strip()
+    now = timezone.now()
+    limits = journey_mod.thresholds()
+    accessions: list[str] = []
+    if accession:
+        accessions = [accession]
+    elif patient_id:
+        accessions = journey_mod.accessions_of_patient(patient_id)
+    journeys = []
+    for acc in accessions:
+        rows = journey_mod.collect(acc)
+        steps = journey_mod.timeline(rows, now=now, vna_overdue=limits["vna_overdue"],
+                                     oru_ack_overdue=limits["oru_ack_overdue"])
+        if rows.procedure is None and not steps:
+            continue
+        journeys.append({"accession": acc, "procedure": rows.procedure, "steps": steps,
+                         "overdue": sum(1 for s in steps if s.overdue)})
+    return render(request, "monitoring/journey.html", {
+        "accession": accession, "patient_id": patient_id, "journeys": journeys, "now": now,
+        "searched": bool(accession or patient_id), "limits": limits,
+    })
+
+
+@roles(ADMINISTRATOR)
+def replays(request):
+    """Failed inbound messages and failed ORU deliveries, each with a replay form; the record of replays."""
+    return render(request, "monitoring/replays.html", {
+        "failed_inbound": replay.failed_inbound(), "failed_deliveries": selectors.failed_deliveries(),
+        "records": ReplayRecord.objects.select_related("inbound", "replay", "outbound")[:100],
+    })
+
+
+def _act(request, action, message_id: int) -> HttpResponseRedirect:
+    try:
+        record = action(message_id, request.user, request.POST.get("reason", ""))
+    except DomainError as exc:
+        messages.error(request, f"Not replayed: {exc}")
+    else:
+        messages.success(request, f"Replayed ({record.get_kind_display()}): {record.outcome}")
+    return HttpResponseRedirect(reverse("monitoring:replays"))
+
+
+@roles(ADMINISTRATOR)
+@require_POST
+def replay_inbound(request, message_id: int):
+    """Reprocess a failed inbound message (a new row with replay_of; the original unchanged)."""
+    return _act(request, replay.reprocess_inbound, message_id)
+
+
+@roles(ADMINISTRATOR)
+@require_POST
+def replay_outbound(request, message_id: int):
+    """Resend a failed ORU (the outbox's retry: same bytes, same MSH-10)."""
+    return _act(request, replay.resend_outbound, message_id)

@@ -1,0 +1,65 @@
+"""Records for the journey and for replays (issue 6 part B); imported by ``monitoring.models``.
+
+``WorklistQueryResult``: which scheduled step the MWL returned to which calling AE, and when
+(one row per returned item, written by ``pacs.dimse.mwl`` in one INSERT per query) -- before
+it MWL queries were logged only as counts, so "MWL returned to which modality" could not be
+answered per accession.
+
+``ReplayRecord``: an administrator reprocessed a failed inbound message or resent a failed
+outbound ORU: who, when, why, and what came of it.  The original row is never changed: an
+inbound replay is a new ``InboundMessage`` with ``replay_of`` set; an outbound resend goes
+through ``hl7gateway.outbox.retry`` (same bytes, same MSH-10), which also writes its own
+``OutboundAction``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class WorklistQueryResult(models.Model):
+    scheduled_step = models.ForeignKey("ris.ScheduledProcedureStep", on_delete=models.CASCADE, related_name="+")
+    calling_ae_title = models.CharField(max_length=16, blank=True)
+    returned_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["scheduled_step", "returned_at"])]
+
+    def __str__(self) -> str:
+        return f"MWL step {self.scheduled_step_id} -> {self.calling_ae_title}"
+
+
+class ReplayRecord(models.Model):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+    KIND_CHOICES = [(INBOUND, "inbound HL7 reprocessed"), (OUTBOUND, "outbound ORU resent")]
+
+    kind = models.CharField(max_length=10, choices=KIND_CHOICES)
+    inbound = models.ForeignKey("hl7gateway.InboundMessage", null=True, blank=True, on_delete=models.PROTECT,
+                                related_name="+", help_text="the original (unchanged)")
+    replay = models.ForeignKey("hl7gateway.InboundMessage", null=True, blank=True, on_delete=models.PROTECT,
+                               related_name="+", help_text="the new row (replay_of = the original)")
+    outbound = models.ForeignKey("hl7gateway.OutboundMessage", null=True, blank=True, on_delete=models.PROTECT,
+                                 related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    username = models.CharField(max_length=150, help_text="kept if the account is deleted")
+    reason = models.CharField(max_length=500)
+    at = models.DateTimeField(auto_now_add=True)
+    outcome = models.CharField(max_length=255, blank=True, help_text="e.g. APPLIED / AA, or now pending")
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} replay by {self.username} at {self.at:%Y-%m-%d %H:%M}"
+
+
+def record_worklist_results(step_ids: list[int], calling_ae_title: str) -> None:
+    """One ``WorklistQueryResult`` per returned step, in one INSERT (called by pacs.dimse.mwl.find)."""
+    from django.utils import timezone
+
+    now = timezone.now()
+    WorklistQueryResult.objects.bulk_create(
+        [WorklistQueryResult(scheduled_step_id=pk, calling_ae_title=calling_ae_title[:16], returned_at=now)
+         for pk in step_ids])
