@@ -292,4 +292,5 @@ JOURNEY_VNA_OVERDUE_MINUTES = env_int("JOURNEY_VNA_OVERDUE_MINUTES", 60, minimum
 JOURNEY_ORU_ACK_OVERDUE_MINUTES = env_int("JOURNEY_ORU_ACK_OVERDUE_MINUTES", 30, minimum=1)
 
 VAR_DIR.mkdir(parents=True, exist_ok=True)
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("TCP_NODELAY", "1")

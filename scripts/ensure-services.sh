@@ -37,6 +37,10 @@ if [ "$fresh_postgres" = "1" ]; then
   $SUDO su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'postgres'\""
 fi
 pg_isready -h 127.0.0.1 -p 5432
+# The database named by the test DATABASE_URL (pytest-django creates test_<name> beside it).
+if ! PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'pacs'" | grep -q 1; then
+  PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE pacs"
+fi
 
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "ensure-services: starting Redis"
