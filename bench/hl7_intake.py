@@ -121,6 +121,16 @@ asyncio.run(main())
 '''
 
 
+def analyze(connection) -> None:
+    """Refresh the planner statistics of the tables the intake touches, as autovacuum would in
+    production (it may be off on a development server: then a table that grew from empty keeps
+    its empty-table estimates and the duplicate-key lookup is planned as a scan)."""
+    with connection.cursor() as cur:
+        cur.execute("ANALYZE hl7gateway_inboundmessage, ris_order, ris_requestedprocedure, ris_scheduledprocedurestep,"
+                    " ris_visit, ris_patient, ris_patientidentifier")
+    connection.close()
+
+
 def start(cmd: list[str], env: dict) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -155,8 +165,11 @@ def main() -> None:
         sync = cur.fetchone()[0]
         cur.execute("SHOW fsync")
         fsync = cur.fetchone()[0]
+        cur.execute("SHOW autovacuum")
+        autovacuum = cur.fetchone()[0]
     connection.close()
     conn_counts = [int(c) for c in args.connections.split(",")]
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows = []
     proc, port = start([py, "-c", CEILING], env)
     try:
@@ -175,6 +188,7 @@ def main() -> None:
             for conns in conn_counts:
                 run = f"B{int(time.time() * 10) % 10**7}"
                 drive(port, f"{run}w", min(args.n // 10, 200), conns)  # warm-up: connections, caches
+                analyze(connection)
                 result = drive(port, run, args.n, conns)
                 stored = Order.objects.filter(placer_order_number__regex=rf"^{run}\d{{7}}$").count()
                 connection.close()
@@ -183,7 +197,8 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait()
-    print(f"\nsynchronous_commit={sync} fsync={fsync} cpus={os.cpu_count()} n={args.n}\n")
+    print(f"\nsynchronous_commit={sync} fsync={fsync} autovacuum={autovacuum} cpus={os.cpu_count()} n={args.n} "
+          f"load average before/after: {load_before} / {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print(f"{'server':52} {'conns':>5} {'msg/s':>8} {'p50 ms':>7} {'p99 ms':>7}  acks / stored")
     for r in rows:
         print(f"{r['server']:52} {r['connections']:>5} {r['per_second']:>8} {r['p50_ms']:>7} {r['p99_ms']:>7}  "
@@ -195,7 +210,7 @@ def main() -> None:
                   f"{r['per_second'] / ceiling[r['connections']]:.2f}")
     if args.json:
         for r in rows:
-            print(json.dumps({**r, "synchronous_commit": sync}))
+            print(json.dumps({**r, "synchronous_commit": sync, "load_before": load_before}))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,13 @@ from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True, params=["sql", "orm"])
+def place_order_path(request, monkeypatch):
+    """Every test on both ways of placing a new order (PostgreSQL statements, ORM)."""
+    monkeypatch.setattr(orders, "SQL_FAST_PATH", request.param == "sql")
+    return request.param
+
+
 def cmds(name: str, control_id: str | None = None):
     raw = fixture(name)
     return map_message(parse(with_control_id(raw, control_id) if control_id else raw))
