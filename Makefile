@@ -50,8 +50,18 @@ test: venv-dev services
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/python manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/pytest $(PYTEST_ARGS)
 
+# Every benchmark, each on a PostgreSQL database of its own (they fill and empty it), peers
+# (dcmtk, Orthanc, python-hl7) started by the scripts.  Results: bench/RESULTS.md.
+BENCH_PG := postgres://postgres:postgres@127.0.0.1:5432
 bench: venv-dev services
-	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/run_all.py
+	for db in pacs_bench_hl7 pacs_bench_mwl pacs_bench_store pacs_bench_reading pacs_bench_oru; do \
+	  PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$$db'" | grep -q 1 \
+	  || PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $$db"; done
+	DATABASE_URL=$(BENCH_PG)/pacs_bench_hl7 $(BIN)/python bench/hl7_intake.py --n 5000 --workers 1,2
+	DATABASE_URL=$(BENCH_PG)/pacs_bench_mwl $(BIN)/python bench/mwl.py --sizes 1000,10000,100000
+	DATABASE_URL=$(BENCH_PG)/pacs_bench_store $(BIN)/python bench/store.py --images 200 --runs 3 --route
+	DATABASE_URL=$(BENCH_PG)/pacs_bench_reading $(BIN)/python bench/reading_worklist.py --studies 100000 --users 10
+	BENCH_DATABASE_URL=$(BENCH_PG)/pacs_bench_oru $(BIN)/python bench/oru_delivery.py --n 1000 --concurrency 2,4
 
 clean:
 	rm -rf $(VENV) var
