@@ -1,10 +1,11 @@
 from django.urls import path
 
-from monitoring import console_views
+from monitoring import console_views, views
 
 app_name = "monitoring"
 
 urlpatterns = [
+    path("metrics", views.metrics, name="metrics"),
     # Part B: the operator's console, one accession's journey, replays (monitoring.console_views).
     path("", console_views.console, name="console"),
     path("journey/", console_views.journey, name="journey"),

@@ -11,8 +11,13 @@ from pacs.access import public
 
 @public
 def health(request):
-    """Liveness of the web process: no patient data, no version details."""
-    return JsonResponse({"status": "ok"})
+    """Health of the web process: the database and the broker answer (monitoring.health).
+    200 when both do, 503 otherwise; no patient data, no version details."""
+    from monitoring import health as checks
+
+    results = {"database": checks.database(), "broker": checks.broker(timeout=2.0)}
+    ok = all(results.values())
+    return JsonResponse({"status": "ok" if ok else "failed", "checks": results}, status=200 if ok else 503)
 
 
 urlpatterns = [

@@ -66,6 +66,8 @@ EXPECTED: dict[str, object] = {
     "interfaces:outbound_detail": ADMIN_ONLY,
     "interfaces:outbound_retry": ADMIN_ONLY,
     "interfaces:outbound_cancel": ADMIN_ONLY,
+    # Prometheus metrics (issue 6 part A, h7): public, restricted by address or token in the view.
+    "monitoring:metrics": PUBLIC,
     # Operator's console, journey and replays (issue 6 part B, h8).
     "monitoring:console": ADMIN_ONLY,
     "monitoring:journey": ADMIN_ONLY,
