@@ -94,7 +94,9 @@ def journey(request):
                          "overdue": sum(1 for s in steps if s.overdue)})
     return render(request, "monitoring/journey.html", {
         "accession": accession, "patient_id": patient_id, "journeys": journeys, "now": now,
-        "searched": bool(accession or patient_id), "limits": limits,
+        "searched": bool(accession or patient_id),
+        "limit_minutes": {"vna": int(limits["vna_overdue"].total_seconds() // 60),
+                          "oru": int(limits["oru_ack_overdue"].total_seconds() // 60)},
     })
 
 

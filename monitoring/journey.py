@@ -100,7 +100,7 @@ def timeline(rows: Rows, *, now: dt.datetime, vna_overdue: dt.timedelta, oru_ack
                         peer=where, outcome=f"for {sps.scheduled_start:%Y-%m-%d %H:%M}",
                         sort_at=max(sps.created_at, first_order) if first_order else None))
     for r in rows.mwl_results:
-        out.append(Step(r.returned_at, "mwl", f"MWL item returned (step {r.scheduled_procedure_step_id})",
+        out.append(Step(r.returned_at, "mwl", f"MWL item returned (step {r.scheduled_step.scheduled_procedure_step_id})",
                         peer=r.calling_ae_title, outcome="C-FIND pending response sent"))
     for p in rows.mpps:
         out.append(Step(p.created_at, "mpps", "MPPS N-CREATE: in progress", peer=p.calling_ae_title,
@@ -289,7 +289,8 @@ def _mwl_results(sps_ids: list[int]) -> list:
         from monitoring.records import WorklistQueryResult
     except ImportError:  # the record is not installed
         return []
-    return list(WorklistQueryResult.objects.filter(scheduled_step_id__in=sps_ids).order_by("returned_at", "pk"))
+    return list(WorklistQueryResult.objects.filter(scheduled_step_id__in=sps_ids).select_related("scheduled_step")
+                .order_by("returned_at", "pk"))
 
 
 def accessions_of_patient(patient_id: str) -> list[str]:
