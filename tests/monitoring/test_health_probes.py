@@ -70,7 +70,7 @@ def test_mllp_health_connects_to_the_listener():
     assert code == 1 and body["status"] == "failed" and body["checks"]["listener"] is False
 
 
-def test_dicom_health_echoes_the_engine(engine):
+def test_dicom_health_echoes_the_engine(engine):  # noqa: F811 - pytest fixture
     code, body = health("dicom", "--host", "127.0.0.1", "--port", str(port(engine)), DICOM_AE_TITLE="PACS")
     assert code == 0 and body["checks"] == {"database": True, "listener": True}
     code, body = health("dicom", "--host", "127.0.0.1", "--port", str(free_port()))

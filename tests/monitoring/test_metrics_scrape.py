@@ -44,7 +44,7 @@ def samples(text: str) -> dict[tuple, float]:
     return out
 
 
-def test_metrics_from_the_database_parsed(live_server, engine):
+def test_metrics_from_the_database_parsed(live_server, engine):  # noqa: F811 - pytest fixture
     # HL7 in: 2 AA + 1 AR from EPIC^SYNTH_HOSP through the real intake.
     handle_payload(order("M1"))
     handle_payload(order("M2"))
