@@ -16,6 +16,11 @@ The permission (administrator) is checked by the views (``pacs.access.roles``).
 
 from __future__ import annotations
 
+import datetime as dt
+
+from django.db import transaction
+from django.utils import timezone
+
 from hl7gateway import outbox
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage
@@ -23,6 +28,9 @@ from monitoring.records import ReplayRecord
 from ris.errors import DomainError
 
 REPLAYABLE = (InboundMessage.STATUS_ERROR, InboundMessage.STATUS_REJECTED)
+STARTED = "started"
+# A record still "started" after this was interrupted (process killed): it no longer blocks.
+RUNNING_FOR_AT_MOST = dt.timedelta(minutes=5)
 
 
 class ReplayError(DomainError):
@@ -45,8 +53,15 @@ def reprocess_inbound(message_id: int, user, reason: str) -> ReplayRecord:
     if original.status not in REPLAYABLE:
         raise ReplayError(f"only a message answered with an error can be reprocessed; this one is "
                           f"{original.status.lower()}")
-    record = ReplayRecord.objects.create(kind=ReplayRecord.INBOUND, inbound=original, user=user,
-                                         username=user.get_username(), reason=reason, outcome="started")
+    with transaction.atomic():
+        # Two operators pressing the button at once: the second is refused while the first runs.
+        InboundMessage.objects.select_for_update().filter(pk=original.pk).values_list("pk", flat=True).first()
+        running = ReplayRecord.objects.filter(inbound=original, outcome=STARTED,
+                                              at__gte=timezone.now() - RUNNING_FOR_AT_MOST)
+        if running.exists():
+            raise ReplayError("this message is being reprocessed by someone else right now")
+        record = ReplayRecord.objects.create(kind=ReplayRecord.INBOUND, inbound=original, user=user,
+                                             username=user.get_username(), reason=reason, outcome=STARTED)
     earlier = list(InboundMessage.objects.filter(replay_of=original).values_list("pk", flat=True))
     handle_payload(bytes(original.raw), peer=f"replay:{user.get_username()}"[:64], replay_of=original.pk)
     new = InboundMessage.objects.filter(replay_of=original).exclude(pk__in=earlier).order_by("-pk").first()
@@ -64,7 +79,7 @@ def resend_outbound(message_id: int, user, reason: str) -> ReplayRecord:
     """Resend a FAILED outbound ORU through the outbox's own retry; recorded here as well."""
     reason = _reason(reason)
     record = ReplayRecord.objects.create(kind=ReplayRecord.OUTBOUND, outbound_id=None, user=user,
-                                         username=user.get_username(), reason=reason, outcome="started")
+                                         username=user.get_username(), reason=reason, outcome=STARTED)
     try:
         row = outbox.retry(message_id, user, reason)
     except DomainError as exc:

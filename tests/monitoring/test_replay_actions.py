@@ -162,3 +162,20 @@ def test_radiologist_may_not_resend(failed_oru):
     assert c.post(f"/monitoring/replays/outbound/{row.pk}/", {"reason": "x"}).status_code == 403
     row.refresh_from_db()
     assert row.status == "FAILED"
+
+
+def test_a_replay_still_running_blocks_a_second_one_until_it_is_stale(admin):
+    import datetime as dt
+
+    from django.contrib.auth.models import User
+
+    original = _failed_cancel()
+    running = ReplayRecord.objects.create(kind="inbound", inbound=original, user=User.objects.get(username="olga"),
+                                          username="olga", reason="first", outcome="started")
+    response = admin.post(f"/monitoring/replays/inbound/{original.pk}/", {"reason": "second"}, follow=True)
+    assert "being reprocessed by someone else" in response.content.decode()
+    assert not InboundMessage.objects.filter(replay_of=original).exists()
+    # A record left "started" by a killed process no longer blocks after 5 minutes.
+    ReplayRecord.objects.filter(pk=running.pk).update(at=running.at - dt.timedelta(minutes=6))
+    admin.post(f"/monitoring/replays/inbound/{original.pk}/", {"reason": "second"})
+    assert InboundMessage.objects.filter(replay_of=original).count() == 1
