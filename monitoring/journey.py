@@ -100,8 +100,11 @@ def timeline(rows: Rows, *, now: dt.datetime, vna_overdue: dt.timedelta, oru_ack
                         peer=where, outcome=f"for {sps.scheduled_start:%Y-%m-%d %H:%M}",
                         sort_at=max(sps.created_at, first_order) if first_order else None))
     for r in rows.mwl_results:
-        out.append(Step(r.returned_at, "mwl", f"MWL item returned (step {r.scheduled_step.scheduled_procedure_step_id})",
-                        peer=r.calling_ae_title, outcome="C-FIND pending response sent"))
+        again = r.last_returned_at != r.first_returned_at
+        out.append(Step(r.first_returned_at, "mwl",
+                        f"MWL item returned (step {r.scheduled_step.scheduled_procedure_step_id})",
+                        peer=r.calling_ae_title, outcome="C-FIND pending response sent"
+                        + (f"; again until {r.last_returned_at:%Y-%m-%d %H:%M:%S}" if again else "")))
     for p in rows.mpps:
         out.append(Step(p.created_at, "mpps", "MPPS N-CREATE: in progress", peer=p.calling_ae_title,
                         outcome=f"station {p.performed_station_ae_title or '-'}"))
@@ -290,7 +293,7 @@ def _mwl_results(sps_ids: list[int]) -> list:
     except ImportError:  # the record is not installed
         return []
     return list(WorklistQueryResult.objects.filter(scheduled_step_id__in=sps_ids).select_related("scheduled_step")
-                .order_by("returned_at", "pk"))
+                .order_by("first_returned_at", "pk"))
 
 
 def accessions_of_patient(patient_id: str) -> list[str]:

@@ -1,7 +1,7 @@
 """Records for the journey and for replays (issue 6 part B); imported by ``monitoring.models``.
 
-``WorklistQueryResult``: which scheduled step the MWL returned to which calling AE, and when
-(one row per returned item, written by ``pacs.dimse.mwl`` in one INSERT per query) -- before
+``WorklistQueryResult``: which scheduled step the MWL returned to which calling AE, first and
+last time (one row per step and AE, upserted by ``pacs.dimse.mwl`` in one statement per query) -- before
 it MWL queries were logged only as counts, so "MWL returned to which modality" could not be
 answered per accession.
 
@@ -19,12 +19,18 @@ from django.db import models
 
 
 class WorklistQueryResult(models.Model):
+    """A scheduled step returned by the MWL to a calling AE: first and last time (one row per pair,
+    so a modality polling every minute adds no rows, only moves ``last_returned_at``)."""
+
     scheduled_step = models.ForeignKey("ris.ScheduledProcedureStep", on_delete=models.CASCADE, related_name="+")
     calling_ae_title = models.CharField(max_length=16, blank=True)
-    returned_at = models.DateTimeField()
+    first_returned_at = models.DateTimeField()
+    last_returned_at = models.DateTimeField()
 
     class Meta:
-        indexes = [models.Index(fields=["scheduled_step", "returned_at"])]
+        constraints = [
+            models.UniqueConstraint(fields=["scheduled_step", "calling_ae_title"], name="uniq_mwl_result_step_ae")
+        ]
 
     def __str__(self) -> str:
         return f"MWL step {self.scheduled_step_id} -> {self.calling_ae_title}"
@@ -56,10 +62,21 @@ class ReplayRecord(models.Model):
 
 
 def record_worklist_results(step_ids: list[int], calling_ae_title: str) -> None:
-    """One ``WorklistQueryResult`` per returned step, in one INSERT (called by pacs.dimse.mwl.find)."""
+    """Upsert one ``WorklistQueryResult`` per returned step in one statement (called by
+    pacs.dimse.mwl.find).  A failure is logged and does not fail the worklist answer."""
+    import logging
+
+    from django.db import DatabaseError
     from django.utils import timezone
 
     now = timezone.now()
-    WorklistQueryResult.objects.bulk_create(
-        [WorklistQueryResult(scheduled_step_id=pk, calling_ae_title=calling_ae_title[:16], returned_at=now)
-         for pk in step_ids])
+    try:
+        WorklistQueryResult.objects.bulk_create(
+            [WorklistQueryResult(scheduled_step_id=pk, calling_ae_title=calling_ae_title[:16], first_returned_at=now,
+                                 last_returned_at=now) for pk in sorted(set(step_ids))],
+            update_conflicts=True, unique_fields=["scheduled_step", "calling_ae_title"],
+            update_fields=["last_returned_at"])
+    except DatabaseError as exc:
+        logging.getLogger("monitoring.records").warning(
+            "MWL results not recorded for the journey", extra={"calling_ae_title": calling_ae_title,
+                                                               "error": str(exc)[:200]})
