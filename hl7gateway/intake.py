@@ -22,7 +22,7 @@ from hl7gateway.models import InboundMessage
 from hl7gateway.parsing import MSH, HL7Error, parse, read_msh
 from ris.commands import MergePatients, OrderCommand, RegisterPatient, UpdatePatient
 from ris.errors import DomainError
-from ris.services import orders, patients
+from ris.services import orders, patients, pg
 
 log = logging.getLogger("hl7gateway.intake")
 
@@ -108,7 +108,7 @@ def _insert(row: InboundMessage) -> None:
         _INSERT_SQL = (f"INSERT INTO {InboundMessage._meta.db_table} ({', '.join(f.column for f in fields)}) "
                        f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING id")
     values = [f.get_db_prep_save(f.pre_save(row, True), connection) for f in fields]
-    with connection.cursor() as cursor:
+    with pg.cursor() as cursor:
         cursor.execute(_INSERT_SQL, values)
         row.pk = cursor.fetchone()[0]
 
@@ -120,15 +120,16 @@ _INSERT_FIELDS = [f for f in InboundMessage._meta.concrete_fields if not f.prima
 _ORIGINAL_SQL = (
     f"SELECT id, content_sha256, ack FROM {InboundMessage._meta.db_table} "
     "WHERE sending_application = %s AND sending_facility = %s AND message_control_id = %s "
-    "AND message_control_id <> '' AND replay_of_id IS NULL AND status <> %s LIMIT 1 FOR UPDATE"
+    f"AND message_control_id <> '' AND replay_of_id IS NULL AND status <> '{InboundMessage.STATUS_COLLISION}' "
+    "LIMIT 1 FOR UPDATE"
 )
 
 
 def _find_original(msh: MSH) -> InboundMessage | None:
     key = (msh.msh_3[:180], msh.msh_4[:180], msh.msh_10[:199])
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_ORIGINAL_SQL, [*key, InboundMessage.STATUS_COLLISION])
+        with pg.cursor() as cursor:
+            cursor.execute(_ORIGINAL_SQL, key)
             found = cursor.fetchone()
         return None if found is None else InboundMessage(pk=found[0], content_sha256=found[1], ack=found[2])
     return (InboundMessage.objects.select_for_update()

@@ -23,7 +23,7 @@ from ris import states
 from ris.commands import OrderCommand, ProcedureData
 from ris.errors import DuplicateKey, RequiredFieldMissing, TableValueNotFound, UnknownKey
 from ris.models import Order, Patient, RequestedProcedure, ScheduledProcedureStep, Visit
-from ris.services import identifiers, patients
+from ris.services import identifiers, patients, pg
 from ris.services.transitions import transition
 from ris.signals import procedure_changed
 
@@ -112,16 +112,16 @@ def _place_order_orm(cmd: OrderCommand, to_status: str) -> dict:
 
 _PG_LOOKUP = f"""
 SELECT
-  (%(placer)s <> '' AND EXISTS (SELECT 1 FROM ris_order WHERE placer_order_number <> ''
+  (%(placer)s::text <> '' AND EXISTS (SELECT 1 FROM ris_order WHERE placer_order_number <> ''
                                  AND placer_namespace = %(namespace)s AND placer_order_number = %(placer)s))
-  OR (%(filler)s <> '' AND EXISTS (SELECT 1 FROM ris_order WHERE filler_order_number <> ''
+  OR (%(filler)s::text <> '' AND EXISTS (SELECT 1 FROM ris_order WHERE filler_order_number <> ''
                                     AND filler_order_number = %(filler)s)),
   p.id, p.merged_into_id, p.patient_name, p.patient_birth_date, p.patient_sex,
   v.id, v.patient_class, v.assigned_location, v.referring_physician_name, v.admit_datetime,
   ARRAY(SELECT accession_number FROM ris_requestedprocedure WHERE accession_number = ANY(%(accessions)s::varchar[])),
   ARRAY(SELECT study_instance_uid FROM ris_requestedprocedure
         WHERE study_instance_uid = ANY(%(uids)s::varchar[])),
-  ARRAY(SELECT nextval('{identifiers.ACCESSION_SEQUENCE}') FROM generate_series(1, %(assign)s))
+  ARRAY(SELECT nextval('{identifiers.ACCESSION_SEQUENCE}') FROM generate_series(1, %(assign)s::int))
 FROM (SELECT 1) AS one
 LEFT JOIN ris_patientidentifier i ON i.id_number = %(id_number)s AND i.assigning_authority = %(authority)s
 LEFT JOIN ris_patient p ON p.id = i.patient_id
@@ -133,16 +133,16 @@ _PG_INSERT = """
 WITH v AS (
   INSERT INTO ris_visit (patient_id, visit_number, patient_class, assigned_location, referring_physician_name,
                          admit_datetime, created_at, updated_at)
-  SELECT %(patient)s, %(visit_number)s, %(patient_class)s, %(assigned_location)s, %(visit_referring)s,
-         %(admit)s::timestamptz, %(now)s, %(now)s
-  WHERE %(new_visit)s
+  SELECT %(patient)s::bigint, %(visit_number)s::varchar, %(patient_class)s::varchar, %(assigned_location)s::varchar,
+         %(visit_referring)s::varchar, %(admit)s::timestamptz, %(now)s::timestamptz, %(now)s::timestamptz
+  WHERE %(new_visit)s::boolean
   RETURNING id
 ), o AS (
   INSERT INTO ris_order (patient_id, visit_id, placer_order_number, placer_namespace, filler_order_number,
                          order_control, order_status, ordering_provider, referring_physician_name,
                          reason_for_study, sending_application, sending_facility, created_by_filler,
                          created_at, updated_at)
-  VALUES (%(patient)s, COALESCE((SELECT id FROM v), %(visit)s::bigint), %(placer)s, %(namespace)s, %(filler)s,
+  VALUES (%(patient)s::bigint, COALESCE((SELECT id FROM v), %(visit)s::bigint), %(placer)s, %(namespace)s, %(filler)s,
           %(order_control)s, %(order_status)s, %(ordering_provider)s, %(referring)s, %(reason)s,
           %(sending_application)s, %(sending_facility)s, false, %(now)s, %(now)s)
   RETURNING id
@@ -153,7 +153,7 @@ WITH v AS (
                                       accession_number_issuer, accession_assigned_by_us, status,
                                       created_at, updated_at)
   SELECT o.id, d.rp_id, d.description, d.code_value, d.code_scheme, d.code_meaning, d.priority, d.uid, d.accession,
-         d.issuer, d.assigned, %(rp_status)s, %(now)s, %(now)s
+         d.issuer, d.assigned, %(rp_status)s::varchar, %(now)s::timestamptz, %(now)s::timestamptz
   FROM o, unnest(%(rp_ids)s::varchar[], %(descriptions)s::varchar[], %(code_values)s::varchar[],
                  %(code_schemes)s::varchar[], %(code_meanings)s::varchar[], %(priorities)s::varchar[],
                  %(rp_uids)s::varchar[], %(rp_accessions)s::varchar[], %(issuers)s::varchar[],
@@ -169,7 +169,7 @@ WITH v AS (
                                           protocol_code_value, protocol_code_scheme, protocol_code_meaning, status,
                                           created_at, updated_at)
   SELECT rp.id, d.sps_id, d.modality, d.ae, d.station, d.location, d.start, '', d.description, d.pc_value,
-         d.pc_scheme, d.pc_meaning, %(sps_status)s, %(now)s, %(now)s
+         d.pc_scheme, d.pc_meaning, %(sps_status)s::varchar, %(now)s::timestamptz, %(now)s::timestamptz
   FROM unnest(%(s_accessions)s::varchar[], %(sps_ids)s::varchar[], %(modalities)s::varchar[], %(aes)s::varchar[],
               %(stations)s::varchar[], %(locations)s::varchar[], %(starts)s::timestamptz[],
               %(s_descriptions)s::varchar[], %(pc_values)s::varchar[], %(pc_schemes)s::varchar[],
@@ -195,7 +195,7 @@ def _place_order_pg(cmd: OrderCommand) -> dict:
     procs = cmd.procedures
     patient_data, visit_data = cmd.patient, cmd.visit
     primary = patient_data.primary
-    with connection.cursor() as cursor:
+    with pg.cursor() as cursor:
         cursor.execute(_PG_LOOKUP, {
             "placer": cmd.placer_order_number, "namespace": cmd.placer_namespace, "filler": cmd.filler_order_number,
             "accessions": [p.accession_number for p in procs if p.accession_number],
@@ -262,7 +262,7 @@ def _place_order_pg(cmd: OrderCommand) -> dict:
                                ("pc_values", step.protocol_code_value), ("pc_schemes", step.protocol_code_scheme),
                                ("pc_meanings", step.protocol_code_meaning)):
                 st[key].append(value)
-    with connection.cursor() as cursor:
+    with pg.cursor() as cursor:
         cursor.execute(_PG_INSERT, {
             **rp, **st, "now": now, "patient": patient_pk, "visit": visit_pk, "new_visit": new_visit,
             "visit_number": visit_data.visit_number if visit_data else "",

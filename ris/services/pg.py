@@ -1,0 +1,50 @@
+"""Hot-path statements on PostgreSQL as prepared statements with server-side binding.
+
+Django's PostgreSQL cursors bind parameters on the client and never prepare: each statement
+is parsed and planned by PostgreSQL every time.  ``cursor()`` gives a cursor on Django's own
+connection (same transaction, Django's error wrapping, logged in debug and seen by
+``CaptureQueriesContext``) whose statements psycopg prepares on first use, so PostgreSQL
+parses and plans each hot statement once per connection.  Measured on the HL7 intake (one NW
+order = four statements): 1.04 -> 0.76 ms of statement time per order.
+
+On a connection that used it: psycopg's ``prepare_threshold`` is set to a value never reached
+(Django's own statements stay unprepared) and ``plan_cache_mode = force_generic_plan`` (only
+prepared statements and PL/pgSQL plans are affected; the hot statements all find their rows
+through unique indexes, and a custom plan per execution cost 0.25 ms on the order lookup).
+Not for use behind a transaction-pooling proxy (pgbouncer in transaction mode), like any
+prepared statement.  Other databases get Django's ordinary cursor.
+"""
+
+from __future__ import annotations
+
+from django.db import connection
+
+_cursor_class = None
+
+
+def _preparing_cursor_class():
+    global _cursor_class
+    if _cursor_class is None:
+        from django.db.backends.postgresql.base import ServerBindingCursor
+
+        class PreparingCursor(ServerBindingCursor):
+            def execute(self, query, params=None, *, prepare=None, binary=None):
+                return super().execute(query, params, prepare=True if prepare is None else prepare, binary=binary)
+
+        _cursor_class = PreparingCursor
+    return _cursor_class
+
+
+def cursor():
+    if connection.vendor != "postgresql":
+        return connection.cursor()
+    cls = _preparing_cursor_class()
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    conn = connection.connection
+    with connection.wrap_database_errors:
+        if conn.prepare_threshold is None:
+            # Django turns automatic preparation off with None, which also refuses prepare=True.
+            conn.prepare_threshold = 1 << 30
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+        return connection._prepare_cursor(cls(conn))
