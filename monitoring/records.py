@@ -1,7 +1,7 @@
 """Records for the journey and for replays (issue 6 part B); imported by ``monitoring.models``.
 
 ``WorklistQueryResult``: which scheduled step the MWL returned to which calling AE, first and
-last time (one row per step and AE, upserted by ``pacs.dimse.mwl`` in one statement per query) -- before
+last time (one row per step and AE, upserted by ``pacs.dimse.mwl`` in one statement per query that returned items) -- before
 it MWL queries were logged only as counts, so "MWL returned to which modality" could not be
 answered per accession.
 
@@ -63,10 +63,9 @@ class ReplayRecord(models.Model):
 
 def record_worklist_results(step_ids: list[int], calling_ae_title: str) -> None:
     """Upsert one ``WorklistQueryResult`` per returned step in one statement (called by
-    pacs.dimse.mwl.find).  A failure is logged and does not fail the worklist answer."""
+    pacs.dimse.mwl.on_c_find).  A failure is logged and does not fail the worklist answer."""
     import logging
 
-    from django.db import DatabaseError
     from django.utils import timezone
 
     now = timezone.now()
@@ -76,7 +75,7 @@ def record_worklist_results(step_ids: list[int], calling_ae_title: str) -> None:
                                  last_returned_at=now) for pk in sorted(set(step_ids))],
             update_conflicts=True, unique_fields=["scheduled_step", "calling_ae_title"],
             update_fields=["last_returned_at"])
-    except DatabaseError as exc:
+    except Exception as exc:  # noqa: BLE001 - the worklist answer goes out whatever happens here
         logging.getLogger("monitoring.records").warning(
             "MWL results not recorded for the journey", extra={"calling_ae_title": calling_ae_title,
                                                                "error": str(exc)[:200]})

@@ -124,10 +124,6 @@ def find(identifier: Dataset, *, calling_ae_title: str, node=None):
             extra={"calling_ae_title": calling_ae_title, "limit": limit},
         )
         rows = rows[:limit]
-    if rows:  # which step went to which modality, for the journey page (issue 6)
-        from monitoring.records import record_worklist_results
-
-        record_worklist_results([row["pk"] for row in rows], calling_ae_title)
     return matches, rows
 
 
@@ -155,6 +151,10 @@ def on_c_find(event):
         yield _failure(UNABLE_TO_PROCESS, "internal error"), None
         return
     log.info("mwl query", extra={"calling_ae_title": calling, "matches": len(rows)})
+    if rows:  # which step went to which modality, for the journey page (issue 6); never fails the answer
+        from monitoring.records import record_worklist_results
+
+        db.run(record_worklist_results, [row["pk"] for row in rows], calling)
     for row in rows:
         if event.is_cancelled:
             yield CANCELED, None

@@ -37,3 +37,11 @@ def test_polls_move_the_last_time_and_each_ae_gets_its_row(dicom_server, tmp_pat
     mwl = [s for s in steps if s.kind == "mwl"]
     assert [s.peer for s in mwl] == ["CT1", "CT9"]
     assert "again until" in mwl[0].outcome and "again" not in mwl[1].outcome
+
+
+def test_a_failure_to_record_is_logged_and_does_not_raise(transactional_db, caplog):
+    from monitoring.records import record_worklist_results
+
+    record_worklist_results([987654321], "CT1")  # no such step: the foreign key refuses the row
+    assert WorklistQueryResult.objects.count() == 0
+    assert "MWL results not recorded for the journey" in caplog.text
