@@ -61,6 +61,7 @@ class Rows:
     report_versions: list = field(default_factory=list)
     outbound: list = field(default_factory=list)
     outbound_attempts: list = field(default_factory=list)
+    outbound_actions: list = field(default_factory=list)
     enabled_destinations: list = field(default_factory=list)
 
 
@@ -179,6 +180,9 @@ def timeline(rows: Rows, *, now: dt.datetime, vna_overdue: dt.timedelta, oru_ack
             out.append(Step(a.finished_at or a.started_at, "oru", f"ORU^R01 attempt {a.number} to {dest}", peer=dest,
                             outcome=f"{a.outcome}" + (f": {a.detail}" if a.detail else ""),
                             state=OK if a.outcome == "AA" else FAILED))
+        for act in (a for a in rows.outbound_actions if a.message_id == o.pk):
+            out.append(Step(act.at, "oru", f"ORU^R01 to {dest}: operator {act.action.lower()}", peer=act.username,
+                            outcome=act.reason or "(no reason given)"))
         if o.status == "DELIVERED":
             last = max([o.delivered_at] + [a.finished_at or a.started_at for a in attempts])
             out.append(Step(o.delivered_at, "oru", f"ORU^R01 acknowledged by {dest}", peer=dest, outcome="AA",
@@ -218,7 +222,7 @@ def collect(accession: str) -> Rows:
     from django.db.models import Count
 
     from hl7gateway.models import InboundMessage
-    from hl7gateway.models.outbound import OutboundAttempt, OutboundDestination, OutboundMessage
+    from hl7gateway.models.outbound import OutboundAction, OutboundAttempt, OutboundDestination, OutboundMessage
     from pacs.models.images import Study, StudyLink
     from pacs.models.mpps import PerformedProcedureStep
     from pacs.models.transfers import Transfer
@@ -261,6 +265,8 @@ def collect(accession: str) -> Rows:
                          .select_related("destination").defer("payload", "ack").order_by("created_at", "pk"))
     rows.outbound_attempts = list(OutboundAttempt.objects.filter(message_id__in=[o.pk for o in rows.outbound])
                                   .defer("ack").order_by("message_id", "number"))
+    rows.outbound_actions = list(OutboundAction.objects.filter(message_id__in=[o.pk for o in rows.outbound])
+                                 .order_by("at", "pk"))
     rows.enabled_destinations = list(OutboundDestination.objects.filter(enabled=True))
     rows.mwl_results = _mwl_results(sps_ids)
     # The status trail of every entity of this accession (ris.services.transitions).

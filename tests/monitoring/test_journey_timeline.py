@@ -127,3 +127,11 @@ def test_unmatched_study_is_waiting_for_reconciliation():
     rows = Rows(accession="A1", studies=[study(requested_procedure_id=None, match_method="", completed_at=None)])
     steps = run(rows, at(20))
     assert any(s.kind == "match" and s.state == WAITING for s in steps)
+
+
+def test_an_operator_retry_of_the_oru_is_a_step_with_who_and_why():
+    rows = Rows(accession="A1", report_versions=[signed()], outbound=[oru("PENDING", created_at=at(40))],
+                outbound_actions=[Row(message_id=9, at=at(50), action="RETRY", username="olga",
+                                      reason="billing back online")])
+    step = next(s for s in run(rows, at(51)) if "operator retry" in s.label)
+    assert (step.peer, step.outcome, step.at) == ("olga", "billing back online", at(50))

@@ -141,6 +141,15 @@ def test_failed_oru_resent_through_the_outbox_retry_with_a_record(admin, failed_
     row.refresh_from_db()
     assert row.status == "DELIVERED" and bytes(row.payload) == original_payload
     assert sink.control_ids() == [row.message_control_id, row.message_control_id]  # same MSH-10 both times
+    # The accession's journey shows the operator's resend with who and why.
+    from django.utils import timezone
+
+    from monitoring import journey
+
+    steps = journey.timeline(journey.collect(row.accession_number), now=timezone.now(), **journey.thresholds())
+    (resend,) = [s for s in steps if "operator retry" in s.label]
+    assert (resend.peer, resend.outcome) == ("olga", "billing fixed its mapping")
+    assert steps[-1].label == "ORU^R01 acknowledged by billing"
 
 
 def test_failed_oru_resend_needs_a_reason_and_a_failed_row(admin, failed_oru):
