@@ -34,8 +34,11 @@ def record(calling_ae_title: str, operation: str, status: int, *, now=None) -> N
 
 def record_quietly(calling_ae_title: str, operation: str, status: int) -> None:
     """``record`` on a DIMSE database thread (pacs.dimse.db); errors are logged only."""
+    from monitoring.health import HEALTHCHECK_AE_TITLE
     from pacs.dimse import db
 
+    if calling_ae_title == HEALTHCHECK_AE_TITLE:
+        return  # the container healthcheck's C-ECHO is not an interface
     try:
         db.run(record, calling_ae_title, operation, status)
     except Exception as exc:  # noqa: BLE001 - counting must never change a DICOM answer

@@ -21,6 +21,10 @@ def _local(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0") else ("::1" if host == "::" else host)
 
 
+#: Calling AE title of the ``health dicom`` probe; its C-ECHOs are not counted as an interface.
+HEALTHCHECK_AE_TITLE = "HEALTHCHECK"
+
+
 def database() -> bool:
     try:
         with connection.cursor() as cursor:
@@ -58,7 +62,7 @@ def dicom_echo(host: str, port: int, called_ae_title: str, timeout: float = 5.0)
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    ae = AE(ae_title="HEALTHCHECK")
+    ae = AE(ae_title=HEALTHCHECK_AE_TITLE)
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     try:

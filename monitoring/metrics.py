@@ -82,10 +82,10 @@ class DatabaseCollector:
             transfers.add_metric([r["destination__name"], r["status"]], r["n"])
         yield transfers
 
-        unmatched = selectors.unmatched_studies(now, limit=100000)
-        yield GaugeMetricFamily("pacs_unmatched_studies", "studies without an order", value=len(unmatched))
+        unmatched, oldest = selectors.unmatched_summary(now)
+        yield GaugeMetricFamily("pacs_unmatched_studies", "studies without an order", value=unmatched)
         yield GaugeMetricFamily("pacs_unmatched_study_oldest_age_seconds", "age of the oldest unmatched study (0: none)",
-                                value=max((s["age_seconds"] or 0.0 for s in unmatched), default=0.0))
+                                value=oldest or 0.0)
 
         open_alarms = GaugeMetricFamily("pacs_alarm_open", "1 while an alarm of the rule is open for the interface",
                                         labels=["rule", "kind", "interface"])

@@ -277,6 +277,15 @@ def failed_transfers(destination: str = "", limit: int = 100) -> list[dict]:
 
 # --- unmatched studies ---------------------------------------------------------------------
 
+def unmatched_summary(now: dt.datetime | None = None) -> tuple[int, float | None]:
+    """(unmatched studies, age in seconds of the oldest) in one aggregate (for /metrics)."""
+    from pacs.models import Study
+
+    agg = Study.objects.filter(requested_procedure__isnull=True, purged_at__isnull=True).aggregate(
+        n=Count("id"), oldest=Min("first_received_at"))
+    return agg["n"], _age_seconds(agg["oldest"], _now(now))
+
+
 def unmatched_studies(now: dt.datetime | None = None, *, calling_ae_title: str = "", limit: int = 200) -> list[dict]:
     """Studies without an order, oldest first, with their age in seconds (no patient name)."""
     from pacs.models import Study

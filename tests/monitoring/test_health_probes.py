@@ -17,6 +17,7 @@ import redis
 from django.db import connection
 
 from hl7gateway.server import MLLPServer
+from monitoring.models import DicomOperation
 from tests.conftest import free_port
 from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
 from tests.pacs.routing_helpers import Worker
@@ -73,6 +74,7 @@ def test_mllp_health_connects_to_the_listener():
 def test_dicom_health_echoes_the_engine(engine):  # noqa: F811 - pytest fixture
     code, body = health("dicom", "--host", "127.0.0.1", "--port", str(port(engine)), DICOM_AE_TITLE="PACS")
     assert code == 0 and body["checks"] == {"database": True, "listener": True}
+    assert not DicomOperation.objects.filter(calling_ae_title="HEALTHCHECK").exists()  # not an interface
     code, body = health("dicom", "--host", "127.0.0.1", "--port", str(free_port()))
     assert code == 1 and body["checks"]["listener"] is False
 

@@ -81,6 +81,7 @@ def test_metrics_from_the_database_parsed(live_server, engine):  # noqa: F811 - 
     assert m[("pacs_queue_depth", (("destination", "billing"), ("interface", "hl7_out")))] == 1
     assert m[("pacs_queue_oldest_age_seconds", (("destination", "billing"), ("interface", "hl7_out")))] >= 0
     assert m[("pacs_unmatched_studies", ())] == 1
+    assert m[("pacs_unmatched_study_oldest_age_seconds", ())] >= 0
     assert m[("pacs_alarm_open", (("interface", "billing"), ("kind", OUTBOUND_BACKLOG),
                                   ("rule", f"{OUTBOUND_BACKLOG} billing")))] == 1
     assert m[("pacs_alarm_rule_open_alarms", (("kind", INBOUND_SILENCE), ("rule", f"{INBOUND_SILENCE} {SENDER}")))] == 0
