@@ -33,7 +33,8 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            # Database errors quote row values on their DETAIL line: cut it (PatientDataFilter).
+            entry["exc"] = _DETAIL_LINE.sub("", self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -46,6 +47,7 @@ PATIENT_KEYS = frozenset({
 })
 ACCESSION_KEYS = frozenset({"accession_number", "accession_numbers", "accession"})
 _DETAIL = re.compile(r"\s*DETAIL:.*", re.DOTALL)
+_DETAIL_LINE = re.compile(r"^\s*DETAIL:.*$", re.MULTILINE)
 
 
 class PatientDataFilter(logging.Filter):

@@ -99,3 +99,14 @@ def test_filter_redacts_patient_extras_and_masks_accessions_in_the_message(log_o
     assert second["accession_numbers"] == MASKED
     assert "DOE" not in log_output.getvalue() and "ACC1" not in log_output.getvalue()
     assert settings.LOGGING["handlers"]["console"]["filters"] == ["patient_data"]
+
+
+def test_database_error_details_are_cut_from_tracebacks(log_output):
+    log = logging.getLogger("tests.monitoring.logs")
+    message = 'duplicate key value violates unique constraint "x"\nDETAIL:  Key (patient_name)=(DOE^JANE) exists.'
+    try:
+        raise ValueError(message)  # the traceback shows this line, not the message's source
+    except ValueError:
+        log.exception("insert failed")
+    record = lines(log_output)[-1]
+    assert "duplicate key value" in record["exc"] and "DOE" not in record["exc"]
