@@ -125,3 +125,22 @@ def test_a_failing_webhook_is_logged_and_does_not_stop_mail_or_other_rules(mail_
     failures = [r for r in caplog.records if r.getMessage() == "alarm webhook failed"]
     assert len(failures) == 2
     assert Alarm.objects.filter(cleared_at__isnull=True).count() == 3
+
+
+def test_a_webhook_that_never_answers_is_cut_by_the_timeout(mail_settings, mailoutbox, settings, caplog):
+    import socket
+    import time
+
+    settings.ALARM_WEBHOOK_TIMEOUT_SECONDS = 0.5
+    assert ack_fields(handle_payload(order("T1")))["msa_1"] == "AA"
+    backdate(120)
+    with socket.socket() as silent:  # accepts the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        rule(INBOUND_SILENCE, SENDER, webhook_url=f"http://127.0.0.1:{silent.getsockname()[1]}/hook", minutes=30)
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="monitoring.alarms"):
+            assert services.evaluate()["opened"] == 1
+        assert time.monotonic() - started < 5
+    assert len(mailoutbox) == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "monitoring.alarms"] == ["alarm webhook failed"]
