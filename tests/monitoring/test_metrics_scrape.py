@@ -107,3 +107,13 @@ def test_scrape_refused_outside_the_allowed_addresses_unless_bearer_token(live_s
     settings.METRICS_ALLOWED_IPS = ["127.0.0.0/8"]
     settings.METRICS_BEARER_TOKEN = ""
     assert scrape(live_server)[0] == 200
+
+
+def test_a_bad_allowed_address_is_reported_by_the_system_checks(settings):
+    from django.core.checks import run_checks
+
+    settings.METRICS_ALLOWED_IPS = ["127.0.0.1", "not-an-address", "10.0.0.0/8"]
+    errors = [e for e in run_checks() if e.id == "monitoring.E001"]
+    assert len(errors) == 1 and "not-an-address" in errors[0].msg
+    settings.METRICS_ALLOWED_IPS = ["127.0.0.1"]
+    assert not [e for e in run_checks() if e.id == "monitoring.E001"]
