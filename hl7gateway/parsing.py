@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import hl7
+import hl7.parser
 from django.conf import settings
 
 # HL7 table 0211 (alternate character sets) -> Python codec.
@@ -142,12 +144,35 @@ def codec_for(msh_18: str) -> tuple[str, str]:
 
 @dataclass
 class ParsedMessage:
+    """One message split into segments and fields (``fields[i][n]`` = field n of segment i as
+    sent, ``fields[i][0]`` the segment ID; for MSH ``[1]`` is MSH-1 and ``[2]`` MSH-2, as in
+    python-hl7).  Splitting with ``str.split`` costs a fraction of building python-hl7's
+    container tree; ``message`` (python-hl7) is built only when asked for."""
+
     msh: MSH
-    message: hl7.Message
+    text: str  # \r-terminated segments
     charset: str  # the MSH-18 name used (or the default)
+    fields: list[list[str]]
+    separators: str  # python-hl7 order: segment, field, repetition, component, subcomponent
+    esc: str
+
+    @cached_property
+    def message(self) -> hl7.Message:
+        return hl7.parse(self.text)
+
+    @cached_property
+    def _unescaper(self) -> hl7.Message:
+        return hl7.Message(separator=self.separators[0], sequence=[], esc=self.esc, separators=self.separators)
+
+    def unescape(self, value: str) -> str:
+        """HL7 escape sequences (v2.5.1 section 2.7) resolved by python-hl7's ``unescape``."""
+        return self._unescaper.unescape(value) if self.esc in value else value
+
+    def __iter__(self):
+        return iter(self.fields)
 
     def segments(self, segment_id: str) -> list[Segment]:
-        return [Segment(s, self.message) for s in self.message if str(s[0]) == segment_id]
+        return [Segment(s, self) for s in self.fields if s[0] == segment_id]
 
     def segment(self, segment_id: str) -> Segment | None:
         found = self.segments(segment_id)
@@ -156,8 +181,8 @@ class ParsedMessage:
     def groups(self, head: str, members: set[str]) -> list[list[Segment]]:
         """Split the segments after each ``head`` into groups: [head, member, member, ...]."""
         groups: list[list[Segment]] = []
-        for raw in self.message:
-            seg = Segment(raw, self.message)
+        for raw in self.fields:
+            seg = Segment(raw, self)
             if seg.id == head:
                 groups.append([seg])
             elif groups and seg.id in members:
@@ -174,14 +199,14 @@ class Segment:
 
     __slots__ = ("_seg", "_msg", "id")
 
-    def __init__(self, seg, msg: hl7.Message):
+    def __init__(self, seg: list[str], msg: ParsedMessage):
         self._seg = seg
         self._msg = msg
-        self.id = str(seg[0])
+        self.id = seg[0]
 
     def field(self, n: int) -> str:
         """Field n as sent (escaped), all repetitions."""
-        return str(self._seg[n]) if len(self._seg) > n else ""
+        return self._seg[n] if len(self._seg) > n else ""
 
     def repetitions(self, n: int) -> list[str]:
         value = self.field(n)
@@ -241,7 +266,15 @@ def parse(raw: bytes) -> ParsedMessage:
             raise HL7Error(f"segment {i} has no valid segment ID", code=100, location=f"{line[:3]}^{i}",
                            ack_code="AR")
     try:
-        message = hl7.parse(text)
+        plan = hl7.parser.create_parse_plan(text)  # separators and escape character, as python-hl7 reads them
     except Exception as exc:  # noqa: BLE001 - python-hl7 raises assorted errors on bad input
         raise HL7Error(f"message cannot be parsed: {exc}", code=102, location="MSH^1", ack_code="AR") from None
-    return ParsedMessage(msh=msh, message=message, charset=charset)
+    field_sep = plan.separators[1]
+    fields = []
+    for line in text.split("\r"):
+        parts = line.split(field_sep)
+        if parts[0] == "MSH":
+            parts.insert(1, field_sep)  # MSH-1 is the separator itself
+        fields.append(parts)
+    return ParsedMessage(msh=msh, text=text, charset=charset, fields=fields, separators=plan.separators,
+                         esc=plan.esc)

@@ -8,9 +8,9 @@ import pytest
 
 from hl7gateway.acks import build_ack, encode_ack, escape
 from hl7gateway.mapping import map_message
-from hl7gateway.parsing import HL7Error, parse, read_msh
+from hl7gateway.parsing import HL7Error, Segment, parse, read_msh
 from ris.commands import MergePatients, OrderCommand, RegisterPatient, UpdatePatient
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
+from tests.hl7gateway.intake_helpers import FIXTURES, ack_fields, fixture, with_control_id
 
 
 @pytest.mark.parametrize("name,terminator", [
@@ -180,3 +180,25 @@ def test_application_errors_carry_code_and_location(mutate, code, location):
 def test_with_control_id_helper():
     raw = with_control_id(fixture("smallvendor_orm_o01_nw_lf.hl7"), "NEW1")
     assert read_msh(raw).msh_10 == "NEW1"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.hl7")))
+def test_field_split_matches_python_hl7(name):
+    """Segments and fields read by our split are those of python-hl7's parse, escapes included."""
+    msg = parse(fixture(name))
+    reference = msg.message  # python-hl7's tree
+    assert len(msg.fields) == len(reference)
+    for ours, theirs in zip(msg.fields, reference, strict=True):
+        assert ours == [str(f) for f in theirs]
+        seg = Segment(ours, msg)
+        for n in range(1, len(ours)):
+            for rep in range(len(seg.repetitions(n))):
+                assert seg.components(n, rep) == [reference.unescape(str(c)) for c in
+                                                  str(theirs[n]).split(reference.separators[2])[rep]
+                                                  .split(reference.separators[3])]
+
+
+def test_escaped_field_is_unescaped():
+    raw = fixture("epic_orm_o01_nw.hl7").replace(b"Testpatient^Anna", b"Test\\T\\patient^Anna\\F\\B")
+    pid = parse(raw).segment("PID")
+    assert pid.components(5)[:2] == ["Test&patient", "Anna|B"]
