@@ -6,6 +6,7 @@ from django.contrib.auth import views as auth_views
 from django.http import JsonResponse
 from django.urls import include, path
 
+from monitoring import views as monitoring_views
 from pacs.access import public
 
 
@@ -23,6 +24,8 @@ def health(request):
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
+    # Prometheus scrapes /metrics (also at /monitoring/metrics); access by address or token.
+    path("metrics", monitoring_views.metrics, name="metrics"),
     path("accounts/login/", public(auth_views.LoginView.as_view()), name="login"),
     path("accounts/logout/", public(auth_views.LogoutView.as_view()), name="logout"),
     path("", include("worklist.urls")),

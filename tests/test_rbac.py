@@ -68,6 +68,7 @@ EXPECTED: dict[str, object] = {
     "interfaces:outbound_cancel": ADMIN_ONLY,
     # Prometheus metrics (issue 6 part A, h7): public, restricted by address or token in the view.
     "monitoring:metrics": PUBLIC,
+    "metrics": PUBLIC,
     # Operator's console, journey and replays (issue 6 part B, h8).
     "monitoring:console": ADMIN_ONLY,
     "monitoring:journey": ADMIN_ONLY,

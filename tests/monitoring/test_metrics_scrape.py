@@ -1,4 +1,4 @@
-"""/monitoring/metrics scraped over HTTP from the live server and parsed with prometheus_client's
+"""/metrics scraped over HTTP from the live server and parsed with prometheus_client's
 parser: figures computed from the database at scrape time (HL7 in through the real intake,
 DICOM operations through the real AE with dcmtk and pynetdicom, alarm states); who may scrape."""
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def scrape(live_server, headers: dict | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(f"{live_server.url}/monitoring/metrics", headers=headers or {})
+    request = urllib.request.Request(f"{live_server.url}/metrics", headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read().decode()
