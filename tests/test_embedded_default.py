@@ -128,7 +128,8 @@ def test_make_run_defaults_serve_hl7_dicom_web_and_a_real_worker(tmp_path):
             time.sleep(0.5)
         assert any("worklist.expire_idle_claims" in line and "succeeded" in line for line in list(lines)), \
             "".join(lines[-40:])
-        assert list((tmp_path / "var" / "broker").iterdir()), "the filesystem broker lives under VAR_DIR"
+        assert list((tmp_path / "var" / "broker" / "control").iterdir()), "the filesystem broker lives under VAR_DIR"
+        assert not (ROOT / "control").exists(), "nothing of the broker is written into the checkout"
     finally:
         os.killpg(honcho.pid, signal.SIGTERM)
         try:
