@@ -211,8 +211,14 @@ def _place_order_pg(cmd: OrderCommand) -> dict:
                            location=f"{cmd.location}^2")
     if not procs:
         raise RequiredFieldMissing("new order without a procedure", location=cmd.location)
-    new_visit = False
-    if patient_pk is None or merged_into is not None or len(patient_data.identifiers) > 1:
+    new_visit = created = False
+    if patient_pk is None and len(patient_data.identifiers) == 1:
+        # First sight of the identifier: lock it, create the patient (its visit goes in the chain).
+        patient_pk = patients.create_patient_pg(patient_data)
+        created = patient_pk is not None
+    if created:
+        new_visit = visit_data is not None
+    elif patient_pk is None or merged_into is not None or len(patient_data.identifiers) > 1:
         patient, _ = patients.upsert_patient(patient_data)
         patient_pk = patient.pk
         visit = patients.upsert_visit(patient, visit_data)

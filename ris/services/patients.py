@@ -65,6 +65,45 @@ def update_demographics(patient: Patient, data: PatientData) -> list[str]:
     return changed
 
 
+_PG_CREATE = """
+WITH found AS (
+  SELECT patient_id FROM ris_patientidentifier WHERE id_number = %(id_number)s AND assigning_authority = %(authority)s
+), p AS (
+  INSERT INTO ris_patient (patient_name, patient_birth_date, patient_sex, merged_into_id, patient_weight,
+                           medical_alerts, allergies, pregnancy_status, created_at, updated_at)
+  SELECT %(name)s::varchar, %(birth_date)s::date, %(sex)s::varchar, NULL, NULL, '', '', NULL,
+         %(now)s::timestamptz, %(now)s::timestamptz
+  WHERE NOT EXISTS (SELECT 1 FROM found)
+  RETURNING id
+), i AS (
+  INSERT INTO ris_patientidentifier (patient_id, id_number, assigning_authority, identifier_type_code)
+  SELECT id, %(id_number)s::varchar, %(authority)s::varchar, %(type_code)s::varchar FROM p
+)
+SELECT (SELECT id FROM p)
+"""
+
+
+def create_patient_pg(data: PatientData) -> int | None:
+    """PostgreSQL: register a patient whose primary identifier was not found (one identifier).
+
+    Takes the identifier's advisory lock, then in one statement creates the patient and its
+    identifier unless another connection registered it meanwhile: returns the new patient's
+    key, or None when it exists now (the caller then goes through ``upsert_patient``).
+    """
+    from django.utils import timezone
+
+    from ris.services import pg
+
+    _lock_identity(data.primary)
+    with pg.cursor() as cursor:
+        cursor.execute(_PG_CREATE, {
+            "id_number": data.primary.id_number, "authority": data.primary.assigning_authority,
+            "type_code": data.primary.identifier_type_code, "name": data.patient_name,
+            "birth_date": data.patient_birth_date, "sex": data.patient_sex, "now": timezone.now(),
+        })
+        return cursor.fetchone()[0]
+
+
 def upsert_patient(data: PatientData) -> tuple[Patient, bool]:
     """Find the patient by the primary PID-3 (creating it), update non-empty demographics.
 

@@ -215,6 +215,37 @@ def test_twenty_concurrent_connections_every_order_once(listener):
     assert InboundMessage.objects.filter(status="APPLIED").count() == n_conn * per_conn
 
 
+def test_concurrent_first_orders_for_new_patients_create_each_patient_once(listener):
+    """Eight connections send, at the same moment, orders for the same five new patients: the
+    identifier's lock makes one of them create each patient, the others find it."""
+    from ris.models import Patient, PatientIdentifier
+
+    server = listener()
+    barrier = threading.Barrier(8)
+    codes, errors = [], []
+
+    def worker(k: int) -> None:
+        try:
+            with MLLPClient("127.0.0.1", server.port) as client:
+                barrier.wait(10)
+                for j in range(5):
+                    raw = orm(k * 100 + j).replace(b"S3000003", f"NEWPAT{j}".encode())
+                    codes.append(ack_fields(unframe(client.send_message(raw)))["msa_1"])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and codes == ["AA"] * 40
+    for j in range(5):
+        ident = PatientIdentifier.objects.get(id_number=f"NEWPAT{j}")
+        assert Order.objects.filter(patient_id=ident.patient_id).count() == 8
+    assert Patient.objects.count() == 5
+
+
 def _test_database_url(db: dict) -> str:
     """DATABASE_URL of the test database, for a listener started as a separate process."""
     cred = db["USER"] + (f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else "")

@@ -103,6 +103,31 @@ def test_the_insert_chain_names_every_column(model):
     assert _insert_columns(model._meta.db_table) == columns
 
 
+def test_the_new_patient_insert_names_every_column():
+    for model in (Patient, PatientIdentifier):
+        table = model._meta.db_table
+        m = re.search(rf"INSERT INTO {table} \(([^)]*)\)", patients._PG_CREATE)
+        assert {c.strip() for c in m.group(1).split(",")} == {
+            f.column for f in model._meta.concrete_fields if not f.primary_key}
+
+
+def test_new_patient_rows_are_the_same_on_both_paths(monkeypatch):
+    stored = []
+    for which, mrn in (("orm", "S3000003"), ("sql", "S3000004")):
+        monkeypatch.setattr(orders, "SQL_FAST_PATH", which == "sql")
+        cmd = command("smallvendor_orm_o01_nw_lf.hl7", S3000003=mrn, SV30001=f"SV{which}")
+        cmd.visit = cmd.visit or type(command("epic_orm_o01_nw.hl7").visit)(visit_number=f"V-{which}")
+        effect = orders.place_order(cmd)
+        patient = Patient.objects.get(pk=effect["patient"])
+        ident = patient.identifiers.get()
+        visit = Order.objects.get(pk=effect["order"]).visit
+        stored.append(({f.attname: getattr(patient, f.attname) for f in Patient._meta.concrete_fields
+                        if f.name not in SKIP}, (ident.assigning_authority, ident.identifier_type_code),
+                       {f.attname: getattr(visit, f.attname) for f in Visit._meta.concrete_fields
+                        if f.name not in SKIP and f.name != "visit_number"}))
+    assert stored[0] == stored[1]
+
+
 def test_known_patient_order_takes_two_statements_and_updates_demographics_and_visit():
     orders.place_order(command("smallvendor_orm_o01_nw_lf.hl7"))
     patient = Patient.objects.get(identifiers__id_number="S3000003")
