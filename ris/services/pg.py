@@ -7,7 +7,8 @@ connection (same transaction, Django's error wrapping, logged in debug and seen 
 parses and plans each hot statement once per connection.  Measured on the HL7 intake (one NW
 order = four statements): 1.04 -> 0.76 ms of statement time per order.
 
-On a connection that used it: psycopg's ``prepare_threshold`` is set to a value never reached
+On a connection that used it (set once, outside a transaction; until then the statements run
+unprepared): psycopg's ``prepare_threshold`` is set to a value never reached
 (Django's own statements stay unprepared) and ``plan_cache_mode = force_generic_plan`` (only
 prepared statements and PL/pgSQL plans are affected; the hot statements all find their rows
 through unique indexes, and a custom plan per execution cost 0.25 ms on the order lookup).
@@ -18,6 +19,7 @@ prepared statement.  Other databases get Django's ordinary cursor.
 from __future__ import annotations
 
 from django.db import connection
+from psycopg.pq import TransactionStatus
 
 _cursor_class = None
 
@@ -43,8 +45,14 @@ def cursor():
     connection.ensure_connection()
     conn = connection.connection
     with connection.wrap_database_errors:
-        if conn.prepare_threshold is None:
-            # Django turns automatic preparation off with None, which also refuses prepare=True.
+        if conn.prepare_threshold is None and conn.info.transaction_status == TransactionStatus.IDLE:
+            # Outside any transaction (a SET inside one would be undone by its rollback): the
+            # session setting, then preparation on (Django's None also refuses prepare=True).
+            autocommit = conn.autocommit
+            conn.autocommit = True
+            try:
+                conn.execute("SET plan_cache_mode = force_generic_plan")
+            finally:
+                conn.autocommit = autocommit
             conn.prepare_threshold = 1 << 30
-            conn.execute("SET plan_cache_mode = force_generic_plan")
         return connection._prepare_cursor(cls(conn))

@@ -207,3 +207,22 @@ def test_duplicates_are_refused_the_same_way_on_both_paths(case, path):
         return  # the ORM path may have inserted the order before refusing; the caller rolls back
     # the SQL path refuses before its INSERT chain
     assert (Order.objects.count(), RequestedProcedure.objects.count()) == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hot_statements_are_prepared_with_generic_plans():
+    """``ris.services.pg``: set up outside the first transaction, then each statement is parsed
+    and planned once per connection (the listener's case: one durable transaction per message)."""
+    from django.db import transaction
+
+    for i in range(3):
+        with transaction.atomic(durable=True):
+            orders.place_order(command("smallvendor_orm_o01_nw_lf.hl7", SV30001=f"PREP{i}"))
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW plan_cache_mode")
+        assert cursor.fetchone()[0] == "force_generic_plan"
+        cursor.execute("SELECT statement, generic_plans FROM pg_prepared_statements")
+        prepared = cursor.fetchall()
+    chain = [plans for statement, plans in prepared if "INSERT INTO ris_order" in statement]
+    assert chain and sum(chain) == 3  # one statement text, both patient cases, executed 3 times
+    assert Order.objects.filter(placer_order_number__startswith="PREP").count() == 3
