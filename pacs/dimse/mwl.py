@@ -12,6 +12,7 @@ Results beyond MWL_MAX_RESULTS are cut with a warning in the log.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 
 from django.conf import settings
@@ -156,6 +157,7 @@ def on_c_find(event):
 
         db.run(record_worklist_results, [row["pk"] for row in rows], calling)
     for row in rows:
+        _wait_for_the_wire(event.assoc)
         if event.is_cancelled:
             yield CANCELED, None
             return
@@ -170,6 +172,20 @@ def on_c_find(event):
         yield CANCELED, None
         return
     yield SUCCESS, None
+
+
+# Pending answers allowed to wait in pynetdicom's outgoing queue.  Without a bound the handler
+# queues every match before the first is on the wire, and a C-CANCEL (read between sends)
+# would come too late to stop anything (PS3.7 9.3.2.3).
+SEND_QUEUE_DEPTH = 8
+
+
+def _wait_for_the_wire(assoc) -> None:
+    """Let pynetdicom's DUL thread send what is queued before the next answer is built."""
+    queue = assoc.dul.to_provider_queue
+    deadline = time.monotonic() + (assoc.network_timeout or 60)
+    while queue.qsize() > SEND_QUEUE_DEPTH and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0002)
 
 
 def _failure(code: int, text: str) -> Dataset:

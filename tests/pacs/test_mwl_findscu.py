@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ris.models import ScheduledProcedureStep
 from tests.pacs.dicom_server import dicom_server_fixture, findscu  # noqa: F401 - fixture
 from tests.pacs.mwl_data import local, make_patient, make_step
 
@@ -85,14 +86,22 @@ def test_wildcard_name_case_insensitive(dicom_server, worklist, tmp_path):
     assert [i.AccessionNumber for i in items] == ["ACC2"]
 
 
-def test_cancel_stops_the_answers(dicom_server, transactional_db, tmp_path):
-    """C-CANCEL (PS3.7 9.3.2.3): the SCP stops and ends with 0xFE00."""
+def test_cancel_stops_the_answers(dicom_server, transactional_db, tmp_path, settings):
+    """C-CANCEL (PS3.7 9.3.2.3): the SCP stops and ends with 0xFE00.
+
+    Enough matches (3,000 steps of one requested procedure, bulk-inserted) that the answers
+    cannot all be on the wire before findscu's C-CANCEL, sent after the first one, arrives."""
+    settings.MWL_MAX_RESULTS = 5000
     patient = make_patient("MANY^ITEMS", "P9")
-    for n in range(300):
-        make_step(patient, accession=f"M{n:04d}", start=local(2026, 11, 26, 8, 0))
+    first = make_step(patient, accession="M0000", start=local(2026, 11, 26, 8, 0))
+    ScheduledProcedureStep.objects.bulk_create(
+        ScheduledProcedureStep(requested_procedure=first.requested_procedure, scheduled_procedure_step_id=f"S{n:05d}",
+                               modality="CT", scheduled_station_ae_title="CT1", scheduled_start=first.scheduled_start)
+        for n in range(1, 3000)
+    )
     proc, items = findscu(dicom_server, ["AccessionNumber=", "PatientName="], tmp_path, extra=["--cancel", "1", "-v"])
     assert proc.returncode == 0, proc.stderr
-    assert 1 <= len(items) < 300
+    assert 1 <= len(items) < 3000
     assert "MatchingTerminatedDueToCancelRequest" in proc.stdout + proc.stderr
 
 
