@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connections
 
 from hl7gateway.server import MLLPServer, listening_socket
+from pacs.prefork import fork_workers, signal_workers, stop_workers
 
 
 class Command(BaseCommand):
@@ -30,27 +29,17 @@ class Command(BaseCommand):
         port = settings.HL7_MLLP_PORT if port is None else port
         sock = listening_socket(host, port, reuse_port=workers > 1)
         port = sock.getsockname()[1]
-        connections.close_all()  # no database connection may cross a fork
-        children = []
-        for _ in range(workers - 1):
-            pid = os.fork()
-            if pid == 0:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                server = MLLPServer(host, sock=listening_socket(host, port, reuse_port=True))
-                sock.close()
-                try:
-                    server.serve_forever()
-                finally:
-                    os._exit(0)
-            children.append(pid)
+
+        def serve_child():
+            child = MLLPServer(host, sock=listening_socket(host, port, reuse_port=True))
+            sock.close()
+            child.serve_forever()
+
+        children = fork_workers(workers - 1, serve_child)
         server = MLLPServer(host, sock=sock)
 
         def stop(signum, frame):
-            for pid in children:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            signal_workers(children)
             server._stopping.set()
 
         signal.signal(signal.SIGTERM, stop)
@@ -62,9 +51,4 @@ class Command(BaseCommand):
             server.serve_forever()
         finally:
             server.stop(timeout=2)
-            for pid in children:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                    os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
+            stop_workers(children)

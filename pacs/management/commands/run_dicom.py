@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connections
 
 from pacs.dimse.server import start_server
+from pacs.prefork import fork_workers, stop_workers
 
 
 class Command(BaseCommand):
@@ -32,17 +31,7 @@ class Command(BaseCommand):
             with socket.socket() as probe:  # one free port for every worker
                 probe.bind((host, 0))
                 port = probe.getsockname()[1]
-        connections.close_all()  # no database connection may cross a fork
-        children = []
-        for _ in range(workers - 1):
-            pid = os.fork()
-            if pid == 0:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                try:
-                    start_server(host, port, block=True, reuse_port=True)
-                finally:
-                    os._exit(0)
-            children.append(pid)
+        children = fork_workers(workers - 1, lambda: start_server(host, port, block=True, reuse_port=True))
 
         def stop(signum, frame):
             raise KeyboardInterrupt
@@ -53,9 +42,4 @@ class Command(BaseCommand):
         try:
             start_server(host, port, block=True, reuse_port=workers > 1)
         finally:
-            for pid in children:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                    os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
+            stop_workers(children)
