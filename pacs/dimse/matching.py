@@ -43,7 +43,8 @@ from pacs.lib.dicom_values import (
     wildcard_to_like,
 )
 from ris import states
-from ris.models import PatientIdentifier, PatientMerge, ScheduledProcedureStep
+from ris.models import PatientIdentifier, ScheduledProcedureStep
+from ris.models.core import retired_by_merge
 
 
 class IdentifierError(Exception):
@@ -360,13 +361,7 @@ def _identifier_subquery(matches: Matches) -> QuerySet:
     """The patient's identifiers that may answer PatientID: not one retired by an A40 merge
     still in force (its steps now answer under the survivor's ID), matching the query's
     PatientID / IssuerOfPatientID; the oldest first."""
-    retired = PatientMerge.objects.filter(
-        survivor=OuterRef("patient"),
-        retired_patient_id=OuterRef("id_number"),
-        retired_issuer_of_patient_id=OuterRef("assigning_authority"),
-        undone_at__isnull=True,
-    )
-    identifiers = PatientIdentifier.objects.filter(patient=OuterRef(P.rstrip("_"))).exclude(Exists(retired))
+    identifiers = PatientIdentifier.objects.filter(patient=OuterRef(P.rstrip("_"))).exclude(retired_by_merge())
     if matches.patient_id_filter is not None:
         identifiers = identifiers.filter(matches.patient_id_filter)
     return identifiers.order_by("pk")

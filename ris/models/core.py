@@ -43,11 +43,7 @@ class Patient(models.Model):
     def current_identifiers(self):
         """Identifiers that may stand for this patient: all but those retired into it by an
         A40 merge (MRG-1), which stay only so that late messages with the old ID still resolve."""
-        retired = PatientMerge.objects.filter(
-            survivor=self, undone_at__isnull=True, retired_patient_id=models.OuterRef("id_number"),
-            retired_issuer_of_patient_id=models.OuterRef("assigning_authority"),
-        )
-        return self.identifiers.exclude(models.Exists(retired)).order_by("pk")
+        return self.identifiers.exclude(retired_by_merge()).order_by("pk")
 
     @property
     def primary_identifier(self) -> PatientIdentifier | None:
@@ -250,3 +246,17 @@ class AccessionNumberAllocation(models.Model):
     """
 
     allocated_at = models.DateTimeField(auto_now_add=True)
+
+
+def retired_by_merge(patient_ref: str = "patient") -> models.Exists:
+    """For a PatientIdentifier query: true when the identifier was retired (MRG-1) into its
+    patient by an A40 merge still in force.  ``patient_ref`` names the identifier's patient
+    column in the outer query.  The one spelling of this rule, for Python and SQL callers
+    (``Patient.current_identifiers``, the MWL's PatientID)."""
+    return models.Exists(
+        PatientMerge.objects.filter(
+            survivor=models.OuterRef(patient_ref), undone_at__isnull=True,
+            retired_patient_id=models.OuterRef("id_number"),
+            retired_issuer_of_patient_id=models.OuterRef("assigning_authority"),
+        )
+    )
