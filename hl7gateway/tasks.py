@@ -9,8 +9,7 @@ explicit and stable (they are what the broker and the beat schedule store).
 
 from __future__ import annotations
 
-from celery import shared_task, signals
-from django.db import close_old_connections
+from celery import shared_task
 
 from hl7gateway import outbox
 
@@ -32,12 +31,3 @@ def sweep_outbound() -> int:
     """Periodic (CELERY_BEAT_SCHEDULE): re-queue due rows whose task never ran or whose worker died."""
     return outbox.sweep()
 
-
-@signals.task_prerun.connect
-@signals.task_postrun.connect
-def _database_connections_like_requests(**kwargs) -> None:
-    """Keep a worker's database connection across tasks, as Django does across requests: close
-    it only when it is unusable (after an error) or older than CONN_MAX_AGE.  (With
-    CELERY_DB_REUSE_MAX set, Celery no longer closes it after every task; this keeps a broken
-    connection from outliving the task that broke it.)  Applies to every task of the worker."""
-    close_old_connections()

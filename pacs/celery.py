@@ -6,10 +6,22 @@ Tasks take row IDs (never objects), are acknowledged late and must be idempotent
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 
 app = Celery("pacs")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def _database_connections_like_requests(**kwargs) -> None:
+    """Keep a worker's database connection across tasks, as Django does across requests: close
+    it only when it is unusable (after an error) or older than CONN_MAX_AGE.  (With
+    CELERY_DB_REUSE_MAX set, Celery no longer closes it after every task; this keeps a broken
+    connection from outliving the task that broke it.)  Applies to every task of the worker."""
+    from django.db import close_old_connections
+
+    close_old_connections()
