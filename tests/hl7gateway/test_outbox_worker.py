@@ -10,8 +10,6 @@ delivery task is published by ``transaction.on_commit`` after the signing transa
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from django.conf import settings
 from django.db import connection
 
 from hl7gateway.models import OutboundAttempt, OutboundMessage
+from tests.celery_worker import CeleryWorker
 from tests.hl7gateway import outbox_helpers as h
 from tests.mllp_sink import AA, AE, AR, SILENT, MLLPSink
 
@@ -39,62 +38,19 @@ WORKER_ENV = {
 }
 
 
-class Worker:
-    """A real ``celery -A pacs worker`` with embedded beat (the sweep), in its own process group."""
-
-    def __init__(self, tmp: Path, name: str):
-        self.tmp = tmp
-        self.name = name
-        self.log = tmp / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def env(self) -> dict:
-        db = connection.settings_dict
-        env = dict(os.environ)
-        env.update(WORKER_ENV)
-        env.update(
-            DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-            CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
-            VAR_DIR=str(self.tmp / "var"),
-            PYTHONUNBUFFERED="1",
-        )
-        return env
-
-    def start(self, timeout: float = 60.0) -> Worker:
-        out = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/celery"), "-A", "pacs", "worker", "-B", "--loglevel", "INFO", "--concurrency", "2",
-             "--without-gossip", "--without-mingle", "-n", f"{self.name}@%h",
-             "-s", str(self.tmp / f"{self.name}-beat-schedule")],
-            cwd=ROOT, env=self.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if b" ready." in self.log.read_bytes():
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"celery worker did not start:\n{self.tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL the whole worker (main process and pool children): nothing gets to clean up."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.exists() else ""
+def Worker(tmp: Path, name: str) -> CeleryWorker:
+    """A real ``celery -A pacs worker`` with embedded beat (the sweep), on the test database."""
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(WORKER_ENV)
+    env.update(
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
+        VAR_DIR=str(tmp / "var"),
+        PYTHONUNBUFFERED="1",
+    )
+    return CeleryWorker(tmp, env, name=name, args=["-B", "--concurrency", "2", "--without-gossip", "--without-mingle",
+                                                   "-s", str(tmp / f"{name}-beat-schedule")])
 
 
 @pytest.fixture
@@ -119,7 +75,7 @@ def sink():
         yield s
 
 
-def wait_until(predicate, timeout: float, what: str, worker: Worker | None = None):
+def wait_until(predicate, timeout: float, what: str, worker: CeleryWorker | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

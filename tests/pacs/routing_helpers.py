@@ -4,8 +4,6 @@ and a real Orthanc VNA, for the routing tests."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,53 +12,17 @@ import redis
 from django.conf import settings
 from django.db import connection
 
+from tests.celery_worker import CeleryWorker
 from tests.pacs.orthanc import OrthancProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
 
 
-class Worker:
-    def __init__(self, workdir: Path, env: dict):
-        self.workdir = workdir
-        self.env = env
-        self.process: subprocess.Popen | None = None
-        self.count = 0
-
-    def start(self, timeout: float = 30.0) -> Worker:
-        self.count += 1
-        self.logfile = self.workdir / f"worker{self.count}.log"
-        self.process = subprocess.Popen(
-            [str(ROOT / ".venv/bin/celery"), "-A", "pacs", "worker", "-P", "solo", "-c", "1", "-l", "INFO",
-             "--without-heartbeat", "--without-gossip", "--without-mingle", "-n", f"h4test{self.count}@%h"],
-            cwd=ROOT, env=self.env, stdout=open(self.logfile, "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(self.logfile.read_text()[-3000:])
-            if "ready." in self.logfile.read_text():
-                return self
-            time.sleep(0.2)
-        raise RuntimeError("celery worker did not start: " + self.logfile.read_text()[-3000:])
-
-    def kill(self) -> None:
-        """SIGKILL, as a crashed host would."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        return self.logfile.read_text()
+def Worker(workdir: Path, env: dict) -> CeleryWorker:
+    """The routing tests' worker: solo pool, one task at a time."""
+    return CeleryWorker(workdir, env, name="h4test", args=["-P", "solo", "-c", "1", "--without-heartbeat",
+                                                           "--without-gossip", "--without-mingle"])
 
 
 @pytest.fixture
