@@ -152,12 +152,19 @@ class ReconciliationError(DomainError):
     pass
 
 
+def _locked_study(study_id: int) -> Study:
+    try:
+        return Study.objects.select_for_update().get(pk=study_id)
+    except Study.DoesNotExist:
+        raise UnknownKey(f"study {study_id} does not exist") from None
+
+
 def link_study(study_id: int, requested_procedure_id: int, *, actor: str, note: str = "") -> StudyLink:
     """A person links a study to an existing order (reconciliation page)."""
     from pacs.services import completion
 
     with transaction.atomic():
-        study = Study.objects.select_for_update().get(pk=study_id)
+        study = _locked_study(study_id)
         try:
             rp = RequestedProcedure.objects.select_related("order__patient").get(pk=requested_procedure_id)
         except RequestedProcedure.DoesNotExist:
@@ -179,7 +186,7 @@ def link_study_to_new_order(study_id: int, patient_pk: int, *, actor: str, descr
     from ris.services.identifiers import new_accession_number
 
     with transaction.atomic():
-        study = Study.objects.select_for_update().get(pk=study_id)
+        study = _locked_study(study_id)
         if study.requested_procedure_id is not None:
             raise ReconciliationError("the study is already linked to an order")
         try:

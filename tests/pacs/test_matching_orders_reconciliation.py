@@ -99,3 +99,31 @@ def test_reconciliation_roles(client, transactional_db):
     assert client.post(reverse("imaging:link_study", args=[1]), {"requested_procedure_id": 1}).status_code == 403
     client.logout()
     assert client.get(reverse("imaging:reconciliation")).status_code == 302  # to the login page
+
+
+def test_bad_reconciliation_input_is_refused_and_changes_nothing(engine, tmp_path, client, settings):
+    settings.VNA_DESTINATIONS = ""
+    patient = make_patient("DOE^JOHN", patient_id="P700", issuer="HOSP")
+    step = make_step(patient, accession="ACC700")
+    study = unmatched_study(engine, tmp_path, patient_id="P700", patient_name="DOE^JOHN")
+    login(client, "tech3", TECHNOLOGIST)
+    link_url = reverse("imaging:link_study", args=[study.pk])
+
+    for bad in ("", "not-a-number", "999999999"):
+        response = client.post(link_url, {"requested_procedure_id": bad}, follow=True)
+        assert response.status_code == 200 and "Not linked" in response.content.decode()
+    response = client.post(reverse("imaging:new_order", args=[study.pk]), {"patient": "999999999"}, follow=True)
+    assert "No order created" in response.content.decode()
+    # A study that does not exist: a clear refusal, not a server error.
+    response = client.post(reverse("imaging:link_study", args=[999999999]),
+                           {"requested_procedure_id": step.requested_procedure_id})
+    assert response.status_code in (302, 404)
+    study.refresh_from_db()
+    assert study.requested_procedure_id is None and not StudyLink.objects.exists()
+    assert Order.objects.count() == 1
+
+    # Linked once; a second "new order" for the same study is refused and creates nothing.
+    client.post(link_url, {"requested_procedure_id": step.requested_procedure_id})
+    response = client.post(reverse("imaging:new_order", args=[study.pk]), {"patient": patient.pk}, follow=True)
+    assert "No order created" in response.content.decode()
+    assert StudyLink.objects.count() == 1 and Order.objects.count() == 1
