@@ -15,7 +15,6 @@ import logging
 
 from django.db import DatabaseError, InterfaceError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 log = logging.getLogger("pacs.dimse.commitment")
@@ -60,4 +59,4 @@ def on_n_event_report(event):
 
 
 def handlers():
-    return [(evt.EVT_N_EVENT_REPORT, on_n_event_report)]
+    return {"N-EVENT-REPORT": on_n_event_report}

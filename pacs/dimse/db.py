@@ -1,6 +1,6 @@
 """Database work of the DIMSE handlers, on a few long-lived threads.
 
-pynetdicom runs every association on new threads, and a Django connection belongs to its
+The acceptor runs every association on a new thread, and a Django connection belongs to its
 thread: without this, each association would open (and close) its own PostgreSQL
 connection, about 3-6 ms on this machine, more than the MWL query itself.  ``run(fn, ...)``
 hands ``fn`` to one of DICOM_DB_CONNECTIONS worker threads, each keeping its connection

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pynetdicom import evt
 from pynetdicom.sop_class import Verification
 
 from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
@@ -19,4 +18,4 @@ def on_c_echo(event):
 def handlers():
     from monitoring.dicom_log import counted  # per-AE counts (monitoring.DicomOperation)
 
-    return [(evt.EVT_C_ECHO, counted("C-ECHO", on_c_echo))]
+    return {"C-ECHO": counted("C-ECHO", on_c_echo)}

@@ -13,7 +13,6 @@ import logging
 from django.db import DatabaseError
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pynetdicom import evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from pacs.dimse import db
@@ -62,13 +61,13 @@ def _answer(kind: str, call, event, uid: str, dataset_of):
 
 
 def on_n_create(event):
-    """EVT_N_CREATE: the modality started a procedure step."""
+    """N-CREATE: the modality started a procedure step."""
     uid = str(event.request.AffectedSOPInstanceUID or "")
     return _answer("n-create", service.create, event, uid, lambda e: e.attribute_list)
 
 
 def on_n_set(event):
-    """EVT_N_SET: the modality updated, completed or discontinued it."""
+    """N-SET: the modality updated, completed or discontinued it."""
     uid = str(event.request.RequestedSOPInstanceUID or "")
     return _answer("n-set", service.update, event, uid, lambda e: e.modification_list)
 
@@ -76,4 +75,4 @@ def on_n_set(event):
 def handlers():
     from monitoring.dicom_log import counted  # per-AE counts (monitoring.DicomOperation)
 
-    return [(evt.EVT_N_CREATE, counted("MPPS N-CREATE", on_n_create)), (evt.EVT_N_SET, counted("MPPS N-SET", on_n_set))]
+    return {"N-CREATE": counted("MPPS N-CREATE", on_n_create), "N-SET": counted("MPPS N-SET", on_n_set)}

@@ -12,7 +12,6 @@ Results beyond MWL_MAX_RESULTS are cut with a warning in the log.
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime
 
 from django.conf import settings
@@ -22,7 +21,6 @@ from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pynetdicom import evt
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from pacs.dimse import db, policy
@@ -129,7 +127,7 @@ def find(identifier: Dataset, *, calling_ae_title: str, node=None):
 
 
 def on_c_find(event):
-    """EVT_C_FIND: yield (0xFF00, item) per match, then (0x0000, None)."""
+    """C-FIND: yield (0xFF00, item) per match, then (0x0000, None)."""
     calling = event.assoc.requestor.ae_title.strip()
     try:
         identifier = event.identifier
@@ -157,7 +155,6 @@ def on_c_find(event):
 
         db.run(record_worklist_results, [row["pk"] for row in rows], calling)
     for row in rows:
-        _wait_for_the_wire(event.assoc)
         if event.is_cancelled:
             yield CANCELED, None
             return
@@ -174,20 +171,6 @@ def on_c_find(event):
     yield SUCCESS, None
 
 
-# Pending answers allowed to wait in pynetdicom's outgoing queue.  Without a bound the handler
-# queues every match before the first is on the wire, and a C-CANCEL (read between sends)
-# would come too late to stop anything (PS3.7 9.3.2.3).
-SEND_QUEUE_DEPTH = 8
-
-
-def _wait_for_the_wire(assoc) -> None:
-    """Let pynetdicom's DUL thread send what is queued before the next answer is built."""
-    queue = assoc.dul.to_provider_queue
-    deadline = time.monotonic() + (assoc.network_timeout or 60)
-    while queue.qsize() > SEND_QUEUE_DEPTH and assoc.is_established and time.monotonic() < deadline:
-        time.sleep(0.0002)
-
-
 def _failure(code: int, text: str) -> Dataset:
     """A failure status with ErrorComment (0000,0902), at most 64 characters."""
     status = Dataset()
@@ -199,5 +182,5 @@ def _failure(code: int, text: str) -> Dataset:
 def handlers():
     from monitoring.dicom_log import counted  # per-AE counts (monitoring.DicomOperation)
 
-    return [(evt.EVT_C_FIND, counted("MWL C-FIND", on_c_find))]
+    return {"C-FIND": counted("MWL C-FIND", on_c_find)}
 

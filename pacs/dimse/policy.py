@@ -1,6 +1,6 @@
 """Association policy: who may associate, and for which services (reliability D-01, D-02).
 
-On A-ASSOCIATE-RQ (EVT_REQUESTED) the calling AE title is looked up among the enabled
+On A-ASSOCIATE-RQ (``check``, called by ``pacs.dimse.acceptor``) the calling AE title is looked up among the enabled
 ``DicomNode`` rows:
 
 - unknown, and DICOM_ALLOW_UNKNOWN_AE off: A-ASSOCIATE-RJ rejected-permanent, service
@@ -11,7 +11,7 @@ On A-ASSOCIATE-RQ (EVT_REQUESTED) the calling AE title is looked up among the en
   association accepts, so they are refused at negotiation ("abstract syntax not supported").
 
 The node found is kept on the association (``node_of``) for the handlers (e.g. the MWL
-station filter).  The wrong called AE title is refused by pynetdicom (``require_called_aet``).
+station filter).  The wrong called AE title is refused by the acceptor.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import socket
 
 from django.conf import settings
 from django.db import DatabaseError
-from pynetdicom import evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind, Verification
 
 from pacs.dimse import db
+from pacs.dimse.acceptor import Rejected
 from pacs.models import DicomNode
 
 log = logging.getLogger("pacs.dimse.policy")
@@ -69,16 +69,13 @@ def _node(ae_title: str) -> DicomNode | None:
 
 
 def _reject(assoc, result: int, source: int, diagnostic: int) -> None:
-    """A-ASSOCIATE-RJ, then end the association once the PDU is out (as pynetdicom's ACSE does)."""
-    assoc.acse.send_reject(result, source, diagnostic)
-    evt.trigger(assoc, evt.EVT_REJECTED, {})
-    assoc.kill()
+    """A-ASSOCIATE-RJ (sent by the acceptor)."""
+    raise Rejected(result, source, diagnostic)
 
 
-def on_requested(event) -> None:
-    """EVT_REQUESTED: accept, narrow the services, or reject the association."""
-    assoc = event.assoc
-    calling = assoc.requestor.primitive.calling_ae_title.strip()
+def check(assoc) -> None:
+    """A-ASSOCIATE-RQ: accept, narrow the services, or reject (``Rejected``) the association."""
+    calling = assoc.requestor.ae_title
     address = assoc.requestor.address
     try:
         node = db.run(_node, calling)
@@ -103,6 +100,6 @@ def on_requested(event) -> None:
         _reject(assoc, REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
         return
     setattr(assoc, _ATTR, node)
-    allowed = [cx for cx in assoc.acceptor.supported_contexts if getattr(node, service_flag(cx.abstract_syntax))]
-    if len(allowed) != len(assoc.acceptor.supported_contexts):
-        assoc.acceptor.supported_contexts = allowed
+    allowed = [cx for cx in assoc.supported_contexts if getattr(node, service_flag(cx.abstract_syntax))]
+    if len(allowed) != len(assoc.supported_contexts):
+        assoc.supported_contexts = allowed

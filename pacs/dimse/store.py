@@ -1,7 +1,7 @@
 """Storage SOP Classes, SCP role (PS3.4 Annex B): C-STORE into the file store and index.
 
-The dataset is never decoded in memory: pynetdicom writes it to a temporary file as it
-arrives (``_config.STORE_RECV_CHUNKED_DATASET``), the handler reads the header only
+The dataset is never decoded in memory: the acceptor (``pacs.dimse.acceptor``) writes it to a
+file in the store's incoming directory as it arrives, the handler reads the header only
 (``stop_before_pixels``, large values deferred), hands the file to the store (hard link,
 fsync, rename; ``pacs.storage``) and the index (``pacs.services.images``), and answers
 Success only after both are committed.  Statuses (PS3.4 B.2.3):
@@ -32,16 +32,12 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     RLELossless,
 )
-from pynetdicom import _config, evt
 from pynetdicom import sop_class as sc
 
 from pacs import storage
 from pacs.services import images
 
 log = logging.getLogger("pacs.dimse.store")
-
-# Stream datasets to a temporary file instead of memory (bounded memory for 1 GB instances).
-_config.STORE_RECV_CHUNKED_DATASET = True
 
 STORAGE_SOP_CLASSES = [
     sc.CTImageStorage, sc.EnhancedCTImageStorage,
@@ -127,10 +123,13 @@ def read_attributes(path, *, transfer_syntax_uid: str, calling_ae_title: str) ->
 
 
 def on_c_store(event):
-    """EVT_C_STORE: store, index, then answer (see module docstring for the statuses)."""
+    """C-STORE: store, index, then answer (see module docstring for the statuses)."""
     request = event.request
     calling = (event.assoc.requestor.ae_title or "").strip()
     temporary = None
+    if event.receive_error is not None:
+        log.error("C-STORE failed: storage", extra={"calling_ae_title": calling, "error": str(event.receive_error)[:200]})
+        return OUT_OF_RESOURCES
     try:
         try:
             temporary = storage.take_temporary(event.dataset_path)
@@ -177,4 +176,4 @@ def on_c_store(event):
 def handlers():
     from monitoring.dicom_log import counted  # per-AE counts (monitoring.DicomOperation)
 
-    return [(evt.EVT_C_STORE, counted("C-STORE", on_c_store))]
+    return {"C-STORE": counted("C-STORE", on_c_store)}

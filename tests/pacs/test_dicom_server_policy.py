@@ -155,7 +155,7 @@ def test_twenty_concurrent_associations(dicom_server):
 
 def test_association_limit(dicom_server, settings):
     """Beyond DICOM_MAX_ASSOCIATIONS: rejected transient (local limit exceeded); the others unaffected (D-04)."""
-    dicom_server.ae.maximum_associations = 2
+    dicom_server.maximum_associations = 2
     port = port_of(dicom_server)
     held = [_scu().associate("127.0.0.1", port, ae_title="PACS") for _ in range(2)]
     try:

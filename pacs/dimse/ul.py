@@ -1,0 +1,260 @@
+"""DICOM Upper Layer framing and DIMSE command sets on a blocking socket (PS3.8 9.3, PS3.7 9-10).
+
+What the engine's acceptor (``pacs.dimse.acceptor``) needs, written for speed: one PDU read
+is two ``recv_into`` calls into one buffer, one P-DATA-TF carries the command set, and a
+command set is encoded or decoded here in implicit VR little endian (PS3.7 6.3.1) without
+building a pydicom Dataset.  A-ASSOCIATE-RQ/AC/RJ are encoded and decoded by pynetdicom's
+PDU classes (``pacs.dimse.acceptor``), which are exercised by its own test suite.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+# PDU types (PS3.8 9.3.1)
+A_ASSOCIATE_RQ = 0x01
+A_ASSOCIATE_AC = 0x02
+A_ASSOCIATE_RJ = 0x03
+P_DATA_TF = 0x04
+A_RELEASE_RQ = 0x05
+A_RELEASE_RP = 0x06
+A_ABORT = 0x07
+PDU_TYPES = frozenset(range(0x01, 0x08))
+
+# A-ABORT source and reason (PS3.8 9.3.8)
+ABORT_SOURCE_USER = 0x00
+ABORT_SOURCE_PROVIDER = 0x02
+REASON_NOT_SPECIFIED = 0x00
+REASON_UNRECOGNIZED_PDU = 0x01
+REASON_UNEXPECTED_PDU = 0x02
+REASON_INVALID_PARAMETER = 0x06
+
+# Largest PDU we read when we announce no limit (0): a bound against a peer that claims 4 GiB.
+UNLIMITED_READ = 64 * 2**20
+
+_HEADER = struct.Struct(">BxL")
+_PDV = struct.Struct(">LBB")
+_ELEMENT = struct.Struct("<HHL")
+
+
+class ConnectionClosed(Exception):
+    """The peer closed the connection (or it broke) before a whole PDU arrived."""
+
+
+class ProtocolError(Exception):
+    """A PDU or a command set we cannot accept; the association is aborted with ``reason``."""
+
+    def __init__(self, message: str, reason: int = REASON_INVALID_PARAMETER):
+        super().__init__(message)
+        self.reason = reason
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytearray:
+    buffer = bytearray(n)
+    view = memoryview(buffer)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionClosed(f"connection closed after {got} of {n} bytes")
+        got += k
+    return buffer
+
+
+def read_pdu(sock: socket.socket, max_length: int) -> tuple[int, bytearray]:
+    """One PDU: ``(type, body)``.  ``max_length`` bounds the body (0 = UNLIMITED_READ)."""
+    header = recv_exact(sock, 6)
+    pdu_type, length = _HEADER.unpack(header)
+    if pdu_type not in PDU_TYPES:
+        raise ProtocolError(f"unrecognized PDU type 0x{pdu_type:02X}", REASON_UNRECOGNIZED_PDU)
+    limit = max_length + 6 if max_length else UNLIMITED_READ  # a P-DATA-TF may carry its 6 header bytes
+    if pdu_type == P_DATA_TF and length > limit:
+        raise ProtocolError(f"P-DATA-TF of {length} bytes exceeds the negotiated maximum")
+    if length > UNLIMITED_READ:
+        raise ProtocolError(f"PDU of {length} bytes")
+    return pdu_type, recv_exact(sock, length) if length else bytearray()
+
+
+def pdu(pdu_type: int, body: bytes) -> bytes:
+    return _HEADER.pack(pdu_type, len(body)) + body
+
+
+def abort_pdu(source: int = ABORT_SOURCE_PROVIDER, reason: int = REASON_NOT_SPECIFIED) -> bytes:
+    return pdu(A_ABORT, bytes((0, 0, source, reason)))
+
+
+RELEASE_RP = pdu(A_RELEASE_RP, b"\x00\x00\x00\x00")
+
+
+def iter_pdvs(body: bytearray):
+    """The presentation data values of a P-DATA-TF body: ``(context_id, is_command, is_last, data)``."""
+    view = memoryview(body)
+    offset, end = 0, len(body)
+    while offset < end:
+        if end - offset < 6:
+            raise ProtocolError("truncated PDV item")
+        length, context_id, control = _PDV.unpack_from(view, offset)
+        if length < 2 or offset + 4 + length > end:
+            raise ProtocolError("PDV item length out of range")
+        yield context_id, bool(control & 0x01), bool(control & 0x02), view[offset + 6:offset + 4 + length]
+        offset += 4 + length
+
+
+def p_data_pdus(context_id: int, is_command: bool, data: bytes, max_length: int):
+    """``data`` as one or more P-DATA-TF PDUs of one PDV each, within the peer's maximum
+    (``max_length`` = its Maximum Length Received; 0 = no limit)."""
+    room = (max_length - 6) if max_length else len(data) or 1
+    room = max(room, 1)
+    flag = 0x01 if is_command else 0x00
+    total = len(data)
+    if total <= room:
+        yield _HEADER.pack(P_DATA_TF, total + 6) + _PDV.pack(total + 2, context_id, flag | 0x02) + data
+        return
+    view = memoryview(data)
+    for start in range(0, total, room):
+        chunk = view[start:start + room]
+        last = 0x02 if start + room >= total else 0x00
+        yield _HEADER.pack(P_DATA_TF, len(chunk) + 6) + _PDV.pack(len(chunk) + 2, context_id, flag | last) + chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# Command sets (PS3.7 9.3 / 10.3): group 0000, implicit VR little endian.
+
+COMMAND_FIELDS = {
+    0x0001: "C-STORE", 0x0010: "C-GET", 0x0020: "C-FIND", 0x0021: "C-MOVE", 0x0030: "C-ECHO",
+    0x0FFF: "C-CANCEL", 0x0100: "N-EVENT-REPORT", 0x0110: "N-GET", 0x0120: "N-SET",
+    0x0130: "N-ACTION", 0x0140: "N-CREATE", 0x0150: "N-DELETE",
+}
+NO_DATA_SET = 0x0101
+
+# keyword -> (tag, VR) of the command elements we read or write
+COMMAND_ELEMENTS = {
+    "AffectedSOPClassUID": (0x00000002, "UI"),
+    "RequestedSOPClassUID": (0x00000003, "UI"),
+    "CommandField": (0x00000100, "US"),
+    "MessageID": (0x00000110, "US"),
+    "MessageIDBeingRespondedTo": (0x00000120, "US"),
+    "MoveDestination": (0x00000600, "AE"),
+    "Priority": (0x00000700, "US"),
+    "CommandDataSetType": (0x00000800, "US"),
+    "Status": (0x00000900, "US"),
+    "OffendingElement": (0x00000901, "AT"),
+    "ErrorComment": (0x00000902, "LO"),
+    "ErrorID": (0x00000903, "US"),
+    "AffectedSOPInstanceUID": (0x00001000, "UI"),
+    "RequestedSOPInstanceUID": (0x00001001, "UI"),
+    "EventTypeID": (0x00001002, "US"),
+    "AttributeIdentifierList": (0x00001005, "AT"),
+    "ActionTypeID": (0x00001008, "US"),
+    "MoveOriginatorApplicationEntityTitle": (0x00001030, "AE"),
+    "MoveOriginatorMessageID": (0x00001031, "US"),
+}
+_KEYWORD_OF_TAG = {tag: keyword for keyword, (tag, _vr) in COMMAND_ELEMENTS.items()}
+
+
+def _decode_value(vr: str, raw: memoryview):
+    if vr == "US":
+        if len(raw) != 2:
+            raise ProtocolError("US command element of the wrong length")
+        return raw[0] | (raw[1] << 8)
+    if vr == "UL":
+        return int.from_bytes(raw, "little")
+    if vr == "AT":
+        return [int.from_bytes(raw[i:i + 2], "little") << 16 | int.from_bytes(raw[i + 2:i + 4], "little")
+                for i in range(0, len(raw) - 3, 4)]
+    text = bytes(raw).decode("ascii", "replace")
+    return text.rstrip("\x00 ") if vr == "UI" else text.strip()
+
+
+class Command:
+    """A decoded command set: its elements as attributes by DICOM keyword (absent = None)."""
+
+    __slots__ = ("elements",)
+
+    def __init__(self, elements: dict):
+        self.elements = elements
+
+    def __getattr__(self, keyword: str):
+        if keyword.startswith("__"):
+            raise AttributeError(keyword)
+        return self.elements.get(keyword)
+
+    @property
+    def has_data_set(self) -> bool:
+        kind = self.elements.get("CommandDataSetType")
+        return kind is not None and kind != NO_DATA_SET
+
+    @property
+    def name(self) -> str:
+        return COMMAND_FIELDS.get(self.elements.get("CommandField"), "unknown")
+
+
+def decode_command(data: bytes | bytearray) -> Command:
+    """Decode a command set (implicit VR LE).  Unknown group-0000 elements are skipped."""
+    view = memoryview(data)
+    offset, end = 0, len(data)
+    elements = {}
+    while offset < end:
+        if end - offset < 8:
+            raise ProtocolError("truncated command element")
+        group, element, length = _ELEMENT.unpack_from(view, offset)
+        offset += 8
+        if group != 0x0000 or length == 0xFFFFFFFF or offset + length > end:
+            raise ProtocolError("command set is not group 0000 in implicit VR little endian")
+        tag = element  # group is 0
+        keyword = _KEYWORD_OF_TAG.get(tag)
+        if keyword is not None:
+            vr = COMMAND_ELEMENTS[keyword][1]
+            elements[keyword] = _decode_value(vr, view[offset:offset + length])
+        offset += length
+    if "CommandField" not in elements:
+        raise ProtocolError("command set without CommandField")
+    return Command(elements)
+
+
+def _encode_value(vr: str, value) -> bytes:
+    if vr == "US":
+        return int(value).to_bytes(2, "little")
+    if vr == "UL":
+        return int(value).to_bytes(4, "little")
+    if vr == "AT":
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return b"".join(struct.pack("<HH", int(t) >> 16, int(t) & 0xFFFF) for t in values)
+    raw = str(value).encode("ascii", "replace")
+    if len(raw) % 2:
+        raw += b"\x00" if vr == "UI" else b" "
+    return raw
+
+
+def encode_command(elements: dict) -> bytes:
+    """Encode ``{keyword: value}`` (keywords of COMMAND_ELEMENTS; None values left out) as a
+    command set with its CommandGroupLength, elements in tag order."""
+    parts = []
+    for keyword, value in sorted(
+        ((k, v) for k, v in elements.items() if v is not None), key=lambda kv: COMMAND_ELEMENTS[kv[0]][0]
+    ):
+        tag, vr = COMMAND_ELEMENTS[keyword]
+        raw = _encode_value(vr, value)
+        parts.append(_ELEMENT.pack(0, tag, len(raw)) + raw)
+    body = b"".join(parts)
+    return _ELEMENT.pack(0, 0, 4) + len(body).to_bytes(4, "little") + body
+
+
+def status_elements(status) -> dict:
+    """A handler's status (an int, or a Dataset with Status and other group-0000 keywords) as
+    command elements."""
+    if isinstance(status, int):
+        return {"Status": status}
+    elements = {"Status": int(status.Status)}
+    for elem in status:
+        if elem.tag.group != 0 or elem.tag.element == 0x0900:
+            continue
+        keyword = _KEYWORD_OF_TAG.get(elem.tag.element)
+        if keyword is None:
+            continue
+        value = elem.value
+        if COMMAND_ELEMENTS[keyword][1] == "AT" and not isinstance(value, (list, tuple)):
+            value = [value]
+        elements[keyword] = value
+    return elements
