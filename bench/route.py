@@ -5,7 +5,7 @@
 
 Per run, the same Orthanc (SyncStorageArea true) receives the 200-image CT study from
 ``/usr/bin/storescu`` directly, then from the engine's transfer task with each sender
-(``VNA_DICOM_SENDER`` pynetdicom and dcmtk): MB/s when every instance is sent, and when the
+(``VNA_DICOM_SENDER`` engine and dcmtk): MB/s when every instance is sent, and when the
 storage commitment report has been recorded.
 """
 

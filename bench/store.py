@@ -188,7 +188,7 @@ def bench_route(workdir: Path, images: int, runs: int) -> dict:
     VnaDestination.objects.all().delete()
     VnaDestination.objects.create(name="bench-orthanc", ae_title=orthanc.aet, host="127.0.0.1",
                                   port=orthanc.dicom_port)
-    senders = ("pynetdicom", "dcmtk")
+    senders = ("engine", "dcmtk")
     direct: list[dict] = []
     sent: dict[str, list[dict]] = {s: [] for s in senders}
     committed: dict[str, list[dict]] = {s: [] for s in senders}
@@ -212,7 +212,7 @@ def bench_route(workdir: Path, images: int, runs: int) -> dict:
                 assert completion.check_study(study.pk, now=timezone.now() + timezone.timedelta(hours=1))
                 transfer = Transfer.objects.get(study=study)
                 start = time.perf_counter()
-                if PROFILE_ROUTE and run == 0 and sender == "pynetdicom":
+                if PROFILE_ROUTE and run == 0 and sender == "engine":
                     import cProfile
                     import pstats
 
@@ -346,7 +346,7 @@ def main() -> None:
         for name, r in route.items():
             if isinstance(r, dict):
                 print(f"  {name:34s} {r['MB_per_s']:8.1f} MB/s {r['instances_per_s']:8.1f} instances/s")
-        for sender in ("pynetdicom", "dcmtk"):
+        for sender in ("engine", "dcmtk"):
             print(f"  routed ({sender}) / direct = {route[f'ratio_{sender}_sent']} (sent), "
                   f"{route[f'ratio_{sender}_committed']} (committed)")
     if args.json:

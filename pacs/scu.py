@@ -2,10 +2,14 @@
 N-ACTION (PS3.4 J.3.2).  Used by ``pacs.services.routing`` inside a Celery task.
 
 One association per transfer, proposing exactly the (SOP class, transfer syntax) pairs the
-stored files have, so files are sent as stored, streamed from disk without decoding
-(``_config.STORE_SEND_CHUNKED_DATASET``).  Instances whose attributes are corrected from
-the order are read, corrected and re-encoded in their own transfer syntax.  Every
-association belongs to one call, never shared between threads (reliability D-18).
+stored files have, so files are sent as stored, streamed from disk without decoding.
+Instances whose attributes are corrected from the order are read, corrected and re-encoded
+in their own transfer syntax.  Every association belongs to one call, never shared between
+threads (reliability D-18).
+
+C-STORE is sent by the engine's own requestor (``pacs.dimse.requestor``, the default
+``VNA_DICOM_SENDER=engine``) or by dcmtk's storescu (``dcmtk``, ``pacs.scu_dcmtk``); the
+storage commitment request (one small N-ACTION per transfer) by pynetdicom.
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ from django.conf import settings
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config
+from pynetdicom import AE
+from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
+from pacs.dimse import requestor
 from pacs.services.routing import ItemOutcome, ItemToSend, PermanentError, TransientError
 
 log = logging.getLogger("pacs.scu")
-
-_config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255
 PROGRESS_EVERY = 10
@@ -79,55 +83,75 @@ def send_items(destination, items: list[ItemToSend], *, corrections: dict[str, s
         from pacs import scu_dcmtk
 
         return scu_dcmtk.send_items(destination, items, corrections=corrections, progress=progress)
-    return send_items_pynetdicom(destination, items, corrections=corrections, progress=progress)
+    return send_items_engine(destination, items, corrections=corrections, progress=progress)
 
 
-def send_items_pynetdicom(destination, items: list[ItemToSend], *, corrections: dict[str, str],
-                          progress) -> list[ItemOutcome]:
+def _open(destination, pairs: list[tuple[str, str]]) -> requestor.Association:
+    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    try:
+        return requestor.Association.request(
+            destination.host, int(destination.port), calling_ae_title=settings.DICOM_AE_TITLE,
+            called_ae_title=destination.ae_title, contexts=pairs, acse_timeout=settings.DICOM_ACSE_TIMEOUT,
+            dimse_timeout=settings.DICOM_DIMSE_TIMEOUT, network_timeout=settings.DICOM_NETWORK_TIMEOUT,
+        )
+    except requestor.AssociationRejected as exc:
+        reason = f"association rejected by {where} (result {exc.result}, source {exc.source}, reason {exc.diagnostic})"
+        if exc.permanent:
+            raise PermanentError(reason) from exc
+        raise TransientError(reason) from exc
+    except requestor.AssociationLost as exc:
+        raise TransientError(f"no association with {where} ({exc})") from exc
+
+
+def _encoded_corrected(path: str, corrections: dict[str, str], syntax: str) -> bytes:
+    ds = _corrected(path, corrections)
+    return encode_dataset(ds, syntax == ImplicitVRLittleEndian, syntax != "1.2.840.10008.1.2.2",
+                          syntax == "1.2.840.10008.1.2.1.99")
+
+
+def send_items_engine(destination, items: list[ItemToSend], *, corrections: dict[str, str],
+                      progress) -> list[ItemOutcome]:
     """Send the items over one association; report outcomes through ``progress(chunk)``."""
     pairs = sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in items})
-    ae = _ae()
-    for sop_class_uid, syntax in pairs[:MAX_CONTEXTS]:
-        ae.add_requested_context(sop_class_uid, syntax)
-    assoc = _associate(ae, destination)
-    accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
+    proposed = set(pairs[:MAX_CONTEXTS])
     outcomes: list[ItemOutcome] = []
     chunk: list[ItemOutcome] = []
-    try:
-        for index, item in enumerate(items):
-            pair = (item.sop_class_uid, item.transfer_syntax_uid)
-            if pair not in accepted:
-                proposed = pair in set(pairs[:MAX_CONTEXTS])
-                outcome = ItemOutcome(
-                    item.item_id, False, transient=not proposed,
-                    reason=(f"SOP class {item.sop_class_uid} in {item.transfer_syntax_uid} not accepted by the VNA"
-                            if proposed else "more than 128 presentation contexts: sent in a later attempt"),
-                )
-            else:
-                data = _corrected(item.path, corrections) if corrections else item.path
-                status = assoc.send_c_store(data)
-                if not status or "Status" not in status:
-                    outcome = ItemOutcome(item.item_id, False, transient=True,
-                                          reason="no C-STORE response (association lost or timed out)")
-                    outcomes.append(outcome)
-                    chunk.append(outcome)
-                    for rest in items[index + 1:]:
-                        outcomes.append(ItemOutcome(rest.item_id, False, transient=True, reason=outcome.reason))
-                    break
-                code = int(status.Status)
-                ok, transient = classify_status(code)
-                outcome = ItemOutcome(item.item_id, ok, transient=transient,
-                                      reason="" if ok else f"C-STORE status 0x{code:04X}")
-            outcomes.append(outcome)
-            chunk.append(outcome)
-            if len(chunk) >= PROGRESS_EVERY:
+    with _open(destination, pairs[:MAX_CONTEXTS]) as assoc:
+        try:
+            for index, item in enumerate(items):
+                pair = (item.sop_class_uid, item.transfer_syntax_uid)
+                context_id = assoc.accepted.get(pair)
+                if context_id is None:
+                    outcome = ItemOutcome(
+                        item.item_id, False, transient=pair not in proposed,
+                        reason=(f"SOP class {item.sop_class_uid} in {item.transfer_syntax_uid} not accepted by the VNA"
+                                if pair in proposed else "more than 128 presentation contexts: sent in a later attempt"),
+                    )
+                else:
+                    data = (_encoded_corrected(item.path, corrections, item.transfer_syntax_uid)
+                            if corrections else item.path)
+                    try:
+                        code = assoc.send_c_store(data, sop_class_uid=item.sop_class_uid,
+                                                  sop_instance_uid=item.sop_instance_uid, context_id=context_id)
+                    except requestor.AssociationLost as exc:
+                        reason = f"no C-STORE response ({exc})"
+                        for rest in items[index:]:
+                            outcome = ItemOutcome(rest.item_id, False, transient=True, reason=reason)
+                            outcomes.append(outcome)
+                            if rest is item:
+                                chunk.append(outcome)
+                        break
+                    ok, transient = classify_status(code)
+                    outcome = ItemOutcome(item.item_id, ok, transient=transient,
+                                          reason="" if ok else f"C-STORE status 0x{code:04X}")
+                outcomes.append(outcome)
+                chunk.append(outcome)
+                if len(chunk) >= PROGRESS_EVERY:
+                    progress(chunk)
+                    chunk = []
+        finally:
+            if chunk:
                 progress(chunk)
-                chunk = []
-    finally:
-        if chunk:
-            progress(chunk)
-        if assoc.is_established:
-            assoc.release()
     return outcomes
 
 

@@ -207,8 +207,8 @@ TRANSFER_RETRY_MAX_SECONDS = env_float("TRANSFER_RETRY_MAX_SECONDS", 900.0, mini
 TRANSFER_LEASE_SECONDS = env_int("TRANSFER_LEASE_SECONDS", 300, minimum=2)
 STORAGE_COMMITMENT_TIMEOUT_SECONDS = env_int("STORAGE_COMMITMENT_TIMEOUT_SECONDS", 600, minimum=1)
 IMAGING_SWEEP_SECONDS = env_float("IMAGING_SWEEP_SECONDS", 10.0, minimum=1.0)
-# Who sends C-STORE to a DICOM VNA: "pynetdicom" (in the worker) or "dcmtk" (/usr/bin/storescu, faster).
-VNA_DICOM_SENDER = env_choice("VNA_DICOM_SENDER", "pynetdicom", {"pynetdicom", "dcmtk"})
+# Who sends C-STORE to a DICOM VNA: "engine" (pacs.dimse.requestor, in the worker) or "dcmtk" (/usr/bin/storescu).
+VNA_DICOM_SENDER = env_choice("VNA_DICOM_SENDER", "engine", {"engine", "dcmtk"})
 CELERY_BEAT_SCHEDULE.update({
     # Quiet-period completion, re-queue of transfers no worker holds, commitment timeouts.
     "pacs.imaging_sweep": {"task": "pacs.imaging_sweep", "schedule": IMAGING_SWEEP_SECONDS},

@@ -111,8 +111,16 @@ class ServiceUser:
         self.ae_title = (primitive.calling_ae_title or "").strip()
         self.address = address
         self.port = port
-        self.maximum_length = primitive.maximum_length_received or 0
-        self.implementation_class_uid = primitive.implementation_class_uid
+        self.maximum_length = _optional(lambda: primitive.maximum_length_received) or 0
+        self.implementation_class_uid = _optional(lambda: primitive.implementation_class_uid)  # mandatory, often absent
+
+
+def _optional(read):
+    """A user information value the requestor may have left out (pynetdicom raises then)."""
+    try:
+        return read()
+    except ValueError:
+        return None
 
 
 class Event:

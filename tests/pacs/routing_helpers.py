@@ -34,11 +34,11 @@ def routing_settings(settings):
     settings.TRANSFER_RETRY_MAX_SECONDS = 2.0
     settings.TRANSFER_LEASE_SECONDS = 4
     settings.TRANSFER_MAX_ATTEMPTS = 10
-    settings.VNA_DICOM_SENDER = "pynetdicom"
+    settings.VNA_DICOM_SENDER = "engine"
     return settings
 
 
-@pytest.fixture(params=["pynetdicom", "dcmtk"])
+@pytest.fixture(params=["engine", "dcmtk"])
 def sender(request, routing_settings):
     """Run the test with each C-STORE sender (VNA_DICOM_SENDER); request it before ``worker``."""
     routing_settings.VNA_DICOM_SENDER = request.param
