@@ -33,14 +33,15 @@ def record(calling_ae_title: str, operation: str, status: int, *, now=None) -> N
 
 
 def record_quietly(calling_ae_title: str, operation: str, status: int) -> None:
-    """``record`` on a DIMSE database thread (pacs.dimse.db); errors are logged only."""
+    """``record`` queued on a DIMSE database thread (pacs.dimse.db), not waited for: counting
+    never delays an answer; errors are logged only."""
     from monitoring.health import HEALTHCHECK_AE_TITLE
     from pacs.dimse import db
 
     if calling_ae_title == HEALTHCHECK_AE_TITLE:
         return  # the container healthcheck's C-ECHO is not an interface
     try:
-        db.run(record, calling_ae_title, operation, status)
+        db.run_later(record, calling_ae_title, operation, status)
     except Exception as exc:  # noqa: BLE001 - counting must never change a DICOM answer
         log.warning("dicom operation not counted", extra={"calling_ae_title": calling_ae_title,
                                                           "operation": operation, "error": str(exc)[:200]})

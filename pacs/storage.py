@@ -93,19 +93,25 @@ def _as_storage_error(exc: OSError) -> OSError:
 
 
 def take_temporary(source: Path) -> Path:
-    """Bring a received file (pynetdicom's chunked temporary file) into the store's
-    incoming directory: a hard link when on the same file system (no copy), else a
-    streamed copy with bounded memory.  The preamble is (re)written as zeros."""
+    """Bring a received file into the store's incoming directory, fsynced: the file itself
+    when it is already there (what ``pacs.dimse.acceptor`` writes), else a hard link when on
+    the same file system (no copy), else a streamed copy with bounded memory.  The preamble
+    is (re)written as zeros."""
     target = None
     try:
-        target = incoming_dir() / f"{uuid.uuid4().hex}.part"
-        try:
-            os.link(source, target)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                raise
-            with open(source, "rb") as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, COPY_CHUNK)
+        source = Path(source)
+        incoming = incoming_dir()
+        target = incoming / f"{uuid.uuid4().hex}.part"
+        if source.parent == incoming:
+            os.rename(source, target)  # ours now: the receiver's clean-up no longer finds it
+        else:
+            try:
+                os.link(source, target)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                with open(source, "rb") as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, COPY_CHUNK)
         with open(target, "r+b") as fh:
             head = fh.read(132)
             if len(head) < 132 or head[128:132] != b"DICM":

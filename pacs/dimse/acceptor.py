@@ -395,18 +395,19 @@ class Association:
             **elements,
         }
         payload = b""
-        if dataset is not None:
+        if isinstance(dataset, (bytes, bytearray)):
+            payload = dataset  # already encoded in the context's transfer syntax
+        elif dataset is not None:
             ts = context.transfer_syntax
             payload = encode_dataset(dataset, ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian,
                                      ts == DeflatedExplicitVRLittleEndian)
             if payload is None:
                 raise ValueError("response data set cannot be encoded")
         elements["CommandDataSetType"] = 0x0000 if dataset is not None else ul.NO_DATA_SET
-        peer_max = self.requestor.maximum_length
-        parts = list(ul.p_data_pdus(context.context_id, True, ul.encode_command(elements), peer_max))
-        if dataset is not None:
-            parts.extend(ul.p_data_pdus(context.context_id, False, payload, peer_max))
-        self.send(b"".join(parts))
+        command_set = ul.encode_command(elements)
+        pdus = ul.message_pdus(context.context_id, command_set, payload if dataset is not None else None,
+                               self.requestor.maximum_length)
+        self.send(b"".join(pdus))
 
     def _dispatch(self, context, command: ul.Command, data, dataset_path, receive_error) -> None:
         name = command.name

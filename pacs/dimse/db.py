@@ -10,14 +10,19 @@ exception in the caller's thread.  ``stop()`` closes the connections (server shu
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
-from concurrent.futures import Future
+import time
+from concurrent.futures import Future, wait
 
 from django.conf import settings
 from django.db import close_old_connections, connections
 
+log = logging.getLogger("pacs.dimse.db")
 _lock = threading.Lock()
+_later: set = set()  # futures of run_later not yet done
+CHECK_EVERY_SECONDS = 1.0
 _workers: _Workers | None = None
 
 
@@ -29,6 +34,8 @@ class _Workers:
             thread.start()
 
     def _loop(self) -> None:
+        checked = 0.0
+        failed = False
         while True:
             task = self.queue.get()
             if task is None:
@@ -38,9 +45,15 @@ class _Workers:
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                close_old_connections()  # CONN_MAX_AGE, and a connection left broken by an error
+                # CONN_MAX_AGE, CONN_HEALTH_CHECKS (a SELECT 1 round trip) and a connection left
+                # broken by an error: looked at after a failure, else at most once a second.
+                now = time.monotonic()
+                if failed or now - checked >= CHECK_EVERY_SECONDS:
+                    close_old_connections()
+                    checked, failed = now, False
                 future.set_result(fn(*args, **kwargs))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                failed = True
                 future.set_exception(exc)
 
     def submit(self, fn, args, kwargs) -> Future:
@@ -55,8 +68,7 @@ class _Workers:
             thread.join(timeout=10)
 
 
-def run(fn, *args, **kwargs):
-    """Run ``fn(*args, **kwargs)`` on a database worker thread; its result or its exception."""
+def _pool() -> _Workers:
     global _workers
     workers = _workers
     if workers is None:
@@ -64,7 +76,38 @@ def run(fn, *args, **kwargs):
             if _workers is None:
                 _workers = _Workers(settings.DICOM_DB_CONNECTIONS)
             workers = _workers
-    return workers.submit(fn, args, kwargs).result()
+    return workers
+
+
+def run(fn, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` on a database worker thread; its result or its exception."""
+    return _pool().submit(fn, args, kwargs).result()
+
+
+def run_later(fn, *args, **kwargs) -> Future:
+    """Queue ``fn(*args, **kwargs)`` on a database worker thread without waiting (records that
+    must not delay a DICOM answer: counters, the journey's MWL record).  An exception is
+    logged.  ``stop()`` runs what is queued before it closes the connections."""
+
+    def _log_failure(future: Future) -> None:
+        exc = future.exception()
+        if exc is not None:
+            log.warning("background database work failed", extra={"task": getattr(fn, "__name__", str(fn)),
+                                                                   "error": str(exc)[:200]})
+
+    future = _pool().submit(fn, args, kwargs)
+    with _lock:
+        _later.add(future)
+    future.add_done_callback(_log_failure)
+    future.add_done_callback(_later.discard)
+    return future
+
+
+def flush(timeout: float = 10.0) -> None:
+    """Wait until the work queued by ``run_later`` so far is done (tests, shutdown)."""
+    with _lock:
+        pending = list(_later)
+    wait(pending, timeout=timeout)
 
 
 def stop() -> None:

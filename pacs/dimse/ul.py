@@ -118,6 +118,19 @@ def p_data_pdus(context_id: int, is_command: bool, data: bytes, max_length: int)
         yield _HEADER.pack(P_DATA_TF, len(chunk) + 6) + _PDV.pack(len(chunk) + 2, context_id, flag | last) + chunk
 
 
+def message_pdus(context_id: int, command: bytes, data: bytes | None, max_length: int) -> list[bytes]:
+    """One DIMSE message as P-DATA-TF PDUs: the command set and the data set in ONE PDU (two
+    PDVs) when both fit the peer's maximum, else fragmented.  Never more than one message per
+    PDU: pynetdicom's receiver, for one, reads only the first message of a PDU."""
+    if data is not None and max_length and len(command) + len(data) + 12 > max_length:
+        return [*p_data_pdus(context_id, True, command, max_length), *p_data_pdus(context_id, False, data, max_length)]
+    if data is None:
+        return list(p_data_pdus(context_id, True, command, max_length))
+    body = (_PDV.pack(len(command) + 2, context_id, 0x03) + command
+            + _PDV.pack(len(data) + 2, context_id, 0x02) + data)
+    return [_HEADER.pack(P_DATA_TF, len(body)) + body]
+
+
 # ---------------------------------------------------------------------------------------------
 # Command sets (PS3.7 9.3 / 10.3): group 0000, implicit VR little endian.
 

@@ -25,6 +25,7 @@ from hl7gateway.models import OutboundMessage
 from monitoring import journey
 from monitoring.records import WorklistQueryResult
 from pacs.access import ADMINISTRATOR
+from pacs.dimse import db
 from pacs.models import Study, Transfer, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
@@ -108,6 +109,7 @@ def test_journey_shows_every_hand_off_in_order_and_a_withheld_ack_as_overdue(eng
         billing = h.destination("billing", billing_sink.port, ack_timeout_seconds=0.5)
 
         rp = _order_then_mwl(engine, tmp_path)
+        db.flush()  # the MWL record is written after the answer
         assert WorklistQueryResult.objects.filter(scheduled_step=rp.steps.get(), calling_ae_title="CT1").exists()
         study = _perform(engine, tmp_path, rp)
 

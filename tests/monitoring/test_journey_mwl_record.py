@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from monitoring import journey
 from monitoring.records import WorklistQueryResult
+from pacs.dimse import db
 from tests.pacs.dicom_server import dicom_server_fixture, findscu  # noqa: F401
 from tests.pacs.mwl_data import make_patient, make_step
 
@@ -22,15 +23,18 @@ def test_polls_move_the_last_time_and_each_ae_gets_its_row(dicom_server, tmp_pat
     for _ in range(2):
         proc, items = findscu(dicom_server, ["AccessionNumber=MWLREC1"], tmp_path / "a", aet="CT1")
         assert proc.returncode == 0 and len(items) == 1, proc.stderr
+        db.flush()  # recorded after the answer, on a database thread
     row = WorklistQueryResult.objects.get(scheduled_step=step)
     assert row.calling_ae_title == "CT1" and row.last_returned_at > row.first_returned_at
     proc, items = findscu(dicom_server, ["AccessionNumber=MWLREC1"], tmp_path / "b", aet="CT9")
     assert proc.returncode == 0 and len(items) == 1
+    db.flush()
     assert set(WorklistQueryResult.objects.values_list("calling_ae_title", flat=True)) == {"CT1", "CT9"}
     assert not WorklistQueryResult.objects.filter(scheduled_step=other).exists()  # not returned: not recorded
     # A query with no match records nothing.
     proc, items = findscu(dicom_server, ["AccessionNumber=NOPE"], tmp_path / "c", aet="CT1")
     assert proc.returncode == 0 and items == []
+    db.flush()
     assert WorklistQueryResult.objects.count() == 2
 
     steps = journey.timeline(journey.collect("MWLREC1"), now=timezone.now(), **journey.thresholds())

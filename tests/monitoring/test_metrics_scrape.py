@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hl7gateway.intake import handle_payload
 from monitoring import services
 from monitoring.models import INBOUND_SILENCE, OUTBOUND_BACKLOG, DicomOperation
+from pacs.dimse import db
 from tests.conftest import dcmtk_tool
 from tests.hl7gateway import outbox_helpers as h
 from tests.monitoring.helpers import rule
@@ -88,6 +89,7 @@ def test_metrics_from_the_database_parsed(live_server, engine):  # noqa: F811 - 
     # No patient data: names, patient IDs, accession numbers of what went through.
     for secret in ("Testpatient", "SECRET", "ACCMETRICS1", "E1000001", "TESTPERSON"):
         assert secret not in text
+    db.flush()  # DICOM counters are written after each answer
     assert dest.pk and DicomOperation.objects.filter(calling_ae_title="MODALITY").count() == 2
 
     # Right across processes: a change written now is in the next scrape (no cached counters).

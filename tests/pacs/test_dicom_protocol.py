@@ -260,3 +260,15 @@ def test_pynetdicom_client_sees_the_accepted_contexts(dicom_server):
     finally:
         assoc.release()
     assert assoc.is_released
+
+
+def test_a_message_fits_one_pdu_or_is_fragmented():
+    command, data = b"C" * 100, b"D" * 300
+    one = ul.message_pdus(1, command, data, 16384)
+    assert len(one) == 1
+    pdvs = list(ul.iter_pdvs(bytearray(one[0][6:])))
+    assert [(cx, is_cmd, last, bytes(d)) for cx, is_cmd, last, d in pdvs] == [(1, True, True, command),
+                                                                              (1, False, True, data)]
+    split = ul.message_pdus(1, command, data, 256)
+    assert len(split) >= 3 and all(len(p) - 6 <= 256 for p in split)
+    assert ul.message_pdus(1, command, None, 0) == list(ul.p_data_pdus(1, True, command, 0))
