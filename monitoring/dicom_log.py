@@ -2,15 +2,17 @@
 
 ``record(calling_ae_title, operation, status)`` adds one to the hour's counter with a single
 upsert (INSERT ... ON CONFLICT DO UPDATE, PostgreSQL and SQLite).  The DIMSE handlers call
-``record_quietly`` after deciding their answer: counting never changes an answer, and a
-failure to count (database down) is logged, not raised.
+``record_quietly`` after deciding their answer: the count is gathered in memory and written
+in the background (several answers per upsert under load); counting never changes or delays
+an answer, and a failure to count (database down) is logged, not raised.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 log = logging.getLogger("monitoring.dicom_log")
@@ -32,17 +34,67 @@ def record(calling_ae_title: str, operation: str, status: int, *, now=None) -> N
         )
 
 
+def record_many(counts: dict) -> None:
+    """Add ``{(hour, calling_ae_title, operation, status): (count, last_at)}`` in one transaction."""
+    from monitoring.models import DicomOperation
+
+    table = DicomOperation._meta.db_table
+    with transaction.atomic(), connection.cursor() as cursor:
+        for (hour, calling, operation, status), (count, last_at) in sorted(counts.items()):
+            cursor.execute(
+                f"INSERT INTO {table} (hour, calling_ae_title, operation, status, count, last_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (hour, calling_ae_title, operation, status) "
+                f"DO UPDATE SET count = {table}.count + excluded.count, last_at = excluded.last_at",
+                [hour, calling, operation, status, count, last_at],
+            )
+
+
+# Counts not yet written, and whether a write of them is queued: a C-STORE stream of 200
+# instances becomes a few upserts (one per write that finds counts waiting), not 200 commits
+# competing with the instances' own index commits.
+_pending: dict = {}
+_pending_lock = threading.Lock()
+_flush_queued = False
+
+
+def _flush_pending() -> None:
+    global _flush_queued
+    with _pending_lock:
+        counts = dict(_pending)
+        _pending.clear()
+        _flush_queued = False
+    if not counts:
+        return
+    try:
+        record_many(counts)
+    except Exception as exc:  # noqa: BLE001 - counting must never change a DICOM answer
+        log.warning("dicom operations not counted", extra={"error": str(exc)[:200], "counts": len(counts)})
+
+
 def record_quietly(calling_ae_title: str, operation: str, status: int) -> None:
-    """``record`` queued on a DIMSE database thread (pacs.dimse.db), not waited for: counting
-    never delays an answer; errors are logged only."""
+    """Count one answer: added in memory and written by a DIMSE database thread
+    (pacs.dimse.db.run_later) soon after, never waited for -- counting never delays or
+    changes an answer; errors are logged only.  ``pacs.dimse.db.flush()`` waits for it."""
+    global _flush_queued
     from monitoring.health import HEALTHCHECK_AE_TITLE
     from pacs.dimse import db
 
     if calling_ae_title == HEALTHCHECK_AE_TITLE:
         return  # the container healthcheck's C-ECHO is not an interface
+    now = timezone.now()
+    key = (now.replace(minute=0, second=0, microsecond=0), (calling_ae_title or "")[:16], operation[:16], int(status))
+    with _pending_lock:
+        count, _last = _pending.get(key, (0, now))
+        _pending[key] = (count + 1, now)
+        if _flush_queued:
+            return
+        _flush_queued = True
     try:
-        db.run_later(record, calling_ae_title, operation, status)
-    except Exception as exc:  # noqa: BLE001 - counting must never change a DICOM answer
+        db.run_later(_flush_pending)
+    except Exception as exc:  # noqa: BLE001
+        with _pending_lock:
+            _flush_queued = False
         log.warning("dicom operation not counted", extra={"calling_ae_title": calling_ae_title,
                                                           "operation": operation, "error": str(exc)[:200]})
 

@@ -41,6 +41,7 @@ from collections import deque
 from typing import NamedTuple
 
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -350,11 +351,14 @@ class Association:
         meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
         if self.requestor.ae_title:
             meta.SourceApplicationEntityTitle = self.requestor.ae_title
+        head = DicomBytesIO()
+        head.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(head, meta, enforce_standard=True)
         path = str(storage.incoming_dir() / f"{uuid.uuid4().hex}.recv")
-        fh = open(path, "wb", buffering=1024 * 1024)  # noqa: SIM115 - closed by _read_message
+        # Unbuffered: each PDV fragment is one write() (no 1 MiB buffer to allocate per file).
+        fh = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by _read_message
         try:
-            fh.write(b"\x00" * 128 + b"DICM")
-            write_file_meta_info(fh, meta, enforce_standard=True)
+            fh.write(head.getvalue())
         except BaseException:
             fh.close()
             _remove(path)
