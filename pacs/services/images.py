@@ -260,11 +260,18 @@ def _index_postgresql(attrs: InstanceAttributes, relative: str, size: int) -> St
     raise DatabaseError("unreachable")
 
 
+# How stale Study.last_received_at may get while a study is receiving (quiet-period completion
+# waits STUDY_QUIET_PERIOD_SECONDS, 60 s by default, after it).
+TOUCH_EVERY = dt.timedelta(seconds=1)
+
+
 def _index_one_statement(attrs: InstanceAttributes, relative: str, size: int) -> StoreResult | None:
     """The usual instance -- of a series already seen by this process, of a study that is
     receiving and already lists the modality -- indexed in ONE statement, its own durable
-    transaction (one round trip instead of four): the study row touched and the instance
-    inserted (or a resend updated) by data-modifying CTEs.  None when the instance is not of
+    transaction (one round trip instead of four): the study row locked (FOR NO KEY UPDATE: no
+    new row version), its ``last_received_at`` moved when older than TOUCH_EVERY (each
+    update writes all eleven of the study's index entries; the quiet period is counted in tens
+    of seconds) and the instance inserted (or a resend updated) by data-modifying CTEs.  None when the instance is not of
     that kind (nothing is inserted then): ``_index_postgresql`` does the general case."""
     from pacs.models import PerformedProcedureStep
     from pacs.models import mpps as mp
@@ -281,14 +288,18 @@ def _index_one_statement(attrs: InstanceAttributes, relative: str, size: int) ->
     with pg.cursor() as cursor:
         cursor.execute(
             f"""WITH s AS (
-                    UPDATE {study_table} SET last_received_at = %(now)s, updated_at = %(now)s
-                    WHERE id = %(study_id)s AND study_instance_uid = %(study_uid)s AND status = %(receiving)s
-                      AND (%(modality)s = '' OR %(modality)s = ANY (string_to_array(modalities_in_study, '\\')))
-                    RETURNING id, EXISTS (
+                    SELECT id, last_received_at, EXISTS (
                         SELECT 1 FROM {PerformedProcedureStep._meta.db_table} p
                         LEFT JOIN {ScheduledProcedureStep._meta.db_table} q ON q.id = p.scheduled_step_id
                         WHERE p.status = %(completed)s AND (p.study_instance_uid = {study_table}.study_instance_uid
                               OR q.requested_procedure_id = {study_table}.requested_procedure_id)) AS mpps_completed
+                    FROM {study_table}
+                    WHERE id = %(study_id)s AND study_instance_uid = %(study_uid)s AND status = %(receiving)s
+                      AND (%(modality)s = '' OR %(modality)s = ANY (string_to_array(modalities_in_study, '\\')))
+                    FOR NO KEY UPDATE OF {study_table}
+                ), touched AS (
+                    UPDATE {study_table} SET last_received_at = %(now)s, updated_at = %(now)s
+                    WHERE id = (SELECT id FROM s) AND last_received_at < %(stale)s
                 ), i AS (
                     INSERT INTO {instance_table} (study_id, series_id, sop_instance_uid, sop_class_uid,
                         transfer_syntax_uid, instance_number, path, size, batch, received_at)
@@ -302,7 +313,7 @@ def _index_one_statement(attrs: InstanceAttributes, relative: str, size: int) ->
                     RETURNING id, (xmax = 0) AS created
                 )
                 SELECT s.mpps_completed, i.id, i.created FROM s JOIN i ON true""",
-            {"now": now, "study_id": study_id, "study_uid": attrs.study_instance_uid, "receiving": im.RECEIVING,
+            {"now": now, "stale": now - TOUCH_EVERY, "study_id": study_id, "study_uid": attrs.study_instance_uid, "receiving": im.RECEIVING,
              "modality": attrs.modality, "completed": mp.COMPLETED, "series_id": series_id,
              "sop_uid": attrs.sop_instance_uid, "sop_class": attrs.sop_class_uid, "syntax": attrs.transfer_syntax_uid,
              "number": attrs.instance_number, "path": relative, "size": size},
