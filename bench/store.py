@@ -150,10 +150,15 @@ def bench_ingest(workdir: Path, images: int, runs: int) -> dict:
     orthanc = OrthancProcess(workdir / "orthanc-ingest", sync_storage=True, engine_port=engine.port).start()
     results: dict[str, list[dict]] = {"engine": [], "storescp": [], "orthanc": []}
     try:
+        receivers = [("engine", engine.port, "PACS"), ("storescp", scp.port, "STORESCP"),
+                     ("orthanc", orthanc.dicom_port, orthanc.aet)]
         for run in range(runs):
             files, size = make_study(workdir / f"study{run}", images)
-            for name, port, called in (("engine", engine.port, "PACS"), ("storescp", scp.port, "STORESCP"),
-                                       ("orthanc", orthanc.dicom_port, orthanc.aet)):
+            # Each receiver starts on a quiet disk (the study just written, and storescp's
+            # unsynced output, would otherwise be flushed during the next receiver's run), and
+            # the order turns each run so that no receiver is always first.
+            for name, port, called in receivers[run % 3:] + receivers[:run % 3]:
+                os.sync()
                 results[name].append(rate(size, images, storescu(port, called, files)))
             shutil.rmtree(workdir / f"study{run}")
             shutil.rmtree(scp.out)

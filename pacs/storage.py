@@ -5,8 +5,8 @@ validated first (PS3.5 9.1: digits and dots, at most 64 characters, no empty com
 so no name, ID or other free text ever reaches a path and ``../`` cannot (reliability D-09).
 
 Writing follows "persist before you acknowledge": the data goes to a temporary file in
-``STORAGE_DIR/.incoming`` (same file system), is fsynced, renamed over the final name
-(atomic), and the directory is fsynced.  The 128-byte preamble is always zeros
+``STORAGE_DIR/.incoming`` (same file system), is renamed to the final name (atomic) and
+fsynced, and the directory is fsynced, before anything is indexed (``commit_file``).  The 128-byte preamble is always zeros
 (PS3.10 7.1; CVE-2019-11687, reliability D-10).
 """
 
@@ -93,10 +93,10 @@ def _as_storage_error(exc: OSError) -> OSError:
 
 
 def take_temporary(source: Path) -> Path:
-    """Bring a received file into the store's incoming directory, fsynced: the file itself
-    when it is already there (what ``pacs.dimse.acceptor`` writes), else a hard link when on
-    the same file system (no copy), else a streamed copy with bounded memory.  The preamble
-    is (re)written as zeros."""
+    """Bring a received file into the store's incoming directory: the file itself when it is
+    already there (what ``pacs.dimse.acceptor`` writes), else a hard link when on the same
+    file system (no copy), else a streamed copy with bounded memory.  The preamble is
+    (re)written as zeros.  Not yet fsynced: ``commit_file`` makes it durable."""
     target = None
     try:
         source = Path(source)
@@ -119,8 +119,6 @@ def take_temporary(source: Path) -> Path:
             if head[:128] != PREAMBLE:
                 fh.seek(0)
                 fh.write(PREAMBLE)
-            fh.flush()
-            os.fsync(fh.fileno())
         return target
     except (OSError, ValueError) as exc:
         discard(target)
@@ -144,8 +142,25 @@ def write_temporary(write) -> Path:
         raise _as_storage_error(exc) from exc
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def commit_file(temporary: Path, relative: str) -> tuple[Path, bool]:
-    """Rename the fsynced temporary file to its final place; fsync the directories.
+    """Put the temporary file at its final place, durably: the file and the directories that
+    name it fsynced before this returns.
+
+    A new instance is renamed first and fsynced at its final name, then its directory: on a
+    journalling file system the file's fsync commits the rename with it, so the directory's
+    fsync finds nothing left to write (one journal commit instead of two).  Until both
+    fsyncs return nothing is indexed or acknowledged, so a crash in between leaves at most
+    an unindexed file that a resend replaces.  A resend of a stored instance (the final name
+    exists) is fsynced first and then renamed over the old copy, which so stays whole until
+    the new one is.
 
     Returns (final path, replaced) where ``replaced`` says a file was already there
     (a resend of the same SOP Instance UID: the new copy replaces the old atomically).
@@ -159,7 +174,16 @@ def commit_file(temporary: Path, relative: str) -> tuple[Path, bool]:
                 directory.mkdir(parents=True, exist_ok=True)
                 created.append(directory)
         replaced = final.exists()
-        os.replace(temporary, final)
+        if replaced:
+            _fsync_file(temporary)
+            os.replace(temporary, final)
+        else:
+            os.replace(temporary, final)
+            try:
+                _fsync_file(final)
+            except OSError:
+                discard(final)
+                raise
         _fsync_dir(final.parent)
         for directory in created:
             _fsync_dir(directory.parent)
