@@ -40,9 +40,6 @@ import uuid
 from collections import deque
 from typing import NamedTuple
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dsutils import decode as decode_dataset
@@ -65,6 +62,9 @@ log = logging.getLogger("pacs.dimse.acceptor")
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 UNRECOGNIZED_OPERATION = 0x0211
+# How much of a C-STORE data set is also kept in memory: the header, read by the handler
+# without opening the file again (pacs.dimse.store.read_attributes).
+HEAD_BYTES = 64 * 1024
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)
@@ -135,6 +135,7 @@ class Event:
         self._data = data
         self.dataset_path = dataset_path
         self.receive_error: OSError | None = None  # the data set could not be written (C-STORE)
+        self.dataset_head = b""  # C-STORE: the first HEAD_BYTES of the data set, also in memory
         self._decoded = None
 
     def _dataset(self):
@@ -173,6 +174,7 @@ class Association:
         self._pending: deque = deque()  # PDUs read while looking for a C-CANCEL
         self._cancelled: set[int] = set()
         self._aborted = False
+        self.dataset_head = b""
 
     # ----------------------------------------------------------------- transport
     def send(self, data: bytes) -> None:
@@ -312,6 +314,8 @@ class Association:
                     if command is None:
                         raise ul.ProtocolError("data set fragment before the command set")
                     if sink is not None:
+                        if len(sink[2]) < HEAD_BYTES:
+                            sink[2] += fragment[:HEAD_BYTES - len(sink[2])]
                         try:
                             sink[0].write(fragment)
                         except OSError as exc:
@@ -322,7 +326,7 @@ class Association:
                         data += fragment
                     if is_last:
                         if sink is not None:
-                            path = sink[1]
+                            path, self.dataset_head = sink[1], bytes(sink[2])
                             try:
                                 sink[0].close()
                             except OSError as exc:
@@ -343,27 +347,19 @@ class Association:
         zero preamble and the File Meta Information (PS3.10 7.1) built from the command."""
         from pacs import storage
 
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = command.AffectedSOPClassUID or ""
-        meta.MediaStorageSOPInstanceUID = command.AffectedSOPInstanceUID or ""
-        meta.TransferSyntaxUID = context.transfer_syntax
-        meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
-        if self.requestor.ae_title:
-            meta.SourceApplicationEntityTitle = self.requestor.ae_title
-        head = DicomBytesIO()
-        head.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(head, meta, enforce_standard=True)
+        meta = ul.file_meta(command.AffectedSOPClassUID or "", command.AffectedSOPInstanceUID or "",
+                            context.transfer_syntax, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION,
+                            self.requestor.ae_title)
         path = str(storage.incoming_dir() / f"{uuid.uuid4().hex}.recv")
         # Unbuffered: each PDV fragment is one write() (no 1 MiB buffer to allocate per file).
         fh = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by _read_message
         try:
-            fh.write(head.getvalue())
+            fh.write(meta)
         except BaseException:
             fh.close()
             _remove(path)
             raise
-        return fh, path
+        return [fh, path, bytearray()]
 
     def is_cancelled(self, message_id) -> bool:
         """Has the peer sent C-CANCEL for ``message_id`` (or aborted)?  Reads what has arrived
@@ -427,6 +423,8 @@ class Association:
             return
         event = Event(self, context, command, data, dataset_path)
         event.receive_error = receive_error
+        if dataset_path is not None:
+            event.dataset_head, self.dataset_head = self.dataset_head, b""
         try:
             if name == "C-FIND":
                 self._serve_find(handler, event)

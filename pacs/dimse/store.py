@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from io import BytesIO
 
 from django.db import DatabaseError, InterfaceError
 from pydicom import dcmread
+from pydicom.filereader import read_dataset
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -91,9 +93,36 @@ def _date(value: str) -> dt.date | None:
         return None
 
 
-def read_attributes(path, *, transfer_syntax_uid: str, calling_ae_title: str) -> images.InstanceAttributes:
+_PIXEL_DATA = 0x7FE00010
+
+
+def _header_from_head(head: bytes, transfer_syntax_uid: str):
+    """The data set's header parsed from its first bytes in memory (the acceptor keeps them),
+    or None when the header does not end inside them at Pixel Data (then the file is read)."""
+    if not head or transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+        return None
+    little = transfer_syntax_uid != ExplicitVRBigEndian
+    reached = []
+
+    def at_pixel_data(tag, vr, length) -> bool:
+        if tag == _PIXEL_DATA:
+            reached.append(True)
+            return True
+        return False
+
+    try:
+        ds = read_dataset(BytesIO(head), transfer_syntax_uid == ImplicitVRLittleEndian, little,
+                          stop_when=at_pixel_data, defer_size="64 KB")
+    except Exception:  # noqa: BLE001 - cut in the middle of an element: read the file instead
+        return None
+    return ds if reached else None
+
+
+def read_attributes(path, *, transfer_syntax_uid: str, calling_ae_title: str, head: bytes = b"") -> images.InstanceAttributes:
     """The header of a received file as plain values (pixel data and large values not read)."""
-    ds = dcmread(path, stop_before_pixels=True, defer_size="64 KB", force=True)
+    ds = _header_from_head(head, transfer_syntax_uid)
+    if ds is None:
+        ds = dcmread(path, stop_before_pixels=True, defer_size="64 KB", force=True)
     issuer_acc = ""
     seq = ds.get("IssuerOfAccessionNumberSequence")
     if seq:
@@ -134,7 +163,8 @@ def on_c_store(event):
         try:
             temporary = storage.take_temporary(event.dataset_path)
             attrs = read_attributes(
-                temporary, transfer_syntax_uid=str(event.context.transfer_syntax), calling_ae_title=calling
+                temporary, transfer_syntax_uid=str(event.context.transfer_syntax), calling_ae_title=calling,
+                head=getattr(event, "dataset_head", b""),
             )
         except storage.StorageFull:
             raise

@@ -131,6 +131,30 @@ def message_pdus(context_id: int, command: bytes, data: bytes | None, max_length
     return [_HEADER.pack(P_DATA_TF, len(body)) + body]
 
 
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\x00" if vr == b"UI" else b" "
+    if vr == b"OB":
+        return struct.pack("<HH2s2xL", 0x0002, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, implementation_class_uid: str,
+              implementation_version_name: str, source_ae_title: str = "") -> bytes:
+    """Zero preamble, 'DICM' and the File Meta Information group (PS3.10 7.1), explicit VR
+    little endian, for a received data set."""
+    body = b"".join([
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", sop_class_uid.encode("ascii")),
+        _meta_element(0x0003, b"UI", sop_instance_uid.encode("ascii")),
+        _meta_element(0x0010, b"UI", transfer_syntax_uid.encode("ascii")),
+        _meta_element(0x0012, b"UI", implementation_class_uid.encode("ascii")),
+        _meta_element(0x0013, b"SH", implementation_version_name.encode("ascii")),
+        *([_meta_element(0x0016, b"AE", source_ae_title.encode("ascii", "replace"))] if source_ae_title else []),
+    ])
+    return b"\x00" * 128 + b"DICM" + struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(body)) + body
+
+
 # ---------------------------------------------------------------------------------------------
 # Command sets (PS3.7 9.3 / 10.3): group 0000, implicit VR little endian.
 
