@@ -56,6 +56,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import negotiate_as_acceptor
 
+from pacs import storage
 from pacs.dimse import ul
 
 log = logging.getLogger("pacs.dimse.acceptor")
@@ -318,6 +319,7 @@ class Association:
                             sink[2] += fragment[:HEAD_BYTES - len(sink[2])]
                         try:
                             sink[0].write(fragment)
+                            storage.start_writeback(sink[0].fileno())
                         except OSError as exc:
                             receive_error = exc
                             _discard(sink)
@@ -345,12 +347,10 @@ class Association:
     def _open_sink(self, command: ul.Command, context):
         """A C-STORE data set goes to a new file in the store's incoming directory, behind a
         zero preamble and the File Meta Information (PS3.10 7.1) built from the command."""
-        from pacs import storage
-
         meta = ul.file_meta(command.AffectedSOPClassUID or "", command.AffectedSOPInstanceUID or "",
                             context.transfer_syntax, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION,
                             self.requestor.ae_title)
-        path = str(storage.incoming_dir() / f"{uuid.uuid4().hex}.recv")
+        path = str(storage.incoming_dir() / f"{uuid.uuid4().hex}{storage.RECEIVED_SUFFIX}")
         # Unbuffered: each PDV fragment is one write() (no 1 MiB buffer to allocate per file).
         fh = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by _read_message
         try:
