@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from django.conf import settings
@@ -211,6 +212,45 @@ def commit_file(temporary: Path, relative: str) -> tuple[Path, bool]:
     except OSError as exc:
         discard(temporary)
         raise _as_storage_error(exc) from exc
+
+
+_fsyncs: ThreadPoolExecutor | None = None
+
+
+def _durable_new(final: Path, created: list[Path]) -> None:
+    try:
+        _fsync_file(final)
+        _fsync_dir(final.parent)
+        for directory in created:
+            _fsync_dir(directory.parent)
+    except OSError as exc:
+        raise _as_storage_error(exc) from exc
+
+
+def place_new_file(temporary: Path, relative: str) -> tuple[Path, Future] | None:
+    """``commit_file`` for a new instance with its fsyncs running on a helper thread: the file
+    is renamed to its final name now and the returned future completes when the file and its
+    directories are durable (or raises StorageFull / OSError).  The caller must wait for it
+    before anything that depends on the file is committed or acknowledged.  None when the
+    final name exists (a resend: use ``commit_file``); nothing is moved then."""
+    global _fsyncs
+    final = absolute_path(relative)
+    try:
+        created = []
+        parent = final.parent
+        for directory in (parent.parent, parent):
+            if not directory.exists():
+                directory.mkdir(parents=True, exist_ok=True)
+                created.append(directory)
+        if final.exists():
+            return None
+        os.replace(temporary, final)
+    except OSError as exc:
+        discard(temporary)
+        raise _as_storage_error(exc) from exc
+    if _fsyncs is None:
+        _fsyncs = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-fsync")
+    return final, _fsyncs.submit(_durable_new, final, created)
 
 
 def discard(path: Path | None) -> None:

@@ -91,11 +91,27 @@ def store_instance(attrs: InstanceAttributes, temporary: Path) -> StoreResult:
     except storage.InvalidUID:
         storage.discard(temporary)
         raise
+    fast = connection.vendor == "postgresql" and FAST_INDEX
+    if fast and attrs.series_instance_uid in _SERIES_CACHE and not connection.in_atomic_block:
+        placed = storage.place_new_file(temporary, relative)
+        if placed is not None:
+            # The file's fsyncs run while the index statement runs; its transaction commits
+            # only after they returned, so nothing is indexed before the file is durable.
+            final, durable = placed
+            try:
+                result = _index_one_statement(attrs, relative, final.stat().st_size, before_commit=durable.result)
+                if result is None:
+                    durable.result()
+                    result = _index_postgresql(attrs, relative, final.stat().st_size)
+                return result
+            except BaseException:
+                storage.discard(final)
+                raise
     final, replaced = storage.commit_file(temporary, relative)
     size = final.stat().st_size
     try:
-        if connection.vendor == "postgresql" and FAST_INDEX:
-            return _index_one_statement(attrs, relative, size) or _index_postgresql(attrs, relative, size)
+        if fast:
+            return _index_postgresql(attrs, relative, size)
         return _index(attrs, relative, size)
     except BaseException:
         if not replaced:
@@ -265,14 +281,17 @@ def _index_postgresql(attrs: InstanceAttributes, relative: str, size: int) -> St
 TOUCH_EVERY = dt.timedelta(seconds=1)
 
 
-def _index_one_statement(attrs: InstanceAttributes, relative: str, size: int) -> StoreResult | None:
+def _index_one_statement(attrs: InstanceAttributes, relative: str, size: int, *,
+                         before_commit) -> StoreResult | None:
     """The usual instance -- of a series already seen by this process, of a study that is
-    receiving and already lists the modality -- indexed in ONE statement, its own durable
-    transaction (one round trip instead of four): the study row locked (FOR NO KEY UPDATE: no
-    new row version), its ``last_received_at`` moved when older than TOUCH_EVERY (each
-    update writes all eleven of the study's index entries; the quiet period is counted in tens
-    of seconds) and the instance inserted (or a resend updated) by data-modifying CTEs.  None when the instance is not of
-    that kind (nothing is inserted then): ``_index_postgresql`` does the general case."""
+    receiving and already lists the modality -- indexed in ONE statement (instead of four):
+    the study row locked (FOR NO KEY UPDATE: no new row version), its ``last_received_at``
+    moved when older than TOUCH_EVERY (each update writes all eleven of the study's index
+    entries; the quiet period is counted in tens of seconds) and the instance inserted (or a
+    resend updated) by data-modifying CTEs.  ``before_commit()`` is called (it waits for the
+    file's fsyncs, and raises if they failed) before the durable commit.  None when the
+    instance is not of that kind (nothing is inserted then): ``_index_postgresql`` does the
+    general case."""
     from pacs.models import PerformedProcedureStep
     from pacs.models import mpps as mp
     from ris.models import ScheduledProcedureStep
@@ -285,7 +304,8 @@ def _index_one_statement(attrs: InstanceAttributes, relative: str, size: int) ->
     study_table = Study._meta.db_table
     instance_table = Instance._meta.db_table
     now = timezone.now()
-    with pg.cursor() as cursor:
+    pg.cursor().close()  # prepares the session outside the transaction (pacs.services.pg)
+    with transaction.atomic(durable=True), pg.cursor() as cursor:
         cursor.execute(
             f"""WITH s AS (
                     SELECT id, last_received_at, EXISTS (
@@ -319,6 +339,7 @@ def _index_one_statement(attrs: InstanceAttributes, relative: str, size: int) ->
              "number": attrs.instance_number, "path": relative, "size": size},
         )
         row = cursor.fetchone()
+        before_commit()
     if row is None:
         return None
     mpps_completed, instance_id, created = row
