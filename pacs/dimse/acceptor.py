@@ -431,8 +431,8 @@ class Association:
                 return
             answer = handler(event)
         finally:
-            if dataset_path is not None:
-                _remove(dataset_path)  # the handler took what it keeps
+            if event.dataset_path is not None:
+                _remove(event.dataset_path)  # left by the handler (it sets None when it took the file)
         status, dataset = (answer if isinstance(answer, tuple) else (answer, None))
         if status is None:
             status = 0xC000 if name == "C-STORE" else 0x0110

@@ -162,6 +162,7 @@ def on_c_store(event):
     try:
         try:
             temporary = storage.take_temporary(event.dataset_path)
+            event.dataset_path = None  # ours now: discarded below unless stored
             attrs = read_attributes(
                 temporary, transfer_syntax_uid=str(event.context.transfer_syntax), calling_ae_title=calling,
                 head=getattr(event, "dataset_head", b""),
