@@ -34,6 +34,8 @@ OUR_MAXIMUM_PDU = 65536
 # Our P-DATA-TF size when the peer announces no limit (0).
 UNLIMITED_SEND = 1024 * 1024
 _PDV = struct.Struct(">BxLLBB")  # PDU header + PDV header
+# Bytes of PDUs handed to the socket per write.
+SEND_BYTES = 256 * 1024
 
 
 class AssociationRejected(Exception):
@@ -182,24 +184,35 @@ class Association:
             raise AssociationLost(f"association lost during C-STORE: {exc}") from exc
 
     def _send_file(self, path, context_id: int, room: int) -> None:
+        """The data set of a Part 10 file as P-DATA-TF PDUs of ``room`` data bytes each; several
+        PDUs are read into one buffer behind their headers and written with one ``sendall``
+        (at a VNA's 16 KiB maximum a 512 KiB image is 32 PDUs)."""
         with open(path, "rb", buffering=0) as fh:
             offset = data_set_offset(fh)
             fh.seek(0, 2)
             remaining = fh.tell() - offset
             fh.seek(offset)
-            buffer = bytearray(12 + min(room, max(remaining, 1)))
-            view = memoryview(buffer)
             if remaining == 0:
                 self.sock.sendall(_PDV.pack(ul.P_DATA_TF, 6, 2, context_id, 0x02))
                 return
+            step = 12 + min(room, remaining)
+            per_write = max(1, SEND_BYTES // step)
+            buffer = bytearray(step * per_write)
+            view = memoryview(buffer)
             while remaining > 0:
-                size = min(room, remaining)
-                got = fh.readinto(view[12:12 + size])
-                if got != size:
-                    raise OSError(f"{path} changed while being sent")
-                remaining -= size
-                _PDV.pack_into(buffer, 0, ul.P_DATA_TF, size + 6, size + 2, context_id, 0x00 if remaining else 0x02)
-                self.sock.sendall(view[:12 + size])
+                used = 0
+                for _ in range(per_write):
+                    if remaining <= 0:
+                        break
+                    size = min(room, remaining)
+                    got = fh.readinto(view[used + 12:used + 12 + size])
+                    if got != size:
+                        raise OSError(f"{path} changed while being sent")
+                    remaining -= size
+                    _PDV.pack_into(buffer, used, ul.P_DATA_TF, size + 6, size + 2, context_id,
+                                   0x00 if remaining else 0x02)
+                    used += 12 + size
+                self.sock.sendall(view[:used])
 
     def _read_response(self, message_id: int) -> int:
         self.sock.settimeout(self.dimse_timeout)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -272,3 +273,30 @@ def test_a_message_fits_one_pdu_or_is_fragmented():
     split = ul.message_pdus(1, command, data, 256)
     assert len(split) >= 3 and all(len(p) - 6 <= 256 for p in split)
     assert ul.message_pdus(1, command, None, 0) == list(ul.p_data_pdus(1, True, command, 0))
+
+
+@pytest.mark.parametrize("peer_max", [0, 1000, 16384])
+def test_requestor_sends_a_file_as_pdus_within_the_peer_maximum(tmp_path, peer_max):
+    """The data set of a stored file, sent in PDUs no longer than the peer allows, arrives whole."""
+    body = bytes(range(256)) * 700  # 179,200 bytes of "data set"
+    path = tmp_path / "f.dcm"
+    path.write_bytes(ul.file_meta("1.2.3", "1.2.3.4", "1.2.840.10008.1.2.1", "1.2.5", "TEST") + body)
+    left, right = socket.socketpair()
+    try:
+        assoc = requestor.Association(left, {}, peer_max, 5, 5)
+        room = (peer_max - 6) if peer_max else requestor.UNLIMITED_SEND
+        sender = threading.Thread(target=assoc._send_file, args=(path, 7, room))
+        sender.start()
+        received, last = b"", False
+        while not last:
+            pdu_type, pdu_body = ul.read_pdu(right, 0)
+            assert pdu_type == ul.P_DATA_TF and (not peer_max or len(pdu_body) <= peer_max)
+            for cx, is_command, is_last, data in ul.iter_pdvs(pdu_body):
+                assert cx == 7 and not is_command
+                received += bytes(data)
+                last = is_last
+        sender.join(5)
+        assert received == body
+    finally:
+        left.close()
+        right.close()
