@@ -557,7 +557,12 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def process_request(self, request, client_address):
         with self._active_lock:
             self._active += 1
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread for it: the association never ran
+            with self._active_lock:
+                self._active -= 1
+            raise
 
     def active_count(self) -> int:
         return self._active
