@@ -188,10 +188,6 @@ MWL_FILTER_BY_CALLING_AE = env_bool("MWL_FILTER_BY_CALLING_AE", False)
 MWL_MAX_RESULTS = env_int("MWL_MAX_RESULTS", 500, minimum=1)
 # Database connections kept open for the DICOM handlers (pacs.dimse.db), shared by all associations.
 DICOM_DB_CONNECTIONS = env_int("DICOM_DB_CONNECTIONS", 8, minimum=1)
-# Python's thread switch interval in the DICOM listener (seconds; 0 = Python's default, 0.005).
-# Associations hand work to the database threads and back: with 5 ms a thread that wakes up
-# can wait that long for the interpreter while another one computes.
-DICOM_SWITCH_INTERVAL = env_float("DICOM_SWITCH_INTERVAL", 0.0005, minimum=0.0)
 
 # --- Images and the VNA --------------------------------------------------------------------
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()

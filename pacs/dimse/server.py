@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 
 from django.conf import settings
 from django.db import connections
@@ -82,8 +81,6 @@ def start_server(host: str | None = None, port: int | None = None, *, block: boo
     """Start the AE.  Returns the running server (``block=False``) whose
     ``server_address[1]`` is the port (0 asks the OS for a free one, for tests) and whose
     ``shutdown()`` stops it; with ``block=True`` serves until interrupted."""
-    if settings.DICOM_SWITCH_INTERVAL:
-        sys.setswitchinterval(settings.DICOM_SWITCH_INTERVAL)
     address = (host or settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
     server = build_server(address[0], address[1], ae_title=ae_title, reuse_port=reuse_port)
     log.info("dicom listener starting", extra={"ae_title": server.ae_title, "host": address[0],
