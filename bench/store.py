@@ -206,6 +206,7 @@ def bench_route(workdir: Path, images: int, runs: int) -> dict:
     try:
         for run in range(runs):
             files, size = make_study(workdir / f"rstudy{run}", images)
+            os.sync()  # as for ingest: no writeback of the study just written during the transfer
             direct.append(rate(size, images, storescu(orthanc.dicom_port, orthanc.aet, files)))
             shutil.rmtree(workdir / f"rstudy{run}")
             for sender in senders:
@@ -222,6 +223,7 @@ def bench_route(workdir: Path, images: int, runs: int) -> dict:
                 assert study.requested_procedure_id == rp.pk and not study.corrections, study.corrections
                 assert completion.check_study(study.pk, now=timezone.now() + timezone.timedelta(hours=1))
                 transfer = Transfer.objects.get(study=study)
+                os.sync()
                 start = time.perf_counter()
                 if PROFILE_ROUTE and run == 0 and sender == "engine":
                     import cProfile
