@@ -163,6 +163,18 @@ def write_temporary(write) -> Path:
         raise _as_storage_error(exc) from exc
 
 
+def _make_parents(final: Path) -> list[Path]:
+    """Create the study and series directories of ``final`` where missing; the ones created
+    (their parents must be fsynced for them to last)."""
+    created = []
+    parent = final.parent
+    for directory in (parent.parent, parent):
+        if not directory.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            created.append(directory)
+    return created
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -188,12 +200,7 @@ def commit_file(temporary: Path, relative: str) -> tuple[Path, bool]:
     """
     final = absolute_path(relative)
     try:
-        created = []
-        parent = final.parent
-        for directory in (parent.parent, parent):
-            if not directory.exists():
-                directory.mkdir(parents=True, exist_ok=True)
-                created.append(directory)
+        created = _make_parents(final)
         replaced = final.exists()
         if replaced:
             _fsync_file(temporary)
@@ -236,12 +243,7 @@ def place_new_file(temporary: Path, relative: str) -> tuple[Path, Future] | None
     global _fsyncs
     final = absolute_path(relative)
     try:
-        created = []
-        parent = final.parent
-        for directory in (parent.parent, parent):
-            if not directory.exists():
-                directory.mkdir(parents=True, exist_ok=True)
-                created.append(directory)
+        created = _make_parents(final)
         if final.exists():
             return None
         os.replace(temporary, final)
