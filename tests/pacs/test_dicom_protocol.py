@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - pytest fixtures imported from tests.pacs.imaging_helpers
 """The engine's own DICOM upper layer (pacs.dimse.ul, acceptor, requestor) against bad input on
 real sockets: malformed and unexpected PDUs, PDVs on contexts never accepted, commands no
 service serves, a peer that goes silent; and the command set codec against pydicom's."""
@@ -21,6 +22,7 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
 from pacs.dimse import requestor, ul
 from tests.pacs.dicom_server import dicom_server_fixture, echoscu, port_of  # noqa: F401 - fixture
+from tests.pacs.imaging_helpers import engine, store_dir  # noqa: F401 - fixtures
 
 
 def _rq(called="PACS", calling="MOD1", contexts=((Verification, "1.2.840.10008.1.2"),), version=1) -> bytes:
@@ -300,3 +302,44 @@ def test_requestor_sends_a_file_as_pdus_within_the_peer_maximum(tmp_path, peer_m
     finally:
         left.close()
         right.close()
+
+
+def test_c_store_cut_by_an_abort_leaves_nothing(engine, store_dir, tmp_path):
+    """Half a data set, then A-ABORT: no file is left in the store, nothing is indexed, and the
+    next association stores the same instance."""
+    from pydicom.filewriter import dcmwrite
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from pacs.models import Instance
+    from tests.pacs.orthanc import make_instance
+
+    ds = make_instance(study_instance_uid=generate_uid(), rows=128, columns=128)
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = tmp_path / "cut.dcm"
+    dcmwrite(path, ds, enforce_file_format=True)
+    pair = (str(ds.SOPClassUID), ExplicitVRLittleEndian)
+    assoc = requestor.Association.request("127.0.0.1", port_of(engine), calling_ae_title="MODALITY",
+                                          called_ae_title="PACS", contexts=[pair])
+    context_id = assoc.accepted[pair]
+    command = ul.encode_command({"AffectedSOPClassUID": pair[0], "CommandField": 0x0001, "MessageID": 1,
+                                 "Priority": 0, "CommandDataSetType": 0x0000,
+                                 "AffectedSOPInstanceUID": str(ds.SOPInstanceUID)})
+    raw = path.read_bytes()
+    data = raw[144 + int.from_bytes(raw[140:144], "little"):]
+    assoc.sock.sendall(b"".join(ul.p_data_pdus(context_id, True, command, 0)))
+    half = data[: len(data) // 2]
+    assoc.sock.sendall(ul.pdu(ul.P_DATA_TF, struct.pack(">LBB", len(half) + 2, context_id, 0x00) + half))  # not last
+    assoc.sock.sendall(ul.abort_pdu(ul.ABORT_SOURCE_USER))
+    assoc.sock.close()
+    deadline = time.monotonic() + 5
+    while engine.active_count() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    incoming = store_dir / ".incoming"
+    assert not incoming.exists() or not any(incoming.iterdir())
+    assert not [p for p in store_dir.rglob("*.dcm")]
+    assert not Instance.objects.filter(sop_instance_uid=str(ds.SOPInstanceUID)).exists()
+    with requestor.Association.request("127.0.0.1", port_of(engine), calling_ae_title="MODALITY",
+                                       called_ae_title="PACS", contexts=[pair]) as again:
+        assert again.send_c_store(path, sop_class_uid=pair[0], sop_instance_uid=str(ds.SOPInstanceUID),
+                                  context_id=again.accepted[pair]) == 0x0000
+    assert Instance.objects.filter(sop_instance_uid=str(ds.SOPInstanceUID)).exists()
