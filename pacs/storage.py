@@ -255,6 +255,28 @@ def place_new_file(temporary: Path, relative: str) -> tuple[Path, Future] | None
     return final, _fsyncs.submit(_durable_new, final, created)
 
 
+def sweep_incoming(older_than_seconds: float) -> int:
+    """Delete files left in the incoming directory by a crash (never indexed, never
+    acknowledged): those not written to for ``older_than_seconds``.  A file being received is
+    written to at least every network timeout, so a live transfer is never touched.  Returns
+    how many were deleted."""
+    import time
+
+    root = storage_root() / ".incoming"
+    if not root.is_dir():
+        return 0
+    limit = time.time() - older_than_seconds
+    removed = 0
+    for entry in os.scandir(root):
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < limit:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 def discard(path: Path | None) -> None:
     if path is None:
         return

@@ -16,10 +16,15 @@ from django.conf import settings
 from django.db import connections
 from pynetdicom.presentation import build_context
 
+from pacs import storage
 from pacs.dimse import db, policy
 from pacs.dimse.acceptor import Acceptor
 
 log = logging.getLogger("pacs.dimse")
+
+# Files in STORAGE_DIR/.incoming not written to for this long (seconds) when a listener starts
+# were left by a crash: nothing indexed them and no Success was sent for them.
+INCOMING_STALE_AFTER = 3600.0
 
 # The services of the AE, in the order their presentation contexts are added.
 SERVICE_MODULES = [
@@ -81,6 +86,9 @@ def start_server(host: str | None = None, port: int | None = None, *, block: boo
     """Start the AE.  Returns the running server (``block=False``) whose
     ``server_address[1]`` is the port (0 asks the OS for a free one, for tests) and whose
     ``shutdown()`` stops it; with ``block=True`` serves until interrupted."""
+    stale = storage.sweep_incoming(INCOMING_STALE_AFTER)
+    if stale:
+        log.warning("incomplete received files removed", extra={"files": stale, "older_than_s": INCOMING_STALE_AFTER})
     address = (host or settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
     server = build_server(address[0], address[1], ae_title=ae_title, reuse_port=reuse_port)
     log.info("dicom listener starting", extra={"ae_title": server.ae_title, "host": address[0],

@@ -40,3 +40,20 @@ def test_head_cut_before_pixel_data_falls_back_to_the_file(tmp_path):
     assert _header_from_head(cut, ExplicitVRLittleEndian) is None
     attrs = read_attributes(path, transfer_syntax_uid=ExplicitVRLittleEndian, calling_ae_title="CT1", head=cut)
     assert attrs.accession_number == "HEAD1"
+
+
+def test_stale_incoming_files_are_swept_fresh_ones_kept(tmp_path, settings):
+    import os
+    import time
+
+    from pacs import storage
+
+    settings.STORAGE_DIR = tmp_path / "store"
+    incoming = storage.incoming_dir()
+    old, fresh = incoming / "old.recv", incoming / "fresh.recv"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    assert storage.sweep_incoming(3600) == 1
+    assert not old.exists() and fresh.exists()
