@@ -191,6 +191,16 @@ def test_malformed_pdv_lengths_abort(dicom_server):
     _still_serving(dicom_server)
 
 
+def test_pdu_longer_than_our_maximum_aborts_without_reading_it(dicom_server, settings):
+    """A P-DATA-TF announcing more than the Maximum Length we accepted (DICOM_MAX_PDU): A-ABORT
+    at once, nothing buffered; the server goes on serving."""
+    with _associate(dicom_server) as sock:
+        sock.sendall(struct.pack(">BxL", ul.P_DATA_TF, settings.DICOM_MAX_PDU + 1024) + b"\x00" * 64)
+        pdu_type, body = _answer(sock)
+        assert pdu_type == ul.A_ABORT and body[2] == ul.ABORT_SOURCE_PROVIDER
+    _still_serving(dicom_server)
+
+
 def test_command_no_service_serves_is_answered_unrecognized_operation(dicom_server):
     """C-GET on the Verification context: its response with 0x0211, and the association goes on."""
     with _associate(dicom_server) as sock:
