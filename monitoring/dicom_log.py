@@ -1,9 +1,9 @@
 """Counting DIMSE operations per calling AE (``monitoring.DicomOperation``).
 
-``record(calling_ae_title, operation, status)`` adds one to the hour's counter with a single
-upsert (INSERT ... ON CONFLICT DO UPDATE, PostgreSQL and SQLite).  The DIMSE handlers call
-``record_quietly`` after deciding their answer: the count is gathered in memory and written
-in the background (several answers per upsert under load); counting never changes or delays
+``record_many(counts)`` adds to the hours' counters, one upsert per (hour, calling AE,
+operation, status) (INSERT ... ON CONFLICT DO UPDATE, PostgreSQL and SQLite).  The DIMSE
+handlers call ``record_quietly`` after deciding their answer: the count is gathered in memory
+and written in the background (several answers per upsert under load); counting never changes or delays
 an answer, and a failure to count (database down) is logged, not raised.
 """
 
@@ -16,22 +16,6 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 log = logging.getLogger("monitoring.dicom_log")
-
-
-def record(calling_ae_title: str, operation: str, status: int, *, now=None) -> None:
-    from monitoring.models import DicomOperation
-
-    now = now or timezone.now()
-    hour = now.replace(minute=0, second=0, microsecond=0)
-    table = DicomOperation._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (hour, calling_ae_title, operation, status, count, last_at) "
-            "VALUES (%s, %s, %s, %s, 1, %s) "
-            "ON CONFLICT (hour, calling_ae_title, operation, status) "
-            f"DO UPDATE SET count = {table}.count + 1, last_at = excluded.last_at",
-            [hour, (calling_ae_title or "")[:16], operation[:16], int(status), now],
-        )
 
 
 def record_many(counts: dict) -> None:

@@ -7,7 +7,7 @@ per (rule, interface key) at a time (a partial unique constraint), so each openi
 clearing is notified exactly once, whatever number of checks or beat processes run.
 
 ``DicomOperation`` counts DIMSE operations per hour, calling AE, operation and status
-(written by the DIMSE handlers with one upsert: ``monitoring.dicom_log.record``); there was
+(gathered by the DIMSE handlers and upserted in the background: ``monitoring.dicom_log``); there was
 no per-AE record of DICOM operations before.
 """
 

@@ -5,8 +5,10 @@ validated first (PS3.5 9.1: digits and dots, at most 64 characters, no empty com
 so no name, ID or other free text ever reaches a path and ``../`` cannot (reliability D-09).
 
 Writing follows "persist before you acknowledge": the data goes to a temporary file in
-``STORAGE_DIR/.incoming`` (same file system), is renamed to the final name (atomic) and
-fsynced, and the directory is fsynced, before anything is indexed (``commit_file``).  The 128-byte preamble is always zeros
+``STORAGE_DIR/.incoming`` (same file system; written there by ``pacs.dimse.acceptor``), is
+renamed to the final name (atomic) and fsynced, and the directory is fsynced, before anything
+is indexed (``commit_file``, ``place_new_file``).  The 128-byte preamble is always zeros: the
+acceptor writes the preamble and File Meta Information itself, never the sender's
 (PS3.10 7.1; CVE-2019-11687, reliability D-10).
 """
 
@@ -16,8 +18,6 @@ import ctypes
 import errno
 import os
 import re
-import shutil
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,8 +27,6 @@ from django.conf import settings
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _UID_LENIENT = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # leading zeros seen in the wild: still safe for paths
 
-PREAMBLE = b"\x00" * 128
-COPY_CHUNK = 1024 * 1024
 
 
 class InvalidUID(ValueError):
@@ -111,58 +109,6 @@ def start_writeback(fd: int) -> None:
         _sync_file_range(fd, 0, 0, 2)
 
 
-def take_temporary(source: Path) -> Path:
-    """Bring a received file into the store's incoming directory: the file itself when it is
-    already there (what ``pacs.dimse.acceptor`` writes), else a hard link when on the same
-    file system (no copy), else a streamed copy with bounded memory.  The preamble is
-    (re)written as zeros.  Not yet fsynced: ``commit_file`` makes it durable."""
-    target = None
-    try:
-        source = Path(source)
-        incoming = incoming_dir()
-        if source.parent == incoming and source.name.endswith(RECEIVED_SUFFIX):
-            return source  # written by the acceptor with a zero preamble and its own meta
-        target = incoming / f"{uuid.uuid4().hex}.part"
-        if source.parent == incoming:
-            os.rename(source, target)  # ours now: the receiver's clean-up no longer finds it
-        else:
-            try:
-                os.link(source, target)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                    raise
-                with open(source, "rb") as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, COPY_CHUNK)
-        with open(target, "r+b") as fh:
-            head = fh.read(132)
-            if len(head) < 132 or head[128:132] != b"DICM":
-                raise ValueError("received file has no DICOM File Meta Information")
-            if head[:128] != PREAMBLE:
-                fh.seek(0)
-                fh.write(PREAMBLE)
-        return target
-    except (OSError, ValueError) as exc:
-        discard(target)
-        if isinstance(exc, OSError):
-            raise _as_storage_error(exc) from exc
-        raise
-
-
-def write_temporary(write) -> Path:
-    """A temporary file in the store filled by ``write(fileobj)`` (used for datasets in memory), fsynced."""
-    target = None
-    try:
-        target = incoming_dir() / f"{uuid.uuid4().hex}.part"
-        with open(target, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return target
-    except OSError as exc:
-        discard(target)
-        raise _as_storage_error(exc) from exc
-
-
 def _make_parents(final: Path) -> list[Path]:
     """Create the study and series directories of ``final`` where missing; the ones created
     (their parents must be fsynced for them to last)."""
@@ -205,16 +151,14 @@ def commit_file(temporary: Path, relative: str) -> tuple[Path, bool]:
         if replaced:
             _fsync_file(temporary)
             os.replace(temporary, final)
+            _fsync_dirs(final, created)
         else:
             os.replace(temporary, final)
             try:
-                _fsync_file(final)
+                _durable_new(final, created)
             except OSError:
                 discard(final)
                 raise
-        _fsync_dir(final.parent)
-        for directory in created:
-            _fsync_dir(directory.parent)
         return final, replaced
     except OSError as exc:
         discard(temporary)
@@ -224,12 +168,18 @@ def commit_file(temporary: Path, relative: str) -> tuple[Path, bool]:
 _fsyncs: ThreadPoolExecutor | None = None
 
 
+def _fsync_dirs(final: Path, created: list[Path]) -> None:
+    """The directory naming ``final``, and the parents of the directories just created."""
+    _fsync_dir(final.parent)
+    for directory in created:
+        _fsync_dir(directory.parent)
+
+
 def _durable_new(final: Path, created: list[Path]) -> None:
+    """A new file at its final name made durable: the file, then its directories."""
     try:
         _fsync_file(final)
-        _fsync_dir(final.parent)
-        for directory in created:
-            _fsync_dir(directory.parent)
+        _fsync_dirs(final, created)
     except OSError as exc:
         raise _as_storage_error(exc) from exc
 

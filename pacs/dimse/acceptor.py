@@ -80,11 +80,11 @@ _RESPONSE_OF = {
     "N-EVENT-REPORT": 0x8100, "N-GET": 0x8110, "N-SET": 0x8120, "N-ACTION": 0x8130,
     "N-CREATE": 0x8140, "N-DELETE": 0x8150,
 }
-# The data set a handler reads, by the name pynetdicom's events give it (PS3.7 10.1).
-_DATA_SET_NAME = {
-    "C-FIND": "identifier", "N-CREATE": "attribute_list", "N-SET": "modification_list",
-    "N-EVENT-REPORT": "event_information", "N-ACTION": "action_information",
-}
+# The names a handler reads a request's data set by, as pynetdicom's events give them
+# (C-FIND identifier, N-CREATE attribute list, N-SET modification list, N-EVENT-REPORT event
+# information, N-ACTION action information; PS3.7 9.1.2, 10.1).
+_DATA_SET_NAMES = frozenset({"identifier", "attribute_list", "modification_list", "event_information",
+                             "action_information"})
 
 
 class Context(NamedTuple):
@@ -153,7 +153,7 @@ class Event:
         return self._decoded
 
     def __getattr__(self, name: str):
-        if name in ("identifier", "attribute_list", "modification_list", "event_information", "action_information"):
+        if name in _DATA_SET_NAMES:
             return self._dataset()
         raise AttributeError(name)
 

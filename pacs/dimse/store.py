@@ -2,8 +2,8 @@
 
 The dataset is never decoded in memory: the acceptor (``pacs.dimse.acceptor``) writes it to a
 file in the store's incoming directory as it arrives, the handler reads the header only
-(``stop_before_pixels``, large values deferred), hands the file to the store (hard link,
-fsync, rename; ``pacs.storage``) and the index (``pacs.services.images``), and answers
+(``stop_before_pixels``, large values deferred), hands the file to the store (rename, fsync,
+directory fsync; ``pacs.storage``) and the index (``pacs.services.images``), and answers
 Success only after both are committed.  Statuses (PS3.4 B.2.3):
 
 - 0x0000 success (also for a resend of a stored SOP Instance UID: idempotent)
@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from io import BytesIO
+from pathlib import Path
 
 from django.db import DatabaseError, InterfaceError
 from pydicom import dcmread
@@ -161,14 +162,14 @@ def on_c_store(event):
         return OUT_OF_RESOURCES
     try:
         try:
-            temporary = storage.take_temporary(event.dataset_path)
+            temporary = Path(event.dataset_path)  # zero preamble and our File Meta Information
             event.dataset_path = None  # ours now: discarded below unless stored
             attrs = read_attributes(
                 temporary, transfer_syntax_uid=str(event.context.transfer_syntax), calling_ae_title=calling,
-                head=getattr(event, "dataset_head", b""),
+                head=event.dataset_head,
             )
-        except storage.StorageFull:
-            raise
+        except OSError:
+            raise  # the file we just wrote cannot be read: out of resources, below
         except Exception as exc:  # noqa: BLE001 - an unreadable dataset
             log.warning("C-STORE dataset unreadable", extra={"calling_ae_title": calling, "error": str(exc)[:200]})
             return CANNOT_UNDERSTAND

@@ -200,31 +200,62 @@ def _index(attrs: InstanceAttributes, relative: str, size: int) -> StoreResult:
 FAST_INDEX = True
 
 
+def _mpps_completed_sql() -> str:
+    """EXISTS over the study row in scope: a COMPLETED MPPS names it, by Study Instance UID or
+    through its order's steps (``_completed_mpps`` in SQL).  Parameter: ``completed``."""
+    from pacs.models import PerformedProcedureStep
+    from ris.models import ScheduledProcedureStep
+
+    study = Study._meta.db_table
+    return f"""EXISTS (
+        SELECT 1 FROM {PerformedProcedureStep._meta.db_table} p
+        LEFT JOIN {ScheduledProcedureStep._meta.db_table} q ON q.id = p.scheduled_step_id
+        WHERE p.status = %(completed)s AND (p.study_instance_uid = {study}.study_instance_uid
+              OR q.requested_procedure_id = {study}.requested_procedure_id))"""
+
+
+def _instance_upsert_sql(rows: str) -> str:
+    """INSERT of the instance ``rows`` (VALUES or SELECT giving study_id and the parameters
+    below), or the update of a resend of it; no row returned for a SOP Instance UID stored under
+    another study or series.  Returns (id, created) with created = (xmax = 0)."""
+    instance = Instance._meta.db_table
+    return f"""INSERT INTO {instance} (study_id, series_id, sop_instance_uid, sop_class_uid,
+            transfer_syntax_uid, instance_number, path, size, batch, received_at)
+        {rows}
+        ON CONFLICT (sop_instance_uid) DO UPDATE SET sop_class_uid = EXCLUDED.sop_class_uid,
+            transfer_syntax_uid = EXCLUDED.transfer_syntax_uid, size = EXCLUDED.size,
+            received_at = EXCLUDED.received_at
+        WHERE {instance}.study_id = EXCLUDED.study_id AND {instance}.series_id = EXCLUDED.series_id
+        RETURNING id, (xmax = 0) AS created"""
+
+
+# The instance's own columns after study_id, as the parameters of ``_instance_upsert_sql``.
+_INSTANCE_COLUMNS = "%(series_id)s, %(sop_uid)s, %(sop_class)s, %(syntax)s, %(number)s, %(path)s, %(size)s, NULL, %(now)s"
+
+
+def _instance_params(attrs: InstanceAttributes, relative: str, size: int, series_id: int, now) -> dict:
+    return {"series_id": series_id, "sop_uid": attrs.sop_instance_uid, "sop_class": attrs.sop_class_uid,
+            "syntax": attrs.transfer_syntax_uid, "number": attrs.instance_number, "path": relative, "size": size,
+            "now": now}
+
+
 def _index_postgresql(attrs: InstanceAttributes, relative: str, size: int) -> StoreResult:
     """``_index`` in two statements on PostgreSQL: the study row is touched (and so locked) with
     UPDATE ... RETURNING, which also says whether a COMPLETED MPPS names it; the instance is
     inserted, or a resend of it updated, with INSERT ... ON CONFLICT ... RETURNING (xmax = 0 for
     a new row).  A SOP Instance UID stored under another study or series returns no row."""
-    from pacs.models import PerformedProcedureStep
     from pacs.models import mpps as mp
-    from ris.models import ScheduledProcedureStep
 
     study_table = Study._meta.db_table
-    instance_table = Instance._meta.db_table
-    mpps_table = PerformedProcedureStep._meta.db_table
-    sps_table = ScheduledProcedureStep._meta.db_table
     now = timezone.now()
     for attempt in range(3):
         try:
             with transaction.atomic(durable=True), connection.cursor() as cursor:
                 cursor.execute(
-                    f"""UPDATE {study_table} SET last_received_at = %s, updated_at = %s
-                        WHERE study_instance_uid = %s
-                        RETURNING id, status, modalities_in_study, EXISTS (
-                            SELECT 1 FROM {mpps_table} p LEFT JOIN {sps_table} s ON s.id = p.scheduled_step_id
-                            WHERE p.status = %s AND (p.study_instance_uid = {study_table}.study_instance_uid
-                                  OR s.requested_procedure_id = {study_table}.requested_procedure_id))""",
-                    [now, now, attrs.study_instance_uid, mp.COMPLETED],
+                    f"""UPDATE {study_table} SET last_received_at = %(now)s, updated_at = %(now)s
+                        WHERE study_instance_uid = %(study_uid)s
+                        RETURNING id, status, modalities_in_study, {_mpps_completed_sql()}""",
+                    {"now": now, "study_uid": attrs.study_instance_uid, "completed": mp.COMPLETED},
                 )
                 row = cursor.fetchone()
                 study_created = row is None
@@ -234,17 +265,8 @@ def _index_postgresql(attrs: InstanceAttributes, relative: str, size: int) -> St
                 study_id, status, modalities_text, mpps_completed = row
                 series_id = _series_id(study_id, attrs)
                 cursor.execute(
-                    f"""INSERT INTO {instance_table} (study_id, series_id, sop_instance_uid, sop_class_uid,
-                            transfer_syntax_uid, instance_number, path, size, batch, received_at)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, NULL, %s)
-                        ON CONFLICT (sop_instance_uid) DO UPDATE SET sop_class_uid = EXCLUDED.sop_class_uid,
-                            transfer_syntax_uid = EXCLUDED.transfer_syntax_uid, size = EXCLUDED.size,
-                            received_at = EXCLUDED.received_at
-                        WHERE {instance_table}.study_id = EXCLUDED.study_id
-                          AND {instance_table}.series_id = EXCLUDED.series_id
-                        RETURNING id, (xmax = 0)""",
-                    [study_id, series_id, attrs.sop_instance_uid, attrs.sop_class_uid, attrs.transfer_syntax_uid,
-                     attrs.instance_number, relative, size, now],
+                    _instance_upsert_sql(f"VALUES (%(study_id)s, {_INSTANCE_COLUMNS})"),
+                    {"study_id": study_id, **_instance_params(attrs, relative, size, series_id, now)},
                 )
                 inserted = cursor.fetchone()
                 if inserted is None:
@@ -292,9 +314,7 @@ def _index_one_statement(attrs: InstanceAttributes, relative: str, size: int, *,
     file's fsyncs, and raises if they failed) before the durable commit.  None when the
     instance is not of that kind (nothing is inserted then): ``_index_postgresql`` does the
     general case."""
-    from pacs.models import PerformedProcedureStep
     from pacs.models import mpps as mp
-    from ris.models import ScheduledProcedureStep
     from ris.services import pg
 
     cached = _SERIES_CACHE.get(attrs.series_instance_uid)
@@ -302,17 +322,12 @@ def _index_one_statement(attrs: InstanceAttributes, relative: str, size: int, *,
         return None
     study_id, series_id = cached
     study_table = Study._meta.db_table
-    instance_table = Instance._meta.db_table
     now = timezone.now()
     pg.cursor().close()  # prepares the session outside the transaction (pacs.services.pg)
     with transaction.atomic(durable=True), pg.cursor() as cursor:
         cursor.execute(
             f"""WITH s AS (
-                    SELECT id, last_received_at, EXISTS (
-                        SELECT 1 FROM {PerformedProcedureStep._meta.db_table} p
-                        LEFT JOIN {ScheduledProcedureStep._meta.db_table} q ON q.id = p.scheduled_step_id
-                        WHERE p.status = %(completed)s AND (p.study_instance_uid = {study_table}.study_instance_uid
-                              OR q.requested_procedure_id = {study_table}.requested_procedure_id)) AS mpps_completed
+                    SELECT id, {_mpps_completed_sql()} AS mpps_completed
                     FROM {study_table}
                     WHERE id = %(study_id)s AND study_instance_uid = %(study_uid)s AND status = %(receiving)s
                       AND (%(modality)s = '' OR %(modality)s = ANY (string_to_array(modalities_in_study, '\\')))
@@ -321,22 +336,12 @@ def _index_one_statement(attrs: InstanceAttributes, relative: str, size: int, *,
                     UPDATE {study_table} SET last_received_at = %(now)s, updated_at = %(now)s
                     WHERE id = (SELECT id FROM s) AND last_received_at < %(stale)s
                 ), i AS (
-                    INSERT INTO {instance_table} (study_id, series_id, sop_instance_uid, sop_class_uid,
-                        transfer_syntax_uid, instance_number, path, size, batch, received_at)
-                    SELECT s.id, %(series_id)s, %(sop_uid)s, %(sop_class)s, %(syntax)s, %(number)s, %(path)s,
-                           %(size)s, NULL, %(now)s FROM s
-                    ON CONFLICT (sop_instance_uid) DO UPDATE SET sop_class_uid = EXCLUDED.sop_class_uid,
-                        transfer_syntax_uid = EXCLUDED.transfer_syntax_uid, size = EXCLUDED.size,
-                        received_at = EXCLUDED.received_at
-                    WHERE {instance_table}.study_id = EXCLUDED.study_id
-                      AND {instance_table}.series_id = EXCLUDED.series_id
-                    RETURNING id, (xmax = 0) AS created
+                    {_instance_upsert_sql(f"SELECT s.id, {_INSTANCE_COLUMNS} FROM s")}
                 )
                 SELECT s.mpps_completed, i.id, i.created FROM s JOIN i ON true""",
-            {"now": now, "stale": now - TOUCH_EVERY, "study_id": study_id, "study_uid": attrs.study_instance_uid, "receiving": im.RECEIVING,
-             "modality": attrs.modality, "completed": mp.COMPLETED, "series_id": series_id,
-             "sop_uid": attrs.sop_instance_uid, "sop_class": attrs.sop_class_uid, "syntax": attrs.transfer_syntax_uid,
-             "number": attrs.instance_number, "path": relative, "size": size},
+            {"stale": now - TOUCH_EVERY, "study_id": study_id, "study_uid": attrs.study_instance_uid,
+             "receiving": im.RECEIVING, "modality": attrs.modality, "completed": mp.COMPLETED,
+             **_instance_params(attrs, relative, size, series_id, now)},
         )
         row = cursor.fetchone()
         before_commit()
