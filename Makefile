@@ -34,7 +34,7 @@ migrate: venv
 
 run: migrate
 	$(BIN)/python manage.py check
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start -f Procfile
 
 admin: migrate
 	$(BIN)/python manage.py createsuperuser
