@@ -3,6 +3,7 @@ reconciliation).  The image issue appends its models below."""
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
 
 from pacs.models import DicomNode, PerformedInstance, PerformedProcedureStep
@@ -63,8 +64,38 @@ class PerformedProcedureStepAdmin(admin.ModelAdmin):
 from pacs.models import Instance, Series, Study, StudyLink, Transfer, TransferItem, VnaDestination  # noqa: E402
 
 
+class VnaDestinationForm(forms.ModelForm):
+    """The password is write-only: never sent back to the browser; left blank it stays as stored,
+    "clear password" removes it."""
+
+    password = forms.CharField(required=False, strip=False, widget=forms.PasswordInput(render_value=False),
+                               help_text="write-only: leave blank to keep the stored password")
+    clear_password = forms.BooleanField(required=False, help_text="remove the stored password")
+
+    class Meta:
+        model = VnaDestination
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.initial["password"] = ""
+        stored = self.instance.password if self.instance.pk else ""
+        self.fields["password"].help_text = (
+            "write-only: a password is stored; leave blank to keep it" if stored
+            else "write-only: no password is stored")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("clear_password"):
+            data["password"] = ""
+        elif not data.get("password") and self.instance.pk:
+            data["password"] = VnaDestination.objects.get(pk=self.instance.pk).password
+        return data
+
+
 @admin.register(VnaDestination)
 class VnaDestinationAdmin(admin.ModelAdmin):
+    form = VnaDestinationForm
     list_display = ("name", "kind", "ae_title", "host", "port", "url", "storage_commitment", "enabled",
                     "from_environment")
     list_filter = ("kind", "enabled", "from_environment")

@@ -8,6 +8,7 @@ pacs.E005  CELERY_BROKER_URL names a transport other than redis or filesystem
 pacs.W001  (deploy) DICOM_ALLOW_UNKNOWN_AE is on: any calling AE may query and store
 pacs.W002  (deploy) SECRET_KEY is the development default
 pacs.W003  (deploy) the database is SQLite
+pacs.W005  (deploy) SECRETS_ENCRYPTION_KEYS is unset (a generated key in VAR_DIR seals credentials)
 """
 
 from __future__ import annotations
@@ -85,5 +86,14 @@ def check_deployment(app_configs, **kwargs):
     if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         warnings.append(
             Warning("The database is SQLite.", hint="Set DATABASE_URL=postgres://... for production.", id="pacs.W003")
+        )
+    if not settings.SECRETS_ENCRYPTION_KEYS:
+        warnings.append(
+            Warning(
+                "SECRETS_ENCRYPTION_KEYS is unset: stored credentials are sealed with a key generated into VAR_DIR.",
+                hint="Set SECRETS_ENCRYPTION_KEYS (python manage.py reencrypt_secrets --new-key prints a key; "
+                     "with VAR_DIR/secrets.key already in use, list its key second and re-seal).",
+                id="pacs.W005",
+            )
         )
     return warnings

@@ -9,6 +9,7 @@ SQLite and a filesystem Celery broker under ``var/``.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from pathlib import Path
@@ -16,6 +17,14 @@ from pathlib import Path
 import dj_database_url
 
 from pacs.env import env_bool, env_choice, env_float, env_int, env_list, env_str, record
+
+
+def _fernet_key_ok(key: str) -> bool:
+    try:
+        return len(base64.urlsafe_b64decode(key.encode())) == 32
+    except (ValueError, TypeError):
+        return False
+
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -192,6 +201,13 @@ DICOM_DB_CONNECTIONS = env_int("DICOM_DB_CONNECTIONS", 8, minimum=1)
 # --- Images and the VNA --------------------------------------------------------------------
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
 STUDY_QUIET_PERIOD_SECONDS = env_int("STUDY_QUIET_PERIOD_SECONDS", 60, minimum=1)
+# Keys that seal stored credentials (pacs.encryption): comma-separated Fernet keys, the first seals,
+# all open.  Unset: a key generated once into VAR_DIR/secrets.key.
+SECRETS_ENCRYPTION_KEYS = env_list("SECRETS_ENCRYPTION_KEYS", [])
+if not all(_fernet_key_ok(k) for k in SECRETS_ENCRYPTION_KEYS):
+    # The value itself is a secret: the problem is named, the value is not repeated.
+    record("SECRETS_ENCRYPTION_KEYS", "(not shown)", "holds a value that is not a Fernet key (32 url-safe base64 bytes)")
+    SECRETS_ENCRYPTION_KEYS = [k for k in SECRETS_ENCRYPTION_KEYS if _fernet_key_ok(k)]
 VNA_DESTINATIONS = env_str("VNA_DESTINATIONS", "")
 for _entry in [e.strip() for e in VNA_DESTINATIONS.split(",") if e.strip()]:
     # Same forms as pacs.services.routing.parse_destinations; a bad entry is reported as pacs.E001.

@@ -15,6 +15,7 @@ import requests
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
+from pacs.encryption import Unreadable
 from pacs.services.routing import ItemOutcome, ItemToSend, PermanentError, TransientError
 
 BATCH_BYTES = 32 * 1024 * 1024
@@ -46,6 +47,8 @@ def _post(destination, parts: list[bytes]) -> dict:
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
         "Accept": "application/dicom+json",
     }
+    if isinstance(destination.username, Unreadable) or isinstance(destination.password, Unreadable):
+        raise PermanentError("the stored STOW-RS credentials cannot be opened with SECRETS_ENCRYPTION_KEYS")
     auth = (destination.username, destination.password) if destination.username else None
     try:
         response = requests.post(f"{destination.url.rstrip('/')}/studies", data=bytes(body), headers=headers,

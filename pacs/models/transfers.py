@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from pacs.encryption import SealedField
+
 KIND_DICOM = "dicom"
 KIND_STOW = "stow"
 KINDS = [(KIND_DICOM, "DICOM C-STORE + storage commitment"), (KIND_STOW, "DICOMweb STOW-RS")]
@@ -51,8 +53,9 @@ class VnaDestination(models.Model):
     host = models.CharField(max_length=255, blank=True)
     port = models.PositiveIntegerField(null=True, blank=True)
     url = models.CharField(max_length=500, blank=True, help_text="DICOMweb base URL (STOW-RS), e.g. http://h:8042/dicom-web")
-    username = models.CharField(max_length=150, blank=True)
-    password = models.CharField(max_length=150, blank=True)
+    # Credentials for the STOW-RS endpoint, stored sealed (pacs.encryption).
+    username = SealedField(blank=True)
+    password = SealedField(blank=True)
     storage_commitment = models.BooleanField(default=True, help_text="ask for storage commitment (DICOM)")
     enabled = models.BooleanField(default=True)
     from_environment = models.BooleanField(default=False)

@@ -89,7 +89,8 @@ class OrthancProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Orthanc exited: {(self.workdir / 'orthanc.log').read_text()[-2000:]}")
             try:
-                if requests.get(f"{self.url}/system", timeout=1).ok:
+                # 401: up, and asking for the credentials it was configured with.
+                if requests.get(f"{self.url}/system", timeout=1).status_code in (200, 401):
                     return self
             except requests.ConnectionError:
                 pass

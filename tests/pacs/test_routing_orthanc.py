@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+import requests
+from django.db import connection
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
@@ -18,7 +20,7 @@ from pacs.services import completion, routing
 from ris.models import StatusChange
 from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
 from tests.pacs.mwl_data import make_patient, make_step
-from tests.pacs.orthanc import storescu, write_study
+from tests.pacs.orthanc import OrthancProcess, storescu, write_study
 from tests.pacs.routing_helpers import orthanc, routing_settings, sender, wait_for, worker  # noqa: F401
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
@@ -253,3 +255,30 @@ def test_late_instance_after_archiving_is_sent_alone_and_the_study_archived_agai
              message=f"archived again; worker:\n{worker.log()[-3000:]}")
     assert orthanc.count_instances() == 4
     assert Transfer.objects.get(pk=second.pk).status == tr.COMMITTED
+
+
+def test_stow_rs_with_credentials_sealed_at_rest(engine, worker, tmp_path, routing_settings):
+    """A STOW-RS VNA that asks for HTTP basic authentication: the credentials declared in
+    VNA_DESTINATIONS are stored sealed, and the worker (another process) opens them to send."""
+    password = "stow-pw-90210"
+    vna = OrthancProcess(tmp_path / "web", engine_aet="PACS", engine_port=port(engine), dicomweb=True,
+                         extra={"AuthenticationEnabled": True, "RegisteredUsers": {"engine": password}}).start()
+    try:
+        assert requests.get(f"{vna.url}/statistics", timeout=10).status_code == 401
+        routing_settings.VNA_DESTINATIONS = f"stow+http://engine:{password}@127.0.0.1:{vna.http_port}/dicom-web"
+        routing._synced = False
+        study, _ = send_matched_study(engine, tmp_path, 3)
+        complete_now(study)
+        transfer = Transfer.objects.get(study=study)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT password FROM {VnaDestination._meta.db_table} WHERE id = %s",
+                           [transfer.destination_id])
+            (stored,) = cursor.fetchone()
+        assert stored.startswith("fernet:") and password not in stored
+        wait_for(lambda: Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED, 60,
+                 message=f"STOW committed; worker:\n{worker.log()[-3000:]}")
+        statistics = requests.get(f"{vna.url}/statistics", auth=("engine", password), timeout=10).json()
+        assert statistics["CountInstances"] == 3
+    finally:
+        routing._synced = False
+        vna.stop()

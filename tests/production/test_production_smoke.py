@@ -90,6 +90,23 @@ def test_compose_runs_every_process_type_with_settings_that_exist():
         assert service.healthcheck == ["python", "manage.py", "health", name], (name, service.healthcheck)
 
 
+def test_compose_takes_every_password_from_the_environment():
+    """No credential is written in docker/compose.yaml: each is a ``${VAR:?message}``
+    interpolation, so compose refuses to start until the operator sets it."""
+    interpolation = re.compile(r"\$\{[A-Z_]+:\?[^}]*\}")
+    credentials = []
+    for service in deployment.compose().values():
+        for name, value in service.environment.items():
+            if "PASSWORD" in name:
+                credentials.append((service.name, name, value))
+            in_url = re.search(r"://[^:/@]+:(.+)@[^@]+$", value)
+            if in_url:
+                credentials.append((service.name, name, in_url.group(1)))
+    assert len(credentials) >= 2, "the database password, for postgres and in DATABASE_URL"
+    for service, name, value in credentials:
+        assert interpolation.fullmatch(value), f"{service}: {name} has a credential written in: {value!r}"
+
+
 # --- one day of the department on each set-up ---------------------------------------------------
 
 class Processes:

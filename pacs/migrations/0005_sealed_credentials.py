@@ -1,0 +1,34 @@
+"""VNA credentials stored sealed (pacs.encryption): the columns become text (a sealed value is
+longer than the clear one) and the values already stored in clear are sealed."""
+
+from django.db import migrations
+
+import pacs.encryption
+
+
+def seal_stored(apps, schema_editor):
+    VnaDestination = apps.get_model("pacs", "VnaDestination")
+    for row in VnaDestination.objects.exclude(username="", password=""):
+        # The field seals on save; values read from before this migration are in clear.
+        row.save(update_fields=["username", "password"])
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ("pacs", "0004_images_and_transfers"),
+    ]
+
+    operations = [
+        migrations.AlterField(
+            model_name="vnadestination",
+            name="password",
+            field=pacs.encryption.SealedField(blank=True),
+        ),
+        migrations.AlterField(
+            model_name="vnadestination",
+            name="username",
+            field=pacs.encryption.SealedField(blank=True),
+        ),
+        migrations.RunPython(seal_stored, migrations.RunPython.noop),
+    ]
