@@ -101,6 +101,11 @@ _DATA_SET_NAMES = frozenset({"identifier", "attribute_list", "modification_list"
                              "action_information"})
 
 
+def failure_status(command_name: str) -> int:
+    """The status that answers a request whose handler raised or gave no answer."""
+    return _FAILURE_STATUS.get(command_name, PROCESSING_FAILURE)
+
+
 class Context(NamedTuple):
     """An accepted presentation context (as pynetdicom's ``PresentationContextTuple``)."""
 
@@ -510,7 +515,7 @@ class Association:
                 _remove(event.dataset_path)  # left by the handler (it sets None when it took the file)
         status, dataset = (answer if isinstance(answer, tuple) else (answer, None))
         if status is None:
-            status = _FAILURE_STATUS.get(name, PROCESSING_FAILURE)
+            status = failure_status(name)
         elements = ul.status_elements(status)
         if name in ("C-STORE", "N-CREATE", "N-EVENT-REPORT", "N-SET", "N-ACTION"):
             elements["AffectedSOPInstanceUID"] = command.AffectedSOPInstanceUID or command.RequestedSOPInstanceUID
@@ -532,7 +537,7 @@ class Association:
             raise
         except Exception:  # noqa: BLE001 - any handler bug
             log.exception("service handler failed", extra=self._log_extra(command=event.request.name))
-            return _FAILURE_STATUS.get(event.request.name, PROCESSING_FAILURE)
+            return failure_status(event.request.name)
 
     def _serve_find(self, handler, event: Event) -> None:
         command = event.request

@@ -263,7 +263,12 @@ def test_a_pdv_after_the_end_of_a_message_aborts(dicom_server):
 
 def test_an_exception_in_a_handler_is_its_failure_status(dicom_server):
     """C-ECHO whose handler raises: 0x0110 (processing failure); a C-FIND whose generator
-    raises after one match: the match, then 0xC000; the association goes on either way."""
+    raises after one match: the match, then 0xC000; the association goes on either way, and
+    the failures are counted for the calling AE as the statuses answered."""
+    from monitoring.dicom_log import counted
+    from monitoring.models import DicomOperation
+    from pacs.dimse import db
+
     def failing_echo(event):
         raise RuntimeError("handler bug")
 
@@ -271,8 +276,8 @@ def test_an_exception_in_a_handler_is_its_failure_status(dicom_server):
         yield 0xFF00, Dataset()
         raise RuntimeError("handler bug")
 
-    dicom_server.handlers["C-ECHO"] = failing_echo
-    dicom_server.handlers["C-FIND"] = failing_find
+    dicom_server.handlers["C-ECHO"] = counted("C-ECHO", failing_echo)
+    dicom_server.handlers["C-FIND"] = counted("C-FIND", failing_find)
     with _associate(dicom_server, contexts=(*MWL, (Verification, "1.2.840.10008.1.2"))) as sock:
         sock.sendall(_echo_rq(message_id=1, context_id=3))
         assert _response(sock).Status == 0x0110
@@ -280,6 +285,9 @@ def test_an_exception_in_a_handler_is_its_failure_status(dicom_server):
         assert _final_find_response(sock).Status == 0xC000
         sock.sendall(_echo_rq(message_id=3, context_id=3))
         assert _response(sock).Status == 0x0110  # still associated: answered, not aborted
+    db.flush()
+    counts = {(r.operation, r.status): r.count for r in DicomOperation.objects.filter(calling_ae_title="MOD1")}
+    assert counts == {("C-ECHO", 0x0110): 2, ("C-FIND", 0xC000): 1}
 
 
 def test_the_engine_announces_its_own_implementation_class_uid(dicom_server):
