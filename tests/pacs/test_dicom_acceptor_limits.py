@@ -6,6 +6,7 @@ their bound, handler exceptions, PDVs after the end of a message, the Implementa
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -52,6 +53,13 @@ def _final_find_response(sock) -> ul.Command:
             command = ul.decode_command(bytes(pdvs[0][3]))
             if command.Status not in (0xFF00, 0xFF01):
                 return command
+
+
+def _wait_for(condition, seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -148,68 +156,62 @@ def test_the_minimum_rate_extends_a_deadline_by_what_arrived():
 
 
 # ----------------------------------------------------------------------------- pending connections
+@contextlib.contextmanager
+def _idle(server, count: int):
+    """``count`` connections that send nothing, closed at the end."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(_connect(server)) for _ in range(count)]
+
+
+def _assert_waited_for(socks) -> None:
+    """The listener has neither answered nor closed these connections."""
+    for sock in socks:
+        sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)
+
+
+def _assert_associates(server) -> None:
+    with _connect(server) as sock:
+        sock.sendall(_rq())
+        assert ul.read_pdu(sock, 0)[0] == ul.A_ASSOCIATE_AC
+
+
 def test_connections_beyond_the_per_address_cap_are_refused_transient(limited_server):
     server = limited_server(DICOM_MAX_PENDING_PER_ADDRESS=2, DICOM_MAX_PENDING_CONNECTIONS=10)
-    idle = [_connect(server) for _ in range(2)]
-    try:
+    with _idle(server, 2) as idle:
         with _connect(server) as third:
             pdu_type, body = ul.read_pdu(third, 0)
             rj = A_ASSOCIATE_RJ()
             rj.decode(ul.pdu(pdu_type, body))
             assert (rj.result, rj.source, rj.reason_diagnostic) == (0x02, 0x03, 0x02)  # transient, local limit
-        for sock in idle:  # the two first wait for their request, untouched
-            sock.settimeout(0.2)
-            with pytest.raises(TimeoutError):
-                sock.recv(1)
+        _assert_waited_for(idle)  # the two first wait for their request, untouched
         idle[0].close()
-        deadline = time.monotonic() + 5
-        while server.pending_count() > 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        with _connect(server) as sock:  # room again for this address
-            sock.sendall(_rq())
-            assert ul.read_pdu(sock, 0)[0] == ul.A_ASSOCIATE_AC
-    finally:
-        for sock in idle:
-            sock.close()
+        _wait_for(lambda: server.pending_count() <= 1)
+        _assert_associates(server)  # room again for this address
 
 
 def test_the_oldest_pending_connection_makes_room_for_a_new_one(limited_server):
     server = limited_server(DICOM_MAX_PENDING_PER_ADDRESS=10, DICOM_MAX_PENDING_CONNECTIONS=3)
-    idle = [_connect(server) for _ in range(3)]
-    try:
-        deadline = time.monotonic() + 5
-        while server.pending_count() < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        with _connect(server) as newest:
-            idle[0].settimeout(5)
-            assert idle[0].recv(1) == b""  # the oldest is closed
-            newest.sendall(_rq())
-            assert ul.read_pdu(newest, 0)[0] == ul.A_ASSOCIATE_AC
-        for sock in idle[1:]:
-            sock.settimeout(0.2)
-            with pytest.raises(TimeoutError):
-                sock.recv(1)
-    finally:
-        for sock in idle:
-            sock.close()
+    with _idle(server, 3) as idle:
+        _wait_for(lambda: server.pending_count() == 3)
+        _assert_associates(server)
+        idle[0].settimeout(5)
+        assert idle[0].recv(1) == b""  # the oldest was closed for it
+        _assert_waited_for(idle[1:])
 
 
 def test_pending_connections_do_not_take_association_slots(limited_server):
     server = limited_server(DICOM_MAX_ASSOCIATIONS=2, DICOM_MAX_PENDING_PER_ADDRESS=8)
-    idle = [_connect(server) for _ in range(5)]
-    try:
-        with _associate(server) as first, _associate(server) as second:
-            assert server.association_count() == 2
-            with _connect(server) as third:
-                third.sendall(_rq())
-                pdu_type, body = ul.read_pdu(third, 0)
-                assert pdu_type == ul.A_ASSOCIATE_RJ and tuple(body[1:4]) == (0x02, 0x03, 0x02)
-            for sock in (first, second):
-                sock.sendall(_echo_rq())
-                assert _response(sock).Status == 0x0000
-    finally:
-        for sock in idle:
-            sock.close()
+    with _idle(server, 5), _associate(server) as first, _associate(server) as second:
+        assert server.association_count() == 2
+        with _connect(server) as third:
+            third.sendall(_rq())
+            pdu_type, body = ul.read_pdu(third, 0)
+            assert pdu_type == ul.A_ASSOCIATE_RJ and tuple(body[1:4]) == (0x02, 0x03, 0x02)
+        for sock in (first, second):
+            sock.sendall(_echo_rq())
+            assert _response(sock).Status == 0x0000
 
 
 def test_no_a_associate_rq_within_the_acse_timeout_closes_the_connection(limited_server):

@@ -8,18 +8,14 @@ The attackers connect from other loopback addresses (127.0.0.2 and up) than the 
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from pydicom.uid import generate_uid
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
@@ -29,10 +25,9 @@ from pynetdicom.sop_class import Verification
 from pacs.dimse import ul
 from pacs.models import DicomNode
 from tests.conftest import dcmtk_tool, free_port
-from tests.pacs.dicom_server import DCMTK_ENV
+from tests.pacs.dicom_server import DCMTK_ENV, run_dicom_env, start_run_dicom, stop_process
 from tests.pacs.orthanc import storescu, write_study
 
-ROOT = Path(__file__).resolve().parents[2]
 MiB = 2**20
 # How much the listener's resident memory may grow during an attack.  The attacks below would
 # each cost it more than 100 MiB if it buffered what they announce or send.
@@ -113,15 +108,10 @@ def run_listener(transactional_db, tmp_path):
 
     def start(**env_extra) -> Listener:
         port = free_port()
-        db = connection.settings_dict
         storage = tmp_path / "storage"
         storage.mkdir(exist_ok=True)
-        env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-               "DICOM_AE_TITLE": "PACS", "DICOM_ALLOW_UNKNOWN_AE": "false", "LOG_LEVEL": "WARNING",
-               "STORAGE_DIR": str(storage), "DICOM_MAX_PDU": str(MAX_PDU),
-               **{k: str(v) for k, v in env_extra.items()}}
-        proc = subprocess.Popen([sys.executable, "manage.py", "run_dicom", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env = run_dicom_env(DICOM_ALLOW_UNKNOWN_AE="false", STORAGE_DIR=storage, DICOM_MAX_PDU=MAX_PDU, **env_extra)
+        proc = start_run_dicom(port, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         started.append(proc)
         listener = Listener(proc, port, tmp_path)
         deadline = time.monotonic() + 60
@@ -134,12 +124,7 @@ def run_listener(transactional_db, tmp_path):
 
     yield start
     for proc in started:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 # ----------------------------------------------------------------------------- attacker helpers
