@@ -229,11 +229,13 @@ class Association:
         """After A-RELEASE-RP the requestor closes the connection (PS3.8 9.2, state Sta13: the
         acceptor waits, ARTIM running).  Closing first made pynetdicom's requestor take about
         10 ms more to finish its release."""
+        deadline = ul.Deadline(min(self.server.acse_timeout, ARTIM_SECONDS))  # whatever still trickles in
         try:
-            self.sock.settimeout(min(self.server.acse_timeout, ARTIM_SECONDS))
-            while self.sock.recv(4096):
-                pass
-        except OSError:
+            while True:
+                self.sock.settimeout(deadline.remaining())
+                if not self.sock.recv(4096):
+                    return
+        except OSError:  # TimeoutError included
             pass
 
     def abort(self, reason: int = ul.REASON_NOT_SPECIFIED) -> None:

@@ -17,12 +17,14 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
 from pacs.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
 from tests.pacs.dicom_server import dicom_server_fixture, echoscu, port_of  # noqa: F401 - fixture
+from tests.pacs.imaging_helpers import engine, store_dir  # noqa: F401 - fixtures
 from tests.pacs.test_dicom_protocol import _answer, _associate, _connect, _echo_rq, _response, _rq
 
 MWL = ((ModalityWorklistInformationFind, "1.2.840.10008.1.2"),)
@@ -224,6 +226,29 @@ def test_no_a_associate_rq_within_the_acse_timeout_closes_the_connection(limited
     assert echoscu(server).returncode == 0
 
 
+def test_bytes_trickling_after_the_release_do_not_keep_the_connection(limited_server):
+    """After A-RELEASE-RP the acceptor waits for the peer to close (PS3.8 Sta13) for at most the
+    ACSE timeout in all, however the peer keeps sending."""
+    server = limited_server(DICOM_ACSE_TIMEOUT=1.0)
+    with _associate(server) as sock:
+        sock.sendall(ul.pdu(ul.A_RELEASE_RQ, b"\x00" * 4))
+        assert _answer(sock)[0] == ul.A_RELEASE_RP
+        started = time.monotonic()
+        sock.settimeout(0.3)
+        while True:
+            try:
+                sock.sendall(b"x")
+                if sock.recv(1) == b"":
+                    break
+            except TimeoutError:
+                pass
+            except OSError:
+                break
+            assert time.monotonic() - started < 5, "a trickle kept the released connection open"
+        assert 0.8 < time.monotonic() - started < 5
+    _wait_for(lambda: server.active_count() == 0)
+
+
 # ----------------------------------------------------------------------------- messages
 def test_a_data_set_beyond_the_bound_is_refused_with_a_failure_status(limited_server):
     """A C-FIND identifier beyond DICOM_MAX_DATASET_SIZE: read to its end, answered 0xA700 (out
@@ -290,6 +315,21 @@ def test_an_exception_in_a_handler_is_its_failure_status(dicom_server):
     db.flush()
     counts = {(r.operation, r.status): r.count for r in DicomOperation.objects.filter(calling_ae_title="MOD1")}
     assert counts == {("C-ECHO", 0x0110): 2, ("C-FIND", 0xC000): 1}
+
+
+def test_received_files_name_the_engine_as_their_implementation(engine, store_dir, tmp_path):
+    """(0002,0012)/(0002,0013) of a stored file: the engine wrote its File Meta Information
+    (PS3.10 7.1), whatever the sender's were."""
+    from pydicom import dcmread
+
+    from pacs.models import Instance
+    from tests.pacs.orthanc import storescu, write_study
+
+    paths = write_study(tmp_path / "in", 1, study_instance_uid=generate_uid())
+    assert storescu(port_of(engine), paths).returncode == 0
+    meta = dcmread(store_dir / Instance.objects.get().path).file_meta
+    assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
 
 
 def test_the_engine_announces_its_own_implementation_class_uid(dicom_server):
