@@ -702,7 +702,7 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 refused = False
                 if len(self._pending) >= self.maximum_pending:
                     oldest, oldest_address = self._pending.popitem(last=False)
-                    self._pending_per_address[oldest_address] -= 1
+                    self._forget_one(oldest_address)
                 self._pending[sock] = address
                 self._pending_per_address[address] += 1
         if oldest is not None:
@@ -738,14 +738,18 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
                     extra={"peer": address, **counts, "maximum_pending": self.maximum_pending,
                            "maximum_pending_per_address": self.maximum_pending_per_address})
 
+    def _forget_one(self, address: str) -> None:
+        """One pending connection from ``address`` less (lock held); no entry is kept at 0."""
+        self._pending_per_address[address] -= 1
+        if not self._pending_per_address[address]:
+            del self._pending_per_address[address]
+
     def _leave_pending(self, sock: socket.socket) -> bool:
         with self._active_lock:
             address = self._pending.pop(sock, None)
             if address is None:
                 return False
-            self._pending_per_address[address] -= 1
-            if not self._pending_per_address[address]:
-                del self._pending_per_address[address]
+            self._forget_one(address)
             return True
 
     def associating(self, assoc: Association) -> bool:
