@@ -53,6 +53,10 @@ COMMAND_SET_MAX = 64 * 1024
 # A body is read into a buffer that grows with what has arrived, starting here: a header
 # announcing a length allocates nothing until the bytes come.
 _FIRST_CHUNK = 16 * 1024
+_ZEROS = memoryview(bytes(2**20))  # what a buffer is extended with, without a temporary copy
+# A read may wait this much beyond its deadline: the socket's timeout is set again only when it
+# would otherwise overshoot by more (setting it costs a system call per recv).
+DEADLINE_SLACK = 0.25
 
 _HEADER = struct.Struct(">BxL")
 _PDV = struct.Struct(">LBB")
@@ -105,9 +109,16 @@ def recv_exact(sock: socket.socket, n: int, deadline: Deadline | None = None) ->
     got = 0
     while got < n:
         if got == len(buffer):
-            buffer.extend(bytes(min(n, 2 * got) - got))
+            grow = min(n, 2 * got) - got
+            while grow:
+                step = min(grow, len(_ZEROS))
+                buffer += _ZEROS[:step]
+                grow -= step
         if deadline is not None:
-            sock.settimeout(deadline.remaining())
+            left = deadline.remaining()
+            timeout = sock.gettimeout()
+            if timeout is None or timeout > left + DEADLINE_SLACK:
+                sock.settimeout(left)
         with memoryview(buffer) as view:
             k = sock.recv_into(view[got:], len(buffer) - got)
         if k == 0:

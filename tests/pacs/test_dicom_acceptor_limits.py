@@ -104,6 +104,17 @@ def test_a_header_announcing_a_length_allocates_only_what_arrives():
         right.close()
 
 
+@pytest.mark.parametrize("length", [1, 16384, 16385, 262150, 3 * 2**20 + 7])
+def test_a_growing_read_returns_exactly_what_was_sent(length):
+    body = bytes(i * 7 % 251 for i in range(length))
+    left, right = socket.socketpair()
+    with left, right:
+        sender = threading.Thread(target=left.sendall, args=(ul.pdu(ul.P_DATA_TF, body),))
+        sender.start()
+        assert ul.read_pdu(right, 0, ul.Deadline(30)) == (ul.P_DATA_TF, body)
+        sender.join()
+
+
 @pytest.mark.parametrize(("pdu_type", "length"), [
     (ul.A_ASSOCIATE_RQ, ul.ASSOCIATE_PDU_MAX + 1),
     (ul.A_RELEASE_RQ, 5),
