@@ -323,9 +323,9 @@ class Association:
         cannot be written (disk full) is read to its end and dropped, and the OSError is
         handed on as ``receive_error`` so that the handler answers with a failure status; so
         is any other data set beyond ``maximum_dataset_size`` (``DataSetTooLarge``).  A PDV
-        after the last one of the message, in the same P-DATA-TF, is a protocol error
-        (PS3.8 9.3.5: a PDU carries the fragments of one message here, as asynchronous
-        operations are not negotiated)."""
+        after the last one of the message, in the same P-DATA-TF, is a protocol error: with
+        no asynchronous operations window negotiated the requestor may not send its next
+        request before this one is answered (PS3.7 D.3.3.3), so nothing can follow it."""
         command_bytes = bytearray()
         command = None
         context = None
