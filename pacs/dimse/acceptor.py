@@ -12,13 +12,21 @@ pydicom for the data sets.
 
 Behaviour (listed in docs/dicom-conformance.md):
 
+- Before association: connections that have not yet sent their whole A-ASSOCIATE-RQ are
+  capped per source address (more are refused, A-ASSOCIATE-RJ transient) and in all (the
+  oldest is closed); the A-ASSOCIATE-RQ must be whole within the ACSE timeout (ARTIM) and no
+  larger than 64 KiB, else the connection is closed or aborted.
 - A-ASSOCIATE-RQ: rejected (A-ASSOCIATE-RJ) for a wrong called AE title (permanent, service
   user, 0x07), an application context other than DICOM's (permanent, 0x02), a protocol
   version without bit 1 (permanent, ACSE, 0x02), more than ``maximum_associations``
   (transient, presentation, local limit exceeded), and whatever ``pacs.dimse.policy`` decides;
   else accepted with the contexts the calling AE may use.  ACSE timeout while waiting for it.
 - P-DATA-TF: the command set, then the data set if any, per presentation context; a PDV on a
-  context not accepted, a malformed PDU or command set aborts (A-ABORT, provider).
+  context not accepted, a malformed PDU or command set, a PDU beyond its bound (known from its
+  header), a PDV after the end of a message, or a message not whole within the DIMSE timeout
+  aborts (A-ABORT, provider).  A data set other than a C-STORE's beyond
+  ``maximum_dataset_size`` is read, dropped and answered with a failure status; so is a
+  request whose handler raises.
 - C-ECHO, C-FIND (with C-CANCEL read between answers), C-STORE (data set streamed to a file
   in the store's incoming directory, never held in memory), N-CREATE, N-SET, N-EVENT-REPORT:
   to the service handlers of ``pacs.dimse.server``; a command no handler serves on that
