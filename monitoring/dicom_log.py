@@ -96,10 +96,13 @@ def _status_of(answer) -> int | None:
 def counted(operation: str, handler):
     """Wrap a pynetdicom event handler so that each answer is counted per calling AE and status.
 
-    A generator handler (C-FIND) is counted once, with its final (non-pending) status.
+    A generator handler (C-FIND) is counted once, with its final (non-pending) status.  A
+    handler that raises is counted with the failure status the acceptor answers with.
     """
     import functools
     import inspect
+
+    from pacs.dimse.acceptor import failure_status
 
     def _calling(event) -> str:
         try:
@@ -117,13 +120,20 @@ def counted(operation: str, handler):
                     if status is not None and status not in (0xFF00, 0xFF01):
                         final = status
                     yield answer
+            except Exception:
+                final = failure_status(operation)
+                raise
             finally:
                 record_quietly(_calling(event), operation, 0xFE00 if final is None else final)
         return gen_wrapper
 
     @functools.wraps(handler)
     def wrapper(event):
-        answer = handler(event)
+        try:
+            answer = handler(event)
+        except Exception:
+            record_quietly(_calling(event), operation, failure_status(operation))
+            raise
         status = _status_of(answer)
         if status is not None:
             record_quietly(_calling(event), operation, status)

@@ -192,6 +192,13 @@ DICOM_ACSE_TIMEOUT = env_float("DICOM_ACSE_TIMEOUT", 30.0, minimum=1.0)
 DICOM_DIMSE_TIMEOUT = env_float("DICOM_DIMSE_TIMEOUT", 60.0, minimum=1.0)
 DICOM_NETWORK_TIMEOUT = env_float("DICOM_NETWORK_TIMEOUT", 60.0, minimum=1.0)
 DICOM_MAX_PDU = env_int("DICOM_MAX_PDU", 262144, minimum=0)
+# Listener limits (pacs.dimse.acceptor): connections that have not yet sent their whole
+# A-ASSOCIATE-RQ, per source address and in all; the largest data set of a request other
+# than C-STORE; the slowest average rate at which a C-STORE data set extends its deadline.
+DICOM_MAX_PENDING_CONNECTIONS = env_int("DICOM_MAX_PENDING_CONNECTIONS", 64, minimum=1)
+DICOM_MAX_PENDING_PER_ADDRESS = env_int("DICOM_MAX_PENDING_PER_ADDRESS", 8, minimum=1)
+DICOM_MAX_DATASET_SIZE = env_int("DICOM_MAX_DATASET_SIZE", 1048576, minimum=1024)
+DICOM_MIN_RECEIVE_RATE = env_int("DICOM_MIN_RECEIVE_RATE", 65536, minimum=0)
 MWL_PATIENT_NAME_CASE_INSENSITIVE = env_bool("MWL_PATIENT_NAME_CASE_INSENSITIVE", True)
 MWL_FILTER_BY_CALLING_AE = env_bool("MWL_FILTER_BY_CALLING_AE", False)
 MWL_MAX_RESULTS = env_int("MWL_MAX_RESULTS", 500, minimum=1)

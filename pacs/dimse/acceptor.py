@@ -12,13 +12,21 @@ pydicom for the data sets.
 
 Behaviour (listed in docs/dicom-conformance.md):
 
+- Before association: connections that have not yet sent their whole A-ASSOCIATE-RQ are
+  capped per source address (more are refused, A-ASSOCIATE-RJ transient) and in all (the
+  oldest is closed); the A-ASSOCIATE-RQ must be whole within the ACSE timeout (ARTIM) and no
+  larger than 64 KiB, else the connection is closed or aborted.
 - A-ASSOCIATE-RQ: rejected (A-ASSOCIATE-RJ) for a wrong called AE title (permanent, service
   user, 0x07), an application context other than DICOM's (permanent, 0x02), a protocol
   version without bit 1 (permanent, ACSE, 0x02), more than ``maximum_associations``
   (transient, presentation, local limit exceeded), and whatever ``pacs.dimse.policy`` decides;
   else accepted with the contexts the calling AE may use.  ACSE timeout while waiting for it.
 - P-DATA-TF: the command set, then the data set if any, per presentation context; a PDV on a
-  context not accepted, a malformed PDU or command set aborts (A-ABORT, provider).
+  context not accepted, a malformed PDU or command set, a PDU beyond its bound (known from its
+  header), a PDV after the end of a message, or a message not whole within the DIMSE timeout
+  aborts (A-ABORT, provider).  A data set other than a C-STORE's beyond
+  ``maximum_dataset_size`` is read, dropped and answered with a failure status; so is a
+  request whose handler raises.
 - C-ECHO, C-FIND (with C-CANCEL read between answers), C-STORE (data set streamed to a file
   in the store's incoming directory, never held in memory), N-CREATE, N-SET, N-EVENT-REPORT:
   to the service handlers of ``pacs.dimse.server``; a command no handler serves on that
@@ -36,12 +44,12 @@ import select
 import socket
 import socketserver
 import threading
+import time
 import uuid
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from typing import NamedTuple
 
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dsutils import decode as decode_dataset
 from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.pdu import A_ASSOCIATE_AC as AC_PDU
@@ -57,7 +65,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import negotiate_as_acceptor
 
 from pacs import storage
-from pacs.dimse import ul
+from pacs.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
 
 log = logging.getLogger("pacs.dimse.acceptor")
 
@@ -74,6 +82,20 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_APPLICATION_CONTEXT = (0x01, 0x01, 0x02)
 REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
+REFUSAL_PDU = ul.pdu(ul.A_ASSOCIATE_RJ, bytes((0, *REJECT_LOCAL_LIMIT)))
+
+# The failure status of a service whose handler raised or gave no answer: C-STORE "cannot
+# understand" (PS3.4 B.2.3), C-FIND "unable to process" (PS3.4 C.4.1.1.4), otherwise
+# "processing failure" (PS3.7 C.4.2).
+_FAILURE_STATUS = {"C-STORE": 0xC000, "C-FIND": 0xC000}
+PROCESSING_FAILURE = 0x0110
+# The status of a request whose data set exceeds the bound: C-FIND "out of resources"
+# (PS3.4 C.4.1.1.4), otherwise "resource limitation" (PS3.7 C.4.2).
+_TOO_LARGE_STATUS = {"C-FIND": 0xA700}
+RESOURCE_LIMITATION = 0x0213
+# Connections refused or closed before association are logged at most this often (seconds),
+# with their count: a flood of them must not become a flood of log lines.
+REFUSAL_LOG_INTERVAL = 10.0
 
 _RESPONSE_OF = {
     "C-ECHO": 0x8030, "C-FIND": 0x8020, "C-STORE": 0x8001, "C-GET": 0x8010, "C-MOVE": 0x8021,
@@ -85,6 +107,11 @@ _RESPONSE_OF = {
 # information, N-ACTION action information; PS3.7 9.1.2, 10.1).
 _DATA_SET_NAMES = frozenset({"identifier", "attribute_list", "modification_list", "event_information",
                              "action_information"})
+
+
+def failure_status(command_name: str) -> int:
+    """The status that answers a request whose handler raised or gave no answer."""
+    return _FAILURE_STATUS.get(command_name, PROCESSING_FAILURE)
 
 
 class Context(NamedTuple):
@@ -105,6 +132,11 @@ class Rejected(Exception):
 
 class Aborted(Exception):
     """The association ended by A-ABORT (either side) or by the connection closing."""
+
+
+class DataSetTooLarge(Exception):
+    """A request's data set (other than a C-STORE's) exceeded ``maximum_dataset_size``; it was
+    read to its end and dropped, and the request is answered with a failure status."""
 
 
 class ServiceUser:
@@ -177,26 +209,41 @@ class Association:
         self._pending: deque = deque()  # PDUs read while looking for a C-CANCEL
         self._cancelled: set[int] = set()
         self._aborted = False
+        self.holds_association_slot = False
         self.dataset_head = b""
 
     # ----------------------------------------------------------------- transport
     def send(self, data: bytes) -> None:
+        self.sock.settimeout(self.network_timeout)  # a read may have left the rest of its deadline
         self.sock.sendall(data)
 
-    def _next_pdu(self) -> tuple[int, bytearray]:
+    def _next_pdu(self, deadline: ul.Deadline) -> tuple[int, bytearray]:
         if self._pending:
             return self._pending.popleft()
-        return ul.read_pdu(self.sock, self.server.maximum_pdu_size)
+        return ul.read_pdu(self.sock, self.server.maximum_pdu_size, deadline)
+
+    def _await_message(self) -> ul.Deadline:
+        """Between messages an association may be idle for the network timeout; from the
+        first byte of a message on, the whole message (every PDU of it) must arrive within
+        the DIMSE timeout, extended for a C-STORE data set by what arrives at the minimum
+        receive rate (``ul.Deadline``)."""
+        if not self._pending:
+            self.sock.settimeout(self.network_timeout)
+            if not self.sock.recv(1, socket.MSG_PEEK):
+                raise ul.ConnectionClosed("connection closed between messages")
+        return ul.Deadline(self.server.dimse_timeout)
 
     def _await_close(self) -> None:
         """After A-RELEASE-RP the requestor closes the connection (PS3.8 9.2, state Sta13: the
         acceptor waits, ARTIM running).  Closing first made pynetdicom's requestor take about
         10 ms more to finish its release."""
+        deadline = ul.Deadline(min(self.server.acse_timeout, ARTIM_SECONDS))  # whatever still trickles in
         try:
-            self.sock.settimeout(min(self.server.acse_timeout, ARTIM_SECONDS))
-            while self.sock.recv(4096):
-                pass
-        except OSError:
+            while True:
+                self.sock.settimeout(deadline.remaining())
+                if not self.sock.recv(4096):
+                    return
+        except OSError:  # TimeoutError included
             pass
 
     def abort(self, reason: int = ul.REASON_NOT_SPECIFIED) -> None:
@@ -237,7 +284,7 @@ class Association:
         if (primitive.called_ae_title or "").strip() != server.ae_title:
             self._reject(REJECT_CALLED_AE, "called AE title")
             return False
-        if server.active_count() > server.maximum_associations:
+        if not server.claim_association(self):
             self._reject(REJECT_LOCAL_LIMIT, "maximum associations")
             return False
         if server.policy is not None:
@@ -267,9 +314,9 @@ class Association:
         max_length = MaximumLengthNotification()
         max_length.maximum_length_received = server.maximum_pdu_size
         impl_uid = ImplementationClassUIDNotification()
-        impl_uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+        impl_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         impl_name = ImplementationVersionNameNotification()
-        impl_name.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+        impl_name.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ac.user_information = [max_length, impl_uid, impl_name, *ac_roles]
         pdu = AC_PDU()
         pdu.from_primitive(ac)
@@ -282,16 +329,22 @@ class Association:
         """The next request: ``(context, command, data_bytes_or_None, dataset_path_or_None,
         receive_error)``; None when the association was released.  A C-STORE data set that
         cannot be written (disk full) is read to its end and dropped, and the OSError is
-        handed on as ``receive_error`` so that the handler answers with a failure status."""
+        handed on as ``receive_error`` so that the handler answers with a failure status; so
+        is any other data set beyond ``maximum_dataset_size`` (``DataSetTooLarge``).  A PDV
+        after the last one of the message, in the same P-DATA-TF, is a protocol error: with
+        no asynchronous operations window negotiated the requestor may not send its next
+        request before this one is answered (PS3.7 D.3.3.3), so nothing can follow it."""
         command_bytes = bytearray()
         command = None
         context = None
         data = None
         sink = None  # (file, path) for C-STORE
         receive_error = None
+        message = None  # the whole request, once its last PDV has been read
+        deadline = self._await_message()
         try:
-            while True:
-                pdu_type, body = self._next_pdu()
+            while message is None:
+                pdu_type, body = self._next_pdu(deadline)
                 if pdu_type == ul.A_RELEASE_RQ:
                     if command is not None or command_bytes:
                         raise ul.ProtocolError("A-RELEASE-RQ inside a DIMSE message", ul.REASON_UNEXPECTED_PDU)
@@ -304,6 +357,8 @@ class Association:
                 if pdu_type != ul.P_DATA_TF:
                     raise ul.ProtocolError(f"unexpected PDU 0x{pdu_type:02X}", ul.REASON_UNEXPECTED_PDU)
                 for context_id, is_command, is_last, fragment in ul.iter_pdvs(body):
+                    if message is not None:
+                        raise ul.ProtocolError("PDV after the end of a message", ul.REASON_UNEXPECTED_PDU)
                     if context is None:
                         context = self.contexts.get(context_id)
                         if context is None:
@@ -313,12 +368,15 @@ class Association:
                     if is_command:
                         if command is not None:
                             raise ul.ProtocolError("command fragment after the command set")
+                        if len(command_bytes) + len(fragment) > ul.COMMAND_SET_MAX:
+                            raise ul.ProtocolError("command set beyond its bound")
                         command_bytes += fragment
                         if is_last:
                             command = ul.decode_command(command_bytes)
                             if not command.has_data_set:
-                                return context, command, None, None, None
-                            if command.CommandField == 0x0001:
+                                message = (context, command, None, None, None)
+                            elif command.CommandField == 0x0001:
+                                deadline.min_rate = self.server.min_receive_rate
                                 try:
                                     sink = self._open_sink(command, context)
                                 except OSError as exc:
@@ -339,30 +397,41 @@ class Association:
                             _discard(sink)
                             sink = None
                     elif data is not None:
-                        data += fragment
+                        if len(data) + len(fragment) > self.server.maximum_dataset_size:
+                            data = None  # the rest is read and dropped
+                            receive_error = DataSetTooLarge(f"data set beyond {self.server.maximum_dataset_size} bytes")
+                        else:
+                            data += fragment
                     if is_last:
-                        if sink is not None:
-                            path, self.dataset_head = sink[1], bytes(sink[2])
-                            try:
-                                sink[0].close()
-                            except OSError as exc:
-                                receive_error, path = exc, None
-                                _discard(sink)
-                            sink = None
-                            return context, command, None, path, receive_error
-                        if receive_error is not None:
-                            return context, command, None, None, receive_error
-                        return context, command, bytes(data), None, None
+                        message = self._received(context, command, data, sink, receive_error)
+                        sink = None
+            return message
         except BaseException:
             if sink is not None:
                 _discard(sink)
+            if message is not None:
+                _remove(message[3])
             raise
+
+    def _received(self, context, command: ul.Command, data, sink, receive_error):
+        """The request whose last data set fragment has just been read (see ``_read_message``)."""
+        if sink is not None:
+            path, self.dataset_head = sink[1], bytes(sink[2])
+            try:
+                sink[0].close()
+            except OSError as exc:
+                receive_error, path = exc, None
+                _discard(sink)
+            return context, command, None, path, receive_error
+        if receive_error is not None:
+            return context, command, None, None, receive_error
+        return context, command, bytes(data), None, None
 
     def _open_sink(self, command: ul.Command, context):
         """A C-STORE data set goes to a new file in the store's incoming directory, behind a
         zero preamble and the File Meta Information (PS3.10 7.1) built from the command."""
         meta = ul.file_meta(command.AffectedSOPClassUID or "", command.AffectedSOPInstanceUID or "",
-                            context.transfer_syntax, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION,
+                            context.transfer_syntax, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
                             self.requestor.ae_title)
         path = str(storage.incoming_dir() / f"{uuid.uuid4().hex}{storage.RECEIVED_SUFFIX}")
         # Unbuffered: each PDV fragment is one write() (no 1 MiB buffer to allocate per file).
@@ -377,12 +446,14 @@ class Association:
 
     def is_cancelled(self, message_id) -> bool:
         """Has the peer sent C-CANCEL for ``message_id`` (or aborted)?  Reads what has arrived
-        without waiting; other PDUs are kept for later (PS3.7 9.3.2.3)."""
+        without waiting; another PDU is kept for later (PS3.7 9.3.2.3), and no more is read
+        while one is kept, so that a peer cannot make the acceptor buffer what it sends."""
         if self._aborted:
             return True
         try:
-            while select.select([self.sock], [], [], 0)[0]:
-                pdu_type, body = ul.read_pdu(self.sock, self.server.maximum_pdu_size)
+            while not self._pending and select.select([self.sock], [], [], 0)[0]:
+                pdu_type, body = ul.read_pdu(self.sock, self.server.maximum_pdu_size,
+                                             ul.Deadline(self.server.dimse_timeout))
                 if pdu_type == ul.A_ABORT:
                     self._aborted = True
                     return True
@@ -435,6 +506,11 @@ class Association:
             self._respond(context, command, {"Status": UNRECOGNIZED_OPERATION})
             _remove(dataset_path)
             return
+        if isinstance(receive_error, DataSetTooLarge):
+            log.warning("DIMSE request refused: data set too large", extra=self._log_extra(
+                command=name, maximum_dataset_size=self.server.maximum_dataset_size))
+            self._respond(context, command, {"Status": _TOO_LARGE_STATUS.get(name, RESOURCE_LIMITATION)})
+            return
         event = Event(self, context, command, data, dataset_path)
         event.receive_error = receive_error
         if dataset_path is not None:
@@ -443,13 +519,13 @@ class Association:
             if name == "C-FIND":
                 self._serve_find(handler, event)
                 return
-            answer = handler(event)
+            answer = self._call(handler, event)
         finally:
             if event.dataset_path is not None:
                 _remove(event.dataset_path)  # left by the handler (it sets None when it took the file)
         status, dataset = (answer if isinstance(answer, tuple) else (answer, None))
         if status is None:
-            status = 0xC000 if name == "C-STORE" else 0x0110
+            status = failure_status(name)
         elements = ul.status_elements(status)
         if name in ("C-STORE", "N-CREATE", "N-EVENT-REPORT", "N-SET", "N-ACTION"):
             elements["AffectedSOPInstanceUID"] = command.AffectedSOPInstanceUID or command.RequestedSOPInstanceUID
@@ -461,9 +537,28 @@ class Association:
             dataset = None
         self._respond(context, command, elements, dataset)
 
+    def _call(self, handler, event: Event, answers=None):
+        """The handler's answer (or the next of a C-FIND generator's ``answers``); an
+        exception in it is logged and becomes the service's failure status, so that the
+        association goes on (PS3.7 9.1: a failed operation is answered, not aborted)."""
+        try:
+            return handler(event) if answers is None else next(answers)
+        except StopIteration:
+            raise
+        except Exception:  # noqa: BLE001 - any handler bug
+            log.exception("service handler failed", extra=self._log_extra(command=event.request.name))
+            return failure_status(event.request.name)
+
     def _serve_find(self, handler, event: Event) -> None:
         command = event.request
-        for answer in handler(event):
+        answers = self._call(handler, event)
+        if isinstance(answers, int):  # the handler failed before it could yield
+            answers = iter((answers,))
+        while True:
+            try:
+                answer = self._call(handler, event, answers)
+            except StopIteration:
+                break
             status, identifier = answer if isinstance(answer, tuple) else (answer, None)
             elements = ul.status_elements(status)
             pending = elements["Status"] in (0xFF00, 0xFF01)
@@ -479,14 +574,18 @@ class Association:
         sock = self.sock
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            sock.settimeout(self.server.acse_timeout)
-            pdu_type, body = ul.read_pdu(sock, 0)
-            if pdu_type != ul.A_ASSOCIATE_RQ:
-                self.abort(ul.REASON_UNEXPECTED_PDU)
+            try:
+                _, body = ul.read_pdu(sock, 0, ul.Deadline(self.server.acse_timeout), expect=ul.A_ASSOCIATE_RQ)
+            except TimeoutError:
+                # ARTIM expired before a whole A-ASSOCIATE-RQ arrived: close the transport
+                # connection (PS3.8 9.2.3, state Sta2, action AA-2).
+                log.info("connection closed: no A-ASSOCIATE-RQ within the ACSE timeout", extra=self._log_extra())
+                self._aborted = True
                 return
+            if not self.server.associating(self):
+                return  # closed while waiting, to make room for a newer connection
             if not self._negotiate(body):
                 return
-            sock.settimeout(self.network_timeout)
             while not self._aborted:
                 message = self._read_message()
                 if message is None:
@@ -540,6 +639,13 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
     ``contexts``: pynetdicom ``PresentationContext`` list (SCP side); ``handlers``: DIMSE
     command name ("C-FIND", ...) -> handler(event); ``policy(assoc)``: may narrow
     ``assoc.supported_contexts`` or raise ``Rejected``; ``on_end(assoc)`` after each association.
+
+    Connections that have not yet sent their whole A-ASSOCIATE-RQ are capped apart from the
+    associations: ``maximum_pending_per_address`` per source address (a further connection
+    from it is refused at once) and ``maximum_pending`` in all (the oldest of them is closed to
+    make room: it has waited longest, and a modality sends its request at once).  So idle or
+    trickling sockets hold neither an association slot nor more than a bounded buffer, and a
+    modality's association is never refused for them.
     """
 
     daemon_threads = True
@@ -548,7 +654,9 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def __init__(self, address, *, ae_title: str, contexts, handlers: dict, policy=None, on_end=None,
                  maximum_associations: int = 32, maximum_pdu_size: int = 0, acse_timeout: float = 30,
-                 network_timeout: float = 60, reuse_port: bool = False):
+                 network_timeout: float = 60, dimse_timeout: float = 60, maximum_pending: int = 64,
+                 maximum_pending_per_address: int = 8, maximum_dataset_size: int = 2**20,
+                 min_receive_rate: float = 65536, reuse_port: bool = False):
         self.ae_title = ae_title.strip()
         self.contexts = contexts
         self.handlers = handlers
@@ -558,9 +666,19 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.maximum_pdu_size = maximum_pdu_size
         self.acse_timeout = acse_timeout
         self.network_timeout = network_timeout
+        self.dimse_timeout = dimse_timeout
+        self.maximum_pending = maximum_pending
+        self.maximum_pending_per_address = maximum_pending_per_address
+        self.maximum_dataset_size = maximum_dataset_size
+        self.min_receive_rate = min_receive_rate
         self.reuse_port = reuse_port
         self._active = 0
+        self._associations = 0
         self._active_lock = threading.Lock()
+        self._pending: OrderedDict = OrderedDict()  # socket -> source address, oldest first
+        self._pending_per_address: Counter = Counter()
+        self._refused = Counter()  # "refused" / "closed" since the last log line
+        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -569,6 +687,8 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
         super().server_bind()
 
     def process_request(self, request, client_address):
+        if not self._admit(request, client_address[0]):
+            return
         with self._active_lock:
             self._active += 1
         try:
@@ -576,14 +696,102 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
         except BaseException:  # no thread for it: the association never ran
             with self._active_lock:
                 self._active -= 1
+            self._leave_pending(request)
             raise
 
+    # ----------------------------------------------------------------- connections before association
+    def _admit(self, sock: socket.socket, address: str) -> bool:
+        """Count a new connection among those awaiting their A-ASSOCIATE-RQ, or refuse it."""
+        oldest = None
+        with self._active_lock:
+            if self._pending_per_address[address] >= self.maximum_pending_per_address:
+                refused = True
+            else:
+                refused = False
+                if len(self._pending) >= self.maximum_pending:
+                    oldest, oldest_address = self._pending.popitem(last=False)
+                    self._forget_one(oldest_address)
+                self._pending[sock] = address
+                self._pending_per_address[address] += 1
+        if oldest is not None:
+            try:
+                oldest.shutdown(socket.SHUT_RDWR)  # its thread sees the connection closed and ends
+            except OSError:
+                pass
+            self._count_refusal("closed", oldest_address)
+        if refused:
+            self._refuse(sock)
+            self._count_refusal("refused", address)
+        return not refused
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """A-ASSOCIATE-RJ rejected-transient, "local limit exceeded" (PS3.8 9.3.4), sent
+        without reading the request, then the connection is closed."""
+        try:
+            sock.setblocking(False)
+            sock.send(REFUSAL_PDU)
+        except OSError:
+            pass
+        self.shutdown_request(sock)
+
+    def _count_refusal(self, kind: str, address: str) -> None:
+        now = time.monotonic()
+        with self._active_lock:
+            self._refused[kind] += 1
+            if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL:
+                return
+            counts, self._refused = dict(self._refused), Counter()
+            self._refusal_logged_at = now
+        log.warning("connections refused or closed before association: too many waiting for an A-ASSOCIATE-RQ",
+                    extra={"peer": address, **counts, "maximum_pending": self.maximum_pending,
+                           "maximum_pending_per_address": self.maximum_pending_per_address})
+
+    def _forget_one(self, address: str) -> None:
+        """One pending connection from ``address`` less (lock held); no entry is kept at 0."""
+        self._pending_per_address[address] -= 1
+        if not self._pending_per_address[address]:
+            del self._pending_per_address[address]
+
+    def _leave_pending(self, sock: socket.socket) -> bool:
+        with self._active_lock:
+            address = self._pending.pop(sock, None)
+            if address is None:
+                return False
+            self._forget_one(address)
+            return True
+
+    def associating(self, assoc: Association) -> bool:
+        """The connection's A-ASSOCIATE-RQ has arrived: it no longer counts as pending.  False
+        if it was closed meanwhile to make room for a newer connection."""
+        return self._leave_pending(assoc.sock)
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # ----------------------------------------------------------------- associations
+    def claim_association(self, assoc: Association) -> bool:
+        """One of the ``maximum_associations`` slots for ``assoc``, if one is free."""
+        with self._active_lock:
+            if self._associations >= self.maximum_associations:
+                return False
+            self._associations += 1
+        assoc.holds_association_slot = True
+        return True
+
     def active_count(self) -> int:
+        """Connections being served (associated or not)."""
         return self._active
 
+    def association_count(self) -> int:
+        return self._associations
+
     def association_ended(self, assoc: Association) -> None:
+        self._leave_pending(assoc.sock)
         with self._active_lock:
             self._active -= 1
+            if assoc.holds_association_slot:
+                self._associations -= 1
+                assoc.holds_association_slot = False
         if self.on_end is not None:
             try:
                 self.on_end(assoc)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import socket
 import struct
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.pdu import A_ASSOCIATE_AC as AC_PDU
 from pynetdicom.pdu import A_ASSOCIATE_RJ as RJ_PDU
 from pynetdicom.pdu import A_ASSOCIATE_RQ as RQ_PDU
@@ -26,7 +25,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import build_context
 
-from pacs.dimse import ul
+from pacs.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
 from pacs.dimse.acceptor import APPLICATION_CONTEXT_NAME
 
 # What we announce as our Maximum Length Received: responses are small.
@@ -117,9 +116,9 @@ class Association:
             max_length = MaximumLengthNotification()
             max_length.maximum_length_received = OUR_MAXIMUM_PDU
             impl_uid = ImplementationClassUIDNotification()
-            impl_uid.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+            impl_uid.implementation_class_uid = IMPLEMENTATION_CLASS_UID
             impl_name = ImplementationVersionNameNotification()
-            impl_name.implementation_version_name = PYNETDICOM_IMPLEMENTATION_VERSION
+            impl_name.implementation_version_name = IMPLEMENTATION_VERSION_NAME
             primitive.user_information = [max_length, impl_uid, impl_name]
             rq = RQ_PDU()
             rq.from_primitive(primitive)

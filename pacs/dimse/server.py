@@ -77,6 +77,11 @@ def build_server(host: str, port: int, *, ae_title: str | None = None, reuse_por
         maximum_pdu_size=settings.DICOM_MAX_PDU,
         acse_timeout=settings.DICOM_ACSE_TIMEOUT,
         network_timeout=settings.DICOM_NETWORK_TIMEOUT,
+        dimse_timeout=settings.DICOM_DIMSE_TIMEOUT,
+        maximum_pending=settings.DICOM_MAX_PENDING_CONNECTIONS,
+        maximum_pending_per_address=settings.DICOM_MAX_PENDING_PER_ADDRESS,
+        maximum_dataset_size=settings.DICOM_MAX_DATASET_SIZE,
+        min_receive_rate=settings.DICOM_MIN_RECEIVE_RATE,
         reuse_port=reuse_port,
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 # PDU types (PS3.8 9.3.1)
 A_ASSOCIATE_RQ = 0x01
@@ -33,6 +34,30 @@ REASON_INVALID_PARAMETER = 0x06
 # Largest PDU we read when we announce no limit (0): a bound against a peer that claims 4 GiB.
 UNLIMITED_READ = 64 * 2**20
 
+# Bounds of the PDUs other than P-DATA-TF, known from the header before any of the body is
+# read.  An A-ASSOCIATE-RQ/AC is a few hundred bytes to a few KiB (PS3.8 9.3.2-9.3.3: one
+# item per presentation context, each UID at most 64 bytes); A-ASSOCIATE-RJ, A-RELEASE-RQ/RP
+# and A-ABORT have a fixed PDU-length of 4 (PS3.8 9.3.4, 9.3.6-9.3.8).
+ASSOCIATE_PDU_MAX = 64 * 1024
+PDU_BOUNDS = {
+    A_ASSOCIATE_RQ: ASSOCIATE_PDU_MAX,
+    A_ASSOCIATE_AC: ASSOCIATE_PDU_MAX,
+    A_ASSOCIATE_RJ: 4,
+    A_RELEASE_RQ: 4,
+    A_RELEASE_RP: 4,
+    A_ABORT: 4,
+}
+# A command set (PS3.7 9.3, 10.3) is a handful of group-0000 elements; anything near this
+# bound is not one.
+COMMAND_SET_MAX = 64 * 1024
+# A body is read into a buffer that grows with what has arrived, starting here: a header
+# announcing a length allocates nothing until the bytes come.
+_FIRST_CHUNK = 16 * 1024
+_ZEROS = memoryview(bytes(2**20))  # what a buffer is extended with, without a temporary copy
+# A read may wait this much beyond its deadline: the socket's timeout is set again only when it
+# would otherwise overshoot by more (setting it costs a system call per recv).
+DEADLINE_SLACK = 0.25
+
 _HEADER = struct.Struct(">BxL")
 _PDV = struct.Struct(">LBB")
 _ELEMENT = struct.Struct("<HHL")
@@ -50,30 +75,77 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytearray:
-    buffer = bytearray(n)
-    view = memoryview(buffer)
+class Deadline:
+    """The time by which a whole unit (a PDU, a DIMSE message) must have arrived.
+
+    Each ``recv`` waits at most for what is left of it, so a peer that sends one byte now
+    and then cannot stretch the unit beyond it (the ARTIM timer of PS3.8 9.1.5 for the
+    A-ASSOCIATE-RQ; a whole message for P-DATA).  ``min_rate`` (bytes per second, 0 = none)
+    extends it by what has arrived, so that a large data set on a slow but working link
+    has the time its size needs, and a trickle earns nothing."""
+
+    __slots__ = ("at", "min_rate")
+
+    def __init__(self, seconds: float, min_rate: float = 0):
+        self.at = time.monotonic() + seconds
+        self.min_rate = min_rate
+
+    def remaining(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        return left
+
+    def received(self, n: int) -> None:
+        if self.min_rate:
+            self.at += n / self.min_rate
+
+
+def recv_exact(sock: socket.socket, n: int, deadline: Deadline | None = None) -> bytearray:
+    """``n`` bytes, into a buffer that grows (doubling) as they arrive, never to more than
+    twice what has arrived.  With ``deadline`` the whole read must end by it; without, each
+    ``recv`` has the socket's own timeout."""
+    buffer = bytearray(min(n, _FIRST_CHUNK))
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
+        if got == len(buffer):
+            grow = min(n, 2 * got) - got
+            while grow:
+                step = min(grow, len(_ZEROS))
+                buffer += _ZEROS[:step]
+                grow -= step
+        if deadline is not None:
+            left = deadline.remaining()
+            timeout = sock.gettimeout()
+            if timeout is None or timeout > left + DEADLINE_SLACK:
+                sock.settimeout(left)
+        with memoryview(buffer) as view:
+            k = sock.recv_into(view[got:], len(buffer) - got)
         if k == 0:
             raise ConnectionClosed(f"connection closed after {got} of {n} bytes")
         got += k
+        if deadline is not None:
+            deadline.received(k)
     return buffer
 
 
-def read_pdu(sock: socket.socket, max_length: int) -> tuple[int, bytearray]:
-    """One PDU: ``(type, body)``.  ``max_length`` bounds the body (0 = UNLIMITED_READ)."""
-    header = recv_exact(sock, 6)
-    pdu_type, length = _HEADER.unpack(header)
+def read_pdu(sock: socket.socket, max_length: int, deadline: Deadline | None = None,
+             expect: int | None = None) -> tuple[int, bytearray]:
+    """One PDU: ``(type, body)``.  ``max_length`` bounds a P-DATA-TF body (0 = UNLIMITED_READ),
+    ``PDU_BOUNDS`` every other; both are checked on the header, before the body is read.
+    ``expect``: the only PDU type acceptable here (any other is refused unread)."""
+    pdu_type, length = _HEADER.unpack(recv_exact(sock, 6, deadline))
     if pdu_type not in PDU_TYPES:
         raise ProtocolError(f"unrecognized PDU type 0x{pdu_type:02X}", REASON_UNRECOGNIZED_PDU)
-    limit = max_length + 6 if max_length else UNLIMITED_READ  # a P-DATA-TF may carry its 6 header bytes
-    if pdu_type == P_DATA_TF and length > limit:
-        raise ProtocolError(f"P-DATA-TF of {length} bytes exceeds the negotiated maximum")
-    if length > UNLIMITED_READ:
-        raise ProtocolError(f"PDU of {length} bytes")
-    return pdu_type, recv_exact(sock, length) if length else bytearray()
+    if expect is not None and pdu_type != expect:
+        raise ProtocolError(f"unexpected PDU 0x{pdu_type:02X}", REASON_UNEXPECTED_PDU)
+    if pdu_type == P_DATA_TF:
+        limit = max_length + 6 if max_length else UNLIMITED_READ  # a P-DATA-TF may carry its 6 header bytes
+        if length > limit:
+            raise ProtocolError(f"P-DATA-TF of {length} bytes exceeds the negotiated maximum")
+    elif length > PDU_BOUNDS[pdu_type]:
+        raise ProtocolError(f"PDU 0x{pdu_type:02X} of {length} bytes exceeds its bound")
+    return pdu_type, recv_exact(sock, length, deadline) if length else bytearray()
 
 
 def pdu(pdu_type: int, body: bytes) -> bytes:

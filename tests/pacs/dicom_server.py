@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from pydicom import dcmread
 from tests.conftest import dcmtk_tool
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(name="dicom_server")
@@ -47,3 +50,29 @@ def findscu(server, keys: list[str], out: Path, *, aet="MOD1", aec="PACS", extra
 def echoscu(server, *, aet="MOD1", aec="PACS"):
     args = [dcmtk_tool("echoscu"), "-aet", aet, "-aec", aec, "-to", "10", "127.0.0.1", str(port_of(server))]
     return subprocess.run(args, capture_output=True, text=True, env=DCMTK_ENV, timeout=30)
+
+
+def run_dicom_env(**extra) -> dict:
+    """The environment of a ``manage.py run_dicom`` process on the test database."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    return {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+            "DICOM_AE_TITLE": "PACS", "LOG_LEVEL": "WARNING", **{k: str(v) for k, v in extra.items()}}
+
+
+def start_run_dicom(port: int, env: dict, *args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "manage.py", "run_dicom", "--host", "127.0.0.1", "--port", str(port),
+                             *args], cwd=ROOT, env=env, **popen)
+
+
+def stop_process(proc: subprocess.Popen) -> bool:
+    """SIGTERM, then SIGKILL after 30 s; True if SIGTERM was enough."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from tests.conftest import dcmtk_tool, free_port
-from tests.pacs.dicom_server import DCMTK_ENV
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.pacs.dicom_server import DCMTK_ENV, run_dicom_env, start_run_dicom, stop_process
 
 
 def _echo(port: int) -> subprocess.CompletedProcess:
@@ -26,12 +19,8 @@ def _echo(port: int) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_run_dicom_serves_and_stops_on_sigterm(transactional_db, workers):
     port = free_port()
-    db = connection.settings_dict
-    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-           "DICOM_AE_TITLE": "PACS", "LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "manage.py", "run_dicom", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", str(workers)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = start_run_dicom(port, run_dicom_env(), "--workers", str(workers), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
         while _echo(port).returncode != 0:
@@ -40,11 +29,6 @@ def test_run_dicom_serves_and_stops_on_sigterm(transactional_db, workers):
             time.sleep(0.3)
         assert all(_echo(port).returncode == 0 for _ in range(6))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if not stop_process(proc):
             pytest.fail("run_dicom did not stop on SIGTERM")
     assert _echo(port).returncode != 0  # nobody listens any more (no orphaned worker)
