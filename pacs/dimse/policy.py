@@ -75,21 +75,17 @@ def _node(ae_title: str) -> DicomNode | None:
 
 
 def _refuse(calling: str, address: str, reason: str, message: str, **extra) -> None:
-    """Log, count (in the background; a failure to count is logged only) and reject."""
+    """Log, count and reject.  The count is written on a database thread without being waited
+    for (``db.run_later`` logs a failure; counting never changes the answer); it queues behind
+    the node lookups that each refused association waits for, so a flood of refusals cannot
+    pile up writes faster than they are done."""
     log.warning(message, extra={"calling_ae_title": calling, "peer": address, "event": "dicom.association.rejected",
                                 **extra})
     try:
-        db.run_later(_count_refusal, address, reason, calling)
-    except Exception as exc:  # noqa: BLE001 - counting never changes the answer
+        db.run_later(peers.record_refusal, address, reason, calling)
+    except Exception as exc:  # noqa: BLE001 - the pool is stopping: not counted, still refused
         log.warning("dicom refusal not counted", extra={"peer": address, "error": str(exc)[:200]})
     raise Rejected(REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
-
-
-def _count_refusal(address: str, reason: str, calling: str) -> None:
-    try:
-        peers.record_refusal(address, reason, calling)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("dicom refusal not counted", extra={"peer": address, "error": str(exc)[:200]})
 
 
 def check(assoc) -> None:

@@ -87,3 +87,17 @@ def test_a_refusal_rule_exists_out_of_the_box():
     migration.add_rule(apps, None)
     created = AlarmRule.objects.get(kind=DICOM_REFUSED)
     assert created.enabled and created.threshold_minutes == 60 and not created.interface_key
+
+
+def test_container_healthcheck_needs_its_node_when_unknown_aes_are_admitted_from_nowhere(listen, settings):
+    """``manage.py health dicom`` (the compose healthcheck) echoes as HEALTHCHECK from 127.0.0.1:
+    admitted by the loopback default; with DICOM_UNKNOWN_AE_FROM=none it must be declared."""
+    from monitoring.health import HEALTHCHECK_AE_TITLE, dicom_echo
+    from pacs.lib.peers import parse_nodes
+
+    settings.DICOM_UNKNOWN_AE_FROM = []
+    server = listen()
+    assert dicom_echo("127.0.0.1", server.server_address[1], "PACS") is False
+    settings.DICOM_NODES_DECLARED, _ = parse_nodes(f"{HEALTHCHECK_AE_TITLE}@127.0.0.1:echo")
+    server = listen()
+    assert dicom_echo("127.0.0.1", server.server_address[1], "PACS") is True

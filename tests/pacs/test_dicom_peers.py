@@ -205,3 +205,18 @@ def test_listener_start_survives_nodes_and_logs_at_info(listen, settings, caplog
     listen()  # a second process starting with the same declarations: the upsert does not collide
     assert DicomNode.objects.filter(ae_title="CT1", enabled=True, from_environment=True).count() == 1
     assert "dicom nodes declared by the environment" in caplog.text
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("host,valid", [("", False), ("a b", False), ("10.1.4.0/24", True), ("10.1.2.3", True),
+                                        ("ct-1.radiology.example.org", True), ("fd00::/64", True)])
+def test_admin_requires_a_host_that_is_an_address_network_or_name(host, valid):
+    from django.core.exceptions import ValidationError
+
+    node = DicomNode(ae_title="CT9", host=host)
+    if valid:
+        node.full_clean()
+    else:
+        with pytest.raises(ValidationError) as raised:
+            node.full_clean()
+        assert "host" in raised.value.message_dict
