@@ -8,8 +8,15 @@ address: dcmtk cannot choose its source address)."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+from django.db import connection
 from pydicom.dataset import Dataset
 from pynetdicom import build_role
 from pynetdicom.sop_class import (
@@ -23,7 +30,8 @@ from pacs.dimse import db
 from pacs.lib import peers
 from pacs.models import DicomNode, DicomRefusal, Instance, Transfer
 from pacs.models import transfers as tr
-from tests.pacs.dicom_server import OTHER, associate_from, echoscu, findscu, listen_fixture, port_of  # noqa: F401
+from tests.conftest import dcmtk_tool, free_port
+from tests.pacs.dicom_server import DCMTK_ENV, OTHER, associate_from, echoscu, findscu, listen_fixture, port_of  # noqa: F401
 from tests.pacs.imaging_helpers import store_dir  # noqa: F401
 from tests.pacs.orthanc import storescu, write_study
 from tests.pacs.test_routing_rules import transfer  # noqa: F401
@@ -198,7 +206,7 @@ def test_storage_commitment_report_accepted_only_from_the_destination_it_answers
     assert Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED
 
 
-def test_listener_start_survives_nodes_and_logs_at_info(listen, settings, caplog):
+def test_a_second_listener_start_with_the_same_declarations_does_not_collide(listen, settings, caplog):
     caplog.set_level(logging.INFO, logger="pacs.peers")
     settings.DICOM_NODES_DECLARED, _ = peers.parse_nodes("CT1@127.0.0.1:mwl")
     listen()
@@ -220,3 +228,35 @@ def test_admin_requires_a_host_that_is_an_address_network_or_name(host, valid):
         with pytest.raises(ValidationError) as raised:
             node.full_clean()
         assert "host" in raised.value.message_dict
+
+
+def test_run_dicom_reads_dicom_nodes_from_the_environment(transactional_db):
+    """As deployed: DICOM_NODES and DICOM_UNKNOWN_AE_FROM=none in the environment of
+    ``manage.py run_dicom --workers 2`` (both processes write the nodes as they start)."""
+    port = free_port()
+    db_settings = connection.settings_dict
+    env = {**os.environ, "DICOM_AE_TITLE": "PACS", "LOG_LEVEL": "WARNING",
+           "DATABASE_URL": f"postgres://{db_settings['USER']}@{db_settings['HOST']}:{db_settings['PORT']}/"
+                           f"{db_settings['NAME']}",
+           "DICOM_NODES": "CT1@127.0.0.1:mwl+store,US2@127.0.0.2:store", "DICOM_UNKNOWN_AE_FROM": "none"}
+    proc = subprocess.Popen([sys.executable, "manage.py", "run_dicom", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "2"], cwd=Path(__file__).resolve().parents[2], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def echo(aet):
+        return subprocess.run([dcmtk_tool("echoscu"), "-aet", aet, "-aec", "PACS", "-to", "5", "127.0.0.1", str(port)],
+                              capture_output=True, text=True, env=DCMTK_ENV, timeout=30)
+
+    try:
+        deadline = time.monotonic() + 60
+        while echo("CT1").returncode != 0:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "run_dicom did not admit the declared CT1"
+            time.sleep(0.3)
+        assert all(echo("CT1").returncode == 0 for _ in range(4))  # whichever process takes it
+        assert all(_rejected(echo(aet)) for aet in ("MOD1", "US2"))  # unknown; declared elsewhere
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert sorted(DicomNode.objects.filter(from_environment=True, enabled=True).values_list("ae_title", "host")) == [
+        ("CT1", "127.0.0.1"), ("US2", "127.0.0.2")]
