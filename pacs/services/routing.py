@@ -390,12 +390,14 @@ def record_commitment(transaction_uid: str, committed: list[str], failed: list[t
     Transaction UID alone would let any peer mark another archive's instances committed.
     """
     now = timezone.now()
+    if reporter is not None:  # before the row lock: a host name is resolved (a transfer's destination never changes)
+        destination = VnaDestination.objects.filter(transfers__transaction_uid=transaction_uid).first()
+        if destination is not None and not _is_destination(destination, *reporter):
+            raise NotFromDestination(f"destination {destination.pk}: report from {reporter[0]} at {reporter[1]}")
     with transaction.atomic():
         t = Transfer.objects.select_for_update().filter(transaction_uid=transaction_uid).first()
         if t is None:
             return None
-        if reporter is not None and not _is_destination(t.destination, *reporter):
-            raise NotFromDestination(f"transfer {t.pk}: report from {reporter[0]} at {reporter[1]}")
         items = TransferItem.objects.filter(transfer=t)
         items.filter(instance__sop_instance_uid__in=committed).exclude(status=tr.ITEM_COMMITTED).update(
             status=tr.ITEM_COMMITTED, committed_at=now)
