@@ -75,6 +75,12 @@ class DatabaseCollector:
         for r in selectors.dicom_operation_totals():
             dicom.add_metric([r["calling_ae_title"], r["operation"], f"0x{r['status']:04X}"], r["n"])
         yield dicom
+        refused = CounterMetricFamily("pacs_dicom_associations_refused",
+                                      "DICOM associations refused by the association policy, by source address and reason",
+                                      labels=["address", "reason"])
+        for r in selectors.dicom_refusal_totals():
+            refused.add_metric([r["address"], r["reason"]], r["n"])
+        yield refused
 
         transfers = GaugeMetricFamily("pacs_vna_transfers", "VNA transfers, by destination and status",
                                       labels=["destination", "status"])

@@ -9,7 +9,9 @@ Interfaces and their keys:
   errors = attempts that did not end in AA; queue = PENDING and FAILED rows);
 - DICOM per calling AE title (``monitoring.DicomOperation``, counted by the DIMSE handlers;
   errors = failure statuses);
-- VNA routing per destination name (``Transfer``; errors = FAILED transfers; queue = open ones).
+- VNA routing per destination name (``Transfer``; errors = FAILED transfers; queue = open ones);
+- DICOM associations refused per source address (``pacs.DicomRefusal``, counted by the
+  association policy).
 
 Every function takes ``now`` (default: ``timezone.now()``) so that tests can move time.
 Nothing here returns a patient name.
@@ -29,6 +31,7 @@ from hl7gateway.models.outbound import FAILED as ORU_FAILED
 from hl7gateway.models.outbound import PENDING as ORU_PENDING
 from hl7gateway.models.outbound import OutboundAttempt, OutboundDestination, OutboundMessage
 from monitoring.models import DicomOperation
+from pacs.models import DicomRefusal
 from pacs.models.transfers import FAILED as TRANSFER_FAILED
 from pacs.models.transfers import OPEN as TRANSFER_OPEN
 from pacs.models.transfers import Transfer, VnaDestination
@@ -230,6 +233,25 @@ def dicom_operation_totals() -> list[dict]:
     """Every (calling AE, operation, status) with its total count (for /metrics)."""
     return list(DicomOperation.objects.values("calling_ae_title", "operation", "status")
                 .annotate(n=Sum("count")).order_by("calling_ae_title", "operation", "status"))
+
+
+def dicom_refusals(since: dt.datetime, address: str = "") -> dict[str, dict]:
+    """Per source address with a refusal at or after ``since``: refusals counted in the hours
+    since ``since``'s hour, the last time, reason and calling AE title."""
+    rows = DicomRefusal.objects.filter(hour__gte=_hour_start(since)).order_by("last_at")
+    if address:
+        rows = rows.filter(address=address)
+    out: dict[str, dict] = {}
+    for r in rows:
+        seen = out.setdefault(r.address, {"count": 0})
+        seen.update(count=seen["count"] + r.count, last_at=r.last_at, reason=r.reason,
+                    calling_ae_title=r.calling_ae_title)
+    return {a: v for a, v in out.items() if v["last_at"] >= since}
+
+
+def dicom_refusal_totals() -> list[dict]:
+    """Every (source address, reason) with its total count (for /metrics)."""
+    return list(DicomRefusal.objects.values("address", "reason").annotate(n=Sum("count")).order_by("address", "reason"))
 
 
 # --- VNA routing, per destination ----------------------------------------------------------

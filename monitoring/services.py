@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from monitoring import selectors
 from monitoring.models import (
+    DICOM_REFUSED,
     ERROR_RATE,
     INBOUND_SILENCE,
     OUTBOUND_BACKLOG,
@@ -116,6 +117,14 @@ def conditions(rule: AlarmRule, now: dt.datetime) -> dict[str, Condition]:
             reason = mine[-1]["reason"][:200] if mine else ""
             out[key] = Condition(bool(mine), float(len(mine)),
                                  f"{len(mine)} VNA transfer(s) to {key} failed" + (f"; last: {reason}" if reason else ""))
+    elif rule.kind == DICOM_REFUSED:
+        # One alarm per source address; it clears after N minutes without a refusal, so an address
+        # refused again and again is notified once, and at most once per N minutes.
+        refused = selectors.dicom_refusals(now - dt.timedelta(minutes=limit), address=rule.interface_key)
+        for address, r in refused.items():
+            out[address] = Condition(r["count"] >= max(rule.min_count, 1), float(r["count"]),
+                                     f"{r['count']} DICOM association(s) refused from {address} "
+                                     f"({r['reason']}, last calling AE {r['calling_ae_title'] or '-'})")
     return out
 
 

@@ -6,17 +6,34 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin
 
-from pacs.models import DicomNode, PerformedInstance, PerformedProcedureStep
+from pacs.models import DicomNode, DicomRefusal, PerformedInstance, PerformedProcedureStep
 
 
 @admin.register(DicomNode)
 class DicomNodeAdmin(admin.ModelAdmin):
     list_display = (
         "ae_title", "host", "port", "enabled", "allow_echo", "allow_mwl_find", "allow_mpps", "allow_store",
-        "station_ae_title", "description",
+        "allow_storage_commitment", "from_environment", "station_ae_title", "description",
     )
-    list_filter = ("enabled", "allow_mwl_find", "allow_mpps", "allow_store")
+    list_filter = ("enabled", "from_environment", "allow_mwl_find", "allow_mpps", "allow_store",
+                   "allow_storage_commitment")
     search_fields = ("ae_title", "host", "description", "station_ae_title")
+    readonly_fields = ("from_environment",)
+
+
+@admin.register(DicomRefusal)
+class DicomRefusalAdmin(admin.ModelAdmin):
+    """Associations refused per hour and source address (read only: a counter)."""
+
+    list_display = ("hour", "address", "reason", "calling_ae_title", "count", "last_at")
+    list_filter = ("reason",)
+    search_fields = ("address", "calling_ae_title")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 class PerformedInstanceInline(admin.TabularInline):

@@ -5,9 +5,11 @@ pacs.E002  DICOM_AE_TITLE is not a valid AE title (1-16 printable ASCII, no back
 pacs.E003  ACCESSION_NUMBER_FORMAT does not produce a valid AccessionNumber (SH, <= 16)
 pacs.E004  DATABASE_URL names an engine other than PostgreSQL or SQLite
 pacs.E005  CELERY_BROKER_URL names a transport other than redis or filesystem
-pacs.W001  (deploy) DICOM_ALLOW_UNKNOWN_AE is on: any calling AE may query and store
+pacs.E006  (deploy) DICOM_UNKNOWN_AE_FROM (or DICOM_ALLOW_UNKNOWN_AE=true) admits unknown calling AEs from everywhere
+pacs.W001  (deploy) DICOM_UNKNOWN_AE_FROM admits unknown calling AEs from beyond the loopback
 pacs.W002  (deploy) SECRET_KEY is the development default
 pacs.W003  (deploy) the database is SQLite
+pacs.W004  DICOM_ALLOW_UNKNOWN_AE is set: it still works, DICOM_UNKNOWN_AE_FROM replaces it
 pacs.W005  (deploy) SECRETS_ENCRYPTION_KEYS is unset (a generated key in VAR_DIR seals credentials)
 """
 
@@ -17,12 +19,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
 from pacs.env import PROBLEMS
-
-
-def is_valid_ae_title(value: str) -> bool:
-    """PS3.5 6.2 (AE VR): 16 characters at most, default repertoire, no backslash or control."""
-    stripped = value.strip(" ")
-    return 0 < len(stripped) <= 16 and len(value) <= 16 and all(32 <= ord(c) < 127 and c != "\\" for c in value)
+from pacs.lib.peers import is_everywhere, is_valid_ae_title, network
 
 
 @register(Tags.compatibility)
@@ -67,20 +64,30 @@ def check_environment(app_configs, **kwargs):
                 id="pacs.E005",
             )
         )
+    if settings.DICOM_ALLOW_UNKNOWN_AE_LEGACY is not None:
+        errors.append(Warning(
+            "DICOM_ALLOW_UNKNOWN_AE is read as DICOM_UNKNOWN_AE_FROM="
+            + ("0.0.0.0/0,::/0 (everywhere)." if settings.DICOM_ALLOW_UNKNOWN_AE_LEGACY else "none."),
+            hint="Replace it by DICOM_UNKNOWN_AE_FROM (see .env.example).", id="pacs.W004"))
     return errors
 
 
 @register(Tags.security, deploy=True)
 def check_deployment(app_configs, **kwargs):
     warnings = []
-    if settings.DICOM_ALLOW_UNKNOWN_AE:
-        warnings.append(
-            Warning(
-                "DICOM_ALLOW_UNKNOWN_AE is on: any calling AE title may query the worklist and send images.",
-                hint="Configure the modalities as DICOM nodes in the admin and set DICOM_ALLOW_UNKNOWN_AE=false.",
-                id="pacs.W001",
-            )
-        )
+    unknown_from = settings.DICOM_UNKNOWN_AE_FROM
+    declare = "Declare the modalities in DICOM_NODES or as DICOM nodes in the admin (README, Securing a deployment)."
+    if is_everywhere(unknown_from):
+        named = ("DICOM_ALLOW_UNKNOWN_AE=true" if settings.DICOM_ALLOW_UNKNOWN_AE_LEGACY
+                 else f"DICOM_UNKNOWN_AE_FROM={','.join(unknown_from)}")
+        warnings.append(Error(
+            f"{named} admits any calling AE title from every address: anyone who reaches the DICOM port may "
+            "read the Modality Worklist and send images.",
+            hint=declare + " Leave DICOM_UNKNOWN_AE_FROM unset (loopback only) or set it to none.", id="pacs.E006"))
+    elif not all(n is not None and n.is_loopback for n in map(network, unknown_from)):
+        warnings.append(Warning(
+            f"DICOM_UNKNOWN_AE_FROM={','.join(unknown_from)} admits unknown calling AE titles from beyond the "
+            "loopback, with every service.", hint=declare, id="pacs.W001"))
     if settings.SECRET_KEY_IS_DEFAULT:
         warnings.append(Warning("SECRET_KEY is the development default.", hint="Set SECRET_KEY.", id="pacs.W002"))
     if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):

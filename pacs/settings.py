@@ -17,6 +17,7 @@ from pathlib import Path
 import dj_database_url
 
 from pacs.env import env_bool, env_choice, env_float, env_int, env_list, env_str, record
+from pacs.lib.peers import network, parse_nodes
 
 
 def _fernet_key_ok(key: str) -> bool:
@@ -186,7 +187,29 @@ CELERY_BEAT_SCHEDULE["hl7gateway.sweep_outbound"] = {
 DICOM_HOST = env_str("DICOM_HOST", "0.0.0.0")
 DICOM_PORT = env_int("DICOM_PORT", 11112, minimum=0, maximum=65535)
 DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "PACS")
-DICOM_ALLOW_UNKNOWN_AE = env_bool("DICOM_ALLOW_UNKNOWN_AE", True)
+# Declared peers (pacs.lib.peers): AE@HOST:GRANTS, synced into DicomNode rows when the listener
+# starts (pacs.services.peers.sync_environment_nodes).
+DICOM_NODES = env_str("DICOM_NODES", "")
+DICOM_NODES_DECLARED, _node_problems = parse_nodes(DICOM_NODES)
+for _entry, _problem in _node_problems:
+    record("DICOM_NODES", _entry, _problem)
+# Source addresses/networks from which a calling AE title that is no DICOM node is admitted
+# (with every service); "none" admits unknown AEs from nowhere.  Only 127.0.0.1 and ::1 by
+# default (not all of 127.0.0.0/8), so that a first try from the same machine works.
+DICOM_UNKNOWN_AE_FROM = env_list("DICOM_UNKNOWN_AE_FROM", ["127.0.0.1", "::1"])
+# The former on/off switch, still read: true = from everywhere, false = from nowhere.
+DICOM_ALLOW_UNKNOWN_AE_LEGACY = env_bool("DICOM_ALLOW_UNKNOWN_AE", None)
+if DICOM_ALLOW_UNKNOWN_AE_LEGACY is not None:
+    if os.environ.get("DICOM_UNKNOWN_AE_FROM", "").strip():
+        record("DICOM_ALLOW_UNKNOWN_AE", str(DICOM_ALLOW_UNKNOWN_AE_LEGACY).lower(),
+               "is replaced by DICOM_UNKNOWN_AE_FROM, which is also set; remove DICOM_ALLOW_UNKNOWN_AE")
+    else:
+        DICOM_UNKNOWN_AE_FROM = ["0.0.0.0/0", "::/0"] if DICOM_ALLOW_UNKNOWN_AE_LEGACY else []
+if [e.lower() for e in DICOM_UNKNOWN_AE_FROM] == ["none"]:
+    DICOM_UNKNOWN_AE_FROM = []
+for _entry in DICOM_UNKNOWN_AE_FROM:
+    if network(_entry) is None:  # left in the list, where it matches no address
+        record("DICOM_UNKNOWN_AE_FROM", _entry, "is neither an IP address nor a CIDR network (or the word none)")
 DICOM_MAX_ASSOCIATIONS = env_int("DICOM_MAX_ASSOCIATIONS", 32, minimum=1)
 DICOM_ACSE_TIMEOUT = env_float("DICOM_ACSE_TIMEOUT", 30.0, minimum=1.0)
 DICOM_DIMSE_TIMEOUT = env_float("DICOM_DIMSE_TIMEOUT", 60.0, minimum=1.0)

@@ -55,15 +55,46 @@ def test_no_environment_means_sqlite_and_a_filesystem_broker(tmp_path):
     assert (mllp, dicom, aet, web) == ("2575", "11112", "PACS", "8000")
 
 
-def test_deploy_checks_warn_about_open_dicom_and_development_secrets(tmp_path):
+def test_deploy_checks_warn_about_development_secrets_and_fail_on_dicom_open_to_everyone(tmp_path):
     result = _manage("check", "--deploy", tmp_path=tmp_path, env_extra={})
     out = result.stderr + result.stdout
-    assert "pacs.W001" in out and "pacs.W002" in out and "pacs.W003" in out
+    assert "pacs.W002" in out and "pacs.W003" in out
+    assert "pacs.E006" not in out and "pacs.W001" not in out  # unknown AEs from the loopback only
     closed = _manage("check", "--deploy", tmp_path=tmp_path, env_extra={
-        "DICOM_ALLOW_UNKNOWN_AE": "false", "SECRET_KEY": "x" * 60,
+        "DICOM_UNKNOWN_AE_FROM": "none", "SECRET_KEY": "x" * 60,
         "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/pacs"})
     out = closed.stderr + closed.stdout
     assert "pacs.W001" not in out and "pacs.W002" not in out and "pacs.W003" not in out
+    for env, named in [({"DICOM_UNKNOWN_AE_FROM": "10.0.0.0/8,0.0.0.0/0"}, "DICOM_UNKNOWN_AE_FROM=10.0.0.0/8,0.0.0.0/0"),
+                       ({"DICOM_ALLOW_UNKNOWN_AE": "true"}, "DICOM_ALLOW_UNKNOWN_AE=true")]:
+        open_to_all = _manage("check", "--deploy", tmp_path=tmp_path, env_extra=env)
+        out = open_to_all.stderr + open_to_all.stdout
+        assert open_to_all.returncode != 0 and re.search(rf"pacs\.E006\) {re.escape(named)} admits", out), out
+    wider = _manage("check", "--deploy", tmp_path=tmp_path, env_extra={"DICOM_UNKNOWN_AE_FROM": "10.0.0.0/8"})
+    out = wider.stderr + wider.stdout
+    assert wider.returncode == 0 and "pacs.W001" in out and "pacs.E006" not in out
+
+
+def test_former_dicom_allow_unknown_ae_still_works_and_is_named(tmp_path):
+    show = "from django.conf import settings as s; print(s.DICOM_UNKNOWN_AE_FROM)"
+    for value, expected in [("false", "[]"), ("true", "['0.0.0.0/0', '::/0']")]:
+        shown = _manage("shell", "-c", show, tmp_path=tmp_path, env_extra={"DICOM_ALLOW_UNKNOWN_AE": value})
+        assert shown.stdout.strip().splitlines()[-1] == expected, shown.stderr
+    checked = _manage("check", tmp_path=tmp_path, env_extra={"DICOM_ALLOW_UNKNOWN_AE": "false"})
+    assert checked.returncode == 0 and "pacs.W004" in checked.stderr + checked.stdout
+    both = _manage("check", tmp_path=tmp_path, env_extra={"DICOM_ALLOW_UNKNOWN_AE": "false",
+                                                            "DICOM_UNKNOWN_AE_FROM": "10.0.0.0/8"})
+    assert both.returncode != 0 and re.search(r"pacs\.E001.*DICOM_ALLOW_UNKNOWN_AE.*replaced", both.stderr + both.stdout)
+
+
+def test_bad_dicom_nodes_and_unknown_ae_networks_are_named(tmp_path):
+    result = _manage("check", tmp_path=tmp_path, env_extra={
+        "DICOM_NODES": "CT1@10.1.2.3:mwl+mpps+store,US2@10.1.4.0/24:print", "DICOM_UNKNOWN_AE_FROM": "10.0.0.300"})
+    out = result.stderr + result.stdout
+    assert result.returncode != 0
+    assert re.search(r"pacs\.E001.*DICOM_NODES='US2@10.1.4.0/24:print' unknown service", out)
+    assert "CT1@10.1.2.3" not in out
+    assert re.search(r"pacs\.E001.*DICOM_UNKNOWN_AE_FROM='10.0.0.300'", out)
 
 
 def test_env_example_lists_every_setting_read_from_the_environment():

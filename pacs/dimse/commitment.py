@@ -6,7 +6,11 @@ association requestor, so we accept the SCP/SCU role selection for this SOP clas
 Event Type 1: every instance committed; 2: some failed (FailedSOPSequence with
 FailureReason).  The report is recorded by ``pacs.services.routing.record_commitment``
 before we answer 0x0000; a database failure is answered 0x0110 (processing failure) so the
-VNA may send the report again.
+VNA may send the report again.  A report is accepted only from the destination it answers
+(the AE title the request was sent to, calling from that destination's host); from any other
+AE or address it is answered 0x0124 (refused: not authorized, PS3.7 Annex C) and not recorded.
+The association itself needs a DICOM node with the storage commitment grant
+(``pacs.dimse.policy``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ log = logging.getLogger("pacs.dimse.commitment")
 PROCESSING_FAILURE = 0x0110
 NO_SUCH_EVENT_TYPE = 0x0113
 INVALID_ARGUMENT = 0x0115
+NOT_AUTHORIZED = 0x0124
 
 
 def contexts():
@@ -48,8 +53,15 @@ def on_n_event_report(event):
     except Exception:  # noqa: BLE001 - unreadable report
         log.warning("unreadable storage commitment report", exc_info=True)
         return INVALID_ARGUMENT, None
+    requestor = event.assoc.requestor
     try:
-        status = routing.record_commitment(transaction_uid, committed, failed)
+        status = routing.record_commitment(transaction_uid, committed, failed,
+                                           reporter=(requestor.ae_title, requestor.address))
+    except routing.NotFromDestination:
+        log.warning("storage commitment report refused: not from its destination",
+                    extra={"calling_ae_title": requestor.ae_title, "peer": requestor.address,
+                           "transaction_uid": transaction_uid})
+        return NOT_AUTHORIZED, None
     except (DatabaseError, InterfaceError):
         log.exception("storage commitment report not recorded")
         return PROCESSING_FAILURE, None

@@ -1,31 +1,43 @@
-"""Association policy: who may associate, and for which services (reliability D-01, D-02).
+"""Association policy: who may associate, from where, and for which services (PS3.8 7.1.1, 9.3.4).
 
 On A-ASSOCIATE-RQ (``check``, called by ``pacs.dimse.acceptor``) the calling AE title is looked up among the enabled
-``DicomNode`` rows:
+``DicomNode`` rows (the one lookup; DICOM_NODES is written into them, ``pacs.services.peers``):
 
-- unknown, and DICOM_ALLOW_UNKNOWN_AE off: A-ASSOCIATE-RJ rejected-permanent, service
-  user, "calling AE title not recognised" (PS3.8 9.3.4), logged;
-- known but with a ``host`` and calling from another address: rejected the same way;
-- known: the presentation contexts of the services it may not use (``allow_echo``,
-  ``allow_mwl_find``, ``allow_mpps``, ``allow_store``) are removed from what this
-  association accepts, so they are refused at negotiation ("abstract syntax not supported").
+- a node, calling from its ``host`` (address, CIDR network or host name): accepted; the
+  presentation contexts of the services it may not use (``SERVICE_FLAGS``) are removed from
+  what this association accepts, so they are refused at negotiation ("abstract syntax not
+  supported", PS3.8 9.3.3.2);
+- a node calling from any other address (or a node without a host): A-ASSOCIATE-RJ
+  rejected-permanent, service user, "calling AE title not recognized" (PS3.8 9.3.4);
+- no node, from an address in DICOM_UNKNOWN_AE_FROM (the loopback by default): accepted with
+  every service;
+- no node, from elsewhere: rejected as above.
 
-The node found is kept on the association (``node_of``) for the handlers (e.g. the MWL
-station filter).  The wrong called AE title is refused by the acceptor.
+Each refusal is logged (AE title and address only) and counted per source address
+(``pacs.services.peers.record_refusal``, written on a database thread so that it never delays
+the answer); the operator's console reads the count.  The node found is kept on the
+association (``node_of``) for the handlers (e.g. the MWL station filter).  The wrong called
+AE title is refused by the acceptor.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 
 from django.conf import settings
 from django.db import DatabaseError
-from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind, Verification
+from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
+    StorageCommitmentPushModel,
+    Verification,
+)
 
 from pacs.dimse import db
 from pacs.dimse.acceptor import Rejected
-from pacs.models import DicomNode
+from pacs.lib.peers import address_matches, in_networks
+from pacs.models import DicomNode, DicomRefusal
+from pacs.services import peers
 
 log = logging.getLogger("pacs.dimse.policy")
 
@@ -36,11 +48,12 @@ SOURCE_PROVIDER_PRESENTATION = 0x03
 CALLING_AE_NOT_RECOGNISED = 0x03
 TEMPORARY_CONGESTION = 0x01
 
-# Which DicomNode flag a SOP class needs; any other SOP class (storage, storage commitment) needs allow_store.
+# Which DicomNode flag a SOP class needs; any other SOP class (the storage SOP classes) needs allow_store.
 SERVICE_FLAGS = {
     str(Verification): "allow_echo",
     str(ModalityWorklistInformationFind): "allow_mwl_find",
     str(ModalityPerformedProcedureStep): "allow_mpps",
+    str(StorageCommitmentPushModel): "allow_storage_commitment",
 }
 _ATTR = "pacs_node"
 
@@ -53,17 +66,6 @@ def node_of(assoc) -> DicomNode | None:
     return getattr(assoc, _ATTR, None)
 
 
-def _host_matches(node: DicomNode, address: str) -> bool:
-    if not node.host:
-        return True
-    if node.host == address:
-        return True
-    try:
-        return address in {info[4][0] for info in socket.getaddrinfo(node.host, None)}
-    except OSError:
-        return False
-
-
 def _node(ae_title: str) -> DicomNode | None:
     """The enabled node with this AE title (one indexed lookup per association; raw SQL: the
     ORM's query building was half of its cost)."""
@@ -72,9 +74,18 @@ def _node(ae_title: str) -> DicomNode | None:
     return rows[0] if rows else None
 
 
-def _reject(assoc, result: int, source: int, diagnostic: int) -> None:
-    """A-ASSOCIATE-RJ (sent by the acceptor)."""
-    raise Rejected(result, source, diagnostic)
+def _refuse(calling: str, address: str, reason: str, message: str, **extra) -> None:
+    """Log, count and reject.  The count is written on a database thread without being waited
+    for (``db.run_later`` logs a failure; counting never changes the answer); it queues behind
+    the node lookups that each refused association waits for, so a flood of refusals cannot
+    pile up writes faster than they are done."""
+    log.warning(message, extra={"calling_ae_title": calling, "peer": address, "event": "dicom.association.rejected",
+                                **extra})
+    try:
+        db.run_later(peers.record_refusal, address, reason, calling)
+    except Exception as exc:  # noqa: BLE001 - the pool is stopping: not counted, still refused
+        log.warning("dicom refusal not counted", extra={"peer": address, "error": str(exc)[:200]})
+    raise Rejected(REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
 
 
 def check(assoc) -> None:
@@ -85,24 +96,14 @@ def check(assoc) -> None:
         node = db.run(_node, calling)
     except DatabaseError as exc:
         log.error("association refused: node lookup failed", extra={"calling_ae_title": calling, "error": str(exc)})
-        _reject(assoc, REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, TEMPORARY_CONGESTION)
-        return
+        raise Rejected(REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, TEMPORARY_CONGESTION) from None
     if node is None:
-        if not settings.DICOM_ALLOW_UNKNOWN_AE:
-            log.warning(
-                "association rejected: unknown calling AE",
-                extra={"calling_ae_title": calling, "peer": address, "event": "dicom.association.rejected"},
-            )
-            _reject(assoc, REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+        if not in_networks(address, settings.DICOM_UNKNOWN_AE_FROM):
+            _refuse(calling, address, DicomRefusal.UNKNOWN_AE, "association rejected: unknown calling AE")
         return
-    if not _host_matches(node, address):
-        log.warning(
-            "association rejected: calling AE from an unexpected host",
-            extra={"calling_ae_title": calling, "peer": address, "expected_host": node.host,
-                   "event": "dicom.association.rejected"},
-        )
-        _reject(assoc, REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
-        return
+    if not address_matches(node.host, address):
+        _refuse(calling, address, DicomRefusal.UNEXPECTED_ADDRESS,
+                "association rejected: calling AE from an unexpected host", expected_host=node.host)
     setattr(assoc, _ATTR, node)
     allowed = [cx for cx in assoc.supported_contexts if getattr(node, service_flag(cx.abstract_syntax))]
     if len(allowed) != len(assoc.supported_contexts):

@@ -2,7 +2,8 @@
 
 Services are collected from the modules in ``SERVICE_MODULES``; each provides
 ``contexts()`` and ``handlers()`` (see ``pacs.dimse``).  Who may associate, and for which
-services, is decided by ``pacs.dimse.policy`` when the A-ASSOCIATE-RQ arrives.  The network
+services, is decided by ``pacs.dimse.policy`` when the A-ASSOCIATE-RQ arrives, from the DICOM nodes
+(those declared in DICOM_NODES are written into them when the listener starts).  The network
 side is ``pacs.dimse.acceptor``: every association on its own thread, whose database
 connection (if it opened one) is closed when the association ends.
 """
@@ -13,12 +14,13 @@ import importlib
 import logging
 
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connections
 from pynetdicom.presentation import build_context
 
 from pacs import storage
 from pacs.dimse import db, policy
 from pacs.dimse.acceptor import Acceptor
+from pacs.services import peers
 
 log = logging.getLogger("pacs.dimse")
 
@@ -94,6 +96,10 @@ def start_server(host: str | None = None, port: int | None = None, *, block: boo
     stale = storage.sweep_incoming(INCOMING_STALE_AFTER)
     if stale:
         log.warning("incomplete received files removed", extra={"files": stale, "older_than_s": INCOMING_STALE_AFTER})
+    try:
+        peers.sync_environment_nodes()
+    except DatabaseError as exc:  # the rows of the last start stay in force; lookups fail until it is back
+        log.error("DICOM_NODES not written to the database", extra={"error": str(exc)[:200]})
     address = (host or settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
     server = build_server(address[0], address[1], ae_title=ae_title, reuse_port=reuse_port)
     log.info("dicom listener starting", extra={"ae_title": server.ae_title, "host": address[0],

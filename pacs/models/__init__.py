@@ -1,6 +1,6 @@
 """Imaging-side models, one module per concern:
 
-nodes.py      DicomNode (remote AEs)                     -- skeleton
+nodes.py      DicomNode (declared remote AEs), DicomRefusal (associations refused)
 mpps.py       MPPS and what it performed                 -- MWL/MPPS issue
 images.py     Study / Series / Instance index            -- image issue
 transfers.py  VNA destinations and transfers             -- image issue
@@ -8,10 +8,10 @@ transfers.py  VNA destinations and transfers             -- image issue
 
 from pacs.models.images import Instance, Series, Study, StudyLink
 from pacs.models.mpps import PerformedInstance, PerformedProcedureStep
-from pacs.models.nodes import DicomNode
+from pacs.models.nodes import DicomNode, DicomRefusal
 from pacs.models.transfers import Transfer, TransferItem, VnaDestination
 
 __all__ = [
-    "DicomNode", "PerformedInstance", "PerformedProcedureStep",
+    "DicomNode", "DicomRefusal", "PerformedInstance", "PerformedProcedureStep",
     "Instance", "Series", "Study", "StudyLink", "Transfer", "TransferItem", "VnaDestination",
 ]

@@ -31,6 +31,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from pacs import storage
+from pacs.lib.peers import address_matches
 from pacs.models import Instance, Study, Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
@@ -46,6 +47,10 @@ class TransientError(Exception):
 
 class PermanentError(Exception):
     """Not worth retrying: association rejected permanently, 0xA9xx, 0xCxxx."""
+
+
+class NotFromDestination(Exception):
+    """A storage commitment report from another AE title or address than the destination asked."""
 
 
 @dataclass(frozen=True)
@@ -373,14 +378,22 @@ def _fail(transfer_id: int, reason: str) -> str:
 
 # --- storage commitment report -------------------------------------------------------------
 
-def record_commitment(transaction_uid: str, committed: list[str], failed: list[tuple[str, str]]) -> str | None:
+def record_commitment(transaction_uid: str, committed: list[str], failed: list[tuple[str, str]], *,
+                      reporter: tuple[str, str] | None = None) -> str | None:
     """The N-EVENT-REPORT of a Storage Commitment request (PS3.4 J.3.3).  Idempotent.
 
     Committed instances are marked; instances the VNA failed to commit go back to PENDING
     and the transfer is retried (they are sent again).  Returns the transfer's status, or
-    None when the transaction UID is unknown.
+    None when the transaction UID is unknown.  ``reporter`` (calling AE title, source
+    address) of a report received over DICOM must be the destination the request went to
+    (its AE title, from its host), else ``NotFromDestination`` and nothing is recorded: the
+    Transaction UID alone would let any peer mark another archive's instances committed.
     """
     now = timezone.now()
+    if reporter is not None:  # before the row lock: a host name is resolved (a transfer's destination never changes)
+        destination = VnaDestination.objects.filter(transfers__transaction_uid=transaction_uid).first()
+        if destination is not None and not _is_destination(destination, *reporter):
+            raise NotFromDestination(f"destination {destination.pk}: report from {reporter[0]} at {reporter[1]}")
     with transaction.atomic():
         t = Transfer.objects.select_for_update().filter(transaction_uid=transaction_uid).first()
         if t is None:
@@ -409,6 +422,10 @@ def record_commitment(transaction_uid: str, committed: list[str], failed: list[t
             enqueue_on_commit(t.pk, countdown=delay)
             return tr.RETRYING
         return _finish_locked(t, cause="storage commitment: every instance committed")
+
+
+def _is_destination(destination: VnaDestination, ae_title: str, address: str) -> bool:
+    return destination.ae_title.strip() == ae_title.strip() and address_matches(destination.host, address)
 
 
 # --- sweep, operator actions, retention -----------------------------------------------------

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pynetdicom import AE, evt
 
 from tests.conftest import dcmtk_tool
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 ROOT = Path(__file__).resolve().parents[2]
+# Another source address on this machine, outside the loopback default of DICOM_UNKNOWN_AE_FROM.
+OTHER = "127.0.0.2"
 
 
 @pytest.fixture(name="dicom_server")
@@ -76,3 +79,33 @@ def stop_process(proc: subprocess.Popen) -> bool:
         proc.kill()
         proc.wait()
         return False
+
+
+@pytest.fixture(name="listen")
+def listen_fixture(transactional_db, settings):
+    """Start the AE (as run_dicom does, after the test set its settings) on 127.0.0.1."""
+    from pacs.dimse.server import start_server
+
+    servers = []
+    settings.DICOM_AE_TITLE = "PACS"
+
+    def start():
+        servers.append(start_server("127.0.0.1", 0))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def associate_from(server, calling: str, contexts, *, source: str = OTHER, ext_neg=None):
+    """pynetdicom from ``source``: (association, (result, source, reason) of an A-ASSOCIATE-RJ or None)."""
+    received = []
+    ae = AE(ae_title=calling)
+    for cx in contexts:
+        ae.add_requested_context(cx)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    assoc = ae.associate("127.0.0.1", port_of(server), ae_title="PACS", bind_address=(source, 0), ext_neg=ext_neg,
+                         evt_handlers=[(evt.EVT_ACSE_RECV, lambda e: received.append(e.primitive))])
+    rj = [(p.result, p.result_source, p.diagnostic) for p in received if getattr(p, "result", None) not in (None, 0)]
+    return assoc, (rj[0] if rj else None)

@@ -44,14 +44,14 @@ def test_echo(dicom_server):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_unknown_calling_ae_accepted_by_default(dicom_server, settings):
-    assert settings.DICOM_ALLOW_UNKNOWN_AE is True
+def test_unknown_calling_ae_accepted_from_the_loopback_by_default(dicom_server, settings):
+    assert settings.DICOM_UNKNOWN_AE_FROM == ["127.0.0.1", "::1"]
     assert echoscu(dicom_server, aet="ANYONE").returncode == 0
 
 
 def test_unknown_calling_ae_rejected_and_logged_when_not_allowed(dicom_server, settings, caplog):
-    settings.DICOM_ALLOW_UNKNOWN_AE = False
-    DicomNode.objects.create(ae_title="KNOWN")
+    settings.DICOM_UNKNOWN_AE_FROM = []
+    DicomNode.objects.create(ae_title="KNOWN", host="127.0.0.1")
     proc = echoscu(dicom_server, aet="STRANGER")
     assert proc.returncode != 0
     assert "Association Rejected" in proc.stdout + proc.stderr
@@ -79,7 +79,7 @@ def test_wrong_called_ae_rejected(dicom_server):
 
 def test_per_ae_services(dicom_server):
     """A node without allow_mwl_find / allow_mpps gets those contexts refused at negotiation (D-02)."""
-    DicomNode.objects.create(ae_title="ECHOONLY", allow_mwl_find=False, allow_mpps=False)
+    DicomNode.objects.create(ae_title="ECHOONLY", host="127.0.0.1", allow_mwl_find=False, allow_mpps=False)
     ae = _scu("ECHOONLY", (Verification, ModalityWorklistInformationFind, ModalityPerformedProcedureStep))
     assoc = ae.associate("127.0.0.1", port_of(dicom_server), ae_title="PACS")
     try:

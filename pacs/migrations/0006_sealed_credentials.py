@@ -16,7 +16,7 @@ def seal_stored(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("pacs", "0004_images_and_transfers"),
+        ("pacs", "0005_declared_dicom_peers"),
     ]
 
     operations = [
