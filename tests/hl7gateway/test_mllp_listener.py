@@ -182,7 +182,7 @@ def test_idle_timeout_and_connection_cap(listener):
 
 
 def test_twenty_concurrent_connections_every_order_once(listener):
-    server = listener()
+    server = listener(max_connections_per_address=20)  # twenty senders, all on 127.0.0.1 here
     per_conn, n_conn = 10, 20
     results: dict[int, list[str]] = {}
     errors = []
