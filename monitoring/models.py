@@ -21,12 +21,14 @@ OUTBOUND_BACKLOG = "outbound_backlog"
 ERROR_RATE = "error_rate"
 UNMATCHED_STUDY = "unmatched_study"
 TRANSFER_FAILED = "transfer_failed"
+HL7_REFUSED = "hl7_refused"
 KIND_CHOICES = [
     (INBOUND_SILENCE, "no inbound HL7 from a sender for longer than N minutes"),
     (OUTBOUND_BACKLOG, "outbound HL7 backlog: oldest undelivered message older than N minutes"),
     (ERROR_RATE, "error rate (HL7 AE/AR, DICOM failure statuses) over the window above a threshold"),
     (UNMATCHED_STUDY, "an unmatched study older than N minutes"),
     (TRANSFER_FAILED, "a VNA transfer failed"),
+    (HL7_REFUSED, "inbound HL7 refused (undeclared sender, or a type not granted) within the last N minutes"),
 ]
 
 # What the interface key of each kind names (empty: every interface of the kind, one alarm each).
@@ -34,7 +36,8 @@ INTERFACE_KEY_HELP = (
     "inbound_silence: SENDING_APP^SENDING_FACILITY (MSH-3^MSH-4; required); "
     "outbound_backlog: ORU destination name; "
     "error_rate: hl7:APP^FACILITY, oru:destination or dicom:CALLING_AE; "
-    "unmatched_study: calling AE title; transfer_failed: VNA destination name. "
+    "unmatched_study: calling AE title; transfer_failed: VNA destination name; "
+    "hl7_refused: the source address. "
     "Empty = each interface of the kind separately."
 )
 

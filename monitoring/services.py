@@ -30,6 +30,7 @@ from django.utils import timezone
 from monitoring import selectors
 from monitoring.models import (
     ERROR_RATE,
+    HL7_REFUSED,
     INBOUND_SILENCE,
     OUTBOUND_BACKLOG,
     TRANSFER_FAILED,
@@ -116,6 +117,14 @@ def conditions(rule: AlarmRule, now: dt.datetime) -> dict[str, Condition]:
             reason = mine[-1]["reason"][:200] if mine else ""
             out[key] = Condition(bool(mine), float(len(mine)),
                                  f"{len(mine)} VNA transfer(s) to {key} failed" + (f"; last: {reason}" if reason else ""))
+    elif rule.kind == HL7_REFUSED:
+        refused = selectors.inbound_refusals(now - dt.timedelta(minutes=limit), rule.interface_key)
+        for key in {rule.interface_key} if rule.interface_key else set(refused):
+            seen = refused.get(key)
+            count = seen["count"] if seen else 0
+            detail = f"; last: {seen['sender']} {seen['message_type']}: {seen['reason']}"[:300] if seen else ""
+            out[key] = Condition(count >= max(rule.min_count, 1), float(count),
+                                 f"{count} HL7 message(s) from {key} refused in {limit} min{detail}")
     return out
 
 
