@@ -15,9 +15,8 @@ import hl7
 import pytest
 
 from hl7gateway.models import InboundMessage
-from hl7gateway.server import MLLPServer
 from ris.models import Order
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
+from tests.hl7gateway.intake_helpers import ack_fields, new_order, with_control_id
 from tests.hl7gateway.mllp_edge import connect, exchange, rss_kb
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
@@ -27,30 +26,13 @@ ATTACKER = "127.0.0.2"
 _seq = itertools.count(1)
 
 
-@pytest.fixture
-def listener(settings):
+@pytest.fixture(autouse=True)
+def declared_ehr(settings):
     settings.HL7_SENDERS = f"EPIC^SYNTH_HOSP@{EHR}:orders+patients"
-    servers = []
-
-    def start(**kwargs) -> MLLPServer:
-        server = MLLPServer("127.0.0.1", 0, **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def ehr_order() -> bytes:
-    """A new order (its own control ID, placer number, accessions, steps and Study UIDs)."""
-    n = next(_seq)
-    raw = with_control_id(fixture("epic_orm_o01_nw.hl7"), f"EHR-{n}")
-    for old, new in ((b"P10001^", f"PE{n}^"), (b"EA100001", f"EE{n}A"), (b"EA100002", f"EE{n}B"),
-                     (b"RP100001", f"RPE{n}A"), (b"RP100002", f"RPE{n}B"), (b"SPS100001", f"SPE{n}A"),
-                     (b"SPS100002", f"SPE{n}B"), (b".1234.1001", f".1234.8{n}1"), (b".1234.1002", f".1234.8{n}2")):
-        raw = raw.replace(old, new.encode())
-    return raw
+    return new_order(f"EHR-{next(_seq)}")
 
 
 def ehr_is_served(port: int) -> None:
