@@ -148,12 +148,13 @@ def _find_original(msh: MSH) -> InboundMessage | None:
 def _store_refusal(raw: bytes, msh: MSH | None, peer: str, error: HL7Error) -> bytes:
     """AR for a message the sender policy refuses; kept whole up to the hourly limit per address."""
     address = senders.address_of(peer)
+    header = msh or MSH()
     with transaction.atomic(durable=True):
         refused = refusals.count(address, msh, error.text)
         if refused <= settings.HL7_REFUSED_LOG_LIMIT:
             log.warning("message refused by the sender policy: AR sent",
-                        extra={"peer": peer, "sender": f"{(msh or MSH()).msh_3}^{(msh or MSH()).msh_4}",
-                               "message_type": (msh or MSH()).message_type, "error_code": error.code})
+                        extra={"peer": peer, "sender": f"{header.msh_3}^{header.msh_4}",
+                               "message_type": header.message_type, "error_code": error.code})
             row = _row(raw, msh, peer, hashlib.sha256(raw).hexdigest(), "")
             return _finish(row, msh, "AR", InboundMessage.STATUS_REFUSED, error=error)
     if refused == settings.HL7_REFUSED_LOG_LIMIT + 1:

@@ -10,14 +10,9 @@ the count comes first and such a message is answered at once.
 
 from __future__ import annotations
 
-import re
-
 from django.conf import settings
 
 from hl7gateway.parsing import MSH, HL7Error
-
-_PID_LINE = re.compile(rb"(?:^|[\r\n])(PID[^\r\n]*)")
-_OBR_START = re.compile(rb"(?:^|[\r\n])OBR")
 
 
 def _refuse(text: str, location: str) -> HL7Error:
@@ -30,12 +25,29 @@ def segment_count(raw: bytes) -> int:
     return breaks + (0 if raw.endswith((b"\r", b"\n")) else 1)
 
 
+def segments_named(raw: bytes, segment_id: bytes) -> int:
+    """How many segments of ``raw`` start with ``segment_id`` (``bytes.count``: no regex, no split)."""
+    return raw.count(b"\r" + segment_id) + raw.count(b"\n" + segment_id) + raw.startswith(segment_id)
+
+
+def first_segment(raw: bytes, segment_id: bytes) -> bytes | None:
+    """The first segment of ``raw`` that starts with ``segment_id``, without its terminator."""
+    starts = [i + 1 for i in (raw.find(b"\r" + segment_id), raw.find(b"\n" + segment_id)) if i >= 0]
+    if raw.startswith(segment_id):
+        starts.append(0)
+    if not starts:
+        return None
+    start = min(starts)
+    ends = [i for i in (raw.find(b"\r", start), raw.find(b"\n", start)) if i >= 0]
+    return raw[start:min(ends)] if ends else raw[start:]
+
+
 def pid_3_repetitions(raw: bytes, msh: MSH) -> int:
     """Repetitions of PID-3 in the first PID segment (0 without one)."""
-    found = _PID_LINE.search(raw)
-    if found is None:
+    pid = first_segment(raw, b"PID")
+    if pid is None:
         return 0
-    fields = found.group(1).split(msh.field_separator.encode("latin-1"), 4)
+    fields = pid.split(msh.field_separator.encode("latin-1"), 4)
     if len(fields) < 4 or not fields[3]:
         return 0
     return fields[3].count(msh.encoding_characters[1].encode("latin-1")) + 1
@@ -47,7 +59,7 @@ def check(raw: bytes, msh: MSH | None) -> HL7Error | None:
     if segments > settings.HL7_MAX_SEGMENTS:
         return _refuse(f"message has {segments} segments; at most {settings.HL7_MAX_SEGMENTS} are accepted "
                        "(HL7_MAX_SEGMENTS)", "")
-    groups = len(_OBR_START.findall(raw))
+    groups = segments_named(raw, b"OBR")
     if groups > settings.HL7_MAX_ORDER_GROUPS:
         return _refuse(f"message has {groups} OBR segments; at most {settings.HL7_MAX_ORDER_GROUPS} are accepted "
                        "(HL7_MAX_ORDER_GROUPS)", f"OBR^{settings.HL7_MAX_ORDER_GROUPS + 1}")

@@ -78,7 +78,7 @@ class MSH:
     msh_16: str = ""  # application acknowledgment type
     msh_18: str = ""  # character set
 
-    @property
+    @cached_property
     def has_valid_separators(self) -> bool:
         """MSH-1 and MSH-2 usable as delimiters (HL7 v2.5.1 section 2.5.4, 2.14.9.1-2): one field
         separator and four encoding characters (a fifth, the v2.7 truncation character, is

@@ -162,16 +162,24 @@ def sync_environment_senders(value: str | None = None) -> int:
 
 
 # --- the in-process copy ------------------------------------------------------------------------
+#: Decisions remembered per (MSH-3, MSH-4, MSH-9, source host) until the next re-read; emptied
+#: when full, so that a sender varying MSH-3 cannot grow it without bound.
+DECISIONS_KEPT = 4096
+
+
 class _Declared:
     """{(MSH-3, MSH-4): [(network, grants)]} of the enabled senders, re-read when older than
-    ``HL7_SENDERS_REFRESH_SECONDS``.  A failed re-read keeps the copy it has (logged)."""
+    ``HL7_SENDERS_REFRESH_SECONDS``, and the decisions taken with it (``decisions``: the same
+    header from the same host gets the same answer until then).  A failed re-read keeps the copy
+    it has (logged)."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.loaded_at: float | None = None
         self.synced = False
         self.table: dict[tuple[str, str], list[tuple[Network, frozenset[str]]]] = {}
-        self.undeclared_from: tuple[str, list[Network]] = ("", [])
+        self.decisions: dict[tuple, HL7Error | None] = {}
+        self.undeclared_from: tuple[tuple[str, ...], list[Network]] = ((), [])
 
     def get(self) -> dict[tuple[str, str], list[tuple[Network, frozenset[str]]]]:
         now = time.monotonic()
@@ -181,6 +189,7 @@ class _Declared:
             if self.loaded_at is None or time.monotonic() - self.loaded_at >= settings.HL7_SENDERS_REFRESH_SECONDS:
                 try:
                     self.table = self._load()
+                    self.decisions = {}
                 except DatabaseError:
                     if self.loaded_at is None:
                         raise
@@ -199,13 +208,15 @@ class _Declared:
         return table
 
     def undeclared_networks(self) -> list[Network]:
-        entries = settings.HL7_UNDECLARED_SENDERS_FROM
-        key = ",".join(entries)
-        if self.undeclared_from[0] != key or not key:
+        """``HL7_UNDECLARED_SENDERS_FROM`` as networks (read again, and the decisions forgotten,
+        when the setting changes)."""
+        entries = tuple(settings.HL7_UNDECLARED_SENDERS_FROM)
+        if self.undeclared_from[0] != entries:
             try:
-                self.undeclared_from = (key, networks(entries))
+                self.undeclared_from = (entries, networks(list(entries)))
             except ValueError:  # reported by the system check hl7gateway.E102
-                self.undeclared_from = (key, [])
+                self.undeclared_from = (entries, [])
+            self.decisions = {}
         return self.undeclared_from[1]
 
     def reset(self) -> None:
@@ -229,15 +240,32 @@ def _refused(text: str, code: int, location: str) -> HL7Error:
 
 
 def check(msh: MSH | None, peer: str) -> HL7Error | None:
-    """None when the message may go on; else the AR's reason (module docstring)."""
-    address = address_of(peer)
+    """None when the message may go on; else the AR's reason (module docstring).  A dictionary
+    lookup for a header and host seen since the last re-read."""
+    host = peer.rsplit(":", 1)[0] if ":" in peer else peer
+    table = DECLARED.get()
+    undeclared = DECLARED.undeclared_networks()
+    decisions = DECLARED.decisions
+    key = (msh.msh_3, msh.msh_4, msh.msh_9, host) if msh else (None, host)
+    try:
+        return decisions[key]
+    except KeyError:
+        pass
+    decision = _decide(table, undeclared, msh, source_address(host))
+    if len(decisions) >= DECISIONS_KEPT:
+        decisions.clear()
+    decisions[key] = decision
+    return decision
+
+
+def _decide(table, undeclared: list[Network], msh: MSH | None, address: str) -> HL7Error | None:
     ip = _ip(address)
     application = _namespace(msh, msh.msh_3) if msh else ""
     facility = _namespace(msh, msh.msh_4) if msh else ""
     sender = f"{application}/{facility}"  # "/" : a "^" would travel escaped in MSA-3 and ERR-8
-    declared = DECLARED.get().get((application, facility))
+    declared = table.get((application, facility))
     if not declared:
-        if ip is not None and any(ip in net for net in DECLARED.undeclared_networks()):
+        if ip is not None and any(ip in net for net in undeclared):
             return None
         return _refused(f"MSH-3/MSH-4 {sender} is not a declared sender for address {address}", 103, "MSH^1^3")
     matching = [g for net, g in declared if ip is not None and ip in net]

@@ -15,8 +15,9 @@ needs (every read has a deadline for the whole message, every slot a cap per add
   that source address, or in total, is closed at once and logged.  The counts are per
   listener process (``--workers N`` gives each process its own).
 
-Bytes outside frames are skipped and logged.  ``port=0`` binds an ephemeral port, read back from ``server.port``.  With
-``reuse_port`` several processes listen on one port (SO_REUSEPORT; ``run_mllp --workers N``).
+Bytes outside frames are skipped and logged; up to ``STRAY_LINE_ENDS`` line ends after a frame
+do not start the deadline (senders that end frames with CR LF or put LF between them).
+``port=0`` binds an ephemeral port, read back from ``server.port``.  With ``reuse_port`` several processes listen on one port (SO_REUSEPORT; ``run_mllp --workers N``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from hl7gateway.senders import source_address
 log = logging.getLogger("hl7gateway.server")
 
 RECV_BYTES = 65536
+#: Line ends (CR, LF) outside frames after a frame that do not start the message deadline.
+STRAY_LINE_ENDS = 4
 
 
 class MLLPServer:
@@ -133,6 +136,7 @@ class MLLPServer:
         decoder = MLLPDecoder(self.max_frame_bytes)
         log.info("connection opened", extra={"peer": peer})
         started: float | None = None  # monotonic time of the first byte of the message under way
+        stray = 0  # line-end bytes received outside frames since the last complete frame
         try:
             while not self._stopping.is_set():
                 if started is None:
@@ -159,8 +163,7 @@ class MLLPServer:
                         log.warning("peer closed inside a frame: truncated message discarded, not acknowledged",
                                     extra={"peer": peer, "bytes": len(decoder.partial)})
                     break
-                if started is None:
-                    started = received_at
+                junk_before = decoder.junk_bytes
                 try:
                     payloads = decoder.feed(data)
                 except FrameTooLarge as exc:
@@ -175,6 +178,13 @@ class MLLPServer:
                     # A frame completed: the next message's deadline starts with its first byte
                     # (already here when another frame began in this read).
                     started = received_at if decoder.in_frame else None
+                    stray = 0
+                elif started is None:
+                    junk = decoder.junk_bytes - junk_before
+                    if not decoder.in_frame and not data.strip(b"\r\n") and stray + junk <= STRAY_LINE_ENDS:
+                        stray += junk  # a line end after a frame, as some senders write: not a message
+                    else:
+                        started = received_at
                 if not self._answer(conn, peer, payloads):
                     break
         finally:

@@ -111,6 +111,18 @@ def test_a_sender_trickling_bytes_is_cut_at_the_message_deadline(listener, start
     assert not InboundMessage.objects.exclude(sending_application="EPIC").exists()
 
 
+def test_line_ends_after_a_frame_do_not_start_the_deadline(listener):
+    """A sender that writes CR LF after its frame, then waits longer than the deadline before the
+    next message, is not cut: only bytes of a message (or junk beyond a few line ends) count."""
+    server = listener(message_deadline=1.0, idle_timeout=60)
+    with connect(server.port, EHR) as sock:
+        assert ack_fields(exchange(sock, ehr_order()))["msa_1"] == "AA"
+        sock.sendall(b"\r\n")
+        time.sleep(1.5)  # longer than the deadline, far below the idle timeout
+        assert ack_fields(exchange(sock, ehr_order()))["msa_1"] == "AA"
+    assert server.stats["deadline_cuts"] == 0
+
+
 def pid3_repeated(n: int) -> bytes:
     lines = ehr_order().split(b"\r")
     for k, line in enumerate(lines):
