@@ -94,6 +94,7 @@ def test_a_sender_trickling_bytes_is_cut_at_the_message_deadline(listener, start
         except OSError:
             pass
 
+    before = rss_kb()
     began = time.monotonic()
     dripper = threading.Thread(target=trickle, daemon=True)
     dripper.start()
@@ -105,8 +106,10 @@ def test_a_sender_trickling_bytes_is_cut_at_the_message_deadline(listener, start
         stop.set()
         dripper.join(5)
         sock.close()
-    print(f"\ncut after {took:.2f} s (deadline 1.5 s)")
+    grown = rss_kb() - before
+    print(f"\ncut after {took:.2f} s (deadline 1.5 s); RSS growth {grown} KiB")
     assert 1.4 <= took < 6.0
+    assert grown < 16 * 1024
     assert server.stats["deadline_cuts"] == 1
     assert not InboundMessage.objects.exclude(sending_application="EPIC").exists()
 
@@ -184,6 +187,7 @@ def test_ehr_is_served_while_another_host_floods_repetitions(listener, settings)
                 sent.append(ack_fields(exchange(sock, with_control_id(pid3_repeated(10_000), f"FL-{next(_seq)}"))))
 
     flooder = threading.Thread(target=flood, daemon=True)
+    before = rss_kb()
     flooder.start()
     try:
         wait_until(lambda: len(sent) >= 3)
@@ -192,7 +196,10 @@ def test_ehr_is_served_while_another_host_floods_repetitions(listener, settings)
     finally:
         stop.set()
         flooder.join(10)
+    grown = rss_kb() - before
+    print(f"\n{len(sent)} messages of 10,000 PID-3 repetitions during 5 EHR orders; RSS growth {grown} KiB")
     assert sent and all(a["msa_1"] == "AR" for a in sent)
+    assert grown < 64 * 1024
 
 
 @pytest.mark.parametrize("msh", [
