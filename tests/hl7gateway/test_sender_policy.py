@@ -172,6 +172,14 @@ def test_check_deploy_errors_while_undeclared_senders_are_admitted_from_everywhe
     call_command("check", "--deploy", "--tag", "security", "--fail-level", "ERROR")
 
 
+@pytest.mark.parametrize("name, value", [("HL7_SENDERS", "EPIC^HOSP@10.1.2.7:billing"),
+                                         ("HL7_UNDECLARED_SENDERS_FROM", ["127.0.0.1", "localhost"])])
+def test_check_names_a_sender_setting_that_cannot_be_parsed(settings, name, value):
+    setattr(settings, name, value)
+    with pytest.raises(SystemCheckError, match=rf"hl7gateway\.E102.*{name}"):
+        call_command("check")
+
+
 def test_refused_ack_frames_are_read_like_any_ack(server):
     """The AR travels in an MLLP frame like every ACK, and the connection stays open."""
     with connect(server.port, "127.0.0.2") as sock:
