@@ -73,7 +73,7 @@ def _age_seconds(since: dt.datetime | None, now: dt.datetime) -> float | None:
 
 # --- inbound HL7, per sender ---------------------------------------------------------------
 
-def _admitted():
+def admitted_inbound():
     """Inbound messages of the declared or admitted senders (not the ones refused by the policy)."""
     return InboundMessage.objects.exclude(status=InboundMessage.STATUS_REFUSED)
 
@@ -90,20 +90,20 @@ def _split_sender(key: str) -> tuple[str, str]:
 def inbound_last_message_at(key: str) -> dt.datetime | None:
     """Time of the last message received from the sender ``APP^FACILITY``."""
     app, facility = _split_sender(key)
-    return (_admitted().filter(sending_application=app, sending_facility=facility)
+    return (admitted_inbound().filter(sending_application=app, sending_facility=facility)
             .aggregate(last=Max("received_at"))["last"])
 
 
 def inbound_senders() -> list[str]:
     """Every sender key ever seen."""
-    rows = _admitted().values_list("sending_application", "sending_facility").distinct()
+    rows = admitted_inbound().values_list("sending_application", "sending_facility").distinct()
     return sorted(sender_key(a, f) for a, f in rows)
 
 
 def inbound_error_counts(key: str, since: dt.datetime) -> tuple[int, int]:
     """(errors, total) of messages from the sender since ``since``; errors = AE/AR answered."""
     app, facility = _split_sender(key)
-    agg = _admitted().filter(sending_application=app, sending_facility=facility,
+    agg = admitted_inbound().filter(sending_application=app, sending_facility=facility,
                              received_at__gte=since).aggregate(
         total=Count("id"), errors=Count("id", filter=Q(ack_code__in=HL7_ERROR_ACKS)))
     return agg["errors"], agg["total"]
@@ -116,7 +116,7 @@ def inbound_interfaces(now: dt.datetime | None = None) -> list[dict]:
     """
     now = _now(now)
     since = hour_buckets(now)[0]
-    base = _admitted().filter(received_at__gte=since)
+    base = admitted_inbound().filter(received_at__gte=since)
     hourly = (base.annotate(hour=TruncHour("received_at", tzinfo=dt.UTC))
               .values("sending_application", "sending_facility", "hour").annotate(n=Count("id")))
     series = _series(({"key": sender_key(r["sending_application"], r["sending_facility"]), "hour": r["hour"],
@@ -125,7 +125,7 @@ def inbound_interfaces(now: dt.datetime | None = None) -> list[dict]:
     for r in base.values("sending_application", "sending_facility", "ack_code").annotate(n=Count("id")):
         acks[sender_key(r["sending_application"], r["sending_facility"])][r["ack_code"] or "-"] = r["n"]
     last = {sender_key(r["sending_application"], r["sending_facility"]): r["last"] for r in
-            _admitted().values("sending_application", "sending_facility").annotate(last=Max("received_at"))}
+            admitted_inbound().values("sending_application", "sending_facility").annotate(last=Max("received_at"))}
     out = []
     for key in sorted(last):
         codes = acks.get(key, {})
@@ -136,6 +136,11 @@ def inbound_interfaces(now: dt.datetime | None = None) -> list[dict]:
             "queue_depth": 0, "oldest_age_seconds": None,
         })
     return out
+
+
+def inbound_refused_total() -> int:
+    """Inbound messages refused by the sender policy, all addresses, ever (counted per hour)."""
+    return InboundRefusal.objects.aggregate(n=Sum("refused_count"))["n"] or 0
 
 
 def inbound_refusals(since: dt.datetime, address: str = "") -> dict[str, dict]:

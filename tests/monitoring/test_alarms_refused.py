@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from hl7gateway.intake import handle_payload
 from monitoring import selectors, services
+from monitoring.metrics import DatabaseCollector
 from monitoring.models import HL7_REFUSED, INBOUND_SILENCE, Alarm, AlarmRule
 from pacs.access import ADMINISTRATOR
 from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
@@ -69,3 +70,6 @@ def test_refused_messages_do_not_count_as_the_real_senders_traffic():
     services.evaluate()
     assert Alarm.objects.get(rule=r).is_open
     assert selectors.inbound_refusals(timezone.now() - dt.timedelta(hours=1))["10.66.0.9"]["count"] == 1
+    families = {f.name: f for f in DatabaseCollector().collect()}
+    assert not [s for s in families["pacs_hl7_inbound_messages"].samples if s.labels["sender"] == "EPIC^SYNTH_HOSP"]
+    assert [s.value for s in families["pacs_hl7_inbound_refused_messages"].samples if s.name.endswith("_total")] == [1]
