@@ -17,7 +17,8 @@ needs (every read has a deadline for the whole message, every slot a cap per add
 
 Bytes outside frames are skipped and logged; up to ``STRAY_LINE_ENDS`` line ends after a frame
 do not start the deadline (senders that end frames with CR LF or put LF between them).
-``port=0`` binds an ephemeral port, read back from ``server.port``.  With ``reuse_port`` several processes listen on one port (SO_REUSEPORT; ``run_mllp --workers N``).
+``port=0`` binds an ephemeral port, read back from ``server.port``.  With ``reuse_port``
+several processes listen on one port (SO_REUSEPORT; ``run_mllp --workers N``).
 """
 
 from __future__ import annotations
