@@ -15,6 +15,8 @@ and checks afterwards that every order of the engine runs is in the database onc
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/pacs_bench .venv/bin/python bench/hl7_intake.py --n 5000
 
 Results go to stdout as a table and JSON lines (``--json``); write them in bench/RESULTS.md.
+The sender BENCH_EHR^BENCH_HOSP is declared for 127.0.0.1 (``HL7_SENDERS``, unless the
+environment sets it), so every message goes through the sender policy's declared path.
 """
 
 from __future__ import annotations
@@ -151,7 +153,8 @@ def main() -> None:
     args = ap.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise SystemExit("set DATABASE_URL=postgres://... (a database of its own: the benchmark fills it)")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "WARNING"}
+    env = {"HL7_SENDERS": "BENCH_EHR^BENCH_HOSP@127.0.0.1:orders", **os.environ, "PYTHONUNBUFFERED": "1",
+           "LOG_LEVEL": "WARNING"}
     py = sys.executable
     subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")

@@ -8,11 +8,16 @@
   v2.5 and later ``ERR||<seg>^<seq>^<field>|<code>^<text>^HL70357|E||||<diagnostic>``;
   v2.3.1 and earlier ``ERR|<seg>^<seq>^<field>^<code>&<text>&HL70357``.
 * Built from whatever MSH was read (``parsing.read_msh``): a message whose body cannot be
-  parsed, or that has no MSH at all, still gets an AR.
+  parsed, or that has no MSH at all, still gets an AR.  When the received MSH-1/MSH-2 cannot
+  delimit anything (``MSH.has_valid_separators``), the ACK uses the standard ``|^~\\&``
+  (HL7 v2.5.1 section 2.5.4) and the values it echoes are escaped with them, so that the
+  sender can always parse the answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import uuid
 from datetime import UTC, datetime
 
@@ -37,6 +42,7 @@ TABLE_0357 = {
 }
 
 _DEFAULT_MSH = MSH()
+_ECHOED = ("msh_3", "msh_4", "msh_5", "msh_6", "msh_9", "msh_10", "msh_11", "msh_12", "msh_18")
 
 
 def new_control_id() -> str:
@@ -61,10 +67,25 @@ def _version_tuple(version: str) -> tuple[int, ...]:
         return (2, 5, 1)
 
 
+def with_standard_separators(msh: MSH) -> MSH:
+    """``msh`` re-expressed with ``|^~\\&``: the echoed values escaped, the trigger event kept
+    only when it is a plain code (it was read with separators that cannot be trusted)."""
+    trigger = msh.trigger_event if msh.trigger_event.isalnum() else ""
+    echoed = {name: escape(getattr(msh, name), _DEFAULT_MSH) for name in _ECHOED}
+    echoed["msh_9"] = f"{msh.message_code}^{trigger}" if trigger and msh.message_code.isalnum() else ""
+    # Processing ID, version and character set only when they are what their tables allow.
+    echoed["msh_11"] = msh.msh_11 if msh.msh_11.isalnum() else ""
+    echoed["msh_12"] = msh.msh_12 if re.fullmatch(r"\d+(\.\d+)*", msh.msh_12) else ""
+    echoed["msh_18"] = msh.msh_18 if msh.msh_18.upper() in CHARSETS else ""
+    return dataclasses.replace(_DEFAULT_MSH, **echoed)
+
+
 def build_ack(msh: MSH | None, ack_code: str, *, error_code: int | None = None, error_location: str = "",
               error_text: str = "", control_id: str | None = None, now: datetime | None = None) -> str:
     """The ACK message as text, segments ended by ``\\r``."""
     msh = msh or _DEFAULT_MSH
+    if not msh.has_valid_separators:
+        msh = with_standard_separators(msh)
     fs = msh.field_separator
     enc = msh.encoding_characters if len(msh.encoding_characters) >= 4 else "^~\\&"
     comp, sub = enc[0], enc[3]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.utils.html import format_html
 
-from hl7gateway.models import InboundMessage
+from hl7gateway.models import DeclaredSender, InboundMessage, InboundRefusal
 from hl7gateway.parsing import CHARSETS
 
 
@@ -67,6 +67,40 @@ class InboundMessageAdmin(admin.ModelAdmin):
         return False  # the log is evidence: read-only
 
     def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(DeclaredSender)
+class DeclaredSenderAdmin(admin.ModelAdmin):
+    """Who may send which HL7 messages from where (hl7gateway.senders; the listeners re-read the
+    list every HL7_SENDERS_REFRESH_SECONDS).  Senders declared in HL7_SENDERS are read-only here."""
+
+    list_display = ("sending_application", "sending_facility", "address", "may_send_orders", "may_send_patients",
+                    "may_send_merges", "enabled", "declared_in_environment")
+    list_filter = ("enabled", "declared_in_environment")
+    search_fields = ("sending_application", "sending_facility", "address")
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and obj.declared_in_environment:
+            return ("sending_application", "sending_facility", "address", "may_send_orders", "may_send_patients",
+                    "may_send_merges", "enabled", "declared_in_environment")
+        return ("declared_in_environment",)
+
+
+@admin.register(InboundRefusal)
+class InboundRefusalAdmin(admin.ModelAdmin):
+    """Refused inbound messages counted per source address and hour (the first
+    HL7_REFUSED_LOG_LIMIT of each are in the inbound log with status REFUSED)."""
+
+    list_display = ("hour", "source_address", "refused_count", "last_sending_application", "last_sending_facility",
+                    "last_message_type", "last_reason", "last_at")
+    search_fields = ("=source_address", "last_sending_application", "last_sending_facility")
+    date_hierarchy = "hour"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
 

@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class Hl7GatewayConfig(AppConfig):
     name = "hl7gateway"
     verbose_name = "HL7 interfaces"
+
+    def ready(self) -> None:
+        from hl7gateway import checks  # noqa: F401 - registers the system checks

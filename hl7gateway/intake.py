@@ -1,6 +1,9 @@
 """Inbound message handling: one MLLP payload in, one ACK out (persist before acknowledging).
 
-``handle_payload`` parses and maps the message (pure), then in ONE outermost transaction
+``handle_payload`` first asks the sender policy (``hl7gateway.senders``): a refused message is
+answered AR and kept in the log as REFUSED (or, past ``HL7_REFUSED_LOG_LIMIT`` an hour from one
+address, only counted in ``InboundRefusal``).  Then it counts the message's structure
+(``hl7gateway.limits``), parses and maps it (pure), and in ONE outermost transaction
 (``transaction.atomic(durable=True)``) checks the duplicate key (MSH-3, MSH-4, MSH-10), applies
 the commands through the ``ris`` services and stores the raw message with its ACK and effect.
 Only after the commit does the caller write the ACK.  When the database fails nothing is
@@ -13,9 +16,11 @@ import hashlib
 import logging
 import re
 
+from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 
+from hl7gateway import limits, refusals, senders
 from hl7gateway.acks import build_ack, encode_ack
 from hl7gateway.mapping import map_message
 from hl7gateway.models import InboundMessage
@@ -120,7 +125,8 @@ _INSERT_FIELDS = [f for f in InboundMessage._meta.concrete_fields if not f.prima
 _ORIGINAL_SQL = (
     f"SELECT id, content_sha256, ack FROM {InboundMessage._meta.db_table} "
     "WHERE sending_application = %s AND sending_facility = %s AND message_control_id = %s "
-    f"AND message_control_id <> '' AND replay_of_id IS NULL AND status <> '{InboundMessage.STATUS_COLLISION}' "
+    "AND message_control_id <> '' AND replay_of_id IS NULL "
+    f"AND status NOT IN ('{InboundMessage.STATUS_COLLISION}', '{InboundMessage.STATUS_REFUSED}') "
     "LIMIT 1 FOR UPDATE"
 )
 
@@ -135,20 +141,47 @@ def _find_original(msh: MSH) -> InboundMessage | None:
     return (InboundMessage.objects.select_for_update()
             .filter(sending_application=key[0], sending_facility=key[1], message_control_id=key[2],
                     replay_of__isnull=True)
-            .exclude(status=InboundMessage.STATUS_COLLISION)
+            .exclude(status__in=[InboundMessage.STATUS_COLLISION, InboundMessage.STATUS_REFUSED])
             .only("pk", "content_sha256", "ack").first())
+
+
+def _store_refusal(raw: bytes, msh: MSH | None, peer: str, error: HL7Error) -> bytes:
+    """AR for a message the sender policy refuses; kept whole up to the hourly limit per address."""
+    address = senders.address_of(peer)
+    header = msh or MSH()
+    with transaction.atomic(durable=True):
+        refused = refusals.count(address, msh, error.text)
+        if refused <= settings.HL7_REFUSED_LOG_LIMIT:
+            log.warning("message refused by the sender policy: AR sent",
+                        extra={"peer": peer, "sender": f"{header.msh_3}^{header.msh_4}",
+                               "message_type": header.message_type, "error_code": error.code})
+            row = _row(raw, msh, peer, hashlib.sha256(raw).hexdigest(), "")
+            return _finish(row, msh, "AR", InboundMessage.STATUS_REFUSED, error=error)
+    if refused == settings.HL7_REFUSED_LOG_LIMIT + 1:
+        log.warning("HL7_REFUSED_LOG_LIMIT reached: further refused messages from this address are only counted "
+                    "this hour", extra={"peer": peer, "limit": settings.HL7_REFUSED_LOG_LIMIT})
+    return encode_ack(build_ack(msh, "AR", error_code=error.code, error_location=error.location,
+                                error_text=error.text), msh)
 
 
 def _store_and_apply(raw: bytes, peer: str, replay_of: int | None = None) -> bytes:
     msh = read_msh(raw)
+    if peer and replay_of is None:
+        # The policy is about network senders: an operator's replay (monitoring.replay) or a
+        # message handed in by the process itself (no peer) is not one.
+        refusal = senders.check(msh, peer)
+        if refusal is not None:
+            return _store_refusal(raw, msh, peer, refusal)
     digest = hashlib.sha256(raw).hexdigest()
     commands: list = []
     parse_error: HL7Error | None = None
     charset = ""
     try:
-        parsed = parse(raw)
-        charset = parsed.charset
-        commands = map_message(parsed)
+        parse_error = limits.check(raw, msh)
+        if parse_error is None:
+            parsed = parse(raw)
+            charset = parsed.charset
+            commands = map_message(parsed)
     except HL7Error as exc:
         parse_error = exc
     with transaction.atomic(durable=True):

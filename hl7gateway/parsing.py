@@ -78,6 +78,17 @@ class MSH:
     msh_16: str = ""  # application acknowledgment type
     msh_18: str = ""  # character set
 
+    @cached_property
+    def has_valid_separators(self) -> bool:
+        """MSH-1 and MSH-2 usable as delimiters (HL7 v2.5.1 section 2.5.4, 2.14.9.1-2): one field
+        separator and four encoding characters (a fifth, the v2.7 truncation character, is
+        tolerated), each a printable non-alphanumeric ASCII character other than space, all
+        different.  Anything else cannot delimit fields, and cannot be echoed in an ACK."""
+        chars = self.field_separator + self.encoding_characters
+        return (len(self.field_separator) == 1 and len(self.encoding_characters) in (4, 5)
+                and len(set(chars)) == len(chars)
+                and all(33 <= ord(c) < 127 and not c.isalnum() for c in chars))
+
     @property
     def component_separator(self) -> str:
         return self.encoding_characters[:1] or "^"
@@ -257,7 +268,7 @@ def parse(raw: bytes) -> ParsedMessage:
     msh = read_msh(raw)
     if msh is None or not raw.lstrip().startswith(b"MSH"):
         raise HL7Error("message does not start with an MSH segment", code=100, location="MSH^1", ack_code="AR")
-    if msh.field_separator.isalnum() or len(msh.encoding_characters) < 4:
+    if not msh.has_valid_separators:
         raise HL7Error("MSH-1/MSH-2 separators are invalid", code=102, location="MSH^1^2", ack_code="AR")
     if not msh.msh_9:
         raise HL7Error("MSH-9 message type is missing", code=101, location="MSH^1^9", ack_code="AR")

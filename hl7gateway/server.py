@@ -2,11 +2,23 @@
 
 One thread per connection: messages of one connection are handled strictly in arrival order
 (one ACK written before the next frame is handled), connections run concurrently, each with
-its own database connection.  Limits (settings): ``HL7_MAX_FRAME_BYTES`` (larger: AR, then the
-connection is closed), ``HL7_IDLE_TIMEOUT_SECONDS`` (no byte for that long: closed),
-``HL7_MAX_CONNECTIONS`` (one more: closed at once, logged).  Bytes outside frames are skipped
-and logged.  ``port=0`` binds an ephemeral port, read back from ``server.port``.  With
-``reuse_port`` several processes listen on one port (SO_REUSEPORT; ``run_mllp --workers N``).
+its own database connection.  Limits (settings), so that no stranger can hold what the EHR
+needs (every read has a deadline for the whole message, every slot a cap per address):
+
+* ``HL7_MAX_FRAME_BYTES``: a larger frame is answered AR, then the connection is closed;
+* ``HL7_MESSAGE_DEADLINE_SECONDS``: from the first byte after the last complete frame (or after
+  connecting) to the end of the next frame -- junk outside frames included -- a message has
+  this long; a sender trickling bytes is cut at the deadline, not after its next byte (each
+  ``recv`` waits only for what is left of the deadline).  Writing an ACK has the same bound;
+* ``HL7_IDLE_TIMEOUT_SECONDS``: between messages, no byte for that long: closed;
+* ``HL7_MAX_CONNECTIONS_PER_ADDRESS`` and ``HL7_MAX_CONNECTIONS``: one connection more from
+  that source address, or in total, is closed at once and logged.  The counts are per
+  listener process (``--workers N`` gives each process its own).
+
+Bytes outside frames are skipped and logged; up to ``STRAY_LINE_ENDS`` line ends after a frame
+do not start the deadline (senders that end frames with CR LF or put LF between them).
+``port=0`` binds an ephemeral port, read back from ``server.port``.  With ``reuse_port``
+several processes listen on one port (SO_REUSEPORT; ``run_mllp --workers N``).
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from django.conf import settings
@@ -21,21 +34,27 @@ from django.db import connections
 
 from hl7gateway import intake
 from hl7gateway.mllp import FrameTooLarge, MLLPDecoder, frame
+from hl7gateway.senders import source_address
 
 log = logging.getLogger("hl7gateway.server")
 
 RECV_BYTES = 65536
+#: Line ends (CR, LF) outside frames after a frame that do not start the message deadline.
+STRAY_LINE_ENDS = 4
 
 
 class MLLPServer:
     def __init__(self, host: str | None = None, port: int | None = None, *, max_frame_bytes: int | None = None,
                  idle_timeout: float | None = None, max_connections: int | None = None,
+                 max_connections_per_address: int | None = None, message_deadline: float | None = None,
                  handler: Callable[[bytes, str], bytes] | None = None, reuse_port: bool = False,
                  sock: socket.socket | None = None):
         self.host = settings.HL7_MLLP_HOST if host is None else host
         self.max_frame_bytes = max_frame_bytes or settings.HL7_MAX_FRAME_BYTES
         self.idle_timeout = idle_timeout or settings.HL7_IDLE_TIMEOUT_SECONDS
         self.max_connections = max_connections or settings.HL7_MAX_CONNECTIONS
+        self.max_connections_per_address = max_connections_per_address or settings.HL7_MAX_CONNECTIONS_PER_ADDRESS
+        self.message_deadline = message_deadline or settings.HL7_MESSAGE_DEADLINE_SECONDS
         self.handler = handler or intake.handle_payload
         if sock is None:
             sock = listening_socket(self.host, settings.HL7_MLLP_PORT if port is None else port, reuse_port=reuse_port)
@@ -44,9 +63,11 @@ class MLLPServer:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._conns: dict[int, socket.socket] = {}
+        self._per_address: dict[str, int] = {}
         self._threads: set[threading.Thread] = set()
         self._accept_thread: threading.Thread | None = None
-        self.stats = {"connections": 0, "refused": 0, "messages": 0, "junk_bytes": 0}
+        self.stats = {"connections": 0, "refused": 0, "refused_per_address": 0, "deadline_cuts": 0, "messages": 0,
+                      "junk_bytes": 0}
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> MLLPServer:
@@ -91,39 +112,59 @@ class MLLPServer:
 
     # -- connections ----------------------------------------------------------------------
     def _admit(self, conn: socket.socket, addr) -> None:
+        address = source_address(addr[0])
         peer = f"{addr[0]}:{addr[1]}"
         with self._lock:
-            if len(self._conns) >= self.max_connections:
-                self.stats["refused"] += 1
-                log.warning("connection refused: HL7_MAX_CONNECTIONS reached",
-                            extra={"peer": peer, "max_connections": self.max_connections})
+            held = self._per_address.get(address, 0)
+            if len(self._conns) >= self.max_connections or held >= self.max_connections_per_address:
+                per_address = held >= self.max_connections_per_address
+                self.stats["refused_per_address" if per_address else "refused"] += 1
+                log.warning("connection refused: HL7_MAX_CONNECTIONS_PER_ADDRESS reached" if per_address
+                            else "connection refused: HL7_MAX_CONNECTIONS reached",
+                            extra={"peer": peer, "held_by_address": held, "open": len(self._conns)})
                 conn.close()
                 return
             self._conns[id(conn)] = conn
+            self._per_address[address] = held + 1
             self.stats["connections"] += 1
-            t = threading.Thread(target=self._serve_connection, args=(conn, peer), name=f"mllp-{peer}", daemon=True)
+            t = threading.Thread(target=self._serve_connection, args=(conn, peer, address), name=f"mllp-{peer}",
+                                 daemon=True)
             self._threads.add(t)
         t.start()
 
-    def _serve_connection(self, conn: socket.socket, peer: str) -> None:
-        conn.settimeout(self.idle_timeout)
+    def _serve_connection(self, conn: socket.socket, peer: str, address: str) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         decoder = MLLPDecoder(self.max_frame_bytes)
         log.info("connection opened", extra={"peer": peer})
+        started: float | None = None  # monotonic time of the first byte of the message under way
+        stray = 0  # line-end bytes received outside frames since the last complete frame
         try:
             while not self._stopping.is_set():
+                if started is None:
+                    conn.settimeout(self.idle_timeout)
+                else:
+                    left = started + self.message_deadline - time.monotonic()
+                    if left <= 0:
+                        self._cut(peer, decoder)
+                        break
+                    conn.settimeout(left)
                 try:
                     data = conn.recv(RECV_BYTES)
                 except TimeoutError:
-                    log.info("idle timeout: connection closed", extra={"peer": peer, "seconds": self.idle_timeout})
+                    if started is None:
+                        log.info("idle timeout: connection closed", extra={"peer": peer, "seconds": self.idle_timeout})
+                    else:
+                        self._cut(peer, decoder)
                     break
                 except OSError:
                     break
+                received_at = time.monotonic()
                 if not data:
                     if decoder.partial is not None:
                         log.warning("peer closed inside a frame: truncated message discarded, not acknowledged",
                                     extra={"peer": peer, "bytes": len(decoder.partial)})
                     break
+                junk_before = decoder.junk_bytes
                 try:
                     payloads = decoder.feed(data)
                 except FrameTooLarge as exc:
@@ -134,6 +175,17 @@ class MLLPServer:
                     self._send(conn, peer, intake.handle_oversize(exc.head, exc.size, exc.limit, peer))
                     break
                 self._log_junk(decoder, peer)
+                if payloads:
+                    # A frame completed: the next message's deadline starts with its first byte
+                    # (already here when another frame began in this read).
+                    started = received_at if decoder.in_frame else None
+                    stray = 0
+                elif started is None:
+                    junk = decoder.junk_bytes - junk_before
+                    if not decoder.in_frame and not data.strip(b"\r\n") and stray + junk <= STRAY_LINE_ENDS:
+                        stray += junk  # a line end after a frame, as some senders write: not a message
+                    else:
+                        started = received_at
                 if not self._answer(conn, peer, payloads):
                     break
         finally:
@@ -142,9 +194,18 @@ class MLLPServer:
             finally:
                 with self._lock:
                     self._conns.pop(id(conn), None)
+                    held = self._per_address.pop(address, 1) - 1
+                    if held > 0:
+                        self._per_address[address] = held
                     self._threads.discard(threading.current_thread())
                 connections.close_all()
                 log.info("connection closed", extra={"peer": peer})
+
+    def _cut(self, peer: str, decoder: MLLPDecoder) -> None:
+        self.stats["deadline_cuts"] += 1
+        log.warning("message not complete within HL7_MESSAGE_DEADLINE_SECONDS: discarded, connection closed",
+                    extra={"peer": peer, "seconds": self.message_deadline,
+                           "bytes": len(decoder.partial or b"")})
 
     def _answer(self, conn: socket.socket, peer: str, payloads: list[bytes]) -> bool:
         for payload in payloads:
@@ -156,6 +217,7 @@ class MLLPServer:
 
     def _send(self, conn: socket.socket, peer: str, ack: bytes) -> bool:
         try:
+            conn.settimeout(self.message_deadline)  # a peer that does not read its ACKs holds no slot longer
             conn.sendall(frame(ack))
             return True
         except OSError as exc:

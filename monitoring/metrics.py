@@ -15,7 +15,7 @@ from django.utils import timezone
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
-from hl7gateway.models import InboundMessage, OutboundAttempt, OutboundMessage
+from hl7gateway.models import OutboundAttempt, OutboundMessage
 from monitoring import selectors
 from monitoring.models import Alarm, AlarmRule
 from pacs.models import Transfer
@@ -36,7 +36,7 @@ class DatabaseCollector:
         last_in = GaugeMetricFamily("pacs_hl7_inbound_last_message_timestamp_seconds",
                                     "time of the last HL7 message received from the sender", labels=["sender"])
         per_sender: dict[str, float] = {}
-        for r in (InboundMessage.objects.values("sending_application", "sending_facility", "ack_code")
+        for r in (selectors.admitted_inbound().values("sending_application", "sending_facility", "ack_code")
                   .annotate(n=Count("id"), last=Max("received_at"))):
             key = selectors.sender_key(r["sending_application"], r["sending_facility"])
             inbound.add_metric([key, r["ack_code"] or "none"], r["n"])
@@ -45,6 +45,12 @@ class DatabaseCollector:
             last_in.add_metric([key], ts)
         yield inbound
         yield last_in
+        # Refused by the sender policy: not the named sender's traffic, and without labels, so that
+        # made-up MSH-3 values or addresses cannot multiply the series.
+        refused = CounterMetricFamily("pacs_hl7_inbound_refused_messages",
+                                      "HL7 messages refused by the sender policy (undeclared sender, type not granted)")
+        refused.add_metric([], selectors.inbound_refused_total())
+        yield refused
 
         outbound = CounterMetricFamily("pacs_hl7_outbound_messages", "ORU messages queued, by destination and status",
                                        labels=["destination", "status"])

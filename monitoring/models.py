@@ -22,6 +22,7 @@ ERROR_RATE = "error_rate"
 UNMATCHED_STUDY = "unmatched_study"
 TRANSFER_FAILED = "transfer_failed"
 DICOM_REFUSED = "dicom_refused"
+HL7_REFUSED = "hl7_refused"
 KIND_CHOICES = [
     (INBOUND_SILENCE, "no inbound HL7 from a sender for longer than N minutes"),
     (OUTBOUND_BACKLOG, "outbound HL7 backlog: oldest undelivered message older than N minutes"),
@@ -29,6 +30,7 @@ KIND_CHOICES = [
     (UNMATCHED_STUDY, "an unmatched study older than N minutes"),
     (TRANSFER_FAILED, "a VNA transfer failed"),
     (DICOM_REFUSED, "DICOM associations refused from a source address (not a declared node) within N minutes"),
+    (HL7_REFUSED, "inbound HL7 refused (undeclared sender, or a type not granted) within the last N minutes"),
 ]
 
 # What the interface key of each kind names (empty: every interface of the kind, one alarm each).
@@ -37,7 +39,8 @@ INTERFACE_KEY_HELP = (
     "outbound_backlog: ORU destination name; "
     "error_rate: hl7:APP^FACILITY, oru:destination or dicom:CALLING_AE; "
     "unmatched_study: calling AE title; transfer_failed: VNA destination name; "
-    "dicom_refused: source IP address. "
+    "dicom_refused: source IP address; "
+    "hl7_refused: the source address. "
     "Empty = each interface of the kind separately."
 )
 

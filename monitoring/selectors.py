@@ -5,6 +5,8 @@ operator's console read the same functions, so a number means the same everywher
 Interfaces and their keys:
 
 - inbound HL7 per sender: ``"MSH-3^MSH-4"`` (``InboundMessage``; errors = AE/AR answered);
+  messages the sender policy refused are not the sender's traffic (anyone can write any MSH-3)
+  and count apart, per source address (``InboundRefusal``, ``inbound_refusals``);
 - outbound HL7 per destination: the destination name (``OutboundMessage``/``OutboundAttempt``;
   errors = attempts that did not end in AA; queue = PENDING and FAILED rows);
 - DICOM per calling AE title (``monitoring.DicomOperation``, counted by the DIMSE handlers;
@@ -26,7 +28,7 @@ from django.db.models import Count, Max, Min, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from hl7gateway.models import InboundMessage
+from hl7gateway.models import InboundMessage, InboundRefusal
 from hl7gateway.models.outbound import FAILED as ORU_FAILED
 from hl7gateway.models.outbound import PENDING as ORU_PENDING
 from hl7gateway.models.outbound import OutboundAttempt, OutboundDestination, OutboundMessage
@@ -74,6 +76,11 @@ def _age_seconds(since: dt.datetime | None, now: dt.datetime) -> float | None:
 
 # --- inbound HL7, per sender ---------------------------------------------------------------
 
+def admitted_inbound():
+    """Inbound messages of the declared or admitted senders (not the ones refused by the policy)."""
+    return InboundMessage.objects.exclude(status=InboundMessage.STATUS_REFUSED)
+
+
 def sender_key(sending_application: str, sending_facility: str) -> str:
     return f"{sending_application}^{sending_facility}"
 
@@ -86,21 +93,21 @@ def _split_sender(key: str) -> tuple[str, str]:
 def inbound_last_message_at(key: str) -> dt.datetime | None:
     """Time of the last message received from the sender ``APP^FACILITY``."""
     app, facility = _split_sender(key)
-    return (InboundMessage.objects.filter(sending_application=app, sending_facility=facility)
+    return (admitted_inbound().filter(sending_application=app, sending_facility=facility)
             .aggregate(last=Max("received_at"))["last"])
 
 
 def inbound_senders() -> list[str]:
     """Every sender key ever seen."""
-    rows = InboundMessage.objects.values_list("sending_application", "sending_facility").distinct()
+    rows = admitted_inbound().values_list("sending_application", "sending_facility").distinct()
     return sorted(sender_key(a, f) for a, f in rows)
 
 
 def inbound_error_counts(key: str, since: dt.datetime) -> tuple[int, int]:
     """(errors, total) of messages from the sender since ``since``; errors = AE/AR answered."""
     app, facility = _split_sender(key)
-    agg = InboundMessage.objects.filter(sending_application=app, sending_facility=facility,
-                                        received_at__gte=since).aggregate(
+    agg = admitted_inbound().filter(sending_application=app, sending_facility=facility,
+                             received_at__gte=since).aggregate(
         total=Count("id"), errors=Count("id", filter=Q(ack_code__in=HL7_ERROR_ACKS)))
     return agg["errors"], agg["total"]
 
@@ -112,7 +119,7 @@ def inbound_interfaces(now: dt.datetime | None = None) -> list[dict]:
     """
     now = _now(now)
     since = hour_buckets(now)[0]
-    base = InboundMessage.objects.filter(received_at__gte=since)
+    base = admitted_inbound().filter(received_at__gte=since)
     hourly = (base.annotate(hour=TruncHour("received_at", tzinfo=dt.UTC))
               .values("sending_application", "sending_facility", "hour").annotate(n=Count("id")))
     series = _series(({"key": sender_key(r["sending_application"], r["sending_facility"]), "hour": r["hour"],
@@ -121,7 +128,7 @@ def inbound_interfaces(now: dt.datetime | None = None) -> list[dict]:
     for r in base.values("sending_application", "sending_facility", "ack_code").annotate(n=Count("id")):
         acks[sender_key(r["sending_application"], r["sending_facility"])][r["ack_code"] or "-"] = r["n"]
     last = {sender_key(r["sending_application"], r["sending_facility"]): r["last"] for r in
-            InboundMessage.objects.values("sending_application", "sending_facility").annotate(last=Max("received_at"))}
+            admitted_inbound().values("sending_application", "sending_facility").annotate(last=Max("received_at"))}
     out = []
     for key in sorted(last):
         codes = acks.get(key, {})
@@ -131,6 +138,26 @@ def inbound_interfaces(now: dt.datetime | None = None) -> list[dict]:
             "errors_24h": sum(n for code, n in codes.items() if code in HL7_ERROR_ACKS),
             "queue_depth": 0, "oldest_age_seconds": None,
         })
+    return out
+
+
+def inbound_refused_total() -> int:
+    """Inbound messages refused by the sender policy, all addresses, ever (counted per hour)."""
+    return InboundRefusal.objects.aggregate(n=Sum("refused_count"))["n"] or 0
+
+
+def inbound_refusals(since: dt.datetime, address: str = "") -> dict[str, dict]:
+    """Per source address: inbound messages refused by the sender policy in the hours that had
+    one since ``since`` (counted per hour by hl7gateway), with the last sender, type and reason."""
+    rows = InboundRefusal.objects.filter(last_at__gte=since)
+    if address:
+        rows = rows.filter(source_address=address)
+    out: dict[str, dict] = {}
+    for row in rows.order_by("last_at"):
+        entry = out.setdefault(row.source_address, {"count": 0})
+        entry.update(count=entry["count"] + row.refused_count, last_at=row.last_at,
+                     sender=sender_key(row.last_sending_application, row.last_sending_facility),
+                     message_type=row.last_message_type, reason=row.last_reason)
     return out
 
 

@@ -31,6 +31,7 @@ from monitoring import selectors
 from monitoring.models import (
     DICOM_REFUSED,
     ERROR_RATE,
+    HL7_REFUSED,
     INBOUND_SILENCE,
     OUTBOUND_BACKLOG,
     TRANSFER_FAILED,
@@ -125,6 +126,14 @@ def conditions(rule: AlarmRule, now: dt.datetime) -> dict[str, Condition]:
             out[address] = Condition(r["count"] >= max(rule.min_count, 1), float(r["count"]),
                                      f"{r['count']} DICOM association(s) refused from {address} "
                                      f"({r['reason']}, last calling AE {r['calling_ae_title'] or '-'})")
+    elif rule.kind == HL7_REFUSED:
+        refused = selectors.inbound_refusals(now - dt.timedelta(minutes=limit), rule.interface_key)
+        for key in {rule.interface_key} if rule.interface_key else set(refused):
+            seen = refused.get(key)
+            count = seen["count"] if seen else 0
+            detail = f"; last: {seen['sender']} {seen['message_type']}: {seen['reason']}"[:300] if seen else ""
+            out[key] = Condition(count >= max(rule.min_count, 1), float(count),
+                                 f"{count} HL7 message(s) from {key} refused in {limit} min{detail}")
     return out
 
 

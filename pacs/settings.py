@@ -159,7 +159,26 @@ HL7_MLLP_PORT = env_int("HL7_MLLP_PORT", 2575, minimum=0, maximum=65535)
 HL7_MAX_FRAME_BYTES = env_int("HL7_MAX_FRAME_BYTES", 16 * 1024 * 1024, minimum=1024)
 HL7_IDLE_TIMEOUT_SECONDS = env_float("HL7_IDLE_TIMEOUT_SECONDS", 300.0, minimum=1.0)
 HL7_MAX_CONNECTIONS = env_int("HL7_MAX_CONNECTIONS", 100, minimum=1)
+# Connections one source address may hold at once (idle ones included), and the time a whole
+# message may take to arrive once its first byte came (a slow sender is cut at this deadline).
+HL7_MAX_CONNECTIONS_PER_ADDRESS = env_int("HL7_MAX_CONNECTIONS_PER_ADDRESS", 8, minimum=1)
+HL7_MESSAGE_DEADLINE_SECONDS = env_float("HL7_MESSAGE_DEADLINE_SECONDS", 60.0, minimum=0.1)
+# Structure one message may carry (hl7gateway.limits): more is answered AR before parsing.
+HL7_MAX_SEGMENTS = env_int("HL7_MAX_SEGMENTS", 1000, minimum=10)
+HL7_MAX_ORDER_GROUPS = env_int("HL7_MAX_ORDER_GROUPS", 50, minimum=1)
+HL7_MAX_PID3_REPETITIONS = env_int("HL7_MAX_PID3_REPETITIONS", 20, minimum=1)
 HL7_DEFAULT_CHARSET = env_choice("HL7_DEFAULT_CHARSET", "UNICODE UTF-8", {"UNICODE UTF-8", "8859/1", "ASCII"})
+# Declared senders (hl7gateway.senders; also in the admin): APP^FACILITY@address-or-CIDR[:kinds],...
+# kinds orders+patients+merges.  Undeclared senders are admitted only from HL7_UNDECLARED_SENDERS_FROM
+# (addresses or CIDR networks; "none": from nowhere).  The declared senders are re-read every
+# HL7_SENDERS_REFRESH_SECONDS; refused messages past HL7_REFUSED_LOG_LIMIT per address and hour
+# are only counted.
+HL7_SENDERS = env_str("HL7_SENDERS", "")
+HL7_UNDECLARED_SENDERS_FROM = env_list("HL7_UNDECLARED_SENDERS_FROM", ["127.0.0.1", "::1"])
+if [e.lower() for e in HL7_UNDECLARED_SENDERS_FROM] == ["none"]:
+    HL7_UNDECLARED_SENDERS_FROM = []
+HL7_SENDERS_REFRESH_SECONDS = env_float("HL7_SENDERS_REFRESH_SECONDS", 10.0, minimum=0.0)
+HL7_REFUSED_LOG_LIMIT = env_int("HL7_REFUSED_LOG_LIMIT", 100, minimum=0)
 HL7_RECEIVING_APPLICATION = env_str("HL7_RECEIVING_APPLICATION", "PACS")
 HL7_RECEIVING_FACILITY = env_str("HL7_RECEIVING_FACILITY", "RADIOLOGY")
 # ORM^O01 has no station AE title (OMI has IPC-9): site rule MODALITY=AE,... e.g. "CT=CT1,MR=MR1".

@@ -31,6 +31,16 @@ def dcmtk_tool(name: str) -> str:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _fresh_declared_senders():
+    """Each test reads the declared HL7 senders afresh (its own database rows and settings)."""
+    from hl7gateway import senders
+
+    senders.reset()
+    yield
+    senders.reset()
+
+
 @pytest.fixture
 def tmp_var(tmp_path, settings):
     """A private var/ (storage) directory for one test."""

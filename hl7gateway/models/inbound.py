@@ -15,7 +15,9 @@ class InboundMessage(models.Model):
     STATUS_ERROR = "ERROR"  # AE sent: application error (unknown order, missing field ...)
     STATUS_REJECTED = "REJECTED"  # AR sent: unsupported type/version, unparseable
     STATUS_COLLISION = "COLLISION"  # same (MSH-3, MSH-4, MSH-10) as an earlier message, other content
-    STATUS_CHOICES = [(s, s) for s in (STATUS_APPLIED, STATUS_ERROR, STATUS_REJECTED, STATUS_COLLISION)]
+    STATUS_REFUSED = "REFUSED"  # AR sent: undeclared sender or a type not granted (hl7gateway.senders)
+    STATUS_CHOICES = [(s, s) for s in (STATUS_APPLIED, STATUS_ERROR, STATUS_REJECTED, STATUS_COLLISION,
+                                       STATUS_REFUSED)]
 
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
     peer = models.CharField(max_length=64, blank=True, help_text="remote address:port")
@@ -45,10 +47,12 @@ class InboundMessage(models.Model):
 
     class Meta:
         constraints = [
-            # The duplicate key (shared reference section 2): one original per key.
+            # The duplicate key (shared reference section 2): one original per key.  A refused
+            # message holds no key: once its sender is declared, the resend is applied.
             models.UniqueConstraint(
                 fields=["sending_application", "sending_facility", "message_control_id"],
-                condition=~Q(status="COLLISION") & ~Q(message_control_id="") & Q(replay_of__isnull=True),
+                condition=~Q(status__in=["COLLISION", "REFUSED"]) & ~Q(message_control_id="")
+                & Q(replay_of__isnull=True),
                 name="uniq_inbound_msh_key",
             )
         ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from pathlib import Path
 
 import hl7
@@ -20,6 +22,21 @@ def with_control_id(raw: bytes, control_id: str) -> bytes:
     fields = msh.split(b"|")
     fields[9] = control_id.encode()
     return b"|".join(fields) + tail
+
+
+_orders = itertools.count(1)
+
+
+def new_order(control_id: str) -> bytes:
+    """epic_orm_o01_nw.hl7 as a new order: its own MSH-10, placer number, accession numbers,
+    procedure and step IDs and Study Instance UIDs (unique across test processes)."""
+    n = next(_orders) + os.getpid() % 1000 * 1000
+    raw = with_control_id(fixture("epic_orm_o01_nw.hl7"), control_id)
+    for old, new in ((b"P10001^", f"PM{n}^"), (b"EA100001", f"EM{n}A"), (b"EA100002", f"EM{n}B"),
+                     (b"RP100001", f"RPM{n}A"), (b"RP100002", f"RPM{n}B"), (b"SPS100001", f"SPM{n}A"),
+                     (b"SPS100002", f"SPM{n}B"), (b".1234.1001", f".1234.9{n}1"), (b".1234.1002", f".1234.9{n}2")):
+        raw = raw.replace(old, new.encode())
+    return raw
 
 
 def unframe(data: bytes) -> bytes:

@@ -33,7 +33,8 @@ def test_order_sent_over_mllp_is_visible_in_admin(admin_client):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("query", ["EPC000101", "EPIC", "E1000001", "EA100002", "ORM^O01", "APPLIED"])
-def test_message_log_search(admin_client, query):
+def test_message_log_search(admin_client, settings, query):
+    settings.HL7_SENDERS = "EPIC^SYNTH_HOSP@10.0.0.1,CERNER^SYNTH_MED_CTR@10.0.0.2"
     handle_payload(fixture("epic_orm_o01_nw.hl7"), "10.0.0.1:5000")
     handle_payload(fixture("cerner_adt_a04.hl7"), "10.0.0.2:5000")
     page = admin_client.get("/admin/hl7gateway/inboundmessage/", {"q": query}).content.decode()

@@ -16,27 +16,12 @@ import pytest
 from hl7.client import MLLPClient
 
 from hl7gateway.models import InboundMessage
-from hl7gateway.server import MLLPServer
 from ris.models import Order, RequestedProcedure, ScheduledProcedureStep
 from tests.hl7gateway.intake_helpers import ack_fields, fixture, recv_frame, unframe, with_control_id
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def listener():
-    servers = []
-
-    def start(**kwargs) -> MLLPServer:
-        server = MLLPServer("127.0.0.1", 0, **kwargs).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def send(port: int, raw: bytes) -> dict:
@@ -182,7 +167,7 @@ def test_idle_timeout_and_connection_cap(listener):
 
 
 def test_twenty_concurrent_connections_every_order_once(listener):
-    server = listener()
+    server = listener(max_connections_per_address=20)  # twenty senders, all on 127.0.0.1 here
     per_conn, n_conn = 10, 20
     results: dict[int, list[str]] = {}
     errors = []

@@ -5,9 +5,7 @@ Messages go through the real intake (hl7gateway.intake.handle_payload)."""
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import logging
-import os
 
 import pytest
 from django.utils import timezone
@@ -17,7 +15,7 @@ from hl7gateway.models import InboundMessage
 from monitoring import services
 from monitoring.models import ERROR_RATE, INBOUND_SILENCE, Alarm
 from tests.conftest import free_port
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
+from tests.hl7gateway.intake_helpers import ack_fields, new_order
 from tests.monitoring.helpers import WebhookSink, mail_settings_fixture, rule, webhook_fixture  # noqa: F401
 
 pytestmark = pytest.mark.django_db
@@ -25,18 +23,9 @@ pytestmark = pytest.mark.django_db
 SENDER = "EPIC^SYNTH_HOSP"
 
 
-_seq = itertools.count(1)
-
-
 def order(control_id: str) -> bytes:
     """A new order (its own placer number, accessions and Study UIDs) from EPIC^SYNTH_HOSP."""
-    n = next(_seq) + os.getpid() % 1000 * 1000
-    raw = with_control_id(fixture("epic_orm_o01_nw.hl7"), control_id)
-    for old, new in ((b"P10001^", f"PM{n}^"), (b"EA100001", f"EM{n}A"), (b"EA100002", f"EM{n}B"),
-                     (b"RP100001", f"RPM{n}A"), (b"RP100002", f"RPM{n}B"), (b"SPS100001", f"SPM{n}A"),
-                     (b"SPS100002", f"SPM{n}B"), (b".1234.1001", f".1234.9{n}1"), (b".1234.1002", f".1234.9{n}2")):
-        raw = raw.replace(old, new.encode())
-    return raw
+    return new_order(control_id)
 
 
 def unsupported(control_id: str) -> bytes:

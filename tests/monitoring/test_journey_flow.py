@@ -13,7 +13,7 @@ import re
 from unittest import mock
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 from pydicom import dcmread
 from pynetdicom import AE
@@ -48,7 +48,8 @@ ACCESSION = "EA100001"
 
 
 def _order_then_mwl(engine, tmp_path):
-    ack = handle_payload(with_control_id(fixture("epic_orm_o01_nw.hl7"), "JRN-0001"), peer="10.1.1.1:40000")
+    with override_settings(HL7_SENDERS="EPIC^SYNTH_HOSP@10.1.1.1"):  # a declared sender
+        ack = handle_payload(with_control_id(fixture("epic_orm_o01_nw.hl7"), "JRN-0001"), peer="10.1.1.1:40000")
     assert ack_fields(ack)["msa_1"] == "AA"
     rp = RequestedProcedure.objects.get(accession_number=ACCESSION)
     proc, items = findscu(engine, [f"AccessionNumber={ACCESSION}", "ScheduledProcedureStepSequence"],

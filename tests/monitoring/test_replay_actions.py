@@ -5,7 +5,7 @@ the outbox's retry; administrators only, a reason required, every action recorde
 from __future__ import annotations
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 
 from hl7gateway import outbox
 from hl7gateway.intake import handle_payload
@@ -29,7 +29,8 @@ def admin(client):
 
 def _failed_cancel() -> InboundMessage:
     """A cancel (ORC-1 CA) received before its order: answered AE, stored as ERROR."""
-    ack = handle_payload(with_control_id(fixture("epic_orm_o01_ca.hl7"), "RPL-CA-1"), peer="10.0.0.9:5000")
+    with override_settings(HL7_SENDERS="EPIC^SYNTH_HOSP@10.0.0.9"):  # a declared sender
+        ack = handle_payload(with_control_id(fixture("epic_orm_o01_ca.hl7"), "RPL-CA-1"), peer="10.0.0.9:5000")
     assert ack_fields(ack)["msa_1"] == "AE"
     return InboundMessage.objects.get(message_control_id="RPL-CA-1")
 
