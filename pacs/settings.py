@@ -192,6 +192,9 @@ DICOM_DB_CONNECTIONS = env_int("DICOM_DB_CONNECTIONS", 8, minimum=1)
 # --- Images and the VNA --------------------------------------------------------------------
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
 STUDY_QUIET_PERIOD_SECONDS = env_int("STUDY_QUIET_PERIOD_SECONDS", 60, minimum=1)
+# A C-STORE of a stored SOP Instance UID with other content (pacs.services.resends): "keep" the
+# stored version, "replace" it, or "reject" the resend; an identical resend is always Success.
+STORE_OVERWRITE_POLICY = env_choice("STORE_OVERWRITE_POLICY", "keep", {"keep", "replace", "reject"})
 VNA_DESTINATIONS = env_str("VNA_DESTINATIONS", "")
 for _entry in [e.strip() for e in VNA_DESTINATIONS.split(",") if e.strip()]:
     # Same forms as pacs.services.routing.parse_destinations; a bad entry is reported as pacs.E001.

@@ -20,7 +20,8 @@ Behaviour (listed in docs/dicom-conformance.md):
 - P-DATA-TF: the command set, then the data set if any, per presentation context; a PDV on a
   context not accepted, a malformed PDU or command set aborts (A-ABORT, provider).
 - C-ECHO, C-FIND (with C-CANCEL read between answers), C-STORE (data set streamed to a file
-  in the store's incoming directory, never held in memory), N-CREATE, N-SET, N-EVENT-REPORT:
+  in the store's incoming directory, never held in memory, its SHA-256 computed on the way),
+  N-CREATE, N-SET, N-EVENT-REPORT:
   to the service handlers of ``pacs.dimse.server``; a command no handler serves on that
   context is answered with its response and 0x0211 (unrecognized operation).
 - A-RELEASE-RQ answered A-RELEASE-RP; A-ABORT or a closed connection ends the association;
@@ -29,6 +30,7 @@ Behaviour (listed in docs/dicom-conformance.md):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -139,6 +141,7 @@ class Event:
         self.dataset_path = dataset_path
         self.receive_error: OSError | None = None  # the data set could not be written (C-STORE)
         self.dataset_head = b""  # C-STORE: the first HEAD_BYTES of the data set, also in memory
+        self.dataset_sha256 = ""  # C-STORE: SHA-256 (hex) of the data set as received (PS3.7 6.3.1)
         self._decoded = None
 
     def _dataset(self):
@@ -178,6 +181,7 @@ class Association:
         self._cancelled: set[int] = set()
         self._aborted = False
         self.dataset_head = b""
+        self.dataset_sha256 = ""
 
     # ----------------------------------------------------------------- transport
     def send(self, data: bytes) -> None:
@@ -333,6 +337,7 @@ class Association:
                             sink[2] += fragment[:HEAD_BYTES - len(sink[2])]
                         try:
                             sink[0].write(fragment)
+                            sink[3].update(fragment)
                             storage.start_writeback(sink[0].fileno())
                         except OSError as exc:
                             receive_error = exc
@@ -343,6 +348,7 @@ class Association:
                     if is_last:
                         if sink is not None:
                             path, self.dataset_head = sink[1], bytes(sink[2])
+                            self.dataset_sha256 = sink[3].hexdigest()
                             try:
                                 sink[0].close()
                             except OSError as exc:
@@ -373,7 +379,7 @@ class Association:
             fh.close()
             _remove(path)
             raise
-        return [fh, path, bytearray()]
+        return [fh, path, bytearray(), hashlib.sha256()]
 
     def is_cancelled(self, message_id) -> bool:
         """Has the peer sent C-CANCEL for ``message_id`` (or aborted)?  Reads what has arrived
@@ -439,6 +445,7 @@ class Association:
         event.receive_error = receive_error
         if dataset_path is not None:
             event.dataset_head, self.dataset_head = self.dataset_head, b""
+            event.dataset_sha256, self.dataset_sha256 = self.dataset_sha256, ""
         try:
             if name == "C-FIND":
                 self._serve_find(handler, event)
