@@ -106,6 +106,20 @@ def test_identical_resend_is_success_and_changes_nothing(engine, store_dir, tmp_
     assert not list((store_dir / ".incoming").iterdir())
 
 
+def test_row_stored_before_digests_compares_with_its_file(engine, store_dir, tmp_path):
+    """An instance indexed before the digest column (empty): the stored file's data set is hashed."""
+    first, second = versions(tmp_path, patient_name="SECOND^PATIENT")
+    instance, raw = stored_first(engine, store_dir, first)
+    Instance.objects.filter(pk=instance.pk).update(dataset_sha256="")
+    proc = storescu(port(engine), [first])
+    assert store_status(proc) == ["Success"], proc.stdout + proc.stderr
+    assert not StoreConflict.objects.exists()
+    proc = storescu(port(engine), [second])
+    assert store_status(proc) == ["Success"], proc.stdout + proc.stderr
+    assert StoreConflict.objects.get().stored_sha256 == storage.data_set_sha256(store_dir / instance.path)
+    assert (store_dir / instance.path).read_bytes() == raw
+
+
 def test_other_content_kept_by_default_recorded_and_shown(engine, store_dir, tmp_path, settings, client):
     assert settings.STORE_OVERWRITE_POLICY == "keep"
     first, second = versions(tmp_path, patient_name="SECOND^PATIENT")
