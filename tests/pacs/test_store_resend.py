@@ -75,6 +75,14 @@ def snapshot(instance: Instance) -> dict:
     return {**row, "study": Study.objects.filter(pk=row["study_id"]).values().get()}
 
 
+def assert_no_patient_values_logged(caplog, *values):
+    """No log record, message or extra field, carries a patient value."""
+    assert caplog.records
+    for record in caplog.records:
+        text = repr(record.__dict__)
+        assert not [v for v in values if v in text], record.__dict__
+
+
 def login(client, name, *roles):
     user = User.objects.create_user(name, password="pw-For-Tests-1")
     for role in roles:
@@ -120,7 +128,8 @@ def test_row_stored_before_digests_compares_with_its_file(engine, store_dir, tmp
     assert (store_dir / instance.path).read_bytes() == raw
 
 
-def test_other_content_kept_by_default_recorded_and_shown(engine, store_dir, tmp_path, settings, client):
+def test_other_content_kept_by_default_recorded_and_shown(engine, store_dir, tmp_path, settings, client, caplog):
+    caplog.set_level("DEBUG")
     assert settings.STORE_OVERWRITE_POLICY == "keep"
     first, second = versions(tmp_path, patient_name="SECOND^PATIENT")
     instance, raw = stored_first(engine, store_dir, first)
@@ -140,6 +149,8 @@ def test_other_content_kept_by_default_recorded_and_shown(engine, store_dir, tmp
     assert (by_keyword["PatientName"]["stored"], by_keyword["PatientName"]["received"]) == (
         "FIRST^PATIENT", "SECOND^PATIENT")
     assert by_keyword["PixelData"]["stored"] != by_keyword["PixelData"]["received"]
+    assert any("PatientName" in str(getattr(r, "differences", "")) for r in caplog.records)
+    assert_no_patient_values_logged(caplog, "FIRST^PATIENT", "SECOND^PATIENT", "PAT001")
 
     # Shown to the operator on the study page and listed on the reconciliation page.
     login(client, "tech", TECHNOLOGIST)
@@ -168,7 +179,9 @@ def test_other_content_rejected(engine, store_dir, tmp_path, settings):
     assert {d["keyword"] for d in conflict.differences} == {"PatientID", "PixelData"}
 
 
-def test_other_content_replaces_file_and_index_and_resends_an_archived_study(engine, store_dir, tmp_path, settings):
+def test_other_content_replaces_file_and_index_and_resends_an_archived_study(engine, store_dir, tmp_path, settings,
+                                                                           caplog):
+    caplog.set_level("DEBUG")
     settings.STORE_OVERWRITE_POLICY = "replace"
     first, second = versions(tmp_path, patient_name="SECOND^PATIENT", patient_id="PAT002")
     instance, raw = stored_first(engine, store_dir, first)
@@ -197,6 +210,7 @@ def test_other_content_replaces_file_and_index_and_resends_an_archived_study(eng
     assert kept.read_bytes() == raw
     assert files_in(store_dir) == sorted([stored, kept])
     assert {"PatientName", "PatientID", "PixelData"} <= {d["keyword"] for d in conflict.differences}
+    assert_no_patient_values_logged(caplog, "FIRST^PATIENT", "SECOND^PATIENT", "PAT001", "PAT002")
 
     # The next completion sends the new version in batch 2; once that is committed the study is
     # archived and the replaced version deleted.
