@@ -276,3 +276,26 @@ def test_invalid_policy_fails_the_system_check(value, ok, index_path):
     assert (proc.returncode == 0) is ok, proc.stderr
     if not ok:
         assert "pacs.E001" in proc.stderr and "STORE_OVERWRITE_POLICY" in proc.stderr
+
+
+def test_replace_that_cannot_be_indexed_puts_the_old_version_back(engine, store_dir, tmp_path, settings, monkeypatch):
+    """File and index change together: when the replacement's transaction fails (the database
+    refuses its last statement), the sender gets 0xA700 and the stored version is back in place."""
+    from django.db import DatabaseError
+
+    from pacs.services import resends
+
+    settings.STORE_OVERWRITE_POLICY = "replace"
+    first, second = versions(tmp_path, patient_name="SECOND^PATIENT")
+    instance, raw = stored_first(engine, store_dir, first)
+    before = snapshot(instance)
+
+    def refuse(**kwargs):
+        raise DatabaseError("injected: the database refuses the conflict row")
+
+    monkeypatch.setattr(resends, "record", refuse)
+    proc = storescu(port(engine), [second], extra=("-d",))
+    assert status_codes(proc) == [0xA700], proc.stdout + proc.stderr
+    assert snapshot(instance) == before and not StoreConflict.objects.exists()
+    assert (store_dir / instance.path).read_bytes() == raw
+    assert files_in(store_dir) == [store_dir / instance.path]
