@@ -428,7 +428,10 @@ def _modalities_with(modalities_in_study: str, modality: str) -> str | None:
 def _store_resend(attrs: InstanceAttributes, received: Path, *, placed: bool) -> StoreResult:
     """A C-STORE of a SOP Instance UID that has an index row (``pacs.services.resends``).
     ``received`` is the new version's file: the temporary one, or (``placed``) a file put at
-    its final name where none was.  It is removed unless it becomes the stored version."""
+    its final name where none was.  It is removed unless it becomes the stored version, and
+    never when it is at the stored version's path: another association storing the same SOP
+    Instance UID may have indexed that file meanwhile (a modality that resends after a timeout
+    while the first association is still being indexed)."""
     owned = received
     try:
         row = Instance.objects.filter(sop_instance_uid=attrs.sop_instance_uid).values(
@@ -436,6 +439,8 @@ def _store_resend(attrs: InstanceAttributes, received: Path, *, placed: bool) ->
         if row is None:
             raise DatabaseError("the stored instance disappeared while its resend was received")
         stored_path = storage.absolute_path(row["path"])
+        if placed and received == stored_path:
+            owned = None
         stored_sha256 = resends.stored_sha256(row["dataset_sha256"], stored_path)
         action = resends.decide(stored_sha256, attrs.dataset_sha256)
         if action == resends.IDENTICAL:

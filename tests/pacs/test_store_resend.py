@@ -299,3 +299,31 @@ def test_replace_that_cannot_be_indexed_puts_the_old_version_back(engine, store_
     assert snapshot(instance) == before and not StoreConflict.objects.exists()
     assert (store_dir / instance.path).read_bytes() == raw
     assert files_in(store_dir) == [store_dir / instance.path]
+
+
+def test_resend_while_the_first_is_being_indexed_keeps_the_stored_file(engine, store_dir, tmp_path, monkeypatch):
+    """A modality resends (same content) on a second association while the first one's file is
+    in place but not yet indexed; the first association's row commits before the second's index
+    statement: Success, and the stored file is not removed by the second."""
+    from pacs.services import images
+
+    first, _ = versions(tmp_path)
+    instance, raw = stored_first(engine, store_dir, first)
+    row = Instance.objects.filter(pk=instance.pk).values().get()
+    Instance.objects.filter(pk=instance.pk).delete()  # the first association's row: not committed yet
+    committed = []
+
+    def first_association_commits(original):
+        def index(*args, **kwargs):
+            if not committed:
+                committed.append(Instance.objects.create(**row))
+            return original(*args, **kwargs)
+        return index
+
+    monkeypatch.setattr(images, "_index", first_association_commits(images._index))
+    monkeypatch.setattr(images, "_index_postgresql", first_association_commits(images._index_postgresql))
+    proc = storescu(port(engine), [first])
+    assert store_status(proc) == ["Success"], proc.stdout + proc.stderr
+    assert committed and Instance.objects.get().pk == instance.pk
+    assert (store_dir / instance.path).read_bytes() == raw
+    assert not StoreConflict.objects.exists()
