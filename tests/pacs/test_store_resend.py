@@ -97,9 +97,11 @@ def stored_first(engine, store_dir, path: Path) -> tuple[Instance, bytes]:
     return instance, (store_dir / instance.path).read_bytes()
 
 
-def test_identical_resend_is_success_and_changes_nothing(engine, store_dir, tmp_path):
+def test_identical_resend_is_success_and_changes_nothing(engine, store_dir, tmp_path, monkeypatch):
     first, _ = versions(tmp_path)
-    instance, raw = stored_first(engine, store_dir, first)
+    with monkeypatch.context() as m:  # the digest comes from the stream: the file is not read again for it
+        m.setattr(storage, "data_set_sha256", lambda path: pytest.fail("the received file was hashed again"))
+        instance, raw = stored_first(engine, store_dir, first)
     # The digest computed while the data set streamed in is that of the data set in the file.
     assert instance.dataset_sha256 == storage.data_set_sha256(store_dir / instance.path)
     assert instance.dataset_sha256 == hashlib.sha256(raw[storage.data_set_offset(open(store_dir / instance.path, "rb")):]).hexdigest()
