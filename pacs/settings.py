@@ -257,6 +257,9 @@ if not all(_fernet_key_ok(k) for k in SECRETS_ENCRYPTION_KEYS):
     # The value itself is a secret: the problem is named, the value is not repeated.
     record("SECRETS_ENCRYPTION_KEYS", "(not shown)", "holds a value that is not a Fernet key (32 url-safe base64 bytes)")
     SECRETS_ENCRYPTION_KEYS = [k for k in SECRETS_ENCRYPTION_KEYS if _fernet_key_ok(k)]
+# A C-STORE of a stored SOP Instance UID with other content (pacs.services.resends): "keep" the
+# stored version, "replace" it, or "reject" the resend; an identical resend is always Success.
+STORE_OVERWRITE_POLICY = env_choice("STORE_OVERWRITE_POLICY", "keep", {"keep", "replace", "reject"})
 VNA_DESTINATIONS = env_str("VNA_DESTINATIONS", "")
 for _entry in [e.strip() for e in VNA_DESTINATIONS.split(",") if e.strip()]:
     # Same forms as pacs.services.routing.parse_destinations; a bad entry is reported as pacs.E001.

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import os
 import re
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -234,6 +236,64 @@ def discard(path: Path | None) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def data_set_offset(fh) -> int:
+    """Where the data set of a stored file begins: after the preamble, 'DICM' and the File Meta
+    Information group, whose length its first element (0002,0000) gives (PS3.10 7.1)."""
+    fh.seek(0)
+    head = fh.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+        raise ValueError("not a DICOM file with File Meta Information group length")
+    return 144 + int.from_bytes(head[140:144], "little")
+
+
+def sha256_from(path: Path, offset: int) -> str:
+    """SHA-256 (hex) of a file's bytes from ``offset`` to its end, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_set_sha256(path: Path) -> str:
+    """SHA-256 of a stored file's data set: the value the DICOM acceptor computes while it
+    receives the data set (the File Meta Information, which we write, is not part of it)."""
+    with open(path, "rb") as fh:
+        offset = data_set_offset(fh)
+    return sha256_from(path, offset)
+
+
+REPLACED_DIR = ".replaced"  # replaced versions (STORE_OVERWRITE_POLICY=replace) until archived
+
+
+def set_aside(relative: str) -> str:
+    """Move a stored file out of the way, durably, to ``.replaced/<Study>/<Series>/<SOP>.<ns>.dcm``
+    (UIDs and digits only); returns its new relative path."""
+    source = absolute_path(relative)
+    kept = f"{REPLACED_DIR}/{relative.removesuffix('.dcm')}.{time.time_ns()}.dcm"
+    target = storage_root() / kept
+    try:
+        top = storage_root() / REPLACED_DIR
+        if not top.exists():
+            top.mkdir(exist_ok=True)
+            _fsync_dir(top.parent)
+        created = _make_parents(target)
+        os.replace(source, target)
+        _fsync_dirs(target, created)
+        _fsync_dir(source.parent)
+    except OSError as exc:
+        raise _as_storage_error(exc) from exc
+    return kept
+
+
+def put_back(kept: str, relative: str) -> None:
+    """Undo ``set_aside``: the kept version back at its place (durably)."""
+    target = absolute_path(relative)
+    os.replace(storage_root() / kept, target)
+    _fsync_dir(target.parent)
 
 
 def remove_instance_file(relative: str) -> None:

@@ -28,7 +28,8 @@ Behaviour (listed in docs/dicom-conformance.md):
   ``maximum_dataset_size`` is read, dropped and answered with a failure status; so is a
   request whose handler raises.
 - C-ECHO, C-FIND (with C-CANCEL read between answers), C-STORE (data set streamed to a file
-  in the store's incoming directory, never held in memory), N-CREATE, N-SET, N-EVENT-REPORT:
+  in the store's incoming directory, never held in memory, its SHA-256 computed on the way),
+  N-CREATE, N-SET, N-EVENT-REPORT:
   to the service handlers of ``pacs.dimse.server``; a command no handler serves on that
   context is answered with its response and 0x0211 (unrecognized operation).
 - A-RELEASE-RQ answered A-RELEASE-RP; A-ABORT or a closed connection ends the association;
@@ -37,6 +38,7 @@ Behaviour (listed in docs/dicom-conformance.md):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -171,6 +173,7 @@ class Event:
         self.dataset_path = dataset_path
         self.receive_error: OSError | None = None  # the data set could not be written (C-STORE)
         self.dataset_head = b""  # C-STORE: the first HEAD_BYTES of the data set, also in memory
+        self.dataset_sha256 = ""  # C-STORE: SHA-256 (hex) of the data set as received (PS3.7 6.3.1)
         self._decoded = None
 
     def _dataset(self):
@@ -211,6 +214,7 @@ class Association:
         self._aborted = False
         self.holds_association_slot = False
         self.dataset_head = b""
+        self.dataset_sha256 = ""
 
     # ----------------------------------------------------------------- transport
     def send(self, data: bytes) -> None:
@@ -391,6 +395,7 @@ class Association:
                             sink[2] += fragment[:HEAD_BYTES - len(sink[2])]
                         try:
                             sink[0].write(fragment)
+                            sink[3].update(fragment)
                             storage.start_writeback(sink[0].fileno())
                         except OSError as exc:
                             receive_error = exc
@@ -417,6 +422,7 @@ class Association:
         """The request whose last data set fragment has just been read (see ``_read_message``)."""
         if sink is not None:
             path, self.dataset_head = sink[1], bytes(sink[2])
+            self.dataset_sha256 = sink[3].hexdigest()
             try:
                 sink[0].close()
             except OSError as exc:
@@ -442,7 +448,7 @@ class Association:
             fh.close()
             _remove(path)
             raise
-        return [fh, path, bytearray()]
+        return [fh, path, bytearray(), hashlib.sha256()]
 
     def is_cancelled(self, message_id) -> bool:
         """Has the peer sent C-CANCEL for ``message_id`` (or aborted)?  Reads what has arrived
@@ -515,6 +521,7 @@ class Association:
         event.receive_error = receive_error
         if dataset_path is not None:
             event.dataset_head, self.dataset_head = self.dataset_head, b""
+            event.dataset_sha256, self.dataset_sha256 = self.dataset_sha256, ""
         try:
             if name == "C-FIND":
                 self._serve_find(handler, event)

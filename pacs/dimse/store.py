@@ -6,10 +6,14 @@ file in the store's incoming directory as it arrives, the handler reads the head
 directory fsync; ``pacs.storage``) and the index (``pacs.services.images``), and answers
 Success only after both are committed.  Statuses (PS3.4 B.2.3):
 
-- 0x0000 success (also for a resend of a stored SOP Instance UID: idempotent)
+- 0x0000 success; also for a resend of a stored SOP Instance UID, identical (idempotent) or,
+  with other content, kept or replaced by STORE_OVERWRITE_POLICY (``pacs.services.resends``)
 - 0xA700 out of resources: disk full or read-only, database down (the SCU may retry)
 - 0xA900 data set does not match SOP class: SOP Class/Instance UID differ from the command
-- 0xC000 cannot understand: unreadable header, invalid or path-unsafe UIDs, UID conflict
+- 0xC000 cannot understand: unreadable header, invalid or path-unsafe UIDs, a Series Instance
+  UID already stored under another study
+- 0xC001 cannot understand: a stored SOP Instance UID with other content, refused
+  (STORE_OVERWRITE_POLICY=reject; a Cxxx status says a resend of the same data cannot succeed)
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from pydicom.uid import (
 from pynetdicom import sop_class as sc
 
 from pacs import storage
-from pacs.services import images
+from pacs.services import images, resends
 
 log = logging.getLogger("pacs.dimse.store")
 
@@ -68,6 +72,7 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
+OTHER_CONTENT_REFUSED = 0xC001
 
 
 def contexts():
@@ -119,8 +124,10 @@ def _header_from_head(head: bytes, transfer_syntax_uid: str):
     return ds if reached else None
 
 
-def read_attributes(path, *, transfer_syntax_uid: str, calling_ae_title: str, head: bytes = b"") -> images.InstanceAttributes:
-    """The header of a received file as plain values (pixel data and large values not read)."""
+def read_attributes(path, *, transfer_syntax_uid: str, calling_ae_title: str, head: bytes = b"",
+                    dataset_sha256: str = "") -> images.InstanceAttributes:
+    """The header of a received file as plain values (pixel data and large values not read);
+    ``dataset_sha256`` as the acceptor computed it, else read from the file."""
     ds = _header_from_head(head, transfer_syntax_uid)
     if ds is None:
         ds = dcmread(path, stop_before_pixels=True, defer_size="64 KB", force=True)
@@ -149,6 +156,7 @@ def read_attributes(path, *, transfer_syntax_uid: str, calling_ae_title: str, he
         series_description=_text(ds, "SeriesDescription"),
         instance_number=_int(ds, "InstanceNumber"),
         calling_ae_title=calling_ae_title,
+        dataset_sha256=dataset_sha256 or storage.data_set_sha256(Path(path)),
     )
 
 
@@ -166,7 +174,7 @@ def on_c_store(event):
             event.dataset_path = None  # ours now: discarded below unless stored
             attrs = read_attributes(
                 temporary, transfer_syntax_uid=str(event.context.transfer_syntax), calling_ae_title=calling,
-                head=event.dataset_head,
+                head=event.dataset_head, dataset_sha256=event.dataset_sha256,
             )
         except OSError:
             raise  # the file we just wrote cannot be read: out of resources, below
@@ -186,6 +194,8 @@ def on_c_store(event):
     except images.InstanceConflict as exc:
         log.warning("C-STORE refused: UID conflict", extra={"calling_ae_title": calling, "error": str(exc)[:200]})
         return CANNOT_UNDERSTAND
+    except resends.ResendRejected:
+        return OTHER_CONTENT_REFUSED  # recorded and logged by pacs.services.resends
     except (storage.StorageFull, OSError) as exc:
         log.error("C-STORE failed: storage", extra={"calling_ae_title": calling, "error": str(exc)[:200]})
         return OUT_OF_RESOURCES

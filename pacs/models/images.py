@@ -8,6 +8,9 @@ through ``ris.services.transitions.transition`` (entity "study", table in ``ris.
 ``batch`` numbers the completions of a study: when a study completes, every instance
 without a batch gets the next number and one transfer per destination sends that batch.
 A late instance re-opens the study and is sent on by itself in the next batch.
+
+``StoreConflict`` records a C-STORE of a SOP Instance UID already stored, with other content,
+and what ``STORE_OVERWRITE_POLICY`` did with it (``pacs.services.resends``).
 """
 
 from __future__ import annotations
@@ -114,6 +117,9 @@ class Instance(models.Model):
     size = models.BigIntegerField(help_text="file size in bytes")
     batch = models.PositiveIntegerField(null=True, blank=True, help_text="completion that sent it; null: not yet")
     received_at = models.DateTimeField()
+    dataset_sha256 = models.CharField(
+        max_length=64, blank=True, default="", help_text="SHA-256 (hex) of the data set as received; empty: unknown"
+    )
 
     class Meta:
         indexes = [models.Index(fields=["study", "batch"])]
@@ -138,3 +144,42 @@ class StudyLink(models.Model):
 
     def __str__(self) -> str:
         return f"study {self.study_id} -> {self.requested_procedure_id} by {self.actor}"
+
+
+# What was done with a resend of a stored SOP Instance UID with other content (STORE_OVERWRITE_POLICY).
+OVERWRITE_KEEP = "keep"  # the stored version stays; the resend is dropped
+OVERWRITE_REPLACE = "replace"  # the resend replaces file and index; the old file is kept until archived
+OVERWRITE_REJECT = "reject"  # the resend is refused with a failure status
+OVERWRITE_POLICIES = (OVERWRITE_KEEP, OVERWRITE_REPLACE, OVERWRITE_REJECT)
+
+
+class StoreConflict(models.Model):
+    """A C-STORE of a stored SOP Instance UID whose data set differs from the stored one
+    (PS3.4 B.4.1: an SOP Instance UID names one content): which attributes differ, what the
+    policy did.  ``differences``: [{"keyword", "stored", "received"}] (values shortened; a
+    pixel data difference is given as the SHA-256 of each version's Pixel Data onwards)."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="store_conflicts",
+                              help_text="the study the stored version belonged to")
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="store_conflicts")
+    sop_instance_uid = models.CharField(max_length=64, db_index=True, help_text="(0008,0018)")
+    policy = models.CharField(max_length=8, choices=[(p, p) for p in OVERWRITE_POLICIES])
+    differences = models.JSONField(default=list, blank=True)
+    stored_sha256 = models.CharField(max_length=64, blank=True)
+    received_sha256 = models.CharField(max_length=64, blank=True)
+    calling_ae_title = models.CharField(max_length=16, blank=True)
+    replaced_path = models.CharField(
+        max_length=255, blank=True, help_text="replace: the old version, relative to STORAGE_DIR, until archived"
+    )
+    replaced_removed_at = models.DateTimeField(null=True, blank=True)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.sop_instance_uid} {self.policy} at {self.at:%Y-%m-%d %H:%M}"
+
+    @property
+    def keywords(self) -> list[str]:
+        return [d.get("keyword", "") for d in self.differences]

@@ -5,11 +5,15 @@ DIMSE adapter ``pacs.dimse.store``) and a fsynced temporary file in the store.  
 work (conventions: persist before you acknowledge; reliability D-06, D-07):
 
 1. UIDs validated, path derived from them only (``pacs.storage``);
-2. the temporary file renamed into place (atomic; a resend replaces the old copy);
+2. the temporary file renamed into place (atomic) unless an indexed file is there;
 3. Study / Series / Instance written in one durable transaction; a new study is matched to
    its order (``pacs.services.order_matching``); a late instance re-opens a completed study;
 4. only then the caller answers Success.  If the transaction fails, a file that did not
    exist before is removed again and the caller answers a failure status.
+
+The index writers (the ORM one and PostgreSQL's) never change an instance row that exists:
+they raise ``AlreadyStored`` and ``_store_resend`` applies what ``pacs.services.resends``
+decides (identical: nothing changes; else STORE_OVERWRITE_POLICY), the same on every database.
 """
 
 from __future__ import annotations
@@ -26,13 +30,18 @@ from django.utils import timezone
 from pacs import storage
 from pacs.models import Instance, Series, Study
 from pacs.models import images as im
+from pacs.services import resends
 from ris.services.transitions import transition
 
 log = logging.getLogger("pacs.images")
 
 
 class InstanceConflict(ValueError):
-    """The SOP Instance UID is already stored under another study or series."""
+    """The Series Instance UID is already stored under another study."""
+
+
+class AlreadyStored(Exception):
+    """The SOP Instance UID has an index row: nothing was written (``_store_resend`` decides)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class InstanceAttributes:
     series_description: str = ""
     instance_number: int | None = None
     calling_ae_title: str = ""
+    dataset_sha256: str = ""  # of the data set as received (pacs.dimse.acceptor)
 
 
 @dataclass(frozen=True)
@@ -104,19 +114,39 @@ def store_instance(attrs: InstanceAttributes, temporary: Path) -> StoreResult:
                     durable.result()
                     result = _index_postgresql(attrs, relative, final.stat().st_size)
                 return result
+            except (AlreadyStored, InstanceConflict) as exc:
+                if not _is_resend(exc, attrs):
+                    storage.discard(final)
+                    raise
             except BaseException:
                 storage.discard(final)
                 raise
+            return _store_resend(attrs, final, placed=True)
+    if storage.absolute_path(relative).exists() and Instance.objects.filter(
+            sop_instance_uid=attrs.sop_instance_uid).exists():
+        return _store_resend(attrs, temporary, placed=False)
     final, replaced = storage.commit_file(temporary, relative)
     size = final.stat().st_size
     try:
         if fast:
             return _index_postgresql(attrs, relative, size)
         return _index(attrs, relative, size)
+    except (AlreadyStored, InstanceConflict) as exc:
+        if not _is_resend(exc, attrs):
+            if not replaced:
+                storage.discard(final)
+            raise
     except BaseException:
         if not replaced:
             storage.discard(final)
         raise
+    return _store_resend(attrs, final, placed=True)
+
+
+def _is_resend(exc: Exception, attrs: InstanceAttributes) -> bool:
+    """The index refused the instance because its SOP Instance UID is stored (a resend, also
+    when its series is stored under another study), not for a conflict of a new instance."""
+    return isinstance(exc, AlreadyStored) or Instance.objects.filter(sop_instance_uid=attrs.sop_instance_uid).exists()
 
 
 # SeriesInstanceUID -> (study pk, series pk): series rows are never moved between studies,
@@ -145,32 +175,19 @@ def _index(attrs: InstanceAttributes, relative: str, size: int) -> StoreResult:
                     row = (study.pk, study.status, study.modalities_in_study, False)
                 study_id, status, modalities_text, mpps_completed = row
                 series_id = _series_id(study_id, attrs)
-                existing = (
-                    Instance.objects.filter(sop_instance_uid=attrs.sop_instance_uid)
-                    .values_list("pk", "study_id", "series_id")
-                    .first()
-                )
-                created = existing is None
-                if created:
-                    instance_id = Instance.objects.create(
-                        study_id=study_id, series_id=series_id, sop_instance_uid=attrs.sop_instance_uid,
-                        sop_class_uid=attrs.sop_class_uid, transfer_syntax_uid=attrs.transfer_syntax_uid,
-                        instance_number=attrs.instance_number, path=relative, size=size, received_at=now,
-                    ).pk
-                else:
-                    instance_id, old_study, old_series = existing
-                    if (old_study, old_series) != (study_id, series_id):
-                        raise InstanceConflict(
-                            f"SOP Instance UID {attrs.sop_instance_uid} is already stored in another study/series"
-                        )
-                    Instance.objects.filter(pk=instance_id).update(
-                        sop_class_uid=attrs.sop_class_uid, transfer_syntax_uid=attrs.transfer_syntax_uid,
-                        size=size, received_at=now,
-                    )
+                existing = Instance.objects.filter(sop_instance_uid=attrs.sop_instance_uid).values_list("pk").first()
+                if existing is not None:
+                    raise AlreadyStored(attrs.sop_instance_uid)
+                created = True
+                instance_id = Instance.objects.create(
+                    study_id=study_id, series_id=series_id, sop_instance_uid=attrs.sop_instance_uid,
+                    sop_class_uid=attrs.sop_class_uid, transfer_syntax_uid=attrs.transfer_syntax_uid,
+                    instance_number=attrs.instance_number, path=relative, size=size, received_at=now,
+                    dataset_sha256=attrs.dataset_sha256,
+                ).pk
                 changes = {"last_received_at": now, "updated_at": now}
-                modalities = [m for m in modalities_text.split("\\") if m]
-                if attrs.modality and attrs.modality not in modalities:
-                    changes["modalities_in_study"] = "\\".join([*modalities, attrs.modality])[:64]
+                if (listed := _modalities_with(modalities_text, attrs.modality)) is not None:
+                    changes["modalities_in_study"] = listed
                 Study.objects.filter(pk=study_id).update(**changes)
                 reopened = False
                 if created and status != im.RECEIVING:
@@ -186,6 +203,9 @@ def _index(attrs: InstanceAttributes, relative: str, size: int) -> StoreResult:
                     order_matching.match_study(Study.objects.get(pk=study_id))
                     mpps_completed = Study.objects.filter(pk=study_id).filter(Exists(_completed_mpps())).exists()
             return StoreResult(instance_id, study_id, created, reopened, mpps_completed)
+        except AlreadyStored:
+            _SERIES_CACHE.pop(attrs.series_instance_uid, None)  # its series may be rolled back
+            raise
         except IntegrityError:
             # Two associations created the same study/series/instance at once: the loser retries.
             _SERIES_CACHE.pop(attrs.series_instance_uid, None)
@@ -216,34 +236,32 @@ def _mpps_completed_sql() -> str:
 
 def _instance_upsert_sql(rows: str) -> str:
     """INSERT of the instance ``rows`` (VALUES or SELECT giving study_id and the parameters
-    below), or the update of a resend of it; no row returned for a SOP Instance UID stored under
-    another study or series.  Returns (id, created) with created = (xmax = 0)."""
+    below); no row returned when the SOP Instance UID is stored already (``_store_resend``
+    decides then).  Returns (id, created)."""
     instance = Instance._meta.db_table
     return f"""INSERT INTO {instance} (study_id, series_id, sop_instance_uid, sop_class_uid,
-            transfer_syntax_uid, instance_number, path, size, batch, received_at)
+            transfer_syntax_uid, instance_number, path, size, batch, received_at, dataset_sha256)
         {rows}
-        ON CONFLICT (sop_instance_uid) DO UPDATE SET sop_class_uid = EXCLUDED.sop_class_uid,
-            transfer_syntax_uid = EXCLUDED.transfer_syntax_uid, size = EXCLUDED.size,
-            received_at = EXCLUDED.received_at
-        WHERE {instance}.study_id = EXCLUDED.study_id AND {instance}.series_id = EXCLUDED.series_id
-        RETURNING id, (xmax = 0) AS created"""
+        ON CONFLICT (sop_instance_uid) DO NOTHING
+        RETURNING id, true AS created"""
 
 
 # The instance's own columns after study_id, as the parameters of ``_instance_upsert_sql``.
-_INSTANCE_COLUMNS = "%(series_id)s, %(sop_uid)s, %(sop_class)s, %(syntax)s, %(number)s, %(path)s, %(size)s, NULL, %(now)s"
+_INSTANCE_COLUMNS = ("%(series_id)s, %(sop_uid)s, %(sop_class)s, %(syntax)s, %(number)s, %(path)s, %(size)s, NULL,"
+                     " %(now)s, %(sha256)s")
 
 
 def _instance_params(attrs: InstanceAttributes, relative: str, size: int, series_id: int, now) -> dict:
     return {"series_id": series_id, "sop_uid": attrs.sop_instance_uid, "sop_class": attrs.sop_class_uid,
             "syntax": attrs.transfer_syntax_uid, "number": attrs.instance_number, "path": relative, "size": size,
-            "now": now}
+            "now": now, "sha256": attrs.dataset_sha256}
 
 
 def _index_postgresql(attrs: InstanceAttributes, relative: str, size: int) -> StoreResult:
     """``_index`` in two statements on PostgreSQL: the study row is touched (and so locked) with
     UPDATE ... RETURNING, which also says whether a COMPLETED MPPS names it; the instance is
-    inserted, or a resend of it updated, with INSERT ... ON CONFLICT ... RETURNING (xmax = 0 for
-    a new row).  A SOP Instance UID stored under another study or series returns no row."""
+    inserted with INSERT ... ON CONFLICT DO NOTHING RETURNING: no row for a SOP Instance UID
+    stored already, and then nothing of this transaction is kept (``AlreadyStored``)."""
     from pacs.models import mpps as mp
 
     study_table = Study._meta.db_table
@@ -270,14 +288,10 @@ def _index_postgresql(attrs: InstanceAttributes, relative: str, size: int) -> St
                 )
                 inserted = cursor.fetchone()
                 if inserted is None:
-                    raise InstanceConflict(
-                        f"SOP Instance UID {attrs.sop_instance_uid} is already stored in another study/series"
-                    )
+                    raise AlreadyStored(attrs.sop_instance_uid)
                 instance_id, created = inserted
-                modalities = [m for m in modalities_text.split("\\") if m]
-                if attrs.modality and attrs.modality not in modalities:
-                    Study.objects.filter(pk=study_id).update(
-                        modalities_in_study="\\".join([*modalities, attrs.modality])[:64])
+                if (listed := _modalities_with(modalities_text, attrs.modality)) is not None:
+                    Study.objects.filter(pk=study_id).update(modalities_in_study=listed)
                 reopened = False
                 if created and status != im.RECEIVING:
                     transition(
@@ -291,6 +305,9 @@ def _index_postgresql(attrs: InstanceAttributes, relative: str, size: int) -> St
                     order_matching.match_study(Study.objects.get(pk=study_id))
                     mpps_completed = Study.objects.filter(pk=study_id).filter(Exists(_completed_mpps())).exists()
             return StoreResult(instance_id, study_id, bool(created), reopened, bool(mpps_completed))
+        except AlreadyStored:
+            _SERIES_CACHE.pop(attrs.series_instance_uid, None)  # its series may be rolled back
+            raise
         except IntegrityError:
             _SERIES_CACHE.pop(attrs.series_instance_uid, None)
             if attempt == 2:
@@ -309,8 +326,8 @@ def _index_one_statement(attrs: InstanceAttributes, relative: str, size: int, *,
     receiving and already lists the modality -- indexed in ONE statement (instead of four):
     the study row locked (FOR NO KEY UPDATE: no new row version), its ``last_received_at``
     moved when older than TOUCH_EVERY (each update writes all eleven of the study's index
-    entries; the quiet period is counted in tens of seconds) and the instance inserted (or a
-    resend updated) by data-modifying CTEs.  ``before_commit()`` is called (it waits for the
+    entries; the quiet period is counted in tens of seconds) and the instance inserted by
+    data-modifying CTEs (a stored SOP Instance UID inserts nothing: None).  ``before_commit()`` is called (it waits for the
     file's fsyncs, and raises if they failed) before the durable commit.  None when the
     instance is not of that kind (nothing is inserted then): ``_index_postgresql`` does the
     general case."""
@@ -372,22 +389,128 @@ def _series_id(study_id: int, attrs: InstanceAttributes) -> int:
     return series_id
 
 
+def _study_attributes(attrs: InstanceAttributes) -> dict:
+    """The patient and study attributes a Study row keeps, as the instance gives them."""
+    return {
+        "accession_number": attrs.accession_number[:16],
+        "issuer_of_accession_number": attrs.issuer_of_accession_number[:64],
+        "patient_id": attrs.patient_id[:64],
+        "issuer_of_patient_id": attrs.issuer_of_patient_id[:64],
+        "patient_name": attrs.patient_name[:320],
+        "patient_birth_date": attrs.patient_birth_date[:8],
+        "patient_sex": attrs.patient_sex[:16],
+        "study_date": attrs.study_date,
+        "study_time": attrs.study_time[:16],
+        "study_description": attrs.study_description[:64],
+    }
+
+
 def _create_study(attrs: InstanceAttributes, now) -> Study:
     with transaction.atomic():
         study = Study.objects.create(
             study_instance_uid=attrs.study_instance_uid,
-            accession_number=attrs.accession_number[:16],
-            issuer_of_accession_number=attrs.issuer_of_accession_number[:64],
-            patient_id=attrs.patient_id[:64],
-            issuer_of_patient_id=attrs.issuer_of_patient_id[:64],
-            patient_name=attrs.patient_name[:320],
-            patient_birth_date=attrs.patient_birth_date[:8],
-            patient_sex=attrs.patient_sex[:16],
-            study_date=attrs.study_date,
-            study_time=attrs.study_time[:16],
-            study_description=attrs.study_description[:64],
+            **_study_attributes(attrs),
             modalities_in_study=attrs.modality[:16],
             calling_ae_title=attrs.calling_ae_title[:16],
             last_received_at=now,
         )
     return Study.objects.select_for_update().get(pk=study.pk)
+
+
+def _modalities_with(modalities_in_study: str, modality: str) -> str | None:
+    """ModalitiesInStudy (0008,0061) with ``modality`` added; None when it is listed already."""
+    modalities = [m for m in modalities_in_study.split("\\") if m]
+    if not modality or modality in modalities:
+        return None
+    return "\\".join([*modalities, modality])[:64]
+
+
+def _store_resend(attrs: InstanceAttributes, received: Path, *, placed: bool) -> StoreResult:
+    """A C-STORE of a SOP Instance UID that has an index row (``pacs.services.resends``).
+    ``received`` is the new version's file: the temporary one, or (``placed``) a file put at
+    its final name where none was.  It is removed unless it becomes the stored version, and
+    never when it is at the stored version's path: another association storing the same SOP
+    Instance UID may have indexed that file meanwhile (a modality that resends after a timeout
+    while the first association is still being indexed)."""
+    owned = received
+    try:
+        row = Instance.objects.filter(sop_instance_uid=attrs.sop_instance_uid).values(
+            "pk", "study_id", "path", "dataset_sha256").first()
+        if row is None:
+            raise DatabaseError("the stored instance disappeared while its resend was received")
+        stored_path = storage.absolute_path(row["path"])
+        if placed and received == stored_path:
+            owned = None
+        stored_sha256 = resends.stored_sha256(row["dataset_sha256"], stored_path)
+        action = resends.decide(stored_sha256, attrs.dataset_sha256)
+        if action == resends.IDENTICAL:
+            return StoreResult(row["pk"], row["study_id"], created=False, reopened=False)
+        found = resends.differences(stored_path, received)
+        if action == im.OVERWRITE_REPLACE:
+            owned = None  # _replace owns it now
+            return _replace(attrs, row, received, placed=placed, found=found, stored_sha256=stored_sha256)
+        with transaction.atomic():
+            resends.record(study_id=row["study_id"], instance_id=row["pk"], sop_instance_uid=attrs.sop_instance_uid,
+                           action=action, found=found, stored_sha256=stored_sha256,
+                           received_sha256=attrs.dataset_sha256, calling_ae_title=attrs.calling_ae_title)
+        if action == im.OVERWRITE_REJECT:
+            raise resends.ResendRejected(attrs.sop_instance_uid)
+        return StoreResult(row["pk"], row["study_id"], created=False, reopened=False)
+    finally:
+        storage.discard(owned)
+
+
+def _replace(attrs: InstanceAttributes, row: dict, received: Path, *, placed: bool, found: list[dict],
+             stored_sha256: str) -> StoreResult:
+    """STORE_OVERWRITE_POLICY=replace: the stored file set aside (kept until the study is
+    archived), the new one put at the path its UIDs give, and in one durable transaction the
+    instance row (study and series linkage, file, digest; not sent yet), the study's patient
+    and study attributes, the re-opening of a study already completed or archived (the next
+    completion sends the new version to the VNA, as a late instance) and the record.  If the
+    transaction fails, the new file goes and the old one comes back."""
+    relative = storage.relative_path(attrs.study_instance_uid, attrs.series_instance_uid, attrs.sop_instance_uid)
+    kept = ""
+    final = received
+    try:
+        if storage.absolute_path(row["path"]).exists() and not (placed and row["path"] == relative):
+            kept = storage.set_aside(row["path"])
+        if not placed:
+            final, _ = storage.commit_file(received, relative)
+        now = timezone.now()
+        with transaction.atomic(durable=True):
+            study = Study.objects.select_for_update().filter(study_instance_uid=attrs.study_instance_uid).first()
+            study_created = study is None
+            if study_created:
+                study = _create_study(attrs, now)
+            series_id = _series_id(study.pk, attrs)
+            Instance.objects.filter(pk=row["pk"]).update(
+                study_id=study.pk, series_id=series_id, sop_class_uid=attrs.sop_class_uid,
+                transfer_syntax_uid=attrs.transfer_syntax_uid, instance_number=attrs.instance_number,
+                path=relative, size=final.stat().st_size, received_at=now, dataset_sha256=attrs.dataset_sha256,
+                batch=None,
+            )
+            changes = {**_study_attributes(attrs), "last_received_at": now, "updated_at": now}
+            if (listed := _modalities_with(study.modalities_in_study, attrs.modality)) is not None:
+                changes["modalities_in_study"] = listed
+            Study.objects.filter(pk=study.pk).update(**changes)
+            study.refresh_from_db()
+            reopened = transition(
+                study, im.RECEIVING, entity="study", cause=f"replaced instance {attrs.sop_instance_uid}",
+                actor=attrs.calling_ae_title or "C-STORE",
+            )
+            resends.record(study_id=row["study_id"], instance_id=row["pk"], sop_instance_uid=attrs.sop_instance_uid,
+                           action=im.OVERWRITE_REPLACE, found=found, stored_sha256=stored_sha256,
+                           received_sha256=attrs.dataset_sha256, calling_ae_title=attrs.calling_ae_title,
+                           replaced_path=kept)
+            if study_created:
+                from pacs.services import order_matching
+
+                order_matching.match_study(Study.objects.get(pk=study.pk))
+            mpps_completed = Study.objects.filter(pk=study.pk).filter(Exists(_completed_mpps())).exists()
+        return StoreResult(row["pk"], study.pk, created=False, reopened=reopened, mpps_completed=mpps_completed)
+    except BaseException:
+        _SERIES_CACHE.pop(attrs.series_instance_uid, None)
+        storage.discard(final)
+        if kept:
+            storage.put_back(kept, row["path"])
+        raise

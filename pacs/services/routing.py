@@ -35,6 +35,7 @@ from pacs.lib.peers import address_matches
 from pacs.models import Instance, Study, Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
+from pacs.services import resends
 from ris.errors import DomainError
 from ris.services.transitions import transition
 
@@ -338,6 +339,7 @@ def _maybe_archive(study_id: int) -> None:
     study.archived_at = timezone.now()
     study.save(update_fields=["archived_at", "updated_at"])
     transition(study, im.ARCHIVED, entity="study", cause="every instance committed by every VNA", actor="routing")
+    resends.release_replaced_on_commit(study.pk)  # versions replaced by a resend: the VNA has the new ones
 
 
 def _retry_later(transfer_id: int, reason: str) -> str:

@@ -13,9 +13,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from pacs.access import ADMINISTRATOR, TECHNOLOGIST, has_role, roles
-from pacs.models import Study, Transfer
+from pacs.models import StoreConflict, Study, Transfer
 from pacs.models import transfers as tr
-from pacs.services import order_matching, routing
+from pacs.services import order_matching, resends, routing
 from ris.errors import DomainError
 from ris.models import PatientIdentifier, RequestedProcedure
 
@@ -29,7 +29,8 @@ def _actor(request) -> str:
 @roles(*RECONCILERS)
 @require_GET
 def reconciliation(request):
-    """Unmatched studies (waiting for a person) and matched ones whose demographics disagree."""
+    """Unmatched studies (waiting for a person), matched ones whose demographics disagree, and
+    resends of stored instances with other content (STORE_OVERWRITE_POLICY)."""
     unmatched = Study.objects.filter(requested_procedure__isnull=True).annotate(n=Count("instances"))
     flagged = (
         Study.objects.filter(requested_procedure__isnull=False).exclude(demographics_mismatch=[])
@@ -38,6 +39,7 @@ def reconciliation(request):
     return render(request, "imaging/reconciliation.html", {
         "unmatched": unmatched.order_by("-last_received_at")[:200],
         "flagged": flagged.order_by("-last_received_at")[:200],
+        "conflicts": StoreConflict.objects.select_related("study")[:200],
     })
 
 
@@ -60,6 +62,7 @@ def reconcile_study(request, study_id: int):
     return render(request, "imaging/reconcile_study.html", {
         "study": study, "candidates": candidates.order_by("-created_at")[:50], "patients": patients, "q": query,
         "links": study.links.all(),
+        "conflicts": StoreConflict.objects.filter(resends.of_study(study.pk)).distinct(),
     })
 
 

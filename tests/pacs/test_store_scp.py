@@ -16,7 +16,7 @@ import pytest
 from django.db import connections
 from pydicom import dcmread
 
-from pacs.models import Instance, Series, Study
+from pacs.models import Instance, Series, StoreConflict, Study
 from tests.pacs.imaging_helpers import engine, new_uid, port, pynetdicom_store, store_dir  # noqa: F401
 from tests.pacs.orthanc import make_instance, storescu, write_study
 
@@ -91,12 +91,14 @@ def test_path_traversal_uids_are_refused(engine, store_dir, field, value):
     assert not Path("/tmp/evil").exists()
 
 
-def test_same_sop_instance_uid_in_another_study_is_refused(engine):
+def test_same_sop_instance_uid_in_another_study_is_kept_and_recorded(engine, settings):
+    """STORE_OVERWRITE_POLICY=keep (the default): the first version stays (tests/pacs/test_store_resend.py)."""
     first = make_instance(study_instance_uid=new_uid())
     assert pynetdicom_store(port(engine), [first]) == [0x0000]
     clash = make_instance(study_instance_uid=new_uid(), sop_instance_uid=first.SOPInstanceUID)
-    assert pynetdicom_store(port(engine), [clash]) == [0xC000]
+    assert pynetdicom_store(port(engine), [clash]) == [0x0000]
     assert Instance.objects.get().study.study_instance_uid == first.StudyInstanceUID
+    assert Study.objects.count() == 1 and StoreConflict.objects.get().policy == "keep"
 
 
 @pytest.fixture
