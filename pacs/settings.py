@@ -247,6 +247,16 @@ MWL_MAX_RESULTS = env_int("MWL_MAX_RESULTS", 500, minimum=1)
 # Database connections kept open for the DICOM handlers (pacs.dimse.db), shared by all associations.
 DICOM_DB_CONNECTIONS = env_int("DICOM_DB_CONNECTIONS", 8, minimum=1)
 
+# --- TLS (pacs.tls: BCP 195 profile, TLS 1.2 or 1.3) ----------------------------------------------
+# The engine's certificate chain and private key (PEM files), and the CA certificates that sign
+# peers' certificates.  The TLS listeners (DICOM_TLS_PORT, HL7_MLLP_TLS_PORT) run when a
+# certificate is set.
+TLS_CERTIFICATE = env_str("TLS_CERTIFICATE", "")
+TLS_PRIVATE_KEY = env_str("TLS_PRIVATE_KEY", "")
+TLS_CA_CERTIFICATES = env_str("TLS_CA_CERTIFICATES", "")
+# A certificate that expires within this many days raises an alarm (and a deploy warning).
+TLS_EXPIRY_WARNING_DAYS = env_int("TLS_EXPIRY_WARNING_DAYS", 30, minimum=1)
+
 # --- Images and the VNA --------------------------------------------------------------------
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
 STUDY_QUIET_PERIOD_SECONDS = env_int("STUDY_QUIET_PERIOD_SECONDS", 60, minimum=1)
