@@ -45,19 +45,21 @@ def samples(text: str) -> dict[tuple, float]:
     return out
 
 
-def test_metrics_from_the_database_parsed(live_server, engine):  # noqa: F811 - pytest fixture
+def test_metrics_from_the_database_parsed(live_server, engine, settings):  # noqa: F811 - pytest fixture
     # HL7 in: 2 AA + 1 AR from EPIC^SYNTH_HOSP through the real intake.
     handle_payload(order("M1"))
     handle_payload(order("M2"))
     handle_payload(unsupported("M3"))
-    # DICOM: a C-ECHO from dcmtk (CT1), one stored instance and one refused (0xC000) from pynetdicom (MODALITY).
+    # DICOM: a C-ECHO from dcmtk (CT1), one stored instance and one refused from pynetdicom (MODALITY): the
+    # same SOP Instance UID with other content under STORE_OVERWRITE_POLICY=reject (0xC001).
+    settings.STORE_OVERWRITE_POLICY = "reject"
     echo = subprocess.run([dcmtk_tool("echoscu"), "-aet", "CT1", "-aec", "PACS", "127.0.0.1", str(port(engine))],
                           capture_output=True, timeout=30)
     assert echo.returncode == 0
     good = make_instance(study_instance_uid=new_uid(), accession_number="ACCMETRICS1", patient_name="SECRET^NAME")
     clash = make_instance(study_instance_uid=new_uid(), sop_instance_uid=good.SOPInstanceUID)
     assert pynetdicom_store(port(engine), [good]) == [0x0000]
-    assert pynetdicom_store(port(engine), [clash]) == [0xC000]
+    assert pynetdicom_store(port(engine), [clash]) == [0xC001]
     # ORU backlog for one destination nobody listens on, and an alarm on it.
     dest = h.destination("billing", 9)
     h.sign_report(h.study(), h.radiologist())
@@ -77,7 +79,7 @@ def test_metrics_from_the_database_parsed(live_server, engine):  # noqa: F811 - 
     assert m[("pacs_dicom_operations_total",
               (("calling_ae_title", "MODALITY"), ("operation", "C-STORE"), ("status", "0x0000")))] == 1
     assert m[("pacs_dicom_operations_total",
-              (("calling_ae_title", "MODALITY"), ("operation", "C-STORE"), ("status", "0xC000")))] == 1
+              (("calling_ae_title", "MODALITY"), ("operation", "C-STORE"), ("status", "0xC001")))] == 1
     assert m[("pacs_hl7_outbound_messages_total", (("destination", "billing"), ("status", "PENDING")))] == 1
     assert m[("pacs_queue_depth", (("destination", "billing"), ("interface", "hl7_out")))] == 1
     assert m[("pacs_queue_oldest_age_seconds", (("destination", "billing"), ("interface", "hl7_out")))] >= 0

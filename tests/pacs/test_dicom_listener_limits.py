@@ -103,14 +103,16 @@ def run_listener(transactional_db, tmp_path):
     """Start ``manage.py run_dicom`` with extra environment; MOD1 is declared at 127.0.0.1 and
     unknown AEs are refused.  Stopped (SIGTERM) after the test."""
     DicomNode.objects.create(ae_title="MOD1", host="127.0.0.1")
-    DicomNode.objects.create(ae_title="INTRUDER")  # declared, any host: it passes the policy
+    # Declared for the whole loopback range: the attackers come from 127.0.0.2 and up and pass the
+    # association policy, so what stops them is the listener's limits.
+    DicomNode.objects.create(ae_title="INTRUDER", host="127.0.0.0/8")
     started = []
 
     def start(**env_extra) -> Listener:
         port = free_port()
         storage = tmp_path / "storage"
         storage.mkdir(exist_ok=True)
-        env = run_dicom_env(DICOM_ALLOW_UNKNOWN_AE="false", STORAGE_DIR=storage, DICOM_MAX_PDU=MAX_PDU, **env_extra)
+        env = run_dicom_env(DICOM_UNKNOWN_AE_FROM="none", STORAGE_DIR=storage, DICOM_MAX_PDU=MAX_PDU, **env_extra)
         proc = start_run_dicom(port, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         started.append(proc)
         listener = Listener(proc, port, tmp_path)
