@@ -103,6 +103,21 @@ class Vna:
             time.sleep(poll)
         raise RuntimeError(f"Orthanc did not reach {n} instances")
 
+    def commitment_job(self) -> dict:
+        """Orthanc's latest storage commitment SCP job: when it was created (the N-ACTION
+        received) and completed (the N-EVENT-REPORT sent), as time.time()."""
+        jobs = self.http.get(f"{self.orthanc.url}/jobs?expand", timeout=10).json()
+        jobs = [j for j in jobs if j.get("Type") == "StorageCommitmentScp" and j.get("CompletionTime")]
+        if not jobs:
+            return {}
+        job = max(jobs, key=lambda j: j["CreationTime"])
+
+        def utc(text):  # Orthanc writes ISO basic format, UTC: 20261203T105300.123456
+            return dt.datetime.strptime(text, "%Y%m%dT%H%M%S.%f").replace(tzinfo=dt.timezone.utc).timestamp()
+
+        return {"orthanc_commitment_job_created": utc(job["CreationTime"]),
+                "orthanc_commitment_job_completed": utc(job["CompletionTime"])}
+
     def empty(self) -> None:
         for study in self.http.get(f"{self.orthanc.url}/studies", timeout=10).json():
             self.http.delete(f"{self.orthanc.url}/studies/{study}", timeout=60).raise_for_status()
@@ -193,7 +208,7 @@ def engine_leg(engine, vna: Vna, rp, files, images: int, poll: float) -> dict:
     committed = time.time()
     if transfer.status != tr.COMMITTED:
         raise RuntimeError(f"transfer {transfer.status}: {transfer.reason}")
-    return {"n_set_sent": sent, "n_set_answered": t0, "held": held, "committed_seen": committed,
+    return {**vna.commitment_job(), "n_set_sent": sent, "n_set_answered": t0, "held": held, "committed_seen": committed,
             "transfer_id": transfer.pk, "seconds": held - t0, "seconds_committed": committed - t0}
 
 
@@ -240,6 +255,8 @@ def breakdown(leg: dict, worker_log: str) -> dict:
         "last_items_recorded_sent": sent["last"].timestamp(),
         "commitment_requested": transfer.commitment_requested_at.timestamp(),
         "orthanc_holds_every_instance": leg["held"],
+        "orthanc_commitment_job_created": leg.get("orthanc_commitment_job_created"),
+        "orthanc_commitment_job_completed": leg.get("orthanc_commitment_job_completed"),
         "commitment_recorded": transfer.finished_at.timestamp(),
         "study_archived": study.archived_at.timestamp() if study.archived_at else None,
     }
