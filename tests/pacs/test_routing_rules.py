@@ -242,3 +242,58 @@ def test_commitment_report_answered_processing_failure_when_the_database_is_down
     assert Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTING
     assert report() == 0x0000
     assert Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED
+
+
+@pytest.mark.parametrize("status,raised", [(0x0000, None), (0xA700, routing.TransientError),
+                                           (0x0112, routing.PermanentError)])
+def test_storage_commitment_n_action_as_a_pynetdicom_scp_receives_it(status, raised):
+    """The N-ACTION (PS3.4 J.3.2) over the engine's requestor, read by pynetdicom as the VNA:
+    action type 1 on the well-known instance, the TransactionUID and every reference; its
+    status classified (0xA7xx: retry later; any other failure: permanent)."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel
+
+    from pacs import scu
+
+    received = []
+
+    def on_n_action(event):
+        received.append((event.request.ActionTypeID, event.request.RequestedSOPInstanceUID, event.action_information))
+        return status, None
+
+    ae = AE(ae_title="VNA")
+    ae.add_supported_context(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_N_ACTION, on_n_action)])
+    destination = VnaDestination(name="peer", ae_title="VNA", host="127.0.0.1", port=server.server_address[1])
+    refs = [("1.2.840.10008.5.1.4.1.1.2", generate_uid()) for _ in range(3)]
+    transaction_uid = generate_uid()
+    try:
+        if raised is None:
+            scu.request_commitment(destination, transaction_uid, refs)
+        else:
+            with pytest.raises(raised, match=f"0x{status:04X}"):
+                scu.request_commitment(destination, transaction_uid, refs)
+    finally:
+        server.shutdown()
+    [(action_type, instance, information)] = received
+    assert action_type == 1 and instance == scu.STORAGE_COMMITMENT_INSTANCE
+    assert information.TransactionUID == transaction_uid
+    assert [(i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID) for i in information.ReferencedSOPSequence] == refs
+
+
+def test_storage_commitment_not_offered_by_the_vna_is_permanent():
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from pacs import scu
+
+    ae = AE(ae_title="VNA")
+    ae.add_supported_context(Verification)
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    destination = VnaDestination(name="peer", ae_title="VNA", host="127.0.0.1", port=server.server_address[1])
+    try:
+        with pytest.raises(routing.PermanentError, match="Storage Commitment Push Model not accepted"):
+            scu.request_commitment(destination, generate_uid(), [("1.2.840.10008.5.1.4.1.1.2", generate_uid())])
+    finally:
+        server.shutdown()
