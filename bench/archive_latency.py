@@ -103,20 +103,23 @@ class Vna:
             time.sleep(poll)
         raise RuntimeError(f"Orthanc did not reach {n} instances")
 
-    def commitment_job(self) -> dict:
-        """Orthanc's latest storage commitment SCP job: when it was created (the N-ACTION
-        received) and completed (the N-EVENT-REPORT sent), as time.time()."""
-        jobs = self.http.get(f"{self.orthanc.url}/jobs?expand", timeout=10).json()
-        jobs = [j for j in jobs if j.get("Type") == "StorageCommitmentScp" and j.get("CompletionTime")]
-        if not jobs:
-            return {}
-        job = max(jobs, key=lambda j: j["CreationTime"])
+    def commitment_job(self, since: float, timeout: float = 10.0) -> dict:
+        """Orthanc's storage commitment SCP job created after ``since``: when it was created (the
+        N-ACTION received) and completed (after the N-EVENT-REPORT), as time.time()."""
 
         def utc(text):  # Orthanc writes ISO basic format, UTC: 20261203T105300.123456
-            return dt.datetime.strptime(text, "%Y%m%dT%H%M%S.%f").replace(tzinfo=dt.timezone.utc).timestamp()
+            return dt.datetime.strptime(text, "%Y%m%dT%H%M%S.%f").replace(tzinfo=dt.UTC).timestamp()
 
-        return {"orthanc_commitment_job_created": utc(job["CreationTime"]),
-                "orthanc_commitment_job_completed": utc(job["CompletionTime"])}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs = [j for j in self.http.get(f"{self.orthanc.url}/jobs?expand", timeout=10).json()
+                    if j.get("Type") == "StorageCommitmentScp" and utc(j["CreationTime"]) >= since]
+            job = max(jobs, key=lambda j: j["CreationTime"]) if jobs else {}
+            if job.get("CompletionTime"):
+                return {"orthanc_commitment_job_created": utc(job["CreationTime"]),
+                        "orthanc_commitment_job_completed": utc(job["CompletionTime"])}
+            time.sleep(0.05)
+        return {}
 
     def empty(self) -> None:
         for study in self.http.get(f"{self.orthanc.url}/studies", timeout=10).json():
@@ -208,7 +211,7 @@ def engine_leg(engine, vna: Vna, rp, files, images: int, poll: float) -> dict:
     committed = time.time()
     if transfer.status != tr.COMMITTED:
         raise RuntimeError(f"transfer {transfer.status}: {transfer.reason}")
-    return {**vna.commitment_job(), "n_set_sent": sent, "n_set_answered": t0, "held": held, "committed_seen": committed,
+    return {**vna.commitment_job(since=sent), "n_set_sent": sent, "n_set_answered": t0, "held": held, "committed_seen": committed,
             "transfer_id": transfer.pk, "seconds": held - t0, "seconds_committed": committed - t0}
 
 

@@ -297,3 +297,23 @@ def test_storage_commitment_not_offered_by_the_vna_is_permanent():
             scu.request_commitment(destination, generate_uid(), [("1.2.840.10008.5.1.4.1.1.2", generate_uid())])
     finally:
         server.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_progress_is_recorded_without_waiting_for_the_flush_and_only_that_transaction(transfer):
+    """record_outcomes commits with synchronous_commit off for its own transaction only: the
+    session (every other transaction of the worker) keeps waiting for the WAL flush."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    Transfer.objects.filter(pk=transfer.pk).update(status=tr.IN_PROGRESS, lease_expires_at=timezone.now())
+    TransferItem.objects.filter(transfer=transfer).update(status=tr.ITEM_PENDING)
+    items = list(TransferItem.objects.filter(transfer=transfer).values_list("pk", flat=True))
+    with CaptureQueriesContext(connection) as queries:
+        routing.record_outcomes(transfer.pk, [routing.ItemOutcome(pk, True) for pk in items])
+    assert any("SET LOCAL synchronous_commit TO OFF" in q["sql"] for q in queries.captured_queries)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+    assert TransferItem.objects.filter(transfer=transfer, status=tr.ITEM_SENT).count() == 3
+    assert Transfer.objects.get(pk=transfer.pk).lease_expires_at > timezone.now()
