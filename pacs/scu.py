@@ -131,8 +131,8 @@ def send_items_engine(destination, items: list[ItemToSend], *, corrections: dict
 
 def request_commitment(destination, transaction_uid: str, refs: list[tuple[str, str]]) -> None:
     """N-ACTION Request Storage Commitment (action type 1, PS3.4 J.3.2) with ReferencedSOPSequence,
-    over an association of the engine's requestor (no association thread: the N-ACTION follows
-    the last C-STORE without pynetdicom's set-up and release costs)."""
+    on a new association of the engine's requestor (a blocking socket: no association thread to
+    start and stop between the last C-STORE and the request)."""
     ds = Dataset()
     ds.TransactionUID = transaction_uid
     sequence = []

@@ -217,8 +217,9 @@ def record_outcomes(transfer_id: int, outcomes: list[ItemOutcome]) -> None:
     for its flush, which makes these durable too; COMMITTED still comes only from the report."""
     now = timezone.now()
     sent = [o.item_id for o in outcomes if o.ok]
+    outermost = not connection.in_atomic_block  # SET LOCAL would reach an enclosing transaction
     with transaction.atomic():
-        if connection.vendor == "postgresql":
+        if connection.vendor == "postgresql" and outermost:
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
         if sent:
