@@ -53,8 +53,10 @@ test: venv-dev services
 # Every benchmark, each on a PostgreSQL database of its own (they fill and empty it), peers
 # (dcmtk, Orthanc, python-hl7) started by the scripts.  Results: bench/RESULTS.md.
 BENCH_PG := postgres://postgres:postgres@127.0.0.1:5432
+# Flushed by bench/archive_latency.py (its worker's broker): not the tests' database.
+BENCH_BROKER_URL ?= redis://127.0.0.1:6379/13
 bench: venv-dev services
-	for db in pacs_bench_hl7 pacs_bench_mwl pacs_bench_store pacs_bench_reading pacs_bench_oru; do \
+	for db in pacs_bench_hl7 pacs_bench_mwl pacs_bench_store pacs_bench_reading pacs_bench_oru pacs_bench_archive; do \
 	  PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$$db'" | grep -q 1 \
 	  || PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $$db"; done
 	DATABASE_URL=$(BENCH_PG)/pacs_bench_hl7 $(BIN)/python bench/hl7_intake.py --n 5000 --workers 1,2
@@ -62,6 +64,8 @@ bench: venv-dev services
 	DATABASE_URL=$(BENCH_PG)/pacs_bench_store $(BIN)/python bench/store.py --images 200 --runs 3 --route
 	DATABASE_URL=$(BENCH_PG)/pacs_bench_reading $(BIN)/python bench/reading_worklist.py --studies 100000 --users 10
 	BENCH_DATABASE_URL=$(BENCH_PG)/pacs_bench_oru $(BIN)/python bench/oru_delivery.py --n 1000 --concurrency 2,4
+	DATABASE_URL=$(BENCH_PG)/pacs_bench_archive CELERY_BROKER_URL=$(BENCH_BROKER_URL) \
+	  $(BIN)/python bench/archive_latency.py --images 200 --runs 7
 
 clean:
 	rm -rf $(VENV) var

@@ -90,13 +90,13 @@ def storescu(port: int, called: str, files: list[Path]) -> float:
 
 
 class Engine:
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, args: tuple[str, ...] = ()):
         self.port = free_port()
         self.storage = Path(tempfile.mkdtemp(prefix="engine-storage-", dir=workdir))
-        env = {**ENV, "STORAGE_DIR": str(self.storage), "DICOM_PORT": str(self.port), "DICOM_AE_TITLE": "PACS",
-               "LOG_LEVEL": "WARNING"}
-        self.process = subprocess.Popen([sys.executable, "manage.py", "run_dicom", "--host", "127.0.0.1"],
-                                        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.env = {**ENV, "STORAGE_DIR": str(self.storage), "DICOM_PORT": str(self.port), "DICOM_AE_TITLE": "PACS",
+                    "LOG_LEVEL": "WARNING"}
+        self.process = subprocess.Popen([sys.executable, "manage.py", "run_dicom", "--host", "127.0.0.1", *args],
+                                        cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
 
     def stop(self):
@@ -211,12 +211,8 @@ def bench_route(workdir: Path, images: int, runs: int) -> dict:
             shutil.rmtree(workdir / f"rstudy{run}")
             for sender in senders:
                 settings.VNA_DICOM_SENDER = sender
-                rp = _bench_order()
                 folder = workdir / f"rstudy{run}{sender}"
-                files = write_study(folder, images, study_instance_uid=rp.study_instance_uid, rows=512, columns=512,
-                                    accession_number=rp.accession_number, patient_id="BENCH",
-                                    issuer_of_patient_id="BENCH", patient_name="BENCH^CT")
-                size = sum(f.stat().st_size for f in files)
+                rp, files, size = ordered_study(folder, images)
                 storescu(engine.port, "PACS", files)
                 shutil.rmtree(folder)
                 study = Study.objects.get(study_instance_uid=rp.study_instance_uid)
@@ -254,6 +250,15 @@ def bench_route(workdir: Path, images: int, runs: int) -> dict:
         out[f"ratio_{sender}_sent"] = round(r["MB_per_s"] / d["MB_per_s"], 2)
         out[f"ratio_{sender}_committed"] = round(c["MB_per_s"] / d["MB_per_s"], 2)
     return out
+
+
+def ordered_study(folder: Path, images: int):
+    """An order (``_bench_order``) and its study written to ``folder``: (procedure, files, bytes)."""
+    rp = _bench_order()
+    files = write_study(folder, images, study_instance_uid=rp.study_instance_uid, rows=512, columns=512,
+                        accession_number=rp.accession_number, patient_id="BENCH", issuer_of_patient_id="BENCH",
+                        patient_name="BENCH^CT")
+    return rp, files, sum(f.stat().st_size for f in files)
 
 
 def _bench_order():

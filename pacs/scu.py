@@ -9,7 +9,7 @@ threads (reliability D-18).
 
 C-STORE is sent by the engine's own requestor (``pacs.dimse.requestor``, the default
 ``VNA_DICOM_SENDER=engine``) or by dcmtk's storescu (``dcmtk``, ``pacs.scu_dcmtk``); the
-storage commitment request (one small N-ACTION per transfer) by pynetdicom.
+storage commitment request (one small N-ACTION per transfer) always by the engine's requestor.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from django.conf import settings
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
@@ -34,31 +33,6 @@ PROGRESS_EVERY = 10
 WARNINGS = {0xB000, 0xB006, 0xB007}
 # Storage Commitment Push Model SOP Instance (PS3.4 J.3.5).
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
-
-
-def _ae() -> AE:
-    ae = AE(ae_title=settings.DICOM_AE_TITLE)
-    ae.acse_timeout = settings.DICOM_ACSE_TIMEOUT
-    ae.dimse_timeout = settings.DICOM_DIMSE_TIMEOUT
-    ae.network_timeout = settings.DICOM_NETWORK_TIMEOUT
-    ae.maximum_pdu_size = 0  # no limit on what we receive; we send in the peer's maximum
-    return ae
-
-
-def _associate(ae: AE, destination):
-    assoc = ae.associate(destination.host, int(destination.port), ae_title=destination.ae_title)
-    if assoc.is_established:
-        return assoc
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
-    if assoc.is_rejected:
-        primitive = assoc.acceptor.primitive
-        result = getattr(primitive, "result", None)
-        diag = getattr(primitive, "result_str", "") or ""
-        reason = f"association rejected by {where} (result {result}, {diag})".replace(", )", ")")
-        if result == 0x01:
-            raise PermanentError(reason)
-        raise TransientError(reason)
-    raise TransientError(f"no association with {where} (connection refused, aborted or timed out)")
 
 
 def classify_status(code: int) -> tuple[bool, bool]:
@@ -156,27 +130,30 @@ def send_items_engine(destination, items: list[ItemToSend], *, corrections: dict
 
 
 def request_commitment(destination, transaction_uid: str, refs: list[tuple[str, str]]) -> None:
-    """N-ACTION Request Storage Commitment (action type 1) with ReferencedSOPSequence."""
-    ae = _ae()
-    ae.add_requested_context(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = _associate(ae, destination)
-    try:
-        ds = Dataset()
-        ds.TransactionUID = transaction_uid
-        sequence = []
-        for sop_class_uid, sop_instance_uid in refs:
-            item = Dataset()
-            item.ReferencedSOPClassUID = sop_class_uid
-            item.ReferencedSOPInstanceUID = sop_instance_uid
-            sequence.append(item)
-        ds.ReferencedSOPSequence = sequence
-        status, _ = assoc.send_n_action(ds, 1, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    if not status or "Status" not in status:
-        raise TransientError("no N-ACTION response to the storage commitment request")
-    code = int(status.Status)
+    """N-ACTION Request Storage Commitment (action type 1, PS3.4 J.3.2) with ReferencedSOPSequence,
+    on a new association of the engine's requestor (a blocking socket: no association thread to
+    start and stop between the last C-STORE and the request)."""
+    ds = Dataset()
+    ds.TransactionUID = transaction_uid
+    sequence = []
+    for sop_class_uid, sop_instance_uid in refs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class_uid
+        item.ReferencedSOPInstanceUID = sop_instance_uid
+        sequence.append(item)
+    ds.ReferencedSOPSequence = sequence
+    pairs = [(StorageCommitmentPushModel, syntax) for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)]
+    with _open(destination, pairs) as assoc:
+        pair = next((p for p in pairs if p in assoc.accepted), None)
+        if pair is None:
+            raise PermanentError(f"Storage Commitment Push Model not accepted by {destination.ae_title}")
+        information = encode_dataset(ds, pair[1] == ImplicitVRLittleEndian, True)
+        try:
+            code = assoc.send_n_action(information, sop_class_uid=StorageCommitmentPushModel,
+                                       sop_instance_uid=STORAGE_COMMITMENT_INSTANCE, action_type_id=1,
+                                       context_id=assoc.accepted[pair])
+        except requestor.AssociationLost as exc:
+            raise TransientError(f"no N-ACTION response to the storage commitment request ({exc})") from exc
     if code != 0x0000:
         if 0xA700 <= code <= 0xA7FF or code == 0x0213:
             raise TransientError(f"storage commitment N-ACTION status 0x{code:04X}")

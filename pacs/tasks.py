@@ -5,7 +5,7 @@ Task names are explicit and stable (queued messages survive deployments).
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import shared_task, signals
 
 
 @shared_task(name="pacs.send_transfer", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -30,3 +30,10 @@ def purge_archived() -> int:
     from pacs.services import routing
 
     return routing.purge_archived()
+
+
+@signals.worker_init.connect(dispatch_uid="pacs.tasks.import_senders")
+def import_senders(**kwargs) -> None:
+    """Import the VNA senders (pydicom, pynetdicom: about 0.4 s) once in the worker's main
+    process, before the pool forks its children, instead of in each child's first transfer."""
+    from pacs import scu, stow  # noqa: F401

@@ -1,6 +1,8 @@
-"""The engine as association requestor for C-STORE (PS3.8 9.3, PS3.7 9.3.1), on a blocking socket.
+"""The engine as association requestor for C-STORE (PS3.8 9.3, PS3.7 9.3.1) and N-ACTION
+(PS3.7 10.3.4), on a blocking socket.
 
-Used to send studies to a VNA (``pacs.scu``, ``VNA_DICOM_SENDER=engine``, the default).
+Used to send studies to a VNA (``pacs.scu``, ``VNA_DICOM_SENDER=engine``, the default) and to
+ask it for storage commitment (whichever sender sent the study).
 pynetdicom's SCU moves every PDU through its DUL thread and queues (measured here: 20-54 MB/s
 where dcmtk's storescu sends 80-170 MB/s on the same link); this one writes each P-DATA-TF
 straight from the file into the socket: the data set of a stored file is read in pieces of
@@ -35,6 +37,9 @@ UNLIMITED_SEND = 1024 * 1024
 _PDV = struct.Struct(">BxLLBB")  # PDU header + PDV header
 # Bytes of PDUs handed to the socket per write.
 SEND_BYTES = 256 * 1024
+# Response CommandField values (PS3.7 E.1-1 / E.2-1).
+C_STORE_RSP = 0x8001
+N_ACTION_RSP = 0x8130
 
 
 class AssociationRejected(Exception):
@@ -177,10 +182,30 @@ class Association:
                     self.sock.sendall(pdu)
             else:
                 self._send_file(path_or_bytes, context_id, room)
-            return self._read_response(message_id)
+            return self._read_response(message_id, C_STORE_RSP)
         except (ul.ConnectionClosed, ul.ProtocolError, OSError) as exc:
             self.is_established = False
             raise AssociationLost(f"association lost during C-STORE: {exc}") from exc
+
+    # ------------------------------------------------------------------ N-ACTION
+    def send_n_action(self, action_information: bytes, *, sop_class_uid: str, sop_instance_uid: str,
+                      action_type_id: int, context_id: int) -> int:
+        """N-ACTION-RQ (PS3.7 10.1.4) with its Action Information, an encoded data set in the
+        context's transfer syntax; return the N-ACTION-RSP Status (a reply data set, if any, is
+        not read).  Raises AssociationLost if no response comes."""
+        message_id = self._next_message_id()
+        command = ul.encode_command({
+            "RequestedSOPClassUID": sop_class_uid, "CommandField": 0x0130, "MessageID": message_id,
+            "CommandDataSetType": 0x0000, "RequestedSOPInstanceUID": sop_instance_uid,
+            "ActionTypeID": action_type_id,
+        })
+        try:
+            for pdu in ul.message_pdus(context_id, command, action_information, self.peer_max):
+                self.sock.sendall(pdu)
+            return self._read_response(message_id, N_ACTION_RSP)
+        except (ul.ConnectionClosed, ul.ProtocolError, OSError) as exc:
+            self.is_established = False
+            raise AssociationLost(f"association lost during N-ACTION: {exc}") from exc
 
     def _send_file(self, path, context_id: int, room: int) -> None:
         """The data set of a Part 10 file as P-DATA-TF PDUs of ``room`` data bytes each; several
@@ -213,7 +238,8 @@ class Association:
                     used += 12 + size
                 self.sock.sendall(view[:used])
 
-    def _read_response(self, message_id: int) -> int:
+    def _read_response(self, message_id: int, command_field: int) -> int:
+        """The Status of the response ``command_field`` to ``message_id``; data set PDVs skipped."""
         self.sock.settimeout(self.dimse_timeout)
         command_bytes = bytearray()
         while True:
@@ -222,17 +248,17 @@ class Association:
                 self.is_established = False
                 raise AssociationLost("A-ABORT from the peer")
             if pdu_type != ul.P_DATA_TF:
-                raise ul.ProtocolError(f"unexpected PDU 0x{pdu_type:02X} while waiting for C-STORE-RSP")
+                raise ul.ProtocolError(f"unexpected PDU 0x{pdu_type:02X} while waiting for a response")
             for _cx, is_command, is_last, fragment in ul.iter_pdvs(body):
                 if not is_command:
-                    continue  # a C-STORE-RSP carries no data set; ignore one if sent
+                    continue  # a C-STORE-RSP carries no data set; an N-ACTION reply is not needed
                 command_bytes += fragment
                 if is_last:
                     response = ul.decode_command(command_bytes)
                     command_bytes = bytearray()
-                    if response.CommandField == 0x8001 and response.MessageIDBeingRespondedTo == message_id:
+                    if response.CommandField == command_field and response.MessageIDBeingRespondedTo == message_id:
                         if response.Status is None:
-                            raise ul.ProtocolError("C-STORE-RSP without Status")
+                            raise ul.ProtocolError(f"response 0x{command_field:04X} without Status")
                         return response.Status
 
     # ------------------------------------------------------------------ release

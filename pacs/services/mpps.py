@@ -66,6 +66,9 @@ NOT_ALLOWED_IN_N_SET = frozenset(
     }
 )
 
+# ScheduledStepAttributesSequence (0040,0270) as a DICOM JSON key (PS3.18 F.2).
+SCHEDULED_STEP_ATTRIBUTES = "00400270"
+
 # MPPS status -> step status (shared reference section 3).
 STEP_STATUS = {IN_PROGRESS: states.SPS_STARTED, COMPLETED: states.SPS_COMPLETED, DISCONTINUED: states.SPS_DISCONTINUED}
 
@@ -270,7 +273,10 @@ def update(sop_instance_uid: str, modifications: dict, *, calling_ae_title: str 
         pps.save()
         if status and status != pps.status:
             transition(pps, status, entity="mpps", cause=cause, actor=calling_ae_title)
-            steps = _referenced_steps(_dataset(merged))
+            # Only the N-CREATE's ScheduledStepAttributesSequence names steps (N-SET may not
+            # change it, Table F.7.2-1): read that alone, not the whole PerformedSeriesSequence.
+            steps = _referenced_steps(_dataset({SCHEDULED_STEP_ATTRIBUTES: merged[SCHEDULED_STEP_ATTRIBUTES]}
+                                               if SCHEDULED_STEP_ATTRIBUTES in merged else {}))
             if pps.scheduled_step_id and pps.scheduled_step_id not in {s.pk for s in steps}:
                 # linked by hand at reconciliation
                 steps.insert(0, ScheduledProcedureStep.objects.select_for_update().get(pk=pps.scheduled_step_id))

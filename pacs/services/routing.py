@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from pacs import storage
@@ -213,10 +213,21 @@ def items_to_send(transfer: Transfer) -> list[ItemToSend]:
 
 
 def record_outcomes(transfer_id: int, outcomes: list[ItemOutcome]) -> None:
-    """Called by the sender every few instances: items sent or refused, lease extended."""
+    """Called by the sender every few instances: items sent or refused, lease extended.
+
+    On PostgreSQL this transaction commits without waiting for its WAL flush
+    (``synchronous_commit = off``, this transaction only), so the sender does not wait for the
+    disk between instances.  A database crash can lose only this progress: the items stay
+    PENDING and are sent again by the next attempt (the VNA keeps one copy per SOP Instance UID).
+    Every later transaction of the transfer (the storage commitment request, the report) waits
+    for its flush, which makes these durable too; COMMITTED still comes only from the report."""
     now = timezone.now()
     sent = [o.item_id for o in outcomes if o.ok]
+    outermost = not connection.in_atomic_block  # SET LOCAL would reach an enclosing transaction
     with transaction.atomic():
+        if connection.vendor == "postgresql" and outermost:
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
         if sent:
             TransferItem.objects.filter(pk__in=sent, status=tr.ITEM_PENDING).update(status=tr.ITEM_SENT, sent_at=now)
         for o in outcomes:

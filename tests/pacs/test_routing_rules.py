@@ -242,3 +242,78 @@ def test_commitment_report_answered_processing_failure_when_the_database_is_down
     assert Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTING
     assert report() == 0x0000
     assert Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED
+
+
+@pytest.mark.parametrize("status,raised", [(0x0000, None), (0xA700, routing.TransientError),
+                                           (0x0112, routing.PermanentError)])
+def test_storage_commitment_n_action_as_a_pynetdicom_scp_receives_it(status, raised):
+    """The N-ACTION (PS3.4 J.3.2) over the engine's requestor, read by pynetdicom as the VNA:
+    action type 1 on the well-known instance, the TransactionUID and every reference; its
+    status classified (0xA7xx: retry later; any other failure: permanent)."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel
+
+    from pacs import scu
+
+    received = []
+
+    def on_n_action(event):
+        received.append((event.request.ActionTypeID, event.request.RequestedSOPInstanceUID, event.action_information))
+        return status, None
+
+    ae = AE(ae_title="VNA")
+    ae.add_supported_context(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_N_ACTION, on_n_action)])
+    destination = VnaDestination(name="peer", ae_title="VNA", host="127.0.0.1", port=server.server_address[1])
+    refs = [("1.2.840.10008.5.1.4.1.1.2", generate_uid()) for _ in range(3)]
+    transaction_uid = generate_uid()
+    try:
+        if raised is None:
+            scu.request_commitment(destination, transaction_uid, refs)
+        else:
+            with pytest.raises(raised, match=f"0x{status:04X}"):
+                scu.request_commitment(destination, transaction_uid, refs)
+    finally:
+        server.shutdown()
+    [(action_type, instance, information)] = received
+    assert action_type == 1 and instance == scu.STORAGE_COMMITMENT_INSTANCE
+    assert information.TransactionUID == transaction_uid
+    assert [(i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID) for i in information.ReferencedSOPSequence] == refs
+
+
+def test_storage_commitment_not_offered_by_the_vna_is_permanent():
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from pacs import scu
+
+    ae = AE(ae_title="VNA")
+    ae.add_supported_context(Verification)
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    destination = VnaDestination(name="peer", ae_title="VNA", host="127.0.0.1", port=server.server_address[1])
+    try:
+        with pytest.raises(routing.PermanentError, match="Storage Commitment Push Model not accepted"):
+            scu.request_commitment(destination, generate_uid(), [("1.2.840.10008.5.1.4.1.1.2", generate_uid())])
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_progress_is_recorded_without_waiting_for_the_flush_and_only_that_transaction(transfer):
+    """record_outcomes commits with synchronous_commit off for its own transaction only: the
+    session (every other transaction of the worker) keeps waiting for the WAL flush."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    Transfer.objects.filter(pk=transfer.pk).update(status=tr.IN_PROGRESS, lease_expires_at=timezone.now())
+    TransferItem.objects.filter(transfer=transfer).update(status=tr.ITEM_PENDING)
+    items = list(TransferItem.objects.filter(transfer=transfer).values_list("pk", flat=True))
+    with CaptureQueriesContext(connection) as queries:
+        routing.record_outcomes(transfer.pk, [routing.ItemOutcome(pk, True) for pk in items])
+    assert any("SET LOCAL synchronous_commit TO OFF" in q["sql"] for q in queries.captured_queries)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+    assert TransferItem.objects.filter(transfer=transfer, status=tr.ITEM_SENT).count() == 3
+    assert Transfer.objects.get(pk=transfer.pk).lease_expires_at > timezone.now()
