@@ -128,6 +128,20 @@ class CertificateExpiry:
     def seconds_left(self, now: dt.datetime) -> float | None:
         return None if self.not_after is None else (self.not_after - now).total_seconds()
 
+    def is_due(self, now: dt.datetime) -> bool:
+        """Unreadable, expired, or expiring within TLS_EXPIRY_WARNING_DAYS: to be renewed now."""
+        left = self.seconds_left(now)
+        return left is None or left <= settings.TLS_EXPIRY_WARNING_DAYS * 86400
+
+    def describe(self, now: dt.datetime) -> str:
+        left = self.seconds_left(now)
+        if left is None:
+            return f"{self.setting} {self.problem}"
+        when = f"{self.not_after:%Y-%m-%d %H:%M} UTC"
+        if left <= 0:
+            return f"{self.setting}: the certificate {self.subject} expired on {when}"
+        return f"{self.setting}: the certificate {self.subject} expires in {left / 86400:.0f} day(s), on {when}"
+
 
 def certificate_expiries() -> list[CertificateExpiry]:
     """Every certificate of every configured file (``certificate_files()``) with its expiry; a
