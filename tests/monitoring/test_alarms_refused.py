@@ -27,7 +27,7 @@ ATTACKER = "10.66.0.9:40000"
 
 def default_rule() -> AlarmRule:
     """The rule the migration installs (run again here: transactional tests flush migration data)."""
-    migration = importlib.import_module("monitoring.migrations.0004_hl7_refusals")
+    migration = importlib.import_module("monitoring.migrations.0005_hl7_refusals")
     migration.add_refusal_rule(apps, None)
     migration.add_refusal_rule(apps, None)  # idempotent
     return AlarmRule.objects.get(kind=HL7_REFUSED)
