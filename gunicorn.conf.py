@@ -40,6 +40,9 @@ if _true("WEB_TLS"):
     # fails, pacs.E007, when they are missing or do not match).
     certfile = os.environ.get("TLS_CERTIFICATE", "").strip() or None
     keyfile = os.environ.get("TLS_PRIVATE_KEY", "").strip() or None
+    if not certfile or not keyfile:
+        # Never fall back to plain HTTP when HTTPS was asked for.
+        raise SystemExit("WEB_TLS=true needs TLS_CERTIFICATE and TLS_PRIVATE_KEY (pacs.E007)")
 
     def ssl_context(conf, default_ssl_context_factory):
         """TLS 1.2 or 1.3 only (RFC 8996 retires 1.0 and 1.1; BCP 195 / RFC 9325 section 3.1.1)."""

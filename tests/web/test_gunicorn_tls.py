@@ -138,3 +138,11 @@ def test_forwarded_proto_from_this_host_is_not_believed_and_health_speaks_https(
     health = subprocess.run([sys.executable, "manage.py", "health", "web", "--port", str(port), "--timeout", "5"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert health.returncode == 0, health.stdout + health.stderr
+
+
+def test_web_tls_without_a_certificate_does_not_start_in_plain_http(tmp_path):
+    env = _env(tmp_path, WEB_PORT=str(free_port()), WEB_TLS="true", TLS_CERTIFICATE="", TLS_PRIVATE_KEY="")
+    result = subprocess.run([str(Path(sys.executable).parent / "gunicorn"), "pacs.wsgi"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "WEB_TLS=true needs TLS_CERTIFICATE and TLS_PRIVATE_KEY" in result.stdout + result.stderr
