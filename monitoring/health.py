@@ -10,6 +10,7 @@ web|mllp|dicom|worker`` (exit code 0 healthy, 1 not), the container healthchecks
 from __future__ import annotations
 
 import socket
+import ssl
 import urllib.request
 
 from django.conf import settings
@@ -81,8 +82,16 @@ def dicom_echo(host: str, port: int, called_ae_title: str, timeout: float = 5.0)
 
 
 def web(host: str, port: int, timeout: float = 5.0) -> bool:
+    """The web process answers /health/: over HTTPS when gunicorn serves it (WEB_TLS).  The probe
+    goes to the loopback, where the certificate's names do not apply: it checks that the process
+    answers, not who it is."""
+    scheme, context = "http", None
+    if settings.WEB_TLS:
+        scheme, context = "https", ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(f"http://{_local(host)}:{port}/health/", timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(f"{scheme}://{_local(host)}:{port}/health/", timeout=timeout,  # noqa: S310
+                                    context=context) as response:
             return response.status == 200
     except Exception:  # noqa: BLE001
         return False

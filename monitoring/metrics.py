@@ -19,6 +19,7 @@ from hl7gateway.models import OutboundAttempt, OutboundMessage
 from monitoring import selectors
 from monitoring.models import Alarm, AlarmRule
 from pacs.models import Transfer
+from pacs.tls import certificate_expiries
 
 
 def _ts(value) -> float:
@@ -110,6 +111,16 @@ class DatabaseCollector:
         for rule in AlarmRule.objects.filter(enabled=True):
             rules.add_metric([rule.name, rule.kind], opened_by_rule.get(rule.pk, 0))
         yield rules
+
+        # Read from the files at each scrape (a few small PEM files); an unreadable file has no
+        # series, and the certificate_expiry alarm names it.
+        expiry = GaugeMetricFamily("pacs_tls_certificate_expiry_seconds",
+                                   "seconds until the configured certificate expires (negative: expired)",
+                                   labels=["setting", "subject"])
+        for cert in certificate_expiries():
+            if cert.not_after is not None:
+                expiry.add_metric([cert.setting, cert.subject], cert.seconds_left(now))
+        yield expiry
 
 
 def render() -> bytes:

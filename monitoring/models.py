@@ -23,6 +23,7 @@ UNMATCHED_STUDY = "unmatched_study"
 TRANSFER_FAILED = "transfer_failed"
 DICOM_REFUSED = "dicom_refused"
 HL7_REFUSED = "hl7_refused"
+CERTIFICATE_EXPIRY = "certificate_expiry"
 KIND_CHOICES = [
     (INBOUND_SILENCE, "no inbound HL7 from a sender for longer than N minutes"),
     (OUTBOUND_BACKLOG, "outbound HL7 backlog: oldest undelivered message older than N minutes"),
@@ -31,6 +32,7 @@ KIND_CHOICES = [
     (TRANSFER_FAILED, "a VNA transfer failed"),
     (DICOM_REFUSED, "DICOM associations refused from a source address (not a declared node) within N minutes"),
     (HL7_REFUSED, "inbound HL7 refused (undeclared sender, or a type not granted) within the last N minutes"),
+    (CERTIFICATE_EXPIRY, "a configured TLS certificate is unreadable, expired or expires within TLS_EXPIRY_WARNING_DAYS"),
 ]
 
 # What the interface key of each kind names (empty: every interface of the kind, one alarm each).
@@ -40,7 +42,8 @@ INTERFACE_KEY_HELP = (
     "error_rate: hl7:APP^FACILITY, oru:destination or dicom:CALLING_AE; "
     "unmatched_study: calling AE title; transfer_failed: VNA destination name; "
     "dicom_refused: source IP address; "
-    "hl7_refused: the source address. "
+    "hl7_refused: the source address; "
+    "certificate_expiry: the setting (TLS_CERTIFICATE, TLS_CA_CERTIFICATES). "
     "Empty = each interface of the kind separately."
 )
 

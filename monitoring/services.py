@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from monitoring import selectors
 from monitoring.models import (
+    CERTIFICATE_EXPIRY,
     DICOM_REFUSED,
     ERROR_RATE,
     HL7_REFUSED,
@@ -39,6 +40,7 @@ from monitoring.models import (
     Alarm,
     AlarmRule,
 )
+from pacs.tls import certificate_expiries
 
 log = logging.getLogger("monitoring.alarms")
 
@@ -134,6 +136,16 @@ def conditions(rule: AlarmRule, now: dt.datetime) -> dict[str, Condition]:
             detail = f"; last: {seen['sender']} {seen['message_type']}: {seen['reason']}"[:300] if seen else ""
             out[key] = Condition(count >= max(rule.min_count, 1), float(count),
                                  f"{count} HL7 message(s) from {key} refused in {limit} min{detail}")
+    elif rule.kind == CERTIFICATE_EXPIRY:
+        # One alarm per certificate (a CA bundle holds several), keyed by setting and subject; it
+        # clears when the file holds a renewed certificate.  The threshold is TLS_EXPIRY_WARNING_DAYS.
+        for expiry in certificate_expiries():
+            if rule.interface_key and expiry.setting != rule.interface_key:
+                continue
+            left = expiry.seconds_left(now)
+            key = f"{expiry.setting} {expiry.subject}".strip()[:200]
+            out[key] = Condition(expiry.is_due(now), None if left is None else round(left / 86400, 1),
+                                 expiry.describe(now))
     return out
 
 

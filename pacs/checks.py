@@ -11,15 +11,23 @@ pacs.W002  (deploy) SECRET_KEY is the development default
 pacs.W003  (deploy) the database is SQLite
 pacs.W004  DICOM_ALLOW_UNKNOWN_AE is set: it still works, DICOM_UNKNOWN_AE_FROM replaces it
 pacs.W005  (deploy) SECRETS_ENCRYPTION_KEYS is unset (a generated key in VAR_DIR seals credentials)
+pacs.E007  a TLS file (TLS_CERTIFICATE, TLS_PRIVATE_KEY, TLS_CA_CERTIFICATES) is missing, unreadable or
+           does not match its key, or WEB_TLS is on without a certificate: no process starts so
+pacs.W006  (deploy) a configured certificate is expired or expires within TLS_EXPIRY_WARNING_DAYS
+pacs.W007  (deploy) the web is served over plain HTTP (neither WEB_TLS nor WEB_TRUSTED_PROXIES)
 """
 
 from __future__ import annotations
 
+import ssl
+
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.utils import timezone
 
 from pacs.env import PROBLEMS
 from pacs.lib.peers import is_everywhere, is_valid_ae_title, network
+from pacs.tls import TLSConfigurationError, certificate_expiries, server_context
 
 
 @register(Tags.compatibility)
@@ -72,6 +80,42 @@ def check_environment(app_configs, **kwargs):
     return errors
 
 
+@register(Tags.security)
+def check_tls_files(app_configs, **kwargs):
+    """pacs.E007 at every start: a TLS set-up that cannot work stops the process here rather than
+    at the first peer's handshake."""
+    problems = []
+    if settings.TLS_CERTIFICATE or settings.TLS_PRIVATE_KEY or settings.WEB_TLS:
+        try:
+            server_context("none")
+        except TLSConfigurationError as exc:
+            problems.append(("WEB_TLS=true: " if settings.WEB_TLS and not settings.TLS_CERTIFICATE else "") + str(exc))
+    if settings.TLS_CA_CERTIFICATES:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=settings.TLS_CA_CERTIFICATES)
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"TLS_CA_CERTIFICATES={settings.TLS_CA_CERTIFICATES!r} cannot be loaded: {exc}")
+    return [Error(f"{problem}.", hint="TLS_CERTIFICATE: the PEM certificate chain, TLS_PRIVATE_KEY: its PEM key "
+                  "(unencrypted, readable by the engine's user), TLS_CA_CERTIFICATES: a PEM bundle "
+                  "(README, Certificates).", id="pacs.E007") for problem in problems]
+
+
+def tls_deployment_warnings() -> list[Warning]:
+    """pacs.W006: certificates to renew; pacs.W007: the web without HTTPS."""
+    now = timezone.now()
+    warnings = [
+        Warning(f"{expiry.describe(now)}.", hint="Renew it (README, Certificates); the alarm "
+                "'TLS certificate expiry' stays open until then.", id="pacs.W006")
+        for expiry in certificate_expiries() if expiry.not_after is not None and expiry.is_due(now)
+    ]
+    if not settings.WEB_TLS and not settings.WEB_TRUSTED_PROXIES:
+        warnings.append(Warning(
+            "The web is served over plain HTTP: passwords and session cookies cross the network in clear.",
+            hint="Set WEB_TLS=true with TLS_CERTIFICATE and TLS_PRIVATE_KEY, or put a TLS-terminating reverse "
+                 "proxy in front and list it in WEB_TRUSTED_PROXIES (README, TLS: the web).", id="pacs.W007"))
+    return warnings
+
+
 @register(Tags.security, deploy=True)
 def check_deployment(app_configs, **kwargs):
     warnings = []
@@ -103,4 +147,4 @@ def check_deployment(app_configs, **kwargs):
                 id="pacs.W005",
             )
         )
-    return warnings
+    return warnings + tls_deployment_warnings()

@@ -54,6 +54,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: drops X-Forwarded-Proto unless from WEB_TRUSTED_PROXIES; marks cookies Secure on HTTPS.
+    "pacs.https.HttpsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -344,8 +346,28 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 SESSION_COOKIE_HTTPONLY = True
+# --- The web over HTTPS (pacs.https; gunicorn.conf.py) -------------------------------------------
+# WEB_TLS=true: gunicorn serves HTTPS itself with TLS_CERTIFICATE / TLS_PRIVATE_KEY (TLS 1.2+).
+# Behind a reverse proxy that terminates TLS instead, list its addresses in WEB_TRUSTED_PROXIES:
+# X-Forwarded-Proto is believed from them only.  On an HTTPS request the session and CSRF cookies
+# are Secure and HSTS is sent; on plain HTTP neither (SESSION_COOKIE_SECURE / CSRF_COOKIE_SECURE
+# force Secure cookies on every request, which plain HTTP then cannot log in with).
+WEB_TLS = env_bool("WEB_TLS", False)
+WEB_TRUSTED_PROXIES = env_list("WEB_TRUSTED_PROXIES", [])
+for _entry in WEB_TRUSTED_PROXIES:
+    if network(_entry) is None:  # left in the list, where it matches no address
+        record("WEB_TRUSTED_PROXIES", _entry, "is neither an IP address nor a CIDR network")
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Probes that speak plain HTTP on the host itself keep working with the redirect on.
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+# Django's deploy warnings for the two settings above assume a site that is HTTPS only; here the
+# cookies are Secure on every HTTPS request (pacs.https), and pacs.W007 warns when the web has no HTTPS.
+SILENCED_SYSTEM_CHECKS = ["security.W012", "security.W016"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 

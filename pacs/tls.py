@@ -113,3 +113,45 @@ def not_valid_after(path: str | Path) -> list[tuple[str, dt.datetime]]:
     """(subject, expiry) of every certificate in a PEM file."""
     data = Path(path).read_bytes()
     return [(cert.subject.rfc4514_string(), cert.not_valid_after_utc) for cert in x509.load_pem_x509_certificates(data)]
+
+
+@dataclass(frozen=True)
+class CertificateExpiry:
+    """One certificate of a configured file, or the file's problem when it cannot be read
+    (then ``subject`` is empty and ``not_after`` None)."""
+
+    setting: str
+    subject: str
+    not_after: dt.datetime | None
+    problem: str = ""
+
+    def seconds_left(self, now: dt.datetime) -> float | None:
+        return None if self.not_after is None else (self.not_after - now).total_seconds()
+
+    def is_due(self, now: dt.datetime) -> bool:
+        """Unreadable, expired, or expiring within TLS_EXPIRY_WARNING_DAYS: to be renewed now."""
+        left = self.seconds_left(now)
+        return left is None or left <= settings.TLS_EXPIRY_WARNING_DAYS * 86400
+
+    def describe(self, now: dt.datetime) -> str:
+        left = self.seconds_left(now)
+        if left is None:
+            return f"{self.setting} {self.problem}"
+        when = f"{self.not_after:%Y-%m-%d %H:%M} UTC"
+        if left <= 0:
+            return f"{self.setting}: the certificate {self.subject} expired on {when}"
+        return f"{self.setting}: the certificate {self.subject} expires in {left / 86400:.0f} day(s), on {when}"
+
+
+def certificate_expiries() -> list[CertificateExpiry]:
+    """Every certificate of every configured file (``certificate_files()``) with its expiry; a
+    file that is missing, unreadable or holds no PEM certificate is listed with its problem."""
+    found: list[CertificateExpiry] = []
+    for setting, path in certificate_files().items():
+        try:
+            certificates = not_valid_after(path)
+        except (OSError, ValueError) as exc:
+            found.append(CertificateExpiry(setting, "", None, f"cannot be read: {exc}"[:200]))
+            continue
+        found.extend(CertificateExpiry(setting, subject, after) for subject, after in certificates)
+    return found
