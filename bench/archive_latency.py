@@ -57,6 +57,7 @@ os.environ["VNA_DESTINATIONS"] = ""
 import store  # noqa: E402 - bench/store.py: database, engine process, study, storescu helpers
 
 from tests.celery_worker import CeleryWorker  # noqa: E402
+from tests.pacs.mpps_data import n_create_for, n_set_for  # noqa: E402
 from tests.pacs.orthanc import OrthancProcess  # noqa: E402
 
 # Production's process options (Procfile).
@@ -139,44 +140,19 @@ def mpps(port: int, rp, files: list[Path]):
     """N-CREATE IN PROGRESS, then N-SET COMPLETED listing every file; returns the N-SET's
     (request sent, response received) as time.time()."""
     from pydicom import dcmread
-    from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
     from pynetdicom import AE
     from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
     step = rp.steps.get()
     headers = [dcmread(f, stop_before_pixels=True) for f in files]
-    create = Dataset()
-    item = Dataset()
-    item.StudyInstanceUID = rp.study_instance_uid
-    item.AccessionNumber = rp.accession_number
-    item.RequestedProcedureID = rp.requested_procedure_id
-    item.ScheduledProcedureStepID = step.scheduled_procedure_step_id
-    create.ScheduledStepAttributesSequence = [item]
-    create.PatientName = "BENCH^CT"
-    create.PatientID = "BENCH"
-    create.PerformedProcedureStepID = "PPS1"
-    create.PerformedStationAETitle = "CT1"
-    create.PerformedProcedureStepStartDate = dt.date.today().strftime("%Y%m%d")
-    create.PerformedProcedureStepStartTime = "080000"
-    create.PerformedProcedureStepStatus = "IN PROGRESS"
-    create.Modality = "CT"
-    create.PerformedSeriesSequence = []
-    done = Dataset()
-    done.PerformedProcedureStepStatus = "COMPLETED"
-    done.PerformedProcedureStepEndDate = create.PerformedProcedureStepStartDate
-    done.PerformedProcedureStepEndTime = "081500"
-    series = Dataset()
-    series.SeriesInstanceUID = headers[0].SeriesInstanceUID
-    series.Modality = "CT"
-    refs = []
-    for h in headers:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = h.SOPClassUID
-        ref.ReferencedSOPInstanceUID = h.SOPInstanceUID
-        refs.append(ref)
-    series.ReferencedImageSequence = refs
-    done.PerformedSeriesSequence = [series]
+    today = dt.date.today().strftime("%Y%m%d")
+    create = n_create_for(study_instance_uid=rp.study_instance_uid, accession_number=rp.accession_number,
+                          requested_procedure_id=rp.requested_procedure_id,
+                          scheduled_procedure_step_id=step.scheduled_procedure_step_id,
+                          patient_name="BENCH^CT", patient_id="BENCH", start_date=today, start_time="080000")
+    done = n_set_for([(h.SOPClassUID, h.SOPInstanceUID) for h in headers],
+                     series_instance_uid=headers[0].SeriesInstanceUID, end_date=today, end_time="081500")
     ae = AE(ae_title="CT1")
     ae.add_requested_context(ModalityPerformedProcedureStep)
     assoc = ae.associate("127.0.0.1", port, ae_title="PACS")

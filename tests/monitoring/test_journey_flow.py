@@ -36,9 +36,9 @@ from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
 from tests.mllp_sink import SILENT, MLLPSink
 from tests.pacs.dicom_server import findscu
 from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
+from tests.pacs.mpps_data import completion_dataset, n_create_dataset
 from tests.pacs.orthanc import storescu, write_study
 from tests.pacs.routing_helpers import orthanc, routing_settings, wait_for  # noqa: F401
-from tests.pacs.test_mpps_socket import completion_dataset, n_create_dataset
 from tests.worklist.factories import user
 from worklist.services import claim_study
 

@@ -19,9 +19,9 @@ from pacs.models import images as im
 from pacs.services import completion
 from ris.models import StatusChange
 from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
+from tests.pacs.mpps_data import completion_dataset, n_create_dataset
 from tests.pacs.mwl_data import make_patient, make_step
 from tests.pacs.orthanc import storescu, write_study
-from tests.pacs.test_mpps_socket import completion_dataset, n_create_dataset
 from worklist.models import ReadingItem
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -17,9 +17,9 @@ from pacs.dimse import db
 from pacs.models import PerformedProcedureStep
 from tests.conftest import free_port
 from tests.pacs.dicom_server import dicom_server_fixture, port_of  # noqa: F401 - fixture
+from tests.pacs.mpps_data import n_create_dataset
 from tests.pacs.mwl_data import make_patient, make_step
 from tests.pacs.test_dicom_server_policy import _find, _worklist_query
-from tests.pacs.test_mpps_socket import n_create_dataset
 
 
 def _associate(server):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
@@ -13,9 +11,8 @@ from pacs.models import PerformedProcedureStep
 from pacs.signals import mpps_completed
 from ris.models import RequestedProcedure, ScheduledProcedureStep, StatusChange
 from tests.pacs.dicom_server import dicom_server_fixture, port_of  # noqa: F401 - fixture
+from tests.pacs.mpps_data import completion_dataset, n_create_dataset
 from tests.pacs.mwl_data import make_patient, make_step
-
-CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 @pytest.fixture
@@ -31,72 +28,6 @@ def mpps_scu(dicom_server):
 @pytest.fixture
 def step(transactional_db):
     return make_step(make_patient("DOE^JOHN", "P1"), accession="ACC1", modality="CT", station="CT1")
-
-
-def n_create_dataset(step=None, *, status="IN PROGRESS", unscheduled=False) -> Dataset:
-    ds = Dataset()
-    item = Dataset()
-    if step is not None and not unscheduled:
-        rp = step.requested_procedure
-        item.StudyInstanceUID = rp.study_instance_uid
-        item.AccessionNumber = rp.accession_number
-        item.RequestedProcedureID = rp.requested_procedure_id
-        item.ScheduledProcedureStepID = step.scheduled_procedure_step_id
-    else:
-        item.StudyInstanceUID = generate_uid()
-        item.AccessionNumber = ""
-        item.RequestedProcedureID = ""
-        item.ScheduledProcedureStepID = ""
-    item.ReferencedStudySequence = Sequence([])
-    ds.ScheduledStepAttributesSequence = Sequence([item])
-    ds.PatientName = "DOE^JOHN"
-    ds.PatientID = "P1"
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    ds.ReferencedPatientSequence = Sequence([])
-    ds.PerformedProcedureStepID = "PPS1"
-    ds.PerformedStationAETitle = "CT1"
-    ds.PerformedStationName = ""
-    ds.PerformedLocation = ""
-    ds.PerformedProcedureStepStartDate = "20261126"
-    ds.PerformedProcedureStepStartTime = "091500"
-    ds.PerformedProcedureStepStatus = status
-    ds.PerformedProcedureStepDescription = "CT head"
-    ds.PerformedProcedureTypeDescription = ""
-    ds.ProcedureCodeSequence = Sequence([])
-    ds.PerformedProcedureStepEndDate = ""
-    ds.PerformedProcedureStepEndTime = ""
-    ds.Modality = "CT"
-    ds.StudyID = "1"
-    ds.PerformedProtocolCodeSequence = Sequence([])
-    ds.PerformedSeriesSequence = Sequence([])
-    return ds
-
-
-def completion_dataset(status="COMPLETED", n_images=3) -> tuple[Dataset, list[str]]:
-    ds = Dataset()
-    ds.PerformedProcedureStepStatus = status
-    ds.PerformedProcedureStepEndDate = "20261126"
-    ds.PerformedProcedureStepEndTime = "094500"
-    series = Dataset()
-    series.SeriesInstanceUID = generate_uid()
-    series.Modality = "CT"
-    series.PerformingPhysicianName = ""
-    series.OperatorsName = ""
-    series.ProtocolName = "HEAD"
-    series.SeriesDescription = "axial"
-    series.RetrieveAETitle = ""
-    uids = [generate_uid() for _ in range(n_images)]
-    refs = []
-    for uid in uids:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = CT_IMAGE
-        ref.ReferencedSOPInstanceUID = uid
-        refs.append(ref)
-    series.ReferencedImageSequence = Sequence(refs)
-    series.ReferencedNonImageCompositeSOPInstanceSequence = Sequence([])
-    ds.PerformedSeriesSequence = Sequence([series])
-    return ds, uids
 
 
 def n_create(assoc, ds, uid=None):

@@ -209,7 +209,7 @@ def test_completed_by_mpps_then_by_the_quiet_period_sweep_task_both_routed(engin
     from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
     from pacs.celery import app
-    from tests.pacs.test_mpps_socket import completion_dataset, n_create_dataset
+    from tests.pacs.mpps_data import completion_dataset, n_create_dataset
 
     destination_for(orthanc)
     routing_settings.STUDY_QUIET_PERIOD_SECONDS = 3600  # A must not complete by quiet period here

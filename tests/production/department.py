@@ -22,17 +22,16 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from hl7gateway.mllp import MLLPDecoder, frame
 from tests.conftest import dcmtk_tool
 from tests.mllp_sink import MLLPSink
+from tests.pacs.mpps_data import CT_IMAGE, n_create_for, n_set_for
 from tests.pacs.orthanc import OrthancProcess, write_study
 
 ROOT = Path(__file__).resolve().parents[2]
-CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 IMAGES = 5
 
 # Synthetic patient and order: no real patient data.
@@ -120,58 +119,14 @@ def query_worklist(engine: Engine, out: Path) -> Dataset:
 
 def _mpps(engine: Engine, item: Dataset, instance_uids: list[str], series_uid: str) -> None:
     """MPPS N-CREATE IN PROGRESS then N-SET COMPLETED listing every instance (PS3.4 F.7)."""
-    step = item.ScheduledProcedureStepSequence[0]
-    create = Dataset()
-    attrs = Dataset()
-    attrs.StudyInstanceUID = item.StudyInstanceUID
-    attrs.AccessionNumber = item.AccessionNumber
-    attrs.RequestedProcedureID = item.RequestedProcedureID
-    attrs.ScheduledProcedureStepID = step.ScheduledProcedureStepID
-    attrs.ReferencedStudySequence = Sequence([])
-    create.ScheduledStepAttributesSequence = Sequence([attrs])
-    create.PatientName = item.PatientName
-    create.PatientID = item.PatientID
-    create.PatientBirthDate = item.PatientBirthDate
-    create.PatientSex = item.PatientSex
-    create.ReferencedPatientSequence = Sequence([])
-    create.PerformedProcedureStepID = "SMOKEPPS1"
-    create.PerformedStationAETitle = "CT1"
-    create.PerformedStationName = ""
-    create.PerformedLocation = ""
-    create.PerformedProcedureStepStartDate = "20260302"
-    create.PerformedProcedureStepStartTime = "093000"
-    create.PerformedProcedureStepStatus = "IN PROGRESS"
-    create.PerformedProcedureStepDescription = "CT head"
-    create.PerformedProcedureTypeDescription = ""
-    create.ProcedureCodeSequence = Sequence([])
-    create.PerformedProcedureStepEndDate = ""
-    create.PerformedProcedureStepEndTime = ""
-    create.Modality = "CT"
-    create.StudyID = "1"
-    create.PerformedProtocolCodeSequence = Sequence([])
-    create.PerformedSeriesSequence = Sequence([])
-
-    done = Dataset()
-    done.PerformedProcedureStepStatus = "COMPLETED"
-    done.PerformedProcedureStepEndDate = "20260302"
-    done.PerformedProcedureStepEndTime = "094500"
-    series = Dataset()
-    series.SeriesInstanceUID = series_uid
-    series.Modality = "CT"
-    series.PerformingPhysicianName = ""
-    series.OperatorsName = ""
-    series.ProtocolName = "HEAD"
-    series.SeriesDescription = "axial"
-    series.RetrieveAETitle = ""
-    refs = []
-    for uid in instance_uids:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = CT_IMAGE
-        ref.ReferencedSOPInstanceUID = uid
-        refs.append(ref)
-    series.ReferencedImageSequence = Sequence(refs)
-    series.ReferencedNonImageCompositeSOPInstanceSequence = Sequence([])
-    done.PerformedSeriesSequence = Sequence([series])
+    create = n_create_for(
+        study_instance_uid=item.StudyInstanceUID, accession_number=item.AccessionNumber,
+        requested_procedure_id=item.RequestedProcedureID,
+        scheduled_procedure_step_id=item.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID,
+        patient_name=str(item.PatientName), patient_id=item.PatientID, birth_date=item.PatientBirthDate,
+        sex=item.PatientSex, start_date="20260302", start_time="093000")
+    done = n_set_for([(CT_IMAGE, uid) for uid in instance_uids], series_instance_uid=series_uid,
+                     end_date="20260302")
 
     ae = AE(ae_title="CT1")
     ae.add_requested_context(ModalityPerformedProcedureStep)
