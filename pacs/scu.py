@@ -10,6 +10,14 @@ threads (reliability D-18).
 C-STORE is sent by the engine's own requestor (``pacs.dimse.requestor``, the default
 ``VNA_DICOM_SENDER=engine``) or by dcmtk's storescu (``dcmtk``, ``pacs.scu_dcmtk``); the
 storage commitment request (one small N-ACTION per transfer) by pynetdicom.
+
+A destination with ``tls`` (``dicoms://``) is reached over TLS only (PS3.15 B.9, BCP 195), by
+every one of these senders: the VNA's certificate is verified against TLS_CA_CERTIFICATES (or
+the system's store) and its host name checked (``pacs.tls.client_context``); the engine's
+certificate is offered when the VNA asks for one.  A certificate that does not verify fails
+the transfer at once (``PermanentError``: no retry mends it until someone changes a
+certificate or the trusted CAs, then "retry" on the transfers page); a handshake broken
+otherwise (reset, timed out) is transient.  There is no fallback to clear text.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pynetdicom import AE
 from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
+from pacs import tls
 from pacs.dimse import requestor
 from pacs.services.routing import ItemOutcome, ItemToSend, PermanentError, TransientError
 
@@ -45,20 +54,40 @@ def _ae() -> AE:
     return ae
 
 
+def where(destination) -> str:
+    """The destination as the transfers page names it in a reason."""
+    scheme = "dicoms" if destination.tls else "dicom"
+    return f"{scheme}://{destination.ae_title}@{destination.host}:{destination.port}"
+
+
+def tls_context(destination):
+    """The outbound TLS context for a ``dicoms://`` destination, None for ``dicom://``."""
+    if not destination.tls:
+        return None
+    try:
+        return tls.client_context()
+    except tls.TLSConfigurationError as exc:
+        raise PermanentError(f"TLS to {where(destination)}: {exc}") from exc
+
+
 def _associate(ae: AE, destination):
-    assoc = ae.associate(destination.host, int(destination.port), ae_title=destination.ae_title)
+    context = tls_context(destination)
+    tls_args = (context, destination.host) if context else None
+    assoc = ae.associate(destination.host, int(destination.port), ae_title=destination.ae_title, tls_args=tls_args)
     if assoc.is_established:
         return assoc
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    where_ = where(destination)
     if assoc.is_rejected:
         primitive = assoc.acceptor.primitive
         result = getattr(primitive, "result", None)
         diag = getattr(primitive, "result_str", "") or ""
-        reason = f"association rejected by {where} (result {result}, {diag})".replace(", )", ")")
+        reason = f"association rejected by {where_} (result {result}, {diag})".replace(", )", ")")
         if result == 0x01:
             raise PermanentError(reason)
         raise TransientError(reason)
-    raise TransientError(f"no association with {where} (connection refused, aborted or timed out)")
+    tried = "connection refused, aborted, timed out or TLS handshake failed" if context else \
+        "connection refused, aborted or timed out"
+    raise TransientError(f"no association with {where_} ({tried})")
 
 
 def classify_status(code: int) -> tuple[bool, bool]:
@@ -87,20 +116,25 @@ def send_items(destination, items: list[ItemToSend], *, corrections: dict[str, s
 
 
 def _open(destination, pairs: list[tuple[str, str]]) -> requestor.Association:
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    where_ = where(destination)
     try:
         return requestor.Association.request(
             destination.host, int(destination.port), calling_ae_title=settings.DICOM_AE_TITLE,
             called_ae_title=destination.ae_title, contexts=pairs, acse_timeout=settings.DICOM_ACSE_TIMEOUT,
             dimse_timeout=settings.DICOM_DIMSE_TIMEOUT, network_timeout=settings.DICOM_NETWORK_TIMEOUT,
+            tls=tls_context(destination),
         )
     except requestor.AssociationRejected as exc:
-        reason = f"association rejected by {where} (result {exc.result}, source {exc.source}, reason {exc.diagnostic})"
+        reason = f"association rejected by {where_} (result {exc.result}, source {exc.source}, reason {exc.diagnostic})"
         if exc.permanent:
             raise PermanentError(reason) from exc
         raise TransientError(reason) from exc
+    except requestor.TLSFailed as exc:
+        if exc.certificate:
+            raise PermanentError(f"no association with {where_}: {exc}") from exc
+        raise TransientError(f"no association with {where_}: {exc}") from exc
     except requestor.AssociationLost as exc:
-        raise TransientError(f"no association with {where} ({exc})") from exc
+        raise TransientError(f"no association with {where_} ({exc})") from exc
 
 
 def _encoded_corrected(path: str, corrections: dict[str, str], syntax: str) -> bytes:
