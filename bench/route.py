@@ -53,8 +53,7 @@ def route_once(store, engine, destination, sender: str, workdir: Path, images: i
     from django.utils import timezone
 
     from pacs.models import Study, Transfer, VnaDestination
-    from pacs.models import transfers as tr
-    from pacs.services import completion, routing
+    from pacs.services import completion
 
     settings.VNA_DICOM_SENDER = sender
     VnaDestination.objects.exclude(pk=destination.pk).update(enabled=False)
@@ -71,15 +70,7 @@ def route_once(store, engine, destination, sender: str, workdir: Path, images: i
     assert completion.check_study(study.pk, now=timezone.now() + timezone.timedelta(hours=1))
     transfer = Transfer.objects.get(study=study)
     assert transfer.destination_id == destination.pk
-    os.sync()
-    start = time.perf_counter()
-    status = routing.run_transfer(transfer.pk)
-    seconds_sent = time.perf_counter() - start
-    while Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTING:
-        time.sleep(0.01)
-    seconds_done = time.perf_counter() - start
-    final = Transfer.objects.get(pk=transfer.pk)
-    assert final.status == tr.COMMITTED, (status, final.reason)
+    seconds_sent, seconds_done = store.timed_transfer(transfer.pk)
     return store.rate(size, images, seconds_sent), store.rate(size, images, seconds_done)
 
 

@@ -6,7 +6,7 @@ requests of at most ``BATCH_BYTES`` (bounded memory); the response's FailedSOPSe
 connection errors are transient; other 4xx are permanent.  STOW-RS has no storage
 commitment: an instance in ReferencedSOPSequence (0008,1199) counts as committed.
 
-Over https (PS3.18 8.3.3 refers to TLS; the BCP 195 profile) the server's certificate is
+Over https (TLS 1.2 or 1.3, the BCP 195 profile that PS3.15 B.9 names for DICOM) the server's certificate is
 verified against TLS_CA_CERTIFICATES when set (the system's store otherwise) and its host name
 checked; the engine's certificate (TLS_CERTIFICATE, TLS_PRIVATE_KEY) is presented when the
 server asks for a client certificate.  A server certificate that does not verify is permanent

@@ -9,7 +9,6 @@ crashes on its own HTTPS, see the README's "TLS: the VNA")."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -32,7 +31,7 @@ from tests.tls_certs import TestPKI
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
-TLS_SETTINGS = ("TLS_CERTIFICATE", "TLS_PRIVATE_KEY", "TLS_CA_CERTIFICATES")
+SOCAT = "/usr/bin/socat"
 
 
 @pytest.fixture
@@ -186,7 +185,9 @@ class TLSFront:
         self.port = free_port()
         verify = f"verify=1,cafile={client_ca}" if client_ca else "verify=0"
         listen = f"OPENSSL-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork,cert={issued.cert},key={issued.key},{verify}"
-        self.process = subprocess.Popen([shutil.which("socat") or "/usr/bin/socat", listen,
+        if not os.path.exists(SOCAT):
+            pytest.fail(f"socat is not installed at {SOCAT} (apt-get install socat; make test does it)")
+        self.process = subprocess.Popen([SOCAT, listen,
                                          f"TCP:127.0.0.1:{upstream_port}"], stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -222,7 +223,6 @@ def stow_items(tmp_path, n=2):
     return out
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/socat"), reason="socat (apt-get install socat)")
 def test_stow_over_https_verified_with_the_engine_certificate(pki, engine_tls, dicomweb_vna, tmp_path):
     """The front requires a client certificate of the hospital CA: the engine presents its own."""
     front = TLSFront(dicomweb_vna.http_port, pki.issue("web", ips=["127.0.0.1"]), client_ca=pki.ca_file)
@@ -235,7 +235,6 @@ def test_stow_over_https_verified_with_the_engine_certificate(pki, engine_tls, d
         front.stop()
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/socat"), reason="socat (apt-get install socat)")
 def test_stow_to_an_untrusted_https_certificate_is_refused(pki, engine_tls, dicomweb_vna, tmp_path):
     stranger = TestPKI(tmp_path / "stranger").issue("web", ips=["127.0.0.1"])
     front = TLSFront(dicomweb_vna.http_port, stranger)
