@@ -23,6 +23,7 @@ otherwise (reset, timed out) is transient.  There is no fallback to clear text.
 from __future__ import annotations
 
 import logging
+import socket
 
 from django.conf import settings
 from pydicom import dcmread
@@ -70,12 +71,29 @@ def tls_context(destination):
         raise PermanentError(f"TLS to {where(destination)}: {exc}") from exc
 
 
+def check_peer(destination, context) -> None:
+    """One TLS handshake with the VNA, its certificate chain and host name checked, closed at once;
+    a refused certificate is ``PermanentError``."""
+    try:
+        sock = socket.create_connection((destination.host, int(destination.port)),
+                                        timeout=settings.DICOM_ACSE_TIMEOUT)
+    except OSError as exc:
+        raise TransientError(f"no association with {where(destination)} (cannot connect: {exc})") from exc
+    try:
+        requestor.secure(sock, context, destination.host).close()
+    except requestor.TLSFailed as exc:
+        error = PermanentError if exc.certificate else TransientError
+        raise error(f"no association with {where(destination)}: {exc}") from exc
+
+
 def _associate(ae: AE, destination):
     context = tls_context(destination)
     tls_args = (context, destination.host) if context else None
     assoc = ae.associate(destination.host, int(destination.port), ae_title=destination.ae_title, tls_args=tls_args)
     if assoc.is_established:
         return assoc
+    if context is not None and not assoc.is_rejected:
+        check_peer(destination, context)  # pynetdicom only logs why its handshake failed: name the certificate
     where_ = where(destination)
     if assoc.is_rejected:
         primitive = assoc.acceptor.primitive

@@ -28,8 +28,6 @@ import ctypes
 import os
 import re
 import signal
-import socket
-import ssl
 import subprocess
 import tempfile
 from pathlib import Path
@@ -37,8 +35,7 @@ from pathlib import Path
 from django.conf import settings
 from pydicom import dcmread
 
-from pacs.dimse import requestor
-from pacs.scu import tls_context, where
+from pacs.scu import check_peer, tls_context, where
 from pacs.services.routing import ItemOutcome, ItemToSend, PermanentError, TransientError
 
 STORESCU = "/usr/bin/storescu"
@@ -83,20 +80,6 @@ def tls_arguments() -> list[str]:
            if settings.TLS_CERTIFICATE and settings.TLS_PRIVATE_KEY else ["+tla"])
     trusted = ["+cf", settings.TLS_CA_CERTIFICATES] if settings.TLS_CA_CERTIFICATES else ["+cd", SYSTEM_CERTIFICATES]
     return [*own, "-pem", *trusted, "+py", "-rc"]
-
-
-def check_peer(destination, context: ssl.SSLContext) -> None:
-    """One TLS handshake with the VNA, its certificate chain and host name checked, closed at once."""
-    try:
-        sock = socket.create_connection((destination.host, int(destination.port)),
-                                        timeout=settings.DICOM_ACSE_TIMEOUT)
-    except OSError as exc:
-        raise TransientError(f"no association with {where(destination)} (cannot connect: {exc})") from exc
-    try:
-        requestor.secure(sock, context, destination.host).close()
-    except requestor.TLSFailed as exc:
-        error = PermanentError if exc.certificate else TransientError
-        raise error(f"no association with {where(destination)}: {exc}") from exc
 
 
 def send_items(destination, items: list[ItemToSend], *, corrections: dict[str, str], progress) -> list[ItemOutcome]:

@@ -157,10 +157,15 @@ def test_untrusted_vna_certificate_fails_the_transfer_and_nothing_goes_in_clear(
         vna.stop()
 
 
-def test_a_vna_named_otherwise_in_its_certificate_is_refused(engine, pki, engine_tls, routing_settings,
-                                                             store_dir, tmp_path):
-    """The host name is checked (RFC 6125): a certificate of the right CA issued to another host fails."""
-    vna = tls_vna(tmp_path, engine, pki.issue("elsewhere", dns=["elsewhere.example"]), pki.ca_file).start()
+@pytest.mark.parametrize("problem", ["another host", "expired"])
+def test_a_vna_certificate_for_another_host_or_expired_is_refused_by_every_sender(
+        engine, pki, engine_tls, routing_settings, store_dir, tmp_path, problem):
+    """The host name is checked (RFC 6125) and the validity period: a certificate of the right CA
+    issued to another host, or expired, fails the C-STORE of both senders and the N-ACTION."""
+    issued = (pki.issue("elsewhere", dns=["elsewhere.example"]) if problem == "another host"
+              else pki.issue("vna", dns=["localhost"], ips=["127.0.0.1"], expired=True))
+    expected = "(mismatch|match)" if problem == "another host" else "expired"
+    vna = tls_vna(tmp_path, engine, issued, pki.ca_file).start()
     try:
         destination = dicoms_destination(vna)
         path = tmp_path / "one.dcm"
@@ -169,8 +174,10 @@ def test_a_vna_named_otherwise_in_its_certificate_is_refused(engine, pki, engine
         item = ItemToSend(1, ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID, str(path))
         for chosen in ("engine", "dcmtk"):
             routing_settings.VNA_DICOM_SENDER = chosen
-            with pytest.raises(PermanentError, match="certificate verify failed.*(mismatch|match)"):
+            with pytest.raises(PermanentError, match=f"certificate verify failed.*{expected}"):
                 scu.send_items(destination, [item], corrections={}, progress=lambda chunk: None)
+        with pytest.raises(PermanentError, match=f"certificate verify failed.*{expected}"):
+            scu.request_commitment(destination, "1.2.3.4", [(ds.SOPClassUID, ds.SOPInstanceUID)])
         assert vna.count_instances() == 0
     finally:
         vna.stop()
