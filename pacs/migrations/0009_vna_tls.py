@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='vnadestination',
             name='tls',
-            field=models.BooleanField(default=False, help_text="DICOM over TLS (dicoms://): the VNA's certificate is verified"),
+            field=models.BooleanField(default=False, verbose_name='TLS', help_text="DICOM over TLS (dicoms://): the VNA's certificate is verified"),
         ),
     ]

@@ -58,7 +58,7 @@ class VnaDestination(models.Model):
     password = SealedField(blank=True)
     # DICOM over TLS (PS3.15 B.9, BCP 195): the VNA's certificate verified against
     # TLS_CA_CERTIFICATES and its host name checked; never falls back to clear text.
-    tls = models.BooleanField(default=False, help_text="DICOM over TLS (dicoms://): the VNA's certificate is verified")
+    tls = models.BooleanField("TLS", default=False, help_text="DICOM over TLS (dicoms://): the VNA's certificate is verified")
     storage_commitment = models.BooleanField(default=True, help_text="ask for storage commitment (DICOM)")
     enabled = models.BooleanField(default=True)
     from_environment = models.BooleanField(default=False)
