@@ -189,8 +189,7 @@ def bench_route(workdir: Path, images: int, runs: int) -> dict:
     from django.utils import timezone
 
     from pacs.models import Study, Transfer, VnaDestination
-    from pacs.models import transfers as tr
-    from pacs.services import completion, routing
+    from pacs.services import completion
 
     engine = Engine(workdir)
     settings.STORAGE_DIR = engine.storage
@@ -219,23 +218,8 @@ def bench_route(workdir: Path, images: int, runs: int) -> dict:
                 assert study.requested_procedure_id == rp.pk and not study.corrections, study.corrections
                 assert completion.check_study(study.pk, now=timezone.now() + timezone.timedelta(hours=1))
                 transfer = Transfer.objects.get(study=study)
-                os.sync()
-                start = time.perf_counter()
-                if PROFILE_ROUTE and run == 0 and sender == "engine":
-                    import cProfile
-                    import pstats
-
-                    profiler = cProfile.Profile()
-                    status = profiler.runcall(routing.run_transfer, transfer.pk)
-                    pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
-                else:
-                    status = routing.run_transfer(transfer.pk)
-                seconds_sent = time.perf_counter() - start
-                while Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTING:
-                    time.sleep(0.01)
-                seconds_done = time.perf_counter() - start
-                final = Transfer.objects.get(pk=transfer.pk)
-                assert final.status == tr.COMMITTED, (status, final.reason)
+                seconds_sent, seconds_done = timed_transfer(transfer.pk,
+                                                            PROFILE_ROUTE and run == 0 and sender == "engine")
                 sent[sender].append(rate(size, images, seconds_sent))
                 committed[sender].append(rate(size, images, seconds_done))
     finally:
@@ -259,6 +243,32 @@ def ordered_study(folder: Path, images: int):
                         accession_number=rp.accession_number, patient_id="BENCH", issuer_of_patient_id="BENCH",
                         patient_name="BENCH^CT")
     return rp, files, sum(f.stat().st_size for f in files)
+
+
+def timed_transfer(transfer_id: int, profile: bool = False) -> tuple[float, float]:
+    """Seconds until the transfer task has sent every instance, and until it is committed."""
+    from pacs.models import Transfer
+    from pacs.models import transfers as tr
+    from pacs.services import routing
+
+    os.sync()
+    start = time.perf_counter()
+    if profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        status = profiler.runcall(routing.run_transfer, transfer_id)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+    else:
+        status = routing.run_transfer(transfer_id)
+    seconds_sent = time.perf_counter() - start
+    while Transfer.objects.get(pk=transfer_id).status == tr.COMMITTING:
+        time.sleep(0.01)
+    seconds_done = time.perf_counter() - start
+    final = Transfer.objects.get(pk=transfer_id)
+    assert final.status == tr.COMMITTED, (status, final.reason)
+    return seconds_sent, seconds_done
 
 
 def _bench_order():

@@ -113,7 +113,7 @@ class VnaDestinationForm(forms.ModelForm):
 @admin.register(VnaDestination)
 class VnaDestinationAdmin(admin.ModelAdmin):
     form = VnaDestinationForm
-    list_display = ("name", "kind", "ae_title", "host", "port", "url", "storage_commitment", "enabled",
+    list_display = ("name", "kind", "ae_title", "host", "port", "tls", "url", "storage_commitment", "enabled",
                     "from_environment")
     list_filter = ("kind", "enabled", "from_environment")
     search_fields = ("name", "ae_title", "host", "url")

@@ -10,11 +10,20 @@ threads (reliability D-18).
 C-STORE is sent by the engine's own requestor (``pacs.dimse.requestor``, the default
 ``VNA_DICOM_SENDER=engine``) or by dcmtk's storescu (``dcmtk``, ``pacs.scu_dcmtk``); the
 storage commitment request (one small N-ACTION per transfer) always by the engine's requestor.
+
+A destination with ``tls`` (``dicoms://``) is reached over TLS only (PS3.15 B.9, BCP 195), by
+every one of these senders: the VNA's certificate is verified against TLS_CA_CERTIFICATES (or
+the system's store) and its host name checked (``pacs.tls.client_context``); the engine's
+certificate is offered when the VNA asks for one.  A certificate that does not verify fails
+the transfer at once (``PermanentError``: no retry mends it until someone changes a
+certificate or the trusted CAs, then "retry" on the transfers page); a handshake broken
+otherwise (reset, timed out) is transient.  There is no fallback to clear text.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 
 from django.conf import settings
 from pydicom import dcmread
@@ -23,6 +32,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
+from pacs import tls
 from pacs.dimse import requestor
 from pacs.services.routing import ItemOutcome, ItemToSend, PermanentError, TransientError
 
@@ -33,6 +43,37 @@ PROGRESS_EVERY = 10
 WARNINGS = {0xB000, 0xB006, 0xB007}
 # Storage Commitment Push Model SOP Instance (PS3.4 J.3.5).
 STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+
+
+def where(destination) -> str:
+    """The destination as the transfers page names it in a reason."""
+    scheme = "dicoms" if destination.tls else "dicom"
+    return f"{scheme}://{destination.ae_title}@{destination.host}:{destination.port}"
+
+
+def tls_context(destination):
+    """The outbound TLS context for a ``dicoms://`` destination, None for ``dicom://``."""
+    if not destination.tls:
+        return None
+    try:
+        return tls.client_context()
+    except tls.TLSConfigurationError as exc:
+        raise PermanentError(f"TLS to {where(destination)}: {exc}") from exc
+
+
+def check_peer(destination, context) -> None:
+    """One TLS handshake with the VNA, its certificate chain and host name checked, closed at once;
+    a refused certificate is ``PermanentError``."""
+    try:
+        sock = socket.create_connection((destination.host, int(destination.port)),
+                                        timeout=settings.DICOM_ACSE_TIMEOUT)
+    except OSError as exc:
+        raise TransientError(f"no association with {where(destination)} (cannot connect: {exc})") from exc
+    try:
+        requestor.secure(sock, context, destination.host).close()
+    except requestor.TLSFailed as exc:
+        error = PermanentError if exc.certificate else TransientError
+        raise error(f"no association with {where(destination)}: {exc}") from exc
 
 
 def classify_status(code: int) -> tuple[bool, bool]:
@@ -61,20 +102,25 @@ def send_items(destination, items: list[ItemToSend], *, corrections: dict[str, s
 
 
 def _open(destination, pairs: list[tuple[str, str]]) -> requestor.Association:
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    where_ = where(destination)
     try:
         return requestor.Association.request(
             destination.host, int(destination.port), calling_ae_title=settings.DICOM_AE_TITLE,
             called_ae_title=destination.ae_title, contexts=pairs, acse_timeout=settings.DICOM_ACSE_TIMEOUT,
             dimse_timeout=settings.DICOM_DIMSE_TIMEOUT, network_timeout=settings.DICOM_NETWORK_TIMEOUT,
+            tls=tls_context(destination),
         )
     except requestor.AssociationRejected as exc:
-        reason = f"association rejected by {where} (result {exc.result}, source {exc.source}, reason {exc.diagnostic})"
+        reason = f"association rejected by {where_} (result {exc.result}, source {exc.source}, reason {exc.diagnostic})"
         if exc.permanent:
             raise PermanentError(reason) from exc
         raise TransientError(reason) from exc
+    except requestor.TLSFailed as exc:
+        if exc.certificate:
+            raise PermanentError(f"no association with {where_}: {exc}") from exc
+        raise TransientError(f"no association with {where_}: {exc}") from exc
     except requestor.AssociationLost as exc:
-        raise TransientError(f"no association with {where} ({exc})") from exc
+        raise TransientError(f"no association with {where_} ({exc})") from exc
 
 
 def _encoded_corrected(path: str, corrections: dict[str, str], syntax: str) -> bytes:

@@ -12,6 +12,14 @@ A response ``Success``/``Warning`` counts as sent, ``Refused: OutOfResources`` (
 retried, any other response or a file storescu could not send (no accepted presentation
 context) is permanent.  An association rejected permanently is permanent; refused, aborted
 or timed out is transient.  The storescu process dies with the worker (PR_SET_PDEATHSIG).
+
+To a ``dicoms://`` destination storescu runs with ``+tls`` (the engine's key and certificate;
+``+tla`` without one) in the non-downgrading BCP 195 profile (PS3.15 B.9), the VNA's
+certificate required and verified against TLS_CA_CERTIFICATES (``+cf``; the system's store
+``+cd /etc/ssl/certs`` when unset).  dcmtk 3.6.7 does not compare the certificate's names with
+the host, so the engine first makes one TLS handshake of its own with ``pacs.tls``'s checks
+(chain and host name) and starts storescu only when that passes.  A refused certificate is
+permanent, as with the engine's sender (``pacs.scu``).
 """
 
 from __future__ import annotations
@@ -27,9 +35,11 @@ from pathlib import Path
 from django.conf import settings
 from pydicom import dcmread
 
+from pacs.scu import check_peer, tls_context, where
 from pacs.services.routing import ItemOutcome, ItemToSend, PermanentError, TransientError
 
 STORESCU = "/usr/bin/storescu"
+SYSTEM_CERTIFICATES = "/etc/ssl/certs"
 PROGRESS_EVERY = 10
 _SENDING = re.compile(r"^I: Sending file: (?P<path>.+)$")
 _RESPONSE = re.compile(r"^I: Received Store Response \((?P<status>.*)\)$")
@@ -64,7 +74,18 @@ def _corrected_copies(items: list[ItemToSend], corrections: dict[str, str], dire
     return by_path
 
 
+def tls_arguments() -> list[str]:
+    """storescu's TLS options (dcmtk 3.6.7): the engine's certificate, the trusted CAs, BCP 195."""
+    own = (["+tls", settings.TLS_PRIVATE_KEY, settings.TLS_CERTIFICATE]
+           if settings.TLS_CERTIFICATE and settings.TLS_PRIVATE_KEY else ["+tla"])
+    trusted = ["+cf", settings.TLS_CA_CERTIFICATES] if settings.TLS_CA_CERTIFICATES else ["+cd", SYSTEM_CERTIFICATES]
+    return [*own, "-pem", *trusted, "+py", "-rc"]
+
+
 def send_items(destination, items: list[ItemToSend], *, corrections: dict[str, str], progress) -> list[ItemOutcome]:
+    context = tls_context(destination)
+    if context is not None:
+        check_peer(destination, context)
     with tempfile.TemporaryDirectory(prefix="route-") as tmp:
         if corrections:
             by_path = _corrected_copies(items, corrections, Path(tmp))
@@ -73,7 +94,8 @@ def send_items(destination, items: list[ItemToSend], *, corrections: dict[str, s
         args = [
             STORESCU, "-v", "--required", "-aet", settings.DICOM_AE_TITLE, "-aec", destination.ae_title,
             "-to", str(int(settings.DICOM_NETWORK_TIMEOUT)), "-ta", str(int(settings.DICOM_ACSE_TIMEOUT)),
-            "-td", str(int(settings.DICOM_DIMSE_TIMEOUT)), destination.host, str(int(destination.port)),
+            "-td", str(int(settings.DICOM_DIMSE_TIMEOUT)), *(tls_arguments() if context else []),
+            destination.host, str(int(destination.port)),
         ]
         env = {**os.environ, "TCP_NODELAY": "1"}
         process = subprocess.Popen([*args, *by_path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -114,9 +136,8 @@ def send_items(destination, items: list[ItemToSend], *, corrections: dict[str, s
         process.wait()
         if chunk:
             progress(chunk)
-    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     if not outcomes and fatal:
-        reason = f"no association with {where}: {'; '.join(fatal)[:300]}"
+        reason = f"no association with {where(destination)}: {'; '.join(fatal)[:300]}"
         if rejected_permanently:
             raise PermanentError(reason)
         raise TransientError(reason)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (from Debian's packages) and starts what the test suite needs:
-# PostgreSQL, Redis, dcmtk, Orthanc (+ DICOMweb plug-in), Chromium.  Idempotent.
+# PostgreSQL, Redis, dcmtk, Orthanc (+ DICOMweb plug-in), Chromium, socat (a TLS front).  Idempotent.
 # Used by `make test` and therefore by .ci/run.
 set -euo pipefail
 
@@ -14,6 +14,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/socat ] || need+=(socat)
 command -v pg_isready >/dev/null 2>&1 || need+=(postgresql-client)
 fresh_postgres=0
 if [ ${#need[@]} -gt 0 ]; then

@@ -9,11 +9,17 @@ straight from the file into the socket: the data set of a stored file is read in
 the peer's maximum PDU length, behind one 12-byte header, never decoded.  The A-ASSOCIATE
 PDUs are pynetdicom's classes, as in ``pacs.dimse.acceptor``; the framing and command sets are
 ``pacs.dimse.ul``.
+
+Over TLS (PS3.15 B.9, the BCP 195 profile) the TCP connection is wrapped before the
+A-ASSOCIATE-RQ with the context the caller gives (``pacs.tls.client_context``: the VNA's
+certificate verified, its host name checked).  A failed handshake is ``TLSFailed``; nothing
+is ever sent in clear on a connection that was meant to be secure.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 
 from pynetdicom.pdu import A_ASSOCIATE_AC as AC_PDU
@@ -54,6 +60,28 @@ class AssociationRejected(Exception):
 
 class AssociationLost(Exception):
     """Refused, aborted, closed or timed out: the peer may be back later."""
+
+
+class TLSFailed(AssociationLost):
+    """The TLS handshake failed (PS3.15 B.9); ``certificate`` when the peer's certificate did not
+    verify (unknown CA, expired, wrong host name), which no retry mends."""
+
+    def __init__(self, message: str, *, certificate: bool):
+        super().__init__(message)
+        self.certificate = certificate
+
+
+def secure(sock: socket.socket, context: ssl.SSLContext, host: str) -> ssl.SSLSocket:
+    """The TLS handshake on a connected socket, the peer's certificate checked against ``host``."""
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise TLSFailed(f"TLS: the peer's certificate was refused (certificate verify failed: {exc.verify_message})",
+                        certificate=True) from exc
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        raise TLSFailed(f"TLS handshake failed: {exc}", certificate=False) from exc
 
 
 def data_set_offset(fh) -> int:
@@ -98,13 +126,16 @@ class Association:
     @classmethod
     def request(cls, host: str, port: int, *, calling_ae_title: str, called_ae_title: str,
                 contexts: list[tuple[str, str]], acse_timeout: float = 30, dimse_timeout: float = 60,
-                network_timeout: float = 60) -> Association:
-        """Open the association, proposing one presentation context per (SOP class, transfer syntax)."""
+                network_timeout: float = 60, tls: ssl.SSLContext | None = None) -> Association:
+        """Open the association, proposing one presentation context per (SOP class, transfer syntax);
+        over TLS when ``tls`` is given."""
         try:
             sock = socket.create_connection((host, int(port)), timeout=acse_timeout)
         except OSError as exc:
             raise AssociationLost(f"cannot connect: {exc}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            sock = secure(sock, tls, host)
         try:
             proposed = {}
             requested = []

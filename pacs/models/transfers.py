@@ -56,6 +56,9 @@ class VnaDestination(models.Model):
     # Credentials for the STOW-RS endpoint, stored sealed (pacs.encryption).
     username = SealedField(blank=True)
     password = SealedField(blank=True)
+    # DICOM over TLS (PS3.15 B.9, BCP 195): the VNA's certificate verified against
+    # TLS_CA_CERTIFICATES and its host name checked; never falls back to clear text.
+    tls = models.BooleanField("TLS", default=False, help_text="DICOM over TLS (dicoms://): the VNA's certificate is verified")
     storage_commitment = models.BooleanField(default=True, help_text="ask for storage commitment (DICOM)")
     enabled = models.BooleanField(default=True)
     from_environment = models.BooleanField(default=False)
@@ -68,7 +71,8 @@ class VnaDestination(models.Model):
 
     def __str__(self) -> str:
         if self.kind == KIND_DICOM:
-            return f"{self.name} (dicom://{self.ae_title}@{self.host}:{self.port})"
+            scheme = "dicoms" if self.tls else "dicom"
+            return f"{self.name} ({scheme}://{self.ae_title}@{self.host}:{self.port})"
         return f"{self.name} ({self.url})"
 
 

@@ -73,17 +73,18 @@ class ItemOutcome:
 
 # --- destinations --------------------------------------------------------------------------
 
-_DEST = re.compile(r"^dicom://(?P<ae>[^@/\\]{1,16})@(?P<host>[^:/]+):(?P<port>\d{1,5})/?$")
+_DEST = re.compile(r"^(?P<scheme>dicoms?)://(?P<ae>[^@/\\]{1,16})@(?P<host>[^:/]+):(?P<port>\d{1,5})/?$")
 
 
 def parse_destinations(text: str) -> list[dict]:
-    """``VNA_DESTINATIONS``: comma-separated ``dicom://AE@host:port`` or ``stow+http(s)://host:port/path``."""
+    """``VNA_DESTINATIONS``: comma-separated ``dicom://AE@host:port``, ``dicoms://AE@host:port``
+    (DICOM over TLS, PS3.15 B.9) or ``stow+http(s)://host:port/path``."""
     out = []
     for raw in [p.strip() for p in (text or "").split(",") if p.strip()]:
         m = _DEST.match(raw)
         if m:
             out.append({"name": f"env:{raw}"[:100], "kind": tr.KIND_DICOM, "ae_title": m["ae"], "host": m["host"],
-                        "port": int(m["port"]), "url": ""})
+                        "port": int(m["port"]), "url": "", "tls": m["scheme"] == "dicoms"})
             continue
         if raw.startswith(("stow+http://", "stow+https://")):
             url = raw[len("stow+"):]
@@ -95,7 +96,7 @@ def parse_destinations(text: str) -> list[dict]:
                 out.append({"name": f"env:stow+{clean}"[:100], "kind": tr.KIND_STOW, "ae_title": "", "host": "",
                             "port": None, "url": clean, **creds})
                 continue
-        raise ValueError(f"VNA_DESTINATIONS entry {raw!r} is neither dicom://AE@host:port nor stow+http(s)://...")
+        raise ValueError(f"VNA_DESTINATIONS entry {raw!r} is neither dicom(s)://AE@host:port nor stow+http(s)://...")
     return out
 
 

@@ -4,6 +4,13 @@
 directory (ephemeral HTTP and DICOM ports, no remote access, no authentication), knows
 the engine's AE (DicomModalities) so it can send the storage commitment N-EVENT-REPORT,
 and is checked through its REST API.
+
+With ``tls`` (an ``OrthancTLS``) its DICOM port speaks only DICOM TLS (Orthanc 1.10.1:
+DicomTlsEnabled, DicomTlsCertificate, DicomTlsPrivateKey, DicomTlsTrustedCertificates,
+DicomTlsRemoteCertificateRequired) and, with ``https``, its HTTP server (with the DICOMweb
+plug-in) only HTTPS (SslEnabled, SslCertificate: certificate and key in one PEM file).  The
+engine's entry in DicomModalities says ``UseDicomTls`` per ``engine_tls``: the storage
+commitment report goes to the engine's clear port unless told otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import os
 import random
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -28,10 +36,20 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
+@dataclass(frozen=True)
+class OrthancTLS:
+    certificate: Path  # Orthanc's certificate (PEM)
+    private_key: Path
+    trusted: Path  # CA certificates its DICOM TLS peers' certificates must chain to
+    remote_certificate_required: bool = False
+    https: bool = False  # the HTTP server (REST, DICOMweb) over TLS too
+    ca_file: Path | None = None  # for this test's own HTTPS requests to it
+
+
 class OrthancProcess:
     def __init__(self, workdir: Path, *, aet: str = "ORTHANC", engine_aet: str = "PACS", engine_port: int = 0,
                  dicom_port: int | None = None, sync_storage: bool = True, lua: str = "", dicomweb: bool = False,
-                 extra: dict | None = None):
+                 extra: dict | None = None, tls: OrthancTLS | None = None, engine_tls: bool = False):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.aet = aet
@@ -43,11 +61,35 @@ class OrthancProcess:
         self.lua = lua
         self.dicomweb = dicomweb
         self.extra = extra or {}
+        self.tls = tls
+        self.engine_tls = engine_tls
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.tls and self.tls.https else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def verify(self):
+        """``requests``' verify for this test's own REST calls."""
+        return str(self.tls.ca_file or self.tls.trusted) if self.tls and self.tls.https else True
+
+    def _tls_config(self) -> dict:
+        if not self.tls:
+            return {}
+        cfg = {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(self.tls.certificate),
+            "DicomTlsPrivateKey": str(self.tls.private_key),
+            "DicomTlsTrustedCertificates": str(self.tls.trusted),
+            "DicomTlsRemoteCertificateRequired": self.tls.remote_certificate_required,
+        }
+        if self.tls.https:
+            bundle = self.workdir / "https.pem"
+            bundle.write_bytes(self.tls.certificate.read_bytes() + self.tls.private_key.read_bytes())
+            cfg.update({"SslEnabled": True, "SslCertificate": str(bundle)})
+        return cfg
 
     def config(self) -> dict:
         cfg = {
@@ -63,7 +105,8 @@ class OrthancProcess:
             "DicomCheckCalledAet": True,
             "DicomAlwaysAllowStore": True,
             "StorageCommitmentReportsSize": 100,
-            "DicomModalities": {self.engine_aet: [self.engine_aet, "127.0.0.1", self.engine_port]},
+            "DicomModalities": {self.engine_aet: {"AET": self.engine_aet, "Host": "127.0.0.1",
+                                                  "Port": self.engine_port or 104, "UseDicomTls": self.engine_tls}},
             "Plugins": [DICOMWEB_PLUGIN] if self.dicomweb else [],
             "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
             "HttpServerEnabled": True,
@@ -72,6 +115,7 @@ class OrthancProcess:
             "HttpThreadsCount": 4,
             "DicomThreadsCount": 4,
         }
+        cfg.update(self._tls_config())
         if self.lua:
             (self.workdir / "filter.lua").write_text(self.lua)
             cfg["LuaScripts"] = [str(self.workdir / "filter.lua")]
@@ -90,7 +134,7 @@ class OrthancProcess:
                 raise RuntimeError(f"Orthanc exited: {(self.workdir / 'orthanc.log').read_text()[-2000:]}")
             try:
                 # 401: up, and asking for the credentials it was configured with.
-                if requests.get(f"{self.url}/system", timeout=1).status_code in (200, 401):
+                if requests.get(f"{self.url}/system", timeout=1, verify=self.verify).status_code in (200, 401):
                     return self
             except requests.ConnectionError:
                 pass
@@ -109,7 +153,7 @@ class OrthancProcess:
         self.process = None
 
     def get(self, path: str):
-        r = requests.get(f"{self.url}{path}", timeout=10)
+        r = requests.get(f"{self.url}{path}", timeout=10, verify=self.verify)
         r.raise_for_status()
         return r.json()
 
@@ -124,7 +168,7 @@ class OrthancProcess:
         return out
 
     def instance_tags(self, sop_instance_uid: str) -> dict:
-        found = requests.post(f"{self.url}/tools/lookup", data=sop_instance_uid, timeout=10).json()
+        found = requests.post(f"{self.url}/tools/lookup", data=sop_instance_uid, timeout=10, verify=self.verify).json()
         oid = next(f["ID"] for f in found if f["Type"] == "Instance")
         return self.get(f"/instances/{oid}/simplified-tags")
 
