@@ -15,12 +15,14 @@ its share sequentially and waiting for every ACK).  Reports orders/s and ACK lat
 throw-away test CA, client certificates ``--tls-client-certificates``, default required), and
 each engine run is followed by the same run over TLS, on the same listener processes, driven by
 Python's ``ssl`` (one handshake per connection, as an EHR keeping its connection open); the
-ratio TLS/clear is printed.
+ratio TLS/clear is printed.  ``--rounds R`` repeats each case R times, clear and TLS alternating
+(the order flipped every round), and prints the median of the ratios: on a shared machine one
+pair of runs says little.
 
 It checks afterwards that every order of the engine runs is in the database once.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/pacs_bench .venv/bin/python bench/hl7_intake.py --n 5000
-    DATABASE_URL=... .venv/bin/python bench/hl7_intake.py --n 3000 --tls
+    DATABASE_URL=... .venv/bin/python bench/hl7_intake.py --n 1000 --tls --rounds 5
 
 Results go to stdout as a table and JSON lines (``--json``); write them in bench/RESULTS.md.
 The sender BENCH_EHR^BENCH_HOSP is declared for 127.0.0.1 (``HL7_SENDERS``, unless the
@@ -183,6 +185,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print JSON lines too")
     ap.add_argument("--tls", action="store_true", help="also run each engine case over MLLP over TLS")
     ap.add_argument("--tls-client-certificates", default="required", choices=("none", "optional", "required"))
+    ap.add_argument("--rounds", type=int, default=1, help="engine runs per case (with --tls: clear and TLS "
+                                                              "alternating; the median ratio is printed)")
     args = ap.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise SystemExit("set DATABASE_URL=postgres://... (a database of its own: the benchmark fills it)")
@@ -224,16 +228,21 @@ def main() -> None:
                             "--workers", str(workers), *tls_args], env)
         try:
             for conns in conn_counts:
-                for label, client_tls in modes:
-                    target = int(tls_args[1]) if client_tls else port
-                    run = f"B{int(time.time() * 10) % 10**7}"
-                    drive(target, f"{run}w", min(args.n // 10, 200), conns, client_tls)  # warm-up: caches
-                    analyze(connection)
-                    result = drive(target, run, args.n, conns, client_tls)
-                    stored = Order.objects.filter(placer_order_number__regex=rf"^{run}\d{{7}}$").count()
-                    connection.close()
-                    rows.append({"server": f"engine run_mllp --workers {workers} (PostgreSQL){label}", **result,
-                                 "orders_stored": stored, "tls": client_tls is not None, "workers": workers})
+                for round_ in range(args.rounds):
+                    # Clear and TLS alternate, the order flipped every round, so that a change of
+                    # the machine's load weighs on both alike.
+                    for label, client_tls in (modes if round_ % 2 == 0 else modes[::-1]):
+                        target = int(tls_args[1]) if client_tls else port
+                        run = f"B{int(time.time() * 10) % 10**7}"
+                        if round_ == 0:
+                            drive(target, f"{run}w", min(args.n // 10, 200), conns, client_tls)  # warm-up
+                        analyze(connection)
+                        result = drive(target, run, args.n, conns, client_tls)
+                        stored = Order.objects.filter(placer_order_number__regex=rf"^{run}\d{{7}}$").count()
+                        connection.close()
+                        rows.append({"server": f"engine run_mllp --workers {workers} (PostgreSQL){label}", **result,
+                                     "orders_stored": stored, "tls": client_tls is not None, "workers": workers,
+                                     "round": round_})
         finally:
             proc.terminate()
             proc.wait()
@@ -248,11 +257,14 @@ def main() -> None:
         if r["server"].startswith("engine"):
             print(f"ratio engine/ceiling {r['server'][7:]} x{r['connections']}: "
                   f"{r['per_second'] / ceiling[r['connections']]:.2f}")
-    clear = {(r["workers"], r["connections"]): r["per_second"] for r in rows if r.get("tls") is False}
-    for r in rows:
-        if r.get("tls"):
-            print(f"ratio TLS/clear run_mllp --workers {r['workers']} x{r['connections']}: "
-                  f"{r['per_second'] / clear[(r['workers'], r['connections'])]:.2f}")
+    cases = sorted({(r["workers"], r["connections"]) for r in rows if r.get("tls")})
+    for workers, conns in cases:
+        def rate(tls_: bool, round_: int, w=workers, c=conns) -> float:
+            return next(r["per_second"] for r in rows if (r.get("tls"), r.get("workers"), r["connections"],
+                                                          r.get("round")) == (tls_, w, c, round_))
+        ratios = [rate(True, k) / rate(False, k) for k in range(args.rounds)]
+        print(f"ratio TLS/clear run_mllp --workers {workers} x{conns}: median {statistics.median(ratios):.2f} "
+              f"(rounds: {' '.join(f'{x:.2f}' for x in ratios)})")
     if args.json:
         for r in rows:
             print(json.dumps({**r, "synchronous_commit": sync, "load_before": load_before}))
