@@ -212,3 +212,42 @@ def test_run_mllp_opens_the_tls_port_next_to_the_clear_one(pki, settings):
         proc.terminate()
         proc.wait(10)
     assert InboundMessage.objects.filter(status="APPLIED").count() == Order.objects.count() == 5
+
+
+def test_check_e104_names_what_the_tls_port_lacks(settings, tmp_path):
+    from hl7gateway.checks import check_mllp_tls_settings
+
+    settings.HL7_MLLP_TLS_PORT, settings.TLS_CERTIFICATE, settings.TLS_PRIVATE_KEY = 2576, "", ""
+    settings.HL7_MLLP_TLS_CLIENT_CERTIFICATES = "none"
+    assert "TLS_CERTIFICATE" in check_mllp_tls_settings(None)[0].msg
+    settings.TLS_CERTIFICATE, settings.TLS_PRIVATE_KEY = "/etc/pacs/engine.crt", "/etc/pacs/engine.key"
+    assert check_mllp_tls_settings(None) == []
+    settings.HL7_MLLP_TLS_CLIENT_CERTIFICATES, settings.TLS_CA_CERTIFICATES = "required", ""
+    assert "TLS_CA_CERTIFICATES" in check_mllp_tls_settings(None)[0].msg
+    settings.HL7_MLLP_TLS_CLIENT_CERTIFICATES = "sometimes"
+    assert [e.id for e in check_mllp_tls_settings(None)] == ["hl7gateway.E104"]
+    settings.HL7_MLLP_TLS_PORT = 0
+    assert [e.id for e in check_mllp_tls_settings(None)] == ["hl7gateway.E104"]  # a bad value is wrong anyway
+    settings.HL7_MLLP_TLS_CLIENT_CERTIFICATES = "required"
+    assert check_mllp_tls_settings(None) == []
+
+
+def test_per_address_cap_holds_on_the_tls_port_before_the_handshake(listener, pki):
+    """A slot is taken at accept, before the handshake: connections that never start TLS count
+    against HL7_MAX_CONNECTIONS_PER_ADDRESS like any other, and the next one is closed at once."""
+    server = listener(tls_context=server_context("none"), max_connections_per_address=2, message_deadline=30.0)
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+    try:
+        assert counted(server, "connections", 2)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as third:
+            try:
+                assert third.recv(1) == b""  # closed by the listener, no handshake attempted
+            except ConnectionResetError:
+                pass
+        assert counted(server, "refused_per_address", 1)
+    finally:
+        for sock in held:
+            sock.close()
+    assert counted(server, "tls_refused", 2)  # closed before any handshake: their slots are freed
+    with tls_connect(server.port, ehr_context(pki)) as sock:  # the slots are free again
+        assert exchange(sock, order(30))["msa_1"] == "AA"
