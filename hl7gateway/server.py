@@ -257,7 +257,8 @@ class MLLPServer:
                 reason = "TLS handshake not complete within HL7_MESSAGE_DEADLINE_SECONDS"
         if reason:
             self.stats["tls_refused"] += 1
-            log.warning(f"{reason}: connection closed", extra={"peer": peer})
+            log.warning("TLS connection refused at the handshake: connection closed",
+                        extra={"peer": peer, "reason": reason})
             tls.close()
             return None
         tls.setblocking(True)
