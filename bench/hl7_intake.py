@@ -9,10 +9,20 @@ Runs, side by side in one run:
   Python framing on this machine.
 
 Each is driven over 1 and 4 connections (one client process per connection, each sending
-its share sequentially and waiting for every ACK).  Reports orders/s and ACK latency p50/p99,
-and checks afterwards that every order of the engine runs is in the database once.
+its share sequentially and waiting for every ACK).  Reports orders/s and ACK latency p50/p99.
+
+``--tls``: the engine also listens with MLLP over TLS (``HL7_MLLP_TLS_PORT``, certificates of a
+throw-away test CA, client certificates ``--tls-client-certificates``, default required), and
+each engine run is followed by the same run over TLS, on the same listener processes, driven by
+Python's ``ssl`` (one handshake per connection, as an EHR keeping its connection open); the
+ratio TLS/clear is printed.  ``--rounds R`` repeats each case R times, clear and TLS alternating
+(the order flipped every round), and prints the median of the ratios: on a shared machine one
+pair of runs says little.
+
+It checks afterwards that every order of the engine runs is in the database once.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/pacs_bench .venv/bin/python bench/hl7_intake.py --n 5000
+    DATABASE_URL=... .venv/bin/python bench/hl7_intake.py --n 1000 --tls --rounds 5
 
 Results go to stdout as a table and JSON lines (``--json``); write them in bench/RESULTS.md.
 The sender BENCH_EHR^BENCH_HOSP is declared for 127.0.0.1 (``HL7_SENDERS``, unless the
@@ -26,9 +36,11 @@ import json
 import multiprocessing as mp
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,9 +62,14 @@ def message(run: str, i: int) -> bytes:
 
 
 # --- client ------------------------------------------------------------------------------------
-def client(port: int, run: str, indices: list[int], out: mp.Queue) -> None:
+def client(port: int, run: str, indices: list[int], out: mp.Queue, tls: tuple[str, str, str] | None = None) -> None:
+    """One connection sending ``indices`` in turn; ``tls`` = (CA file, certificate, key): over TLS."""
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        context = ssl.create_default_context(cafile=tls[0])
+        context.load_cert_chain(tls[1], tls[2])
+        sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
     latencies, codes = [], {}
     buf = b""
     for i in indices:
@@ -73,10 +90,10 @@ def client(port: int, run: str, indices: list[int], out: mp.Queue) -> None:
     out.put((latencies, codes))
 
 
-def drive(port: int, run: str, n: int, conns: int) -> dict:
+def drive(port: int, run: str, n: int, conns: int, tls: tuple[str, str, str] | None = None) -> dict:
     out: mp.Queue = mp.Queue()
     shares = [list(range(k, n, conns)) for k in range(conns)]
-    procs = [mp.Process(target=client, args=(port, run, share, out)) for share in shares]
+    procs = [mp.Process(target=client, args=(port, run, share, out, tls)) for share in shares]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
@@ -144,12 +161,32 @@ def start(cmd: list[str], env: dict) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def tls_setup(env: dict, client_certificates: str) -> tuple[tuple[str, str, str], list[str]]:
+    """A throw-away CA with the engine's and the EHR's certificates; the listener's environment
+    and arguments for MLLP over TLS on a free port.  Returns the client's files and the arguments."""
+    from tests.tls_certs import TestPKI
+
+    pki = TestPKI(Path(tempfile.mkdtemp(prefix="hl7-bench-tls-")))
+    engine = pki.issue("engine", dns=["localhost"], ips=["127.0.0.1"])
+    ehr = pki.issue("bench-ehr")
+    env.update(TLS_CERTIFICATE=str(engine.chain), TLS_PRIVATE_KEY=str(engine.key), TLS_CA_CERTIFICATES=str(pki.ca_file),
+               HL7_MLLP_TLS_CLIENT_CERTIFICATES=client_certificates)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        tls_port = probe.getsockname()[1]
+    return (str(pki.ca_file), str(ehr.chain), str(ehr.key)), ["--tls-port", str(tls_port)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000, help="orders per run (default 5000)")
     ap.add_argument("--connections", default="1,4", help="connection counts (default 1,4)")
     ap.add_argument("--workers", default="1", help="run_mllp --workers values to try, e.g. 1,2")
     ap.add_argument("--json", action="store_true", help="print JSON lines too")
+    ap.add_argument("--tls", action="store_true", help="also run each engine case over MLLP over TLS")
+    ap.add_argument("--tls-client-certificates", default="required", choices=("none", "optional", "required"))
+    ap.add_argument("--rounds", type=int, default=1, help="engine runs per case (with --tls: clear and TLS "
+                                                              "alternating; the median ratio is printed)")
     args = ap.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         raise SystemExit("set DATABASE_URL=postgres://... (a database of its own: the benchmark fills it)")
@@ -184,19 +221,28 @@ def main() -> None:
         proc.wait()
     from ris.models import Order
 
+    tls, tls_args = (tls_setup(env, args.tls_client_certificates) if args.tls else (None, []))
+    modes = [("", None), (" over TLS", tls)] if tls else [("", None)]
     for workers in [int(w) for w in args.workers.split(",")]:
         proc, port = start([py, "manage.py", "run_mllp", "--host", "127.0.0.1", "--port", "0",
-                            "--workers", str(workers)], env)
+                            "--workers", str(workers), *tls_args], env)
         try:
             for conns in conn_counts:
-                run = f"B{int(time.time() * 10) % 10**7}"
-                drive(port, f"{run}w", min(args.n // 10, 200), conns)  # warm-up: connections, caches
-                analyze(connection)
-                result = drive(port, run, args.n, conns)
-                stored = Order.objects.filter(placer_order_number__regex=rf"^{run}\d{{7}}$").count()
-                connection.close()
-                rows.append({"server": f"engine run_mllp --workers {workers} (PostgreSQL)", **result,
-                             "orders_stored": stored})
+                for round_ in range(args.rounds):
+                    # Clear and TLS alternate, the order flipped every round, so that a change of
+                    # the machine's load weighs on both alike.
+                    for label, client_tls in (modes if round_ % 2 == 0 else modes[::-1]):
+                        target = int(tls_args[1]) if client_tls else port
+                        run = f"B{int(time.time() * 10) % 10**7}"
+                        if round_ == 0:
+                            drive(target, f"{run}w", min(args.n // 10, 200), conns, client_tls)  # warm-up
+                        analyze(connection)
+                        result = drive(target, run, args.n, conns, client_tls)
+                        stored = Order.objects.filter(placer_order_number__regex=rf"^{run}\d{{7}}$").count()
+                        connection.close()
+                        rows.append({"server": f"engine run_mllp --workers {workers} (PostgreSQL){label}", **result,
+                                     "orders_stored": stored, "tls": client_tls is not None, "workers": workers,
+                                     "round": round_})
         finally:
             proc.terminate()
             proc.wait()
@@ -211,6 +257,14 @@ def main() -> None:
         if r["server"].startswith("engine"):
             print(f"ratio engine/ceiling {r['server'][7:]} x{r['connections']}: "
                   f"{r['per_second'] / ceiling[r['connections']]:.2f}")
+    cases = sorted({(r["workers"], r["connections"]) for r in rows if r.get("tls")})
+    for workers, conns in cases:
+        def rate(tls_: bool, round_: int, w=workers, c=conns) -> float:
+            return next(r["per_second"] for r in rows if (r.get("tls"), r.get("workers"), r["connections"],
+                                                          r.get("round")) == (tls_, w, c, round_))
+        ratios = [rate(True, k) / rate(False, k) for k in range(args.rounds)]
+        print(f"ratio TLS/clear run_mllp --workers {workers} x{conns}: median {statistics.median(ratios):.2f} "
+              f"(rounds: {' '.join(f'{x:.2f}' for x in ratios)})")
     if args.json:
         for r in rows:
             print(json.dumps({**r, "synchronous_commit": sync, "load_before": load_before}))

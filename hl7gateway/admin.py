@@ -111,16 +111,16 @@ from hl7gateway.models import OutboundAction, OutboundAttempt, OutboundDestinati
 @admin.register(OutboundDestination)
 class OutboundDestinationAdmin(admin.ModelAdmin):
     """Billing, the EHR ...: where signed reports go.  Destinations declared in HL7_ORU_DESTINATIONS
-    take host and port from the environment (read-only here); the other fields stay editable."""
+    take host, port and TLS (mllps://) from the environment (read-only here); the other fields stay editable."""
 
-    list_display = ("name", "host", "port", "hl7_version", "receiving_application", "receiving_facility",
+    list_display = ("name", "host", "port", "tls", "hl7_version", "receiving_application", "receiving_facility",
                     "text_value_type", "enabled", "declared_in_environment")
     list_filter = ("enabled", "declared_in_environment", "hl7_version")
     search_fields = ("name", "host", "receiving_application", "receiving_facility")
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.declared_in_environment:
-            return ("name", "host", "port", "declared_in_environment")
+            return ("name", "host", "port", "tls", "declared_in_environment")
         return ("declared_in_environment",)
 
     def has_delete_permission(self, request, obj=None) -> bool:

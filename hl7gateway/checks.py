@@ -2,6 +2,8 @@
 
 hl7gateway.E102  HL7_SENDERS or HL7_UNDECLARED_SENDERS_FROM cannot be parsed
 hl7gateway.E103  (deploy) HL7_UNDECLARED_SENDERS_FROM admits undeclared senders from every address
+hl7gateway.E104  the MLLP over TLS port cannot run as configured (HL7_MLLP_TLS_PORT,
+                 HL7_MLLP_TLS_CLIENT_CERTIFICATES, TLS_CERTIFICATE, TLS_CA_CERTIFICATES)
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, register
 
 from hl7gateway import senders
+from pacs.tls import CLIENT_CERTIFICATE_POLICIES
 
 
 @register(Tags.compatibility)
@@ -38,4 +41,21 @@ def check_undeclared_senders(app_configs, **kwargs):
                  "(or the loopback default).",
             id="hl7gateway.E103",
         )]
+    return []
+
+
+@register(Tags.compatibility)
+def check_mllp_tls_settings(app_configs, **kwargs):
+    policy = settings.HL7_MLLP_TLS_CLIENT_CERTIFICATES
+    if policy not in CLIENT_CERTIFICATE_POLICIES:
+        return [Error(f"HL7_MLLP_TLS_CLIENT_CERTIFICATES={policy!r} is not one of "
+                      f"{', '.join(CLIENT_CERTIFICATE_POLICIES)}.", id="hl7gateway.E104")]
+    if not settings.HL7_MLLP_TLS_PORT:
+        return []
+    if not (settings.TLS_CERTIFICATE and settings.TLS_PRIVATE_KEY):
+        return [Error("HL7_MLLP_TLS_PORT is set but TLS_CERTIFICATE and TLS_PRIVATE_KEY are not.",
+                      hint="Name the engine's certificate and key, or set HL7_MLLP_TLS_PORT=0.", id="hl7gateway.E104")]
+    if policy != "none" and not settings.TLS_CA_CERTIFICATES:
+        return [Error(f"HL7_MLLP_TLS_CLIENT_CERTIFICATES={policy} needs TLS_CA_CERTIFICATES (the CA that signs the "
+                      "senders' certificates).", id="hl7gateway.E104")]
     return []

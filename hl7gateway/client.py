@@ -9,15 +9,24 @@ MSA-2 echoes our MSH-10.  Enhanced-mode commit codes (CA/CE/CR) are read as AA/A
 outcome; the caller (``hl7gateway.outbox``) decides what to do with it.  Nothing here
 retries: one call is one attempt.  Like any HL7 sender, one connection carries many
 messages in turn (original mode: the next message only after the ACK of the previous).
+
+``tls=True`` is MLLP over TLS (a destination ``mllps://host:port``): the context of
+``pacs.tls.client_context`` (TLS 1.2 or 1.3, the BCP 195 profile of DICOM PS3.15 Annex B.9),
+the destination's certificate verified against TLS_CA_CERTIFICATES and its host name checked
+(RFC 6125), the engine's certificate offered when the destination asks for one.  A handshake
+that fails -- certificate not trusted, expired, for another name -- is a CONNECT_ERROR whose
+detail says why; the message is never sent in clear text instead.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
 from hl7gateway.mllp import FrameTooLarge, MLLPDecoder, frame
+from pacs.tls import TLSConfigurationError, client_context
 
 # Outcomes of one attempt.
 ACCEPTED = "AA"
@@ -88,8 +97,9 @@ class MLLPConnection:
     the answer to the next message); the next ``send`` connects again.
     """
 
-    def __init__(self, host: str, port: int, *, connect_timeout: float = 10.0, ack_timeout: float = 30.0):
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, *, connect_timeout: float = 10.0, ack_timeout: float = 30.0,
+                 tls: bool = False):
+        self.host, self.port, self.tls = host, port, tls
         self.connect_timeout, self.ack_timeout = connect_timeout, ack_timeout
         self.sock: socket.socket | None = None
         self.decoder = MLLPDecoder(max_frame_bytes=MAX_ACK_BYTES)
@@ -109,6 +119,19 @@ class MLLPConnection:
         self.sock = None
         self.decoder = MLLPDecoder(max_frame_bytes=MAX_ACK_BYTES)
 
+    def _connect(self) -> socket.socket:
+        """A connected socket (the TLS handshake done, within ``connect_timeout``); raises."""
+        context = client_context() if self.tls else None
+        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if context is not None:
+                sock = context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     def send(self, payload: bytes, *, message_control_id: str) -> SendResult:
         """Send one message and wait for its ACK; classify the outcome (never raises for I/O)."""
         started = time.monotonic()
@@ -123,10 +146,16 @@ class MLLPConnection:
 
         if self.sock is None:
             try:
-                self.sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.sock = self._connect()
+            except TLSConfigurationError as exc:
+                return result(CONNECT_ERROR, detail=f"MLLP over TLS to {self.host}:{self.port}: {exc}")
+            except ssl.SSLCertVerificationError as exc:
+                return result(CONNECT_ERROR, detail=f"TLS: the certificate of {self.host}:{self.port} is not "
+                                                    f"accepted: {exc.verify_message or exc.reason}")
+            except ssl.SSLError as exc:
+                return result(CONNECT_ERROR, detail=f"TLS handshake with {self.host}:{self.port} failed: "
+                                                    f"{exc.reason or exc}")
             except OSError as exc:
-                self.sock = None
                 return result(CONNECT_ERROR, detail=f"connect to {self.host}:{self.port}: {exc}")
         sock = self.sock
         ack_timeout = self.ack_timeout
@@ -175,7 +204,8 @@ def send_message(
     message_control_id: str,
     connect_timeout: float = 10.0,
     ack_timeout: float = 30.0,
+    tls: bool = False,
 ) -> SendResult:
     """Open a connection, send one framed message, wait for its ACK, close."""
-    with MLLPConnection(host, port, connect_timeout=connect_timeout, ack_timeout=ack_timeout) as conn:
+    with MLLPConnection(host, port, connect_timeout=connect_timeout, ack_timeout=ack_timeout, tls=tls) as conn:
         return conn.send(payload, message_control_id=message_control_id)

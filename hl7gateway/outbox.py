@@ -92,6 +92,7 @@ class DestinationSpec:
     host: str
     port: int
     options: dict  # field name -> value, from the URL's query string
+    tls: bool = False  # mllps://
 
 
 _OPTION_FIELDS = {
@@ -105,7 +106,8 @@ _OPTION_FIELDS = {
 
 def parse_destinations(value: str) -> list[DestinationSpec]:
     """Parse ``HL7_ORU_DESTINATIONS``: ``name=mllp://host:port[?version=2.3.1&application=BILL
-    &facility=HOSP&text=FT&timeout=30]``, comma-separated.  Raises ValueError with the reason."""
+    &facility=HOSP&text=FT&timeout=30]``, comma-separated; ``mllps://`` for MLLP over TLS.
+    Raises ValueError with the reason."""
     specs: list[DestinationSpec] = []
     for item in (p.strip() for p in (value or "").split(",")):
         if not item:
@@ -113,10 +115,10 @@ def parse_destinations(value: str) -> list[DestinationSpec]:
         name, sep, url = item.partition("=")
         name = name.strip()
         if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
-            raise ValueError(f"{item!r}: expected name=mllp://host:port")
+            raise ValueError(f"{item!r}: expected name=mllp://host:port or name=mllps://host:port")
         parts = urlsplit(url.strip())
-        if parts.scheme != "mllp" or not parts.hostname:
-            raise ValueError(f"{item!r}: the address must be mllp://host:port")
+        if parts.scheme not in ("mllp", "mllps") or not parts.hostname:
+            raise ValueError(f"{item!r}: the address must be mllp://host:port or mllps://host:port (TLS)")
         try:
             port = parts.port
         except ValueError:
@@ -140,14 +142,14 @@ def parse_destinations(value: str) -> list[DestinationSpec]:
             options[_OPTION_FIELDS[key]] = val
         if any(s.name == name for s in specs):
             raise ValueError(f"destination {name!r} is declared twice")
-        specs.append(DestinationSpec(name, parts.hostname, port, options))
+        specs.append(DestinationSpec(name, parts.hostname, port, options, tls=parts.scheme == "mllps"))
     return specs
 
 
 def sync_environment_destinations(value: str | None = None) -> list[OutboundDestination]:
     """Make the destination rows match ``HL7_ORU_DESTINATIONS`` (deployment as code).
 
-    Declared destinations are created or updated (host, port and the options given; other
+    Declared destinations are created or updated (host, port, TLS and the options given; other
     fields keep their admin values); a destination no longer declared is disabled, not
     deleted (its messages stay visible).  Costs one query when nothing changed.
     """
@@ -161,7 +163,8 @@ def sync_environment_destinations(value: str | None = None) -> list[OutboundDest
                                                                      Q(name__in=[s.name for s in specs]))}
     synced = []
     for spec in specs:
-        wanted = {"host": spec.host, "port": spec.port, "declared_in_environment": True, **spec.options}
+        wanted = {"host": spec.host, "port": spec.port, "tls": spec.tls, "declared_in_environment": True,
+                  **spec.options}
         dest = current.get(spec.name)
         if dest is None:
             dest = OutboundDestination.objects.create(name=spec.name, **wanted)
@@ -410,6 +413,7 @@ class Claim:
     leased_until: datetime  # doubles as the lease token: still ours if the row still has it
     worker: str
     previous_outcome: str = ""
+    tls: bool = False  # MLLP over TLS (the destination's mllps://)
 
 
 @dataclass(frozen=True)
@@ -588,7 +592,7 @@ def _lease(dest: OutboundDestination, candidates: list[OutboundMessage], limit: 
         Claim(
             message_id=r.pk, number=r.attempt_count + 1, host=dest.host, port=dest.port, payload=bytes(r.payload),
             message_control_id=r.message_control_id, connect_timeout=connect_timeout, ack_timeout=ack_timeout,
-            started_at=now, leased_until=leased_until, worker=worker, previous_outcome=r.last_outcome,
+            started_at=now, leased_until=leased_until, worker=worker, previous_outcome=r.last_outcome, tls=dest.tls,
         )
         for r in sorted(candidates, key=lambda r: r.pk)
     ]
@@ -785,7 +789,7 @@ def _send_batch(claimed: list[Claim], *, follow_up: bool = True) -> tuple[dict[i
     outcomes: list[tuple[Claim, client.SendResult]] = []
     budget_ends = time.monotonic() + first.ack_timeout
     with client.MLLPConnection(first.host, first.port, connect_timeout=first.connect_timeout,
-                               ack_timeout=first.ack_timeout) as conn:
+                               ack_timeout=first.ack_timeout, tls=first.tls) as conn:
         for c in claimed:
             if outcomes and (outcomes[-1][1].outcome not in client.ANSWERED or time.monotonic() > budget_ends):
                 break  # the destination stopped answering, or the batch used up its time

@@ -19,12 +19,22 @@ Bytes outside frames are skipped and logged; up to ``STRAY_LINE_ENDS`` line ends
 do not start the deadline (senders that end frames with CR LF or put LF between them).
 ``port=0`` binds an ephemeral port, read back from ``server.port``.  With ``reuse_port``
 several processes listen on one port (SO_REUSEPORT; ``run_mllp --workers N``).
+
+With ``tls_context`` (``pacs.tls.server_context``: TLS 1.2 or 1.3, the BCP 195 profile of
+DICOM PS3.15 Annex B.9, which MLLP over TLS follows as well) the listener is MLLP over TLS
+(``HL7_MLLP_TLS_PORT``): the same limits apply, the connection's slot is taken before the
+handshake, and the whole handshake has ``HL7_MESSAGE_DEADLINE_SECONDS`` -- a client that never
+finishes it, or speaks clear text, is cut and never reaches the intake.  A client certificate,
+when the context asks for one, is verified by OpenSSL against ``TLS_CA_CERTIFICATES`` during
+the handshake; one missing (``required``), untrusted or expired ends the connection there.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +45,7 @@ from django.db import connections
 from hl7gateway import intake
 from hl7gateway.mllp import FrameTooLarge, MLLPDecoder, frame
 from hl7gateway.senders import source_address
+from pacs.tls import peer_certificate
 
 log = logging.getLogger("hl7gateway.server")
 
@@ -48,7 +59,7 @@ class MLLPServer:
                  idle_timeout: float | None = None, max_connections: int | None = None,
                  max_connections_per_address: int | None = None, message_deadline: float | None = None,
                  handler: Callable[[bytes, str], bytes] | None = None, reuse_port: bool = False,
-                 sock: socket.socket | None = None):
+                 sock: socket.socket | None = None, tls_context: ssl.SSLContext | None = None):
         self.host = settings.HL7_MLLP_HOST if host is None else host
         self.max_frame_bytes = max_frame_bytes or settings.HL7_MAX_FRAME_BYTES
         self.idle_timeout = idle_timeout or settings.HL7_IDLE_TIMEOUT_SECONDS
@@ -56,6 +67,7 @@ class MLLPServer:
         self.max_connections_per_address = max_connections_per_address or settings.HL7_MAX_CONNECTIONS_PER_ADDRESS
         self.message_deadline = message_deadline or settings.HL7_MESSAGE_DEADLINE_SECONDS
         self.handler = handler or intake.handle_payload
+        self.tls_context = tls_context
         if sock is None:
             sock = listening_socket(self.host, settings.HL7_MLLP_PORT if port is None else port, reuse_port=reuse_port)
         self.sock = sock
@@ -67,7 +79,7 @@ class MLLPServer:
         self._threads: set[threading.Thread] = set()
         self._accept_thread: threading.Thread | None = None
         self.stats = {"connections": 0, "refused": 0, "refused_per_address": 0, "deadline_cuts": 0, "messages": 0,
-                      "junk_bytes": 0}
+                      "junk_bytes": 0, "tls_refused": 0}
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> MLLPServer:
@@ -79,7 +91,7 @@ class MLLPServer:
 
     def serve_forever(self) -> None:
         self.sock.settimeout(0.5)
-        log.info("MLLP listener ready", extra={"host": self.host, "port": self.port})
+        log.info("MLLP listener ready", extra={"host": self.host, "port": self.port, "tls": bool(self.tls_context)})
         while not self._stopping.is_set():
             try:
                 conn, addr = self.sock.accept()
@@ -133,12 +145,18 @@ class MLLPServer:
         t.start()
 
     def _serve_connection(self, conn: socket.socket, peer: str, address: str) -> None:
+        key = id(conn)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         decoder = MLLPDecoder(self.max_frame_bytes)
         log.info("connection opened", extra={"peer": peer})
         started: float | None = None  # monotonic time of the first byte of the message under way
         stray = 0  # line-end bytes received outside frames since the last complete frame
         try:
+            if self.tls_context is not None:
+                tls = self._handshake(conn, peer, key)
+                if tls is None:
+                    return
+                conn = tls
             while not self._stopping.is_set():
                 if started is None:
                     conn.settimeout(self.idle_timeout)
@@ -193,13 +211,62 @@ class MLLPServer:
                 conn.close()
             finally:
                 with self._lock:
-                    self._conns.pop(id(conn), None)
+                    self._conns.pop(key, None)
                     held = self._per_address.pop(address, 1) - 1
                     if held > 0:
                         self._per_address[address] = held
                     self._threads.discard(threading.current_thread())
                 connections.close_all()
                 log.info("connection closed", extra={"peer": peer})
+
+    def _handshake(self, conn: socket.socket, peer: str, key: int) -> ssl.SSLSocket | None:
+        """The TLS handshake, all of it within ``message_deadline`` (a peer sending its
+        ClientHello byte by byte is cut at the deadline too: non-blocking steps, each waiting
+        only for what is left).  Returns the TLS socket, or None when the connection was ended."""
+        deadline = time.monotonic() + self.message_deadline
+        conn.setblocking(False)
+        try:
+            tls = self.tls_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            log.warning("TLS connection could not be set up", extra={"peer": peer, "error": str(exc)})
+            return None
+        with self._lock:
+            if key in self._conns:
+                self._conns[key] = tls  # stop() shuts down the socket that now owns the descriptor
+        reason = ""
+        while not reason:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                wait = ([tls], [])
+            except ssl.SSLWantWriteError:
+                wait = ([], [tls])
+            except ssl.SSLCertVerificationError as exc:
+                reason = f"client certificate refused: {exc.verify_message or exc.reason}"
+                continue
+            except ssl.SSLError as exc:
+                reason = f"TLS handshake failed: {exc.reason or exc}"
+                continue
+            except OSError as exc:
+                reason = f"TLS handshake failed: {exc}"
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not any(select.select(*wait, [], left)[:2]):
+                self.stats["deadline_cuts"] += 1
+                reason = "TLS handshake not complete within HL7_MESSAGE_DEADLINE_SECONDS"
+        if reason:
+            self.stats["tls_refused"] += 1
+            log.warning("TLS connection refused at the handshake: connection closed",
+                        extra={"peer": peer, "reason": reason})
+            tls.close()
+            return None
+        tls.setblocking(True)
+        cert = peer_certificate(tls)
+        log.info("TLS connection established", extra={
+            "peer": peer, "tls_version": tls.version(), "cipher": (tls.cipher() or ("",))[0],
+            "client_certificate": sorted(cert.names()) if cert else None})
+        return tls
 
     def _cut(self, peer: str, decoder: MLLPDecoder) -> None:
         self.stats["deadline_cuts"] += 1

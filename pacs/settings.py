@@ -158,6 +158,11 @@ ACCESSION_NUMBER_ISSUER = env_str("ACCESSION_NUMBER_ISSUER", "PACS")
 # --- HL7 / MLLP ----------------------------------------------------------------------------
 HL7_MLLP_HOST = env_str("HL7_MLLP_HOST", "0.0.0.0")
 HL7_MLLP_PORT = env_int("HL7_MLLP_PORT", 2575, minimum=0, maximum=65535)
+# MLLP over TLS (hl7gateway.server; no IANA port exists for it): on by default at 2576 once the
+# engine has a certificate (TLS_CERTIFICATE); 0 = off.  Client certificates: none, optional, required.
+HL7_MLLP_TLS_PORT = env_int("HL7_MLLP_TLS_PORT", 2576 if env_str("TLS_CERTIFICATE", "") else 0, minimum=0,
+                            maximum=65535)
+HL7_MLLP_TLS_CLIENT_CERTIFICATES = env_str("HL7_MLLP_TLS_CLIENT_CERTIFICATES", "none").strip().lower()
 HL7_MAX_FRAME_BYTES = env_int("HL7_MAX_FRAME_BYTES", 16 * 1024 * 1024, minimum=1024)
 HL7_IDLE_TIMEOUT_SECONDS = env_float("HL7_IDLE_TIMEOUT_SECONDS", 300.0, minimum=1.0)
 HL7_MAX_CONNECTIONS = env_int("HL7_MAX_CONNECTIONS", 100, minimum=1)

@@ -14,7 +14,13 @@ Used by the outbox tests and by ``bench/oru_delivery.py``::
         sink.wait_for(2, timeout=10)
         sink.control_ids()             # MSH-10 of each message received, in order
 
-Run on its own: ``python tests/mllp_sink.py --port 2576 --mode AA``.
+MLLP over TLS (a destination ``mllps://``): give it a server context, e.g.
+``MLLPSink(tls=tls_context(cert, key))`` -- Python's ``ssl`` on a real listener, nothing of the
+engine's; with ``ca`` it asks for (and verifies) the client's certificate.  A handshake that
+fails is counted in ``handshake_failures`` (its reason in ``handshake_errors``).
+
+Run on its own: ``python tests/mllp_sink.py --port 2576 --mode AA`` (``--certificate``,
+``--key`` and optionally ``--ca`` for TLS).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -88,11 +95,23 @@ def build_ack(payload: bytes, code: str, control_id: str, text: str = "") -> byt
 _ack_ids = itertools.count(1)
 
 
+def tls_context(certificate, key, ca=None) -> ssl.SSLContext:
+    """A server context of the sink: its certificate chain and key; with ``ca``, client
+    certificates are required and verified against it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(certificate), str(key))
+    if ca is not None:
+        context.load_verify_locations(cafile=str(ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 class MLLPSink:
     """A threaded MLLP receiver on 127.0.0.1 (see the module docstring)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, mode: str = AA, ack_delay: float = 0.0,
-                 record_payloads: bool = True):
+                 record_payloads: bool = True, tls: ssl.SSLContext | None = None):
         if mode not in MODES:
             raise ValueError(mode)
         self.host = host
@@ -100,6 +119,10 @@ class MLLPSink:
         self.mode = mode
         self.ack_delay = ack_delay
         self.record_payloads = record_payloads
+        self.tls = tls
+        self.handshake_failures = 0
+        self.handshake_errors: list[str] = []
+        self.peer_certificates: list[dict] = []  # ssl getpeercert() of each TLS connection with one
         self.received: list[Received] = []
         self.count = 0
         self.connections = 0
@@ -165,7 +188,7 @@ class MLLPSink:
 
     @property
     def url(self) -> str:
-        return f"mllp://{self.host}:{self.port}"
+        return f"{'mllps' if self.tls else 'mllp'}://{self.host}:{self.port}"
 
     # -- behaviour -----------------------------------------------------------------------
     def script(self, answers: list[str]) -> None:
@@ -212,7 +235,31 @@ class MLLPSink:
                 self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
+    def _handshake(self, conn: socket.socket) -> ssl.SSLSocket | None:
+        plain = conn
+        try:
+            conn.settimeout(10)
+            conn = self.tls.wrap_socket(conn, server_side=True)
+            conn.settimeout(None)
+        except (OSError, ValueError) as exc:
+            with self._lock:
+                self.handshake_failures += 1
+                self.handshake_errors.append(str(exc))
+                self._open.discard(plain)
+            plain.close()
+            return None
+        with self._lock:
+            self._open.discard(plain)
+            self._open.add(conn)
+            if conn.getpeercert():
+                self.peer_certificates.append(conn.getpeercert())
+        return conn
+
     def _serve(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            conn = self._handshake(conn)
+            if conn is None:
+                return
         decoder = MLLPDecoder()
         try:
             while True:
@@ -256,9 +303,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode", default=AA, choices=MODES)
+    parser.add_argument("--certificate", help="PEM certificate chain: MLLP over TLS")
+    parser.add_argument("--key", help="PEM private key of --certificate")
+    parser.add_argument("--ca", help="PEM CA bundle: require and verify client certificates")
     args = parser.parse_args(argv)
-    sink = MLLPSink(args.host, args.port, args.mode, record_payloads=False).start()
-    print(f"listening on {sink.host}:{sink.port} answering {sink.mode}", flush=True)
+    context = tls_context(args.certificate, args.key, args.ca) if args.certificate else None
+    sink = MLLPSink(args.host, args.port, args.mode, record_payloads=False, tls=context).start()
+    print(f"listening on {sink.url} answering {sink.mode}", flush=True)
     try:
         while True:
             time.sleep(3600)

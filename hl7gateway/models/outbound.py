@@ -49,6 +49,9 @@ class OutboundDestination(models.Model):
     name = models.SlugField(max_length=64, unique=True, help_text="e.g. billing, ehr")
     host = models.CharField(max_length=255)
     port = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(65535)])
+    tls = models.BooleanField(default=False, verbose_name="MLLP over TLS",
+                              help_text="mllps://: the destination's certificate is verified against "
+                                        "TLS_CA_CERTIFICATES and its host name checked; never falls back to clear text")
     hl7_version = models.CharField(max_length=8, blank=True, choices=VERSION_CHOICES, default=VERSION_DEFAULT,
                                    help_text="MSH-12; empty = the setting HL7_ORU_VERSION")
     receiving_application = models.CharField(max_length=180, blank=True, help_text="MSH-5")
@@ -69,7 +72,11 @@ class OutboundDestination(models.Model):
         ordering = ["name"]
 
     def __str__(self) -> str:
-        return f"{self.name} ({self.host}:{self.port})"
+        return f"{self.name} ({self.url})"
+
+    @property
+    def url(self) -> str:
+        return f"{'mllps' if self.tls else 'mllp'}://{self.host}:{self.port}"
 
     @property
     def version(self) -> str:
