@@ -203,6 +203,28 @@ def test_clear_text_and_silent_clients_on_the_tls_port_are_cut_within_the_acse_t
     assert tls_echoscu(server, pki, pki.ct1).returncode == 0
 
 
+def test_pending_tls_connections_are_capped_by_closing_the_oldest(tls_listen, pki, settings):
+    """Connections that finished their handshake but sent no A-ASSOCIATE-RQ count as pending: one
+    more than DICOM_MAX_PENDING_CONNECTIONS closes the oldest at once, through its TLS socket."""
+    settings.DICOM_MAX_PENDING_CONNECTIONS = 2
+    DicomNode.objects.create(ae_title="CT1", host="127.0.0.1", certificate_name="ct1.hospital.test")
+    server = tls_listen()
+    context = _client_context(pki, pki.ct1)
+    socks = [context.wrap_socket(socket.create_connection(("127.0.0.1", port_of(server.tls_server))),
+                                 server_hostname="localhost") for _ in range(3)]
+    try:
+        socks[0].settimeout(10)  # well inside DICOM_ACSE_TIMEOUT (30 s): closed by the cap, not the timeout
+        try:
+            assert socks[0].recv(1024) == b""
+        except (ssl.SSLEOFError, ConnectionError):
+            pass
+        assert server.tls_server.pending_count() <= 2
+        assert tls_echoscu(server, pki, pki.ct1).returncode == 0
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_run_dicom_serves_both_ports_with_workers(transactional_db, pki):
     DicomNode.objects.create(ae_title="CT1", host="127.0.0.1", certificate_name="ct1.hospital.test")
     port, tls_port = free_port(), free_port()
