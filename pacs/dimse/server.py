@@ -24,6 +24,7 @@ from pynetdicom.presentation import build_context
 from pacs import storage, tls
 from pacs.dimse import db, policy
 from pacs.dimse.acceptor import Acceptor
+from pacs.models import DicomNode
 from pacs.services import peers
 
 log = logging.getLogger("pacs.dimse")
@@ -99,6 +100,22 @@ def build_server(host: str, port: int, *, ae_title: str | None = None, reuse_por
     )
 
 
+def _warn_unreachable_certificate_nodes(with_tls: bool) -> None:
+    """Nodes bound to a certificate can only associate over TLS with client certificates asked
+    for: say so when this listener cannot admit them."""
+    if with_tls and settings.DICOM_TLS_CLIENT_CERTIFICATES != "none":
+        return
+    try:
+        bound = list(DicomNode.objects.filter(enabled=True).exclude(certificate_name="")
+                     .values_list("ae_title", flat=True)[:20])
+    except DatabaseError:
+        return
+    if bound:
+        log.warning("dicom nodes with a certificate name cannot associate: no DICOM TLS listener asking for "
+                    "client certificates (TLS_CERTIFICATE, DICOM_TLS_PORT, DICOM_TLS_CLIENT_CERTIFICATES)",
+                    extra={"nodes": bound})
+
+
 def start_server(host: str | None = None, port: int | None = None, *, block: bool = False, ae_title: str | None = None,
                  reuse_port: bool = False, tls_port: int | None = None):
     """Start the AE.  Returns the running server (``block=False``) whose
@@ -116,6 +133,7 @@ def start_server(host: str | None = None, port: int | None = None, *, block: boo
         log.error("DICOM_NODES not written to the database", extra={"error": str(exc)[:200]})
     address = (host or settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
     context = tls.server_context(settings.DICOM_TLS_CLIENT_CERTIFICATES) if tls_enabled(tls_port) else None
+    _warn_unreachable_certificate_nodes(context is not None)
     server = build_server(address[0], address[1], ae_title=ae_title, reuse_port=reuse_port)
     server.tls_server = None
     if context is not None:

@@ -256,3 +256,17 @@ def test_run_dicom_stops_on_an_unreadable_certificate(transactional_db, tmp_path
     proc = start_run_dicom(free_port(), env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "DICOM TLS" in err and "cannot load the TLS files" in err
+
+
+def test_nodes_bound_to_a_certificate_named_when_no_tls_listener_can_admit_them(transactional_db, settings, caplog):
+    from pacs.dimse.server import start_server
+
+    settings.TLS_CERTIFICATE = ""  # no TLS listener
+    DicomNode.objects.create(ae_title="CT1", host="127.0.0.1", certificate_name="ct1.hospital.test")
+    DicomNode.objects.create(ae_title="MOD1", host="127.0.0.1")
+    with caplog.at_level("WARNING", logger="pacs.dimse"):
+        server = start_server("127.0.0.1", 0)
+    server.shutdown()
+    assert server.tls_server is None
+    [record] = [r for r in caplog.records if "certificate name cannot associate" in r.getMessage()]
+    assert record.nodes == ["CT1"]
