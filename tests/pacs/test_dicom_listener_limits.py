@@ -103,7 +103,7 @@ def run_listener(transactional_db, tmp_path):
     """Start ``manage.py run_dicom`` with extra environment; MOD1 is declared at 127.0.0.1 and
     unknown AEs are refused.  Stopped (SIGTERM) after the test."""
     DicomNode.objects.create(ae_title="MOD1", host="127.0.0.1")
-    DicomNode.objects.create(ae_title="INTRUDER")  # declared, any host: it passes the policy
+    DicomNode.objects.create(ae_title="INTRUDER", host="127.0.0.0/8")  # declared, any loopback source: it passes the policy
     started = []
 
     def start(**env_extra) -> Listener:
