@@ -163,6 +163,17 @@ def test_node_with_a_certificate_name_refused_from_the_clear_port_and_with_anoth
         ("127.0.0.1", DicomRefusal.CERTIFICATE, "CT1", 2)]
 
 
+def test_optional_client_certificates_admit_an_anonymous_client_but_not_as_a_bound_node(tls_listen, pki, settings):
+    DicomNode.objects.create(ae_title="CT1", host="127.0.0.1", certificate_name="ct1.hospital.test")
+    DicomNode.objects.create(ae_title="MOD1", host="127.0.0.1")
+    settings.DICOM_TLS_CLIENT_CERTIFICATES = "optional"
+    server = tls_listen()
+    assert tls_echoscu(server, pki, None, aet="MOD1").returncode == 0  # TLS without a certificate
+    assert _rejected(tls_echoscu(server, pki, None, aet="CT1"))
+    assert _handshake_refused(tls_echoscu(server, pki, pki.stranger, aet="MOD1"))  # presented: verified
+    assert tls_echoscu(server, pki, pki.ct1).returncode == 0
+
+
 def _client_context(pki, issued) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca_file))
     context.load_cert_chain(str(issued.cert), str(issued.key))
