@@ -269,7 +269,9 @@ class Association:
         already decrypted and buffered."""
         if self.over_tls and self.sock.pending():
             return True
-        return bool(select.select([self.sock], [], [], timeout)[0])
+        poller = select.poll()  # not select(): no FD_SETSIZE bound on the descriptor's number
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(int(timeout * 1000)))
 
     def _start_tls(self, deadline: ul.Deadline) -> bool:
         """The TLS handshake as server (PS3.15 B.9), within ``deadline``.  False: it failed or
