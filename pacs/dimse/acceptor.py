@@ -284,7 +284,7 @@ class Association:
             self.sock.do_handshake()
         except (ssl.SSLError, OSError) as exc:  # TimeoutError included
             reason = "timeout" if isinstance(exc, TimeoutError) else getattr(exc, "reason", None) or type(exc).__name__
-            log.info("connection closed: TLS handshake failed", extra=self._log_extra(error=str(reason)[:100]))
+            self.server.handshake_failed(self.address[0], str(reason)[:100])
             self._aborted = True
             return False
         self.over_tls = True
@@ -740,6 +740,8 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._tls_of: dict = {}  # pending connection -> its TLS socket, once the handshake has begun
         self._refused = Counter()  # "refused" / "closed" since the last log line
         self._refusal_logged_at = -REFUSAL_LOG_INTERVAL
+        self._handshake_failures = Counter()  # reason -> TLS handshakes failed since the last log line
+        self._handshake_logged_at = -REFUSAL_LOG_INTERVAL
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -810,6 +812,19 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
         log.warning("connections refused or closed before association: too many waiting for an A-ASSOCIATE-RQ",
                     extra={"peer": address, **counts, "maximum_pending": self.maximum_pending,
                            "maximum_pending_per_address": self.maximum_pending_per_address})
+
+    def handshake_failed(self, address: str, reason: str) -> None:
+        """A TLS handshake failed (no, untrusted or expired certificate; not TLS; too slow):
+        logged at most every REFUSAL_LOG_INTERVAL, with the count per reason since the last line."""
+        now = time.monotonic()
+        with self._active_lock:
+            self._handshake_failures[reason] += 1
+            if now - self._handshake_logged_at < REFUSAL_LOG_INTERVAL:
+                return
+            counts, self._handshake_failures = dict(self._handshake_failures), Counter()
+            self._handshake_logged_at = now
+        log.warning("connections closed: TLS handshake failed", extra={"peer": address, "last_error": reason,
+                                                                       "failures": counts})
 
     def _forget_one(self, address: str) -> None:
         """One pending connection from ``address`` less (lock held); no entry is kept at 0."""

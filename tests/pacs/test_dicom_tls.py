@@ -134,7 +134,7 @@ def test_declared_modality_over_tls_echo_worklist_and_store_with_its_certificate
 
 
 def test_clients_without_a_valid_certificate_refused_at_the_handshake_while_the_modality_is_served(
-        tls_listen, pki):
+        tls_listen, pki, caplog):
     DicomNode.objects.create(ae_title="CT1", host="127.0.0.1", certificate_name="ct1.hospital.test")
     server = tls_listen()
     for issued in (None, pki.stranger, pki.expired):  # none, from an untrusted CA, expired
@@ -147,6 +147,9 @@ def test_clients_without_a_valid_certificate_refused_at_the_handshake_while_the_
         assert proc.returncode == 0, proc.stdout + proc.stderr
     db.flush()
     assert not DicomRefusal.objects.exists()  # refused by TLS, before any AE title was read
+    # logged with the reason, one line per interval however many fail (the first three: one line)
+    [line] = [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert line.peer == "127.0.0.1" and sum(line.failures.values()) == 1
 
 
 def test_node_with_a_certificate_name_refused_from_the_clear_port_and_with_another_certificate(tls_listen, pki):
