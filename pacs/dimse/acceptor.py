@@ -682,6 +682,25 @@ def _remove(path) -> None:
             pass
 
 
+class _Tally:
+    """Events counted by kind and handed out at most every REFUSAL_LOG_INTERVAL, so that a flood
+    of refused connections becomes one log line per interval with its counts.  Not locked: the
+    caller holds its lock."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.logged_at = -REFUSAL_LOG_INTERVAL
+
+    def add(self, kind: str) -> dict | None:
+        """Count one; the counts since the last time to log them, or None if it is too soon."""
+        self.counts[kind] += 1
+        now = time.monotonic()
+        if now - self.logged_at < REFUSAL_LOG_INTERVAL:
+            return None
+        counts, self.counts, self.logged_at = dict(self.counts), Counter(), now
+        return counts
+
+
 class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         assoc = Association(self.server, self.request, self.client_address)
@@ -738,10 +757,8 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._pending: OrderedDict = OrderedDict()  # socket -> source address, oldest first
         self._pending_per_address: Counter = Counter()
         self._tls_of: dict = {}  # pending connection -> its TLS socket, once the handshake has begun
-        self._refused = Counter()  # "refused" / "closed" since the last log line
-        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL
-        self._handshake_failures = Counter()  # reason -> TLS handshakes failed since the last log line
-        self._handshake_logged_at = -REFUSAL_LOG_INTERVAL
+        self._refused = _Tally()  # "refused" / "closed" since the last log line
+        self._handshake_failures = _Tally()  # reason -> TLS handshakes failed since the last log line
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -802,13 +819,10 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.shutdown_request(sock)
 
     def _count_refusal(self, kind: str, address: str) -> None:
-        now = time.monotonic()
         with self._active_lock:
-            self._refused[kind] += 1
-            if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL:
-                return
-            counts, self._refused = dict(self._refused), Counter()
-            self._refusal_logged_at = now
+            counts = self._refused.add(kind)
+        if counts is None:
+            return
         log.warning("connections refused or closed before association: too many waiting for an A-ASSOCIATE-RQ",
                     extra={"peer": address, **counts, "maximum_pending": self.maximum_pending,
                            "maximum_pending_per_address": self.maximum_pending_per_address})
@@ -816,13 +830,10 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def handshake_failed(self, address: str, reason: str) -> None:
         """A TLS handshake failed (no, untrusted or expired certificate; not TLS; too slow):
         logged at most every REFUSAL_LOG_INTERVAL, with the count per reason since the last line."""
-        now = time.monotonic()
         with self._active_lock:
-            self._handshake_failures[reason] += 1
-            if now - self._handshake_logged_at < REFUSAL_LOG_INTERVAL:
-                return
-            counts, self._handshake_failures = dict(self._handshake_failures), Counter()
-            self._handshake_logged_at = now
+            counts = self._handshake_failures.add(reason)
+        if counts is None:
+            return
         log.warning("connections closed: TLS handshake failed", extra={"peer": address, "last_error": reason,
                                                                        "failures": counts})
 
