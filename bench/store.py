@@ -19,6 +19,14 @@ straight to the same Orthanc.  Target: >= 80 % of the direct throughput.
 The database named by DATABASE_URL is created if missing and its image tables EMPTIED:
 never point it at a real database.  ``--profile`` runs one engine ingest in-process under
 cProfile (every thread) and prints where the time goes.
+
+TLS (``--tls``): the same study, per run, sent by storescu in clear to the engine's DICOM_PORT
+and with ``+tls`` (a client certificate of a test CA) to its DICOM_TLS_PORT, and the same pair
+against two Orthancs, one in clear and one with DicomTlsEnabled (the TLS peer; Orthanc's DICOM
+port is either one or the other).  Target: engine over TLS >= 80 % of the engine in clear.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/pacs_t1_bench \
+        .venv/bin/python bench/store.py --images 200 --runs 3 --tls --no-ingest
 """
 
 from __future__ import annotations
@@ -79,9 +87,9 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def storescu(port: int, called: str, files: list[Path]) -> float:
+def storescu(port: int, called: str, files: list[Path], extra: tuple[str, ...] = ()) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/storescu", "-aet", "MODALITY", "-aec", called, "127.0.0.1", str(port),
+    proc = subprocess.run(["/usr/bin/storescu", "-aet", "MODALITY", "-aec", called, *extra, "127.0.0.1", str(port),
                            *map(str, files)], env=ENV, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
@@ -90,14 +98,17 @@ def storescu(port: int, called: str, files: list[Path]) -> float:
 
 
 class Engine:
-    def __init__(self, workdir: Path, args: tuple[str, ...] = ()):
+    def __init__(self, workdir: Path, args: tuple[str, ...] = (), tls_env: dict | None = None):
         self.port = free_port()
+        self.tls_port = free_port() if tls_env else 0
         self.storage = Path(tempfile.mkdtemp(prefix="engine-storage-", dir=workdir))
         self.env = {**ENV, "STORAGE_DIR": str(self.storage), "DICOM_PORT": str(self.port), "DICOM_AE_TITLE": "PACS",
-                    "LOG_LEVEL": "WARNING"}
+                    "LOG_LEVEL": "WARNING", "DICOM_TLS_PORT": str(self.tls_port), **(tls_env or {})}
         self.process = subprocess.Popen([sys.executable, "manage.py", "run_dicom", "--host", "127.0.0.1", *args],
                                         cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
+        if self.tls_port:
+            wait_port(self.tls_port)
 
     def stop(self):
         self.process.terminate()
@@ -178,6 +189,48 @@ def bench_ingest(workdir: Path, images: int, runs: int) -> dict:
 
 def median(rows: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]} | {"runs": len(rows)}
+
+
+def bench_tls(workdir: Path, images: int, runs: int) -> dict:
+    """Per run, one study into four receivers: the engine in clear and over TLS, an Orthanc in
+    clear and one with DICOM TLS; the order turns each run."""
+    from tests.tls_certs import TestPKI
+
+    pki = TestPKI(workdir / "pki")
+    server = pki.issue("localhost", dns=["localhost"], ips=["127.0.0.1"])
+    modality = pki.issue("MODALITY")
+    client = ("+tls", str(modality.key), str(modality.cert), "+cf", str(pki.ca_file))
+    engine = Engine(workdir, tls_env={"TLS_CERTIFICATE": str(server.chain), "TLS_PRIVATE_KEY": str(server.key),
+                                      "TLS_CA_CERTIFICATES": str(pki.ca_file),
+                                      "DICOM_TLS_CLIENT_CERTIFICATES": "required"})
+    orthanc = OrthancProcess(workdir / "orthanc-clear", sync_storage=True, engine_port=engine.port).start()
+    orthanc_tls = OrthancProcess(workdir / "orthanc-tls", sync_storage=True, engine_port=engine.port, extra={
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(server.cert), "DicomTlsPrivateKey": str(server.key),
+        "DicomTlsTrustedCertificates": str(pki.ca_file), "DicomTlsRemoteCertificateRequired": True}).start()
+    receivers = [("engine_clear", engine.port, "PACS", ()), ("engine_tls", engine.tls_port, "PACS", client),
+                 ("orthanc_clear", orthanc.dicom_port, orthanc.aet, ()),
+                 ("orthanc_tls", orthanc_tls.dicom_port, orthanc_tls.aet, client)]
+    results: dict[str, list[dict]] = {name: [] for name, *_ in receivers}
+    try:
+        for run in range(runs):
+            files, size = make_study(workdir / f"tstudy{run}", images)
+            for name, port, called, extra in receivers[run % 4:] + receivers[:run % 4]:
+                os.sync()
+                results[name].append(rate(size, images, storescu(port, called, files, extra)))
+            shutil.rmtree(workdir / f"tstudy{run}")
+    finally:
+        engine.stop()
+        orthanc.stop()
+        orthanc_tls.stop()
+    out: dict = {name: median(rows) | {"each_MB_per_s": [r["MB_per_s"] for r in rows]}
+                 for name, rows in results.items()}
+    out["size_MB"] = round(size / 1e6, 1)
+    for peer in ("engine", "orthanc"):  # paired runs: the median of the per-run ratios
+        ratios = [round(t["MB_per_s"] / c["MB_per_s"], 2)
+                  for t, c in zip(results[f"{peer}_tls"], results[f"{peer}_clear"], strict=True)]
+        out[f"{peer}_tls_over_clear_per_run"] = ratios
+        out[f"{peer}_tls_over_clear"] = statistics.median(ratios)
+    return out
 
 
 def bench_route(workdir: Path, images: int, runs: int) -> dict:
@@ -339,6 +392,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile one in-process engine ingest")
     parser.add_argument("--orthanc-pdu", type=int, default=0,
                         help="Orthanc MaximumPduLength in the routing bench (default: Orthanc's 16384)")
+    parser.add_argument("--tls", action="store_true",
+                        help="also measure C-STORE over TLS against clear, engine and Orthanc side by side")
     parser.add_argument("--ingest", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--json", help="append the results as one JSON line to this file")
     args = parser.parse_args()
@@ -360,6 +415,8 @@ def main() -> None:
             result["ingest"] = bench_ingest(workdir, args.images, args.runs)
         if args.route:
             result["route"] = bench_route(workdir, args.images, args.runs)
+        if args.tls:
+            result["tls"] = bench_tls(workdir, args.images, args.runs)
     reset_tables()
     if args.ingest:
         ingest = result["ingest"]
@@ -379,6 +436,15 @@ def main() -> None:
         for sender in ("engine", "dcmtk"):
             print(f"  routed ({sender}) / direct = {route[f'ratio_{sender}_sent']} (sent), "
                   f"{route[f'ratio_{sender}_committed']} (committed)")
+    if args.tls:
+        over = result["tls"]
+        print(f"C-STORE of {args.images} CT images ({over['size_MB']} MB) in clear and over TLS, median of {args.runs}:")
+        for name in ("engine_clear", "engine_tls", "orthanc_clear", "orthanc_tls"):
+            r = over[name]
+            print(f"  {name:13s} {r['MB_per_s']:8.1f} MB/s {r['instances_per_s']:8.1f} instances/s ({r['seconds']} s)")
+        for peer in ("engine", "orthanc"):
+            print(f"  {peer} TLS / clear = {over[f'{peer}_tls_over_clear']:.2f} "
+                  f"(per run {over[f'{peer}_tls_over_clear_per_run']})")
     if args.json:
         with open(args.json, "a") as fh:
             fh.write(json.dumps(result) + "\n")

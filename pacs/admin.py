@@ -12,12 +12,12 @@ from pacs.models import DicomNode, DicomRefusal, PerformedInstance, PerformedPro
 @admin.register(DicomNode)
 class DicomNodeAdmin(admin.ModelAdmin):
     list_display = (
-        "ae_title", "host", "port", "enabled", "allow_echo", "allow_mwl_find", "allow_mpps", "allow_store",
+        "ae_title", "host", "certificate_name", "port", "enabled", "allow_echo", "allow_mwl_find", "allow_mpps", "allow_store",
         "allow_storage_commitment", "from_environment", "station_ae_title", "description",
     )
     list_filter = ("enabled", "from_environment", "allow_mwl_find", "allow_mpps", "allow_store",
                    "allow_storage_commitment")
-    search_fields = ("ae_title", "host", "description", "station_ae_title")
+    search_fields = ("ae_title", "host", "certificate_name", "description", "station_ae_title")
     readonly_fields = ("from_environment",)
 
 

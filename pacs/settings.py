@@ -263,6 +263,13 @@ TLS_PRIVATE_KEY = env_str("TLS_PRIVATE_KEY", "")
 TLS_CA_CERTIFICATES = env_str("TLS_CA_CERTIFICATES", "")
 # A certificate that expires within this many days raises an alarm (and a deploy warning).
 TLS_EXPIRY_WARNING_DAYS = env_int("TLS_EXPIRY_WARNING_DAYS", 30, minimum=1)
+# The DICOM TLS port (PS3.15 B.9; 2762 is IANA's dicom-tls; 0 = none), opened beside DICOM_PORT
+# when TLS_CERTIFICATE is set, and whether it asks for client certificates (verified against
+# TLS_CA_CERTIFICATES): required by default when a CA is configured, else none.
+DICOM_TLS_PORT = env_int("DICOM_TLS_PORT", 2762, minimum=0, maximum=65535)
+DICOM_TLS_CLIENT_CERTIFICATES = env_choice("DICOM_TLS_CLIENT_CERTIFICATES",
+                                           "required" if TLS_CA_CERTIFICATES else "none",
+                                           {"none", "optional", "required"})
 
 # --- Images and the VNA --------------------------------------------------------------------
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()

@@ -34,6 +34,12 @@ Behaviour (listed in docs/dicom-conformance.md):
   context is answered with its response and 0x0211 (unrecognized operation).
 - A-RELEASE-RQ answered A-RELEASE-RP; A-ABORT or a closed connection ends the association;
   no PDU within the network timeout aborts it.
+- With ``ssl_context`` (the DICOM TLS port, PS3.15 B.9 BCP 195 profile): every connection is a
+  TLS server connection whose handshake must end within the same ACSE timeout as the
+  A-ASSOCIATE-RQ that follows it (so a peer that never finishes the handshake, or speaks clear
+  DICOM to this port, is closed by then); a failed handshake (no, untrusted or expired client
+  certificate when one is required) closes the connection before any DICOM is read.  The
+  verified client certificate is on the association (``peer_certificate``) for the policy.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import os
 import select
 import socket
 import socketserver
+import ssl
 import threading
 import time
 import uuid
@@ -66,7 +73,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import negotiate_as_acceptor
 
-from pacs import storage
+from pacs import storage, tls
 from pacs.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
 
 log = logging.getLogger("pacs.dimse.acceptor")
@@ -202,7 +209,10 @@ class Association:
 
     def __init__(self, server: Acceptor, sock: socket.socket, address):
         self.server = server
-        self.sock = sock
+        self.connection = sock  # the accepted TCP socket: the key of the pending count
+        self.sock = sock  # what PDUs are read from and written to: the TLS socket on a TLS port
+        self.over_tls = False
+        self.peer_certificate: tls.PeerCertificate | None = None  # verified client certificate (TLS)
         self.address = address
         self.requestor: ServiceUser | None = None
         self.contexts: dict[int, object] = {}
@@ -232,9 +242,13 @@ class Association:
         the DIMSE timeout, extended for a C-STORE data set by what arrives at the minimum
         receive rate (``ul.Deadline``)."""
         if not self._pending:
-            self.sock.settimeout(self.network_timeout)
-            if not self.sock.recv(1, socket.MSG_PEEK):
-                raise ul.ConnectionClosed("connection closed between messages")
+            if self.over_tls:  # no MSG_PEEK through TLS: wait for the socket, a closed one is seen by the read
+                if not self._readable(self.network_timeout):
+                    raise TimeoutError("no PDU within the network timeout")
+            else:
+                self.sock.settimeout(self.network_timeout)
+                if not self.sock.recv(1, socket.MSG_PEEK):
+                    raise ul.ConnectionClosed("connection closed between messages")
         return ul.Deadline(self.server.dimse_timeout)
 
     def _await_close(self) -> None:
@@ -249,6 +263,33 @@ class Association:
                     return
         except OSError:  # TimeoutError included
             pass
+
+    def _readable(self, timeout: float) -> bool:
+        """Whether something can be read within ``timeout`` (0: now), counting what TLS has
+        already decrypted and buffered."""
+        if self.over_tls and self.sock.pending():
+            return True
+        poller = select.poll()  # not select(): no FD_SETSIZE bound on the descriptor's number
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(int(timeout * 1000)))
+
+    def _start_tls(self, deadline: ul.Deadline) -> bool:
+        """The TLS handshake as server (PS3.15 B.9), within ``deadline``.  False: it failed or
+        timed out, the connection is to be closed."""
+        try:
+            self.sock = self.server.ssl_context.wrap_socket(self.connection, server_side=True,
+                                                            do_handshake_on_connect=False)
+            self.server.tls_started(self.connection, self.sock)
+            self.sock.settimeout(max(deadline.remaining(), 0.001))
+            self.sock.do_handshake()
+        except (ssl.SSLError, OSError) as exc:  # TimeoutError included
+            reason = "timeout" if isinstance(exc, TimeoutError) else getattr(exc, "reason", None) or type(exc).__name__
+            self.server.handshake_failed(self.address[0], str(reason)[:100])
+            self._aborted = True
+            return False
+        self.over_tls = True
+        self.peer_certificate = tls.peer_certificate(self.sock)
+        return True
 
     def abort(self, reason: int = ul.REASON_NOT_SPECIFIED) -> None:
         try:
@@ -457,7 +498,7 @@ class Association:
         if self._aborted:
             return True
         try:
-            while not self._pending and select.select([self.sock], [], [], 0)[0]:
+            while not self._pending and self._readable(0):
                 pdu_type, body = ul.read_pdu(self.sock, self.server.maximum_pdu_size,
                                              ul.Deadline(self.server.dimse_timeout))
                 if pdu_type == ul.A_ABORT:
@@ -581,8 +622,11 @@ class Association:
         sock = self.sock
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            deadline = ul.Deadline(self.server.acse_timeout)  # the TLS handshake and the request, together
+            if self.server.ssl_context is not None and not self._start_tls(deadline):
+                return
             try:
-                _, body = ul.read_pdu(sock, 0, ul.Deadline(self.server.acse_timeout), expect=ul.A_ASSOCIATE_RQ)
+                _, body = ul.read_pdu(self.sock, 0, deadline, expect=ul.A_ASSOCIATE_RQ)
             except TimeoutError:
                 # ARTIM expired before a whole A-ASSOCIATE-RQ arrived: close the transport
                 # connection (PS3.8 9.2.3, state Sta2, action AA-2).
@@ -605,6 +649,9 @@ class Association:
             log.warning("association aborted: timeout", extra=self._log_extra())
             self.abort()
         except (Aborted, ul.ConnectionClosed, ConnectionError):
+            self._aborted = True
+        except ssl.SSLError as exc:  # a TLS record that cannot be read, or the peer's TLS closed mid-way
+            log.warning("association ended: TLS error", extra=self._log_extra(error=str(exc)[:100]))
             self._aborted = True
         except Exception:  # noqa: BLE001 - a handler bug ends this association only
             log.exception("association aborted: internal error", extra=self._log_extra())
@@ -635,9 +682,33 @@ def _remove(path) -> None:
             pass
 
 
+class _Tally:
+    """Events counted by kind and handed out at most every REFUSAL_LOG_INTERVAL, so that a flood
+    of refused connections becomes one log line per interval with its counts.  Not locked: the
+    caller holds its lock."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+        self.logged_at = -REFUSAL_LOG_INTERVAL
+
+    def add(self, kind: str) -> dict | None:
+        """Count one; the counts since the last time to log them, or None if it is too soon."""
+        self.counts[kind] += 1
+        now = time.monotonic()
+        if now - self.logged_at < REFUSAL_LOG_INTERVAL:
+            return None
+        counts, self.counts, self.logged_at = dict(self.counts), Counter(), now
+        return counts
+
+
 class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
-        Association(self.server, self.request, self.client_address).run()
+        assoc = Association(self.server, self.request, self.client_address)
+        try:
+            assoc.run()
+        finally:
+            if assoc.sock is not self.request:  # the TLS socket took over the connection's descriptor
+                self.server.shutdown_request(assoc.sock)
 
 
 class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
@@ -663,7 +734,7 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
                  maximum_associations: int = 32, maximum_pdu_size: int = 0, acse_timeout: float = 30,
                  network_timeout: float = 60, dimse_timeout: float = 60, maximum_pending: int = 64,
                  maximum_pending_per_address: int = 8, maximum_dataset_size: int = 2**20,
-                 min_receive_rate: float = 65536, reuse_port: bool = False):
+                 min_receive_rate: float = 65536, reuse_port: bool = False, ssl_context: ssl.SSLContext | None = None):
         self.ae_title = ae_title.strip()
         self.contexts = contexts
         self.handlers = handlers
@@ -679,13 +750,15 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.maximum_dataset_size = maximum_dataset_size
         self.min_receive_rate = min_receive_rate
         self.reuse_port = reuse_port
+        self.ssl_context = ssl_context
         self._active = 0
         self._associations = 0
         self._active_lock = threading.Lock()
         self._pending: OrderedDict = OrderedDict()  # socket -> source address, oldest first
         self._pending_per_address: Counter = Counter()
-        self._refused = Counter()  # "refused" / "closed" since the last log line
-        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL
+        self._tls_of: dict = {}  # pending connection -> its TLS socket, once the handshake has begun
+        self._refused = _Tally()  # "refused" / "closed" since the last log line
+        self._handshake_failures = _Tally()  # reason -> TLS handshakes failed since the last log line
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -717,12 +790,14 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 refused = False
                 if len(self._pending) >= self.maximum_pending:
                     oldest, oldest_address = self._pending.popitem(last=False)
+                    oldest = self._tls_of.pop(oldest, oldest)
                     self._forget_one(oldest_address)
                 self._pending[sock] = address
                 self._pending_per_address[address] += 1
         if oldest is not None:
             try:
-                oldest.shutdown(socket.SHUT_RDWR)  # its thread sees the connection closed and ends
+                # its thread sees the connection closed and ends (the TCP shutdown, under TLS too)
+                socket.socket.shutdown(oldest, socket.SHUT_RDWR)
             except OSError:
                 pass
             self._count_refusal("closed", oldest_address)
@@ -733,25 +808,34 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def _refuse(self, sock: socket.socket) -> None:
         """A-ASSOCIATE-RJ rejected-transient, "local limit exceeded" (PS3.8 9.3.4), sent
-        without reading the request, then the connection is closed."""
-        try:
-            sock.setblocking(False)
-            sock.send(REFUSAL_PDU)
-        except OSError:
-            pass
+        without reading the request, then the connection is closed.  On a TLS port nothing
+        is sent: no PDU can be read before the handshake."""
+        if self.ssl_context is None:
+            try:
+                sock.setblocking(False)
+                sock.send(REFUSAL_PDU)
+            except OSError:
+                pass
         self.shutdown_request(sock)
 
     def _count_refusal(self, kind: str, address: str) -> None:
-        now = time.monotonic()
         with self._active_lock:
-            self._refused[kind] += 1
-            if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL:
-                return
-            counts, self._refused = dict(self._refused), Counter()
-            self._refusal_logged_at = now
+            counts = self._refused.add(kind)
+        if counts is None:
+            return
         log.warning("connections refused or closed before association: too many waiting for an A-ASSOCIATE-RQ",
                     extra={"peer": address, **counts, "maximum_pending": self.maximum_pending,
                            "maximum_pending_per_address": self.maximum_pending_per_address})
+
+    def handshake_failed(self, address: str, reason: str) -> None:
+        """A TLS handshake failed (no, untrusted or expired certificate; not TLS; too slow):
+        logged at most every REFUSAL_LOG_INTERVAL, with the count per reason since the last line."""
+        with self._active_lock:
+            counts = self._handshake_failures.add(reason)
+        if counts is None:
+            return
+        log.warning("connections closed: TLS handshake failed", extra={"peer": address, "last_error": reason,
+                                                                       "failures": counts})
 
     def _forget_one(self, address: str) -> None:
         """One pending connection from ``address`` less (lock held); no entry is kept at 0."""
@@ -759,8 +843,16 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
         if not self._pending_per_address[address]:
             del self._pending_per_address[address]
 
+    def tls_started(self, sock: socket.socket, tls_sock: ssl.SSLSocket) -> None:
+        """The pending connection ``sock`` is now read through ``tls_sock`` (which owns its
+        descriptor): closing it to make room must go through that."""
+        with self._active_lock:
+            if sock in self._pending:
+                self._tls_of[sock] = tls_sock
+
     def _leave_pending(self, sock: socket.socket) -> bool:
         with self._active_lock:
+            self._tls_of.pop(sock, None)
             address = self._pending.pop(sock, None)
             if address is None:
                 return False
@@ -770,7 +862,7 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def associating(self, assoc: Association) -> bool:
         """The connection's A-ASSOCIATE-RQ has arrived: it no longer counts as pending.  False
         if it was closed meanwhile to make room for a newer connection."""
-        return self._leave_pending(assoc.sock)
+        return self._leave_pending(assoc.connection)
 
     def pending_count(self) -> int:
         return len(self._pending)
@@ -793,7 +885,7 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
         return self._associations
 
     def association_ended(self, assoc: Association) -> None:
-        self._leave_pending(assoc.sock)
+        self._leave_pending(assoc.connection)
         with self._active_lock:
             self._active -= 1
             if assoc.holds_association_slot:

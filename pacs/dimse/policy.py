@@ -9,8 +9,14 @@ On A-ASSOCIATE-RQ (``check``, called by ``pacs.dimse.acceptor``) the calling AE 
   supported", PS3.8 9.3.3.2);
 - a node calling from any other address (or a node without a host): A-ASSOCIATE-RJ
   rejected-permanent, service user, "calling AE title not recognized" (PS3.8 9.3.4);
+- a node with a ``certificate_name``: besides its host, the association must come over the
+  DICOM TLS port (PS3.15 B.9) with a client certificate, verified against TLS_CA_CERTIFICATES
+  during the handshake, whose CN or a DNS/IP subject alternative name is that name; else
+  rejected as above (from the clear port too).  The AE title alone is not an identity: the
+  certificate binds it.  Nodes without a certificate name follow the host rule on both ports;
 - no node, from an address in DICOM_UNKNOWN_AE_FROM (the loopback by default): accepted with
-  every service;
+  every service, on either port.  A verified certificate admits no unknown AE by itself: it
+  proves who holds it, not what it may do; what a peer may do is declared on its node;
 - no node, from elsewhere: rejected as above.
 
 Each refusal is logged (AE title and address only) and counted per source address
@@ -35,7 +41,7 @@ from pynetdicom.sop_class import (
 
 from pacs.dimse import db
 from pacs.dimse.acceptor import Rejected
-from pacs.lib.peers import address_matches, in_networks
+from pacs.lib.peers import address_matches, certificate_matches, in_networks
 from pacs.models import DicomNode, DicomRefusal
 from pacs.services import peers
 
@@ -88,6 +94,12 @@ def _refuse(calling: str, address: str, reason: str, message: str, **extra) -> N
     raise Rejected(REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
 
 
+def _has_certificate(assoc, name: str) -> bool:
+    """Whether the association came over TLS with a verified client certificate named ``name``."""
+    certificate = getattr(assoc, "peer_certificate", None)
+    return certificate is not None and certificate_matches(name, certificate.names())
+
+
 def check(assoc) -> None:
     """A-ASSOCIATE-RQ: accept, narrow the services, or reject (``Rejected``) the association."""
     calling = assoc.requestor.ae_title
@@ -104,6 +116,9 @@ def check(assoc) -> None:
     if not address_matches(node.host, address):
         _refuse(calling, address, DicomRefusal.UNEXPECTED_ADDRESS,
                 "association rejected: calling AE from an unexpected host", expected_host=node.host)
+    if node.certificate_name and not _has_certificate(assoc, node.certificate_name):
+        _refuse(calling, address, DicomRefusal.CERTIFICATE,
+                "association rejected: calling AE without its TLS certificate", over_tls=getattr(assoc, "over_tls", False))
     setattr(assoc, _ATTR, node)
     allowed = [cx for cx in assoc.supported_contexts if getattr(node, service_flag(cx.abstract_syntax))]
     if len(allowed) != len(assoc.supported_contexts):

@@ -6,6 +6,10 @@ services, is decided by ``pacs.dimse.policy`` when the A-ASSOCIATE-RQ arrives, f
 (those declared in DICOM_NODES are written into them when the listener starts).  The network
 side is ``pacs.dimse.acceptor``: every association on its own thread, whose database
 connection (if it opened one) is closed when the association ends.
+
+With TLS_CERTIFICATE set and DICOM_TLS_PORT not 0, a second listener serves the same AE, the
+same services and the same limits over TLS (PS3.15 B.9, the BCP 195 profile of ``pacs.tls``),
+asking for client certificates as DICOM_TLS_CLIENT_CERTIFICATES says.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from django.conf import settings
 from django.db import DatabaseError, connections
 from pynetdicom.presentation import build_context
 
-from pacs import storage
+from pacs import storage, tls
 from pacs.dimse import db, policy
 from pacs.dimse.acceptor import Acceptor
+from pacs.models import DicomNode
 from pacs.services import peers
 
 log = logging.getLogger("pacs.dimse")
@@ -66,7 +71,13 @@ def services() -> tuple[list, dict]:
     return contexts, handlers
 
 
-def build_server(host: str, port: int, *, ae_title: str | None = None, reuse_port: bool = False) -> Acceptor:
+def tls_enabled(tls_port: int | None = None) -> bool:
+    """Whether the DICOM TLS listener runs (a certificate is configured and its port is not 0)."""
+    return bool(settings.TLS_CERTIFICATE) and (settings.DICOM_TLS_PORT if tls_port is None else tls_port) != 0
+
+
+def build_server(host: str, port: int, *, ae_title: str | None = None, reuse_port: bool = False,
+                 ssl_context=None) -> Acceptor:
     contexts, handlers = services()
     return Acceptor(
         (host, port),
@@ -85,14 +96,34 @@ def build_server(host: str, port: int, *, ae_title: str | None = None, reuse_por
         maximum_dataset_size=settings.DICOM_MAX_DATASET_SIZE,
         min_receive_rate=settings.DICOM_MIN_RECEIVE_RATE,
         reuse_port=reuse_port,
+        ssl_context=ssl_context,
     )
 
 
+def _warn_unreachable_certificate_nodes(with_tls: bool) -> None:
+    """Nodes bound to a certificate can only associate over TLS with client certificates asked
+    for: say so when this listener cannot admit them."""
+    if with_tls and settings.DICOM_TLS_CLIENT_CERTIFICATES != "none":
+        return
+    try:
+        bound = list(DicomNode.objects.filter(enabled=True).exclude(certificate_name="")
+                     .values_list("ae_title", flat=True)[:20])
+    except DatabaseError:
+        return
+    if bound:
+        log.warning("dicom nodes with a certificate name cannot associate: no DICOM TLS listener asking for "
+                    "client certificates (TLS_CERTIFICATE, DICOM_TLS_PORT, DICOM_TLS_CLIENT_CERTIFICATES)",
+                    extra={"nodes": bound})
+
+
 def start_server(host: str | None = None, port: int | None = None, *, block: bool = False, ae_title: str | None = None,
-                 reuse_port: bool = False):
+                 reuse_port: bool = False, tls_port: int | None = None):
     """Start the AE.  Returns the running server (``block=False``) whose
-    ``server_address[1]`` is the port (0 asks the OS for a free one, for tests) and whose
-    ``shutdown()`` stops it; with ``block=True`` serves until interrupted."""
+    ``server_address[1]`` is the port (0 asks the OS for a free one, for tests), whose
+    ``tls_server`` is the TLS listener (None when TLS is off; ``tls_port`` defaults to
+    DICOM_TLS_PORT) and whose ``shutdown()`` stops both; with ``block=True`` serves until
+    interrupted.  A TLS file that cannot be loaded raises ``tls.TLSConfigurationError`` before
+    anything listens."""
     stale = storage.sweep_incoming(INCOMING_STALE_AFTER)
     if stale:
         log.warning("incomplete received files removed", extra={"files": stale, "older_than_s": INCOMING_STALE_AFTER})
@@ -101,7 +132,21 @@ def start_server(host: str | None = None, port: int | None = None, *, block: boo
     except DatabaseError as exc:  # the rows of the last start stay in force; lookups fail until it is back
         log.error("DICOM_NODES not written to the database", extra={"error": str(exc)[:200]})
     address = (host or settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
+    context = tls.server_context(settings.DICOM_TLS_CLIENT_CERTIFICATES) if tls_enabled(tls_port) else None
+    _warn_unreachable_certificate_nodes(context is not None)
     server = build_server(address[0], address[1], ae_title=ae_title, reuse_port=reuse_port)
+    server.tls_server = None
+    if context is not None:
+        try:
+            server.tls_server = build_server(address[0], settings.DICOM_TLS_PORT if tls_port is None else tls_port,
+                                             ae_title=ae_title, reuse_port=reuse_port, ssl_context=context)
+        except BaseException:
+            server.server_close()
+            raise
+        server.tls_server.start()
+        log.info("dicom TLS listener starting", extra={
+            "ae_title": server.ae_title, "host": address[0], "port": server.tls_server.server_address[1],
+            "client_certificates": settings.DICOM_TLS_CLIENT_CERTIFICATES})
     log.info("dicom listener starting", extra={"ae_title": server.ae_title, "host": address[0],
                                                "port": server.server_address[1]})
     if block:
@@ -111,6 +156,8 @@ def start_server(host: str | None = None, port: int | None = None, *, block: boo
             pass
         finally:
             server.server_close()
+            if server.tls_server is not None:
+                server.tls_server.shutdown()
             db.stop()
         return None
     server.start()
@@ -118,6 +165,8 @@ def start_server(host: str | None = None, port: int | None = None, *, block: boo
 
     def shutdown() -> None:
         stop_server()
+        if server.tls_server is not None:
+            server.tls_server.shutdown()
         db.stop()  # close the handlers' database connections
 
     server.shutdown = shutdown

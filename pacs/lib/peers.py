@@ -2,8 +2,10 @@
 matches a node's host.  Pure functions (no Django), read by the settings and by the
 association policy (``pacs.dimse.policy``).
 
-``DICOM_NODES``: comma-separated ``AE@HOST:GRANTS``.  HOST is an IP address, a CIDR network
-(``10.1.4.0/24``) or a host name; GRANTS are ``+``-separated service names (``GRANTS``).
+``DICOM_NODES``: comma-separated ``AE@HOST:GRANTS[;cert=NAME]``.  HOST is an IP address, a CIDR
+network (``10.1.4.0/24``) or a host name; GRANTS are ``+``-separated service names
+(``GRANTS``); NAME, when given, is the certificate the node must present on the DICOM TLS port
+(PS3.15 B.9): its subject CN or one of its DNS or IP subject alternative names.
 C-ECHO (Verification, PS3.4 Annex A) is granted to every node declared this way: it reveals
 nothing, and a modality's "test connection" uses it.
 """
@@ -34,6 +36,7 @@ class Peer:
     ae_title: str
     host: str
     grants: frozenset[str]
+    certificate_name: str = ""
 
     def flags(self) -> dict[str, bool]:
         """The DicomNode grant fields of this declaration (echo always granted, see above)."""
@@ -99,6 +102,29 @@ def address_matches(host: str, address: str) -> bool:
     return peer is not None and peer in resolved
 
 
+def certificate_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a peer's certificate (None: it can; empty: no certificate)."""
+    if len(name) > 255 or any(ord(c) < 32 or ord(c) == 127 or c in ",;" for c in name) or name != name.strip():
+        return f"{name!r} is not a certificate name (a CN, DNS name or IP address, at most 255 characters)"
+    return None
+
+
+def _comparable(name: str) -> str:
+    """A certificate name as compared: an IP address in its normal form, anything else
+    case-folded (DNS names are case-insensitive, RFC 6125 6.4.1)."""
+    address = _address(name.strip())
+    return str(address) if address is not None else name.strip().casefold()
+
+
+def certificate_matches(expected: str, presented) -> bool:
+    """Whether one of the ``presented`` names (CN, DNS and IP SANs of a verified certificate)
+    is ``expected``, exactly (no wildcards: a node is one certificate).  An empty expected name
+    matches nothing."""
+    if not expected.strip():
+        return False
+    return _comparable(expected) in {_comparable(n) for n in presented if n}
+
+
 def is_everywhere(networks) -> bool:
     """Whether the networks include a whole address family (``0.0.0.0/0``, ``::/0``)."""
     return any(n is not None and n.prefixlen == 0 for n in map(network, networks))
@@ -110,11 +136,15 @@ def parse_nodes(text: str) -> tuple[list[Peer], list[tuple[str, str]]]:
     problems: list[tuple[str, str]] = []
     seen: set[str] = set()
     for entry in [e.strip() for e in (text or "").split(",") if e.strip()]:
-        ae_title, at, rest = entry.partition("@")
+        declaration, *options = entry.split(";")
+        certificate, option_problem = _certificate_option(options)
+        ae_title, at, rest = declaration.strip().partition("@")
         host, colon, grants_text = rest.rpartition(":")
         grants = frozenset(g.strip().lower() for g in grants_text.split("+") if g.strip())
         if not at or not colon or not grants:
-            problems.append((entry, "is not AE@HOST:GRANTS (e.g. CT1@10.1.2.3:mwl+mpps+store)"))
+            problems.append((entry, "is not AE@HOST:GRANTS[;cert=NAME] (e.g. CT1@10.1.2.3:mwl+mpps+store)"))
+        elif option_problem:
+            problems.append((entry, option_problem))
         elif not is_valid_ae_title(ae_title):
             problems.append((entry, f"{ae_title!r} is not a valid AE title (1-16 characters, PS3.5 6.2)"))
         elif host_problem(host):
@@ -126,5 +156,19 @@ def parse_nodes(text: str) -> tuple[list[Peer], list[tuple[str, str]]]:
             problems.append((entry, f"AE title {ae_title.strip()} is declared twice"))
         else:
             seen.add(ae_title.strip())
-            peers.append(Peer(ae_title.strip(), host.strip(), grants))
+            peers.append(Peer(ae_title.strip(), host.strip(), grants, certificate))
     return peers, problems
+
+
+def _certificate_option(options: list[str]) -> tuple[str, str | None]:
+    """The ``;cert=NAME`` option of a DICOM_NODES entry: (name, problem)."""
+    certificate = ""
+    for option in options:
+        key, equals, value = option.strip().partition("=")
+        if key.strip().lower() != "cert" or not equals or not value.strip() or certificate:
+            return "", f"{option.strip()!r} is not one cert=NAME option"
+        certificate = value.strip()
+        problem = certificate_problem(certificate)
+        if problem:
+            return "", problem
+    return certificate, None

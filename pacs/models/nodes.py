@@ -6,11 +6,17 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from pacs.lib.peers import host_problem
+from pacs.lib.peers import certificate_problem, host_problem
 
 
 def validate_host(value: str) -> None:
     problem = host_problem(value)
+    if problem:
+        raise ValidationError(problem)
+
+
+def validate_certificate_name(value: str) -> None:
+    problem = certificate_problem(value)
     if problem:
         raise ValidationError(problem)
 
@@ -20,12 +26,18 @@ class DicomNode(models.Model):
 
     A calling AE title listed here may associate only from ``host`` and only for the services
     ticked (``pacs.dimse.policy``); other calling AE titles only from DICOM_UNKNOWN_AE_FROM.
+    With a ``certificate_name`` it is admitted only over the DICOM TLS port (PS3.15 B.9) with a
+    verified certificate of that name, and still only from ``host``.
     Rows with ``from_environment`` are (re)written from DICOM_NODES when the listener starts.
     """
 
     ae_title = models.CharField(max_length=16, unique=True, help_text="the remote's AE title")
     host = models.CharField(max_length=255, validators=[validate_host],
                             help_text="where it calls from: IP address, CIDR network (10.1.4.0/24) or host name")
+    certificate_name = models.CharField(
+        max_length=255, blank=True, validators=[validate_certificate_name],
+        help_text="the TLS client certificate it must present (CN, DNS or IP name, signed by TLS_CA_CERTIFICATES); "
+                  "empty: clear or TLS port, no certificate asked for")
     port = models.PositiveIntegerField(null=True, blank=True, help_text="its listening port, if it has one")
     description = models.CharField(max_length=255, blank=True)
     allow_echo = models.BooleanField(default=True)
@@ -56,6 +68,7 @@ class DicomRefusal(models.Model):
 
     UNKNOWN_AE = "unknown calling AE"
     UNEXPECTED_ADDRESS = "unexpected address"
+    CERTIFICATE = "certificate not presented"  # a node with a certificate name, without that certificate
 
     hour = models.DateTimeField(help_text="start of the hour (UTC)")
     address = models.CharField(max_length=45, help_text="source IP address of the connection")

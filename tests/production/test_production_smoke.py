@@ -68,7 +68,7 @@ def test_dockerfile_installs_the_runtime_requirements_and_starts_the_web():
     assert installs == ["pip install --no-cache-dir -r requirements.txt"], installs
     assert not any("requirements-dev" in r for r in image.run)
     assert image.cmd == deployment.compose()["web"].command, "the image's default process is the web service"
-    assert sorted(image.expose) == [2575, 8000, 11112]
+    assert sorted(image.expose) == [2575, 2762, 8000, 11112]
     unknown = set(image.env) - deployment.documented_settings() - NOT_ENGINE_SETTINGS
     assert not unknown, f"the Dockerfile sets variables the engine does not read: {unknown}"
     assert image.workdir == "/app"
