@@ -269,7 +269,8 @@ def test_run_dicom_stops_on_an_unreadable_certificate(transactional_db, tmp_path
     env = run_dicom_env(TLS_CERTIFICATE=tmp_path / "missing.pem", TLS_PRIVATE_KEY=tmp_path / "missing.key")
     proc = start_run_dicom(free_port(), env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _out, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "DICOM TLS" in err and "cannot load the TLS files" in err
+    # The system checks run first (pacs.E007), before run_dicom builds its TLS context.
+    assert proc.returncode != 0 and "pacs.E007" in err and "cannot load the TLS files" in err
 
 
 def test_nodes_bound_to_a_certificate_named_when_no_tls_listener_can_admit_them(transactional_db, settings, caplog):
