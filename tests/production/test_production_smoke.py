@@ -218,8 +218,19 @@ def _web_serves_pages_and_static_files(engine: Engine) -> None:
         assert r.status == 200 and b"body" in r.read()
 
 
-def _no_tracebacks(processes: Processes, names: list[str]) -> None:
-    for name in names:
+def _live_through_a_day(engine: Engine, processes: Processes, orthanc, sink, tmp_path: Path,
+                        health_commands: dict[str, list[str]], start_seconds: float) -> None:
+    """The listeners up within ``start_seconds``; a day (tests/production/department.py); pages and
+    static files; every health check healthy; every process still running, none logged a traceback."""
+    deadline = time.monotonic() + start_seconds
+    for port in (engine.web, engine.mllp, engine.dicom):
+        wait_port(port, deadline, processes)
+    a_day(engine, orthanc, sink, tmp_path / "day", processes)
+    _web_serves_pages_and_static_files(engine)
+    answers = health(engine, health_commands)
+    assert all(a["status"] == "ok" for a in answers.values()), answers
+    processes.assert_running()
+    for name, _ in processes.started:
         assert "Traceback" not in processes.output(name), f"{name} logged a traceback:\n{processes.output(name)[-4000:]}"
 
 
@@ -251,16 +262,8 @@ def test_compose_services_on_postgres_and_redis(runtime, tmp_path, postgres_and_
     try:
         for name in deployment.PROCESS_TYPES:
             processes.start(name, services[name].command, env)
-        engine = _engine(runtime / "bin" / "python", env)
-        deadline = time.monotonic() + 120
-        for port in (engine.web, engine.mllp, engine.dicom):
-            wait_port(port, deadline, processes)
-        a_day(engine, orthanc, sink, tmp_path / "day", processes)
-        _web_serves_pages_and_static_files(engine)
-        answers = health(engine, {name: services[name].healthcheck for name in deployment.PROCESS_TYPES})
-        assert all(a["status"] == "ok" for a in answers.values()), answers
-        processes.assert_running()
-        _no_tracebacks(processes, list(deployment.PROCESS_TYPES))
+        _live_through_a_day(_engine(runtime / "bin" / "python", env), processes, orthanc, sink, tmp_path,
+                            {name: services[name].healthcheck for name in deployment.PROCESS_TYPES}, 120)
     finally:
         processes.stop()
 
@@ -273,20 +276,12 @@ def _make_run(runtime: Path, tmp_path: Path, settings: dict[str, str], peers, la
     processes = Processes(tmp_path / "logs")
     try:
         processes.start(label, ["make", "run", f"VENV={runtime}"], env)
-        engine = _engine(runtime / "bin" / "python", env)
-        deadline = time.monotonic() + 240
-        for port in (engine.web, engine.mllp, engine.dicom):
-            wait_port(port, deadline, processes)
-        a_day(engine, orthanc, sink, tmp_path / "day", processes)
-        _web_serves_pages_and_static_files(engine)
         python = str(runtime / "bin" / "python")
-        answers = health(engine, {p: [python, "manage.py", "health", p] for p in deployment.PROCESS_TYPES})
-        assert all(a["status"] == "ok" for a in answers.values()), answers
-        processes.assert_running()
+        _live_through_a_day(_engine(runtime / "bin" / "python", env), processes, orthanc, sink, tmp_path,
+                            {p: [python, "manage.py", "health", p] for p in deployment.PROCESS_TYPES}, 240)
         for process_type in deployment.PROCESS_TYPES:
             assert re.search(rf"^\S+ {process_type}\.1\s+\| ", processes.output(label), re.M), \
                 f"honcho did not start the Procfile's {process_type}"
-        _no_tracebacks(processes, [label])
     finally:
         processes.stop()
 
