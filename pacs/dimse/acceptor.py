@@ -44,7 +44,6 @@ Behaviour (listed in docs/dicom-conformance.md):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -180,7 +179,6 @@ class Event:
         self.dataset_path = dataset_path
         self.receive_error: OSError | None = None  # the data set could not be written (C-STORE)
         self.dataset_head = b""  # C-STORE: the first HEAD_BYTES of the data set, also in memory
-        self.dataset_sha256 = ""  # C-STORE: SHA-256 (hex) of the data set as received (PS3.7 6.3.1)
         self._decoded = None
 
     def _dataset(self):
@@ -220,21 +218,23 @@ class Association:
         self.network_timeout = server.network_timeout
         self.is_established = False
         self._pending: deque = deque()  # PDUs read while looking for a C-CANCEL
+        self._read_buffer = ul.ReadBuffer()  # P-DATA-TF bodies between requests, reused
         self._cancelled: set[int] = set()
         self._aborted = False
         self.holds_association_slot = False
         self.dataset_head = b""
-        self.dataset_sha256 = ""
 
     # ----------------------------------------------------------------- transport
     def send(self, data: bytes) -> None:
         self.sock.settimeout(self.network_timeout)  # a read may have left the rest of its deadline
         self.sock.sendall(data)
 
-    def _next_pdu(self, deadline: ul.Deadline) -> tuple[int, bytearray]:
+    def _next_pdu(self, deadline: ul.Deadline) -> tuple[int, bytearray | memoryview]:
+        """The next PDU of a request.  Its body is valid until the next call: what is kept
+        (a command set, a non-C-STORE data set) is copied out of it."""
         if self._pending:
             return self._pending.popleft()
-        return ul.read_pdu(self.sock, self.server.maximum_pdu_size, deadline)
+        return ul.read_pdu(self.sock, self.server.maximum_pdu_size, deadline, reuse=self._read_buffer)
 
     def _await_message(self) -> ul.Deadline:
         """Between messages an association may be idle for the network timeout; from the
@@ -383,7 +383,7 @@ class Association:
         command = None
         context = None
         data = None
-        sink = None  # (file, path) for C-STORE
+        sink = None  # [file, path, first HEAD_BYTES] for C-STORE
         receive_error = None
         message = None  # the whole request, once its last PDV has been read
         deadline = self._await_message()
@@ -436,7 +436,6 @@ class Association:
                             sink[2] += fragment[:HEAD_BYTES - len(sink[2])]
                         try:
                             sink[0].write(fragment)
-                            sink[3].update(fragment)
                             storage.start_writeback(sink[0].fileno())
                         except OSError as exc:
                             receive_error = exc
@@ -463,7 +462,6 @@ class Association:
         """The request whose last data set fragment has just been read (see ``_read_message``)."""
         if sink is not None:
             path, self.dataset_head = sink[1], bytes(sink[2])
-            self.dataset_sha256 = sink[3].hexdigest()
             try:
                 sink[0].close()
             except OSError as exc:
@@ -489,7 +487,7 @@ class Association:
             fh.close()
             _remove(path)
             raise
-        return [fh, path, bytearray(), hashlib.sha256()]
+        return [fh, path, bytearray()]
 
     def is_cancelled(self, message_id) -> bool:
         """Has the peer sent C-CANCEL for ``message_id`` (or aborted)?  Reads what has arrived
@@ -562,7 +560,6 @@ class Association:
         event.receive_error = receive_error
         if dataset_path is not None:
             event.dataset_head, self.dataset_head = self.dataset_head, b""
-            event.dataset_sha256, self.dataset_sha256 = self.dataset_sha256, ""
         try:
             if name == "C-FIND":
                 self._serve_find(handler, event)

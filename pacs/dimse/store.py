@@ -124,10 +124,9 @@ def _header_from_head(head: bytes, transfer_syntax_uid: str):
     return ds if reached else None
 
 
-def read_attributes(path, *, transfer_syntax_uid: str, calling_ae_title: str, head: bytes = b"",
-                    dataset_sha256: str = "") -> images.InstanceAttributes:
-    """The header of a received file as plain values (pixel data and large values not read);
-    ``dataset_sha256`` as the acceptor computed it, else read from the file."""
+def read_attributes(path, *, transfer_syntax_uid: str, calling_ae_title: str,
+                    head: bytes = b"") -> images.InstanceAttributes:
+    """The header of a received file as plain values (pixel data and large values not read)."""
     ds = _header_from_head(head, transfer_syntax_uid)
     if ds is None:
         ds = dcmread(path, stop_before_pixels=True, defer_size="64 KB", force=True)
@@ -156,7 +155,6 @@ def read_attributes(path, *, transfer_syntax_uid: str, calling_ae_title: str, he
         series_description=_text(ds, "SeriesDescription"),
         instance_number=_int(ds, "InstanceNumber"),
         calling_ae_title=calling_ae_title,
-        dataset_sha256=dataset_sha256 or storage.data_set_sha256(Path(path)),
     )
 
 
@@ -174,7 +172,7 @@ def on_c_store(event):
             event.dataset_path = None  # ours now: discarded below unless stored
             attrs = read_attributes(
                 temporary, transfer_syntax_uid=str(event.context.transfer_syntax), calling_ae_title=calling,
-                head=event.dataset_head, dataset_sha256=event.dataset_sha256,
+                head=event.dataset_head,
             )
         except OSError:
             raise  # the file we just wrote cannot be read: out of resources, below

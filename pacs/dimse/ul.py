@@ -101,10 +101,47 @@ class Deadline:
             self.at += n / self.min_rate
 
 
-def recv_exact(sock: socket.socket, n: int, deadline: Deadline | None = None) -> bytearray:
-    """``n`` bytes, into a buffer that grows (doubling) as they arrive, never to more than
-    twice what has arrived.  With ``deadline`` the whole read must end by it; without, each
-    ``recv`` has the socket's own timeout."""
+class ReadBuffer:
+    """One association's P-DATA-TF receive buffer, kept between PDUs.  It grows (doubling,
+    never to more than twice what has arrived) to the largest body received so far and is
+    then reused: a stream of PDUs at the negotiated maximum length is read with no allocation
+    and no copy, and a header that announces a length still allocates nothing until the bytes
+    come.  What ``read_pdu`` returns from it is valid until the next read into it."""
+
+    __slots__ = ("data",)
+
+    def __init__(self):
+        self.data = bytearray()
+
+
+def _fill(sock: socket.socket, view: memoryview, got: int, deadline: Deadline | None) -> int:
+    """One ``recv_into`` at ``view[got:]``; the new count.  With ``deadline`` the socket's
+    timeout is cut to what is left of it."""
+    if deadline is not None:
+        left = deadline.remaining()
+        timeout = sock.gettimeout()
+        if timeout is None or timeout > left + DEADLINE_SLACK:
+            sock.settimeout(left)
+    k = sock.recv_into(view[got:], len(view) - got)
+    if k == 0:
+        raise ConnectionClosed(f"connection closed after {got} of {len(view)} bytes")
+    if deadline is not None:
+        deadline.received(k)
+    return got + k
+
+
+def recv_exact(sock: socket.socket, n: int, deadline: Deadline | None = None,
+               reuse: ReadBuffer | None = None) -> bytearray | memoryview:
+    """``n`` bytes.  Into ``reuse`` when it is large enough (a view of it is returned), else
+    into a buffer that grows (doubling) as they arrive, never to more than twice what has
+    arrived, and that becomes ``reuse``'s.  With ``deadline`` the whole read must end by it;
+    without, each ``recv`` has the socket's own timeout."""
+    if reuse is not None and len(reuse.data) >= n:
+        view = memoryview(reuse.data)[:n]
+        got = 0
+        while got < n:
+            got = _fill(sock, view, got, deadline)
+        return view
     buffer = bytearray(min(n, _FIRST_CHUNK))
     got = 0
     while got < n:
@@ -114,26 +151,19 @@ def recv_exact(sock: socket.socket, n: int, deadline: Deadline | None = None) ->
                 step = min(grow, len(_ZEROS))
                 buffer += _ZEROS[:step]
                 grow -= step
-        if deadline is not None:
-            left = deadline.remaining()
-            timeout = sock.gettimeout()
-            if timeout is None or timeout > left + DEADLINE_SLACK:
-                sock.settimeout(left)
         with memoryview(buffer) as view:
-            k = sock.recv_into(view[got:], len(buffer) - got)
-        if k == 0:
-            raise ConnectionClosed(f"connection closed after {got} of {n} bytes")
-        got += k
-        if deadline is not None:
-            deadline.received(k)
+            got = _fill(sock, view, got, deadline)
+    if reuse is not None:
+        reuse.data = buffer
     return buffer
 
 
 def read_pdu(sock: socket.socket, max_length: int, deadline: Deadline | None = None,
-             expect: int | None = None) -> tuple[int, bytearray]:
+             expect: int | None = None, reuse: ReadBuffer | None = None) -> tuple[int, bytearray | memoryview]:
     """One PDU: ``(type, body)``.  ``max_length`` bounds a P-DATA-TF body (0 = UNLIMITED_READ),
     ``PDU_BOUNDS`` every other; both are checked on the header, before the body is read.
-    ``expect``: the only PDU type acceptable here (any other is refused unread)."""
+    ``expect``: the only PDU type acceptable here (any other is refused unread).  ``reuse``:
+    the buffer a P-DATA-TF body is read into (then valid until the next read into it)."""
     pdu_type, length = _HEADER.unpack(recv_exact(sock, 6, deadline))
     if pdu_type not in PDU_TYPES:
         raise ProtocolError(f"unrecognized PDU type 0x{pdu_type:02X}", REASON_UNRECOGNIZED_PDU)
@@ -145,7 +175,9 @@ def read_pdu(sock: socket.socket, max_length: int, deadline: Deadline | None = N
             raise ProtocolError(f"P-DATA-TF of {length} bytes exceeds the negotiated maximum")
     elif length > PDU_BOUNDS[pdu_type]:
         raise ProtocolError(f"PDU 0x{pdu_type:02X} of {length} bytes exceeds its bound")
-    return pdu_type, recv_exact(sock, length, deadline) if length else bytearray()
+    if not length:
+        return pdu_type, bytearray()
+    return pdu_type, recv_exact(sock, length, deadline, reuse if pdu_type == P_DATA_TF else None)
 
 
 def pdu(pdu_type: int, body: bytes) -> bytes:

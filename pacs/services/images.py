@@ -18,6 +18,7 @@ decides (identical: nothing changes; else STORE_OVERWRITE_POLICY), the same on e
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class InstanceAttributes:
     series_description: str = ""
     instance_number: int | None = None
     calling_ae_title: str = ""
-    dataset_sha256: str = ""  # of the data set as received (pacs.dimse.acceptor)
+    dataset_sha256: str = ""  # of the data set as received, when known (a resend: pacs.services.resends)
 
 
 @dataclass(frozen=True)
@@ -441,7 +442,8 @@ def _store_resend(attrs: InstanceAttributes, received: Path, *, placed: bool) ->
         stored_path = storage.absolute_path(row["path"])
         if placed and received == stored_path:
             owned = None
-        stored_sha256 = resends.stored_sha256(row["dataset_sha256"], stored_path)
+        stored_sha256 = resends.stored_sha256(row["pk"], row["dataset_sha256"], stored_path)
+        attrs = dataclasses.replace(attrs, dataset_sha256=attrs.dataset_sha256 or resends.received_sha256(received))
         action = resends.decide(stored_sha256, attrs.dataset_sha256)
         if action == resends.IDENTICAL:
             return StoreResult(row["pk"], row["study_id"], created=False, reopened=False)

@@ -1,8 +1,11 @@
 """A C-STORE of a SOP Instance UID already stored: what decides it and what is recorded.
 
 A SOP Instance UID names one content (PS3.3 C.12.1.1.1, PS3.5 9): a resend whose data set is
-byte-identical to the stored one (same SHA-256 of the data set as received) is the same
-instance, stored already, and answered Success with nothing changed.  A resend with other
+byte-identical to the stored one (same SHA-256 of the data set, the File Meta Information
+left out) is the same instance, stored already, and answered Success with nothing changed.
+The digests are computed when a resend arrives, from the two files (the received one still in
+the incoming directory), not while every data set is received: resends are rare, and C-STORE
+ingest pays nothing for them.  The stored version's digest is kept on its row once computed.  A resend with other
 content is handled by ``STORE_OVERWRITE_POLICY`` (``pacs.models.images.OVERWRITE_POLICIES``):
 
 - ``keep``: the stored version stays, the resend is dropped, the conflict is recorded;
@@ -54,12 +57,22 @@ def decide(stored_sha256: str, received_sha256: str) -> str:
     return policy()
 
 
-def stored_sha256(instance_sha256: str, stored_path: Path) -> str:
-    """The stored version's digest: from its row, or (a row older than the column) its file."""
+def stored_sha256(instance_id: int, instance_sha256: str, stored_path: Path) -> str:
+    """The stored version's digest: from its row, or from its file (then kept on the row)."""
     if instance_sha256:
         return instance_sha256
     try:
-        return storage.data_set_sha256(stored_path)
+        digest = storage.data_set_sha256(stored_path)
+    except (OSError, ValueError):
+        return ""  # no file to compare with: not identical, the policy decides
+    im.Instance.objects.filter(pk=instance_id, dataset_sha256="").update(dataset_sha256=digest)
+    return digest
+
+
+def received_sha256(received: Path) -> str:
+    """The resend's digest, from the file it was received into."""
+    try:
+        return storage.data_set_sha256(received)
     except (OSError, ValueError):
         return ""
 

@@ -115,6 +115,52 @@ def test_a_growing_read_returns_exactly_what_was_sent(length):
         sender.join()
 
 
+def test_an_association_buffer_reads_each_pdu_exactly_and_is_then_reused():
+    """P-DATA-TF bodies of changing lengths through one ReadBuffer: each read returns exactly
+    its PDU; once the buffer has grown to the largest, a further PDU allocates nothing."""
+    lengths = [262150, 100, 262150, 300001, 7, 262150]
+    bodies = [bytes((i * 31 + k) % 251 for k in range(n)) for i, n in enumerate(lengths)]
+    reuse = ul.ReadBuffer()
+    left, right = socket.socketpair()
+    with left, right:
+        sender = threading.Thread(target=left.sendall, args=(b"".join(ul.pdu(ul.P_DATA_TF, b) for b in bodies),))
+        sender.start()
+        for body in bodies[:-1]:
+            assert ul.read_pdu(right, 0, ul.Deadline(30), reuse=reuse) == (ul.P_DATA_TF, body)
+        assert len(reuse.data) >= max(lengths)
+        tracemalloc.start()
+        try:
+            pdu_type, last = ul.read_pdu(right, 0, ul.Deadline(30), reuse=reuse)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert (pdu_type, bytes(last)) == (ul.P_DATA_TF, bodies[-1])
+        assert peak < 32 * 1024, peak
+        sender.join()
+
+
+def test_a_header_on_a_reused_buffer_allocates_nothing_more():
+    """An association's buffer, grown by an earlier PDU, holds a header announcing its whole
+    size that is followed by 100 bytes and a close: nothing beyond the buffer is allocated."""
+    reuse = ul.ReadBuffer()
+    left, right = socket.socketpair()
+    with right:
+        sender = threading.Thread(target=left.sendall, args=(ul.pdu(ul.P_DATA_TF, b"x" * 262150),))
+        sender.start()
+        ul.read_pdu(right, 262144, ul.Deadline(5), reuse=reuse)
+        sender.join()
+        left.sendall(struct.pack(">BxL", ul.P_DATA_TF, 262150) + b"y" * 100)
+        left.close()
+        tracemalloc.start()
+        try:
+            with pytest.raises(ul.ConnectionClosed):
+                ul.read_pdu(right, 262144, ul.Deadline(5), reuse=reuse)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 32 * 1024, peak
+
+
 @pytest.mark.parametrize(("pdu_type", "length"), [
     (ul.A_ASSOCIATE_RQ, ul.ASSOCIATE_PDU_MAX + 1),
     (ul.A_RELEASE_RQ, 5),

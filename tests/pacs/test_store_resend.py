@@ -71,7 +71,10 @@ def files_in(store: Path) -> list[Path]:
 
 
 def snapshot(instance: Instance) -> dict:
+    """The instance and study rows, but for the digest: a resend records the stored version's
+    digest when it first compares with it (checked where that is the point)."""
     row = Instance.objects.filter(pk=instance.pk).values().get()
+    row.pop("dataset_sha256")
     return {**row, "study": Study.objects.filter(pk=row["study_id"]).values().get()}
 
 
@@ -99,16 +102,19 @@ def stored_first(engine, store_dir, path: Path) -> tuple[Instance, bytes]:
 
 def test_identical_resend_is_success_and_changes_nothing(engine, store_dir, tmp_path, monkeypatch):
     first, _ = versions(tmp_path)
-    with monkeypatch.context() as m:  # the digest comes from the stream: the file is not read again for it
-        m.setattr(storage, "data_set_sha256", lambda path: pytest.fail("the received file was hashed again"))
+    with monkeypatch.context() as m:  # a first C-STORE computes no digest: only a resend needs one
+        m.setattr(storage, "data_set_sha256", lambda path: pytest.fail("a new instance was hashed"))
         instance, raw = stored_first(engine, store_dir, first)
-    # The digest computed while the data set streamed in is that of the data set in the file.
-    assert instance.dataset_sha256 == storage.data_set_sha256(store_dir / instance.path)
-    assert instance.dataset_sha256 == hashlib.sha256(raw[storage.data_set_offset(open(store_dir / instance.path, "rb")):]).hexdigest()
+    assert instance.dataset_sha256 == ""
     before = snapshot(instance)
 
     proc = storescu(port(engine), [first, first])
     assert store_status(proc) == ["Success", "Success"], proc.stdout + proc.stderr
+    # The first resend hashed both files and kept the stored version's digest on its row:
+    # that of the data set in the file (File Meta Information left out).
+    instance.refresh_from_db()
+    offset = storage.data_set_offset(open(store_dir / instance.path, "rb"))
+    assert instance.dataset_sha256 == hashlib.sha256(raw[offset:]).hexdigest()
     assert snapshot(instance) == before
     assert files_in(store_dir) == [store_dir / instance.path]
     assert (store_dir / instance.path).read_bytes() == raw
@@ -117,7 +123,8 @@ def test_identical_resend_is_success_and_changes_nothing(engine, store_dir, tmp_
 
 
 def test_row_stored_before_digests_compares_with_its_file(engine, store_dir, tmp_path):
-    """An instance indexed before the digest column (empty): the stored file's data set is hashed."""
+    """A row whose digest is not known yet (every row until its first resend; rows indexed before
+    the column): the stored file's data set is hashed."""
     first, second = versions(tmp_path, patient_name="SECOND^PATIENT")
     instance, raw = stored_first(engine, store_dir, first)
     Instance.objects.filter(pk=instance.pk).update(dataset_sha256="")
@@ -139,13 +146,15 @@ def test_other_content_kept_by_default_recorded_and_shown(engine, store_dir, tmp
 
     proc = storescu(port(engine), [second])
     assert store_status(proc) == ["Success"], proc.stdout + proc.stderr
+    instance.refresh_from_db()  # nothing changed but the stored version's digest, now known
     assert snapshot(instance) == before
     assert files_in(store_dir) == [store_dir / instance.path]
     assert (store_dir / instance.path).read_bytes() == raw
 
     conflict = StoreConflict.objects.get()
     assert (conflict.policy, conflict.study_id, conflict.instance_id) == ("keep", instance.study_id, instance.pk)
-    assert conflict.stored_sha256 == instance.dataset_sha256 != conflict.received_sha256
+    assert conflict.stored_sha256 == instance.dataset_sha256 == storage.data_set_sha256(store_dir / instance.path)
+    assert conflict.received_sha256 and conflict.received_sha256 != conflict.stored_sha256
     by_keyword = {d["keyword"]: d for d in conflict.differences}
     assert set(by_keyword) == {"PatientName", "PixelData"}
     assert (by_keyword["PatientName"]["stored"], by_keyword["PatientName"]["received"]) == (
