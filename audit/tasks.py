@@ -31,4 +31,4 @@ def purge() -> int:
 @signals.worker_process_shutdown.connect
 def _flush_audit_records(**kwargs) -> None:
     """A prefork child may leave without running atexit: write what its record_soon calls queued."""
-    trail.flush()
+    trail.stop()

@@ -149,6 +149,17 @@ def flush(timeout: float | None = 30.0) -> bool:
     return writer.flush(timeout)
 
 
+def stop(timeout: float | None = 30.0) -> bool:
+    """Write everything queued, then end this process's writer thread and close its database
+    connection (at process exit; tests).  A later :func:`record_soon` starts a new writer."""
+    global _WRITER
+    with _WRITER_LOCK:
+        writer, _WRITER = _WRITER, None
+    if writer is None or writer.pid != os.getpid():
+        return True
+    return writer.stop(timeout)
+
+
 class _Writer:
     """The in-process writer: a bounded buffer and one daemon thread that inserts batches of up
     to BATCH_SIZE records gathered for up to BATCH_SECONDS, each batch one committed transaction
@@ -163,6 +174,7 @@ class _Writer:
         self._in_flight = 0
         self.failures = 0  # failed batch attempts since the start (tests and metrics read it)
         self.written = 0
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -182,9 +194,19 @@ class _Writer:
         with self._cond:
             return self._cond.wait_for(lambda: not self._buffer and not self._in_flight, timeout)
 
-    def _take(self) -> list[_Entry]:
+    def stop(self, timeout: float | None) -> bool:
+        """Write what is queued, then end the thread and close its database connection."""
         with self._cond:
-            self._cond.wait_for(lambda: self._buffer)
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _take(self) -> list[_Entry] | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._buffer or self._stopping)
+            if not self._buffer:
+                return None
             deadline = time.monotonic() + BATCH_SECONDS
             while len(self._buffer) < BATCH_SIZE:
                 remaining = deadline - time.monotonic()
@@ -197,6 +219,9 @@ class _Writer:
     def _run(self) -> None:
         while True:
             batch = self._take()
+            if batch is None:
+                connection.close()
+                return
             delay = RETRY_FIRST_SECONDS
             while True:
                 try:
@@ -245,4 +270,4 @@ def _forget_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
-atexit.register(flush)
+atexit.register(stop)
