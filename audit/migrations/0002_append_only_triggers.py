@@ -25,11 +25,13 @@ BEGIN
         RAISE EXCEPTION 'audit records are append-only: DELETE refused outside a retention purge'
             USING ERRCODE = 'integrity_constraint_violation';
     END IF;
-    IF TG_TABLE_NAME = 'audit_auditrecord'
-       AND OLD.seq IS NULL AND OLD.record_hash = '' AND NEW.seq IS NOT NULL
-       AND length(NEW.record_hash) = 64 AND length(NEW.prev_hash) = 64
-       AND %(unchanged)s THEN
-        RETURN NEW;
+    -- Nested: PL/pgSQL does not short-circuit AND, and audit_auditpatient has no seq.
+    IF TG_TABLE_NAME = 'audit_auditrecord' THEN
+        IF OLD.seq IS NULL AND OLD.record_hash = '' AND NEW.seq IS NOT NULL
+           AND length(NEW.record_hash) = 64 AND length(NEW.prev_hash) = 64
+           AND %(unchanged)s THEN
+            RETURN NEW;
+        END IF;
     END IF;
     RAISE EXCEPTION 'audit records are append-only: UPDATE refused (only sealing an unsealed record)'
         USING ERRCODE = 'integrity_constraint_violation';
