@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "hl7gateway.apps.Hl7GatewayConfig",
     "worklist.apps.WorklistConfig",
     "monitoring.apps.MonitoringConfig",
+    "audit.apps.AuditConfig",
 ]
 
 MIDDLEWARE = [
@@ -333,6 +334,22 @@ EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0, minimum=0.1)
 # request with "Authorization: Bearer <METRICS_BEARER_TOKEN>" when that is set.
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 METRICS_BEARER_TOKEN = env_str("METRICS_BEARER_TOKEN", "")
+
+# --- Audit trail (audit app; IHE ATNA, DICOM PS3.15 A.5) -----------------------------------------
+# Off only to measure what auditing costs (bench): audit.trail.record / record_soon then write nothing.
+AUDIT_ENABLED = env_bool("AUDIT_ENABLED", True)
+# Records older than this many days are purged daily, leaving an anchor record (0: kept for ever).
+# HIPAA keeps required documentation six years (45 CFR 164.316(b)(2)).
+AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 2190, minimum=0)
+# The sealer (audit.chain.seal) chains new records this often.
+AUDIT_SEAL_SECONDS = env_float("AUDIT_SEAL_SECONDS", 5.0, minimum=0.5)
+# Records of reads waiting for the in-process writer (audit.trail.record_soon); beyond it the
+# caller writes its record itself.
+AUDIT_QUEUE_SIZE = env_int("AUDIT_QUEUE_SIZE", 10000, minimum=1)
+CELERY_BEAT_SCHEDULE.update({
+    "audit.seal": {"task": "audit.seal", "schedule": AUDIT_SEAL_SECONDS},
+    "audit.purge": {"task": "audit.purge", "schedule": 86400.0},
+})
 
 # --- Auth, i18n, static --------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -1,0 +1,36 @@
+"""The audit trail in the admin: read only, for administrators (the audit page is elsewhere)."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+
+from audit.models import AuditRecord
+
+# The role group of pacs.access (audit imports nothing of ours); superusers count as administrators.
+ADMINISTRATOR_GROUP = "administrator"
+
+
+@admin.register(AuditRecord)
+class AuditRecordAdmin(admin.ModelAdmin):
+    list_display = ("id", "occurred_at", "event_id", "event_type", "action", "outcome", "actor_kind", "actor",
+                    "source_address", "seq")
+    list_filter = ("event_id", "action", "outcome", "actor_kind")
+    search_fields = ("actor", "patients__patient_id")
+    date_hierarchy = "occurred_at"
+    show_full_result_count = False
+
+    def has_view_permission(self, request, obj=None):
+        user = request.user
+        return user.is_active and (user.is_superuser or user.groups.filter(name=ADMINISTRATOR_GROUP).exists())
+
+    def has_module_permission(self, request):
+        return self.has_view_permission(request)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,111 @@
+"""The audit trail's rows: append-only at two levels.
+
+The model refuses to change or delete a row (:class:`AppendOnlyError`); the database refuses it
+too (triggers of migration 0002): an UPDATE is let through only when it seals a row not yet
+sealed (sets ``seq``, ``prev_hash``, ``record_hash`` and nothing else), a DELETE only while a
+retention purge runs (:func:`audit.chain.purge`).  Whoever bypasses both (a superuser disabling the
+triggers) is found by :func:`audit.chain.verify`, which recomputes the hash chain.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class AppendOnlyError(RuntimeError):
+    """An attempt to change or delete an audit record."""
+
+
+class _AppendOnlyQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError("audit records are append-only: QuerySet.update() is refused")
+
+    def delete(self):
+        raise AppendOnlyError("audit records are append-only: QuerySet.delete() is refused "
+                              "(retention: audit.chain.purge)")
+
+    # Django's deletion collector deletes related rows with _raw_delete: refuse it as well.
+    def _raw_delete(self, using):
+        raise AppendOnlyError("audit records are append-only: delete is refused")
+
+    _raw_delete.queryset_only = True
+
+
+class _AppendOnly(models.Model):
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError(f"audit records are append-only: {type(self).__name__} {self.pk} cannot be saved again")
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("audit records are append-only: delete() is refused (retention: audit.chain.purge)")
+
+
+class AuditRecord(_AppendOnly):
+    """One audit message (PS3.15 A.5.1): what happened, who did it, to what, with what outcome.
+
+    ``event_id`` / ``event_type`` hold DCM code values (:mod:`audit.events`); ``objects`` the
+    participant objects (A.5.2 ParticipantObjectIdentification) as ``{"type", "id", "issuer"?,
+    "detail"?}``; ``detail`` what was asked, a change's before and after, counts, control IDs.
+    ``seq`` / ``prev_hash`` / ``record_hash`` are the hash chain (:mod:`audit.chain`): null and
+    blank until the sealer reaches the row.
+
+    The field ``objects`` (the participant objects) takes the usual name of the manager: the
+    manager is ``AuditRecord.records``.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    occurred_at = models.DateTimeField(db_index=True)
+    event_id = models.CharField(max_length=16)
+    event_type = models.CharField(max_length=16, blank=True, default="")
+    action = models.CharField(max_length=1)
+    outcome = models.PositiveSmallIntegerField(default=0)
+    actor = models.CharField(max_length=255)
+    actor_kind = models.CharField(max_length=16)
+    source_address = models.CharField(max_length=255, blank=True, default="")
+    destination = models.CharField(max_length=255, blank=True, default="")
+    objects = models.JSONField(default=list, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    seq = models.BigIntegerField(null=True, blank=True, unique=True)
+    prev_hash = models.CharField(max_length=64, blank=True, default="")
+    record_hash = models.CharField(max_length=64, blank=True, default="")
+
+    records = _AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["actor", "occurred_at"], name="audit_actor_time"),
+            models.Index(fields=["event_id", "occurred_at"], name="audit_event_time"),
+            # The sealer's work list: small, since rows leave it within seconds.
+            models.Index(fields=["id"], condition=Q(seq__isnull=True), name="audit_unsealed"),
+        ]
+        default_permissions = ("view",)
+
+    def __str__(self) -> str:
+        return f"audit {self.pk} {self.event_id}/{self.action} by {self.actor_kind}:{self.actor}"
+
+
+class AuditPatient(_AppendOnly):
+    """One row per patient an audit record names: "who saw patient X" is an indexed query.
+
+    Patients are identified as HL7 PID-3 / DICOM PatientID (0010,0020) with its issuer
+    (IssuerOfPatientID (0010,0021)); the same pair is in the record's ``objects``.
+    """
+
+    record = models.ForeignKey(AuditRecord, on_delete=models.DO_NOTHING, related_name="patients")
+    patient_id = models.CharField(max_length=64)
+    issuer = models.CharField(max_length=64, blank=True, default="")
+
+    objects = _AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["patient_id", "issuer"], name="audit_patient")]
+        default_permissions = ("view",)
+
+    def __str__(self) -> str:
+        return f"audit {self.record_id} names a patient"

@@ -1,0 +1,87 @@
+"""The audit trail on SQLite (the laptop default): the same guards as triggers of SQLite's own,
+the purge flag table, seal, verify and purge, in a real SQLite database made by ``migrate``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = r'''
+from datetime import UTC, datetime, timedelta
+
+from django.db import DatabaseError, connection, transaction
+
+from audit import chain, events, trail
+from audit.models import AuditPatient, AuditRecord
+
+assert connection.vendor == "sqlite", connection.vendor
+now = datetime.now(UTC)
+old = [trail.record(events.QUERY, action="R", actor="CT1", actor_kind="dicom", patients=[(f"P{n}", "H")],
+                    occurred_at=now - timedelta(days=10)) for n in range(3)]
+new = trail.record(events.PATIENT_RECORD, action="U", actor="alice", actor_kind="user", patients=[("P9", "H")],
+                   detail={"before": {"a": 1}, "after": {"a": 2}})
+trail.record_soon(events.QUERY, action="R", actor="bob", actor_kind="user", patients=[("P9", "H")])
+assert trail.flush(timeout=30)
+assert chain.seal() == 5
+assert chain.verify().ok
+
+statements = [
+    "UPDATE audit_auditrecord SET actor = 'mallory' WHERE id = %s",
+    "UPDATE audit_auditrecord SET seq = 99, prev_hash = '" + "0" * 64 + "', record_hash = '" + "a" * 64 + "' WHERE id = %s",
+    "DELETE FROM audit_auditrecord WHERE id = %s",
+    "UPDATE audit_auditpatient SET patient_id = 'X' WHERE record_id = %s",
+    "DELETE FROM audit_auditpatient WHERE record_id = %s",
+]
+for statement in statements:
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(statement, [old[0].pk])
+    except DatabaseError as exc:
+        assert "append-only" in str(exc), exc
+    else:
+        raise AssertionError("not refused: " + statement)
+
+assert chain.purge(now - timedelta(days=5), actor="admin", actor_kind="user") == 3
+with connection.cursor() as cursor:
+    cursor.execute("SELECT count(*) FROM audit_purge_flag")
+    assert cursor.fetchone() == (0,)
+assert not AuditPatient.objects.filter(patient_id="P0").exists()
+try:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("DELETE FROM audit_auditrecord WHERE id = %s", [new.pk])
+except DatabaseError:
+    pass
+else:
+    raise AssertionError("DELETE allowed after the purge")
+assert chain.seal() == 1
+result = chain.verify()
+assert result.ok and result.checked == 3, result
+
+with connection.cursor() as cursor:  # behind the guard: found by verify
+    cursor.execute("DROP TRIGGER audit_record_no_update")
+    cursor.execute("UPDATE audit_auditrecord SET actor = 'somebody else' WHERE id = %s", [new.pk])
+assert [b.kind for b in chain.verify().breaks] == ["hash"]
+print("sqlite audit trail ok")
+'''
+
+
+def _run(args, env):
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_the_audit_trail_on_sqlite(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env.update(VAR_DIR=str(tmp_path), DATABASE_URL=f"sqlite:///{tmp_path / 'audit.sqlite3'}")
+    migrate = _run(["migrate", "--noinput", "-v", "0"], env)
+    assert migrate.returncode == 0, migrate.stderr
+    script = _run(["shell", "-c", SCRIPT], env)
+    assert script.returncode == 0, script.stderr + script.stdout
+    assert "sqlite audit trail ok" in script.stdout
+    verify = _run(["verify_audit"], env)
+    assert verify.returncode == 1
+    assert "3 records checked, 1 breaks" in verify.stdout
