@@ -120,6 +120,7 @@ REQUIRED_OBJECTS = {
 }
 # The events whose participants are a sender and a receiver (RoleIDCode Source/Destination).
 TRANSFER_EVENTS = {"110102", "110104", "110106", "110107"}
+XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
 _UID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 
 
@@ -351,5 +352,6 @@ def _audit_log(root: etree._Element, record: Mapping, engine: Engine) -> None:
 
 
 def to_xml(record: Mapping, engine: Engine | None = None) -> bytes:
-    """One DICOM audit message (PS3.15 A.5.1), UTF-8 with an XML declaration, on one line."""
-    return etree.tostring(build(record, engine), xml_declaration=True, encoding="UTF-8")
+    """One DICOM audit message (PS3.15 A.5.1), UTF-8 with an XML declaration, on one line (no
+    line break at all: syslog receivers escape control characters in a MSG)."""
+    return XML_DECLARATION + etree.tostring(build(record, engine), encoding="utf-8")

@@ -20,7 +20,9 @@ When is a message exported?  Syslog has no application-level acknowledgement.  O
 acknowledged every byte written (Linux SIOCOUTQ reaches 0) and the connection is still open: only
 then does the batch count as accepted.  A connection reset or closed by the repository, a timeout,
 or a refused connection make the whole batch count as not sent (it is sent again later: the
-repository may then hold a message twice, never miss one).  Over UDP a datagram handed to the
+repository may then hold a message twice).  What this cannot see: a repository that acknowledged
+the bytes at the TCP level and then stopped before reading them (its kernel discards them); only an
+application-level acknowledgement (which RFC 5425 syslog lacks) would close that gap.  Over UDP a datagram handed to the
 network counts as sent; UDP cannot say more (RFC 5426 3.6).
 """
 
