@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from audit_export.destination import parse_url as parse_audit_repository_url
 from pacs.env import env_bool, env_choice, env_float, env_int, env_list, env_str, record
 from pacs.lib.peers import network, parse_nodes
 
@@ -271,6 +272,26 @@ DICOM_TLS_PORT = env_int("DICOM_TLS_PORT", 2762, minimum=0, maximum=65535)
 DICOM_TLS_CLIENT_CERTIFICATES = env_choice("DICOM_TLS_CLIENT_CERTIFICATES",
                                            "required" if TLS_CA_CERTIFICATES else "none",
                                            {"none", "optional", "required"})
+
+# --- Audit Record Repository (audit_export: IHE ATNA, DICOM audit messages over syslog) ---------
+# syslog+tls://host:6514 (RFC 5425), syslog+tcp://host:601 or syslog+udp://host:514 (RFC 5426);
+# empty = the audit trail is kept here only.  AUDIT_SOURCE_ID is the AuditSourceID of every message
+# (PS3.15 A.5.2.3) and the syslog APP-NAME.  Over TLS the repository's certificate is verified
+# against AUDIT_REPOSITORY_CA_CERTIFICATES and the engine shows AUDIT_REPOSITORY_CERTIFICATE when
+# asked (defaults: the TLS_* files).
+AUDIT_REPOSITORY_URL = env_str("AUDIT_REPOSITORY_URL", "")
+if AUDIT_REPOSITORY_URL:
+    try:
+        parse_audit_repository_url(AUDIT_REPOSITORY_URL)
+    except ValueError as _exc:
+        record("AUDIT_REPOSITORY_URL", AUDIT_REPOSITORY_URL, str(_exc))
+        AUDIT_REPOSITORY_URL = ""
+AUDIT_SOURCE_ID = env_str("AUDIT_SOURCE_ID", DICOM_AE_TITLE)
+AUDIT_REPOSITORY_CA_CERTIFICATES = env_str("AUDIT_REPOSITORY_CA_CERTIFICATES", TLS_CA_CERTIFICATES)
+AUDIT_REPOSITORY_CERTIFICATE = env_str("AUDIT_REPOSITORY_CERTIFICATE", TLS_CERTIFICATE)
+AUDIT_REPOSITORY_PRIVATE_KEY = env_str("AUDIT_REPOSITORY_PRIVATE_KEY", TLS_PRIVATE_KEY)
+# Connecting, the TLS handshake, and the repository acknowledging a batch must each end within this.
+AUDIT_REPOSITORY_TIMEOUT_SECONDS = env_float("AUDIT_REPOSITORY_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 
 # --- Images and the VNA --------------------------------------------------------------------
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
