@@ -10,6 +10,7 @@ SQLite and a filesystem Celery broker under ``var/``.
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 import re
 from pathlib import Path
@@ -359,7 +360,8 @@ AUTHENTICATION_BACKENDS = [
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_LOCKOUT_MINUTES = env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=0)
 AXES_FAILURE_LIMIT = "pacs.signin.failure_limit"
-AXES_COOLOFF_TIME = "pacs.signin.cool_off"
+# None: no cool-off (axes tests for None itself, so this cannot be a callable returning None).
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=LOGIN_LOCKOUT_MINUTES) if LOGIN_LOCKOUT_MINUTES else None
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked.html"

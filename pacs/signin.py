@@ -13,7 +13,6 @@ which names exist.  A successful sign-in clears the counts of that user name and
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 from axes.signals import user_locked_out
@@ -31,12 +30,6 @@ log = logging.getLogger("pacs.signin")
 def failure_limit(request, credentials) -> int:
     """AXES_FAILURE_LIMIT: read at each attempt, so that the setting is the one in force."""
     return settings.LOGIN_FAILURE_LIMIT
-
-
-def cool_off(request) -> dt.timedelta | None:
-    """AXES_COOLOFF_TIME: None keeps the lock until an administrator removes it."""
-    minutes = settings.LOGIN_LOCKOUT_MINUTES
-    return dt.timedelta(minutes=minutes) if minutes else None
 
 
 @receiver(user_locked_out, dispatch_uid="pacs.signin.locked")
