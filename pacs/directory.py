@@ -158,8 +158,7 @@ def _directory_error(sender, context=None, request=None, exception=None, **kwarg
     """The directory did not answer (down, TLS refused, bind account rejected): the sign-in page
     says so (pacs.signin.SignInForm) and local accounts are still tried."""
     log.warning("directory error", extra={"context": context, "error": type(exception).__name__})
-    if context == "authenticate":
-        _mark_unavailable(request)
+    _mark_unavailable(request)
 
 
 @register(Tags.compatibility)
