@@ -73,7 +73,8 @@ def set_roles(user, granted: set[str]) -> None:
     if current - granted:
         user.groups.remove(*Group.objects.filter(name__in=current - granted))
     if granted - current:
-        user.groups.add(*Group.objects.filter(name__in=granted - current))
+        # The role groups come from migration pacs.0002_roles; created here if someone removed one.
+        user.groups.add(*(Group.objects.get_or_create(name=name)[0] for name in sorted(granted - current)))
     user._pacs_roles = None  # pacs.access caches a user's roles
 
 
