@@ -128,11 +128,6 @@ class DirectoryBackend(ldap_backend.LDAPBackend):
             return None
         return super().authenticate(request, username=username, password=password, **kwargs)
 
-    def get_user(self, user_id):
-        if not settings.LDAP_SERVER_URI:
-            return None
-        return super().get_user(user_id)
-
     def authenticate_ldap_user(self, ldap_user, password):
         user = super().authenticate_ldap_user(ldap_user, password)
         if user is None:
