@@ -18,6 +18,8 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.run-installed: $(BIN)/python requirements.txt
+	@[ -e /usr/include/ldap.h ] && [ -e /usr/include/sasl/sasl.h ] || { echo "installing what python-ldap builds with"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc python3-dev libldap2-dev libsasl2-dev; }
 	$(BIN)/pip install -q -r requirements.txt
 	@touch $@
 

@@ -6,5 +6,6 @@ class PacsConfig(AppConfig):
     verbose_name = "Imaging (PACS side)"
 
     def ready(self):
-        from pacs import checks  # noqa: F401 - registers the system checks
+        # checks: the system checks; directory, sessions, signin: sign-in and session receivers.
+        from pacs import checks, directory, sessions, signin  # noqa: F401
         from pacs.services import completion  # noqa: F401 - study completion listens to mpps_completed

@@ -10,6 +10,7 @@ SQLite and a filesystem Celery broker under ``var/``.
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 import re
 from pathlib import Path
@@ -47,6 +48,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Failed sign-ins and lockouts (django-axes: its own tables and migrations; pacs.signin).
+    "axes",
     "pacs.apps.PacsConfig",
     "ris.apps.RisConfig",
     "hl7gateway.apps.Hl7GatewayConfig",
@@ -64,11 +67,15 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Ends a session idle for SESSION_IDLE_MINUTES or older than SESSION_MAX_HOURS (pacs.sessions).
+    "pacs.sessions.IdleSessionMiddleware",
     # Login for every page but those marked @public (login, health, static); then default deny.
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "pacs.access.DefaultDenyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a sign-in refused for a lockout into the "locked" page (django-axes).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "pacs.urls"
@@ -379,6 +386,48 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Sign-in (pacs.signin, pacs.directory): django-axes first refuses a locked user or address,
+# then the directory (LDAP / Active Directory, when LDAP_SERVER_URI is set), then local accounts.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "pacs.directory.DirectoryBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Lockout: LOGIN_FAILURE_LIMIT failed sign-ins in a row for one user name, or from one client
+# address, lock it for LOGIN_LOCKOUT_MINUTES (0: until an administrator unlocks it).
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_LOCKOUT_MINUTES = env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=0)
+AXES_FAILURE_LIMIT = "pacs.signin.failure_limit"
+# None: no cool-off (axes tests for None itself, so this cannot be a callable returning None).
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=LOGIN_LOCKOUT_MINUTES) if LOGIN_LOCKOUT_MINUTES else None
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked.html"
+AXES_HTTP_RESPONSE_CODE = 429
+# The client's address as pacs.https sees it: X-Forwarded-For counts from WEB_TRUSTED_PROXIES only.
+AXES_CLIENT_IP_CALLABLE = "pacs.https.client_address"
+# Axes logs user names and addresses of every attempt itself; pacs.signin logs the lockouts.
+AXES_VERBOSE = False
+# Sessions: end after SESSION_IDLE_MINUTES without activity and SESSION_MAX_HOURS after sign-in
+# (pacs.sessions); a password change ends every other session of the user (Django's session hash).
+SESSION_IDLE_MINUTES = env_int("SESSION_IDLE_MINUTES", 30, minimum=1)
+SESSION_MAX_HOURS = env_int("SESSION_MAX_HOURS", 12, minimum=1)
+SESSION_COOKIE_AGE = SESSION_MAX_HOURS * 3600
+# Directory sign-in (pacs.directory, django-auth-ldap).  LDAP_SERVER_URI empty: off.
+LDAP_SERVER_URI = env_str("LDAP_SERVER_URI", "")
+LDAP_BIND_DN = env_str("LDAP_BIND_DN", "")
+# May be sealed (fernet:..., pacs.encryption), like the other stored credentials.
+LDAP_BIND_PASSWORD = env_str("LDAP_BIND_PASSWORD", "")
+LDAP_USER_SEARCH_BASE = env_str("LDAP_USER_SEARCH_BASE", "")
+LDAP_USER_SEARCH_FILTER = env_str("LDAP_USER_SEARCH_FILTER", "(sAMAccountName=%(user)s)")
+LDAP_GROUP_SEARCH_BASE = env_str("LDAP_GROUP_SEARCH_BASE", "")
+LDAP_GROUP_TYPE = env_choice("LDAP_GROUP_TYPE", "activedirectory",
+                             {"activedirectory", "groupofnames", "groupofuniquenames", "posixgroup"})
+# role=group DN;role=group DN ... (roles of pacs.access); a user in none of them has no role.
+LDAP_ROLE_GROUPS = env_str("LDAP_ROLE_GROUPS", "")
+LDAP_START_TLS = env_bool("LDAP_START_TLS", False)
+LDAP_CA_CERTIFICATES = env_str("LDAP_CA_CERTIFICATES", "")
+LDAP_TIMEOUT_SECONDS = env_float("LDAP_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LANGUAGE_CODE = "en-us"

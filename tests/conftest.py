@@ -55,3 +55,21 @@ def orthanc_binary():
     if not os.path.exists(path):
         pytest.fail("Orthanc is not installed (apt-get install orthanc; make test does it)")
     return path
+
+
+@pytest.fixture(scope="session")
+def slapd_directory(tmp_path_factory):
+    """A real OpenLDAP slapd with a small directory (tests/ldap_server.py), for the session."""
+    from tests.ldap_server import start_slapd, stop_slapd
+
+    directory = start_slapd(tmp_path_factory.mktemp("slapd"))
+    yield directory
+    stop_slapd(directory)
+
+
+@pytest.fixture
+def directory_settings(slapd_directory, settings):
+    """Directory sign-in on, against the test slapd."""
+    for name, value in slapd_directory.settings().items():
+        setattr(settings, name, value)
+    return slapd_directory
