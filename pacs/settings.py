@@ -56,6 +56,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: drops X-Forwarded-Proto unless from WEB_TRUSTED_PROXIES; marks cookies Secure on HTTPS.
     "pacs.https.HttpsMiddleware",
+    # Content-Security-Policy on every response, error pages included (pacs.csp).
+    "pacs.csp.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

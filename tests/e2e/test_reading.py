@@ -45,7 +45,7 @@ def test_login_and_worklist_sorted_stat_first(live_server, new_page):
     # A STAT study arriving later goes to the top on the next self-refresh, without a page load.
     newer = f.study(priority="STAT", patient_name="STAT^LATER")
     page.evaluate("window.readingWorklistRefresh()")
-    page.wait_for_function("document.querySelectorAll('#reading-rows tr[data-accession]').length === 4")
+    page.wait_for_function("() => document.querySelectorAll('#reading-rows tr[data-accession]').length === 4")
     assert _accessions(page)[:2] == [stat.accession_number, newer.accession_number]
     # Filter by free text.
     page.fill("input[name=q]", "HIGH")
