@@ -1,3 +1,5 @@
+import logging
+
 from django.apps import AppConfig
 
 
@@ -8,3 +10,7 @@ class PacsConfig(AppConfig):
     def ready(self):
         from pacs import checks  # noqa: F401 - registers the system checks
         from pacs.services import completion  # noqa: F401 - study completion listens to mpps_completed
+
+        # Python warnings (pydicom's "Invalid value for VR ..." quotes the value) go through logging,
+        # where pacs.logs.PatientDataFilter scrubs them, instead of straight to stderr.
+        logging.captureWarnings(True)

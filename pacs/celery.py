@@ -15,6 +15,17 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+@signals.setup_logging.connect
+def _log_as_every_process(**kwargs) -> None:
+    """The worker and beat log through settings.LOGGING (JSON lines, pacs.logs.PatientDataFilter)
+    instead of Celery's own handlers, which would bypass the filter."""
+    from logging.config import dictConfig
+
+    from django.conf import settings
+
+    dictConfig(settings.LOGGING)
+
+
 @signals.worker_init.connect
 @signals.beat_init.connect
 def _refuse_without_secret_key(**kwargs) -> None:

@@ -403,6 +403,9 @@ X_FRAME_OPTIONS = "DENY"
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
 # Accession numbers in log lines (the extra "accession_number"): masked unless true (pacs.logs).
 LOG_ACCESSION_NUMBERS = env_bool("LOG_ACCESSION_NUMBERS", False)
+# Django's error reports (DEBUG page, mails to ADMINS) show no request value or local variable.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "pacs.logs.NoPatientDataExceptionReporterFilter"
+DEFAULT_EXCEPTION_REPORTER = "pacs.logs.NoPatientDataExceptionReporter"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -411,6 +414,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["patient_data"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Django's own defaults would log these through handlers of theirs, without the filter
+        # (django.server: runserver's request lines, query string included).
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "pynetdicom": {"level": "WARNING"},
         "celery": {"level": "INFO"},
     },
