@@ -150,7 +150,7 @@ class NoPatientDataExceptionReporterFilter(SafeExceptionReporterFilter):
 
 
 class NoPatientDataExceptionReporter(ExceptionReporter):
-    """Also the GET parameters and cookies, which Django's report lists unfiltered."""
+    """Also the GET parameters, cookies and the URL's query string, which Django's report shows unfiltered."""
 
     def get_traceback_data(self):
         data = super().get_traceback_data()
@@ -159,4 +159,5 @@ class NoPatientDataExceptionReporter(ExceptionReporter):
             data["request_GET_items"] = [(key, substitute) for key in self.request.GET]
             data["request_COOKIES_items"] = [(key, substitute) for key in self.request.COOKIES]
             data["request_FILES_items"] = [(key, substitute) for key in self.request.FILES]
+            data["request_insecure_uri"] = _QUERY.sub(rf"\1?{REDACTED}", data.get("request_insecure_uri", ""))
         return data
