@@ -1,3 +1,5 @@
+import logging
+
 from django.apps import AppConfig
 
 
@@ -9,3 +11,7 @@ class PacsConfig(AppConfig):
         # checks: the system checks; directory, sessions, signin: sign-in and session receivers.
         from pacs import checks, directory, sessions, signin  # noqa: F401
         from pacs.services import completion  # noqa: F401 - study completion listens to mpps_completed
+
+        # Python warnings (pydicom's "Invalid value for VR ..." quotes the value) go through logging,
+        # where pacs.logs.PatientDataFilter scrubs them, instead of straight to stderr.
+        logging.captureWarnings(True)

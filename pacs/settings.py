@@ -13,11 +13,13 @@ import base64
 import datetime
 import os
 import re
+import secrets
 from pathlib import Path
 
 import dj_database_url
 
 from audit_export.destination import parse_url as parse_audit_repository_url
+from pacs import secret_key
 from pacs.env import env_bool, env_choice, env_float, env_int, env_list, env_str, record
 from pacs.lib.peers import network, parse_nodes
 
@@ -33,9 +35,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var"))).resolve()
 
 # --- Django core ---------------------------------------------------------------------------
-_DEV_SECRET = "insecure-development-key-change-me-in-production-0123456789"
-SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET)
-SECRET_KEY_IS_DEFAULT = SECRET_KEY == _DEV_SECRET
+# SECRET_KEY: see "Secret key" below (it depends on the database and broker settings).
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -61,6 +61,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: drops X-Forwarded-Proto unless from WEB_TRUSTED_PROXIES; marks cookies Secure on HTTPS.
     "pacs.https.HttpsMiddleware",
+    # Content-Security-Policy on every response, error pages included (pacs.csp).
+    "pacs.csp.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -157,6 +159,20 @@ CELERY_DB_REUSE_MAX = 1000
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict = {}
+
+# --- Secret key (pacs.secret_key) ------------------------------------------------------------
+# Never a public fallback.  On the embedded default (SQLite and the filesystem broker) an unset
+# SECRET_KEY is generated once into VAR_DIR/secret.key; elsewhere an unset one stops every
+# process (check pacs.E008, pacs.wsgi, the Celery worker and beat).  The throw-away key below
+# only lets this module load so that the checks can name the problem; it is never persisted.
+EMBEDDED_DEFAULT = _db["ENGINE"].endswith("sqlite3") and CELERY_BROKER_URL.startswith("filesystem://")
+SECRET_KEY = env_str("SECRET_KEY", "")
+SECRET_KEY_MISSING = False
+if not SECRET_KEY:
+    if EMBEDDED_DEFAULT:
+        SECRET_KEY = secret_key.generated(VAR_DIR)
+    else:
+        SECRET_KEY, SECRET_KEY_MISSING = secrets.token_urlsafe(50), True
 
 # --- Identifiers ---------------------------------------------------------------------------
 # AccessionNumber (0008,0050) is SH: at most 16 characters.  {n} is the sequence value.
@@ -474,6 +490,9 @@ X_FRAME_OPTIONS = "DENY"
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
 # Accession numbers in log lines (the extra "accession_number"): masked unless true (pacs.logs).
 LOG_ACCESSION_NUMBERS = env_bool("LOG_ACCESSION_NUMBERS", False)
+# Django's error reports (DEBUG page, mails to ADMINS) show no request value or local variable.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "pacs.logs.NoPatientDataExceptionReporterFilter"
+DEFAULT_EXCEPTION_REPORTER = "pacs.logs.NoPatientDataExceptionReporter"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -482,6 +501,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["patient_data"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Django's own defaults would log these through handlers of theirs, without the filter
+        # (django.server: runserver's request lines, query string included).
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "pynetdicom": {"level": "WARNING"},
         "celery": {"level": "INFO"},
     },

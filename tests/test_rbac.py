@@ -47,6 +47,7 @@ EXPECTED: dict[str, object] = {
     "worklist:save_filter": READERS,
     "worklist:delete_filter": READERS,
     "worklist:study": ALL,
+    "worklist:claim": READERS,
     "worklist:autosave": READERS,
     "worklist:sign": READERS,
     "worklist:release": frozenset({RADIOLOGIST, RESIDENT, ADMINISTRATOR}),
