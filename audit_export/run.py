@@ -85,9 +85,14 @@ def export_pending(sender: SyslogSender, *, batch_size: int = BATCH_SIZE, engine
                 row.last_seq, row.last_sent_at = done, now
             complete = done == records[-1]["seq"]
             if complete:
+                if row.failing_since is not None:
+                    log.info("audit export to %s works again after failing since %s", name, row.failing_since)
                 row.last_error, row.failing_since = "", None
             else:
                 error = (sender.last_error or f"{destination}: not every message was accepted")[:500]
+                if row.failing_since is None:
+                    # Names the repository and the socket error only; the records wait in the trail.
+                    log.warning("audit export to %s fails, the cursor waits at seq %s: %s", name, row.last_seq, error)
                 row.last_error, row.failing_since = error, row.failing_since or now
             row.url = str(destination)
             row.save(update_fields=["last_seq", "last_sent_at", "last_error", "failing_since", "url"])
