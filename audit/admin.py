@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from audit.models import AuditRecord
+from audit.models import AuditExport, AuditRecord
 
 # The role group of pacs.access (audit imports nothing of ours); superusers count as administrators.
 ADMINISTRATOR_GROUP = "administrator"
@@ -34,3 +34,29 @@ class AuditRecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(AuditExport)
+class AuditExportAdmin(admin.ModelAdmin):
+    """The export cursors: seen, not edited (only the exporter moves a cursor).  Deleting one retires
+    a repository no longer used, so that the retention purge no longer waits for it; if that
+    repository is configured again, it is sent the whole trail from the start."""
+
+    list_display = ("name", "url", "last_seq", "last_sent_at", "failing_since", "last_error")
+    readonly_fields = list_display
+
+    def has_view_permission(self, request, obj=None):
+        user = request.user
+        return user.is_active and (user.is_superuser or user.groups.filter(name=ADMINISTRATOR_GROUP).exists())
+
+    def has_module_permission(self, request):
+        return self.has_view_permission(request)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_view_permission(request)

@@ -58,6 +58,8 @@ def console(request):
         ("Outbound HL7 ORU (per destination)", "hl7_out", _rows(selectors.outbound_interfaces(now))),
         ("DICOM (per calling AE title)", "dicom", _rows(selectors.dicom_interfaces(now))),
         ("VNA routing (per destination)", "vna", _rows(selectors.vna_interfaces(now))),
+        ("Audit Record Repository (audit trail export, per repository)", "audit",
+         _rows(selectors.audit_interfaces(now))),
     ]
     unmatched = selectors.unmatched_studies(now)
     for s in unmatched:

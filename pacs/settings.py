@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "worklist.apps.WorklistConfig",
     "monitoring.apps.MonitoringConfig",
     "audit.apps.AuditConfig",
+    "audit_export.apps.AuditExportConfig",
 ]
 
 MIDDLEWARE = [
@@ -315,6 +316,8 @@ AUDIT_REPOSITORY_CERTIFICATE = env_str("AUDIT_REPOSITORY_CERTIFICATE", TLS_CERTI
 AUDIT_REPOSITORY_PRIVATE_KEY = env_str("AUDIT_REPOSITORY_PRIVATE_KEY", TLS_PRIVATE_KEY)
 # Connecting, the TLS handshake, and the repository acknowledging a batch must each end within this.
 AUDIT_REPOSITORY_TIMEOUT_SECONDS = env_float("AUDIT_REPOSITORY_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# The export (audit_export.export) seals and sends what is after the repository's cursor this often.
+AUDIT_EXPORT_SECONDS = env_float("AUDIT_EXPORT_SECONDS", 5.0, minimum=0.5)
 
 # --- Images and the VNA --------------------------------------------------------------------
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
@@ -393,6 +396,10 @@ AUDIT_QUEUE_SIZE = env_int("AUDIT_QUEUE_SIZE", 10000, minimum=1)
 CELERY_BEAT_SCHEDULE.update({
     "audit.seal": {"task": "audit.seal", "schedule": AUDIT_SEAL_SECONDS},
     "audit.purge": {"task": "audit.purge", "schedule": 86400.0},
+    # Does nothing without AUDIT_REPOSITORY_URL.  A run not started within one interval expires
+    # (the next one does its work), so that a stopped worker does not find a pile of them.
+    "audit_export.export": {"task": "audit_export.export", "schedule": AUDIT_EXPORT_SECONDS,
+                            "options": {"expires": AUDIT_EXPORT_SECONDS}},
 })
 
 # --- Auth, i18n, static --------------------------------------------------------------------
