@@ -509,9 +509,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # Django's own defaults would log these through handlers of theirs, without the filter
-        # (django.server: runserver's request lines, query string included).
-        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
-        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # (django.server: runserver's request lines, query string included): no handlers of
+        # their own, so that they reach the root's filtered one.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
         "pynetdicom": {"level": "WARNING"},
         "celery": {"level": "INFO"},
     },

@@ -79,7 +79,9 @@ def test_an_idle_session_is_signed_out_and_the_worklist_refresh_does_not_keep_it
     store[sessions.LAST_ACTIVITY] -= 25 * 60  # 25 minutes without activity
     store.save()
     page.evaluate("window.readingWorklistRefresh()")  # the self-refresh: answered, not activity
-    page.wait_for_function("document.getElementById('refresh-status').textContent.startsWith('Updated')")
+    # A function, not an expression: Playwright evaluates an expression with eval, which the
+    # pages' Content-Security-Policy refuses.
+    page.wait_for_function("() => document.getElementById('refresh-status').textContent.startsWith('Updated')")
     store = SessionStore(session_key=key)
     store[sessions.LAST_ACTIVITY] -= 5 * 60 + 1  # now past 30 minutes idle
     store.save()
