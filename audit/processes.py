@@ -40,7 +40,7 @@ def application_activity(process: str, *, started: bool, pid: int | None = None,
         return True
     except DatabaseError as exc:
         log.warning("application activity not recorded on the audit trail",
-                    extra={"process": process, "started": started, "error": str(exc)[:200]})
+                    extra={"application": process, "started": started, "error": str(exc)[:200]})
         return False
     finally:
         if close:

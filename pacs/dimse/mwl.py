@@ -250,10 +250,12 @@ def on_c_find(event):
         matches, rows = db.run(find, identifier, calling_ae_title=calling, node=policy.node_of(event.assoc))
     except IdentifierError as exc:
         log.warning("mwl identifier refused", extra={"calling_ae_title": calling, "reason": str(exc)})
+        _audit(event, identifier, [], events.SERIOUS_FAILURE)
         yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
         return
     except DatabaseError as exc:
         log.error("mwl query failed", extra={"calling_ae_title": calling, "error": str(exc)})
+        _audit(event, identifier, [], events.SERIOUS_FAILURE)
         yield _failure(UNABLE_TO_PROCESS, "database unavailable"), None
         return
     except Exception:  # noqa: BLE001 - a bug must give a failure status, not a dropped association

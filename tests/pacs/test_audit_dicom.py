@@ -173,3 +173,11 @@ def test_nothing_recorded_with_auditing_off(dicom_server, worklist, store_dir, t
     assert proc.returncode == 0, proc.stderr
     trail.flush()
     assert not AuditRecord.records.exists()
+
+
+def test_refused_mwl_query_is_recorded_as_a_failure(dicom_server, worklist, tmp_path):
+    proc, items = findscu(dicom_server, ["StudyInstanceUID=1.2.*", "PatientID="], tmp_path)
+    assert items == []  # 0xA900: no wildcards in UIDs (PS3.4 C.2.2.2.2)
+    [record] = _records(events.QUERY)
+    assert record.outcome == events.SERIOUS_FAILURE and record.detail == {"answers": 0}
+    assert record.objects[-1]["detail"]["keys"] == {"StudyInstanceUID": "1.2.*"}
