@@ -24,6 +24,7 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from audit import events, trail
@@ -36,7 +37,7 @@ def _value(value):
     """A DICOM element value as JSON: text, a number, a list of those, or nested key dicts."""
     if isinstance(value, Sequence):
         return [query_keys(item) for item in value]
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, (list, tuple, MultiValue)):
         return [_value(v) for v in value]
     if isinstance(value, (int, float)) or value is None:
         return value
