@@ -51,3 +51,14 @@ def sender_refused(address: str, msh, reason: str) -> None:
         detail={"reason": reason[:255], "protocol": "HL7 MLLP",
                 "message_type": (msh.message_type if msh is not None else "")[:20]},
     )
+
+
+def tls_refused(address: str, reason: str) -> None:
+    """A connection to the MLLP over TLS port ended at the handshake (no, untrusted or expired
+    client certificate; not TLS; too slow): Security Alert, Node Authentication, outcome 8, the
+    peer named by its address (no message was read).  By the audit writer thread."""
+    trail.record_soon(
+        events.SECURITY_ALERT, action=events.EXECUTE, event_type=events.NODE_AUTHENTICATION,
+        outcome=events.SERIOUS_FAILURE, actor=address or "(unknown peer)", actor_kind=events.HL7,
+        source_address=address, detail={"reason": reason[:255], "protocol": "HL7 MLLP over TLS"},
+    )
