@@ -21,7 +21,8 @@ On A-ASSOCIATE-RQ (``check``, called by ``pacs.dimse.acceptor``) the calling AE 
 
 Each refusal is logged (AE title and address only) and counted per source address
 (``pacs.services.peers.record_refusal``, written on a database thread so that it never delays
-the answer); the operator's console reads the count.  The node found is kept on the
+the answer); the operator's console reads the count.  It is also a Security Alert on the audit
+trail (``pacs.auditing.node_refused``, queued for the audit writer thread).  The node found is kept on the
 association (``node_of``) for the handlers (e.g. the MWL station filter).  The wrong called
 AE title is refused by the acceptor.
 """
