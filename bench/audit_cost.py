@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -105,9 +106,18 @@ def run_once(name: str, args, audit: bool, workdir: Path) -> dict:
     env = {**os.environ, "DATABASE_URL": url, "AUDIT_ENABLED": "true" if audit else "false",
            "CELERY_BROKER_URL": args.broker}
     started = time.perf_counter()
-    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    # In a session of its own: if this script is stopped, the benchmark and the servers it
+    # started (run_mllp, run_dicom, gunicorn, Orthanc) are stopped with it.
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=3600)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        raise
     seconds = time.perf_counter() - started
-    lines = proc.stdout.splitlines() + (json_file.read_text().splitlines() if json_file.exists() else [])
+    lines = stdout.splitlines() + (json_file.read_text().splitlines() if json_file.exists() else [])
     rows = []
     for line in lines:
         if line.startswith("{"):
@@ -117,11 +127,15 @@ def run_once(name: str, args, audit: bool, workdir: Path) -> dict:
                 pass
     if not rows:
         raise SystemExit(f"{name} (audit {'on' if audit else 'off'}) gave no results (exit {proc.returncode}):\n"
-                         f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+                         f"{stdout[-2000:]}\n{stderr[-3000:]}")
     values = {label: read(rows) for label, read, _ in spec["metrics"]}
     print(f"  {name:8} audit {'on ' if audit else 'off'} {seconds:6.0f} s  "
           + "  ".join(f"{k}={v}" for k, v in values.items()), flush=True)
     return values
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main() -> int:
@@ -140,6 +154,7 @@ def main() -> int:
     ap.add_argument("--reading-requests", type=int, default=50)
     ap.add_argument("--json", action="store_true", help="also print the results as JSON lines")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, _interrupted)
     names = [n.strip() for n in args.benches.split(",") if n.strip()]
     unknown = set(names) - set(BENCHES)
     if unknown:
