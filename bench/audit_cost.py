@@ -134,6 +134,70 @@ def run_once(name: str, args, audit: bool, workdir: Path) -> dict:
     return values
 
 
+def measure_calls(args) -> None:
+    """``--calls``: the time, in this process, of what each audited operation adds on its own path
+    (the audit hooks: building the record and handing it to the writer thread; the writer's
+    INSERT is off that path), per call, against the database ``<prefix>_mwl``.  Less sensitive
+    to a busy machine than the end-to-end ratios."""
+    url = f"{args.server}/{args.prefix}_mwl"
+    ensure_database(url)
+    os.environ.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="pacs.settings")
+    sys.path.insert(0, str(ROOT))
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True)
+    import django
+
+    django.setup()
+    from types import SimpleNamespace
+
+    from pydicom.dataset import Dataset
+
+    from audit import trail
+    from pacs import auditing
+
+    assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title="BENCH", address="127.0.0.1"),
+                            server=SimpleNamespace(ae_title="PACS"))
+    identifier = Dataset()
+    identifier.PatientName = ""
+    identifier.PatientID = ""
+    item = Dataset()
+    item.Modality = "CT"
+    item.ScheduledProcedureStepStartDate = "20261126"
+    identifier.ScheduledProcedureStepSequence = [item]
+    rows = [{"_patient_id": f"P{i}", "_issuer_of_patient_id": "HOSP"} for i in range(20)]
+
+    def per_call(fn, n: int, *, written: bool) -> float:
+        """Microseconds per call; ``written``: including the writer thread's INSERTs (it runs in
+        the same process and holds the same interpreter lock), until all are committed."""
+        trail.flush(120)
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        if written:
+            trail.flush(120)
+        return (time.perf_counter() - started) / n * 1e6
+
+    def query():
+        auditing.mwl_query(assoc, identifier, rows, patient_id_path="_patient_id", issuer_path="_issuer_of_patient_id")
+
+    def study():
+        auditing.instance_received(assoc, "1.2.3", "P1", "HOSP")
+        auditing.association_ended(assoc)
+
+    query()  # the writer thread started, the connection opened
+    n = 500
+    results = {
+        "MWL C-FIND with 20 answers: Query record queued": per_call(query, n, written=False),
+        "the same, written (the writer's INSERT of the record and its 20 patients)": per_call(query, n, written=True),
+        "C-STORE: each instance counted on the association": per_call(
+            lambda: auditing.instance_received(assoc, "1.2.3", "P1", "HOSP"), 100_000, written=False),
+        "association end: Instances Transferred record per study, written": per_call(study, n, written=True),
+    }
+    trail.stop()
+    print(f"# in-process, database {url.rsplit('/', 1)[1]}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for label, us in results.items():
+        print(f"{label}: {us:.1f} us")
+
+
 def _interrupted(signum, frame):
     raise KeyboardInterrupt
 
@@ -153,7 +217,11 @@ def main() -> int:
     ap.add_argument("--reading-studies", type=int, default=20000)
     ap.add_argument("--reading-requests", type=int, default=50)
     ap.add_argument("--json", action="store_true", help="also print the results as JSON lines")
+    ap.add_argument("--calls", action="store_true", help="only the per-call time of the audit hooks, in-process")
     args = ap.parse_args()
+    if args.calls:
+        measure_calls(args)
+        return 0
     signal.signal(signal.SIGTERM, _interrupted)
     names = [n.strip() for n in args.benches.split(",") if n.strip()]
     unknown = set(names) - set(BENCHES)
