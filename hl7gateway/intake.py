@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 
-from hl7gateway import limits, refusals, senders
+from hl7gateway import auditing, limits, refusals, senders
 from hl7gateway.acks import build_ack, encode_ack
 from hl7gateway.mapping import map_message
 from hl7gateway.models import InboundMessage
@@ -151,6 +151,7 @@ def _store_refusal(raw: bytes, msh: MSH | None, peer: str, error: HL7Error) -> b
     header = msh or MSH()
     with transaction.atomic(durable=True):
         refused = refusals.count(address, msh, error.text)
+        auditing.sender_refused(address, msh, error.text)  # queued: written after the AR is sent
         if refused <= settings.HL7_REFUSED_LOG_LIMIT:
             log.warning("message refused by the sender policy: AR sent",
                         extra={"peer": peer, "sender": f"{header.msh_3}^{header.msh_4}",

@@ -53,6 +53,17 @@ def _fresh_declared_senders():
     senders.reset()
 
 
+@pytest.fixture(autouse=True)
+def _audit_writer_stopped():
+    """Whatever a test handed to audit.trail.record_soon (a refusal, a query) is written before
+    its database is flushed, and the writer's connection closed: none is left open when the test
+    database is dropped."""
+    yield
+    from audit import trail
+
+    trail.stop(timeout=60)
+
+
 @pytest.fixture
 def tmp_var(tmp_path, settings):
     """A private var/ (storage) directory for one test."""
