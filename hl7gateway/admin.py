@@ -9,6 +9,7 @@ from django.utils.html import format_html
 
 from hl7gateway.models import DeclaredSender, InboundMessage, InboundRefusal
 from hl7gateway.parsing import CHARSETS
+from pacs.auditing import AuditedAdmin
 
 
 def readable_hl7(data: bytes | memoryview | None, charset: str = "") -> str:
@@ -27,7 +28,7 @@ def readable_hl7(data: bytes | memoryview | None, charset: str = "") -> str:
 
 
 @admin.register(InboundMessage)
-class InboundMessageAdmin(admin.ModelAdmin):
+class InboundMessageAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ("received_at", "message_type", "message_control_id", "sending_application", "sending_facility",
                     "patient_id", "accession_numbers", "status", "ack_code", "error_code", "duplicate_count", "peer")
     list_filter = ("status", "ack_code", "message_type", "sending_application", "sending_facility")
@@ -150,7 +151,7 @@ class OutboundActionInline(admin.TabularInline):
 
 
 @admin.register(OutboundMessage)
-class OutboundMessageAdmin(admin.ModelAdmin):
+class OutboundMessageAdmin(AuditedAdmin, admin.ModelAdmin):
     """The ORU outbox, read-only (retry and cancel are on the operator page /interfaces/)."""
 
     list_display = ("message_control_id", "destination", "accession_number", "result_status", "hl7_version",
