@@ -198,10 +198,12 @@ def patients_of(obj) -> list[tuple[str, str]]:
 
 def status_change_target(change_row):
     """The row a ``StatusChange`` is about (None when it is gone or of another kind)."""
-    from ris.models import Order, RequestedProcedure, ScheduledProcedureStep
+    from django.apps import apps
 
-    model = {"sps": ScheduledProcedureStep, "requested_procedure": RequestedProcedure, "order": Order}.get(
-        change_row.entity)
+    label = {"sps": "ris.ScheduledProcedureStep", "requested_procedure": "ris.RequestedProcedure",
+             "order": "ris.Order", "report": "ris.Report", "study": "pacs.Study", "transfer": "pacs.Transfer",
+             "oru_outbound": "hl7gateway.OutboundMessage"}.get(change_row.entity)
+    model = apps.get_model(label) if label else None
     return model.objects.filter(pk=change_row.object_id).first() if model else None
 
 
