@@ -113,6 +113,20 @@ class AuditedAdmin:
                                 "changed": auditing.changes(before, after) if change else sorted(after)},
                         actor=actor_name(request))
 
+    def save_formset(self, request, form, formset, change):
+        """Inline rows (a patient's identifiers, visits; an order's procedures) saved with the page:
+        recorded under the parent's event, naming the parent's patients."""
+        super().save_formset(request, form, formset, change)
+        parent = form.instance
+        touched = ([(events.CREATE, o, []) for o in formset.new_objects]
+                   + [(events.UPDATE, o, names) for o, names in formset.changed_objects]
+                   + [(events.DELETE, o, []) for o in formset.deleted_objects])
+        for action, obj, names in touched:
+            auditing.change(auditing.EVENT_OF_MODEL.get(parent._meta.label_lower, events.PATIENT_RECORD), action,
+                            patients=auditing.patients_of(parent), objects=auditing.objects_of(parent),
+                            detail={"via": "admin", "model": obj._meta.label_lower, "changed": sorted(names)},
+                            actor=actor_name(request))
+
     def delete_model(self, request, obj):
         self._record_delete(request, obj)
         super().delete_model(request, obj)
