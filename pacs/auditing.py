@@ -123,7 +123,10 @@ class AuditedAdmin:
                    + [(events.DELETE, o, []) for o in formset.deleted_objects])
         for action, obj, names in touched:
             auditing.change(auditing.EVENT_OF_MODEL.get(parent._meta.label_lower, events.PATIENT_RECORD), action,
-                            patients=auditing.patients_of(parent), objects=auditing.objects_of(parent),
+                            # an identifier added, changed or removed is named itself too
+                            patients=auditing.patients_of(parent) + (
+                                auditing.patients_of(obj) if obj._meta.label_lower == "ris.patientidentifier" else []),
+                            objects=auditing.objects_of(parent),
                             detail={"via": "admin", "model": obj._meta.label_lower, "changed": sorted(names)},
                             actor=actor_name(request))
 
