@@ -290,3 +290,14 @@ def test_claim_release_and_signature_are_recorded(world):
              for r in _new_records_naming(since)}
     assert {(events.PROCEDURE_RECORD.value, events.UPDATE, "claimed"),
             (events.PROCEDURE_RECORD.value, events.UPDATE, "FINAL")} <= found
+
+
+def test_new_order_for_a_study_and_a_link_are_recorded_as_the_user(client, world):
+    client.force_login(world["admin"])
+    since = _last_id()
+    response = client.post(reverse("imaging:new_order", args=[world["unmatched"].pk]),
+                           {"patient": world["patient"].pk, "description": "CT HEAD"})
+    assert response.status_code == 302
+    created = _new_records_naming(since).get(event_id=events.ORDER_RECORD.value, action=events.CREATE)
+    assert (created.actor, created.actor_kind, created.source_address) == ("walkadmin", events.USER, "127.0.0.1")
+    assert {"type": "study", "id": world["unmatched"].study_instance_uid} in created.objects
