@@ -11,6 +11,7 @@ No patient data goes to the log: what goes wrong here is logged with record ids 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import threading
@@ -120,15 +121,17 @@ FROM unnest(%s::int[], %s::text[], %s::text[]) AS p(n, patient_id, issuer) JOIN 
 """
 
 
-def record_prepared(entries: list[_Entry]) -> None:
+def record_prepared(entries: list[_Entry], *, cursor=None) -> None:
     """Write prepared records now, inside the caller's transaction: on PostgreSQL in one
-    statement (the HL7 intake's hot path: one round trip per message, whatever it changed)."""
+    statement (the HL7 intake's hot path: one round trip per message, whatever it changed).
+
+    ``cursor``: a cursor factory on the same connection (the intake passes one that prepares the
+    statement once per connection)."""
     if not entries or not settings.AUDIT_ENABLED:
         return
     if connection.vendor != "postgresql":
         _insert(entries)
         return
-    import json
 
     records = [e.record for e in entries]
     columns = [[getattr(r, name) for r in records] for name in (
@@ -141,8 +144,8 @@ def record_prepared(entries: list[_Entry]) -> None:
             numbers.append(n)
             ids.append(pid[:64])
             issuers.append(issuer[:64])
-    with connection.cursor() as cursor:
-        cursor.execute(_PG_MANY, [*columns, numbers, ids, issuers])
+    with (cursor or connection.cursor)() as c:
+        c.execute(_PG_MANY, [*columns, numbers, ids, issuers])
 
 
 def write(event_id, **kwargs) -> AuditRecord:

@@ -84,7 +84,9 @@ def collecting() -> Iterator[list]:
 def write_collected() -> None:
     pending = _pending.get()
     if pending:
-        trail.record_prepared(pending)
+        from ris.services import pg
+
+        trail.record_prepared(pending, cursor=pg.cursor)
         pending.clear()
 
 
