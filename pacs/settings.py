@@ -75,6 +75,8 @@ MIDDLEWARE = [
     # Login for every page but those marked @public (login, health, static); then default deny.
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "pacs.access.DefaultDenyMiddleware",
+    # The signed-in user is the actor of the audit records of every change a request makes.
+    "pacs.web_audit.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns a sign-in refused for a lockout into the "locked" page (django-axes).
