@@ -9,6 +9,8 @@ undeclared AEs and failed TLS handshakes: Security Alert, Node Authentication, o
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
@@ -37,6 +39,15 @@ SPS = "(0040,0100)[0]"
 def _records(event, **filters):
     trail.flush()
     return list(AuditRecord.records.filter(event_id=event.value, **filters).order_by("id"))
+
+
+def _records_at_association_end(event, count: int, timeout: float = 10.0):
+    """The records the acceptor writes when an association ends: the SCU may return from its
+    A-RELEASE before the acceptor's thread has run its end of association."""
+    deadline = time.monotonic() + timeout
+    while len(records := _records(event)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return records
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +106,7 @@ def test_c_store_one_record_per_association_and_study(dicom_server, store_dir, t
              + write_study(tmp_path / "b", 2, study_instance_uid=second, patient_id="PAT-B"))
     proc = storescu(port_of(dicom_server), paths, calling="CT1")  # one association, five instances
     assert proc.returncode == 0, proc.stderr
-    records = _records(events.INSTANCES_TRANSFERRED)
+    records = _records_at_association_end(events.INSTANCES_TRANSFERRED, 2)
     assert len(records) == 2  # per study, not per instance
     by_study = {r.objects[-1]["id"]: r for r in records}
     assert by_study[first].objects[-1]["detail"] == {"instances": 3}
@@ -108,7 +119,14 @@ def test_c_store_one_record_per_association_and_study(dicom_server, store_dir, t
     # a second association sending the same study again is another record
     proc = storescu(port_of(dicom_server), paths[:1], calling="CT1")
     assert proc.returncode == 0, proc.stderr
-    assert len(_records(events.INSTANCES_TRANSFERRED)) == 3
+    assert len(_records_at_association_end(events.INSTANCES_TRANSFERRED, 3)) == 3
+
+
+def _mpps_records(uid: str) -> list:
+    """The Procedure Records of the MPPS ``uid`` (the steps' status changes it causes are
+    Procedure Records of their own, written by the domain)."""
+    return [r for r in AuditRecord.records.filter(event_id=events.PROCEDURE_RECORD.value).order_by("id")
+            if any(o.get("id") == uid for o in r.objects)]
 
 
 def test_mpps_n_create_and_n_set_are_procedure_records(dicom_server, transactional_db):
@@ -122,12 +140,12 @@ def test_mpps_n_create_and_n_set_are_procedure_records(dicom_server, transaction
         status, _ = assoc.send_n_create(n_create_dataset(step), ModalityPerformedProcedureStep, uid)
         assert status.Status == 0
         # written in the N-CREATE's own transaction: there before any flush of the writer thread
-        [created] = AuditRecord.records.filter(event_id=events.PROCEDURE_RECORD.value)
+        [created] = _mpps_records(uid)
         status, _ = assoc.send_n_set(completion_dataset()[0], ModalityPerformedProcedureStep, uid)
         assert status.Status == 0
     finally:
         assoc.release()
-    created, updated = _records(events.PROCEDURE_RECORD)
+    created, updated = _mpps_records(uid)
     assert (created.action, updated.action) == ("C", "U")
     assert created.objects[-1]["id"] == uid and created.objects[-1]["detail"]["status"] == "IN PROGRESS"
     assert updated.objects[-1]["detail"]["status"] == "COMPLETED"
