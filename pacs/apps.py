@@ -6,5 +6,7 @@ class PacsConfig(AppConfig):
     verbose_name = "Imaging (PACS side)"
 
     def ready(self):
-        from pacs import checks  # noqa: F401 - registers the system checks
+        from pacs import auth_audit, checks  # noqa: F401 - checks registers the system checks
         from pacs.services import completion  # noqa: F401 - study completion listens to mpps_completed
+
+        auth_audit.connect()

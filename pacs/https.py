@@ -41,3 +41,21 @@ class HttpsMiddleware:
                 if name in response.cookies:
                     response.cookies[name]["secure"] = True
         return response
+
+
+def client_address(request) -> str:
+    """The address of the client that made ``request``: the connection's own address, or, when
+    the connection comes from one of ``WEB_TRUSTED_PROXIES``, the nearest address in
+    ``X-Forwarded-For`` (de-facto header, the form of RFC 7239 ``for=``) that is not itself a
+    trusted proxy.  The list is read from the right: each proxy appends the address it saw, so
+    only the entries our own proxies wrote are believed and a client cannot choose the address it
+    is counted under (sign-in lockouts, pacs.signin)."""
+    address = request.META.get("REMOTE_ADDR", "")
+    if not from_trusted_proxy(address):
+        return address
+    forwarded = [a.strip() for a in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()]
+    for hop in reversed(forwarded):
+        if not from_trusted_proxy(hop):
+            return hop
+        address = hop
+    return address
