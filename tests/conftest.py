@@ -55,3 +55,28 @@ def orthanc_binary():
     if not os.path.exists(path):
         pytest.fail("Orthanc is not installed (apt-get install orthanc; make test does it)")
     return path
+
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After each test and all its fixtures: the audit records its pages handed to record_soon are
+    written and the writer's connection closed (else the test database cannot be dropped); and
+    the records that the writer committed beside a rolled-back test (``db``, not
+    ``transactional_db``) are removed, so that no later test counts them.  TRUNCATE (not DELETE,
+    which the append-only triggers refuse), and only on a test database."""
+    result = yield
+    from django.db import connection
+    from pytest_django.plugin import blocking_manager_key
+
+    from audit import trail
+
+    assert trail.stop(timeout=60), "the audit writer did not drain"
+    if connection.settings_dict["NAME"].startswith("test_"):
+        with item.config.stash[blocking_manager_key].unblock():
+            from audit.models import AuditRecord
+
+            if not connection.in_atomic_block and AuditRecord.records.exists():
+                with connection.cursor() as cursor:
+                    cursor.execute("TRUNCATE audit_auditpatient, audit_auditrecord")
+    return result
