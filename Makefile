@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 # Tests run on real PostgreSQL and Redis (started or installed by scripts/ensure-services.sh).
 TEST_DATABASE_URL ?= postgres://postgres:postgres@127.0.0.1:5432/pacs
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
+# Not the embedded default: the engine needs a SECRET_KEY (pacs.E008); this one is for tests only.
+TEST_SECRET_KEY ?= test-run-only-not-a-production-key-6f1d0c9b2a7e4f3d8c5b
 
 .PHONY: run test venv venv-dev services migrate admin lint bench clean
 
@@ -18,6 +20,8 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.run-installed: $(BIN)/python requirements.txt
+	@[ -e /usr/include/ldap.h ] && [ -e /usr/include/sasl/sasl.h ] || { echo "installing what python-ldap builds with"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc python3-dev libldap2-dev libsasl2-dev; }
 	$(BIN)/pip install -q -r requirements.txt
 	@touch $@
 
@@ -47,8 +51,8 @@ lint: venv-dev
 
 test: venv-dev services
 	$(BIN)/ruff check .
-	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/python manage.py makemigrations --check --dry-run
-	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) SECRET_KEY=$(TEST_SECRET_KEY) $(BIN)/python manage.py makemigrations --check --dry-run
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) SECRET_KEY=$(TEST_SECRET_KEY) $(BIN)/pytest $(PYTEST_ARGS)
 
 # Every benchmark, each on a PostgreSQL database of its own (they fill and empty it), peers
 # (dcmtk, Orthanc, python-hl7) started by the scripts.  Results: bench/RESULTS.md.

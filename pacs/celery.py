@@ -15,6 +15,33 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+@signals.setup_logging.connect
+def _log_as_every_process(**kwargs) -> None:
+    """The worker and beat log through settings.LOGGING (JSON lines, pacs.logs.PatientDataFilter)
+    instead of Celery's own handlers, which would bypass the filter."""
+    from logging.config import dictConfig
+
+    from django.conf import settings
+
+    dictConfig(settings.LOGGING)
+
+
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _refuse_without_secret_key(**kwargs) -> None:
+    """The worker and beat run no system checks: they refuse to start without a SECRET_KEY of the
+    operator's (pacs.secret_key), as every other process does."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from pacs import secret_key
+
+    try:
+        secret_key.require()
+    except ImproperlyConfigured as exc:
+        # Celery logs and ignores an Exception raised by a signal receiver; SystemExit ends the process.
+        raise SystemExit(f"pacs.E008: {exc}") from None
+
+
 @signals.task_prerun.connect
 @signals.task_postrun.connect
 def _database_connections_like_requests(**kwargs) -> None:

@@ -7,7 +7,6 @@ pacs.E004  DATABASE_URL names an engine other than PostgreSQL or SQLite
 pacs.E005  CELERY_BROKER_URL names a transport other than redis or filesystem
 pacs.E006  (deploy) DICOM_UNKNOWN_AE_FROM (or DICOM_ALLOW_UNKNOWN_AE=true) admits unknown calling AEs from everywhere
 pacs.W001  (deploy) DICOM_UNKNOWN_AE_FROM admits unknown calling AEs from beyond the loopback
-pacs.W002  (deploy) SECRET_KEY is the development default
 pacs.W003  (deploy) the database is SQLite
 pacs.W004  DICOM_ALLOW_UNKNOWN_AE is set: it still works, DICOM_UNKNOWN_AE_FROM replaces it
 pacs.W005  (deploy) SECRETS_ENCRYPTION_KEYS is unset (a generated key in VAR_DIR seals credentials)
@@ -15,6 +14,8 @@ pacs.E007  a TLS file (TLS_CERTIFICATE, TLS_PRIVATE_KEY, TLS_CA_CERTIFICATES) is
            does not match its key, or WEB_TLS is on without a certificate: no process starts so
 pacs.W006  (deploy) a configured certificate is expired or expires within TLS_EXPIRY_WARNING_DAYS
 pacs.W007  (deploy) the web is served over plain HTTP (neither WEB_TLS nor WEB_TRUSTED_PROXIES)
+pacs.E008  SECRET_KEY is unset outside the embedded default (SQLite and the filesystem broker): no
+           process starts so (pacs.secret_key)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.utils import timezone
 
+from pacs import secret_key
 from pacs.env import PROBLEMS
 from pacs.lib.peers import is_everywhere, is_valid_ae_title, network
 from pacs.tls import TLSConfigurationError, certificate_expiries, server_context
@@ -44,6 +46,8 @@ def check_environment(app_configs, **kwargs):
                 id="pacs.E002",
             )
         )
+    if settings.SECRET_KEY_MISSING:
+        errors.append(Error(secret_key.MISSING, hint="See README, Securing a deployment.", id="pacs.E008"))
     try:
         sample = settings.ACCESSION_NUMBER_FORMAT.format(n=99999999)
     except (KeyError, IndexError, ValueError) as exc:
@@ -132,8 +136,6 @@ def check_deployment(app_configs, **kwargs):
         warnings.append(Warning(
             f"DICOM_UNKNOWN_AE_FROM={','.join(unknown_from)} admits unknown calling AE titles from beyond the "
             "loopback, with every service.", hint=declare, id="pacs.W001"))
-    if settings.SECRET_KEY_IS_DEFAULT:
-        warnings.append(Warning("SECRET_KEY is the development default.", hint="Set SECRET_KEY.", id="pacs.W002"))
     if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         warnings.append(
             Warning("The database is SQLite.", hint="Set DATABASE_URL=postgres://... for production.", id="pacs.W003")

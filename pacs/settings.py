@@ -10,12 +10,16 @@ SQLite and a filesystem Celery broker under ``var/``.
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 import re
+import secrets
 from pathlib import Path
 
 import dj_database_url
 
+from audit_export.destination import parse_url as parse_audit_repository_url
+from pacs import secret_key
 from pacs.env import env_bool, env_choice, env_float, env_int, env_list, env_str, record
 from pacs.lib.peers import network, parse_nodes
 
@@ -31,9 +35,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var"))).resolve()
 
 # --- Django core ---------------------------------------------------------------------------
-_DEV_SECRET = "insecure-development-key-change-me-in-production-0123456789"
-SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET)
-SECRET_KEY_IS_DEFAULT = SECRET_KEY == _DEV_SECRET
+# SECRET_KEY: see "Secret key" below (it depends on the database and broker settings).
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -46,6 +48,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Failed sign-ins and lockouts (django-axes: its own tables and migrations; pacs.signin).
+    "axes",
     "pacs.apps.PacsConfig",
     "ris.apps.RisConfig",
     "hl7gateway.apps.Hl7GatewayConfig",
@@ -57,12 +61,16 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: drops X-Forwarded-Proto unless from WEB_TRUSTED_PROXIES; marks cookies Secure on HTTPS.
     "pacs.https.HttpsMiddleware",
+    # Content-Security-Policy on every response, error pages included (pacs.csp).
+    "pacs.csp.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Ends a session idle for SESSION_IDLE_MINUTES or older than SESSION_MAX_HOURS (pacs.sessions).
+    "pacs.sessions.IdleSessionMiddleware",
     # Who changes an account (its audit records, pacs.auth_audit): the signed-in user of the request.
     "pacs.auth_audit.AccountChangeActorMiddleware",
     # Login for every page but those marked @public (login, health, static); then default deny.
@@ -70,6 +78,8 @@ MIDDLEWARE = [
     "pacs.access.DefaultDenyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a sign-in refused for a lockout into the "locked" page (django-axes).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "pacs.urls"
@@ -151,6 +161,20 @@ CELERY_DB_REUSE_MAX = 1000
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict = {}
+
+# --- Secret key (pacs.secret_key) ------------------------------------------------------------
+# Never a public fallback.  On the embedded default (SQLite and the filesystem broker) an unset
+# SECRET_KEY is generated once into VAR_DIR/secret.key; elsewhere an unset one stops every
+# process (check pacs.E008, pacs.wsgi, the Celery worker and beat).  The throw-away key below
+# only lets this module load so that the checks can name the problem; it is never persisted.
+EMBEDDED_DEFAULT = _db["ENGINE"].endswith("sqlite3") and CELERY_BROKER_URL.startswith("filesystem://")
+SECRET_KEY = env_str("SECRET_KEY", "")
+SECRET_KEY_MISSING = False
+if not SECRET_KEY:
+    if EMBEDDED_DEFAULT:
+        SECRET_KEY = secret_key.generated(VAR_DIR)
+    else:
+        SECRET_KEY, SECRET_KEY_MISSING = secrets.token_urlsafe(50), True
 
 # --- Identifiers ---------------------------------------------------------------------------
 # AccessionNumber (0008,0050) is SH: at most 16 characters.  {n} is the sequence value.
@@ -274,6 +298,26 @@ DICOM_TLS_CLIENT_CERTIFICATES = env_choice("DICOM_TLS_CLIENT_CERTIFICATES",
                                            "required" if TLS_CA_CERTIFICATES else "none",
                                            {"none", "optional", "required"})
 
+# --- Audit Record Repository (audit_export: IHE ATNA, DICOM audit messages over syslog) ---------
+# syslog+tls://host:6514 (RFC 5425), syslog+tcp://host:601 or syslog+udp://host:514 (RFC 5426);
+# empty = the audit trail is kept here only.  AUDIT_SOURCE_ID is the AuditSourceID of every message
+# (PS3.15 A.5.2.3) and the syslog APP-NAME.  Over TLS the repository's certificate is verified
+# against AUDIT_REPOSITORY_CA_CERTIFICATES and the engine shows AUDIT_REPOSITORY_CERTIFICATE when
+# asked (defaults: the TLS_* files).
+AUDIT_REPOSITORY_URL = env_str("AUDIT_REPOSITORY_URL", "")
+if AUDIT_REPOSITORY_URL:
+    try:
+        parse_audit_repository_url(AUDIT_REPOSITORY_URL)
+    except ValueError as _exc:
+        record("AUDIT_REPOSITORY_URL", AUDIT_REPOSITORY_URL, str(_exc))
+        AUDIT_REPOSITORY_URL = ""
+AUDIT_SOURCE_ID = env_str("AUDIT_SOURCE_ID", DICOM_AE_TITLE)
+AUDIT_REPOSITORY_CA_CERTIFICATES = env_str("AUDIT_REPOSITORY_CA_CERTIFICATES", TLS_CA_CERTIFICATES)
+AUDIT_REPOSITORY_CERTIFICATE = env_str("AUDIT_REPOSITORY_CERTIFICATE", TLS_CERTIFICATE)
+AUDIT_REPOSITORY_PRIVATE_KEY = env_str("AUDIT_REPOSITORY_PRIVATE_KEY", TLS_PRIVATE_KEY)
+# Connecting, the TLS handshake, and the repository acknowledging a batch must each end within this.
+AUDIT_REPOSITORY_TIMEOUT_SECONDS = env_float("AUDIT_REPOSITORY_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+
 # --- Images and the VNA --------------------------------------------------------------------
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
 STUDY_QUIET_PERIOD_SECONDS = env_int("STUDY_QUIET_PERIOD_SECONDS", 60, minimum=1)
@@ -363,6 +407,48 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Sign-in (pacs.signin, pacs.directory): django-axes first refuses a locked user or address,
+# then the directory (LDAP / Active Directory, when LDAP_SERVER_URI is set), then local accounts.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "pacs.directory.DirectoryBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Lockout: LOGIN_FAILURE_LIMIT failed sign-ins in a row for one user name, or from one client
+# address, lock it for LOGIN_LOCKOUT_MINUTES (0: until an administrator unlocks it).
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_LOCKOUT_MINUTES = env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=0)
+AXES_FAILURE_LIMIT = "pacs.signin.failure_limit"
+# None: no cool-off (axes tests for None itself, so this cannot be a callable returning None).
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=LOGIN_LOCKOUT_MINUTES) if LOGIN_LOCKOUT_MINUTES else None
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked.html"
+AXES_HTTP_RESPONSE_CODE = 429
+# The client's address as pacs.https sees it: X-Forwarded-For counts from WEB_TRUSTED_PROXIES only.
+AXES_CLIENT_IP_CALLABLE = "pacs.https.client_address"
+# Axes logs user names and addresses of every attempt itself; pacs.signin logs the lockouts.
+AXES_VERBOSE = False
+# Sessions: end after SESSION_IDLE_MINUTES without activity and SESSION_MAX_HOURS after sign-in
+# (pacs.sessions); a password change ends every other session of the user (Django's session hash).
+SESSION_IDLE_MINUTES = env_int("SESSION_IDLE_MINUTES", 30, minimum=1)
+SESSION_MAX_HOURS = env_int("SESSION_MAX_HOURS", 12, minimum=1)
+SESSION_COOKIE_AGE = SESSION_MAX_HOURS * 3600
+# Directory sign-in (pacs.directory, django-auth-ldap).  LDAP_SERVER_URI empty: off.
+LDAP_SERVER_URI = env_str("LDAP_SERVER_URI", "")
+LDAP_BIND_DN = env_str("LDAP_BIND_DN", "")
+# May be sealed (fernet:..., pacs.encryption), like the other stored credentials.
+LDAP_BIND_PASSWORD = env_str("LDAP_BIND_PASSWORD", "")
+LDAP_USER_SEARCH_BASE = env_str("LDAP_USER_SEARCH_BASE", "")
+LDAP_USER_SEARCH_FILTER = env_str("LDAP_USER_SEARCH_FILTER", "(sAMAccountName=%(user)s)")
+LDAP_GROUP_SEARCH_BASE = env_str("LDAP_GROUP_SEARCH_BASE", "")
+LDAP_GROUP_TYPE = env_choice("LDAP_GROUP_TYPE", "activedirectory",
+                             {"activedirectory", "groupofnames", "groupofuniquenames", "posixgroup"})
+# role=group DN;role=group DN ... (roles of pacs.access); a user in none of them has no role.
+LDAP_ROLE_GROUPS = env_str("LDAP_ROLE_GROUPS", "")
+LDAP_START_TLS = env_bool("LDAP_START_TLS", False)
+LDAP_CA_CERTIFICATES = env_str("LDAP_CA_CERTIFICATES", "")
+LDAP_TIMEOUT_SECONDS = env_float("LDAP_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LANGUAGE_CODE = "en-us"
@@ -409,6 +495,9 @@ X_FRAME_OPTIONS = "DENY"
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
 # Accession numbers in log lines (the extra "accession_number"): masked unless true (pacs.logs).
 LOG_ACCESSION_NUMBERS = env_bool("LOG_ACCESSION_NUMBERS", False)
+# Django's error reports (DEBUG page, mails to ADMINS) show no request value or local variable.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "pacs.logs.NoPatientDataExceptionReporterFilter"
+DEFAULT_EXCEPTION_REPORTER = "pacs.logs.NoPatientDataExceptionReporter"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -417,6 +506,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["patient_data"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Django's own defaults would log these through handlers of theirs, without the filter
+        # (django.server: runserver's request lines, query string included).
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "pynetdicom": {"level": "WARNING"},
         "celery": {"level": "INFO"},
     },

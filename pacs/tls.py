@@ -62,14 +62,19 @@ def server_context(client_certificates: str = "none") -> ssl.SSLContext:
     return context
 
 
-def client_context() -> ssl.SSLContext:
+def client_context(*, ca_certificates: str | None = None, certificate: str | None = None,
+                   private_key: str | None = None) -> ssl.SSLContext:
     """The context of an outbound TLS connection (a VNA, an ORU destination): the server's
     certificate verified against TLS_CA_CERTIFICATES (or the system's store) and its host name
-    checked; the engine's certificate offered when the server asks for one."""
-    context = _harden(ssl.create_default_context(cafile=settings.TLS_CA_CERTIFICATES or None))
-    if settings.TLS_CERTIFICATE and settings.TLS_PRIVATE_KEY:
+    checked; the engine's certificate offered when the server asks for one.  A connection with
+    files of its own (the audit record repository) names them; unnamed ones are the TLS_* ones."""
+    ca_certificates = settings.TLS_CA_CERTIFICATES if ca_certificates is None else ca_certificates
+    certificate = settings.TLS_CERTIFICATE if certificate is None else certificate
+    private_key = settings.TLS_PRIVATE_KEY if private_key is None else private_key
+    context = _harden(ssl.create_default_context(cafile=ca_certificates or None))
+    if certificate and private_key:
         try:
-            context.load_cert_chain(settings.TLS_CERTIFICATE, settings.TLS_PRIVATE_KEY)
+            context.load_cert_chain(certificate, private_key)
         except (OSError, ssl.SSLError) as exc:
             raise TLSConfigurationError(f"cannot load the TLS files: {exc}") from exc
     return context

@@ -8,6 +8,7 @@ from django.urls import include, path
 
 from monitoring import views as monitoring_views
 from pacs.access import public
+from pacs.signin import SignInView
 
 
 @public
@@ -26,7 +27,7 @@ urlpatterns = [
     path("health/", health, name="health"),
     # Prometheus scrapes /metrics (also at /monitoring/metrics); access by address or token.
     path("metrics", monitoring_views.metrics, name="metrics"),
-    path("accounts/login/", public(auth_views.LoginView.as_view()), name="login"),
+    path("accounts/login/", public(SignInView.as_view()), name="login"),
     path("accounts/logout/", public(auth_views.LogoutView.as_view()), name="logout"),
     path("", include("worklist.urls")),
     path("imaging/", include("pacs.web.urls")),

@@ -4,5 +4,11 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from pacs import secret_key
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
 application = get_wsgi_application()
+
+# gunicorn runs no system checks: without a SECRET_KEY of the operator's the app does not load
+# (pacs.secret_key), so the web never signs sessions with a throw-away key.
+secret_key.require()

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs (from Debian's packages) and starts what the test suite needs:
-# PostgreSQL, Redis, dcmtk, Orthanc (+ DICOMweb plug-in), Chromium, socat (a TLS front).  Idempotent.
+# PostgreSQL, Redis, dcmtk, Orthanc (+ DICOMweb plug-in), Chromium, socat (a TLS front), rsyslog with
+# its TLS driver (an Audit Record Repository for the audit export tests), OpenLDAP's slapd and
+# ldap-utils (the directory sign-in tests start their own slapd), and the headers that python-ldap
+# builds against.  Idempotent.
 # Used by `make test` and therefore by .ci/run.
 set -euo pipefail
 
@@ -15,7 +18,13 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/socat ] || need+=(socat)
+[ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
+[ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || [ -n "$(find /usr/lib -name lmnsd_gtls.so -print -quit 2>/dev/null)" ] || need+=(rsyslog-gnutls)
 command -v pg_isready >/dev/null 2>&1 || need+=(postgresql-client)
+[ -x /usr/sbin/slapd ] || need+=(slapd)
+command -v ldapadd >/dev/null 2>&1 || need+=(ldap-utils)
+[ -e /usr/include/ldap.h ] || need+=(libldap2-dev)
+[ -e /usr/include/sasl/sasl.h ] || need+=(libsasl2-dev)
 fresh_postgres=0
 if [ ${#need[@]} -gt 0 ]; then
   echo "ensure-services: installing ${need[*]}"
@@ -26,6 +35,9 @@ fi
 
 # Orthanc's Debian package may start a system service on install; our tests run their own.
 $SUDO service orthanc stop >/dev/null 2>&1 || true
+# Likewise rsyslog: the tests start rsyslogd with their own configuration on their own ports.
+# Likewise slapd: the tests start one of their own on a free port.
+$SUDO service slapd stop >/dev/null 2>&1 || true
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
   echo "ensure-services: starting PostgreSQL"

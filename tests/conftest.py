@@ -7,6 +7,7 @@ pytest-django creates test_pacs.  Socket tests start the real listeners on ephem
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 
@@ -15,6 +16,17 @@ import pytest
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pacs")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("TCP_NODELAY", "1")
+# A test run is no embedded default (PostgreSQL): without a SECRET_KEY the engine refuses to start
+# (pacs.secret_key).  One key for the run, inherited by every process a test starts.
+os.environ.setdefault("SECRET_KEY", f"test-run-only-{secrets.token_urlsafe(32)}")
+
+
+def pytest_configure(config):
+    """Settings were loaded by pytest-django before this file: give them the run's key too."""
+    from django.conf import settings
+
+    if getattr(settings, "SECRET_KEY_MISSING", False):
+        settings.SECRET_KEY, settings.SECRET_KEY_MISSING = os.environ["SECRET_KEY"], False
 
 
 def free_port() -> int:
@@ -57,6 +69,22 @@ def orthanc_binary():
     return path
 
 
+@pytest.fixture(scope="session")
+def slapd_directory(tmp_path_factory):
+    """A real OpenLDAP slapd with a small directory (tests/ldap_server.py), for the session."""
+    from tests.ldap_server import start_slapd, stop_slapd
+
+    directory = start_slapd(tmp_path_factory.mktemp("slapd"))
+    yield directory
+    stop_slapd(directory)
+
+
+@pytest.fixture
+def directory_settings(slapd_directory, settings):
+    """Directory sign-in on, against the test slapd."""
+    for name, value in slapd_directory.settings().items():
+        setattr(settings, name, value)
+    return slapd_directory
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):

@@ -57,16 +57,16 @@ def test_no_environment_means_sqlite_and_a_filesystem_broker(tmp_path):
     assert (mllp, dicom, aet, web) == ("2575", "11112", "PACS", "8000")
 
 
-def test_deploy_checks_warn_about_development_secrets_and_fail_on_dicom_open_to_everyone(tmp_path):
+def test_deploy_checks_warn_about_sqlite_and_fail_on_dicom_open_to_everyone(tmp_path):
     result = _manage("check", "--deploy", tmp_path=tmp_path, env_extra={})
     out = result.stderr + result.stdout
-    assert "pacs.W002" in out and "pacs.W003" in out
+    assert "pacs.W003" in out and "pacs.E008" not in out
     assert "pacs.E006" not in out and "pacs.W001" not in out  # unknown AEs from the loopback only
     closed = _manage("check", "--deploy", tmp_path=tmp_path, env_extra={
         "DICOM_UNKNOWN_AE_FROM": "none", "SECRET_KEY": "x" * 60,
         "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/pacs"})
     out = closed.stderr + closed.stdout
-    assert "pacs.W001" not in out and "pacs.W002" not in out and "pacs.W003" not in out
+    assert "pacs.W001" not in out and "pacs.E008" not in out and "pacs.W003" not in out
     for env, named in [({"DICOM_UNKNOWN_AE_FROM": "10.0.0.0/8,0.0.0.0/0"}, "DICOM_UNKNOWN_AE_FROM=10.0.0.0/8,0.0.0.0/0"),
                        ({"DICOM_ALLOW_UNKNOWN_AE": "true"}, "DICOM_ALLOW_UNKNOWN_AE=true")]:
         open_to_all = _manage("check", "--deploy", tmp_path=tmp_path, env_extra=env)
@@ -109,3 +109,64 @@ def test_env_example_lists_every_setting_read_from_the_environment():
     example = (ROOT / ".env.example").read_text()
     missing = sorted(n for n in names if not re.search(rf"^# {n}=", example, re.M))
     assert missing == []
+
+
+# --- SECRET_KEY (pacs.secret_key) -------------------------------------------------------------
+
+POSTGRES = "postgres://postgres@127.0.0.1:5432/pacs"
+SHOW_KEY = "from django.conf import settings as s; print(s.SECRET_KEY)"
+
+
+def _without_secret(*args: str, tmp_path, env_extra: dict[str, str]):
+    return _manage(*args, tmp_path=tmp_path, env_extra=env_extra,
+                   drop=("DATABASE_URL", "CELERY_BROKER_URL", "SECRET_KEY"))
+
+
+def test_no_secret_key_outside_the_embedded_default_refuses_to_start(tmp_path):
+    for extra in ({"DATABASE_URL": POSTGRES}, {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/7"},
+                  {"DATABASE_URL": POSTGRES, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/7"}):
+        result = _without_secret("check", tmp_path=tmp_path, env_extra=extra)
+        out = result.stderr + result.stdout
+        assert result.returncode != 0 and re.search(r"pacs\.E008\) SECRET_KEY is not set", out), (extra, out)
+        assert not (tmp_path / "var" / "secret.key").exists(), "no key is generated outside the embedded default"
+    # gunicorn runs no checks: the WSGI application itself refuses to load.
+    wsgi = subprocess.run([sys.executable, "-c", "import pacs.wsgi"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**{k: v for k, v in os.environ.items() if k != "SECRET_KEY"},
+                                            "DATABASE_URL": POSTGRES, "VAR_DIR": str(tmp_path / "var")})
+    assert wsgi.returncode != 0 and "ImproperlyConfigured: SECRET_KEY is not set" in wsgi.stderr
+    chosen = _without_secret("check", tmp_path=tmp_path, env_extra={"DATABASE_URL": POSTGRES, "SECRET_KEY": "k" * 60})
+    assert chosen.returncode == 0, chosen.stderr
+
+
+def test_embedded_default_generates_a_private_key_once_and_keeps_it(tmp_path):
+    first = _without_secret("shell", "-c", SHOW_KEY, tmp_path=tmp_path, env_extra={})
+    assert first.returncode == 0, first.stderr
+    path = tmp_path / "var" / "secret.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    key = first.stdout.strip().splitlines()[-1]
+    assert len(key) >= 50 and path.read_text().strip() == key
+    again = _without_secret("shell", "-c", SHOW_KEY, tmp_path=tmp_path, env_extra={})
+    assert again.stdout.strip().splitlines()[-1] == key
+    assert _without_secret("check", tmp_path=tmp_path, env_extra={}).returncode == 0
+    assert [p.name for p in path.parent.iterdir() if "secret" in p.name] == ["secret.key"], "no temporary left"
+
+
+def test_two_installations_get_two_keys(tmp_path):
+    keys = []
+    for name in ("one", "two"):
+        shown = _without_secret("shell", "-c", SHOW_KEY, tmp_path=tmp_path / name, env_extra={})
+        assert shown.returncode == 0, shown.stderr
+        keys.append(shown.stdout.strip().splitlines()[-1])
+    assert keys[0] != keys[1]
+
+
+def test_processes_starting_together_share_one_complete_key(tmp_path):
+    """Every process of ``make run`` reads settings at once on a fresh machine: one key wins."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pacs import secret_key
+
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: secret_key.generated(tmp_path), range(32)))
+    assert len(keys) == 1 and (tmp_path / "secret.key").read_text().strip() in keys
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["secret.key"]

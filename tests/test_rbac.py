@@ -58,6 +58,7 @@ EXPECTED: dict[str, object] = {
     "worklist:save_filter": READERS,
     "worklist:delete_filter": READERS,
     "worklist:study": CLINICAL,
+    "worklist:claim": READERS,
     "worklist:autosave": READERS,
     "worklist:sign": READERS,
     "worklist:release": frozenset({RADIOLOGIST, RESIDENT, ADMINISTRATOR}),

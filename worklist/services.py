@@ -161,7 +161,7 @@ def active_claim(requested_procedure_id: int) -> ReadingClaim | None:
 
 
 def claim_study(requested_procedure_id: int, user) -> ClaimResult:
-    """Claim a study for reporting (opening it in the editor does this).
+    """Claim a study for reporting (the study page's "Start reading" button, a POST).
 
     Returns ``ClaimResult(won=True)`` with the user's claim (a new one, or the one the user
     already held, refreshed), or ``won=False`` with the other holder's claim.  The partial

@@ -11,6 +11,7 @@ urlpatterns = [
     path("reading/filters/save/", views.save_filter, name="save_filter"),
     path("reading/filters/<int:filter_id>/delete/", views.delete_filter, name="delete_filter"),
     path("reading/studies/<int:requested_procedure_id>/", views.study, name="study"),
+    path("reading/studies/<int:requested_procedure_id>/claim/", views.claim, name="claim"),
     path("reading/studies/<int:requested_procedure_id>/autosave/", views.autosave, name="autosave"),
     path("reading/studies/<int:requested_procedure_id>/sign/", views.sign, name="sign"),
     path("reading/studies/<int:requested_procedure_id>/release/", views.release, name="release"),

@@ -86,16 +86,30 @@ def _study_context(request, item: ReadingItem, claim, editable: bool, draft=None
 @roles(*EVERY_ROLE)
 @require_GET
 def study(request, requested_procedure_id: int):
-    """Open a study: a reader claims it and gets the editor; everyone else gets a read-only view."""
+    """Open a study read-only.  A GET never claims (a link or an image tag on another site must not
+    take a study away from the worklist, RFC 9110 9.2.1: GET is safe); the reader who holds the
+    claim gets the editor, a reader facing an unclaimed study the "Start reading" button (``claim``)."""
     item = get_object_or_404(ReadingItem, requested_procedure_id=requested_procedure_id)
     claim, editable, draft = services.active_claim(requested_procedure_id), False, None
-    if has_role(request.user, *READERS):
-        result = services.claim_study(requested_procedure_id, request.user)
-        claim = result.claim
-        if result.won:
-            draft = reports.open_draft(requested_procedure_id, request.user)
-            editable = True
-    return render(request, "worklist/study.html", _study_context(request, item, claim, editable, draft))
+    can_read = has_role(request.user, *READERS)
+    if can_read and claim is not None and claim.user_id == request.user.pk:
+        editable = True
+        draft = reports.open_draft(requested_procedure_id, request.user)
+    context = _study_context(request, item, claim, editable, draft)
+    context["can_claim"] = can_read and claim is None
+    return render(request, "worklist/study.html", context)
+
+
+@roles(*READERS)
+@require_POST
+def claim(request, requested_procedure_id: int):
+    """The "Start reading" button: claim the study (a POST with the CSRF token), then show it with the editor,
+    or read-only with the holder's name when another reader was first."""
+    get_object_or_404(ReadingItem, requested_procedure_id=requested_procedure_id)
+    result = services.claim_study(requested_procedure_id, request.user)
+    if result.won:
+        reports.open_draft(requested_procedure_id, request.user)
+    return redirect("worklist:study", requested_procedure_id=requested_procedure_id)
 
 
 @roles(*READERS)

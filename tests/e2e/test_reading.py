@@ -1,4 +1,4 @@
-"""The radiologists' side in a real browser: login, the reading worklist, the claim race, signing
+"""The radiologists' side in a real browser: login, the reading worklist, the claim race ("Start reading"), signing
 a final report -- and the ORU^R01 arriving at an MLLP sink through a real Celery worker."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_login_and_worklist_sorted_stat_first(live_server, new_page):
     # A STAT study arriving later goes to the top on the next self-refresh, without a page load.
     newer = f.study(priority="STAT", patient_name="STAT^LATER")
     page.evaluate("window.readingWorklistRefresh()")
-    page.wait_for_function("document.querySelectorAll('#reading-rows tr[data-accession]').length === 4")
+    page.wait_for_function("() => document.querySelectorAll('#reading-rows tr[data-accession]').length === 4")
     assert _accessions(page)[:2] == [stat.accession_number, newer.accession_number]
     # Filter by free text.
     page.fill("input[name=q]", "HIGH")
@@ -60,13 +60,16 @@ def test_two_radiologists_race_for_one_study(live_server, new_page):
     f.user("rad_b", RADIOLOGIST, first_name="Bob", last_name="Beta")
     a, b = login(new_page(), live_server, "rad_a"), login(new_page(), live_server, "rad_b")
     url = f"{live_server.url}/reading/studies/{rp.pk}/"
-    # Both open the study at the same moment (navigations started back to back, not awaited).
-    a.evaluate("url => { window.location.href = url; }", url)
-    b.evaluate("url => { window.location.href = url; }", url)
-    a.wait_for_url(url)
-    b.wait_for_url(url)
-    a.wait_for_load_state()
-    b.wait_for_load_state()
+    # Both open the study: a GET shows it read-only and claims nothing.
+    for page in (a, b):
+        page.goto(url)
+        assert page.locator("#start-reading").count() == 1 and page.locator("textarea").count() == 0
+    assert not ReadingClaim.objects.filter(requested_procedure=rp).exists()
+    # Both press "Start reading" at the same moment (clicks fired back to back, not awaited).
+    a.evaluate("() => document.getElementById('start-reading').click()")
+    b.evaluate("() => document.getElementById('start-reading').click()")
+    for page in (a, b):
+        page.wait_for_selector("#report-editor, #claimed-by")
     editors = [p.locator("#report-editor").count() for p in (a, b)]
     assert sorted(editors) == [0, 1], editors  # exactly one got the editor
     winner, loser = (a, b) if editors[0] else (b, a)
@@ -81,7 +84,8 @@ def test_two_radiologists_race_for_one_study(live_server, new_page):
     winner.click("#release")
     winner.wait_for_url(f"{live_server.url}/")
     loser.goto(url)
-    assert loser.locator("#report-editor").count() == 1
+    loser.click("#start-reading")
+    loser.wait_for_selector("#report-editor")
 
 
 @pytest.fixture
@@ -113,6 +117,7 @@ def test_sign_final_report_and_oru_reaches_the_sink(live_server, new_page, tmp_p
         try:
             page = login(new_page(), live_server, "rad_s")
             page.click(f"tr[data-accession='{rp.accession_number}'] a")
+            page.click("#start-reading")
             page.wait_for_selector("#report-editor")
             assert rp.study_instance_uid in page.locator("#viewer-link").get_attribute("href")
             page.fill("textarea[name=findings]", "No pulmonary embolism.\nLungs clear | no effusion.")

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import socket
+import sys
 
 import pytest
 from django.utils import timezone
@@ -110,3 +111,87 @@ def test_database_error_details_are_cut_from_tracebacks(log_output):
         log.exception("insert failed")
     record = lines(log_output)[-1]
     assert "duplicate key value" in record["exc"] and "DOE" not in record["exc"]
+
+
+# --- canaries: a recognizable synthetic patient through the sources that quote text -------------
+
+CANARIES = ("ZZLOGSCAN", "CANARY-4711", "CANARY-ACC", "19010101")
+CANARY_ORDER = (
+    "MSH|^~\\&|CANARYEHR|CANARYHOSP|PACS|RADIOLOGY|20260301081500||ORM^O01|CANARYMSG{n}|P|2.3.1\r"
+    "PID|1||CANARY-4711^^^CANARYHOSP^MR||{name}||19010101|M\r"
+    "PV1|1|O\r"
+    "ORC|NW|CANORD{n}|||SC||^^^20260302093000^^R\r"
+    "OBR|1|CANORD{n}||CTHEAD^CT head^LOCAL||||||||||||||CANARY-ACC||||||CT\r"
+)
+
+
+def _no_canary(text: str) -> None:
+    found = [c for c in CANARIES if c in text]
+    assert not found, f"{found} logged:\n{text}"
+
+
+def test_canary_patient_reaches_no_log_line(log_output, client, settings):
+    """Orders over MLLP (one with bad escape sequences in PID-5, which python-hl7 logs with the
+    field), a worklist search and a 404 with the name in the query string, a 500, Celery's task
+    lines and a pydicom warning quoting a PN value: the JSON console output names none of them."""
+    import warnings
+
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    settings.LOG_ACCESSION_NUMBERS = False
+    server = MLLPServer("127.0.0.1", 0).start()
+    try:
+        for n, name in enumerate(("ZZLOGSCAN^CANARY", "ZZLOGSCAN\\X4G\\^CANARY\\Q\\")):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+                s.sendall(frame(CANARY_ORDER.format(n=n, name=name).encode()))
+                assert ack_fields(recv_frame(s))["msa_1"] in ("AA", "AE", "AR")
+    finally:
+        server.stop()
+    user = User.objects.create_superuser("canary_admin", password="x-Canary-Pass-1")
+    client.force_login(user)
+    assert client.get("/", {"q": "ZZLOGSCAN"}).status_code in (200, 403)
+    assert client.get("/no-such-page/", {"q": "ZZLOGSCAN", "pid": "CANARY-4711"}).status_code == 404
+    broken = Client(raise_request_exception=False)
+    broken.force_login(user)
+    assert broken.get("/reading/studies/not-a-number/", {"q": "ZZLOGSCAN"}).status_code == 404
+    logging.getLogger("celery.app.trace").info(
+        "Task %(name)s[%(id)s] succeeded in %(runtime)ss: %(return_value)s",
+        {"name": "t", "id": "1", "runtime": 0.1, "return_value": "ZZLOGSCAN^CANARY", "args": ("CANARY-ACC",),
+         "kwargs": {}})
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        ds = pydicom.Dataset()
+        ds.PatientName = "ZZLOGSCAN^CANARY" + "X" * 70  # PN component longer than 64: pydicom warns
+        ds.PatientBirthDate = "19010101x"
+    logging.getLogger("django.server").info('"GET /?q=ZZLOGSCAN&id=CANARY-4711 HTTP/1.1" 200 5')
+    output = log_output.getvalue()
+    assert "Not Found" in output  # django.request logged the 404s, by path
+    _no_canary(output)
+
+
+@pytest.mark.django_db
+def test_a_server_error_logs_the_path_but_no_query_and_no_local_value(log_output, settings):
+    from django.test import Client
+    from django.urls import path
+
+    from pacs.access import public
+
+    def broken(request):
+        name = request.GET["q"] + "^CANARY"  # a local variable an error report would show (the page
+        # also quotes the view's source lines: the canary is not written in them)
+        raise RuntimeError(f"cannot read {len(name)} characters")
+
+    module = type(sys)("canary_urls")
+    module.urlpatterns = [path("broken/", public(broken))]
+    sys.modules["canary_urls"] = module
+    settings.ROOT_URLCONF = "canary_urls"
+    settings.DEBUG = True  # the technical error page, which lists GET, POST, META and local variables
+    response = Client(raise_request_exception=False).get("/broken/", {"q": "ZZLOGSCAN", "pid": "CANARY-4711"})
+    assert response.status_code == 500
+    _no_canary(response.content.decode())
+    output = log_output.getvalue()
+    assert "Internal Server Error: /broken/" in output
+    _no_canary(output)

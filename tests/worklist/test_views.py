@@ -99,6 +99,36 @@ def test_saved_filters_are_per_user(client):
     assert SavedFilter.objects.filter(pk=saved.pk).exists()
 
 
+def _start_reading(client, rp):
+    """The "Start reading" button: a POST, then the study page it redirects to."""
+    r = client.post(reverse("worklist:claim", args=[rp.pk]))
+    assert r.status_code == 302 and r["Location"] == reverse("worklist:study", args=[rp.pk])
+    return client.get(r["Location"])
+
+
+@pytest.mark.django_db
+def test_a_get_claims_nothing_and_a_cross_site_post_is_refused(settings):
+    """Opening a study (a link from anywhere) claims nothing; the claim is a POST that carries the
+    CSRF token, so a form on another site that posts to it is refused (403) and claims nothing."""
+    from django.test import Client
+
+    rp = f.study()
+    rad = f.user("rad_csrf", RADIOLOGIST)
+    browser = Client(enforce_csrf_checks=True)
+    _login(browser, rad)
+    page = browser.get(reverse("worklist:study", args=[rp.pk]))
+    assert page.status_code == 200 and b'id="start-reading"' in page.content
+    assert services.active_claim(rp.pk) is None and not ReadingClaim.objects.exists()
+    assert browser.get(reverse("worklist:claim", args=[rp.pk])).status_code == 405
+    forged = browser.post(reverse("worklist:claim", args=[rp.pk]), HTTP_ORIGIN="https://elsewhere.example")
+    assert forged.status_code == 403 and not ReadingClaim.objects.exists()
+    without_token = browser.post(reverse("worklist:claim", args=[rp.pk]))
+    assert without_token.status_code == 403 and not ReadingClaim.objects.exists()
+    token = browser.cookies["csrftoken"].value
+    claimed = browser.post(reverse("worklist:claim", args=[rp.pk]), {"csrfmiddlewaretoken": token})
+    assert claimed.status_code == 302 and services.active_claim(rp.pk).user == rad
+
+
 @pytest.mark.django_db
 def test_open_claims_second_reader_read_only_and_admin_force_release(client, settings):
     settings.VIEWER_URL_TEMPLATE = "https://viewer.example/ohif/viewer?StudyInstanceUIDs={StudyInstanceUID}"
@@ -107,11 +137,16 @@ def test_open_claims_second_reader_read_only_and_admin_force_release(client, set
     b = f.user("rad_b", RADIOLOGIST)
     _login(client, a)
     r = client.get(reverse("worklist:study", args=[rp.pk]))
+    assert b'id="start-reading"' in r.content and b'id="report-editor"' not in r.content
+    assert services.active_claim(rp.pk) is None  # opening a study claims nothing
+    r = _start_reading(client, rp)
     assert b'id="report-editor"' in r.content
     assert f"StudyInstanceUIDs={rp.study_instance_uid}".encode() in r.content
     assert b"Ann Alpha" in client.get(reverse("worklist:list")).content  # claimed-by column
     _login(client, b)
     r = client.get(reverse("worklist:study", args=[rp.pk]))
+    assert b'id="start-reading"' not in r.content
+    r = _start_reading(client, rp)
     assert b'id="report-editor"' not in r.content and b"Claimed by <strong>Ann Alpha" in r.content
     assert client.post(reverse("worklist:autosave", args=[rp.pk]), {"findings": "x"}).status_code == 409
     r = client.post(reverse("worklist:sign", args=[rp.pk]), {"kind": "FINAL", "findings": "x"})
@@ -132,7 +167,7 @@ def test_autosave_then_sign_final_in_the_browser_flow(client):
     rp = f.study(code="CTHEAD")
     rad = f.user("rad", RADIOLOGIST, first_name="Rita", last_name="Reader")
     _login(client, rad)
-    r = client.get(reverse("worklist:study", args=[rp.pk]))
+    r = _start_reading(client, rp)
     assert b"Template findings." in r.content
     r = client.post(reverse("worklist:autosave", args=[rp.pk]), {"findings": "Autosaved.", "impression": "Imp."})
     assert r.status_code == 200 and r.json()["saved"]
@@ -147,20 +182,23 @@ def test_autosave_then_sign_final_in_the_browser_flow(client):
                                                                                     "Dr Ward")
     assert timezone.localtime(v.critical_communicated_at).strftime("%Y-%m-%dT%H:%M") == "2026-11-26T10:15"
     r = client.get(reverse("worklist:study", args=[rp.pk]))
-    assert b'id="start-addendum"' in r.content and b"Final text." in r.content
+    assert b"Final text." in r.content and b'id="start-addendum"' not in r.content  # signing released it
+    r = _start_reading(client, rp)  # an addendum is written under a claim too
+    assert b'id="start-addendum"' in r.content
 
 
 @pytest.mark.django_db
 def test_resident_sees_no_final_button_and_technologist_reads_only(client):
     rp = f.study()
     _login(client, f.user("res", RESIDENT))
-    r = client.get(reverse("worklist:study", args=[rp.pk]))
+    r = _start_reading(client, rp)
     assert b'value="PRELIMINARY"' in r.content and b'value="FINAL"' not in r.content
     services.release_claim(rp.pk, r.wsgi_request.user)
     _login(client, f.user("tech", TECHNOLOGIST))
     r = client.get(reverse("worklist:study", args=[rp.pk]))
-    assert r.status_code == 200 and b'id="report-editor"' not in r.content
+    assert r.status_code == 200 and b'id="report-editor"' not in r.content and b'id="start-reading"' not in r.content
     assert services.active_claim(rp.pk) is None  # a technologist's view claims nothing
+    assert client.post(reverse("worklist:claim", args=[rp.pk])).status_code == 403
     assert client.post(reverse("worklist:sign", args=[rp.pk]), {"kind": "PRELIMINARY"}).status_code == 403
 
 

@@ -1,5 +1,6 @@
 // Reading worklist self-refresh: re-fetch the same page (same filters, same cursor) every
 // N seconds and replace only the table body, so the scroll position and the page are kept.
+// Marked as a background refresh: it does not count as activity for the idle sign-out (pacs.sessions).
 (function () {
   "use strict";
   var table = document.getElementById("reading-worklist");
@@ -11,7 +12,7 @@
     if (document.hidden) { return; }
     var params = new URLSearchParams(window.location.search);
     params.set("partial", "1");
-    fetch(window.location.pathname + "?" + params.toString(), {credentials: "same-origin", headers: {"X-Requested-With": "fetch"}})
+    fetch(window.location.pathname + "?" + params.toString(), {credentials: "same-origin", headers: {"X-Requested-With": "fetch", "X-Background-Refresh": "1"}})
       .then(function (r) {
         // Session ended: the answer is the login page; reload so that the browser shows it.
         if (r.redirected && r.url.indexOf("/accounts/login/") !== -1) { window.location.reload(); throw new Error("logged out"); }
