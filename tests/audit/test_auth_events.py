@@ -92,9 +92,9 @@ def test_a_failed_login_is_committed_before_the_answer():
 
 
 def _admin_client(address="192.0.2.10") -> Client:
-    User.objects.create_superuser("boss", password=PASSWORD)
+    boss = User.objects.create_superuser("boss", password=PASSWORD)
     client = Client(REMOTE_ADDR=address)
-    assert client.login(username="boss", password=PASSWORD)
+    client.force_login(boss)
     return client
 
 
@@ -156,7 +156,8 @@ def test_account_created_and_password_and_flags_changed_through_the_admin():
     before = len(_alerts(events.USER_SECURITY_ATTRIBUTES_CHANGED))
     response = client.post(f"/admin/auth/user/{user.pk}/change/", _change_form(user, is_staff="on", first_name="N"))
     assert response.status_code == 302
-    Client().login(username="newbie", password="Changed-pw-4-tests")
+    signed_in = Client().post("/accounts/login/", {"username": "newbie", "password": "Changed-pw-4-tests"})
+    assert signed_in.status_code == 302
     assert len(_alerts(events.USER_SECURITY_ATTRIBUTES_CHANGED)) == before
 
 
