@@ -25,7 +25,16 @@ from django.views.decorators.http import require_GET
 
 from audit import chain, events, trail
 from audit.models import AuditRecord
-from audit.search import CSV_COLUMNS, Criteria, CriteriaError, csv_row, event_meaning, search, who_saw
+from audit.search import (
+    CSV_COLUMNS,
+    WHO_SAW_DEFAULT_DAYS,
+    Criteria,
+    CriteriaError,
+    csv_row,
+    event_meaning,
+    search,
+    who_saw,
+)
 from pacs.access import ADMINISTRATOR, PRIVACY_OFFICER, roles
 from pacs.https import client_address
 
@@ -111,10 +120,11 @@ def record_page(request, record_id: int):
 
 
 def _period(request) -> tuple[dt.datetime, dt.datetime, dict]:
-    """The "who saw" period: date_from / date_to (local days, both included) or the last 30 days."""
+    """The "who saw" period: date_from / date_to (local days, both included), else the last
+    WHO_SAW_DEFAULT_DAYS days."""
     criteria = Criteria.from_query({k: request.GET.get(k, "") for k in ("date_from", "date_to")})
     today = timezone.localdate()
-    first = criteria.date_from or today - dt.timedelta(days=30)
+    first = criteria.date_from or today - dt.timedelta(days=WHO_SAW_DEFAULT_DAYS)
     last = criteria.date_to or today
     if first > last:
         raise CriteriaError("date_from: after date_to")
