@@ -50,7 +50,7 @@ def test_worklist_study_console_and_admin_run_without_a_violation(live_server, n
     assert _violations(page, console) == []
 
     admin = User.objects.create_superuser("csp_admin", password="pw-For-Tests-1")
-    admin.groups.add(Group.objects.get(name=ADMINISTRATOR))  # the operator's console too
+    admin.groups.add(Group.objects.get_or_create(name=ADMINISTRATOR)[0])  # the operator's console too
     page, console = _watched(new_page())
     page.goto(f"{live_server.url}/admin/login/")
     page.fill("input[name=username]", "csp_admin")
