@@ -50,3 +50,34 @@ if _true("WEB_TLS"):
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.options |= ssl.OP_NO_COMPRESSION
         return context
+
+
+# Application start and stop of the web process on the audit trail (DICOM PS3.15 A.5.3.1), by
+# ``manage.py record_application_activity`` in a child process: the master itself never imports
+# Django, so that a reload (HUP) gives the workers the code afresh.
+def _record_activity(event: str, pid: int, *, wait: bool):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = [sys.executable, str(Path(__file__).resolve().parent / "manage.py"), "record_application_activity",
+               "web", event, "--pid", str(pid)]
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        return subprocess.run(command, stdout=subprocess.DEVNULL, timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def when_ready(server):
+    """The master is listening: Application Start (not waited for: serving starts at once)."""
+    server._audit_start = _record_activity("start", os.getpid(), wait=False)
+
+
+def on_exit(server):
+    """The master is exiting: Application Stop (waited for, at most 30 s)."""
+    started = getattr(server, "_audit_start", None)
+    if started is not None:
+        started.wait(timeout=30)
+    _record_activity("stop", os.getpid(), wait=True)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit import events, trail
+from audit import events, exports, trail
 from audit.models import AuditRecord, ChainCheck
 
 GENESIS = "0" * 64
@@ -178,7 +178,9 @@ def purge(before: datetime, *, actor: str, actor_kind: str = events.SYSTEM) -> i
     """Delete the sealed records that occurred before ``before`` and return how many.
 
     Only a prefix of the chain is deleted (every record up to the first one, in seq order, that
-    is not older than ``before``), so that the rest remains one chain.  In the same transaction a
+    is not older than ``before``), so that the rest remains one chain, and nothing after the
+    lowest cursor of the export (:func:`audit.exports.lowest_cursor`): a record leaves the trail
+    only once every Audit Record Repository has it.  In the same transaction a
     record (Audit Log Used, action D) says who purged, how many, and the seq and hash of the last
     record purged (the anchor from which :func:`verify` continues).
     """
@@ -189,6 +191,9 @@ def purge(before: datetime, *, actor: str, actor_kind: str = events.SYSTEM) -> i
         doomed = sealed.filter(occurred_at__lt=before)
         if keep_from is not None:
             doomed = doomed.filter(seq__lt=keep_from)
+        exported_up_to = exports.lowest_cursor()
+        if exported_up_to is not None:
+            doomed = doomed.filter(seq__lte=exported_up_to)
         last = doomed.order_by("-seq").values_list("seq", "record_hash").first()
         if last is None:
             return 0

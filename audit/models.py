@@ -111,6 +111,35 @@ class AuditPatient(_AppendOnly):
         return f"audit {self.record_id} names a patient"
 
 
+class AuditExport(models.Model):
+    """The durable cursor of the export to one Audit Record Repository (IHE ATNA ITI-20).
+
+    ``last_seq``: every sealed record up to this ``seq`` was accepted by the repository (or cannot
+    be a valid audit message at all, which the exporter logs by seq); the export goes on after it,
+    in seq order.  The cursor moves only past what was sent, in the transaction that holds this
+    row's lock, so that one exporter at a time sends and a crash between sending and moving the
+    cursor sends a batch again (at least once) rather than skipping one.  ``failing_since`` is set
+    at the first failed send and cleared by the next success; ``last_error`` says why (a
+    destination and a socket error, never record content).
+
+    Unlike the records, this row changes: it is a position in the trail, not part of it.
+    """
+
+    name = models.CharField(max_length=255, unique=True, help_text="the repository, host:port")
+    url = models.CharField(max_length=500, help_text="AUDIT_REPOSITORY_URL it was last sent to")
+    last_seq = models.BigIntegerField(default=0, help_text="every record up to this seq is exported")
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+    failing_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"audit export to {self.name} after seq {self.last_seq}"
+
+
 class ChainCheck(models.Model):
     """The result of one verification of the whole hash chain (:func:`audit.chain.verify`, run by
     the periodic task ``audit.verify`` or ``manage.py verify_audit``), so that the audit page

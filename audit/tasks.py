@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+
 from celery import shared_task, signals
 from django.conf import settings
 
 from audit import chain, events, trail
+from audit.processes import application_activity
 
 
 @shared_task(name="audit.seal", ignore_result=True)
@@ -39,3 +42,23 @@ def purge() -> int:
 def _flush_audit_records(**kwargs) -> None:
     """A prefork child may leave without running atexit: write what its record_soon calls queued."""
     trail.stop()
+
+
+@signals.worker_ready.connect
+def _worker_started(**kwargs) -> None:
+    """The worker's main process is ready (its pool forked): Application Start (PS3.15 A.5.3.1)."""
+    application_activity("worker", started=True)
+
+
+@signals.worker_shutdown.connect
+def _worker_stopped(**kwargs) -> None:
+    """The worker's main process is stopping: Application Stop."""
+    application_activity("worker", started=False)
+
+
+@signals.beat_init.connect
+def _beat_started(**kwargs) -> None:
+    """Beat started: Application Start; its stop is recorded at exit (Celery has no beat shutdown
+    signal, and beat runs no tasks itself)."""
+    application_activity("beat", started=True)
+    atexit.register(application_activity, "beat", started=False)

@@ -326,6 +326,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=100, help="requests per user")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn sync workers (default: cores)")
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     args = ap.parse_args()
 
     ensure_database(os.environ["DATABASE_URL"])
@@ -367,6 +368,13 @@ def main() -> int:
     print(f"{'all pages':28} {len(all_server):5d} {pct(all_server, 50):10.1f} {pct(all_server, 95):10.1f} "
           f"{max(all_server):10.1f}")
     ok = pct(all_server, 95) <= 150
+    if args.json:
+        import json
+
+        print(json.dumps({"bench": "reading_worklist", "studies": args.studies, "requests": total,
+                          "per_second": round(total / wall, 1), "server_p50_ms": round(pct(all_server, 50), 2),
+                          "server_p95_ms": round(pct(all_server, 95), 2),
+                          "client_p50_ms": round(pct([x for v in client_ms.values() for x in v], 50), 2)}))
     print(f"\ntarget p95 server time <= 150 ms: {'met' if ok else 'NOT met'} ({pct(all_server, 95):.1f} ms)")
     return 0 if ok else 1
 

@@ -9,6 +9,7 @@ from django.utils.html import format_html
 
 from hl7gateway.models import DeclaredSender, InboundMessage, InboundRefusal
 from hl7gateway.parsing import CHARSETS
+from pacs.web_audit import AuditedAdmin
 
 
 def readable_hl7(data: bytes | memoryview | None, charset: str = "") -> str:
@@ -27,7 +28,7 @@ def readable_hl7(data: bytes | memoryview | None, charset: str = "") -> str:
 
 
 @admin.register(InboundMessage)
-class InboundMessageAdmin(admin.ModelAdmin):
+class InboundMessageAdmin(AuditedAdmin, admin.ModelAdmin):
     # The class of the messages' <pre> (a stylesheet: the Content-Security-Policy allows no inline style).
     class Media:
         css = {"all": ["pacs/admin.css"]}
@@ -154,7 +155,7 @@ class OutboundActionInline(admin.TabularInline):
 
 
 @admin.register(OutboundMessage)
-class OutboundMessageAdmin(admin.ModelAdmin):
+class OutboundMessageAdmin(AuditedAdmin, admin.ModelAdmin):
     """The ORU outbox, read-only (retry and cancel are on the operator page /interfaces/)."""
 
     # The class of the messages' <pre> (a stylesheet: the Content-Security-Policy allows no inline style).

@@ -20,11 +20,14 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 
+from audit import events
+from hl7gateway import auditing as hl7_auditing
 from hl7gateway import limits, refusals, senders
 from hl7gateway.acks import build_ack, encode_ack
 from hl7gateway.mapping import map_message
 from hl7gateway.models import InboundMessage
 from hl7gateway.parsing import MSH, HL7Error, parse, read_msh
+from ris import auditing
 from ris.commands import MergePatients, OrderCommand, RegisterPatient, UpdatePatient
 from ris.errors import DomainError
 from ris.services import orders, patients, pg
@@ -151,6 +154,7 @@ def _store_refusal(raw: bytes, msh: MSH | None, peer: str, error: HL7Error) -> b
     header = msh or MSH()
     with transaction.atomic(durable=True):
         refused = refusals.count(address, msh, error.text)
+        hl7_auditing.sender_refused(address, msh, error.text)  # queued: written after the AR is sent
         if refused <= settings.HL7_REFUSED_LOG_LIMIT:
             log.warning("message refused by the sender policy: AR sent",
                         extra={"peer": peer, "sender": f"{header.msh_3}^{header.msh_4}",
@@ -210,10 +214,24 @@ def _store_and_apply(raw: bytes, peer: str, replay_of: int | None = None) -> byt
             return _finish(row, msh, parse_error.ack_code, status, error=parse_error)
         # No savepoint here (one round trip less per message): an application error aborts the
         # whole transaction, and the message is then stored with its AE in a second one.
-        effect = apply_commands(commands)
+        # The audit records of what the message changed (patients, orders, steps) are gathered and
+        # written in one statement, in this transaction; the actor is the sender (MSH-3^MSH-4).
+        with _acting_sender(msh, replay_of), auditing.collecting():
+            effect = apply_commands(commands)
+            auditing.write_collected()
         row.effect = effect
         row.accession_numbers = _accessions(commands, effect)
         return _finish(row, msh, "AA", InboundMessage.STATUS_APPLIED)
+
+
+def _acting_sender(msh: MSH | None, replay_of: int | None):
+    """The HL7 peer as the actor of the changes (PS3.15 A.5.2: UserID MSH-3^MSH-4), with the message
+    control ID (MSH-10) in each record's detail."""
+    m = msh or MSH()
+    detail = {"message_control_id": m.msh_10, "message_type": m.message_type}
+    if replay_of is not None:
+        detail["replay_of"] = replay_of
+    return auditing.acting(auditing.hl7_actor_name(m.msh_3, m.msh_4), events.HL7, detail=detail)
 
 
 def _store_refused(raw: bytes, peer: str, error: DomainError, replay_of: int | None = None) -> bytes:

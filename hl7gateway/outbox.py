@@ -49,7 +49,7 @@ from django.db import transaction
 from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q
 from django.utils import timezone
 
-from hl7gateway import client, oru
+from hl7gateway import auditing, client, oru
 from hl7gateway.models.outbound import (
     CANCELED,
     DELIVERED,
@@ -683,6 +683,8 @@ def record_results(outcomes: list[tuple[Claim, client.SendResult]], unsent: list
             if result.outcome == client.ACCEPTED:
                 transition(row, DELIVERED, entity=ENTITY, actor="hl7gateway worker",
                            cause=f"ORU delivered, AA for MSH-10 {row.message_control_id}")
+                if settings.AUDIT_ENABLED:  # the result left the engine (hl7gateway.auditing)
+                    auditing.oru_delivered(row, host=claimed.host, port=claimed.port)
                 delivered.append(row)
                 continue
             if result.outcome == client.REJECTED or (

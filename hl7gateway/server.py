@@ -42,9 +42,9 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import connections
 
-from hl7gateway import intake
+from hl7gateway import auditing, intake
 from hl7gateway.mllp import FrameTooLarge, MLLPDecoder, frame
-from hl7gateway.senders import source_address
+from hl7gateway.senders import address_of, source_address
 from pacs.tls import peer_certificate
 
 log = logging.getLogger("hl7gateway.server")
@@ -257,6 +257,10 @@ class MLLPServer:
                 reason = "TLS handshake not complete within HL7_MESSAGE_DEADLINE_SECONDS"
         if reason:
             self.stats["tls_refused"] += 1
+            try:  # the audit trail's Security Alert (PS3.15 A.5.3.11), queued: the close is not delayed
+                auditing.tls_refused(address_of(peer), reason)
+            except Exception:  # noqa: BLE001 - recorded or not, the connection is refused
+                log.exception("TLS refusal not recorded on the audit trail")
             log.warning("TLS connection refused at the handshake: connection closed",
                         extra={"peer": peer, "reason": reason})
             tls.close()

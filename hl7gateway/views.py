@@ -19,7 +19,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from hl7gateway import outbox
 from hl7gateway.models import OutboundDestination, OutboundMessage
+from pacs import web_audit
 from pacs.access import ADMINISTRATOR, roles
+from ris import auditing as ris_auditing
 from ris.errors import DomainError
 from ris.services.transitions import history
 
@@ -81,6 +83,12 @@ def outbound(request):
     if q:
         rows = rows.filter(message_control_id=q) | rows.filter(accession_number=q)
     page = Paginator(rows.order_by("-id"), PAGE_SIZE).get_page(request.GET.get("page"))
+    problems = list(problems)
+    shown = problems + list(page.object_list)
+    # Query (PS3.15 A.5.3.10): the messages listed carry PID-3; the patients they name, and the filter.
+    web_audit.query(request, patients=[p for m in shown for p in ris_auditing.patients_of(m)],
+                   criteria={"status": status, "destination": destination, "q": q,
+                             "page": request.GET.get("page", "")}, shown=len(shown))
     now = timezone.now()
     return render(
         request,
@@ -103,6 +111,11 @@ def outbound_detail(request, message_id: int):
     """One message: what was sent (the exact bytes), every attempt and ACK, actions, history."""
     message = get_object_or_404(OutboundMessage.objects.select_related("destination", "report_version"),
                                 pk=message_id)
+    # The ORU's bytes are the report with the patient's PID: Procedure Record R (PS3.15 A.5.3.15).
+    web_audit.read(request, ris_auditing.EVENT_OF_MODEL["hl7gateway.outboundmessage"],
+                  patients=ris_auditing.patients_of(message),
+                  objects=[{"type": "accession", "id": message.accession_number},
+                           {"type": "message", "id": message.message_control_id or str(message.pk)}])
     return render(
         request,
         "hl7gateway/outbound_detail.html",

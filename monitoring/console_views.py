@@ -20,7 +20,9 @@ from hl7gateway.views import age
 from monitoring import journey as journey_mod
 from monitoring import replay, selectors
 from monitoring.records import ReplayRecord
+from pacs import web_audit
 from pacs.access import ADMINISTRATOR, roles
+from ris import auditing as ris_auditing
 from ris.errors import DomainError
 
 
@@ -58,6 +60,8 @@ def console(request):
         ("Outbound HL7 ORU (per destination)", "hl7_out", _rows(selectors.outbound_interfaces(now))),
         ("DICOM (per calling AE title)", "dicom", _rows(selectors.dicom_interfaces(now))),
         ("VNA routing (per destination)", "vna", _rows(selectors.vna_interfaces(now))),
+        ("Audit Record Repository (audit trail export, per repository)", "audit",
+         _rows(selectors.audit_interfaces(now))),
     ]
     unmatched = selectors.unmatched_studies(now)
     for s in unmatched:
@@ -92,6 +96,12 @@ def journey(request):
             continue
         journeys.append({"accession": acc, "procedure": rows.procedure, "steps": steps,
                          "overdue": sum(1 for s in steps if s.overdue)})
+    if accession or patient_id:
+        # Query (PS3.15 A.5.3.10): what was asked and the patients whose studies were shown.
+        shown = [j["procedure"] for j in journeys if j["procedure"] is not None]
+        web_audit.query(request, patients=[p for rp in shown for p in ris_auditing.patients_of(rp)]
+                       + ([(patient_id, "")] if patient_id and journeys else []),
+                       criteria={"accession": accession, "patient_id": patient_id}, shown=len(journeys))
     return render(request, "monitoring/journey.html", {
         "accession": accession, "patient_id": patient_id, "journeys": journeys, "now": now,
         "searched": bool(accession or patient_id),
@@ -103,9 +113,14 @@ def journey(request):
 @roles(ADMINISTRATOR)
 def replays(request):
     """Failed inbound messages and failed ORU deliveries, each with a replay form; the record of replays."""
+    failed_inbound = replay.failed_inbound()
+    records = list(ReplayRecord.objects.select_related("inbound", "replay", "outbound")[:100])
+    messages_shown = failed_inbound + [m for r in records for m in (r.inbound, r.replay, r.outbound) if m is not None]
+    web_audit.query(request, patients=[p for m in messages_shown for p in ris_auditing.patients_of(m)],
+                   criteria={"list": "replays"}, shown=len(messages_shown))
     return render(request, "monitoring/replays.html", {
-        "failed_inbound": replay.failed_inbound(), "failed_deliveries": selectors.failed_deliveries(),
-        "records": ReplayRecord.objects.select_related("inbound", "replay", "outbound")[:100],
+        "failed_inbound": failed_inbound, "failed_deliveries": selectors.failed_deliveries(),
+        "records": records,
     })
 
 

@@ -74,6 +74,11 @@ class DatabaseCollector:
         for row in selectors.vna_interfaces(now):
             depth.add_metric(["vna", row["key"]], row["queue_depth"])
             age.add_metric(["vna", row["key"]], row["oldest_age_seconds"] or 0.0)
+        # The audit trail not yet at each Audit Record Repository (records after its cursor).
+        for key in selectors.audit_repositories():
+            pending, oldest_age = selectors.audit_backlog(key, now)
+            depth.add_metric(["audit", key], pending)
+            age.add_metric(["audit", key], oldest_age or 0.0)
         yield depth
         yield age
 

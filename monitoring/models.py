@@ -24,6 +24,7 @@ TRANSFER_FAILED = "transfer_failed"
 DICOM_REFUSED = "dicom_refused"
 HL7_REFUSED = "hl7_refused"
 CERTIFICATE_EXPIRY = "certificate_expiry"
+AUDIT_BACKLOG = "audit_backlog"
 KIND_CHOICES = [
     (INBOUND_SILENCE, "no inbound HL7 from a sender for longer than N minutes"),
     (OUTBOUND_BACKLOG, "outbound HL7 backlog: oldest undelivered message older than N minutes"),
@@ -33,6 +34,7 @@ KIND_CHOICES = [
     (DICOM_REFUSED, "DICOM associations refused from a source address (not a declared node) within N minutes"),
     (HL7_REFUSED, "inbound HL7 refused (undeclared sender, or a type not granted) within the last N minutes"),
     (CERTIFICATE_EXPIRY, "a configured TLS certificate is unreadable, expired or expires within TLS_EXPIRY_WARNING_DAYS"),
+    (AUDIT_BACKLOG, "audit trail not exported: oldest record not yet at the Audit Record Repository older than N minutes"),
 ]
 
 # What the interface key of each kind names (empty: every interface of the kind, one alarm each).
@@ -43,7 +45,8 @@ INTERFACE_KEY_HELP = (
     "unmatched_study: calling AE title; transfer_failed: VNA destination name; "
     "dicom_refused: source IP address; "
     "hl7_refused: the source address; "
-    "certificate_expiry: the setting (TLS_CERTIFICATE, TLS_CA_CERTIFICATES). "
+    "certificate_expiry: the setting (TLS_CERTIFICATE, TLS_CA_CERTIFICATES); "
+    "audit_backlog: the Audit Record Repository, host:port. "
     "Empty = each interface of the kind separately."
 )
 

@@ -13,7 +13,9 @@ Interfaces and their keys:
   errors = failure statuses);
 - VNA routing per destination name (``Transfer``; errors = FAILED transfers; queue = open ones);
 - DICOM associations refused per source address (``pacs.DicomRefusal``, counted by the
-  association policy).
+  association policy);
+- the audit trail's export per Audit Record Repository, ``host:port`` (``audit.exports``: the
+  cursor, the records after it and the age of the oldest).
 
 Every function takes ``now`` (default: ``timezone.now()``) so that tests can move time.
 Nothing here returns a patient name.
@@ -28,6 +30,8 @@ from django.db.models import Count, Max, Min, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from audit import exports as audit_exports
+from audit.models import AuditExport, AuditRecord
 from hl7gateway.models import InboundMessage, InboundRefusal
 from hl7gateway.models.outbound import FAILED as ORU_FAILED
 from hl7gateway.models.outbound import PENDING as ORU_PENDING
@@ -322,6 +326,43 @@ def failed_transfers(destination: str = "", limit: int = 100) -> list[dict]:
     return [{"id": t.pk, "destination": t.destination.name, "study_id": t.study_id,
              "accession_number": t.study.accession_number, "failed_at": t.finished_at or t.updated_at,
              "attempts": t.attempts, "reason": t.reason} for t in qs.order_by("updated_at")[:limit]]
+
+
+# --- the audit trail's export, per Audit Record Repository ----------------------------------
+
+def audit_repositories() -> list[str]:
+    return [row.name for row in audit_exports.repositories()]
+
+
+def audit_backlog(name: str, now: dt.datetime | None = None) -> tuple[int, float | None]:
+    """(records not yet at the repository, age in seconds of the oldest); (0, None) for a
+    repository never exported to."""
+    row = AuditExport.objects.filter(name=name).first()
+    if row is None:
+        return 0, None
+    pending = audit_exports.backlog(row.last_seq)
+    return pending.records, pending.age_seconds(_now(now))
+
+
+def audit_interfaces(now: dt.datetime | None = None) -> list[dict]:
+    """Per repository: last send, records exported per hour (by the time of their event, 24 h),
+    the backlog and its age, and why the export fails, if it does."""
+    now = _now(now)
+    since = hour_buckets(now)[0]
+    out = []
+    for row in audit_exports.repositories():
+        hourly = (AuditRecord.records.filter(seq__lte=row.last_seq, occurred_at__gte=since)
+                  .annotate(hour=TruncHour("occurred_at", tzinfo=dt.UTC)).values("hour").annotate(n=Count("id")))
+        series = _series([{**r, "repository": row.name} for r in hourly], "repository", now)
+        pending = audit_exports.backlog(row.last_seq)
+        detail = f"cursor at seq {row.last_seq}"
+        if row.failing_since:
+            detail += f"; failing since {timezone.localtime(row.failing_since):%Y-%m-%d %H:%M:%S}: {row.last_error}"
+        out.append({"kind": "audit", "key": row.name, "last_message_at": row.last_sent_at,
+                    "per_hour": series.get(row.name, [0] * HOURS), "errors_24h": 0,
+                    "queue_depth": pending.records, "oldest_age_seconds": pending.age_seconds(now),
+                    "failing_since": row.failing_since, "detail": detail})
+    return out
 
 
 # --- unmatched studies ---------------------------------------------------------------------

@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from monitoring import selectors
 from monitoring.models import (
+    AUDIT_BACKLOG,
     CERTIFICATE_EXPIRY,
     DICOM_REFUSED,
     ERROR_RATE,
@@ -88,6 +89,14 @@ def conditions(rule: AlarmRule, now: dt.datetime) -> dict[str, Condition]:
             age_min = _minutes(age) or 0.0
             out[key] = Condition(age_min > limit, age_min,
                                  f"{depth} ORU message(s) to {key} undelivered, oldest {age_min:.0f} min (limit {limit})")
+    elif rule.kind == AUDIT_BACKLOG:
+        # Like the ORU backlog: the age of the oldest record the repository does not have yet.
+        for key in [rule.interface_key] if rule.interface_key else selectors.audit_repositories():
+            depth, age = selectors.audit_backlog(key, now)
+            age_min = _minutes(age) or 0.0
+            out[key] = Condition(age_min > limit, age_min,
+                                 f"{depth} audit record(s) not yet at the Audit Record Repository {key}, "
+                                 f"oldest {age_min:.0f} min (limit {limit})")
     elif rule.kind == ERROR_RATE:
         since = now - dt.timedelta(minutes=limit)
         threshold = rule.threshold_rate if rule.threshold_rate is not None else 0.0

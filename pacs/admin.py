@@ -7,6 +7,7 @@ from django import forms
 from django.contrib import admin
 
 from pacs.models import DicomNode, DicomRefusal, PerformedInstance, PerformedProcedureStep
+from pacs.web_audit import AuditedAdmin
 
 
 @admin.register(DicomNode)
@@ -61,7 +62,7 @@ class UnscheduledFilter(admin.SimpleListFilter):
 
 
 @admin.register(PerformedProcedureStep)
-class PerformedProcedureStepAdmin(admin.ModelAdmin):
+class PerformedProcedureStepAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = (
         "sop_instance_uid", "status", "scheduled", "accession_number", "patient_id", "modality",
         "calling_ae_title", "started_at", "ended_at",
@@ -127,7 +128,7 @@ class SeriesInline(admin.TabularInline):
 
 
 @admin.register(Study)
-class StudyAdmin(admin.ModelAdmin):
+class StudyAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ("study_instance_uid", "accession_number", "patient_id", "status", "match_method", "batch",
                     "last_received_at")
     list_filter = ("status", "match_method")
@@ -138,20 +139,20 @@ class StudyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Instance)
-class InstanceAdmin(admin.ModelAdmin):
+class InstanceAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ("sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "size", "batch", "received_at")
     search_fields = ("sop_instance_uid",)
     raw_id_fields = ("study", "series")
 
 
 @admin.register(StudyLink)
-class StudyLinkAdmin(admin.ModelAdmin):
+class StudyLinkAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ("study", "requested_procedure", "created_order", "actor", "at")
     raw_id_fields = ("study", "requested_procedure")
 
 
 @admin.register(Transfer)
-class TransferAdmin(admin.ModelAdmin):
+class TransferAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ("pk", "study", "destination", "batch", "status", "attempts", "next_attempt_at", "reason")
     list_filter = ("status", "destination")
     raw_id_fields = ("study",)

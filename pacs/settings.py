@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "worklist.apps.WorklistConfig",
     "monitoring.apps.MonitoringConfig",
     "audit.apps.AuditConfig",
+    "audit_export.apps.AuditExportConfig",
 ]
 
 MIDDLEWARE = [
@@ -76,6 +77,8 @@ MIDDLEWARE = [
     # Login for every page but those marked @public (login, health, static); then default deny.
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "pacs.access.DefaultDenyMiddleware",
+    # The signed-in user is the actor of the audit records of every change a request makes.
+    "pacs.web_audit.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns a sign-in refused for a lockout into the "locked" page (django-axes).
@@ -317,6 +320,8 @@ AUDIT_REPOSITORY_CERTIFICATE = env_str("AUDIT_REPOSITORY_CERTIFICATE", TLS_CERTI
 AUDIT_REPOSITORY_PRIVATE_KEY = env_str("AUDIT_REPOSITORY_PRIVATE_KEY", TLS_PRIVATE_KEY)
 # Connecting, the TLS handshake, and the repository acknowledging a batch must each end within this.
 AUDIT_REPOSITORY_TIMEOUT_SECONDS = env_float("AUDIT_REPOSITORY_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# The export (audit_export.export) seals and sends what is after the repository's cursor this often.
+AUDIT_EXPORT_SECONDS = env_float("AUDIT_EXPORT_SECONDS", 5.0, minimum=0.5)
 
 # --- Images and the VNA --------------------------------------------------------------------
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
@@ -398,6 +403,10 @@ CELERY_BEAT_SCHEDULE.update({
     "audit.seal": {"task": "audit.seal", "schedule": AUDIT_SEAL_SECONDS},
     "audit.verify": {"task": "audit.verify", "schedule": AUDIT_VERIFY_SECONDS},
     "audit.purge": {"task": "audit.purge", "schedule": 86400.0},
+    # Does nothing without AUDIT_REPOSITORY_URL.  A run not started within one interval expires
+    # (the next one does its work), so that a stopped worker does not find a pile of them.
+    "audit_export.export": {"task": "audit_export.export", "schedule": AUDIT_EXPORT_SECONDS,
+                            "options": {"expires": AUDIT_EXPORT_SECONDS}},
 })
 
 # --- Auth, i18n, static --------------------------------------------------------------------
@@ -507,9 +516,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # Django's own defaults would log these through handlers of theirs, without the filter
-        # (django.server: runserver's request lines, query string included).
-        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
-        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # (django.server: runserver's request lines, query string included): no handlers of
+        # their own, so that they reach the root's filtered one.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
         "pynetdicom": {"level": "WARNING"},
         "celery": {"level": "INFO"},
     },

@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
+from pacs.web_audit import AuditedAdmin
 from ris.models import (
     Order,
     Patient,
@@ -50,7 +51,7 @@ class OrderInline(admin.TabularInline):
 
 
 @admin.register(Patient)
-class PatientAdmin(admin.ModelAdmin):
+class PatientAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ("patient_name", "identifiers_display", "patient_birth_date", "patient_sex", "merged_into",
                     "updated_at")
     search_fields = ("patient_name", "=identifiers__id_number")
@@ -85,7 +86,7 @@ class RequestedProcedureInline(admin.StackedInline):
 
 
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
+class OrderAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ("pk", "placer_order_number", "filler_order_number", "patient", "accession_display",
                     "order_control", "order_status", "sending_application", "created_at")
     search_fields = ("=placer_order_number", "=filler_order_number", "=procedures__accession_number",
@@ -112,7 +113,7 @@ class ScheduledProcedureStepInline(admin.TabularInline):
 
 
 @admin.register(RequestedProcedure)
-class RequestedProcedureAdmin(admin.ModelAdmin):
+class RequestedProcedureAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ("accession_number", "requested_procedure_id", "requested_procedure_description", "order",
                     "requested_procedure_priority", "status")
     search_fields = ("=accession_number", "=requested_procedure_id", "=study_instance_uid",
@@ -123,7 +124,7 @@ class RequestedProcedureAdmin(admin.ModelAdmin):
 
 
 @admin.register(ScheduledProcedureStep)
-class ScheduledProcedureStepAdmin(admin.ModelAdmin):
+class ScheduledProcedureStepAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ("scheduled_procedure_step_id", "modality", "scheduled_station_ae_title", "scheduled_start",
                     "status", "requested_procedure")
     search_fields = ("=scheduled_procedure_step_id", "=requested_procedure__accession_number",
@@ -134,7 +135,7 @@ class ScheduledProcedureStepAdmin(admin.ModelAdmin):
 
 
 @admin.register(StatusChange)
-class StatusChangeAdmin(admin.ModelAdmin):
+class StatusChangeAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ("at", "entity", "object_id", "from_status", "to_status", "cause", "actor")
     list_filter = ("entity", "to_status")
     search_fields = ("=object_id", "cause", "actor")
@@ -151,7 +152,7 @@ class StatusChangeAdmin(admin.ModelAdmin):
 
 
 @admin.register(PatientMerge)
-class PatientMergeAdmin(admin.ModelAdmin):
+class PatientMergeAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ("at", "retired_patient_id", "retired_issuer_of_patient_id", "survivor", "retired", "cause",
                     "undone_at")
     search_fields = ("=retired_patient_id", "=survivor__identifiers__id_number", "cause")

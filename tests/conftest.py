@@ -53,6 +53,26 @@ def _fresh_declared_senders():
     senders.reset()
 
 
+@pytest.fixture(autouse=True)
+def _audit_writer_stopped():
+    """Whatever a test handed to audit.trail.record_soon (a refusal, a query) is written before
+    its database is flushed, and the writer's connection closed: none is left open when the test
+    database is dropped."""
+    yield
+    from audit import trail
+
+    trail.stop(timeout=60)
+
+
+@pytest.fixture(autouse=True)
+def _audit_reads_in_the_callers_transaction(request, settings):
+    """Outside the audit trail's own tests, record_soon writes in the caller's transaction (its
+    path when the writer's queue is full): the writer thread's own connection would commit a
+    read's record past the test's rolled-back transaction, into the next test."""
+    if "tests/audit/" not in str(request.node.path).replace("\\", "/"):
+        settings.AUDIT_QUEUE_SIZE = 0
+
+
 @pytest.fixture
 def tmp_var(tmp_path, settings):
     """A private var/ (storage) directory for one test."""

@@ -3,6 +3,7 @@
 from django.contrib import admin
 from django.utils import timezone
 
+from pacs.web_audit import AuditedAdmin
 from worklist.models import ApiToken, ReadingClaim
 
 
@@ -26,7 +27,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(ReadingClaim)
-class ReadingClaimAdmin(admin.ModelAdmin):
+class ReadingClaimAdmin(AuditedAdmin, admin.ModelAdmin):
     list_display = ("requested_procedure", "user", "claimed_at", "last_activity_at", "released_at", "release_reason",
                     "released_by")
     list_filter = ("release_reason",)

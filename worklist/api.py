@@ -20,7 +20,10 @@ from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from audit import events
+from pacs import web_audit
 from pacs.access import RADIOLOGIST, RESIDENT, declare_roles, has_role
+from ris import auditing as ris_auditing
 from ris.errors import DomainError, UnknownKey
 from ris.models import Report
 from ris.services import reports
@@ -54,7 +57,10 @@ def token_roles(*allowed: str):
             request.user = token.user
             if not has_role(token.user, *allowed):
                 return _error(403, "this token's user has no reporting role")
-            return view(request, *args, **kwargs)
+            # The token's user acts in the changes the call makes (the session middleware saw none).
+            with ris_auditing.acting(token.user.get_username(), events.USER,
+                                     source_address=web_audit.client_address(request)):
+                return view(request, *args, **kwargs)
 
         wrapper = csrf_exempt(login_not_required(wrapper))
         wrapper.api_auth = "token"
@@ -178,7 +184,16 @@ def report_detail(request, accession_number: str):
     """GET /api/v1/reports/<accession>/: the report's status and every version."""
     if request.method != "GET":
         return _error(405, "GET")
-    return _call(lambda: JsonResponse(_report_json(reports.procedure_by_accession(accession_number))))
+
+    def run():
+        rp = reports.procedure_by_accession(accession_number)
+        answer = JsonResponse(_report_json(rp))
+        # Procedure Record R (PS3.15 A.5.3.15): the report of this study was read.
+        web_audit.read(request, events.PROCEDURE_RECORD, patients=ris_auditing.patients_of(rp),
+                      objects=ris_auditing.objects_of(rp))
+        return answer
+
+    return _call(run)
 
 
 @token_roles(*API_ROLES)

@@ -16,8 +16,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit import events
 from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, has_role
-from ris import states
+from ris import auditing, states
 from ris.errors import DomainError
 from ris.models import RequestedProcedure
 from worklist.models import READ_STATUSES, UNREAD, ReadingClaim, ReadingItem, SavedFilter, name_key
@@ -180,6 +181,7 @@ def claim_study(requested_procedure_id: int, user) -> ClaimResult:
                     claim = ReadingClaim.objects.create(
                         requested_procedure_id=requested_procedure_id, user=user, claimed_at=now, last_activity_at=now
                     )
+                _audit_claim(requested_procedure_id, user, "claimed")
                 return ClaimResult(True, claim)
             except IntegrityError:
                 pass
@@ -226,7 +228,24 @@ def release_claim(requested_procedure_id: int, user, *, force: bool = False, rea
     if not force:
         qs = qs.filter(user=user)
     reason = reason or (ReadingClaim.FORCED if force else ReadingClaim.RELEASED)
-    return bool(qs.update(released_at=timezone.now(), release_reason=reason, released_by=user))
+    with transaction.atomic():
+        released = bool(qs.update(released_at=timezone.now(), release_reason=reason, released_by=user))
+        if released:
+            _audit_claim(requested_procedure_id, user, "released", reason=reason)
+    return released
+
+
+def _audit_claim(requested_procedure_id: int, user, what: str, **detail) -> None:
+    """Procedure Record U (PS3.15 A.5.3.15): who took or gave back the reading of a study."""
+    item = (ReadingItem.objects.filter(requested_procedure_id=requested_procedure_id)
+            .values("patient_id", "issuer_of_patient_id", "accession_number", "study_instance_uid").first())
+    if item is None:
+        return
+    auditing.change(events.PROCEDURE_RECORD, events.UPDATE,
+                    patients=[(item["patient_id"], item["issuer_of_patient_id"])],
+                    objects=[{"type": "accession", "id": item["accession_number"]},
+                             {"type": "study", "id": item["study_instance_uid"]}],
+                    detail={"claim": what, **detail}, actor=user.get_username())
 
 
 def ensure_not_claimed_by_other(requested_procedure_id: int, user) -> None:

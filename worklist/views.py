@@ -16,6 +16,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from audit import events
+from pacs import web_audit
 from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST, has_role, roles
 from ris.errors import DomainError
 from ris.models import Report, ReportTemplate
@@ -42,6 +44,10 @@ def reading_list(request):
         "filter_query": filters.as_query(), "can_read": has_role(request.user, *READERS),
         "is_admin": has_role(request.user, ADMINISTRATOR),
     }
+    # Query (PS3.15 A.5.3.10): the search as asked and the patients of the rows shown.
+    web_audit.query(request, patients=[(r.patient_id, r.issuer_of_patient_id) for r in page.rows],
+                   criteria={**_criteria(filters), "after": request.GET.get("after", ""),
+                             "before": request.GET.get("before", "")}, shown=len(page.rows))
     if request.GET.get("partial"):
         return render(request, "worklist/_rows.html", context)
     context.update({
@@ -50,6 +56,19 @@ def reading_list(request):
         "saved_filters": SavedFilter.objects.filter(user=request.user),
     })
     return render(request, "worklist/list.html", context)
+
+
+def _criteria(filters: selectors.ListFilters) -> dict:
+    return {"modality": filters.modality, "priority": filters.priority, "status": filters.status,
+            "date_from": filters.date_from.isoformat() if filters.date_from else "",
+            "date_to": filters.date_to.isoformat() if filters.date_to else "", "q": filters.q}
+
+
+def audit_item_read(request, item: ReadingItem, **kwargs) -> None:
+    """Procedure Record R (PS3.15 A.5.3.15): the study's procedure and report were shown."""
+    web_audit.read(request, events.PROCEDURE_RECORD, patients=[(item.patient_id, item.issuer_of_patient_id)],
+                  objects=[{"type": "accession", "id": item.accession_number},
+                           {"type": "study", "id": item.study_instance_uid}], **kwargs)
 
 
 @roles(*READERS)
@@ -97,6 +116,7 @@ def study(request, requested_procedure_id: int):
         draft = reports.open_draft(requested_procedure_id, request.user)
     context = _study_context(request, item, claim, editable, draft)
     context["can_claim"] = can_read and claim is None
+    audit_item_read(request, item)
     return render(request, "worklist/study.html", context)
 
 

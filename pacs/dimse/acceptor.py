@@ -713,7 +713,9 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     ``contexts``: pynetdicom ``PresentationContext`` list (SCP side); ``handlers``: DIMSE
     command name ("C-FIND", ...) -> handler(event); ``policy(assoc)``: may narrow
-    ``assoc.supported_contexts`` or raise ``Rejected``; ``on_end(assoc)`` after each association.
+    ``assoc.supported_contexts`` or raise ``Rejected``; ``on_end(assoc)`` after each association;
+    ``on_handshake_failure(address, reason, called_ae_title=...)`` after each failed TLS handshake
+    (the audit trail's record of it: it must not block, the refusal path stays fast).
 
     Connections that have not yet sent their whole A-ASSOCIATE-RQ are capped apart from the
     associations: ``maximum_pending_per_address`` per source address (a further connection
@@ -728,6 +730,7 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
     request_queue_size = 128
 
     def __init__(self, address, *, ae_title: str, contexts, handlers: dict, policy=None, on_end=None,
+                 on_handshake_failure=None,
                  maximum_associations: int = 32, maximum_pdu_size: int = 0, acse_timeout: float = 30,
                  network_timeout: float = 60, dimse_timeout: float = 60, maximum_pending: int = 64,
                  maximum_pending_per_address: int = 8, maximum_dataset_size: int = 2**20,
@@ -737,6 +740,7 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.handlers = handlers
         self.policy = policy
         self.on_end = on_end
+        self.on_handshake_failure = on_handshake_failure
         self.maximum_associations = maximum_associations
         self.maximum_pdu_size = maximum_pdu_size
         self.acse_timeout = acse_timeout
@@ -826,7 +830,13 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     def handshake_failed(self, address: str, reason: str) -> None:
         """A TLS handshake failed (no, untrusted or expired certificate; not TLS; too slow):
-        logged at most every REFUSAL_LOG_INTERVAL, with the count per reason since the last line."""
+        logged at most every REFUSAL_LOG_INTERVAL, with the count per reason since the last line;
+        each one handed to ``on_handshake_failure``."""
+        if self.on_handshake_failure is not None:
+            try:
+                self.on_handshake_failure(address, reason, called_ae_title=self.ae_title)
+            except Exception:  # noqa: BLE001 - counted and logged all the same
+                log.exception("TLS handshake failure hook failed")
         with self._active_lock:
             counts = self._handshake_failures.add(reason)
         if counts is None:

@@ -44,7 +44,8 @@ def _answer(kind: str, call, event, uid: str, dataset_of):
     calling = event.assoc.requestor.ae_title.strip()
     try:
         attributes = dataset_of(event)
-        pps = db.run(call, uid, attributes.to_json_dict(), calling_ae_title=calling)
+        pps = db.run(call, uid, attributes.to_json_dict(), calling_ae_title=calling,
+                     source_address=event.assoc.requestor.address or "")
     except service.MppsRefused as refused:
         log.warning(f"mpps {kind} refused", extra={"calling_ae_title": calling, "sop_instance_uid": uid,
                                                    "status": hex(refused.status), "reason": refused.comment})

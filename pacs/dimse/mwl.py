@@ -26,8 +26,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
+from audit import events
+from pacs import auditing
 from pacs.dimse import db, policy
 from pacs.dimse.matching import (
+    ISSUER_OF_PATIENT_ID,
+    PATIENT_ID,
     TOP_KEYS,
     IdentifierError,
     Key,
@@ -220,6 +224,8 @@ def find(identifier: Dataset, *, calling_ae_title: str, node=None):
     if settings.MWL_FILTER_BY_CALLING_AE:
         station = (node.station_ae_title if node and node.station_ae_title else calling_ae_title).strip()
     matches.paths.add("scheduled_start")
+    if settings.AUDIT_ENABLED:  # the audit record names the patients answered (PS3.15 A.5.3.10)
+        matches.paths.update((PATIENT_ID, ISSUER_OF_PATIENT_ID))
     limit = settings.MWL_MAX_RESULTS
     rows = list(build_queryset(matches, station_ae_title=station)[: limit + 1])
     if len(rows) > limit:
@@ -244,10 +250,12 @@ def on_c_find(event):
         matches, rows = db.run(find, identifier, calling_ae_title=calling, node=policy.node_of(event.assoc))
     except IdentifierError as exc:
         log.warning("mwl identifier refused", extra={"calling_ae_title": calling, "reason": str(exc)})
+        _audit(event, identifier, [], events.SERIOUS_FAILURE)
         yield _failure(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
         return
     except DatabaseError as exc:
         log.error("mwl query failed", extra={"calling_ae_title": calling, "error": str(exc)})
+        _audit(event, identifier, [], events.SERIOUS_FAILURE)
         yield _failure(UNABLE_TO_PROCESS, "database unavailable"), None
         return
     except Exception:  # noqa: BLE001 - a bug must give a failure status, not a dropped association
@@ -260,8 +268,9 @@ def on_c_find(event):
 
         db.run_later(record_worklist_results, [row["pk"] for row in rows], calling)
     encoder = ItemEncoder.for_query(matches, event.context.transfer_syntax)
-    for row in rows:
+    for answered, row in enumerate(rows):
         if event.is_cancelled:
+            _audit(event, identifier, rows[:answered], events.MINOR_FAILURE)
             yield CANCELED, None
             return
         try:
@@ -272,9 +281,22 @@ def on_c_find(event):
             return
         yield PENDING, item
     if event.is_cancelled:
+        _audit(event, identifier, rows, events.MINOR_FAILURE)
         yield CANCELED, None
         return
+    _audit(event, identifier, rows, events.SUCCESS)
     yield SUCCESS, None
+
+
+def _audit(event, identifier: Dataset, rows: list, outcome: int) -> None:
+    """The query on the audit trail (PS3.15 A.5.3.10), after the last answer was sent: handed
+    to the audit writer thread, never delaying the final status; a failure is logged, never
+    answered (the query itself succeeded)."""
+    try:
+        auditing.mwl_query(event.assoc, identifier, rows, patient_id_path=PATIENT_ID,
+                           issuer_path=ISSUER_OF_PATIENT_ID, outcome=outcome)
+    except Exception:  # noqa: BLE001
+        log.exception("mwl query not recorded on the audit trail")
 
 
 def _failure(code: int, text: str) -> Dataset:

@@ -21,7 +21,8 @@ On A-ASSOCIATE-RQ (``check``, called by ``pacs.dimse.acceptor``) the calling AE 
 
 Each refusal is logged (AE title and address only) and counted per source address
 (``pacs.services.peers.record_refusal``, written on a database thread so that it never delays
-the answer); the operator's console reads the count.  The node found is kept on the
+the answer); the operator's console reads the count.  It is also a Security Alert on the audit
+trail (``pacs.auditing.node_refused``, queued for the audit writer thread).  The node found is kept on the
 association (``node_of``) for the handlers (e.g. the MWL station filter).  The wrong called
 AE title is refused by the acceptor.
 """
@@ -39,6 +40,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from pacs import auditing
 from pacs.dimse import db
 from pacs.dimse.acceptor import Rejected
 from pacs.lib.peers import address_matches, certificate_matches, in_networks
@@ -80,8 +82,8 @@ def _node(ae_title: str) -> DicomNode | None:
     return rows[0] if rows else None
 
 
-def _refuse(calling: str, address: str, reason: str, message: str, **extra) -> None:
-    """Log, count and reject.  The count is written on a database thread without being waited
+def _refuse(calling: str, address: str, reason: str, message: str, *, called: str = "", **extra) -> None:
+    """Log, count, put on the audit trail and reject.  The count is written on a database thread without being waited
     for (``db.run_later`` logs a failure; counting never changes the answer); it queues behind
     the node lookups that each refused association waits for, so a flood of refusals cannot
     pile up writes faster than they are done."""
@@ -91,6 +93,10 @@ def _refuse(calling: str, address: str, reason: str, message: str, **extra) -> N
         db.run_later(peers.record_refusal, address, reason, calling)
     except Exception as exc:  # noqa: BLE001 - the pool is stopping: not counted, still refused
         log.warning("dicom refusal not counted", extra={"peer": address, "error": str(exc)[:200]})
+    try:  # the audit trail's Security Alert (PS3.15 A.5.3.11), by its writer thread
+        auditing.node_refused(calling, address, reason, called_ae_title=called)
+    except Exception as exc:  # noqa: BLE001 - recorded or not, the association is refused
+        log.warning("dicom refusal not recorded on the audit trail", extra={"peer": address, "error": str(exc)[:200]})
     raise Rejected(REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
 
 
@@ -104,6 +110,7 @@ def check(assoc) -> None:
     """A-ASSOCIATE-RQ: accept, narrow the services, or reject (``Rejected``) the association."""
     calling = assoc.requestor.ae_title
     address = assoc.requestor.address
+    called = getattr(assoc.server, "ae_title", "")
     try:
         node = db.run(_node, calling)
     except DatabaseError as exc:
@@ -111,14 +118,16 @@ def check(assoc) -> None:
         raise Rejected(REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, TEMPORARY_CONGESTION) from None
     if node is None:
         if not in_networks(address, settings.DICOM_UNKNOWN_AE_FROM):
-            _refuse(calling, address, DicomRefusal.UNKNOWN_AE, "association rejected: unknown calling AE")
+            _refuse(calling, address, DicomRefusal.UNKNOWN_AE, "association rejected: unknown calling AE",
+                    called=called)
         return
     if not address_matches(node.host, address):
         _refuse(calling, address, DicomRefusal.UNEXPECTED_ADDRESS,
-                "association rejected: calling AE from an unexpected host", expected_host=node.host)
+                "association rejected: calling AE from an unexpected host", called=called, expected_host=node.host)
     if node.certificate_name and not _has_certificate(assoc, node.certificate_name):
         _refuse(calling, address, DicomRefusal.CERTIFICATE,
-                "association rejected: calling AE without its TLS certificate", over_tls=getattr(assoc, "over_tls", False))
+                "association rejected: calling AE without its TLS certificate", called=called,
+                over_tls=getattr(assoc, "over_tls", False))
     setattr(assoc, _ATTR, node)
     allowed = [cx for cx in assoc.supported_contexts if getattr(node, service_flag(cx.abstract_syntax))]
     if len(allowed) != len(assoc.supported_contexts):

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import DatabaseError, connections
 from pynetdicom.presentation import build_context
 
-from pacs import storage, tls
+from pacs import auditing, storage, tls
 from pacs.dimse import db, policy
 from pacs.dimse.acceptor import Acceptor
 from pacs.models import DicomNode
@@ -54,8 +54,13 @@ def _service_modules():
     return modules
 
 
-def _close_db(assoc) -> None:
-    """Association over: give this thread's database connection back."""
+def _association_ended(assoc) -> None:
+    """Association over: the studies it stored go on the audit trail (one record per study,
+    ``pacs.auditing``), then this thread's database connection is given back."""
+    try:
+        auditing.association_ended(assoc)
+    except Exception:  # noqa: BLE001 - the instances are stored; a failure to record is logged
+        log.exception("instances received not recorded on the audit trail")
     connections.close_all()
 
 
@@ -85,7 +90,8 @@ def build_server(host: str, port: int, *, ae_title: str | None = None, reuse_por
         contexts=contexts,
         handlers=handlers,
         policy=policy.check,
-        on_end=_close_db,
+        on_end=_association_ended,
+        on_handshake_failure=auditing.handshake_failed,
         maximum_associations=settings.DICOM_MAX_ASSOCIATIONS,
         maximum_pdu_size=settings.DICOM_MAX_PDU,
         acse_timeout=settings.DICOM_ACSE_TIMEOUT,

@@ -23,6 +23,7 @@ import logging
 from io import BytesIO
 from pathlib import Path
 
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError
 from pydicom import dcmread
 from pydicom.filereader import read_dataset
@@ -41,7 +42,7 @@ from pydicom.uid import (
 )
 from pynetdicom import sop_class as sc
 
-from pacs import storage
+from pacs import auditing, storage
 from pacs.services import images, resends
 
 log = logging.getLogger("pacs.dimse.store")
@@ -210,6 +211,8 @@ def on_c_store(event):
             completion.check_study(result.study_id, cause="instance after MPPS COMPLETED")
         except Exception:  # noqa: BLE001 - stored and indexed; the sweep completes the study later
             log.exception("completion check after C-STORE failed")
+    if settings.AUDIT_ENABLED:  # one audit record per study at the association's end (pacs.auditing)
+        auditing.instance_received(event.assoc, attrs.study_instance_uid, attrs.patient_id, attrs.issuer_of_patient_id)
     return SUCCESS
 
 

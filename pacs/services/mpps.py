@@ -25,6 +25,8 @@ from django.db import transaction
 from django.utils import timezone
 from pydicom.dataset import Dataset
 
+from audit import events
+from pacs import auditing
 from pacs.lib.dicom_values import ValueError_, parse_da, parse_tm
 from pacs.models.mpps import COMPLETED, DISCONTINUED, FINAL, IN_PROGRESS, PerformedInstance, PerformedProcedureStep
 from pacs.signals import mpps_completed
@@ -196,7 +198,8 @@ def _summarize_procedure(step: ScheduledProcedureStep, *, cause: str, actor: str
         transition(rp, target, entity="requested_procedure", cause=cause, actor=actor)
 
 
-def create(sop_instance_uid: str, attributes: dict, *, calling_ae_title: str = "") -> PerformedProcedureStep:
+def create(sop_instance_uid: str, attributes: dict, *, calling_ae_title: str = "",
+           source_address: str = "") -> PerformedProcedureStep:
     """N-CREATE (PS3.4 F.7.2.1): record the MPPS IN PROGRESS, move its steps to STARTED."""
     uid = (sop_instance_uid or "").strip()
     if not uid:
@@ -234,12 +237,14 @@ def create(sop_instance_uid: str, attributes: dict, *, calling_ae_title: str = "
         )
         _replace_instances(pps, _performed_instances(ds))
         _move_steps(steps, IN_PROGRESS, cause=cause, actor=calling_ae_title)
+        auditing.procedure_step(pps, events.CREATE, calling_ae_title=calling_ae_title, source_address=source_address)
     if not steps:
         log.info("unscheduled mpps kept for reconciliation", extra={"mpps": pps.pk, "calling_ae_title": calling_ae_title})
     return pps
 
 
-def update(sop_instance_uid: str, modifications: dict, *, calling_ae_title: str = "") -> PerformedProcedureStep:
+def update(sop_instance_uid: str, modifications: dict, *, calling_ae_title: str = "",
+           source_address: str = "") -> PerformedProcedureStep:
     """N-SET (PS3.4 F.7.2.2): merge the modification list; COMPLETED / DISCONTINUED are final."""
     uid = (sop_instance_uid or "").strip()
     ds = _dataset(modifications)
@@ -283,4 +288,5 @@ def update(sop_instance_uid: str, modifications: dict, *, calling_ae_title: str 
             _move_steps(steps, status, cause=cause, actor=calling_ae_title)
             if status == COMPLETED:
                 mpps_completed.send(sender=PerformedProcedureStep, performed_procedure_step=pps)
+        auditing.procedure_step(pps, events.UPDATE, calling_ae_title=calling_ae_title, source_address=source_address)
     return pps

@@ -16,9 +16,10 @@ import logging
 from django.db import transaction
 from django.utils import timezone
 
+from audit import events
 from pacs.models import Study, StudyLink
 from pacs.models import images as im
-from ris import states
+from ris import auditing, states
 from ris.errors import DomainError, UnknownKey
 from ris.models import Order, Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep
 
@@ -174,8 +175,20 @@ def link_study(study_id: int, requested_procedure_id: int, *, actor: str, note: 
         _apply(study, rp, im.MATCH_MANUAL)
         link = StudyLink.objects.create(study=study, requested_procedure=rp, corrections=study.corrections,
                                         actor=actor, note=note[:255])
+        _audit_link(link, study, rp, events.UPDATE, actor)
         completion.check_study(study.pk, cause=f"linked by {actor}")
     return link
+
+
+def _audit_link(link: StudyLink, study: Study, rp: RequestedProcedure, action: str, actor: str) -> None:
+    """Order Record (PS3.15 A.5.3.13), in the link's transaction: C when the order was created for
+    the study, U when the study joined an existing order; the order's patient and the study's
+    own PatientID are both named, with the corrections the link applied."""
+    auditing.change(events.ORDER_RECORD, action,
+                    patients=auditing.patient_ids(rp.order.patient_id) + auditing.patients_of(study),
+                    objects=auditing.order_objects(rp.order, [rp.accession_number])
+                    + [{"type": "study", "id": study.study_instance_uid}],
+                    detail={"link": link.pk, "corrections": link.corrections}, actor=actor)
 
 
 def link_study_to_new_order(study_id: int, patient_pk: int, *, actor: str, description: str = "",
@@ -211,5 +224,6 @@ def link_study_to_new_order(study_id: int, patient_pk: int, *, actor: str, descr
         _apply(study, rp, im.MATCH_NEW_ORDER)
         link = StudyLink.objects.create(study=study, requested_procedure=rp, created_order=True,
                                         corrections=study.corrections, actor=actor, note=note[:255])
+        _audit_link(link, study, rp, events.CREATE, actor)
         completion.check_study(study.pk, cause=f"new order by {actor}")
     return link

@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from pacs import storage
+from pacs import auditing, storage
 from pacs.lib.peers import address_matches
 from pacs.models import Instance, Study, Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
@@ -331,6 +331,8 @@ def _finish_locked(t: Transfer, *, cause: str) -> str:
     t.reason = ""
     t.save(update_fields=["finished_at", "lease_expires_at", "reason"])
     transition(t, tr.COMMITTED, entity="transfer", cause=cause, actor="routing")
+    if settings.AUDIT_ENABLED:  # the study left the engine: on the audit trail with the commit (pacs.auditing)
+        auditing.study_exported(t, instances=TransferItem.objects.filter(transfer=t, status=tr.ITEM_COMMITTED).count())
     _maybe_archive(t.study_id)
     return tr.COMMITTED
 

@@ -12,10 +12,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from audit import events
+from pacs import web_audit
 from pacs.access import ADMINISTRATOR, TECHNOLOGIST, has_role, roles
 from pacs.models import StoreConflict, Study, Transfer
 from pacs.models import transfers as tr
 from pacs.services import order_matching, resends, routing
+from ris import auditing as ris_auditing
 from ris.errors import DomainError
 from ris.models import PatientIdentifier, RequestedProcedure
 
@@ -36,10 +39,14 @@ def reconciliation(request):
         Study.objects.filter(requested_procedure__isnull=False).exclude(demographics_mismatch=[])
         .select_related("requested_procedure").annotate(n=Count("instances"))
     )
+    unmatched = list(unmatched.order_by("-last_received_at")[:200])
+    flagged = list(flagged.order_by("-last_received_at")[:200])
+    conflicts = list(StoreConflict.objects.select_related("study")[:200])
+    studies = unmatched + flagged + [c.study for c in conflicts if c.study is not None]
+    web_audit.query(request, patients=[p for s in studies for p in ris_auditing.patients_of(s)],
+                   criteria={"list": "reconciliation"}, shown=len(studies))
     return render(request, "imaging/reconciliation.html", {
-        "unmatched": unmatched.order_by("-last_received_at")[:200],
-        "flagged": flagged.order_by("-last_received_at")[:200],
-        "conflicts": StoreConflict.objects.select_related("study")[:200],
+        "unmatched": unmatched, "flagged": flagged, "conflicts": conflicts,
     })
 
 
@@ -59,8 +66,17 @@ def reconcile_study(request, study_id: int):
             Q(accession_number=query) | Q(order__patient__identifiers__id_number=query)
         ).select_related("order__patient").distinct()
         patients = list({i.patient for i in PatientIdentifier.objects.filter(id_number=query).select_related("patient")})
+    candidates = list(candidates.order_by("-created_at")[:50])
+    # DICOM Instances Accessed R (PS3.15 A.5.3.6): the study's header data, with the candidate
+    # orders and patients shown beside it (each named), and the search when one was asked.
+    shown = ris_auditing.patients_of(study) + [p for patient in patients for p in ris_auditing.patient_ids(patient)]
+    shown += [p for rp in candidates for p in ris_auditing.patient_ids(rp.order.patient_id)]
+    web_audit.read(request, events.INSTANCES_ACCESSED, patients=shown,
+                  objects=ris_auditing.objects_of(study) + [{"type": "accession", "id": rp.accession_number}
+                                                            for rp in candidates],
+                  detail={"q": query} if query else None)
     return render(request, "imaging/reconcile_study.html", {
-        "study": study, "candidates": candidates.order_by("-created_at")[:50], "patients": patients, "q": query,
+        "study": study, "candidates": candidates, "patients": patients, "q": query,
         "links": study.links.all(),
         "conflicts": StoreConflict.objects.filter(resends.of_study(study.pk)).distinct(),
     })
@@ -118,6 +134,8 @@ def transfers(request):
     rows = list(rows[:500])
     for row in rows:
         row.age = _age(row.created_at, now)
+    web_audit.query(request, patients=[p for row in rows for p in ris_auditing.patients_of(row.study)],
+                   criteria={"list": "transfers", "status": status}, shown=len(rows))
     counts = dict(Transfer.objects.values_list("status").annotate(n=Count("pk")).order_by())
     return render(request, "imaging/transfers.html", {
         "rows": rows, "status": status,

@@ -19,7 +19,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from ris import states
+from audit import events
+from ris import auditing, states
 from ris.commands import OrderCommand, ProcedureData
 from ris.errors import DuplicateKey, RequiredFieldMissing, TableValueNotFound, UnknownKey
 from ris.models import Order, Patient, RequestedProcedure, ScheduledProcedureStep, Visit
@@ -73,6 +74,16 @@ def apply_order(cmd: OrderCommand) -> dict:
     return change_order_status(order, cmd, to_status)
 
 
+def _audit_order(cmd: OrderCommand, action: str, accessions, detail: dict | None = None) -> None:
+    """Order Record (PS3.15 A.5.3.13) of an order placed or changed by ``cmd``: the patient as the
+    message names it (PID-3), the order numbers (ORC-2, ORC-3) and accession numbers (OBR-18)."""
+    auditing.change(events.ORDER_RECORD, action, patients=[auditing.identity(cmd.patient.primary)],
+                    objects=auditing.order_objects(accessions=accessions, placer=cmd.placer_order_number,
+                                                   namespace=cmd.placer_namespace, filler=cmd.filler_order_number),
+                    detail={"order_control": cmd.order_control, **(detail or {})},
+                    actor=cmd.sending_application)
+
+
 # The PostgreSQL two-statement path for NW orders (see the module docstring); tests switch it
 # off to run the ORM path as well.
 SQL_FAST_PATH = True
@@ -106,6 +117,7 @@ def _place_order_orm(cmd: OrderCommand, to_status: str) -> dict:
         sending_application=cmd.sending_application[:180], sending_facility=cmd.sending_facility[:180],
     )
     procs = [_create_procedure(order, p, cmd, to_status) for p in cmd.procedures]
+    _audit_order(cmd, events.CREATE, [p.accession_number for p in procs])
     return {"order": order.pk, "patient": patient.pk, "procedures": [p.pk for p in procs],
             "accession_numbers": [p.accession_number for p in procs]}
 
@@ -284,6 +296,7 @@ def _place_order_pg(cmd: OrderCommand) -> dict:
             "sps_status": states.SPS_SCHEDULED,
         })
         order_pk, _, procedure_pks = cursor.fetchone()
+    _audit_order(cmd, events.CREATE, rp["rp_accessions"])
     return {"order": order_pk, "patient": patient_pk, "procedures": list(procedure_pks),
             "accession_numbers": rp["rp_accessions"]}
 
@@ -419,6 +432,8 @@ def replace_order(order: Order, cmd: OrderCommand, to_status: str) -> dict:
     changed = [pk for rp in procs for pk in _set_status(rp, to_status, cmd)]
     for rp in procs:
         procedure_changed.send(sender=RequestedProcedure, requested_procedure_id=rp.pk)
+    _audit_order(cmd, events.UPDATE, [p.accession_number for p in procs],
+                 {"to_status": to_status, "steps_changed": changed})
     return {"order": order.pk, "procedures": [p.pk for p in procs], "steps_changed": changed,
             "accession_numbers": [p.accession_number for p in procs]}
 
@@ -429,6 +444,8 @@ def change_order_status(order: Order, cmd: OrderCommand, to_status: str) -> dict
     order.save(update_fields=["order_control", "order_status", "updated_at"])
     procs = _matching_procedures(order, cmd, add_missing=False)
     changed = [pk for rp in procs for pk in _set_status(rp, to_status, cmd)]
+    _audit_order(cmd, events.UPDATE, [p.accession_number for p in procs],
+                 {"to_status": to_status, "steps_changed": changed})
     return {"order": order.pk, "procedures": [p.pk for p in procs], "steps_changed": changed,
             "accession_numbers": [p.accession_number for p in procs]}
 

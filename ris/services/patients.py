@@ -9,6 +9,8 @@ from __future__ import annotations
 from django.db import connection
 from django.db.models import ForeignKey
 
+from audit import events
+from ris import auditing
 from ris.commands import MergePatients, PatientData, PatientIdentity, RegisterPatient, UpdatePatient, VisitData
 from ris.errors import UnknownKey
 from ris.models import Order, Patient, PatientIdentifier, PatientMerge, Visit
@@ -58,11 +60,23 @@ def _add_identifiers(patient: Patient, data: PatientData) -> None:
 
 
 def update_demographics(patient: Patient, data: PatientData) -> list[str]:
-    """Copy the non-empty demographics of ``data`` that differ onto ``patient`` and save them."""
+    """Copy the non-empty demographics of ``data`` that differ onto ``patient`` and save them.
+
+    Audited as Patient Record U (PS3.15 A.5.3.14) with the changed field names and their old and
+    new values, the patient named by the identifier the message used (PID-3)."""
+    before = {name: getattr(patient, name) for name in ("patient_name", "patient_birth_date", "patient_sex")}
     changed = _apply_demographics(patient, data)
     if changed:
         patient.save(update_fields=[*changed, "updated_at"])
+        auditing.change(events.PATIENT_RECORD, events.UPDATE, patients=[auditing.identity(data.primary)],
+                        detail={"changed": auditing.changes(before, {n: getattr(patient, n) for n in changed})})
     return changed
+
+
+def _audit_created(data: PatientData) -> None:
+    """Patient Record C (PS3.15 A.5.3.14): a patient registered, named by its PID-3 identifiers."""
+    auditing.change(events.PATIENT_RECORD, events.CREATE,
+                    patients=[auditing.identity(i) for i in data.identifiers])
 
 
 _PG_CREATE = """
@@ -101,7 +115,10 @@ def create_patient_pg(data: PatientData) -> int | None:
             "type_code": data.primary.identifier_type_code, "name": data.patient_name,
             "birth_date": data.patient_birth_date, "sex": data.patient_sex, "now": timezone.now(),
         })
-        return cursor.fetchone()[0]
+        created = cursor.fetchone()[0]
+    if created is not None:
+        _audit_created(data)
+    return created
 
 
 def upsert_patient(data: PatientData) -> tuple[Patient, bool]:
@@ -123,6 +140,7 @@ def upsert_patient(data: PatientData) -> tuple[Patient, bool]:
             patient=patient, id_number=data.primary.id_number, assigning_authority=data.primary.assigning_authority,
             identifier_type_code=data.primary.identifier_type_code,
         )
+        _audit_created(data)
     else:
         update_demographics(patient, data)
     if len(data.identifiers) > 1:
@@ -233,5 +251,12 @@ def merge_patients(cmd: MergePatients) -> dict:
         survivor=survivor, retired=retired, retired_patient_id=cmd.retired.id_number,
         retired_issuer_of_patient_id=cmd.retired.assigning_authority, moved=moved, cause=cmd.cause[:255],
     )
+    # Patient Record U (PS3.15 A.5.3.14) naming both: the survivor (PID-3) and the retired (MRG-1).
+    auditing.change(events.PATIENT_RECORD, events.UPDATE,
+                    patients=[auditing.identity(cmd.survivor.primary), auditing.identity(cmd.retired)],
+                    objects=[{"type": "merge", "id": str(merge.pk)}],
+                    detail={"merge": {"survivor": auditing.identity(cmd.survivor.primary),
+                                      "retired": auditing.identity(cmd.retired),
+                                      "moved": {label: len(pks) for label, pks in moved.items()}}})
     patient_changed.send(sender=Patient, patient_id=survivor.pk)
     return {"survivor": survivor.pk, "retired": retired.pk, "merge": merge.pk, "moved": moved}

@@ -25,7 +25,9 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from audit import events
 from pacs.access import RADIOLOGIST, RESIDENT, has_role
+from ris import auditing
 from ris.errors import DomainError, UnknownKey
 from ris.models import Report, ReportTemplate, ReportVersion, RequestedProcedure
 from ris.models.reports import (
@@ -274,6 +276,13 @@ def sign(requested_procedure_id: int, user, kind: str, *, findings: str | None =
         from worklist.services import release_claim, set_report_status
 
         set_report_status(rp.pk, report.status)
+        # Procedure Record (PS3.15 A.5.3.15), in the signature's transaction: C for the first
+        # signed version, U for every later one (final after preliminary, addendum).
+        auditing.change(events.PROCEDURE_RECORD, events.CREATE if draft.version_number == 1 else events.UPDATE,
+                        patients=auditing.patient_ids(rp.order.patient_id), objects=auditing.objects_of(rp)
+                        + [{"type": "report", "id": str(report.pk), "detail": f"version {draft.version_number}"}],
+                        detail={"signed": kind, "version": draft.version_number, "source": source,
+                                "report_status": report.status}, actor=user.get_username())
         release_claim(rp.pk, user, reason="SIGNED")
         _enqueue_oru(draft.pk)
     log.info("report signed", extra={"report_id": report.pk, "version": draft.version_number, "kind": kind})

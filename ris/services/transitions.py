@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.db import models
 
-from ris import states
+from audit import events
+from ris import auditing, states
 from ris.errors import InvalidTransition
 from ris.models import StatusChange
 
@@ -33,7 +34,25 @@ def transition(obj: models.Model, to_status: str, *, entity: str, cause: str, ac
         entity=entity, object_id=obj.pk, from_status=current, to_status=to_status, cause=cause[:255],
         actor=actor[:150],
     )
+    _audit(obj, entity, current, to_status, cause, actor)
     return True
+
+
+# Status changes audited as Procedure Record U (PS3.15 A.5.3.15): a step or a requested procedure
+# of a patient; the report's and the transfer's own changes are audited where they happen.
+_AUDITED = {"sps", "requested_procedure"}
+
+
+def _audit(obj, entity: str, from_status: str, to_status: str, cause: str, actor: str) -> None:
+    if entity not in _AUDITED:
+        return
+    from ris.models import PatientIdentifier
+
+    path = "patient__orders__procedures" if entity == "requested_procedure" else "patient__orders__procedures__steps"
+    patients = PatientIdentifier.objects.filter(**{path: obj.pk}).values_list("id_number", "assigning_authority")
+    auditing.change(events.PROCEDURE_RECORD, events.UPDATE, patients=list(patients),
+                    objects=[{"type": entity, "id": str(obj.pk)}],
+                    detail={"status": {"old": from_status, "new": to_status}, "cause": cause[:255]}, actor=actor)
 
 
 def history(entity: str, object_id: int):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from audit import events, trail
+from audit.models import AuditRecord
 from hl7gateway import senders
 from hl7gateway.mllp import frame
 from hl7gateway.models import InboundMessage
@@ -124,6 +126,11 @@ def test_client_refused_at_the_handshake_while_the_declared_ehr_is_served(listen
     assert counted(server, "tls_refused", 3)
     assert sorted(InboundMessage.objects.values_list("message_control_id", flat=True)) == ["TLS00001", "TLS00002"]
     assert Order.objects.count() == 2
+    # each refusal is a Security Alert on the audit trail (PS3.15 A.5.3.11, Node Authentication)
+    trail.flush()
+    alerts = AuditRecord.records.filter(event_id=events.SECURITY_ALERT.value)
+    assert [(a.actor_kind, a.source_address, a.outcome, a.event_type) for a in alerts] == [
+        ("hl7", "127.0.0.1", events.SERIOUS_FAILURE, events.NODE_AUTHENTICATION.value)] * 3
 
 
 def test_clear_text_client_on_the_tls_port_is_cut_without_an_answer(listener, pki):

@@ -13,6 +13,8 @@ from django.db import connection
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
+from audit import events, trail
+from audit.models import AuditRecord
 from pacs.models import Study, Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
@@ -66,6 +68,16 @@ def test_study_routed_committed_archived_with_corrections(engine, orthanc, sende
     assert study.corrections == {"PatientName": ["DOE^JOHNNY", "DOE^JOHN"]}
     history = [c.to_status for c in StatusChange.objects.filter(entity="transfer", object_id=transfer.pk)]
     assert history == [tr.IN_PROGRESS, tr.COMMITTING, tr.COMMITTED]
+    # On the audit trail (PS3.15 A.5.3.7): received once (action C, one record for the association)
+    # and sent once (action R, with the destination), both naming the study and its patient.
+    trail.flush()
+    transferred = {r.action: r for r in AuditRecord.records.filter(event_id=events.INSTANCES_TRANSFERRED.value)}
+    assert sorted(transferred) == ["C", "R"]
+    assert transferred["R"].destination == f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+    assert transferred["R"].objects[-1]["id"] == study.study_instance_uid
+    assert transferred["R"].objects[-1]["detail"]["instances"] == 5
+    assert transferred["C"].objects[-1]["detail"] == {"instances": 5} and transferred["C"].actor == "MODALITY"
+    assert {p.patient_id for r in transferred.values() for p in r.patients.all()} == {"P1"}
     # The local copies are still there: nothing is deleted by routing.
     assert all((study_file.exists()) for study_file in [
         __import__("pacs.storage", fromlist=["x"]).absolute_path(i.instance.path)

@@ -43,6 +43,9 @@ ORDER = (
     "OBR|1|SMKORD1||CTHEAD^CT head^LOCAL||||||||||||||SMKACC1||||||CT\r"
 )
 ACCESSION = "SMKACC1"
+# What of the day's patient and order no log line may carry (the name parts, the patient ID,
+# the birth date, the accession number).
+PATIENT_VALUES = ("Smoketest", "SMK0001", "19800101", ACCESSION)
 
 
 @dataclass

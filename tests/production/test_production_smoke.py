@@ -26,7 +26,7 @@ from tests.conftest import free_port
 from tests.mllp_sink import MLLPSink
 from tests.pacs.orthanc import OrthancProcess
 from tests.production import deployment, runtime_venv
-from tests.production.department import Engine, a_day, health, wait_port
+from tests.production.department import PATIENT_VALUES, Engine, a_day, health, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_KEY = "smoke-test-secret-key-0c8e4b1d9a7f62e35b0d4c1a8f7e6d5c4b3a2918"
@@ -49,7 +49,7 @@ def test_runtime_requirements_import_every_module_and_transport(runtime, tmp_pat
     imports with requirements.txt alone; the development requirements are not there."""
     env = runtime_venv.clean_env(
         VAR_DIR=str(tmp_path / "var"), DATABASE_URL=os.environ["DATABASE_URL"],
-        CELERY_BROKER_URL=os.environ["CELERY_BROKER_URL"])
+        CELERY_BROKER_URL=os.environ["CELERY_BROKER_URL"], SECRET_KEY="import-everything-test-key")
     result = subprocess.run([str(runtime / "bin" / "python"), "tests/production/import_everything.py"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
@@ -64,8 +64,13 @@ def test_runtime_requirements_import_every_module_and_transport(runtime, tmp_pat
 
 def test_dockerfile_installs_the_runtime_requirements_and_starts_the_web():
     image = deployment.dockerfile()
+    # The build stage makes wheels of requirements.txt (python-ldap compiles there); the image
+    # installs exactly those, from nothing else (--no-index).
+    wheels = [r for r in image.run if "pip wheel" in r]
+    assert wheels == ["pip wheel --no-cache-dir -w /wheels -r /build/requirements.txt"], wheels
     installs = [r for r in image.run if "pip install" in r]
-    assert installs == ["pip install --no-cache-dir -r requirements.txt"], installs
+    assert installs == ["pip install --no-cache-dir --no-index --find-links /wheels -r requirements.txt"
+                        " && rm -rf /wheels"], installs
     assert not any("requirements-dev" in r for r in image.run)
     assert image.cmd == deployment.compose()["web"].command, "the image's default process is the web service"
     assert sorted(image.expose) == [2575, 2762, 8000, 11112]
@@ -210,7 +215,8 @@ def _web_serves_pages_and_static_files(engine: Engine) -> None:
     opener = urllib.request.build_opener(type("NoRedirect", (urllib.request.HTTPRedirectHandler,),
                                               {"redirect_request": lambda *a, **k: None})())
     try:
-        opener.open(f"http://127.0.0.1:{engine.web}/", timeout=30)
+        # A search in the query string, as a browser sends it: it must reach no log line.
+        opener.open(f"http://127.0.0.1:{engine.web}/?q={PATIENT_VALUES[0]}", timeout=30)
         raise AssertionError("the reading worklist answered without a login")
     except urllib.error.HTTPError as exc:
         assert exc.code == 302 and "/accounts/login/" in exc.headers["Location"]
@@ -231,7 +237,12 @@ def _live_through_a_day(engine: Engine, processes: Processes, orthanc, sink, tmp
     assert all(a["status"] == "ok" for a in answers.values()), answers
     processes.assert_running()
     for name, _ in processes.started:
-        assert "Traceback" not in processes.output(name), f"{name} logged a traceback:\n{processes.output(name)[-4000:]}"
+        output = processes.output(name)
+        assert "Traceback" not in output, f"{name} logged a traceback:\n{output[-4000:]}"
+        # No patient data in any process's log, at the production log level: the day's patient
+        # (name, ID, birth date) and accession number, through every process that handled them.
+        found = [value for value in PATIENT_VALUES if value.lower() in output.lower()]
+        assert not found, f"{name} logged patient data {found}"
 
 
 def test_compose_services_on_postgres_and_redis(runtime, tmp_path, postgres_and_redis, peers):

@@ -15,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 
 from hl7gateway.mapping import map_message
 from hl7gateway.parsing import parse
+from ris import auditing
 from ris.errors import DuplicateKey
 from ris.models import Order, Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep, Visit
 from ris.services import orders, patients
@@ -134,8 +135,10 @@ def test_known_patient_order_takes_two_statements_and_updates_demographics_and_v
     # The same patient again, new name and visit data, another order.
     cmd = command("smallvendor_orm_o01_nw_lf.hl7", SV30001="SV30002")
     cmd.patient.patient_name = "Renamed^Rita"
-    with CaptureQueriesContext(connection) as queries:
+    # As in the HL7 intake: the audit records are gathered, and written there in one statement.
+    with auditing.collecting() as audit_records, CaptureQueriesContext(connection) as queries:
         effect = orders.place_order(cmd)
+    assert [(r.record.event_id, r.record.action) for r in audit_records] == [("110110", "U"), ("110109", "C")]
     patient.refresh_from_db()
     assert patient.patient_name == "Renamed^Rita"
     assert effect["patient"] == patient.pk
@@ -143,7 +146,7 @@ def test_known_patient_order_takes_two_statements_and_updates_demographics_and_v
     assert len(queries.captured_queries) == 3, [q["sql"][:60] for q in queries.captured_queries]
     cmd = command("smallvendor_orm_o01_nw_lf.hl7", SV30001="SV30003")
     cmd.patient.patient_name = "Renamed^Rita"  # nothing changed: lookup and INSERT chain only
-    with CaptureQueriesContext(connection) as queries:
+    with auditing.collecting(), CaptureQueriesContext(connection) as queries:
         orders.place_order(cmd)
     assert len(queries.captured_queries) == 2
     assert Order.objects.filter(patient=patient).count() == 3

@@ -10,6 +10,7 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.processes import application_activity
 from hl7gateway.server import MLLPServer, listening_socket
 from pacs.prefork import fork_workers, signal_workers, stop_workers
 from pacs.tls import TLSConfigurationError, server_context
@@ -68,6 +69,7 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        application_activity("mllp", started=True)  # the audit trail (PS3.15 A.5.3.1), after the fork
         listening = f"MLLP listening on {host}:{port}"
         if tls_server is not None:
             listening += f" tls={tls_port} client_certificates={settings.HL7_MLLP_TLS_CLIENT_CERTIFICATES}"
@@ -81,3 +83,4 @@ class Command(BaseCommand):
             if tls_server is not None:
                 tls_server.stop(timeout=2)
             stop_workers(children)
+            application_activity("mllp", started=False)

@@ -9,6 +9,7 @@ import socket
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.processes import application_activity
 from pacs.dimse.server import start_server, tls_enabled
 from pacs.prefork import fork_workers, stop_workers
 from pacs.tls import TLSConfigurationError, server_context
@@ -57,7 +58,9 @@ class Command(BaseCommand):
         tls_text = f" tls={tls_port} client_certificates={settings.DICOM_TLS_CLIENT_CERTIFICATES}" if with_tls else ""
         self.stdout.write(f"DICOM AE {settings.DICOM_AE_TITLE} listening on {host}:{port}{tls_text} workers={workers}")
         self.stdout.flush()
+        application_activity("dicom", started=True)  # the audit trail (PS3.15 A.5.3.1), after the fork
         try:
             start_server(host, port, block=True, reuse_port=workers > 1, tls_port=tls_port)
         finally:
             stop_workers(children)
+            application_activity("dicom", started=False)
