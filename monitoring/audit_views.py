@@ -42,11 +42,18 @@ PAGE_SIZE = 50
 AUDITORS = (PRIVACY_OFFICER, ADMINISTRATOR)
 
 
-def _audit_use(request, view: str, **detail) -> None:
-    """The page's own use, on the trail: who looked at the audit log, from where, asking what."""
+def _audit_use(request, view: str, patients=(), **detail) -> None:
+    """The page's own use, on the trail: who looked at the audit log, from where, asking what, and
+    the patients whose identifiers the answer showed (a look at a patient's audit history is a
+    look at the patient: it is listed under "who saw" too)."""
     trail.record_soon(events.AUDIT_LOG_USED, action=events.READ, actor=request.user.get_username(),
-                      actor_kind=events.USER, source_address=client_address(request),
+                      actor_kind=events.USER, source_address=client_address(request), patients=patients,
                       detail={"view": view, **detail})
+
+
+def _patients_of(records) -> list[tuple[str, str]]:
+    return list(dict.fromkeys((str(o.get("id")), str(o.get("issuer") or "")) for r in records for o in r.objects or ()
+                              if isinstance(o, dict) and o.get("type") == "patient" and o.get("id")))
 
 
 def _page_number(request) -> int:
@@ -98,7 +105,8 @@ def search_page(request):
     page = _page_number(request)
     start = (page - 1) * PAGE_SIZE
     records = list(search(criteria)[start:start + PAGE_SIZE + 1])
-    _audit_use(request, "search", criteria=criteria.as_detail(), page=page)
+    _audit_use(request, "search", patients=_patients_of(records[:PAGE_SIZE]), criteria=criteria.as_detail(),
+               page=page)
     query = request.GET.copy()
     query.pop("page", None)
     context.update({
@@ -115,7 +123,7 @@ def record_page(request, record_id: int):
     record = AuditRecord.records.filter(pk=record_id).first()
     if record is None:
         raise Http404("no such audit record")
-    _audit_use(request, "record", record_id=record_id)
+    _audit_use(request, "record", patients=_patients_of([record]), record_id=record_id)
     return render(request, "audit/record.html", {"row": _row(record), "record": record})
 
 
@@ -150,7 +158,7 @@ def who_saw_page(request):
     context.update(shown)
     if patient_id:
         sightings = who_saw(patient_id, issuer, start=start, end=end)
-        _audit_use(request, "who_saw", criteria={"patient_id": patient_id, "issuer": issuer,
+        _audit_use(request, "who_saw", patients=[(patient_id, issuer)], criteria={"patient_id": patient_id, "issuer": issuer,
                                                  "date_from": shown["date_from"].isoformat(),
                                                  "date_to": shown["date_to"].isoformat()})
         actors = sorted({(s.actor_kind, s.actor) for s in sightings})
@@ -174,7 +182,8 @@ def export_csv(request):
     except CriteriaError as exc:
         context = {**_form_context(request), **_chain_status(), "rows": [], "error": str(exc)}
         return render(request, "audit/search.html", context, status=400)
-    _audit_use(request, "export", criteria=criteria.as_detail())
+    named = [(criteria.patient_id, criteria.issuer)] if criteria.patient_id else []
+    _audit_use(request, "export", patients=named, criteria=criteria.as_detail())
     writer = csv.writer(_Echo())
 
     def lines():
