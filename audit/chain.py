@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +23,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import events, exports, trail
-from audit.models import AuditRecord
+from audit.models import AuditRecord, ChainCheck
 
 GENESIS = "0" * 64
 # pg_advisory_xact_lock key of the sealer (and of the purge, which must not run beside it).
@@ -150,6 +151,27 @@ def verify(*, unsealed_after: timedelta = timedelta(minutes=10), chunk_size: int
             "id", flat=True):
         result.breaks.append(Break("unsealed", None, record_id, f"not sealed although older than {unsealed_after}"))
     return result
+
+
+# How many breaks a ChainCheck keeps (the count is always whole).
+KEPT_BREAKS = 20
+
+
+def check() -> ChainCheck:
+    """:func:`verify` the whole chain and keep the result (the audit page shows the latest one):
+    the periodic task ``audit.verify`` and ``manage.py verify_audit`` call it."""
+    started = timezone.now()
+    clock = time.monotonic()
+    result = verify()
+    return ChainCheck.objects.create(
+        checked_at=started, checked=result.checked, break_count=len(result.breaks),
+        breaks=[{"kind": b.kind, "seq": b.seq, "record_id": b.record_id, "message": b.message}
+                for b in result.breaks[:KEPT_BREAKS]],
+        seconds=round(time.monotonic() - clock, 3))
+
+
+def last_check() -> ChainCheck | None:
+    return ChainCheck.objects.order_by("-checked_at", "-id").first()
 
 
 def purge(before: datetime, *, actor: str, actor_kind: str = events.SYSTEM) -> int:

@@ -138,3 +138,26 @@ class AuditExport(models.Model):
 
     def __str__(self) -> str:
         return f"audit export to {self.name} after seq {self.last_seq}"
+
+
+class ChainCheck(models.Model):
+    """The result of one verification of the whole hash chain (:func:`audit.chain.verify`, run by
+    the periodic task ``audit.verify`` or ``manage.py verify_audit``), so that the audit page
+    shows the chain's state without recomputing it on every view.  ``breaks`` keeps the first
+    breaks found (kind, seq, record id, message: no patient data)."""
+
+    checked_at = models.DateTimeField(db_index=True)
+    checked = models.BigIntegerField()
+    break_count = models.IntegerField()
+    breaks = models.JSONField(default=list, blank=True)
+    seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        default_permissions = ("view",)
+
+    @property
+    def ok(self) -> bool:
+        return self.break_count == 0
+
+    def __str__(self) -> str:
+        return f"chain check {self.checked_at:%Y-%m-%d %H:%M}: {self.checked} records, {self.break_count} breaks"

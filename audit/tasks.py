@@ -21,6 +21,13 @@ def seal() -> int:
     return total
 
 
+@shared_task(name="audit.verify", ignore_result=True)
+def verify() -> int:
+    """Periodic (AUDIT_VERIFY_SECONDS): verify the whole chain and keep the result for the audit
+    page (which must not recompute the chain on every view); returns the breaks found."""
+    return chain.check().break_count
+
+
 @shared_task(name="audit.purge", acks_late=True, ignore_result=True)
 def purge() -> int:
     """Daily: delete records older than AUDIT_RETENTION_DAYS (0: none), leaving an anchor record."""

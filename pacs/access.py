@@ -5,7 +5,9 @@ Roles are Django groups (created by migration ``pacs.0002_roles``):
 - ``radiologist``: reads, claims, signs preliminary and final reports and addenda
 - ``resident``: drafts reports and signs preliminary ones
 - ``technologist``: sees the reading worklist, cannot report
-- ``administrator``: the operator pages, templates, forced releases, replays
+- ``administrator``: the operator pages, templates, forced releases, replays, the audit page
+- ``privacy_officer``: the audit page (``/audit/``) and nothing else: who saw which patient
+  (migration ``pacs.0010_privacy_officer_role``)
 
 A superuser counts as an administrator.  Every view must declare who may open it with
 ``@roles(...)`` (or ``@public`` for login, health and static); ``DefaultDenyMiddleware``
@@ -24,7 +26,8 @@ RADIOLOGIST = "radiologist"
 RESIDENT = "resident"
 TECHNOLOGIST = "technologist"
 ADMINISTRATOR = "administrator"
-ROLES = (RADIOLOGIST, RESIDENT, TECHNOLOGIST, ADMINISTRATOR)
+PRIVACY_OFFICER = "privacy_officer"
+ROLES = (RADIOLOGIST, RESIDENT, TECHNOLOGIST, ADMINISTRATOR, PRIVACY_OFFICER)
 
 _ATTR = "allowed_roles"
 

@@ -72,6 +72,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Ends a session idle for SESSION_IDLE_MINUTES or older than SESSION_MAX_HOURS (pacs.sessions).
     "pacs.sessions.IdleSessionMiddleware",
+    # Who changes an account (its audit records, pacs.auth_audit): the signed-in user of the request.
+    "pacs.auth_audit.AccountChangeActorMiddleware",
     # Login for every page but those marked @public (login, health, static); then default deny.
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "pacs.access.DefaultDenyMiddleware",
@@ -395,8 +397,11 @@ AUDIT_SEAL_SECONDS = env_float("AUDIT_SEAL_SECONDS", 5.0, minimum=0.5)
 # Records of reads waiting for the in-process writer (audit.trail.record_soon); beyond it the
 # caller writes its record itself.
 AUDIT_QUEUE_SIZE = env_int("AUDIT_QUEUE_SIZE", 10000, minimum=1)
+# The whole hash chain is verified this often (audit.verify); the audit page shows the last result.
+AUDIT_VERIFY_SECONDS = env_float("AUDIT_VERIFY_SECONDS", 3600.0, minimum=60.0)
 CELERY_BEAT_SCHEDULE.update({
     "audit.seal": {"task": "audit.seal", "schedule": AUDIT_SEAL_SECONDS},
+    "audit.verify": {"task": "audit.verify", "schedule": AUDIT_VERIFY_SECONDS},
     "audit.purge": {"task": "audit.purge", "schedule": 86400.0},
     # Does nothing without AUDIT_REPOSITORY_URL.  A run not started within one interval expires
     # (the next one does its work), so that a stopped worker does not find a pile of them.

@@ -33,4 +33,5 @@ urlpatterns = [
     path("imaging/", include("pacs.web.urls")),
     path("interfaces/", include("hl7gateway.urls")),
     path("monitoring/", include("monitoring.urls")),
+    path("audit/", include("monitoring.audit_urls")),
 ]

@@ -105,3 +105,29 @@ def directory_settings(slapd_directory, settings):
     for name, value in slapd_directory.settings().items():
         setattr(settings, name, value)
     return slapd_directory
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After each test and all its fixtures: the audit records its pages handed to record_soon are
+    written and the writer's connection closed (else the test database cannot be dropped); and
+    the records that the writer committed beside a rolled-back test (``db``, not
+    ``transactional_db``) are removed, so that no later test counts them.  TRUNCATE (not DELETE,
+    which the append-only triggers refuse), and only on a test database."""
+    result = yield
+    from django.db import connection
+    from pytest_django.plugin import blocking_manager_key
+
+    from audit import trail
+
+    if not connection.settings_dict["NAME"].startswith("test_"):
+        assert trail.stop(timeout=60), "the audit writer did not drain"
+        return result
+    # The writer thread needs the database too: pytest-django blocks it outside a test.
+    with item.config.stash[blocking_manager_key].unblock():
+        assert trail.stop(timeout=60), "the audit writer did not drain"
+        from audit.models import AuditRecord
+
+        if not connection.in_atomic_block and AuditRecord.records.exists():
+            with connection.cursor() as cursor:
+                cursor.execute("TRUNCATE audit_auditpatient, audit_auditrecord")
+    return result

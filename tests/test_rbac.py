@@ -27,10 +27,21 @@ from django.test import Client, override_settings
 from django.urls import get_resolver, path, resolve
 from django.urls.resolvers import RegexPattern, RoutePattern
 
-from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, ROLES, TECHNOLOGIST, declared_roles, roles
+from pacs.access import (
+    ADMINISTRATOR,
+    PRIVACY_OFFICER,
+    RADIOLOGIST,
+    RESIDENT,
+    ROLES,
+    TECHNOLOGIST,
+    declared_roles,
+    roles,
+)
 from worklist.models import ApiToken
 
-ALL = frozenset(ROLES)
+# Every role that works with studies: all but the privacy officer, who sees the audit page only.
+CLINICAL = frozenset({RADIOLOGIST, RESIDENT, TECHNOLOGIST, ADMINISTRATOR})
+AUDITORS = frozenset({PRIVACY_OFFICER, ADMINISTRATOR})
 READERS = frozenset({RADIOLOGIST, RESIDENT})
 ADMIN_ONLY = frozenset({ADMINISTRATOR})
 PUBLIC = "public"
@@ -43,10 +54,10 @@ EXPECTED: dict[str, object] = {
     "logout": PUBLIC,
     "admin:login": PUBLIC,
     "admin:logout": PUBLIC,
-    "worklist:list": ALL,
+    "worklist:list": CLINICAL,
     "worklist:save_filter": READERS,
     "worklist:delete_filter": READERS,
-    "worklist:study": ALL,
+    "worklist:study": CLINICAL,
     "worklist:claim": READERS,
     "worklist:autosave": READERS,
     "worklist:sign": READERS,
@@ -76,6 +87,11 @@ EXPECTED: dict[str, object] = {
     "monitoring:replays": ADMIN_ONLY,
     "monitoring:replay_inbound": ADMIN_ONLY,
     "monitoring:replay_outbound": ADMIN_ONLY,
+    # The audit page: privacy officers and administrators, no one else.
+    "audit:search": AUDITORS,
+    "audit:record": AUDITORS,
+    "audit:who_saw": AUDITORS,
+    "audit:export": AUDITORS,
     ("token", "worklist:api_create_report"): READERS,
     ("token", "worklist:api_report"): READERS,
     ("token", "worklist:api_sign"): READERS,

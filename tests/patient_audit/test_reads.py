@@ -177,7 +177,10 @@ NO_PATIENT_DATA = {
 
 # Query strings that make a list or search page show the fixture patient.
 QUERIES = {"monitoring:journey": lambda w: {"accession": w["rp"].accession_number},
-           "worklist:list": lambda w: {"status": "ALL"}}
+           "worklist:list": lambda w: {"status": "ALL"},
+           # The audit page: "who saw" and the export of a search, for the fixture patient.
+           "audit:who_saw": lambda w: {"patient_id": MRN},
+           "audit:export": lambda w: {"patient_id": MRN}}
 
 
 def _patterns(resolver, prefix="", namespace=""):
@@ -195,7 +198,10 @@ def _kwargs(name: str, pattern: URLPattern, w) -> dict | None:
     values = {"study_id": w["unmatched"].pk, "requested_procedure_id": w["rp"].pk,
               "transfer_id": w["transfer"].pk, "accession_number": w["rp"].accession_number,
               "template_id": w["template"].pk, "filter_id": 1,
-              "message_id": w["inbound"].pk if "inbound" in name else w["outbound"].pk}
+              "message_id": w["inbound"].pk if "inbound" in name else w["outbound"].pk,
+              # The audit page's record view: the latest record naming the patient (the walk's own).
+              "record_id": AuditRecord.records.filter(patients__patient_id=MRN).order_by("-id")
+              .values_list("id", flat=True).first()}
     names = pattern.pattern.converters.keys() if hasattr(pattern.pattern, "converters") else []
     return {k: values[k] for k in names if values.get(k) is not None}
 
