@@ -95,4 +95,6 @@ def test_mllps_destination_never_falls_back_to_clear_text(pki):
         result = client.send_message("127.0.0.1", sink.port, b"MSH|^~\\&|PACS|RAD|EHR|H|20250101||ORU^R01|X1|P|2.5.1\r",
                                      message_control_id="X1", connect_timeout=2, ack_timeout=2, tls=True)
         assert result.outcome in (client.CONNECT_ERROR, client.CONNECTION_LOST, client.TIMEOUT)
-        assert sink.count == 0
+        # The ClientHello's random bytes may hold an MLLP start block and end sequence, which the
+        # clear-text sink then takes for a frame: what matters is that the message never arrived.
+        assert "X1" not in sink.control_ids()
