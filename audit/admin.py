@@ -11,8 +11,28 @@ from audit.models import AuditExport, AuditPatient, AuditRecord
 ADMINISTRATOR_GROUP = "administrator"
 
 
+class _ReadOnlyForAdministrators:
+    """Seen by administrators (superusers and the administrator role), never added or edited."""
+
+    def has_view_permission(self, request, obj=None):
+        user = request.user
+        return user.is_active and (user.is_superuser or user.groups.filter(name=ADMINISTRATOR_GROUP).exists())
+
+    def has_module_permission(self, request):
+        return self.has_view_permission(request)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(AuditRecord)
-class AuditRecordAdmin(admin.ModelAdmin):
+class AuditRecordAdmin(_ReadOnlyForAdministrators, admin.ModelAdmin):
     list_display = ("id", "occurred_at", "event_id", "event_type", "action", "outcome", "actor_kind", "actor",
                     "source_address", "seq")
     list_filter = ("event_id", "action", "outcome", "actor_kind")
@@ -43,25 +63,11 @@ class AuditRecordAdmin(admin.ModelAdmin):
                           patients=list(patients), objects=[{"type": "audit record", "id": str(r.pk)} for r in shown],
                           detail={"page": request.path, "shown": len(shown)})
 
-    def has_view_permission(self, request, obj=None):
-        user = request.user
-        return user.is_active and (user.is_superuser or user.groups.filter(name=ADMINISTRATOR_GROUP).exists())
 
-    def has_module_permission(self, request):
-        return self.has_view_permission(request)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(AuditExport)
-class AuditExportAdmin(admin.ModelAdmin):
+class AuditExportAdmin(_ReadOnlyForAdministrators, admin.ModelAdmin):
     """The export cursors: seen, not edited (only the exporter moves a cursor).  Deleting one retires
     a repository no longer used, so that the retention purge no longer waits for it; if that
     repository is configured again, it is sent the whole trail from the start."""
@@ -69,18 +75,6 @@ class AuditExportAdmin(admin.ModelAdmin):
     list_display = ("name", "url", "last_seq", "last_sent_at", "failing_since", "last_error")
     readonly_fields = list_display
 
-    def has_view_permission(self, request, obj=None):
-        user = request.user
-        return user.is_active and (user.is_superuser or user.groups.filter(name=ADMINISTRATOR_GROUP).exists())
-
-    def has_module_permission(self, request):
-        return self.has_view_permission(request)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_delete_permission(self, request, obj=None):
         return self.has_view_permission(request)
