@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from audit import chain, events, trail
-from audit.models import AuditRecord
+from audit.models import AuditPatient, AuditRecord
 from audit.search import (
     CSV_COLUMNS,
     WHO_SAW_DEFAULT_DAYS,
@@ -182,8 +182,11 @@ def export_csv(request):
     except CriteriaError as exc:
         context = {**_form_context(request), **_chain_status(), "rows": [], "error": str(exc)}
         return render(request, "audit/search.html", context, status=400)
-    named = [(criteria.patient_id, criteria.issuer)] if criteria.patient_id else []
-    _audit_use(request, "export", patients=named, criteria=criteria.as_detail())
+    # Every patient the file names, recorded before the first line leaves: the export is a look
+    # at each of them (listed under "who saw" for each).
+    named = list(AuditPatient.objects.filter(record__in=search(criteria).values("pk"))
+                 .values_list("patient_id", "issuer").distinct())
+    _audit_use(request, "export", patients=named, criteria=criteria.as_detail(), patients_named=len(named))
     writer = csv.writer(_Echo())
 
     def lines():

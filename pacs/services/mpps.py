@@ -30,6 +30,7 @@ from pacs import auditing
 from pacs.lib.dicom_values import ValueError_, parse_da, parse_tm
 from pacs.models.mpps import COMPLETED, DISCONTINUED, FINAL, IN_PROGRESS, PerformedInstance, PerformedProcedureStep
 from pacs.signals import mpps_completed
+from ris import auditing as ris_auditing
 from ris import states
 from ris.errors import InvalidTransition
 from ris.models import ScheduledProcedureStep
@@ -198,6 +199,12 @@ def _summarize_procedure(step: ScheduledProcedureStep, *, cause: str, actor: str
         transition(rp, target, entity="requested_procedure", cause=cause, actor=actor)
 
 
+def _acting(calling_ae_title: str, source_address: str):
+    """The modality as the actor of the step and procedure changes an MPPS causes (PS3.15 A.5.2:
+    UserID = the calling AE title, a DICOM node at its address)."""
+    return ris_auditing.acting(calling_ae_title or "(no AE title)", events.DICOM, source_address=source_address)
+
+
 def create(sop_instance_uid: str, attributes: dict, *, calling_ae_title: str = "",
            source_address: str = "") -> PerformedProcedureStep:
     """N-CREATE (PS3.4 F.7.2.1): record the MPPS IN PROGRESS, move its steps to STARTED."""
@@ -214,7 +221,7 @@ def create(sop_instance_uid: str, attributes: dict, *, calling_ae_title: str = "
                           offending=["PerformedProcedureStepStatus"])
     started_at = _datetime(ds, "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime")
     cause = f"MPPS N-CREATE {uid}"[:255]
-    with transaction.atomic():
+    with transaction.atomic(), _acting(calling_ae_title, source_address):
         if PerformedProcedureStep.objects.filter(sop_instance_uid=uid).exists():
             raise MppsRefused(DUPLICATE_SOP_INSTANCE, "MPPS SOP Instance already exists")
         steps = _referenced_steps(ds)
@@ -258,7 +265,7 @@ def update(sop_instance_uid: str, modifications: dict, *, calling_ae_title: str 
                           offending=["PerformedProcedureStepStatus"])
     ended_at = _datetime(ds, "PerformedProcedureStepEndDate", "PerformedProcedureStepEndTime")
     cause = f"MPPS N-SET {uid}"[:255]
-    with transaction.atomic():
+    with transaction.atomic(), _acting(calling_ae_title, source_address):
         pps = PerformedProcedureStep.objects.select_for_update().filter(sop_instance_uid=uid).first()
         if pps is None:
             raise MppsRefused(NO_SUCH_SOP_INSTANCE, "no such MPPS SOP Instance")

@@ -169,7 +169,9 @@ def test_using_the_page_is_itself_on_the_trail():
     (seen,) = _page_uses("who_saw")
     assert seen.detail["criteria"]["patient_id"] == "PAT-A" and seen.detail["criteria"]["issuer"] == "HOSP"
     (export,) = _page_uses("export")
-    assert export.detail == {"view": "export", "criteria": {"actor": "rad1"}}
+    assert export.detail == {"view": "export", "criteria": {"actor": "rad1"}, "patients_named": 1}
+    # A search by user names no patient, yet the file does: the export names every patient in it.
+    assert list(export.patients.values_list("patient_id", "issuer")) == [("PAT-A", "HOSP")]
 
 
 @pytest.mark.django_db

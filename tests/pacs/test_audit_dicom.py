@@ -152,6 +152,12 @@ def test_mpps_n_create_and_n_set_are_procedure_records(dicom_server, transaction
     for record in (created, updated):
         assert (record.actor, record.actor_kind, record.source_address) == ("CT1", "dicom", "127.0.0.1")
         assert list(AuditPatient.objects.filter(record=record).values_list("patient_id", flat=True)) == ["P1"]
+    # the step's status changes the MPPS caused (STARTED, then COMPLETED) are the modality's too
+    step_changes = [r for r in AuditRecord.records.filter(event_id=events.PROCEDURE_RECORD.value).order_by("id")
+                    if r not in (created, updated)]
+    assert len(step_changes) >= 2
+    for record in step_changes:
+        assert (record.actor, record.actor_kind, record.source_address) == ("CT1", "dicom", "127.0.0.1")
 
 
 def test_refused_associations_are_security_alerts(listen, settings):
