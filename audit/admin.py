@@ -7,7 +7,7 @@ from django.contrib import admin
 from audit import events, trail
 from audit.models import AuditExport, AuditPatient, AuditRecord
 
-# The role group of pacs.access (audit imports nothing of ours); superusers count as administrators.
+# The role group of project.access (audit imports nothing of ours); superusers count as administrators.
 ADMINISTRATOR_GROUP = "administrator"
 
 

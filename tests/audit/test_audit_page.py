@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from audit import chain, events, tasks, trail
 from audit.models import AuditRecord, ChainCheck
-from pacs.access import ADMINISTRATOR, PRIVACY_OFFICER, RADIOLOGIST, RESIDENT, ROLES, TECHNOLOGIST
+from project.access import ADMINISTRATOR, PRIVACY_OFFICER, RADIOLOGIST, RESIDENT, ROLES, TECHNOLOGIST
 
 PAGES = ["/audit/", "/audit/who-saw/?patient_id=PAT-A", "/audit/export.csv"]
 

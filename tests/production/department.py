@@ -165,7 +165,7 @@ def sign_report(engine: Engine, accession: str) -> dict:
     final report through the dictation API (``POST /api/v1/reports/``)."""
     engine.shell(
         "from django.contrib.auth.models import Group, User\n"
-        "from pacs.access import RADIOLOGIST\n"
+        "from project.access import RADIOLOGIST\n"
         "u = User.objects.create_user('smoke_rad', first_name='Rad', last_name='Smoke')\n"
         "u.groups.add(Group.objects.get(name=RADIOLOGIST))\n")
     token = engine.manage("create_api_token", "smoke_rad", "--name", "smoke dictation")
