@@ -71,7 +71,7 @@ class AuditRecord(_AppendOnly):
     destination = models.CharField(max_length=255, blank=True, default="")
     objects = models.JSONField(default=list, blank=True)
     detail = models.JSONField(default=dict, blank=True)
-    seq = models.BigIntegerField(null=True, blank=True, unique=True)
+    seq = models.BigIntegerField(null=True, blank=True)
     prev_hash = models.CharField(max_length=64, blank=True, default="")
     record_hash = models.CharField(max_length=64, blank=True, default="")
 
@@ -84,6 +84,9 @@ class AuditRecord(_AppendOnly):
             # The sealer's work list: small, since rows leave it within seconds.
             models.Index(fields=["id"], condition=Q(seq__isnull=True), name="audit_unsealed"),
         ]
+        # Unique among sealed records only: a record is written unsealed, and an index entry for
+        # its null would be one more write on every audited operation's path.
+        constraints = [models.UniqueConstraint(fields=["seq"], condition=Q(seq__isnull=False), name="audit_seq")]
         default_permissions = ("view",)
 
     def __str__(self) -> str:
@@ -97,7 +100,10 @@ class AuditPatient(_AppendOnly):
     (IssuerOfPatientID (0010,0021)); the same pair is in the record's ``objects``.
     """
 
-    record = models.ForeignKey(AuditRecord, on_delete=models.DO_NOTHING, related_name="patients")
+    # No foreign key constraint in the database: the trail writes a record and its patient rows in
+    # one statement, and rows are only deleted by the purge, patients first; a constraint would
+    # add a check per row at every audited commit.
+    record = models.ForeignKey(AuditRecord, on_delete=models.DO_NOTHING, related_name="patients", db_constraint=False)
     patient_id = models.CharField(max_length=64)
     issuer = models.CharField(max_length=64, blank=True, default="")
 

@@ -215,7 +215,7 @@ def _store_and_apply(raw: bytes, peer: str, replay_of: int | None = None) -> byt
         # No savepoint here (one round trip less per message): an application error aborts the
         # whole transaction, and the message is then stored with its AE in a second one.
         # The audit records of what the message changed (patients, orders, steps) are gathered and
-        # written by prepared statements at its end, in this transaction; the actor is the sender (MSH-3^MSH-4).
+        # written in one statement, in this transaction; the actor is the sender (MSH-3^MSH-4).
         with _acting_sender(msh, replay_of), auditing.collecting():
             effect = apply_commands(commands)
             auditing.write_collected()

@@ -8,8 +8,8 @@ itself (actor kind "system").
 
 A change's record is written in the caller's transaction (``audit.trail.record``), so that it
 commits or rolls back with the change.  Inside :func:`collecting` (the HL7 intake) the records
-are gathered instead and written by :func:`write_collected` just before the commit, one
-prepared statement per record (a record and its patient rows).
+are gathered instead and written by :func:`write_collected` in one statement before the commit:
+one round trip per message, whatever the message changed.
 
 Patients are named by identifier and issuer (PID-3.1 / PID-3.4 = PatientID / IssuerOfPatientID),
 never by name; demographics appear only as the before and after of a change of them, in the
