@@ -1,5 +1,5 @@
 """gunicorn's configuration for the web process, read from the working directory by every start
-(the Procfile, ``docker/compose.yaml`` and the image all run plain ``gunicorn pacs.wsgi``).
+(the Procfile, ``docker/compose.yaml`` and the image all run plain ``gunicorn project.wsgi``).
 
 Settings from the environment (listed in ``.env.example``): WEB_PORT, WEB_WORKERS, WEB_TIMEOUT,
 and WEB_TLS with TLS_CERTIFICATE / TLS_PRIVATE_KEY for HTTPS served by gunicorn itself.
@@ -15,7 +15,7 @@ def _int(name: str, default: int) -> int:
 
 
 def _true(name: str) -> bool:
-    # The same words as pacs.env.env_bool; a bad value is reported by ``manage.py check`` (pacs.E001).
+    # The same words as project.env.env_bool; a bad value is reported by ``manage.py check`` (pacs.E001).
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
@@ -29,14 +29,14 @@ access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 # No control socket (gunicorn >= 25 opens one in $HOME by default): nothing here uses it, and two
 # instances on one host would share its path.
 control_socket_disable = True
-# Whether a request is HTTPS is decided in one place, pacs.https (X-Forwarded-Proto believed only from
+# Whether a request is HTTPS is decided in one place, project.https (X-Forwarded-Proto believed only from
 # WEB_TRUSTED_PROXIES): gunicorn's own handling of the header (trusted from 127.0.0.1 by default)
 # is turned off, so that it cannot set wsgi.url_scheme to https for a client on the same host.
 forwarded_allow_ips = ""
 secure_scheme_headers: dict[str, str] = {}
 
 if _true("WEB_TLS"):
-    # HTTPS served by gunicorn: the engine's certificate chain and key (pacs.tls; ``manage.py check``
+    # HTTPS served by gunicorn: the engine's certificate chain and key (project.tls; ``manage.py check``
     # fails, pacs.E007, when they are missing or do not match).
     certfile = os.environ.get("TLS_CERTIFICATE", "").strip() or None
     keyfile = os.environ.get("TLS_PRIVATE_KEY", "").strip() or None

@@ -6,8 +6,9 @@ from django.contrib import admin
 
 from audit import events, trail
 from audit.models import AuditExport, AuditPatient, AuditRecord
+from project.https import client_address
 
-# The role group of pacs.access (audit imports nothing of ours); superusers count as administrators.
+# The role group of project.access (audit imports nothing of ours); superusers count as administrators.
 ADMINISTRATOR_GROUP = "administrator"
 
 
@@ -59,11 +60,9 @@ class AuditRecordAdmin(_ReadOnlyForAdministrators, admin.ModelAdmin):
         """Audit Log Used R (PS3.15 A.5.3.2): who read the trail, naming the patients of the records shown."""
         patients = AuditPatient.objects.filter(record__in=[r.pk for r in shown]).values_list("patient_id", "issuer")
         trail.record_soon(events.AUDIT_LOG_USED, action=events.READ, actor=request.user.get_username(),
-                          actor_kind=events.USER, source_address=request.META.get("REMOTE_ADDR", ""),
+                          actor_kind=events.USER, source_address=client_address(request),
                           patients=list(patients), objects=[{"type": "audit record", "id": str(r.pk)} for r in shown],
                           detail={"page": request.path, "shown": len(shown)})
-
-
 
 
 @admin.register(AuditExport)

@@ -5,6 +5,6 @@
 - ``syslog``: RFC 5424 messages sent over TLS (RFC 5425), TCP (same framing) or UDP (RFC 5426);
 - ``export``: ``export_batch(records, sender)``, the step a cursor over the audit trail repeats.
 
-This package imports nothing at import time, so that pacs.settings can read
+This package imports nothing at import time, so that project.settings can read
 ``destination.parse_url``.
 """

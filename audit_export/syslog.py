@@ -116,7 +116,7 @@ class SyslogSender:
         """The sender to AUDIT_REPOSITORY_URL, TLS with the AUDIT_REPOSITORY_* files."""
         from django.conf import settings
 
-        from pacs import tls
+        from project import tls
 
         destination = parse_url(settings.AUDIT_REPOSITORY_URL)
         context = None

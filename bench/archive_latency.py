@@ -1,7 +1,7 @@
 """Exam complete to archived: from the MPPS N-SET COMPLETED to the VNA holding every instance.
 
 The engine's processes as production runs them (``manage.py run_dicom --workers 2``, a
-``celery -A pacs worker --concurrency 2`` and ``celery -A pacs beat``, on PostgreSQL and
+``celery -A project worker --concurrency 2`` and ``celery -A project beat``, on PostgreSQL and
 Redis), Orthanc (``SyncStorageArea: true``, the engine's AE in its ``DicomModalities`` for
 the storage commitment N-EVENT-REPORT) as the VNA.  Per run, a 200-image CT study (512 x 512,
 16-bit, ~105 MB, synthetic) for a new order:
@@ -67,7 +67,7 @@ _RECEIVED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainPro
 
 
 class Beat:
-    """``celery -A pacs beat`` with its schedule file in the work directory."""
+    """``celery -A project beat`` with its schedule file in the work directory."""
 
     def __init__(self, workdir: Path, env: dict):
         self.log = open(workdir / "beat.log", "wb")

@@ -141,7 +141,7 @@ def measure_calls(args) -> None:
     to a busy machine than the end-to-end ratios."""
     url = f"{args.server}/{args.prefix}_mwl"
     ensure_database(url)
-    os.environ.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="pacs.settings")
+    os.environ.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="project.settings")
     sys.path.insert(0, str(ROOT))
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True)
     import django

@@ -5,7 +5,7 @@ Runs, side by side in one run, against the same sink (``tests/mllp_sink.py``, in
 
 * ``engine``  -- the real path: N reports signed through ``ris.services.reports.sign`` in one
   transaction (two destinations, billing and EHR: 2 N outbound rows); the clock starts at the
-  commit, which publishes the delivery tasks (``transaction.on_commit``); ``celery -A pacs
+  commit, which publishes the delivery tasks (``transaction.on_commit``); ``celery -A project
   worker --concurrency C`` claims each row, sends it over MLLP, waits for the AA and records
   it; the clock stops when the last row is DELIVERED in PostgreSQL.  Checked afterwards:
   every row delivered, the sink received each MSH-10 exactly once.
@@ -50,7 +50,7 @@ DB_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:543
 BROKER = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/5")
 os.environ["DATABASE_URL"] = DB_URL
 os.environ["CELERY_BROKER_URL"] = BROKER
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 

@@ -5,7 +5,7 @@ What it does (issue 5, "Speed"):
 1. Creates (or reuses) a PostgreSQL database and fills it through the ORM with N studies
    (patient, identifier, order, requested procedure, scheduled step and reading worklist row
    each): 5 % STAT, 15 % HIGH, 80 % ROUTINE; six modalities; 30 % still to read.
-2. Starts ``gunicorn pacs.wsgi`` (sync workers) on an ephemeral port, with an access log that
+2. Starts ``gunicorn project.wsgi`` (sync workers) on an ephemeral port, with an access log that
    records the server time of every request (``%(D)s``, microseconds from the parsed request
    to the sent response).
 3. Logs in 10 users (radiologists) through the login form and lets them request, concurrently
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/pacs_bench_reading"
 os.environ.setdefault("DATABASE_URL", DEFAULT_DB)
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/3")
 
 MODALITIES = ["CT", "MR", "CR", "US", "MG", "NM"]
@@ -206,7 +206,7 @@ def free_port() -> int:
 def start_gunicorn(port: int, workers: int, access_log: Path) -> subprocess.Popen:
     env = dict(os.environ, DEBUG="false", ALLOWED_HOSTS="127.0.0.1,localhost", LOG_LEVEL="WARNING")
     proc = subprocess.Popen(
-        [str(ROOT / ".venv/bin/gunicorn"), "pacs.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+        [str(ROOT / ".venv/bin/gunicorn"), "project.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
          "--access-logfile", str(access_log), "--access-logformat", "%(m)s %(U)s?%(q)s %(s)s %(D)s",
          "--log-level", "warning"],
         cwd=ROOT, env=env, start_new_session=True,

@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pacs_h4_bench")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 os.environ["TCP_NODELAY"] = "1"
 os.environ.setdefault("VNA_DESTINATIONS", "")
 

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, register
 
 from hl7gateway import senders
-from pacs.tls import CLIENT_CERTIFICATE_POLICIES
+from project.tls import CLIENT_CERTIFICATE_POLICIES
 
 
 @register(Tags.compatibility)

@@ -11,7 +11,7 @@ retries: one call is one attempt.  Like any HL7 sender, one connection carries m
 messages in turn (original mode: the next message only after the ACK of the previous).
 
 ``tls=True`` is MLLP over TLS (a destination ``mllps://host:port``): the context of
-``pacs.tls.client_context`` (TLS 1.2 or 1.3, the BCP 195 profile of DICOM PS3.15 Annex B.9),
+``project.tls.client_context`` (TLS 1.2 or 1.3, the BCP 195 profile of DICOM PS3.15 Annex B.9),
 the destination's certificate verified against TLS_CA_CERTIFICATES and its host name checked
 (RFC 6125), the engine's certificate offered when the destination asks for one.  A handshake
 that fails -- certificate not trusted, expired, for another name -- is a CONNECT_ERROR whose
@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 
 from hl7gateway.mllp import FrameTooLarge, MLLPDecoder, frame
-from pacs.tls import TLSConfigurationError, client_context
+from project.tls import TLSConfigurationError, client_context
 
 # Outcomes of one attempt.
 ACCEPTED = "AA"

@@ -364,7 +364,7 @@ def wake(destination_ids: list[int]) -> int:
     their rows too.  A request older than ``HL7_ORU_REQUEUE_AFTER_SECONDS`` counts as lost
     and is made again.  Returns the number of drain tasks published.
     """
-    from pacs.celery import app
+    from project.celery import app
 
     now = timezone.now()
     stale = now - timedelta(seconds=settings.HL7_ORU_REQUEUE_AFTER_SECONDS)
@@ -389,7 +389,7 @@ def wake(destination_ids: list[int]) -> int:
 def dispatch(message_ids: list[int], countdown: float = 0.0) -> None:
     """Publish one delivery task per row (after commit).  Losing one is harmless: the sweep
     re-drives rows whose task has not run (``dispatched_at``)."""
-    from pacs.celery import app
+    from project.celery import app
 
     for pk in message_ids:
         app.send_task(TASK_NAME, args=[pk], countdown=countdown or None,

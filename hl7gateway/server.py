@@ -20,7 +20,7 @@ do not start the deadline (senders that end frames with CR LF or put LF between 
 ``port=0`` binds an ephemeral port, read back from ``server.port``.  With ``reuse_port``
 several processes listen on one port (SO_REUSEPORT; ``run_mllp --workers N``).
 
-With ``tls_context`` (``pacs.tls.server_context``: TLS 1.2 or 1.3, the BCP 195 profile of
+With ``tls_context`` (``project.tls.server_context``: TLS 1.2 or 1.3, the BCP 195 profile of
 DICOM PS3.15 Annex B.9, which MLLP over TLS follows as well) the listener is MLLP over TLS
 (``HL7_MLLP_TLS_PORT``): the same limits apply, the connection's slot is taken before the
 handshake, and the whole handshake has ``HL7_MESSAGE_DEADLINE_SECONDS`` -- a client that never
@@ -45,7 +45,7 @@ from django.db import connections
 from hl7gateway import auditing, intake
 from hl7gateway.mllp import FrameTooLarge, MLLPDecoder, frame
 from hl7gateway.senders import address_of, source_address
-from pacs.tls import peer_certificate
+from project.tls import peer_certificate
 
 log = logging.getLogger("hl7gateway.server")
 

@@ -1,4 +1,4 @@
-"""Web pages of this app (each view declares its roles, see pacs.access), under /interfaces/."""
+"""Web pages of this app (each view declares its roles, see project.access), under /interfaces/."""
 
 from django.urls import path
 

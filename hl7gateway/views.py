@@ -19,8 +19,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from hl7gateway import outbox
 from hl7gateway.models import OutboundDestination, OutboundMessage
-from pacs import web_audit
-from pacs.access import ADMINISTRATOR, roles
+from project import web_audit
+from project.access import ADMINISTRATOR, roles
 from ris import auditing as ris_auditing
 from ris.errors import DomainError
 from ris.services.transitions import history

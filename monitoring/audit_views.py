@@ -1,8 +1,8 @@
 """The audit page (/audit/): search the audit trail, one record, "who saw this patient", CSV export.
 
-For privacy officers and administrators only (``pacs.access``).  The queries are
+For privacy officers and administrators only (``project.access``).  The queries are
 ``audit.search``'s; the page lives here rather than in the audit app because the audit app
-imports nothing of ours, and the role gate is ``pacs.access``.  Patients are shown as the trail
+imports nothing of ours, and the role gate is ``project.access``.  Patients are shown as the trail
 names them (ID and issuer), without demographics.
 
 Using the page is itself on the trail (DICOM PS3.15 A.5.3.2 Audit Log Used, action R): each
@@ -35,8 +35,8 @@ from audit.search import (
     search,
     who_saw,
 )
-from pacs.access import ADMINISTRATOR, PRIVACY_OFFICER, roles
-from pacs.https import client_address
+from project.access import ADMINISTRATOR, PRIVACY_OFFICER, roles
+from project.https import client_address
 
 PAGE_SIZE = 50
 AUDITORS = (PRIVACY_OFFICER, ADMINISTRATOR)

@@ -2,7 +2,7 @@
 
 Thin views: the figures come from ``monitoring.selectors`` (the same functions as the alarms
 and /metrics), the journey from ``monitoring.journey``, the replays from ``monitoring.replay``.
-Administrators only (``pacs.access``).  Charts are inline SVG drawn here, server-side.
+Administrators only (``project.access``).  Charts are inline SVG drawn here, server-side.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from hl7gateway.views import age
 from monitoring import journey as journey_mod
 from monitoring import replay, selectors
 from monitoring.records import ReplayRecord
-from pacs import web_audit
-from pacs.access import ADMINISTRATOR, roles
+from project import web_audit
+from project.access import ADMINISTRATOR, roles
 from ris import auditing as ris_auditing
 from ris.errors import DomainError
 

@@ -99,7 +99,7 @@ def web(host: str, port: int, timeout: float = 5.0) -> bool:
 
 def worker(timeout: float = 3.0) -> bool:
     """At least one Celery worker answers a ping over the broker."""
-    from pacs.celery import app
+    from project.celery import app
 
     try:
         return bool(app.control.ping(timeout=timeout))

@@ -19,7 +19,7 @@ from hl7gateway.models import OutboundAttempt, OutboundMessage
 from monitoring import selectors
 from monitoring.models import Alarm, AlarmRule
 from pacs.models import Transfer
-from pacs.tls import certificate_expiries
+from project.tls import certificate_expiries
 
 
 def _ts(value) -> float:

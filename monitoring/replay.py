@@ -11,7 +11,7 @@ The original is never changed:
 - outbound: ``hl7gateway.outbox.retry`` (same bytes, same MSH-10; it writes its own
   ``OutboundAction`` with the user and the reason as well).
 
-The permission (administrator) is checked by the views (``pacs.access.roles``).
+The permission (administrator) is checked by the views (``project.access.roles``).
 """
 
 from __future__ import annotations

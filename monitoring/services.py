@@ -41,7 +41,7 @@ from monitoring.models import (
     Alarm,
     AlarmRule,
 )
-from pacs.tls import certificate_expiries
+from project.tls import certificate_expiries
 
 log = logging.getLogger("monitoring.alarms")
 

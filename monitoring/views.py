@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from monitoring.metrics import render
-from pacs.access import public
+from project.access import public
 
 
 def scrape_allowed(request) -> bool:

@@ -1,5 +1,2 @@
-"""The Django project package and the imaging side of the engine."""
-
-from .celery import app as celery_app
-
-__all__ = ("celery_app",)
+"""The imaging side of the engine: DICOM services (PS3.4, PS3.7, PS3.8), the image store and
+the hand-off of studies to the VNA."""

@@ -13,7 +13,7 @@ storage commitment request (one small N-ACTION per transfer) always by the engin
 
 A destination with ``tls`` (``dicoms://``) is reached over TLS only (PS3.15 B.9, BCP 195), by
 every one of these senders: the VNA's certificate is verified against TLS_CA_CERTIFICATES (or
-the system's store) and its host name checked (``pacs.tls.client_context``); the engine's
+the system's store) and its host name checked (``project.tls.client_context``); the engine's
 certificate is offered when the VNA asks for one.  A certificate that does not verify fails
 the transfer at once (``PermanentError``: no retry mends it until someone changes a
 certificate or the trusted CAs, then "retry" on the transfers page); a handshake broken
@@ -32,9 +32,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
-from pacs import tls
 from pacs.dimse import requestor
 from pacs.services.routing import ItemOutcome, ItemToSend, PermanentError, TransientError
+from project import tls
 
 log = logging.getLogger("pacs.scu")
 

@@ -17,7 +17,7 @@ To a ``dicoms://`` destination storescu runs with ``+tls`` (the engine's key and
 ``+tla`` without one) in the non-downgrading BCP 195 profile (PS3.15 B.9), the VNA's
 certificate required and verified against TLS_CA_CERTIFICATES (``+cf``; the system's store
 ``+cd /etc/ssl/certs`` when unset).  dcmtk 3.6.7 does not compare the certificate's names with
-the host, so the engine first makes one TLS handshake of its own with ``pacs.tls``'s checks
+the host, so the engine first makes one TLS handshake of its own with ``project.tls``'s checks
 (chain and host name) and starts storescu only when that passes.  A refused certificate is
 permanent, as with the engine's sender (``pacs.scu``).
 """

@@ -8,6 +8,3 @@ from django.dispatch import Signal
 
 mpps_completed = Signal()
 
-# Sent when repeated failed sign-ins lock a user name or a client address (pacs.signin; kwargs:
-# ``username``, ``ip_address``, ``request``): a security event for the audit trail.
-account_locked = Signal()

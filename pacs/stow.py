@@ -24,8 +24,8 @@ from django.conf import settings
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
-from pacs.encryption import Unreadable
 from pacs.services.routing import ItemOutcome, ItemToSend, PermanentError, TransientError
+from project.encryption import Unreadable
 
 BATCH_BYTES = 32 * 1024 * 1024
 TIMEOUT = (10, 300)

@@ -1,4 +1,4 @@
-"""A real ``celery -A pacs worker`` process for tests, in its own process group, logging to a
+"""A real ``celery -A project worker`` process for tests, in its own process group, logging to a
 file per start (tests read it when they fail)."""
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pacs")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("TCP_NODELAY", "1")
 # A test run is no embedded default (PostgreSQL): without a SECRET_KEY the engine refuses to start
-# (pacs.secret_key).  One key for the run, inherited by every process a test starts.
+# (project.secret_key).  One key for the run, inherited by every process a test starts.
 os.environ.setdefault("SECRET_KEY", f"test-run-only-{secrets.token_urlsafe(32)}")
 
 

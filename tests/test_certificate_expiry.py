@@ -20,8 +20,8 @@ from django.utils import timezone
 from monitoring import services
 from monitoring.metrics import DatabaseCollector, render
 from monitoring.models import CERTIFICATE_EXPIRY, Alarm, AlarmRule
-from pacs.access import ADMINISTRATOR
-from pacs.checks import check_tls_files, tls_deployment_warnings
+from project.access import ADMINISTRATOR
+from project.checks import check_tls_files, tls_deployment_warnings
 from tests.tls_certs import TestPKI
 from tests.worklist.factories import user
 

@@ -111,7 +111,7 @@ def test_env_example_lists_every_setting_read_from_the_environment():
     assert missing == []
 
 
-# --- SECRET_KEY (pacs.secret_key) -------------------------------------------------------------
+# --- SECRET_KEY (project.secret_key) -------------------------------------------------------------
 
 POSTGRES = "postgres://postgres@127.0.0.1:5432/pacs"
 SHOW_KEY = "from django.conf import settings as s; print(s.SECRET_KEY)"
@@ -130,7 +130,7 @@ def test_no_secret_key_outside_the_embedded_default_refuses_to_start(tmp_path):
         assert result.returncode != 0 and re.search(r"pacs\.E008\) SECRET_KEY is not set", out), (extra, out)
         assert not (tmp_path / "var" / "secret.key").exists(), "no key is generated outside the embedded default"
     # gunicorn runs no checks: the WSGI application itself refuses to load.
-    wsgi = subprocess.run([sys.executable, "-c", "import pacs.wsgi"], cwd=ROOT, capture_output=True, text=True,
+    wsgi = subprocess.run([sys.executable, "-c", "import project.wsgi"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={**{k: v for k, v in os.environ.items() if k != "SECRET_KEY"},
                                             "DATABASE_URL": POSTGRES, "VAR_DIR": str(tmp_path / "var")})
     assert wsgi.returncode != 0 and "ImproperlyConfigured: SECRET_KEY is not set" in wsgi.stderr
@@ -164,7 +164,7 @@ def test_processes_starting_together_share_one_complete_key(tmp_path):
     """Every process of ``make run`` reads settings at once on a fresh machine: one key wins."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pacs import secret_key
+    from project import secret_key
 
     with ThreadPoolExecutor(8) as pool:
         keys = set(pool.map(lambda _: secret_key.generated(tmp_path), range(32)))

@@ -27,7 +27,7 @@ from django.test import Client, override_settings
 from django.urls import get_resolver, path, resolve
 from django.urls.resolvers import RegexPattern, RoutePattern
 
-from pacs.access import (
+from project.access import (
     ADMINISTRATOR,
     PRIVACY_OFFICER,
     RADIOLOGIST,

@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import events
-from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, has_role
+from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, has_role
 from ris import auditing, states
 from ris.errors import DomainError
 from ris.models import RequestedProcedure

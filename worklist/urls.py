@@ -1,4 +1,4 @@
-"""Reading worklist pages and the dictation API (each view declares its roles, see pacs.access)."""
+"""Reading worklist pages and the dictation API (each view declares its roles, see project.access)."""
 
 from django.urls import path
 

@@ -1,7 +1,7 @@
 """Reading worklist pages: the list, the study (editor or read-only), templates.
 
 Thin: each view parses the request, calls ``worklist.services`` / ``ris.services.reports`` /
-``worklist.selectors`` and renders.  Every view declares its roles (``pacs.access``).
+``worklist.selectors`` and renders.  Every view declares its roles (``project.access``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from audit import events
-from pacs import web_audit
-from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST, has_role, roles
+from project import web_audit
+from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST, has_role, roles
 from ris.errors import DomainError
 from ris.models import Report, ReportTemplate
 from ris.services import reports

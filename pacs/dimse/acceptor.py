@@ -72,8 +72,9 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import negotiate_as_acceptor
 
-from pacs import storage, tls
+from pacs import storage
 from pacs.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
+from project import tls
 
 log = logging.getLogger("pacs.dimse.acceptor")
 

@@ -43,9 +43,9 @@ from pynetdicom.sop_class import (
 from pacs import auditing
 from pacs.dimse import db
 from pacs.dimse.acceptor import Rejected
-from pacs.lib.peers import address_matches, certificate_matches, in_networks
 from pacs.models import DicomNode, DicomRefusal
 from pacs.services import peers
+from project.peers import address_matches, certificate_matches, in_networks
 
 log = logging.getLogger("pacs.dimse.policy")
 

@@ -11,7 +11,7 @@ PDUs are pynetdicom's classes, as in ``pacs.dimse.acceptor``; the framing and co
 ``pacs.dimse.ul``.
 
 Over TLS (PS3.15 B.9, the BCP 195 profile) the TCP connection is wrapped before the
-A-ASSOCIATE-RQ with the context the caller gives (``pacs.tls.client_context``: the VNA's
+A-ASSOCIATE-RQ with the context the caller gives (``project.tls.client_context``: the VNA's
 certificate verified, its host name checked).  A failed handshake is ``TLSFailed``; nothing
 is ever sent in clear on a connection that was meant to be secure.
 """

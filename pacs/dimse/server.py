@@ -8,7 +8,7 @@ side is ``pacs.dimse.acceptor``: every association on its own thread, whose data
 connection (if it opened one) is closed when the association ends.
 
 With TLS_CERTIFICATE set and DICOM_TLS_PORT not 0, a second listener serves the same AE, the
-same services and the same limits over TLS (PS3.15 B.9, the BCP 195 profile of ``pacs.tls``),
+same services and the same limits over TLS (PS3.15 B.9, the BCP 195 profile of ``project.tls``),
 asking for client certificates as DICOM_TLS_CLIENT_CERTIFICATES says.
 """
 
@@ -21,11 +21,12 @@ from django.conf import settings
 from django.db import DatabaseError, connections
 from pynetdicom.presentation import build_context
 
-from pacs import auditing, storage, tls
+from pacs import auditing, storage
 from pacs.dimse import db, policy
 from pacs.dimse.acceptor import Acceptor
 from pacs.models import DicomNode
 from pacs.services import peers
+from project import tls
 
 log = logging.getLogger("pacs.dimse")
 

@@ -1,4 +1,4 @@
-"""The four roles as Django groups (see pacs.access)."""
+"""The four roles as Django groups (see project.access)."""
 
 from django.db import migrations
 

@@ -1,9 +1,9 @@
-"""VNA credentials stored sealed (pacs.encryption): the columns become text (a sealed value is
+"""VNA credentials stored sealed (project.encryption): the columns become text (a sealed value is
 longer than the clear one) and the values already stored in clear are sealed."""
 
 from django.db import migrations
 
-import pacs.encryption
+import project.encryption
 
 
 def seal_stored(apps, schema_editor):
@@ -23,12 +23,12 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="vnadestination",
             name="password",
-            field=pacs.encryption.SealedField(blank=True),
+            field=project.encryption.SealedField(blank=True),
         ),
         migrations.AlterField(
             model_name="vnadestination",
             name="username",
-            field=pacs.encryption.SealedField(blank=True),
+            field=project.encryption.SealedField(blank=True),
         ),
         migrations.RunPython(seal_stored, migrations.RunPython.noop),
     ]

@@ -1,4 +1,4 @@
-"""The privacy-officer role as a Django group (see pacs.access): opens the audit page only."""
+"""The privacy-officer role as a Django group (see project.access): opens the audit page only."""
 
 from django.db import migrations
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from pacs.lib.peers import certificate_problem, host_problem
+from project.peers import certificate_problem, host_problem
 
 
 def validate_host(value: str) -> None:

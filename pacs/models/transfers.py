@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from pacs.encryption import SealedField
+from project.encryption import SealedField
 
 KIND_DICOM = "dicom"
 KIND_STOW = "stow"
@@ -53,7 +53,7 @@ class VnaDestination(models.Model):
     host = models.CharField(max_length=255, blank=True)
     port = models.PositiveIntegerField(null=True, blank=True)
     url = models.CharField(max_length=500, blank=True, help_text="DICOMweb base URL (STOW-RS), e.g. http://h:8042/dicom-web")
-    # Credentials for the STOW-RS endpoint, stored sealed (pacs.encryption).
+    # Credentials for the STOW-RS endpoint, stored sealed (project.encryption).
     username = SealedField(blank=True)
     password = SealedField(blank=True)
     # DICOM over TLS (PS3.15 B.9, BCP 195): the VNA's certificate verified against

@@ -100,7 +100,7 @@ def complete_study(study: Study, *, cause: str, now: dt.datetime) -> None:
     if pending_ids:
         routing.schedule_batch(study, batch, pending_ids)
     mark_ready_for_reading(study.requested_procedure_id, ready_at=now)
-    # accession_number is masked in the log output unless LOG_ACCESSION_NUMBERS (pacs.logs).
+    # accession_number is masked in the log output unless LOG_ACCESSION_NUMBERS (project.logs).
     log.info("study complete", extra={"study_id": study.pk, "batch": batch, "instances": len(pending_ids),
                                       "accession_number": study.accession_number})
 

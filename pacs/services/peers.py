@@ -18,8 +18,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from pacs.lib.peers import GRANTS, Peer
 from pacs.models import DicomNode, DicomRefusal
+from project.peers import GRANTS, Peer
 
 log = logging.getLogger("pacs.peers")
 

@@ -31,11 +31,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from pacs import auditing, storage
-from pacs.lib.peers import address_matches
 from pacs.models import Instance, Study, Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
 from pacs.services import resends
+from project.peers import address_matches
 from ris.errors import DomainError
 from ris.services.transitions import transition
 

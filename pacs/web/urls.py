@@ -1,4 +1,4 @@
-"""Web pages of this app (each view declares its roles, see pacs.access)."""
+"""Web pages of this app (each view declares its roles, see project.access)."""
 
 from django.urls import path
 

@@ -26,7 +26,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from audit import events
-from pacs.access import RADIOLOGIST, RESIDENT, has_role
+from project.access import RADIOLOGIST, RESIDENT, has_role
 from ris import auditing
 from ris.errors import DomainError, UnknownKey
 from ris.models import Report, ReportTemplate, ReportVersion, RequestedProcedure

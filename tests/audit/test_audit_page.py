@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from audit import chain, events, tasks, trail
 from audit.models import AuditRecord, ChainCheck
-from pacs.access import ADMINISTRATOR, PRIVACY_OFFICER, RADIOLOGIST, RESIDENT, ROLES, TECHNOLOGIST
+from project.access import ADMINISTRATOR, PRIVACY_OFFICER, RADIOLOGIST, RESIDENT, ROLES, TECHNOLOGIST
 
 PAGES = ["/audit/", "/audit/who-saw/?patient_id=PAT-A", "/audit/export.csv"]
 
@@ -292,3 +292,24 @@ class _triggers_off:
 
         with connection.cursor() as cursor:
             cursor.execute("ALTER TABLE audit_auditrecord ENABLE TRIGGER audit_record_guard")
+
+
+@pytest.mark.django_db
+def test_reading_the_trail_in_the_admin_is_on_the_trail_with_the_client_address(settings):
+    """The admin's audit pages name the reader's address by the same rule as every page: behind a
+    trusted proxy, the client of X-Forwarded-For; from anywhere else, the connection's address."""
+    settings.WEB_TRUSTED_PROXIES = ["10.0.0.0/24"]
+    record = _read(("PAT-ADM", "HOSP"), "rad1")
+    admin_user = User.objects.create_superuser("root_admin", password="pw-For-Tests-1")
+    admin_user.groups.add(Group.objects.get(name=ADMINISTRATOR))
+    client = Client(REMOTE_ADDR="10.0.0.7")
+    client.force_login(admin_user)
+    assert client.get(f"/admin/audit/auditrecord/{record.pk}/change/",
+                      HTTP_X_FORWARDED_FOR="192.0.2.61").status_code == 200
+    assert client.get("/admin/audit/auditrecord/", HTTP_X_FORWARDED_FOR="192.0.2.62",
+                      REMOTE_ADDR="10.9.9.1").status_code == 200  # not a proxy: its own address counts
+    assert trail.flush(timeout=30)
+    uses = [r for r in AuditRecord.records.filter(event_id=events.AUDIT_LOG_USED.value, actor="root_admin")
+            .order_by("id")]
+    assert [u.source_address for u in uses] == ["192.0.2.61", "10.9.9.1"]
+    assert list(uses[0].patients.values_list("patient_id", "issuer")) == [("PAT-ADM", "HOSP")]

@@ -1,6 +1,6 @@
 """Application start and stop on the audit trail (PS3.15 A.5.3.1 Application Activity): each
 process as its operators start it (``manage.py run_mllp``, ``manage.py run_dicom``, ``celery -A
-pacs worker``, ``celery -A pacs beat``, ``gunicorn pacs.wsgi``), stopped with SIGTERM, the records
+pacs worker``, ``celery -A project beat``, ``gunicorn project.wsgi``), stopped with SIGTERM, the records
 read back from the test database."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def test_listeners_record_their_start_and_stop(command, tmp_path):
 
 def test_web_records_its_start_and_stop(tmp_path):
     port = free_port()
-    _run_until_sigterm([str(BIN / "gunicorn"), "pacs.wsgi"], _env(tmp_path, WEB_PORT=port, WEB_WORKERS=1), port)
+    _run_until_sigterm([str(BIN / "gunicorn"), "project.wsgi"], _env(tmp_path, WEB_PORT=port, WEB_WORKERS=1), port)
     assert _activity("web") == [START, STOP]
 
 

@@ -143,7 +143,7 @@ def test_a_forked_child_starts_its_own_writer(transactional_db):
     assert trail.flush(timeout=30)
     parent_writer = trail._writer()
     trail.record_soon(events.QUERY, **_query(detail={"who": "parent, queued at the fork"}))
-    connections.close_all()  # no connection may be shared across a fork (pacs.prefork does the same)
+    connections.close_all()  # no connection may be shared across a fork (project.prefork does the same)
     pid = os.fork()
     if pid == 0:  # the child: a prefork worker, say
         status = 1

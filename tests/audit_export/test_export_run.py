@@ -21,7 +21,7 @@ from audit_export import run, tasks
 from audit_export.syslog import BOM
 from monitoring import selectors, services
 from monitoring.models import AUDIT_BACKLOG, Alarm
-from pacs.access import ADMINISTRATOR
+from project.access import ADMINISTRATOR
 from tests.audit.conftest import conninfo
 from tests.audit_export.rsyslog import Rsyslog
 from tests.monitoring.helpers import mail_settings_fixture, rule  # noqa: F401

@@ -1,5 +1,5 @@
-"""The export end to end with a real ``celery -A pacs worker -B`` (the beat schedule of
-pacs.settings, AUDIT_EXPORT_SECONDS short) on the pytest database and Redis, to a real rsyslogd:
+"""The export end to end with a real ``celery -A project worker -B`` (the beat schedule of
+project.settings, AUDIT_EXPORT_SECONDS short) on the pytest database and Redis, to a real rsyslogd:
 records written through the audit trail reach it, sealed and in seq order, with nobody calling the
 exporter; the repository goes down (the cursor waits, failing_since is set, nothing is lost) and
 comes back: every record arrives exactly once, in order."""

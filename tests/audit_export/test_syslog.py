@@ -9,11 +9,11 @@ import logging
 import pytest
 from lxml import etree
 
-from audit_export.destination import Destination, parse_url
 from audit_export.export import export_batch
 from audit_export.message import to_xml
 from audit_export.syslog import BOM, UDP_MAX_IPV4, MessageTooLarge, SyslogSender, format_message, octet_counted
-from pacs import tls
+from project import tls
+from project.audit_repository import Destination, parse_url
 from tests.audit_export.records import ENGINE, PATIENT, RECORDS, STUDY, WHEN, record
 from tests.audit_export.rsyslog import Rsyslog, TLSFiles
 from tests.audit_export.test_message import SCHEMA

@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.contrib.sessions.backends.db import SessionStore
 
-from pacs import sessions
+from accounts import sessions
 from tests.e2e.conftest import login
 from tests.ldap_server import PASSWORD as DIRECTORY_PASSWORD
 

@@ -7,7 +7,7 @@ import pytest
 
 from audit import events, trail
 from audit.models import AuditRecord
-from pacs.access import PRIVACY_OFFICER, RADIOLOGIST
+from project.access import PRIVACY_OFFICER, RADIOLOGIST
 from tests.e2e.conftest import login
 from tests.worklist import factories as f
 

@@ -9,7 +9,7 @@ import pytest
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage
 from monitoring.records import ReplayRecord
-from pacs.access import ADMINISTRATOR, RADIOLOGIST
+from project.access import ADMINISTRATOR, RADIOLOGIST
 from tests.e2e.conftest import login
 from tests.hl7gateway.intake_helpers import fixture, with_control_id
 from tests.worklist import factories as f

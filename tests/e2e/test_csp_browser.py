@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Group, User
 
-from pacs.access import ADMINISTRATOR, RADIOLOGIST
-from pacs.csp import POLICY
+from project.access import ADMINISTRATOR, RADIOLOGIST
+from project.csp import POLICY
 from tests.e2e.conftest import login
 from tests.worklist import factories as f
 

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from hl7gateway.models import OutboundDestination, OutboundMessage
-from pacs.access import RADIOLOGIST
+from project.access import RADIOLOGIST
 from ris.models import ReportVersion
 from tests.e2e.conftest import login
 from tests.mllp_sink import MLLPSink

@@ -13,7 +13,7 @@ from django.contrib.auth.models import Group, User
 from django.utils import timezone
 
 from hl7gateway.models import OutboundDestination
-from pacs.access import RADIOLOGIST
+from project.access import RADIOLOGIST
 from ris.models import Order, Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep, Visit
 from ris.services.reports import sign
 

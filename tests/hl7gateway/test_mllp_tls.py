@@ -1,4 +1,4 @@
-"""MLLP over TLS inbound: the real listener with ``pacs.tls.server_context``, driven by Python's
+"""MLLP over TLS inbound: the real listener with ``project.tls.server_context``, driven by Python's
 ``ssl`` module as the EHR's client (a third-party TLS stack, not the engine's client), with
 certificates of a test CA (``tests.tls_certs``)."""
 
@@ -19,7 +19,7 @@ from audit.models import AuditRecord
 from hl7gateway import senders
 from hl7gateway.mllp import frame
 from hl7gateway.models import InboundMessage
-from pacs.tls import server_context
+from project.tls import server_context
 from ris.models import Order
 from tests.hl7gateway.intake_helpers import ack_fields, fixture, new_order, recv_frame
 from tests.tls_certs import TestPKI

@@ -96,7 +96,7 @@ def test_every_signature_kind_is_queued_with_its_result_status(django_capture_on
 
 
 def test_wake_ups_are_coalesced_until_the_drain_starts(settings, monkeypatch):
-    from pacs.celery import app
+    from project.celery import app
 
     sent: list[tuple] = []
     monkeypatch.setattr(app, "send_task", lambda name, args=None, **kw: sent.append((name, args)))
@@ -118,7 +118,7 @@ def test_broker_unreachable_signature_still_commits_and_wake_is_withdrawn(monkey
     the next signature publishes again; the sweep re-queues the rows when the broker is back."""
     from kombu.exceptions import OperationalError
 
-    from pacs.celery import app
+    from project.celery import app
 
     def refuse(*args, **kwargs):
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
@@ -135,7 +135,7 @@ def test_broker_unreachable_signature_still_commits_and_wake_is_withdrawn(monkey
 def test_signature_commits_when_the_broker_refuses_after_commit(monkeypatch, caplog):
     from kombu.exceptions import OperationalError
 
-    from pacs.celery import app
+    from project.celery import app
 
     def refuse(*args, **kwargs):
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")

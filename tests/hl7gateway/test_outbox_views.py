@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from hl7gateway import outbox
 from hl7gateway.models import OutboundAction, OutboundMessage
-from pacs.access import ADMINISTRATOR
+from project.access import ADMINISTRATOR
 from tests.hl7gateway import outbox_helpers as h
 from tests.mllp_sink import AR, MLLPSink
 

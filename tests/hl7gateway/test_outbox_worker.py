@@ -1,4 +1,4 @@
-"""ORU delivery end to end with a REAL Celery worker process (``celery -A pacs worker -B``) on the
+"""ORU delivery end to end with a REAL Celery worker process (``celery -A project worker -B``) on the
 pytest database and Redis, to a real MLLP sink: down then up, AE then AA, AR, and a worker
 SIGKILLed mid-send (reliability H-13, H-14, C-02, C-03, C-07).
 
@@ -39,7 +39,7 @@ WORKER_ENV = {
 
 
 def Worker(tmp: Path, name: str) -> CeleryWorker:
-    """A real ``celery -A pacs worker`` with embedded beat (the sweep), on the test database."""
+    """A real ``celery -A project worker`` with embedded beat (the sweep), on the test database."""
     db = connection.settings_dict
     env = dict(os.environ)
     env.update(WORKER_ENV)

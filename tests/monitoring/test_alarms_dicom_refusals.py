@@ -93,7 +93,7 @@ def test_container_healthcheck_needs_its_node_when_unknown_aes_are_admitted_from
     """``manage.py health dicom`` (the compose healthcheck) echoes as HEALTHCHECK from 127.0.0.1:
     admitted by the loopback default; with DICOM_UNKNOWN_AE_FROM=none it must be declared."""
     from monitoring.health import HEALTHCHECK_AE_TITLE, dicom_echo
-    from pacs.lib.peers import parse_nodes
+    from project.peers import parse_nodes
 
     settings.DICOM_UNKNOWN_AE_FROM = []
     server = listen()

@@ -15,7 +15,7 @@ from hl7gateway.intake import handle_payload
 from monitoring import selectors, services
 from monitoring.metrics import DatabaseCollector
 from monitoring.models import HL7_REFUSED, INBOUND_SILENCE, Alarm, AlarmRule
-from pacs.access import ADMINISTRATOR
+from project.access import ADMINISTRATOR
 from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
 from tests.monitoring.helpers import rule
 from tests.worklist.factories import user

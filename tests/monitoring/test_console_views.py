@@ -14,9 +14,9 @@ from hl7gateway.intake import handle_payload
 from hl7gateway.models import OutboundDestination
 from monitoring.console_views import sparkline
 from monitoring.models import Alarm, AlarmRule, DicomOperation
-from pacs.access import ADMINISTRATOR, RADIOLOGIST, TECHNOLOGIST
 from pacs.models import Study, Transfer, VnaDestination
 from pacs.models import transfers as tr
+from project.access import ADMINISTRATOR, RADIOLOGIST, TECHNOLOGIST
 from tests.hl7gateway.intake_helpers import fixture, with_control_id
 from tests.worklist.factories import user
 

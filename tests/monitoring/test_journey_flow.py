@@ -24,12 +24,12 @@ from hl7gateway.intake import handle_payload
 from hl7gateway.models import OutboundMessage
 from monitoring import journey
 from monitoring.records import WorklistQueryResult
-from pacs.access import ADMINISTRATOR
 from pacs.dimse import db
 from pacs.models import Study, Transfer, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
 from pacs.services import routing
+from project.access import ADMINISTRATOR
 from ris.models import RequestedProcedure
 from tests.hl7gateway import outbox_helpers as h
 from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id

@@ -16,9 +16,9 @@ from django.utils import timezone
 
 from hl7gateway.mllp import frame
 from hl7gateway.server import MLLPServer
-from pacs.logs import MASKED, REDACTED, JsonFormatter, PatientDataFilter
 from pacs.models import Study
 from pacs.services import completion
+from project.logs import MASKED, REDACTED, JsonFormatter, PatientDataFilter
 from tests.hl7gateway.intake_helpers import ack_fields, fixture, recv_frame
 from tests.pacs.imaging_helpers import engine, new_uid, port, pynetdicom_store, store_dir  # noqa: F401
 from tests.pacs.orthanc import make_instance
@@ -177,7 +177,7 @@ def test_a_server_error_logs_the_path_but_no_query_and_no_local_value(log_output
     from django.test import Client
     from django.urls import path
 
-    from pacs.access import public
+    from project.access import public
 
     def broken(request):
         name = request.GET["q"] + "^CANARY"  # a local variable an error report would show (the page

@@ -11,7 +11,7 @@ from hl7gateway import outbox
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage, OutboundAction, OutboundMessage
 from monitoring.records import ReplayRecord
-from pacs.access import ADMINISTRATOR, RADIOLOGIST
+from project.access import ADMINISTRATOR, RADIOLOGIST
 from ris.models import Order, RequestedProcedure
 from tests.hl7gateway import outbox_helpers as h
 from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id

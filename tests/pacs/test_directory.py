@@ -6,9 +6,9 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
-from pacs.directory import parse_role_groups
-from pacs.encryption import seal
-from pacs.signin import DIRECTORY_UNAVAILABLE
+from accounts.directory import parse_role_groups
+from accounts.signin import DIRECTORY_UNAVAILABLE
+from project.encryption import seal
 from tests.ldap_server import PASSWORD, RADIOLOGISTS
 
 LOGIN = "/accounts/login/"

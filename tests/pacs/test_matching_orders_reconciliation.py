@@ -12,9 +12,9 @@ from django.contrib.auth.models import Group, User
 from django.urls import reverse
 from pydicom.uid import generate_uid
 
-from pacs.access import ADMINISTRATOR, RADIOLOGIST, TECHNOLOGIST
 from pacs.models import Study, StudyLink
 from pacs.models import images as im
+from project.access import ADMINISTRATOR, RADIOLOGIST, TECHNOLOGIST
 from ris.models import Order
 from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
 from tests.pacs.mwl_data import make_patient, make_step

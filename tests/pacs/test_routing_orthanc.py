@@ -220,7 +220,7 @@ def test_completed_by_mpps_then_by_the_quiet_period_sweep_task_both_routed(engin
     from pynetdicom import AE
     from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
-    from pacs.celery import app
+    from project.celery import app
     from tests.pacs.mpps_data import completion_dataset, n_create_dataset
 
     destination_for(orthanc)

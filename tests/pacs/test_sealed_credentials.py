@@ -1,4 +1,4 @@
-"""Secrets at rest (pacs.encryption): VNA credentials are sealed in the database, read back in
+"""Secrets at rest (project.encryption): VNA credentials are sealed in the database, read back in
 clear, re-sealed on key rotation, never shown back in the admin, and a secret that no configured
 key opens fails clearly instead of being sent empty or overwritten."""
 
@@ -14,11 +14,12 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
 
-from pacs import encryption, stow
+from pacs import stow
 from pacs.models import VnaDestination
 from pacs.models import transfers as tr
 from pacs.services import routing
 from pacs.services.routing import PermanentError
+from project import encryption
 
 pytestmark = pytest.mark.django_db
 

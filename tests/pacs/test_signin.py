@@ -1,7 +1,7 @@
 """Sign-in lockouts and session limits, through the real sign-in page on PostgreSQL.
 
-Lockouts are django-axes (pacs.signin); the client address is the one pacs.https believes.
-Session limits are pacs.sessions: the tests move the session's clock (its stored times) rather
+Lockouts are django-axes (accounts.signin); the client address is the one project.https believes.
+Session limits are accounts.sessions: the tests move the session's clock (its stored times) rather
 than wait.
 """
 
@@ -18,9 +18,9 @@ from django.core.management import call_command
 from django.test import Client, RequestFactory
 from django.utils import timezone
 
-from pacs import sessions
-from pacs.https import client_address
-from pacs.signals import account_locked
+from accounts import sessions
+from accounts.signals import account_locked
+from project.https import client_address
 
 PASSWORD = "pw-For-Tests-1"
 LOGIN = "/accounts/login/"
@@ -91,7 +91,7 @@ def test_one_address_guessing_many_user_names_is_locked(radiologist):
 @pytest.mark.django_db
 def test_lockout_minutes_zero_keeps_the_lock_and_a_time_limit_says_how_long(radiologist, settings):
     settings.LOGIN_LOCKOUT_MINUTES = 0
-    settings.AXES_COOLOFF_TIME = None  # as pacs.settings derives it from LOGIN_LOCKOUT_MINUTES
+    settings.AXES_COOLOFF_TIME = None  # as project.settings derives it from LOGIN_LOCKOUT_MINUTES
     client = Client()
     for _ in range(5):
         response = sign_in(client, "rlocal", "wrong")

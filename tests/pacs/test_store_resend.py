@@ -20,11 +20,11 @@ from django.utils import timezone
 from pydicom import dcmread
 
 from pacs import storage
-from pacs.access import TECHNOLOGIST
 from pacs.models import Instance, StoreConflict, Study, Transfer, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
 from pacs.services import routing
+from project.access import TECHNOLOGIST
 from tests.pacs.imaging_helpers import engine, new_uid, port, store_dir  # noqa: F401
 from tests.pacs.orthanc import make_instance, storescu
 

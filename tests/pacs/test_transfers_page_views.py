@@ -9,10 +9,10 @@ from django.urls import reverse
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
-from pacs.access import ADMINISTRATOR, RADIOLOGIST, TECHNOLOGIST
 from pacs.models import Study, Transfer, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
+from project.access import ADMINISTRATOR, RADIOLOGIST, TECHNOLOGIST
 from ris.models import StatusChange
 from ris.services.transitions import transition
 

@@ -1,4 +1,4 @@
-"""The Content-Security-Policy header (pacs.csp) on every page that renders HTML: each routed URL
+"""The Content-Security-Policy header (project.csp) on every page that renders HTML: each routed URL
 as the users who may open it, the login page, the admin, a 404 and a 500; and the templates
 carry nothing the policy would block (no inline script, handler or style)."""
 
@@ -12,8 +12,8 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import path
 
-from pacs.access import public
-from pacs.csp import HEADER, POLICY
+from project.access import public
+from project.csp import HEADER, POLICY
 from tests.test_rbac import ADMIN_SITE, PUBLIC, _declaration, people, walk  # noqa: F401 - people: a fixture
 
 ROOT = Path(__file__).resolve().parents[2]

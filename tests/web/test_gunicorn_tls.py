@@ -54,7 +54,7 @@ def https_web(tmp_path):
     port = free_port()
     env = _env(tmp_path, WEB_PORT=str(port), WEB_TLS="true", TLS_CERTIFICATE=str(engine.chain),
                TLS_PRIVATE_KEY=str(engine.key))
-    process = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "pacs.wsgi"], cwd=ROOT, env=env,
+    process = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "project.wsgi"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_listening(process, port)
@@ -142,7 +142,7 @@ def test_forwarded_proto_from_this_host_is_not_believed_and_health_speaks_https(
 
 def test_web_tls_without_a_certificate_does_not_start_in_plain_http(tmp_path):
     env = _env(tmp_path, WEB_PORT=str(free_port()), WEB_TLS="true", TLS_CERTIFICATE="", TLS_PRIVATE_KEY="")
-    result = subprocess.run([str(Path(sys.executable).parent / "gunicorn"), "pacs.wsgi"], cwd=ROOT, env=env,
+    result = subprocess.run([str(Path(sys.executable).parent / "gunicorn"), "project.wsgi"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "WEB_TLS=true needs TLS_CERTIFICATE and TLS_PRIVATE_KEY" in result.stdout + result.stderr

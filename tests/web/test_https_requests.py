@@ -1,4 +1,4 @@
-"""Whether a request is HTTPS, and what follows (pacs.https with Django's SecurityMiddleware):
+"""Whether a request is HTTPS, and what follows (project.https with Django's SecurityMiddleware):
 Secure session and CSRF cookies (RFC 6265 4.1.2.5) and HSTS (RFC 6797) on HTTPS only, plain HTTP
 left working, X-Forwarded-Proto believed only from WEB_TRUSTED_PROXIES, the optional redirect."""
 

@@ -8,7 +8,7 @@ import secrets
 import pytest
 from django.core.management import call_command
 
-from pacs.access import RADIOLOGIST, RESIDENT, TECHNOLOGIST
+from project.access import RADIOLOGIST, RESIDENT, TECHNOLOGIST
 from ris.models import Report, ReportVersion
 from tests.worklist import factories as f
 from worklist import services

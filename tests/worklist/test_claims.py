@@ -9,7 +9,7 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST
+from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST
 from tests.worklist import factories as f
 from worklist import services
 from worklist.models import ReadingClaim

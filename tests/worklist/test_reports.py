@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hl7gateway.models.outbound import OutboundDestination, OutboundMessage
-from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST
+from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST
 from ris.models import Report, ReportTemplate, ReportVersion, StatusChange
 from ris.services import reports
 from tests.worklist import factories as f

@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from pacs.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST
+from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST
 from ris.models import ReportTemplate, ReportVersion
 from tests.worklist import factories as f
 from worklist import selectors, services

@@ -12,8 +12,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.processes import application_activity
 from hl7gateway.server import MLLPServer, listening_socket
-from pacs.prefork import fork_workers, signal_workers, stop_workers
-from pacs.tls import TLSConfigurationError, server_context
+from project.prefork import fork_workers, signal_workers, stop_workers
+from project.tls import TLSConfigurationError, server_context
 
 
 class Command(BaseCommand):

@@ -11,8 +11,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.processes import application_activity
 from pacs.dimse.server import start_server, tls_enabled
-from pacs.prefork import fork_workers, stop_workers
-from pacs.tls import TLSConfigurationError, server_context
+from project.prefork import fork_workers, stop_workers
+from project.tls import TLSConfigurationError, server_context
 
 
 def _free_port(host: str) -> int:

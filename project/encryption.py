@@ -22,7 +22,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.db import models
 
-log = logging.getLogger("pacs.encryption")
+log = logging.getLogger("project.encryption")
 
 PREFIX = "fernet:"
 

@@ -8,7 +8,7 @@ event is in README.md, "Audit trail").
   request's critical path; action R).
 - :class:`AuditedAdmin` does both for the admin's change list, change view, save and delete.
 
-The client address is ``pacs.https.client_address``: the connection's, or, behind proxies in
+The client address is ``project.https.client_address``: the connection's, or, behind proxies in
 ``WEB_TRUSTED_PROXIES``, the nearest address in ``X-Forwarded-For`` that none of them is.
 """
 
@@ -19,12 +19,12 @@ from collections.abc import Iterable
 from django.conf import settings
 
 from audit import events, trail
-from pacs import https
+from project import https
 from ris import auditing
 
 
 def client_address(request) -> str:
-    """Where the request came from, by the one rule of ``pacs.https.client_address`` (the sign-in
+    """Where the request came from, by the one rule of ``project.https.client_address`` (the sign-in
     lockouts count by the same address)."""
     return https.client_address(request)
 

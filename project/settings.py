@@ -2,7 +2,7 @@
 
 Every setting is listed with its default and meaning in ``.env.example``.  Bad values
 never crash the import: they fall back to the default and are reported by the system
-checks in ``pacs.checks`` (run at the start of every process and by
+checks in ``project.checks`` (run at the start of every process and by
 ``manage.py check``).  With no environment at all the engine runs on a laptop:
 SQLite and a filesystem Celery broker under ``var/``.
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import dj_database_url
 
-from audit_export.destination import parse_url as parse_audit_repository_url
-from pacs import secret_key
-from pacs.env import env_bool, env_choice, env_float, env_int, env_list, env_str, record
-from pacs.lib.peers import network, parse_nodes
+from project import secret_key
+from project.audit_repository import parse_url as parse_audit_repository_url
+from project.env import env_bool, env_choice, env_float, env_int, env_list, env_str, record
+from project.peers import network, parse_nodes
 
 
 def _fernet_key_ok(key: str) -> bool:
@@ -48,8 +48,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    # Failed sign-ins and lockouts (django-axes: its own tables and migrations; pacs.signin).
+    # Failed sign-ins and lockouts (django-axes: its own tables and migrations; accounts.signin).
     "axes",
+    "project.apps.ProjectConfig",
+    "accounts.apps.AccountsConfig",
     "pacs.apps.PacsConfig",
     "ris.apps.RisConfig",
     "hl7gateway.apps.Hl7GatewayConfig",
@@ -61,32 +63,32 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # First: drops X-Forwarded-Proto unless from WEB_TRUSTED_PROXIES; marks cookies Secure on HTTPS.
-    "pacs.https.HttpsMiddleware",
-    # Content-Security-Policy on every response, error pages included (pacs.csp).
-    "pacs.csp.ContentSecurityPolicyMiddleware",
+    "project.https.HttpsMiddleware",
+    # Content-Security-Policy on every response, error pages included (project.csp).
+    "project.csp.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    # Ends a session idle for SESSION_IDLE_MINUTES or older than SESSION_MAX_HOURS (pacs.sessions).
-    "pacs.sessions.IdleSessionMiddleware",
-    # Who changes an account (its audit records, pacs.auth_audit): the signed-in user of the request.
-    "pacs.auth_audit.AccountChangeActorMiddleware",
+    # Ends a session idle for SESSION_IDLE_MINUTES or older than SESSION_MAX_HOURS (accounts.sessions).
+    "accounts.sessions.IdleSessionMiddleware",
+    # Who changes an account (its audit records, accounts.auth_audit): the signed-in user of the request.
+    "accounts.auth_audit.AccountChangeActorMiddleware",
     # Login for every page but those marked @public (login, health, static); then default deny.
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
-    "pacs.access.DefaultDenyMiddleware",
+    "project.access.DefaultDenyMiddleware",
     # The signed-in user is the actor of the audit records of every change a request makes.
-    "pacs.web_audit.AuditActorMiddleware",
+    "project.web_audit.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns a sign-in refused for a lockout into the "locked" page (django-axes).
     "axes.middleware.AxesMiddleware",
 ]
 
-ROOT_URLCONF = "pacs.urls"
-WSGI_APPLICATION = "pacs.wsgi.application"
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
 
 TEMPLATES = [
     {
@@ -109,7 +111,7 @@ TEMPLATES = [
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'pacs.sqlite3'}")
 try:
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0))
-except Exception as exc:  # noqa: BLE001 - any parse failure is reported by pacs.checks
+except Exception as exc:  # noqa: BLE001 - any parse failure is reported by project.checks
     record("DATABASE_URL", DATABASE_URL, f"cannot be parsed: {exc}")
     _db = dj_database_url.parse(f"sqlite:///{VAR_DIR / 'pacs.sqlite3'}")
 # An engine we do not support is reported by check pacs.E004; SQLite stands in so that the
@@ -165,10 +167,10 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE: dict = {}
 
-# --- Secret key (pacs.secret_key) ------------------------------------------------------------
+# --- Secret key (project.secret_key) ------------------------------------------------------------
 # Never a public fallback.  On the embedded default (SQLite and the filesystem broker) an unset
 # SECRET_KEY is generated once into VAR_DIR/secret.key; elsewhere an unset one stops every
-# process (check pacs.E008, pacs.wsgi, the Celery worker and beat).  The throw-away key below
+# process (check pacs.E008, project.wsgi, the Celery worker and beat).  The throw-away key below
 # only lets this module load so that the checks can name the problem; it is never persisted.
 EMBEDDED_DEFAULT = _db["ENGINE"].endswith("sqlite3") and CELERY_BROKER_URL.startswith("filesystem://")
 SECRET_KEY = env_str("SECRET_KEY", "")
@@ -243,7 +245,7 @@ CELERY_BEAT_SCHEDULE["hl7gateway.sweep_outbound"] = {
 DICOM_HOST = env_str("DICOM_HOST", "0.0.0.0")
 DICOM_PORT = env_int("DICOM_PORT", 11112, minimum=0, maximum=65535)
 DICOM_AE_TITLE = env_str("DICOM_AE_TITLE", "PACS")
-# Declared peers (pacs.lib.peers): AE@HOST:GRANTS, synced into DicomNode rows when the listener
+# Declared peers (project.peers): AE@HOST:GRANTS, synced into DicomNode rows when the listener
 # starts (pacs.services.peers.sync_environment_nodes).
 DICOM_NODES = env_str("DICOM_NODES", "")
 DICOM_NODES_DECLARED, _node_problems = parse_nodes(DICOM_NODES)
@@ -284,7 +286,7 @@ MWL_MAX_RESULTS = env_int("MWL_MAX_RESULTS", 500, minimum=1)
 # Database connections kept open for the DICOM handlers (pacs.dimse.db), shared by all associations.
 DICOM_DB_CONNECTIONS = env_int("DICOM_DB_CONNECTIONS", 8, minimum=1)
 
-# --- TLS (pacs.tls: BCP 195 profile, TLS 1.2 or 1.3) ----------------------------------------------
+# --- TLS (project.tls: BCP 195 profile, TLS 1.2 or 1.3) ----------------------------------------------
 # The engine's certificate chain and private key (PEM files), and the CA certificates that sign
 # peers' certificates.  The TLS listeners (DICOM_TLS_PORT, HL7_MLLP_TLS_PORT) run when a
 # certificate is set.
@@ -326,7 +328,7 @@ AUDIT_EXPORT_SECONDS = env_float("AUDIT_EXPORT_SECONDS", 5.0, minimum=0.5)
 # --- Images and the VNA --------------------------------------------------------------------
 STORAGE_DIR = Path(env_str("STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
 STUDY_QUIET_PERIOD_SECONDS = env_int("STUDY_QUIET_PERIOD_SECONDS", 60, minimum=1)
-# Keys that seal stored credentials (pacs.encryption): comma-separated Fernet keys, the first seals,
+# Keys that seal stored credentials (project.encryption): comma-separated Fernet keys, the first seals,
 # all open.  Unset: a key generated once into VAR_DIR/secrets.key.
 SECRETS_ENCRYPTION_KEYS = env_list("SECRETS_ENCRYPTION_KEYS", [])
 if not all(_fernet_key_ok(k) for k in SECRETS_ENCRYPTION_KEYS):
@@ -416,44 +418,44 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-# Sign-in (pacs.signin, pacs.directory): django-axes first refuses a locked user or address,
+# Sign-in (accounts.signin, accounts.directory): django-axes first refuses a locked user or address,
 # then the directory (LDAP / Active Directory, when LDAP_SERVER_URI is set), then local accounts.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "pacs.directory.DirectoryBackend",
+    "accounts.directory.DirectoryBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 # Lockout: LOGIN_FAILURE_LIMIT failed sign-ins in a row for one user name, or from one client
 # address, lock it for LOGIN_LOCKOUT_MINUTES (0: until an administrator unlocks it).
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_LOCKOUT_MINUTES = env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=0)
-AXES_FAILURE_LIMIT = "pacs.signin.failure_limit"
+AXES_FAILURE_LIMIT = "accounts.signin.failure_limit"
 # None: no cool-off (axes tests for None itself, so this cannot be a callable returning None).
 AXES_COOLOFF_TIME = datetime.timedelta(minutes=LOGIN_LOCKOUT_MINUTES) if LOGIN_LOCKOUT_MINUTES else None
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked.html"
 AXES_HTTP_RESPONSE_CODE = 429
-# The client's address as pacs.https sees it: X-Forwarded-For counts from WEB_TRUSTED_PROXIES only.
-AXES_CLIENT_IP_CALLABLE = "pacs.https.client_address"
-# Axes logs user names and addresses of every attempt itself; pacs.signin logs the lockouts.
+# The client's address as project.https sees it: X-Forwarded-For counts from WEB_TRUSTED_PROXIES only.
+AXES_CLIENT_IP_CALLABLE = "project.https.client_address"
+# Axes logs user names and addresses of every attempt itself; accounts.signin logs the lockouts.
 AXES_VERBOSE = False
 # Sessions: end after SESSION_IDLE_MINUTES without activity and SESSION_MAX_HOURS after sign-in
-# (pacs.sessions); a password change ends every other session of the user (Django's session hash).
+# (accounts.sessions); a password change ends every other session of the user (Django's session hash).
 SESSION_IDLE_MINUTES = env_int("SESSION_IDLE_MINUTES", 30, minimum=1)
 SESSION_MAX_HOURS = env_int("SESSION_MAX_HOURS", 12, minimum=1)
 SESSION_COOKIE_AGE = SESSION_MAX_HOURS * 3600
-# Directory sign-in (pacs.directory, django-auth-ldap).  LDAP_SERVER_URI empty: off.
+# Directory sign-in (accounts.directory, django-auth-ldap).  LDAP_SERVER_URI empty: off.
 LDAP_SERVER_URI = env_str("LDAP_SERVER_URI", "")
 LDAP_BIND_DN = env_str("LDAP_BIND_DN", "")
-# May be sealed (fernet:..., pacs.encryption), like the other stored credentials.
+# May be sealed (fernet:..., project.encryption), like the other stored credentials.
 LDAP_BIND_PASSWORD = env_str("LDAP_BIND_PASSWORD", "")
 LDAP_USER_SEARCH_BASE = env_str("LDAP_USER_SEARCH_BASE", "")
 LDAP_USER_SEARCH_FILTER = env_str("LDAP_USER_SEARCH_FILTER", "(sAMAccountName=%(user)s)")
 LDAP_GROUP_SEARCH_BASE = env_str("LDAP_GROUP_SEARCH_BASE", "")
 LDAP_GROUP_TYPE = env_choice("LDAP_GROUP_TYPE", "activedirectory",
                              {"activedirectory", "groupofnames", "groupofuniquenames", "posixgroup"})
-# role=group DN;role=group DN ... (roles of pacs.access); a user in none of them has no role.
+# role=group DN;role=group DN ... (roles of project.access); a user in none of them has no role.
 LDAP_ROLE_GROUPS = env_str("LDAP_ROLE_GROUPS", "")
 LDAP_START_TLS = env_bool("LDAP_START_TLS", False)
 LDAP_CA_CERTIFICATES = env_str("LDAP_CA_CERTIFICATES", "")
@@ -475,7 +477,7 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 SESSION_COOKIE_HTTPONLY = True
-# --- The web over HTTPS (pacs.https; gunicorn.conf.py) -------------------------------------------
+# --- The web over HTTPS (project.https; gunicorn.conf.py) -------------------------------------------
 # WEB_TLS=true: gunicorn serves HTTPS itself with TLS_CERTIFICATE / TLS_PRIVATE_KEY (TLS 1.2+).
 # Behind a reverse proxy that terminates TLS instead, list its addresses in WEB_TRUSTED_PROXIES:
 # X-Forwarded-Proto is believed from them only.  On an HTTPS request the session and CSRF cookies
@@ -495,23 +497,23 @@ SECURE_REDIRECT_EXEMPT = [r"^health/$"]
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 # Django's deploy warnings for the two settings above assume a site that is HTTPS only; here the
-# cookies are Secure on every HTTPS request (pacs.https), and pacs.W007 warns when the web has no HTTPS.
+# cookies are Secure on every HTTPS request (project.https), and pacs.W007 warns when the web has no HTTPS.
 SILENCED_SYSTEM_CHECKS = ["security.W012", "security.W016"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
-# --- Logging: one JSON object a line, no patient names (see pacs.logs) ----------------------
+# --- Logging: one JSON object a line, no patient names (see project.logs) ----------------------
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"})
-# Accession numbers in log lines (the extra "accession_number"): masked unless true (pacs.logs).
+# Accession numbers in log lines (the extra "accession_number"): masked unless true (project.logs).
 LOG_ACCESSION_NUMBERS = env_bool("LOG_ACCESSION_NUMBERS", False)
 # Django's error reports (DEBUG page, mails to ADMINS) show no request value or local variable.
-DEFAULT_EXCEPTION_REPORTER_FILTER = "pacs.logs.NoPatientDataExceptionReporterFilter"
-DEFAULT_EXCEPTION_REPORTER = "pacs.logs.NoPatientDataExceptionReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "project.logs.NoPatientDataExceptionReporterFilter"
+DEFAULT_EXCEPTION_REPORTER = "project.logs.NoPatientDataExceptionReporter"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "pacs.logs.JsonFormatter"}},
-    "filters": {"patient_data": {"()": "pacs.logs.PatientDataFilter"}},
+    "formatters": {"json": {"()": "project.logs.JsonFormatter"}},
+    "filters": {"patient_data": {"()": "project.logs.PatientDataFilter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["patient_data"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {

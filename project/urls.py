@@ -1,4 +1,4 @@
-"""URL configuration.  Every view declares its roles (pacs.access); login is required for
+"""URL configuration.  Every view declares its roles (project.access); login is required for
 everything but @public views (login, health) and static files."""
 
 from django.contrib import admin
@@ -6,9 +6,9 @@ from django.contrib.auth import views as auth_views
 from django.http import JsonResponse
 from django.urls import include, path
 
+from accounts.signin import SignInView
 from monitoring import views as monitoring_views
-from pacs.access import public
-from pacs.signin import SignInView
+from project.access import public
 
 
 @public

@@ -1,6 +1,6 @@
 """Where audit messages go: the AUDIT_REPOSITORY_URL setting, parsed.
 
-Read by pacs.settings (so it imports nothing of Django). The three forms are the syslog transports
+Read by project.settings (so it imports nothing of Django). The three forms are the syslog transports
 IHE ITI TF-2 ITI-20 (Record Audit Event) names for an Audit Record Repository:
 
 - ``syslog+tls://host:6514``: RFC 5425, syslog over TLS (6514 is IANA's syslog-tls port);

@@ -15,7 +15,7 @@ pacs.E007  a TLS file (TLS_CERTIFICATE, TLS_PRIVATE_KEY, TLS_CA_CERTIFICATES) is
 pacs.W006  (deploy) a configured certificate is expired or expires within TLS_EXPIRY_WARNING_DAYS
 pacs.W007  (deploy) the web is served over plain HTTP (neither WEB_TLS nor WEB_TRUSTED_PROXIES)
 pacs.E008  SECRET_KEY is unset outside the embedded default (SQLite and the filesystem broker): no
-           process starts so (pacs.secret_key)
+           process starts so (project.secret_key)
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.utils import timezone
 
-from pacs import secret_key
-from pacs.env import PROBLEMS
-from pacs.lib.peers import is_everywhere, is_valid_ae_title, network
-from pacs.tls import TLSConfigurationError, certificate_expiries, server_context
+from project import secret_key
+from project.env import PROBLEMS
+from project.peers import is_everywhere, is_valid_ae_title, network
+from project.tls import TLSConfigurationError, certificate_expiries, server_context
 
 
 @register(Tags.compatibility)

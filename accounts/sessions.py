@@ -34,7 +34,7 @@ def is_background(request) -> bool:
     return request.headers.get(BACKGROUND_HEADER, "") == "1"
 
 
-@receiver(user_logged_in, dispatch_uid="pacs.sessions.signed_in")
+@receiver(user_logged_in, dispatch_uid="accounts.sessions.signed_in")
 def _start_clock(sender, request=None, **kwargs):
     if request is not None and hasattr(request, "session"):
         request.session[SIGNED_IN_AT] = request.session[LAST_ACTIVITY] = time.time()

@@ -2,7 +2,7 @@
 
 Settings never raise on a bad value at import time (that would hide every other
 problem behind the first traceback).  Each reader returns the default instead and
-records the problem; ``pacs.checks`` turns the records into Django system check
+records the problem; ``project.checks`` turns the records into Django system check
 errors with stable IDs, so ``manage.py check`` (and every process at start) names
 each wrong setting.
 """

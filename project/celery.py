@@ -8,7 +8,7 @@ import os
 
 from celery import Celery, signals
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pacs.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 app = Celery("pacs")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -17,7 +17,7 @@ app.autodiscover_tasks()
 
 @signals.setup_logging.connect
 def _log_as_every_process(**kwargs) -> None:
-    """The worker and beat log through settings.LOGGING (JSON lines, pacs.logs.PatientDataFilter)
+    """The worker and beat log through settings.LOGGING (JSON lines, project.logs.PatientDataFilter)
     instead of Celery's own handlers, which would bypass the filter."""
     from logging.config import dictConfig
 
@@ -30,10 +30,10 @@ def _log_as_every_process(**kwargs) -> None:
 @signals.beat_init.connect
 def _refuse_without_secret_key(**kwargs) -> None:
     """The worker and beat run no system checks: they refuse to start without a SECRET_KEY of the
-    operator's (pacs.secret_key), as every other process does."""
+    operator's (project.secret_key), as every other process does."""
     from django.core.exceptions import ImproperlyConfigured
 
-    from pacs import secret_key
+    from project import secret_key
 
     try:
         secret_key.require()

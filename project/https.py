@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from pacs.lib.peers import in_networks
+from project.peers import in_networks
 
 FORWARDED_PROTO = "HTTP_X_FORWARDED_PROTO"
 
@@ -49,7 +49,7 @@ def client_address(request) -> str:
     ``X-Forwarded-For`` (de-facto header, the form of RFC 7239 ``for=``) that is not itself a
     trusted proxy.  The list is read from the right: each proxy appends the address it saw, so
     only the entries our own proxies wrote are believed and a client cannot choose the address it
-    is counted under (sign-in lockouts, pacs.signin)."""
+    is counted under (sign-in lockouts, accounts.signin)."""
     address = request.META.get("REMOTE_ADDR", "")
     if not from_trusted_proxy(address):
         return address

@@ -11,7 +11,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from django.core.management.base import BaseCommand
 from django.db import connection, transaction
 
-from pacs import encryption
+from project import encryption
 
 
 class Command(BaseCommand):

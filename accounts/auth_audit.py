@@ -9,13 +9,13 @@ Authentication, A.5.3.11 Security Alert).
   flags changed, whether in the admin, a management command or the shell: Security Alert with
   EventTypeCode Security Roles Changed or User Security Attributes Changed, written in the
   transaction of the change (``post_save`` / ``m2m_changed``), so that both commit or neither.
-- A lockout after repeated failed sign-ins (``pacs.signals.account_locked``, sent by the sign-in
+- A lockout after repeated failed sign-ins (``accounts.signals.account_locked``, sent by the sign-in
   module when django-axes locks a user name or address): Security Alert, User Security
   Attributes Changed, outcome 8.
 
 Sign-in events use ``audit.trail.record`` (written and committed before the response, in
 autocommit): they are rare, and a failed attempt must be on record even if the process dies right
-after.  The source address is the client's as ``pacs.https.client_address`` sees it behind
+after.  The source address is the client's as ``project.https.client_address`` sees it behind
 ``WEB_TRUSTED_PROXIES``.  The acting user of an account change is the signed-in user of the
 request in progress (:class:`AccountChangeActorMiddleware`), or the engine itself outside a
 request (``manage.py createsuperuser``, the shell).
@@ -29,8 +29,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.db.models.signals import m2m_changed, post_init, post_save
 
+from accounts.signals import account_locked
 from audit import events, trail
-from pacs.https import client_address
+from project.https import client_address
 
 # The request being answered by this thread (or task): who changes an account, from where.
 _REQUEST: contextvars.ContextVar = contextvars.ContextVar("pacs_audit_request", default=None)
@@ -100,7 +101,7 @@ def record_login_failed(sender, credentials=None, request=None, **kwargs) -> Non
 
 
 def record_account_locked(sender, username=None, ip_address=None, request=None, **kwargs) -> None:
-    """A lockout began (``pacs.signals.account_locked``: a user name or an address had too many
+    """A lockout began (``accounts.signals.account_locked``: a user name or an address had too many
     failed sign-ins).  The user name is the one attempted; the address the one counted."""
     locked = str(username or "") or NO_USER_NAME
     trail.record(events.SECURITY_ALERT, event_type=events.USER_SECURITY_ATTRIBUTES_CHANGED, action=events.EXECUTE,
@@ -171,17 +172,12 @@ def record_groups_changed(sender, instance, action, reverse, model, pk_set, **kw
 
 
 def connect() -> None:
-    """Connect the receivers (PacsConfig.ready).  The lockout receiver is connected when the
-    sign-in module's ``account_locked`` signal exists (django-axes installed)."""
-    from pacs import signals as pacs_signals
-
+    """Connect the receivers (AccountsConfig.ready)."""
     user_model = get_user_model()
-    user_logged_in.connect(record_login, dispatch_uid="pacs.auth_audit.login")
-    user_logged_out.connect(record_logout, dispatch_uid="pacs.auth_audit.logout")
-    user_login_failed.connect(record_login_failed, dispatch_uid="pacs.auth_audit.login_failed")
-    post_init.connect(_remember_flags, sender=user_model, dispatch_uid="pacs.auth_audit.flags")
-    post_save.connect(record_account_saved, sender=user_model, dispatch_uid="pacs.auth_audit.saved")
-    m2m_changed.connect(record_groups_changed, sender=user_model.groups.through, dispatch_uid="pacs.auth_audit.groups")
-    account_locked = getattr(pacs_signals, "account_locked", None)
-    if account_locked is not None:
-        account_locked.connect(record_account_locked, dispatch_uid="pacs.auth_audit.locked")
+    user_logged_in.connect(record_login, dispatch_uid="accounts.auth_audit.login")
+    user_logged_out.connect(record_logout, dispatch_uid="accounts.auth_audit.logout")
+    user_login_failed.connect(record_login_failed, dispatch_uid="accounts.auth_audit.login_failed")
+    post_init.connect(_remember_flags, sender=user_model, dispatch_uid="accounts.auth_audit.flags")
+    post_save.connect(record_account_saved, sender=user_model, dispatch_uid="accounts.auth_audit.saved")
+    m2m_changed.connect(record_groups_changed, sender=user_model.groups.through, dispatch_uid="accounts.auth_audit.groups")
+    account_locked.connect(record_account_locked, dispatch_uid="accounts.auth_audit.locked")

@@ -4,7 +4,7 @@ anyone else lets them forge all three.
 There is no public fallback.  Outside the embedded default (SQLite and the filesystem broker
 under ``VAR_DIR``, what ``make run`` gives on a fresh machine) an unset ``SECRET_KEY`` stops every
 process: ``manage.py check`` and the listeners fail on check pacs.E008, gunicorn cannot load
-``pacs.wsgi`` and Celery's worker and beat refuse to start (``require``).  On the embedded default
+``project.wsgi`` and Celery's worker and beat refuse to start (``require``).  On the embedded default
 a key is generated once into ``VAR_DIR/secret.key`` (mode 0600) and reused ever after, so a first
 try works and no two installations share a key.
 """

@@ -2,14 +2,14 @@
 
 On when ``LDAP_SERVER_URI`` is set (``ldap://`` with ``LDAP_START_TLS`` (RFC 4513 section 3), or
 ``ldaps://``; ``LDAP_CA_CERTIFICATES`` names the CA file that signs the server's certificate).
-A sign-in binds as ``LDAP_BIND_DN`` (the password may be sealed: pacs.encryption), searches
+A sign-in binds as ``LDAP_BIND_DN`` (the password may be sealed: project.encryption), searches
 ``LDAP_USER_SEARCH_BASE`` with ``LDAP_USER_SEARCH_FILTER`` (Active Directory:
 ``(sAMAccountName=%(user)s)``; OpenLDAP: ``(uid=%(user)s)``) and binds as the entry found with
 the password typed.  The user's groups are read under ``LDAP_GROUP_SEARCH_BASE``
 (``LDAP_GROUP_TYPE``: Active Directory's groups with nesting, or groupOfNames /
 groupOfUniqueNames (RFC 4519) / posixGroup (RFC 2307)).
 
-Roles follow ``LDAP_ROLE_GROUPS`` (``role=group DN;role=group DN``, roles of pacs.access): at every
+Roles follow ``LDAP_ROLE_GROUPS`` (``role=group DN;role=group DN``, roles of project.access): at every
 directory sign-in the user's role groups are set to exactly those the directory grants, so that
 a removal in the directory takes effect at the next sign-in.  A user in no mapped group is
 signed in with no role, and every page but the sign-in page denies them (default deny).  The
@@ -30,10 +30,10 @@ from django.dispatch import receiver
 from django_auth_ldap import backend as ldap_backend
 from django_auth_ldap import config as ldap_config
 
-from pacs.access import ROLES
-from pacs.encryption import unseal
+from project.access import ROLES
+from project.encryption import unseal
 
-log = logging.getLogger("pacs.directory")
+log = logging.getLogger("accounts.directory")
 
 GROUP_TYPES = {
     "activedirectory": lambda: ldap_config.NestedActiveDirectoryGroupType(),
@@ -75,7 +75,7 @@ def set_roles(user, granted: set[str]) -> None:
     if granted - current:
         # The role groups come from migration pacs.0002_roles; created here if someone removed one.
         user.groups.add(*(Group.objects.get_or_create(name=name)[0] for name in sorted(granted - current)))
-    user._pacs_roles = None  # pacs.access caches a user's roles
+    user._pacs_roles = None  # project.access caches a user's roles
 
 
 def ldap_configuration() -> dict:
@@ -149,10 +149,10 @@ def _mark_unavailable(request) -> None:
         request.pacs_directory_unavailable = True
 
 
-@receiver(ldap_backend.ldap_error, dispatch_uid="pacs.directory.unavailable")
+@receiver(ldap_backend.ldap_error, dispatch_uid="accounts.directory.unavailable")
 def _directory_error(sender, context=None, request=None, exception=None, **kwargs):
     """The directory did not answer (down, TLS refused, bind account rejected): the sign-in page
-    says so (pacs.signin.SignInForm) and local accounts are still tried."""
+    says so (accounts.signin.SignInForm) and local accounts are still tried."""
     log.warning("directory error", extra={"context": context, "error": type(exception).__name__})
     _mark_unavailable(request)
 

@@ -1,0 +1,1 @@
+"""Accounts: sign-in (local and directory), lockout, sessions, and their audit records."""
