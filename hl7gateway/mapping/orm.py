@@ -26,8 +26,8 @@ GROUP_MEMBERS = {"OBR", "ZDS", "NTE", "OBX", "DG1", "CTI", "BLG", "RQD", "RQ1", 
 def order_control(orc: Segment, index: int) -> tuple[str, str]:
     """ORC-1 + ORC-5, checked against ``ris.states.ORDER_CONTROL_TO_SPS_STATUS``.
 
-    An unknown pair is an application error: AE, ERR-3 101 (HL7 table 0357, required field
-    missing or invalid) at ORC-1; docs/hl7-interface.md 1.5.
+    An unknown pair is an application error: AE, ERR-3 101 (HL7 table 0357) at ORC-1
+    (docs/hl7-interface.md 1.5).
     """
     control, status = orc.get(1).upper(), orc.get(5).upper()
     if not control:

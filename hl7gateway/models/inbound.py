@@ -49,8 +49,8 @@ class InboundMessage(models.Model):
     class Meta:
         constraints = [
             # The duplicate key (MSH-3, MSH-4, MSH-10; MSH-10 is unique per sender, HL7 v2.5.1
-            # section 2.14.9.10): one original per key.  A refused
-            # message holds no key: once its sender is declared, the resend is applied.
+            # section 2.14.9.10): one original per key.  A refused message holds no key: once
+            # its sender is declared, the resend is applied.
             models.UniqueConstraint(
                 fields=["sending_application", "sending_facility", "message_control_id"],
                 condition=~Q(status__in=["COLLISION", "REFUSED"]) & ~Q(message_control_id="")
