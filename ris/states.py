@@ -78,8 +78,8 @@ RP_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
 
 # --- HL7 order control (ORC-1) + order status (ORC-5) -> step status ------------------------
 # dcm4chee's default mapping (ORC-1 HL7 table 0119, ORC-5 table 0038; docs/hl7-interface.md 1.5);
-# an unknown pair is rejected
-# with AE, ERR-3 code 101 at ORC-1.  An empty ORC-5 matches the ("NW", "") style keys.
+# an unknown pair is rejected with AE, ERR-3 code 101 at ORC-1.  An empty ORC-5 matches the
+# ("NW", "") style keys.
 ORDER_CONTROL_TO_SPS_STATUS: dict[tuple[str, str], str] = {
     ("NW", ""): SPS_SCHEDULED,
     ("NW", "SC"): SPS_SCHEDULED,
