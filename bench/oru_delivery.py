@@ -1,5 +1,5 @@
 """ORU^R01 delivery benchmark: signed reports through the outbox and a real Celery worker to an
-MLLP sink that ACKs at once (issue 5: target >= 200 reports/s end to end).
+MLLP sink that ACKs at once (target: >= 200 reports/s end to end).
 
 Runs, side by side in one run, against the same sink (``tests/mllp_sink.py``, in this process):
 

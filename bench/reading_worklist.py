@@ -1,6 +1,6 @@
 """Benchmark: the reading worklist with 100,000 studies, 10 concurrent users, a real gunicorn.
 
-What it does (issue 5, "Speed"):
+What it does:
 
 1. Creates (or reuses) a PostgreSQL database and fills it through the ORM with N studies
    (patient, identifier, order, requested procedure, scheduled step and reading worklist row

@@ -1,4 +1,4 @@
-"""C-STORE ingest and VNA routing benchmark (issue 4), peers side by side in the same run.
+"""C-STORE ingest and VNA routing benchmark, peers side by side in the same run.
 
 Ingest: a 200-image CT study (512 x 512, 16-bit, ~105 MB) sent by dcmtk's
 ``/usr/bin/storescu`` (one association) into

@@ -1,4 +1,4 @@
-"""Original-mode acknowledgements (HL7 v2.5.1 section 2.9.2; shared reference section 2).
+"""Original-mode acknowledgements (HL7 v2.5.1 section 2.9.2; docs/hl7-interface.md 1.6).
 
 * MSH: sending and receiving application/facility swapped (our MSH-3/4 = their MSH-5/6, or
   ``HL7_RECEIVING_APPLICATION`` / ``HL7_RECEIVING_FACILITY`` when they left them empty),

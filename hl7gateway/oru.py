@@ -5,7 +5,7 @@ touches the database; ``hl7gateway.outbox.content_for_report_version`` builds th
 ``OruContent`` from a ``ris.ReportVersion``.
 
 Message layout (HL7 v2.5.1 ch. 7.3.1 "ORU^R01"; IHE Radiology RAD-28 "Structured Report
-Export" / RAD-128; shared reference section 5)::
+Export" / RAD-128; docs/hl7-interface.md 2.2)::
 
     MSH  MSH-9 ORU^R01^ORU_R01 (v2.5.1) / ORU^R01 (v2.3.1), MSH-10 stable control ID,
          MSH-11 P, MSH-12 version, MSH-18 UNICODE UTF-8 (original acknowledgement mode:

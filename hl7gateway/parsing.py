@@ -1,6 +1,6 @@
 """HL7 v2 parsing: bytes of one MLLP payload -> a python-hl7 message and its MSH.
 
-Layering (architecture.md): framing knows bytes (``hl7gateway.mllp``), this module knows
+Layering (docs/architecture.md): framing knows bytes (``hl7gateway.mllp``), this module knows
 HL7, the mapping modules turn messages into plain ``ris.commands``.
 
 * Segment terminators: the standard says ``\\r`` (HL7 v2.5.1 section 2.5.4); real senders also
@@ -10,11 +10,12 @@ HL7, the mapping modules turn messages into plain ``ris.commands``.
 * ``read_msh`` reads the MSH from the raw bytes without parsing the rest, so an ACK can be built
   even when the body is unreadable (HAPI's "negative ACK from whatever MSH was read").
 
-The library is python-hl7: 0.46 ms for an 860-byte ORM^O01 with ``hl7.parse`` here, against
-8.4 ms for hl7apy (see the issue and shared/reference/peers.md).  On the intake's hot path
-``parse`` takes separators and escape character from python-hl7's parse plan and its escape
-handling, but splits segments and fields itself (``str.split``, about 0.05 ms); python-hl7's
-container tree is built only when ``ParsedMessage.message`` is read.
+The library is python-hl7, the lighter of the Python HL7 v2 parsers (figures in
+bench/RESULTS.md "HL7 intake").  On the intake's hot path ``parse`` takes separators and
+escape character from python-hl7's parse plan and its escape handling, but splits segments
+and fields itself (``str.split``): the intake reads a few dozen fields, and python-hl7's
+whole container tree costs several times the split.  The tree is built only when
+``ParsedMessage.message`` is read.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The operator's console, one accession's journey and replays (issue 6 part B), under /monitoring/.
+"""The operator's console, one accession's journey and replays, under /monitoring/.
 
 Thin views: the figures come from ``monitoring.selectors`` (the same functions as the alarms
 and /metrics), the journey from ``monitoring.journey``, the replays from ``monitoring.replay``.

@@ -1,4 +1,4 @@
-"""Health checks per process type (issue 6): does the listener accept connections, does the
+"""Health checks per process type: does the listener accept connections, does the
 database answer, does the broker answer.  Answers carry check names and ok/failed only:
 no patient data, no version details.
 

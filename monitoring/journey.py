@@ -1,10 +1,11 @@
-"""One accession's journey: every hand-off it went through, in time order (issue 6, item 6).
+"""One accession's journey: every hand-off it went through, in time order.
 
 ``collect(accession)`` reads the rows that touch one accession number (one requested
-procedure, radiology-workflow.md section 1: order -> MWL -> MPPS -> images -> matching ->
-completion -> VNA -> reading -> report -> ORU); ``timeline(rows, now=..., ...)`` turns them
-into a list of ``Step`` -- a pure function over plain rows, so the rules that mark a step
-*overdue* are tested without a database:
+procedure, the transactions of IHE Radiology Scheduled Workflow: order (RAD-2/RAD-4) -> MWL
+(RAD-5) -> MPPS (RAD-6/RAD-7) -> images (RAD-8) -> matching -> completion -> VNA (RAD-10) ->
+reading -> report -> ORU (RAD-128)); ``timeline(rows, now=..., ...)`` turns them into a list
+of ``Step`` -- a pure function over plain rows, so the rules that mark a step *overdue* are
+tested without a database:
 
 - images received (last instance) longer than ``JOURNEY_VNA_OVERDUE_MINUTES`` ago and the
   study not committed by the VNA (no transfer at all, or none committed yet);

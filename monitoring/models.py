@@ -1,4 +1,4 @@
-"""Alarm rules, alarms, and the per-AE record of DICOM operations (issue 6 part A).
+"""Alarm rules, alarms, and the per-AE record of DICOM operations.
 
 An ``AlarmRule`` says which interface condition to watch and whom to tell; the beat task
 ``monitoring.evaluate_alarms`` (``monitoring.services.evaluate``) opens an ``Alarm`` per
@@ -152,5 +152,5 @@ class DicomOperation(models.Model):
                     or self.status == 0x0107 or self.status == 0x0116)
 
 
-# Part B (journey and replays): models kept in their own module.
+# The journey's and the replays' models, kept in their own module.
 from monitoring.records import ReplayRecord, WorklistQueryResult  # noqa: E402,F401

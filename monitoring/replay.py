@@ -1,4 +1,4 @@
-"""Replay with a record (issue 6, item 5): reprocess a failed inbound HL7 message, resend a failed ORU.
+"""Replay with a record: reprocess a failed inbound HL7 message, resend a failed ORU.
 
 Each action needs a reason and is recorded (``monitoring.records.ReplayRecord``: who, when,
 why, outcome) before it runs, so that an action interrupted half-way is still on record.

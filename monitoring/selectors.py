@@ -1,4 +1,4 @@
-"""Figures of every interface, read from the database (issue 6): one function per figure.
+"""Figures of every interface, read from the database: one function per figure.
 
 The alarms (``monitoring.services``), the metrics (``monitoring.metrics``) and the
 operator's console read the same functions, so a number means the same everywhere.
@@ -390,7 +390,7 @@ def unmatched_studies(now: dt.datetime | None = None, *, calling_ae_title: str =
             for s in qs.order_by("first_received_at")[:limit]]
 
 
-# --- alarms (for the operator's console, part B) -------------------------------------------
+# --- alarms (for the operator's console) ---------------------------------------------------
 
 def console_alarms(now: dt.datetime | None = None, *, recent_hours: int = 72, limit: int = 100) -> dict:
     """Open alarms (oldest first) and those cleared in the last ``recent_hours`` (newest first)."""

@@ -1,4 +1,4 @@
-"""Alarm evaluation (issue 6): open an ``Alarm`` when a rule's condition holds, clear it when
+"""Alarm evaluation: open an ``Alarm`` when a rule's condition holds, clear it when
 it stops, and notify each opening and each clearing exactly once.
 
 ``evaluate(now=None)`` is run by the beat task ``monitoring.evaluate_alarms`` every

@@ -6,7 +6,7 @@ app_name = "monitoring"
 
 urlpatterns = [
     path("metrics", views.metrics, name="metrics"),
-    # Part B: the operator's console, one accession's journey, replays (monitoring.console_views).
+    # The operator's console, one accession's journey, replays (monitoring.console_views).
     path("", console_views.console, name="console"),
     path("journey/", console_views.journey, name="journey"),
     path("replays/", console_views.replays, name="replays"),

@@ -1,5 +1,5 @@
 """Admin pages of the imaging side: DICOM nodes, MPPS (unscheduled ones flagged for
-reconciliation).  The image issue appends its models below."""
+reconciliation), received studies and VNA transfers."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ class PerformedProcedureStepAdmin(AuditedAdmin, admin.ModelAdmin):
         return not obj.is_unscheduled
 
 
-# --- Images and VNA transfers (image issue) ----------------------------------------------------
+# --- Images and VNA transfers ------------------------------------------------------------------
 from pacs.models import Instance, Series, Study, StudyLink, Transfer, TransferItem, VnaDestination  # noqa: E402
 
 

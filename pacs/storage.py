@@ -2,14 +2,15 @@
 
 Layout: ``STORAGE_DIR/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, each UID
 validated first (PS3.5 9.1: digits and dots, at most 64 characters, no empty component),
-so no name, ID or other free text ever reaches a path and ``../`` cannot (reliability D-09).
+so no name, ID or other free text ever reaches a path and ``../`` cannot.
 
 Writing follows "persist before you acknowledge": the data goes to a temporary file in
 ``STORAGE_DIR/.incoming`` (same file system; written there by ``pacs.dimse.acceptor``), is
 renamed to the final name (atomic) and fsynced, and the directory is fsynced, before anything
 is indexed (``commit_file``, ``place_new_file``).  The 128-byte preamble is always zeros: the
 acceptor writes the preamble and File Meta Information itself, never the sender's
-(PS3.10 7.1; CVE-2019-11687, reliability D-10).
+(PS3.10 7.1: the preamble is free for applications; a DICOM/PE polyglot, CVE-2019-11687, is
+thereby not executable once stored).
 """
 
 from __future__ import annotations

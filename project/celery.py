@@ -1,7 +1,8 @@
 """The Celery application: VNA routing, ORU delivery and periodic sweeps.
 
 Tasks take row IDs (never objects), are acknowledged late and must be idempotent
-(see docs and ``conventions.md``: outbox rows, not fire-and-forget).
+(outbox rows, not fire-and-forget: a task that runs twice, or whose worker dies, does no harm;
+docs/architecture.md).
 """
 
 import os

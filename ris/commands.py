@@ -1,9 +1,9 @@
-"""Plain commands the adapters hand to the domain services (architecture: thin adapters).
+"""Plain commands the adapters hand to the domain services (thin adapters; docs/architecture.md).
 
 The HL7 mapping (``hl7gateway.mapping``) builds these from ORM^O01, OMI^O23 and ADT messages;
 ``ris.services.patients`` and ``ris.services.orders`` apply them.  No HL7 or DICOM objects here:
-only strings, dates and lists.  Field comments name where the value comes from (shared
-reference section 3).
+only strings, dates and lists.  Field comments name where the value comes from (HL7 field,
+DICOM attribute; docs/hl7-interface.md 1.4).
 """
 
 from __future__ import annotations

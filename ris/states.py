@@ -2,7 +2,8 @@
 
 ``ris.services.transitions.transition`` is the only code that changes a status; it
 refuses any pair not listed here and records every change in ``StatusChange``.
-Later issues add their tables (studies, transfers, reports) to ``TABLES``.
+Every entity with a status (steps, procedures, MPPS, reports, studies, transfers, outbound
+messages) has its table in ``TABLES``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SPS_STATUSES = (
 )
 SPS_STATUS_CHOICES = [(s, s) for s in SPS_STATUSES]
 SPS_FINAL = frozenset({SPS_COMPLETED, SPS_DISCONTINUED, SPS_CANCELED})
-# Hidden from MWL queries by default (shared reference section 3).
+# Hidden from MWL queries by default: a modality has nothing to perform for them (IHE RAD-5).
 SPS_HIDDEN_FROM_MWL = SPS_FINAL
 
 _SPS_OPEN = (SPS_SCHEDULED, SPS_ARRIVED, SPS_READY)
@@ -76,8 +77,9 @@ RP_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
 )
 
 # --- HL7 order control (ORC-1) + order status (ORC-5) -> step status ------------------------
-# dcm4chee's default mapping (shared reference section 3); an unknown pair is rejected
-# with AE, ERR-3 code 101 at ORC-1.  An empty ORC-5 matches the ("NW", "") style keys.
+# dcm4chee's default mapping (ORC-1 HL7 table 0119, ORC-5 table 0038; docs/hl7-interface.md 1.5);
+# an unknown pair is rejected with AE, ERR-3 code 101 at ORC-1.  An empty ORC-5 matches the
+# ("NW", "") style keys.
 ORDER_CONTROL_TO_SPS_STATUS: dict[tuple[str, str], str] = {
     ("NW", ""): SPS_SCHEDULED,
     ("NW", "SC"): SPS_SCHEDULED,
@@ -96,7 +98,7 @@ ORDER_CONTROL_TO_SPS_STATUS: dict[tuple[str, str], str] = {
     ("SC", "CM"): SPS_COMPLETED,
 }
 
-# Every transition table by entity name; later issues register theirs here.
+# Every transition table by entity name.
 TABLES: dict[str, frozenset[tuple[str, str]]] = {
     "sps": SPS_TRANSITIONS,
     "requested_procedure": RP_TRANSITIONS,

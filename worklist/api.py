@@ -1,4 +1,4 @@
-"""Reporting API for dictation systems: token-authenticated JSON (issue 5 item 8).
+"""Reporting API for dictation systems: token-authenticated JSON.
 
 ``Authorization: Token <key>`` (a key from ``manage.py create_api_token``); the token's user
 must hold a reporting role.  The endpoints call the same domain services as the browser

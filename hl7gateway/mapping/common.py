@@ -1,4 +1,4 @@
-"""Field conversions shared by the ORM, OMI and ADT mappings (shared reference section 3).
+"""Field conversions shared by the ORM, OMI and ADT mappings (fields: docs/hl7-interface.md 1.4).
 
 HL7 data types: TS/DTM (v2.5.1 section 2.A.22/2.A.85), XPN (2.A.88), XCN (2.A.89), CX (2.A.14).
 """
@@ -103,7 +103,8 @@ def patient_from_pid(msg: ParsedMessage) -> PatientData:
 
 
 def visit_from_pv1(msg: ParsedMessage) -> VisitData | None:
-    """PV1-19 visit number, else PID-18 account number (shared reference section 3)."""
+    """PV1-19 visit number, else PID-18 account number: the value DICOM carries as AdmissionID
+    (0038,0010) in the MWL (PS3.4 Table K.6-1)."""
     pv1 = msg.segment("PV1")
     pid = msg.segment("PID")
     number = (pv1.get(19) if pv1 else "") or (pid.get(18) if pid else "")

@@ -2,7 +2,7 @@
 
 Structure read: MSH, PID, [PV1], then one or more groups ORC, [OBR], [ZDS], ... (NTE, OBX,
 DG1 ignored).  Each ORC/OBR group is one requested procedure; groups with the same placer
-order number (ORC-2, else OBR-2) form one order.  Fields: shared reference section 3.
+order number (ORC-2, else OBR-2) form one order.  Fields: docs/hl7-interface.md 1.4.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ GROUP_MEMBERS = {"OBR", "ZDS", "NTE", "OBX", "DG1", "CTI", "BLG", "RQD", "RQ1", 
 def order_control(orc: Segment, index: int) -> tuple[str, str]:
     """ORC-1 + ORC-5, checked against ``ris.states.ORDER_CONTROL_TO_SPS_STATUS``.
 
-    An unknown pair is an application error: AE, ERR-3 101 at ORC-1 (shared reference section 3).
+    An unknown pair is an application error: AE, ERR-3 101 (HL7 table 0357) at ORC-1
+    (docs/hl7-interface.md 1.5).
     """
     control, status = orc.get(1).upper(), orc.get(5).upper()
     if not control:

@@ -1,7 +1,8 @@
 """The inbound HL7 message log: every message received, its ACK and its effect.
 
 The row and the domain change it causes are committed in one transaction before the
-ACK is written to the socket (persist before acknowledging, shared reference section 2).
+ACK is written to the socket: an AA is never sent for a message that a crash could lose
+(HL7 v2.5.1 section 2.9.2, original acknowledgement mode; docs/hl7-interface.md 1.6).
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ class InboundMessage(models.Model):
     accession_numbers = models.CharField(max_length=255, blank=True, db_index=True)
     duplicate_count = models.PositiveIntegerField(default=0, help_text="identical resends answered from this row")
     effect = models.JSONField(default=dict, blank=True, help_text="what the message changed (ids)")
-    # A replay of an earlier message by an operator (issue 6) points at the original.
+    # A replay of an earlier message by an operator (monitoring.replay) points at the original.
     replay_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="replays")
 
     class Meta:
         constraints = [
-            # The duplicate key (shared reference section 2): one original per key.  A refused
-            # message holds no key: once its sender is declared, the resend is applied.
+            # The duplicate key (MSH-3, MSH-4, MSH-10; MSH-10 is unique per sender, HL7 v2.5.1
+            # section 2.14.9.10): one original per key.  A refused message holds no key: once
+            # its sender is declared, the resend is applied.
             models.UniqueConstraint(
                 fields=["sending_application", "sending_facility", "message_control_id"],
                 condition=~Q(status__in=["COLLISION", "REFUSED"]) & ~Q(message_control_id="")

@@ -8,7 +8,8 @@ Each service lives in its own module exposing two functions the server collects:
 
 Handlers translate datasets into calls of domain services and the result back into a
 status; an exception inside a handler becomes a failure status, never Success and never
-a dropped association (conventions: pynetdicom).
+a dropped association: every failure has its status (PS3.7 Annex C), and the SCU needs it
+to know whether to retry.
 """
 
 # The engine's Implementation Class UID and Implementation Version Name (PS3.7 D.3.3.2-3),

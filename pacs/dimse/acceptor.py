@@ -1,12 +1,12 @@
 """The engine's DICOM association acceptor: one thread per association, blocking reads (PS3.8, PS3.7).
 
 pynetdicom's acceptor runs three threads per association, two of which poll queues and the
-socket every millisecond, and builds each DIMSE message through pydicom datasets; measured
-here that was about 9 ms of fixed CPU per association, 0.3 ms per C-FIND answer and 5 ms per
-512 KiB C-STORE.  This acceptor does the same protocol work directly: the thread that
-accepted the connection reads each PDU with blocking ``recv_into``, decodes the command set
-itself (``pacs.dimse.ul``), calls the service handler and writes the answer with one
-``sendall``.  It still uses pynetdicom for what is negotiated once per association (the
+socket every millisecond, and builds each DIMSE message through pydicom datasets: a fixed
+CPU cost per association and per message that dominated both MWL queries and C-STORE ingest
+(bench/RESULTS.md "MWL" and "Images and VNA routing").  This acceptor does the same protocol
+work directly: the thread that accepted the connection reads each PDU with blocking
+``recv_into``, decodes the command set itself (``pacs.dimse.ul``), calls the service handler
+and writes the answer with one ``sendall``.  It still uses pynetdicom for what is negotiated once per association (the
 A-ASSOCIATE PDUs, presentation context and role negotiation: ``negotiate_as_acceptor``) and
 pydicom for the data sets.
 

@@ -2,10 +2,10 @@
 
 The acceptor runs every association on a new thread, and a Django connection belongs to its
 thread: without this, each association would open (and close) its own PostgreSQL
-connection, about 3-6 ms on this machine, more than the MWL query itself.  ``run(fn, ...)``
-hands ``fn`` to one of DICOM_DB_CONNECTIONS worker threads, each keeping its connection
-(subject to CONN_MAX_AGE and CONN_HEALTH_CHECKS), and returns its result or raises its
-exception in the caller's thread.  ``stop()`` closes the connections (server shutdown).
+connection, which costs more than the MWL query itself.  ``run(fn, ...)`` hands ``fn`` to
+one of DICOM_DB_CONNECTIONS worker threads, each keeping its connection (subject to
+CONN_MAX_AGE and CONN_HEALTH_CHECKS), and returns its result or raises its exception in the
+caller's thread.  ``stop()`` closes the connections (server shutdown).
 """
 
 from __future__ import annotations

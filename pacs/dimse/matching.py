@@ -103,7 +103,7 @@ SPS_KEYS: dict = {
     "RequestedContrastAgent": Key(None, "empty"),
 }
 
-# The top level of an MWL item (PS3.4 Table K.6-1; shared reference sections 3 and 4).
+# The top level of an MWL item (PS3.4 Table K.6-1; matching PS3.4 C.2.2.2; docs/dicom-conformance.md 5.2).
 TOP_KEYS: dict = {
     "PatientName": Key(P + "patient_name", "pn"),
     "PatientID": Key(PATIENT_ID, "patient_id"),

@@ -3,12 +3,12 @@
 
 Used to send studies to a VNA (``pacs.scu``, ``VNA_DICOM_SENDER=engine``, the default) and to
 ask it for storage commitment (whichever sender sent the study).
-pynetdicom's SCU moves every PDU through its DUL thread and queues (measured here: 20-54 MB/s
-where dcmtk's storescu sends 80-170 MB/s on the same link); this one writes each P-DATA-TF
-straight from the file into the socket: the data set of a stored file is read in pieces of
-the peer's maximum PDU length, behind one 12-byte header, never decoded.  The A-ASSOCIATE
-PDUs are pynetdicom's classes, as in ``pacs.dimse.acceptor``; the framing and command sets are
-``pacs.dimse.ul``.
+pynetdicom's SCU moves every PDU through its DUL thread and queues, and sends a fraction of
+what dcmtk's storescu sends on the same link (bench/RESULTS.md "Images and VNA routing");
+this one writes each P-DATA-TF straight from the file into the socket: the data set of a
+stored file is read in pieces of the peer's maximum PDU length, behind one 12-byte header,
+never decoded.  The A-ASSOCIATE PDUs are pynetdicom's classes, as in ``pacs.dimse.acceptor``;
+the framing and command sets are ``pacs.dimse.ul``.
 
 Over TLS (PS3.15 B.9, the BCP 195 profile) the TCP connection is wrapped before the
 A-ASSOCIATE-RQ with the context the caller gives (``project.tls.client_context``: the VNA's

@@ -1,9 +1,9 @@
 """Imaging-side models, one module per concern:
 
 nodes.py      DicomNode (declared remote AEs), DicomRefusal (associations refused)
-mpps.py       MPPS and what it performed                 -- MWL/MPPS issue
-images.py     Study / Series / Instance index            -- image issue
-transfers.py  VNA destinations and transfers             -- image issue
+mpps.py       MPPS and what it performed (PS3.4 Annex F)
+images.py     Study / Series / Instance index, resends with other content
+transfers.py  VNA destinations and transfers, per-instance commitment (PS3.4 Annex J)
 """
 
 from pacs.models.images import Instance, Series, StoreConflict, Study, StudyLink

@@ -23,7 +23,8 @@ COMPLETE = "COMPLETE"  # complete and matched; transfers written
 ARCHIVED = "ARCHIVED"  # every instance committed by every VNA destination
 STATUSES = (RECEIVING, COMPLETE, ARCHIVED)
 
-# How the study found its order (radiology-workflow.md section 1, step 5).
+# How the study found its order (pacs.services.order_matching): AccessionNumber (0008,0050),
+# else StudyInstanceUID (0020,000D), else patient + study date + modality.
 MATCH_NONE = ""
 MATCH_ACCESSION = "accession"
 MATCH_STUDY_UID = "study_uid"

@@ -1,4 +1,4 @@
-"""VNA destinations and study transfers (radiology-workflow.md section 6; dcm4chee's export tasks).
+"""VNA destinations and study transfers (IHE RAD-10 Storage Commitment; dcm4chee's export tasks).
 
 One ``Transfer`` per (study, destination, batch), written in the transaction that marks the
 study complete (``pacs.services.completion``); the Celery task ``pacs.send_transfer`` is given

@@ -72,7 +72,8 @@ NOT_ALLOWED_IN_N_SET = frozenset(
 # ScheduledStepAttributesSequence (0040,0270) as a DICOM JSON key (PS3.18 F.2).
 SCHEDULED_STEP_ATTRIBUTES = "00400270"
 
-# MPPS status -> step status (shared reference section 3).
+# MPPS status (PerformedProcedureStepStatus (0040,0252), PS3.4 F.7.2.2) -> step status
+# (ScheduledProcedureStepStatus (0040,0020)): the modality reports progress only through MPPS.
 STEP_STATUS = {IN_PROGRESS: states.SPS_STARTED, COMPLETED: states.SPS_COMPLETED, DISCONTINUED: states.SPS_DISCONTINUED}
 
 

@@ -1,7 +1,7 @@
 """RIS models, one module per concern:
 
 core.py     patients, identifiers, visits, orders, requested procedures, steps, status changes, merges
-reports.py  reports and their versions   -- reporting issue
+reports.py  reports, their versions, report templates
 """
 
 from ris.models.core import (

@@ -3,7 +3,7 @@
 Field names follow the standards: a column that holds a DICOM attribute carries its
 keyword in snake case (``accession_number`` = AccessionNumber (0008,0050)); a column
 filled from HL7 says where from in its help text (``PID-3.1``).  Mapping rules are in
-``shared/reference/radiology-workflow.md`` section 3 and in docs/hl7-interface.md.
+docs/hl7-interface.md (1.4, fields read) and docs/dicom-conformance.md (5.2, MWL keys).
 
 Statuses are changed only through ``ris.services.transitions.transition`` which checks
 ``ris.states`` and writes a ``StatusChange`` row.

@@ -1,4 +1,4 @@
-"""Reports and their versions (shared reference section 1 step 7, section 5).
+"""Reports and their versions (IHE RAD-128 / RAD-28 for the ORU^R01 they become; OBR-25 result status).
 
 One ``Report`` per study (requested procedure = accession).  Its text lives in
 ``ReportVersion`` rows: at most one unsigned draft at a time (``signed_at`` NULL), which

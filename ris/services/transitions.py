@@ -1,4 +1,5 @@
-"""The one function that changes a status (conventions: state machines as tables)."""
+"""The one function that changes a status: the allowed changes are data (``ris.states``), and
+every change is recorded with who made it and when."""
 
 from __future__ import annotations
 
