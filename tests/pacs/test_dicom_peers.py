@@ -27,9 +27,9 @@ from pynetdicom.sop_class import (
 )
 
 from pacs.dimse import db
-from pacs.lib import peers
 from pacs.models import DicomNode, DicomRefusal, Instance, Transfer
 from pacs.models import transfers as tr
+from project import peers
 from tests.conftest import dcmtk_tool, free_port
 from tests.pacs.dicom_server import DCMTK_ENV, OTHER, associate_from, echoscu, findscu, listen_fixture, port_of  # noqa: F401
 from tests.pacs.imaging_helpers import store_dir  # noqa: F401

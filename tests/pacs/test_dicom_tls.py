@@ -17,8 +17,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from pacs.dimse import db
-from pacs.lib import peers
 from pacs.models import DicomNode, DicomRefusal, Instance
+from project import peers
 from tests.conftest import dcmtk_tool, free_port
 from tests.pacs.dicom_server import (
     DCMTK_ENV,

@@ -1,6 +1,6 @@
 // Reading worklist self-refresh: re-fetch the same page (same filters, same cursor) every
 // N seconds and replace only the table body, so the scroll position and the page are kept.
-// Marked as a background refresh: it does not count as activity for the idle sign-out (pacs.sessions).
+// Marked as a background refresh: it does not count as activity for the idle sign-out (accounts.sessions).
 (function () {
   "use strict";
   var table = document.getElementById("reading-worklist");
