@@ -9,8 +9,8 @@ Writing follows "persist before you acknowledge": the data goes to a temporary f
 renamed to the final name (atomic) and fsynced, and the directory is fsynced, before anything
 is indexed (``commit_file``, ``place_new_file``).  The 128-byte preamble is always zeros: the
 acceptor writes the preamble and File Meta Information itself, never the sender's
-(PS3.10 7.1: the preamble is free for applications; a DICOM/PE polyglot, CVE-2019-11687, is
-thereby not executable once stored).
+(PS3.10 7.1: the preamble is for the application that wrote the file; a sender's preamble could
+make a stored file an executable as well as a DICOM file).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from django.conf import settings
 # PS3.5 9.1: components of digits without leading zeros (a lone "0" allowed), separated by dots.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _UID_LENIENT = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # leading zeros seen in the wild: still safe for paths
-
 
 
 class InvalidUID(ValueError):
@@ -213,8 +212,6 @@ def sweep_incoming(older_than_seconds: float) -> int:
     acknowledged): those not written to for ``older_than_seconds``.  A file being received is
     written to at least every network timeout, so a live transfer is never touched.  Returns
     how many were deleted."""
-    import time
-
     root = storage_root() / ".incoming"
     if not root.is_dir():
         return 0

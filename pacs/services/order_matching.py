@@ -19,9 +19,11 @@ from django.utils import timezone
 from audit import events
 from pacs.models import Study, StudyLink
 from pacs.models import images as im
+from pacs.services import completion
 from ris import auditing, states
 from ris.errors import DomainError, UnknownKey
 from ris.models import Order, Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep
+from ris.services.identifiers import new_accession_number
 
 log = logging.getLogger("pacs.matching")
 
@@ -162,8 +164,6 @@ def _locked_study(study_id: int) -> Study:
 
 def link_study(study_id: int, requested_procedure_id: int, *, actor: str, note: str = "") -> StudyLink:
     """A person links a study to an existing order (reconciliation page)."""
-    from pacs.services import completion
-
     with transaction.atomic():
         study = _locked_study(study_id)
         try:
@@ -195,9 +195,6 @@ def link_study_to_new_order(study_id: int, patient_pk: int, *, actor: str, descr
                             note: str = "") -> StudyLink:
     """Encounter-based imaging: a new filler order (ORC-1 SN, created_by_filler) for the patient,
     with one requested procedure carrying the study's own Study Instance UID."""
-    from pacs.services import completion
-    from ris.services.identifiers import new_accession_number
-
     with transaction.atomic():
         study = _locked_study(study_id)
         if study.requested_procedure_id is not None:

@@ -1,7 +1,7 @@
 # ruff: noqa: F811 - pytest fixtures imported from tests.pacs.imaging_helpers
 """A C-STORE of a SOP Instance UID already stored (PS3.4 B.2.3), sent by dcmtk's storescu to the
 real listener: an identical resend changes nothing; other content follows STORE_OVERWRITE_POLICY
-(keep / replace / reject), is recorded and shown on the study page; on both index paths."""
+(keep / replace / reject), is recorded and shown on the study page; on both index writers."""
 
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ from project.access import TECHNOLOGIST
 from tests.pacs.imaging_helpers import engine, new_uid, port, store_dir  # noqa: F401
 from tests.pacs.orthanc import make_instance, storescu
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(autouse=True, params=["postgresql", "portable"])
 def index_path(request, monkeypatch):
-    """Every test runs on both index paths: PostgreSQL's statements and the ORM one."""
+    """Every test runs on both index writers: PostgreSQL's statements and the ORM's."""
     monkeypatch.setattr("pacs.services.images.FAST_INDEX", request.param == "postgresql")
     return request.param
 
@@ -332,7 +332,6 @@ def test_resend_while_the_first_is_being_indexed_keeps_the_stored_file(engine, s
         return index
 
     monkeypatch.setattr(images, "_index", first_association_commits(images._index))
-    monkeypatch.setattr(images, "_index_postgresql", first_association_commits(images._index_postgresql))
     proc = storescu(port(engine), [first])
     assert store_status(proc) == ["Success"], proc.stdout + proc.stderr
     assert committed and Instance.objects.get().pk == instance.pk

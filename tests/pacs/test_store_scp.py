@@ -2,8 +2,8 @@
 """C-STORE SCP: dcmtk's storescu as the modality, the real AE on an ephemeral port (PS3.4 Annex B).
 
 Persist before Success (file fsynced and renamed, index committed), idempotent resends,
-UIDs that would escape the store refused, disk full and database down answered with
-0xA7xx (reliability D-06, D-07, D-09, D-10).
+UIDs that would escape the store refused (PS3.5 9.1), disk full and database down answered
+with 0xA700 (PS3.4 B.2.3).
 """
 
 from __future__ import annotations
@@ -16,16 +16,17 @@ import pytest
 from django.db import connections
 from pydicom import dcmread
 
+from pacs import storage
 from pacs.models import Instance, Series, StoreConflict, Study
 from tests.pacs.imaging_helpers import engine, new_uid, port, pynetdicom_store, store_dir  # noqa: F401
 from tests.pacs.orthanc import make_instance, storescu, write_study
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(autouse=True, params=["postgresql", "portable"])
 def index_path(request, monkeypatch):
-    """Every store test runs on both index paths: PostgreSQL's two statements and the ORM one."""
+    """Every store test runs on both index writers: PostgreSQL's statements and the ORM's."""
     monkeypatch.setattr("pacs.services.images.FAST_INDEX", request.param == "postgresql")
     return request.param
 
@@ -134,8 +135,11 @@ def test_disk_full_is_answered_out_of_resources_and_nothing_indexed(engine, full
     assert "refused: outofresources" in (proc.stdout + proc.stderr).lower(), proc.stderr
     assert "success" not in (proc.stdout + proc.stderr).lower()
     assert Instance.objects.count() == 0
-    leftovers = [p for p in full_store.rglob("*.part")]
-    assert leftovers == []
+    # Neither the acceptor's temporary file (``*.recv`` in .incoming) nor a file at its final
+    # name is left behind.
+    temporaries = list((full_store / ".incoming").glob(f"*{storage.RECEIVED_SUFFIX}"))
+    leftovers = [p for p in full_store.rglob("*") if p.is_file() and p.name != "filler"]
+    assert temporaries == [] and leftovers == [], leftovers
 
 
 def test_database_down_is_answered_out_of_resources_then_resend_succeeds(engine, store_dir, tmp_path):
