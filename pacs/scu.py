@@ -33,7 +33,7 @@ from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from pacs.dimse import requestor
-from pacs.services.routing import ItemOutcome, ItemToSend, PermanentError, TransientError
+from pacs.services.routing.sending import ItemOutcome, ItemToSend, PermanentError, TransientError
 from project import tls
 
 log = logging.getLogger("pacs.scu")

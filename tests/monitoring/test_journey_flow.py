@@ -28,7 +28,7 @@ from pacs.dimse import db
 from pacs.models import Study, Transfer, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
-from pacs.services import routing
+from pacs.services.routing import transfers
 from project.access import ADMINISTRATOR
 from ris.models import RequestedProcedure
 from tests.hl7gateway import outbox_helpers as h
@@ -115,7 +115,7 @@ def test_journey_shows_every_hand_off_in_order_and_a_withheld_ack_as_overdue(eng
         study = _perform(engine, tmp_path, rp)
 
         transfer = Transfer.objects.get(study=study)
-        routing.run_transfer(transfer.pk)
+        transfers.run_transfer(transfer.pk)
         wait_for(lambda: Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED, 60, message="committed")
 
         rad = h.radiologist("rad1")

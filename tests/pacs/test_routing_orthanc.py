@@ -18,7 +18,8 @@ from audit.models import AuditRecord
 from pacs.models import Study, Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
-from pacs.services import completion, routing
+from pacs.services import completion
+from pacs.services.routing import destinations, sweep, transfers
 from ris.models import StatusChange
 from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
 from tests.pacs.mwl_data import make_patient, make_step
@@ -83,7 +84,7 @@ def test_study_routed_committed_archived_with_corrections(engine, orthanc, sende
         __import__("pacs.storage", fromlist=["x"]).absolute_path(i.instance.path)
         for i in TransferItem.objects.filter(transfer=transfer)])
     # Running the task again is a no-op.
-    assert routing.run_transfer(transfer.pk) == "skipped"
+    assert transfers.run_transfer(transfer.pk) == "skipped"
 
 
 def test_vna_down_then_up_is_delivered_once(engine, sender, worker, tmp_path):
@@ -179,7 +180,7 @@ def test_worker_killed_mid_transfer_completes_after_restart_each_instance_once(e
         worker.start()
         # No worker holds the row once its lease has expired: the sweep hands it on.
         wait_for(lambda: Transfer.objects.get(pk=transfer.pk).lease_expires_at < timezone.now(), 30)
-        assert routing.sweep() >= 1
+        assert sweep.sweep() >= 1
         wait_for(lambda: Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED, 90,
                  message=f"committed after restart; worker:\n{worker.log()[-3000:]}")
         uids = vna.sop_instance_uids()
@@ -198,7 +199,7 @@ def test_stow_rs_destination_from_the_environment(engine, worker, tmp_path, rout
     vna = OrthancProcess(tmp_path / "web", engine_aet="PACS", engine_port=port(engine), dicomweb=True).start()
     try:
         routing_settings.VNA_DESTINATIONS = f"stow+http://127.0.0.1:{vna.http_port}/dicom-web"
-        routing._synced = False
+        destinations._synced = False
         study, _ = send_matched_study(engine, tmp_path, 4)
         complete_now(study)
         transfer = Transfer.objects.get(study=study)
@@ -209,7 +210,7 @@ def test_stow_rs_destination_from_the_environment(engine, worker, tmp_path, rout
         study.refresh_from_db()
         assert study.status == im.ARCHIVED
     finally:
-        routing._synced = False
+        destinations._synced = False
         vna.stop()
 
 
@@ -278,7 +279,7 @@ def test_stow_rs_with_credentials_sealed_at_rest(engine, worker, tmp_path, routi
     try:
         assert requests.get(f"{vna.url}/statistics", timeout=10).status_code == 401
         routing_settings.VNA_DESTINATIONS = f"stow+http://engine:{password}@127.0.0.1:{vna.http_port}/dicom-web"
-        routing._synced = False
+        destinations._synced = False
         study, _ = send_matched_study(engine, tmp_path, 3)
         complete_now(study)
         transfer = Transfer.objects.get(study=study)
@@ -292,5 +293,5 @@ def test_stow_rs_with_credentials_sealed_at_rest(engine, worker, tmp_path, routi
         statistics = requests.get(f"{vna.url}/statistics", auth=("engine", password), timeout=10).json()
         assert statistics["CountInstances"] == 3
     finally:
-        routing._synced = False
+        destinations._synced = False
         vna.stop()
