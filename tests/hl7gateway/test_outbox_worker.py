@@ -1,6 +1,6 @@
 """ORU delivery end to end with a REAL Celery worker process (``celery -A project worker -B``) on the
 pytest database and Redis, to a real MLLP sink: down then up, AE then AA, AR, and a worker
-SIGKILLed mid-send (reliability H-13, H-14, C-02, C-03, C-07).
+SIGKILLed mid-send.
 
 The worker runs with short retry and sweep timings (environment below); the test process
 signs reports through ``ris.services.reports.sign`` exactly as the browser does, so the
@@ -138,7 +138,7 @@ def test_ar_fails_at_once_and_is_shown_to_the_operator(worker, sink, client):
 
 
 def test_task_lost_by_the_broker_is_requeued_by_the_sweep(tmp_path, broker, sink):
-    """Reliability C-02: the wake-up published at the commit never reaches a worker (here: the
+    """The wake-up published at the commit never reaches a worker (here: the
     Redis queue is emptied before any worker runs); the beat sweep finds the due row and sends it."""
     h.destination("ehr", sink.port)
     h.sign_report(h.study(), h.radiologist())

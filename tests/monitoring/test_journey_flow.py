@@ -19,9 +19,9 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
-from hl7gateway import outbox
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import OutboundMessage
+from hl7gateway.outbox import delivery
 from monitoring import journey
 from monitoring.records import WorklistQueryResult
 from pacs.dimse import db
@@ -123,9 +123,9 @@ def test_journey_shows_every_hand_off_in_order_and_a_withheld_ack_as_overdue(eng
         h.sign_report(rp, rad)
         ehr_row = OutboundMessage.objects.get(destination=ehr)
         billing_row = OutboundMessage.objects.get(destination=billing)
-        outbox.deliver(ehr_row.pk)
+        delivery.deliver(ehr_row.pk)
         ehr_sink.wait_for(1)
-        outbox.deliver(billing_row.pk)  # the sink keeps silent: no ACK
+        delivery.deliver(billing_row.pk)  # the sink keeps silent: no ACK
         billing_sink.wait_for(1)
         ehr_row.refresh_from_db()
         billing_row.refresh_from_db()

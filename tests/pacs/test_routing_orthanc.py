@@ -1,7 +1,7 @@
 # ruff: noqa: F811 - pytest fixtures imported from helper modules
 """Routing to a real Orthanc VNA through a real Celery worker: C-STORE over one association,
 storage commitment N-ACTION + N-EVENT-REPORT, archived only when every instance is committed;
-VNA down then up; a SOP class refused; a worker killed mid-transfer (reliability C-03, D-12)."""
+VNA down then up; a SOP class refused; a worker killed mid-transfer."""
 
 from __future__ import annotations
 
