@@ -10,6 +10,7 @@ from hl7gateway.models.outbound import CANCELED, FAILED, PENDING, OutboundAction
 from hl7gateway.outbox import publish
 from hl7gateway.outbox.queue import blocking_message, next_in_line
 from hl7gateway.outbox.rules import ENTITY, OutboxError
+from project.delivery import leases
 from ris.errors import InvalidTransition, UnknownKey
 from ris.services.transitions import transition
 
@@ -48,7 +49,7 @@ def cancel(message_id: int, user, reason: str = "") -> OutboundMessage:
         row = _locked(message_id)
         if row.status not in (PENDING, FAILED):
             raise OutboxError(f"a {row.status.lower()} message cannot be canceled")
-        if row.leased_until and row.leased_until > now:
+        if leases.held(row.leased_until, now):
             raise OutboxError("the message is being sent right now; try again in a moment")
         OutboundAction.objects.create(message=row, action=OutboundAction.CANCEL, user=user,
                                       username=user.get_username(), reason=reason[:500], from_status=row.status)

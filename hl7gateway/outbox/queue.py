@@ -125,7 +125,7 @@ def _why_not(status: str, next_attempt_at: datetime, leased_until: datetime | No
 
 def _interrupted_too_often(row: OutboundMessage, now: datetime) -> bool:
     """The previous attempt's worker died (its lease ran out): record that attempt as
-    INTERRUPTED; fail the row once that happened ``HL7_ORU_MAX_ATTEMPTS`` times ."""
+    INTERRUPTED; fail the row once that happened ``HL7_ORU_MAX_ATTEMPTS`` times."""
     if row.last_outcome != "SENDING":
         return False
     OutboundAttempt.objects.get_or_create(

@@ -2,8 +2,8 @@
 
 A lease is a nullable timestamp column (``Transfer.lease_expires_at``,
 ``OutboundMessage.leased_until``).  A worker takes a row by writing ``now + seconds`` under the
-row's lock, renews it while it makes progress, and releases it (``None``) when it records the
-outcome.  A worker that dies leaves a lease that runs out: the row is free again and the sweep
+row's lock, renews it while it makes progress, and releases it (``None``) in the same write
+that records the outcome.  A worker that dies leaves a lease that runs out: the row is free again and the sweep
 or the next task takes it, so nothing is lost and nothing is sent twice at the same time.
 """
 
@@ -38,7 +38,3 @@ def renew(rows: QuerySet, field: str, now: datetime, seconds: float) -> int:
     """Extend the lease of ``rows`` (a worker still making progress).  Returns the rows updated."""
     return rows.update(**{field: until(now, seconds)})
 
-
-def release(rows: QuerySet, field: str) -> int:
-    """Give ``rows`` up (the outcome is recorded).  Returns the rows updated."""
-    return rows.update(**{field: None})

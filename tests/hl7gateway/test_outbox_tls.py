@@ -10,7 +10,7 @@ from hl7gateway import client
 from hl7gateway.models import OutboundDestination, OutboundMessage
 from hl7gateway.outbox import delivery, destinations
 from tests.hl7gateway import outbox_helpers as h
-from tests.hl7gateway.test_outbox_worker import Worker, broker, wait_until  # noqa: F401 (broker: a fixture)
+from tests.hl7gateway.oru_worker import Worker, broker, wait_until  # noqa: F401 (broker: a fixture)
 from tests.mllp_sink import MLLPSink, tls_context
 from tests.tls_certs import TestPKI
 

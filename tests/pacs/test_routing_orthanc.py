@@ -18,13 +18,19 @@ from audit.models import AuditRecord
 from pacs.models import Study, Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
-from pacs.services import completion
 from pacs.services.routing import destinations, sweep, transfers
 from ris.models import StatusChange
 from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
-from tests.pacs.mwl_data import make_patient, make_step
 from tests.pacs.orthanc import OrthancProcess, storescu, write_study
-from tests.pacs.routing_helpers import orthanc, routing_settings, sender, wait_for, worker  # noqa: F401
+from tests.pacs.routing_helpers import (  # noqa: F401 - fixtures
+    complete_now,
+    orthanc,
+    routing_settings,
+    send_matched_study,
+    sender,
+    wait_for,
+    worker,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
@@ -32,24 +38,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 def destination_for(vna, **kwargs) -> VnaDestination:
     return VnaDestination.objects.create(name=f"orthanc-{vna.dicom_port}", kind=tr.KIND_DICOM, ae_title=vna.aet,
                                          host="127.0.0.1", port=vna.dicom_port, **kwargs)
-
-
-def send_matched_study(engine, tmp_path, n=5, *, patient_name="DOE^JOHNNY", **kwargs):
-    from ris.models import PatientIdentifier
-
-    known = PatientIdentifier.objects.filter(id_number="P1", assigning_authority="HOSP").first()
-    patient = known.patient if known else make_patient("DOE^JOHN", "P1")
-    step = make_step(patient, accession=f"A{generate_uid()[-10:]}", modality="CT")
-    rp = step.requested_procedure
-    paths = write_study(tmp_path / generate_uid(), n, study_instance_uid=rp.study_instance_uid,
-                        accession_number=rp.accession_number, patient_id="P1", patient_name=patient_name, **kwargs)
-    proc = storescu(port(engine), paths)
-    assert proc.returncode == 0, proc.stderr
-    return Study.objects.get(study_instance_uid=rp.study_instance_uid), paths
-
-
-def complete_now(study):
-    assert completion.check_study(study.pk, now=timezone.now() + dt.timedelta(seconds=5))
 
 
 def test_study_routed_committed_archived_with_corrections(engine, orthanc, sender, worker, tmp_path):

@@ -25,8 +25,14 @@ from project.delivery.destinations import parse_vna
 from tests.conftest import free_port
 from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
 from tests.pacs.orthanc import OrthancProcess, OrthancTLS, make_instance, write_study
-from tests.pacs.routing_helpers import routing_settings, sender, wait_for, worker  # noqa: F401
-from tests.pacs.test_routing_orthanc import complete_now, send_matched_study
+from tests.pacs.routing_helpers import (  # noqa: F401 - fixtures
+    complete_now,
+    routing_settings,
+    send_matched_study,
+    sender,
+    wait_for,
+    worker,
+)
 from tests.tls_certs import TestPKI
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
