@@ -1,5 +1,5 @@
-"""Queueing the ORU^R01 of a signed report (HL7 v2.5.1 chapter 7.3.1; IHE RAD-128 Results
-Report Distribution): one row per enabled destination, written in the signing transaction."""
+"""Queueing the ORU^R01 of a signed report (HL7 v2.5.1 chapter 7; IHE Radiology RAD-28 /
+RAD-128): one row per enabled destination, written in the signing transaction."""
 
 from __future__ import annotations
 
