@@ -1,4 +1,4 @@
-"""The outbound delivery operator page.
+"""The outbound delivery operator page: what is queued, what failed and why, retry and cancel.
 
 Per destination: queue depth, age of the oldest undelivered message, failures with their
 reason; per message: the bytes sent, every attempt, the status history; retry and cancel,

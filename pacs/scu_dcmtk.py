@@ -1,8 +1,9 @@
 """C-STORE to the VNA with dcmtk's ``storescu`` (``VNA_DICOM_SENDER=dcmtk``), PS3.4 B.
 
-dcmtk's ``storescu`` sends two to four times what pynetdicom's SCU sends on the same link
-(bench/RESULTS.md), so a worker can hand the C-STORE part of a transfer to
-``/usr/bin/storescu`` instead: one process, one association for all the files of the transfer, ``--required`` (only the presentation contexts the files need:
+pynetdicom's SCU sends about a quarter to a half of what dcmtk's ``storescu`` sends on the
+same link (bench/RESULTS.md "Images and VNA routing"), so a worker can hand the
+C-STORE part of a transfer to ``/usr/bin/storescu`` instead: one process, one association for
+all the files of the transfer, ``--required`` (only the presentation contexts the files need:
 their SOP classes, their stored transfer syntax first).  Its log (``-v``) gives one line per
 file and one per response, read as they come, so progress (and the worker's lease) is
 recorded every few instances.  Storage commitment stays with pynetdicom (``pacs.scu``).

@@ -122,7 +122,8 @@ if not (_db["ENGINE"].endswith("postgresql") or _db["ENGINE"].endswith("sqlite3"
     DATABASE_ENGINE_UNSUPPORTED = _db["ENGINE"]
     _db = dj_database_url.parse(f"sqlite:///{VAR_DIR / 'pacs.sqlite3'}")
 if _db["ENGINE"].endswith("postgresql"):
-    # Persist before acknowledging: every commit waits for the WAL flush (PostgreSQL synchronous_commit).
+    # Persist before acknowledging: every commit waits for the WAL flush, so an AA or a C-STORE
+    # Success is never sent for a change that a crash could still lose.
     _db.setdefault("OPTIONS", {})["options"] = "-c synchronous_commit=on"
     _db["CONN_HEALTH_CHECKS"] = True
 elif _db["ENGINE"].endswith("sqlite3"):
@@ -151,7 +152,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     }
 else:
     # Redis: redeliver a task whose worker died only after this many seconds; every
-    # countdown we use is far below it.
+    # countdown we use is far below it (a longer countdown would be delivered twice).
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -227,8 +228,9 @@ HL7_STATION_AE_BY_MODALITY = env_str("HL7_STATION_AE_BY_MODALITY", "")
 HL7_ORU_DESTINATIONS = env_str("HL7_ORU_DESTINATIONS", "")
 HL7_ORU_VERSION = env_choice("HL7_ORU_VERSION", "2.5.1", {"2.5.1", "2.3.1"})
 # ORU delivery (hl7gateway.outbox): timeouts, AE attempts before failing, backoff with jitter
-# (capped far below the Redis visibility timeout), the sweep that re-queues
-# rows no worker picked up, and how long a dispatched row may wait before it is re-queued.
+# (capped far below the Redis visibility timeout, else Redis redelivers the task), the sweep
+# that re-queues rows no worker picked up, and how long a dispatched row may wait before it is
+# re-queued.
 HL7_ORU_CONNECT_TIMEOUT_SECONDS = env_float("HL7_ORU_CONNECT_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 HL7_ORU_ACK_TIMEOUT_SECONDS = env_float("HL7_ORU_ACK_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 HL7_ORU_MAX_ATTEMPTS = env_int("HL7_ORU_MAX_ATTEMPTS", 8, minimum=1)
@@ -347,9 +349,9 @@ for _entry in destination_entries(VNA_DESTINATIONS):
     except ValueError:
         record("VNA_DESTINATIONS", _entry, "is neither dicom://AE@host:port nor stow+http(s)://host:port/path")
 ARCHIVE_RETENTION_DAYS = env_int("ARCHIVE_RETENTION_DAYS", 0, minimum=0)
-# VNA transfers: attempts, exponential backoff with jitter (capped below the Redis
-# visibility timeout), the lease a worker holds a transfer for, and how
-# long to wait for the storage commitment N-EVENT-REPORT.
+# VNA transfers: attempts, exponential backoff with jitter (capped below the Redis visibility
+# timeout, else Redis redelivers the task), the lease a worker holds a transfer for, and how long
+# to wait for the storage commitment N-EVENT-REPORT.
 TRANSFER_MAX_ATTEMPTS = env_int("TRANSFER_MAX_ATTEMPTS", 10, minimum=1)
 TRANSFER_RETRY_BASE_SECONDS = env_float("TRANSFER_RETRY_BASE_SECONDS", 10.0, minimum=0.1)
 TRANSFER_RETRY_MAX_SECONDS = env_float("TRANSFER_RETRY_MAX_SECONDS", 900.0, minimum=1.0)
@@ -530,7 +532,7 @@ LOGGING = {
     },
 }
 
-# --- Operator's console and journey ---------------------------------------------------------
+# --- Operator's console and journey --------------------------------------------------------
 # A study whose last image arrived longer ago than this and is not committed by the VNA is overdue.
 JOURNEY_VNA_OVERDUE_MINUTES = env_int("JOURNEY_VNA_OVERDUE_MINUTES", 60, minimum=1)
 # An ORU^R01 queued longer ago than this and not acknowledged (AA) is overdue.

@@ -13,7 +13,8 @@ message already rendered and its MSH-10 fixed, so that every resend is the same 
 
 "Being sent right now" is not a status but a lease (``leased_until``): a worker claims a
 due row by a conditional UPDATE, and a worker that dies mid-send leaves a lease that
-simply expires, after which the sweep re-queues the row (``hl7gateway.outbox.sweep``).
+simply expires, after which the sweep re-queues the row: no message is lost with a worker,
+and none is sent by two workers at once.
 """
 
 from __future__ import annotations
