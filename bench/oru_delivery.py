@@ -135,17 +135,17 @@ def run_engine(n: int, concurrency: int, sink, user, tmp: Path, loglevel: str, p
     from django.db import transaction
     from django.db.models import Max
 
-    from hl7gateway import outbox
     from hl7gateway.models import OutboundMessage
+    from hl7gateway.outbox import publish
     from ris.services.reports import sign
 
     redis.Redis.from_url(BROKER).flushdb()
     rps = make_studies(n, user)
     worker = Worker(concurrency, tmp, loglevel, {"HL7_ORU_BATCH_SIZE": "1"} if per_message else None)
     worker.start()
-    real_wake = outbox.wake
+    real_wake = publish.wake
     if per_message:
-        outbox.wake = lambda ids: 0
+        publish.wake = lambda ids: 0
     try:
         received_before = sink.count
         first_id = (OutboundMessage.objects.aggregate(m=Max("id"))["m"] or 0) + 1
@@ -159,7 +159,7 @@ def run_engine(n: int, concurrency: int, sink, user, tmp: Path, loglevel: str, p
             t0 = time.perf_counter()
         rows = OutboundMessage.objects.filter(id__gte=first_id)
         if per_message:
-            outbox.dispatch(list(rows.order_by("id").values_list("id", flat=True)))
+            publish.dispatch(list(rows.order_by("id").values_list("id", flat=True)))
         published = time.perf_counter() - t0  # commit + publishing the tasks
         total = rows.count()
         deadline = time.monotonic() + max(120.0, n / 5)
@@ -175,7 +175,7 @@ def run_engine(n: int, concurrency: int, sink, user, tmp: Path, loglevel: str, p
             (r.delivered_at.timestamp() - t0_wall) for r in rows.only("delivered_at") if r.delivered_at
         )
     finally:
-        outbox.wake = real_wake
+        publish.wake = real_wake
         worker.stop()
     return {
         "peer": "one task per message" if per_message else "engine", "concurrency": concurrency, "reports": n, "messages": total, "delivered": delivered,

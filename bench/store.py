@@ -9,7 +9,7 @@ Ingest: a 200-image CT study (512 x 512, 16-bit, ~105 MB) sent by dcmtk's
 Each run uses a fresh study (new UIDs); MB/s and instances/s per receiver, median of runs.
 
 Routing (``--route``): the engine's transfer of the same study into Orthanc
-(``pacs.services.routing.run_transfer``: one association, files streamed from disk, then
+(``pacs.services.routing.transfers.run_transfer``: one association, files streamed from disk, then
 the storage commitment N-ACTION and the N-EVENT-REPORT) against ``storescu`` sending it
 straight to the same Orthanc.  Target: >= 80 % of the direct throughput.
 
@@ -302,7 +302,7 @@ def timed_transfer(transfer_id: int, profile: bool = False) -> tuple[float, floa
     """Seconds until the transfer task has sent every instance, and until it is committed."""
     from pacs.models import Transfer
     from pacs.models import transfers as tr
-    from pacs.services import routing
+    from pacs.services.routing import transfers
 
     os.sync()
     start = time.perf_counter()
@@ -311,10 +311,10 @@ def timed_transfer(transfer_id: int, profile: bool = False) -> tuple[float, floa
         import pstats
 
         profiler = cProfile.Profile()
-        status = profiler.runcall(routing.run_transfer, transfer_id)
+        status = profiler.runcall(transfers.run_transfer, transfer_id)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
     else:
-        status = routing.run_transfer(transfer_id)
+        status = transfers.run_transfer(transfer_id)
     seconds_sent = time.perf_counter() - start
     while Transfer.objects.get(pk=transfer_id).status == tr.COMMITTING:
         time.sleep(0.01)

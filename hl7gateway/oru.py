@@ -1,7 +1,7 @@
 """ORU^R01 rendering: a signed report as an HL7 v2.5.1 (default) or v2.3.1 message.
 
 Pure functions on plain values: ``render_oru(OruContent, ...) -> str``.  Nothing here
-touches the database; ``hl7gateway.outbox.content_for_report_version`` builds the
+touches the database; ``hl7gateway.outbox.content.content_for_report_version`` builds the
 ``OruContent`` from a ``ris.ReportVersion``.
 
 Message layout (HL7 v2.5.1 ch. 7.3.1 "ORU^R01"; IHE Radiology RAD-28 "Structured Report

@@ -11,23 +11,22 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from hl7gateway import outbox
+from hl7gateway.outbox import delivery, publish, sweep
 
 
-@shared_task(name=outbox.TASK_NAME, acks_late=True, ignore_result=True)
+@shared_task(name=publish.TASK_NAME, acks_late=True, ignore_result=True)
 def deliver_oru(message_id: int) -> str:
     """Send one outbound ORU^R01 row (claim, send over MLLP, wait for the ACK, record)."""
-    return outbox.deliver(message_id)
+    return delivery.deliver(message_id)
 
 
-@shared_task(name=outbox.DRAIN_TASK_NAME, acks_late=True, ignore_result=True)
+@shared_task(name=publish.DRAIN_TASK_NAME, acks_late=True, ignore_result=True)
 def drain_destination(destination_id: int) -> int:
-    """Send the due ORU^R01 rows of one destination in batches (queued by ``outbox.wake``)."""
-    return outbox.drain(destination_id)
+    """Send the due ORU^R01 rows of one destination in batches (queued by ``publish.wake``)."""
+    return delivery.drain(destination_id)
 
 
 @shared_task(name="hl7gateway.sweep_outbound", ignore_result=True)
 def sweep_outbound() -> int:
     """Periodic (CELERY_BEAT_SCHEDULE): re-queue due rows whose task never ran or whose worker died."""
-    return outbox.sweep()
-
+    return sweep.sweep()

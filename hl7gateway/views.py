@@ -17,8 +17,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from hl7gateway import outbox
 from hl7gateway.models import OutboundDestination, OutboundMessage
+from hl7gateway.models.outbound import FAILED, PENDING
+from hl7gateway.outbox import actions, queries
+from hl7gateway.outbox.queue import blocking_message
+from hl7gateway.outbox.rules import ENTITY
 from project import web_audit
 from project.access import ADMINISTRATOR, roles
 from ris import auditing as ris_auditing
@@ -50,7 +53,7 @@ def _with_blocker(qs):
     earliest_blocker = (
         OutboundMessage.objects.filter(
             destination_id=OuterRef("destination_id"), patient_id=OuterRef("patient_id"), id__lt=OuterRef("id"),
-            status__in=[outbox.PENDING, outbox.FAILED],
+            status__in=[PENDING, FAILED],
         )
         .order_by("id")
         .values("message_control_id")[:1]
@@ -62,14 +65,14 @@ def _with_blocker(qs):
 @require_GET
 def outbound(request):
     """Summary per destination, the messages that need attention, and a filtered list of all."""
-    summaries = outbox.destination_summaries()
+    summaries = queries.destination_summaries()
     for s in summaries:
         s.oldest_age = age(s.oldest_age_seconds)
     # Failed; pending after a failed attempt; pending and held behind an undelivered message.
     problems = (
         _with_blocker(OutboundMessage.objects.select_related("destination").defer("payload", "ack")
-                      .filter(status__in=[outbox.FAILED, outbox.PENDING]))
-        .filter(Q(status=outbox.FAILED) | ~Q(last_outcome__in=["", "SENDING"]) | Q(blocked_by__isnull=False))
+                      .filter(status__in=[FAILED, PENDING]))
+        .filter(Q(status=FAILED) | ~Q(last_outcome__in=["", "SENDING"]) | Q(blocked_by__isnull=False))
         .order_by("status", "id")
     )[:PROBLEMS_SHOWN]
     status = request.GET.get("status", "")
@@ -124,8 +127,8 @@ def outbound_detail(request, message_id: int):
             "segments": message.text.split("\r"),
             "attempts": message.attempts.order_by("number"),
             "actions": message.actions.all(),
-            "history": history(outbox.ENTITY, message.pk),
-            "blocked_by": outbox.blocking_message(message) if message.status == outbox.PENDING else None,
+            "history": history(ENTITY, message.pk),
+            "blocked_by": blocking_message(message) if message.status == PENDING else None,
             "leased": bool(message.leased_until and message.leased_until > timezone.now()),
         },
     )
@@ -149,11 +152,11 @@ def _act(request, message_id: int, action) -> HttpResponseRedirect:
 @require_POST
 def outbound_retry(request, message_id: int):
     """Send a failed message again (same MSH-10); recorded with the user and the reason."""
-    return _act(request, message_id, outbox.retry)
+    return _act(request, message_id, actions.retry)
 
 
 @roles(ADMINISTRATOR)
 @require_POST
 def outbound_cancel(request, message_id: int):
     """Give up a pending or failed message; recorded with the user and the reason."""
-    return _act(request, message_id, outbox.cancel)
+    return _act(request, message_id, actions.cancel)

@@ -1,4 +1,4 @@
-"""Records for the journey and for replays (issue 6 part B); imported by ``monitoring.models``.
+"""Records for the journey and for replays ; imported by ``monitoring.models``.
 
 ``WorklistQueryResult``: which scheduled step the MWL returned to which calling AE, first and
 last time (one row per step and AE, upserted by ``pacs.dimse.mwl`` in one statement per query that returned items) -- before
@@ -8,7 +8,7 @@ answered per accession.
 ``ReplayRecord``: an administrator reprocessed a failed inbound message or resent a failed
 outbound ORU: who, when, why, and what came of it.  The original row is never changed: an
 inbound replay is a new ``InboundMessage`` with ``replay_of`` set; an outbound resend goes
-through ``hl7gateway.outbox.retry`` (same bytes, same MSH-10), which also writes its own
+through ``hl7gateway.outbox.actions.retry`` (same bytes, same MSH-10), which also writes its own
 ``OutboundAction``.
 """
 

@@ -8,7 +8,7 @@ The original is never changed:
   with ``replay_of`` = the original; it stores a NEW ``InboundMessage`` pointing at the
   original (the duplicate key ``uniq_inbound_msh_key`` excludes replays by design) and applies
   it like any message -- no second store-and-apply;
-- outbound: ``hl7gateway.outbox.retry`` (same bytes, same MSH-10; it writes its own
+- outbound: ``hl7gateway.outbox.actions.retry`` (same bytes, same MSH-10; it writes its own
   ``OutboundAction`` with the user and the reason as well).
 
 The permission (administrator) is checked by the views (``project.access.roles``).
@@ -21,9 +21,9 @@ import datetime as dt
 from django.db import transaction
 from django.utils import timezone
 
-from hl7gateway import outbox
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage
+from hl7gateway.outbox import actions as outbox_actions
 from monitoring.records import ReplayRecord
 from ris.errors import DomainError
 
@@ -81,7 +81,7 @@ def resend_outbound(message_id: int, user, reason: str) -> ReplayRecord:
     record = ReplayRecord.objects.create(kind=ReplayRecord.OUTBOUND, outbound_id=None, user=user,
                                          username=user.get_username(), reason=reason, outcome=STARTED)
     try:
-        row = outbox.retry(message_id, user, reason)
+        row = outbox_actions.retry(message_id, user, reason)
     except DomainError as exc:
         record.delete()  # refused before anything happened: nothing to record
         raise ReplayError(str(exc)) from None

@@ -5,7 +5,7 @@ One association per transfer, proposing exactly the (SOP class, transfer syntax)
 stored files have, so files are sent as stored, streamed from disk without decoding.
 Instances whose attributes are corrected from the order are read, corrected and re-encoded
 in their own transfer syntax.  Every association belongs to one call, never shared between
-threads (reliability D-18).
+threads (pynetdicom's associations are not thread-safe).
 
 C-STORE is sent by the engine's own requestor (``pacs.dimse.requestor``, the default
 ``VNA_DICOM_SENDER=engine``) or by dcmtk's storescu (``dcmtk``, ``pacs.scu_dcmtk``); the
@@ -33,7 +33,7 @@ from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from pacs.dimse import requestor
-from pacs.services.routing import ItemOutcome, ItemToSend, PermanentError, TransientError
+from pacs.services.routing.sending import ItemOutcome, ItemToSend, PermanentError, TransientError
 from project import tls
 
 log = logging.getLogger("pacs.scu")

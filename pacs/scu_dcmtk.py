@@ -36,7 +36,7 @@ from django.conf import settings
 from pydicom import dcmread
 
 from pacs.scu import check_peer, tls_context, where
-from pacs.services.routing import ItemOutcome, ItemToSend, PermanentError, TransientError
+from pacs.services.routing.sending import ItemOutcome, ItemToSend, PermanentError, TransientError
 
 STORESCU = "/usr/bin/storescu"
 SYSTEM_CERTIFICATES = "/etc/ssl/certs"

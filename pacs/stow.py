@@ -24,7 +24,7 @@ from django.conf import settings
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
-from pacs.services.routing import ItemOutcome, ItemToSend, PermanentError, TransientError
+from pacs.services.routing.sending import ItemOutcome, ItemToSend, PermanentError, TransientError
 from project.encryption import Unreadable
 
 BATCH_BYTES = 32 * 1024 * 1024

@@ -7,29 +7,26 @@ from __future__ import annotations
 
 from celery import shared_task, signals
 
+from pacs.services import completion
+from pacs.services.routing import archive, schedule, sweep, transfers
 
-@shared_task(name="pacs.send_transfer", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+
+@shared_task(name=schedule.TASK_NAME, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def send_transfer(transfer_id: int) -> str:
-    """Send one transfer row to its VNA (``pacs.services.routing.run_transfer``)."""
-    from pacs.services import routing
-
-    return routing.run_transfer(transfer_id)
+    """Send one transfer row to its VNA (``pacs.services.routing.transfers.run_transfer``)."""
+    return transfers.run_transfer(transfer_id)
 
 
 @shared_task(name="pacs.imaging_sweep", acks_late=True, ignore_result=True)
 def imaging_sweep() -> dict:
     """Periodic: complete quiet studies, re-queue transfers no worker holds."""
-    from pacs.services import completion, routing
-
-    return {"completed": completion.sweep_quiet_studies(), "requeued": routing.sweep()}
+    return {"completed": completion.sweep_quiet_studies(), "requeued": sweep.sweep()}
 
 
 @shared_task(name="pacs.purge_archived", acks_late=True, ignore_result=True)
 def purge_archived() -> int:
     """Periodic: delete local copies of studies archived longer than ARCHIVE_RETENTION_DAYS."""
-    from pacs.services import routing
-
-    return routing.purge_archived()
+    return archive.purge_archived()
 
 
 @signals.worker_init.connect(dispatch_uid="pacs.tasks.import_senders")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import datetime
 import os
-import re
 import secrets
 from pathlib import Path
 
@@ -20,6 +19,8 @@ import dj_database_url
 
 from project import secret_key
 from project.audit_repository import parse_url as parse_audit_repository_url
+from project.delivery.destinations import entries as destination_entries
+from project.delivery.destinations import parse_vna_entry
 from project.env import env_bool, env_choice, env_float, env_int, env_list, env_str, record
 from project.peers import network, parse_nodes
 
@@ -341,9 +342,11 @@ if not all(_fernet_key_ok(k) for k in SECRETS_ENCRYPTION_KEYS):
 # stored version, "replace" it, or "reject" the resend; an identical resend is always Success.
 STORE_OVERWRITE_POLICY = env_choice("STORE_OVERWRITE_POLICY", "keep", {"keep", "replace", "reject"})
 VNA_DESTINATIONS = env_str("VNA_DESTINATIONS", "")
-for _entry in [e.strip() for e in VNA_DESTINATIONS.split(",") if e.strip()]:
-    # Same forms as pacs.services.routing.parse_destinations; a bad entry is reported as pacs.E001.
-    if not re.match(r"^(dicom://[^@/\\]{1,16}@[^:/]+:\d{1,5}/?|stow\+https?://[^/\s]+(/\S*)?)$", _entry):
+for _entry in destination_entries(VNA_DESTINATIONS):
+    # The router's own parser (project.delivery.destinations); a bad entry is reported as pacs.E001.
+    try:
+        parse_vna_entry(_entry)
+    except ValueError:
         record("VNA_DESTINATIONS", _entry, "is neither dicom://AE@host:port nor stow+http(s)://host:port/path")
 ARCHIVE_RETENTION_DAYS = env_int("ARCHIVE_RETENTION_DAYS", 0, minimum=0)
 # VNA transfers: attempts, exponential backoff with jitter (capped below the Redis visibility

@@ -1,7 +1,7 @@
 """The outbound HL7 queue: ORU^R01 destinations, one row per (report version, destination),
 every delivery attempt as a row, and the operator's retry / cancel actions.
 
-A row is written in the signing transaction (``hl7gateway.outbox.enqueue_oru``) with its
+A row is written in the signing transaction (``hl7gateway.outbox.enqueue.enqueue_oru``) with its
 message already rendered and its MSH-10 fixed, so that every resend is the same bytes.
 ``status`` moves only through ``ris.services.transitions.transition`` (table
 ``oru_outbound`` in ``ris.states``):
@@ -201,7 +201,7 @@ class OutboundAction(models.Model):
 @register(Tags.compatibility)
 def check_oru_destinations(app_configs, **kwargs):
     """hl7gateway.E101: HL7_ORU_DESTINATIONS cannot be parsed (the destinations are then ignored)."""
-    from hl7gateway.outbox import parse_destinations
+    from hl7gateway.outbox.destinations import parse_destinations
 
     try:
         parse_destinations(settings.HL7_ORU_DESTINATIONS)

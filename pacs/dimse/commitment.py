@@ -4,7 +4,7 @@ The engine asks the VNA for commitment with N-ACTION (``pacs.scu``); the VNA ans
 with an N-EVENT-REPORT, usually on a new association it opens to our AE (the VNA acts as
 association requestor, so we accept the SCP/SCU role selection for this SOP class).
 Event Type 1: every instance committed; 2: some failed (FailedSOPSequence with
-FailureReason).  The report is recorded by ``pacs.services.routing.record_commitment``
+FailureReason).  The report is recorded by ``pacs.services.routing.commitment.record_commitment``
 before we answer 0x0000; a database failure is answered 0x0110 (processing failure) so the
 VNA may send the report again.  A report is accepted only from the destination it answers
 (the AE title the request was sent to, calling from that destination's host); from any other
@@ -44,7 +44,7 @@ def report_from_dataset(ds) -> tuple[str, list[str], list[tuple[str, str]]]:
 
 
 def on_n_event_report(event):
-    from pacs.services import routing
+    from pacs.services.routing import commitment
 
     if event.request.EventTypeID not in (1, 2):
         return NO_SUCH_EVENT_TYPE, None
@@ -55,9 +55,9 @@ def on_n_event_report(event):
         return INVALID_ARGUMENT, None
     requestor = event.assoc.requestor
     try:
-        status = routing.record_commitment(transaction_uid, committed, failed,
-                                           reporter=(requestor.ae_title, requestor.address))
-    except routing.NotFromDestination:
+        status = commitment.record_commitment(transaction_uid, committed, failed,
+                                              reporter=(requestor.ae_title, requestor.address))
+    except commitment.NotFromDestination:
         log.warning("storage commitment report refused: not from its destination",
                     extra={"calling_ae_title": requestor.ae_title, "peer": requestor.address,
                            "transaction_uid": transaction_uid})

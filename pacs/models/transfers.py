@@ -44,7 +44,7 @@ class VnaDestination(models.Model):
     """A vendor-neutral archive: a DICOM AE (C-STORE + storage commitment) or a STOW-RS URL.
 
     Rows with ``from_environment`` are (re)written from ``VNA_DESTINATIONS`` at start
-    (``pacs.services.routing.sync_environment_destinations``).
+    (``pacs.services.routing.destinations.sync_environment_destinations``).
     """
 
     name = models.CharField(max_length=100, unique=True)

@@ -7,7 +7,7 @@ A study is complete when it is matched to its order and either
 
 Completing writes, in one transaction: the next batch number on every instance not sent
 yet, the study's status (``transition``), one transfer per enabled VNA destination for
-that batch (``pacs.services.routing.schedule_batch``), and the study on the reading
+that batch (``pacs.services.routing.schedule.schedule_batch``), and the study on the reading
 worklist (``worklist.services.mark_ready_for_reading``).  The Celery tasks are queued
 after the commit.  A late instance re-opens the study (``pacs.services.images``) and the
 next completion sends only it.
@@ -86,7 +86,7 @@ def check_study(study_id: int, *, now: dt.datetime | None = None, cause: str = "
 
 def complete_study(study: Study, *, cause: str, now: dt.datetime) -> None:
     """Inside the caller's transaction, on a locked, matched study (see module docstring)."""
-    from pacs.services import routing
+    from pacs.services.routing import schedule
     from worklist.services import mark_ready_for_reading
 
     batch = study.batch + 1
@@ -98,7 +98,7 @@ def complete_study(study: Study, *, cause: str, now: dt.datetime) -> None:
     Instance.objects.filter(pk__in=pending_ids).update(batch=batch)
     transition(study, im.COMPLETE, entity="study", cause=cause[:255], actor="completion")
     if pending_ids:
-        routing.schedule_batch(study, batch, pending_ids)
+        schedule.schedule_batch(study, batch, pending_ids)
     mark_ready_for_reading(study.requested_procedure_id, ready_at=now)
     # accession_number is masked in the log output unless LOG_ACCESSION_NUMBERS (project.logs).
     log.info("study complete", extra={"study_id": study.pk, "batch": batch, "instances": len(pending_ids),

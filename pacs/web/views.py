@@ -15,7 +15,8 @@ from django.views.decorators.http import require_GET, require_POST
 from audit import events
 from pacs.models import StoreConflict, Study, Transfer
 from pacs.models import transfers as tr
-from pacs.services import order_matching, resends, routing
+from pacs.services import order_matching, resends
+from pacs.services.routing import actions as transfer_actions
 from project import web_audit
 from project.access import ADMINISTRATOR, TECHNOLOGIST, has_role, roles
 from ris import auditing as ris_auditing
@@ -151,7 +152,7 @@ def transfers(request):
 def retry_transfer(request, transfer_id: int):
     get_object_or_404(Transfer, pk=transfer_id)
     try:
-        routing.retry(transfer_id, actor=_actor(request))
+        transfer_actions.retry(transfer_id, actor=_actor(request))
         messages.success(request, f"Transfer {transfer_id} queued again.")
     except DomainError as exc:
         messages.error(request, str(exc))
@@ -163,7 +164,7 @@ def retry_transfer(request, transfer_id: int):
 def cancel_transfer(request, transfer_id: int):
     get_object_or_404(Transfer, pk=transfer_id)
     try:
-        routing.cancel(transfer_id, actor=_actor(request))
+        transfer_actions.cancel(transfer_id, actor=_actor(request))
         messages.success(request, f"Transfer {transfer_id} canceled.")
     except DomainError as exc:
         messages.error(request, str(exc))

@@ -1,6 +1,6 @@
 """Report rules: drafts, signatures, addenda, critical results (one place for browser and API).
 
-Who may do what (issue 5, shared reference section 1 step 7):
+Who may do what (radiology-workflow.md section 1 step 7):
 
 - draft (autosave): radiologist or resident;
 - sign PRELIMINARY (OBR-25 ``P``): radiologist or resident, while the report is not final;
@@ -12,7 +12,7 @@ Who may do what (issue 5, shared reference section 1 step 7):
 Nobody may change a report while another user holds the study's active reading claim
 (``worklist.services``).  Every signature, its ``Report`` status change (through
 ``ris.services.transitions.transition``) and the outbound ORU^R01 rows
-(``hl7gateway.outbox.enqueue_oru``) are committed in one transaction: a signed report is never
+(``hl7gateway.outbox.enqueue.enqueue_oru``) are committed in one transaction: a signed report is never
 left without its ORU, and an ORU is never sent for a signature that rolled back.
 """
 
@@ -290,8 +290,8 @@ def sign(requested_procedure_id: int, user, kind: str, *, findings: str | None =
 
 
 def _enqueue_oru(report_version_id: int) -> None:
-    """One outbound ORU^R01 row per destination, in the caller's transaction (h5's outbox)."""
-    from hl7gateway.outbox import enqueue_oru
+    """One outbound ORU^R01 row per destination, in the caller's transaction."""
+    from hl7gateway.outbox.enqueue import enqueue_oru
 
     enqueue_oru(report_version_id)
 

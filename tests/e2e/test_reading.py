@@ -106,7 +106,7 @@ def _wait(predicate, timeout, what, worker=None):
 
 
 def test_sign_final_report_and_oru_reaches_the_sink(live_server, new_page, tmp_path, broker, settings):
-    from tests.hl7gateway.test_outbox_worker import Worker  # the ORU tests' worker configuration
+    from tests.hl7gateway.oru_worker import Worker  # the ORU tests' worker configuration
 
     settings.VIEWER_URL_TEMPLATE = "https://viewer.example/viewer?StudyInstanceUIDs={study_instance_uid}"
     rp = f.study(priority="STAT", patient_name="SIGNED^SAM", description="CT CHEST")

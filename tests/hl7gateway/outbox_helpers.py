@@ -61,7 +61,7 @@ def destination(name: str, port: int, *, host: str = "127.0.0.1", **fields) -> O
 
 
 def sign_report(rp: RequestedProcedure, user: User, kind: str = "FINAL", **kwargs):
-    """Sign through the domain service (it calls hl7gateway.outbox.enqueue_oru in its transaction)."""
+    """Sign through the domain service (it calls hl7gateway.enqueue.enqueue_oru in its transaction)."""
     if kind == "ADDENDUM":
         kwargs.setdefault("addendum", "Addendum text.")
     else:

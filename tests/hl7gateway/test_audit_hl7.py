@@ -9,8 +9,8 @@ import pytest
 
 from audit import events, trail
 from audit.models import AuditPatient, AuditRecord
-from hl7gateway import outbox
 from hl7gateway.models import OutboundMessage
+from hl7gateway.outbox import delivery
 from hl7gateway.server import MLLPServer
 from tests.hl7gateway import outbox_helpers as h
 from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
@@ -49,7 +49,7 @@ def _exports():
 def test_oru_acknowledged_with_aa_is_an_export(sink):
     row = _queued(sink)
     assert _exports() == []  # queued is not sent
-    assert outbox.deliver(row.pk) == "DELIVERED"
+    assert delivery.deliver(row.pk) == "DELIVERED"
     [record] = _exports()
     assert (record.action, record.outcome, record.actor_kind) == ("R", 0, "system")
     assert record.destination == f"127.0.0.1:{sink.port}"
@@ -59,13 +59,13 @@ def test_oru_acknowledged_with_aa_is_an_export(sink):
     assert report["id"] == str(row.report_version_id)
     assert report["detail"]["message_control_id"] == row.message_control_id
     assert {"type": "order", "id": row.accession_number} in record.objects
-    assert outbox.deliver(row.pk) == "settled" and len(_exports()) == 1  # once, however often the task runs
+    assert delivery.deliver(row.pk) == "settled" and len(_exports()) == 1  # once, however often the task runs
 
 
 def test_oru_refused_with_ar_is_no_export(sink):
     sink.script([AR])
     row = _queued(sink)
-    assert outbox.deliver(row.pk) == "FAILED"
+    assert delivery.deliver(row.pk) == "FAILED"
     assert _exports() == []
 
 

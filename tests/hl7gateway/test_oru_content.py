@@ -1,4 +1,4 @@
-"""From a signed ris.ReportVersion to the ORU^R01 bytes in the outbox (hl7gateway.outbox
+"""From a signed ris.ReportVersion to the ORU^R01 bytes in the outbox (hl7gateway.outbox.content
 .content_for_report_version + rendering): every field taken from the right place."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import hl7
 import pytest
 from django.utils import timezone
 
-from hl7gateway import outbox
+from hl7gateway import oru
 from hl7gateway.models import OutboundMessage
 from ris.models import PatientIdentifier
 from tests.hl7gateway import outbox_helpers as h
@@ -99,5 +99,5 @@ def test_content_is_plain_values():
     # The renderer's input has no model objects in it (the layer boundary).
     import dataclasses
 
-    fields = {f.name for f in dataclasses.fields(outbox.oru.OruContent)}
+    fields = {f.name for f in dataclasses.fields(oru.OruContent)}
     assert {"patient_identifiers", "accession_number", "result_status", "study_instance_uid"} <= fields

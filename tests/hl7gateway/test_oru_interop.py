@@ -11,8 +11,8 @@ import hl7
 import hl7.mllp
 import pytest
 
-from hl7gateway import outbox
 from hl7gateway.models import OutboundMessage
+from hl7gateway.outbox import delivery
 from tests.hl7gateway import outbox_helpers as h
 
 pytestmark = pytest.mark.django_db
@@ -77,8 +77,8 @@ def test_python_hl7_receiver_parses_and_accepts(version, settings):
         h.sign_report(rp, user, "PRELIMINARY", findings="Mass 2|3 cm ^ apex & base.")
         h.sign_report(rp, user, "FINAL", findings="Mass 2|3 cm ^ apex & base.")
         rows = list(OutboundMessage.objects.order_by("id"))
-        assert outbox.deliver(rows[0].pk) == "DELIVERED"
-        assert outbox.deliver(rows[1].pk) == "DELIVERED"
+        assert delivery.deliver(rows[0].pk) == "DELIVERED"
+        assert delivery.deliver(rows[1].pk) == "DELIVERED"
         assert [str(m.segment("MSH")[10]) for m in receiver.parsed] == [r.message_control_id for r in rows]
         final = receiver.parsed[1]
         assert str(final.segment("MSH")[12]) == version
@@ -98,5 +98,5 @@ def test_python_hl7_receiver_rejecting(settings):
         h.destination("ehr", receiver.port)
         h.sign_report(h.study(), h.radiologist())
         row = OutboundMessage.objects.get()
-        assert outbox.deliver(row.pk) == "FAILED"
+        assert delivery.deliver(row.pk) == "FAILED"
         assert len(receiver.parsed) == 1

@@ -1,5 +1,5 @@
 """The outbox write side: rows are committed with the signature, tasks only after the commit
-(reliability C-01), one row per (report version, enabled destination), a stable MSH-10."""
+(``transaction.on_commit``), one row per (report version, enabled destination), a stable MSH-10."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 
-from hl7gateway import outbox
 from hl7gateway.models import OutboundDestination, OutboundMessage
+from hl7gateway.outbox import actions, content, delivery, destinations, enqueue, publish, rules
 from ris.errors import UnknownKey
 from ris.models import StatusChange
 from tests.hl7gateway import outbox_helpers as h
@@ -52,7 +52,7 @@ def test_signature_committed_gives_one_row_per_enabled_destination_and_one_dispa
     h.destination("old-ris", 2578, enabled=False)
     rp, user = h.study(), h.radiologist()
     published: list[int] = []
-    monkeypatch.setattr(outbox, "wake", lambda ids: published.extend(ids))
+    monkeypatch.setattr(publish, "wake", lambda ids: published.extend(ids))
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         version = h.sign_report(rp, user)
     rows = list(OutboundMessage.objects.order_by("destination__name"))
@@ -61,7 +61,7 @@ def test_signature_committed_gives_one_row_per_enabled_destination_and_one_dispa
     assert len(callbacks) == 1 and sorted(published) == [billing.pk, ehr.pk]
     for row in rows:
         assert row.report_version_id == version.pk and row.status == "PENDING" and row.result_status == "F"
-        assert row.message_control_id == outbox.message_control_id(row.pk)
+        assert row.message_control_id == content.message_control_id(row.pk)
         assert _field(row.payload, "MSH", 10) == row.message_control_id
         assert row.accession_number == rp.accession_number and row.patient_id == rp.order.patient_id
     assert _field(rows[0].payload, "MSH", 12) == "2.5.1" and _field(rows[0].payload, "MSH", 5) == "BILLING"
@@ -75,9 +75,9 @@ def test_enqueue_twice_adds_nothing_and_new_destination_gets_its_row(django_capt
     with django_capture_on_commit_callbacks(execute=False):
         version = h.sign_report(rp, user)
         first = OutboundMessage.objects.get()
-        assert outbox.enqueue_oru(version.pk) == 0
+        assert enqueue.enqueue_oru(version.pk) == 0
         h.destination("ehr", 2577)
-        assert outbox.enqueue_oru(version.pk) == 1
+        assert enqueue.enqueue_oru(version.pk) == 1
     assert OutboundMessage.objects.count() == 2
     first.refresh_from_db()
     assert _field(first.payload, "MSH", 10) == first.message_control_id  # unchanged
@@ -101,19 +101,19 @@ def test_wake_ups_are_coalesced_until_the_drain_starts(settings, monkeypatch):
     sent: list[tuple] = []
     monkeypatch.setattr(app, "send_task", lambda name, args=None, **kw: sent.append((name, args)))
     billing, ehr = h.destination("billing", 2576), h.destination("ehr", 2577)
-    assert outbox.wake([billing.pk, ehr.pk]) == 2
-    assert outbox.wake([billing.pk, ehr.pk]) == 0  # drains already queued: their tasks take the new rows
-    assert sent == [(outbox.DRAIN_TASK_NAME, [billing.pk]), (outbox.DRAIN_TASK_NAME, [ehr.pk])]
-    outbox.drain(billing.pk)  # starts (nothing due): clears the request
-    assert outbox.wake([billing.pk, ehr.pk]) == 1
+    assert publish.wake([billing.pk, ehr.pk]) == 2
+    assert publish.wake([billing.pk, ehr.pk]) == 0  # drains already queued: their tasks take the new rows
+    assert sent == [(publish.DRAIN_TASK_NAME, [billing.pk]), (publish.DRAIN_TASK_NAME, [ehr.pk])]
+    delivery.drain(billing.pk)  # starts (nothing due): clears the request
+    assert publish.wake([billing.pk, ehr.pk]) == 1
     # A request that stayed queued too long counts as lost (a broker that dropped it).
     OutboundDestination.objects.filter(pk=ehr.pk).update(
         drain_requested_at=timezone.now() - timedelta(seconds=settings.HL7_ORU_REQUEUE_AFTER_SECONDS + 1))
-    assert outbox.wake([ehr.pk]) == 1
+    assert publish.wake([ehr.pk]) == 1
 
 
 def test_broker_unreachable_signature_still_commits_and_wake_is_withdrawn(monkeypatch):
-    """Reliability C-09: the broker (Redis, outside our code) refuses the publish.  The signature
+    """The broker (Redis, outside our code) refuses the publish.  The signature
     and its rows are committed anyway (the callback is robust); the drain request is withdrawn so
     the next signature publishes again; the sweep re-queues the rows when the broker is back."""
     from kombu.exceptions import OperationalError
@@ -126,7 +126,7 @@ def test_broker_unreachable_signature_still_commits_and_wake_is_withdrawn(monkey
     monkeypatch.setattr(app, "send_task", refuse)
     ehr = h.destination("ehr", 2577)
     with pytest.raises(OperationalError):
-        outbox.wake([ehr.pk])
+        publish.wake([ehr.pk])
     ehr.refresh_from_db()
     assert ehr.drain_requested_at is None
 
@@ -158,7 +158,7 @@ def test_many_signatures_in_one_transaction_wake_each_destination_once(django_ca
     user = h.radiologist()
     rps = [h.study() for _ in range(4)]
     woken: list[list[int]] = []
-    monkeypatch.setattr(outbox, "wake", lambda ids: woken.append(list(ids)))
+    monkeypatch.setattr(publish, "wake", lambda ids: woken.append(list(ids)))
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         with transaction.atomic():
             with pytest.raises(Boom), transaction.atomic():  # the first signature rolls back (savepoint)
@@ -172,7 +172,7 @@ def test_many_signatures_in_one_transaction_wake_each_destination_once(django_ca
 
 def test_unknown_or_unsigned_version_is_refused():
     with pytest.raises(UnknownKey):
-        outbox.enqueue_oru(999999)
+        enqueue.enqueue_oru(999999)
 
 
 def test_no_destination_queues_nothing(django_capture_on_commit_callbacks):
@@ -184,12 +184,12 @@ def test_no_destination_queues_nothing(django_capture_on_commit_callbacks):
 
 # --- destinations declared in the environment ---------------------------------------------------
 def test_parse_destinations():
-    specs = outbox.parse_destinations(
+    specs = destinations.parse_destinations(
         "billing=mllp://billing-host:2576, ehr=mllp://10.0.0.7:2577?version=2.3.1&application=EHR&facility=HOSP"
     )
     assert [(s.name, s.host, s.port) for s in specs] == [("billing", "billing-host", 2576), ("ehr", "10.0.0.7", 2577)]
     assert specs[1].options == {"hl7_version": "2.3.1", "receiving_application": "EHR", "receiving_facility": "HOSP"}
-    assert outbox.parse_destinations("") == []
+    assert destinations.parse_destinations("") == []
 
 
 def test_documented_examples_parse():
@@ -204,7 +204,7 @@ def test_documented_examples_parse():
     ]
     assert len(examples) >= 2
     for value in examples:
-        assert {s.name for s in outbox.parse_destinations(value)} == {"billing", "ehr"}, value
+        assert {s.name for s in destinations.parse_destinations(value)} == {"billing", "ehr"}, value
 
 
 @pytest.mark.parametrize(
@@ -221,13 +221,13 @@ def test_documented_examples_parse():
 )
 def test_parse_destinations_refuses(value):
     with pytest.raises(ValueError):
-        outbox.parse_destinations(value)
+        destinations.parse_destinations(value)
 
 
 def test_sync_creates_updates_and_disables(settings):
     admin_made = h.destination("pacs2", 3000)
     settings.HL7_ORU_DESTINATIONS = "billing=mllp://billing-host:2576,ehr=mllp://ehr-host:2577?version=2.3.1"
-    outbox.sync_environment_destinations()
+    destinations.sync_environment_destinations()
     billing = OutboundDestination.objects.get(name="billing")
     assert (billing.host, billing.port, billing.declared_in_environment, billing.enabled) == (
         "billing-host", 2576, True, True)
@@ -236,7 +236,7 @@ def test_sync_creates_updates_and_disables(settings):
     billing.receiving_facility = "FINANCE"
     billing.save()
     settings.HL7_ORU_DESTINATIONS = "billing=mllp://billing2:2600"
-    outbox.sync_environment_destinations()
+    destinations.sync_environment_destinations()
     billing.refresh_from_db()
     assert (billing.host, billing.port, billing.receiving_facility) == ("billing2", 2600, "FINANCE")
     ehr = OutboundDestination.objects.get(name="ehr")
@@ -270,6 +270,6 @@ def test_status_changes_are_recorded_through_transition(django_capture_on_commit
         h.sign_report(rp, user)
     row = OutboundMessage.objects.get()
     admin = h.radiologist("opadmin")
-    outbox.cancel(row.pk, admin, reason="billing does not want this study")
-    change = StatusChange.objects.get(entity=outbox.ENTITY, object_id=row.pk)
+    actions.cancel(row.pk, admin, reason="billing does not want this study")
+    change = StatusChange.objects.get(entity=rules.ENTITY, object_id=row.pk)
     assert (change.from_status, change.to_status, change.actor) == ("PENDING", "CANCELED", "opadmin")

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from hl7gateway import client, outbox
+from hl7gateway import client
 from hl7gateway.models import OutboundDestination, OutboundMessage
+from hl7gateway.outbox import delivery, destinations
 from tests.hl7gateway import outbox_helpers as h
-from tests.hl7gateway.test_outbox_worker import Worker, broker, wait_until  # noqa: F401 (broker: a fixture)
+from tests.hl7gateway.oru_worker import Worker, broker, wait_until  # noqa: F401 (broker: a fixture)
 from tests.mllp_sink import MLLPSink, tls_context
 from tests.tls_certs import TestPKI
 
@@ -29,15 +30,15 @@ def pki(tmp_path, settings):
 
 
 def test_mllps_destinations_are_parsed_and_synchronised():
-    specs = outbox.parse_destinations("ehr=mllps://ehr.hospital.test:2577?version=2.3.1,billing=mllp://bill:2576")
+    specs = destinations.parse_destinations("ehr=mllps://ehr.hospital.test:2577?version=2.3.1,billing=mllp://bill:2576")
     assert [(s.name, s.host, s.port, s.tls) for s in specs] == [
         ("ehr", "ehr.hospital.test", 2577, True), ("billing", "bill", 2576, False)]
     with pytest.raises(ValueError, match="mllps://host:port"):
-        outbox.parse_destinations("ehr=https://ehr:443")
-    outbox.sync_environment_destinations("ehr=mllps://ehr.hospital.test:2577")
+        destinations.parse_destinations("ehr=https://ehr:443")
+    destinations.sync_environment_destinations("ehr=mllps://ehr.hospital.test:2577")
     dest = OutboundDestination.objects.get(name="ehr")
     assert dest.tls and dest.url == "mllps://ehr.hospital.test:2577"
-    outbox.sync_environment_destinations("ehr=mllp://ehr.hospital.test:2577")
+    destinations.sync_environment_destinations("ehr=mllp://ehr.hospital.test:2577")
     assert not OutboundDestination.objects.get(name="ehr").tls
 
 
@@ -79,7 +80,7 @@ def test_sink_certificate_that_does_not_verify_fails_delivery_with_a_clear_reaso
         h.destination("ehr", sink.port, tls=True)
         h.sign_report(h.study(), h.radiologist())
         row = OutboundMessage.objects.get()
-        assert outbox.deliver(row.pk) == "PENDING"
+        assert delivery.deliver(row.pk) == "PENDING"
         row.refresh_from_db()
         assert row.last_outcome == client.CONNECT_ERROR
         assert f"TLS: the certificate of 127.0.0.1:{sink.port} is not accepted" in row.last_error

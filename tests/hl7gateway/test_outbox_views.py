@@ -10,8 +10,8 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
-from hl7gateway import outbox
 from hl7gateway.models import OutboundAction, OutboundMessage
+from hl7gateway.outbox import delivery
 from project.access import ADMINISTRATOR
 from tests.hl7gateway import outbox_helpers as h
 from tests.mllp_sink import AR, MLLPSink
@@ -53,11 +53,11 @@ def test_summary_per_destination(admin_client, sink):
     h.destination("ehr", sink.port)
     rows = signed(3)  # 6 rows: 3 per destination
     billing_rows = [r for r in rows if r.destination_id == billing.pk]
-    outbox.deliver(billing_rows[0].pk)
+    delivery.deliver(billing_rows[0].pk)
     OutboundMessage.objects.filter(pk=billing_rows[1].pk).update(
         created_at=timezone.now() - dt.timedelta(hours=2, minutes=5))
     sink.mode = AR
-    outbox.deliver(billing_rows[2].pk)
+    delivery.deliver(billing_rows[2].pk)
     page = admin_client.get("/interfaces/")
     assert page.status_code == 200
     html = page.content.decode()
@@ -77,8 +77,8 @@ def test_held_back_message_names_its_blocker(admin_client, sink):
     patient = h.patient()
     first, second = signed(2, patient=patient)
     sink.mode = AR
-    outbox.deliver(first.pk)
-    outbox.deliver(second.pk)
+    delivery.deliver(first.pk)
+    delivery.deliver(second.pk)
     page = admin_client.get(f"/interfaces/outbound/{second.pk}/")
     assert page.status_code == 200 and page.context["blocked_by"].pk == first.pk
     overview = admin_client.get("/interfaces/")
@@ -89,7 +89,7 @@ def test_held_back_message_names_its_blocker(admin_client, sink):
 def test_detail_shows_bytes_attempts_and_ack(admin_client, sink):
     h.destination("ehr", sink.port)
     (row,) = signed(1)
-    outbox.deliver(row.pk)
+    delivery.deliver(row.pk)
     html = admin_client.get(f"/interfaces/outbound/{row.pk}/").content.decode()
     assert "OBR|1|" in html and "MSA|AA|" + row.message_control_id in html
     assert "PENDING → DELIVERED" in html
@@ -99,7 +99,7 @@ def test_retry_and_cancel_are_recorded_with_the_user(admin_client, sink):
     h.destination("ehr", sink.port)
     first, second = signed(2)
     sink.mode = AR
-    outbox.deliver(first.pk)
+    delivery.deliver(first.pk)
     response = admin_client.post(f"/interfaces/outbound/{first.pk}/retry/", {"reason": "EHR fixed", "next": "list"})
     assert response.status_code == 302 and response["Location"] == "/interfaces/"
     first.refresh_from_db()
@@ -118,7 +118,7 @@ def test_retry_and_cancel_are_recorded_with_the_user(admin_client, sink):
 def test_filters_and_search(admin_client, sink):
     h.destination("ehr", sink.port)
     rows = signed(3)
-    outbox.deliver(rows[0].pk)
+    delivery.deliver(rows[0].pk)
     page = admin_client.get("/interfaces/", {"status": "DELIVERED"})
     assert [m.pk for m in page.context["page"]] == [rows[0].pk]
     page = admin_client.get("/interfaces/", {"q": rows[1].accession_number})

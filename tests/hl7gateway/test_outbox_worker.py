@@ -1,6 +1,7 @@
+# ruff: noqa: F811 - pytest fixtures imported from helper modules
 """ORU delivery end to end with a REAL Celery worker process (``celery -A project worker -B``) on the
 pytest database and Redis, to a real MLLP sink: down then up, AE then AA, AR, and a worker
-SIGKILLed mid-send (reliability H-13, H-14, C-02, C-03, C-07).
+SIGKILLed mid-send.
 
 The worker runs with short retry and sweep timings (environment below); the test process
 signs reports through ``ris.services.reports.sign`` exactly as the browser does, so the
@@ -9,57 +10,17 @@ delivery task is published by ``transaction.on_commit`` after the signing transa
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import redis
-from django.conf import settings
-from django.db import connection
 
 from hl7gateway.models import OutboundAttempt, OutboundMessage
-from tests.celery_worker import CeleryWorker
 from tests.hl7gateway import outbox_helpers as h
+from tests.hl7gateway.oru_worker import Worker, broker, wait_until  # noqa: F401 (broker: a fixture)
 from tests.mllp_sink import AA, AE, AR, SILENT, MLLPSink
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-WORKER_ENV = {
-    "HL7_ORU_RETRY_BASE_SECONDS": "0.3",
-    "HL7_ORU_RETRY_MAX_SECONDS": "1.5",
-    "HL7_ORU_SWEEP_SECONDS": "1",
-    "HL7_ORU_REQUEUE_AFTER_SECONDS": "2",
-    "HL7_ORU_CONNECT_TIMEOUT_SECONDS": "1",
-    "HL7_ORU_ACK_TIMEOUT_SECONDS": "3",
-    "HL7_ORU_MAX_ATTEMPTS": "4",
-}
-
-
-def Worker(tmp: Path, name: str) -> CeleryWorker:
-    """A real ``celery -A project worker`` with embedded beat (the sweep), on the test database."""
-    db = connection.settings_dict
-    env = dict(os.environ)
-    env.update(WORKER_ENV)
-    env.update(
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
-        VAR_DIR=str(tmp / "var"),
-        PYTHONUNBUFFERED="1",
-    )
-    return CeleryWorker(tmp, env, name=name, args=["-B", "--concurrency", "2", "--without-gossip", "--without-mingle",
-                                                   "-s", str(tmp / f"{name}-beat-schedule")])
-
-
-@pytest.fixture
-def broker():
-    """Redis DB of this test run, emptied so no task of an earlier run is picked up."""
-    r = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    r.flushdb()
-    yield r
-    r.flushdb()
 
 
 @pytest.fixture
@@ -73,16 +34,6 @@ def worker(tmp_path, broker):
 def sink():
     with MLLPSink() as s:
         yield s
-
-
-def wait_until(predicate, timeout: float, what: str, worker: CeleryWorker | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\nworker log:\n{worker.tail()}" if worker else ""))
 
 
 def statuses() -> list[str]:
@@ -138,7 +89,7 @@ def test_ar_fails_at_once_and_is_shown_to_the_operator(worker, sink, client):
 
 
 def test_task_lost_by_the_broker_is_requeued_by_the_sweep(tmp_path, broker, sink):
-    """Reliability C-02: the wake-up published at the commit never reaches a worker (here: the
+    """The wake-up published at the commit never reaches a worker (here: the
     Redis queue is emptied before any worker runs); the beat sweep finds the due row and sends it."""
     h.destination("ehr", sink.port)
     h.sign_report(h.study(), h.radiologist())

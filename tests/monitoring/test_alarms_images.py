@@ -15,7 +15,8 @@ from monitoring import services
 from monitoring.models import TRANSFER_FAILED, UNMATCHED_STUDY, Alarm
 from pacs.models import Study, Transfer, VnaDestination
 from pacs.models import transfers as tr
-from pacs.services import completion, order_matching, routing
+from pacs.services import completion, order_matching
+from pacs.services.routing import actions, transfers
 from ris.models import RequestedProcedure
 from tests.conftest import free_port
 from tests.hl7gateway.intake_helpers import ack_fields, fixture
@@ -63,13 +64,13 @@ def test_failed_vna_transfer_opens_then_retry_clears(engine, mail_settings, webh
     study = send_study(engine, "EA100001")
     assert completion.check_study(study.pk, now=timezone.now() + dt.timedelta(minutes=1))
     transfer = Transfer.objects.get(study=study)
-    assert routing.run_transfer(transfer.pk) == tr.FAILED
+    assert transfers.run_transfer(transfer.pk) == tr.FAILED
     assert services.evaluate()["opened"] == 1
     assert services.evaluate()["opened"] == 0
     alarm = Alarm.objects.get()
     assert alarm.interface_key == "vna-main" and "1 VNA transfer(s) to vna-main failed" in alarm.message
     assert len(mailoutbox) == 1 and webhook.events() == ["open"]
 
-    routing.retry(transfer.pk, actor="admin1")  # the operator retries: no failed transfer stands
+    actions.retry(transfer.pk, actor="admin1")  # the operator retries: no failed transfer stands
     assert services.evaluate()["cleared"] == 1
     assert len(mailoutbox) == 2 and webhook.events() == ["open", "clear"]

@@ -9,8 +9,8 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from hl7gateway import outbox
 from hl7gateway.models import OutboundDestination, OutboundMessage
+from hl7gateway.outbox import delivery
 from monitoring import services
 from monitoring.models import ERROR_RATE, OUTBOUND_BACKLOG, Alarm
 from tests.conftest import free_port
@@ -34,7 +34,7 @@ def test_backlog_ages_opens_then_delivery_clears(mail_settings, webhook, mailout
     dest = h.destination("billing", free_port())  # nothing listens there
     rule(OUTBOUND_BACKLOG, "billing", webhook_url=webhook.url, minutes=60)
     row = OutboundMessage.objects.get(report_version=h.sign_report(h.study(), h.radiologist()))
-    assert outbox.deliver(row.pk) == "PENDING"  # connection refused: retried later
+    assert delivery.deliver(row.pk) == "PENDING"  # connection refused: retried later
     start = timezone.now()
 
     assert services.evaluate(start + dt.timedelta(minutes=30))["opened"] == 0
@@ -48,7 +48,7 @@ def test_backlog_ages_opens_then_delivery_clears(mail_settings, webhook, mailout
     with MLLPSink() as sink:  # billing is back
         OutboundDestination.objects.filter(pk=dest.pk).update(port=sink.port)
         OutboundMessage.objects.filter(pk=row.pk).update(next_attempt_at=timezone.now())
-        assert outbox.deliver(row.pk) == "DELIVERED"
+        assert delivery.deliver(row.pk) == "DELIVERED"
     assert services.evaluate(start + dt.timedelta(minutes=71))["cleared"] == 1
     assert services.evaluate(start + dt.timedelta(minutes=72)) == {"opened": 0, "cleared": 0, "open": 0}
     assert len(mailoutbox) == 2 and webhook.events() == ["open", "clear"]
@@ -63,13 +63,13 @@ def test_oru_error_rate_from_refused_attempts(mail_settings, webhook, mailoutbox
         row = OutboundMessage.objects.get(report_version=h.sign_report(h.study(), h.radiologist()))
         for _ in range(2):
             OutboundMessage.objects.filter(pk=row.pk).update(next_attempt_at=timezone.now())
-            assert outbox.deliver(row.pk) == "PENDING"
+            assert delivery.deliver(row.pk) == "PENDING"
         assert services.evaluate()["opened"] == 1  # 2 of 2 attempts answered AE
         OutboundMessage.objects.filter(pk=row.pk).update(next_attempt_at=timezone.now())
-        assert outbox.deliver(row.pk) == "DELIVERED"  # the sink answers AA again
+        assert delivery.deliver(row.pk) == "DELIVERED"  # the sink answers AA again
         user = h.radiologist()
         for _ in range(3):
             more = OutboundMessage.objects.get(report_version=h.sign_report(h.study(), user))
-            assert outbox.deliver(more.pk) == "DELIVERED"
+            assert delivery.deliver(more.pk) == "DELIVERED"
     assert services.evaluate()["cleared"] == 1  # 2 AE of 6 attempts: 33%
     assert len(mailoutbox) == 2 and webhook.events() == ["open", "clear"]

@@ -19,16 +19,16 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
-from hl7gateway import outbox
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import OutboundMessage
+from hl7gateway.outbox import delivery
 from monitoring import journey
 from monitoring.records import WorklistQueryResult
 from pacs.dimse import db
 from pacs.models import Study, Transfer, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
-from pacs.services import routing
+from pacs.services.routing import transfers
 from project.access import ADMINISTRATOR
 from ris.models import RequestedProcedure
 from tests.hl7gateway import outbox_helpers as h
@@ -115,7 +115,7 @@ def test_journey_shows_every_hand_off_in_order_and_a_withheld_ack_as_overdue(eng
         study = _perform(engine, tmp_path, rp)
 
         transfer = Transfer.objects.get(study=study)
-        routing.run_transfer(transfer.pk)
+        transfers.run_transfer(transfer.pk)
         wait_for(lambda: Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED, 60, message="committed")
 
         rad = h.radiologist("rad1")
@@ -123,9 +123,9 @@ def test_journey_shows_every_hand_off_in_order_and_a_withheld_ack_as_overdue(eng
         h.sign_report(rp, rad)
         ehr_row = OutboundMessage.objects.get(destination=ehr)
         billing_row = OutboundMessage.objects.get(destination=billing)
-        outbox.deliver(ehr_row.pk)
+        delivery.deliver(ehr_row.pk)
         ehr_sink.wait_for(1)
-        outbox.deliver(billing_row.pk)  # the sink keeps silent: no ACK
+        delivery.deliver(billing_row.pk)  # the sink keeps silent: no ACK
         billing_sink.wait_for(1)
         ehr_row.refresh_from_db()
         billing_row.refresh_from_db()

@@ -1,4 +1,4 @@
-"""Replay with a record (issue 6, item 5): reprocess a failed inbound message through the intake's
+"""Replay with a record: reprocess a failed inbound message through the intake's
 own handle_payload (a new row with replay_of; the original unchanged), resend a failed ORU through
 the outbox's retry; administrators only, a reason required, every action recorded (who, when, why)."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from django.test import Client, override_settings
 
-from hl7gateway import outbox
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage, OutboundAction, OutboundMessage
+from hl7gateway.outbox import delivery
 from monitoring.records import ReplayRecord
 from project.access import ADMINISTRATOR, RADIOLOGIST
 from ris.models import Order, RequestedProcedure
@@ -119,7 +119,7 @@ def failed_oru(settings):
         rp = h.study()
         h.sign_report(rp, h.radiologist())
         row = OutboundMessage.objects.get(destination=dest)
-        outbox.deliver(row.pk)
+        delivery.deliver(row.pk)
         row.refresh_from_db()
         assert row.status == "FAILED"
         yield sink, row
@@ -138,7 +138,7 @@ def test_failed_oru_resent_through_the_outbox_retry_with_a_record(admin, failed_
         "outbound", row.pk, "olga", "billing fixed its mapping")
     action = OutboundAction.objects.get(message=row)  # the outbox's own record of its retry
     assert (action.action, action.username, action.reason) == ("RETRY", "olga", "billing fixed its mapping")
-    assert outbox.deliver(row.pk)
+    assert delivery.deliver(row.pk)
     row.refresh_from_db()
     assert row.status == "DELIVERED" and bytes(row.payload) == original_payload
     assert sink.control_ids() == [row.message_control_id, row.message_control_id]  # same MSH-10 both times

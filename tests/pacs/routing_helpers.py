@@ -3,6 +3,7 @@ and a real Orthanc VNA, for the routing tests."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 from pathlib import Path
@@ -11,9 +12,16 @@ import pytest
 import redis
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
+from pydicom.uid import generate_uid
 
+from pacs.models import Study
+from pacs.services import completion
+from ris.models import PatientIdentifier
 from tests.celery_worker import CeleryWorker
-from tests.pacs.orthanc import OrthancProcess
+from tests.pacs.imaging_helpers import port
+from tests.pacs.mwl_data import make_patient, make_step
+from tests.pacs.orthanc import OrthancProcess, storescu, write_study
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
@@ -95,3 +103,21 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, message: s
 
 def storage_dir() -> Path:
     return Path(settings.STORAGE_DIR)
+
+
+def send_matched_study(engine, tmp_path, n=5, *, patient_name="DOE^JOHNNY", **kwargs):
+    """Store a study of ``n`` CT images (dcmtk's storescu) that matches a scheduled step of patient P1."""
+    known = PatientIdentifier.objects.filter(id_number="P1", assigning_authority="HOSP").first()
+    patient = known.patient if known else make_patient("DOE^JOHN", "P1")
+    step = make_step(patient, accession=f"A{generate_uid()[-10:]}", modality="CT")
+    rp = step.requested_procedure
+    paths = write_study(tmp_path / generate_uid(), n, study_instance_uid=rp.study_instance_uid,
+                        accession_number=rp.accession_number, patient_id="P1", patient_name=patient_name, **kwargs)
+    proc = storescu(port(engine), paths)
+    assert proc.returncode == 0, proc.stderr
+    return Study.objects.get(study_instance_uid=rp.study_instance_uid), paths
+
+
+def complete_now(study):
+    """Complete the study as the quiet-period sweep would, without waiting for it."""
+    assert completion.check_study(study.pk, now=timezone.now() + dt.timedelta(seconds=5))

@@ -1,7 +1,7 @@
 # ruff: noqa: F811 - pytest fixtures imported from helper modules
 """Routing to a real Orthanc VNA through a real Celery worker: C-STORE over one association,
 storage commitment N-ACTION + N-EVENT-REPORT, archived only when every instance is committed;
-VNA down then up; a SOP class refused; a worker killed mid-transfer (reliability C-03, D-12)."""
+VNA down then up; a SOP class refused; a worker killed mid-transfer."""
 
 from __future__ import annotations
 
@@ -18,12 +18,19 @@ from audit.models import AuditRecord
 from pacs.models import Study, Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
-from pacs.services import completion, routing
+from pacs.services.routing import destinations, sweep, transfers
 from ris.models import StatusChange
 from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
-from tests.pacs.mwl_data import make_patient, make_step
 from tests.pacs.orthanc import OrthancProcess, storescu, write_study
-from tests.pacs.routing_helpers import orthanc, routing_settings, sender, wait_for, worker  # noqa: F401
+from tests.pacs.routing_helpers import (  # noqa: F401 - fixtures
+    complete_now,
+    orthanc,
+    routing_settings,
+    send_matched_study,
+    sender,
+    wait_for,
+    worker,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
@@ -31,24 +38,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 def destination_for(vna, **kwargs) -> VnaDestination:
     return VnaDestination.objects.create(name=f"orthanc-{vna.dicom_port}", kind=tr.KIND_DICOM, ae_title=vna.aet,
                                          host="127.0.0.1", port=vna.dicom_port, **kwargs)
-
-
-def send_matched_study(engine, tmp_path, n=5, *, patient_name="DOE^JOHNNY", **kwargs):
-    from ris.models import PatientIdentifier
-
-    known = PatientIdentifier.objects.filter(id_number="P1", assigning_authority="HOSP").first()
-    patient = known.patient if known else make_patient("DOE^JOHN", "P1")
-    step = make_step(patient, accession=f"A{generate_uid()[-10:]}", modality="CT")
-    rp = step.requested_procedure
-    paths = write_study(tmp_path / generate_uid(), n, study_instance_uid=rp.study_instance_uid,
-                        accession_number=rp.accession_number, patient_id="P1", patient_name=patient_name, **kwargs)
-    proc = storescu(port(engine), paths)
-    assert proc.returncode == 0, proc.stderr
-    return Study.objects.get(study_instance_uid=rp.study_instance_uid), paths
-
-
-def complete_now(study):
-    assert completion.check_study(study.pk, now=timezone.now() + dt.timedelta(seconds=5))
 
 
 def test_study_routed_committed_archived_with_corrections(engine, orthanc, sender, worker, tmp_path):
@@ -83,7 +72,7 @@ def test_study_routed_committed_archived_with_corrections(engine, orthanc, sende
         __import__("pacs.storage", fromlist=["x"]).absolute_path(i.instance.path)
         for i in TransferItem.objects.filter(transfer=transfer)])
     # Running the task again is a no-op.
-    assert routing.run_transfer(transfer.pk) == "skipped"
+    assert transfers.run_transfer(transfer.pk) == "skipped"
 
 
 def test_vna_down_then_up_is_delivered_once(engine, sender, worker, tmp_path):
@@ -179,7 +168,7 @@ def test_worker_killed_mid_transfer_completes_after_restart_each_instance_once(e
         worker.start()
         # No worker holds the row once its lease has expired: the sweep hands it on.
         wait_for(lambda: Transfer.objects.get(pk=transfer.pk).lease_expires_at < timezone.now(), 30)
-        assert routing.sweep() >= 1
+        assert sweep.sweep() >= 1
         wait_for(lambda: Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED, 90,
                  message=f"committed after restart; worker:\n{worker.log()[-3000:]}")
         uids = vna.sop_instance_uids()
@@ -198,7 +187,7 @@ def test_stow_rs_destination_from_the_environment(engine, worker, tmp_path, rout
     vna = OrthancProcess(tmp_path / "web", engine_aet="PACS", engine_port=port(engine), dicomweb=True).start()
     try:
         routing_settings.VNA_DESTINATIONS = f"stow+http://127.0.0.1:{vna.http_port}/dicom-web"
-        routing._synced = False
+        destinations._synced = False
         study, _ = send_matched_study(engine, tmp_path, 4)
         complete_now(study)
         transfer = Transfer.objects.get(study=study)
@@ -209,7 +198,7 @@ def test_stow_rs_destination_from_the_environment(engine, worker, tmp_path, rout
         study.refresh_from_db()
         assert study.status == im.ARCHIVED
     finally:
-        routing._synced = False
+        destinations._synced = False
         vna.stop()
 
 
@@ -278,7 +267,7 @@ def test_stow_rs_with_credentials_sealed_at_rest(engine, worker, tmp_path, routi
     try:
         assert requests.get(f"{vna.url}/statistics", timeout=10).status_code == 401
         routing_settings.VNA_DESTINATIONS = f"stow+http://engine:{password}@127.0.0.1:{vna.http_port}/dicom-web"
-        routing._synced = False
+        destinations._synced = False
         study, _ = send_matched_study(engine, tmp_path, 3)
         complete_now(study)
         transfer = Transfer.objects.get(study=study)
@@ -292,5 +281,5 @@ def test_stow_rs_with_credentials_sealed_at_rest(engine, worker, tmp_path, routi
         statistics = requests.get(f"{vna.url}/statistics", auth=("engine", password), timeout=10).json()
         assert statistics["CountInstances"] == 3
     finally:
-        routing._synced = False
+        destinations._synced = False
         vna.stop()

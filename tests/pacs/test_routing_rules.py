@@ -17,7 +17,8 @@ from pacs.dimse.commitment import report_from_dataset
 from pacs.models import Instance, Series, Study, Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
-from pacs.services import routing
+from pacs.services.routing import actions, archive, commitment, destinations, schedule, sending, sweep, transfers
+from project.delivery.destinations import parse_vna
 from ris.models import StatusChange
 from ris.services.transitions import transition
 from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_parse_destinations_from_the_environment():
-    parsed = routing.parse_destinations(
+    parsed = parse_vna(
         "dicom://ORTHANC@vna-host:4242, stow+https://user:secret@vna-host:8443/dicom-web/")
     assert parsed[0] | {} == {"name": "env:dicom://ORTHANC@vna-host:4242", "kind": "dicom", "ae_title": "ORTHANC",
                               "host": "vna-host", "port": 4242, "url": "", "tls": False}
@@ -35,16 +36,16 @@ def test_parse_destinations_from_the_environment():
     assert parsed[1]["username"] == "user" and parsed[1]["password"] == "secret"
     assert "secret" not in parsed[1]["name"]
     with pytest.raises(ValueError):
-        routing.parse_destinations("ftp://nowhere")
+        parse_vna("ftp://nowhere")
     with pytest.raises(ValueError):
-        routing.parse_destinations("dicom://AE_TITLE_LONGER_THAN_16@h:1")
+        parse_vna("dicom://AE_TITLE_LONGER_THAN_16@h:1")
 
 
 def test_sync_disables_destinations_removed_from_the_environment(settings):
     settings.VNA_DESTINATIONS = "dicom://A@h:1,dicom://B@h:2"
-    assert len(routing.sync_environment_destinations()) == 2
+    assert len(destinations.sync_environment_destinations()) == 2
     settings.VNA_DESTINATIONS = "dicom://B@h:2"
-    routing.sync_environment_destinations()
+    destinations.sync_environment_destinations()
     assert set(VnaDestination.objects.filter(enabled=True).values_list("ae_title", flat=True)) == {"B"}
 
 
@@ -52,7 +53,7 @@ def test_backoff_is_exponential_with_jitter_and_capped(settings):
     settings.TRANSFER_RETRY_BASE_SECONDS = 10
     settings.TRANSFER_RETRY_MAX_SECONDS = 300
     for attempts, ceiling in [(1, 10), (2, 20), (3, 40), (6, 300), (30, 300)]:
-        values = {routing.backoff_seconds(attempts) for _ in range(50)}
+        values = {schedule.backoff_seconds(attempts) for _ in range(50)}
         assert all(ceiling / 2 <= v <= ceiling for v in values)
         assert len(values) > 1  # jitter
 
@@ -106,7 +107,7 @@ def _report(t, committed, failed):
 def test_event_type_2_sends_the_failed_instances_again(transfer, django_capture_on_commit_callbacks):
     uids = list(Instance.objects.values_list("sop_instance_uid", flat=True))
     with django_capture_on_commit_callbacks() as callbacks:
-        status = routing.record_commitment(*_report(transfer, uids[:2], uids[2:]))
+        status = commitment.record_commitment(*_report(transfer, uids[:2], uids[2:]))
     assert status == tr.RETRYING and len(callbacks) == 1  # one task queued, after commit
     transfer.refresh_from_db()
     assert "not committed" in transfer.reason and "0x0110" in transfer.reason
@@ -117,46 +118,46 @@ def test_event_type_2_sends_the_failed_instances_again(transfer, django_capture_
 
 def test_event_type_1_commits_and_archives_and_a_repeat_changes_nothing(transfer):
     uids = list(Instance.objects.values_list("sop_instance_uid", flat=True))
-    assert routing.record_commitment(*_report(transfer, uids, [])) == tr.COMMITTED
+    assert commitment.record_commitment(*_report(transfer, uids, [])) == tr.COMMITTED
     assert Study.objects.get(pk=transfer.study_id).status == im.ARCHIVED
-    assert routing.record_commitment(*_report(transfer, uids, [])) == tr.COMMITTED
-    assert routing.record_commitment("1.2.3.999", uids, []) is None
+    assert commitment.record_commitment(*_report(transfer, uids, [])) == tr.COMMITTED
+    assert commitment.record_commitment("1.2.3.999", uids, []) is None
     assert StatusChange.objects.filter(entity="transfer", object_id=transfer.pk, to_status=tr.COMMITTED).count() == 1
 
 
 def test_missing_report_times_out_and_the_sweep_requeues(transfer, settings, monkeypatch):
     settings.STORAGE_COMMITMENT_TIMEOUT_SECONDS = 60
     queued = []
-    monkeypatch.setattr("pacs.tasks.send_transfer.apply_async", lambda args, **kw: queued.append(args[0]))
-    assert routing.sweep() == 0
-    assert routing.sweep(now=timezone.now() + dt.timedelta(seconds=61)) == 1
+    monkeypatch.setattr(schedule, "publish", lambda pk, countdown=None: queued.append(pk))
+    assert sweep.sweep() == 0
+    assert sweep.sweep(now=timezone.now() + dt.timedelta(seconds=61)) == 1
     assert queued == [transfer.pk]
 
 
 def test_operator_cancel_and_retry_are_recorded_with_the_user(transfer, django_capture_on_commit_callbacks):
-    routing.cancel(transfer.pk, actor="alice")
+    actions.cancel(transfer.pk, actor="alice")
     with django_capture_on_commit_callbacks() as callbacks:
-        routing.retry(transfer.pk, actor="bob")
+        actions.retry(transfer.pk, actor="bob")
     assert len(callbacks) == 1
     changes = list(StatusChange.objects.filter(entity="transfer", object_id=transfer.pk).values_list(
         "to_status", "actor"))
     assert changes[-2:] == [(tr.CANCELED, "alice"), (tr.RETRYING, "bob")]
-    with pytest.raises(routing.TransferActionError):
+    with pytest.raises(actions.TransferActionError):
         Transfer.objects.filter(pk=transfer.pk).update(status=tr.COMMITTED)
-        routing.retry(transfer.pk, actor="bob")
+        actions.retry(transfer.pk, actor="bob")
 
 
 def test_retention_purges_only_archived_studies_after_the_period(transfer, settings):
     paths = [storage.absolute_path(p) for p in Instance.objects.values_list("path", flat=True)]
     settings.ARCHIVE_RETENTION_DAYS = 0
-    assert routing.purge_archived(now=timezone.now() + dt.timedelta(days=999)) == 0
+    assert archive.purge_archived(now=timezone.now() + dt.timedelta(days=999)) == 0
     settings.ARCHIVE_RETENTION_DAYS = 7
-    assert routing.purge_archived(now=timezone.now() + dt.timedelta(days=30)) == 0  # committing, not archived
+    assert archive.purge_archived(now=timezone.now() + dt.timedelta(days=30)) == 0  # committing, not archived
     assert all(p.exists() for p in paths)
     uids = list(Instance.objects.values_list("sop_instance_uid", flat=True))
-    routing.record_commitment(*_report(transfer, uids, []))
-    assert routing.purge_archived(now=timezone.now() + dt.timedelta(days=6)) == 0
-    assert routing.purge_archived(now=timezone.now() + dt.timedelta(days=8)) == 1
+    commitment.record_commitment(*_report(transfer, uids, []))
+    assert archive.purge_archived(now=timezone.now() + dt.timedelta(days=6)) == 0
+    assert archive.purge_archived(now=timezone.now() + dt.timedelta(days=8)) == 1
     assert not any(p.exists() for p in paths)
 
 
@@ -168,7 +169,7 @@ def test_association_rejected_permanently_fails_at_once(tmp_path, transfer, sett
         VnaDestination.objects.filter(pk=transfer.destination_id).update(ae_title="WRONG_AE", port=vna.dicom_port)
         TransferItem.objects.filter(transfer=transfer).update(status=tr.ITEM_PENDING)
         Transfer.objects.filter(pk=transfer.pk).update(status=tr.RETRYING, next_attempt_at=timezone.now())
-        assert routing.run_transfer(transfer.pk) == tr.FAILED
+        assert transfers.run_transfer(transfer.pk) == tr.FAILED
         failed = Transfer.objects.get(pk=transfer.pk)
         assert "rejected" in failed.reason and "WRONG_AE" in failed.reason and failed.attempts == 2
     finally:
@@ -244,8 +245,8 @@ def test_commitment_report_answered_processing_failure_when_the_database_is_down
     assert Transfer.objects.get(pk=transfer.pk).status == tr.COMMITTED
 
 
-@pytest.mark.parametrize("status,raised", [(0x0000, None), (0xA700, routing.TransientError),
-                                           (0x0112, routing.PermanentError)])
+@pytest.mark.parametrize("status,raised", [(0x0000, None), (0xA700, sending.TransientError),
+                                           (0x0112, sending.PermanentError)])
 def test_storage_commitment_n_action_as_a_pynetdicom_scp_receives_it(status, raised):
     """The N-ACTION (PS3.4 J.3.2) over the engine's requestor, read by pynetdicom as the VNA:
     action type 1 on the well-known instance, the TransactionUID and every reference; its
@@ -293,7 +294,7 @@ def test_storage_commitment_not_offered_by_the_vna_is_permanent():
     server = ae.start_server(("127.0.0.1", 0), block=False)
     destination = VnaDestination(name="peer", ae_title="VNA", host="127.0.0.1", port=server.server_address[1])
     try:
-        with pytest.raises(routing.PermanentError, match="Storage Commitment Push Model not accepted"):
+        with pytest.raises(sending.PermanentError, match="Storage Commitment Push Model not accepted"):
             scu.request_commitment(destination, generate_uid(), [("1.2.840.10008.5.1.4.1.1.2", generate_uid())])
     finally:
         server.shutdown()
@@ -310,7 +311,7 @@ def test_progress_is_recorded_without_waiting_for_the_flush_and_only_that_transa
     TransferItem.objects.filter(transfer=transfer).update(status=tr.ITEM_PENDING)
     items = list(TransferItem.objects.filter(transfer=transfer).values_list("pk", flat=True))
     with CaptureQueriesContext(connection) as queries:
-        routing.record_outcomes(transfer.pk, [routing.ItemOutcome(pk, True) for pk in items])
+        transfers.record_outcomes(transfer.pk, [sending.ItemOutcome(pk, True) for pk in items])
     assert any("SET LOCAL synchronous_commit TO OFF" in q["sql"] for q in queries.captured_queries)
     with connection.cursor() as cursor:
         cursor.execute("SHOW synchronous_commit")

@@ -20,13 +20,19 @@ from pacs import scu, stow
 from pacs.models import Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
-from pacs.services import routing
-from pacs.services.routing import ItemToSend, PermanentError
+from pacs.services.routing.sending import ItemToSend, PermanentError
+from project.delivery.destinations import parse_vna
 from tests.conftest import free_port
 from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
 from tests.pacs.orthanc import OrthancProcess, OrthancTLS, make_instance, write_study
-from tests.pacs.routing_helpers import routing_settings, sender, wait_for, worker  # noqa: F401
-from tests.pacs.test_routing_orthanc import complete_now, send_matched_study
+from tests.pacs.routing_helpers import (  # noqa: F401 - fixtures
+    complete_now,
+    routing_settings,
+    send_matched_study,
+    sender,
+    wait_for,
+    worker,
+)
 from tests.tls_certs import TestPKI
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
@@ -104,11 +110,11 @@ class Recorder:
 
 
 def test_parse_dicoms_destinations():
-    parsed = routing.parse_destinations("dicoms://VNA@vna.example:2762,dicom://OLD@h:104")
+    parsed = parse_vna("dicoms://VNA@vna.example:2762,dicom://OLD@h:104")
     assert [(d["ae_title"], d["host"], d["port"], d["tls"]) for d in parsed] == [
         ("VNA", "vna.example", 2762, True), ("OLD", "h", 104, False)]
     with pytest.raises(ValueError):
-        routing.parse_destinations("dicomss://VNA@h:1")
+        parse_vna("dicomss://VNA@h:1")
 
 
 def test_study_routed_over_tls_is_committed(engine, pki, engine_tls, sender, worker, tmp_path):

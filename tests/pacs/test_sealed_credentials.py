@@ -17,8 +17,8 @@ from django.db import connection
 from pacs import stow
 from pacs.models import VnaDestination
 from pacs.models import transfers as tr
-from pacs.services import routing
-from pacs.services.routing import PermanentError
+from pacs.services.routing import destinations
+from pacs.services.routing.sending import PermanentError
 from project import encryption
 
 pytestmark = pytest.mark.django_db
@@ -64,7 +64,7 @@ def test_credentials_are_sealed_in_the_database_and_read_in_clear(keys):
 
 def test_environment_destination_credentials_are_sealed(keys, settings):
     settings.VNA_DESTINATIONS = f"stow+https://engine:{PASSWORD}@vna.example:8443/dicom-web"
-    (row,) = routing.sync_environment_destinations()
+    (row,) = destinations.sync_environment_destinations()
     assert row.url == "https://vna.example:8443/dicom-web"
     assert PASSWORD not in "".join(stored(row.pk))
     assert VnaDestination.objects.get(pk=row.pk).password == PASSWORD

@@ -23,7 +23,7 @@ from pacs import storage
 from pacs.models import Instance, StoreConflict, Study, Transfer, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
-from pacs.services import routing
+from pacs.services.routing import archive
 from project.access import TECHNOLOGIST
 from tests.pacs.imaging_helpers import engine, new_uid, port, store_dir  # noqa: F401
 from tests.pacs.orthanc import make_instance, storescu
@@ -232,7 +232,7 @@ def test_other_content_replaces_file_and_index_and_resends_an_archived_study(eng
                                 next_attempt_at=timezone.now())
     assert kept.exists()
     with transaction.atomic():
-        routing._maybe_archive(study.pk)
+        archive.maybe_archive(study.pk)
     assert Study.objects.get(pk=study.pk).status == im.ARCHIVED
     assert not kept.exists() and stored.exists()
     assert StoreConflict.objects.get().replaced_removed_at is not None

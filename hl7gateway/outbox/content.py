@@ -1,0 +1,96 @@
+"""From a signed ``ris.ReportVersion`` to the plain values of its ORU^R01 (``hl7gateway.oru``
+renders them; HL7 v2.5.1 chapter 7.3.1)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.utils import timezone
+
+from hl7gateway import oru
+
+
+def report_text_lines(version) -> list[str]:
+    """The report as text lines: findings, impression, every addendum up to this version,
+    the critical-result communication.  The OBX lines carry exactly these."""
+    lines: list[str] = []
+
+    def section(title: str, text: str) -> None:
+        body = oru.split_lines(text)
+        if not body:
+            return
+        if lines:
+            lines.append("")
+        lines.append(title)
+        lines.extend(body)
+
+    section("FINDINGS:", version.findings)
+    section("IMPRESSION:", version.impression)
+    addenda = version.report.versions.filter(
+        kind="ADDENDUM", signed_at__isnull=False, version_number__lte=version.version_number
+    ).order_by("version_number")
+    for number, add in enumerate(addenda, start=1):
+        who = oru.Person.from_dicom_pn(add.signer_name)
+        name = " ".join(p for p in (who.given, who.family) if p) or add.signer_name
+        when = timezone.localtime(add.signed_at).strftime("%Y-%m-%d %H:%M")
+        section(f"ADDENDUM {number} ({when}, {name}):", add.addendum)
+    for critical in [version] if version.critical_result else []:
+        when = timezone.localtime(critical.critical_communicated_at).strftime("%Y-%m-%d %H:%M") \
+            if critical.critical_communicated_at else ""
+        section("CRITICAL RESULT:", f"Communicated to {critical.critical_communicated_to} {when}".rstrip())
+    return lines
+
+
+def _observation_datetime(rp) -> datetime | None:
+    """OBR-7: when the exam was done -- the first performed (else scheduled) step's start."""
+    steps = list(rp.steps.all())
+    performed = [s for s in steps if s.status in ("STARTED", "DEPARTED", "COMPLETED")]
+    chosen = sorted(performed or steps, key=lambda s: s.scheduled_start)
+    return chosen[0].scheduled_start if chosen else None
+
+
+def content_for_report_version(version) -> oru.OruContent:
+    """The plain-value content of the ORU^R01 for one signed ``ris.ReportVersion``."""
+    rp = version.report.requested_procedure
+    order = rp.order
+    patient = order.patient
+    visit = order.visit
+    signer_id = version.signed_by.get_username() if version.signed_by_id else ""
+    return oru.OruContent(
+        patient_identifiers=tuple(
+            oru.PatientIdentifier(i.id_number, i.assigning_authority, i.identifier_type_code)
+            for i in patient.identifiers.order_by("pk")
+        ),
+        patient_name=oru.Person.from_dicom_pn(patient.patient_name),
+        patient_birth_date=patient.patient_birth_date,
+        patient_sex=patient.patient_sex,
+        visit_number=visit.visit_number if visit else "",
+        patient_class=visit.patient_class if visit else "",
+        assigned_location=visit.assigned_location if visit else "",
+        referring_physician=oru.Person.from_dicom_pn(
+            (visit.referring_physician_name if visit else "") or order.referring_physician_name
+        ),
+        placer_order_number=order.placer_order_number,
+        placer_namespace=order.placer_namespace,
+        # ORC-3 / OBR-3: our filler number; an order without one is identified by its accession.
+        filler_order_number=order.filler_order_number or rp.accession_number,
+        filler_namespace=settings.HL7_RECEIVING_APPLICATION,
+        procedure_code_value=rp.procedure_code_value,
+        procedure_code_meaning=rp.procedure_code_meaning or rp.requested_procedure_description,
+        procedure_code_scheme=rp.procedure_code_scheme,
+        observation_datetime=_observation_datetime(rp),
+        ordering_provider=oru.Person.from_dicom_pn(order.ordering_provider),
+        accession_number=rp.accession_number,
+        requested_procedure_id=rp.requested_procedure_id,
+        result_status=version.result_status,
+        signer=oru.Person.from_dicom_pn(version.signer_name, id_number=signer_id),
+        signed_at=version.signed_at,
+        text_lines=tuple(report_text_lines(version)),
+        study_instance_uid=rp.study_instance_uid,
+    )
+
+
+def message_control_id(pk: int) -> str:
+    """MSH-10 (ST, at most 20 characters): fixed when the row is created, reused on every resend."""
+    return f"ORU{pk:012d}"

@@ -1,0 +1,83 @@
+"""Queueing the ORU^R01 of a signed report (HL7 v2.5.1 chapter 7; IHE Radiology RAD-28 /
+RAD-128): one row per enabled destination, written in the signing transaction."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from hl7gateway import oru
+from hl7gateway.models.outbound import OutboundDestination, OutboundMessage
+from hl7gateway.outbox import publish
+from hl7gateway.outbox.content import content_for_report_version, message_control_id
+from hl7gateway.outbox.destinations import sync_environment_destinations
+from hl7gateway.outbox.rules import OutboxError
+from ris.errors import UnknownKey
+from ris.models import ReportVersion
+
+log = logging.getLogger("hl7gateway.outbox")
+
+
+def enqueue_oru(report_version_id: int) -> int:
+    """Queue one ORU^R01 of this signed report version per enabled destination.
+
+    Call it inside the signing transaction: the rows commit (or roll back) with the
+    signature, and the delivery tasks are published only after the commit.  Each row is
+    rendered now, so every resend is the same bytes, MSH-10 included.  Calling it
+    again for the same version adds nothing (one row per version and destination).
+    Returns the number of rows created.
+    """
+    with transaction.atomic():
+        sync_environment_destinations()
+        try:
+            version = ReportVersion.objects.select_related(
+                "report__requested_procedure__order__patient", "report__requested_procedure__order__visit",
+                "signed_by",
+            ).get(pk=report_version_id)
+        except ReportVersion.DoesNotExist:
+            raise UnknownKey(f"no report version {report_version_id}") from None
+        if version.signed_at is None or version.result_status not in ("P", "F", "C"):
+            raise OutboxError(f"report version {report_version_id} is not signed")
+        already = set(OutboundMessage.objects.filter(report_version=version).values_list("destination_id", flat=True))
+        destinations = [d for d in OutboundDestination.objects.filter(enabled=True) if d.pk not in already]
+        if not destinations:
+            if not already:
+                log.warning("no enabled ORU destination: report not sent", extra={"report_version_id": version.pk})
+            return 0
+        content = content_for_report_version(version)
+        patient_id_text = "~".join(oru.cx(i) for i in content.patient_identifiers)[:200]
+        now = timezone.now()
+        created: list[int] = []
+        for dest in destinations:
+            row = OutboundMessage.objects.create(
+                destination=dest,
+                report_version=version,
+                patient_id=version.report.requested_procedure.order.patient_id,
+                patient_id_text=patient_id_text,
+                accession_number=content.accession_number,
+                result_status=content.result_status,
+                hl7_version=dest.version,
+                payload=b"",
+                next_attempt_at=now,
+                dispatched_at=now,
+            )
+            row.message_control_id = message_control_id(row.pk)
+            header = oru.MessageHeader(
+                message_control_id=row.message_control_id,
+                created_at=now,
+                sending_application=settings.HL7_RECEIVING_APPLICATION,
+                sending_facility=settings.HL7_RECEIVING_FACILITY,
+                receiving_application=dest.receiving_application,
+                receiving_facility=dest.receiving_facility,
+                version=dest.version,
+                text_value_type=dest.text_value_type,
+            )
+            row.payload = oru.encode(oru.render_oru(content, header, time_zone=settings.TIME_ZONE))
+            row.save(update_fields=["message_control_id", "payload"])
+            created.append(row.pk)
+        publish.wake_after_commit({d.pk for d in destinations})
+    log.info("ORU^R01 queued", extra={"report_version_id": report_version_id, "rows": len(created)})
+    return len(created)

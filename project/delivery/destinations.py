@@ -1,0 +1,119 @@
+"""Destinations declared in the environment: their forms, and the rows kept in step with them.
+
+Two settings declare where things go, as comma-separated lists (deployment as code; the admin
+can add more rows):
+
+* ``VNA_DESTINATIONS`` (``parse_vna``): ``dicom://AE@host:port`` (C-STORE and Storage
+  Commitment, PS3.4 B and J), ``dicoms://AE@host:port`` (the same over TLS, PS3.15 B.9), or
+  ``stow+http(s)://[user:password@]host[:port]/path`` (STOW-RS, PS3.18 10.5);
+* ``HL7_ORU_DESTINATIONS`` (``parse_mllp``): ``name=mllp://host:port[?options]``, or
+  ``mllps://`` for MLLP over TLS.
+
+The parsers are plain functions on strings, importing nothing of Django (``project.settings``
+checks ``VNA_DESTINATIONS`` with the same one the router uses), and raise ValueError with the
+reason.  ``project.delivery.declared`` keeps the destination tables in step with them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+#: ``VnaDestination.kind`` values.
+DICOM = "dicom"
+STOW = "stow"
+
+
+def entries(value: str | None) -> list[str]:
+    """The non-empty, stripped items of a comma-separated setting."""
+    return [p.strip() for p in (value or "").split(",") if p.strip()]
+
+
+# --- VNA_DESTINATIONS --------------------------------------------------------------------------
+_DICOM = re.compile(r"^(?P<scheme>dicoms?)://(?P<ae>[^@/\\]{1,16})@(?P<host>[^:/]+):(?P<port>\d{1,5})/?$")
+VNA_FORMS = "dicom(s)://AE@host:port nor stow+http(s)://..."
+
+
+def parse_vna_entry(raw: str) -> dict:
+    """One ``VNA_DESTINATIONS`` item as the fields of a ``VnaDestination`` row (``name`` included)."""
+    m = _DICOM.match(raw)
+    if m:
+        return {"name": f"env:{raw}"[:100], "kind": DICOM, "ae_title": m["ae"], "host": m["host"],
+                "port": int(m["port"]), "url": "", "tls": m["scheme"] == "dicoms"}
+    if raw.startswith(("stow+http://", "stow+https://")):
+        parts = urlsplit(raw[len("stow+"):])
+        if parts.hostname:
+            creds = {"username": parts.username or "", "password": parts.password or ""}
+            netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+            clean = parts._replace(netloc=netloc).geturl().rstrip("/")
+            return {"name": f"env:stow+{clean}"[:100], "kind": STOW, "ae_title": "", "host": "", "port": None,
+                    "url": clean, **creds}
+    raise ValueError(f"VNA_DESTINATIONS entry {raw!r} is neither {VNA_FORMS}")
+
+
+def parse_vna(text: str | None) -> list[dict]:
+    """``VNA_DESTINATIONS`` (see the module docstring) as row fields, in the order given."""
+    return [parse_vna_entry(raw) for raw in entries(text)]
+
+
+# --- HL7_ORU_DESTINATIONS ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class MllpDestination:
+    name: str
+    host: str
+    port: int
+    options: dict  # field name -> value, from the URL's query string
+    tls: bool = False  # mllps://
+
+
+#: URL query option -> ``OutboundDestination`` field.
+MLLP_OPTIONS = {
+    "version": "hl7_version",
+    "application": "receiving_application",
+    "facility": "receiving_facility",
+    "text": "text_value_type",
+    "timeout": "ack_timeout_seconds",
+}
+
+
+def parse_mllp(value: str | None, *, versions: Iterable[str], text_value_types: Iterable[str]) -> list[MllpDestination]:
+    """``name=mllp://host:port[?version=2.3.1&application=BILL&facility=HOSP&text=FT&timeout=30]``,
+    comma-separated; ``mllps://`` for MLLP over TLS.  ``versions`` and ``text_value_types`` are
+    the HL7 versions (MSH-12) and OBX-2 value types the ORU renderer writes."""
+    versions, text_value_types = tuple(versions), tuple(text_value_types)
+    specs: list[MllpDestination] = []
+    for item in entries(value):
+        name, sep, url = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"{item!r}: expected name=mllp://host:port or name=mllps://host:port")
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("mllp", "mllps") or not parts.hostname:
+            raise ValueError(f"{item!r}: the address must be mllp://host:port or mllps://host:port (TLS)")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not port:
+            raise ValueError(f"{item!r}: a port between 1 and 65535 is required")
+        options: dict = {}
+        for key, values in parse_qs(parts.query).items():
+            if key not in MLLP_OPTIONS:
+                raise ValueError(f"{item!r}: unknown option {key!r} (known: {', '.join(MLLP_OPTIONS)})")
+            val = values[-1]
+            if key == "version" and val not in versions:
+                raise ValueError(f"{item!r}: version must be one of {', '.join(versions)}")
+            if key == "text" and val not in text_value_types:
+                raise ValueError(f"{item!r}: text must be {' or '.join(text_value_types)}")
+            if key == "timeout":
+                try:
+                    val = float(val)
+                except ValueError:
+                    raise ValueError(f"{item!r}: timeout must be a number of seconds") from None
+            options[MLLP_OPTIONS[key]] = val
+        if any(s.name == name for s in specs):
+            raise ValueError(f"destination {name!r} is declared twice")
+        specs.append(MllpDestination(name, parts.hostname, port, options, tls=parts.scheme == "mllps"))
+    return specs
