@@ -1,4 +1,4 @@
-"""The outbound delivery operator page (issue 5 item 7; reliability H-14, H-15, C-13).
+"""The outbound delivery operator page (ORU^R01, HL7 v2.5.1 chapter 7).
 
 Per destination: queue depth, age of the oldest undelivered message, failures with their
 reason; per message: the bytes sent, every attempt, the status history; retry and cancel,
@@ -17,9 +17,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from audit import web as web_audit
 from hl7gateway import outbox
 from hl7gateway.models import OutboundDestination, OutboundMessage
-from project import web_audit
 from project.access import ADMINISTRATOR, roles
 from ris import auditing as ris_auditing
 from ris.errors import DomainError

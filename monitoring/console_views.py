@@ -1,4 +1,4 @@
-"""The operator's console, one accession's journey and replays (issue 6 part B), under /monitoring/.
+"""The operator's console, one accession's journey and replays, under /monitoring/.
 
 Thin views: the figures come from ``monitoring.selectors`` (the same functions as the alarms
 and /metrics), the journey from ``monitoring.journey``, the replays from ``monitoring.replay``.
@@ -16,11 +16,11 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
+from audit import web as web_audit
 from hl7gateway.views import age
 from monitoring import journey as journey_mod
 from monitoring import replay, selectors
 from monitoring.records import ReplayRecord
-from project import web_audit
 from project.access import ADMINISTRATOR, roles
 from ris import auditing as ris_auditing
 from ris.errors import DomainError

@@ -80,7 +80,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "project.access.DefaultDenyMiddleware",
     # The signed-in user is the actor of the audit records of every change a request makes.
-    "project.web_audit.AuditActorMiddleware",
+    "audit.web.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns a sign-in refused for a lockout into the "locked" page (django-axes).
@@ -121,7 +121,8 @@ if not (_db["ENGINE"].endswith("postgresql") or _db["ENGINE"].endswith("sqlite3"
     DATABASE_ENGINE_UNSUPPORTED = _db["ENGINE"]
     _db = dj_database_url.parse(f"sqlite:///{VAR_DIR / 'pacs.sqlite3'}")
 if _db["ENGINE"].endswith("postgresql"):
-    # Persist before acknowledging: every commit waits for the WAL flush (reliability H-03).
+    # Persist before acknowledging: every commit waits for the WAL flush (no acknowledged
+    # HL7 message or DICOM instance is lost to a crash).
     _db.setdefault("OPTIONS", {})["options"] = "-c synchronous_commit=on"
     _db["CONN_HEALTH_CHECKS"] = True
 elif _db["ENGINE"].endswith("sqlite3"):
@@ -150,7 +151,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     }
 else:
     # Redis: redeliver a task whose worker died only after this many seconds; every
-    # countdown we use is far below it (reliability C-05).
+    # countdown we use is far below it, so that no task runs twice while its worker lives.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -159,8 +160,8 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Celery's Django fixup closes the database connection before and after EVERY task unless
-# this is set: a new PostgreSQL backend per task (measured ~10 ms a task here, see bench/RESULTS.md
-# "ORU delivery").  Instead, hl7gateway.tasks closes unusable or obsolete connections at task
+# this is set: a new PostgreSQL backend per task (its cost: bench/RESULTS.md, "ORU delivery").
+# Instead, project.celery closes unusable or obsolete connections at task
 # boundaries, as Django does between requests (CONN_MAX_AGE, CONN_HEALTH_CHECKS).
 CELERY_DB_REUSE_MAX = 1000
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
@@ -226,7 +227,7 @@ HL7_STATION_AE_BY_MODALITY = env_str("HL7_STATION_AE_BY_MODALITY", "")
 HL7_ORU_DESTINATIONS = env_str("HL7_ORU_DESTINATIONS", "")
 HL7_ORU_VERSION = env_choice("HL7_ORU_VERSION", "2.5.1", {"2.5.1", "2.3.1"})
 # ORU delivery (hl7gateway.outbox): timeouts, AE attempts before failing, backoff with jitter
-# (capped far below the Redis visibility timeout, reliability C-05), the sweep that re-queues
+# (capped far below the Redis visibility timeout), the sweep that re-queues
 # rows no worker picked up, and how long a dispatched row may wait before it is re-queued.
 HL7_ORU_CONNECT_TIMEOUT_SECONDS = env_float("HL7_ORU_CONNECT_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 HL7_ORU_ACK_TIMEOUT_SECONDS = env_float("HL7_ORU_ACK_TIMEOUT_SECONDS", 30.0, minimum=0.1)
@@ -345,7 +346,7 @@ for _entry in [e.strip() for e in VNA_DESTINATIONS.split(",") if e.strip()]:
         record("VNA_DESTINATIONS", _entry, "is neither dicom://AE@host:port nor stow+http(s)://host:port/path")
 ARCHIVE_RETENTION_DAYS = env_int("ARCHIVE_RETENTION_DAYS", 0, minimum=0)
 # VNA transfers: attempts, exponential backoff with jitter (capped below the Redis
-# visibility timeout, reliability C-05), the lease a worker holds a transfer for, and how
+# visibility timeout), the lease a worker holds a transfer for, and how
 # long to wait for the storage commitment N-EVENT-REPORT.
 TRANSFER_MAX_ATTEMPTS = env_int("TRANSFER_MAX_ATTEMPTS", 10, minimum=1)
 TRANSFER_RETRY_BASE_SECONDS = env_float("TRANSFER_RETRY_BASE_SECONDS", 10.0, minimum=0.1)
@@ -368,7 +369,7 @@ READING_CLAIM_TIMEOUT_MINUTES = env_int("READING_CLAIM_TIMEOUT_MINUTES", 30, min
 CELERY_BEAT_SCHEDULE["worklist.expire_idle_claims"] = {"task": "worklist.expire_idle_claims", "schedule": 60.0}
 VIEWER_URL_TEMPLATE = env_str("VIEWER_URL_TEMPLATE", "")
 
-# --- Monitoring and alarms (monitoring app, issue 6) ---------------------------------------
+# --- Monitoring and alarms (monitoring app) -----------------------------------------------
 # Alarm rules live in the database (admin); the beat task checks them every ALARM_CHECK_SECONDS.
 ALARM_CHECK_SECONDS = env_float("ALARM_CHECK_SECONDS", 60.0, minimum=5.0)
 CELERY_BEAT_SCHEDULE["monitoring.evaluate_alarms"] = {"task": "monitoring.evaluate_alarms", "schedule": ALARM_CHECK_SECONDS}
@@ -527,7 +528,7 @@ LOGGING = {
     },
 }
 
-# --- Operator's console and journey (issue 6 part B) --------------------------------------
+# --- Operator's console and journey (monitoring app) --------------------------------------
 # A study whose last image arrived longer ago than this and is not committed by the VNA is overdue.
 JOURNEY_VNA_OVERDUE_MINUTES = env_int("JOURNEY_VNA_OVERDUE_MINUTES", 60, minimum=1)
 # An ORU^R01 queued longer ago than this and not acknowledged (AA) is overdue.

@@ -1,4 +1,4 @@
-"""Reporting API for dictation systems: token-authenticated JSON (issue 5 item 8).
+"""Reporting API for dictation systems: token-authenticated JSON.
 
 ``Authorization: Token <key>`` (a key from ``manage.py create_api_token``); the token's user
 must hold a reporting role.  The endpoints call the same domain services as the browser
@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from audit import events
-from project import web_audit
+from audit import web as web_audit
 from project.access import RADIOLOGIST, RESIDENT, declare_roles, has_role
 from ris import auditing as ris_auditing
 from ris.errors import DomainError, UnknownKey
