@@ -22,6 +22,7 @@ from pacs.models import images as im
 from ris import auditing, states
 from ris.errors import DomainError, UnknownKey
 from ris.models import Order, Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep
+from ris.services.identifiers import new_accession_number
 
 log = logging.getLogger("pacs.matching")
 
@@ -162,7 +163,7 @@ def _locked_study(study_id: int) -> Study:
 
 def link_study(study_id: int, requested_procedure_id: int, *, actor: str, note: str = "") -> StudyLink:
     """A person links a study to an existing order (reconciliation page)."""
-    from pacs.services import completion
+    from pacs.services import completion  # completion imports this module (it matches a study first)
 
     with transaction.atomic():
         study = _locked_study(study_id)
@@ -195,8 +196,7 @@ def link_study_to_new_order(study_id: int, patient_pk: int, *, actor: str, descr
                             note: str = "") -> StudyLink:
     """Encounter-based imaging: a new filler order (ORC-1 SN, created_by_filler) for the patient,
     with one requested procedure carrying the study's own Study Instance UID."""
-    from pacs.services import completion
-    from ris.services.identifiers import new_accession_number
+    from pacs.services import completion  # completion imports this module (it matches a study first)
 
     with transaction.atomic():
         study = _locked_study(study_id)
