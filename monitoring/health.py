@@ -1,4 +1,4 @@
-"""Health checks per process type (issue 6): does the listener accept connections, does the
+"""Health checks per process type: does the listener accept connections, does the
 database answer, does the broker answer.  Answers carry check names and ok/failed only:
 no patient data, no version details.
 
@@ -15,6 +15,8 @@ import urllib.request
 
 from django.conf import settings
 from django.db import connection
+
+from project.celery import app
 
 
 def _local(host: str) -> str:
@@ -99,8 +101,6 @@ def web(host: str, port: int, timeout: float = 5.0) -> bool:
 
 def worker(timeout: float = 3.0) -> bool:
     """At least one Celery worker answers a ping over the broker."""
-    from project.celery import app
-
     try:
         return bool(app.control.ping(timeout=timeout))
     except Exception:  # noqa: BLE001
