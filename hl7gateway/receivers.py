@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from django.dispatch import receiver
 
-from hl7gateway import outbox
 from ris.signals import report_signed
 
 
 @receiver(report_signed, dispatch_uid="hl7gateway.report_signed")
 def on_report_signed(sender, report_version, **kwargs) -> None:
+    # Here, not at the top: this module is loaded with the apps in every process, and the outbox
+    # (ORU rendering, MLLP client, TLS) is a heavy import that only signing needs.
+    from hl7gateway import outbox
+
     outbox.enqueue_oru(report_version.pk)

@@ -26,7 +26,7 @@ from django.utils import timezone
 from pacs.models import Instance, PerformedInstance, PerformedProcedureStep, Study
 from pacs.models import images as im
 from pacs.models import mpps as mp
-from pacs.services import order_matching, routing
+from pacs.services import order_matching
 from pacs.signals import mpps_completed, study_completed
 from ris.services.transitions import transition
 
@@ -85,6 +85,10 @@ def check_study(study_id: int, *, now: dt.datetime | None = None, cause: str = "
 
 def complete_study(study: Study, *, cause: str, now: dt.datetime) -> None:
     """Inside the caller's transaction, on a locked, matched study (see module docstring)."""
+    # Here, not at the top: routing loads pydicom, which the processes that only load the apps
+    # (this module listens to mpps_completed) would otherwise import at start (web, MLLP).
+    from pacs.services import routing
+
     batch = study.batch + 1
     pending = Instance.objects.filter(study=study, batch__isnull=True)
     pending_ids = list(pending.values_list("pk", flat=True))
