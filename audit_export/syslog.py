@@ -41,6 +41,7 @@ import termios
 import time
 from collections.abc import Sequence
 
+from project import tls
 from project.audit_repository import Destination, parse_url
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,6 @@ class SyslogSender:
     def from_settings(cls) -> SyslogSender:
         """The sender to AUDIT_REPOSITORY_URL, TLS with the AUDIT_REPOSITORY_* files."""
         from django.conf import settings
-
-        from project import tls
 
         destination = parse_url(settings.AUDIT_REPOSITORY_URL)
         context = None

@@ -9,7 +9,7 @@ from django.utils.html import format_html
 
 from hl7gateway.models import DeclaredSender, InboundMessage, InboundRefusal
 from hl7gateway.parsing import CHARSETS
-from project.web_audit import AuditedAdmin
+from ris.audited_admin import AuditedAdmin
 
 
 def readable_hl7(data: bytes | memoryview | None, charset: str = "") -> str:

@@ -6,4 +6,8 @@ class Hl7GatewayConfig(AppConfig):
     verbose_name = "HL7 interfaces"
 
     def ready(self) -> None:
-        from hl7gateway import checks  # noqa: F401 - registers the system checks
+        # Django: receivers and checks connect once the app registry is ready.
+        from hl7gateway import (
+            checks,  # noqa: F401 - registers the system checks
+            receivers,  # noqa: F401 - connects the ris.signals receivers
+        )

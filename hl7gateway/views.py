@@ -1,4 +1,4 @@
-"""The outbound delivery operator page: what is queued, what failed and why, retry and cancel.
+"""The outbound delivery operator page (ORU^R01, HL7 v2.5.1 chapter 7).
 
 Per destination: queue depth, age of the oldest undelivered message, failures with their
 reason; per message: the bytes sent, every attempt, the status history; retry and cancel,
@@ -17,12 +17,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from audit import web as web_audit
 from hl7gateway.models import OutboundDestination, OutboundMessage
 from hl7gateway.models.outbound import FAILED, PENDING
 from hl7gateway.outbox import actions, queries
 from hl7gateway.outbox.queue import blocking_message
 from hl7gateway.outbox.rules import ENTITY
-from project import web_audit
 from project.access import ADMINISTRATOR, roles
 from ris import auditing as ris_auditing
 from ris.errors import DomainError

@@ -6,4 +6,8 @@ class MonitoringConfig(AppConfig):
     verbose_name = "Monitoring and alarms"
 
     def ready(self):
-        from monitoring import checks  # noqa: F401 - registers the system checks
+        # Django: checks and receivers connect once the app registry is ready.
+        from monitoring import (
+            checks,  # noqa: F401 - registers the system checks
+            receivers,  # noqa: F401 - connects the pacs.signals receivers
+        )

@@ -16,11 +16,11 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
+from audit import web as web_audit
 from hl7gateway.views import age
 from monitoring import journey as journey_mod
 from monitoring import replay, selectors
 from monitoring.records import ReplayRecord
-from project import web_audit
 from project.access import ADMINISTRATOR, roles
 from ris import auditing as ris_auditing
 from ris.errors import DomainError

@@ -2,9 +2,11 @@
 
 ``record_many(counts)`` adds to the hours' counters, one upsert per (hour, calling AE,
 operation, status) (INSERT ... ON CONFLICT DO UPDATE, PostgreSQL and SQLite).  The DIMSE
-handlers call ``record_quietly`` after deciding their answer: the count is gathered in memory
-and written in the background (several answers per upsert under load); counting never changes or delays
-an answer, and a failure to count (database down) is logged, not raised.
+handlers send ``pacs.signals.dicom_operation`` after deciding their answer
+(``pacs.dimse.counting``) and ``monitoring.receivers`` calls ``record_quietly``: the count is
+gathered in memory and written in the background (several answers per upsert under load);
+counting never changes or delays an answer, and a failure to count (database down) is logged,
+not raised.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import threading
 from django.db import connection, transaction
 from django.utils import timezone
 
+from monitoring.health import HEALTHCHECK_AE_TITLE
+from monitoring.models import DicomOperation
+from pacs.dimse import db
+
 log = logging.getLogger("monitoring.dicom_log")
 
 
 def record_many(counts: dict) -> None:
     """Add ``{(hour, calling_ae_title, operation, status): (count, last_at)}`` in one transaction."""
-    from monitoring.models import DicomOperation
-
     table = DicomOperation._meta.db_table
     with transaction.atomic(), connection.cursor() as cursor:
         for (hour, calling, operation, status), (count, last_at) in sorted(counts.items()):
@@ -61,9 +65,6 @@ def record_quietly(calling_ae_title: str, operation: str, status: int) -> None:
     (pacs.dimse.db.run_later) soon after, never waited for -- counting never delays or
     changes an answer; errors are logged only.  ``pacs.dimse.db.flush()`` waits for it."""
     global _flush_queued
-    from monitoring.health import HEALTHCHECK_AE_TITLE
-    from pacs.dimse import db
-
     if calling_ae_title == HEALTHCHECK_AE_TITLE:
         return  # the container healthcheck's C-ECHO is not an interface
     now = timezone.now()
@@ -81,61 +82,3 @@ def record_quietly(calling_ae_title: str, operation: str, status: int) -> None:
             _flush_queued = False
         log.warning("dicom operation not counted", extra={"calling_ae_title": calling_ae_title,
                                                           "operation": operation, "error": str(exc)[:200]})
-
-
-def _status_of(answer) -> int | None:
-    """The DIMSE status in a handler's answer: an int, a Dataset with Status, or (status, ...)."""
-    if isinstance(answer, tuple):
-        answer = answer[0] if answer else None
-    if isinstance(answer, int):
-        return answer
-    status = getattr(answer, "Status", None)
-    return int(status) if status is not None else None
-
-
-def counted(operation: str, handler):
-    """Wrap a pynetdicom event handler so that each answer is counted per calling AE and status.
-
-    A generator handler (C-FIND) is counted once, with its final (non-pending) status.  A
-    handler that raises is counted with the failure status the acceptor answers with.
-    """
-    import functools
-    import inspect
-
-    from pacs.dimse.acceptor import failure_status
-
-    def _calling(event) -> str:
-        try:
-            return (event.assoc.requestor.ae_title or "").strip()
-        except Exception:  # noqa: BLE001
-            return ""
-
-    if inspect.isgeneratorfunction(handler):
-        @functools.wraps(handler)
-        def gen_wrapper(event):
-            final = None
-            try:
-                for answer in handler(event):
-                    status = _status_of(answer)
-                    if status is not None and status not in (0xFF00, 0xFF01):
-                        final = status
-                    yield answer
-            except Exception:
-                final = failure_status(operation)
-                raise
-            finally:
-                record_quietly(_calling(event), operation, 0xFE00 if final is None else final)
-        return gen_wrapper
-
-    @functools.wraps(handler)
-    def wrapper(event):
-        try:
-            answer = handler(event)
-        except Exception:
-            record_quietly(_calling(event), operation, failure_status(operation))
-            raise
-        status = _status_of(answer)
-        if status is not None:
-            record_quietly(_calling(event), operation, status)
-        return answer
-    return wrapper

@@ -16,6 +16,8 @@ import urllib.request
 from django.conf import settings
 from django.db import connection
 
+from project.celery import app
+
 
 def _local(host: str) -> str:
     """A listener bound to every interface is probed on the loopback."""
@@ -99,8 +101,6 @@ def web(host: str, port: int, timeout: float = 5.0) -> bool:
 
 def worker(timeout: float = 3.0) -> bool:
     """At least one Celery worker answers a ping over the broker."""
-    from project.celery import app
-
     try:
         return bool(app.control.ping(timeout=timeout))
     except Exception:  # noqa: BLE001

@@ -22,6 +22,17 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db.models import Count
+
+from hl7gateway.models import InboundMessage
+from hl7gateway.models.outbound import OutboundAction, OutboundAttempt, OutboundDestination, OutboundMessage
+from monitoring.records import WorklistQueryResult
+from pacs.models.images import Study, StudyLink
+from pacs.models.mpps import PerformedProcedureStep
+from pacs.models.transfers import Transfer
+from ris.models import RequestedProcedure, StatusChange
+from ris.models.reports import ReportVersion
+from worklist.models import ReadingClaim
 
 # Outcome of a step: done, failed, waiting (not yet happened / in progress).
 OK = "ok"
@@ -220,17 +231,6 @@ def _contains_accession(field_value: str, accession: str) -> bool:
 
 def collect(accession: str) -> Rows:
     """Read every row that touches ``accession`` (one requested procedure)."""
-    from django.db.models import Count
-
-    from hl7gateway.models import InboundMessage
-    from hl7gateway.models.outbound import OutboundAction, OutboundAttempt, OutboundDestination, OutboundMessage
-    from pacs.models.images import Study, StudyLink
-    from pacs.models.mpps import PerformedProcedureStep
-    from pacs.models.transfers import Transfer
-    from ris.models import RequestedProcedure, StatusChange
-    from ris.models.reports import ReportVersion
-    from worklist.models import ReadingClaim
-
     rows = Rows(accession=accession)
     rows.inbound = [m for m in InboundMessage.objects.filter(accession_numbers__contains=accession)
                     .defer("raw", "ack").order_by("received_at", "pk")
@@ -295,17 +295,11 @@ def collect(accession: str) -> Rows:
 def _mwl_results(sps_ids: list[int]) -> list:
     if not sps_ids:
         return []
-    try:
-        from monitoring.records import WorklistQueryResult
-    except ImportError:  # the record is not installed
-        return []
     return list(WorklistQueryResult.objects.filter(scheduled_step_id__in=sps_ids).select_related("scheduled_step")
                 .order_by("first_returned_at", "pk"))
 
 
 def accessions_of_patient(patient_id: str) -> list[str]:
     """Accession numbers of a patient (PID-3.1 / PatientID), newest order first."""
-    from ris.models import RequestedProcedure
-
     return list(RequestedProcedure.objects.filter(order__patient__identifiers__id_number=patient_id)
                 .order_by("-created_at").values_list("accession_number", flat=True).distinct()[:50])

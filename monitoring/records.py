@@ -1,9 +1,9 @@
-"""Records for the journey and for replays ; imported by ``monitoring.models``.
+"""Records for the accession journey and for replays; imported by ``monitoring.models``.
 
-``WorklistQueryResult``: which scheduled step the MWL returned to which calling AE, first and
-last time (one row per step and AE, upserted by ``pacs.dimse.mwl`` in one statement per query that returned items) -- before
-it MWL queries were logged only as counts, so "MWL returned to which modality" could not be
-answered per accession.
+``WorklistQueryResult``: which scheduled step the Modality Worklist (PS3.4 K.4.1) returned to
+which calling AE, first and last time: one row per step and AE, upserted in one statement per
+query that returned items (``monitoring.receivers``, on ``pacs.signals.worklist_items_returned``),
+so that "the MWL returned it to which modality" can be answered per accession.
 
 ``ReplayRecord``: an administrator reprocessed a failed inbound message or resent a failed
 outbound ORU: who, when, why, and what came of it.  The original row is never changed: an
@@ -14,8 +14,13 @@ through ``hl7gateway.outbox.actions.retry`` (same bytes, same MSH-10), which als
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
+
+log = logging.getLogger("monitoring.records")
 
 
 class WorklistQueryResult(models.Model):
@@ -62,12 +67,8 @@ class ReplayRecord(models.Model):
 
 
 def record_worklist_results(step_ids: list[int], calling_ae_title: str) -> None:
-    """Upsert one ``WorklistQueryResult`` per returned step in one statement (called by
-    pacs.dimse.mwl.on_c_find).  A failure is logged and does not fail the worklist answer."""
-    import logging
-
-    from django.utils import timezone
-
+    """Upsert one ``WorklistQueryResult`` per returned step in one statement (on a DIMSE database
+    thread, after a Modality Worklist C-FIND).  A failure is logged and does not fail the answer."""
     now = timezone.now()
     try:
         WorklistQueryResult.objects.bulk_create(
@@ -76,6 +77,6 @@ def record_worklist_results(step_ids: list[int], calling_ae_title: str) -> None:
             update_conflicts=True, unique_fields=["scheduled_step", "calling_ae_title"],
             update_fields=["last_returned_at"])
     except Exception as exc:  # noqa: BLE001 - the worklist answer goes out whatever happens here
-        logging.getLogger("monitoring.records").warning(
+        log.warning(
             "MWL results not recorded for the journey", extra={"calling_ae_title": calling_ae_title,
                                                                "error": str(exc)[:200]})

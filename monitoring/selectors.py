@@ -36,8 +36,8 @@ from hl7gateway.models import InboundMessage, InboundRefusal
 from hl7gateway.models.outbound import FAILED as ORU_FAILED
 from hl7gateway.models.outbound import PENDING as ORU_PENDING
 from hl7gateway.models.outbound import OutboundAttempt, OutboundDestination, OutboundMessage
-from monitoring.models import DicomOperation
-from pacs.models import DicomRefusal
+from monitoring.models import Alarm, DicomOperation
+from pacs.models import DicomRefusal, Study
 from pacs.models.transfers import FAILED as TRANSFER_FAILED
 from pacs.models.transfers import OPEN as TRANSFER_OPEN
 from pacs.models.transfers import Transfer, VnaDestination
@@ -369,8 +369,6 @@ def audit_interfaces(now: dt.datetime | None = None) -> list[dict]:
 
 def unmatched_summary(now: dt.datetime | None = None) -> tuple[int, float | None]:
     """(unmatched studies, age in seconds of the oldest) in one aggregate (for /metrics)."""
-    from pacs.models import Study
-
     agg = Study.objects.filter(requested_procedure__isnull=True, purged_at__isnull=True).aggregate(
         n=Count("id"), oldest=Min("first_received_at"))
     return agg["n"], _age_seconds(agg["oldest"], _now(now))
@@ -378,8 +376,6 @@ def unmatched_summary(now: dt.datetime | None = None) -> tuple[int, float | None
 
 def unmatched_studies(now: dt.datetime | None = None, *, calling_ae_title: str = "", limit: int = 200) -> list[dict]:
     """Studies without an order, oldest first, with their age in seconds (no patient name)."""
-    from pacs.models import Study
-
     now = _now(now)
     qs = Study.objects.filter(requested_procedure__isnull=True, purged_at__isnull=True)
     if calling_ae_title:
@@ -394,8 +390,6 @@ def unmatched_studies(now: dt.datetime | None = None, *, calling_ae_title: str =
 
 def console_alarms(now: dt.datetime | None = None, *, recent_hours: int = 72, limit: int = 100) -> dict:
     """Open alarms (oldest first) and those cleared in the last ``recent_hours`` (newest first)."""
-    from monitoring.models import Alarm
-
     now = _now(now)
     base = Alarm.objects.select_related("rule")
     return {

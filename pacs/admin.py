@@ -7,7 +7,7 @@ from django import forms
 from django.contrib import admin
 
 from pacs.models import DicomNode, DicomRefusal, PerformedInstance, PerformedProcedureStep
-from project.web_audit import AuditedAdmin
+from ris.audited_admin import AuditedAdmin
 
 
 @admin.register(DicomNode)

@@ -9,6 +9,8 @@ import os
 
 from celery import Celery, signals
 
+from project import secret_key
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 app = Celery("pacs")
@@ -33,8 +35,6 @@ def _refuse_without_secret_key(**kwargs) -> None:
     """The worker and beat run no system checks: they refuse to start without a SECRET_KEY of the
     operator's (project.secret_key), as every other process does."""
     from django.core.exceptions import ImproperlyConfigured
-
-    from project import secret_key
 
     try:
         secret_key.require()

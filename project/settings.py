@@ -81,7 +81,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "project.access.DefaultDenyMiddleware",
     # The signed-in user is the actor of the audit records of every change a request makes.
-    "project.web_audit.AuditActorMiddleware",
+    "audit.web.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns a sign-in refused for a lockout into the "locked" page (django-axes).
@@ -161,9 +161,9 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Celery's Django fixup closes the database connection before and after EVERY task unless
-# this is set: a new PostgreSQL backend per task (bench/RESULTS.md "ORU delivery").  Instead,
-# hl7gateway.tasks closes unusable or obsolete connections at task boundaries, as Django does
-# between requests (CONN_MAX_AGE, CONN_HEALTH_CHECKS).
+# this is set: a new PostgreSQL backend per task (its cost: bench/RESULTS.md, "ORU delivery").
+# Instead, project.celery closes unusable or obsolete connections at task
+# boundaries, as Django does between requests (CONN_MAX_AGE, CONN_HEALTH_CHECKS).
 CELERY_DB_REUSE_MAX = 1000
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_TIMEZONE = "UTC"

@@ -7,6 +7,7 @@ from django.http import JsonResponse
 from django.urls import include, path
 
 from accounts.signin import SignInView
+from monitoring import health as checks
 from monitoring import views as monitoring_views
 from project.access import public
 
@@ -15,8 +16,6 @@ from project.access import public
 def health(request):
     """Health of the web process: the database and the broker answer (monitoring.health).
     200 when both do, 503 otherwise; no patient data, no version details."""
-    from monitoring import health as checks
-
     results = {"database": checks.database(), "broker": checks.broker(timeout=2.0)}
     ok = all(results.values())
     return JsonResponse({"status": "ok" if ok else "failed", "checks": results}, status=200 if ok else 503)

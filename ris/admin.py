@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from project.web_audit import AuditedAdmin
+from ris.audited_admin import AuditedAdmin
 from ris.models import (
     Order,
     Patient,

@@ -2,9 +2,10 @@
 A.5.3.13 Order Record, A.5.3.14 Patient Record, A.5.3.15 Procedure Record; IHE ATNA).
 
 The services call :func:`change`; who acted is not a parameter of every service but the context
-the adapter sets with :func:`acting` (the web middleware: the user and the client address; the
-HL7 intake: MSH-3^MSH-4 with the message control ID).  Without one the actor is the engine
-itself (actor kind "system").
+the adapter sets with :func:`acting` (``audit.actors``, named here too for the services and the
+HL7 intake: the web middleware sets the user and the client address; the HL7 intake
+MSH-3^MSH-4 with the message control ID).  Without one the actor is the engine itself (actor
+kind "system").
 
 A change's record is written in the caller's transaction (``audit.trail.record``), so that it
 commits or rolls back with the change.  Inside :func:`collecting` (the HL7 intake) the records
@@ -21,53 +22,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 
 from django.conf import settings
 
 from audit import events, trail
+from audit.actors import ENGINE, Actor, acting, current_actor, hl7_actor_name  # noqa: F401 - named here for the services
+from ris.models import PatientIdentifier
+from ris.services import pg
 
-
-@dataclass(frozen=True)
-class Actor:
-    """The active participant of PS3.15 A.5.2: UserID (``name``) of ``kind``, from ``source_address``;
-    ``detail`` goes into every record made on its behalf (the HL7 message control ID)."""
-
-    name: str
-    kind: str
-    source_address: str = ""
-    detail: dict = field(default_factory=dict)
-
-
-ENGINE = Actor("pacs", events.SYSTEM)
-
-_actor: ContextVar[Actor | None] = ContextVar("ris_audit_actor", default=None)
 _pending: ContextVar[list | None] = ContextVar("ris_audit_pending", default=None)
-
-
-@contextmanager
-def acting(name: str, kind: str, *, source_address: str = "", detail: dict | None = None) -> Iterator[Actor]:
-    """Everything changed inside is recorded as done by this actor."""
-    actor = Actor(name or "unknown", kind, source_address, dict(detail or {}))
-    token = _actor.set(actor)
-    try:
-        yield actor
-    finally:
-        _actor.reset(token)
-
-
-def current_actor(fallback: str = "") -> Actor:
-    """The actor of the context; else the engine (named ``fallback`` when given, e.g. the calling
-    process or the AE title a service was handed)."""
-    actor = _actor.get()
-    if actor is not None:
-        return actor
-    return Actor(fallback, events.SYSTEM) if fallback else ENGINE
-
-
-def hl7_actor_name(sending_application: str, sending_facility: str) -> str:
-    """UserID of an HL7 peer (PS3.15 A.5.2): MSH-3 ^ MSH-4."""
-    return f"{sending_application}^{sending_facility}"
 
 
 @contextmanager
@@ -84,8 +47,6 @@ def collecting() -> Iterator[list]:
 def write_collected() -> None:
     pending = _pending.get()
     if pending:
-        from ris.services import pg
-
         trail.record_prepared(pending, cursor=pg.cursor)
         pending.clear()
 
@@ -119,8 +80,6 @@ def identity(identity_) -> tuple[str, str]:
 
 def patient_ids(patient_or_pk) -> list[tuple[str, str]]:
     """Every identifier of a patient (PID-3 repetitions): the patient as the trail names it."""
-    from ris.models import PatientIdentifier
-
     pk = getattr(patient_or_pk, "pk", patient_or_pk)
     if pk is None:
         return []

@@ -1,15 +1,31 @@
 """Signals the RIS domain sends so that other apps can follow its changes without ris
-importing them (ris imports nothing of ours).
+importing them (ris imports nothing of ours but audit and project).
 
-Both are sent inside the transaction that made the change:
+Every one is sent inside the transaction that makes the change, so that what a receiver
+writes commits or rolls back with it:
 
 - ``patient_changed`` (kwarg ``patient_id``): demographics updated (A08) or a merge (A40)
   moved studies to this patient.
 - ``procedure_changed`` (kwarg ``requested_procedure_id``): priority, procedure or
   accession data of a requested procedure changed (XO).
+- ``report_changing`` (kwargs ``requested_procedure_id``, ``user``): ``user`` is about to open,
+  change or sign the study's report.  A receiver refuses by raising ``ris.errors.DomainError``
+  (the reading worklist: another user holds the study's active reading claim); the report
+  service answers that refusal as ``ReportPermissionDenied``.
+- ``report_draft_saved`` (kwargs ``requested_procedure_id``, ``report_status``): the text of
+  the study's open draft was saved (autosave).
+- ``report_signed`` (kwargs ``report_version``, ``requested_procedure_id``, ``report_status``,
+  ``user``): a version was signed (OBR-25 P, F or C) and the report's status moved to
+  ``report_status``.  The reading worklist mirrors the status and gives back the signer's
+  claim; the HL7 gateway queues the ORU^R01 (HL7 v2.5.1 chapter 7) of the version, so that a
+  signed report is never left without its result message, and no result message is sent for a
+  signature that rolled back.
 """
 
 from django.dispatch import Signal
 
 patient_changed = Signal()
 procedure_changed = Signal()
+report_changing = Signal()
+report_draft_saved = Signal()
+report_signed = Signal()

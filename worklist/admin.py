@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.utils import timezone
 
-from project.web_audit import AuditedAdmin
+from ris.audited_admin import AuditedAdmin
 from worklist.models import ApiToken, ReadingClaim
 
 

@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from audit import events
-from project import web_audit
+from audit import web as web_audit
 from project.access import RADIOLOGIST, RESIDENT, declare_roles, has_role
 from ris import auditing as ris_auditing
 from ris.errors import DomainError, UnknownKey

@@ -20,7 +20,7 @@ from audit import events
 from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, has_role
 from ris import auditing, states
 from ris.errors import DomainError
-from ris.models import RequestedProcedure
+from ris.models import Report, RequestedProcedure
 from worklist.models import READ_STATUSES, UNREAD, ReadingClaim, ReadingItem, SavedFilter, name_key
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,9 @@ def mark_ready_for_reading(requested_procedure_id: int, *, ready_at: dt.datetime
 
     Idempotent: called again for the same study it keeps the first ``ready_at`` (time waiting
     does not restart when a late image arrives) and refreshes the copied columns.  Called by
-    the image pipeline when a study is complete and matched (shared reference section 1, step 7).
+    the image pipeline when a study is complete and matched (``pacs.signals.study_completed``;
+    radiology-workflow.md section 1, step 7).
     """
-    from ris.models import Report
-
     rp = RequestedProcedure.objects.select_related("order__patient").get(pk=requested_procedure_id)
     columns = _copied_columns(rp)
     with transaction.atomic():
@@ -116,7 +115,7 @@ def refresh_reading_items_for_patient(patient_id: int) -> int:
 
 
 def set_report_status(requested_procedure_id: int, report_status: str) -> None:
-    """Mirror the report status on the list row (called by ris.services.reports in its transaction)."""
+    """Mirror the report status on the list row (``worklist.receivers``, in the report's transaction)."""
     ReadingItem.objects.filter(requested_procedure_id=requested_procedure_id).exclude(
         report_status=report_status
     ).update(report_status=report_status, is_read=report_status in READ_STATUSES, updated_at=timezone.now())

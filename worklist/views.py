@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from audit import events
-from project import web_audit
+from audit import web as web_audit
 from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST, has_role, roles
 from ris.errors import DomainError
 from ris.models import Report, ReportTemplate

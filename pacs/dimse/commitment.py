@@ -21,6 +21,8 @@ from django.db import DatabaseError, InterfaceError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
+from pacs.services.routing import commitment
+
 log = logging.getLogger("pacs.dimse.commitment")
 
 PROCESSING_FAILURE = 0x0110
@@ -44,8 +46,6 @@ def report_from_dataset(ds) -> tuple[str, list[str], list[tuple[str, str]]]:
 
 
 def on_n_event_report(event):
-    from pacs.services.routing import commitment
-
     if event.request.EventTypeID not in (1, 2):
         return NO_SUCH_EVENT_TYPE, None
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pynetdicom.sop_class import Verification
 
+from pacs.dimse.counting import counted
 from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
 
 
@@ -16,6 +17,5 @@ def on_c_echo(event):
 
 
 def handlers():
-    from monitoring.dicom_log import counted  # per-AE counts (monitoring.DicomOperation)
-
+    # Each answer counted per calling AE and status (pacs.dimse.counting).
     return {"C-ECHO": counted("C-ECHO", on_c_echo)}

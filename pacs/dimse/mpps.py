@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from pacs.dimse import db
+from pacs.dimse.counting import counted
 from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
 from pacs.services import mpps as service
 
@@ -74,6 +75,5 @@ def on_n_set(event):
 
 
 def handlers():
-    from monitoring.dicom_log import counted  # per-AE counts (monitoring.DicomOperation)
-
+    # Each answer counted per calling AE and status (pacs.dimse.counting).
     return {"N-CREATE": counted("MPPS N-CREATE", on_n_create), "N-SET": counted("MPPS N-SET", on_n_set)}

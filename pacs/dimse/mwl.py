@@ -29,6 +29,7 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 from audit import events
 from pacs import auditing
 from pacs.dimse import db, policy
+from pacs.dimse.counting import counted
 from pacs.dimse.matching import (
     ISSUER_OF_PATIENT_ID,
     PATIENT_ID,
@@ -41,6 +42,7 @@ from pacs.dimse.matching import (
 )
 from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
 from pacs.lib.dicom_values import format_da, format_tm
+from pacs.signals import worklist_items_returned
 
 log = logging.getLogger("pacs.dimse.mwl")
 
@@ -263,10 +265,9 @@ def on_c_find(event):
         yield _failure(UNABLE_TO_PROCESS, "internal error"), None
         return
     log.info("mwl query", extra={"calling_ae_title": calling, "matches": len(rows)})
-    if rows:  # which step went to which modality, for the journey page (issue 6); never delays the answer
-        from monitoring.records import record_worklist_results
-
-        db.run_later(record_worklist_results, [row["pk"] for row in rows], calling)
+    if rows:  # which step went to which modality (the accession journey); never delays the answer
+        worklist_items_returned.send(sender=None, scheduled_step_ids=[row["pk"] for row in rows],
+                                     calling_ae_title=calling)
     encoder = ItemEncoder.for_query(matches, event.context.transfer_syntax)
     for answered, row in enumerate(rows):
         if event.is_cancelled:
@@ -308,7 +309,6 @@ def _failure(code: int, text: str) -> Dataset:
 
 
 def handlers():
-    from monitoring.dicom_log import counted  # per-AE counts (monitoring.DicomOperation)
-
+    # Each answer counted per calling AE and status (pacs.dimse.counting).
     return {"C-FIND": counted("MWL C-FIND", on_c_find)}
 

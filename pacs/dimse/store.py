@@ -43,7 +43,8 @@ from pydicom.uid import (
 from pynetdicom import sop_class as sc
 
 from pacs import auditing, storage
-from pacs.services import images, resends
+from pacs.dimse.counting import counted
+from pacs.services import completion, images, resends
 
 log = logging.getLogger("pacs.dimse.store")
 
@@ -206,8 +207,6 @@ def on_c_store(event):
     if result.mpps_completed:
         # This instance may be the last one a COMPLETED MPPS was waiting for.
         try:
-            from pacs.services import completion
-
             completion.check_study(result.study_id, cause="instance after MPPS COMPLETED")
         except Exception:  # noqa: BLE001 - stored and indexed; the sweep completes the study later
             log.exception("completion check after C-STORE failed")
@@ -217,6 +216,5 @@ def on_c_store(event):
 
 
 def handlers():
-    from monitoring.dicom_log import counted  # per-AE counts (monitoring.DicomOperation)
-
+    # Each answer counted per calling AE and status (pacs.dimse.counting).
     return {"C-STORE": counted("C-STORE", on_c_store)}

@@ -7,10 +7,10 @@ A study is complete when it is matched to its order and either
 
 Completing writes, in one transaction: the next batch number on every instance not sent
 yet, the study's status (``transition``), one transfer per enabled VNA destination for
-that batch (``pacs.services.routing.schedule.schedule_batch``), and the study on the reading
-worklist (``worklist.services.mark_ready_for_reading``).  The Celery tasks are queued
-after the commit.  A late instance re-opens the study (``pacs.services.images``) and the
-next completion sends only it.
+that batch (``pacs.services.routing.schedule.schedule_batch``), and what the receivers of
+``pacs.signals.study_completed`` write (the reading worklist lists the study).  The Celery
+tasks are queued after the commit.  A late instance re-opens the study
+(``pacs.services.images``) and the next completion sends only it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from django.utils import timezone
 from pacs.models import Instance, PerformedInstance, PerformedProcedureStep, Study
 from pacs.models import images as im
 from pacs.models import mpps as mp
-from pacs.signals import mpps_completed
+from pacs.services import order_matching
+from pacs.signals import mpps_completed, study_completed
 from ris.services.transitions import transition
 
 log = logging.getLogger("pacs.completion")
@@ -69,8 +70,6 @@ def check_study(study_id: int, *, now: dt.datetime | None = None, cause: str = "
         if study.status != im.RECEIVING:
             return False
         if study.requested_procedure_id is None:
-            from pacs.services import order_matching
-
             if not order_matching.match_study(study):
                 return False  # waits on the reconciliation page
         quiet = now - study.last_received_at >= dt.timedelta(seconds=settings.STUDY_QUIET_PERIOD_SECONDS)
@@ -86,8 +85,9 @@ def check_study(study_id: int, *, now: dt.datetime | None = None, cause: str = "
 
 def complete_study(study: Study, *, cause: str, now: dt.datetime) -> None:
     """Inside the caller's transaction, on a locked, matched study (see module docstring)."""
+    # Here, not at the top: routing loads pydicom, which the processes that only load the apps
+    # (this module listens to mpps_completed) would otherwise import at start (web, MLLP).
     from pacs.services.routing import schedule
-    from worklist.services import mark_ready_for_reading
 
     batch = study.batch + 1
     pending = Instance.objects.filter(study=study, batch__isnull=True)
@@ -99,7 +99,8 @@ def complete_study(study: Study, *, cause: str, now: dt.datetime) -> None:
     transition(study, im.COMPLETE, entity="study", cause=cause[:255], actor="completion")
     if pending_ids:
         schedule.schedule_batch(study, batch, pending_ids)
-    mark_ready_for_reading(study.requested_procedure_id, ready_at=now)
+    study_completed.send(sender=Study, study=study, requested_procedure_id=study.requested_procedure_id,
+                         completed_at=now)
     # accession_number is masked in the log output unless LOG_ACCESSION_NUMBERS (project.logs).
     log.info("study complete", extra={"study_id": study.pk, "batch": batch, "instances": len(pending_ids),
                                       "accession_number": study.accession_number})

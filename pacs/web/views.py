@@ -13,11 +13,11 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from audit import events
+from audit import web as web_audit
 from pacs.models import StoreConflict, Study, Transfer
 from pacs.models import transfers as tr
 from pacs.services import order_matching, resends
 from pacs.services.routing import actions as transfer_actions
-from project import web_audit
 from project.access import ADMINISTRATOR, TECHNOLOGIST, has_role, roles
 from ris import auditing as ris_auditing
 from ris.errors import DomainError

@@ -1,6 +1,6 @@
 """Report rules: drafts, signatures, addenda, critical results (one place for browser and API).
 
-Who may do what (radiology-workflow.md section 1 step 7):
+Who may do what (the roles of project.access):
 
 - draft (autosave): radiologist or resident;
 - sign PRELIMINARY (OBR-25 ``P``): radiologist or resident, while the report is not final;
@@ -9,11 +9,12 @@ Who may do what (radiology-workflow.md section 1 step 7):
   version that repeats the signed findings and impression and adds its own text: the signed
   versions are never changed.
 
-Nobody may change a report while another user holds the study's active reading claim
-(``worklist.services``).  Every signature, its ``Report`` status change (through
-``ris.services.transitions.transition``) and the outbound ORU^R01 rows
-(``hl7gateway.outbox.enqueue.enqueue_oru``) are committed in one transaction: a signed report is never
-left without its ORU, and an ORU is never sent for a signature that rolled back.
+Nobody may change a report while another user holds the study's active reading claim: the
+reading worklist refuses through ``ris.signals.report_changing``.  Every signature, its
+``Report`` status change (through ``ris.services.transitions.transition``) and what the
+receivers of ``ris.signals.report_signed`` write (the reading worklist's status and claim, the
+outbound ORU^R01 rows) are committed in one transaction: a signed report is never left without
+its ORU, and an ORU is never sent for a signature that rolled back.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ris.models.reports import (
     RESULT_STATUS,
 )
 from ris.services.transitions import transition
+from ris.signals import report_changing, report_draft_saved, report_signed
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +147,9 @@ def _open_draft(report: Report, user, kind: str) -> ReportVersion:
 
 
 def _check_claim(rp: RequestedProcedure, user) -> None:
-    from worklist.services import ensure_not_claimed_by_other
-
+    """Ask the receivers of ``report_changing`` whether ``user`` may change the report now."""
     try:
-        ensure_not_claimed_by_other(rp.pk, user)
+        report_changing.send(sender=Report, requested_procedure_id=rp.pk, user=user)
     except DomainError as exc:
         raise ReportPermissionDenied(str(exc)) from None
 
@@ -205,10 +206,7 @@ def save_draft(requested_procedure_id: int, user, *, findings: str | None = None
         draft.author = user
         draft.source = source
         draft.save()
-        if report.status == REPORT_DRAFT:  # the list shows "Draft" once someone has started writing
-            from worklist.services import set_report_status
-
-            set_report_status(rp.pk, REPORT_DRAFT)
+        report_draft_saved.send(sender=Report, requested_procedure_id=rp.pk, report_status=report.status)
     return draft
 
 
@@ -273,9 +271,6 @@ def sign(requested_procedure_id: int, user, kind: str, *, findings: str | None =
         transition(report, _STATUS_AFTER[kind], entity="report",
                    cause=f"{kind.lower()} signature of version {draft.version_number} ({source})",
                    actor=user.get_username())
-        from worklist.services import release_claim, set_report_status
-
-        set_report_status(rp.pk, report.status)
         # Procedure Record (PS3.15 A.5.3.15), in the signature's transaction: C for the first
         # signed version, U for every later one (final after preliminary, addendum).
         auditing.change(events.PROCEDURE_RECORD, events.CREATE if draft.version_number == 1 else events.UPDATE,
@@ -283,17 +278,10 @@ def sign(requested_procedure_id: int, user, kind: str, *, findings: str | None =
                         + [{"type": "report", "id": str(report.pk), "detail": f"version {draft.version_number}"}],
                         detail={"signed": kind, "version": draft.version_number, "source": source,
                                 "report_status": report.status}, actor=user.get_username())
-        release_claim(rp.pk, user, reason="SIGNED")
-        _enqueue_oru(draft.pk)
+        report_signed.send(sender=Report, report_version=draft, requested_procedure_id=rp.pk,
+                           report_status=report.status, user=user)
     log.info("report signed", extra={"report_id": report.pk, "version": draft.version_number, "kind": kind})
     return draft
-
-
-def _enqueue_oru(report_version_id: int) -> None:
-    """One outbound ORU^R01 row per destination, in the caller's transaction."""
-    from hl7gateway.outbox.enqueue import enqueue_oru
-
-    enqueue_oru(report_version_id)
 
 
 def history(requested_procedure_id: int) -> list[ReportVersion]:

@@ -8,7 +8,7 @@ from django.db import models
 from audit import events
 from ris import auditing, states
 from ris.errors import InvalidTransition
-from ris.models import StatusChange
+from ris.models import PatientIdentifier, StatusChange
 
 
 def transition(obj: models.Model, to_status: str, *, entity: str, cause: str, actor: str = "",
@@ -47,8 +47,6 @@ _AUDITED = {"sps", "requested_procedure"}
 def _audit(obj, entity: str, from_status: str, to_status: str, cause: str, actor: str) -> None:
     if entity not in _AUDITED:
         return
-    from ris.models import PatientIdentifier
-
     path = "patient__orders__procedures" if entity == "requested_procedure" else "patient__orders__procedures__steps"
     patients = PatientIdentifier.objects.filter(**{path: obj.pk}).values_list("id_number", "assigning_authority")
     auditing.change(events.PROCEDURE_RECORD, events.UPDATE, patients=list(patients),

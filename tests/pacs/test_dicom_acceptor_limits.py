@@ -349,9 +349,9 @@ def test_an_exception_in_a_handler_is_its_failure_status(dicom_server):
     """C-ECHO whose handler raises: 0x0110 (processing failure); a C-FIND whose generator
     raises after one match: the match, then 0xC000; the association goes on either way, and
     the failures are counted for the calling AE as the statuses answered."""
-    from monitoring.dicom_log import counted
     from monitoring.models import DicomOperation
     from pacs.dimse import db
+    from pacs.dimse.counting import counted
 
     def failing_echo(event):
         raise RuntimeError("handler bug")

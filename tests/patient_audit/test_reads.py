@@ -17,7 +17,7 @@ from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage, OutboundMessage
 from pacs.models import Instance, PerformedProcedureStep, Series, Study, StudyLink, Transfer, VnaDestination
 from pacs.models import images as im
-from project.web_audit import AuditedAdmin
+from ris.audited_admin import AuditedAdmin
 from ris.models import Patient, PatientMerge, ReportTemplate, StatusChange
 from tests.hl7gateway import outbox_helpers as oh
 from tests.worklist import factories
