@@ -189,7 +189,8 @@ def _store_and_apply(raw: bytes, peer: str, replay_of: int | None = None) -> byt
     except HL7Error as exc:
         parse_error = exc
     with transaction.atomic(durable=True):
-        # A replay (issue 6) is a new row with replay_of set: not a duplicate of its original.
+        # A replay (an operator reprocessing a stored message) is a new row with replay_of set: not
+        # a duplicate of its original.
         if msh is not None and msh.msh_10 and replay_of is None:
             original = _find_original(msh)
             if original is not None:

@@ -4,14 +4,13 @@ Django's PostgreSQL cursors bind parameters on the client and never prepare: eac
 is parsed and planned by PostgreSQL every time.  ``cursor()`` gives a cursor on Django's own
 connection (same transaction, Django's error wrapping, logged in debug and seen by
 ``CaptureQueriesContext``) whose statements psycopg prepares on first use, so PostgreSQL
-parses and plans each hot statement once per connection.  Measured on the HL7 intake (one NW
-order = four statements): 1.04 -> 0.76 ms of statement time per order.
+parses and plans each hot statement once per connection (bench/RESULTS.md has the numbers).
 
 On a connection that used it (set once, outside a transaction; until then the statements run
 unprepared): psycopg's ``prepare_threshold`` is set to a value never reached
 (Django's own statements stay unprepared) and ``plan_cache_mode = force_generic_plan`` (only
 prepared statements and PL/pgSQL plans are affected; the hot statements all find their rows
-through unique indexes, and a custom plan per execution cost 0.25 ms on the order lookup).
+through unique indexes, so a custom plan per execution would only cost planning time).
 Not for use behind a transaction-pooling proxy (pgbouncer in transaction mode), like any
 prepared statement.  Other databases get Django's ordinary cursor.
 """

@@ -19,7 +19,7 @@ from ris.models import (
     ScheduledProcedureStep,
     StatusChange,
 )
-from ris.services import orders, patients
+from ris.services import orders, patients, writers
 from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True, params=["sql", "orm"])
 def place_order_path(request, monkeypatch):
     """Every test on both ways of placing a new order (PostgreSQL statements, ORM)."""
-    monkeypatch.setattr(orders, "SQL_FAST_PATH", request.param == "sql")
+    monkeypatch.setattr(writers, "SQL_FAST_PATH", request.param == "sql")
     return request.param
 
 

@@ -1,8 +1,9 @@
-"""The PostgreSQL path of ``orders.place_order`` (two statements) against the ORM path.
+"""The two writers of a new order's plan (``ris.services.writers``): PostgreSQL statements
+(two for a known patient) against the ORM.
 
-The same messages are placed once through each path and the stored rows compared field by
+The same messages are placed once through each writer and the stored rows compared field by
 field (apart from keys, times and generated identifiers); the raw INSERTs must name every
-column of the models; the error cases give the same errors on both paths.
+column of the models; the error cases give the same errors, before anything is written.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from hl7gateway.parsing import parse
 from ris import auditing
 from ris.errors import DuplicateKey
 from ris.models import Order, Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep, Visit
-from ris.services import orders, patients
+from ris.services import orders, patients, plans, writers
+from ris.services.writers import postgres
 from tests.hl7gateway.intake_helpers import fixture
 
 pytestmark = pytest.mark.django_db
@@ -29,7 +31,7 @@ SKIP = {"id", "created_at", "updated_at", "order", "order_id", "patient", "patie
 
 @pytest.fixture(params=["sql", "orm"])
 def path(request, monkeypatch):
-    monkeypatch.setattr(orders, "SQL_FAST_PATH", request.param == "sql")
+    monkeypatch.setattr(writers, "SQL_FAST_PATH", request.param == "sql")
     return request.param
 
 
@@ -67,7 +69,7 @@ def snapshot(order_pk: int) -> dict:
 def test_both_paths_store_the_same_rows(name, monkeypatch):
     stored = {}
     for which, placer_suffix in (("orm", "-orm"), ("sql", "-sql")):
-        monkeypatch.setattr(orders, "SQL_FAST_PATH", which == "sql")
+        monkeypatch.setattr(writers, "SQL_FAST_PATH", which == "sql")
         cmd = command(name)
         cmd.placer_order_number += placer_suffix
         cmd.filler_order_number = cmd.filler_order_number and cmd.filler_order_number + placer_suffix
@@ -94,7 +96,7 @@ def test_both_paths_store_the_same_rows(name, monkeypatch):
 
 
 def _insert_columns(table: str) -> set[str]:
-    m = re.search(rf"INSERT INTO {table} \(([^)]*)\)", orders._PG_INSERT)
+    m = re.search(rf"INSERT INTO {table} \(([^)]*)\)", postgres._PG_INSERT)
     return {c.strip() for c in m.group(1).split(",")}
 
 
@@ -107,7 +109,7 @@ def test_the_insert_chain_names_every_column(model):
 def test_the_new_patient_insert_names_every_column():
     for model in (Patient, PatientIdentifier):
         table = model._meta.db_table
-        m = re.search(rf"INSERT INTO {table} \(([^)]*)\)", patients._PG_CREATE)
+        m = re.search(rf"INSERT INTO {table} \(([^)]*)\)", postgres._PG_CREATE)
         assert {c.strip() for c in m.group(1).split(",")} == {
             f.column for f in model._meta.concrete_fields if not f.primary_key}
 
@@ -115,7 +117,7 @@ def test_the_new_patient_insert_names_every_column():
 def test_new_patient_rows_are_the_same_on_both_paths(monkeypatch):
     stored = []
     for which, mrn in (("orm", "S3000003"), ("sql", "S3000004")):
-        monkeypatch.setattr(orders, "SQL_FAST_PATH", which == "sql")
+        monkeypatch.setattr(writers, "SQL_FAST_PATH", which == "sql")
         cmd = command("smallvendor_orm_o01_nw_lf.hl7", S3000003=mrn, SV30001=f"SV{which}")
         cmd.visit = cmd.visit or type(command("epic_orm_o01_nw.hl7").visit)(visit_number=f"V-{which}")
         effect = orders.place_order(cmd)
@@ -206,9 +208,7 @@ def test_duplicates_are_refused_the_same_way_on_both_paths(case, path):
     with pytest.raises(DuplicateKey) as exc:
         orders.place_order(cmd)
     assert exc.value.location == location and text in str(exc.value)
-    if path == "orm":
-        return  # the ORM path may have inserted the order before refusing; the caller rolls back
-    # the SQL path refuses before its INSERT chain
+    # the plan refuses before either writer writes
     assert (Order.objects.count(), RequestedProcedure.objects.count()) == before
 
 
@@ -229,3 +229,40 @@ def test_hot_statements_are_prepared_with_generic_plans():
     chain = [plans for statement, plans in prepared if "INSERT INTO ris_order" in statement]
     assert chain and sum(chain) == 3  # one statement text, both patient cases, executed 3 times
     assert Order.objects.filter(placer_order_number__startswith="PREP").count() == 3
+
+
+def test_other_identifiers_are_added_once_and_a_known_patient_takes_two_statements(path):
+    orders.place_order(command("epic_orm_o01_nw.hl7"))
+    patient = Patient.objects.get(identifiers__id_number="E1000001")
+    cmd = command("epic_orm_o01_nw.hl7", P10001="P10002", EA100001="EA900001", EA100002="EA900002",
+                  **{"1.2.826.0.1.3680043.10.1234.100": "1.2.826.0.1.3680043.10.1234.900"})
+    with auditing.collecting(), CaptureQueriesContext(connection) as queries:
+        effect = orders.place_order(cmd)
+    assert effect["patient"] == patient.pk
+    assert sorted(patient.identifiers.values_list("id_number", flat=True)) == ["900-00-0001", "E1000001"]
+    if path == "sql":  # lookup (the second identifier found held) and INSERT chain
+        assert len(queries.captured_queries) == 2, [q["sql"][:60] for q in queries.captured_queries]
+
+
+def test_a_patient_registered_between_read_and_write_is_read_again(path, monkeypatch):
+    """Another connection registered the patient after the lookup: the writer refuses the stale
+    plan before writing, and the order is placed on a fresh read."""
+    first = orders.place_order(command("smallvendor_orm_o01_nw_lf.hl7"))
+    store = writers.current()
+    read = store.read_new_order
+    reads = []
+
+    def stale_first(cmd):
+        seen = read(cmd)
+        if not reads:
+            seen.patient = plans.PatientSeen()  # as read before the other registration committed
+        reads.append(seen)
+        return seen
+
+    monkeypatch.setattr(store, "read_new_order", stale_first)
+    with auditing.collecting() as audit_records:
+        effect = orders.place_order(command("smallvendor_orm_o01_nw_lf.hl7", SV30001="SV30002"))
+    assert len(reads) == 2
+    assert effect["patient"] == first["patient"]
+    assert PatientIdentifier.objects.filter(id_number="S3000003").count() == 1
+    assert [(r.event_id, r.action) for r in audit_records] == [("110109", "C")]
