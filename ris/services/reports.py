@@ -203,9 +203,18 @@ def save_draft(requested_procedure_id: int, user, *, findings: str | None = None
                 draft.findings = findings
             if impression is not None:
                 draft.impression = impression
+        changed = [name for name, value in (("findings", findings), ("impression", impression),
+                                            ("addendum", addendum)) if value is not None]
         draft.author = user
         draft.source = source
         draft.save()
+        # Procedure Record U (PS3.15 A.5.3.15): the draft's text changed, by whom; the fields
+        # named, never their text (that is the report itself, not its audit).
+        auditing.change(events.PROCEDURE_RECORD, events.UPDATE,
+                        patients=auditing.patient_ids(rp.order.patient_id), objects=auditing.objects_of(rp)
+                        + [{"type": "report", "id": str(report.pk), "detail": f"draft version {draft.version_number}"}],
+                        detail={"draft": draft.kind, "version": draft.version_number, "source": source,
+                                "fields": changed}, actor=user.get_username())
         report_draft_saved.send(sender=Report, requested_procedure_id=rp.pk, report_status=report.status)
     return draft
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from audit import events
+from audit.models import AuditRecord
 from hl7gateway.models.outbound import OutboundDestination, OutboundMessage
 from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST
 from ris.models import Report, ReportTemplate, ReportVersion, StatusChange
@@ -49,6 +53,19 @@ def test_autosave_keeps_one_draft(people):
     versions = ReportVersion.objects.filter(report__requested_procedure=rp)
     assert versions.count() == 1 and versions.get().findings == "text 2"
     assert ReadingItem.objects.get(requested_procedure=rp).report_status == "DRAFT"
+
+
+def test_each_autosave_is_on_the_trail_naming_the_fields_not_their_text(people):
+    rp = f.study()
+    reports.save_draft(rp.pk, people["res"], findings="Secret finding words", impression="imp")
+    reports.save_draft(rp.pk, people["res"], impression="imp 2")
+    saves = [r for r in AuditRecord.records.filter(event_id=events.PROCEDURE_RECORD.value, action=events.UPDATE)
+             .order_by("id") if "fields" in r.detail]
+    assert [(r.actor, r.detail["fields"], r.detail["version"]) for r in saves] == [
+        ("res", ["findings", "impression"], 1), ("res", ["impression"], 1)]
+    for record in saves:
+        assert record.patients.exists()
+        assert "Secret finding words" not in json.dumps(record.detail) + json.dumps(record.objects)
 
 
 @pytest.mark.parametrize("role,kind,allowed", [
