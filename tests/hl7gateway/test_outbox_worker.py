@@ -20,9 +20,9 @@ from django.conf import settings
 from django.db import connection
 
 from hl7gateway.models import OutboundAttempt, OutboundMessage
-from tests.celery_worker import CeleryWorker
-from tests.hl7gateway import outbox_helpers as h
-from tests.mllp_sink import AA, AE, AR, SILENT, MLLPSink
+from tests.factories import oru as h
+from tests.support.celery_worker import CeleryWorker
+from tests.support.mllp_sink import AA, AE, AR, SILENT, MLLPSink
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

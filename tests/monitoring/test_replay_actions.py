@@ -1,4 +1,4 @@
-"""Replay with a record (issue 6, item 5): reprocess a failed inbound message through the intake's
+"""Replay with a record: reprocess a failed inbound message through the intake's
 own handle_payload (a new row with replay_of; the original unchanged), resend a failed ORU through
 the outbox's retry; administrators only, a reason required, every action recorded (who, when, why)."""
 
@@ -13,10 +13,10 @@ from hl7gateway.models import InboundMessage, OutboundAction, OutboundMessage
 from monitoring.records import ReplayRecord
 from project.access import ADMINISTRATOR, RADIOLOGIST
 from ris.models import Order, RequestedProcedure
-from tests.hl7gateway import outbox_helpers as h
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
-from tests.mllp_sink import AA, AR, MLLPSink
-from tests.worklist.factories import user
+from tests.factories import oru as h
+from tests.factories import user
+from tests.support.hl7 import ack_fields, fixture, with_control_id
+from tests.support.mllp_sink import AA, AR, MLLPSink
 
 pytestmark = pytest.mark.django_db
 

@@ -20,8 +20,8 @@ from pacs.models import transfers as tr
 from pacs.services import routing
 from ris.models import StatusChange
 from ris.services.transitions import transition
-from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
-from tests.pacs.orthanc import OrthancProcess
+from tests.support.dicom import port
+from tests.support.orthanc import OrthancProcess
 
 pytestmark = pytest.mark.django_db
 

@@ -19,7 +19,7 @@ from ris import auditing
 from ris.errors import DuplicateKey
 from ris.models import Order, Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep, Visit
 from ris.services import orders, patients
-from tests.hl7gateway.intake_helpers import fixture
+from tests.support.hl7 import fixture
 
 pytestmark = pytest.mark.django_db
 
