@@ -31,8 +31,8 @@ from django.utils import timezone
 
 from audit import chain, exports
 from audit.models import AuditExport, AuditRecord
+from project.audit_repository import Destination
 
-from .destination import Destination
 from .export import FIELDS, export_batch
 from .message import Engine
 from .syslog import SyslogSender

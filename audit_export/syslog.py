@@ -41,7 +41,7 @@ import termios
 import time
 from collections.abc import Sequence
 
-from .destination import Destination, parse_url
+from project.audit_repository import Destination, parse_url
 
 log = logging.getLogger(__name__)
 

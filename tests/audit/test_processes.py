@@ -110,7 +110,7 @@ def test_celery_worker_and_beat_record_their_start_and_stop(tmp_path):
     worker.stop()
     assert _activity("worker") == [START, STOP], worker.tail()
 
-    beat = subprocess.Popen([str(BIN / "celery"), "-A", "pacs", "beat", "--loglevel", "INFO",
+    beat = subprocess.Popen([str(BIN / "celery"), "-A", "project", "beat", "--loglevel", "INFO",
                              "-s", str(tmp_path / "beat-schedule")], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
