@@ -4,7 +4,7 @@ monitoring) follow it without pacs importing them.
 - ``mpps_completed`` (kwarg ``performed_procedure_step``): sent inside the transaction that
   moves an MPPS to COMPLETED (PS3.4 F.7.2.2); the study-completion service listens for it.
 - ``study_completed`` (kwargs ``study``, ``requested_procedure_id``, ``completed_at``): sent
-  inside the transaction that completes a matched study (radiology-workflow.md section 6); the
+  inside the transaction that completes a matched study (an MPPS COMPLETED or a quiet period); the
   reading worklist lists the study for reading in that transaction.
 - ``dicom_operation`` (kwargs ``calling_ae_title``, ``operation``, ``status``): a DIMSE
   operation was answered with ``status`` (PS3.7 Annex C) to the calling AE; sent after the

@@ -67,7 +67,7 @@ def mark_ready_for_reading(requested_procedure_id: int, *, ready_at: dt.datetime
     Idempotent: called again for the same study it keeps the first ``ready_at`` (time waiting
     does not restart when a late image arrives) and refreshes the copied columns.  Called by
     the image pipeline when a study is complete and matched (``pacs.signals.study_completed``;
-    radiology-workflow.md section 1, step 7).
+    IHE Scheduled Workflow: the study is ready to read once acquired and matched).
     """
     rp = RequestedProcedure.objects.select_related("order__patient").get(pk=requested_procedure_id)
     columns = _copied_columns(rp)

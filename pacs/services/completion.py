@@ -1,4 +1,5 @@
-"""Knowing a study is complete (radiology-workflow.md section 6; Orthanc's StableAge).
+"""Knowing a study is complete (an MPPS COMPLETED, PS3.4 F.7.2.2, or a quiet
+period like Orthanc's StableAge).
 
 A study is complete when it is matched to its order and either
 - an MPPS for it says COMPLETED (PS3.4 F.7.2.2) and every instance it lists has arrived, or

@@ -15,7 +15,8 @@ The rules:
 - a Series Instance UID stored under another study is refused (``InstanceConflict``): a series
   belongs to one study (PS3.3 7.1, the DICOM model of the real world);
 - a new study row keeps the patient and study attributes of its first instance and is matched
-  to its order (radiology-workflow.md section 1, step 5);
+  to its order (IHE Scheduled Workflow: by AccessionNumber (0008,0050), else as
+  ``pacs.services.order_matching`` says);
 - ModalitiesInStudy (0008,0061) gains the instance's Modality (0008,0060) when it is new;
 - a study no longer receiving (complete, archived) is re-opened by a late instance;
 - ``last_received_at`` (the start of the quiet period after which a study completes) moves

@@ -1,4 +1,5 @@
-"""Matching a received study to its order (radiology-workflow.md section 1, step 5).
+"""Matching a received study to its order (IHE Scheduled Workflow: AccessionNumber
+(0008,0050) first, then Study Instance UID, then patient, date and modality).
 
 In order: AccessionNumber (0008,0050) with its issuer when both sides have one; else
 StudyInstanceUID (0020,000D) as assigned at order time; else PatientID (0010,0020) with

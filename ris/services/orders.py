@@ -1,8 +1,8 @@
 """Orders: place, replace, status change, cancel, discontinue, complete (IHE RAD-2/RAD-4/RAD-13).
 
 ORC-1 (order control) + ORC-5 (order status) give the target status of the scheduled steps
-through ``ris.states.ORDER_CONTROL_TO_SPS_STATUS`` (shared reference section 3, dcm4chee's
-default).  Identifiers we assign come from ``ris.services.identifiers``; statuses change only
+through ``ris.states.ORDER_CONTROL_TO_SPS_STATUS`` (HL7 v2.5.1 tables 0119 and 0038, as
+dcm4chee maps them by default).  Identifiers we assign come from ``ris.services.identifiers``; statuses change only
 through ``ris.services.transitions.transition``.  Called inside the caller's transaction.
 
 A new order (NW, the hot path of the HL7 intake) is decided by ``ris.services.plans`` and

@@ -1,4 +1,4 @@
-"""Patients: register, update demographics, merge (IHE RAD-1, RAD-12; shared reference section 3).
+"""Patients: register, update demographics, merge (IHE RAD-1, RAD-12; HL7 v2.5.1 chapter 3).
 
 Called by the HL7 adapter (ADT, and the PID of every order) with ``ris.commands`` values,
 inside the caller's transaction.  Registering or updating a patient (A01/A04/A05/A08 and the

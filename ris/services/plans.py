@@ -7,7 +7,7 @@ returns a plan -- the rows to write, the numbers to assign, the audit records --
 chapter 2.15.5).  A writer per database kind (``ris.services.writers``) writes the plan as it
 is; none of them decides anything.
 
-The rules (IHE RAD TF-2 RAD-1/RAD-2/RAD-4/RAD-12, shared reference section 3):
+The rules (IHE RAD TF-2 RAD-1/RAD-2/RAD-4/RAD-12; HL7 v2.5.1 chapters 3 and 4):
 
 - patient: found by the primary PID-3 identifier (PID-3.1 under PID-3.4), the survivor when it
   was merged (A40); a patient seen for the first time is registered with that identifier; the

@@ -1,4 +1,5 @@
-"""Routing complete studies to the VNA (radiology-workflow.md section 6; conventions: outbox rows).
+"""Routing complete studies to the VNA (IHE RAD-TF Scheduled Workflow: the
+image archive's copy; one transfer row per study batch and destination).
 
 * ``destinations``: the VNAs, from the admin and ``VNA_DESTINATIONS``;
 * ``schedule``: one ``Transfer`` per enabled destination for a study's batch, with one
