@@ -193,6 +193,11 @@ def test_undecodable_identifier_bytes_answered_a900(dicom_server):
             _, rsp = assoc.dimse.get_msg(block=True)
         finally:
             assoc._reactor_checkpoint.set()
+            # Let the reactor resume before the C-ECHO pauses it again: until its thread wakes it
+            # still reads as paused, and the echo's answer would reach it as unexpected.
+            deadline = time.monotonic() + 10
+            while assoc._is_paused and time.monotonic() < deadline:
+                time.sleep(0.0001)
         assert rsp is not None and rsp.Status == 0xA900
         assert assoc.send_c_echo().Status == 0x0000
     finally:
