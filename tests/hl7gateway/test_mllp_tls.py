@@ -127,8 +127,15 @@ def test_client_refused_at_the_handshake_while_the_declared_ehr_is_served(listen
     assert sorted(InboundMessage.objects.values_list("message_control_id", flat=True)) == ["TLS00001", "TLS00002"]
     assert Order.objects.count() == 2
     # each refusal is a Security Alert on the audit trail (PS3.15 A.5.3.11, Node Authentication)
-    trail.flush()
-    alerts = AuditRecord.records.filter(event_id=events.SECURITY_ALERT.value)
+    # The listener counts a refusal and then hands its record to the writer thread: wait for the
+    # third record to be handed over and written, not only for the count.
+    deadline = time.monotonic() + 15
+    while True:
+        trail.flush()
+        alerts = list(AuditRecord.records.filter(event_id=events.SECURITY_ALERT.value))
+        if len(alerts) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert [(a.actor_kind, a.source_address, a.outcome, a.event_type) for a in alerts] == [
         ("hl7", "127.0.0.1", events.SERIOUS_FAILURE, events.NODE_AUTHENTICATION.value)] * 3
 
