@@ -199,19 +199,31 @@ def finish_locked(t: Transfer, *, cause: str) -> str:
     return tr.COMMITTED
 
 
+def _locked_for_outcome(transfer_id: int, reason: str) -> tuple[Transfer, bool]:
+    """The transfer, locked, and whether it is still in progress; if so, with the attempt's reason
+    and its lease released.  One cancelled or finished meanwhile keeps its outcome."""
+    t = Transfer.objects.select_for_update().get(pk=transfer_id)
+    if t.status not in (tr.IN_PROGRESS, tr.COMMITTING):
+        return t, False
+    t.reason = reason[:2000]
+    t.lease_expires_at = None
+    return t, True
+
+
+def _failed(t: Transfer, cause: str) -> str:
+    t.finished_at = timezone.now()
+    t.save(update_fields=["reason", "lease_expires_at", "finished_at"])
+    transition(t, tr.FAILED, entity="transfer", cause=cause[:255], actor="routing")
+    return tr.FAILED
+
+
 def _retry_later(transfer_id: int, reason: str) -> str:
     with transaction.atomic():
-        t = Transfer.objects.select_for_update().get(pk=transfer_id)
-        if t.status not in (tr.IN_PROGRESS, tr.COMMITTING):
+        t, in_progress = _locked_for_outcome(transfer_id, reason)
+        if not in_progress:
             return t.status
-        t.reason = reason[:2000]
-        t.lease_expires_at = None
         if t.attempts >= settings.TRANSFER_MAX_ATTEMPTS:
-            t.finished_at = timezone.now()
-            t.save(update_fields=["reason", "lease_expires_at", "finished_at"])
-            transition(t, tr.FAILED, entity="transfer", cause=f"gave up after {t.attempts} attempts: {reason}"[:255],
-                       actor="routing")
-            return tr.FAILED
+            return _failed(t, f"gave up after {t.attempts} attempts: {reason}")
         delay = backoff_seconds(t.attempts)
         t.next_attempt_at = timezone.now() + dt.timedelta(seconds=delay)
         t.save(update_fields=["reason", "lease_expires_at", "next_attempt_at"])
@@ -223,14 +235,10 @@ def _retry_later(transfer_id: int, reason: str) -> str:
 
 def _fail(transfer_id: int, reason: str) -> str:
     with transaction.atomic():
-        t = Transfer.objects.select_for_update().get(pk=transfer_id)
-        if t.status not in (tr.IN_PROGRESS, tr.COMMITTING):
+        t, in_progress = _locked_for_outcome(transfer_id, reason)
+        if not in_progress:
             return t.status
-        t.reason = reason[:2000]
-        t.lease_expires_at = None
-        t.finished_at = timezone.now()
-        t.save(update_fields=["reason", "lease_expires_at", "finished_at"])
-        transition(t, tr.FAILED, entity="transfer", cause=f"permanent: {reason}"[:255], actor="routing")
+        _failed(t, f"permanent: {reason}")
     log.error("transfer failed", extra={"transfer_id": transfer_id})
     return tr.FAILED
 
