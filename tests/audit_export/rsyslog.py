@@ -132,7 +132,9 @@ class Rsyslog:
         if not self.output.exists():
             return []
         found = []
-        for line in self.output.read_bytes().split(b"\n"):
+        # rsyslog's omfile may be caught mid-write: only lines ended by their newline are whole.
+        *lines, _unfinished = self.output.read_bytes().split(b"\n")
+        for line in lines:
             if not line:
                 continue
             parts = line.split(SEPARATOR.encode(), len(FIELDS) - 1)
