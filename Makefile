@@ -1,6 +1,7 @@
 # One command to run the engine, one to run the tests (see README.md).
 #   make run   - set up and start every process on the embedded defaults (SQLite, filesystem broker)
 #   make test  - set up and run the whole test suite on PostgreSQL and Redis
+#   make test-quick - the unit tier alone (no database, broker or peers), in under a minute
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -12,7 +13,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 # Not the embedded default: the engine needs a SECRET_KEY (pacs.E008); this one is for tests only.
 TEST_SECRET_KEY ?= test-run-only-not-a-production-key-6f1d0c9b2a7e4f3d8c5b
 
-.PHONY: run test venv venv-dev services migrate admin lint bench clean
+.PHONY: run test test-quick venv venv-dev services migrate admin lint bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: installing python3-venv"; \
@@ -55,6 +56,11 @@ test: venv-dev services
 	$(BIN)/lint-imports
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) SECRET_KEY=$(TEST_SECRET_KEY) $(BIN)/python manage.py makemigrations --check --dry-run
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) SECRET_KEY=$(TEST_SECRET_KEY) $(BIN)/pytest $(PYTEST_ARGS)
+
+# The unit tier (pytest -m unit: no database, no broker, no sockets; tests/conftest.py gives
+# every test its tier).  Needs neither PostgreSQL nor Redis running.
+test-quick: venv-dev
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) SECRET_KEY=$(TEST_SECRET_KEY) $(BIN)/pytest -m unit -q $(PYTEST_ARGS)
 
 # Every benchmark, each on a PostgreSQL database of its own (they fill and empty it), peers
 # (dcmtk, Orthanc, python-hl7) started by the scripts.  Results: bench/RESULTS.md.

@@ -56,9 +56,9 @@ os.environ["VNA_DESTINATIONS"] = ""
 
 import store  # noqa: E402 - bench/store.py: database, engine process, study, storescu helpers
 
-from tests.celery_worker import CeleryWorker  # noqa: E402
-from tests.pacs.mpps_data import n_create_for, n_set_for  # noqa: E402
-from tests.pacs.orthanc import OrthancProcess  # noqa: E402
+from tests.support.celery_worker import CeleryWorker  # noqa: E402
+from tests.support.mpps import n_create_for, n_set_for  # noqa: E402
+from tests.support.orthanc import OrthancProcess  # noqa: E402
 
 # Production's process options (Procfile).
 RUN_DICOM_ARGS = ("--workers", "2")

@@ -164,7 +164,7 @@ def start(cmd: list[str], env: dict) -> tuple[subprocess.Popen, int]:
 def tls_setup(env: dict, client_certificates: str) -> tuple[tuple[str, str, str], list[str]]:
     """A throw-away CA with the engine's and the EHR's certificates; the listener's environment
     and arguments for MLLP over TLS on a free port.  Returns the client's files and the arguments."""
-    from tests.tls_certs import TestPKI
+    from tests.support.tls_certs import TestPKI
 
     pki = TestPKI(Path(tempfile.mkdtemp(prefix="hl7-bench-tls-")))
     engine = pki.issue("engine", dns=["localhost"], ips=["127.0.0.1"])

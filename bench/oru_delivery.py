@@ -1,7 +1,7 @@
 """ORU^R01 delivery benchmark: signed reports through the outbox and a real Celery worker to an
 MLLP sink that ACKs at once (target: >= 200 reports/s end to end).
 
-Runs, side by side in one run, against the same sink (``tests/mllp_sink.py``, in this process):
+Runs, side by side in one run, against the same sink (``tests/support/mllp_sink.py``, in this process):
 
 * ``engine``  -- the real path: N reports signed through ``ris.services.reports.sign`` in one
   transaction (two destinations, billing and EHR: 2 N outbound rows); the clock starts at the
@@ -304,7 +304,7 @@ def main() -> None:
     from django.core.management import call_command
 
     from hl7gateway.models import OutboundDestination
-    from tests.mllp_sink import MLLPSink
+    from tests.support.mllp_sink import MLLPSink
 
     call_command("migrate", verbosity=0)
     sink = MLLPSink(record_payloads=False).start()

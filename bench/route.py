@@ -82,8 +82,8 @@ def bench_tls(store, workdir: Path, images: int, runs: int) -> dict:
 
     from pacs import scu_dcmtk
     from pacs.models import VnaDestination
-    from tests.pacs.orthanc import OrthancProcess, OrthancTLS
-    from tests.tls_certs import TestPKI
+    from tests.support.orthanc import OrthancProcess, OrthancTLS
+    from tests.support.tls_certs import TestPKI
 
     pki = TestPKI(workdir / "pki")
     own = pki.issue("PACS", dns=["localhost"], ips=["127.0.0.1"])

@@ -49,7 +49,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 os.environ["TCP_NODELAY"] = "1"
 os.environ.setdefault("VNA_DESTINATIONS", "")
 
-from tests.pacs.orthanc import OrthancProcess, write_study  # noqa: E402
+from tests.support.orthanc import OrthancProcess, write_study  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 PROFILE_ROUTE = False
@@ -194,7 +194,7 @@ def median(rows: list[dict]) -> dict:
 def bench_tls(workdir: Path, images: int, runs: int) -> dict:
     """Per run, one study into four receivers: the engine in clear and over TLS, an Orthanc in
     clear and one with DICOM TLS; the order turns each run."""
-    from tests.tls_certs import TestPKI
+    from tests.support.tls_certs import TestPKI
 
     pki = TestPKI(workdir / "pki")
     server = pki.issue("localhost", dns=["localhost"], ips=["127.0.0.1"])

@@ -22,8 +22,8 @@ from monitoring.metrics import DatabaseCollector, render
 from monitoring.models import CERTIFICATE_EXPIRY, Alarm, AlarmRule
 from project.access import ADMINISTRATOR
 from project.checks import check_tls_files, tls_deployment_warnings
-from tests.tls_certs import TestPKI
-from tests.worklist.factories import user
+from tests.factories import user
+from tests.support.tls_certs import TestPKI
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# The engine's own processes (manage.py), each on a database of its own: the socket tier.
+ENGINE_PROCESS = pytest.mark.socket
 
 
 def _manage(*args: str, env_extra: dict[str, str], drop=("DATABASE_URL", "CELERY_BROKER_URL"), tmp_path=None):
@@ -23,6 +29,7 @@ def _manage(*args: str, env_extra: dict[str, str], drop=("DATABASE_URL", "CELERY
                           timeout=120)
 
 
+@ENGINE_PROCESS
 def test_bad_values_are_named_by_system_checks(tmp_path):
     result = _manage("check", tmp_path=tmp_path, env_extra={
         "HL7_MLLP_PORT": "twenty-five-seventy-five",
@@ -44,6 +51,7 @@ def test_bad_values_are_named_by_system_checks(tmp_path):
     assert "pacs.E005" in out
 
 
+@ENGINE_PROCESS
 def test_no_environment_means_sqlite_and_a_filesystem_broker(tmp_path):
     result = _manage("check", tmp_path=tmp_path, env_extra={})
     assert result.returncode == 0, result.stderr
@@ -57,6 +65,7 @@ def test_no_environment_means_sqlite_and_a_filesystem_broker(tmp_path):
     assert (mllp, dicom, aet, web) == ("2575", "11112", "PACS", "8000")
 
 
+@ENGINE_PROCESS
 def test_deploy_checks_warn_about_sqlite_and_fail_on_dicom_open_to_everyone(tmp_path):
     result = _manage("check", "--deploy", tmp_path=tmp_path, env_extra={})
     out = result.stderr + result.stdout
@@ -77,6 +86,7 @@ def test_deploy_checks_warn_about_sqlite_and_fail_on_dicom_open_to_everyone(tmp_
     assert wider.returncode == 0 and "pacs.W001" in out and "pacs.E006" not in out, out
 
 
+@ENGINE_PROCESS
 def test_former_dicom_allow_unknown_ae_still_works_and_is_named(tmp_path):
     show = "from django.conf import settings as s; print(s.DICOM_UNKNOWN_AE_FROM)"
     for value, expected in [("false", "[]"), ("true", "['0.0.0.0/0', '::/0']")]:
@@ -89,6 +99,7 @@ def test_former_dicom_allow_unknown_ae_still_works_and_is_named(tmp_path):
     assert both.returncode != 0 and re.search(r"pacs\.E001.*DICOM_ALLOW_UNKNOWN_AE.*replaced", both.stderr + both.stdout)
 
 
+@ENGINE_PROCESS
 def test_bad_dicom_nodes_and_unknown_ae_networks_are_named(tmp_path):
     result = _manage("check", tmp_path=tmp_path, env_extra={
         "DICOM_NODES": "CT1@10.1.2.3:mwl+mpps+store,US2@10.1.4.0/24:print", "DICOM_UNKNOWN_AE_FROM": "10.0.0.300"})
@@ -122,6 +133,7 @@ def _without_secret(*args: str, tmp_path, env_extra: dict[str, str]):
                    drop=("DATABASE_URL", "CELERY_BROKER_URL", "SECRET_KEY"))
 
 
+@ENGINE_PROCESS
 def test_no_secret_key_outside_the_embedded_default_refuses_to_start(tmp_path):
     for extra in ({"DATABASE_URL": POSTGRES}, {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/7"},
                   {"DATABASE_URL": POSTGRES, "CELERY_BROKER_URL": "redis://127.0.0.1:6379/7"}):
@@ -138,6 +150,7 @@ def test_no_secret_key_outside_the_embedded_default_refuses_to_start(tmp_path):
     assert chosen.returncode == 0, chosen.stderr
 
 
+@ENGINE_PROCESS
 def test_embedded_default_generates_a_private_key_once_and_keeps_it(tmp_path):
     first = _without_secret("shell", "-c", SHOW_KEY, tmp_path=tmp_path, env_extra={})
     assert first.returncode == 0, first.stderr
@@ -151,6 +164,7 @@ def test_embedded_default_generates_a_private_key_once_and_keeps_it(tmp_path):
     assert [p.name for p in path.parent.iterdir() if "secret" in p.name] == ["secret.key"], "no temporary left"
 
 
+@ENGINE_PROCESS
 def test_two_installations_get_two_keys(tmp_path):
     keys = []
     for name in ("one", "two"):

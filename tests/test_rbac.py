@@ -1,4 +1,4 @@
-"""Role matrix of the whole project (reliability W-06): every URL pattern x anonymous and every role.
+"""Role matrix of the whole project: every URL pattern x anonymous and every role.
 
 The test walks Django's URL resolver (every app, the admin included), builds a concrete URL for
 each pattern and requests it as anonymous and as a user of each role, then asserts the
@@ -18,34 +18,26 @@ written, so a changed declaration on them is noticed as well.
 
 from __future__ import annotations
 
-import re
-import secrets
-
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.test import Client, override_settings
-from django.urls import get_resolver, path, resolve
-from django.urls.resolvers import RegexPattern, RoutePattern
+from django.urls import path, resolve
 
 from project.access import (
     ADMINISTRATOR,
     PRIVACY_OFFICER,
     RADIOLOGIST,
     RESIDENT,
-    ROLES,
     TECHNOLOGIST,
-    declared_roles,
     roles,
 )
-from worklist.models import ApiToken
+from tests.support.urls import ADMIN_SITE, PUBLIC, sample_regex, sample_route, view_declaration, walk
 
 # Every role that works with studies: all but the privacy officer, who sees the audit page only.
 CLINICAL = frozenset({RADIOLOGIST, RESIDENT, TECHNOLOGIST, ADMINISTRATOR})
 AUDITORS = frozenset({PRIVACY_OFFICER, ADMINISTRATOR})
 READERS = frozenset({RADIOLOGIST, RESIDENT})
 ADMIN_ONLY = frozenset({ADMINISTRATOR})
-PUBLIC = "public"
-ADMIN_SITE = "admin-site"
 
 # Declarations of the pages known when this test was written: url name -> outcome.
 EXPECTED: dict[str, object] = {
@@ -65,7 +57,7 @@ EXPECTED: dict[str, object] = {
     "worklist:templates": ADMIN_ONLY,
     "worklist:template_new": ADMIN_ONLY,
     "worklist:template_edit": ADMIN_ONLY,
-    # Images (h4): reconciliation of unmatched studies, VNA transfers.
+    # Images: reconciliation of unmatched studies, VNA transfers.
     "imaging:reconciliation": frozenset({TECHNOLOGIST, ADMINISTRATOR}),
     "imaging:reconcile_study": frozenset({TECHNOLOGIST, ADMINISTRATOR}),
     "imaging:link_study": frozenset({TECHNOLOGIST, ADMINISTRATOR}),
@@ -73,15 +65,15 @@ EXPECTED: dict[str, object] = {
     "imaging:transfers": frozenset({TECHNOLOGIST, ADMINISTRATOR}),
     "imaging:retry_transfer": ADMIN_ONLY,
     "imaging:cancel_transfer": ADMIN_ONLY,
-    # Outbound ORU operator page (h5).
+    # Outbound ORU operator page.
     "interfaces:outbound": ADMIN_ONLY,
     "interfaces:outbound_detail": ADMIN_ONLY,
     "interfaces:outbound_retry": ADMIN_ONLY,
     "interfaces:outbound_cancel": ADMIN_ONLY,
-    # Prometheus metrics (issue 6 part A, h7): public, restricted by address or token in the view.
+    # Prometheus metrics: public, restricted by address or token in the view.
     "monitoring:metrics": PUBLIC,
     "metrics": PUBLIC,
-    # Operator's console, journey and replays (issue 6 part B, h8).
+    # Operator's console, journey and replays.
     "monitoring:console": ADMIN_ONLY,
     "monitoring:journey": ADMIN_ONLY,
     "monitoring:replays": ADMIN_ONLY,
@@ -97,63 +89,6 @@ EXPECTED: dict[str, object] = {
     ("token", "worklist:api_sign"): READERS,
     ("token", "worklist:api_addendum"): READERS,
 }
-
-_ROUTE_SAMPLES = {"int": "1", "str": "x1", "slug": "x1", "path": "x1", "uuid": "00000000-0000-0000-0000-000000000001"}
-
-
-def _sample_route(route: str) -> str:
-    return re.sub(r"<(?:(\w+):)?\w+>", lambda m: _ROUTE_SAMPLES.get(m.group(1) or "str", "1"), route)
-
-
-def _sample_regex(regex: str) -> str:
-    def group(m):
-        body = m.group(1)
-        alternatives = body.split("|")
-        if all(re.fullmatch(r"[\w.-]+", a) for a in alternatives):
-            return alternatives[0]
-        return "1" if ("\\d" in body or "0-9" in body) else "x1"
-
-    text = re.sub(r"\(\?P<\w+>((?:[^()]|\([^()]*\))*)\)", group, regex)
-    return text.replace("^", "").replace("$", "").replace("\\", "")
-
-
-def walk(patterns=None, prefix="", namespace=""):
-    """Yield (url, name, view) for every leaf pattern of the project."""
-    for p in patterns if patterns is not None else get_resolver().url_patterns:
-        piece = _sample_regex(p.pattern._regex) if isinstance(p.pattern, RegexPattern) else _sample_route(
-            str(p.pattern) if isinstance(p.pattern, RoutePattern) else str(p.pattern))
-        if hasattr(p, "url_patterns"):
-            ns = p.namespace or ""
-            yield from walk(p.url_patterns, prefix + piece, f"{namespace}:{ns}".strip(":") if ns else namespace)
-        else:
-            name = f"{namespace}:{p.name}" if namespace and p.name else (p.name or f"{namespace}:<unnamed>")
-            yield "/" + prefix + piece, name, p.callback
-
-
-def _declaration(name: str, view):
-    if name in ("admin:login", "admin:logout"):  # the admin's own login form, like /accounts/login/
-        return PUBLIC
-    if name.split(":")[0] == "admin":
-        return ADMIN_SITE
-    declared = declared_roles(view)
-    if declared is None:
-        return None
-    if getattr(view, "api_auth", None) == "token":
-        return ("token", declared)
-    return declared
-
-
-@pytest.fixture
-def people(db):
-    users = {}
-    for role in ROLES:
-        u = User.objects.create_user(f"rbac_{role}", password="x-Rbac-Pass-1")
-        u.groups.add(Group.objects.get(name=role))
-        key = secrets.token_urlsafe(16)
-        ApiToken.objects.create(user=u, name="rbac", key_sha256=ApiToken.digest(key))
-        users[role] = (u, key)
-    return users
-
 
 def _request(client: Client, url: str, **headers):
     r = client.get(url, **headers)
@@ -174,7 +109,7 @@ def matrix_failures(people, superuser, *, expected=EXPECTED) -> list[str]:
                 if (key[1] if isinstance(key, tuple) else key) not in names]
     for url, name, view in patterns:
         match = resolve(url.split("?")[0])
-        declaration = _declaration(name, view)
+        declaration = view_declaration(name, view)
         if declaration is None:
             failures.append(f"{url} ({name}): the view declares no roles (@roles / @public)")
             continue
@@ -253,9 +188,9 @@ def _check(url, name, declaration, people, superuser) -> list[str]:
 
 
 def test_sample_urls_for_regex_patterns():
-    assert _sample_regex(r"^(?P<app_label>auth|ris)/$") == "auth/"
-    assert _sample_regex(r"(?P<url>.*)$") == "x1"
-    assert _sample_route("reading/studies/<int:requested_procedure_id>/") == "reading/studies/1/"
+    assert sample_regex(r"^(?P<app_label>auth|ris)/$") == "auth/"
+    assert sample_regex(r"(?P<url>.*)$") == "x1"
+    assert sample_route("reading/studies/<int:requested_procedure_id>/") == "reading/studies/1/"
 
 
 # A URL configuration with one view that declares nothing and one that declares wrongly.

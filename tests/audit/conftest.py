@@ -5,15 +5,8 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from django.db import connection
 
-
-def conninfo(dbname: str | None = None) -> str:
-    s = connection.settings_dict
-    return psycopg.conninfo.make_conninfo(
-        host=s["HOST"] or "127.0.0.1", port=s["PORT"] or 5432, user=s["USER"], password=s["PASSWORD"] or None,
-        dbname=dbname or s["NAME"],
-    )
+from tests.support.postgres import conninfo
 
 
 @pytest.fixture

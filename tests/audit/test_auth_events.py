@@ -82,7 +82,7 @@ def test_a_failed_login_is_committed_before_the_answer():
     """Durable before the response: another connection sees it at once (no later writer)."""
     import psycopg
 
-    from tests.audit.conftest import conninfo
+    from tests.support.postgres import conninfo
 
     Client(REMOTE_ADDR="192.0.2.60").post("/accounts/login/", {"username": "nobody", "password": "x"})
     with psycopg.connect(conninfo()) as other:

@@ -19,8 +19,8 @@ from django.db import connection
 
 from audit import events
 from audit.models import AuditRecord
-from tests.celery_worker import CeleryWorker
-from tests.conftest import free_port
+from tests.support.celery_worker import CeleryWorker
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = r'''
@@ -74,6 +76,7 @@ def _run(args, env):
                           timeout=300)
 
 
+@pytest.mark.socket  # the engine's own processes (manage.py) on SQLite
 def test_the_audit_trail_on_sqlite(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
     env.update(VAR_DIR=str(tmp_path), DATABASE_URL=f"sqlite:///{tmp_path / 'audit.sqlite3'}")

@@ -13,19 +13,17 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 from django.utils import timezone
-from lxml import etree
 
 from audit import chain, events, exports, trail
 from audit.models import AuditExport, AuditRecord
 from audit_export import run, tasks
-from audit_export.syslog import BOM
 from monitoring import selectors, services
 from monitoring.models import AUDIT_BACKLOG, Alarm
 from project.access import ADMINISTRATOR
-from tests.audit.conftest import conninfo
-from tests.audit_export.rsyslog import Rsyslog
-from tests.monitoring.helpers import mail_settings_fixture, rule  # noqa: F401
-from tests.worklist.factories import user
+from tests.factories import rule, user
+from tests.support.audit_records import actors, login
+from tests.support.postgres import conninfo
+from tests.support.rsyslog import Rsyslog
 
 
 @pytest.fixture
@@ -39,21 +37,6 @@ def repository(tmp_path, settings):
     if run._SENDER is not None:
         run._SENDER[2].close()
     run._SENDER = None
-
-
-def login(n: int) -> AuditRecord:
-    """A login of user ``n`` (the actor names the record in what the repository receives)."""
-    return trail.record(events.USER_AUTHENTICATION, event_type=events.LOGIN, action=events.EXECUTE,
-                        actor=f"test.user{n}", actor_kind=events.USER, source_address="10.0.0.21")
-
-
-def actors(received) -> list[str]:
-    """The requestor's UserID of each message received, in the order the repository wrote them."""
-    out = []
-    for message in received:
-        xml = message.raw.split(b" ", 7)[7][len(BOM):]
-        out.append(etree.fromstring(xml).find("ActiveParticipant").get("UserID"))
-    return out
 
 
 def cursor() -> AuditExport:

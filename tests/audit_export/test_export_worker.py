@@ -15,9 +15,9 @@ from django.conf import settings
 from django.db import connection
 
 from audit.models import AuditExport, AuditRecord
-from tests.audit_export.rsyslog import Rsyslog
-from tests.audit_export.test_export_run import actors, login
-from tests.celery_worker import CeleryWorker
+from tests.support.audit_records import actors, login
+from tests.support.celery_worker import CeleryWorker
+from tests.support.rsyslog import Rsyslog
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

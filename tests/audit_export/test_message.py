@@ -4,16 +4,12 @@ fields each A.5.3 table asks for."""
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import pytest
 from lxml import etree
 
-import audit_export
 from audit_export.message import AuditMessageError, Engine, to_xml
-from tests.audit_export.records import ENGINE, PATIENT, RECORDS, STUDY, record
-
-SCHEMA = etree.RelaxNG(etree.parse(str(Path(audit_export.__file__).with_name("audit-message.rng"))))
+from tests.support.audit_records import ENGINE, PATIENT, RECORDS, SCHEMA, STUDY, record
 
 
 def validated(message: bytes) -> etree._Element:

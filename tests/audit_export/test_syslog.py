@@ -14,10 +14,9 @@ from audit_export.message import to_xml
 from audit_export.syslog import BOM, UDP_MAX_IPV4, MessageTooLarge, SyslogSender, format_message, octet_counted
 from project import tls
 from project.audit_repository import Destination, parse_url
-from tests.audit_export.records import ENGINE, PATIENT, RECORDS, STUDY, WHEN, record
-from tests.audit_export.rsyslog import Rsyslog, TLSFiles
-from tests.audit_export.test_message import SCHEMA
-from tests.tls_certs import TestPKI
+from tests.support.audit_records import ENGINE, PATIENT, RECORDS, SCHEMA, STUDY, WHEN, record
+from tests.support.rsyslog import Rsyslog, TLSFiles
+from tests.support.tls_certs import TestPKI
 
 # Three records with outcomes 0, 4 and 8, and a patient name outside ASCII: MSG-LEN counts octets.
 UMLAUT_PATIENT = {**PATIENT, "detail": {"PatientName": "MÜLLER^TEST"}}
@@ -196,7 +195,7 @@ def test_a_record_that_cannot_be_a_message_is_skipped_logged_by_seq_and_the_curs
 def test_the_cursor_stops_before_what_was_not_sent(tmp_path):
     """With nothing listening, a batch whose first record cannot be rendered moves the cursor
     past that record only."""
-    from tests.conftest import free_port
+    from tests.support.net import free_port
 
     broken = {**RECORDS["patient record update"], "seq": 41, "objects": []}
     with SyslogSender(f"syslog+tcp://127.0.0.1:{free_port()}", timeout=2) as sender:

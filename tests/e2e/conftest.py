@@ -44,13 +44,3 @@ def new_page(browser):
     yield make
     for ctx in contexts:
         ctx.close()
-
-
-def login(page, live_server, username: str, password: str = "pw-For-Tests-1"):
-    page.goto(f"{live_server.url}/")
-    assert "/accounts/login/" in page.url  # every page asks for a login first
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{live_server.url}/")
-    return page

@@ -10,8 +10,8 @@ from django.contrib.auth.models import Group, User
 from django.contrib.sessions.backends.db import SessionStore
 
 from accounts import sessions
-from tests.e2e.conftest import login
-from tests.ldap_server import PASSWORD as DIRECTORY_PASSWORD
+from tests.support.browser import login
+from tests.support.ldap_server import PASSWORD as DIRECTORY_PASSWORD
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 PW = "pw-For-Tests-1"

@@ -8,8 +8,8 @@ import pytest
 from audit import events, trail
 from audit.models import AuditRecord
 from project.access import PRIVACY_OFFICER, RADIOLOGIST
-from tests.e2e.conftest import login
-from tests.worklist import factories as f
+from tests.factories import reading as f
+from tests.support.browser import login
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

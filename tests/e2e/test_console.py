@@ -10,9 +10,9 @@ from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage
 from monitoring.records import ReplayRecord
 from project.access import ADMINISTRATOR, RADIOLOGIST
-from tests.e2e.conftest import login
-from tests.hl7gateway.intake_helpers import fixture, with_control_id
-from tests.worklist import factories as f
+from tests.factories import reading as f
+from tests.support.browser import login
+from tests.support.hl7 import fixture, with_control_id
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 

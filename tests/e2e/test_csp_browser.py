@@ -9,8 +9,8 @@ from django.contrib.auth.models import Group, User
 
 from project.access import ADMINISTRATOR, RADIOLOGIST
 from project.csp import POLICY
-from tests.e2e.conftest import login
-from tests.worklist import factories as f
+from tests.factories import reading as f
+from tests.support.browser import login
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
 

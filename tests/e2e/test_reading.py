@@ -4,19 +4,18 @@ a final report -- and the ORU^R01 arriving at an MLLP sink through a real Celery
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import pytest
-import redis
-from django.conf import settings
 from django.utils import timezone
 
 from hl7gateway.models import OutboundDestination, OutboundMessage
 from project.access import RADIOLOGIST
 from ris.models import ReportVersion
-from tests.e2e.conftest import login
-from tests.mllp_sink import MLLPSink
-from tests.worklist import factories as f
+from tests.factories import reading as f
+from tests.support.browser import login
+from tests.support.celery_worker import oru_worker
+from tests.support.mllp_sink import MLLPSink
+from tests.support.waiting import wait_until
 from worklist.models import ReadingClaim
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -88,32 +87,13 @@ def test_two_radiologists_race_for_one_study(live_server, new_page):
     loser.wait_for_selector("#report-editor")
 
 
-@pytest.fixture
-def broker():
-    r = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    r.flushdb()
-    yield r
-    r.flushdb()
-
-
-def _wait(predicate, timeout, what, worker=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{worker.tail()}" if worker else ""))
-
-
 def test_sign_final_report_and_oru_reaches_the_sink(live_server, new_page, tmp_path, broker, settings):
-    from tests.hl7gateway.oru_worker import Worker  # the ORU tests' worker configuration
-
     settings.VIEWER_URL_TEMPLATE = "https://viewer.example/viewer?StudyInstanceUIDs={study_instance_uid}"
     rp = f.study(priority="STAT", patient_name="SIGNED^SAM", description="CT CHEST")
     f.user("rad_s", RADIOLOGIST, first_name="Sara", last_name="Signer")
     with MLLPSink() as sink:
         OutboundDestination.objects.create(name="ehr", host="127.0.0.1", port=sink.port)
-        worker = Worker(tmp_path, "h3e2e").start()
+        worker = oru_worker(tmp_path, "h3e2e").start()
         try:
             page = login(new_page(), live_server, "rad_s")
             page.click(f"tr[data-accession='{rp.accession_number}'] a")
@@ -129,7 +109,7 @@ def test_sign_final_report_and_oru_reaches_the_sink(live_server, new_page, tmp_p
             assert "Signed final" in page.content()
             version = ReportVersion.objects.get(report__requested_procedure=rp)
             assert (version.kind, version.result_status, version.signer_name) == ("FINAL", "F", "Signer^Sara")
-            _wait(lambda: OutboundMessage.objects.filter(status="DELIVERED").count() == 1, 60, "ORU delivered",
+            wait_until(lambda: OutboundMessage.objects.filter(status="DELIVERED").count() == 1, 60, "ORU delivered",
                   worker)
         finally:
             worker.stop()

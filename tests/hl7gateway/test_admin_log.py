@@ -9,7 +9,7 @@ from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage
 from hl7gateway.server import MLLPServer
 from ris.models import Order
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, unframe
+from tests.support.hl7 import ack_fields, fixture, unframe
 
 
 @pytest.mark.socket

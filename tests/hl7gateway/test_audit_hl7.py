@@ -12,10 +12,9 @@ from audit.models import AuditPatient, AuditRecord
 from hl7gateway.models import OutboundMessage
 from hl7gateway.outbox import delivery
 from hl7gateway.server import MLLPServer
-from tests.hl7gateway import outbox_helpers as h
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
-from tests.hl7gateway.mllp_edge import connect, exchange
-from tests.mllp_sink import AR, MLLPSink
+from tests.factories import oru as h
+from tests.support.hl7 import ack_fields, connect, exchange, fixture, with_control_id
+from tests.support.mllp_sink import AR, MLLPSink
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
 

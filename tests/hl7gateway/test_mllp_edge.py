@@ -16,8 +16,8 @@ import pytest
 
 from hl7gateway.models import InboundMessage
 from ris.models import Order
-from tests.hl7gateway.intake_helpers import ack_fields, new_order, with_control_id
-from tests.hl7gateway.mllp_edge import connect, exchange, rss_kb
+from tests.support.hl7 import ack_fields, connect, exchange, new_order, rss_kb, with_control_id
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
 
@@ -42,13 +42,6 @@ def ehr_is_served(port: int) -> None:
     assert ack["msa_1"] == "AA", ack
 
 
-def wait_until(condition, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
-
-
 def closed_by_peer(sock: socket.socket, timeout: float = 10.0) -> bool:
     sock.settimeout(timeout)
     try:
@@ -62,7 +55,7 @@ def test_idle_connections_from_one_host_do_not_lock_the_ehr_out(listener):
     before = rss_kb()
     idle = [connect(server.port, ATTACKER) for _ in range(100)]
     try:
-        wait_until(lambda: server.stats["refused_per_address"] == 96)
+        wait_for(lambda: server.stats["refused_per_address"] == 96)
         assert sum(closed_by_peer(s, 0.5) for s in idle[4:]) == 96  # closed at once
         assert len(server._conns) == 4
         for _ in range(3):
@@ -73,7 +66,7 @@ def test_idle_connections_from_one_host_do_not_lock_the_ehr_out(listener):
     finally:
         for s in idle:
             s.close()
-    wait_until(lambda: not server._conns)  # the slots are given back
+    wait_for(lambda: not server._conns)  # the slots are given back
 
 
 @pytest.mark.parametrize("start, drip", [
@@ -118,12 +111,17 @@ def test_line_ends_after_a_frame_do_not_start_the_deadline(listener):
     """A sender that writes CR LF after its frame, then waits longer than the deadline before the
     next message, is not cut: only bytes of a message (or junk beyond a few line ends) count."""
     server = listener(message_deadline=1.0, idle_timeout=60)
-    with connect(server.port, EHR) as sock:
+    with connect(server.port, EHR) as sock, connect(server.port, EHR) as witness:
         assert ack_fields(exchange(sock, ehr_order()))["msa_1"] == "AA"
         sock.sendall(b"\r\n")
-        time.sleep(1.5)  # longer than the deadline, far below the idle timeout
+        # A witness starts a message after the line ends and never finishes it: the listener
+        # cuts it at its deadline, so by the time it is cut the line ends' deadline would have
+        # passed too, had they started one (no sleep that hopes the time went by).
+        witness.sendall(b"\x0bMSH|")
+        assert closed_by_peer(witness)
+        wait_for(lambda: server.stats["deadline_cuts"] == 1, 10, message="the witness's cut counted")
         assert ack_fields(exchange(sock, ehr_order()))["msa_1"] == "AA"
-    assert server.stats["deadline_cuts"] == 0
+    assert server.stats["deadline_cuts"] == 1  # the witness's alone
 
 
 def pid3_repeated(n: int) -> bytes:
@@ -190,7 +188,7 @@ def test_ehr_is_served_while_another_host_floods_repetitions(listener, settings)
     before = rss_kb()
     flooder.start()
     try:
-        wait_until(lambda: len(sent) >= 3)
+        wait_for(lambda: len(sent) >= 3)
         for _ in range(5):
             ehr_is_served(server.port)
     finally:

@@ -10,14 +10,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from hl7.client import MLLPClient
 
 from hl7gateway.models import InboundMessage
 from ris.models import Order, RequestedProcedure, ScheduledProcedureStep
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, recv_frame, unframe, with_control_id
+from tests.support.hl7 import ack_fields, fixture, recv_frame, unframe, with_control_id
+from tests.support.postgres import database_url
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
 
@@ -130,7 +131,8 @@ def test_truncated_frame_is_not_acknowledged_nor_stored(listener):
         s.sendall(b"\x0b" + orm(7)[:60])
         s.shutdown(socket.SHUT_WR)
         assert recv_frame(s) is None  # closed without ACK
-    time.sleep(0.2)
+    # The listener closes a connection only when it is done with its bytes (the end of its read
+    # loop): whatever it would have stored is stored before the close this client just read.
     assert InboundMessage.objects.count() == 0 and Order.objects.count() == 0
     assert send(server.port, orm(8))["msa_1"] == "AA"  # the listener is fine
 
@@ -153,7 +155,7 @@ def test_idle_timeout_and_connection_cap(listener):
     server = listener(idle_timeout=1.0, max_connections=2)
     a = socket.create_connection(("127.0.0.1", server.port))
     b = socket.create_connection(("127.0.0.1", server.port))
-    time.sleep(0.2)
+    wait_for(lambda: server.stats["connections"] == 2, 10, message="the listener admitted a and b")
     c = socket.create_connection(("127.0.0.1", server.port))
     c.settimeout(5)
     assert c.recv(10) == b""  # refused: closed at once
@@ -231,12 +233,6 @@ def test_concurrent_first_orders_for_new_patients_create_each_patient_once(liste
     assert Patient.objects.count() == 5
 
 
-def _test_database_url(db: dict) -> str:
-    """DATABASE_URL of the test database, for a listener started as a separate process."""
-    cred = db["USER"] + (f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else "")
-    return f"postgres://{cred}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 def _run_mllp(env_extra: dict) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "manage.py", "run_mllp", "--host", "127.0.0.1", "--port", "0"],
@@ -265,9 +261,7 @@ def test_run_mllp_command_answers_ae_when_database_is_down():
 
 
 def test_run_mllp_command_stores_orders(settings):
-    from django.db import connection
-
-    url = _test_database_url(connection.settings_dict)
+    url = database_url()
     proc, port = _run_mllp({"DATABASE_URL": url})
     try:
         assert send(port, fixture("cerner_orm_o01_nw_crlf.hl7"))["msa_1"] == "AA"
@@ -300,7 +294,7 @@ def test_database_connection_lost_mid_stream_gives_ae_then_recovers(listener):
 
 
 def test_intake_is_durable_outermost_transaction_with_synchronous_commit(listener):
-    """Reliability H-03: the ingest block is the outermost atomic(durable=True) and the
+    """The ingest block is the outermost atomic(durable=True) and the
     listener's sessions run with synchronous_commit=on."""
     from django.db import connection, transaction
 
@@ -318,9 +312,7 @@ def test_intake_is_durable_outermost_transaction_with_synchronous_commit(listene
 
 
 def test_run_mllp_with_two_worker_processes_sharing_the_port():
-    from django.db import connection
-
-    url = _test_database_url(connection.settings_dict)
+    url = database_url()
     env = {**os.environ, "DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "manage.py", "run_mllp", "--host", "127.0.0.1", "--port", "0",
                              "--workers", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -340,14 +332,12 @@ def test_run_mllp_with_two_worker_processes_sharing_the_port():
 
 
 def test_peer_closing_right_after_sending_still_gets_its_message_stored(listener):
-    """Reliability H-11: the message is processed, the failed ACK write is only logged; a resend
+    """The message is processed, the failed ACK write is only logged; a resend
     would be answered from the stored ACK."""
     server = listener()
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(b"\x0b" + orm(50) + b"\x1c\r")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not Order.objects.filter(placer_order_number="PL000050").exists():
-        time.sleep(0.05)
+    wait_for(lambda: Order.objects.filter(placer_order_number="PL000050").exists(), 10, message="the order stored")
     assert Order.objects.filter(placer_order_number="PL000050").count() == 1
     assert send(server.port, orm(50))["msa_1"] == "AA"  # the resend: duplicate, stored ACK
     assert Order.objects.count() == 1 and InboundMessage.objects.get().duplicate_count == 1

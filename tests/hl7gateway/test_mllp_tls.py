@@ -1,6 +1,6 @@
 """MLLP over TLS inbound: the real listener with ``project.tls.server_context``, driven by Python's
 ``ssl`` module as the EHR's client (a third-party TLS stack, not the engine's client), with
-certificates of a test CA (``tests.tls_certs``)."""
+certificates of a test CA (``tests.support.tls_certs``)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from hl7gateway.mllp import frame
 from hl7gateway.models import InboundMessage
 from project.tls import server_context
 from ris.models import Order
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, new_order, recv_frame
-from tests.tls_certs import TestPKI
+from tests.support.hl7 import ack_fields, fixture, new_order, recv_frame
+from tests.support.postgres import database_url
+from tests.support.tls_certs import TestPKI
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
 
@@ -198,11 +199,7 @@ def test_handshake_not_finished_within_the_deadline_is_cut(listener, pki, how):
 
 
 def test_run_mllp_opens_the_tls_port_next_to_the_clear_one(pki, settings):
-    from django.db import connection
-
-    from tests.hl7gateway.test_mllp_listener import _test_database_url
-
-    env = {**os.environ, "DATABASE_URL": _test_database_url(connection.settings_dict), "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, "DATABASE_URL": database_url(), "PYTHONUNBUFFERED": "1",
            "TLS_CERTIFICATE": settings.TLS_CERTIFICATE, "TLS_PRIVATE_KEY": settings.TLS_PRIVATE_KEY,
            "TLS_CA_CERTIFICATES": settings.TLS_CA_CERTIFICATES, "HL7_MLLP_TLS_CLIENT_CERTIFICATES": "required"}
     with socket.socket() as probe:  # --tls-port 0 means off: take a free port

@@ -12,7 +12,7 @@ from django.utils import timezone
 from hl7gateway import oru
 from hl7gateway.models import OutboundMessage
 from ris.models import PatientIdentifier
-from tests.hl7gateway import outbox_helpers as h
+from tests.factories import oru as h
 
 pytestmark = pytest.mark.django_db
 

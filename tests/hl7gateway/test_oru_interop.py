@@ -13,7 +13,7 @@ import pytest
 
 from hl7gateway.models import OutboundMessage
 from hl7gateway.outbox import delivery
-from tests.hl7gateway import outbox_helpers as h
+from tests.factories import oru as h
 
 pytestmark = pytest.mark.django_db
 

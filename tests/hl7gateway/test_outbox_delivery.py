@@ -14,8 +14,8 @@ from hl7gateway import client
 from hl7gateway.models import OutboundAction, OutboundAttempt, OutboundMessage
 from hl7gateway.outbox import actions, delivery, publish, queue, rules, sweep
 from ris.models import StatusChange
-from tests.hl7gateway import outbox_helpers as h
-from tests.mllp_sink import AA, AE, AR, CLOSE, SILENT, MLLPSink
+from tests.factories import oru as h
+from tests.support.mllp_sink import AA, AE, AR, CLOSE, SILENT, MLLPSink
 
 pytestmark = pytest.mark.django_db
 

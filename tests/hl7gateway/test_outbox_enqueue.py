@@ -14,7 +14,7 @@ from hl7gateway.models import OutboundDestination, OutboundMessage
 from hl7gateway.outbox import actions, content, delivery, destinations, enqueue, publish, rules
 from ris.errors import UnknownKey
 from ris.models import StatusChange
-from tests.hl7gateway import outbox_helpers as h
+from tests.factories import oru as h
 
 pytestmark = pytest.mark.django_db
 

@@ -9,10 +9,11 @@ import pytest
 from hl7gateway import client
 from hl7gateway.models import OutboundDestination, OutboundMessage
 from hl7gateway.outbox import delivery, destinations
-from tests.hl7gateway import outbox_helpers as h
-from tests.hl7gateway.oru_worker import Worker, broker, wait_until  # noqa: F401 (broker: a fixture)
-from tests.mllp_sink import MLLPSink, tls_context
-from tests.tls_certs import TestPKI
+from tests.factories import oru as h
+from tests.support.celery_worker import oru_worker as Worker
+from tests.support.mllp_sink import MLLPSink, tls_context
+from tests.support.tls_certs import TestPKI
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,8 +13,8 @@ from django.utils import timezone
 from hl7gateway.models import OutboundAction, OutboundMessage
 from hl7gateway.outbox import delivery
 from project.access import ADMINISTRATOR
-from tests.hl7gateway import outbox_helpers as h
-from tests.mllp_sink import AR, MLLPSink
+from tests.factories import oru as h
+from tests.support.mllp_sink import AR, MLLPSink
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from helper modules
 """ORU delivery end to end with a REAL Celery worker process (``celery -A project worker -B``) on the
 pytest database and Redis, to a real MLLP sink: down then up, AE then AA, AR, and a worker
 SIGKILLed mid-send.
@@ -11,14 +10,14 @@ delivery task is published by ``transaction.on_commit`` after the signing transa
 from __future__ import annotations
 
 import sys
-import time
 
 import pytest
 
 from hl7gateway.models import OutboundAttempt, OutboundMessage
-from tests.hl7gateway import outbox_helpers as h
-from tests.hl7gateway.oru_worker import Worker, broker, wait_until  # noqa: F401 (broker: a fixture)
-from tests.mllp_sink import AA, AE, AR, SILENT, MLLPSink
+from tests.factories import oru as h
+from tests.support.celery_worker import oru_worker as Worker
+from tests.support.mllp_sink import AA, AE, AR, SILENT, MLLPSink
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -78,7 +77,9 @@ def test_ar_fails_at_once_and_is_shown_to_the_operator(worker, sink, client):
     h.sign_report(h.study(), h.radiologist())
     row = OutboundMessage.objects.get()
     wait_until(lambda: statuses() == ["FAILED"], 30, "the AR to fail the message", worker)
-    time.sleep(1.5)  # a sweep or two later: still one attempt, nothing resent
+    # Two sweeps after the failure (each re-queues what it finds due): still one attempt, nothing resent.
+    sweeps = worker.finished("hl7gateway.sweep_outbound")
+    worker.wait_finished("hl7gateway.sweep_outbound", sweeps + 2)
     assert sink.count == 1 and row.attempts.count() == 1
     admin = h.radiologist("ops")
     admin.is_superuser = True

@@ -10,7 +10,7 @@ from hl7gateway.acks import build_ack, encode_ack, escape
 from hl7gateway.mapping import map_message
 from hl7gateway.parsing import HL7Error, Segment, parse, read_msh
 from ris.commands import MergePatients, OrderCommand, RegisterPatient, UpdatePatient
-from tests.hl7gateway.intake_helpers import FIXTURES, ack_fields, fixture, with_control_id
+from tests.support.hl7 import FIXTURES, ack_fields, fixture, with_control_id
 
 
 @pytest.mark.parametrize("name,terminator", [

@@ -17,8 +17,7 @@ from hl7gateway import senders
 from hl7gateway.models import DeclaredSender, InboundMessage, InboundRefusal
 from hl7gateway.server import MLLPServer
 from ris.models import Order, PatientIdentifier
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, recv_frame, with_control_id
-from tests.hl7gateway.mllp_edge import connect, exchange
+from tests.support.hl7 import ack_fields, connect, exchange, fixture, recv_frame, with_control_id
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
 

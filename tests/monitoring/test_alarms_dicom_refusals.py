@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from helper modules
 """Associations refused by the DICOM association policy (an unknown calling AE from another
 address) open one alarm per source address on the operator's console, notified once however
 often that address is refused again, and cleared after the rule's window without a refusal.
@@ -20,8 +19,8 @@ from monitoring import services
 from monitoring.models import DICOM_REFUSED, Alarm, AlarmRule
 from pacs.dimse import db
 from pacs.models import DicomRefusal
-from tests.monitoring.helpers import mail_settings_fixture, rule, webhook_fixture  # noqa: F401
-from tests.pacs.dicom_server import associate_from, listen_fixture  # noqa: F401
+from tests.factories import rule
+from tests.support.dicom import associate_from
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,11 +18,11 @@ from pacs.models import transfers as tr
 from pacs.services import completion, order_matching
 from pacs.services.routing import actions, transfers
 from ris.models import RequestedProcedure
-from tests.conftest import free_port
-from tests.hl7gateway.intake_helpers import ack_fields, fixture
-from tests.monitoring.helpers import mail_settings_fixture, rule, webhook_fixture  # noqa: F401
-from tests.pacs.imaging_helpers import engine, new_uid, port, pynetdicom_store, store_dir  # noqa: F401
-from tests.pacs.orthanc import make_instance
+from tests.factories import rule
+from tests.support.dicom import new_uid, port, pynetdicom_store
+from tests.support.hl7 import ack_fields, fixture
+from tests.support.net import free_port
+from tests.support.orthanc import make_instance
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

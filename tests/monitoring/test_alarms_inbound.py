@@ -14,28 +14,14 @@ from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage
 from monitoring import services
 from monitoring.models import ERROR_RATE, INBOUND_SILENCE, Alarm
-from tests.conftest import free_port
-from tests.hl7gateway.intake_helpers import ack_fields, new_order
-from tests.monitoring.helpers import WebhookSink, mail_settings_fixture, rule, webhook_fixture  # noqa: F401
+from tests.factories import backdate_inbound as backdate
+from tests.factories import rule
+from tests.support.hl7 import SENDER, ack_fields, unsupported
+from tests.support.hl7 import new_order as order
+from tests.support.net import free_port
+from tests.support.webhook import WebhookSink
 
 pytestmark = pytest.mark.django_db
-
-SENDER = "EPIC^SYNTH_HOSP"
-
-
-def order(control_id: str) -> bytes:
-    """A new order (its own placer number, accessions and Study UIDs) from EPIC^SYNTH_HOSP."""
-    return new_order(control_id)
-
-
-def unsupported(control_id: str) -> bytes:
-    """A message type we do not accept: answered AR."""
-    return order(control_id).replace(b"ORM^O01", b"QRY^Q01", 1)
-
-
-def backdate(minutes: float) -> None:
-    InboundMessage.objects.update(received_at=timezone.now() - dt.timedelta(minutes=minutes))
-
 
 def test_quiet_sender_opens_once_and_clears_once(mail_settings, webhook, mailoutbox):
     assert ack_fields(handle_payload(order("Q1")))["msa_1"] == "AA"

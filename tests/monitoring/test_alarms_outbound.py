@@ -13,10 +13,10 @@ from hl7gateway.models import OutboundDestination, OutboundMessage
 from hl7gateway.outbox import delivery
 from monitoring import services
 from monitoring.models import ERROR_RATE, OUTBOUND_BACKLOG, Alarm
-from tests.conftest import free_port
-from tests.hl7gateway import outbox_helpers as h
-from tests.mllp_sink import MLLPSink
-from tests.monitoring.helpers import mail_settings_fixture, rule, webhook_fixture  # noqa: F401
+from tests.factories import oru as h
+from tests.factories import rule
+from tests.support.mllp_sink import MLLPSink
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.django_db
 

@@ -16,9 +16,8 @@ from monitoring import selectors, services
 from monitoring.metrics import DatabaseCollector
 from monitoring.models import HL7_REFUSED, INBOUND_SILENCE, Alarm, AlarmRule
 from project.access import ADMINISTRATOR
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
-from tests.monitoring.helpers import rule
-from tests.worklist.factories import user
+from tests.factories import rule, user
+from tests.support.hl7 import ack_fields, fixture, with_control_id
 
 pytestmark = pytest.mark.django_db
 

@@ -17,8 +17,8 @@ from monitoring.models import Alarm, AlarmRule, DicomOperation
 from pacs.models import Study, Transfer, VnaDestination
 from pacs.models import transfers as tr
 from project.access import ADMINISTRATOR, RADIOLOGIST, TECHNOLOGIST
-from tests.hl7gateway.intake_helpers import fixture, with_control_id
-from tests.worklist.factories import user
+from tests.factories import user
+from tests.support.hl7 import fixture, with_control_id
 
 pytestmark = pytest.mark.django_db
 

@@ -18,9 +18,9 @@ from django.db import connection
 
 from hl7gateway.server import MLLPServer
 from monitoring.models import DicomOperation
-from tests.conftest import free_port
-from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
-from tests.pacs.routing_helpers import Worker
+from tests.support.celery_worker import routing_worker as Worker
+from tests.support.dicom import port
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parents[2]

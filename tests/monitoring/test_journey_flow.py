@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from helper modules
 """One accession's journey driven through the whole flow with the real parts: an ORM^O01 through
 hl7gateway.intake.handle_payload; the MWL answered to dcmtk's findscu; MPPS N-CREATE/N-SET and
 C-STORE (dcmtk's storescu) to the engine's AE on an ephemeral port; completion; routing to a real
@@ -31,15 +30,14 @@ from pacs.models import transfers as tr
 from pacs.services.routing import transfers
 from project.access import ADMINISTRATOR
 from ris.models import RequestedProcedure
-from tests.hl7gateway import outbox_helpers as h
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
-from tests.mllp_sink import SILENT, MLLPSink
-from tests.pacs.dicom_server import findscu
-from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
-from tests.pacs.mpps_data import completion_dataset, n_create_dataset
-from tests.pacs.orthanc import storescu, write_study
-from tests.pacs.routing_helpers import orthanc, routing_settings, wait_for  # noqa: F401
-from tests.worklist.factories import user
+from tests.factories import oru as h
+from tests.factories import user
+from tests.support.dicom import findscu, port
+from tests.support.hl7 import ack_fields, fixture, with_control_id
+from tests.support.mllp_sink import SILENT, MLLPSink
+from tests.support.mpps import completion_dataset, n_create_dataset
+from tests.support.orthanc import storescu, write_study
+from tests.support.waiting import wait_for
 from worklist.services import claim_study
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]

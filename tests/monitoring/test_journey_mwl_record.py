@@ -10,8 +10,8 @@ from django.utils import timezone
 from monitoring import journey
 from monitoring.records import WorklistQueryResult
 from pacs.dimse import db
-from tests.pacs.dicom_server import dicom_server_fixture, findscu  # noqa: F401
-from tests.pacs.mwl_data import make_patient, make_step
+from tests.factories import make_patient, make_step
+from tests.support.dicom import findscu
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

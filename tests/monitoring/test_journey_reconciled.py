@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from helper modules
 """Journey of a study sent with a mistyped accession (C-STORE to the engine's AE): unmatched and
 waiting, overdue for the VNA once the threshold has passed; after a person links it on the
 reconciliation service, the order's journey shows who reconciled it."""
@@ -14,9 +13,9 @@ from pydicom.uid import generate_uid
 from monitoring import journey
 from pacs.models import Study
 from pacs.services.order_matching import link_study
-from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
-from tests.pacs.mwl_data import make_patient, make_step
-from tests.pacs.orthanc import storescu, write_study
+from tests.factories import make_patient, make_step
+from tests.support.dicom import port
+from tests.support.orthanc import storescu, write_study
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -19,9 +19,9 @@ from hl7gateway.server import MLLPServer
 from pacs.models import Study
 from pacs.services import completion
 from project.logs import MASKED, REDACTED, JsonFormatter, PatientDataFilter
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, recv_frame
-from tests.pacs.imaging_helpers import engine, new_uid, port, pynetdicom_store, store_dir  # noqa: F401
-from tests.pacs.orthanc import make_instance
+from tests.support.dicom import new_uid, port, pynetdicom_store
+from tests.support.hl7 import ack_fields, fixture, recv_frame
+from tests.support.orthanc import make_instance
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -17,12 +17,14 @@ from hl7gateway.intake import handle_payload
 from monitoring import services
 from monitoring.models import INBOUND_SILENCE, OUTBOUND_BACKLOG, DicomOperation
 from pacs.dimse import db
-from tests.conftest import dcmtk_tool
-from tests.hl7gateway import outbox_helpers as h
-from tests.monitoring.helpers import rule
-from tests.monitoring.test_alarms_inbound import SENDER, backdate, order, unsupported
-from tests.pacs.imaging_helpers import engine, new_uid, port, pynetdicom_store, store_dir  # noqa: F401
-from tests.pacs.orthanc import make_instance
+from tests.factories import backdate_inbound as backdate
+from tests.factories import oru as h
+from tests.factories import rule
+from tests.support.dicom import new_uid, port, pynetdicom_store
+from tests.support.hl7 import SENDER, unsupported
+from tests.support.hl7 import new_order as order
+from tests.support.net import dcmtk_tool
+from tests.support.orthanc import make_instance
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,10 +13,10 @@ from hl7gateway.outbox import delivery
 from monitoring.records import ReplayRecord
 from project.access import ADMINISTRATOR, RADIOLOGIST
 from ris.models import Order, RequestedProcedure
-from tests.hl7gateway import outbox_helpers as h
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
-from tests.mllp_sink import AA, AR, MLLPSink
-from tests.worklist.factories import user
+from tests.factories import oru as h
+from tests.factories import user
+from tests.support.hl7 import ack_fields, fixture, with_control_id
+from tests.support.mllp_sink import AA, AR, MLLPSink
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from helper modules
 """DICOM events on the audit trail (PS3.15 A.5.3): the real AE on an ephemeral port, dcmtk's
 findscu / storescu / echoscu and pynetdicom as the peers, the records read back from PostgreSQL.
 
@@ -20,18 +19,10 @@ from audit import events, trail
 from audit.models import AuditPatient, AuditRecord
 from pacs.dimse import db
 from pacs.models import DicomNode, DicomRefusal
-from tests.pacs.dicom_server import (
-    associate_from,
-    dicom_server_fixture,  # noqa: F401 - fixture
-    findscu,
-    listen_fixture,  # noqa: F401 - fixture
-    port_of,
-)
-from tests.pacs.imaging_helpers import store_dir  # noqa: F401 - fixture
-from tests.pacs.mpps_data import completion_dataset, n_create_dataset
-from tests.pacs.mwl_data import local, make_patient, make_step
-from tests.pacs.orthanc import storescu, write_study
-from tests.pacs.test_dicom_tls import pki_fixture, tls_echoscu, tls_listen_fixture  # noqa: F401 - fixtures
+from tests.factories import local, make_patient, make_step
+from tests.support.dicom import associate_from, findscu, port_of, tls_echoscu
+from tests.support.mpps import completion_dataset, n_create_dataset
+from tests.support.orthanc import storescu, write_study
 
 SPS = "(0040,0100)[0]"
 

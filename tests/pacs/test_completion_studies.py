@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from tests.pacs.imaging_helpers
 """Knowing a study is complete (radiology-workflow.md section 6): by MPPS COMPLETED with every
 listed instance stored, or by the quiet period; a late instance re-opens the study and the
 next completion sends only it; a complete, matched study is on the reading worklist; the
@@ -18,10 +17,10 @@ from pacs.models import Instance, Study, Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
 from pacs.services import completion
 from ris.models import StatusChange
-from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
-from tests.pacs.mpps_data import completion_dataset, n_create_dataset
-from tests.pacs.mwl_data import make_patient, make_step
-from tests.pacs.orthanc import storescu, write_study
+from tests.factories import make_patient, make_step
+from tests.support.dicom import port
+from tests.support.mpps import completion_dataset, n_create_dataset
+from tests.support.orthanc import storescu, write_study
 from worklist.models import ReadingItem
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -134,12 +133,12 @@ def test_late_instance_reopens_and_is_scheduled_alone_with_transfer_rows(engine,
 
 
 def test_rolled_back_completion_writes_no_transfer_and_queues_nothing(engine, tmp_path, step, settings):
-    """Transfer rows and their tasks belong to the completing transaction (reliability C-01):
+    """Transfer rows and their tasks belong to the completing transaction:
     nothing reaches the broker (Redis) when it rolls back, one task when it commits."""
     import redis
     from django.db import transaction
 
-    from tests.pacs.routing_helpers import BROKER
+    from tests.support.celery_worker import BROKER
 
     queue = redis.Redis.from_url(BROKER)
     queue.delete("celery")

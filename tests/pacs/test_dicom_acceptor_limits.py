@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from tests.pacs.dicom_server and imaging_helpers
 """The acceptor's bounds, one by one, on real sockets (the attacks on a whole ``run_dicom`` are in
 test_dicom_listener_limits): reads under one deadline, buffers that grow only with what has
 arrived, pending connections refused per address and closed oldest first, data sets beyond
@@ -23,9 +22,8 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
 from pacs.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
-from tests.pacs.dicom_server import dicom_server_fixture, echoscu, port_of  # noqa: F401 - fixture
-from tests.pacs.imaging_helpers import engine, store_dir  # noqa: F401 - fixtures
-from tests.pacs.test_dicom_protocol import _answer, _associate, _connect, _echo_rq, _response, _rq
+from tests.support.dicom import echoscu, port_of
+from tests.support.dicom_ul import answer, associate, associate_rq, connect, echo_rq, response
 
 MWL = ((ModalityWorklistInformationFind, "1.2.840.10008.1.2"),)
 
@@ -219,32 +217,38 @@ def test_the_minimum_rate_extends_a_deadline_by_what_arrived():
 def _idle(server, count: int):
     """``count`` connections that send nothing, closed at the end."""
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(_connect(server)) for _ in range(count)]
+        yield [stack.enter_context(connect(server)) for _ in range(count)]
 
 
-def _assert_waited_for(socks) -> None:
-    """The listener has neither answered nor closed these connections."""
+def _assert_waited_for(server, socks) -> None:
+    """The listener has neither answered nor closed these connections: it counts them as pending
+    (its own state, under its lock), and each has nothing to read right now (a non-blocking
+    read: no time allowed for an answer to arrive)."""
+    _wait_for(lambda: server.pending_count() == len(socks))
     for sock in socks:
-        sock.settimeout(0.2)
-        with pytest.raises(TimeoutError):
-            sock.recv(1)
+        sock.setblocking(False)
+        try:
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+        finally:
+            sock.settimeout(10)
 
 
 def _assert_associates(server) -> None:
-    with _connect(server) as sock:
-        sock.sendall(_rq())
+    with connect(server) as sock:
+        sock.sendall(associate_rq())
         assert ul.read_pdu(sock, 0)[0] == ul.A_ASSOCIATE_AC
 
 
 def test_connections_beyond_the_per_address_cap_are_refused_transient(limited_server):
     server = limited_server(DICOM_MAX_PENDING_PER_ADDRESS=2, DICOM_MAX_PENDING_CONNECTIONS=10)
     with _idle(server, 2) as idle:
-        with _connect(server) as third:
+        with connect(server) as third:
             pdu_type, body = ul.read_pdu(third, 0)
             rj = A_ASSOCIATE_RJ()
             rj.decode(ul.pdu(pdu_type, body))
             assert (rj.result, rj.source, rj.reason_diagnostic) == (0x02, 0x03, 0x02)  # transient, local limit
-        _assert_waited_for(idle)  # the two first wait for their request, untouched
+        _assert_waited_for(server, idle)  # the two first wait for their request, untouched
         idle[0].close()
         _wait_for(lambda: server.pending_count() <= 1)
         _assert_associates(server)  # room again for this address
@@ -257,28 +261,28 @@ def test_the_oldest_pending_connection_makes_room_for_a_new_one(limited_server):
         _assert_associates(server)
         idle[0].settimeout(5)
         assert idle[0].recv(1) == b""  # the oldest was closed for it
-        _assert_waited_for(idle[1:])
+        _assert_waited_for(server, idle[1:])
 
 
 def test_pending_connections_do_not_take_association_slots(limited_server):
     server = limited_server(DICOM_MAX_ASSOCIATIONS=2, DICOM_MAX_PENDING_PER_ADDRESS=8)
-    with _idle(server, 5), _associate(server) as first, _associate(server) as second:
+    with _idle(server, 5), associate(server) as first, associate(server) as second:
         assert server.association_count() == 2
-        with _connect(server) as third:
-            third.sendall(_rq())
+        with connect(server) as third:
+            third.sendall(associate_rq())
             pdu_type, body = ul.read_pdu(third, 0)
             assert pdu_type == ul.A_ASSOCIATE_RJ and tuple(body[1:4]) == (0x02, 0x03, 0x02)
         for sock in (first, second):
-            sock.sendall(_echo_rq())
-            assert _response(sock).Status == 0x0000
+            sock.sendall(echo_rq())
+            assert response(sock).Status == 0x0000
 
 
 def test_no_a_associate_rq_within_the_acse_timeout_closes_the_connection(limited_server):
     server = limited_server(DICOM_ACSE_TIMEOUT=1.0)
-    with _connect(server) as sock:
+    with connect(server) as sock:
         started = time.monotonic()
-        sock.sendall(_rq()[:10])
-        assert _answer(sock)[0] == 0  # closed (PS3.8 AA-2), nothing sent
+        sock.sendall(associate_rq()[:10])
+        assert answer(sock)[0] == 0  # closed (PS3.8 AA-2), nothing sent
         assert 0.8 < time.monotonic() - started < 5
     assert echoscu(server).returncode == 0
 
@@ -287,9 +291,9 @@ def test_bytes_trickling_after_the_release_do_not_keep_the_connection(limited_se
     """After A-RELEASE-RP the acceptor waits for the peer to close (PS3.8 Sta13) for at most the
     ACSE timeout in all, however the peer keeps sending."""
     server = limited_server(DICOM_ACSE_TIMEOUT=1.0)
-    with _associate(server) as sock:
+    with associate(server) as sock:
         sock.sendall(ul.pdu(ul.A_RELEASE_RQ, b"\x00" * 4))
-        assert _answer(sock)[0] == ul.A_RELEASE_RP
+        assert answer(sock)[0] == ul.A_RELEASE_RP
         started = time.monotonic()
         sock.settimeout(0.3)
         while True:
@@ -311,7 +315,7 @@ def test_a_data_set_beyond_the_bound_is_refused_with_a_failure_status(limited_se
     """A C-FIND identifier beyond DICOM_MAX_DATASET_SIZE: read to its end, answered 0xA700 (out
     of resources); one within it is served on the same association."""
     server = limited_server(DICOM_MAX_DATASET_SIZE=4096)
-    with _associate(server, contexts=MWL) as sock:
+    with associate(server, contexts=MWL) as sock:
         sock.sendall(_find_rq(_identifier(PatientComments="X" * 6000, PatientID=""), message_id=1))
         answer = _final_find_response(sock)
         assert answer.MessageIDBeingRespondedTo == 1 and answer.Status == 0xA700
@@ -321,14 +325,14 @@ def test_a_data_set_beyond_the_bound_is_refused_with_a_failure_status(limited_se
 
 
 def test_a_command_set_beyond_its_bound_aborts(dicom_server):
-    with _associate(dicom_server) as sock:
+    with associate(dicom_server) as sock:
         fragment = ul.pdu(ul.P_DATA_TF, struct.pack(">LBB", 16002, 1, 0x01) + b"\x00" * 16000)  # command, not last
         try:
             for _ in range(5):
                 sock.sendall(fragment)
         except OSError:
             pass
-        pdu_type, body = _answer(sock)
+        pdu_type, body = answer(sock)
         assert pdu_type == ul.A_ABORT and body[2] == ul.ABORT_SOURCE_PROVIDER
 
 
@@ -338,9 +342,9 @@ def test_a_pdv_after_the_end_of_a_message_aborts(dicom_server):
     command = ul.encode_command({"AffectedSOPClassUID": Verification, "CommandField": 0x0030,
                                  "MessageID": 1, "CommandDataSetType": 0x0101})
     body = struct.pack(">LBB", len(command) + 2, 1, 0x03) + command + struct.pack(">LBB", 6, 1, 0x02) + b"\x00" * 4
-    with _associate(dicom_server) as sock:
+    with associate(dicom_server) as sock:
         sock.sendall(ul.pdu(ul.P_DATA_TF, body))
-        pdu_type, body = _answer(sock)
+        pdu_type, body = answer(sock)
         assert pdu_type == ul.A_ABORT and body[3] == ul.REASON_UNEXPECTED_PDU
     assert echoscu(dicom_server).returncode == 0
 
@@ -362,13 +366,13 @@ def test_an_exception_in_a_handler_is_its_failure_status(dicom_server):
 
     dicom_server.handlers["C-ECHO"] = counted("C-ECHO", failing_echo)
     dicom_server.handlers["C-FIND"] = counted("C-FIND", failing_find)
-    with _associate(dicom_server, contexts=(*MWL, (Verification, "1.2.840.10008.1.2"))) as sock:
-        sock.sendall(_echo_rq(message_id=1, context_id=3))
-        assert _response(sock).Status == 0x0110
+    with associate(dicom_server, contexts=(*MWL, (Verification, "1.2.840.10008.1.2"))) as sock:
+        sock.sendall(echo_rq(message_id=1, context_id=3))
+        assert response(sock).Status == 0x0110
         sock.sendall(_find_rq(_identifier(PatientName="*"), message_id=2))
         assert _final_find_response(sock).Status == 0xC000
-        sock.sendall(_echo_rq(message_id=3, context_id=3))
-        assert _response(sock).Status == 0x0110  # still associated: answered, not aborted
+        sock.sendall(echo_rq(message_id=3, context_id=3))
+        assert response(sock).Status == 0x0110  # still associated: answered, not aborted
     db.flush()
     counts = {(r.operation, r.status): r.count for r in DicomOperation.objects.filter(calling_ae_title="MOD1")}
     assert counts == {("C-ECHO", 0x0110): 2, ("C-FIND", 0xC000): 1}
@@ -380,7 +384,7 @@ def test_received_files_name_the_engine_as_their_implementation(engine, store_di
     from pydicom import dcmread
 
     from pacs.models import Instance
-    from tests.pacs.orthanc import storescu, write_study
+    from tests.support.orthanc import storescu, write_study
 
     paths = write_study(tmp_path / "in", 1, study_instance_uid=generate_uid())
     assert storescu(port_of(engine), paths).returncode == 0

@@ -24,9 +24,9 @@ from pynetdicom.sop_class import Verification
 
 from pacs.dimse import ul
 from pacs.models import DicomNode
-from tests.conftest import dcmtk_tool, free_port
-from tests.pacs.dicom_server import DCMTK_ENV, run_dicom_env, start_run_dicom, stop_process
-from tests.pacs.orthanc import storescu, write_study
+from tests.support.dicom import DCMTK_ENV, run_dicom_env, start_run_dicom, stop_process
+from tests.support.net import dcmtk_tool, free_port
+from tests.support.orthanc import storescu, write_study
 
 MiB = 2**20
 # How much the listener's resident memory may grow during an attack.  The attacks below would

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from helper modules
 """Declared DICOM peers (PS3.8 7.1.1, 9.3.4): only a declared node, calling from its host, gets
 the services it was granted; an unknown calling AE only from DICOM_UNKNOWN_AE_FROM (the loopback
 127.0.0.1/::1 by default).  The real listener on 127.0.0.1; dcmtk's echoscu/findscu/storescu
@@ -30,11 +29,10 @@ from pacs.dimse import db
 from pacs.models import DicomNode, DicomRefusal, Instance, Transfer
 from pacs.models import transfers as tr
 from project import peers
-from tests.conftest import dcmtk_tool, free_port
-from tests.pacs.dicom_server import DCMTK_ENV, OTHER, associate_from, echoscu, findscu, listen_fixture, port_of  # noqa: F401
-from tests.pacs.imaging_helpers import store_dir  # noqa: F401
-from tests.pacs.orthanc import storescu, write_study
-from tests.pacs.test_routing_rules import transfer  # noqa: F401
+from tests.factories import committing_transfer
+from tests.support.dicom import DCMTK_ENV, OTHER, associate_from, echoscu, findscu, port_of
+from tests.support.net import dcmtk_tool, free_port
+from tests.support.orthanc import storescu, write_study
 
 # --- the DICOM_NODES form and address matching (pure) ----------------------------------------
 
@@ -169,6 +167,11 @@ def test_storage_commitment_has_its_own_grant(listen):
             assert {str(cx.abstract_syntax) for cx in assoc.accepted_contexts} == expected
         finally:
             assoc.release()
+
+
+@pytest.fixture
+def transfer(store_dir):
+    return committing_transfer()
 
 
 def _commitment_report(server, calling: str, transfer, *, source: str):

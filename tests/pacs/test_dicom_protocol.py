@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from tests.pacs.imaging_helpers
 """The engine's own DICOM upper layer (pacs.dimse.ul, acceptor, requestor) against bad input on
 real sockets: malformed and unexpected PDUs, PDVs on contexts never accepted, commands no
 service serves, a peer that goes silent; and the command set codec against pydicom's."""
@@ -15,69 +14,12 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pynetdicom import AE
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import build_context
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
 from pacs.dimse import requestor, ul
-from tests.pacs.dicom_server import dicom_server_fixture, echoscu, port_of  # noqa: F401 - fixture
-from tests.pacs.imaging_helpers import engine, store_dir  # noqa: F401 - fixtures
-
-
-def _rq(called="PACS", calling="MOD1", contexts=((Verification, "1.2.840.10008.1.2"),), version=1) -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = calling
-    primitive.called_ae_title = called
-    cxs = []
-    for n, (abstract, syntax) in enumerate(contexts):
-        cx = build_context(abstract, [syntax])
-        cx.context_id = 2 * n + 1
-        cxs.append(cx)
-    primitive.presentation_context_definition_list = cxs
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = 16384
-    primitive.user_information = [max_length]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    pdu.protocol_version = version
-    return pdu.encode()
-
-
-def _connect(server) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def _associate(server, **kwargs) -> socket.socket:
-    sock = _connect(server)
-    sock.sendall(_rq(**kwargs))
-    pdu_type, body = ul.read_pdu(sock, 0)
-    assert pdu_type == ul.A_ASSOCIATE_AC
-    return sock
-
-
-def _answer(sock) -> tuple[int, bytes]:
-    try:
-        return ul.read_pdu(sock, 0)
-    except ul.ConnectionClosed:
-        return 0, b""
-
-
-def _echo_rq(message_id=1, context_id=1) -> bytes:
-    command = ul.encode_command({"AffectedSOPClassUID": Verification, "CommandField": 0x0030,
-                                 "MessageID": message_id, "CommandDataSetType": 0x0101})
-    return b"".join(ul.p_data_pdus(context_id, True, command, 0))
-
-
-def _response(sock) -> ul.Command:
-    pdu_type, body = ul.read_pdu(sock, 0)
-    assert pdu_type == ul.P_DATA_TF
-    (_cx, is_command, is_last, data), = ul.iter_pdvs(body)
-    assert is_command and is_last
-    return ul.decode_command(bytes(data))
+from tests.support.dicom import echoscu, port_of
+from tests.support.dicom_ul import answer, associate, associate_rq, connect, echo_rq, response
 
 
 def _still_serving(server) -> None:
@@ -133,8 +75,8 @@ def test_p_data_fragments_respect_the_peer_maximum():
 
 # --------------------------------------------------------------------------------- acceptor
 def test_wrong_called_ae_title_rejected(dicom_server):
-    with _connect(dicom_server) as sock:
-        sock.sendall(_rq(called="NOTPACS"))
+    with connect(dicom_server) as sock:
+        sock.sendall(associate_rq(called="NOTPACS"))
         pdu_type, body = ul.read_pdu(sock, 0)
         assert pdu_type == ul.A_ASSOCIATE_RJ
         rj = A_ASSOCIATE_RJ()
@@ -143,8 +85,8 @@ def test_wrong_called_ae_title_rejected(dicom_server):
 
 
 def test_unsupported_protocol_version_rejected(dicom_server):
-    with _connect(dicom_server) as sock:
-        sock.sendall(_rq(version=2))
+    with connect(dicom_server) as sock:
+        sock.sendall(associate_rq(version=2))
         pdu_type, body = ul.read_pdu(sock, 0)
         rj = A_ASSOCIATE_RJ()
         rj.decode(ul.pdu(pdu_type, body))
@@ -152,15 +94,15 @@ def test_unsupported_protocol_version_rejected(dicom_server):
 
 
 def test_unknown_abstract_syntax_refused_in_the_accept(dicom_server):
-    with _connect(dicom_server) as sock:
-        sock.sendall(_rq(contexts=[(Verification, "1.2.840.10008.1.2"), ("1.2.3.4.5", "1.2.840.10008.1.2")]))
+    with connect(dicom_server) as sock:
+        sock.sendall(associate_rq(contexts=[(Verification, "1.2.840.10008.1.2"), ("1.2.3.4.5", "1.2.840.10008.1.2")]))
         pdu_type, body = ul.read_pdu(sock, 0)
         ac = A_ASSOCIATE_AC()
         ac.decode(ul.pdu(pdu_type, body))
         results = {cx.context_id: cx.result for cx in ac.to_primitive().presentation_context_definition_results_list}
         assert results == {1: 0x00, 3: 0x03}  # accepted; abstract syntax not supported
-        sock.sendall(_echo_rq())
-        assert _response(sock).Status == 0x0000
+        sock.sendall(echo_rq())
+        assert response(sock).Status == 0x0000
 
 
 @pytest.mark.parametrize("garbage", [
@@ -168,55 +110,55 @@ def test_unknown_abstract_syntax_refused_in_the_accept(dicom_server):
     b"\x01\x00\x00\x00\x00\x04abcd",                  # an A-ASSOCIATE-RQ that is no such thing
 ])
 def test_garbage_instead_of_an_association_request_is_aborted(dicom_server, garbage):
-    with _connect(dicom_server) as sock:
+    with connect(dicom_server) as sock:
         sock.sendall(garbage)
-        pdu_type, _ = _answer(sock)
+        pdu_type, _ = answer(sock)
         assert pdu_type in (ul.A_ABORT, 0)  # A-ABORT, then the connection is closed
-        assert _answer(sock)[0] == 0
+        assert answer(sock)[0] == 0
     _still_serving(dicom_server)
 
 
 def test_pdv_on_a_context_never_accepted_aborts(dicom_server):
-    with _associate(dicom_server) as sock:
-        sock.sendall(_echo_rq(context_id=5))
-        pdu_type, body = _answer(sock)
+    with associate(dicom_server) as sock:
+        sock.sendall(echo_rq(context_id=5))
+        pdu_type, body = answer(sock)
         assert pdu_type == ul.A_ABORT and body[2] == ul.ABORT_SOURCE_PROVIDER
     _still_serving(dicom_server)
 
 
 def test_malformed_pdv_lengths_abort(dicom_server):
-    with _associate(dicom_server) as sock:
+    with associate(dicom_server) as sock:
         sock.sendall(ul.pdu(ul.P_DATA_TF, struct.pack(">LBB", 500, 1, 3) + b"\x00" * 4))
-        assert _answer(sock)[0] == ul.A_ABORT
+        assert answer(sock)[0] == ul.A_ABORT
     _still_serving(dicom_server)
 
 
 def test_pdu_longer_than_our_maximum_aborts_without_reading_it(dicom_server, settings):
     """A P-DATA-TF announcing more than the Maximum Length we accepted (DICOM_MAX_PDU): A-ABORT
     at once, nothing buffered; the server goes on serving."""
-    with _associate(dicom_server) as sock:
+    with associate(dicom_server) as sock:
         sock.sendall(struct.pack(">BxL", ul.P_DATA_TF, settings.DICOM_MAX_PDU + 1024) + b"\x00" * 64)
-        pdu_type, body = _answer(sock)
+        pdu_type, body = answer(sock)
         assert pdu_type == ul.A_ABORT and body[2] == ul.ABORT_SOURCE_PROVIDER
     _still_serving(dicom_server)
 
 
 def test_command_no_service_serves_is_answered_unrecognized_operation(dicom_server):
     """C-GET on the Verification context: its response with 0x0211, and the association goes on."""
-    with _associate(dicom_server) as sock:
+    with associate(dicom_server) as sock:
         command = ul.encode_command({"AffectedSOPClassUID": Verification, "CommandField": 0x0010,
                                      "MessageID": 3, "Priority": 0, "CommandDataSetType": 0x0101})
         sock.sendall(b"".join(ul.p_data_pdus(1, True, command, 0)))
-        answer = _response(sock)
+        answer = response(sock)
         assert answer.CommandField == 0x8010 and answer.Status == 0x0211 and answer.MessageIDBeingRespondedTo == 3
-        sock.sendall(_echo_rq(message_id=4))
-        assert _response(sock).Status == 0x0000
+        sock.sendall(echo_rq(message_id=4))
+        assert response(sock).Status == 0x0000
 
 
 def test_release_is_answered(dicom_server):
-    with _associate(dicom_server) as sock:
+    with associate(dicom_server) as sock:
         sock.sendall(ul.pdu(ul.A_RELEASE_RQ, b"\x00" * 4))
-        assert _answer(sock)[0] == ul.A_RELEASE_RP
+        assert answer(sock)[0] == ul.A_RELEASE_RP
 
 
 def test_silent_peer_is_aborted_after_the_network_timeout(transactional_db, settings):
@@ -226,9 +168,9 @@ def test_silent_peer_is_aborted_after_the_network_timeout(transactional_db, sett
     settings.DICOM_NETWORK_TIMEOUT = 1.0
     server = start_server("127.0.0.1", 0)
     try:
-        with _associate(server) as sock:
+        with associate(server) as sock:
             started = time.monotonic()
-            assert _answer(sock)[0] == ul.A_ABORT
+            assert answer(sock)[0] == ul.A_ABORT
             assert 0.8 < time.monotonic() - started < 5
     finally:
         server.shutdown()
@@ -236,8 +178,8 @@ def test_silent_peer_is_aborted_after_the_network_timeout(transactional_db, sett
 
 def test_peer_closing_mid_message_frees_the_association(dicom_server):
     """Half a command, then the connection drops: the slot is given back."""
-    with _associate(dicom_server) as sock:
-        raw = _echo_rq()
+    with associate(dicom_server) as sock:
+        raw = echo_rq()
         sock.sendall(raw[: len(raw) // 2])
     deadline = time.monotonic() + 5
     while dicom_server.active_count() and time.monotonic() < deadline:
@@ -321,7 +263,7 @@ def test_c_store_cut_by_an_abort_leaves_nothing(engine, store_dir, tmp_path):
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from pacs.models import Instance
-    from tests.pacs.orthanc import make_instance
+    from tests.support.orthanc import make_instance
 
     ds = make_instance(study_instance_uid=generate_uid(), rows=128, columns=128)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

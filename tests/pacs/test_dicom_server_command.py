@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.conftest import dcmtk_tool, free_port
-from tests.pacs.dicom_server import DCMTK_ENV, run_dicom_env, start_run_dicom, stop_process
+from tests.support.dicom import DCMTK_ENV, run_dicom_env, start_run_dicom, stop_process
+from tests.support.net import dcmtk_tool, free_port
 
 
 def _echo(port: int) -> subprocess.CompletedProcess:

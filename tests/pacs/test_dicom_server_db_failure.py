@@ -1,4 +1,4 @@
-"""The database failing under the DICOM AE: a clear negative answer, never Success (reliability D-07).
+"""The database failing under the DICOM AE: a clear negative answer, never Success.
 
 - the database unreachable when an association arrives: rejected transient (the modality retries);
 - a query or an MPPS failing inside the database: 0xC000 (C-FIND) / 0x0110 (N-CREATE), nothing
@@ -15,11 +15,10 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklis
 
 from pacs.dimse import db
 from pacs.models import PerformedProcedureStep
-from tests.conftest import free_port
-from tests.pacs.dicom_server import dicom_server_fixture, port_of  # noqa: F401 - fixture
-from tests.pacs.mpps_data import n_create_dataset
-from tests.pacs.mwl_data import make_patient, make_step
-from tests.pacs.test_dicom_server_policy import _find, _worklist_query
+from tests.factories import make_patient, make_step
+from tests.support.dicom import mwl_find, port_of, worklist_query
+from tests.support.mpps import n_create_dataset
+from tests.support.net import free_port
 
 
 def _associate(server):
@@ -69,7 +68,7 @@ def test_query_failing_in_the_database_answers_c000(dicom_server, renamed):
     renamed("ris_scheduledprocedurestep")
     assoc = _associate(dicom_server)
     try:
-        answers = _find(assoc, _worklist_query())
+        answers = mwl_find(assoc, worklist_query())
         assert answers == [(0xC000, None)]
     finally:
         assoc.release()
@@ -81,12 +80,12 @@ def test_query_served_after_the_database_recovers(dicom_server):
         cursor.execute('ALTER TABLE "ris_scheduledprocedurestep" RENAME TO "ris_sps_away"')
     assoc = _associate(dicom_server)
     try:
-        assert _find(assoc, _worklist_query())[-1][0] == 0xC000
+        assert mwl_find(assoc, worklist_query())[-1][0] == 0xC000
         with connection.cursor() as cursor:
             cursor.execute('ALTER TABLE "ris_sps_away" RENAME TO "ris_scheduledprocedurestep"')
-        ds = _worklist_query()
+        ds = worklist_query()
         ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate = ""
-        answers = _find(assoc, ds)
+        answers = mwl_find(assoc, ds)
         assert [s for s, _ in answers] == [0xFF00, 0x0000]
     finally:
         assoc.release()

@@ -1,4 +1,4 @@
-"""The DICOM AE as a whole: association policy, robustness, concurrency (reliability D-01..D-04)."""
+"""The DICOM AE as a whole: association policy, robustness, concurrency."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import threading
 import time
 
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind, Verification
 
 from pacs.models import DicomNode
-from tests.pacs.dicom_server import dicom_server_fixture, echoscu, findscu, port_of  # noqa: F401 - fixture
-from tests.pacs.mwl_data import local, make_patient, make_step
+from tests.factories import local, make_patient, make_step
+from tests.support.dicom import echoscu, findscu, mwl_find, port_of, worklist_query
 
 
 def _scu(aet="MOD1", contexts=(Verification, ModalityWorklistInformationFind)):
@@ -21,22 +20,6 @@ def _scu(aet="MOD1", contexts=(Verification, ModalityWorklistInformationFind)):
         ae.add_requested_context(cx)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     return ae
-
-
-def _find(assoc, ds):
-    return [(status.Status if status else None, identifier) for status, identifier in
-            assoc.send_c_find(ds, ModalityWorklistInformationFind)]
-
-
-def _worklist_query(modality="CT") -> Dataset:
-    ds = Dataset()
-    ds.PatientName = ""
-    ds.AccessionNumber = ""
-    item = Dataset()
-    item.Modality = modality
-    item.ScheduledProcedureStepStartDate = "20261126"
-    ds.ScheduledProcedureStepSequence = Sequence([item])
-    return ds
 
 
 def test_echo(dicom_server):
@@ -78,7 +61,7 @@ def test_wrong_called_ae_rejected(dicom_server):
 
 
 def test_per_ae_services(dicom_server):
-    """A node without allow_mwl_find / allow_mpps gets those contexts refused at negotiation (D-02)."""
+    """A node without allow_mwl_find / allow_mpps gets those contexts refused at negotiation."""
     DicomNode.objects.create(ae_title="ECHOONLY", host="127.0.0.1", allow_mwl_find=False, allow_mpps=False)
     ae = _scu("ECHOONLY", (Verification, ModalityWorklistInformationFind, ModalityPerformedProcedureStep))
     assoc = ae.associate("127.0.0.1", port_of(dicom_server), ae_title="PACS")
@@ -101,17 +84,17 @@ def test_malformed_identifier_refused_while_others_are_served(dicom_server, tmp_
     bad = _scu().associate("127.0.0.1", port, ae_title="PACS")
     good = _scu().associate("127.0.0.1", port, ae_title="PACS")
     try:
-        ds = _worklist_query()
+        ds = worklist_query()
         ds.ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate = "26/11/2026"
-        assert _find(bad, ds) == [(0xA900, None)]
-        two_items = _worklist_query()
+        assert mwl_find(bad, ds) == [(0xA900, None)]
+        two_items = worklist_query()
         two_items.ScheduledProcedureStepSequence.append(Dataset())
-        assert _find(bad, two_items) == [(0xA900, None)]
+        assert mwl_find(bad, two_items) == [(0xA900, None)]
         # the same association and another one keep being served
-        answers = _find(good, _worklist_query())
+        answers = mwl_find(good, worklist_query())
         assert [s for s, _ in answers] == [0xFF00, 0x0000]
         assert answers[0][1].AccessionNumber == "ACC1"
-        assert [s for s, _ in _find(bad, _worklist_query())] == [0xFF00, 0x0000]
+        assert [s for s, _ in mwl_find(bad, worklist_query())] == [0xFF00, 0x0000]
     finally:
         bad.release()
         good.release()
@@ -138,7 +121,7 @@ def test_twenty_concurrent_associations(dicom_server):
             if not assoc.is_established:
                 results[n] = "not established"
                 return
-            answers = _find(assoc, _worklist_query())
+            answers = mwl_find(assoc, worklist_query())
             assoc.release()
             results[n] = sorted(i.AccessionNumber for s, i in answers if s == 0xFF00), answers[-1][0]
         except Exception as exc:  # noqa: BLE001
@@ -154,7 +137,7 @@ def test_twenty_concurrent_associations(dicom_server):
 
 
 def test_association_limit(dicom_server, settings):
-    """Beyond DICOM_MAX_ASSOCIATIONS: rejected transient (local limit exceeded); the others unaffected (D-04)."""
+    """Beyond DICOM_MAX_ASSOCIATIONS: rejected transient (local limit exceeded); the others unaffected."""
     dicom_server.maximum_associations = 2
     port = port_of(dicom_server)
     held = [_scu().associate("127.0.0.1", port, ae_title="PACS") for _ in range(2)]

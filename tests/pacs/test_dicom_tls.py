@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from helper modules
 """DICOM over TLS (PS3.15 B.9, the BCP 195 profile): the listener on DICOM_TLS_PORT, client
 certificates verified against TLS_CA_CERTIFICATES, and a node bound to its certificate.  Real
 peers: dcmtk's echoscu/findscu/storescu with ``+tls KEY CERT +cf CA``, pynetdicom with
@@ -19,9 +18,7 @@ from pynetdicom.sop_class import Verification
 from pacs.dimse import db
 from pacs.models import DicomNode, DicomRefusal, Instance
 from project import peers
-from tests.conftest import dcmtk_tool, free_port
-from tests.pacs.dicom_server import (
-    DCMTK_ENV,
+from tests.support.dicom import (
     OTHER,
     echoscu,
     findscu,
@@ -29,9 +26,11 @@ from tests.pacs.dicom_server import (
     run_dicom_env,
     start_run_dicom,
     stop_process,
+    tls_args,
+    tls_echoscu,
 )
-from tests.pacs.orthanc import storescu, write_study
-from tests.tls_certs import TestPKI
+from tests.support.net import free_port
+from tests.support.orthanc import storescu, write_study
 
 # --- the DICOM_NODES form and certificate matching (pure) -----------------------------------
 
@@ -61,50 +60,6 @@ def test_certificate_names_match_exactly(expected, presented, matches):
 
 
 # --- the TLS listener --------------------------------------------------------------------------
-
-
-@pytest.fixture(name="pki")
-def pki_fixture(tmp_path):
-    pki = TestPKI(tmp_path / "pki")
-    pki.engine = pki.issue("pacs.hospital.test", dns=["localhost"], ips=["127.0.0.1"])
-    pki.ct1 = pki.issue("CT1", dns=["ct1.hospital.test"])
-    pki.ct2 = pki.issue("CT2", dns=["ct2.hospital.test"])
-    pki.expired = pki.issue("CT1-expired", dns=["ct1.hospital.test"], expired=True)
-    pki.stranger = TestPKI(tmp_path / "other", name="Nobody's CA").issue("CT1", dns=["ct1.hospital.test"])
-    return pki
-
-
-@pytest.fixture(name="tls_listen")
-def tls_listen_fixture(transactional_db, settings, pki):
-    """Start the AE (clear port and TLS port) after the test set its settings."""
-    from pacs.dimse.server import start_server
-
-    servers = []
-    settings.DICOM_AE_TITLE = "PACS"
-    settings.TLS_CERTIFICATE = str(pki.engine.chain)
-    settings.TLS_PRIVATE_KEY = str(pki.engine.key)
-    settings.TLS_CA_CERTIFICATES = str(pki.ca_file)
-    settings.DICOM_TLS_CLIENT_CERTIFICATES = "required"
-
-    def start():
-        servers.append(start_server("127.0.0.1", 0, tls_port=free_port()))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.shutdown()
-
-
-def tls_args(pki, issued) -> list[str]:
-    """dcmtk: TLS with this certificate and key, the engine's certificate verified against the CA."""
-    return ["+tls", str(issued.key), str(issued.cert), "+cf", str(pki.ca_file)] if issued else [
-        "+tla", "+cf", str(pki.ca_file)]
-
-
-def tls_echoscu(server, pki, issued, *, aet="CT1"):
-    args = [dcmtk_tool("echoscu"), "-aet", aet, "-aec", "PACS", "-to", "10", *tls_args(pki, issued),
-            "127.0.0.1", str(port_of(server.tls_server))]
-    return subprocess.run(args, capture_output=True, text=True, env=DCMTK_ENV, timeout=60)
 
 
 def _rejected(proc) -> bool:

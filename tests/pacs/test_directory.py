@@ -1,4 +1,4 @@
-"""Directory sign-in against a real OpenLDAP slapd (tests/ldap_server.py), through the sign-in page."""
+"""Directory sign-in against a real OpenLDAP slapd (tests/support/ldap_server.py), through the sign-in page."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.test import Client
 from accounts.directory import parse_role_groups
 from accounts.signin import DIRECTORY_UNAVAILABLE
 from project.encryption import seal
-from tests.ldap_server import PASSWORD, RADIOLOGISTS
+from tests.support.ldap_server import PASSWORD, RADIOLOGISTS
 
 LOGIN = "/accounts/login/"
 
@@ -70,7 +70,7 @@ def test_a_sealed_bind_password_is_opened(directory_settings, settings):
 
 @pytest.mark.django_db
 def test_directory_down_says_so_and_local_accounts_still_work(directory_settings, settings):
-    from tests.conftest import free_port
+    from tests.support.net import free_port
 
     settings.LDAP_SERVER_URI = f"ldap://127.0.0.1:{free_port()}"  # nothing listens there
     response = sign_in(Client(), "drad", PASSWORD)

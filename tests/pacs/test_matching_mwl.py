@@ -15,7 +15,7 @@ from pydicom.sequence import Sequence
 from pacs.dimse.matching import IdentifierError
 from pacs.dimse.mwl import build_item, find
 from ris.models import PatientIdentifier, PatientMerge
-from tests.pacs.mwl_data import local, make_patient, make_step
+from tests.factories import local, make_patient, make_step
 
 pytestmark = pytest.mark.django_db
 

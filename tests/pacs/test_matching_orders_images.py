@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from tests.pacs.imaging_helpers
 """Matching received studies to orders (radiology-workflow.md section 1 step 5): storescu sends,
 the engine matches by accession (+issuer), Study UID, patient + date + modality; mismatched
 demographics are flagged and the corrections for the VNA recorded."""
@@ -11,9 +10,9 @@ import pytest
 
 from pacs.models import Study
 from pacs.models import images as im
-from tests.pacs.imaging_helpers import engine, new_uid, port, store_dir  # noqa: F401
-from tests.pacs.mwl_data import local, make_patient, make_step
-from tests.pacs.orthanc import storescu, write_study
+from tests.factories import local, make_patient, make_step
+from tests.support.dicom import new_uid, port
+from tests.support.orthanc import storescu, write_study
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

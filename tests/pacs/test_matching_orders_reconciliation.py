@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from tests.pacs.imaging_helpers
 """The reconciliation page: an unmatched study sent by storescu is linked by a technologist to
 an order, or to a patient with a new filler order (ORC-1 SN); linking is recorded with the
 user, the corrections for the VNA recorded, and the study completes."""
@@ -8,28 +7,27 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from django.contrib.auth.models import Group, User
+import time_machine
 from django.urls import reverse
+from django.utils import timezone
 from pydicom.uid import generate_uid
 
 from pacs.models import Study, StudyLink
 from pacs.models import images as im
 from project.access import ADMINISTRATOR, RADIOLOGIST, TECHNOLOGIST
 from ris.models import Order
-from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
-from tests.pacs.mwl_data import make_patient, make_step
-from tests.pacs.orthanc import storescu, write_study
+from tests.factories import make_patient, make_step, user
+from tests.support.dicom import port
+from tests.support.orthanc import storescu, write_study
 from worklist.models import ReadingItem
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def login(client, name, *roles):
-    user = User.objects.create_user(name, password="pw-For-Tests-1")
-    for role in roles:
-        user.groups.add(Group.objects.get_or_create(name=role)[0])
-    client.force_login(user)
-    return user
+    signed_in = user(name, *roles)
+    client.force_login(signed_in)
+    return signed_in
 
 
 def unmatched_study(engine, tmp_path, **kwargs) -> Study:
@@ -56,11 +54,10 @@ def test_unmatched_study_is_linked_from_the_page(engine, tmp_path, client, setti
     detail = client.get(reverse("imaging:reconcile_study", args=[study.pk]))
     assert "ACC500" in detail.content.decode()  # the patient's order is offered
 
-    import time
-
-    time.sleep(1.1)  # the quiet period passes while the study waits
-    response = client.post(reverse("imaging:link_study", args=[study.pk]),
-                           {"requested_procedure_id": step.requested_procedure_id, "note": "typo in accession"})
+    # The quiet period passes while the study waits: the clock moved past it, not slept through.
+    with time_machine.travel(timezone.now() + dt.timedelta(seconds=2), tick=True):
+        response = client.post(reverse("imaging:link_study", args=[study.pk]),
+                               {"requested_procedure_id": step.requested_procedure_id, "note": "typo in accession"})
     assert response.status_code == 302
     study.refresh_from_db()
     assert study.requested_procedure_id == step.requested_procedure_id and study.match_method == im.MATCH_MANUAL

@@ -10,9 +10,9 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep
 from pacs.models import PerformedProcedureStep
 from pacs.signals import mpps_completed
 from ris.models import RequestedProcedure, ScheduledProcedureStep, StatusChange
-from tests.pacs.dicom_server import dicom_server_fixture, port_of  # noqa: F401 - fixture
-from tests.pacs.mpps_data import completion_dataset, n_create_dataset
-from tests.pacs.mwl_data import make_patient, make_step
+from tests.factories import make_patient, make_step
+from tests.support.dicom import port_of
+from tests.support.mpps import completion_dataset, n_create_dataset
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ris.models import ScheduledProcedureStep
-from tests.pacs.dicom_server import dicom_server_fixture, findscu  # noqa: F401 - fixture
-from tests.pacs.mwl_data import local, make_patient, make_step
+from tests.factories import local, make_patient, make_step
+from tests.support.dicom import findscu
 
 SPS = "(0040,0100)[0]"
 

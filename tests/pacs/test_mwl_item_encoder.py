@@ -16,7 +16,7 @@ from pynetdicom.dsutils import decode, encode
 
 from pacs.dimse.matching import TOP_KEYS
 from pacs.dimse.mwl import ItemEncoder, build_item, find
-from tests.pacs.mwl_data import local, make_patient, make_step
+from tests.factories import local, make_patient, make_step
 from tests.support.dicom_encoding import assert_ascending, written, written_tags
 
 

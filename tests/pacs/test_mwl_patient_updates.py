@@ -8,8 +8,8 @@ from django.db import transaction
 
 from ris.commands import MergePatients, PatientData, PatientIdentity, UpdatePatient
 from ris.services.patients import merge_patients, update_patient
-from tests.pacs.dicom_server import dicom_server_fixture, findscu  # noqa: F401 - fixture
-from tests.pacs.mwl_data import local, make_patient, make_step
+from tests.factories import local, make_patient, make_step
+from tests.support.dicom import findscu
 
 KEYS = ["PatientName=", "PatientID=", "IssuerOfPatientID=", "AccessionNumber="]
 

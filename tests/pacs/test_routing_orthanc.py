@@ -20,17 +20,10 @@ from pacs.models import images as im
 from pacs.models import transfers as tr
 from pacs.services.routing import destinations, sweep, transfers
 from ris.models import StatusChange
-from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
-from tests.pacs.orthanc import OrthancProcess, storescu, write_study
-from tests.pacs.routing_helpers import (  # noqa: F401 - fixtures
-    complete_now,
-    orthanc,
-    routing_settings,
-    send_matched_study,
-    sender,
-    wait_for,
-    worker,
-)
+from tests.support.dicom import port
+from tests.support.orthanc import OrthancProcess, storescu, write_study
+from tests.support.routing import complete_now, send_matched_study
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
@@ -76,7 +69,7 @@ def test_study_routed_committed_archived_with_corrections(engine, orthanc, sende
 
 
 def test_vna_down_then_up_is_delivered_once(engine, sender, worker, tmp_path):
-    from tests.pacs.orthanc import OrthancProcess
+    from tests.support.orthanc import OrthancProcess
 
     vna = OrthancProcess(tmp_path / "late-orthanc", engine_aet="PACS", engine_port=port(engine))
     destination_for(vna)
@@ -103,7 +96,7 @@ def test_vna_refusing_a_sop_class_fails_that_instance_with_the_reason_and_sends_
     Capture instance stored JPEG-lossless is refused: the same path as a refused SOP class."""
     import subprocess
 
-    from tests.pacs.orthanc import SECONDARY_CAPTURE, OrthancProcess
+    from tests.support.orthanc import SECONDARY_CAPTURE, OrthancProcess
 
     vna = OrthancProcess(tmp_path / "picky", engine_aet="PACS", engine_port=port(engine),
                          extra={"AcceptedTransferSyntaxes": ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]})
@@ -119,7 +112,7 @@ def test_vna_refusing_a_sop_class_fails_that_instance_with_the_reason_and_sends_
         from pydicom import dcmread
 
         from pacs.models import Instance
-        from tests.pacs.imaging_helpers import pynetdicom_store
+        from tests.support.dicom import pynetdicom_store
 
         assert pynetdicom_store(port(engine), [dcmread(sc[0])]) == [0x0000]  # proposes JPEG lossless only
 
@@ -150,7 +143,7 @@ end
 
 def test_worker_killed_mid_transfer_completes_after_restart_each_instance_once(engine, sender, worker,
                                                                                    tmp_path):
-    from tests.pacs.orthanc import OrthancProcess
+    from tests.support.orthanc import OrthancProcess
 
     vna = OrthancProcess(tmp_path / "slow", engine_aet="PACS", engine_port=port(engine), lua=SLOW_VNA).start()
     try:
@@ -182,7 +175,7 @@ def test_worker_killed_mid_transfer_completes_after_restart_each_instance_once(e
 
 def test_stow_rs_destination_from_the_environment(engine, worker, tmp_path, routing_settings):
     """VNA_DESTINATIONS=stow+http://...: the study is POSTed to Orthanc's DICOMweb plug-in."""
-    from tests.pacs.orthanc import OrthancProcess
+    from tests.support.orthanc import OrthancProcess
 
     vna = OrthancProcess(tmp_path / "web", engine_aet="PACS", engine_port=port(engine), dicomweb=True).start()
     try:
@@ -210,7 +203,7 @@ def test_completed_by_mpps_then_by_the_quiet_period_sweep_task_both_routed(engin
     from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
     from project.celery import app
-    from tests.pacs.mpps_data import completion_dataset, n_create_dataset
+    from tests.support.mpps import completion_dataset, n_create_dataset
 
     destination_for(orthanc)
     routing_settings.STUDY_QUIET_PERIOD_SECONDS = 3600  # A must not complete by quiet period here

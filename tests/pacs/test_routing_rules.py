@@ -21,8 +21,8 @@ from pacs.services.routing import actions, archive, commitment, destinations, sc
 from project.delivery.destinations import parse_vna
 from ris.models import StatusChange
 from ris.services.transitions import transition
-from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
-from tests.pacs.orthanc import OrthancProcess
+from tests.support.dicom import port
+from tests.support.orthanc import OrthancProcess
 
 pytestmark = pytest.mark.django_db
 

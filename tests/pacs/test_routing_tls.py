@@ -22,18 +22,12 @@ from pacs.models import images as im
 from pacs.models import transfers as tr
 from pacs.services.routing.sending import ItemToSend, PermanentError
 from project.delivery.destinations import parse_vna
-from tests.conftest import free_port
-from tests.pacs.imaging_helpers import engine, port, store_dir  # noqa: F401
-from tests.pacs.orthanc import OrthancProcess, OrthancTLS, make_instance, write_study
-from tests.pacs.routing_helpers import (  # noqa: F401 - fixtures
-    complete_now,
-    routing_settings,
-    send_matched_study,
-    sender,
-    wait_for,
-    worker,
-)
-from tests.tls_certs import TestPKI
+from tests.support.dicom import port
+from tests.support.net import free_port
+from tests.support.orthanc import OrthancProcess, OrthancTLS, make_instance, write_study
+from tests.support.routing import complete_now, send_matched_study
+from tests.support.tls_certs import TestPKI
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 

@@ -8,7 +8,7 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from pacs.dimse.store import _header_from_head, read_attributes
-from tests.pacs.orthanc import make_instance
+from tests.support.orthanc import make_instance
 
 
 def _file_and_data_set(tmp_path, syntax, **kwargs):

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from tests.pacs.imaging_helpers
 """Indexing a received instance (``pacs.services.images.store_instance``) against the real
 database, on both writers: PostgreSQL's statements and the ORM's.  What they write is the
 same; each test pins one rule where they once differed."""
@@ -16,7 +15,7 @@ from pacs import storage
 from pacs.models import Instance, Series, StoreConflict, Study
 from pacs.services import images
 from pacs.services.index_plan import TOUCH_EVERY
-from tests.pacs.imaging_helpers import new_uid, store_dir  # noqa: F401
+from tests.support.dicom import new_uid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -31,9 +31,9 @@ from pynetdicom import sop_class as sc
 from pynetdicom.dsutils import create_file_meta
 
 from pacs.models import Instance
-from tests.conftest import dcmtk_tool, free_port
-from tests.pacs.dicom_server import DCMTK_ENV
-from tests.pacs.orthanc import storescu
+from tests.support.dicom import DCMTK_ENV
+from tests.support.net import dcmtk_tool, free_port
+from tests.support.orthanc import storescu
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.socket]
 

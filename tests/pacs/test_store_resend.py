@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from tests.pacs.imaging_helpers
 """A C-STORE of a SOP Instance UID already stored (PS3.4 B.2.3), sent by dcmtk's storescu to the
 real listener: an identical resend changes nothing; other content follows STORE_OVERWRITE_POLICY
 (keep / replace / reject), is recorded and shown on the study page; on both index writers."""
@@ -25,8 +24,8 @@ from pacs.models import images as im
 from pacs.models import transfers as tr
 from pacs.services.routing import archive
 from project.access import TECHNOLOGIST
-from tests.pacs.imaging_helpers import engine, new_uid, port, store_dir  # noqa: F401
-from tests.pacs.orthanc import make_instance, storescu
+from tests.support.dicom import new_uid, port
+from tests.support.orthanc import make_instance, storescu
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
 

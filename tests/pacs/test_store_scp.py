@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from tests.pacs.imaging_helpers
 """C-STORE SCP: dcmtk's storescu as the modality, the real AE on an ephemeral port (PS3.4 Annex B).
 
 Persist before Success (file fsynced and renamed, index committed), idempotent resends,
@@ -18,8 +17,8 @@ from pydicom import dcmread
 
 from pacs import storage
 from pacs.models import Instance, Series, StoreConflict, Study
-from tests.pacs.imaging_helpers import engine, new_uid, port, pynetdicom_store, store_dir  # noqa: F401
-from tests.pacs.orthanc import make_instance, storescu, write_study
+from tests.support.dicom import new_uid, port, pynetdicom_store
+from tests.support.orthanc import make_instance, storescu, write_study
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
 

@@ -15,7 +15,7 @@ from ris import auditing
 from ris.commands import PatientData, PatientIdentity, RegisterPatient
 from ris.models import Patient
 from ris.services import patients
-from tests.hl7gateway.intake_helpers import fixture, new_order
+from tests.support.hl7 import fixture, new_order
 
 pytestmark = pytest.mark.django_db
 

@@ -19,8 +19,8 @@ from pacs.models import Instance, PerformedProcedureStep, Series, Study, StudyLi
 from pacs.models import images as im
 from ris.audited_admin import AuditedAdmin
 from ris.models import Patient, PatientMerge, ReportTemplate, StatusChange
-from tests.hl7gateway import outbox_helpers as oh
-from tests.worklist import factories
+from tests.factories import oru as oh
+from tests.factories import reading as factories
 from worklist import services as worklist_services
 from worklist.models import ApiToken
 

@@ -26,10 +26,10 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from hl7gateway.mllp import MLLPDecoder, frame
-from tests.conftest import dcmtk_tool
-from tests.mllp_sink import MLLPSink
-from tests.pacs.mpps_data import CT_IMAGE, n_create_for, n_set_for
-from tests.pacs.orthanc import OrthancProcess, write_study
+from tests.support.mllp_sink import MLLPSink
+from tests.support.mpps import CT_IMAGE, n_create_for, n_set_for
+from tests.support.net import dcmtk_tool
+from tests.support.orthanc import OrthancProcess, write_study
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = 5

@@ -22,11 +22,11 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import free_port
-from tests.mllp_sink import MLLPSink
-from tests.pacs.orthanc import OrthancProcess
 from tests.production import deployment, runtime_venv
 from tests.production.department import PATIENT_VALUES, Engine, a_day, health, wait_port
+from tests.support.mllp_sink import MLLPSink
+from tests.support.net import free_port
+from tests.support.orthanc import OrthancProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_KEY = "smoke-test-secret-key-0c8e4b1d9a7f62e35b0d4c1a8f7e6d5c4b3a2918"

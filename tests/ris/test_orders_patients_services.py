@@ -20,7 +20,7 @@ from ris.models import (
     StatusChange,
 )
 from ris.services import orders, patients, writers
-from tests.hl7gateway.intake_helpers import ack_fields, fixture, with_control_id
+from tests.support.hl7 import ack_fields, fixture, with_control_id
 
 pytestmark = pytest.mark.django_db
 

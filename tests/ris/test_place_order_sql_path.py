@@ -21,7 +21,7 @@ from ris.errors import DuplicateKey
 from ris.models import Order, Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep, Visit
 from ris.services import orders, patients, plans, writers
 from ris.services.writers import postgres
-from tests.hl7gateway.intake_helpers import fixture
+from tests.support.hl7 import fixture
 
 pytestmark = pytest.mark.django_db
 

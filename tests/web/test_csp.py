@@ -14,7 +14,7 @@ from django.urls import path
 
 from project.access import public
 from project.csp import HEADER, POLICY
-from tests.test_rbac import ADMIN_SITE, PUBLIC, _declaration, people, walk  # noqa: F401 - people: a fixture
+from tests.support.urls import ADMIN_SITE, PUBLIC, view_declaration, walk
 
 ROOT = Path(__file__).resolve().parents[2]
 DIRECTIVES = ("default-src 'self'", "object-src 'none'", "base-uri 'self'", "form-action 'self'",
@@ -39,7 +39,7 @@ def test_every_html_page_carries_the_policy(people):  # noqa: F811 - the fixture
     superuser = User.objects.create_superuser("csp_super", password="x-Csp-Pass-1")
     checked, missing = [], []
     for url, name, view in walk():
-        declaration = _declaration(name, view)
+        declaration = view_declaration(name, view)
         clients = [Client(raise_request_exception=False)]
         if declaration == ADMIN_SITE:
             clients[0].force_login(superuser)

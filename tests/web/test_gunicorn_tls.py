@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from tests.conftest import free_port
-from tests.tls_certs import TestPKI
+from tests.support.net import free_port
+from tests.support.tls_certs import TestPKI
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]

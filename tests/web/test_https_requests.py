@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 
-from tests.worklist.factories import user
+from tests.factories import user
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from django.core.management import call_command
 
 from project.access import RADIOLOGIST, RESIDENT, TECHNOLOGIST
 from ris.models import Report, ReportVersion
-from tests.worklist import factories as f
+from tests.factories import reading as f
 from worklist import services
 from worklist.models import ApiToken
 

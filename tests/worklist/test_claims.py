@@ -10,7 +10,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST
-from tests.worklist import factories as f
+from tests.factories import reading as f
 from worklist import services
 from worklist.models import ReadingClaim
 

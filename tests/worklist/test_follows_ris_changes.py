@@ -7,7 +7,7 @@ import pytest
 
 from hl7gateway.intake import handle_payload
 from ris.models import RequestedProcedure
-from tests.hl7gateway.intake_helpers import ack_fields, fixture
+from tests.support.hl7 import ack_fields, fixture
 from worklist.models import ReadingItem
 from worklist.services import mark_ready_for_reading
 

@@ -12,7 +12,7 @@ from hl7gateway.models.outbound import OutboundDestination, OutboundMessage
 from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST
 from ris.models import Report, ReportTemplate, ReportVersion, StatusChange
 from ris.services import reports
-from tests.worklist import factories as f
+from tests.factories import reading as f
 from worklist import services
 from worklist.models import ReadingItem
 

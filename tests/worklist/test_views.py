@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST
 from ris.models import ReportTemplate, ReportVersion
-from tests.worklist import factories as f
+from tests.factories import reading as f
 from worklist import selectors, services
 from worklist.models import ReadingClaim, SavedFilter
 

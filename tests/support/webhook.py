@@ -1,4 +1,4 @@
-"""Test helpers of the monitoring tests: a real HTTP listener for alarm webhooks."""
+"""A real HTTP listener that receives alarm webhooks (the ``webhook`` fixture starts one)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,6 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-import pytest
-
-from monitoring.models import AlarmRule
 
 
 class WebhookSink:
@@ -61,22 +57,3 @@ class WebhookSink:
             time.sleep(0.02)
         return self.bodies
 
-
-@pytest.fixture(name="webhook")
-def webhook_fixture():
-    with WebhookSink() as sink:
-        yield sink
-
-
-@pytest.fixture(name="mail_settings")
-def mail_settings_fixture(settings):
-    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    settings.ALARM_EMAIL_FROM = "alarms@pacs.test"
-    return settings
-
-
-def rule(kind: str, key: str = "", *, webhook_url: str = "", minutes: int = 30, name: str = "",
-         **fields) -> AlarmRule:
-    return AlarmRule.objects.create(name=name or f"{kind} {key}".strip(), kind=kind, interface_key=key,
-                                    threshold_minutes=minutes, notify_emails="ops@pacs.test, it@pacs.test",
-                                    webhook_url=webhook_url, **fields)

@@ -1,4 +1,7 @@
-"""The real DICOM listener on an ephemeral port, and dcmtk's findscu/echoscu driving it."""
+"""Clients of the engine's DICOM listener (PS3.7 DIMSE, PS3.8 upper layer): dcmtk's findscu and
+echoscu, pynetdicom as an SCU for what dcmtk refuses to send, a ``manage.py run_dicom`` process on
+the test database.  The in-process listener itself is a fixture (``engine``, ``dicom_server``,
+``listen`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
+from pynetdicom.sop_class import ModalityWorklistInformationFind
 
-from tests.conftest import dcmtk_tool
+from tests.support.net import dcmtk_tool
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,21 +26,28 @@ ROOT = Path(__file__).resolve().parents[2]
 OTHER = "127.0.0.2"
 
 
-@pytest.fixture(name="dicom_server")
-def dicom_server_fixture(transactional_db, settings):
-    """``start_server('127.0.0.1', 0)``: the AE of ``manage.py run_dicom``; stopped after the test."""
-    from pacs.dimse.server import start_server
-
-    settings.DICOM_AE_TITLE = "PACS"
-    server = start_server("127.0.0.1", 0)
-    try:
-        yield server
-    finally:
-        server.shutdown()
-
-
 def port_of(server) -> int:
     return server.server_address[1]
+
+
+port = port_of
+
+
+def new_uid() -> str:
+    return generate_uid()
+
+
+def pynetdicom_store(server_port: int, datasets, *, called="PACS"):
+    """Send datasets with pynetdicom as the SCU (for cases dcmtk refuses to send); returns statuses."""
+    ae = AE(ae_title="MODALITY")
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", server_port, ae_title=called)
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
 
 
 def findscu(server, keys: list[str], out: Path, *, aet="MOD1", aec="PACS", extra=(), timeout=30):
@@ -81,23 +94,6 @@ def stop_process(proc: subprocess.Popen) -> bool:
         return False
 
 
-@pytest.fixture(name="listen")
-def listen_fixture(transactional_db, settings):
-    """Start the AE (as run_dicom does, after the test set its settings) on 127.0.0.1."""
-    from pacs.dimse.server import start_server
-
-    servers = []
-    settings.DICOM_AE_TITLE = "PACS"
-
-    def start():
-        servers.append(start_server("127.0.0.1", 0))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.shutdown()
-
-
 def associate_from(server, calling: str, contexts, *, source: str = OTHER, ext_neg=None):
     """pynetdicom from ``source``: (association, (result, source, reason) of an A-ASSOCIATE-RJ or None)."""
     received = []
@@ -109,3 +105,33 @@ def associate_from(server, calling: str, contexts, *, source: str = OTHER, ext_n
                          evt_handlers=[(evt.EVT_ACSE_RECV, lambda e: received.append(e.primitive))])
     rj = [(p.result, p.result_source, p.diagnostic) for p in received if getattr(p, "result", None) not in (None, 0)]
     return assoc, (rj[0] if rj else None)
+
+
+def tls_args(pki, issued) -> list[str]:
+    """dcmtk: TLS with this certificate and key, the engine's certificate verified against the CA."""
+    return ["+tls", str(issued.key), str(issued.cert), "+cf", str(pki.ca_file)] if issued else [
+        "+tla", "+cf", str(pki.ca_file)]
+
+
+def tls_echoscu(server, pki, issued, *, aet="CT1"):
+    args = [dcmtk_tool("echoscu"), "-aet", aet, "-aec", "PACS", "-to", "10", *tls_args(pki, issued),
+            "127.0.0.1", str(port_of(server.tls_server))]
+    return subprocess.run(args, capture_output=True, text=True, env=DCMTK_ENV, timeout=60)
+
+
+def mwl_find(assoc, ds):
+    """A C-FIND on the Modality Worklist (PS3.4 K.4) over ``assoc``: [(status, identifier)]."""
+    return [(status.Status if status else None, identifier) for status, identifier in
+            assoc.send_c_find(ds, ModalityWorklistInformationFind)]
+
+
+def worklist_query(modality="CT") -> Dataset:
+    """An MWL query as a modality asks: its modality's steps on 2026-11-26, name and accession returned."""
+    ds = Dataset()
+    ds.PatientName = ""
+    ds.AccessionNumber = ""
+    item = Dataset()
+    item.Modality = modality
+    item.ScheduledProcedureStepStartDate = "20261126"
+    ds.ScheduledProcedureStepSequence = Sequence([item])
+    return ds

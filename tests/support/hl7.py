@@ -1,14 +1,20 @@
-"""Helpers for the inbound HL7 tests: fixture files, ACK reading, a real listener on port 0."""
+"""HL7 v2 messages and MLLP clients for the tests: the fixture files (tests/fixtures/hl7) as
+templates, ACKs read with python-hl7 (HL7 v2.5.1 chapter 2, MSA and ERR), MLLP framing
+(HL7 v2.5.1 Appendix C), connections from a chosen source address (another loopback address
+stands for another host), the process's RSS."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import socket
 from pathlib import Path
 
 import hl7
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hl7"
+#: MSH-3^MSH-4 of epic_orm_o01_nw.hl7 (and of ``new_order``'s messages): the interface key of their sender.
+SENDER = "EPIC^SYNTH_HOSP"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hl7"
 
 
 def fixture(name: str) -> bytes:
@@ -37,6 +43,11 @@ def new_order(control_id: str) -> bytes:
                      (b"SPS100002", f"SPM{n}B"), (b".1234.1001", f".1234.9{n}1"), (b".1234.1002", f".1234.9{n}2")):
         raw = raw.replace(old, new.encode())
     return raw
+
+
+def unsupported(control_id: str) -> bytes:
+    """A message type the engine does not accept (QRY^Q01 in MSH-9): answered AR."""
+    return new_order(control_id).replace(b"ORM^O01", b"QRY^Q01", 1)
 
 
 def unframe(data: bytes) -> bytes:
@@ -72,3 +83,27 @@ def recv_frame(sock, timeout: float = 10.0) -> bytes | None:
             return None
         buf += chunk
     return unframe(buf)
+
+
+def connect(port: int, source: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
+    """A connection to the listener on 127.0.0.1 from ``source`` (any of 127.0.0.0/8 on Linux)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def exchange(sock: socket.socket, raw: bytes, timeout: float = 10.0) -> bytes:
+    """Send one framed message and return its ACK (unframed); AssertionError when closed instead."""
+    sock.sendall(b"\x0b" + raw + b"\x1c\r")
+    ack = recv_frame(sock, timeout)
+    assert ack is not None, "the listener closed the connection instead of answering"
+    return ack
+
+
+def rss_kb() -> int:
+    """Resident set size of this process (the in-process listener's too), from /proc."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")

@@ -19,7 +19,7 @@ MLLP over TLS (a destination ``mllps://``): give it a server context, e.g.
 engine's; with ``ca`` it asks for (and verifies) the client's certificate.  A handshake that
 fails is counted in ``handshake_failures`` (its reason in ``handshake_errors``).
 
-Run on its own: ``python tests/mllp_sink.py --port 2576 --mode AA`` (``--certificate``,
+Run on its own: ``python tests/support/mllp_sink.py --port 2576 --mode AA`` (``--certificate``,
 ``--key`` and optionally ``--ca`` for TLS).
 """
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make hl7gateway importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from hl7gateway.mllp import MLLPDecoder, frame  # noqa: E402
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.support.net import free_port
 
 RSYSLOGD = "/usr/sbin/rsyslogd"
 SEPARATOR = "\x1f"  # a unit separator: appears in no header field and no XML we send

@@ -1,12 +1,24 @@
 """Audit records of every kind the engine writes (invented identifiers, no real patient data),
-as the audit trail holds them: the fields of the audit record, with ``seq`` once sealed."""
+as the audit trail holds them: the fields of the audit record, with ``seq`` once sealed; the
+schema of the messages made of them (DICOM PS3.15 Annex A.5, RFC 3881 as DICOM extends it); and
+what a repository received of them (RFC 5424 syslog messages, PS3.15 A.5.1)."""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+from pathlib import Path
 
+from lxml import etree
+
+import audit_export
+from audit import events, trail
+from audit.models import AuditRecord
 from audit_export.message import Engine
+from audit_export.syslog import BOM
+
+#: The RELAX NG schema of the audit message (the engine's copy of PS3.15's).
+SCHEMA = etree.RelaxNG(etree.parse(str(Path(audit_export.__file__).with_name("audit-message.rng"))))
 
 ENGINE = Engine(source_id="RIS-PACS-TEST", ae_title="PACS", host="pacs.test.example")
 WHEN = dt.datetime(2025, 3, 14, 9, 26, 53, 589793, tzinfo=dt.timezone(dt.timedelta(hours=2)))
@@ -63,3 +75,18 @@ RECORDS = {
                                                   objects=[{"type": "node", "id": "192.0.2.10"}],
                                                   detail={"reason": "calling AE title not admitted"}),
 }
+
+
+def login(n: int) -> AuditRecord:
+    """A login of user ``n`` (the actor names the record in what the repository receives)."""
+    return trail.record(events.USER_AUTHENTICATION, event_type=events.LOGIN, action=events.EXECUTE,
+                        actor=f"test.user{n}", actor_kind=events.USER, source_address="10.0.0.21")
+
+
+def actors(received) -> list[str]:
+    """The requestor's UserID of each message received, in the order the repository wrote them."""
+    out = []
+    for message in received:
+        xml = message.raw.split(b" ", 7)[7][len(BOM):]
+        out.append(etree.fromstring(xml).find("ActiveParticipant").get("UserID"))
+    return out
