@@ -34,7 +34,7 @@ class CeleryWorker:
         self.logfile = self.workdir / f"{self.name}-{self.count}.log"
         with open(self.logfile, "wb") as out:
             self.process = subprocess.Popen(
-                [str(ROOT / ".venv/bin/celery"), "-A", "pacs", "worker", "--loglevel", "INFO",
+                [str(ROOT / ".venv/bin/celery"), "-A", "project", "worker", "--loglevel", "INFO",
                  "-n", f"{self.name}{self.count}@%h", *self.args],
                 cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
