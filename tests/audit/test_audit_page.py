@@ -9,22 +9,20 @@ import io
 import re
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
 from audit import chain, events, tasks, trail
 from audit.models import AuditRecord, ChainCheck
 from project.access import ADMINISTRATOR, PRIVACY_OFFICER, RADIOLOGIST, RESIDENT, ROLES, TECHNOLOGIST
+from tests import factories
 
 PAGES = ["/audit/", "/audit/who-saw/?patient_id=PAT-A", "/audit/export.csv"]
 
 
 def _user(name: str, role: str | None) -> User:
-    user = User.objects.create_user(name, password="pw-For-Tests-1")
-    if role:
-        user.groups.add(Group.objects.get(name=role))
-    return user
+    return factories.user(name, *([role] if role else []))
 
 
 def _client(user: User, address: str = "10.20.30.40") -> Client:

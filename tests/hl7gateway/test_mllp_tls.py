@@ -24,6 +24,7 @@ from ris.models import Order
 from tests.support.hl7 import ack_fields, fixture, new_order, recv_frame
 from tests.support.postgres import database_url
 from tests.support.tls_certs import TestPKI
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True)]
 
@@ -260,5 +261,6 @@ def test_per_address_cap_holds_on_the_tls_port_before_the_handshake(listener, pk
         for sock in held:
             sock.close()
     assert counted(server, "tls_refused", 2)  # closed before any handshake: their slots are freed
+    wait_for(lambda: not server._conns, 10, message="the two slots given back")  # counted before freed
     with tls_connect(server.port, ehr_context(pki)) as sock:  # the slots are free again
         assert exchange(sock, order(30))["msa_1"] == "AA"
