@@ -63,6 +63,7 @@ def test_mllp_destination_errors_name_the_problem(value, message):
         parse_mllp(value, versions=("2.5.1", "2.3.1"), text_value_types=("TX", "FT"))
 
 
+@pytest.mark.socket  # the engine's own process (manage.py)
 def test_the_start_check_of_vna_destinations_is_the_routers_parser(tmp_path):
     """A ``dicoms://`` destination (documented in .env.example) passes the start check; an entry
     the router cannot parse is named by pacs.E001."""

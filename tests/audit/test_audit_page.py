@@ -298,8 +298,9 @@ def test_reading_the_trail_in_the_admin_is_on_the_trail_with_the_client_address(
     trusted proxy, the client of X-Forwarded-For; from anywhere else, the connection's address."""
     settings.WEB_TRUSTED_PROXIES = ["10.0.0.0/24"]
     record = _read(("PAT-ADM", "HOSP"), "rad1")
-    admin_user = User.objects.create_superuser("root_admin", password="pw-For-Tests-1")
-    admin_user.groups.add(Group.objects.get(name=ADMINISTRATOR))
+    admin_user = factories.user("root_admin", ADMINISTRATOR)
+    admin_user.is_superuser = admin_user.is_staff = True
+    admin_user.save()
     client = Client(REMOTE_ADDR="10.0.0.7")
     client.force_login(admin_user)
     assert client.get(f"/admin/audit/auditrecord/{record.pk}/change/",
