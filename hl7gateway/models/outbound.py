@@ -201,6 +201,7 @@ class OutboundAction(models.Model):
 @register(Tags.compatibility)
 def check_oru_destinations(app_configs, **kwargs):
     """hl7gateway.E101: HL7_ORU_DESTINATIONS cannot be parsed (the destinations are then ignored)."""
+    # Here, not at the top: the outbox's destinations module imports this models module.
     from hl7gateway.outbox.destinations import parse_destinations
 
     try:

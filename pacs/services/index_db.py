@@ -26,6 +26,7 @@ from pacs.models import Instance, PerformedProcedureStep, Series, Study
 from pacs.models import mpps as mp
 from pacs.services.index_plan import Held, Plan, SeriesHeld, StudyHeld
 from ris.models import ScheduledProcedureStep
+from ris.services import pg
 
 
 def completed_mpps():
@@ -133,8 +134,6 @@ class PostgresIndex(OrmIndex):
         return cls._sql
 
     def read(self, attrs) -> Held:
-        from ris.services import pg
-
         with pg.cursor() as cursor:
             cursor.execute(self._statements()["read"], {
                 "study_uid": attrs.study_instance_uid, "series_uid": attrs.series_instance_uid,
@@ -145,8 +144,6 @@ class PostgresIndex(OrmIndex):
         return Held(study=study, series=series, instance_id=row[7])
 
     def _insert_instance(self, plan: Plan, study_id: int, series_id: int) -> int:
-        from ris.services import pg
-
         with pg.cursor() as cursor:
             cursor.execute(self._statements()["insert"], {"study_id": study_id, "series_id": series_id,
                                                            **plan.instance})
@@ -160,8 +157,6 @@ class PostgresIndex(OrmIndex):
         ``before_commit()`` is called (it waits for the file's fsyncs, and raises if they
         failed) before the commit.  (mpps_completed, instance id), or None when the study row
         is not what ``plan.requires`` says or the SOP Instance UID has a row (nothing written)."""
-        from ris.services import pg
-
         requires = plan.requires
         pg.cursor().close()  # prepares the session outside the transaction (ris.services.pg)
         try:
