@@ -1,5 +1,6 @@
-"""The transfers page: states with reason, attempts and age; retry and cancel by administrators,
-recorded with who did it (dcm4chee's export monitoring; reliability D-14)."""
+"""The transfers page: states with reason, attempts and age, so that an operator sees why a study
+has not reached the VNA; retry and cancel by administrators, recorded with who did it (a transfer
+sent again or given up is a decision someone answers for)."""
 
 from __future__ import annotations
 
