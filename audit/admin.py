@@ -6,30 +6,20 @@ from django.contrib import admin
 
 from audit import events, trail
 from audit.models import AuditExport, AuditPatient, AuditRecord
+from project.access import ADMINISTRATOR
+from project.admin_mixins import ReadOnlyAdmin
 from project.https import client_address
 
-# The role group of project.access (audit imports nothing of ours); superusers count as administrators.
-ADMINISTRATOR_GROUP = "administrator"
 
-
-class _ReadOnlyForAdministrators:
+class _ReadOnlyForAdministrators(ReadOnlyAdmin):
     """Seen by administrators (superusers and the administrator role), never added or edited."""
 
     def has_view_permission(self, request, obj=None):
         user = request.user
-        return user.is_active and (user.is_superuser or user.groups.filter(name=ADMINISTRATOR_GROUP).exists())
+        return user.is_active and (user.is_superuser or user.groups.filter(name=ADMINISTRATOR).exists())
 
     def has_module_permission(self, request):
         return self.has_view_permission(request)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(AuditRecord)

@@ -21,6 +21,7 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 
 from audit import events
+from audit.actors import acting, hl7_actor_name
 from hl7gateway import auditing as hl7_auditing
 from hl7gateway import limits, refusals, senders
 from hl7gateway.acks import build_ack, encode_ack
@@ -232,7 +233,7 @@ def _acting_sender(msh: MSH | None, replay_of: int | None):
     detail = {"message_control_id": m.msh_10, "message_type": m.message_type}
     if replay_of is not None:
         detail["replay_of"] = replay_of
-    return auditing.acting(auditing.hl7_actor_name(m.msh_3, m.msh_4), events.HL7, detail=detail)
+    return acting(hl7_actor_name(m.msh_3, m.msh_4), events.HL7, detail=detail)
 
 
 def _store_refused(raw: bytes, peer: str, error: DomainError, replay_of: int | None = None) -> bytes:

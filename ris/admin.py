@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
+from project.admin_mixins import ReadOnlyAdmin
 from ris.audited_admin import AuditedAdmin
 from ris.models import (
     Order,
@@ -135,20 +136,11 @@ class ScheduledProcedureStepAdmin(AuditedAdmin, admin.ModelAdmin):
 
 
 @admin.register(StatusChange)
-class StatusChangeAdmin(AuditedAdmin, admin.ModelAdmin):
+class StatusChangeAdmin(ReadOnlyAdmin, AuditedAdmin, admin.ModelAdmin):
     list_display = ("at", "entity", "object_id", "from_status", "to_status", "cause", "actor")
     list_filter = ("entity", "to_status")
     search_fields = ("=object_id", "cause", "actor")
     date_hierarchy = "at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(PatientMerge)

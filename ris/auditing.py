@@ -2,9 +2,9 @@
 A.5.3.13 Order Record, A.5.3.14 Patient Record, A.5.3.15 Procedure Record; IHE ATNA).
 
 The services call :func:`change`; who acted is not a parameter of every service but the context
-the adapter sets with :func:`acting` (``audit.actors``, named here too for the services and the
-HL7 intake: the web middleware sets the user and the client address; the HL7 intake
-MSH-3^MSH-4 with the message control ID).  Without one the actor is the engine itself (actor
+the adapter sets with ``audit.actors.acting`` (the web middleware sets the user and the client
+address; the HL7 intake MSH-3^MSH-4 with the message control ID; the MPPS service the calling AE
+title).  Without one the actor is the engine itself (actor
 kind "system").
 
 A change's record is written in the caller's transaction (``audit.trail.record``), so that it
@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from django.conf import settings
 
 from audit import events, trail
-from audit.actors import ENGINE, Actor, acting, current_actor, hl7_actor_name  # noqa: F401 - named here for the services
+from audit.actors import current_actor
 from ris.models import PatientIdentifier
 from ris.services import pg
 

@@ -22,6 +22,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from audit import events
 from audit import web as web_audit
+from audit.actors import acting
 from project.access import RADIOLOGIST, RESIDENT, declare_roles, has_role
 from ris import auditing as ris_auditing
 from ris.errors import DomainError, UnknownKey
@@ -58,7 +59,7 @@ def token_roles(*allowed: str):
             if not has_role(token.user, *allowed):
                 return _error(403, "this token's user has no reporting role")
             # The token's user acts in the changes the call makes (the session middleware saw none).
-            with ris_auditing.acting(token.user.get_username(), events.USER,
+            with acting(token.user.get_username(), events.USER,
                                      source_address=web_audit.client_address(request)):
                 return view(request, *args, **kwargs)
 

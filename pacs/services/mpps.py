@@ -26,11 +26,11 @@ from django.utils import timezone
 from pydicom.dataset import Dataset
 
 from audit import events
+from audit.actors import acting
 from pacs import auditing
 from pacs.lib.dicom_values import ValueError_, parse_da, parse_tm
 from pacs.models.mpps import COMPLETED, DISCONTINUED, FINAL, IN_PROGRESS, PerformedInstance, PerformedProcedureStep
 from pacs.signals import mpps_completed
-from ris import auditing as ris_auditing
 from ris import states
 from ris.errors import InvalidTransition
 from ris.models import ScheduledProcedureStep
@@ -203,7 +203,7 @@ def _summarize_procedure(step: ScheduledProcedureStep, *, cause: str, actor: str
 def _acting(calling_ae_title: str, source_address: str):
     """The modality as the actor of the step and procedure changes an MPPS causes (PS3.15 A.5.2:
     UserID = the calling AE title, a DICOM node at its address)."""
-    return ris_auditing.acting(calling_ae_title or "(no AE title)", events.DICOM, source_address=source_address)
+    return acting(calling_ae_title or "(no AE title)", events.DICOM, source_address=source_address)
 
 
 def create(sop_instance_uid: str, attributes: dict, *, calling_ae_title: str = "",

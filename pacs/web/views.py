@@ -147,26 +147,26 @@ def transfers(request):
     })
 
 
-@roles(ADMINISTRATOR)
-@require_POST
-def retry_transfer(request, transfer_id: int):
+def _act_on_transfer(request, transfer_id: int, action, done: str):
+    """An operator's action on a transfer (``pacs.services.routing.actions``), recorded with the
+    user; the refusal of a transfer in the wrong state is shown, not raised.  Back to the list."""
     get_object_or_404(Transfer, pk=transfer_id)
     try:
-        transfer_actions.retry(transfer_id, actor=_actor(request))
-        messages.success(request, f"Transfer {transfer_id} queued again.")
+        action(transfer_id, actor=_actor(request))
+        messages.success(request, f"Transfer {transfer_id} {done}.")
     except DomainError as exc:
         messages.error(request, str(exc))
     return redirect("imaging:transfers")
+
+
+@roles(ADMINISTRATOR)
+@require_POST
+def retry_transfer(request, transfer_id: int):
+    return _act_on_transfer(request, transfer_id, transfer_actions.retry, "queued again")
 
 
 @roles(ADMINISTRATOR)
 @require_POST
 def cancel_transfer(request, transfer_id: int):
-    get_object_or_404(Transfer, pk=transfer_id)
-    try:
-        transfer_actions.cancel(transfer_id, actor=_actor(request))
-        messages.success(request, f"Transfer {transfer_id} canceled.")
-    except DomainError as exc:
-        messages.error(request, str(exc))
-    return redirect("imaging:transfers")
+    return _act_on_transfer(request, transfer_id, transfer_actions.cancel, "canceled")
 

@@ -3,14 +3,9 @@ the purge flag table, seal, verify and purge, in a real SQLite database made by 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.sqlite import SqliteEngine
 
 SCRIPT = r'''
 from datetime import UTC, datetime, timedelta
@@ -71,20 +66,10 @@ print("sqlite audit trail ok")
 '''
 
 
-def _run(args, env):
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-
-
 @pytest.mark.socket  # the engine's own processes (manage.py) on SQLite
 def test_the_audit_trail_on_sqlite(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
-    env.update(VAR_DIR=str(tmp_path), DATABASE_URL=f"sqlite:///{tmp_path / 'audit.sqlite3'}")
-    migrate = _run(["migrate", "--noinput", "-v", "0"], env)
-    assert migrate.returncode == 0, migrate.stderr
-    script = _run(["shell", "-c", SCRIPT], env)
-    assert script.returncode == 0, script.stderr + script.stdout
-    assert "sqlite audit trail ok" in script.stdout
-    verify = _run(["verify_audit"], env)
+    engine = SqliteEngine(tmp_path, "audit.sqlite3")
+    engine.run_script(SCRIPT, "sqlite audit trail ok")
+    verify = engine.manage("verify_audit")
     assert verify.returncode == 1
     assert "3 records checked, 1 breaks" in verify.stdout

@@ -97,6 +97,54 @@ def test_record_soon_is_written_and_committed_by_the_writer(transactional_db, ot
         assert cur.fetchone() == (172,)
 
 
+# Values the writer's JSON documents must carry through unchanged (json.dumps escapes them; the
+# server's jsonb_to_recordset unescapes them, RFC 8259 section 7): double quotes, backslashes, text
+# that reads like an escape, every control character JSON escapes except NUL (a PostgreSQL text or
+# jsonb value cannot hold U+0000), Latin-1, CJK and a character outside the BMP (a surrogate pair
+# in \\u notation).
+NAME = "MÜLLER^Zoë"
+QUOTED = 'a "quoted\\back\\slash" detail \\'
+LOOKS_ESCAPED = "\\u0041 \\n \\\" \\/"
+CONTROLS = "".join(chr(c) for c in range(1, 0x20)) + "\x7f"
+OTHER_SCRIPTS = "山田^太郎 𝄞 Ωmega"
+
+
+def test_the_writers_batch_keeps_quotes_backslashes_control_characters_and_non_ascii(transactional_db,
+                                                                                       other_client):
+    given = [
+        dict(action=events.READ, actor=f'Dr. "Zoë" O\'Brien \\ {NAME}', actor_kind=events.USER,
+             source_address="2001:db8::1", destination=QUOTED, patients=[(NAME, 'HOSP "Nord"\\')],
+             objects=[{"type": "study", "id": "1.2.3", "description": OTHER_SCRIPTS}],
+             detail={"PatientName": NAME, "note": QUOTED, 'key "quoted\\"': LOOKS_ESCAPED,
+                     "controls": CONTROLS, "nested": [{"x": QUOTED}, [NAME, 1, None, True]]}),
+        dict(action=events.READ, actor=CONTROLS, actor_kind=events.DICOM, source_address=LOOKS_ESCAPED,
+             patients=[(OTHER_SCRIPTS, NAME), ("PAT-2", "")], detail={"criteria": CONTROLS + QUOTED}),
+        dict(action=events.READ, actor="CT1", actor_kind=events.DICOM, detail={}),
+    ]
+    writer = trail._writer()
+    failures = writer.failures
+    for args in given:
+        trail.record_soon(events.QUERY, **args)
+    assert trail.flush(timeout=30)
+    assert writer.failures == failures  # written at the first attempt, not retried
+    stored = {r.actor: r for r in AuditRecord.records.all()}
+    assert sorted(stored) == sorted(args["actor"] for args in given)
+    for args in given:
+        record = stored[args["actor"]]
+        patients = [{"type": "patient", "id": pid, "issuer": issuer} for pid, issuer in args["patients"]] \
+            if "patients" in args else []
+        assert (record.actor, record.actor_kind, record.source_address, record.destination) == (
+            args["actor"], args["actor_kind"], args.get("source_address", ""), args.get("destination", ""))
+        assert record.objects == patients + args.get("objects", [])
+        assert record.detail == args["detail"]
+        assert sorted(record.patients.values_list("patient_id", "issuer")) == sorted(args.get("patients", []))
+    # The same bytes as seen by another client, not only through the ORM's JSON decoding.
+    with other_client.cursor() as cur:
+        cur.execute("SELECT detail->>'note', detail->>'controls', objects->1->>'description' FROM audit_auditrecord "
+                    "WHERE id = %s", [stored[given[0]["actor"]].pk])
+        assert cur.fetchone() == (QUOTED, CONTROLS, OTHER_SCRIPTS)
+
+
 def test_a_full_queue_makes_the_caller_write_its_record_itself(transactional_db, other_client, settings):
     settings.AUDIT_QUEUE_SIZE = 2
     writer = trail._writer()

@@ -23,17 +23,15 @@ from project.access import ADMINISTRATOR
 from tests.factories import rule, user
 from tests.support.audit_records import actors, login
 from tests.support.postgres import conninfo
-from tests.support.rsyslog import Rsyslog
 
 
 @pytest.fixture
-def repository(tmp_path, settings):
-    repo = Rsyslog(tmp_path / "rsyslog")
-    repo.start()
-    settings.AUDIT_REPOSITORY_URL = f"syslog+tcp://127.0.0.1:{repo.tcp_port}"
+def repository(rsyslog, settings):
+    """The rsyslog repository as the engine's AUDIT_REPOSITORY_URL; the exporter's kept
+    connection closed after the test."""
+    settings.AUDIT_REPOSITORY_URL = f"syslog+tcp://127.0.0.1:{rsyslog.tcp_port}"
     settings.AUDIT_REPOSITORY_TIMEOUT_SECONDS = 2.0
-    yield repo
-    repo.stop()
+    yield rsyslog
     if run._SENDER is not None:
         run._SENDER[2].close()
     run._SENDER = None

@@ -17,7 +17,6 @@ from django.db import connection
 from audit.models import AuditExport, AuditRecord
 from tests.support.audit_records import actors, login
 from tests.support.celery_worker import CeleryWorker
-from tests.support.rsyslog import Rsyslog
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -33,15 +32,7 @@ def wait_until(predicate, what: str, worker: CeleryWorker, timeout: float = 30.0
 
 
 @pytest.fixture
-def repository(tmp_path):
-    repo = Rsyslog(tmp_path / "rsyslog")
-    repo.start()
-    yield repo
-    repo.stop()
-
-
-@pytest.fixture
-def worker(tmp_path, repository):
+def worker(tmp_path, rsyslog):
     broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     broker.flushdb()
     db = connection.settings_dict
@@ -49,7 +40,7 @@ def worker(tmp_path, repository):
     env.update(
         DATABASE_URL=f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
         CELERY_BROKER_URL=settings.CELERY_BROKER_URL, VAR_DIR=str(tmp_path / "var"), PYTHONUNBUFFERED="1",
-        AUDIT_REPOSITORY_URL=f"syslog+tcp://127.0.0.1:{repository.tcp_port}", AUDIT_EXPORT_SECONDS="0.5",
+        AUDIT_REPOSITORY_URL=f"syslog+tcp://127.0.0.1:{rsyslog.tcp_port}", AUDIT_EXPORT_SECONDS="0.5",
         AUDIT_REPOSITORY_TIMEOUT_SECONDS="2",
     )
     w = CeleryWorker(tmp_path, env, name="b8audit", args=[
@@ -69,14 +60,14 @@ def _exported_so_far(worker: CeleryWorker) -> int:
     return wait_until(settled, "the worker's own records at the repository", worker)
 
 
-def test_beat_exports_repository_down_and_back_each_record_once_in_order(worker, repository):
+def test_beat_exports_repository_down_and_back_each_record_once_in_order(worker, rsyslog):
     base = _exported_so_far(worker)
     for n in range(1, 4):
         login(n)
-    assert actors(repository.wait_for(base + 3, timeout=30))[base:] == ["test.user1", "test.user2", "test.user3"]
+    assert actors(rsyslog.wait_for(base + 3, timeout=30))[base:] == ["test.user1", "test.user2", "test.user3"]
     wait_until(lambda: AuditExport.objects.filter(last_seq=base + 3).exists(), "the cursor at seq 3", worker)
 
-    repository.stop()
+    rsyslog.stop()
     for n in range(4, 7):
         login(n)
     wait_until(lambda: AuditExport.objects.filter(failing_since__isnull=False).exists(),
@@ -85,15 +76,15 @@ def test_beat_exports_repository_down_and_back_each_record_once_in_order(worker,
     assert row.last_seq == base + 3 and "Connection refused" in row.last_error
     assert AuditRecord.records.filter(seq__gt=base + 3).count() == 3  # sealed, waiting in the trail
 
-    repository.start()
+    rsyslog.start()
     login(7)
-    repository.wait_for(base + 7, timeout=30)
+    rsyslog.wait_for(base + 7, timeout=30)
     wait_until(lambda: AuditExport.objects.filter(last_seq=base + 7, failing_since__isnull=True).exists(),
                "the cursor at seq 7", worker)
     # One more record after the cursor reached seq 7: anything sent twice would arrive before it.
     login(8)
-    repository.wait_for(base + 8, timeout=30)
+    rsyslog.wait_for(base + 8, timeout=30)
     wait_until(lambda: AuditExport.objects.filter(last_seq=base + 8).exists(), "the cursor at seq 8", worker)
-    received = actors(repository.received())
+    received = actors(rsyslog.received())
     assert received[base:] == [f"test.user{n}" for n in range(1, 9)]
     assert len(received) == base + 8  # nothing twice, nothing else

@@ -50,14 +50,6 @@ def check_received(received, records) -> None:
 
 
 @pytest.fixture
-def repository(tmp_path):
-    repo = Rsyslog(tmp_path / "rsyslog")
-    repo.start()
-    yield repo
-    repo.stop()
-
-
-@pytest.fixture
 def pki(tmp_path):
     return TestPKI(tmp_path / "pki")
 
@@ -104,23 +96,23 @@ def test_bad_repository_urls(url):
 # -- to rsyslog --------------------------------------------------------------------------------
 
 @pytest.mark.socket
-def test_a_batch_over_tcp_is_received_framed_parsed_and_valid(repository):
-    with SyslogSender(f"syslog+tcp://127.0.0.1:{repository.tcp_port}", timeout=5) as sender:
+def test_a_batch_over_tcp_is_received_framed_parsed_and_valid(rsyslog):
+    with SyslogSender(f"syslog+tcp://127.0.0.1:{rsyslog.tcp_port}", timeout=5) as sender:
         assert export_batch(BATCH, sender, ENGINE) == 13
         assert sender.last_error == ""
-    check_received(repository.wait_for(3), BATCH)
+    check_received(rsyslog.wait_for(3), BATCH)
 
 
 @pytest.mark.socket
-def test_a_batch_over_udp_one_datagram_each(repository):
-    with SyslogSender(f"syslog+udp://127.0.0.1:{repository.udp_port}", timeout=5) as sender:
+def test_a_batch_over_udp_one_datagram_each(rsyslog):
+    with SyslogSender(f"syslog+udp://127.0.0.1:{rsyslog.udp_port}", timeout=5) as sender:
         assert export_batch(BATCH, sender, ENGINE) == 13
-    check_received(repository.wait_for(3), BATCH)
+    check_received(rsyslog.wait_for(3), BATCH)
 
 
 @pytest.mark.socket
-def test_a_message_too_large_for_udp_is_refused_and_reported_not_cut(repository, caplog):
-    with SyslogSender(f"syslog+udp://127.0.0.1:{repository.udp_port}", timeout=5) as sender:
+def test_a_message_too_large_for_udp_is_refused_and_reported_not_cut(rsyslog, caplog):
+    with SyslogSender(f"syslog+udp://127.0.0.1:{rsyslog.udp_port}", timeout=5) as sender:
         with pytest.raises(MessageTooLarge):
             sender.send([b"x" * (UDP_MAX_IPV4 + 1)])
         huge = record("110112", "E", actor="dr.reader", actor_kind="user", seq=21,
@@ -129,7 +121,7 @@ def test_a_message_too_large_for_udp_is_refused_and_reported_not_cut(repository,
         with caplog.at_level(logging.ERROR, logger="audit_export.export"):
             assert export_batch([huge, following], sender, ENGINE) == 22
     assert "seq=21 cannot be exported" in caplog.text and "octets" in caplog.text
-    check_received(repository.wait_for(1), [following])
+    check_received(rsyslog.wait_for(1), [following])
 
 
 @pytest.mark.socket
@@ -155,40 +147,40 @@ def test_a_tls_repository_with_an_untrusted_certificate_gets_nothing(tls_reposit
 
 
 @pytest.mark.socket
-def test_a_repository_that_is_down_gets_nothing_counted_and_one_that_comes_back_gets_all(repository):
-    sender = SyslogSender(f"syslog+tcp://127.0.0.1:{repository.tcp_port}", timeout=5)
+def test_a_repository_that_is_down_gets_nothing_counted_and_one_that_comes_back_gets_all(rsyslog):
+    sender = SyslogSender(f"syslog+tcp://127.0.0.1:{rsyslog.tcp_port}", timeout=5)
     try:
         assert export_batch(BATCH[:1], sender, ENGINE) == 11  # a kept connection
         # Stopped only once it has read what it acknowledged: a syslog receiver that stops with
         # unread data loses it (no application-level acknowledgement; see audit_export.syslog).
-        repository.wait_for(1)
-        repository.stop()
+        rsyslog.wait_for(1)
+        rsyslog.stop()
         # Down: the kept connection is found closed, a new one is refused; nothing counts as sent.
         assert export_batch(BATCH[1:], sender, ENGINE) is None
         assert "refused" in sender.last_error.lower()
-        repository.start()
+        rsyslog.start()
         assert export_batch(BATCH[1:], sender, ENGINE) == 13
         assert sender.last_error == ""
         # Restarted while the sender holds its connection: the next batch goes over a new one.
-        repository.wait_for(3)
-        repository.stop()
-        repository.start()
+        rsyslog.wait_for(3)
+        rsyslog.stop()
+        rsyslog.start()
         again = [{**BATCH[0], "seq": 14}]
         assert export_batch(again, sender, ENGINE) == 14
     finally:
         sender.close()
-    check_received(repository.wait_for(4), BATCH + again)
+    check_received(rsyslog.wait_for(4), BATCH + again)
 
 
 @pytest.mark.socket
-def test_a_record_that_cannot_be_a_message_is_skipped_logged_by_seq_and_the_cursor_passes_it(repository, caplog):
+def test_a_record_that_cannot_be_a_message_is_skipped_logged_by_seq_and_the_cursor_passes_it(rsyslog, caplog):
     broken = {**RECORDS["patient record update"], "seq": 32, "objects": []}
     batch = [{**RECORDS["login"], "seq": 31}, broken, {**RECORDS["logout"], "seq": 33}]
-    with SyslogSender(f"syslog+tcp://127.0.0.1:{repository.tcp_port}", timeout=5) as sender:
+    with SyslogSender(f"syslog+tcp://127.0.0.1:{rsyslog.tcp_port}", timeout=5) as sender:
         with caplog.at_level(logging.ERROR, logger="audit_export.export"):
             assert export_batch(batch, sender, ENGINE) == 33
     assert "seq=32 cannot be exported: a Patient Record message needs a patient object" in caplog.text
-    check_received(repository.wait_for(2), [batch[0], batch[2]])
+    check_received(rsyslog.wait_for(2), [batch[0], batch[2]])
 
 
 @pytest.mark.socket

@@ -1,7 +1,9 @@
-"""Knowing a study is complete (radiology-workflow.md section 6): by MPPS COMPLETED with every
-listed instance stored, or by the quiet period; a late instance re-opens the study and the
-next completion sends only it; a complete, matched study is on the reading worklist; the
-transfer rows are written in the completing transaction."""
+"""Knowing a study is complete (no DICOM message says so for the images themselves): by MPPS
+COMPLETED (PS3.4 F.7; IHE RAD-7, Modality Procedure Step Completed) with every instance its
+Performed Series Sequence lists stored, or, for a modality that sends no MPPS, by the quiet
+period; a late instance re-opens the study and the next completion sends only it; a complete,
+matched study is on the reading worklist; the transfer rows are written in the completing
+transaction."""
 
 from __future__ import annotations
 

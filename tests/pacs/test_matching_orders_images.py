@@ -1,6 +1,8 @@
-"""Matching received studies to orders (radiology-workflow.md section 1 step 5): storescu sends,
-the engine matches by accession (+issuer), Study UID, patient + date + modality; mismatched
-demographics are flagged and the corrections for the VNA recorded."""
+"""Matching received studies to orders (IHE Scheduled Workflow: the images stored, RAD-8, carry
+the Accession Number and Study Instance UID the modality took from the worklist, RAD-5; an
+unscheduled exam carries neither and is reconciled later, IHE Patient Information
+Reconciliation): storescu sends, the engine matches by accession (+issuer), Study UID, patient +
+date + modality; mismatched demographics are flagged and the corrections for the VNA recorded."""
 
 from __future__ import annotations
 

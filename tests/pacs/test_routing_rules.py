@@ -14,13 +14,13 @@ from pydicom.uid import generate_uid
 
 from pacs import storage
 from pacs.dimse.commitment import report_from_dataset
-from pacs.models import Instance, Series, Study, Transfer, TransferItem, VnaDestination
+from pacs.models import Instance, Study, Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
 from pacs.services.routing import actions, archive, commitment, destinations, schedule, sending, sweep, transfers
 from project.delivery.destinations import parse_vna
 from ris.models import StatusChange
-from ris.services.transitions import transition
+from tests.factories import committing_transfer
 from tests.support.dicom import port
 from tests.support.orthanc import OrthancProcess
 
@@ -60,29 +60,7 @@ def test_backoff_is_exponential_with_jitter_and_capped(settings):
 
 @pytest.fixture
 def transfer(store_dir):
-    study = Study.objects.create(study_instance_uid=generate_uid(), last_received_at=timezone.now(),
-                                 status=im.RECEIVING, batch=1)
-    transition(study, im.COMPLETE, entity="study", cause="test", actor="test")
-    series = Series.objects.create(study=study, series_instance_uid=generate_uid())
-    destination = VnaDestination.objects.create(name="vna", ae_title="VNA", host="127.0.0.1", port=1)
-    t = Transfer.objects.create(study=study, destination=destination, batch=1, next_attempt_at=timezone.now())
-    for _ in range(3):
-        uid = generate_uid()
-        rel = storage.relative_path(study.study_instance_uid, series.series_instance_uid, uid)
-        path = storage.absolute_path(rel)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"\x00" * 128 + b"DICM")
-        instance = Instance.objects.create(study=study, series=series, sop_instance_uid=uid, sop_class_uid="1.2.3",
-                                           transfer_syntax_uid="1.2.840.10008.1.2.1", path=rel, size=132, batch=1,
-                                           received_at=timezone.now())
-        TransferItem.objects.create(transfer=t, instance=instance, status=tr.ITEM_SENT)
-    transition(t, tr.IN_PROGRESS, entity="transfer", cause="test", actor="test")
-    t.transaction_uid = generate_uid()
-    t.commitment_requested_at = timezone.now()
-    t.attempts = 1
-    t.save()
-    transition(t, tr.COMMITTING, entity="transfer", cause="test", actor="test")
-    return t
+    return committing_transfer()
 
 
 def _report(t, committed, failed):

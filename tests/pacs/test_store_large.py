@@ -1,5 +1,7 @@
 """C-STORE of a 1 GiB multi-frame instance into the real ``manage.py run_dicom`` process, with
-bounded memory (issue 4: "Large instances (a 1 GB multi-frame) are stored with bounded memory").
+bounded memory: an instance may be larger than the memory a DICOM worker may take, and need not be
+held whole, since it arrives in P-DATA-TF PDUs no longer than the maximum length the receiver
+negotiated (PS3.8 9.3.5, D.1), so the receiver can write it to disk as it comes.
 
 The instance (Multi-frame Grayscale Word Secondary Capture, PS3.3 A.8.4; explicit VR little
 endian) is written to disk without ever being held in memory: pydicom writes the header, then

@@ -1,10 +1,12 @@
-"""The transfers page: states with reason, attempts and age; retry and cancel by administrators,
-recorded with who did it (dcm4chee's export monitoring; reliability D-14)."""
+"""The transfers page: states with reason, attempts and age, so that an operator sees why a study
+has not reached the VNA; retry and cancel by administrators, recorded with who did it (a transfer
+sent again or given up is a decision someone answers for)."""
 
 from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.contrib.messages import get_messages
 from django.urls import reverse
 from django.utils import timezone
 from pydicom.uid import generate_uid
@@ -52,22 +54,31 @@ def test_page_lists_states_reason_attempts_and_age(client, rows):
     assert "ACC-FAILED" in failed_only and "ACC-COMMITTED" not in failed_only
 
 
+def _last_shown(response) -> str:
+    """The last message the redirected page will show (the test renders no page, so the earlier
+    ones are still stored)."""
+    return [str(m) for m in get_messages(response.wsgi_request)][-1]
+
+
 def test_retry_and_cancel_are_recorded_with_the_user(client, rows, django_capture_on_commit_callbacks):
     login(client, "root-admin", ADMINISTRATOR)
     failed = rows[tr.FAILED]
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = client.post(reverse("imaging:retry_transfer", args=[failed.pk]))
     assert response.status_code == 302 and len(callbacks) == 1
+    assert _last_shown(response) == f"Transfer {failed.pk} queued again."
     failed.refresh_from_db()
     assert failed.status == tr.RETRYING and failed.attempts == 0
     retrying = rows[tr.RETRYING]
-    client.post(reverse("imaging:cancel_transfer", args=[retrying.pk]))
+    response = client.post(reverse("imaging:cancel_transfer", args=[retrying.pk]))
+    assert _last_shown(response) == f"Transfer {retrying.pk} canceled."
     changes = StatusChange.objects.filter(entity="transfer").values_list("object_id", "to_status", "actor")
     assert (failed.pk, tr.RETRYING, "root-admin") in changes
     assert (retrying.pk, tr.CANCELED, "root-admin") in changes
     # A committed transfer cannot be canceled: the page says so, nothing changes.
     committed = rows[tr.COMMITTED]
-    client.post(reverse("imaging:cancel_transfer", args=[committed.pk]))
+    response = client.post(reverse("imaging:cancel_transfer", args=[committed.pk]))
+    assert response.status_code == 302 and "canceled." not in _last_shown(response)
     assert Transfer.objects.get(pk=committed.pk).status == tr.COMMITTED
 
 

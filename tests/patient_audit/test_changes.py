@@ -8,10 +8,10 @@ import pytest
 from django.db import transaction
 
 from audit import events
+from audit.actors import acting
 from audit.models import AuditRecord
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage
-from ris import auditing
 from ris.commands import PatientData, PatientIdentity, RegisterPatient
 from ris.models import Patient
 from ris.services import patients
@@ -96,7 +96,7 @@ def test_a_service_change_that_rolls_back_leaves_no_record():
 
     cmd = RegisterPatient(PatientData([PatientIdentity("RB0001", "HOSP")], patient_name="ROLL^BACK"))
     with pytest.raises(Refused), transaction.atomic():
-        with auditing.acting("alice", events.USER, source_address="192.0.2.7"):
+        with acting("alice", events.USER, source_address="192.0.2.7"):
             patients.register_patient(cmd)
         assert AuditRecord.records.filter(patients__patient_id="RB0001").count() == 1
         raise Refused
@@ -105,7 +105,7 @@ def test_a_service_change_that_rolls_back_leaves_no_record():
 
 
 def test_the_actor_of_the_context_is_recorded_and_without_one_the_engine():
-    with auditing.acting("alice", events.USER, source_address="192.0.2.7"):
+    with acting("alice", events.USER, source_address="192.0.2.7"):
         patients.register_patient(RegisterPatient(PatientData([PatientIdentity("CTX1", "HOSP")])))
     patients.register_patient(RegisterPatient(PatientData([PatientIdentity("CTX2", "HOSP")])))
     by_user, by_engine = _records(events.PATIENT_RECORD, events.CREATE)

@@ -4,14 +4,9 @@ numbers from the allocation table, the same ACKs and rows as on PostgreSQL."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.sqlite import SqliteEngine
 
 SCRIPT = r'''
 from pathlib import Path
@@ -59,17 +54,6 @@ print("sqlite orders ok")
 '''
 
 
-def _run(args, env):
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-
-
 @pytest.mark.socket  # the engine's own process (manage.py)
 def test_orders_and_patients_on_sqlite(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
-    env.update(VAR_DIR=str(tmp_path), DATABASE_URL=f"sqlite:///{tmp_path / 'orders.sqlite3'}")
-    migrate = _run(["migrate", "--noinput", "-v", "0"], env)
-    assert migrate.returncode == 0, migrate.stderr
-    script = _run(["shell", "-c", SCRIPT], env)
-    assert script.returncode == 0, script.stderr + script.stdout
-    assert "sqlite orders ok" in script.stdout
+    SqliteEngine(tmp_path, "orders.sqlite3").run_script(SCRIPT, "sqlite orders ok")
