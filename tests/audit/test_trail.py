@@ -145,6 +145,34 @@ def test_the_writers_batch_keeps_quotes_backslashes_control_characters_and_non_a
         assert cur.fetchone() == (QUOTED, CONTROLS, OTHER_SCRIPTS)
 
 
+def test_a_nul_character_is_kept_as_a_replacement_character_and_blocks_no_batch(transactional_db):
+    """U+0000 (from an HL7 field or a DICOM value) cannot be stored in PostgreSQL's text or jsonb:
+    the record is written with U+FFFD in its place, by the writer thread and in the caller's
+    transaction alike, and the records behind it in the same batch are written too."""
+    writer = trail._writer()
+    failures = writer.failures
+    nul = "DOE\x00^JOHN"
+    trail.record_soon(events.QUERY, action=events.READ, actor="CT\x001", actor_kind=events.DICOM,
+                      source_address="10.0.0.1\x00", patients=[(nul, "HOSP\x00")],
+                      objects=[{"type": "query", "id": "mwl\x00", "detail": {"k\x00": [nul]}}],
+                      detail={"PatientName": nul})
+    trail.record_soon(events.QUERY, **_query(detail={"n": "behind"}))
+    assert trail.flush(timeout=30)
+    assert writer.failures == failures  # written at the first attempt, not retried
+    with transaction.atomic():
+        trail.record(events.QUERY, action=events.READ, actor="rad1", actor_kind=events.USER,
+                     detail={"criteria": nul}, patients=[(nul, "HOSP")])
+    kept = "DOE\ufffd^JOHN"
+    by_actor = {r.actor: r for r in AuditRecord.records.all()}
+    dicom = by_actor["CT\ufffd1"]
+    assert dicom.source_address == "10.0.0.1\ufffd" and dicom.detail == {"PatientName": kept}
+    assert dicom.objects == [{"type": "patient", "id": kept, "issuer": "HOSP\ufffd"},
+                             {"type": "query", "id": "mwl\ufffd", "detail": {"k\ufffd": [kept]}}]
+    assert list(dicom.patients.values_list("patient_id", "issuer")) == [(kept, "HOSP\ufffd")]
+    assert by_actor["rad1"].detail == {"criteria": kept}
+    assert AuditRecord.records.filter(detail__n="behind").count() == 1
+
+
 def test_a_full_queue_makes_the_caller_write_its_record_itself(transactional_db, other_client, settings):
     settings.AUDIT_QUEUE_SIZE = 2
     writer = trail._writer()
