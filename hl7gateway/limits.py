@@ -53,8 +53,27 @@ def pid_3_repetitions(raw: bytes, msh: MSH) -> int:
     return fields[3].count(msh.encoding_characters[1].encode("latin-1")) + 1
 
 
+def nul_location(raw: bytes, msh: MSH | None) -> str:
+    """The ERR-2 location (segment^sequence^field) of the first NUL (0x00) in ``raw``."""
+    at = raw.index(b"\x00")
+    start = max(raw.rfind(b"\r", 0, at), raw.rfind(b"\n", 0, at)) + 1
+    segment = raw[start:at]
+    name = segment[:3].decode("latin-1")
+    if msh is None or not msh.has_valid_separators or not name.isalnum():
+        return ""
+    field = segment.count(msh.field_separator.encode("latin-1")) + (1 if name == "MSH" else 0)
+    number = sum(1 for line in raw[:start].replace(b"\n", b"\r").split(b"\r") if line.startswith(segment[:3])) + 1
+    return f"{name}^{number}^{field}"
+
+
 def check(raw: bytes, msh: MSH | None) -> HL7Error | None:
-    """The reason to refuse ``raw`` for its size of structure, or None."""
+    """The reason to refuse ``raw`` for its size of structure or its characters, or None."""
+    if b"\x00" in raw:
+        # No HL7 v2 data type holds the character zero (HL7 v2.5.1 2.A: ST, TX, FT are printable
+        # characters and the defined escapes), and a database text column cannot store it: a
+        # resend would fail the same way, so the answer is AR, error 102 (data type error).
+        return HL7Error("message holds a NUL character (0x00), which no HL7 data type allows", code=102,
+                        location=nul_location(raw, msh), ack_code="AR")
     segments = segment_count(raw)
     if segments > settings.HL7_MAX_SEGMENTS:
         return _refuse(f"message has {segments} segments; at most {settings.HL7_MAX_SEGMENTS} are accepted "

@@ -128,6 +128,10 @@ def read_msh(raw: bytes) -> MSH | None:
     if start < 0:
         return None
     line = _SEGMENT_SPLIT.split(raw[start:], maxsplit=1)[0].decode("latin-1")
+    if "\x00" in line:
+        # The header is stored, looked up and echoed in the ACK; a NUL cannot be stored in a
+        # text column (the message itself is refused for it: hl7gateway.limits).
+        line = line.replace("\x00", "\ufffd")
     if len(line) < 8:
         return None
     sep = line[3]

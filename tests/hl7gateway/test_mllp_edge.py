@@ -173,6 +173,38 @@ def test_oversized_structure_is_refused_in_milliseconds(listener, build, locatio
     assert Order.objects.count() == 2
 
 
+def with_nul(raw: bytes, segment: bytes, field: int) -> bytes:
+    """``raw`` with a NUL (0x00) in the middle of ``segment``'s field ``field`` (HL7 numbering)."""
+    lines = raw.split(b"\r")
+    for k, line in enumerate(lines):
+        if line.startswith(segment):
+            fields = line.split(b"|")
+            index = field - 1 if segment == b"MSH" else field
+            fields[index] = fields[index][:2] + b"\x00" + fields[index][2:]
+            lines[k] = b"|".join(fields)
+            break
+    return b"\r".join(lines)
+
+
+@pytest.mark.parametrize("segment, field, location", [(b"PID", 5, "PID^1^5"), (b"MSH", 10, "MSH^1^10")])
+def test_a_nul_character_is_refused_with_the_field_named_and_the_message_kept(listener, segment, field, location):
+    """A NUL cannot be stored as text (PostgreSQL) and no HL7 data type holds it: AR with error 102
+    and the field's location, the message stored whole (its bytes), the connection goes on; the
+    resend is the stored message's duplicate and gets the same answer (not a database error that
+    asks for a resend forever)."""
+    server = listener()
+    raw = with_nul(ehr_order(), segment, field)
+    with connect(server.port, EHR) as sock:
+        for _ in range(2):
+            ack = ack_fields(exchange(sock, raw))
+            assert ack["msa_1"] == "AR" and "NUL character" in ack["msa_3"]
+            assert ack["err"] == f"ERR|{location}^102&Data type error&HL70357"
+        assert ack_fields(exchange(sock, ehr_order()))["msa_1"] == "AA"
+    (kept,) = InboundMessage.objects.filter(status="REJECTED", error_code="102")
+    assert bytes(kept.raw) == raw and kept.duplicate_count == 1
+    assert Order.objects.count() == 1  # the EHR's good order alone
+
+
 def test_ehr_is_served_while_another_host_floods_repetitions(listener, settings):
     settings.HL7_SENDERS = f"EPIC^SYNTH_HOSP@{EHR}:orders,EPIC^SYNTH_HOSP@{ATTACKER}:orders"
     server = listener()
