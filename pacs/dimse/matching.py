@@ -146,13 +146,19 @@ class Matches:
     returned: list = field(default_factory=list)  # (keyword, tag, VR, sub | None) in identifier order
 
 
-def _text_value(value) -> list[str]:
+def _text_value(value, *, ui: bool = False) -> list[str]:
     """The value(s) of a string key: a MultiValue (``A\\B``) gives several, matched as OR."""
     if value is None:
         return [""]
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return [str(v) for v in value] or [""]
-    return [str(value)]
+        values = [str(v) for v in value] or [""]
+    else:
+        values = [str(value)]
+    # NUL pads only a UI value at its end (PS3.5 6.2); anywhere else it is in no character
+    # repertoire (PS3.5 6.1), so no stored value can match it: the identifier is refused.
+    if any("\x00" in (v.rstrip("\x00") if ui else v) for v in values):
+        raise IdentifierError("a key holds a NUL character (0x00), which no string VR allows")
+    return values
 
 
 def _or(conditions: list[Q]) -> Q:
@@ -306,7 +312,7 @@ def _condition(keyword: str, spec: Key, value, matches: Matches) -> None:
         ci = keyword == "PatientName" and settings.MWL_PATIENT_NAME_CASE_INSENSITIVE
         condition = _string_condition(spec.path, _text_value(value), case_insensitive=ci, pn=True)
     elif kind == "uid":
-        uids = [v.strip().rstrip("\x00") for v in _text_value(value) if v.strip()]
+        uids = [v.strip().rstrip("\x00") for v in _text_value(value, ui=True) if v.strip()]
         if not uids:
             return
         if any(has_wildcard(u) for u in uids):

@@ -83,7 +83,11 @@ def contexts():
 
 def _text(ds, keyword: str) -> str:
     value = ds.get(keyword, "")
-    return "" if value is None else str(value).strip()
+    text = "" if value is None else str(value).strip()
+    # NUL pads only UI values (PS3.5 6.2, stripped by pydicom); elsewhere it is outside every
+    # character repertoire (PS3.5 6.1) and PostgreSQL's text cannot hold it. The file keeps the
+    # bytes as sent; the index keeps U+FFFD in its place (a UID holding one is then refused).
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _int(ds, keyword: str) -> int | None:

@@ -173,6 +173,10 @@ def test_one_query_whatever_is_asked(steps):
         ({"PatientBirthDate": "19xx0101"}, None),
         ({"StudyInstanceUID": "1.2.*"}, None),
         ({"PregnancyStatus": "x"}, None),
+        ({"PatientName": "DO\x00E*"}, None),  # NUL: in no character repertoire (PS3.5 6.1)
+        ({"PatientID": "P\x00"}, None),
+        ({"StudyInstanceUID": "1.2\x00.3"}, None),  # NUL pads a UID only at its end (PS3.5 6.2)
+        ({}, {"ScheduledStationAETitle": "CT\x001"}),
     ],
 )
 def test_malformed_identifiers_refused(steps, top, sps):

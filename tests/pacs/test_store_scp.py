@@ -91,6 +91,21 @@ def test_path_traversal_uids_are_refused(engine, store_dir, field, value):
     assert not Path("/tmp/evil").exists()
 
 
+def test_a_nul_in_a_text_value_is_stored_and_indexed_with_a_replacement_character(engine, store_dir):
+    """NUL is in no character repertoire (PS3.5 6.1) and PostgreSQL's text cannot hold it: the
+    image is not refused (a modality would retry it forever, or drop it); the file keeps the bytes
+    as sent, the index U+FFFD in their place; a UID holding one is refused as invalid."""
+    ds = make_instance(study_instance_uid=new_uid(), patient_name="DOE\x00^JANE", accession_number="AC\x00C1",
+                       patient_id="P\x001")
+    assert pynetdicom_store(port(engine), [ds]) == [0x0000]
+    instance = Instance.objects.select_related("study").get()
+    assert (instance.study.patient_name, instance.study.accession_number) == ("DOE\ufffd^JANE", "AC\ufffdC1")
+    assert dcmread(store_dir / instance.path).PatientName == "DOE\x00^JANE"
+    bad_uid = make_instance(study_instance_uid="1.2\x00.3")
+    assert pynetdicom_store(port(engine), [bad_uid])[0] & 0xF000 in (0xC000, 0xA000)
+    assert Instance.objects.count() == 1
+
+
 def test_same_sop_instance_uid_in_another_study_is_kept_and_recorded(engine, settings):
     """STORE_OVERWRITE_POLICY=keep (the default): the first version stays (tests/pacs/test_store_resend.py)."""
     first = make_instance(study_instance_uid=new_uid())
