@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from audit import events
 from audit.models import AuditPatient, AuditRecord
+from project.text import no_nul
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +69,6 @@ class _Entry:
         return self.record
 
 
-def _no_nul(value):
-    """``value`` with every U+0000 replaced by U+FFFD, in strings, dict keys and lists at any depth.
-
-    PostgreSQL's text and jsonb cannot hold the character zero (PostgreSQL 8.3, 8.14), and a
-    NUL from an HL7 field or a DICOM value would fail the whole statement: on the writer thread's
-    batches, over and over. The replacement character keeps the record and marks the place."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_no_nul(v) for v in value]
-    return value
-
-
 def _entry(event_id, *, action, actor, actor_kind, outcome=0, event_type="", source_address="", destination="",
            patients=(), objects=(), detail=None, occurred_at=None) -> _Entry:
     """Check the arguments (a ValueError names the bad one) and build the unwritten record."""
@@ -113,10 +99,10 @@ def _entry(event_id, *, action, actor, actor_kind, outcome=0, event_type="", sou
         participant_objects.append({**obj, "id": str(obj["id"])})
     if detail is not None and not isinstance(detail, dict):
         raise ValueError("detail must be a dict")
-    return _Entry(occurred_at, event_value, type_value, action, outcome, _no_nul(str(actor)[:255]), actor_kind,
-                  _no_nul(str(source_address or "")[:255]), _no_nul(str(destination or "")[:255]),
-                  _no_nul(participant_objects), _no_nul(detail or {}),
-                  [(_no_nul(pid), _no_nul(issuer)) for pid, issuer in pairs])
+    return _Entry(occurred_at, event_value, type_value, action, outcome, no_nul(str(actor)[:255]), actor_kind,
+                  no_nul(str(source_address or "")[:255]), no_nul(str(destination or "")[:255]),
+                  no_nul(participant_objects), no_nul(detail or {}),
+                  [(no_nul(pid), no_nul(issuer)) for pid, issuer in pairs])
 
 
 def _insert(entries: list[_Entry]) -> None:

@@ -28,6 +28,7 @@ from hl7gateway.acks import build_ack, encode_ack
 from hl7gateway.mapping import map_message
 from hl7gateway.models import InboundMessage
 from hl7gateway.parsing import MSH, HL7Error, parse, read_msh
+from project.text import no_nul
 from ris import auditing
 from ris.commands import MergePatients, OrderCommand, RegisterPatient, UpdatePatient
 from ris.errors import DomainError
@@ -62,7 +63,7 @@ def _patient_id(raw: bytes, commands: list) -> str:
         if data is not None:
             return data.primary.id_number[:64]
     m = _PID3.search(raw)
-    return _text(m.group(1).decode("latin-1")[:64]) if m else ""
+    return no_nul(m.group(1).decode("latin-1")[:64]) if m else ""
 
 
 def _accessions(commands: list, effect: dict) -> str:
@@ -74,11 +75,6 @@ def _accessions(commands: list, effect: dict) -> str:
             if proc.accession_number:
                 found.append(proc.accession_number)
     return " ".join(dict.fromkeys(found))[:255]
-
-
-def _text(value: str) -> str:
-    """A value for a text column: PostgreSQL's text cannot hold U+0000, kept as U+FFFD."""
-    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def _row(raw: bytes, msh: MSH | None, peer: str, digest: str, charset: str) -> InboundMessage:

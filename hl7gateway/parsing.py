@@ -28,6 +28,8 @@ import hl7
 import hl7.parser
 from django.conf import settings
 
+from project.text import no_nul
+
 # HL7 table 0211 (alternate character sets) -> Python codec.
 CHARSETS = {
     "UNICODE UTF-8": "utf-8",
@@ -128,10 +130,9 @@ def read_msh(raw: bytes) -> MSH | None:
     if start < 0:
         return None
     line = _SEGMENT_SPLIT.split(raw[start:], maxsplit=1)[0].decode("latin-1")
-    if "\x00" in line:
-        # The header is stored, looked up and echoed in the ACK; a NUL cannot be stored in a
-        # text column (the message itself is refused for it: hl7gateway.limits).
-        line = line.replace("\x00", "\ufffd")
+    # The header is stored, looked up and echoed in the ACK, so a NUL in it becomes U+FFFD
+    # (project.text); the message itself is refused for it (hl7gateway.limits).
+    line = no_nul(line)
     if len(line) < 8:
         return None
     sep = line[3]

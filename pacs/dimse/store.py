@@ -45,6 +45,7 @@ from pynetdicom import sop_class as sc
 from pacs import auditing, storage
 from pacs.dimse.counting import counted
 from pacs.services import completion, images, resends
+from project.text import no_nul
 
 log = logging.getLogger("pacs.dimse.store")
 
@@ -83,11 +84,10 @@ def contexts():
 
 def _text(ds, keyword: str) -> str:
     value = ds.get(keyword, "")
-    text = "" if value is None else str(value).strip()
     # NUL pads only UI values (PS3.5 6.2, stripped by pydicom); elsewhere it is outside every
-    # character repertoire (PS3.5 6.1) and PostgreSQL's text cannot hold it. The file keeps the
-    # bytes as sent; the index keeps U+FFFD in its place (a UID holding one is then refused).
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    # character repertoire (PS3.5 6.1). The file keeps the bytes as sent; the index keeps U+FFFD
+    # in its place (project.text), and a UID holding one is then refused as invalid.
+    return "" if value is None else no_nul(str(value).strip())
 
 
 def _int(ds, keyword: str) -> int | None:

@@ -31,6 +31,7 @@ from pacs import auditing
 from pacs.lib.dicom_values import ValueError_, parse_da, parse_tm
 from pacs.models.mpps import COMPLETED, DISCONTINUED, FINAL, IN_PROGRESS, PerformedInstance, PerformedProcedureStep
 from pacs.signals import mpps_completed
+from project.text import no_nul
 from ris import states
 from ris.errors import InvalidTransition
 from ris.models import ScheduledProcedureStep
@@ -209,9 +210,10 @@ def _acting(calling_ae_title: str, source_address: str):
 def create(sop_instance_uid: str, attributes: dict, *, calling_ae_title: str = "",
            source_address: str = "") -> PerformedProcedureStep:
     """N-CREATE (PS3.4 F.7.2.1): record the MPPS IN PROGRESS, move its steps to STARTED."""
-    uid = (sop_instance_uid or "").strip()
+    uid = no_nul((sop_instance_uid or "").strip().rstrip("\x00"))
     if not uid:
         raise MppsRefused(MISSING_ATTRIBUTE, "Affected SOP Instance UID is required")
+    attributes = no_nul(attributes)  # stored as jsonb (project.text)
     ds = _dataset(attributes)
     status = _text(ds, "PerformedProcedureStepStatus")
     if not status:
@@ -254,7 +256,8 @@ def create(sop_instance_uid: str, attributes: dict, *, calling_ae_title: str = "
 def update(sop_instance_uid: str, modifications: dict, *, calling_ae_title: str = "",
            source_address: str = "") -> PerformedProcedureStep:
     """N-SET (PS3.4 F.7.2.2): merge the modification list; COMPLETED / DISCONTINUED are final."""
-    uid = (sop_instance_uid or "").strip()
+    uid = no_nul((sop_instance_uid or "").strip().rstrip("\x00"))
+    modifications = no_nul(modifications)  # stored as jsonb (project.text)
     ds = _dataset(modifications)
     forbidden = sorted(e.keyword or str(e.tag) for e in ds if e.keyword in NOT_ALLOWED_IN_N_SET)
     if forbidden:

@@ -83,6 +83,23 @@ def test_discontinued(mpps_scu, step):
     assert PerformedProcedureStep.objects.get(sop_instance_uid=uid).status == "DISCONTINUED"
 
 
+def test_a_nul_in_a_value_is_kept_as_a_replacement_character(mpps_scu, step):
+    """NUL is in no character repertoire (PS3.5 6.1) and cannot be stored as text or jsonb: the
+    MPPS is recorded with U+FFFD in its place, not refused for the modality to retry."""
+    ds = n_create_dataset(step)
+    ds.PerformedProcedureStepDescription = "CT\x00HEAD"
+    uid, status = n_create(mpps_scu, ds)
+    assert status.Status == 0x0000
+    pps = PerformedProcedureStep.objects.get(sop_instance_uid=uid)
+    assert pps.performed_procedure_step_description == "CT\ufffdHEAD"
+    assert pps.attributes["00400254"]["Value"] == ["CT\ufffdHEAD"]
+    done, _ = completion_dataset()
+    done.PerformedProcedureStepDescription = "CT\x00HEAD DONE"
+    assert n_set(mpps_scu, done, uid).Status == 0x0000
+    pps.refresh_from_db()
+    assert pps.status == "COMPLETED" and pps.performed_procedure_step_description == "CT\ufffdHEAD DONE"
+
+
 def test_intermediate_n_set_keeps_in_progress(mpps_scu, step):
     uid, _ = n_create(mpps_scu, n_create_dataset(step))
     ds, uids = completion_dataset("IN PROGRESS", n_images=2)
