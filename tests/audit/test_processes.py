@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from audit import events
 from audit.models import AuditRecord
 from tests.support.celery_worker import CeleryWorker
 from tests.support.net import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,15 +44,6 @@ START = (events.APPLICATION_START.value, "E")
 STOP = (events.APPLICATION_STOP.value, "E")
 
 
-def _wait_for(predicate, timeout: float = 60.0, what: str = "") -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -61,11 +52,14 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _run_until_sigterm(args: list[str], env: dict, port: int) -> None:
+def _run_until_sigterm(args: list[str], env: dict, port: int, name: str) -> None:
+    """Run the process until it listens and has recorded its start, then SIGTERM it (a listener
+    takes its port before it installs its SIGTERM handler: a signal in between ends it unrecorded)."""
     process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
     try:
-        _wait_for(lambda: _listening(port) or process.poll() is not None, what=" ".join(args[:3]))
+        wait_for(lambda: (_listening(port) and _activity(name) == [START]) or process.poll() is not None, 60,
+                 message=" ".join(args[:3]))
         assert process.poll() is None, process.stderr.read().decode(errors="replace")
     finally:
         process.send_signal(signal.SIGTERM)
@@ -89,15 +83,16 @@ def test_record_application_activity_command():
 def test_listeners_record_their_start_and_stop(command, tmp_path):
     port = free_port()
     env = _env(tmp_path, DICOM_AE_TITLE="PACS", HL7_MLLP_TLS_PORT=0, DICOM_TLS_PORT=0)
-    _run_until_sigterm([sys.executable, "manage.py", command, "--host", "127.0.0.1", "--port", str(port),
-                        "--workers", "2"], env, port)
     process = {"run_mllp": "mllp", "run_dicom": "dicom"}[command]
+    _run_until_sigterm([sys.executable, "manage.py", command, "--host", "127.0.0.1", "--port", str(port),
+                        "--workers", "2"], env, port, process)
     assert _activity(process) == [START, STOP]  # once for the command, not per listener process
 
 
 def test_web_records_its_start_and_stop(tmp_path):
     port = free_port()
-    _run_until_sigterm([str(BIN / "gunicorn"), "project.wsgi"], _env(tmp_path, WEB_PORT=port, WEB_WORKERS=1), port)
+    _run_until_sigterm([str(BIN / "gunicorn"), "project.wsgi"], _env(tmp_path, WEB_PORT=port, WEB_WORKERS=1), port,
+                       "web")
     assert _activity("web") == [START, STOP]
 
 
@@ -114,7 +109,7 @@ def test_celery_worker_and_beat_record_their_start_and_stop(tmp_path):
                              "-s", str(tmp_path / "beat-schedule")], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_for(lambda: _activity("beat") == [START], what="beat's start record")
+        wait_for(lambda: _activity("beat") == [START], 60, message="beat's start record")
     finally:
         beat.send_signal(signal.SIGTERM)
         beat.wait(timeout=30)
