@@ -83,6 +83,12 @@ class OutboundDestination(models.Model):
         default=False, verbose_name="order status (ORM^O01 / OMI^O23)",
         help_text="ORC-1 SC with ORC-5 IP, CM or DC when the exam starts, is complete, is discontinued, "
                   "and when the report is final (IHE RAD-3); ORM^O01 in v2.3.1, OMI^O23 in v2.5.1")
+    link_viewer = models.BooleanField(default=False, verbose_name="ORU: image viewer link",
+                                      help_text="an OBX of value type RP with the study's viewer URL "
+                                                "(VIEWER_URL_TEMPLATE)")
+    link_wado_rs = models.BooleanField(default=False, verbose_name="ORU: WADO-RS link",
+                                       help_text="an OBX of value type RP with the study's WADO-RS URL "
+                                                 "(WADO_RS_BASE_URL/studies/{StudyInstanceUID})")
     enabled = models.BooleanField(default=True, help_text="disabled: no new messages are queued for it")
     drain_requested_at = models.DateTimeField(null=True, blank=True, editable=False,
                                               help_text="a drain task for it is queued since (coalesced wake-ups)")

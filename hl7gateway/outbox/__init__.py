@@ -10,7 +10,8 @@ messages to the order placer (ORM^O01 / OMI^O23, IHE RAD-3), one queue, one deli
   (``queue``), send them over one MLLP connection, record each outcome by the ``rules``.
 * ``sweep``: the periodic re-drive of rows whose task never ran.
 * ``actions``: the operator's retry and cancel; ``queries``: what the operator page shows.
-* ``destinations``: the destinations declared in ``HL7_ORU_DESTINATIONS`` (``messages=oru,status``).
+* ``destinations``: the destinations declared in ``HL7_ORU_DESTINATIONS`` (``messages=oru,status``,
+  ``links=viewer,wado``).
 
 Backoff, leases and the forms of the declared destinations are shared with VNA routing
 (``project.delivery``).

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from hl7gateway import order_status, oru
+from project import links
 
 
 def report_text_lines(version) -> list[str]:
@@ -56,6 +57,15 @@ def _identifiers(patient) -> tuple[oru.PatientIdentifier, ...]:
                  for i in patient.identifiers.order_by("pk"))
 
 
+def study_links(rp, patient_identifiers) -> tuple[str, str]:
+    """The viewer URL (``VIEWER_URL_TEMPLATE``) and the WADO-RS study URL (``WADO_RS_BASE_URL``)
+    of the procedure's study, "" where not configured (``project.links``)."""
+    patient_id = patient_identifiers[0].id_number if patient_identifiers else ""
+    viewer = links.viewer_url(settings.VIEWER_URL_TEMPLATE, study_instance_uid=rp.study_instance_uid,
+                              accession_number=rp.accession_number, patient_id=patient_id)
+    return viewer, links.wado_rs_study_url(settings.WADO_RS_BASE_URL, rp.study_instance_uid)
+
+
 def content_for_report_version(version) -> oru.OruContent:
     """The plain-value content of the ORU^R01 for one signed ``ris.ReportVersion``."""
     rp = version.report.requested_procedure
@@ -63,8 +73,10 @@ def content_for_report_version(version) -> oru.OruContent:
     patient = order.patient
     visit = order.visit
     signer_id = version.signed_by.get_username() if version.signed_by_id else ""
+    identifiers = _identifiers(patient)
+    viewer, wado = study_links(rp, identifiers)
     return oru.OruContent(
-        patient_identifiers=_identifiers(patient),
+        patient_identifiers=identifiers,
         patient_name=oru.Person.from_dicom_pn(patient.patient_name),
         patient_birth_date=patient.patient_birth_date,
         patient_sex=patient.patient_sex,
@@ -91,6 +103,8 @@ def content_for_report_version(version) -> oru.OruContent:
         signed_at=version.signed_at,
         text_lines=tuple(report_text_lines(version)),
         study_instance_uid=rp.study_instance_uid,
+        viewer_url=viewer,
+        wado_rs_url=wado,
     )
 
 

@@ -82,6 +82,8 @@ def enqueue_oru(report_version_id: int) -> int:
                 receiving_facility=dest.receiving_facility,
                 version=dest.version,
                 text_value_type=dest.text_value_type,
+                link_viewer=dest.link_viewer,
+                link_wado_rs=dest.link_wado_rs,
             )
             row.payload = oru.encode(oru.render_oru(content, header, time_zone=settings.TIME_ZONE))
             row.save(update_fields=["message_control_id", "payload"])

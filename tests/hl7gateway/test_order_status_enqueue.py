@@ -196,20 +196,23 @@ def test_a_disabled_destination_gets_nothing_and_enqueue_twice_adds_nothing(dest
 # --- destinations declared in the environment --------------------------------------------------------
 def test_declared_destinations_choose_their_message_kinds(settings):
     settings.HL7_ORU_DESTINATIONS = ("billing=mllp://b:2576,ehr=mllp://e:2577?version=2.3.1&messages=oru,status"
-                                     ",placer=mllps://p:2578?messages=status")
+                                     "&links=viewer,wado,placer=mllps://p:2578?messages=status")
     destinations.sync_environment_destinations()
-    got = {d.name: (d.sends_results, d.sends_order_status, d.tls) for d in OutboundDestination.objects.all()}
-    assert got == {"billing": (True, False, False), "ehr": (True, True, False), "placer": (False, True, True)}
+    got = {d.name: (d.sends_results, d.sends_order_status, d.link_viewer, d.link_wado_rs, d.tls)
+           for d in OutboundDestination.objects.all()}
+    assert got == {"billing": (True, False, False, False, False), "ehr": (True, True, True, True, False),
+                   "placer": (False, True, False, False, True)}
     # The environment decides these for its destinations: removing the option turns it off again.
     settings.HL7_ORU_DESTINATIONS = "billing=mllp://b:2576,ehr=mllp://e:2577,placer=mllps://p:2578?messages=status"
     destinations.sync_environment_destinations()
     ehr = OutboundDestination.objects.get(name="ehr")
-    assert (ehr.sends_results, ehr.sends_order_status) == (True, False)
+    assert (ehr.sends_results, ehr.sends_order_status, ehr.link_viewer) == (True, False, False)
 
 
 @pytest.mark.parametrize("value,message", [
     ("ehr=mllp://h:1?messages=", "messages must be a comma-separated list of oru, status"),
     ("ehr=mllp://h:1?messages=oru,fax", "messages must be a comma-separated list of oru, status"),
+    ("ehr=mllp://h:1?links=viewer,pdf", "links must be a comma-separated list of viewer, wado"),
 ])
 def test_bad_message_kinds_are_named(value, message):
     with pytest.raises(ValueError, match=message):
