@@ -2,8 +2,8 @@
 
 IHE Radiology Scheduled Workflow, RAD-3 Filler Order Management: the department (order filler)
 tells the order placer (the EHR) what became of its order -- the exam started, the exam is
-complete, a step was discontinued, the report is final.  HL7 v2.3.1 chapter 4.4.1 (ORM^O01) and
-v2.5.1 chapter 4.4.9 (OMI^O23); ORC-1 ``SC`` "status changed" (HL7 table 0119), ORC-5 the new
+complete, a step was discontinued, the report is final.  HL7 v2.3.1 chapter 4 (ORM^O01) and
+v2.5.1 chapter 4 (OMI^O23); ORC-1 ``SC`` "status changed" (HL7 table 0119), ORC-5 the new
 order status (HL7 table 0038): ``IP`` in process, ``CM`` completed, ``DC`` discontinued.
 
 Which change causes which message is decided once, by ``event_for``; the message is rendered
@@ -20,8 +20,8 @@ escaping and data types it shares.  Layout (docs/hl7-interface.md 2.4)::
     OBR  OBR-2, OBR-3, OBR-4 procedure code, OBR-7 exam start, OBR-16 ordering provider,
          OBR-24 RAD, OBR-25 F when the report is final;
          v2.3.1 only: OBR-18 accession number, OBR-19 requested procedure ID, OBR-20 step ID
-    ZDS  v2.3.1 only: ZDS-1 Study Instance UID (IHE RAD TF-2 4.4.4.1.2)
-    IPC  v2.5.1 only, one per scheduled step (v2.5.1 4.5.6): IPC-1 accession number, IPC-2
+    ZDS  v2.3.1 only: ZDS-1 Study Instance UID (the ZDS segment of IHE RAD TF-2, RAD-4)
+    IPC  v2.5.1 only, one per scheduled step (v2.5.1 chapter 4, segment IPC): IPC-1 accession number, IPC-2
          requested procedure ID, IPC-3 Study Instance UID, IPC-4 step ID, IPC-5 modality,
          IPC-9 station AE title
 """
@@ -172,7 +172,7 @@ def render_segments(content: StatusContent, header: MessageHeader, *, time_zone:
         25: escape(content.result_status),
     }
     if not v251:
-        # v2.3.1: the DICOM keys in OBR (IHE RAD TF-2 4.4.4.1.2); v2.5.1 carries them in IPC.
+        # v2.3.1: the DICOM keys in OBR (IHE RAD TF-2, RAD-4); v2.5.1 carries them in IPC.
         obr.update({18: escape(content.accession_number), 19: escape(content.requested_procedure_id),
                     20: escape(first_step.step_id)})
     segments = [
