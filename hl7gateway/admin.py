@@ -115,17 +115,21 @@ from hl7gateway.models import OutboundAction, OutboundAttempt, OutboundDestinati
 
 @admin.register(OutboundDestination)
 class OutboundDestinationAdmin(admin.ModelAdmin):
-    """Billing, the EHR ...: where signed reports go.  Destinations declared in HL7_ORU_DESTINATIONS
-    take host, port and TLS (mllps://) from the environment (read-only here); the other fields stay editable."""
+    """Billing, the EHR ...: where signed reports and order status messages go.  Destinations
+    declared in HL7_ORU_DESTINATIONS take host, port, TLS (mllps://), the kinds of message
+    (messages=) and the ORU links (links=) from the environment (read-only here); the other fields
+    stay editable."""
 
     list_display = ("name", "host", "port", "tls", "hl7_version", "receiving_application", "receiving_facility",
-                    "text_value_type", "enabled", "declared_in_environment")
-    list_filter = ("enabled", "declared_in_environment", "hl7_version")
+                    "text_value_type", "sends_results", "sends_order_status", "link_viewer", "link_wado_rs",
+                    "enabled", "declared_in_environment")
+    list_filter = ("enabled", "declared_in_environment", "hl7_version", "sends_results", "sends_order_status")
     search_fields = ("name", "host", "receiving_application", "receiving_facility")
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.declared_in_environment:
-            return ("name", "host", "port", "tls", "declared_in_environment")
+            return ("name", "host", "port", "tls", "sends_results", "sends_order_status", "link_viewer",
+                    "link_wado_rs", "declared_in_environment")
         return ("declared_in_environment",)
 
     def has_delete_permission(self, request, obj=None) -> bool:
@@ -156,22 +160,25 @@ class OutboundActionInline(admin.TabularInline):
 
 @admin.register(OutboundMessage)
 class OutboundMessageAdmin(AuditedAdmin, admin.ModelAdmin):
-    """The ORU outbox, read-only (retry and cancel are on the operator page /interfaces/)."""
+    """The outbox (ORU^R01 and order status messages), read-only (retry and cancel are on the
+    operator page /interfaces/)."""
 
     # The class of the messages' <pre> (a stylesheet: the Content-Security-Policy allows no inline style).
     class Media:
         css = {"all": ["pacs/admin.css"]}
 
 
-    list_display = ("message_control_id", "destination", "accession_number", "result_status", "hl7_version",
-                    "status", "attempt_count", "last_outcome", "created_at", "delivered_at")
-    list_filter = ("status", "destination", "result_status", "last_outcome")
+    list_display = ("message_control_id", "destination", "message_type", "accession_number", "order_status",
+                    "result_status", "hl7_version", "status", "attempt_count", "last_outcome", "created_at",
+                    "delivered_at")
+    list_filter = ("status", "kind", "destination", "result_status", "order_status", "last_outcome")
     search_fields = ("=message_control_id", "=accession_number", "patient_id_text")
     date_hierarchy = "created_at"
     list_per_page = 50
     show_full_result_count = False
     exclude = ("payload", "ack")
-    readonly_fields = ("message_control_id", "destination", "report_version", "patient", "patient_id_text",
+    readonly_fields = ("message_control_id", "destination", "kind", "message_type", "report_version",
+                       "requested_procedure", "status_event", "order_status", "patient", "patient_id_text",
                        "accession_number", "result_status", "hl7_version", "status", "created_at", "next_attempt_at",
                        "dispatched_at", "leased_until", "attempt_count", "attempt_floor", "last_outcome",
                        "last_error", "delivered_at", "message_as_sent", "ack_received")

@@ -28,16 +28,22 @@ def _pid3_pairs(patient_id_text: str) -> list[tuple[str, str]]:
 
 
 def oru_delivered(row, *, host: str, port: int) -> None:
-    """An ORU the destination acknowledged with AA (PS3.15 A.5.3.4 Export): written now, in the
-    caller's transaction (the one that records the delivery)."""
-    objects = [{"type": "report", "id": str(row.report_version_id),
-                "detail": {"message_control_id": row.message_control_id or "", "result_status": row.result_status}}]
+    """An outbound message the destination acknowledged with AA (PS3.15 A.5.3.4 Export): an
+    ORU^R01 (its report version), or an order status message (its order status, ORC-5); written
+    now, in the caller's transaction (the one that records the delivery)."""
+    if row.report_version_id is not None:
+        objects = [{"type": "report", "id": str(row.report_version_id),
+                    "detail": {"message_control_id": row.message_control_id or "",
+                               "result_status": row.result_status}}]
+    else:
+        objects = [{"type": "order status", "id": str(row.requested_procedure_id),
+                    "detail": {"message_control_id": row.message_control_id or "", "order_status": row.order_status}}]
     if row.accession_number:
         objects.append({"type": "order", "id": row.accession_number})
     trail.record(
         events.EXPORT, action=events.READ, actor="hl7gateway worker", actor_kind=events.SYSTEM,
         destination=f"{host}:{port}", patients=_pid3_pairs(row.patient_id_text), objects=objects,
-        detail={"message_type": "ORU^R01", "outbound_message": row.pk, "destination_id": row.destination_id},
+        detail={"message_type": row.message_type, "outbound_message": row.pk, "destination_id": row.destination_id},
     )
 
 

@@ -19,6 +19,10 @@ Export" / RAD-128; docs/hl7-interface.md 2.2)::
     OBX  one per text line: OBX-2 TX (or FT), OBX-3 18748-4^Diagnostic imaging study report^LN,
          OBX-11 = OBR-25
     OBX  OBX-2 HD, OBX-3 113014^DICOM Study^DCM, OBX-5 the Study Instance UID
+    OBX  per destination (off by default): OBX-2 RP (reference pointer, HL7 v2.5.1 2A.65),
+         OBX-3 VIEWER^Study in the image viewer^99PACS, OBX-5 url^MSH-3^TEXT^HTML
+    OBX  per destination (off by default): OBX-2 RP, OBX-3 WADORS^Study by DICOMweb WADO-RS^99PACS,
+         OBX-5 {WADO_RS_BASE_URL}/studies/{uid}^MSH-3^IM^DICOM (PS3.18 10.4.1)
 
 Report text is escaped (HL7 v2.5.1 2.7.4 "Special characters"): ``\\`` -> ``\\E\\``,
 ``|`` -> ``\\F\\``, ``^`` -> ``\\S\\``, ``&`` -> ``\\T\\``, ``~`` -> ``\\R\\``; every other
@@ -44,6 +48,13 @@ ENCODING_CHARACTERS = "^~\\&"
 REPORT_OBSERVATION_ID = ("18748-4", "Diagnostic imaging study report", "LN")
 #: OBX-3 of the Study Instance UID (DICOM PS3.16 CID 7001 / DCM 113014).
 STUDY_OBSERVATION_ID = ("113014", "DICOM Study", "DCM")
+#: OBX-3 of the reference pointers to the study's images: local codes (HL7 table 0396 "99zzz").
+VIEWER_OBSERVATION_ID = ("VIEWER", "Study in the image viewer", "99PACS")
+WADO_RS_OBSERVATION_ID = ("WADORS", "Study by DICOMweb WADO-RS", "99PACS")
+#: RP-3 type of data (HL7 table 0191) and RP-4 subtype (table 0291) of each pointer: a web page,
+#: and DICOM objects (WADO-RS answers multipart/related; type=application/dicom, PS3.18 8.7.3).
+VIEWER_POINTER_TYPE = ("TEXT", "HTML")
+WADO_RS_POINTER_TYPE = ("IM", "DICOM")
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,9 @@ class OruContent:
     signed_at: datetime | None = None  # OBR-22, OBR-32.2, OBX-19 (v2.5.1)
     text_lines: tuple[str, ...] = ()
     study_instance_uid: str = ""
+    # The study's images (``project.links``); sent as RP OBX only to destinations that ask.
+    viewer_url: str = ""
+    wado_rs_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,8 @@ class MessageHeader:
     version: str = "2.5.1"
     processing_id: str = "P"
     text_value_type: str = "TX"
+    link_viewer: bool = False  # an RP OBX with the viewer URL (when there is one)
+    link_wado_rs: bool = False  # an RP OBX with the WADO-RS study URL (when there is one)
 
 
 # --- escaping (HL7 v2.5.1 section 2.7.4) --------------------------------------------------------
@@ -347,6 +363,22 @@ def render_segments(content: OruContent, header: MessageHeader, *, time_zone: st
                 },
             )
         )
+    pointers = ((header.link_viewer, content.viewer_url, VIEWER_OBSERVATION_ID, VIEWER_POINTER_TYPE),
+                (header.link_wado_rs, content.wado_rs_url, WADO_RS_OBSERVATION_ID, WADO_RS_POINTER_TYPE))
+    for wanted, url, observation_id, (data_type, subtype) in pointers:
+        if not (wanted and url):
+            continue
+        set_id += 1
+        segments.append(_segment("OBX", {
+            1: str(set_id),
+            2: "RP",
+            3: _components(*observation_id),
+            4: "1",
+            # RP (2A.65): pointer (ST) ^ application ID (HD) ^ type of data ^ subtype; the URL's
+            # delimiters (& in a query string) are escaped like any other value (2.7.4).
+            5: _components(url, header.sending_application, data_type, subtype),
+            11: status,
+        }))
     return segments
 
 

@@ -16,6 +16,8 @@ pacs.W006  (deploy) a configured certificate is expired or expires within TLS_EX
 pacs.W007  (deploy) the web is served over plain HTTP (neither WEB_TLS nor WEB_TRUSTED_PROXIES)
 pacs.E008  SECRET_KEY is unset outside the embedded default (SQLite and the filesystem broker): no
            process starts so (project.secret_key)
+pacs.E009  VIEWER_URL_TEMPLATE cannot be filled (unreadable, unknown placeholder) or WADO_RS_BASE_URL
+           is not an http(s) URL: the study links (worklist, RP OBX of the ORU^R01) would be missing
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.utils import timezone
 
-from project import secret_key
+from project import links, secret_key
 from project.env import PROBLEMS
 from project.peers import is_everywhere, is_valid_ae_title, network
 from project.tls import TLSConfigurationError, certificate_expiries, server_context
@@ -150,3 +152,18 @@ def check_deployment(app_configs, **kwargs):
             )
         )
     return warnings + tls_deployment_warnings()
+
+
+@register(Tags.compatibility)
+def check_study_links(app_configs, **kwargs):
+    """pacs.E009: a link setting no link can be made from (project.links) is refused at start,
+    not discovered as links missing from the worklist and from the ORU^R01 (HL7 v2.5.1 2A.65 RP)."""
+    errors = []
+    problem = links.template_problem(settings.VIEWER_URL_TEMPLATE)
+    if problem:
+        errors.append(Error(f"VIEWER_URL_TEMPLATE {problem}.", hint="e.g. https://viewer.example/ohif/viewer?"
+                            "StudyInstanceUIDs={StudyInstanceUID}", id="pacs.E009"))
+    problem = links.base_url_problem(settings.WADO_RS_BASE_URL)
+    if problem:
+        errors.append(Error(f"WADO_RS_BASE_URL {problem}.", id="pacs.E009"))
+    return errors

@@ -372,6 +372,9 @@ READING_CLAIM_TIMEOUT_MINUTES = env_int("READING_CLAIM_TIMEOUT_MINUTES", 30, min
 # Close idle reading claims once a minute (worklist.tasks; claims are also checked on every claim).
 CELERY_BEAT_SCHEDULE["worklist.expire_idle_claims"] = {"task": "worklist.expire_idle_claims", "schedule": 60.0}
 VIEWER_URL_TEMPLATE = env_str("VIEWER_URL_TEMPLATE", "")
+# DICOMweb base URL of the studies' WADO-RS resources ({base}/studies/{StudyInstanceUID}, PS3.18
+# 10.4.1), for the RP OBX of an ORU^R01 (destinations with links=wado); empty: no such link.
+WADO_RS_BASE_URL = env_str("WADO_RS_BASE_URL", "")
 
 # --- Monitoring and alarms (monitoring app) ------------------------------------------------
 # Alarm rules live in the database (admin); the beat task checks them every ALARM_CHECK_SECONDS.

@@ -20,6 +20,14 @@ writes commits or rolls back with it:
   claim; the HL7 gateway queues the ORU^R01 (HL7 v2.5.1 chapter 7) of the version, so that a
   signed report is never left without its result message, and no result message is sent for a
   signature that rolled back.
+- ``procedure_status_changed`` (kwargs ``entity``, ``object_id``, ``requested_procedure_id``,
+  ``from_status``, ``to_status``, ``placer_request``): ``ris.services.transitions.transition``
+  moved something that belongs to one requested procedure (its steps, itself, its study, its
+  report: every entity of ``ris.states.TABLES`` whose row names a requested procedure).
+  ``placer_request`` is True when the order placer asked for the change (ORC-1 of an inbound
+  ORM^O01 / OMI^O23, IHE RAD-2/RAD-4).  The HL7 gateway decides from it which order status
+  message (ORM^O01 / OMI^O23 with ORC-1 SC, IHE RAD-3) the order placer is sent, and queues it
+  in this transaction.
 """
 
 from django.dispatch import Signal
@@ -29,3 +37,4 @@ procedure_changed = Signal()
 report_changing = Signal()
 report_draft_saved = Signal()
 report_signed = Signal()
+procedure_status_changed = Signal()

@@ -216,6 +216,14 @@ def committing_transfer(*, instances: int = 3, ae_title: str = "VNA", host: str 
     return t
 
 
+def received_study(rp: RequestedProcedure, *, last_received_at: datetime | None = None) -> Study:
+    """The images of ``rp`` as received and matched (RECEIVING: study completion decides when they
+    are complete), without files; ``last_received_at`` backdates the last arrival (quiet period)."""
+    return Study.objects.create(study_instance_uid=rp.study_instance_uid, accession_number=rp.accession_number,
+                                requested_procedure=rp, match_method="accession", status=im.RECEIVING,
+                                last_received_at=last_received_at or timezone.now())
+
+
 # ------------------------------------------------------------------------------------- monitoring
 def rule(kind: str, key: str = "", *, webhook_url: str = "", minutes: int = 30, name: str = "",
          **fields) -> AlarmRule:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from project import links
 from ris import states
 from worklist.models import REPORT_STATUSES, ReadingClaim, ReadingItem, name_key
 from worklist.services import claim_timeout
@@ -184,23 +185,11 @@ def viewer_url(item) -> str:
 
     Placeholders by DICOM keyword -- {StudyInstanceUID}, {AccessionNumber}, {PatientID} -- or in
     snake case ({study_instance_uid} ...); values are URL-quoted.  A template with an unknown
-    placeholder gives no link rather than a wrong one.
+    placeholder gives no link rather than a wrong one (``project.links``, the same link an
+    ORU^R01 carries).
     """
-    template = settings.VIEWER_URL_TEMPLATE
-    if not template:
-        return ""
-    study_uid = quote(item.study_instance_uid, safe="")
-    accession = quote(item.accession_number, safe="")
-    patient_id = quote(getattr(item, "patient_id", ""), safe="")
-    values = {
-        "study_instance_uid": study_uid, "StudyInstanceUID": study_uid,
-        "accession_number": accession, "AccessionNumber": accession,
-        "patient_id": patient_id, "PatientID": patient_id,
-    }
-    try:
-        return template.format(**values)
-    except (KeyError, IndexError, ValueError):
-        return ""
+    return links.viewer_url(settings.VIEWER_URL_TEMPLATE, study_instance_uid=item.study_instance_uid,
+                            accession_number=item.accession_number, patient_id=getattr(item, "patient_id", ""))
 
 
 def time_waiting(ready_at: dt.datetime, now: dt.datetime | None = None) -> str:

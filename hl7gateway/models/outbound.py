@@ -1,8 +1,18 @@
-"""The outbound HL7 queue: ORU^R01 destinations, one row per (report version, destination),
-every delivery attempt as a row, and the operator's retry / cancel actions.
+"""The outbound HL7 queue: destinations, one row per message and destination, every delivery
+attempt as a row, and the operator's retry / cancel actions.
 
-A row is written in the signing transaction (``hl7gateway.outbox.enqueue.enqueue_oru``) with its
-message already rendered and its MSH-10 fixed, so that every resend is the same bytes.
+Two kinds of message share the queue, its order and its delivery:
+
+* ``ORU``: the ORU^R01 of a signed report version (HL7 v2.5.1 chapter 7; IHE RAD-28/RAD-128),
+  one row per (report version, destination), written in the signing transaction
+  (``hl7gateway.outbox.enqueue.enqueue_oru``);
+* ``STATUS``: an order status message to the order placer (IHE RAD-3 Filler Order Management:
+  ORM^O01 in v2.3.1, OMI^O23 in v2.5.1, ORC-1 ``SC``), one row per (requested procedure, status
+  event, destination), written in the transaction of the change that causes it
+  (``hl7gateway.outbox.enqueue.enqueue_status``).
+
+A row is written with its message already rendered and its MSH-10 fixed, so that every resend
+is the same bytes.
 ``status`` moves only through ``ris.services.transitions.transition`` (table
 ``oru_outbound`` in ``ris.states``):
 
@@ -34,13 +44,19 @@ STATUSES = (PENDING, DELIVERED, FAILED, CANCELED)
 SETTLED = (DELIVERED, CANCELED)
 # Allowed status changes: ris.states.TABLES["oru_outbound"].
 
+#: ``OutboundMessage.kind``: a result, or an order status message to the order placer.
+ORU = "ORU"
+STATUS = "STATUS"
+KIND_CHOICES = [(ORU, "Result (ORU^R01)"), (STATUS, "Order status (ORM^O01 / OMI^O23)")]
+
 
 class OutboundDestination(models.Model):
-    """A system that receives our ORU^R01 over MLLP (billing, the EHR ...).
+    """A system that receives our HL7 messages over MLLP (billing, the EHR ...).
 
     Rows come from the admin or from ``HL7_ORU_DESTINATIONS`` (``declared_in_environment``:
     host and port are then taken from the environment at every sync; the other fields stay
-    editable in the admin).
+    editable in the admin).  ``sends_results`` and ``sends_order_status`` choose the kinds of
+    message it takes: results only unless told otherwise, as before order status existed.
     """
 
     VERSION_DEFAULT = ""
@@ -61,6 +77,18 @@ class OutboundDestination(models.Model):
                                        help_text="OBX-2 of the report text lines")
     ack_timeout_seconds = models.FloatField(null=True, blank=True,
                                             help_text="seconds to wait for the ACK; empty = HL7_ORU_ACK_TIMEOUT_SECONDS")
+    sends_results = models.BooleanField(default=True, verbose_name="results (ORU^R01)",
+                                        help_text="the signed reports (HL7 v2.5.1 chapter 7, IHE RAD-28/RAD-128)")
+    sends_order_status = models.BooleanField(
+        default=False, verbose_name="order status (ORM^O01 / OMI^O23)",
+        help_text="ORC-1 SC with ORC-5 IP, CM or DC when the exam starts, is complete, is discontinued, "
+                  "and when the report is final (IHE RAD-3); ORM^O01 in v2.3.1, OMI^O23 in v2.5.1")
+    link_viewer = models.BooleanField(default=False, verbose_name="ORU: image viewer link",
+                                      help_text="an OBX of value type RP with the study's viewer URL "
+                                                "(VIEWER_URL_TEMPLATE)")
+    link_wado_rs = models.BooleanField(default=False, verbose_name="ORU: WADO-RS link",
+                                       help_text="an OBX of value type RP with the study's WADO-RS URL "
+                                                 "(WADO_RS_BASE_URL/studies/{StudyInstanceUID})")
     enabled = models.BooleanField(default=True, help_text="disabled: no new messages are queued for it")
     drain_requested_at = models.DateTimeField(null=True, blank=True, editable=False,
                                               help_text="a drain task for it is queued since (coalesced wake-ups)")
@@ -89,17 +117,25 @@ class OutboundDestination(models.Model):
 
 
 class OutboundMessage(models.Model):
-    """One ORU^R01 for one destination: the outbox row (see the module docstring)."""
+    """One message for one destination: the outbox row (see the module docstring)."""
 
     STATUS_CHOICES = [(s, s.title()) for s in STATUSES]
 
     destination = models.ForeignKey(OutboundDestination, on_delete=models.PROTECT, related_name="messages")
-    report_version = models.ForeignKey("ris.ReportVersion", on_delete=models.PROTECT, related_name="outbound_messages")
+    kind = models.CharField(max_length=8, choices=KIND_CHOICES, default=ORU)
+    message_type = models.CharField(max_length=20, default="ORU^R01", help_text="MSH-9 as sent (message^event)")
+    report_version = models.ForeignKey("ris.ReportVersion", on_delete=models.PROTECT, related_name="outbound_messages",
+                                       null=True, blank=True, help_text="the signed version an ORU^R01 carries")
+    requested_procedure = models.ForeignKey("ris.RequestedProcedure", on_delete=models.PROTECT, related_name="+",
+                                            null=True, blank=True, help_text="the order the message is about")
+    status_event = models.CharField(max_length=16, blank=True,
+                                    help_text="order status message: the change that caused it (once per procedure)")
+    order_status = models.CharField(max_length=2, blank=True, help_text="ORC-5 as sent (order status message)")
     # The ordering key: messages of one patient to one destination leave in creation order.
     patient = models.ForeignKey("ris.Patient", on_delete=models.PROTECT, related_name="+")
     patient_id_text = models.CharField(max_length=200, blank=True, help_text="PID-3 as sent (for the operator)")
     accession_number = models.CharField(max_length=16, blank=True, help_text="OBR-18 as sent")
-    result_status = models.CharField(max_length=1, help_text="OBR-25 as sent: P, F or C")
+    result_status = models.CharField(max_length=1, blank=True, help_text="OBR-25 as sent: P, F or C")
     message_control_id = models.CharField(max_length=20, unique=True, null=True, help_text="MSH-10, never changes")
     hl7_version = models.CharField(max_length=8, help_text="MSH-12 as sent")
     payload = models.BinaryField(help_text="the message bytes (UTF-8), without MLLP framing")
@@ -120,6 +156,12 @@ class OutboundMessage(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["report_version", "destination"], name="uniq_oru_per_version_destination"),
+            # One status message per procedure, event and destination (a re-opened study that
+            # completes again, a second discontinued step, tell the placer nothing new).
+            models.UniqueConstraint(fields=["requested_procedure", "status_event", "destination"],
+                                    condition=Q(kind=STATUS), name="uniq_status_per_event_destination"),
+            models.CheckConstraint(condition=Q(kind=STATUS) | Q(report_version__isnull=False),
+                                   name="oru_names_its_report_version"),
         ]
         indexes = [
             # The head-of-line check and "next in line" lookups.
@@ -132,7 +174,7 @@ class OutboundMessage(models.Model):
         ordering = ["-id"]
 
     def __str__(self) -> str:
-        return f"ORU {self.message_control_id} -> {self.destination_id} {self.status}"
+        return f"{self.message_type} {self.message_control_id} -> {self.destination_id} {self.status}"
 
     @property
     def text(self) -> str:

@@ -1,5 +1,6 @@
-"""From a signed ``ris.ReportVersion`` to the plain values of its ORU^R01 (``hl7gateway.oru``
-renders them; HL7 v2.5.1 chapter 7.3.1)."""
+"""From the database to the plain values of an outbound message: a signed ``ris.ReportVersion``
+to its ORU^R01 (``hl7gateway.oru`` renders them; HL7 v2.5.1 chapter 7.3.1), a requested procedure
+to its order status message (``hl7gateway.order_status``; IHE RAD-3)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
-from hl7gateway import oru
+from hl7gateway import order_status, oru
+from project import links
 
 
 def report_text_lines(version) -> list[str]:
@@ -50,6 +52,20 @@ def _observation_datetime(rp) -> datetime | None:
     return chosen[0].scheduled_start if chosen else None
 
 
+def _identifiers(patient) -> tuple[oru.PatientIdentifier, ...]:
+    return tuple(oru.PatientIdentifier(i.id_number, i.assigning_authority, i.identifier_type_code)
+                 for i in patient.identifiers.order_by("pk"))
+
+
+def study_links(rp, patient_identifiers) -> tuple[str, str]:
+    """The viewer URL (``VIEWER_URL_TEMPLATE``) and the WADO-RS study URL (``WADO_RS_BASE_URL``)
+    of the procedure's study, "" where not configured (``project.links``)."""
+    patient_id = patient_identifiers[0].id_number if patient_identifiers else ""
+    viewer = links.viewer_url(settings.VIEWER_URL_TEMPLATE, study_instance_uid=rp.study_instance_uid,
+                              accession_number=rp.accession_number, patient_id=patient_id)
+    return viewer, links.wado_rs_study_url(settings.WADO_RS_BASE_URL, rp.study_instance_uid)
+
+
 def content_for_report_version(version) -> oru.OruContent:
     """The plain-value content of the ORU^R01 for one signed ``ris.ReportVersion``."""
     rp = version.report.requested_procedure
@@ -57,11 +73,10 @@ def content_for_report_version(version) -> oru.OruContent:
     patient = order.patient
     visit = order.visit
     signer_id = version.signed_by.get_username() if version.signed_by_id else ""
+    identifiers = _identifiers(patient)
+    viewer, wado = study_links(rp, identifiers)
     return oru.OruContent(
-        patient_identifiers=tuple(
-            oru.PatientIdentifier(i.id_number, i.assigning_authority, i.identifier_type_code)
-            for i in patient.identifiers.order_by("pk")
-        ),
+        patient_identifiers=identifiers,
         patient_name=oru.Person.from_dicom_pn(patient.patient_name),
         patient_birth_date=patient.patient_birth_date,
         patient_sex=patient.patient_sex,
@@ -88,9 +103,51 @@ def content_for_report_version(version) -> oru.OruContent:
         signed_at=version.signed_at,
         text_lines=tuple(report_text_lines(version)),
         study_instance_uid=rp.study_instance_uid,
+        viewer_url=viewer,
+        wado_rs_url=wado,
     )
 
 
-def message_control_id(pk: int) -> str:
-    """MSH-10 (ST, at most 20 characters): fixed when the row is created, reused on every resend."""
-    return f"ORU{pk:012d}"
+def content_for_status(rp, event: str, at: datetime) -> order_status.StatusContent:
+    """The plain-value content of the order status message ``event`` causes for one
+    ``ris.RequestedProcedure`` (IHE RAD-3); ``at`` is the time of the change (ORC-9)."""
+    order = rp.order
+    patient = order.patient
+    visit = order.visit
+    steps = list(rp.steps.order_by("pk"))
+    return order_status.StatusContent(
+        patient_identifiers=_identifiers(patient),
+        patient_name=oru.Person.from_dicom_pn(patient.patient_name),
+        patient_birth_date=patient.patient_birth_date,
+        patient_sex=patient.patient_sex,
+        visit_number=visit.visit_number if visit else "",
+        patient_class=visit.patient_class if visit else "",
+        assigned_location=visit.assigned_location if visit else "",
+        referring_physician=oru.Person.from_dicom_pn(
+            (visit.referring_physician_name if visit else "") or order.referring_physician_name
+        ),
+        order_status=order_status.ORDER_STATUS[event],
+        transaction_at=at,
+        result_status=order_status.RESULT_STATUS.get(event, ""),
+        placer_order_number=order.placer_order_number,
+        placer_namespace=order.placer_namespace,
+        # As in the ORU^R01: our filler number, else the accession number identifies the order.
+        filler_order_number=order.filler_order_number or rp.accession_number,
+        filler_namespace=settings.HL7_RECEIVING_APPLICATION,
+        procedure_code_value=rp.procedure_code_value,
+        procedure_code_meaning=rp.procedure_code_meaning or rp.requested_procedure_description,
+        procedure_code_scheme=rp.procedure_code_scheme,
+        observation_datetime=_observation_datetime(rp),
+        ordering_provider=oru.Person.from_dicom_pn(order.ordering_provider),
+        accession_number=rp.accession_number,
+        requested_procedure_id=rp.requested_procedure_id,
+        study_instance_uid=rp.study_instance_uid,
+        steps=tuple(order_status.StepValues(s.scheduled_procedure_step_id, s.modality, s.scheduled_station_ae_title)
+                    for s in steps),
+    )
+
+
+def message_control_id(pk: int, prefix: str = "ORU") -> str:
+    """MSH-10 (ST, at most 20 characters): fixed when the row is created, reused on every resend;
+    ``ORU`` for results, ``OSC`` for order status (the prefix only helps the operator read it)."""
+    return f"{prefix}{pk:012d}"

@@ -11,14 +11,15 @@ from django.conf import settings
 from hl7gateway import oru
 from hl7gateway.models.outbound import OutboundDestination
 from project.delivery.declared import sync_declared
-from project.delivery.destinations import MllpDestination, parse_mllp
+from project.delivery.destinations import MLLP_DEFAULTS, MllpDestination, parse_mllp
 
 log = logging.getLogger("hl7gateway.outbox")
 
 
 def parse_destinations(value: str) -> list[MllpDestination]:
     """Parse ``HL7_ORU_DESTINATIONS``: ``name=mllp://host:port[?version=2.3.1&application=BILL
-    &facility=HOSP&text=FT&timeout=30]``, comma-separated; ``mllps://`` for MLLP over TLS.
+    &facility=HOSP&text=FT&timeout=30&messages=oru,status&links=viewer,wado]``, comma-separated;
+    ``mllps://`` for MLLP over TLS.
     Raises ValueError with the reason (the system check hl7gateway.E101)."""
     return parse_mllp(value, versions=oru.VERSIONS, text_value_types=oru.TEXT_VALUE_TYPES)
 
@@ -26,8 +27,9 @@ def parse_destinations(value: str) -> list[MllpDestination]:
 def sync_environment_destinations(value: str | None = None) -> list[OutboundDestination]:
     """Make the destination rows match ``HL7_ORU_DESTINATIONS``.
 
-    Declared destinations are created or updated (host, port, TLS and the options given; other
-    fields keep their admin values); a destination no longer declared is disabled, not
+    Declared destinations are created or updated (host, port, TLS and the options given; the
+    kinds of message and the ORU links always, results only and no links unless ``messages=`` /
+    ``links=`` say otherwise; other fields keep their admin values); a destination no longer declared is disabled, not
     deleted (its messages stay visible).  Costs one query when nothing changed.
     """
     value = settings.HL7_ORU_DESTINATIONS if value is None else value
@@ -36,7 +38,7 @@ def sync_environment_destinations(value: str | None = None) -> list[OutboundDest
     except ValueError as exc:  # reported by the system check hl7gateway.E101
         log.error("HL7_ORU_DESTINATIONS ignored: %s", exc)
         return []
-    declared = {s.name: {"host": s.host, "port": s.port, "tls": s.tls, **s.options} for s in specs}
+    declared = {s.name: {"host": s.host, "port": s.port, "tls": s.tls, **MLLP_DEFAULTS, **s.options} for s in specs}
     return sync_declared(
         OutboundDestination, declared, flag="declared_in_environment",
         retire={"declared_in_environment": False, "enabled": False},

@@ -1,22 +1,28 @@
-"""Queueing the ORU^R01 of a signed report (HL7 v2.5.1 chapter 7; IHE Radiology RAD-28 /
-RAD-128): one row per enabled destination, written in the signing transaction."""
+"""Queueing outbound messages, in the transaction of the change that causes them:
+
+* ``enqueue_oru``: the ORU^R01 of a signed report (HL7 v2.5.1 chapter 7; IHE Radiology RAD-28 /
+  RAD-128), one row per enabled destination that takes results;
+* ``enqueue_status``: an order status message to the order placer (IHE RAD-3; ORM^O01 in v2.3.1,
+  OMI^O23 in v2.5.1), one row per enabled destination that takes order status.
+
+Both kinds go to the same queue, in the same per-patient order, by the same delivery."""
 
 from __future__ import annotations
 
 import logging
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from hl7gateway import oru
-from hl7gateway.models.outbound import OutboundDestination, OutboundMessage
+from hl7gateway import order_status, oru
+from hl7gateway.models.outbound import STATUS, OutboundDestination, OutboundMessage
 from hl7gateway.outbox import publish
-from hl7gateway.outbox.content import content_for_report_version, message_control_id
+from hl7gateway.outbox.content import content_for_report_version, content_for_status, message_control_id
 from hl7gateway.outbox.destinations import sync_environment_destinations
 from hl7gateway.outbox.rules import OutboxError
 from ris.errors import UnknownKey
-from ris.models import ReportVersion
+from ris.models import ReportVersion, RequestedProcedure
 
 log = logging.getLogger("hl7gateway.outbox")
 
@@ -42,7 +48,8 @@ def enqueue_oru(report_version_id: int) -> int:
         if version.signed_at is None or version.result_status not in ("P", "F", "C"):
             raise OutboxError(f"report version {report_version_id} is not signed")
         already = set(OutboundMessage.objects.filter(report_version=version).values_list("destination_id", flat=True))
-        destinations = [d for d in OutboundDestination.objects.filter(enabled=True) if d.pk not in already]
+        destinations = [d for d in OutboundDestination.objects.filter(enabled=True, sends_results=True)
+                        if d.pk not in already]
         if not destinations:
             if not already:
                 log.warning("no enabled ORU destination: report not sent", extra={"report_version_id": version.pk})
@@ -55,6 +62,7 @@ def enqueue_oru(report_version_id: int) -> int:
             row = OutboundMessage.objects.create(
                 destination=dest,
                 report_version=version,
+                requested_procedure_id=version.report.requested_procedure_id,
                 patient_id=version.report.requested_procedure.order.patient_id,
                 patient_id_text=patient_id_text,
                 accession_number=content.accession_number,
@@ -74,6 +82,8 @@ def enqueue_oru(report_version_id: int) -> int:
                 receiving_facility=dest.receiving_facility,
                 version=dest.version,
                 text_value_type=dest.text_value_type,
+                link_viewer=dest.link_viewer,
+                link_wado_rs=dest.link_wado_rs,
             )
             row.payload = oru.encode(oru.render_oru(content, header, time_zone=settings.TIME_ZONE))
             row.save(update_fields=["message_control_id", "payload"])
@@ -81,3 +91,79 @@ def enqueue_oru(report_version_id: int) -> int:
         publish.wake_after_commit({d.pk for d in destinations})
     log.info("ORU^R01 queued", extra={"report_version_id": report_version_id, "rows": len(created)})
     return len(created)
+
+
+def enqueue_status(requested_procedure_id: int, event: str, *, at=None) -> int:
+    """Queue the order status message of ``event`` (``hl7gateway.order_status``) for this
+    requested procedure, one per enabled destination that takes order status (IHE RAD-3).
+
+    Call it inside the transaction of the change: the rows commit (or roll back) with it, and
+    the delivery tasks are published only after the commit.  Each event is sent once per
+    procedure and destination: calling it again adds nothing.  ``at`` (ORC-9) is the time of
+    the change, now by default.  Returns the number of rows created.
+    """
+    with transaction.atomic():
+        sync_environment_destinations()
+        destinations = list(OutboundDestination.objects.filter(enabled=True, sends_order_status=True))
+        if not destinations:
+            return 0
+        already = set(OutboundMessage.objects.filter(kind=STATUS, requested_procedure_id=requested_procedure_id,
+                                                     status_event=event).values_list("destination_id", flat=True))
+        destinations = [d for d in destinations if d.pk not in already]
+        if not destinations:
+            return 0
+        try:
+            rp = RequestedProcedure.objects.select_related("order__patient", "order__visit").get(
+                pk=requested_procedure_id)
+        except RequestedProcedure.DoesNotExist:
+            raise UnknownKey(f"no requested procedure {requested_procedure_id}") from None
+        now = timezone.now()
+        content = content_for_status(rp, event, at or now)
+        patient_id_text = "~".join(oru.cx(i) for i in content.patient_identifiers)[:200]
+        created = 0
+        for dest in destinations:
+            try:
+                # A savepoint: a concurrent transaction that queued the same event first (two
+                # steps of one procedure discontinued at once) wins; this one sends nothing more.
+                with transaction.atomic():
+                    _status_row(dest, rp, event, content, patient_id_text, now)
+            except IntegrityError:
+                continue
+            created += 1
+        publish.wake_after_commit({d.pk for d in destinations})
+    log.info("order status queued", extra={"requested_procedure_id": requested_procedure_id, "event": event,
+                                           "rows": created})
+    return created
+
+
+def _status_row(dest, rp, event, content, patient_id_text, now) -> OutboundMessage:
+    """One destination's row, rendered now with its fixed MSH-10 (every resend the same bytes)."""
+    row = OutboundMessage.objects.create(
+        destination=dest,
+        kind=STATUS,
+        message_type=order_status.MESSAGE_TYPES[dest.version],
+        requested_procedure=rp,
+        status_event=event,
+        order_status=content.order_status,
+        result_status=content.result_status,
+        patient_id=rp.order.patient_id,
+        patient_id_text=patient_id_text,
+        accession_number=content.accession_number,
+        hl7_version=dest.version,
+        payload=b"",
+        next_attempt_at=now,
+        dispatched_at=now,
+    )
+    row.message_control_id = message_control_id(row.pk, "OSC")
+    header = oru.MessageHeader(
+        message_control_id=row.message_control_id,
+        created_at=now,
+        sending_application=settings.HL7_RECEIVING_APPLICATION,
+        sending_facility=settings.HL7_RECEIVING_FACILITY,
+        receiving_application=dest.receiving_application,
+        receiving_facility=dest.receiving_facility,
+        version=dest.version,
+    )
+    row.payload = oru.encode(order_status.render_status(content, header, time_zone=settings.TIME_ZONE))
+    row.save(update_fields=["message_control_id", "payload"])
+    return row

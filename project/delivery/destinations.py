@@ -7,7 +7,8 @@ can add more rows):
   Commitment, PS3.4 B and J), ``dicoms://AE@host:port`` (the same over TLS, PS3.15 B.9), or
   ``stow+http(s)://[user:password@]host[:port]/path`` (STOW-RS, PS3.18 10.5);
 * ``HL7_ORU_DESTINATIONS`` (``parse_mllp``): ``name=mllp://host:port[?options]``, or
-  ``mllps://`` for MLLP over TLS.
+  ``mllps://`` for MLLP over TLS; ``messages=oru,status`` chooses the kinds of message (results,
+  order status to the placer), ``links=viewer,wado`` the reference pointers an ORU^R01 carries.
 
 The parsers are plain functions on strings, importing nothing of Django (``project.settings``
 checks ``VNA_DESTINATIONS`` with the same one the router uses), and raise ValueError with the
@@ -76,15 +77,43 @@ MLLP_OPTIONS = {
     "text": "text_value_type",
     "timeout": "ack_timeout_seconds",
 }
+#: ``messages=`` values -> the ``OutboundDestination`` field that turns that kind of message on:
+#: ORU^R01 results (HL7 v2.5.1 chapter 7) and order status to the placer (IHE RAD-3, ORC-1 SC).
+MLLP_MESSAGES = {"oru": "sends_results", "status": "sends_order_status"}
+#: ``links=`` values -> the field that adds that OBX of value type RP (HL7 v2.5.1 2A.65) to an ORU^R01.
+MLLP_LINKS = {"viewer": "link_viewer", "wado": "link_wado_rs"}
+#: What a declared destination gets when it does not say: results only, no links (the
+#: environment decides these for its destinations, so removing an option turns it off again;
+#: ``hl7gateway.outbox.destinations`` applies them).
+#: A comma that starts the next destination of ``HL7_ORU_DESTINATIONS`` (not one inside a list option).
+_NEXT_DESTINATION = re.compile(r",(?=\s*[A-Za-z0-9_-]+\s*=\s*mllps?://)")
+MLLP_DEFAULTS = {"sends_results": True, "sends_order_status": False, "link_viewer": False, "link_wado_rs": False}
+
+
+def _flags(item: str, key: str, value: str, known: dict[str, str], *, allow_empty: bool) -> dict[str, bool]:
+    """``a,b`` of a list option as {field: True/False} for every field of ``known``."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or (not names and not allow_empty):
+        raise ValueError(f"{item!r}: {key} must be a comma-separated list of {', '.join(known)}"
+                         f"{' (or empty)' if allow_empty else ''}")
+    return {f: n in names for n, f in known.items()}
 
 
 def parse_mllp(value: str | None, *, versions: Iterable[str], text_value_types: Iterable[str]) -> list[MllpDestination]:
-    """``name=mllp://host:port[?version=2.3.1&application=BILL&facility=HOSP&text=FT&timeout=30]``,
-    comma-separated; ``mllps://`` for MLLP over TLS.  ``versions`` and ``text_value_types`` are
-    the HL7 versions (MSH-12) and OBX-2 value types the ORU renderer writes."""
+    """``name=mllp://host:port[?version=2.3.1&application=BILL&facility=HOSP&text=FT&timeout=30
+    &messages=oru,status&links=viewer,wado]``, comma-separated between destinations; ``mllps://`` for
+    MLLP over TLS.  ``versions`` and ``text_value_types`` are the HL7 versions (MSH-12) and OBX-2
+    value types the ORU renderer writes.  ``messages`` and ``links`` set every field of their
+    list (``MLLP_MESSAGES``, ``MLLP_LINKS``); absent, the options leave them out, and whoever keeps
+    the rows applies ``MLLP_DEFAULTS``.
+
+    Destinations are separated by commas, and so are the values of ``messages`` and ``links``:
+    a comma starts a new destination only where ``name=mllp://`` (or ``mllps://``) follows it."""
     versions, text_value_types = tuple(versions), tuple(text_value_types)
     specs: list[MllpDestination] = []
-    for item in entries(value):
+    items = (p.strip().strip(",").strip() for p in _NEXT_DESTINATION.split(value or ""))
+    for item in filter(None, items):
         name, sep, url = item.partition("=")
         name = name.strip()
         if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
@@ -99,10 +128,19 @@ def parse_mllp(value: str | None, *, versions: Iterable[str], text_value_types: 
         if not port:
             raise ValueError(f"{item!r}: a port between 1 and 65535 is required")
         options: dict = {}
-        for key, values in parse_qs(parts.query).items():
+        for key, values in parse_qs(parts.query, keep_blank_values=True).items():
+            if key == "messages":
+                options.update(_flags(item, key, values[-1], MLLP_MESSAGES, allow_empty=False))
+                continue
+            if key == "links":
+                options.update(_flags(item, key, values[-1], MLLP_LINKS, allow_empty=True))
+                continue
             if key not in MLLP_OPTIONS:
-                raise ValueError(f"{item!r}: unknown option {key!r} (known: {', '.join(MLLP_OPTIONS)})")
+                known = [*MLLP_OPTIONS, "messages", "links"]
+                raise ValueError(f"{item!r}: unknown option {key!r} (known: {', '.join(known)})")
             val = values[-1]
+            if not val:
+                continue  # an empty option is as if absent (links= alone means: no links)
             if key == "version" and val not in versions:
                 raise ValueError(f"{item!r}: version must be one of {', '.join(versions)}")
             if key == "text" and val not in text_value_types:

@@ -97,11 +97,13 @@ def _set_status(rp: RequestedProcedure, to_status: str, cmd: OrderCommand) -> li
     """Move every step of ``rp`` to ``to_status`` (through the transition table), then the procedure."""
     changed = []
     for step in rp.steps.select_for_update().order_by("pk"):
-        if transition(step, to_status, entity="sps", cause=cmd.cause, actor=cmd.sending_application[:150]):
+        if transition(step, to_status, entity="sps", cause=cmd.cause, actor=cmd.sending_application[:150],
+                      placer_request=True):
             changed.append(step.pk)
     rp_status = _STEP_TO_RP.get(to_status, states.RP_SCHEDULED)
     if rp.status != rp_status and (rp.status, rp_status) in states.RP_TRANSITIONS:
-        transition(rp, rp_status, entity="requested_procedure", cause=cmd.cause, actor=cmd.sending_application[:150])
+        transition(rp, rp_status, entity="requested_procedure", cause=cmd.cause, actor=cmd.sending_application[:150],
+                   placer_request=True)
     return changed
 
 

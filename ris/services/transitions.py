@@ -9,10 +9,11 @@ from audit import events
 from ris import auditing, states
 from ris.errors import InvalidTransition
 from ris.models import PatientIdentifier, StatusChange
+from ris.signals import procedure_status_changed
 
 
 def transition(obj: models.Model, to_status: str, *, entity: str, cause: str, actor: str = "",
-               field: str = "status") -> bool:
+               field: str = "status", placer_request: bool = False) -> bool:
     """Move ``obj`` to ``to_status`` if ``ris.states.TABLES[entity]`` allows it.
 
     Records a ``StatusChange`` (from, to, cause, actor, time) and saves the object.
@@ -20,6 +21,10 @@ def transition(obj: models.Model, to_status: str, *, entity: str, cause: str, ac
     raises ``InvalidTransition`` for a pair the table does not list.  Call it inside
     the caller's transaction, on a row the caller has locked (select_for_update) when
     concurrent changes are possible.
+
+    A change of something that belongs to one requested procedure is announced with
+    ``ris.signals.procedure_status_changed`` in that transaction (``placer_request``: the order
+    placer asked for it, so it needs no status message back).
     """
     current = getattr(obj, field)
     if current == to_status:
@@ -36,6 +41,12 @@ def transition(obj: models.Model, to_status: str, *, entity: str, cause: str, ac
         actor=actor[:150],
     )
     _audit(obj, entity, current, to_status, cause, actor)
+    procedure_id = obj.pk if entity == "requested_procedure" else getattr(obj, "requested_procedure_id", None)
+    if procedure_id is not None:
+        procedure_status_changed.send(
+            sender=type(obj), entity=entity, object_id=obj.pk, requested_procedure_id=procedure_id,
+            from_status=current, to_status=to_status, placer_request=placer_request,
+        )
     return True
 
 

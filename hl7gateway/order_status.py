@@ -1,0 +1,208 @@
+"""Order status messages to the order placer: ORM^O01 (HL7 v2.3.1) or OMI^O23 (v2.5.1), ORC-1 ``SC``.
+
+IHE Radiology Scheduled Workflow, RAD-3 Filler Order Management: the department (order filler)
+tells the order placer (the EHR) what became of its order -- the exam started, the exam is
+complete, a step was discontinued, the report is final.  HL7 v2.3.1 chapter 4 (ORM^O01) and
+v2.5.1 chapter 4 (OMI^O23); ORC-1 ``SC`` "status changed" (HL7 table 0119), ORC-5 the new
+order status (HL7 table 0038): ``IP`` in process, ``CM`` completed, ``DC`` discontinued.
+
+Which change causes which message is decided once, by ``event_for``; the message is rendered
+by ``render_status`` from plain values (``StatusContent``; built from the database by
+``hl7gateway.outbox.content.content_for_status``), like the ORU^R01 (``hl7gateway.oru``), whose
+escaping and data types it shares.  Layout (docs/hl7-interface.md 2.4)::
+
+    MSH  MSH-9 ORM^O01 (v2.3.1) / OMI^O23^OMI_O23 (v2.5.1), MSH-10 stable control ID, MSH-12,
+         MSH-18 UNICODE UTF-8, original acknowledgement mode
+    PID  as in the ORU^R01
+    PV1  as in the ORU^R01
+    ORC  ORC-1 SC, ORC-2 placer order number, ORC-3 filler order number, ORC-5 IP / CM / DC,
+         ORC-9 date/time of the transaction (the change), ORC-12 ordering provider
+    OBR  OBR-2, OBR-3, OBR-4 procedure code, OBR-7 exam start, OBR-16 ordering provider,
+         OBR-24 RAD, OBR-25 F when the report is final;
+         v2.3.1 only: OBR-18 accession number, OBR-19 requested procedure ID, OBR-20 step ID
+    ZDS  v2.3.1 only: ZDS-1 Study Instance UID (the ZDS segment of IHE RAD TF-2, RAD-4)
+    IPC  v2.5.1 only, one per scheduled step (v2.5.1 chapter 4, segment IPC): IPC-1 accession number, IPC-2
+         requested procedure ID, IPC-3 Study Instance UID, IPC-4 step ID, IPC-5 modality,
+         IPC-9 station AE title
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from hl7gateway.oru import (
+    CHARSET,
+    ENCODING_CHARACTERS,
+    VERSIONS,
+    MessageHeader,
+    PatientIdentifier,
+    Person,
+    _components,
+    _segment,
+    cx,
+    ei,
+    escape,
+    hl7_ts,
+    xcn,
+    xpn,
+)
+
+# --- the rule: which change tells the placer what (IHE RAD-3) ---------------------------------
+#: The events an order status message is sent for, each once per requested procedure and
+#: destination (``OutboundMessage.status_event``), with its ORC-5 (HL7 table 0038) and OBR-25.
+STARTED = "started"  # the first MPPS IN PROGRESS of the procedure (PS3.4 F.7.2.1)
+EXAM_COMPLETE = "exam-complete"  # the study is complete (MPPS COMPLETED, or the quiet period)
+DISCONTINUED = "discontinued"  # a step was discontinued (MPPS DISCONTINUED, PS3.4 F.7.2.2)
+REPORT_FINAL = "report-final"  # the report was signed final (HL7 v2.5.1 table 0123: F)
+ORDER_STATUS = {STARTED: "IP", EXAM_COMPLETE: "CM", DISCONTINUED: "DC", REPORT_FINAL: "CM"}
+RESULT_STATUS = {REPORT_FINAL: "F"}
+
+#: (entity of ``ris.states.TABLES``, status moved to) -> event.  The requested procedure moves to
+#: IN_PROGRESS once, at its first started step; the study (pacs) to COMPLETE when completion
+#: decides it is; a step to DISCONTINUED by MPPS; the report to FINAL at its final signature.
+_EVENTS = {
+    ("requested_procedure", "IN_PROGRESS"): STARTED,
+    ("study", "COMPLETE"): EXAM_COMPLETE,
+    ("sps", "DISCONTINUED"): DISCONTINUED,
+    ("report", "FINAL"): REPORT_FINAL,
+}
+
+
+def event_for(entity: str, from_status: str, to_status: str, *, placer_request: bool = False) -> str | None:
+    """The order status event a status change causes, or None.
+
+    A change the order placer asked for itself (an inbound ORC-1 DC, SC/IP ... applied by
+    ``ris.services.orders``) is not echoed back: RAD-3 tells the placer what the filler did.
+    """
+    if placer_request:
+        return None
+    return _EVENTS.get((entity, to_status))
+
+
+# --- the message --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepValues:
+    """One scheduled procedure step (an IPC segment in v2.5.1)."""
+
+    step_id: str
+    modality: str = ""
+    station_ae_title: str = ""
+
+
+@dataclass(frozen=True)
+class StatusContent:
+    """Everything one order status message says (plain values only)."""
+
+    # PID / PV1 (as in the ORU^R01)
+    patient_identifiers: tuple[PatientIdentifier, ...]
+    patient_name: Person
+    patient_birth_date: date | None
+    patient_sex: str
+    visit_number: str = ""
+    patient_class: str = ""
+    assigned_location: str = ""
+    referring_physician: Person = field(default_factory=Person)
+    # ORC / OBR
+    order_status: str = "IP"  # ORC-5, HL7 table 0038
+    transaction_at: datetime | None = None  # ORC-9: when the change happened
+    result_status: str = ""  # OBR-25: F when the report is final, else empty
+    placer_order_number: str = ""
+    placer_namespace: str = ""
+    filler_order_number: str = ""
+    filler_namespace: str = ""
+    procedure_code_value: str = ""
+    procedure_code_meaning: str = ""
+    procedure_code_scheme: str = ""
+    observation_datetime: datetime | None = None  # OBR-7: the exam's start
+    ordering_provider: Person = field(default_factory=Person)
+    accession_number: str = ""
+    requested_procedure_id: str = ""
+    study_instance_uid: str = ""
+    steps: tuple[StepValues, ...] = ()
+
+
+#: The message (MSH-9.1^9.2) of each version.
+MESSAGE_TYPES = {"2.3.1": "ORM^O01", "2.5.1": "OMI^O23"}
+
+
+def message_type(version: str) -> str:
+    """MSH-9: ORM^O01 in v2.3.1; OMI^O23 with its message structure in v2.5.1 (2.15.9.9)."""
+    return "OMI^O23^OMI_O23" if version == "2.5.1" else "ORM^O01"
+
+
+def render_segments(content: StatusContent, header: MessageHeader, *, time_zone: str = "UTC") -> list[str]:
+    """The segments of the order status message, each a str without the terminating CR."""
+    if header.version not in VERSIONS:
+        raise ValueError(f"unsupported version {header.version!r}; use one of {VERSIONS}")
+    if content.order_status not in set(ORDER_STATUS.values()):
+        raise ValueError(f"ORC-5 must be one of {sorted(set(ORDER_STATUS.values()))}, not {content.order_status!r}")
+    if not header.message_control_id:
+        raise ValueError("MSH-10 (message control ID) is required")
+    tz = zoneinfo.ZoneInfo(time_zone)
+    v251 = header.version == "2.5.1"
+    msh = "MSH|" + ENCODING_CHARACTERS + "|" + "|".join(
+        [
+            escape(header.sending_application),  # MSH-3
+            escape(header.sending_facility),  # MSH-4
+            escape(header.receiving_application),  # MSH-5
+            escape(header.receiving_facility),  # MSH-6
+            hl7_ts(header.created_at, tz),  # MSH-7
+            "",  # MSH-8
+            message_type(header.version),  # MSH-9
+            escape(header.message_control_id),  # MSH-10
+            escape(header.processing_id),  # MSH-11
+            header.version,  # MSH-12
+            "", "", "", "", "",  # MSH-13 .. MSH-17 (MSH-15/16 empty: original acknowledgement mode)
+            CHARSET,  # MSH-18
+        ]
+    )
+    placer = ei(content.placer_order_number, content.placer_namespace)
+    filler = ei(content.filler_order_number, content.filler_namespace)
+    first_step = content.steps[0] if content.steps else StepValues(content.requested_procedure_id)
+    obr = {
+        1: "1",
+        2: placer,
+        3: filler,
+        4: _components(content.procedure_code_value, content.procedure_code_meaning, content.procedure_code_scheme),
+        7: hl7_ts(content.observation_datetime, tz),
+        16: xcn(content.ordering_provider),
+        24: "RAD",
+        25: escape(content.result_status),
+    }
+    if not v251:
+        # v2.3.1: the DICOM keys in OBR (IHE RAD TF-2, RAD-4); v2.5.1 carries them in IPC.
+        obr.update({18: escape(content.accession_number), 19: escape(content.requested_procedure_id),
+                    20: escape(first_step.step_id)})
+    segments = [
+        msh,
+        _segment("PID", {1: "1", 3: "~".join(cx(i) for i in content.patient_identifiers if i.id_number),
+                         5: xpn(content.patient_name), 7: hl7_ts(content.patient_birth_date),
+                         8: escape(content.patient_sex)}),
+        _segment("PV1", {1: "1", 2: escape(content.patient_class) or "U", 3: escape(content.assigned_location),
+                         8: xcn(content.referring_physician), 19: escape(content.visit_number)}),
+        _segment("ORC", {1: "SC", 2: placer, 3: filler, 5: content.order_status,
+                         9: hl7_ts(content.transaction_at, tz), 12: xcn(content.ordering_provider)}),
+        _segment("OBR", obr),
+    ]
+    if not v251:
+        if content.study_instance_uid:
+            segments.append(_segment("ZDS", {1: _components(content.study_instance_uid, header.sending_application,
+                                                            "Application", "DICOM")}))
+        return segments
+    for step in content.steps or (first_step,):
+        segments.append(_segment("IPC", {
+            1: escape(content.accession_number),
+            2: escape(content.requested_procedure_id),
+            3: escape(content.study_instance_uid),
+            4: escape(step.step_id),
+            5: _components(step.modality, "", "DCM") if step.modality else "",
+            9: escape(step.station_ae_title),
+        }))
+    return segments
+
+
+def render_status(content: StatusContent, header: MessageHeader, *, time_zone: str = "UTC") -> str:
+    """The message as text: segments each terminated by CR (HL7 v2.5.1 2.5.5)."""
+    return "\r".join(render_segments(content, header, time_zone=time_zone)) + "\r"
