@@ -22,12 +22,12 @@ from tests.support.drills.chaos import FaultLog, KillLoop, Outage
 from tests.support.drills.proxy import DelayProxy
 from tests.support.drills.services import ROOT, VENV_BIN, EngineProcesses, PrivatePostgres, PrivateRedis
 from tests.support.drills.traffic import DicomSender, HL7Sender, ReportSigner
-from tests.support.mllp_sink import AA, AE, MLLPSink
+from tests.support.mllp_sink import AA, AE, AR, MLLPSink
 from tests.support.net import free_port
 from tests.support.orthanc import OrthancProcess
 
 #: Outages a drill can hold (each once, at a seeded moment).
-OUTAGES = ("postgres", "redis", "vna", "ehr-down", "billing-ae", "disk-full", "slow-network")
+OUTAGES = ("postgres", "redis", "vna", "ehr-down", "billing-ae", "billing-ar", "disk-full", "slow-network")
 #: The senders' ACK timeout, and the delay of the slow network: longer, so every ACK is late.
 ACK_TIMEOUT = 10.0
 SLOW_NETWORK_DELAY = 12.0
@@ -221,6 +221,10 @@ class Drill:
             sink = self.sinks["billing"]
             return Outage(name, at, seconds, lambda: setattr(sink, "mode", AE), lambda: setattr(sink, "mode", AA),
                           log, abort)
+        if name == "billing-ar":
+            sink = self.sinks["billing"]
+            return Outage(name, at, seconds, lambda: setattr(sink, "mode", AR), lambda: setattr(sink, "mode", AA),
+                          log, abort)
         if name == "slow-network":
             def slow(delay: float):
                 return lambda: [setattr(link, "delay", delay) for link in (self.intake_link, self.ehr_link)]
@@ -319,6 +323,7 @@ class Drill:
         tally.figures["storescu_runs"] = sum(s.runs for s in dicom.studies)
         tally.figures["sign_requests"] = signer.requests
         tally.figures["unexpected_exits"] = len(self.processes.exits)
+        tally.figures["operator_retries"] = getattr(self, "operator_retries", 0)
         for kind, code, line in self.processes.exits:
             tally.note("unexpected_exits", f"{kind} exited {code}: {line}")
         return DrillResult(config, tally, log.events, dict(self.processes.kills), self.skipped,
@@ -331,10 +336,28 @@ class Drill:
             transfers = dict(db.execute("SELECT status, count(*) FROM pacs_transfer GROUP BY status").fetchall())
         return {"oru": oru, "studies": studies, "transfers": transfers}
 
+    def _operator_retries_failed(self) -> None:
+        """What the operator does once a destination that rejected messages (AR) is fixed: retry
+        each failed message (same bytes, same MSH-10), through the engine's operator action."""
+        self.operator_retries = getattr(self, "operator_retries", 0) + int(self._manage("shell", "-c", (
+            "from django.contrib.auth.models import User\n"
+            "from hl7gateway.models import OutboundMessage\n"
+            "from hl7gateway.outbox.actions import retry\n"
+            "user = User.objects.get(username='drill_rad')\n"
+            "ids = list(OutboundMessage.objects.filter(status='FAILED').order_by('id').values_list('id', flat=True))\n"
+            "[retry(i, user, 'destination fixed after the drill') for i in ids]\n"
+            "print(len(ids))\n")).strip().splitlines()[-1])
+
     def _drain(self, expected_oru: int, studies: set[str]) -> bool:
         deadline = time.monotonic() + self.config.drain_timeout
         while time.monotonic() < deadline:
             try:
+                with psycopg.connect(self.database_url, autocommit=True, connect_timeout=10) as db:
+                    failed = db.execute("SELECT count(*) FROM hl7gateway_outboundmessage "
+                                        "WHERE status = 'FAILED'").fetchone()[0]
+                if failed and "billing-ar" in self.config.outages:
+                    self._operator_retries_failed()
+                    continue
                 with psycopg.connect(self.database_url, autocommit=True, connect_timeout=10) as db:
                     oru_done = db.execute("SELECT count(*) FROM hl7gateway_outboundmessage "
                                           "WHERE status = 'DELIVERED'").fetchone()[0]
@@ -365,9 +388,13 @@ def results_section(result: DrillResult, title: str, command: str) -> str:
         + (f" ({config.outage_seconds:g} s each where held)" if config.outages else "") + "; "
         f"traffic {result.traffic_seconds:.0f} s, wall {result.wall_seconds:.0f} s "
         f"({result.tally.figures.get('hl7_sends')} MLLP sends, {result.tally.figures.get('storescu_runs')} storescu runs, "
-        f"{result.tally.figures.get('sign_requests')} sign requests).", "",
+        f"{result.tally.figures.get('sign_requests')} sign requests, "
+        f"{result.tally.figures.get('operator_retries', 0)} operator retries of rejected ORUs).", "",
         result.table(), "",
     ]
+    held = [f"{what.split(':')[0]} at {at:g} s" for at, what in result.faults if what.endswith("begins")]
+    if held:
+        lines[-2:-2] = ["Outages (seconds after the traffic began): " + ", ".join(held) + ".", ""]
     if result.skipped:
         lines += ["Skipped: " + "; ".join(result.skipped), ""]
     if result.errors:
