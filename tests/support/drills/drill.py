@@ -127,6 +127,12 @@ class Drill:
         self.ports = {"web": free_port(), "mllp": free_port(), "dicom": free_port()}
         self.orthanc = OrthancProcess(self.work / "orthanc", engine_aet="PACS", engine_port=self.ports["dicom"]).start()
         self.cleanups.append(self.orthanc.stop)
+        self.vna_lock = threading.Lock()
+        self.vna_planned_down = False
+        self.peer_exits: list[str] = []
+        self.finished = threading.Event()
+        self.cleanups.append(self.finished.set)
+        threading.Thread(target=self._supervise_vna, name="vna-supervisor", daemon=True).start()
         self.sinks = {"ehr": MLLPSink().start(), "billing": MLLPSink().start()}
         for sink in self.sinks.values():
             self.cleanups.append(sink.down)
@@ -180,6 +186,32 @@ class Drill:
         return result.stdout
 
     # ------------------------------------------------------------------------------ faults
+    def _vna_down(self) -> None:
+        with self.vna_lock:
+            self.vna_planned_down = True
+            self.orthanc.stop()
+
+    def _vna_up(self) -> None:
+        with self.vna_lock:
+            self.orthanc.start()
+            self.vna_planned_down = False
+
+    def _supervise_vna(self) -> None:
+        """The VNA's own supervisor: an Orthanc that exits on its own (not stopped by the drill)
+        is started again, and the exit recorded (a crash of the peer, not of the engine)."""
+        while not self.finished.wait(1.0):
+            with self.vna_lock:
+                process = self.orthanc.process
+                if self.vna_planned_down or process is None or process.poll() is None:
+                    continue
+                lines = (self.work / "orthanc" / "orthanc.log").read_text(errors="replace").strip().splitlines()
+                self.peer_exits.append(f"orthanc exited {process.returncode}: {lines[-1][:200] if lines else ''}")
+                self.orthanc.process = None
+                try:
+                    self.orthanc.start()
+                except RuntimeError as exc:
+                    self.errors.append(f"the VNA did not start again: {exc}")
+
     def _small_disk(self) -> None:
         """The image store on a file system of its own (a 32 MiB tmpfs) that the disk-full fault
         can fill without touching anyone else's disk."""
@@ -213,7 +245,7 @@ class Drill:
         if name == "redis":
             return Outage(name, at, 0.0, self.redis.restart, lambda: None, log, abort)
         if name == "vna":
-            return Outage(name, at, seconds, self.orthanc.stop, self.orthanc.start, log, abort)
+            return Outage(name, at, seconds, self._vna_down, self._vna_up, log, abort)
         if name == "ehr-down":
             sink = self.sinks["ehr"]
             return Outage(name, at, seconds, sink.down, sink.up, log, abort)
@@ -324,6 +356,9 @@ class Drill:
         tally.figures["sign_requests"] = signer.requests
         tally.figures["unexpected_exits"] = len(self.processes.exits)
         tally.figures["operator_retries"] = getattr(self, "operator_retries", 0)
+        tally.figures["peer_exits"] = len(self.peer_exits)
+        for line in self.peer_exits:
+            tally.note("peer_exits", line)
         for kind, code, line in self.processes.exits:
             tally.note("unexpected_exits", f"{kind} exited {code}: {line}")
         return DrillResult(config, tally, log.events, dict(self.processes.kills), self.skipped,

@@ -31,7 +31,8 @@ COLUMNS = (
     ("oru_out_of_order", "ORU delivered out of order for its patient", True),
     ("oru_same_msh10_redelivered", "ORU received again with the same MSH-10 (receiver dedupes)", False),
     ("drain_seconds", "seconds to drain after the last fault", False),
-    ("unexpected_exits", "processes that exited on their own (restarted, as compose does)", False),
+    ("unexpected_exits", "engine processes that exited on their own (restarted, as compose does)", False),
+    ("peer_exits", "VNA (Orthanc) exits nobody caused (restarted)", False),
 )
 
 
