@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -272,10 +273,19 @@ class Drill:
     # ------------------------------------------------------------------------------ the drill
     def run(self) -> DrillResult:
         started = time.monotonic()
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self.cleanups.append(lambda: [signal.signal(sig, handler) for sig, handler in previous.items()])
+            signal.signal(signal.SIGTERM, _interrupted)  # as Ctrl-C: the clean-up below runs
         try:
             self._setup()
             return self._run(started)
         finally:
+            # A second Ctrl-C or SIGTERM must not cut the clean-up short: every process stopped,
+            # the private servers too, nothing left running.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             for cleanup in reversed(self.cleanups):
                 try:
                     cleanup()
@@ -338,7 +348,7 @@ class Drill:
         # and every study is archived.
         self.processes.ensure_running()
         signed = list(signer.signed)
-        drained = self._drain(len(signed) * len(self.sinks), {s.study_instance_uid for s in dicom.studies})
+        drained = self._drain({s.study_instance_uid for s in dicom.studies})
         drain_seconds = time.monotonic() - max([last_fault] + [o.ended_at or 0 for o in outages])
         if not drained:
             self.errors.append(f"not drained within {config.drain_timeout:g} s: {self._backlog()}")
@@ -383,7 +393,7 @@ class Drill:
             "[retry(i, user, 'destination fixed after the drill') for i in ids]\n"
             "print(len(ids))\n")).strip().splitlines()[-1])
 
-    def _drain(self, expected_oru: int, studies: set[str]) -> bool:
+    def _drain(self, studies: set[str]) -> bool:
         deadline = time.monotonic() + self.config.drain_timeout
         while time.monotonic() < deadline:
             try:
@@ -394,18 +404,22 @@ class Drill:
                     self._operator_retries_failed()
                     continue
                 with psycopg.connect(self.database_url, autocommit=True, connect_timeout=10) as db:
-                    oru_done = db.execute("SELECT count(*) FROM hl7gateway_outboundmessage "
-                                          "WHERE status = 'DELIVERED'").fetchone()[0]
                     oru_open = db.execute("SELECT count(*) FROM hl7gateway_outboundmessage "
                                           "WHERE status <> 'DELIVERED'").fetchone()[0]
-                    archived = {row[0] for row in db.execute(
-                        "SELECT study_instance_uid FROM pacs_study WHERE status = 'ARCHIVED'")}
-                if oru_done >= expected_oru and not oru_open and studies <= archived:
+                    stored = dict(db.execute("SELECT study_instance_uid, status FROM pacs_study").fetchall())
+                # Settled: every ORU row written by a signature delivered, every study the modality
+                # sent that the engine holds archived.  What the engine does not hold at all cannot
+                # arrive by waiting: the tally counts it.
+                if not oru_open and all(stored[uid] == "ARCHIVED" for uid in studies if uid in stored):
                     return True
             except psycopg.OperationalError:
                 pass
             time.sleep(1.0)
         return False
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run(config: DrillConfig) -> DrillResult:
@@ -431,7 +445,7 @@ def results_section(result: DrillResult, title: str, command: str) -> str:
     if held:
         lines[-2:-2] = ["Outages (seconds after the traffic began): " + ", ".join(held) + ".", ""]
     if result.skipped:
-        lines += ["Skipped: " + "; ".join(result.skipped), ""]
+        lines += ["Skipped or substituted: " + "; ".join(result.skipped), ""]
     if result.errors:
         lines += ["Errors: " + "; ".join(e.splitlines()[0] for e in result.errors[:10]), ""]
     details = {k: v for k, v in result.tally.details.items() if v}
