@@ -2,6 +2,7 @@
 #   make run   - set up and start every process on the embedded defaults (SQLite, filesystem broker)
 #   make test  - set up and run the whole test suite on PostgreSQL and Redis
 #   make test-quick - the unit tier alone (no database, broker or peers), in under a minute
+#   make drills - the long crash and outage drill; its table goes to bench/RESULTS.md
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -13,7 +14,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 # Not the embedded default: the engine needs a SECRET_KEY (pacs.E008); this one is for tests only.
 TEST_SECRET_KEY ?= test-run-only-not-a-production-key-6f1d0c9b2a7e4f3d8c5b
 
-.PHONY: run test test-quick venv venv-dev services migrate admin lint bench clean
+.PHONY: run test test-quick venv venv-dev services migrate admin lint bench drills clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: installing python3-venv"; \
@@ -78,6 +79,16 @@ bench: venv-dev services
 	BENCH_DATABASE_URL=$(BENCH_PG)/pacs_bench_oru $(BIN)/python bench/oru_delivery.py --n 1000 --concurrency 2,4
 	DATABASE_URL=$(BENCH_PG)/pacs_bench_archive CELERY_BROKER_URL=$(BENCH_BROKER_URL) \
 	  $(BIN)/python bench/archive_latency.py --images 200 --runs 7
+
+# The long crash and outage drill (tests/drills/run.py): every process of the Procfile on a
+# PostgreSQL cluster and a Redis server of the drill's own (started from the installed binaries,
+# so restarting them disturbs no one), real clients and peers, kill -9 of each process kind and
+# outages at moments drawn from the seed; the figures are appended to bench/RESULTS.md.  Options
+# in DRILL_ARGS (or DRILL_* variables), e.g.
+#   make drills DRILL_ARGS="--seed 7 --kills mllp=100,dicom=30,worker=20 --outage-seconds 20"
+# The short drill runs in make test (tests/drills/test_short_drill.py).
+drills: venv-dev services
+	$(BIN)/python -m tests.drills.run $(DRILL_ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -1,0 +1,376 @@
+"""The department's clients during a drill, each keeping exactly what it was told.
+
+- ``HL7Sender``: an EHR's outbound interface.  One MLLP connection kept open, one message at a
+  time; a message without an answer (connection reset, ACK timeout) is sent again, byte for
+  byte, with the same MSH-10 -- what HL7 v2.5.1 section 2.9.2 (original mode) expects of a
+  sender, and what the receiver's duplicate detection must absorb.  AE is retried after a pause
+  (a transient error of the receiver); AA ends the message.
+- ``DicomSender``: a modality sending studies with dcmtk ``storescu``; each instance whose
+  C-STORE response was Success (0000, PS3.4 B.2.3) is recorded, the others are sent again.
+- ``ReportSigner``: a dictation system signing final reports through ``POST /api/v1/reports/``.
+  A request without an answer is checked with ``GET`` before it is sent again: a report signed
+  is recorded once, whether the 201 reached the client or not.
+
+All data are synthetic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+
+from hl7gateway.mllp import MLLPDecoder, frame
+from tests.support.hl7 import fixture
+from tests.support.net import dcmtk_tool
+from tests.support.orthanc import write_study
+
+
+def _sleep_unless(stop: threading.Event, seconds: float) -> None:
+    stop.wait(seconds)
+
+
+# --------------------------------------------------------------------------------------- HL7 intake
+@dataclass
+class OrderMessage:
+    control_id: str
+    patient_id: str
+    placer: str
+    accessions: tuple[str, str]
+    study_instance_uids: tuple[str, str]
+    raw: bytes
+
+
+def order_message(tag: str, n: int, patients: int) -> OrderMessage:
+    """The ORM^O01 fixture as new order ``n`` of the drill ``tag``: its own MSH-10, placer
+    number, accession numbers (OBR-18, at most 16 characters), procedure and step IDs and Study
+    Instance UIDs; one of ``patients`` synthetic patients (PID-3), without the SSN repetition."""
+    patient = f"DP{tag}{n % patients:03d}"
+    placer = f"DO{tag}{n:06d}"
+    accessions = (f"D{tag}{n:06d}A", f"D{tag}{n:06d}B")
+    control_id = f"DM{tag}{n:06d}"
+    studies = tuple(f"1.2.826.0.1.3680043.10.1234.{int(tag, 16)}.{n}.{k}" for k in (1, 2))
+    raw = fixture("epic_orm_o01_nw.hl7")
+    for old, new in ((b"EPC000101", control_id), (b"E1000001", patient), (b"~900-00-0001^^^SSA^SS", ""),
+                     (b"A7000001", f"DA{tag}{n:06d}"), (b"V5000001", f"DV{tag}{n:06d}"), (b"P10001^", f"{placer}^"),
+                     (b"EA100001", accessions[0]), (b"EA100002", accessions[1]),
+                     (b"RP100001", f"RA{tag}{n:06d}"), (b"RP100002", f"RB{tag}{n:06d}"),
+                     (b"SPS100001", f"SA{tag}{n:06d}"), (b"SPS100002", f"SB{tag}{n:06d}"),
+                     (b"1.2.826.0.1.3680043.10.1234.1001", studies[0]),
+                     (b"1.2.826.0.1.3680043.10.1234.1002", studies[1])):
+        raw = raw.replace(old, new.encode() if isinstance(new, str) else new)
+    return OrderMessage(control_id, patient, placer, accessions, studies, raw)
+
+
+@dataclass
+class HL7Outcome:
+    message: OrderMessage
+    sends: int = 0
+    unanswered: int = 0  # sends that got no ACK (connection lost, ACK timeout)
+    answers: list[str] = field(default_factory=list)  # MSA-1 of each ACK received
+    final: str = ""  # AA, AR, or "" when given up
+
+    @property
+    def resent_after_lost_ack(self) -> bool:
+        return self.unanswered > 0 and self.final == "AA"
+
+
+class HL7Sender(threading.Thread):
+    """Sends new orders on one kept-open connection until ``stop`` is set and at least
+    ``minimum`` were sent; the message being sent when ``stop`` comes is finished."""
+
+    def __init__(self, name: str, port: int, tag: str, numbers, patients: int, stop: threading.Event,
+                 minimum: int, on_applied, ack_timeout: float = 30.0, give_up_after: float = 600.0):
+        super().__init__(name=name, daemon=True)
+        self.port = port
+        self.tag = tag
+        self.numbers = numbers  # a shared counter (itertools.count under a lock)
+        self.patients = patients
+        self.stop = stop
+        self.minimum = minimum
+        self.on_applied = on_applied
+        self.ack_timeout = ack_timeout
+        self.give_up_after = give_up_after
+        self.outcomes: list[HL7Outcome] = []
+        self.sock: socket.socket | None = None
+        self.decoder = MLLPDecoder()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set() or len(self.outcomes) < self.minimum:
+                message = order_message(self.tag, self.numbers(), self.patients)
+                outcome = HL7Outcome(message)
+                self.outcomes.append(outcome)
+                self._send(outcome)
+                if outcome.final == "AA":
+                    self.on_applied(message)
+        except BaseException as exc:  # noqa: BLE001 - reported by the drill
+            self.error = exc
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock, self.decoder = None, MLLPDecoder()
+
+    def _exchange(self, raw: bytes) -> bytes | None:
+        """One send and its ACK; None when the connection failed before an answer."""
+        try:
+            if self.sock is None:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.sock.settimeout(self.ack_timeout)
+            self.sock.sendall(frame(raw))
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionResetError("closed before the ACK")
+                messages = self.decoder.feed(chunk)
+                if messages:
+                    return messages[0]
+        except OSError:
+            self._close()
+            return None
+
+    def _send(self, outcome: HL7Outcome) -> None:
+        deadline = time.monotonic() + self.give_up_after
+        pause = 0.2
+        while time.monotonic() < deadline:
+            outcome.sends += 1
+            ack = self._exchange(outcome.message.raw)
+            if ack is None:
+                outcome.unanswered += 1
+                time.sleep(pause)
+                pause = min(pause * 1.5, 2.0)
+                continue
+            msa = next((s.split("|") for s in ack.decode("utf-8", "replace").split("\r") if s.startswith("MSA|")), [])
+            code = msa[1] if len(msa) > 1 else "??"
+            if len(msa) > 2 and msa[2] != outcome.message.control_id:
+                code = f"{code}(MSA-2 {msa[2]!r})"  # an ACK for another message: a protocol fault
+            outcome.answers.append(code)
+            if code in ("AA", "AR") or "MSA-2" in code:
+                outcome.final = code
+                return
+            time.sleep(pause)  # AE: the receiver could not apply it now (its database restarting)
+            pause = min(pause * 1.5, 2.0)
+
+
+# ------------------------------------------------------------------------------------------- DICOM
+STORE_RESPONSE = re.compile(r"Received Store Response \(([^)]*)\)")
+
+
+@dataclass
+class StudyOutcome:
+    study_instance_uid: str
+    sop_instance_uids: list[str]
+    paths: list[Path]
+    success: set[str] = field(default_factory=set)  # SOP Instance UIDs answered Success
+    runs: int = 0  # storescu processes started
+    failures: list[str] = field(default_factory=list)  # non-Success statuses seen
+
+
+class DicomSender(threading.Thread):
+    """Sends a study of ``images`` instances for the first requested procedure of each applied
+    order it is given (``offer``: the accession number, Study Instance UID and patient of the
+    order, as a modality takes them from the worklist), with ``storescu`` (one association per
+    try, the instances not yet answered Success), one study after another while the faults go on
+    (until ``stop``), at most ``limit``."""
+
+    def __init__(self, name: str, port: int, workdir: Path, images: int, stop: threading.Event, limit: int,
+                 ae_title: str = "PACS", give_up_after: float = 600.0):
+        super().__init__(name=name, daemon=True)
+        self.port = port
+        self.workdir = Path(workdir)
+        self.images = images
+        self.stop = stop
+        self.limit = limit
+        self.ae_title = ae_title
+        self.give_up_after = give_up_after
+        self.queue: list[OrderMessage] = []
+        self.cond = threading.Condition()
+        self.studies: list[StudyOutcome] = []
+        self.error: BaseException | None = None
+
+    def offer(self, message: OrderMessage) -> None:
+        with self.cond:
+            if len(self.queue) < self.limit:
+                self.queue.append(message)
+                self.cond.notify_all()
+
+    def run(self) -> None:
+        try:
+            done = 0
+            while True:
+                with self.cond:
+                    while done >= len(self.queue) and not self.stop.is_set():
+                        self.cond.wait(0.5)
+                    if self.stop.is_set() or done >= len(self.queue):
+                        return  # the faults are over: the study being sent was finished
+                    message = self.queue[done]
+                done += 1
+                self.studies.append(self._send(self._study(done, message)))
+        except BaseException as exc:  # noqa: BLE001 - reported by the drill
+            self.error = exc
+
+    def _study(self, n: int, order: OrderMessage) -> StudyOutcome:
+        study_uid = order.study_instance_uids[0]
+        paths = write_study(self.workdir / f"study-{n:05d}", self.images, study_instance_uid=study_uid,
+                            accession_number=order.accessions[0], patient_id=order.patient_id,
+                            issuer_of_patient_id="SYNTHMRN", patient_name="Testpatient^Anna^Maria^^Ms",
+                            birth_date="19800215", sex="F")
+        uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths]
+        return StudyOutcome(study_uid, uids, paths)
+
+    def _send(self, study: StudyOutcome) -> StudyOutcome:
+        deadline = time.monotonic() + self.give_up_after
+        pause = 0.2
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        while time.monotonic() < deadline:
+            todo = [(uid, path) for uid, path in zip(study.sop_instance_uids, study.paths, strict=True) if uid not in study.success]
+            if not todo:
+                return study
+            study.runs += 1
+            try:
+                result = subprocess.run([dcmtk_tool("storescu"), "-v", "-aet", "DRILLCT", "-aec", self.ae_title,
+                                         "-to", "30", "-ta", "30", "-td", "60", "127.0.0.1", str(self.port),
+                                         *(str(p) for _, p in todo)],
+                                        env=env, capture_output=True, text=True, timeout=300)
+                output = result.stdout + result.stderr
+            except subprocess.TimeoutExpired as exc:
+                output = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+            # storescu sends the files in order, one C-STORE at a time: the n-th response is the n-th file's.
+            for (uid, _), status in zip(todo, STORE_RESPONSE.findall(output), strict=False):
+                if status == "Success":
+                    study.success.add(uid)
+                else:
+                    study.failures.append(status)
+            if len(study.success) < len(study.sop_instance_uids):
+                time.sleep(pause)
+                pause = min(pause * 1.5, 2.0)
+        return study
+
+
+# ----------------------------------------------------------------------------------------- reports
+@dataclass
+class SignedReport:
+    accession: str
+    patient_id: str
+    sequence: int  # signing order (one signer: the order of the reports of each patient)
+    confirmed_by: str  # "201" or "GET" (the answer was lost; the report was found signed)
+
+
+class ReportSigner(threading.Thread):
+    """Signs the final report of both requested procedures of each applied order it is given
+    (``offer``), in order, one order after another while the faults go on (until ``stop``), at
+    most ``limit`` orders."""
+
+    def __init__(self, name: str, port: int, token_source, stop: threading.Event, limit: int,
+                 give_up_after: float = 600.0):
+        super().__init__(name=name, daemon=True)
+        self.port = port
+        self.token_source = token_source
+        self.stop = stop
+        self.limit = limit
+        self.give_up_after = give_up_after
+        self.queue: list[OrderMessage] = []
+        self.cond = threading.Condition()
+        self.signed: list[SignedReport] = []
+        self.unsigned: list[tuple[str, str]] = []  # (accession, last error): given up
+        self.requests = 0
+        self.lost_answers = 0
+        self.error: BaseException | None = None
+
+    def offer(self, message: OrderMessage) -> None:
+        with self.cond:
+            if len(self.queue) < self.limit:
+                self.queue.append(message)
+                self.cond.notify_all()
+
+    def run(self) -> None:
+        try:
+            self.token = self.token_source()
+            done = 0
+            while True:
+                with self.cond:
+                    while done >= len(self.queue) and not self.stop.is_set():
+                        self.cond.wait(0.5)
+                    if self.stop.is_set() or done >= len(self.queue):
+                        return  # the faults are over: the order being reported was finished
+                    message = self.queue[done]
+                done += 1
+                for accession in message.accessions:
+                    self._sign(accession, message.patient_id)
+        except BaseException as exc:  # noqa: BLE001 - reported by the drill
+            self.error = exc
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Token {self.token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                return exc.code, json.loads(exc.read() or b"{}")
+            except ValueError:
+                return exc.code, {}
+
+    def _is_signed(self, accession: str) -> bool | None:
+        """Whether the report is signed final (None: the question got no answer either)."""
+        try:
+            status, body = self._request("GET", f"/api/v1/reports/{accession}/")
+        except (OSError, ValueError):
+            return None
+        if status != 200:
+            return None
+        return any(v.get("signed") and v.get("result_status") == "F" for v in body.get("versions", []))
+
+    def _sign(self, accession: str, patient_id: str) -> None:
+        deadline = time.monotonic() + self.give_up_after
+        pause = 0.3
+        error = ""
+        while time.monotonic() < deadline:
+            self.requests += 1
+            try:
+                status, body = self._request("POST", "/api/v1/reports/", {
+                    "accession_number": accession, "findings": "No acute finding.",
+                    "impression": "Synthetic drill report.", "sign": "FINAL"})
+            except (OSError, ValueError) as exc:  # no answer: was it signed before the web died?
+                status, body, error = 0, {}, type(exc).__name__
+            if status == 201:
+                self.signed.append(SignedReport(accession, patient_id, len(self.signed), "201"))
+                return
+            if status in (0, 422) or status >= 500:
+                if status == 0:
+                    self.lost_answers += 1
+                signed = self._is_signed(accession)
+                if signed:
+                    self.signed.append(SignedReport(accession, patient_id, len(self.signed), "GET"))
+                    return
+                error = error or f"HTTP {status} {body.get('error', '')}"[:200]
+                time.sleep(pause)
+                pause = min(pause * 1.5, 3.0)
+                continue
+            error = f"HTTP {status} {body}"[:300]
+            if status == 404:  # the order is not visible yet: cannot be, it was answered AA
+                time.sleep(pause)
+                continue
+            break
+        self.unsigned.append((accession, error))
