@@ -4,7 +4,7 @@
 procedure, the transactions of IHE Radiology Scheduled Workflow: order (RAD-2/RAD-4) -> MWL
 (RAD-5) -> MPPS (RAD-6/RAD-7) -> images (RAD-8) -> matching -> completion -> VNA (RAD-10) ->
 reading -> report -> ORU (RAD-128), and every other outbound message of its procedure: order
-status to the placer (RAD-3)); ``timeline(rows, now=..., ...)`` turns them into a list
+status to the placer (RAD-3), charges to billing (RAD-35)); ``timeline(rows, now=..., ...)`` turns them into a list
 of ``Step`` -- a pure function over plain rows, so the rules that mark a step *overdue* are
 tested without a database:
 
@@ -91,10 +91,12 @@ def _minutes(delta: dt.timedelta) -> str:
 
 def _outbound_label(o) -> tuple[str, str]:
     """(step kind, what was queued) of an outbox row: every kind the outbox carries -- the ORU^R01
-    (HL7 v2.5.1 chapter 7, with OBR-25) and the order status message to the placer (IHE RAD-3,
-    with ORC-5)."""
+    (HL7 v2.5.1 chapter 7, with OBR-25), the order status message to the placer (IHE RAD-3,
+    with ORC-5) and the charge posted to billing (IHE RAD-35, DFT^P03 with its kind and FT1-6)."""
     if o.kind == "STATUS":
         return "order-status", f"{o.message_type} (ORC-5 {o.order_status})"
+    if o.kind == "CHARGE":
+        return "charge", f"{o.message_type} ({o.charge_kind} {o.transaction_type})"
     return "oru", f"{o.message_type} ({o.result_status})"
 
 

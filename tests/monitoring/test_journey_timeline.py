@@ -144,3 +144,11 @@ def test_an_order_status_row_is_a_step_of_its_own_kind_with_its_message_type_and
     labels = [(s.kind, s.label) for s in run(rows, at(50))]
     assert labels == [("order-status", "ORM^O01 (ORC-5 CM) queued for billing"),
                       ("order-status", "ORM^O01 acknowledged by billing")]
+
+
+def test_a_charge_row_is_a_step_with_its_kind_and_transaction_type():
+    rows = Rows(accession="A1", outbound=[oru("PENDING", kind="CHARGE", message_type="DFT^P03", charge_kind="technical",
+                                              transaction_type="CD", report_version_id=None, result_status="")])
+    (queued, waiting) = run(rows, at(41))
+    assert (queued.kind, queued.label) == ("charge", "DFT^P03 (technical CD) queued for billing")
+    assert (waiting.kind, waiting.state) == ("charge", WAITING)
