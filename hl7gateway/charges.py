@@ -1,5 +1,5 @@
-"""Charge posting to billing: DFT^P03 (HL7 v2.5.1 chapter 6, 6.4.3 "DFT - post detail financial
-transaction"; v2.3.1 the same message), IHE Radiology RAD-35 Charge Posted.
+"""Charge posting to billing: DFT^P03 (HL7 v2.5.1 chapter 6, "post detail financial transaction";
+v2.3.1 the same message), IHE Radiology RAD-35 Charge Posted.
 
 The department (order filler) posts what it did to the billing system: the *technical* charge
 (the exam was performed) when the study is complete -- the same event that tells the order
@@ -153,7 +153,7 @@ class ChargeContent:
 
 
 def message_type(version: str) -> str:
-    """MSH-9: DFT^P03 with its message structure in v2.5.1 (2.15.9.9); DFT^P03 in v2.3.1."""
+    """MSH-9: DFT^P03 with its message structure (MSH-9.3) in v2.5.1; DFT^P03 in v2.3.1."""
     return "DFT^P03^DFT_P03" if version == "2.5.1" else "DFT^P03"
 
 
@@ -211,5 +211,5 @@ def render_segments(content: ChargeContent, header: MessageHeader, *, time_zone:
 
 
 def render_charge(content: ChargeContent, header: MessageHeader, *, time_zone: str = "UTC") -> str:
-    """The message as text: segments each terminated by CR (HL7 v2.5.1 2.5.5)."""
+    """The message as text: segments each terminated by CR (HL7 v2.5.1 chapter 2)."""
     return "\r".join(render_segments(content, header, time_zone=time_zone)) + "\r"
