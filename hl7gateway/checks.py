@@ -4,6 +4,7 @@ hl7gateway.E102  HL7_SENDERS or HL7_UNDECLARED_SENDERS_FROM cannot be parsed
 hl7gateway.E103  (deploy) HL7_UNDECLARED_SENDERS_FROM admits undeclared senders from every address
 hl7gateway.E104  the MLLP over TLS port cannot run as configured (HL7_MLLP_TLS_PORT,
                  HL7_MLLP_TLS_CLIENT_CERTIFICATES, TLS_CERTIFICATE, TLS_CA_CERTIFICATES)
+hl7gateway.E105  CHARGE_POSTING or CHARGE_POSTING_BY_CODE cannot be parsed (the error names the entry)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.checks import Error, Tags, register
 
-from hl7gateway import senders
+from hl7gateway import charges, senders
 from project.tls import CLIENT_CERTIFICATE_POLICIES
 
 
@@ -59,3 +60,21 @@ def check_mllp_tls_settings(app_configs, **kwargs):
         return [Error(f"HL7_MLLP_TLS_CLIENT_CERTIFICATES={policy} needs TLS_CA_CERTIFICATES (the CA that signs the "
                       "senders' certificates).", id="hl7gateway.E104")]
     return []
+
+
+@register(Tags.compatibility)
+def check_charge_posting(app_configs, **kwargs):
+    """hl7gateway.E105: a charge setting that cannot be read would post no charge at all (IHE
+    RAD-35); it is refused at start, naming the entry, rather than found missing in billing."""
+    errors = []
+    try:
+        charges.parse_kinds(settings.CHARGE_POSTING, where="CHARGE_POSTING")
+    except ValueError as exc:
+        errors.append(Error(f"{exc}.", id="hl7gateway.E105"))
+    try:
+        charges.parse_by_code(settings.CHARGE_POSTING_BY_CODE)
+    except ValueError as exc:
+        errors.append(Error(f"CHARGE_POSTING_BY_CODE: {exc}.",
+                            hint="CODE=technical;CODE=professional;CODE=technical,professional;CODE=none",
+                            id="hl7gateway.E105"))
+    return errors

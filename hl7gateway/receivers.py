@@ -7,13 +7,16 @@
   the order placer is told of (``hl7gateway.order_status.event_for``, IHE RAD-3), its order
   status message (ORM^O01 / OMI^O23, ORC-1 SC) is queued in the same way, in the transaction of
   the change (``hl7gateway.outbox.enqueue.enqueue_status``).
+- The same change posts a charge to billing (IHE RAD-35, DFT^P03; ``hl7gateway.charges``): the
+  technical charge with the exam complete, the professional one with the final report; the
+  order cancelled reverses the charges already posted (FT1-6 CD).  Same transaction, same outbox.
 """
 
 from __future__ import annotations
 
 from django.dispatch import receiver
 
-from hl7gateway import order_status
+from hl7gateway import charges, order_status
 from ris.signals import procedure_status_changed, report_signed
 
 
@@ -30,8 +33,15 @@ def on_report_signed(sender, report_version, **kwargs) -> None:
 def on_procedure_status_changed(sender, entity, requested_procedure_id, from_status, to_status,
                                 placer_request=False, **kwargs) -> None:
     event = order_status.event_for(entity, from_status, to_status, placer_request=placer_request)
-    if event is None:
+    charge = charges.charge_for(event)
+    credit = charges.credits(entity, to_status)
+    if event is None and not credit:
         return
     from hl7gateway.outbox import enqueue  # heavy, see on_report_signed
 
-    enqueue.enqueue_status(requested_procedure_id, event)
+    if event is not None:
+        enqueue.enqueue_status(requested_procedure_id, event)
+    if charge is not None:
+        enqueue.enqueue_charge(requested_procedure_id, charge)
+    if credit:
+        enqueue.enqueue_credits(requested_procedure_id)

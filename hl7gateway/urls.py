@@ -11,4 +11,5 @@ urlpatterns = [
     path("outbound/<int:message_id>/", views.outbound_detail, name="outbound_detail"),
     path("outbound/<int:message_id>/retry/", views.outbound_retry, name="outbound_retry"),
     path("outbound/<int:message_id>/cancel/", views.outbound_cancel, name="outbound_cancel"),
+    path("charges/", views.charges, name="charges"),
 ]

@@ -1,8 +1,10 @@
-"""The outbound delivery operator page (ORU^R01, HL7 v2.5.1 chapter 7).
+"""The outbound delivery operator pages (ORU^R01, HL7 v2.5.1 chapter 7; order status, IHE RAD-3;
+charges, IHE RAD-35).
 
 Per destination: queue depth, age of the oldest undelivered message, failures with their
 reason; per message: the bytes sent, every attempt, the status history; retry and cancel,
-recorded with who did it and why.  Administrators only.  The views translate requests
+recorded with who did it and why.  The charges page shows the DFT^P03 rows per order: posted
+(acknowledged), pending and failed charges and credits, with the same retry.  Administrators only.  The views translate requests
 into ``hl7gateway.outbox`` calls; the rules live there.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import OuterRef, Q, Subquery
+from django.db.models import Count, Max, OuterRef, Q, Subquery
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -19,7 +21,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from audit import web as web_audit
 from hl7gateway.models import OutboundDestination, OutboundMessage
-from hl7gateway.models.outbound import FAILED, PENDING
+from hl7gateway.models.outbound import CHARGE, DELIVERED, FAILED, PENDING
 from hl7gateway.outbox import actions, queries
 from hl7gateway.outbox.queue import blocking_message
 from hl7gateway.outbox.rules import ENTITY
@@ -143,6 +145,8 @@ def _act(request, message_id: int, action) -> HttpResponseRedirect:
     else:
         messages.success(request, f"{row.message_control_id}: now {row.status.lower()}.")
     target = request.POST.get("next", "")
+    if target == "charges":
+        return HttpResponseRedirect(reverse("interfaces:charges"))
     if target != "list":
         return HttpResponseRedirect(reverse("interfaces:outbound_detail", args=[message_id]))
     return HttpResponseRedirect(reverse("interfaces:outbound"))
@@ -160,3 +164,49 @@ def outbound_retry(request, message_id: int):
 def outbound_cancel(request, message_id: int):
     """Give up a pending or failed message; recorded with the user and the reason."""
     return _act(request, message_id, actions.cancel)
+
+
+#: The charges page's filter: what billing has (acknowledged), what is on its way, what failed.
+CHARGE_FILTERS = {"posted": [DELIVERED], "pending": [PENDING], "failed": [FAILED]}
+
+
+@roles(ADMINISTRATOR)
+@require_GET
+def charges(request):
+    """Charges posted to billing (DFT^P03, IHE RAD-35), per order: each charge and credit per
+    destination with its FT1-6, FT1-2 and delivery status; a failed one can be retried (the
+    outbox's retry, same MSH-10 and FT1-2)."""
+    state = request.GET.get("state", "")
+    q = request.GET.get("q", "").strip()
+    rows = OutboundMessage.objects.filter(kind=CHARGE)
+    if q:
+        rows = rows.filter(accession_number=q)
+    if state in CHARGE_FILTERS:
+        # An order is listed when one of its charges is in that state; all its charges are shown.
+        rows = OutboundMessage.objects.filter(
+            kind=CHARGE, requested_procedure_id__in=rows.filter(status__in=CHARGE_FILTERS[state])
+            .values("requested_procedure_id"))
+    orders = rows.values("requested_procedure_id").annotate(last=Max("id")).order_by("-last")
+    page = Paginator(orders, PAGE_SIZE).get_page(request.GET.get("page"))
+    ids = [o["requested_procedure_id"] for o in page.object_list]
+    shown = list(OutboundMessage.objects.filter(kind=CHARGE, requested_procedure_id__in=ids)
+                 .select_related("destination", "requested_procedure").defer("payload", "ack")
+                 .order_by("id"))
+    by_order: dict[int, list[OutboundMessage]] = {i: [] for i in ids}
+    for m in shown:
+        by_order[m.requested_procedure_id].append(m)
+    groups = [{"procedure": ms[0].requested_procedure, "accession": ms[0].accession_number,
+               "patient": ms[0].patient_id_text, "messages": ms} for ms in by_order.values() if ms]
+    totals = {r["status"]: r["n"] for r in OutboundMessage.objects.filter(kind=CHARGE).values("status")
+              .annotate(n=Count("id"))}
+    # Query (PS3.15 A.5.3.10): the orders listed carry PID-3; the patients they name, and the filter.
+    web_audit.query(request, patients=[p for m in shown for p in ris_auditing.patients_of(m)],
+                   criteria={"state": state, "q": q, "page": request.GET.get("page", "")}, shown=len(shown))
+    return render(request, "hl7gateway/charges.html", {
+        "groups": groups,
+        "page": page,
+        "totals": {"posted": totals.get(DELIVERED, 0), "pending": totals.get(PENDING, 0),
+                   "failed": totals.get(FAILED, 0)},
+        "filters": {"state": state, "q": q},
+        "states": list(CHARGE_FILTERS),
+    })

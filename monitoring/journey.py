@@ -3,15 +3,16 @@
 ``collect(accession)`` reads the rows that touch one accession number (one requested
 procedure, the transactions of IHE Radiology Scheduled Workflow: order (RAD-2/RAD-4) -> MWL
 (RAD-5) -> MPPS (RAD-6/RAD-7) -> images (RAD-8) -> matching -> completion -> VNA (RAD-10) ->
-reading -> report -> ORU (RAD-128)); ``timeline(rows, now=..., ...)`` turns them into a list
+reading -> report -> ORU (RAD-128), and every other outbound message of its procedure: order
+status to the placer (RAD-3), charges to billing (RAD-35)); ``timeline(rows, now=..., ...)`` turns them into a list
 of ``Step`` -- a pure function over plain rows, so the rules that mark a step *overdue* are
 tested without a database:
 
 - images received (last instance) longer than ``JOURNEY_VNA_OVERDUE_MINUTES`` ago and the
   study not committed by the VNA (no transfer at all, or none committed yet);
-- an ORU^R01 row queued longer than ``JOURNEY_ORU_ACK_OVERDUE_MINUTES`` ago and never
-  acknowledged (AA) by its destination (billing, the EHR ...);
-- a final report signed and no ORU queued for an enabled destination at all.
+- an outbound row (any kind) queued longer than ``JOURNEY_ORU_ACK_OVERDUE_MINUTES`` ago and
+  never acknowledged (AA) by its destination (billing, the EHR ...);
+- a final report signed and no ORU queued for an enabled destination that takes results.
 
 The view (``monitoring.views.journey``) only reads the query string and renders the list.
 """
@@ -22,7 +23,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import Count, Q
 
 from hl7gateway.models import InboundMessage
 from hl7gateway.models.outbound import OutboundAction, OutboundAttempt, OutboundDestination, OutboundMessage
@@ -43,7 +44,7 @@ WAITING = "waiting"
 @dataclass
 class Step:
     at: dt.datetime | None
-    kind: str  # order, status, mwl, mpps, images, match, complete, vna, claim, report, oru, replay
+    kind: str  # order, status, mwl, mpps, images, match, complete, vna, claim, report, oru, order-status, charge, replay
     label: str
     peer: str = ""
     outcome: str = ""
@@ -86,6 +87,17 @@ def thresholds() -> dict:
 
 def _minutes(delta: dt.timedelta) -> str:
     return f"{int(delta.total_seconds() // 60)} min"
+
+
+def _outbound_label(o) -> tuple[str, str]:
+    """(step kind, what was queued) of an outbox row: every kind the outbox carries -- the ORU^R01
+    (HL7 v2.5.1 chapter 7, with OBR-25), the order status message to the placer (IHE RAD-3,
+    with ORC-5) and the charge posted to billing (IHE RAD-35, DFT^P03 with its kind and FT1-6)."""
+    if o.kind == "STATUS":
+        return "order-status", f"{o.message_type} (ORC-5 {o.order_status})"
+    if o.kind == "CHARGE":
+        return "charge", f"{o.message_type} ({o.charge_kind} {o.transaction_type})"
+    return "oru", f"{o.message_type} ({o.result_status})"
 
 
 def timeline(rows: Rows, *, now: dt.datetime, vna_overdue: dt.timedelta, oru_ack_overdue: dt.timedelta) -> list[Step]:
@@ -185,27 +197,28 @@ def timeline(rows: Rows, *, now: dt.datetime, vna_overdue: dt.timedelta, oru_ack
         attempts_by_message.setdefault(a.message_id, []).append(a)
     for o in rows.outbound:
         dest = getattr(o.destination, "name", str(o.destination_id))
-        out.append(Step(o.created_at, "oru", f"ORU^R01 ({o.result_status}) queued for {dest}", peer=dest,
+        kind, what = _outbound_label(o)
+        out.append(Step(o.created_at, kind, f"{what} queued for {dest}", peer=dest,
                         outcome=f"MSH-10 {o.message_control_id}"))
         attempts = attempts_by_message.get(o.pk, [])
         for a in attempts:
-            out.append(Step(a.finished_at or a.started_at, "oru", f"ORU^R01 attempt {a.number} to {dest}", peer=dest,
-                            outcome=f"{a.outcome}" + (f": {a.detail}" if a.detail else ""),
+            out.append(Step(a.finished_at or a.started_at, kind, f"{o.message_type} attempt {a.number} to {dest}",
+                            peer=dest, outcome=f"{a.outcome}" + (f": {a.detail}" if a.detail else ""),
                             state=OK if a.outcome == "AA" else FAILED))
         for act in (a for a in rows.outbound_actions if a.message_id == o.pk):
-            out.append(Step(act.at, "oru", f"ORU^R01 to {dest}: operator {act.action.lower()}", peer=act.username,
-                            outcome=act.reason or "(no reason given)"))
+            out.append(Step(act.at, kind, f"{o.message_type} to {dest}: operator {act.action.lower()}",
+                            peer=act.username, outcome=act.reason or "(no reason given)"))
         if o.status == "DELIVERED":
             last = max([o.delivered_at] + [a.finished_at or a.started_at for a in attempts])
-            out.append(Step(o.delivered_at, "oru", f"ORU^R01 acknowledged by {dest}", peer=dest, outcome="AA",
-                            sort_at=last))
+            out.append(Step(o.delivered_at, kind, f"{o.message_type} acknowledged by {dest}", peer=dest,
+                            outcome="AA", sort_at=last))
         elif o.status == "CANCELED":
-            out.append(Step(o.updated_at, "oru", f"ORU^R01 to {dest} canceled", peer=dest,
+            out.append(Step(o.updated_at, kind, f"{o.message_type} to {dest} canceled", peer=dest,
                             outcome=o.last_error, state=FAILED))
         else:
             waited = now - o.created_at
             late = waited > oru_ack_overdue
-            out.append(Step(None, "oru", f"ORU^R01 acknowledgement from {dest}", peer=dest,
+            out.append(Step(None, kind, f"{o.message_type} acknowledgement from {dest}", peer=dest,
                             outcome=f"{o.status.lower()}" + (f": {o.last_error}" if o.last_error else ""),
                             state=FAILED if o.status == "FAILED" else WAITING, overdue=late,
                             overdue_reason=f"queued {_minutes(waited)} ago, never acknowledged "
@@ -262,13 +275,19 @@ def collect(accession: str) -> Rows:
                                     .select_related("signed_by").order_by("version_number"))
         report_version_ids = [v.pk for v in rows.report_versions]
         report_ids = list({v.report_id for v in rows.report_versions})
-    rows.outbound = list(OutboundMessage.objects.filter(report_version_id__in=report_version_ids)
+    # Every outbound kind of this accession: the ORU^R01 of its report versions, and the order
+    # status and charge messages of its requested procedure (IHE RAD-3, RAD-35).
+    outbound = Q(report_version_id__in=report_version_ids)
+    if rp is not None:
+        outbound |= Q(requested_procedure=rp)
+    rows.outbound = list(OutboundMessage.objects.filter(outbound)
                          .select_related("destination").defer("payload", "ack").order_by("created_at", "pk"))
     rows.outbound_attempts = list(OutboundAttempt.objects.filter(message_id__in=[o.pk for o in rows.outbound])
                                   .defer("ack").order_by("message_id", "number"))
     rows.outbound_actions = list(OutboundAction.objects.filter(message_id__in=[o.pk for o in rows.outbound])
                                  .order_by("at", "pk"))
-    rows.enabled_destinations = list(OutboundDestination.objects.filter(enabled=True))
+    # Only destinations that take results can miss a final report's ORU^R01.
+    rows.enabled_destinations = list(OutboundDestination.objects.filter(enabled=True, sends_results=True))
     rows.mwl_results = _mwl_results(sps_ids)
     # The status trail of every entity of this accession (ris.services.transitions).
     wanted = {
@@ -280,8 +299,6 @@ def collect(accession: str) -> Rows:
         "report": report_ids,
         "oru_outbound": [o.pk for o in rows.outbound],
     }
-    from django.db.models import Q
-
     q = Q(pk__in=[])
     for entity, ids in wanted.items():
         if ids:

@@ -53,7 +53,7 @@ class DatabaseCollector:
         refused.add_metric([], selectors.inbound_refused_total())
         yield refused
 
-        outbound = CounterMetricFamily("pacs_hl7_outbound_messages", "ORU messages queued, by destination and status",
+        outbound = CounterMetricFamily("pacs_hl7_outbound_messages", "outbound HL7 messages queued (every kind), by destination and status",
                                        labels=["destination", "status"])
         for r in OutboundMessage.objects.values("destination__name", "status").annotate(n=Count("id")):
             outbound.add_metric([r["destination__name"], r["status"]], r["n"])

@@ -88,9 +88,9 @@ def conditions(rule: AlarmRule, now: dt.datetime) -> dict[str, Condition]:
             depth, age = selectors.outbound_backlog(key, now)
             age_min = _minutes(age) or 0.0
             out[key] = Condition(age_min > limit, age_min,
-                                 f"{depth} ORU message(s) to {key} undelivered, oldest {age_min:.0f} min (limit {limit})")
+                                 f"{depth} outbound HL7 message(s) to {key} undelivered, oldest {age_min:.0f} min (limit {limit})")
     elif rule.kind == AUDIT_BACKLOG:
-        # Like the ORU backlog: the age of the oldest record the repository does not have yet.
+        # Like the outbound HL7 backlog: the age of the oldest record the repository does not have yet.
         for key in [rule.interface_key] if rule.interface_key else selectors.audit_repositories():
             depth, age = selectors.audit_backlog(key, now)
             age_min = _minutes(age) or 0.0

@@ -227,6 +227,11 @@ HL7_STATION_AE_BY_MODALITY = env_str("HL7_STATION_AE_BY_MODALITY", "")
 # Outbound ORU^R01: name=mllp://host:port,... (also configurable in the admin).
 HL7_ORU_DESTINATIONS = env_str("HL7_ORU_DESTINATIONS", "")
 HL7_ORU_VERSION = env_choice("HL7_ORU_VERSION", "2.5.1", {"2.5.1", "2.3.1"})
+# Charge posting (DFT^P03, IHE RAD-35) to destinations with messages=charges: which charges a
+# procedure code posts -- technical (exam complete), professional (final report), both, or none;
+# per-code overrides CODE=kinds;CODE=kinds (checked at start, hl7gateway.E105).
+CHARGE_POSTING = env_str("CHARGE_POSTING", "technical,professional")
+CHARGE_POSTING_BY_CODE = env_str("CHARGE_POSTING_BY_CODE", "")
 # ORU delivery (hl7gateway.outbox): timeouts, AE attempts before failing, backoff with jitter
 # (capped far below the Redis visibility timeout, else Redis redelivers the task), the sweep
 # that re-queues rows no worker picked up, and how long a dispatched row may wait before it is

@@ -70,6 +70,7 @@ EXPECTED: dict[str, object] = {
     "interfaces:outbound_detail": ADMIN_ONLY,
     "interfaces:outbound_retry": ADMIN_ONLY,
     "interfaces:outbound_cancel": ADMIN_ONLY,
+    "interfaces:charges": ADMIN_ONLY,
     # Prometheus metrics: public, restricted by address or token in the view.
     "monitoring:metrics": PUBLIC,
     "metrics": PUBLIC,

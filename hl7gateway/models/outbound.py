@@ -9,7 +9,11 @@ Two kinds of message share the queue, its order and its delivery:
 * ``STATUS``: an order status message to the order placer (IHE RAD-3 Filler Order Management:
   ORM^O01 in v2.3.1, OMI^O23 in v2.5.1, ORC-1 ``SC``), one row per (requested procedure, status
   event, destination), written in the transaction of the change that causes it
-  (``hl7gateway.outbox.enqueue.enqueue_status``).
+  (``hl7gateway.outbox.enqueue.enqueue_status``);
+* ``CHARGE``: a charge posted to billing (IHE RAD-35 Charge Posted: DFT^P03, HL7 v2.5.1 chapter
+  6), one row per (requested procedure, charge kind, FT1-6 transaction type, destination): the
+  technical or professional charge (``CG``) once, and its credit (``CD``) once, written in the
+  transaction of the change that causes it (``hl7gateway.outbox.enqueue.enqueue_charge``).
 
 A row is written with its message already rendered and its MSH-10 fixed, so that every resend
 is the same bytes.
@@ -47,7 +51,9 @@ SETTLED = (DELIVERED, CANCELED)
 #: ``OutboundMessage.kind``: a result, or an order status message to the order placer.
 ORU = "ORU"
 STATUS = "STATUS"
-KIND_CHOICES = [(ORU, "Result (ORU^R01)"), (STATUS, "Order status (ORM^O01 / OMI^O23)")]
+CHARGE = "CHARGE"
+KIND_CHOICES = [(ORU, "Result (ORU^R01)"), (STATUS, "Order status (ORM^O01 / OMI^O23)"),
+                (CHARGE, "Charge (DFT^P03)")]
 
 
 class OutboundDestination(models.Model):
@@ -56,7 +62,8 @@ class OutboundDestination(models.Model):
     Rows come from the admin or from ``HL7_ORU_DESTINATIONS`` (``declared_in_environment``:
     host and port are then taken from the environment at every sync; the other fields stay
     editable in the admin).  ``sends_results`` and ``sends_order_status`` choose the kinds of
-    message it takes: results only unless told otherwise, as before order status existed.
+    message it takes: results only unless told otherwise, as before order status existed;
+    ``sends_charges`` (DFT^P03, IHE RAD-35) is off unless turned on.
     """
 
     VERSION_DEFAULT = ""
@@ -83,6 +90,10 @@ class OutboundDestination(models.Model):
         default=False, verbose_name="order status (ORM^O01 / OMI^O23)",
         help_text="ORC-1 SC with ORC-5 IP, CM or DC when the exam starts, is complete, is discontinued, "
                   "and when the report is final (IHE RAD-3); ORM^O01 in v2.3.1, OMI^O23 in v2.5.1")
+    sends_charges = models.BooleanField(
+        default=False, verbose_name="charges (DFT^P03)",
+        help_text="the technical charge when the exam is complete, the professional charge when the report is "
+                  "final, the credit when the order is cancelled after a charge (IHE RAD-35, HL7 chapter 6)")
     link_viewer = models.BooleanField(default=False, verbose_name="ORU: image viewer link",
                                       help_text="an OBX of value type RP with the study's viewer URL "
                                                 "(VIEWER_URL_TEMPLATE)")
@@ -131,6 +142,10 @@ class OutboundMessage(models.Model):
     status_event = models.CharField(max_length=16, blank=True,
                                     help_text="order status message: the change that caused it (once per procedure)")
     order_status = models.CharField(max_length=2, blank=True, help_text="ORC-5 as sent (order status message)")
+    charge_kind = models.CharField(max_length=16, blank=True, help_text="charge: technical or professional")
+    transaction_type = models.CharField(max_length=2, blank=True, help_text="charge: FT1-6 as sent, CG or CD")
+    transaction_id = models.CharField(max_length=12, blank=True,
+                                      help_text="charge: FT1-2 as sent (the same for the charge and its credit)")
     # The ordering key: messages of one patient to one destination leave in creation order.
     patient = models.ForeignKey("ris.Patient", on_delete=models.PROTECT, related_name="+")
     patient_id_text = models.CharField(max_length=200, blank=True, help_text="PID-3 as sent (for the operator)")
@@ -160,7 +175,10 @@ class OutboundMessage(models.Model):
             # completes again, a second discontinued step, tell the placer nothing new).
             models.UniqueConstraint(fields=["requested_procedure", "status_event", "destination"],
                                     condition=Q(kind=STATUS), name="uniq_status_per_event_destination"),
-            models.CheckConstraint(condition=Q(kind=STATUS) | Q(report_version__isnull=False),
+            # A charge is posted once, and credited once (IHE RAD-35; FT1-6 CG / CD).
+            models.UniqueConstraint(fields=["requested_procedure", "charge_kind", "transaction_type", "destination"],
+                                    condition=Q(kind=CHARGE), name="uniq_charge_per_kind_type_destination"),
+            models.CheckConstraint(condition=Q(kind__in=[STATUS, CHARGE]) | Q(report_version__isnull=False),
                                    name="oru_names_its_report_version"),
         ]
         indexes = [

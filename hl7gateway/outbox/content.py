@@ -1,6 +1,7 @@
 """From the database to the plain values of an outbound message: a signed ``ris.ReportVersion``
 to its ORU^R01 (``hl7gateway.oru`` renders them; HL7 v2.5.1 chapter 7.3.1), a requested procedure
-to its order status message (``hl7gateway.order_status``; IHE RAD-3)."""
+to its order status message (``hl7gateway.order_status``; IHE RAD-3) and to its charges
+(``hl7gateway.charges``; DFT^P03, IHE RAD-35)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
-from hl7gateway import order_status, oru
+from hl7gateway import charges, order_status, oru
 from project import links
+from ris.models import ReportVersion
 
 
 def report_text_lines(version) -> list[str]:
@@ -147,7 +149,62 @@ def content_for_status(rp, event: str, at: datetime) -> order_status.StatusConte
     )
 
 
+def _final_signature(rp):
+    """The first final (or corrected) signed version of the procedure's report: its signer read it."""
+    return (ReportVersion.objects.filter(report__requested_procedure=rp, signed_at__isnull=False,
+                                         result_status__in=("F", "C"))
+            .select_related("signed_by").order_by("version_number").first())
+
+
+def content_for_charge(rp, kind: str, transaction_type: str, posted_at: datetime) -> charges.ChargeContent:
+    """The plain-value content of one DFT^P03 for one ``ris.RequestedProcedure`` (IHE RAD-35).
+
+    FT1-4 is the date of the service charged -- the exam's start for the technical charge, the
+    final signature for the professional one -- so that the credit (FT1-6 CD) carries the same
+    date as the charge it reverses.  FT1-20 "performed by" is the performing physician of the
+    exam where the order named one (technical), the radiologist who signed the final report
+    (professional)."""
+    order = rp.order
+    patient = order.patient
+    visit = order.visit
+    if kind == charges.TECHNICAL:
+        step = rp.steps.exclude(scheduled_performing_physician_name="").order_by("pk").first()
+        performed_by = oru.Person.from_dicom_pn(step.scheduled_performing_physician_name if step else "")
+        service_at = _observation_datetime(rp)
+    else:
+        final = _final_signature(rp)
+        signer_id = final.signed_by.get_username() if final and final.signed_by_id else ""
+        performed_by = oru.Person.from_dicom_pn(final.signer_name if final else "", id_number=signer_id)
+        service_at = final.signed_at if final else None
+    return charges.ChargeContent(
+        patient_identifiers=_identifiers(patient),
+        patient_name=oru.Person.from_dicom_pn(patient.patient_name),
+        patient_birth_date=patient.patient_birth_date,
+        patient_sex=patient.patient_sex,
+        visit_number=visit.visit_number if visit else "",
+        patient_class=visit.patient_class if visit else "",
+        assigned_location=visit.assigned_location if visit else "",
+        referring_physician=oru.Person.from_dicom_pn(
+            (visit.referring_physician_name if visit else "") or order.referring_physician_name
+        ),
+        charge_kind=kind,
+        transaction_type=transaction_type,
+        transaction_id=charges.transaction_id(rp.pk, kind),
+        transaction_at=service_at or posted_at,
+        posted_at=posted_at,
+        procedure_code_value=rp.procedure_code_value,
+        procedure_code_meaning=rp.procedure_code_meaning or rp.requested_procedure_description,
+        procedure_code_scheme=rp.procedure_code_scheme,
+        quantity=1,  # one requested procedure is one exam (FT1-10)
+        performed_by=performed_by,
+        ordering_provider=oru.Person.from_dicom_pn(order.ordering_provider),
+        filler_order_number=order.filler_order_number or rp.accession_number,
+        filler_namespace=settings.HL7_RECEIVING_APPLICATION,
+    )
+
+
 def message_control_id(pk: int, prefix: str = "ORU") -> str:
     """MSH-10 (ST, at most 20 characters): fixed when the row is created, reused on every resend;
-    ``ORU`` for results, ``OSC`` for order status (the prefix only helps the operator read it)."""
+    ``ORU`` for results, ``OSC`` for order status, ``DFT`` for charges (the prefix only helps the
+    operator read it)."""
     return f"{prefix}{pk:012d}"

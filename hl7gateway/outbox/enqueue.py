@@ -3,9 +3,12 @@
 * ``enqueue_oru``: the ORU^R01 of a signed report (HL7 v2.5.1 chapter 7; IHE Radiology RAD-28 /
   RAD-128), one row per enabled destination that takes results;
 * ``enqueue_status``: an order status message to the order placer (IHE RAD-3; ORM^O01 in v2.3.1,
-  OMI^O23 in v2.5.1), one row per enabled destination that takes order status.
+  OMI^O23 in v2.5.1), one row per enabled destination that takes order status;
+* ``enqueue_charge`` / ``enqueue_credits``: a charge posted to billing (IHE RAD-35, DFT^P03,
+  HL7 v2.5.1 chapter 6) and the credit that reverses it, one row per enabled destination that
+  takes charges.
 
-Both kinds go to the same queue, in the same per-patient order, by the same delivery."""
+Every kind goes to the same queue, in the same per-patient order, by the same delivery."""
 
 from __future__ import annotations
 
@@ -15,10 +18,15 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from hl7gateway import order_status, oru
-from hl7gateway.models.outbound import STATUS, OutboundDestination, OutboundMessage
+from hl7gateway import charges, order_status, oru
+from hl7gateway.models.outbound import CANCELED, CHARGE, STATUS, OutboundDestination, OutboundMessage
 from hl7gateway.outbox import publish
-from hl7gateway.outbox.content import content_for_report_version, content_for_status, message_control_id
+from hl7gateway.outbox.content import (
+    content_for_charge,
+    content_for_report_version,
+    content_for_status,
+    message_control_id,
+)
 from hl7gateway.outbox.destinations import sync_environment_destinations
 from hl7gateway.outbox.rules import OutboxError
 from ris.errors import UnknownKey
@@ -167,3 +175,115 @@ def _status_row(dest, rp, event, content, patient_id_text, now) -> OutboundMessa
     row.payload = oru.encode(order_status.render_status(content, header, time_zone=settings.TIME_ZONE))
     row.save(update_fields=["message_control_id", "payload"])
     return row
+
+
+# --- charges (IHE RAD-35) -----------------------------------------------------------------------
+def enqueue_charge(requested_procedure_id: int, kind: str) -> int:
+    """Post the ``kind`` charge (``hl7gateway.charges``: technical at exam complete, professional
+    at the final report) of this requested procedure: one DFT^P03 with FT1-6 ``CG`` per enabled
+    destination that takes charges, if the procedure's code posts that kind (``CHARGE_POSTING``,
+    ``CHARGE_POSTING_BY_CODE``) and the order is not cancelled.
+
+    Call it inside the transaction of the change: the rows commit (or roll back) with it.  A
+    charge is posted once per procedure, kind and destination (a unique constraint): calling it
+    again adds nothing.  Returns the number of rows created.
+    """
+    with transaction.atomic():
+        sync_environment_destinations()
+        destinations = list(OutboundDestination.objects.filter(enabled=True, sends_charges=True))
+        if not destinations:
+            return 0
+        rp = _procedure(requested_procedure_id)
+        if rp.status == "CANCELED":
+            return 0  # nothing to bill; a credit would only reverse it
+        if kind not in charges.kinds_for(rp.procedure_code_value, settings.CHARGE_POSTING,
+                                         settings.CHARGE_POSTING_BY_CODE):
+            return 0
+        already = set(OutboundMessage.objects.filter(
+            kind=CHARGE, requested_procedure=rp, charge_kind=kind, transaction_type=charges.CHARGE,
+        ).values_list("destination_id", flat=True))
+        created = _charge_rows(rp, kind, charges.CHARGE, [d for d in destinations if d.pk not in already])
+    log.info("charge queued", extra={"requested_procedure_id": requested_procedure_id, "charge_kind": kind,
+                                     "rows": created})
+    return created
+
+
+def enqueue_credits(requested_procedure_id: int) -> int:
+    """The order was cancelled: reverse every charge posted for this requested procedure with its
+    credit (FT1-6 ``CD``, HL7 table 0017), once per charge and destination, carrying the charge's
+    FT1-2.  A charge the operator cancelled was never posted and gets no credit.  Call it inside
+    the transaction of the cancellation.  Returns the number of rows created."""
+    with transaction.atomic():
+        sync_environment_destinations()
+        posted = OutboundMessage.objects.filter(
+            kind=CHARGE, requested_procedure_id=requested_procedure_id, transaction_type=charges.CHARGE,
+            destination__enabled=True, destination__sends_charges=True,
+        ).exclude(status=CANCELED).select_related("destination")
+        credited = set(OutboundMessage.objects.filter(
+            kind=CHARGE, requested_procedure_id=requested_procedure_id, transaction_type=charges.CREDIT,
+        ).values_list("charge_kind", "destination_id"))
+        todo: dict[str, list[OutboundDestination]] = {}
+        for row in posted:
+            if (row.charge_kind, row.destination_id) not in credited:
+                todo.setdefault(row.charge_kind, []).append(row.destination)
+        if not todo:
+            return 0
+        rp = _procedure(requested_procedure_id)
+        created = sum(_charge_rows(rp, kind, charges.CREDIT, dests) for kind, dests in sorted(todo.items()))
+    log.info("charge credit queued", extra={"requested_procedure_id": requested_procedure_id, "rows": created})
+    return created
+
+
+def _procedure(requested_procedure_id: int) -> RequestedProcedure:
+    try:
+        return RequestedProcedure.objects.select_related("order__patient", "order__visit").get(
+            pk=requested_procedure_id)
+    except RequestedProcedure.DoesNotExist:
+        raise UnknownKey(f"no requested procedure {requested_procedure_id}") from None
+
+
+def _charge_rows(rp, kind: str, transaction_type: str, destinations: list[OutboundDestination]) -> int:
+    """One DFT^P03 row per destination, rendered now with its fixed MSH-10; a concurrent
+    transaction that posted the same charge first wins (the unique constraint, in a savepoint)."""
+    if not destinations:
+        return 0
+    now = timezone.now()
+    content = content_for_charge(rp, kind, transaction_type, now)
+    patient_id_text = "~".join(oru.cx(i) for i in content.patient_identifiers)[:200]
+    created = 0
+    for dest in destinations:
+        try:
+            with transaction.atomic():
+                row = OutboundMessage.objects.create(
+                    destination=dest,
+                    kind=CHARGE,
+                    message_type="DFT^P03",
+                    requested_procedure=rp,
+                    charge_kind=kind,
+                    transaction_type=transaction_type,
+                    transaction_id=content.transaction_id,
+                    patient_id=rp.order.patient_id,
+                    patient_id_text=patient_id_text,
+                    accession_number=rp.accession_number,
+                    hl7_version=dest.version,
+                    payload=b"",
+                    next_attempt_at=now,
+                    dispatched_at=now,
+                )
+                row.message_control_id = message_control_id(row.pk, "DFT")
+                header = oru.MessageHeader(
+                    message_control_id=row.message_control_id,
+                    created_at=now,
+                    sending_application=settings.HL7_RECEIVING_APPLICATION,
+                    sending_facility=settings.HL7_RECEIVING_FACILITY,
+                    receiving_application=dest.receiving_application,
+                    receiving_facility=dest.receiving_facility,
+                    version=dest.version,
+                )
+                row.payload = oru.encode(charges.render_charge(content, header, time_zone=settings.TIME_ZONE))
+                row.save(update_fields=["message_control_id", "payload"])
+        except IntegrityError:
+            continue
+        created += 1
+    publish.wake_after_commit({d.pk for d in destinations})
+    return created

@@ -42,7 +42,7 @@ def test_backlog_ages_opens_then_delivery_clears(mail_settings, webhook, mailout
     assert services.evaluate(start + dt.timedelta(minutes=70))["opened"] == 0
     alarm = Alarm.objects.get()
     assert alarm.interface_key == "billing" and alarm.last_value >= 61
-    assert "1 ORU message(s) to billing undelivered" in alarm.message
+    assert "1 outbound HL7 message(s) to billing undelivered" in alarm.message
     assert len(mailoutbox) == 1 and webhook.events() == ["open"]
 
     with MLLPSink() as sink:  # billing is back

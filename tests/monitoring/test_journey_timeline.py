@@ -35,6 +35,7 @@ def transfer(status, **kw):
 
 def oru(status, **kw):
     base = dict(pk=9, destination=Row(name="billing"), destination_id=2, report_version_id=3, result_status="F",
+                kind="ORU", message_type="ORU^R01", order_status="",
                 message_control_id="PACS9", status=status, created_at=at(40), delivered_at=None, updated_at=at(40),
                 last_error="")
     base.update(kw)
@@ -135,3 +136,19 @@ def test_an_operator_retry_of_the_oru_is_a_step_with_who_and_why():
                                       reason="billing back online")])
     step = next(s for s in run(rows, at(51)) if "operator retry" in s.label)
     assert (step.peer, step.outcome, step.at) == ("olga", "billing back online", at(50))
+
+
+def test_an_order_status_row_is_a_step_of_its_own_kind_with_its_message_type_and_orc5():
+    rows = Rows(accession="A1", outbound=[oru("DELIVERED", kind="STATUS", message_type="ORM^O01", order_status="CM",
+                                              report_version_id=None, result_status="", delivered_at=at(41))])
+    labels = [(s.kind, s.label) for s in run(rows, at(50))]
+    assert labels == [("order-status", "ORM^O01 (ORC-5 CM) queued for billing"),
+                      ("order-status", "ORM^O01 acknowledged by billing")]
+
+
+def test_a_charge_row_is_a_step_with_its_kind_and_transaction_type():
+    rows = Rows(accession="A1", outbound=[oru("PENDING", kind="CHARGE", message_type="DFT^P03", charge_kind="technical",
+                                              transaction_type="CD", report_version_id=None, result_status="")])
+    (queued, waiting) = run(rows, at(41))
+    assert (queued.kind, queued.label) == ("charge", "DFT^P03 (technical CD) queued for billing")
+    assert (waiting.kind, waiting.state) == ("charge", WAITING)

@@ -15,6 +15,7 @@ from audit import events
 from audit.models import AuditPatient, AuditRecord
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage, OutboundMessage
+from hl7gateway.outbox import enqueue
 from pacs.models import Instance, PerformedProcedureStep, Series, Study, StudyLink, Transfer, VnaDestination
 from pacs.models import images as im
 from ris.audited_admin import AuditedAdmin
@@ -33,7 +34,7 @@ RETIRED_MRN = "WALKOLD1"
 @pytest.fixture
 def world(db, tmp_var):
     """One invented patient whose data is on every page: order, reading item, signed preliminary
-    report and its ORU, a received study (linked) and an unmatched one, a transfer, an MPPS, a
+    report and its ORU, a technical charge, a received study (linked) and an unmatched one, a transfer, an MPPS, a
     merge, a status change, a failed inbound message, a claim."""
     reader = oh.radiologist("walkreader")
     superuser = factories.user("walkadmin")
@@ -42,8 +43,9 @@ def world(db, tmp_var):
     patient = oh.patient(name=f"{FAMILY}^PAULA", mrn=MRN, issuer=ISSUER)
     rp = oh.study(for_patient=patient)
     worklist_services.mark_ready_for_reading(rp.pk)
-    oh.destination("ehr", 9)
+    oh.destination("ehr", 9, sends_charges=True)
     oh.sign_report(rp, reader, "PRELIMINARY")
+    enqueue.enqueue_charge(rp.pk, "technical")  # a charge to billing, for the charges page
     worklist_services.claim_study(rp.pk, reader)
     now = timezone.now()
     study = Study.objects.create(study_instance_uid=rp.study_instance_uid, accession_number=rp.accession_number,
@@ -73,7 +75,7 @@ def world(db, tmp_var):
     assert b"|AE|" in handle_payload(raw, "")
     return {"template": ReportTemplate.objects.create(name="walk template"), "patient": patient, "rp": rp, "study": study, "unmatched": unmatched, "reader": reader,
             "admin": superuser, "inbound": InboundMessage.objects.get(message_control_id="WALK-CA-1"),
-            "outbound": OutboundMessage.objects.get(patient=patient),
+            "outbound": OutboundMessage.objects.get(patient=patient, kind="ORU"),
             "transfer": Transfer.objects.get(study=study)}
 
 
@@ -238,7 +240,8 @@ def test_every_view_that_shows_patient_data_writes_a_record_naming_the_patient(c
     assert not unexpected, f"views listed as showing no patient data show it: {unexpected}"
     assert not missing, f"views that wrote no audit record naming the patient: {missing}"
     assert {"worklist:list", "worklist:study", "imaging:reconciliation", "imaging:reconcile_study",
-            "imaging:transfers", "interfaces:outbound", "interfaces:outbound_detail", "monitoring:journey",
+            "imaging:transfers", "interfaces:outbound", "interfaces:outbound_detail", "interfaces:charges",
+            "monitoring:journey",
             "monitoring:replays", "worklist:api_report"} - set(visited) == {"worklist:api_report"}
 
 
