@@ -13,6 +13,25 @@ from collections.abc import Callable
 from django.db import connections
 
 
+def hold_termination() -> list[int]:
+    """Hold SIGTERM from now until the command installs its own handler (``release_termination``).
+
+    A listener takes its port and forks its workers before it can install the handler that stops
+    them: a SIGTERM in between (a supervisor stopping a process that is still starting) would end
+    the parent at once and leave its workers serving, unsupervised. Held, the signal is acted on
+    as soon as the handler is there."""
+    held: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
+    return held
+
+
+def release_termination(held: list[int], handler: Callable) -> None:
+    """Install ``handler`` for SIGTERM and call it now if one arrived while it was held."""
+    signal.signal(signal.SIGTERM, handler)
+    if held:
+        handler(held[0], None)
+
+
 def fork_workers(count: int, serve: Callable[[], None]) -> list[int]:
     """Fork ``count`` children that each run ``serve()`` until SIGTERM; return their pids.
 

@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.processes import application_activity
 from hl7gateway.server import MLLPServer, listening_socket
-from project.prefork import fork_workers, signal_workers, stop_workers
+from project.prefork import fork_workers, hold_termination, release_termination, signal_workers, stop_workers
 from project.tls import TLSConfigurationError, server_context
 
 
@@ -32,6 +32,7 @@ class Command(BaseCommand):
     def handle(self, *args, host=None, port=None, tls_port=None, workers=1, **options):
         if workers < 1:
             raise CommandError("--workers must be at least 1")
+        held = hold_termination()
         host = settings.HL7_MLLP_HOST if host is None else host
         port = settings.HL7_MLLP_PORT if port is None else port
         tls_port = settings.HL7_MLLP_TLS_PORT if tls_port is None else tls_port
@@ -67,8 +68,8 @@ class Command(BaseCommand):
             signal_workers(children)
             server._stopping.set()
 
-        signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        release_termination(held, stop)
         application_activity("mllp", started=True)  # the audit trail (PS3.15 A.5.3.1), after the fork
         listening = f"MLLP listening on {host}:{port}"
         if tls_server is not None:

@@ -3,7 +3,6 @@ DICOM_PORT and, with TLS_CERTIFICATE set, on DICOM_TLS_PORT over TLS (PS3.15 B.9
 
 from __future__ import annotations
 
-import signal
 import socket
 
 from django.conf import settings
@@ -11,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.processes import application_activity
 from pacs.dimse.server import start_server, tls_enabled
-from project.prefork import fork_workers, stop_workers
+from project.prefork import fork_workers, hold_termination, release_termination, stop_workers
 from project.tls import TLSConfigurationError, server_context
 
 
@@ -37,6 +36,7 @@ class Command(BaseCommand):
     def handle(self, *args, host=None, port=None, tls_port=None, workers=1, **options):
         if workers < 1:
             raise CommandError("--workers must be at least 1")
+        held = hold_termination()
         host = settings.DICOM_HOST if host is None else host
         port = settings.DICOM_PORT if port is None else port
         tls_port = settings.DICOM_TLS_PORT if tls_port is None else tls_port
@@ -54,12 +54,12 @@ class Command(BaseCommand):
         def stop(signum, frame):
             raise KeyboardInterrupt
 
-        signal.signal(signal.SIGTERM, stop)
         tls_text = f" tls={tls_port} client_certificates={settings.DICOM_TLS_CLIENT_CERTIFICATES}" if with_tls else ""
         self.stdout.write(f"DICOM AE {settings.DICOM_AE_TITLE} listening on {host}:{port}{tls_text} workers={workers}")
         self.stdout.flush()
         application_activity("dicom", started=True)  # the audit trail (PS3.15 A.5.3.1), after the fork
         try:
+            release_termination(held, stop)
             start_server(host, port, block=True, reuse_port=workers > 1, tls_port=tls_port)
         finally:
             stop_workers(children)
