@@ -10,6 +10,10 @@
 - The same change posts a charge to billing (IHE RAD-35, DFT^P03; ``hl7gateway.charges``): the
   technical charge with the exam complete, the professional one with the final report; the
   order cancelled reverses the charges already posted (FT1-6 CD).  Same transaction, same outbox.
+- An A08 / A40 for a patient whose studies are in VNAs that take HL7 ADT (announced by VNA
+  routing through ``project.delivery.signals.archive_patient_changed``): one ADT^A08 / ADT^A40 per
+  such VNA is queued in the A08 / A40 transaction (``hl7gateway.outbox.enqueue.enqueue_patient_update``,
+  IHE RAD-12).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 from django.dispatch import receiver
 
 from hl7gateway import charges, order_status
+from project.delivery.signals import archive_patient_changed
 from ris.signals import procedure_status_changed, report_signed
 
 
@@ -45,3 +50,10 @@ def on_procedure_status_changed(sender, entity, requested_procedure_id, from_sta
         enqueue.enqueue_charge(requested_procedure_id, charge)
     if credit:
         enqueue.enqueue_credits(requested_procedure_id)
+
+
+@receiver(archive_patient_changed, dispatch_uid="hl7gateway.archive_patient_changed")
+def on_archive_patient_changed(sender, patient_id, event, archives, merge_id=None, **kwargs) -> None:
+    from hl7gateway.outbox import enqueue  # heavy, see on_report_signed
+
+    enqueue.enqueue_patient_update(patient_id, event, merge_id, archives)

@@ -352,7 +352,8 @@ for _entry in destination_entries(VNA_DESTINATIONS):
     try:
         parse_vna_entry(_entry)
     except ValueError:
-        record("VNA_DESTINATIONS", _entry, "is neither dicom://AE@host:port nor stow+http(s)://host:port/path")
+        record("VNA_DESTINATIONS", _entry, "is neither dicom://AE@host:port nor stow+http(s)://host:port/path "
+               "(optionally ?adt=mllp://host:port)")
 ARCHIVE_RETENTION_DAYS = env_int("ARCHIVE_RETENTION_DAYS", 0, minimum=0)
 # VNA transfers: attempts, exponential backoff with jitter (capped below the Redis visibility
 # timeout, else Redis redelivers the task), the lease a worker holds a transfer for, and how long

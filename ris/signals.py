@@ -4,8 +4,10 @@ importing them (ris imports nothing of ours but audit and project).
 Every one is sent inside the transaction that makes the change, so that what a receiver
 writes commits or rolls back with it:
 
-- ``patient_changed`` (kwarg ``patient_id``): demographics updated (A08) or a merge (A40)
-  moved studies to this patient.
+- ``patient_changed`` (kwargs ``patient_id``, ``event``, ``merge_id``): demographics updated
+  (``event`` "A08") or a merge (``event`` "A40", ``merge_id`` the ``PatientMerge`` row) moved
+  studies to this patient.  VNA routing forwards the change to the archives that already hold
+  the patient's studies (``pacs.services.routing.patient_changes``).
 - ``procedure_changed`` (kwarg ``requested_procedure_id``): priority, procedure or
   accession data of a requested procedure changed (XO).
 - ``report_changing`` (kwargs ``requested_procedure_id``, ``user``): ``user`` is about to open,

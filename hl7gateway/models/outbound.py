@@ -1,7 +1,7 @@
 """The outbound HL7 queue: destinations, one row per message and destination, every delivery
 attempt as a row, and the operator's retry / cancel actions.
 
-Two kinds of message share the queue, its order and its delivery:
+Four kinds of message share the queue, its order and its delivery:
 
 * ``ORU``: the ORU^R01 of a signed report version (HL7 v2.5.1 chapter 7; IHE RAD-28/RAD-128),
   one row per (report version, destination), written in the signing transaction
@@ -13,7 +13,10 @@ Two kinds of message share the queue, its order and its delivery:
 * ``CHARGE``: a charge posted to billing (IHE RAD-35 Charge Posted: DFT^P03, HL7 v2.5.1 chapter
   6), one row per (requested procedure, charge kind, FT1-6 transaction type, destination): the
   technical or professional charge (``CG``) once, and its credit (``CD``) once, written in the
-  transaction of the change that causes it (``hl7gateway.outbox.enqueue.enqueue_charge``).
+  transaction of the change that causes it (``hl7gateway.outbox.enqueue.enqueue_charge``);
+* ``ADT``: a patient change forwarded to a VNA that takes HL7 (IHE RAD-12 Patient Update:
+  ADT^A08 or ADT^A40, HL7 v2.5.1 chapter 3), one row per change and VNA holding studies of the
+  patient, written in the A08 / A40 transaction (``hl7gateway.outbox.enqueue.enqueue_patient_update``).
 
 A row is written with its message already rendered and its MSH-10 fixed, so that every resend
 is the same bytes.
@@ -52,8 +55,11 @@ SETTLED = (DELIVERED, CANCELED)
 ORU = "ORU"
 STATUS = "STATUS"
 CHARGE = "CHARGE"
+ADT = "ADT"
 KIND_CHOICES = [(ORU, "Result (ORU^R01)"), (STATUS, "Order status (ORM^O01 / OMI^O23)"),
-                (CHARGE, "Charge (DFT^P03)")]
+                (CHARGE, "Charge (DFT^P03)"), (ADT, "Patient update to the archive (ADT^A08 / ADT^A40)")]
+#: Name prefix of the destinations that are a VNA's HL7 ADT receiver (``vna-<VNA destination key>``).
+ARCHIVE_PREFIX = "vna-"
 
 
 class OutboundDestination(models.Model):
@@ -94,6 +100,10 @@ class OutboundDestination(models.Model):
         default=False, verbose_name="charges (DFT^P03)",
         help_text="the technical charge when the exam is complete, the professional charge when the report is "
                   "final, the credit when the order is cancelled after a charge (IHE RAD-35, HL7 chapter 6)")
+    sends_patient_updates = models.BooleanField(
+        default=False, editable=False, verbose_name="patient updates to the archive (ADT^A08 / ADT^A40)",
+        help_text="the HL7 ADT receiver of a VNA destination (its ADT host and port, or ?adt= in VNA_DESTINATIONS), "
+                  "kept in step with it: A08 and A40 of patients whose studies are in that VNA")
     link_viewer = models.BooleanField(default=False, verbose_name="ORU: image viewer link",
                                       help_text="an OBX of value type RP with the study's viewer URL "
                                                 "(VIEWER_URL_TEMPLATE)")
@@ -178,7 +188,7 @@ class OutboundMessage(models.Model):
             # A charge is posted once, and credited once (IHE RAD-35; FT1-6 CG / CD).
             models.UniqueConstraint(fields=["requested_procedure", "charge_kind", "transaction_type", "destination"],
                                     condition=Q(kind=CHARGE), name="uniq_charge_per_kind_type_destination"),
-            models.CheckConstraint(condition=Q(kind__in=[STATUS, CHARGE]) | Q(report_version__isnull=False),
+            models.CheckConstraint(condition=Q(kind__in=[STATUS, CHARGE, ADT]) | Q(report_version__isnull=False),
                                    name="oru_names_its_report_version"),
         ]
         indexes = [

@@ -6,7 +6,9 @@
   OMI^O23 in v2.5.1), one row per enabled destination that takes order status;
 * ``enqueue_charge`` / ``enqueue_credits``: a charge posted to billing (IHE RAD-35, DFT^P03,
   HL7 v2.5.1 chapter 6) and the credit that reverses it, one row per enabled destination that
-  takes charges.
+  takes charges;
+* ``enqueue_patient_update``: an A08 or A40 forwarded to the VNAs that hold studies of the patient
+  and take HL7 ADT (IHE RAD-12; ADT^A08 / ADT^A40, HL7 v2.5.1 chapter 3), one row per such VNA.
 
 Every kind goes to the same queue, in the same per-patient order, by the same delivery."""
 
@@ -18,11 +20,20 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from hl7gateway import charges, order_status, oru
-from hl7gateway.models.outbound import CANCELED, CHARGE, STATUS, OutboundDestination, OutboundMessage
+from hl7gateway import charges, order_status, oru, patient_updates
+from hl7gateway.models.outbound import (
+    ADT,
+    ARCHIVE_PREFIX,
+    CANCELED,
+    CHARGE,
+    STATUS,
+    OutboundDestination,
+    OutboundMessage,
+)
 from hl7gateway.outbox import publish
 from hl7gateway.outbox.content import (
     content_for_charge,
+    content_for_patient_update,
     content_for_report_version,
     content_for_status,
     message_control_id,
@@ -30,7 +41,7 @@ from hl7gateway.outbox.content import (
 from hl7gateway.outbox.destinations import sync_environment_destinations
 from hl7gateway.outbox.rules import OutboxError
 from ris.errors import UnknownKey
-from ris.models import ReportVersion, RequestedProcedure
+from ris.models import Patient, ReportVersion, RequestedProcedure
 
 log = logging.getLogger("hl7gateway.outbox")
 
@@ -287,3 +298,77 @@ def _charge_rows(rp, kind: str, transaction_type: str, destinations: list[Outbou
         created += 1
     publish.wake_after_commit({d.pk for d in destinations})
     return created
+
+
+# --- patient changes to the archive (IHE RAD-12) ------------------------------------------------
+def archive_destinations(archives) -> list[OutboundDestination]:
+    """The outbound destinations of these VNAs' HL7 ADT receivers (``project.delivery.signals.
+    AdtArchive``), kept in step with the VNA destinations: created on first use as ``vna-<key>``
+    (patient updates only), host, port and TLS updated when the VNA's changed; the other fields
+    (MSH-5, MSH-6, the ACK timeout, enabled) stay the admin's."""
+    rows = []
+    for archive in archives:
+        wanted = {"host": archive.host, "port": archive.port, "tls": archive.tls, "sends_patient_updates": True}
+        row, created = OutboundDestination.objects.get_or_create(
+            name=f"{ARCHIVE_PREFIX}{archive.key}",
+            defaults={**wanted, "hl7_version": patient_updates.VERSION, "sends_results": False,
+                      "sends_order_status": False, "sends_charges": False})
+        if created:
+            log.info("archive ADT destination created", extra={"destination": row.name})
+        elif any(getattr(row, k) != v for k, v in wanted.items()):
+            for k, v in wanted.items():
+                setattr(row, k, v)
+            row.save(update_fields=[*wanted, "updated_at"])
+        rows.append(row)
+    return rows
+
+
+def enqueue_patient_update(patient_id: int, event: str, merge_id: int | None, archives) -> int:
+    """Queue the ADT^A08 / ADT^A40 (``hl7gateway.patient_updates``) of this patient change to each
+    of ``archives`` (the VNAs holding studies of the patient that take HL7 ADT) whose destination
+    is enabled.
+
+    Call it inside the A08 / A40 transaction: the rows commit (or roll back) with the change and
+    leave in the patient's order with everything else queued for that destination.  Each call is
+    one change: a second A08 is a second message.  Returns the number of rows created."""
+    if event not in patient_updates.EVENTS:
+        raise OutboxError(f"no patient update for event {event!r}")
+    with transaction.atomic():
+        destinations = [d for d in archive_destinations(archives) if d.enabled]
+        if not destinations:
+            return 0
+        try:
+            patient = Patient.objects.get(pk=patient_id)
+        except Patient.DoesNotExist:
+            raise UnknownKey(f"no patient {patient_id}") from None
+        now = timezone.now()
+        content = content_for_patient_update(patient, event, merge_id, now)
+        patient_id_text = "~".join(oru.cx(i) for i in content.patient_identifiers)[:200]
+        for dest in destinations:
+            row = OutboundMessage.objects.create(
+                destination=dest,
+                kind=ADT,
+                message_type=patient_updates.MESSAGE_TYPES[event].rsplit("^", 1)[0],
+                patient=patient,
+                patient_id_text=patient_id_text,
+                hl7_version=patient_updates.VERSION,
+                payload=b"",
+                next_attempt_at=now,
+                dispatched_at=now,
+            )
+            row.message_control_id = message_control_id(row.pk, "ADT")
+            header = oru.MessageHeader(
+                message_control_id=row.message_control_id,
+                created_at=now,
+                sending_application=settings.HL7_RECEIVING_APPLICATION,
+                sending_facility=settings.HL7_RECEIVING_FACILITY,
+                receiving_application=dest.receiving_application,
+                receiving_facility=dest.receiving_facility,
+                version=patient_updates.VERSION,
+            )
+            row.payload = oru.encode(patient_updates.render_patient_update(content, header,
+                                                                           time_zone=settings.TIME_ZONE))
+            row.save(update_fields=["message_control_id", "payload"])
+        publish.wake_after_commit({d.pk for d in destinations})
+    log.info("patient update queued for the archive", extra={"event": event, "rows": len(destinations)})
+    return len(destinations)

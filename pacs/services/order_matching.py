@@ -109,21 +109,29 @@ def demographics_mismatch(study: Study, patient: Patient) -> list[dict]:
 
 
 def corrections_for(study: Study, rp: RequestedProcedure) -> dict[str, list[str]]:
-    """What to rewrite on the way to the VNA: {keyword: [received, from the order]}."""
+    """What to rewrite on the way to the VNA: {keyword: [received, from the order]}.
+
+    The patient attributes are the patient's as the engine holds them now (Patient Module,
+    PS3.3 C.7.1.1): after an A08 its new demographics, after an A40 the survivor's identifier
+    (an identifier retired into the patient by the merge is never sent)."""
     patient = rp.order.patient
     identifier = (
-        patient.identifiers.filter(id_number=study.patient_id).order_by("pk").first() or patient.primary_identifier
+        patient.current_identifiers().filter(id_number=study.patient_id).first() or patient.primary_identifier
     )
     wanted = {
         "PatientID": identifier.id_number if identifier else "",
         "IssuerOfPatientID": identifier.assigning_authority if identifier else "",
         "PatientName": patient.patient_name,
+        "PatientBirthDate": patient.patient_birth_date.strftime("%Y%m%d") if patient.patient_birth_date else "",
+        "PatientSex": patient.patient_sex,
         "AccessionNumber": rp.accession_number,
     }
     received = {
         "PatientID": study.patient_id,
         "IssuerOfPatientID": study.issuer_of_patient_id,
         "PatientName": study.patient_name,
+        "PatientBirthDate": study.patient_birth_date,
+        "PatientSex": study.patient_sex,
         "AccessionNumber": study.accession_number,
     }
     return {k: [received[k], v] for k, v in wanted.items() if v and v != received[k]}

@@ -5,7 +5,9 @@ can add more rows):
 
 * ``VNA_DESTINATIONS`` (``parse_vna``): ``dicom://AE@host:port`` (C-STORE and Storage
   Commitment, PS3.4 B and J), ``dicoms://AE@host:port`` (the same over TLS, PS3.15 B.9), or
-  ``stow+http(s)://[user:password@]host[:port]/path`` (STOW-RS, PS3.18 10.5);
+  ``stow+http(s)://[user:password@]host[:port]/path`` (STOW-RS, PS3.18 10.5); each may end in
+  ``?adt=mllp://host:port`` (or ``mllps://``): the VNA also takes HL7 ADT there, and patient
+  changes (A08, A40) reach it as ADT messages instead of a re-send of its images;
 * ``HL7_ORU_DESTINATIONS`` (``parse_mllp``): ``name=mllp://host:port[?options]``, or
   ``mllps://`` for MLLP over TLS; ``messages=oru,status,charges`` chooses the kinds of message
   (results, order status to the placer, charges to billing), ``links=viewer,wado`` the reference pointers an ORU^R01 carries.
@@ -37,20 +39,43 @@ _DICOM = re.compile(r"^(?P<scheme>dicoms?)://(?P<ae>[^@/\\]{1,16})@(?P<host>[^:/
 VNA_FORMS = "dicom(s)://AE@host:port nor stow+http(s)://..."
 
 
+_ADT = re.compile(r"^(?P<scheme>mllps?)://(?P<host>[^:/?#@]+):(?P<port>\d{1,5})/?$")
+
+
+def _adt_fields(raw: str, query: str) -> dict:
+    """The ``adt=mllp(s)://host:port`` option of a VNA entry as row fields (empty when absent, so
+    that removing the option from the environment turns ADT forwarding off again)."""
+    fields = {"adt_host": "", "adt_port": None, "adt_tls": False}
+    if not query:
+        return fields
+    options = parse_qs(query, keep_blank_values=True)
+    unknown = [k for k in options if k != "adt"]
+    m = _ADT.match(options.get("adt", [""])[-1])
+    if unknown or not m or not 0 < int(m["port"]) < 65536:
+        raise ValueError(f"VNA_DESTINATIONS entry {raw!r}: the only option is adt=mllp://host:port "
+                         f"(or mllps://host:port), the VNA's HL7 ADT receiver")
+    return {"adt_host": m["host"], "adt_port": int(m["port"]), "adt_tls": m["scheme"] == "mllps"}
+
+
 def parse_vna_entry(raw: str) -> dict:
-    """One ``VNA_DESTINATIONS`` item as the fields of a ``VnaDestination`` row (``name`` included)."""
-    m = _DICOM.match(raw)
+    """One ``VNA_DESTINATIONS`` item as the fields of a ``VnaDestination`` row (``name`` included).
+
+    The name is made of the address without its ``?adt=`` option: adding or changing the ADT
+    receiver updates the same row."""
+    address, _, query = raw.partition("?")
+    adt = _adt_fields(raw, query)
+    m = _DICOM.match(address)
     if m:
-        return {"name": f"env:{raw}"[:100], "kind": DICOM, "ae_title": m["ae"], "host": m["host"],
-                "port": int(m["port"]), "url": "", "tls": m["scheme"] == "dicoms"}
-    if raw.startswith(("stow+http://", "stow+https://")):
-        parts = urlsplit(raw[len("stow+"):])
+        return {"name": f"env:{address}"[:100], "kind": DICOM, "ae_title": m["ae"], "host": m["host"],
+                "port": int(m["port"]), "url": "", "tls": m["scheme"] == "dicoms", **adt}
+    if address.startswith(("stow+http://", "stow+https://")):
+        parts = urlsplit(address[len("stow+"):])
         if parts.hostname:
             creds = {"username": parts.username or "", "password": parts.password or ""}
             netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
             clean = parts._replace(netloc=netloc).geturl().rstrip("/")
             return {"name": f"env:stow+{clean}"[:100], "kind": STOW, "ae_title": "", "host": "", "port": None,
-                    "url": clean, **creds}
+                    "url": clean, **creds, **adt}
     raise ValueError(f"VNA_DESTINATIONS entry {raw!r} is neither {VNA_FORMS}")
 
 

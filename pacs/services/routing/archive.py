@@ -41,7 +41,8 @@ def maybe_archive(study_id: int) -> None:
 
 def purge_archived(*, now: dt.datetime | None = None) -> int:
     """Delete local files of studies archived more than ARCHIVE_RETENTION_DAYS ago (0: never).
-    Only ARCHIVED studies qualify: nothing is deleted before storage commitment."""
+    Only ARCHIVED studies qualify: nothing is deleted before storage commitment, nor while a
+    transfer of the study is still open (a re-send with a patient's corrected attributes)."""
     days = settings.ARCHIVE_RETENTION_DAYS
     if days <= 0:
         return 0
@@ -51,7 +52,7 @@ def purge_archived(*, now: dt.datetime | None = None) -> int:
                                       archived_at__lt=now - dt.timedelta(days=days)):
         with transaction.atomic():
             locked = Study.objects.select_for_update().get(pk=study.pk)
-            if locked.status != im.ARCHIVED:
+            if locked.status != im.ARCHIVED or Transfer.objects.filter(study=locked, status__in=tr.OPEN).exists():
                 continue
             for path in Instance.objects.filter(study=locked).values_list("path", flat=True):
                 storage.remove_instance_file(path)

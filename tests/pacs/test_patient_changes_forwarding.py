@@ -1,0 +1,114 @@
+"""Patient changes reach the archive (IHE RAD-12): an A08 or A40 received over MLLP for a patient
+whose studies are already in a VNA is forwarded -- as ADT^A08 / ADT^A40 through the HL7 outbox to
+a VNA that takes HL7 (here a real MLLP sink answering AA), as a re-send transfer to a DICOM-only
+VNA -- and studies not yet in a VNA are not forwarded (they leave later with the current data).
+Delivery is called in-process as the Celery task calls it; the DICOM re-send against a real
+Orthanc is in test_patient_changes_orthanc.py."""
+
+from __future__ import annotations
+
+import pytest
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
+
+from hl7gateway.models import OutboundMessage
+from hl7gateway.models.outbound import ADT, DELIVERED
+from hl7gateway.outbox import delivery
+from pacs.models import Transfer, VnaDestination
+from pacs.models import transfers as tr
+from tests.factories import make_patient, make_step, vna_study
+from tests.support.hl7 import adt_a08, adt_a40, send_mllp
+from tests.support.mllp_sink import MLLPSink
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def sink():
+    with MLLPSink() as s:
+        yield s
+
+
+def adt_vna(sink) -> VnaDestination:
+    return VnaDestination.objects.create(name="vna-with-hl7", ae_title="VNA", host="127.0.0.1", port=1,
+                                         adt_host="127.0.0.1", adt_port=sink.port)
+
+
+def dicom_vna() -> VnaDestination:
+    return VnaDestination.objects.create(name="vna-dicom-only", ae_title="VNA2", host="127.0.0.1", port=1)
+
+
+def study_of(patient, destination, **kwargs):
+    return vna_study(make_step(patient).requested_procedure, destination, **kwargs)
+
+
+def test_a08_then_a40_reach_the_adt_vna_once_in_order(listener, sink, store_dir, settings):
+    vna = adt_vna(sink)
+    study_of(make_patient("OLDNAME^ANNA", "P7"), vna)
+    study_of(make_patient("OLDNAME^ANA", "P9"), vna)
+    server = listener()
+    assert send_mllp(server.port, adt_a08("A08-1", "P7", name="NEWNAME^ANNA", birth_date="19800215",
+                                          sex="F"))["msa_1"] == "AA"
+    assert send_mllp(server.port, adt_a40("A40-1", "P7", "P9", name="NEWNAME^ANNA"))["msa_1"] == "AA"
+
+    rows = list(OutboundMessage.objects.filter(kind=ADT).order_by("id"))
+    assert [(r.message_type, r.destination.host, r.destination.port) for r in rows] == [
+        ("ADT^A08", "127.0.0.1", sink.port), ("ADT^A40", "127.0.0.1", sink.port)]
+    assert rows[0].destination.sends_patient_updates and not rows[0].destination.sends_results
+    # A VNA that takes HL7 gets the ADT message, not a re-send of its images.
+    assert not Transfer.objects.filter(patient_update__gt=0).exists()
+
+    assert delivery.drain(rows[0].destination_id) == 2
+    received = sink.wait_for(2)
+    assert [m.control_id for m in received] == [r.message_control_id for r in rows]
+    a08, a40 = received
+    assert a08.segment("MSH")[3:5] == [settings.HL7_RECEIVING_APPLICATION, settings.HL7_RECEIVING_FACILITY]
+    assert a08.segment("MSH")[9] == "ADT^A08^ADT_A01" and a08.segment("MSH")[12] == "2.5.1"
+    assert a08.segment("EVN")[1] == "A08"
+    pid = a08.segment("PID")
+    assert (pid[3].split("^")[:4], pid[5], pid[7], pid[8]) == (["P7", "", "", "HOSP"], "NEWNAME^ANNA", "19800215", "F")
+    assert a40.segment("MSH")[9] == "ADT^A40^ADT_A39"
+    # The surviving identifier only (P9 is retired into the patient), and the retired one in MRG-1.
+    assert [cx.split("^")[0] for cx in a40.segment("PID")[3].split("~")] == ["P7"]
+    assert a40.segment("PID")[5] == "NEWNAME^ANNA"
+    assert a40.segment("MRG")[1].split("^")[:4] == ["P9", "", "", "HOSP"]
+    for message in received:  # each a valid v2.5.1 message of its structure
+        parse_message(message.text, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    # Once: delivered, nothing left to send.
+    assert set(OutboundMessage.objects.filter(kind=ADT).values_list("status", flat=True)) == {DELIVERED}
+    assert delivery.drain(rows[0].destination_id) == 0
+    assert sink.count == 2
+
+
+def test_a_dicom_only_vna_gets_the_study_again_as_a_transfer(listener, store_dir):
+    vna = dicom_vna()
+    study = study_of(make_patient("OLDNAME^BEN", "P11"), vna, instances=3)
+    server = listener()
+    assert send_mllp(server.port, adt_a08("A08-2", "P11", name="NEWNAME^BEN", sex="M"))["msa_1"] == "AA"
+    resend = Transfer.objects.get(study=study, patient_update=1)
+    assert (resend.destination_id, resend.patient_event, resend.status) == (vna.pk, "A08", tr.SCHEDULED)
+    assert resend.items.count() == 3
+    study.refresh_from_db()
+    assert study.corrections["PatientName"] == ["OLDNAME^BEN", "NEWNAME^BEN"]  # rewritten on the way out
+    assert study.corrections["PatientSex"] == ["", "M"]
+    # A second change before the re-send started rides on it: it reads the patient when it runs.
+    assert send_mllp(server.port, adt_a08("A08-3", "P11", name="NEWERNAME^BEN"))["msa_1"] == "AA"
+    assert Transfer.objects.filter(study=study, patient_update__gt=0).count() == 1
+    study.refresh_from_db()
+    assert study.corrections["PatientName"] == ["OLDNAME^BEN", "NEWERNAME^BEN"]
+    assert not OutboundMessage.objects.filter(kind=ADT).exists()
+
+
+def test_studies_not_yet_in_a_vna_are_not_forwarded(listener, sink, store_dir):
+    patient = make_patient("OLDNAME^CARL", "P21")
+    waiting_adt = study_of(patient, adt_vna(sink), sent=False)
+    waiting_dicom = study_of(patient, dicom_vna(), sent=False)
+    server = listener()
+    assert send_mllp(server.port, adt_a08("A08-4", "P21", name="NEWNAME^CARL"))["msa_1"] == "AA"
+    assert not OutboundMessage.objects.filter(kind=ADT).exists()
+    assert not Transfer.objects.filter(patient_update__gt=0).exists()
+    # They go out later with the current data: their corrections already carry the new name.
+    for study in (waiting_adt, waiting_dicom):
+        study.refresh_from_db()
+        assert study.corrections["PatientName"] == ["OLDNAME^CARL", "NEWNAME^CARL"]
+    assert sink.count == 0
