@@ -11,6 +11,8 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
+from audit import events, trail
+from audit.models import AuditRecord
 from hl7gateway.models import OutboundMessage
 from hl7gateway.models.outbound import ADT, DELIVERED
 from hl7gateway.outbox import delivery
@@ -78,6 +80,12 @@ def test_a08_then_a40_reach_the_adt_vna_once_in_order(listener, sink, store_dir,
     assert set(OutboundMessage.objects.filter(kind=ADT).values_list("status", flat=True)) == {DELIVERED}
     assert delivery.drain(rows[0].destination_id) == 0
     assert sink.count == 2
+    # Each delivery is an Export on the audit trail (PS3.15 A.5.3.4) naming the patient sent.
+    trail.flush()
+    exports = AuditRecord.records.filter(event_id=events.EXPORT.value, destination=f"127.0.0.1:{sink.port}")
+    sent = sorted(o["id"] for r in exports for o in r.objects if o["type"] == "patient update")
+    assert sent == [r.message_control_id for r in rows]
+    assert {p.patient_id for r in exports for p in r.patients.all()} == {"P7"}
 
 
 def test_a_dicom_only_vna_gets_the_study_again_as_a_transfer(listener, store_dir):
