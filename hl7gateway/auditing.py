@@ -2,8 +2,8 @@
 
 The inbound messages' changes are recorded where they are applied (the ris services); here:
 
-- a result (ORU), order status or patient update to an archive (ADT) delivered: *Export* (A.5.3.4), action R, when the receiving system acknowledged
-  it with AA (HL7 v2.5.1 2.9.2 original acknowledgment mode: only AA says it was accepted),
+- a result (ORU), an order status message or a patient update to an archive (ADT) delivered:
+  *Export* (A.5.3.4), action R, when the receiving system acknowledged it with AA (HL7 v2.5.1 2.9.2 original acknowledgment mode: only AA says it was accepted),
   written in the transaction that marks the message delivered; the destination, the patient
   (PID-3 as sent) and the order (OBR-18 accession number) and report version;
 - a message refused by the sender policy: *Security Alert* (A.5.3.11), Node Authentication,
