@@ -18,7 +18,8 @@ from hl7gateway.models.outbound import ADT, DELIVERED
 from hl7gateway.outbox import delivery
 from pacs.models import Transfer, VnaDestination
 from pacs.models import transfers as tr
-from tests.factories import make_patient, make_step, vna_study
+from project.access import ADMINISTRATOR
+from tests.factories import make_patient, make_step, user, vna_study
 from tests.support.hl7 import adt_a08, adt_a40, send_mllp
 from tests.support.mllp_sink import MLLPSink
 
@@ -44,7 +45,7 @@ def study_of(patient, destination, **kwargs):
     return vna_study(make_step(patient).requested_procedure, destination, **kwargs)
 
 
-def test_a08_then_a40_reach_the_adt_vna_once_in_order(listener, sink, store_dir, settings):
+def test_a08_then_a40_reach_the_adt_vna_once_in_order(listener, sink, store_dir, settings, client):
     vna = adt_vna(sink)
     study_of(make_patient("OLDNAME^ANNA", "P7"), vna)
     study_of(make_patient("OLDNAME^ANA", "P9"), vna)
@@ -86,6 +87,11 @@ def test_a08_then_a40_reach_the_adt_vna_once_in_order(listener, sink, store_dir,
     sent = sorted(o["id"] for r in exports for o in r.objects if o["type"] == "patient update")
     assert sent == [r.message_control_id for r in rows]
     assert {p.patient_id for r in exports for p in r.patients.all()} == {"P7"}
+    # On the outbound page like every other kind.
+    operator = user("operator", ADMINISTRATOR)
+    client.force_login(operator)
+    page = client.get("/interfaces/").content.decode()
+    assert all(r.message_control_id in page for r in rows) and "ADT^A40" in page
 
 
 def test_a_dicom_only_vna_gets_the_study_again_as_a_transfer(listener, store_dir):
