@@ -26,7 +26,9 @@ def maybe_archive(study_id: int) -> None:
         return
     if Instance.objects.filter(study=study, batch__isnull=True).exists():
         return
-    transfers = Transfer.objects.filter(study=study)
+    # The images' transfers: a re-send with a patient's corrected attributes (patient_update)
+    # neither holds back nor makes the archiving; it only keeps the files until it ends (purge).
+    transfers = Transfer.objects.filter(study=study, patient_update=0)
     if not transfers.exists() or transfers.exclude(status=tr.COMMITTED).exists():
         return
     # Every batch sent to every destination must be covered.
