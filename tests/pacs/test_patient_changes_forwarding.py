@@ -7,7 +7,11 @@ Orthanc is in test_patient_changes_orthanc.py."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
+from django.db import transaction
+from django.utils import timezone
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
@@ -17,8 +21,11 @@ from hl7gateway.models import OutboundMessage
 from hl7gateway.models.outbound import ADT, DELIVERED
 from hl7gateway.outbox import delivery
 from pacs.models import Transfer, VnaDestination
+from pacs.models import images as im
 from pacs.models import transfers as tr
+from pacs.services.routing import archive
 from project.access import ADMINISTRATOR
+from ris.services.transitions import transition
 from tests.factories import make_patient, make_step, user, vna_study
 from tests.support.hl7 import adt_a08, adt_a40, send_mllp
 from tests.support.mllp_sink import MLLPSink
@@ -94,9 +101,11 @@ def test_a08_then_a40_reach_the_adt_vna_once_in_order(listener, sink, store_dir,
     assert all(r.message_control_id in page for r in rows) and "ADT^A40" in page
 
 
-def test_a_dicom_only_vna_gets_the_study_again_as_a_transfer(listener, store_dir):
+def test_a_dicom_only_vna_gets_the_study_again_as_a_transfer(listener, store_dir, settings):
     vna = dicom_vna()
     study = study_of(make_patient("OLDNAME^BEN", "P11"), vna, instances=3)
+    with transaction.atomic():  # as when its transfer committed
+        archive.maybe_archive(study.pk)
     server = listener()
     assert send_mllp(server.port, adt_a08("A08-2", "P11", name="NEWNAME^BEN", sex="M"))["msa_1"] == "AA"
     resend = Transfer.objects.get(study=study, patient_update=1)
@@ -110,7 +119,21 @@ def test_a_dicom_only_vna_gets_the_study_again_as_a_transfer(listener, store_dir
     assert Transfer.objects.filter(study=study, patient_update__gt=0).count() == 1
     study.refresh_from_db()
     assert study.corrections["PatientName"] == ["OLDNAME^BEN", "NEWERNAME^BEN"]
+    # A change of nothing that goes out (PID-11, the address) re-sends nothing either.
+    Transfer.objects.filter(pk=resend.pk).update(attempts=1)  # as if it had started
+    address = adt_a08("A08-5", "P11", name="NEWERNAME^BEN", sex="M").replace(b"|M\r", b"|M|||1 MAIN ST\r")
+    assert b"|1 MAIN ST\r" in address
+    assert send_mllp(server.port, address)["msa_1"] == "AA"
+    assert Transfer.objects.filter(study=study, patient_update__gt=0).count() == 1
     assert not OutboundMessage.objects.filter(kind=ADT).exists()
+    # The study stays archived, and its local files stay until the re-send has ended.
+    study.refresh_from_db()
+    assert study.status == im.ARCHIVED
+    settings.ARCHIVE_RETENTION_DAYS = 1
+    later = timezone.now() + dt.timedelta(days=2)
+    assert archive.purge_archived(now=later) == 0
+    transition(resend, tr.CANCELED, entity="transfer", cause="test", actor="test")
+    assert archive.purge_archived(now=later) == 1
 
 
 def test_studies_not_yet_in_a_vna_are_not_forwarded(listener, sink, store_dir):

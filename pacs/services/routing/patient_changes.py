@@ -15,7 +15,9 @@ patient's studies:
   (``project.delivery.signals.archive_patient_changed``; the outbox renders and queues it).  A
   DICOM-only VNA is sent the study's instances again, rewritten on the way out with the corrected
   attributes, as a transfer like any other (``Transfer.patient_update`` numbers the re-sends):
-  same sender, retries, storage commitment and transfers page.
+  same sender, retries, storage commitment and transfers page -- only when the attributes that
+  go out changed (an A08 of the address alone, or the survivor's own studies after an A40,
+  re-send nothing).
 
 The stored files are never rewritten: they stay the bytes the modality sent (the audit trail and
 a resend's comparison, ``pacs.services.resends``, rely on that), and the rewrite on the way out
@@ -48,10 +50,13 @@ def on_patient_changed(patient_id: int, event: str, merge_id: int | None = None)
     forward the change to the VNAs that already hold one of them.  Returns what it did."""
     studies = list(Study.objects.filter(requested_procedure__order__patient_id=patient_id)
                    .select_related("requested_procedure__order__patient"))
+    rewritten: set[int] = set()  # studies whose copies in a VNA now differ from what goes out
     for study in studies:
         rp = study.requested_procedure
         corrections = order_matching.corrections_for(study, rp)
         mismatch = order_matching.demographics_mismatch(study, rp.order.patient)
+        if corrections != study.corrections:
+            rewritten.add(study.pk)
         if corrections != study.corrections or mismatch != study.demographics_mismatch:
             study.corrections, study.demographics_mismatch = corrections, mismatch
             study.save(update_fields=["corrections", "demographics_mismatch", "updated_at"])
@@ -68,6 +73,8 @@ def on_patient_changed(patient_id: int, event: str, merge_id: int | None = None)
         if vna.takes_adt:
             adt[vna.pk] = vna
             continue
+        if study_id not in rewritten:
+            continue  # the attributes sent are the same as before (a change of another field)
         transfer = resend(by_pk[study_id], vna, event)
         if transfer is not None:
             resent.append(transfer.pk)
