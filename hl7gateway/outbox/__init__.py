@@ -5,7 +5,9 @@ IHE RAD-35), one queue, one delivery.
 * ``enqueue``: ``enqueue_oru(report_version_id)``, called in the signing transaction, and
   ``enqueue_status(requested_procedure_id, event)``, ``enqueue_charge(requested_procedure_id,
   kind)`` and ``enqueue_credits(requested_procedure_id)``, called in the transaction of the change,
-  write one ``OutboundMessage`` per enabled destination that takes that kind, rendered now
+  and ``enqueue_patient_update(patient_id, event, merge_id, archives)`` (an A08 / A40 for the
+  VNAs that hold the patient's studies and take HL7 ADT, IHE RAD-12), called in the transaction of
+  the change, write one ``OutboundMessage`` per enabled destination that takes that kind, rendered now
   (``content``); after the commit ``publish`` wakes one drain task per destination unless one
   is already queued.
 * ``delivery``: what the Celery tasks (``hl7gateway.tasks``) run -- claim due rows with a lease
