@@ -42,8 +42,21 @@ from tests.support.net import dcmtk_tool
 from tests.support.orthanc import write_study
 
 
-def _sleep_unless(stop: threading.Event, seconds: float) -> None:
-    stop.wait(seconds)
+class Backoff:
+    """A client's resend schedule: pauses from ``first`` growing by half up to ``most``, for
+    ``give_up_after`` seconds in all (``while backoff.more(): ... backoff.pause()``)."""
+
+    def __init__(self, give_up_after: float, first: float = 0.2, most: float = 2.0):
+        self.deadline = time.monotonic() + give_up_after
+        self.next = first
+        self.most = most
+
+    def more(self) -> bool:
+        return time.monotonic() < self.deadline
+
+    def pause(self) -> None:
+        time.sleep(self.next)
+        self.next = min(self.next * 1.5, self.most)
 
 
 # --------------------------------------------------------------------------------------- HL7 intake
@@ -154,15 +167,13 @@ class HL7Sender(threading.Thread):
             return None
 
     def _send(self, outcome: HL7Outcome) -> None:
-        deadline = time.monotonic() + self.give_up_after
-        pause = 0.2
-        while time.monotonic() < deadline:
+        backoff = Backoff(self.give_up_after)
+        while backoff.more():
             outcome.sends += 1
             ack = self._exchange(outcome.message.raw)
             if ack is None:
                 outcome.unanswered += 1
-                time.sleep(pause)
-                pause = min(pause * 1.5, 2.0)
+                backoff.pause()
                 continue
             msa = next((s.split("|") for s in ack.decode("utf-8", "replace").split("\r") if s.startswith("MSA|")), [])
             code = msa[1] if len(msa) > 1 else "??"
@@ -172,8 +183,7 @@ class HL7Sender(threading.Thread):
             if code in ("AA", "AR") or "MSA-2" in code:
                 outcome.final = code
                 return
-            time.sleep(pause)  # AE: the receiver could not apply it now (its database restarting)
-            pause = min(pause * 1.5, 2.0)
+            backoff.pause()  # AE: the receiver could not apply it now (its database restarting)
 
 
 # ------------------------------------------------------------------------------------------- DICOM
@@ -266,10 +276,9 @@ class DicomSender(threading.Thread):
         final response arrives.  The order was answered AA before it reached the modality, so a
         Success without its step is a broken promise (persist before acknowledging)."""
         out = self.workdir / f"mwl-{study.accession}"
-        deadline = time.monotonic() + self.give_up_after
-        pause = 0.2
+        backoff = Backoff(self.give_up_after)
         env = {**os.environ, "TCP_NODELAY": "1"}
-        while time.monotonic() < deadline:
+        while backoff.more():
             study.mwl_queries += 1
             out.mkdir(parents=True, exist_ok=True)
             for old in out.glob("*.dcm"):
@@ -291,8 +300,7 @@ class DicomSender(threading.Thread):
                 study.mwl_found = any(a.get("AccessionNumber") == study.accession
                                       and a.get("StudyInstanceUID") == study.study_instance_uid for a in answers)
                 return
-            time.sleep(pause)
-            pause = min(pause * 1.5, 2.0)
+            backoff.pause()
 
     def _mpps(self, send) -> tuple[int, int] | None:
         """One MPPS request on its own association: (Status, ErrorID or 0), None without an answer."""
@@ -318,10 +326,9 @@ class DicomSender(threading.Thread):
     def _retry_mpps(self, study: StudyOutcome, send, resent_answer: tuple[int, int]) -> str:
         """Asked until Success; after a lost answer, ``resent_answer`` (Status, ErrorID) means the
         first request did arrive."""
-        deadline = time.monotonic() + self.give_up_after
-        pause = 0.2
+        backoff = Backoff(self.give_up_after)
         lost = False
-        while time.monotonic() < deadline:
+        while backoff.more():
             study.mpps_requests += 1
             answer = self._mpps(send)
             if answer is not None and answer[0] == 0x0000:
@@ -332,8 +339,7 @@ class DicomSender(threading.Thread):
                 lost = True
             else:
                 study.failures.append(f"MPPS 0x{answer[0]:04X}")
-            time.sleep(pause)
-            pause = min(pause * 1.5, 2.0)
+            backoff.pause()
         return ""
 
     def _mpps_create(self, study: StudyOutcome, order: OrderMessage) -> None:
@@ -355,10 +361,9 @@ class DicomSender(threading.Thread):
             (PROCESSING_FAILURE, MAY_NO_LONGER_BE_UPDATED))
 
     def _send(self, study: StudyOutcome) -> StudyOutcome:
-        deadline = time.monotonic() + self.give_up_after
-        pause = 0.2
+        backoff = Backoff(self.give_up_after)
         env = {**os.environ, "TCP_NODELAY": "1"}
-        while time.monotonic() < deadline:
+        while backoff.more():
             todo = [(uid, path) for uid, path in zip(study.sop_instance_uids, study.paths, strict=True) if uid not in study.success]
             if not todo:
                 return study
@@ -378,8 +383,7 @@ class DicomSender(threading.Thread):
                 else:
                     study.failures.append(status)
             if len(study.success) < len(study.sop_instance_uids):
-                time.sleep(pause)
-                pause = min(pause * 1.5, 2.0)
+                backoff.pause()
         return study
 
 
@@ -461,10 +465,9 @@ class ReportSigner(threading.Thread):
         return any(v.get("signed") and v.get("result_status") == "F" for v in body.get("versions", []))
 
     def _sign(self, accession: str, patient_id: str) -> None:
-        deadline = time.monotonic() + self.give_up_after
-        pause = 0.3
+        backoff = Backoff(self.give_up_after, first=0.3, most=3.0)
         error = ""
-        while time.monotonic() < deadline:
+        while backoff.more():
             self.requests += 1
             try:
                 status, body = self._request("POST", "/api/v1/reports/", {
@@ -483,12 +486,11 @@ class ReportSigner(threading.Thread):
                     self.signed.append(SignedReport(accession, patient_id, len(self.signed), "GET"))
                     return
                 error = error or f"HTTP {status} {body.get('error', '')}"[:200]
-                time.sleep(pause)
-                pause = min(pause * 1.5, 3.0)
+                backoff.pause()
                 continue
             error = f"HTTP {status} {body}"[:300]
             if status == 404:  # the order is not visible yet: cannot be, it was answered AA
-                time.sleep(pause)
+                backoff.pause()
                 continue
             break
         self.unsigned.append((accession, error))
