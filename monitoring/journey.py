@@ -292,6 +292,7 @@ def collect(accession: str) -> Rows:
     # The status trail of every entity of this accession (ris.services.transitions).
     wanted = {
         "requested_procedure": [rp.pk] if rp else [],
+        "placer_status": [rp.pk] if rp else [],
         "sps": sps_ids,
         "mpps": [p.pk for p in rows.mpps],
         "study": study_ids,
@@ -305,7 +306,7 @@ def collect(accession: str) -> Rows:
             q |= Q(entity=entity, object_id__in=ids)
     # MPPS, transfer and ORU changes are told by their own steps above; keep the order and study trail.
     rows.status_changes = [sc for sc in StatusChange.objects.filter(q).order_by("at", "pk")
-                           if sc.entity in ("requested_procedure", "sps", "study", "report")]
+                           if sc.entity in ("requested_procedure", "placer_status", "sps", "study", "report")]
     return rows
 
 
