@@ -7,7 +7,9 @@ Who may do what (the roles of project.access):
 - sign FINAL (``F``): radiologist only, while the report is not final;
 - sign an ADDENDUM (``C``): radiologist only, after the final signature.  The addendum is a new
   version that repeats the signed findings and impression and adds its own text: the signed
-  versions are never changed.
+  versions are never changed;
+- sign FINAL a study whose order the placer cancelled or discontinued (its placer status, ORC-1
+  CA / DC): only with the signer's explicit confirmation, recorded in the signature's audit record.
 
 Nobody may change a report while another user holds the study's active reading claim: the
 reading worklist refuses through ``ris.signals.report_changing``.  Every signature, its
