@@ -114,7 +114,8 @@ def timeline(rows: Rows, *, now: dt.datetime, vna_overdue: dt.timedelta, oru_ack
                         + (f": {m.error_text}" if m.error_text else ""),
                         state=OK if ok else FAILED))
     for sc in rows.status_changes:
-        out.append(Step(sc.at, "status", f"{sc.entity.replace('_', ' ')} {sc.from_status} -> {sc.to_status}",
+        out.append(Step(sc.at, "status",
+                        f"{sc.entity.replace('_', ' ')} {sc.from_status or '(none)'} -> {sc.to_status}",
                         peer=sc.actor, outcome=sc.cause))
     # The steps are created while their order message is applied, before its row is stored.
     first_order = min((m.received_at for m in rows.inbound if m.status == "APPLIED"), default=None)

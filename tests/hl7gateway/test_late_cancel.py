@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 from audit import events
 from audit.models import AuditRecord
 from hl7gateway.models import InboundMessage, OutboundMessage
+from monitoring import journey
 from pacs.services import mpps
 from project.access import RADIOLOGIST
 from ris.models import Report, RequestedProcedure, ScheduledProcedureStep
@@ -90,6 +91,10 @@ def test_a_cancel_after_the_exam_is_accepted_flagged_confirmed_and_credited(list
     assert (item.placer_status, item.placer_flag) == ("CANCELED", flag)
     # The technical charge posted is reversed once, with its own FT1-2.
     assert charges(rp) == [("technical", "CG", transaction_id), ("technical", "CD", transaction_id)]
+    # The accession's journey tells the cancel, with its message.
+    steps = journey.timeline(journey.collect("EA100001"), now=timezone.now(), **journey.thresholds())
+    assert [(s.label, s.peer, s.outcome) for s in steps if s.label.startswith("placer status")] == [
+        ("placer status (none) -> CANCELED", "EPIC", "HL7 ORM^O01 CA/CA EPC000102")]
 
     # The flag on the reading worklist page and in the dictation API.
     rad = reading.user("rad", RADIOLOGIST, first_name="Rita", last_name="Reader")
