@@ -132,7 +132,6 @@ def _placer_json(rp) -> dict | None:
 
 def _report_json(rp) -> dict:
     report = Report.objects.filter(requested_procedure=rp).first()
-    rp.refresh_from_db(fields=["placer_status", "placer_status_at", "placer_status_cause"])
     return {
         "accession_number": rp.accession_number,
         "study_instance_uid": rp.study_instance_uid,

@@ -262,18 +262,18 @@ def sign(requested_procedure_id: int, user, kind: str, *, findings: str | None =
     with transaction.atomic():
         # Locked: a CA / DC applied at the same moment is either seen here or waits for the signature.
         rp = RequestedProcedure.objects.select_for_update().get(pk=rp.pk)
-        confirmed = {}
-        if kind == KIND_FINAL and rp.placer_status:
-            if not confirm_cancelled:
-                raise PlacerStatusNotConfirmed(rp)
-            confirmed = {"confirmed_placer_status": rp.placer_status, "placer_flag": rp.placer_flag,
-                         "placer_status_cause": rp.placer_status_cause}
         report = _locked_report(rp, user)
         _check_claim(rp, user)
         if report.status not in _SIGNABLE_FROM[kind]:
             if kind == KIND_ADDENDUM:
                 raise ReportError("an addendum can only be added to a final report")
             raise ReportError(f"the report is {report.status.lower()}; add an addendum instead")
+        confirmed = {}
+        if kind == KIND_FINAL and rp.placer_status:
+            if not confirm_cancelled:
+                raise PlacerStatusNotConfirmed(rp)
+            confirmed = {"confirmed_placer_status": rp.placer_status, "placer_flag": rp.placer_flag,
+                         "placer_status_cause": rp.placer_status_cause}
         draft = _open_draft(report, user, kind)
         draft.kind = kind
         if kind == KIND_ADDENDUM:
