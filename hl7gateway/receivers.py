@@ -9,7 +9,8 @@
   the change (``hl7gateway.outbox.enqueue.enqueue_status``).
 - The same change posts a charge to billing (IHE RAD-35, DFT^P03; ``hl7gateway.charges``): the
   technical charge with the exam complete, the professional one with the final report; the
-  order cancelled reverses the charges already posted (FT1-6 CD).  Same transaction, same outbox.
+  order cancelled (before the exam, or after it: the placer status) reverses the charges already
+  posted (FT1-6 CD).  Same transaction, same outbox.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ writes commits or rolls back with it:
 - ``patient_changed`` (kwarg ``patient_id``): demographics updated (A08) or a merge (A40)
   moved studies to this patient.
 - ``procedure_changed`` (kwarg ``requested_procedure_id``): priority, procedure or
-  accession data of a requested procedure changed (XO).
+  accession data of a requested procedure changed (XO), or its placer status (ORC-1 CA / DC).
 - ``report_changing`` (kwargs ``requested_procedure_id``, ``user``): ``user`` is about to open,
   change or sign the study's report.  A receiver refuses by raising ``ris.errors.DomainError``
   (the reading worklist: another user holds the study's active reading claim); the report

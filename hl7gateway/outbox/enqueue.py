@@ -182,7 +182,7 @@ def enqueue_charge(requested_procedure_id: int, kind: str) -> int:
     """Post the ``kind`` charge (``hl7gateway.charges``: technical at exam complete, professional
     at the final report) of this requested procedure: one DFT^P03 with FT1-6 ``CG`` per enabled
     destination that takes charges, if the procedure's code posts that kind (``CHARGE_POSTING``,
-    ``CHARGE_POSTING_BY_CODE``) and the order is not cancelled.
+    ``CHARGE_POSTING_BY_CODE``) and the order is not cancelled (before or after the exam).
 
     Call it inside the transaction of the change: the rows commit (or roll back) with it.  A
     charge is posted once per procedure, kind and destination (a unique constraint): calling it
@@ -194,7 +194,7 @@ def enqueue_charge(requested_procedure_id: int, kind: str) -> int:
         if not destinations:
             return 0
         rp = _procedure(requested_procedure_id)
-        if rp.status == "CANCELED":
+        if charges.cancelled(rp.status, rp.placer_status):
             return 0  # nothing to bill; a credit would only reverse it
         if kind not in charges.kinds_for(rp.procedure_code_value, settings.CHARGE_POSTING,
                                          settings.CHARGE_POSTING_BY_CODE):

@@ -174,15 +174,43 @@ def replace_order(order: Order, cmd: OrderCommand, to_status: str) -> dict:
 
 
 def change_order_status(order: Order, cmd: OrderCommand, to_status: str) -> dict:
-    """SC (status changed), CA (cancel), DC (discontinue): steps to the mapped status."""
+    """SC (status changed), CA (cancel), DC (discontinue): steps to the mapped status.
+
+    A CA or DC also sets each named procedure's placer status (``_set_placer_status``).  For a
+    procedure whose exam was already performed (``ris.states.RP_PERFORMED``) that is all it
+    changes: the images exist and the exam was done, so its steps and workflow status stay; the
+    request (ORC-1 CA / DC, HL7 v2.5.1 table 0119) is accepted and shows as a flag on the reading
+    worklist, where a final signature then needs a confirmation.
+    """
     order.order_control, order.order_status = cmd.order_control, cmd.order_status
     order.save(update_fields=["order_control", "order_status", "updated_at"])
     procs = _matching_procedures(order, cmd, add_missing=False)
-    changed = [pk for rp in procs for pk in _set_status(rp, to_status, cmd)]
+    placer_status = states.SPS_TO_PLACER_STATUS.get(to_status)
+    changed = []
+    for rp in procs:
+        if placer_status is None or rp.status not in states.RP_PERFORMED:
+            changed += _set_status(rp, to_status, cmd)
+        if placer_status is not None:
+            _set_placer_status(rp, placer_status, cmd)
     plans.order_audit(cmd, events.UPDATE, [p.accession_number for p in procs],
-                      {"to_status": to_status, "steps_changed": changed}).record()
+                      {"to_status": to_status, "steps_changed": changed,
+                       **({"placer_status": placer_status} if placer_status else {})}).record()
     return {"order": order.pk, "procedures": [p.pk for p in procs], "steps_changed": changed,
             "accession_numbers": [p.accession_number for p in procs]}
+
+
+def _set_placer_status(rp: RequestedProcedure, placer_status: str, cmd: OrderCommand) -> None:
+    """Record the placer's CA / DC on the procedure (when, by which message) and tell the listeners:
+    ``procedure_status_changed`` (entity ``placer_status``: billing's credit for a cancel, IHE
+    RAD-35) and ``procedure_changed`` (the reading worklist's flag).  A repeat changes nothing."""
+    rp.refresh_from_db(fields=["placer_status"])
+    if (rp.placer_status, placer_status) not in states.PLACER_STATUS_TRANSITIONS:
+        return  # the same again, or a DC after a CA: the first word stands
+    rp.placer_status_at, rp.placer_status_cause = timezone.now(), cmd.cause[:255]
+    rp.save(update_fields=["placer_status_at", "placer_status_cause", "updated_at"])
+    transition(rp, placer_status, entity="placer_status", field="placer_status", cause=cmd.cause,
+               actor=cmd.sending_application[:150], placer_request=True)
+    procedure_changed.send(sender=RequestedProcedure, requested_procedure_id=rp.pk)
 
 
 def cancel_order(order: Order, cmd: OrderCommand) -> dict:
