@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from hl7gateway.models import OutboundDestination, OutboundMessage
 from hl7gateway.outbox import delivery
-from monitoring import selectors, services
+from monitoring import metrics, selectors, services
 from monitoring.models import COMMITMENT_UNANSWERED, MODALITY_SILENT, ORU_UNDELIVERED, STAT_UNREAD, Alarm, AlarmRule
 from pacs.dimse import db
 from pacs.models import DicomNode
@@ -250,3 +250,19 @@ def test_console_lists_what_is_stuck_with_its_age_and_links(client, store_dir, s
     assert '<a href="#stat-unread">1 STAT stud(ies) (MR)' in page  # the open alarm links to its list
     assert "Modalities silent during their scheduled hours (0)" in page
     assert "Final reports without ORU delivered (0)" in page
+
+
+@pytest.mark.django_db
+def test_metrics_count_what_is_stuck_and_the_open_alarm(settings):
+    settings.ALARM_STAT_UNREAD_MINUTES = 60
+    only_rule(STAT_UNREAD)
+    reading.study(priority="STAT", modality="CT", ready_at=timezone.now() - 2 * dt.timedelta(hours=1))
+    reading.study(priority="STAT", modality="CT")  # ready just now: within its turnaround
+    services.evaluate()
+    text = metrics.render().decode()
+    assert 'pacs_dangling_items{check="stat_unread",interface="CT"} 1.0' in text
+    [age] = [line for line in text.splitlines()
+             if line.startswith('pacs_dangling_oldest_age_seconds{check="stat_unread",interface="CT"}')]
+    assert 7190 < float(age.split()[-1]) < 7300
+    assert 'pacs_alarm_open{interface="CT",kind="stat_unread",rule="stat_unread"} 1.0' in text
+    assert 'check="oru_undelivered"' not in text  # nothing stuck there: no series
