@@ -4,7 +4,9 @@ it stops, and notify each opening and each clearing exactly once.
 ``evaluate(now=None)`` is run by the beat task ``monitoring.evaluate_alarms`` every
 ``ALARM_CHECK_SECONDS``.  For each enabled rule it computes, per interface key, whether the
 condition holds (``conditions``), from the same figures as the console and /metrics
-(``monitoring.selectors``).  Outside a rule's schedule no alarm is opened (nights and
+(``monitoring.selectors``).  The hand-off kinds (``SETTING_THRESHOLDS``: a silent modality, an
+unanswered storage commitment, an unread STAT study, a final report without ORU) take their
+limit from a setting, so the console and /metrics list the same items (``dangling``).  Outside a rule's schedule no alarm is opened (nights and
 weekends page no one); an open alarm is still cleared when its condition stops.
 
 Exactly once: at most one open alarm per (rule, interface key) (a partial unique index), and
