@@ -2,9 +2,10 @@
 
 from django.db import migrations, models
 
-# One rule per hand-off check, ready in the admin but disabled: the console lists what is stuck
-# from the start; a site enables the rule (and adds addresses or a webhook) to be alarmed.  The
-# limits are settings (ALARM_..._MINUTES), not threshold_minutes.
+# One rule per hand-off check, on from the start as every other default rule: a hand-off left
+# dangling is alarmed without anyone having to think of it (a site adds addresses or a webhook
+# to be told, or disables a rule in the admin).  The limits are settings (ALARM_..._MINUTES), not
+# threshold_minutes.
 DEFAULT_RULES = [
     ("Modality silent during its scheduled hours", "modality_silent"),
     ("Storage commitment not answered", "commitment_unanswered"),
@@ -17,7 +18,7 @@ def add_default_rules(apps, schema_editor):
     AlarmRule = apps.get_model("monitoring", "AlarmRule")
     for name, kind in DEFAULT_RULES:
         AlarmRule.objects.get_or_create(name=name, defaults={
-            "kind": kind, "interface_key": "", "threshold_minutes": 60, "min_count": 1, "enabled": False})
+            "kind": kind, "interface_key": "", "threshold_minutes": 60, "min_count": 1, "enabled": True})
 
 
 def remove_default_rules(apps, schema_editor):
