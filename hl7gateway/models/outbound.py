@@ -41,6 +41,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from hl7gateway import order_status
+
 PENDING = "PENDING"
 DELIVERED = "DELIVERED"
 FAILED = "FAILED"
@@ -65,7 +67,8 @@ class OutboundDestination(models.Model):
     host and port are then taken from the environment at every sync; the other fields stay
     editable in the admin).  ``sends_results`` and ``sends_order_status`` choose the kinds of
     message it takes: results only unless told otherwise, as before order status existed;
-    ``sends_charges`` (DFT^P03, IHE RAD-35) is off unless turned on.
+    ``sends_charges`` (DFT^P03, IHE RAD-35) and ``sends_filler_orders`` (the orders the department
+    creates, ORC-1 SN) are off unless turned on.
     """
 
     VERSION_DEFAULT = ""
@@ -208,7 +211,7 @@ class OutboundMessage(models.Model):
         """ORC-1 as sent by an order status message: SN for a filler order, else SC; "" for others."""
         if self.kind != STATUS:
             return ""
-        return "SN" if self.status_event == "filler-order" else "SC"
+        return order_status.order_control(self.status_event)
 
     @property
     def text(self) -> str:
