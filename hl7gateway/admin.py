@@ -121,16 +121,16 @@ class OutboundDestinationAdmin(admin.ModelAdmin):
     stay editable."""
 
     list_display = ("name", "host", "port", "tls", "hl7_version", "receiving_application", "receiving_facility",
-                    "text_value_type", "sends_results", "sends_order_status", "sends_charges", "link_viewer", "link_wado_rs",
-                    "enabled", "declared_in_environment")
+                    "text_value_type", "sends_results", "sends_order_status", "sends_charges", "sends_filler_orders", "link_viewer",
+                    "link_wado_rs", "enabled", "declared_in_environment")
     list_filter = ("enabled", "declared_in_environment", "hl7_version", "sends_results", "sends_order_status",
-                   "sends_charges")
+                   "sends_charges", "sends_filler_orders")
     search_fields = ("name", "host", "receiving_application", "receiving_facility")
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.declared_in_environment:
-            return ("name", "host", "port", "tls", "sends_results", "sends_order_status", "sends_charges", "link_viewer",
-                    "link_wado_rs", "declared_in_environment")
+            return ("name", "host", "port", "tls", "sends_results", "sends_order_status", "sends_charges",
+                    "sends_filler_orders", "link_viewer", "link_wado_rs", "declared_in_environment")
         return ("declared_in_environment",)
 
     def has_delete_permission(self, request, obj=None) -> bool:

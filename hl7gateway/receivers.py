@@ -11,6 +11,9 @@
   technical charge with the exam complete, the professional one with the final report; the
   order cancelled (before the exam, or after it: the placer status) reverses the charges already
   posted (FT1-6 CD).  Same transaction, same outbox.
+- The department created an order itself (``ris.signals.filler_order_created``): the new filler
+  order goes to the order placer (ORM^O01 / OMI^O23 ORC-1 SN, HL7 v2.5.1 4.5.1.1), queued in the
+  transaction that created it, before any status message of that order.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 from django.dispatch import receiver
 
 from hl7gateway import charges, order_status
-from ris.signals import procedure_status_changed, report_signed
+from ris.signals import filler_order_created, procedure_status_changed, report_signed
 
 
 @receiver(report_signed, dispatch_uid="hl7gateway.report_signed")
@@ -46,3 +49,10 @@ def on_procedure_status_changed(sender, entity, requested_procedure_id, from_sta
         enqueue.enqueue_charge(requested_procedure_id, charge)
     if credit:
         enqueue.enqueue_credits(requested_procedure_id)
+
+
+@receiver(filler_order_created, dispatch_uid="hl7gateway.filler_order_created")
+def on_filler_order_created(sender, order_id, requested_procedure_id, **kwargs) -> None:
+    from hl7gateway.outbox import enqueue  # heavy, see on_report_signed
+
+    enqueue.enqueue_status(requested_procedure_id, order_status.FILLER_ORDER)

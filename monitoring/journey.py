@@ -92,7 +92,11 @@ def _minutes(delta: dt.timedelta) -> str:
 def _outbound_label(o) -> tuple[str, str]:
     """(step kind, what was queued) of an outbox row: every kind the outbox carries -- the ORU^R01
     (HL7 v2.5.1 chapter 7, with OBR-25), the order status message to the placer (IHE RAD-3,
-    with ORC-5) and the charge posted to billing (IHE RAD-35, DFT^P03 with its kind and FT1-6)."""
+    with ORC-5; ORC-1 SN for an order the department created, with the placer number its answer
+    assigned) and the charge posted to billing (IHE RAD-35, DFT^P03 with its kind and FT1-6)."""
+    if o.kind == "STATUS" and o.order_control == "SN":
+        assigned = f", ORC-2 {o.placer_order_number} assigned" if o.placer_order_number else ""
+        return "order-status", f"{o.message_type} (ORC-1 SN, new filler order{assigned})"
     if o.kind == "STATUS":
         return "order-status", f"{o.message_type} (ORC-5 {o.order_status})"
     if o.kind == "CHARGE":
