@@ -72,7 +72,7 @@ class Beat:
     def __init__(self, workdir: Path, env: dict):
         self.log = open(workdir / "beat.log", "wb")
         self.process = subprocess.Popen(
-            [str(ROOT / ".venv/bin/celery"), "-A", "pacs", "beat", "--loglevel", "INFO",
+            [str(ROOT / ".venv/bin/celery"), "-A", "project", "beat", "--loglevel", "INFO",
              "-s", str(workdir / "celerybeat-schedule")],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 

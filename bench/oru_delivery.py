@@ -52,6 +52,8 @@ os.environ["DATABASE_URL"] = DB_URL
 os.environ["CELERY_BROKER_URL"] = BROKER
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+# With DATABASE_URL set the engine needs a SECRET_KEY (check pacs.E008); this one is for benchmarks only.
+os.environ.setdefault("SECRET_KEY", "bench-only-not-a-production-key-0c4f8e2a9b7d1e6f3a5c")
 
 
 def recreate_database() -> None:
@@ -72,7 +74,7 @@ class Worker:
     def start(self) -> None:
         env = dict(os.environ, VAR_DIR=str(self.tmp / "var"), PYTHONUNBUFFERED="1", **self.extra_env)
         self.proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/celery"), "-A", "pacs", "worker", "--loglevel", self.loglevel, "--concurrency",
+            [str(ROOT / ".venv/bin/celery"), "-A", "project", "worker", "--loglevel", self.loglevel, "--concurrency",
              str(self.concurrency), "--without-gossip", "--without-mingle", "-n", f"bench{self.concurrency}@%h"],
             cwd=ROOT, env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )

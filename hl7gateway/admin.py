@@ -125,16 +125,16 @@ class OutboundDestinationAdmin(admin.ModelAdmin):
     forwarded."""
 
     list_display = ("name", "host", "port", "tls", "hl7_version", "receiving_application", "receiving_facility",
-                    "text_value_type", "sends_results", "sends_order_status", "sends_charges", "sends_patient_updates",
-                    "link_viewer", "link_wado_rs", "enabled", "declared_in_environment")
+                    "text_value_type", "sends_results", "sends_order_status", "sends_charges", "sends_filler_orders",
+                    "sends_patient_updates", "link_viewer", "link_wado_rs", "enabled", "declared_in_environment")
     list_filter = ("enabled", "declared_in_environment", "hl7_version", "sends_results", "sends_order_status",
-                   "sends_charges", "sends_patient_updates")
+                   "sends_charges", "sends_filler_orders", "sends_patient_updates")
     search_fields = ("name", "host", "receiving_application", "receiving_facility")
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.declared_in_environment:
-            return ("name", "host", "port", "tls", "sends_results", "sends_order_status", "sends_charges", "link_viewer",
-                    "link_wado_rs", "declared_in_environment")
+            return ("name", "host", "port", "tls", "sends_results", "sends_order_status", "sends_charges",
+                    "sends_filler_orders", "link_viewer", "link_wado_rs", "declared_in_environment")
         if obj is not None and obj.sends_patient_updates:
             return ("name", "host", "port", "tls", "sends_patient_updates")
         return ("declared_in_environment",)

@@ -70,11 +70,26 @@ def charge_for(event: str | None) -> str | None:
     return _EVENT_CHARGE.get(event) if event else None
 
 
+#: The changes that reverse posted charges: the placer's ORC-1 ``CA`` (applied by
+#: ``ris.services.orders``) as the requested procedure's workflow status (cancelled before the
+#: exam) or as its placer status (cancelled after the exam was performed: the workflow status
+#: stays COMPLETED, the technical charge already posted is reversed all the same).  A DC
+#: (discontinued) reverses nothing: what was performed stays billed.
+_CREDITING = frozenset({("requested_procedure", "CANCELED"), ("placer_status", "CANCELED")})
+
+
 def credits(entity: str, to_status: str) -> bool:
-    """True for the change that reverses posted charges: the requested procedure cancelled (ORC-1
-    ``CA`` from the placer, applied by ``ris.services.orders``).  Unlike the order status, a
-    cancellation the placer asked for is exactly what billing must hear of."""
-    return (entity, to_status) == ("requested_procedure", "CANCELED")
+    """True for a change that reverses posted charges (``_CREDITING``).  Unlike the order status,
+    a cancellation the placer asked for is exactly what billing must hear of; a second one (the
+    workflow and the placer status of one cancel) adds nothing (``enqueue_credits`` credits once)."""
+    return (entity, to_status) in _CREDITING
+
+
+def cancelled(workflow_status: str, placer_status: str) -> bool:
+    """A procedure billing must not be charged for any more: cancelled by the placer, before or
+    after the exam (its later charges, e.g. the professional one at a confirmed final report, are
+    not posted)."""
+    return "CANCELED" in (workflow_status, placer_status)
 
 
 def parse_kinds(value: str, *, where: str) -> frozenset[str]:

@@ -10,7 +10,7 @@ merge left out), PID-5 name, PID-7 birth date, PID-8 sex.  MSH-3 / MSH-4 are our
 and facility (``HL7_RECEIVING_APPLICATION`` / ``HL7_RECEIVING_FACILITY``), as in every message
 we send.  Rendered from plain values (``PatientUpdateContent``, built by
 ``hl7gateway.outbox.content.content_for_patient_update``) with the ORU^R01's escaping and data
-types.  Layout (docs/hl7-interface.md 2.7)::
+types.  Layout (docs/hl7-interface.md 2.8)::
 
     MSH  MSH-9 ADT^A08^ADT_A01 or ADT^A40^ADT_A39, MSH-10 stable control ID, MSH-12 2.5.1,
          MSH-18 UNICODE UTF-8, original acknowledgement mode

@@ -390,6 +390,15 @@ ALARM_EMAIL_FROM = env_str("ALARM_EMAIL_FROM", "pacs-alarms@localhost")
 ALARM_EMAIL_SUBJECT_PREFIX = env_str("ALARM_EMAIL_SUBJECT_PREFIX", "[PACS alarm] ")
 ALARM_WEBHOOK_TIMEOUT_SECONDS = env_float("ALARM_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 ALARM_SOURCE_NAME = env_str("ALARM_SOURCE_NAME", "pacs")
+# Hand-offs left dangling (monitoring.selectors, the alarms of the same names, the console):
+# a declared modality silent while steps are scheduled for it; a storage commitment request
+# unanswered (above STORAGE_COMMITMENT_TIMEOUT_SECONDS, so one re-request has had its chance);
+# a STAT study ready to read without a final report; a final report not acknowledged by a
+# destination that takes results.
+ALARM_MODALITY_SILENCE_MINUTES = env_int("ALARM_MODALITY_SILENCE_MINUTES", 60, minimum=1)
+ALARM_STORAGE_COMMITMENT_MINUTES = env_int("ALARM_STORAGE_COMMITMENT_MINUTES", 30, minimum=1)
+ALARM_STAT_UNREAD_MINUTES = env_int("ALARM_STAT_UNREAD_MINUTES", 60, minimum=1)
+ALARM_ORU_UNDELIVERED_MINUTES = env_int("ALARM_ORU_UNDELIVERED_MINUTES", 30, minimum=1)
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)

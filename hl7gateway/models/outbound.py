@@ -9,7 +9,9 @@ Four kinds of message share the queue, its order and its delivery:
 * ``STATUS``: an order status message to the order placer (IHE RAD-3 Filler Order Management:
   ORM^O01 in v2.3.1, OMI^O23 in v2.5.1, ORC-1 ``SC``), one row per (requested procedure, status
   event, destination), written in the transaction of the change that causes it
-  (``hl7gateway.outbox.enqueue.enqueue_status``);
+  (``hl7gateway.outbox.enqueue.enqueue_status``); the same kind carries, with the event
+  ``filler-order``, an order the department created itself to the order placer (ORC-1 SN),
+  whose answer (ORC-1 NA) assigns the placer order number stored on the order;
 * ``CHARGE``: a charge posted to billing (IHE RAD-35 Charge Posted: DFT^P03, HL7 v2.5.1 chapter
   6), one row per (requested procedure, charge kind, FT1-6 transaction type, destination): the
   technical or professional charge (``CG``) once, and its credit (``CD``) once, written in the
@@ -42,6 +44,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from hl7gateway import order_status
+
 PENDING = "PENDING"
 DELIVERED = "DELIVERED"
 FAILED = "FAILED"
@@ -69,7 +73,8 @@ class OutboundDestination(models.Model):
     host and port are then taken from the environment at every sync; the other fields stay
     editable in the admin).  ``sends_results`` and ``sends_order_status`` choose the kinds of
     message it takes: results only unless told otherwise, as before order status existed;
-    ``sends_charges`` (DFT^P03, IHE RAD-35) is off unless turned on.
+    ``sends_charges`` (DFT^P03, IHE RAD-35) and ``sends_filler_orders`` (the orders the department
+    creates, ORC-1 SN) are off unless turned on.
     """
 
     VERSION_DEFAULT = ""
@@ -96,6 +101,10 @@ class OutboundDestination(models.Model):
         default=False, verbose_name="order status (ORM^O01 / OMI^O23)",
         help_text="ORC-1 SC with ORC-5 IP, CM or DC when the exam starts, is complete, is discontinued, "
                   "and when the report is final (IHE RAD-3); ORM^O01 in v2.3.1, OMI^O23 in v2.5.1")
+    sends_filler_orders = models.BooleanField(
+        default=False, verbose_name="filler orders (ORM^O01 / OMI^O23 SN)",
+        help_text="an order the department created (reconciliation, encounter-based imaging) as ORC-1 SN; the "
+                  "placer order number of the answer (ORR^O02 / ORG^O20, ORC-1 NA) is stored on the order")
     sends_charges = models.BooleanField(
         default=False, verbose_name="charges (DFT^P03)",
         help_text="the technical charge when the exam is complete, the professional charge when the report is "
@@ -152,6 +161,9 @@ class OutboundMessage(models.Model):
     status_event = models.CharField(max_length=16, blank=True,
                                     help_text="order status message: the change that caused it (once per procedure)")
     order_status = models.CharField(max_length=2, blank=True, help_text="ORC-5 as sent (order status message)")
+    placer_order_number = models.CharField(
+        max_length=130, blank=True,
+        help_text="filler order (ORC-1 SN): ORC-2 of the placer's answer (number^namespace), stored on the order")
     charge_kind = models.CharField(max_length=16, blank=True, help_text="charge: technical or professional")
     transaction_type = models.CharField(max_length=2, blank=True, help_text="charge: FT1-6 as sent, CG or CD")
     transaction_id = models.CharField(max_length=12, blank=True,
@@ -203,6 +215,13 @@ class OutboundMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_type} {self.message_control_id} -> {self.destination_id} {self.status}"
+
+    @property
+    def order_control(self) -> str:
+        """ORC-1 as sent by an order status message: SN for a filler order, else SC; "" for others."""
+        if self.kind != STATUS:
+            return ""
+        return order_status.order_control(self.status_event)
 
     @property
     def text(self) -> str:

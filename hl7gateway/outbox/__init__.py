@@ -14,7 +14,7 @@ IHE RAD-35), one queue, one delivery.
   (``queue``), send them over one MLLP connection, record each outcome by the ``rules``.
 * ``sweep``: the periodic re-drive of rows whose task never ran.
 * ``actions``: the operator's retry and cancel; ``queries``: what the operator page shows.
-* ``destinations``: the destinations declared in ``HL7_ORU_DESTINATIONS`` (``messages=oru,status,charges``,
+* ``destinations``: the destinations declared in ``HL7_ORU_DESTINATIONS`` (``messages=oru,status,charges,orders``,
   ``links=viewer,wado``).
 
 Backoff, leases and the forms of the declared destinations are shared with VNA routing

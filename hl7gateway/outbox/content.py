@@ -113,11 +113,13 @@ def content_for_report_version(version) -> oru.OruContent:
 
 def content_for_status(rp, event: str, at: datetime) -> order_status.StatusContent:
     """The plain-value content of the order status message ``event`` causes for one
-    ``ris.RequestedProcedure`` (IHE RAD-3); ``at`` is the time of the change (ORC-9)."""
+    ``ris.RequestedProcedure`` (IHE RAD-3), or of its new filler order (``FILLER_ORDER``, ORC-1
+    SN); ``at`` is the time of the change (ORC-9)."""
     order = rp.order
     patient = order.patient
     visit = order.visit
     steps = list(rp.steps.order_by("pk"))
+    control = order_status.order_control(event)
     return order_status.StatusContent(
         patient_identifiers=_identifiers(patient),
         patient_name=oru.Person.from_dicom_pn(patient.patient_name),
@@ -129,7 +131,10 @@ def content_for_status(rp, event: str, at: datetime) -> order_status.StatusConte
         referring_physician=oru.Person.from_dicom_pn(
             (visit.referring_physician_name if visit else "") or order.referring_physician_name
         ),
-        order_status=order_status.ORDER_STATUS[event],
+        order_control=control,
+        # SN: the new order's own status; SC: the status the change moved it to.
+        order_status=(order_status.filler_order_status(rp.status) if control == "SN"
+                      else order_status.ORDER_STATUS[event]),
         transaction_at=at,
         result_status=order_status.RESULT_STATUS.get(event, ""),
         placer_order_number=order.placer_order_number,
@@ -227,6 +232,6 @@ def content_for_patient_update(patient, event: str, merge_id: int | None,
 
 def message_control_id(pk: int, prefix: str = "ORU") -> str:
     """MSH-10 (ST, at most 20 characters): fixed when the row is created, reused on every resend;
-    ``ORU`` for results, ``OSC`` for order status, ``DFT`` for charges, ``ADT`` for patient updates
-    to the archive (the prefix only helps the operator read it)."""
+    ``ORU`` for results, ``OSC`` for order status, ``OSN`` for filler orders (ORC-1 SN), ``DFT`` for
+    charges, ``ADT`` for patient updates to the archive (the prefix only helps the operator read it)."""
     return f"{prefix}{pk:012d}"

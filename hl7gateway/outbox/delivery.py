@@ -22,11 +22,12 @@ from django.db import transaction
 from django.db.models import Exists
 from django.utils import timezone
 
-from hl7gateway import auditing, client
+from hl7gateway import auditing, client, order_status
 from hl7gateway.models.outbound import (
     DELIVERED,
     FAILED,
     PENDING,
+    STATUS,
     OutboundAttempt,
     OutboundDestination,
     OutboundMessage,
@@ -41,6 +42,9 @@ from hl7gateway.outbox.rules import (
     RETRY_WITHOUT_LIMIT,
     backoff_seconds,
 )
+from ris.errors import DomainError
+from ris.models import RequestedProcedure
+from ris.services import orders
 from ris.services.transitions import transition
 
 log = logging.getLogger("hl7gateway.outbox")
@@ -150,6 +154,11 @@ def record_results(outcomes: list[tuple[Claim, client.SendResult]], unsent: list
                 log.warning("ORU attempt finished after its lease was taken over",
                             extra={"message_id": row.pk, "attempt": claimed.number, "outcome": result.outcome})
                 continue
+            if result.outcome == client.ACCEPTED and row.kind == STATUS and \
+                    row.status_event == order_status.FILLER_ORDER:
+                result = _filler_order_answered(row, result)
+                attempt.update(outcome=result.outcome, detail=(result.detail or "")[:2000])
+                detail = attempt["detail"]
             new_attempts.append(OutboundAttempt(message=row, number=claimed.number, **attempt))
             summary = f"{result.outcome}: {detail}" if detail else result.outcome
             tries = row.attempt_count - row.attempt_floor  # attempts since creation or the last operator retry
@@ -209,6 +218,33 @@ def record_results(outcomes: list[tuple[Claim, client.SendResult]], unsent: list
                                        "attempt": claimed.number, "outcome": result.outcome,
                                        "status": statuses.get(claimed.message_id)})
     return statuses
+
+
+def _filler_order_answered(row: OutboundMessage, result: client.SendResult) -> client.SendResult:
+    """The order placer accepted a filler order (ORC-1 SN) at MSA-1: its answer (ORR^O02 /
+    ORG^O20) must also say ORC-1 NA with the placer order number it assigned in ORC-2, which is
+    then stored on the order (``ris.services.orders.assign_placer_order_number``, audited).
+    Returns ``result`` when stored; otherwise the answer counts as a rejection (AR: the row
+    fails at once, shown on the outbound page and counted by the backlog alarm), its detail
+    saying why."""
+    answer = order_status.read_order_answer(result.ack)
+    refusal = order_status.filler_order_refusal(answer)
+    if not refusal:
+        order_id = (RequestedProcedure.objects.filter(pk=row.requested_procedure_id)
+                    .values_list("order_id", flat=True).first())
+        try:
+            with transaction.atomic():  # a refusal leaves the batch's transaction usable
+                orders.assign_placer_order_number(order_id, answer.placer_order_number, answer.placer_namespace,
+                                                  actor="hl7gateway worker")
+        except DomainError as exc:
+            refusal = f"the placer order number could not be stored: {exc}"
+        else:
+            assigned = f"{answer.placer_order_number}^{answer.placer_namespace}".rstrip("^")[:130]
+            OutboundMessage.objects.filter(pk=row.pk).update(placer_order_number=assigned)
+            return result
+    log.warning("filler order not accepted by the order placer",
+                extra={"message_id": row.pk, "msh_10": row.message_control_id, "reason": refusal})
+    return client.SendResult(client.REJECTED, result.ack, f"MSA-1 AA, but {refusal}", result.elapsed)
 
 
 def _follow_up(delivered, unsent, wait_until, now) -> tuple[str, int, float] | None:

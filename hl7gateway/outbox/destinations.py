@@ -18,7 +18,7 @@ log = logging.getLogger("hl7gateway.outbox")
 
 def parse_destinations(value: str) -> list[MllpDestination]:
     """Parse ``HL7_ORU_DESTINATIONS``: ``name=mllp://host:port[?version=2.3.1&application=BILL
-    &facility=HOSP&text=FT&timeout=30&messages=oru,status,charges&links=viewer,wado]``, comma-separated;
+    &facility=HOSP&text=FT&timeout=30&messages=oru,status,charges,orders&links=viewer,wado]``, comma-separated;
     ``mllps://`` for MLLP over TLS.
     Raises ValueError with the reason (the system check hl7gateway.E101)."""
     return parse_mllp(value, versions=oru.VERSIONS, text_value_types=oru.TEXT_VALUE_TYPES)

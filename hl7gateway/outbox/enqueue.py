@@ -3,7 +3,9 @@
 * ``enqueue_oru``: the ORU^R01 of a signed report (HL7 v2.5.1 chapter 7; IHE Radiology RAD-28 /
   RAD-128), one row per enabled destination that takes results;
 * ``enqueue_status``: an order status message to the order placer (IHE RAD-3; ORM^O01 in v2.3.1,
-  OMI^O23 in v2.5.1), one row per enabled destination that takes order status;
+  OMI^O23 in v2.5.1), one row per enabled destination that takes order status; with the event
+  ``filler-order``, an order the department created (ORC-1 SN), one row per enabled destination
+  that takes filler orders;
 * ``enqueue_charge`` / ``enqueue_credits``: a charge posted to billing (IHE RAD-35, DFT^P03,
   HL7 v2.5.1 chapter 6) and the credit that reverses it, one row per enabled destination that
   takes charges;
@@ -120,10 +122,14 @@ def enqueue_status(requested_procedure_id: int, event: str, *, at=None) -> int:
     the delivery tasks are published only after the commit.  Each event is sent once per
     procedure and destination: calling it again adds nothing.  ``at`` (ORC-9) is the time of
     the change, now by default.  Returns the number of rows created.
+
+    ``order_status.FILLER_ORDER`` (the department created the order, ORC-1 SN) goes to the
+    destinations that take filler orders instead (``sends_filler_orders``).
     """
+    flag = "sends_filler_orders" if event == order_status.FILLER_ORDER else "sends_order_status"
     with transaction.atomic():
         sync_environment_destinations()
-        destinations = list(OutboundDestination.objects.filter(enabled=True, sends_order_status=True))
+        destinations = list(OutboundDestination.objects.filter(enabled=True, **{flag: True}))
         if not destinations:
             return 0
         already = set(OutboundMessage.objects.filter(kind=STATUS, requested_procedure_id=requested_procedure_id,
@@ -173,7 +179,7 @@ def _status_row(dest, rp, event, content, patient_id_text, now) -> OutboundMessa
         next_attempt_at=now,
         dispatched_at=now,
     )
-    row.message_control_id = message_control_id(row.pk, "OSC")
+    row.message_control_id = message_control_id(row.pk, "OSN" if event == order_status.FILLER_ORDER else "OSC")
     header = oru.MessageHeader(
         message_control_id=row.message_control_id,
         created_at=now,
@@ -193,7 +199,7 @@ def enqueue_charge(requested_procedure_id: int, kind: str) -> int:
     """Post the ``kind`` charge (``hl7gateway.charges``: technical at exam complete, professional
     at the final report) of this requested procedure: one DFT^P03 with FT1-6 ``CG`` per enabled
     destination that takes charges, if the procedure's code posts that kind (``CHARGE_POSTING``,
-    ``CHARGE_POSTING_BY_CODE``) and the order is not cancelled.
+    ``CHARGE_POSTING_BY_CODE``) and the order is not cancelled (before or after the exam).
 
     Call it inside the transaction of the change: the rows commit (or roll back) with it.  A
     charge is posted once per procedure, kind and destination (a unique constraint): calling it
@@ -205,7 +211,7 @@ def enqueue_charge(requested_procedure_id: int, kind: str) -> int:
         if not destinations:
             return 0
         rp = _procedure(requested_procedure_id)
-        if rp.status == "CANCELED":
+        if charges.cancelled(rp.status, rp.placer_status):
             return 0  # nothing to bill; a credit would only reverse it
         if kind not in charges.kinds_for(rp.procedure_code_value, settings.CHARGE_POSTING,
                                          settings.CHARGE_POSTING_BY_CODE):

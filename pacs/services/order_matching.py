@@ -23,8 +23,8 @@ from pacs.models import images as im
 from pacs.services import completion
 from ris import auditing, states
 from ris.errors import DomainError, UnknownKey
-from ris.models import Order, Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep
-from ris.services.identifiers import new_accession_number
+from ris.models import Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep
+from ris.services import orders
 
 log = logging.getLogger("pacs.matching")
 
@@ -203,7 +203,8 @@ def _audit_link(link: StudyLink, study: Study, rp: RequestedProcedure, action: s
 def link_study_to_new_order(study_id: int, patient_pk: int, *, actor: str, description: str = "",
                             note: str = "") -> StudyLink:
     """Encounter-based imaging: a new filler order (ORC-1 SN, created_by_filler) for the patient,
-    with one requested procedure carrying the study's own Study Instance UID."""
+    with one requested procedure carrying the study's own Study Instance UID
+    (``ris.services.orders.create_filler_order``: the order placer is told of it)."""
     with transaction.atomic():
         study = _locked_study(study_id)
         if study.requested_procedure_id is not None:
@@ -212,21 +213,10 @@ def link_study_to_new_order(study_id: int, patient_pk: int, *, actor: str, descr
             patient = Patient.objects.get(pk=patient_pk)
         except Patient.DoesNotExist:
             raise UnknownKey(f"patient {patient_pk} does not exist") from None
-        order = Order.objects.create(patient=patient, order_control="SN", created_by_filler=True)
-        order.filler_order_number = f"F{order.pk:08d}"
-        order.save(update_fields=["filler_order_number"])
-        accession = new_accession_number()
         modality = (study.modalities_in_study.split("\\") or ["OT"])[0] or "OT"
-        rp = RequestedProcedure.objects.create(
-            order=order, requested_procedure_id=accession[-16:], study_instance_uid=study.study_instance_uid,
-            accession_number=accession, accession_assigned_by_us=True,
-            requested_procedure_description=(description or study.study_description)[:64],
-            status=states.RP_COMPLETED,
-        )
-        ScheduledProcedureStep.objects.create(
-            requested_procedure=rp, scheduled_procedure_step_id=accession[-16:], modality=modality[:16],
-            scheduled_start=study.first_received_at or timezone.now(), status=states.SPS_COMPLETED,
-        )
+        rp = orders.create_filler_order(patient, study_instance_uid=study.study_instance_uid,
+                                        description=description or study.study_description, modality=modality,
+                                        performed_at=study.first_received_at or timezone.now())
         _apply(study, rp, im.MATCH_NEW_ORDER)
         link = StudyLink.objects.create(study=study, requested_procedure=rp, created_order=True,
                                         corrections=study.corrections, actor=actor, note=note[:255])

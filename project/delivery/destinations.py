@@ -9,8 +9,9 @@ can add more rows):
   ``?adt=mllp://host:port`` (or ``mllps://``): the VNA also takes HL7 ADT there, and patient
   changes (A08, A40) reach it as ADT messages instead of a re-send of its images;
 * ``HL7_ORU_DESTINATIONS`` (``parse_mllp``): ``name=mllp://host:port[?options]``, or
-  ``mllps://`` for MLLP over TLS; ``messages=oru,status,charges`` chooses the kinds of message
-  (results, order status to the placer, charges to billing), ``links=viewer,wado`` the reference pointers an ORU^R01 carries.
+  ``mllps://`` for MLLP over TLS; ``messages=oru,status,charges,orders`` chooses the kinds of message
+  (results, order status to the placer, charges to billing, filler orders to the placer), ``links=viewer,wado``
+  the reference pointers an ORU^R01 carries.
 
 The parsers are plain functions on strings, importing nothing of Django (``project.settings``
 checks ``VNA_DESTINATIONS`` with the same one the router uses), and raise ValueError with the
@@ -104,8 +105,9 @@ MLLP_OPTIONS = {
 }
 #: ``messages=`` values -> the ``OutboundDestination`` field that turns that kind of message on:
 #: ORU^R01 results (HL7 v2.5.1 chapter 7) and order status to the placer (IHE RAD-3, ORC-1 SC).
-#: and charges to billing (IHE RAD-35, DFT^P03).
-MLLP_MESSAGES = {"oru": "sends_results", "status": "sends_order_status", "charges": "sends_charges"}
+#: and charges to billing (IHE RAD-35, DFT^P03), and the orders the department creates (ORC-1 SN).
+MLLP_MESSAGES = {"oru": "sends_results", "status": "sends_order_status", "charges": "sends_charges",
+                 "orders": "sends_filler_orders"}
 #: ``links=`` values -> the field that adds that OBX of value type RP (HL7 v2.5.1 2A.65) to an ORU^R01.
 MLLP_LINKS = {"viewer": "link_viewer", "wado": "link_wado_rs"}
 #: What a declared destination gets when it does not say: results only, no links (the
@@ -114,6 +116,7 @@ MLLP_LINKS = {"viewer": "link_viewer", "wado": "link_wado_rs"}
 #: A comma that starts the next destination of ``HL7_ORU_DESTINATIONS`` (not one inside a list option).
 _NEXT_DESTINATION = re.compile(r",(?=\s*[A-Za-z0-9_-]+\s*=\s*mllps?://)")
 MLLP_DEFAULTS = {"sends_results": True, "sends_order_status": False, "sends_charges": False,
+                 "sends_filler_orders": False,
                  "link_viewer": False, "link_wado_rs": False}
 
 
@@ -129,7 +132,7 @@ def _flags(item: str, key: str, value: str, known: dict[str, str], *, allow_empt
 
 def parse_mllp(value: str | None, *, versions: Iterable[str], text_value_types: Iterable[str]) -> list[MllpDestination]:
     """``name=mllp://host:port[?version=2.3.1&application=BILL&facility=HOSP&text=FT&timeout=30
-    &messages=oru,status,charges&links=viewer,wado]``, comma-separated between destinations; ``mllps://`` for
+    &messages=oru,status,charges,orders&links=viewer,wado]``, comma-separated between destinations; ``mllps://`` for
     MLLP over TLS.  ``versions`` and ``text_value_types`` are the HL7 versions (MSH-12) and OBX-2
     value types the ORU renderer writes.  ``messages`` and ``links`` set every field of their
     list (``MLLP_MESSAGES``, ``MLLP_LINKS``); absent, the options leave them out, and whoever keeps

@@ -3,7 +3,7 @@
     python -m tests.drills.run --seed 7 --kills mllp=1000,dicom=200,worker=100 \\
         --outages postgres,redis,vna,ehr-down,billing-ae --outage-seconds 60
 
-Every option has an environment variable (DRILL_SEED, DRILL_KILLS, DRILL_OUTAGES,
+Every option has an environment variable (DRILL_SEED, DRILL_KILLS, DRILL_KILL_GAP, DRILL_OUTAGES,
 DRILL_OUTAGE_SECONDS, DRILL_SENDERS, DRILL_MINIMUM, DRILL_STUDIES, DRILL_IMAGES, DRILL_REPORTS,
 DRILL_WORKDIR).  Exits 1 when a promise was broken (a must-be-zero column is not zero) or the
 drill could not finish.
@@ -36,6 +36,11 @@ def kills(text: str) -> dict[str, int]:
     return out
 
 
+def gap(text: str) -> tuple[float, float]:
+    least, _, most = text.partition(",")
+    return float(least), float(most or least)
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     e = os.environ.get
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -44,6 +49,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="process kind=count of kill -9, comma-separated")
     p.add_argument("--outages", default=e("DRILL_OUTAGES", ",".join(OUTAGES)),
                    help=f"comma-separated, of {', '.join(OUTAGES)}")
+    p.add_argument("--kill-gap", type=gap, default=gap(e("DRILL_KILL_GAP", "0.5,3")),
+                   help="seconds between a kind being ready again and its next kill: least,most")
     p.add_argument("--outage-seconds", type=float, default=float(e("DRILL_OUTAGE_SECONDS", "60")))
     p.add_argument("--senders", type=int, default=int(e("DRILL_SENDERS", "2")))
     p.add_argument("--minimum", type=int, default=int(e("DRILL_MINIMUM", "50")), help="HL7 messages per sender, at least")
@@ -59,7 +66,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="drill-"))
-    config = DrillConfig(seed=args.seed, workdir=workdir, kills=args.kills,
+    config = DrillConfig(seed=args.seed, workdir=workdir, kills=args.kills, kill_gap=args.kill_gap,
                          outages=tuple(o for o in args.outages.split(",") if o), outage_seconds=args.outage_seconds,
                          hl7_senders=args.senders, hl7_minimum=args.minimum, dicom_studies=args.studies,
                          dicom_images=args.images, reports=args.reports, drain_timeout=900)

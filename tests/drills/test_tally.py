@@ -4,7 +4,7 @@ drill whose tally could not count a loss would prove nothing)."""
 from __future__ import annotations
 
 from tests.support.drills import tally as tallying
-from tests.support.drills.traffic import HL7Outcome, SignedReport, order_message
+from tests.support.drills.traffic import HL7Outcome, SignedReport, StudyOutcome, order_message
 from tests.support.mllp_sink import Received
 
 
@@ -56,6 +56,34 @@ def test_hl7_resend_applied_twice_is_a_duplicate():
     assert tally.figures["hl7_resent_after_lost_ack"] == 1
     assert tally.figures["hl7_resend_duplicates"] == 2  # a second log row and a second order
     assert tally.figures["hl7_aa_not_applied_once"] == 1
+
+
+def _exam(n: int, **told) -> StudyOutcome:
+    return StudyOutcome(f"1.2.3.{n}", [], [], accession=f"ACC{n}", mpps_uid=f"1.2.3.{n}.9", **told)
+
+
+def test_worklist_answered_without_the_order_is_counted():
+    exams = [_exam(1, mwl_answered=True, mwl_found=True), _exam(2, mwl_answered=True, mwl_found=False),
+             _exam(3, mwl_answered=False)]
+    tally = tallying.Tally()
+    tallying.count_worklist(tally, exams)
+    assert tally.figures["mwl_answered"] == 2
+    assert tally.losses() == {"mwl_answered_without_order": 1}
+    assert tally.details["mwl_answered_without_order"] == ["ACC2"]
+
+
+def test_mpps_answered_success_and_not_stored_so_is_counted():
+    exams = [_exam(1, mpps_created="Success", mpps_completed="Success"),  # stored COMPLETED: kept
+             _exam(2, mpps_created="Success", mpps_completed="Success"),  # stored IN PROGRESS: lost N-SET
+             _exam(3, mpps_created="Duplicate"),  # resend answered 0111, yet no row: lost N-CREATE
+             _exam(4, mpps_created="Success", mpps_completed="A710")]  # resend answered A710: kept
+    db = Rows(pacs_performedprocedurestep=[("1.2.3.1.9", "COMPLETED"), ("1.2.3.2.9", "IN PROGRESS"),
+                                            ("1.2.3.4.9", "COMPLETED")])
+    tally = tallying.Tally()
+    tallying.count_mpps(tally, db, exams)
+    assert tally.figures["mpps_success"] == 5
+    assert tally.losses() == {"mpps_success_not_stored": 2}
+    assert [line.split(":")[0] for line in tally.details["mpps_success_not_stored"]] == ["1.2.3.2.9", "1.2.3.3.9"]
 
 
 def _oru(control_id: str, accession: str, answer: str = "AA", index: int = 0) -> Received:

@@ -53,7 +53,7 @@ class DrillConfig:
 
     def command(self) -> str:
         kills = ",".join(f"{k}={n}" for k, n in self.kills.items())
-        parts = [f"--seed {self.seed}", f"--kills {kills}"]
+        parts = [f"--seed {self.seed}", f"--kills {kills}", f"--kill-gap {self.kill_gap[0]:g},{self.kill_gap[1]:g}"]
         if self.outages:
             parts.append(f"--outages {','.join(self.outages)} --outage-seconds {self.outage_seconds:g}")
         parts += [f"--senders {self.hl7_senders}", f"--minimum {self.hl7_minimum}",
@@ -341,6 +341,11 @@ class Drill:
                 self.errors.append(f"{thread.name} still running after the traffic phase")
             if getattr(thread, "error", None) is not None:
                 self.errors.append(f"{thread.name}: {thread.error!r}")
+        for study in dicom.studies:
+            if not study.mwl_answered or not study.mpps_created or not study.mpps_completed:
+                self.errors.append(f"exam {study.accession}: worklist answered {study.mwl_answered}, MPPS created "
+                                   f"{study.mpps_created or 'never'}, completed {study.mpps_completed or 'never'} "
+                                   f"({study.failures[-3:]})")
         for accession, error in signer.unsigned:
             self.errors.append(f"report {accession} not signed: {error}")
 
@@ -357,6 +362,8 @@ class Drill:
         with psycopg.connect(self.database_url, autocommit=True) as db:
             outcomes = [o for sender in senders for o in sender.outcomes]
             tallying.count_hl7(tally, db, outcomes)
+            tallying.count_worklist(tally, dicom.studies)
+            tallying.count_mpps(tally, db, dicom.studies)
             success = tallying.count_dicom(tally, db, dicom.studies, self.storage)
             tallying.count_vna(tally, db, self.orthanc.url, success)
         tallying.count_oru(tally, signed, self.sinks)

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from tests.production import deployment
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -25,13 +26,11 @@ PROCESS_KINDS = ("web", "mllp", "dicom", "worker", "beat")
 def procfile() -> dict[str, list[str]]:
     """{process kind: argv} of the Procfile, ``python`` being the engine environment's."""
     out = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, command = line.split(":", 1)
-            argv = command.split()
-            if argv[0] == "python":
-                argv[0] = str(VENV_BIN / "python")
-            out[name.strip()] = argv
+    for name, command in deployment.procfile().items():
+        argv = command.split()
+        if argv[0] == "python":
+            argv[0] = str(VENV_BIN / "python")
+        out[name] = argv
     return out
 
 

@@ -21,6 +21,10 @@ COLUMNS = (
     ("hl7_aa_not_applied_once", "answered AA, not applied exactly once", True),
     ("hl7_resent_after_lost_ack", "resent after a lost ACK (same MSH-10)", False),
     ("hl7_resend_duplicates", "resends that created a duplicate", True),
+    ("mwl_answered", "MWL queries answered (findscu, one per exam)", False),
+    ("mwl_answered_without_order", "MWL answered Success without the order answered AA", True),
+    ("mpps_success", "MPPS N-CREATE / N-SET answered Success", False),
+    ("mpps_success_not_stored", "MPPS answered Success, not stored so", True),
     ("dicom_success", "DICOM instances answered Success", False),
     ("dicom_success_missing", "answered Success, missing or unreadable", True),
     ("vna_more_than_once", "instances in the VNA more than once", True),
@@ -76,6 +80,37 @@ def count_hl7(tally: Tally, db: psycopg.Connection, outcomes) -> None:
     # second log row applied under the same key, or a second order row, would).
     duplicates = sum(1 for n in inbound.values() if n > 1) + sum(1 for n in orders.values() if n > 1)
     tally.figures["hl7_resend_duplicates"] = duplicates
+
+
+def count_worklist(tally: Tally, studies) -> None:
+    """Each exam's worklist query came after its order was answered AA: a Success answer must
+    hold the order's scheduled step (PS3.4 K.6.1.2; persist before acknowledging)."""
+    answered = [s for s in studies if s.mwl_answered]
+    tally.figures["mwl_answered"] = len(answered)
+    without = [s for s in answered if not s.mwl_found]
+    for s in without:
+        tally.note("mwl_answered_without_order", s.accession)
+    tally.figures["mwl_answered_without_order"] = len(without)
+
+
+def count_mpps(tally: Tally, db: psycopg.Connection, studies) -> None:
+    """An N-CREATE answered Success (or 0111 duplicate to its resend) is an MPPS IN PROGRESS or
+    later in the database; an N-SET COMPLETED answered Success (or A710 to its resend) is
+    COMPLETED there (PS3.4 F.7.2)."""
+    status = dict(db.execute("SELECT sop_instance_uid, status FROM pacs_performedprocedurestep"))
+    told = not_stored = 0
+    for s in studies:
+        told += (s.mpps_created == "Success") + (s.mpps_completed == "Success")
+        problem = ""
+        if s.mpps_created and s.mpps_uid not in status:
+            problem = f"created ({s.mpps_created}), not in the database"
+        elif s.mpps_completed and status.get(s.mpps_uid) != "COMPLETED":
+            problem = f"completed ({s.mpps_completed}), stored {status.get(s.mpps_uid)!r}"
+        if problem:
+            not_stored += 1
+            tally.note("mpps_success_not_stored", f"{s.mpps_uid}: {problem}")
+    tally.figures["mpps_success"] = told
+    tally.figures["mpps_success_not_stored"] = not_stored
 
 
 def count_dicom(tally: Tally, db: psycopg.Connection, studies, storage_dir: Path) -> set[str]:

@@ -5,8 +5,11 @@
   byte, with the same MSH-10 -- what HL7 v2.5.1 section 2.9.2 (original mode) expects of a
   sender, and what the receiver's duplicate detection must absorb.  AE is retried after a pause
   (a transient error of the receiver); AA ends the message.
-- ``DicomSender``: a modality sending studies with dcmtk ``storescu``; each instance whose
-  C-STORE response was Success (0000, PS3.4 B.2.3) is recorded, the others are sent again.
+- ``DicomSender``: a modality doing each exam as IHE Scheduled Workflow has it: the Modality
+  Worklist query for the accession (RAD-5, dcmtk ``findscu``), MPPS IN PROGRESS (RAD-6,
+  N-CREATE), the images with dcmtk ``storescu`` (RAD-8; each instance whose C-STORE response was
+  Success, 0000 in PS3.4 B.2.3, is recorded, the others are sent again) and MPPS COMPLETED
+  (RAD-7, N-SET).  A query or an MPPS request without an answer is asked again.
 - ``ReportSigner``: a dictation system signing final reports through ``POST /api/v1/reports/``.
   A request without an answer is checked with ``GET`` before it is sent again: a report signed
   is recorded once, whether the 201 reached the client or not.
@@ -29,15 +32,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from hl7gateway.mllp import MLLPDecoder, frame
 from tests.support.hl7 import fixture
+from tests.support.mpps import CT_IMAGE, n_create_for, n_set_for
 from tests.support.net import dcmtk_tool
 from tests.support.orthanc import write_study
 
 
-def _sleep_unless(stop: threading.Event, seconds: float) -> None:
-    stop.wait(seconds)
+class Backoff:
+    """A client's resend schedule: pauses from ``first`` growing by half up to ``most``, for
+    ``give_up_after`` seconds in all (``while backoff.more(): ... backoff.pause()``)."""
+
+    def __init__(self, give_up_after: float, first: float = 0.2, most: float = 2.0):
+        self.deadline = time.monotonic() + give_up_after
+        self.next = first
+        self.most = most
+
+    def more(self) -> bool:
+        return time.monotonic() < self.deadline
+
+    def pause(self) -> None:
+        time.sleep(self.next)
+        self.next = min(self.next * 1.5, self.most)
 
 
 # --------------------------------------------------------------------------------------- HL7 intake
@@ -148,15 +167,13 @@ class HL7Sender(threading.Thread):
             return None
 
     def _send(self, outcome: HL7Outcome) -> None:
-        deadline = time.monotonic() + self.give_up_after
-        pause = 0.2
-        while time.monotonic() < deadline:
+        backoff = Backoff(self.give_up_after)
+        while backoff.more():
             outcome.sends += 1
             ack = self._exchange(outcome.message.raw)
             if ack is None:
                 outcome.unanswered += 1
-                time.sleep(pause)
-                pause = min(pause * 1.5, 2.0)
+                backoff.pause()
                 continue
             msa = next((s.split("|") for s in ack.decode("utf-8", "replace").split("\r") if s.startswith("MSA|")), [])
             code = msa[1] if len(msa) > 1 else "??"
@@ -166,12 +183,17 @@ class HL7Sender(threading.Thread):
             if code in ("AA", "AR") or "MSA-2" in code:
                 outcome.final = code
                 return
-            time.sleep(pause)  # AE: the receiver could not apply it now (its database restarting)
-            pause = min(pause * 1.5, 2.0)
+            backoff.pause()  # AE: the receiver could not apply it now (its database restarting)
 
 
 # ------------------------------------------------------------------------------------------- DICOM
 STORE_RESPONSE = re.compile(r"Received Store Response \(([^)]*)\)")
+FIND_FINAL = re.compile(r"Received Final Find Response \(([^)]*)\)")
+#: PS3.4 F.7.2.1.1 / F.7.2.2.2: the answers to an N-CREATE or N-SET resent after its answer was
+#: lost, when the first one did arrive: "duplicate SOP instance" and "may no longer be updated".
+DUPLICATE_SOP_INSTANCE = 0x0111
+PROCESSING_FAILURE = 0x0110
+MAY_NO_LONGER_BE_UPDATED = 0xA710
 
 
 @dataclass
@@ -180,8 +202,16 @@ class StudyOutcome:
     sop_instance_uids: list[str]
     paths: list[Path]
     success: set[str] = field(default_factory=set)  # SOP Instance UIDs answered Success
+    accession: str = ""
     runs: int = 0  # storescu processes started
     failures: list[str] = field(default_factory=list)  # non-Success statuses seen
+    mwl_queries: int = 0  # findscu runs
+    mwl_answered: bool = False  # a final C-FIND response Success (0000) arrived
+    mwl_found: bool = False  # ... and it held the order's scheduled step
+    mpps_uid: str = ""
+    mpps_requests: int = 0  # N-CREATE and N-SET requests sent
+    mpps_created: str = ""  # "Success", or "Duplicate" (0111: a resend after a lost answer)
+    mpps_completed: str = ""  # "Success", or "A710" (may no longer be updated: a resend after a lost answer)
 
 
 class DicomSender(threading.Thread):
@@ -223,7 +253,11 @@ class DicomSender(threading.Thread):
                         return  # the faults are over: the study being sent was finished
                     message = self.queue[done]
                 done += 1
-                self.studies.append(self._send(self._study(done, message)))
+                study = self._study(done, message)
+                self._query_worklist(study)
+                self._mpps_create(study, message)
+                self.studies.append(self._send(study))
+                self._mpps_complete(study)
         except BaseException as exc:  # noqa: BLE001 - reported by the drill
             self.error = exc
 
@@ -234,13 +268,102 @@ class DicomSender(threading.Thread):
                             issuer_of_patient_id="SYNTHMRN", patient_name="Testpatient^Anna^Maria^^Ms",
                             birth_date="19800215", sex="F")
         uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths]
-        return StudyOutcome(study_uid, uids, paths)
+        return StudyOutcome(study_uid, uids, paths, accession=order.accessions[0],
+                            mpps_uid=f"{study_uid}.9")
+
+    def _query_worklist(self, study: StudyOutcome) -> None:
+        """The worklist query for the exam's accession number (PS3.4 K.6.1.2): asked until a
+        final response arrives.  The order was answered AA before it reached the modality, so a
+        Success without its step is a broken promise (persist before acknowledging)."""
+        out = self.workdir / f"mwl-{study.accession}"
+        backoff = Backoff(self.give_up_after)
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        while backoff.more():
+            study.mwl_queries += 1
+            out.mkdir(parents=True, exist_ok=True)
+            for old in out.glob("*.dcm"):
+                old.unlink()
+            try:
+                result = subprocess.run(
+                    [dcmtk_tool("findscu"), "-v", "-W", "-aet", "DRILLCT", "-aec", self.ae_title, "-to", "30",
+                     "-ta", "30", "-td", "60", "-X", "-od", str(out), "-k", f"AccessionNumber={study.accession}",
+                     "-k", "StudyInstanceUID", "-k", "PatientID",
+                     "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
+                     "127.0.0.1", str(self.port)], env=env, capture_output=True, text=True, timeout=120)
+                output = result.stdout + result.stderr
+            except subprocess.TimeoutExpired:
+                output = ""
+            final = FIND_FINAL.findall(output)
+            if final and final[-1] == "Success":
+                answers = [pydicom.dcmread(p) for p in sorted(out.glob("*.dcm"))]
+                study.mwl_answered = True
+                study.mwl_found = any(a.get("AccessionNumber") == study.accession
+                                      and a.get("StudyInstanceUID") == study.study_instance_uid for a in answers)
+                return
+            backoff.pause()
+
+    def _mpps(self, send) -> tuple[int, int] | None:
+        """One MPPS request on its own association: (Status, ErrorID or 0), None without an answer."""
+        ae = AE(ae_title="DRILLCT")
+        ae.add_requested_context(ModalityPerformedProcedureStep)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        try:
+            assoc = ae.associate("127.0.0.1", self.port, ae_title=self.ae_title)
+        except OSError:
+            return None
+        if not assoc.is_established:
+            return None
+        try:
+            status, _ = send(assoc)
+            if not status or "Status" not in status:
+                return None
+            return int(status.Status), int(status.get("ErrorID", 0) or 0)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+            ae.shutdown()
+
+    def _retry_mpps(self, study: StudyOutcome, send, resent_answer: tuple[int, int]) -> str:
+        """Asked until Success; after a lost answer, ``resent_answer`` (Status, ErrorID) means the
+        first request did arrive."""
+        backoff = Backoff(self.give_up_after)
+        lost = False
+        while backoff.more():
+            study.mpps_requests += 1
+            answer = self._mpps(send)
+            if answer is not None and answer[0] == 0x0000:
+                return "Success"
+            if lost and answer == resent_answer:
+                return "Duplicate" if answer[0] == DUPLICATE_SOP_INSTANCE else "A710"
+            if answer is None:
+                lost = True
+            else:
+                study.failures.append(f"MPPS 0x{answer[0]:04X}")
+            backoff.pause()
+        return ""
+
+    def _mpps_create(self, study: StudyOutcome, order: OrderMessage) -> None:
+        """N-CREATE IN PROGRESS for the exam (PS3.4 F.7.2.1, IHE RAD-6)."""
+        create = n_create_for(study_instance_uid=study.study_instance_uid, accession_number=study.accession,
+                              patient_id=order.patient_id, patient_name="Testpatient^Anna^Maria^^Ms",
+                              station="DRILLCT")
+        study.mpps_created = self._retry_mpps(
+            study, lambda assoc: assoc.send_n_create(create, ModalityPerformedProcedureStep, study.mpps_uid),
+            (DUPLICATE_SOP_INSTANCE, 0))
+
+    def _mpps_complete(self, study: StudyOutcome) -> None:
+        """N-SET COMPLETED listing the instances answered Success (PS3.4 F.7.2.2, IHE RAD-7)."""
+        if not study.mpps_created:
+            return
+        done = n_set_for([(CT_IMAGE, uid) for uid in study.sop_instance_uids if uid in study.success])
+        study.mpps_completed = self._retry_mpps(
+            study, lambda assoc: assoc.send_n_set(done, ModalityPerformedProcedureStep, study.mpps_uid),
+            (PROCESSING_FAILURE, MAY_NO_LONGER_BE_UPDATED))
 
     def _send(self, study: StudyOutcome) -> StudyOutcome:
-        deadline = time.monotonic() + self.give_up_after
-        pause = 0.2
+        backoff = Backoff(self.give_up_after)
         env = {**os.environ, "TCP_NODELAY": "1"}
-        while time.monotonic() < deadline:
+        while backoff.more():
             todo = [(uid, path) for uid, path in zip(study.sop_instance_uids, study.paths, strict=True) if uid not in study.success]
             if not todo:
                 return study
@@ -260,8 +383,7 @@ class DicomSender(threading.Thread):
                 else:
                     study.failures.append(status)
             if len(study.success) < len(study.sop_instance_uids):
-                time.sleep(pause)
-                pause = min(pause * 1.5, 2.0)
+                backoff.pause()
         return study
 
 
@@ -343,10 +465,9 @@ class ReportSigner(threading.Thread):
         return any(v.get("signed") and v.get("result_status") == "F" for v in body.get("versions", []))
 
     def _sign(self, accession: str, patient_id: str) -> None:
-        deadline = time.monotonic() + self.give_up_after
-        pause = 0.3
+        backoff = Backoff(self.give_up_after, first=0.3, most=3.0)
         error = ""
-        while time.monotonic() < deadline:
+        while backoff.more():
             self.requests += 1
             try:
                 status, body = self._request("POST", "/api/v1/reports/", {
@@ -365,12 +486,11 @@ class ReportSigner(threading.Thread):
                     self.signed.append(SignedReport(accession, patient_id, len(self.signed), "GET"))
                     return
                 error = error or f"HTTP {status} {body.get('error', '')}"[:200]
-                time.sleep(pause)
-                pause = min(pause * 1.5, 3.0)
+                backoff.pause()
                 continue
             error = f"HTTP {status} {body}"[:300]
             if status == 404:  # the order is not visible yet: cannot be, it was answered AA
-                time.sleep(pause)
+                backoff.pause()
                 continue
             break
         self.unsigned.append((accession, error))
