@@ -29,6 +29,9 @@ Two findings are hl7apy's own defects, not the message's, and are not counted:
   MIME subtypes besides; hl7apy's table has only the list, so ``PDF`` (application/pdf) is
   accepted.
 
+hl7apy's references carry no field lengths of the standard (MSH-10's 20, for one): lengths are
+checked only as far as the data types go (ST 199, TX and FT 65536 ...).
+
 Findings that quote a long value are shortened (the page shows them; the message itself is on the
 message's page).
 
