@@ -133,7 +133,12 @@ def _invalid(c: Claim) -> str | None:
     (``hl7gateway.conformance`` loads hl7apy: imported only for a destination that validates.)"""
     from hl7gateway import conformance
 
-    found = conformance.problems(c.payload)
+    try:
+        found = conformance.problems(c.payload)
+    except Exception as exc:  # noqa: BLE001 - hl7apy raises assorted errors on input it mishandles: not validated, not sent
+        # The exception's text may quote the message's values: its type alone goes to the log.
+        log.error("HL7 validation failed: %s", type(exc).__name__, extra={"message_id": c.message_id})
+        found = [f"the validator failed ({type(exc).__name__}); the message was not checked"]
     return "; ".join(found) if found else None
 
 
@@ -141,8 +146,8 @@ def record_results(outcomes: list[tuple[Claim, client.SendResult]], unsent: list
                    follow_up: bool = True) -> dict[int, str]:
     """Record the outcomes of a batch in one transaction and decide what happens to each message.
 
-    AA: delivered.  AR, or INVALID (not sent: it failed validation): failed.  AE / an answer that is not our ACK: retried after a backoff,
-    failed at the attempt cap.  Timeout, refused, lost: retried after a backoff, no cap.
+    AA: delivered.  AR, or INVALID (not sent: it failed validation): failed.  AE / an answer
+    that is not our ACK: retried after a backoff, failed at the attempt cap.  Timeout, refused, lost: retried after a backoff, no cap.
     ``unsent`` are claimed rows the batch did not get to (the destination stopped answering,
     or the batch ran out of time): their attempt is withdrawn and they wait as long as the
     failed message before them.  A row whose lease was taken over meanwhile (another worker
