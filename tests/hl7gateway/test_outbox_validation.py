@@ -19,7 +19,7 @@ from hl7gateway import conformance
 from hl7gateway.models import OutboundDestination, OutboundMessage
 from hl7gateway.outbox import actions, delivery, destinations
 from monitoring import selectors, services
-from monitoring.models import OUTBOUND_BACKLOG, Alarm
+from monitoring.models import ORU_UNDELIVERED, OUTBOUND_BACKLOG, Alarm
 from project.access import ADMINISTRATOR
 from tests.factories import oru as h
 from tests.factories import rule
@@ -99,8 +99,10 @@ def test_an_invalid_message_is_not_sent_but_failed_with_the_findings_then_retrie
     assert bad.message_control_id in [m.message_control_id for m in page.context["problems"]]
     assert "HL70396" in page.content.decode()
     assert selectors.outbound_error_counts("ehr", timezone.now() - dt.timedelta(hours=1)) == (1, 2)
-    assert services.evaluate(timezone.now() + dt.timedelta(minutes=61))["opened"] == 1
-    assert "1 outbound HL7 message(s) to ehr" in Alarm.objects.get().message
+    # Two alarms name it: the destination's backlog, and its final report without an ORU delivered.
+    assert services.evaluate(timezone.now() + dt.timedelta(minutes=61))["opened"] == 2
+    assert "1 outbound HL7 message(s) to ehr" in Alarm.objects.get(rule__kind=OUTBOUND_BACKLOG).message
+    assert Alarm.objects.get(rule__kind=ORU_UNDELIVERED).interface_key == "ehr"
     # A retry while the destination still validates fails the same way; not a byte is sent.
     actions.retry(bad.pk, operator.user, "placer asked")
     assert delivery.deliver(bad.pk) == "FAILED" and sink.count == 1
