@@ -121,6 +121,20 @@ def test_order_status_message_is_valid(version, event):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("orc_5", order_status.ORC5_VALUES)
+def test_filler_order_message_is_valid(version, orc_5):
+    """A new order of the department (ORC-1 SN): ORC-2 / OBR-2 empty, the placer assigns them."""
+    import dataclasses
+
+    content = dataclasses.replace(status_content(order_status.EXAM_COMPLETE), order_control="SN", order_status=orc_5,
+                                  placer_order_number="", placer_namespace="")
+    message = order_status.render_status(content, header(version, message_control_id="OSN000000000001"))
+    orc = next(seg for seg in message.split("\r") if seg.startswith("ORC|")).split("|")
+    assert (orc[1], orc[2], orc[5]) == ("SN", "", orc_5)
+    assert conformance.problems(message) == []
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("kind", charges.CHARGE_KINDS)
 @pytest.mark.parametrize("transaction_type", [charges.CHARGE, charges.CREDIT])
 def test_dft_p03_is_valid(version, kind, transaction_type):
