@@ -15,7 +15,7 @@ Which charges a procedure posts is a setting per procedure code (``CHARGE_POSTIN
 Layout (docs/hl7-interface.md 2.6)::
 
     MSH  MSH-9 DFT^P03^DFT_P03 (v2.5.1) / DFT^P03 (v2.3.1), MSH-10 stable control ID, MSH-12,
-         MSH-18 UNICODE UTF-8, original acknowledgement mode
+         MSH-18 UNICODE UTF-8 (v2.5.1) / UNICODE (v2.3.1), original acknowledgement mode
     EVN  EVN-1 P03, EVN-2 recorded date/time (required in v2.3.1, kept in v2.5.1)
     PID  as in the ORU^R01
     PV1  as in the ORU^R01; PV1-19 the visit number, the account billing posts to
@@ -35,7 +35,6 @@ from datetime import date, datetime
 
 from hl7gateway import order_status
 from hl7gateway.oru import (
-    CHARSET,
     ENCODING_CHARACTERS,
     VERSIONS,
     MessageHeader,
@@ -43,6 +42,7 @@ from hl7gateway.oru import (
     Person,
     _components,
     _segment,
+    charset,
     cx,
     ei,
     escape,
@@ -196,7 +196,7 @@ def render_segments(content: ChargeContent, header: MessageHeader, *, time_zone:
             escape(header.processing_id),  # MSH-11
             header.version,  # MSH-12
             "", "", "", "", "",  # MSH-13 .. MSH-17 (original acknowledgement mode)
-            CHARSET,  # MSH-18
+            charset(header.version),  # MSH-18 (table 0211 of the version)
         ]
     )
     code = _components(content.procedure_code_value, content.procedure_code_meaning, content.procedure_code_scheme)

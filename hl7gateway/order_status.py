@@ -18,7 +18,7 @@ by ``render_status`` from plain values (``StatusContent``; built from the databa
 escaping and data types it shares.  Layout (docs/hl7-interface.md 2.4)::
 
     MSH  MSH-9 ORM^O01 (v2.3.1) / OMI^O23^OMI_O23 (v2.5.1), MSH-10 stable control ID, MSH-12,
-         MSH-18 UNICODE UTF-8, original acknowledgement mode
+         MSH-18 UNICODE UTF-8 (v2.5.1) / UNICODE (v2.3.1), original acknowledgement mode
     PID  as in the ORU^R01
     PV1  as in the ORU^R01
     ORC  ORC-1 SC (SN for a filler order), ORC-2 placer order number (empty in SN), ORC-3 filler
@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from hl7gateway.oru import (
-    CHARSET,
     ENCODING_CHARACTERS,
     VERSIONS,
     MessageHeader,
@@ -49,6 +48,7 @@ from hl7gateway.oru import (
     Person,
     _components,
     _segment,
+    charset,
     cx,
     ei,
     escape,
@@ -183,7 +183,7 @@ def render_segments(content: StatusContent, header: MessageHeader, *, time_zone:
             escape(header.processing_id),  # MSH-11
             header.version,  # MSH-12
             "", "", "", "", "",  # MSH-13 .. MSH-17 (MSH-15/16 empty: original acknowledgement mode)
-            CHARSET,  # MSH-18
+            charset(header.version),  # MSH-18 (table 0211 of the version)
         ]
     )
     placer = ei(content.placer_order_number, content.placer_namespace)

@@ -119,6 +119,13 @@ class OutboundDestination(models.Model):
     link_wado_rs = models.BooleanField(default=False, verbose_name="ORU: WADO-RS link",
                                        help_text="an OBX of value type RP with the study's WADO-RS URL "
                                                  "(WADO_RS_BASE_URL/studies/{StudyInstanceUID})")
+    report_pdf = models.BooleanField(default=False, verbose_name="ORU: report as PDF",
+                                     help_text="an OBX of value type ED with the report as a PDF, base64 "
+                                               "(HL7 v2.5.1 2A.24)")
+    validate_messages = models.BooleanField(
+        default=False, verbose_name="validate before sending",
+        help_text="each message is checked against its HL7 version and message structure (hl7apy) before it is "
+                  "sent; one that fails is not sent but FAILED with the findings")
     enabled = models.BooleanField(default=True, help_text="disabled: no new messages are queued for it")
     drain_requested_at = models.DateTimeField(null=True, blank=True, editable=False,
                                               help_text="a drain task for it is queued since (coalesced wake-ups)")

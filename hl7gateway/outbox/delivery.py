@@ -38,6 +38,7 @@ from hl7gateway.outbox.rules import (
     COUNTDOWN_LIMIT_SECONDS,
     DRAIN_SECONDS,
     ENTITY,
+    INVALID,
     RETRY_WITH_LIMIT,
     RETRY_WITHOUT_LIMIT,
     backoff_seconds,
@@ -106,27 +107,51 @@ def _deliver(claimed: list[Claim] | None, destination_id: int | None, *, drain: 
 
 def _send_batch(claimed: list[Claim], *, follow_up: bool = True) -> tuple[dict[int, str], bool]:
     """Send claimed rows in id order over one connection, each waiting for its ACK; record them.
-    Returns the statuses and whether the destination kept answering (every row was sent and
-    answered AA, AE or AR)."""
+    A row for a destination that validates is checked first and, if invalid, not sent (outcome
+    ``INVALID``).  Returns the statuses and whether the destination kept answering (every row
+    was sent and answered AA, AE or AR)."""
     first = claimed[0]
     outcomes: list[tuple[Claim, client.SendResult]] = []
-    budget_ends = time.monotonic() + first.ack_timeout
-    with client.MLLPConnection(first.host, first.port, connect_timeout=first.connect_timeout,
-                               ack_timeout=first.ack_timeout, tls=first.tls) as conn:
-        for c in claimed:
-            if outcomes and (outcomes[-1][1].outcome not in client.ANSWERED or time.monotonic() > budget_ends):
-                break  # the destination stopped answering, or the batch used up its time
-            outcomes.append((c, conn.send(c.payload, message_control_id=c.message_control_id)))
-    answering = len(outcomes) == len(claimed) and outcomes[-1][1].outcome in client.ANSWERED
-    return record_results(outcomes, unsent=claimed[len(outcomes):], follow_up=follow_up), answering
+    to_send: list[Claim] = []
+    for c in claimed:
+        finding = _invalid(c) if c.validate else None
+        if finding is None:
+            to_send.append(c)
+        else:
+            outcomes.append((c, client.SendResult(outcome=INVALID, detail=finding)))
+    sent: list[tuple[Claim, client.SendResult]] = []
+    if to_send:
+        budget_ends = time.monotonic() + first.ack_timeout
+        with client.MLLPConnection(first.host, first.port, connect_timeout=first.connect_timeout,
+                                   ack_timeout=first.ack_timeout, tls=first.tls) as conn:
+            for c in to_send:
+                if sent and (sent[-1][1].outcome not in client.ANSWERED or time.monotonic() > budget_ends):
+                    break  # the destination stopped answering, or the batch used up its time
+                sent.append((c, conn.send(c.payload, message_control_id=c.message_control_id)))
+    answering = len(sent) == len(to_send) and (not sent or sent[-1][1].outcome in client.ANSWERED)
+    return record_results(outcomes + sent, unsent=to_send[len(sent):], follow_up=follow_up), answering
+
+
+def _invalid(c: Claim) -> str | None:
+    """Why the claimed message is not valid HL7 for its version and structure, or None.
+    (``hl7gateway.conformance`` loads hl7apy: imported only for a destination that validates.)"""
+    from hl7gateway import conformance
+
+    try:
+        found = conformance.problems(c.payload)
+    except Exception as exc:  # noqa: BLE001 - hl7apy raises assorted errors on input it mishandles: not validated, not sent
+        # The exception's text may quote the message's values: its type alone goes to the log.
+        log.error("HL7 validation failed: %s", type(exc).__name__, extra={"message_id": c.message_id})
+        found = [f"the validator failed ({type(exc).__name__}); the message was not checked"]
+    return "; ".join(found) if found else None
 
 
 def record_results(outcomes: list[tuple[Claim, client.SendResult]], unsent: list[Claim] = (), *,
                    follow_up: bool = True) -> dict[int, str]:
     """Record the outcomes of a batch in one transaction and decide what happens to each message.
 
-    AA: delivered.  AR: failed.  AE / an answer that is not our ACK: retried after a backoff,
-    failed at the attempt cap.  Timeout, refused, lost: retried after a backoff, no cap.
+    AA: delivered.  AR, or INVALID (not sent: it failed validation): failed.  AE / an answer
+    that is not our ACK: retried after a backoff, failed at the attempt cap.  Timeout, refused, lost: retried after a backoff, no cap.
     ``unsent`` are claimed rows the batch did not get to (the destination stopped answering,
     or the batch ran out of time): their attempt is withdrawn and they wait as long as the
     failed message before them.  A row whose lease was taken over meanwhile (another worker
@@ -169,13 +194,16 @@ def record_results(outcomes: list[tuple[Claim, client.SendResult]], unsent: list
                     auditing.oru_delivered(row, host=claimed.host, port=claimed.port)
                 delivered.append(row)
                 continue
-            if result.outcome == client.REJECTED or (
+            if result.outcome in (client.REJECTED, INVALID) or (
                 result.outcome in RETRY_WITH_LIMIT and tries >= settings.HL7_ORU_MAX_ATTEMPTS
             ):
                 cause = (f"ORU rejected (AR) for MSH-10 {row.message_control_id}" if result.outcome == client.REJECTED
+                         else f"not sent: MSH-10 {row.message_control_id} is not valid HL7 {row.hl7_version}"
+                         if result.outcome == INVALID
                          else f"ORU failed after {tries} attempts ({result.outcome})")
-                transition(row, FAILED, entity=ENTITY, actor="hl7gateway worker", cause=cause)
-                row.last_error = summary if result.outcome == client.REJECTED else f"{summary} (after {tries} attempts)"
+                transition(row, FAILED, entity=ENTITY, actor="hl7gateway worker", cause=cause[:255])
+                row.last_error = (summary if result.outcome in (client.REJECTED, INVALID)
+                                  else f"{summary} (after {tries} attempts)")
                 row.ack = result.ack or None
             else:
                 # AE / BAD_ACK below the cap, or the destination unreachable: try again later.

@@ -53,7 +53,8 @@ def enqueue_oru(report_version_id: int) -> int:
 
     Call it inside the signing transaction: the rows commit (or roll back) with the
     signature, and the delivery tasks are published only after the commit.  Each row is
-    rendered now, so every resend is the same bytes, MSH-10 included.  Calling it
+    rendered now, so every resend is the same bytes, MSH-10 and the PDF of a destination with
+    ``report_pdf`` included.  Calling it
     again for the same version adds nothing (one row per version and destination).
     Returns the number of rows created.
     """
@@ -76,6 +77,9 @@ def enqueue_oru(report_version_id: int) -> int:
                 log.warning("no enabled ORU destination: report not sent", extra={"report_version_id": version.pk})
             return 0
         content = content_for_report_version(version)
+        # The report as a PDF, built once for every destination that asks (``pdf=1``); the
+        # PDF library is loaded only then.
+        pdf = report_pdf(content) if any(d.report_pdf for d in destinations) else b""
         patient_id_text = "~".join(oru.cx(i) for i in content.patient_identifiers)[:200]
         now = timezone.now()
         created: list[int] = []
@@ -106,12 +110,20 @@ def enqueue_oru(report_version_id: int) -> int:
                 link_viewer=dest.link_viewer,
                 link_wado_rs=dest.link_wado_rs,
             )
-            row.payload = oru.encode(oru.render_oru(content, header, time_zone=settings.TIME_ZONE))
+            row.payload = oru.encode(oru.render_oru(content, header, time_zone=settings.TIME_ZONE,
+                                                    pdf=pdf if dest.report_pdf else b""))
             row.save(update_fields=["message_control_id", "payload"])
             created.append(row.pk)
         publish.wake_after_commit({d.pk for d in destinations})
     log.info("ORU^R01 queued", extra={"report_version_id": report_version_id, "rows": len(created)})
     return len(created)
+
+
+def report_pdf(content: oru.OruContent) -> bytes:
+    """The report as a PDF (``hl7gateway.report_pdf``, imported here: only when a destination asks)."""
+    from hl7gateway import report_pdf as pdf
+
+    return pdf.render_pdf(content, time_zone=settings.TIME_ZONE, institution=settings.HL7_RECEIVING_FACILITY)
 
 
 def enqueue_status(requested_procedure_id: int, event: str, *, at=None) -> int:

@@ -11,7 +11,8 @@ can add more rows):
 * ``HL7_ORU_DESTINATIONS`` (``parse_mllp``): ``name=mllp://host:port[?options]``, or
   ``mllps://`` for MLLP over TLS; ``messages=oru,status,charges,orders`` chooses the kinds of message
   (results, order status to the placer, charges to billing, filler orders to the placer), ``links=viewer,wado``
-  the reference pointers an ORU^R01 carries.
+  the reference pointers an ORU^R01 carries, ``validate=1`` a check of each message before it is sent,
+  ``pdf=1`` the report as a PDF in the ORU^R01.
 
 The parsers are plain functions on strings, importing nothing of Django (``project.settings``
 checks ``VNA_DESTINATIONS`` with the same one the router uses), and raise ValueError with the
@@ -110,14 +111,19 @@ MLLP_MESSAGES = {"oru": "sends_results", "status": "sends_order_status", "charge
                  "orders": "sends_filler_orders"}
 #: ``links=`` values -> the field that adds that OBX of value type RP (HL7 v2.5.1 2A.65) to an ORU^R01.
 MLLP_LINKS = {"viewer": "link_viewer", "wado": "link_wado_rs"}
-#: What a declared destination gets when it does not say: results only, no links (the
+#: On/off options (``1``/``0``, ``true``/``false``, ``yes``/``no``) -> ``OutboundDestination`` field:
+#: validate each message before sending it (its HL7 version and message structure), and carry the
+#: report as a PDF in an ORU^R01 (an OBX of value type ED, HL7 v2.5.1 2A.24).
+MLLP_SWITCHES = {"validate": "validate_messages", "pdf": "report_pdf"}
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+#: What a declared destination gets when it does not say: results only, no links, no validation, no PDF (the
 #: environment decides these for its destinations, so removing an option turns it off again;
 #: ``hl7gateway.outbox.destinations`` applies them).
 #: A comma that starts the next destination of ``HL7_ORU_DESTINATIONS`` (not one inside a list option).
 _NEXT_DESTINATION = re.compile(r",(?=\s*[A-Za-z0-9_-]+\s*=\s*mllps?://)")
 MLLP_DEFAULTS = {"sends_results": True, "sends_order_status": False, "sends_charges": False,
                  "sends_filler_orders": False,
-                 "link_viewer": False, "link_wado_rs": False}
+                 "link_viewer": False, "link_wado_rs": False, "validate_messages": False, "report_pdf": False}
 
 
 def _flags(item: str, key: str, value: str, known: dict[str, str], *, allow_empty: bool) -> dict[str, bool]:
@@ -132,8 +138,8 @@ def _flags(item: str, key: str, value: str, known: dict[str, str], *, allow_empt
 
 def parse_mllp(value: str | None, *, versions: Iterable[str], text_value_types: Iterable[str]) -> list[MllpDestination]:
     """``name=mllp://host:port[?version=2.3.1&application=BILL&facility=HOSP&text=FT&timeout=30
-    &messages=oru,status,charges,orders&links=viewer,wado]``, comma-separated between destinations; ``mllps://`` for
-    MLLP over TLS.  ``versions`` and ``text_value_types`` are the HL7 versions (MSH-12) and OBX-2
+    &messages=oru,status,charges,orders&links=viewer,wado&validate=1&pdf=1]``, comma-separated between
+    destinations; ``mllps://`` for MLLP over TLS.  ``versions`` and ``text_value_types`` are the HL7 versions (MSH-12) and OBX-2
     value types the ORU renderer writes.  ``messages`` and ``links`` set every field of their
     list (``MLLP_MESSAGES``, ``MLLP_LINKS``); absent, the options leave them out, and whoever keeps
     the rows applies ``MLLP_DEFAULTS``.
@@ -165,8 +171,14 @@ def parse_mllp(value: str | None, *, versions: Iterable[str], text_value_types: 
             if key == "links":
                 options.update(_flags(item, key, values[-1], MLLP_LINKS, allow_empty=True))
                 continue
+            if key in MLLP_SWITCHES:
+                switch = values[-1].strip().lower()
+                if switch not in _ON + _OFF:
+                    raise ValueError(f"{item!r}: {key} must be 1 or 0")
+                options[MLLP_SWITCHES[key]] = switch in _ON
+                continue
             if key not in MLLP_OPTIONS:
-                known = [*MLLP_OPTIONS, "messages", "links"]
+                known = [*MLLP_OPTIONS, "messages", "links", *MLLP_SWITCHES]
                 raise ValueError(f"{item!r}: unknown option {key!r} (known: {', '.join(known)})")
             val = values[-1]
             if not val:

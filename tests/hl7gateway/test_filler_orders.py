@@ -145,8 +145,12 @@ def test_the_ehrs_later_messages_find_the_order_by_the_placer_number(client, sin
 
     ack = ack_fields(handle_payload(ehr_order_message("EHR0003", "CA", "CA", f"{placer}^EHR", mrn,
                                                       rp.accession_number)))
-    # Found again: the cancel reaches the order's step, which was performed and cannot be cancelled.
-    assert ack["msa_1"] == "AE" and "COMPLETED -> CANCELED is not allowed" in ack["msa_3"]
+    # Found again: the cancel reaches the order's procedure, which was performed, so it is kept
+    # COMPLETED with the placer's cancel recorded beside it (a late cancel).
+    assert ack["msa_1"] == "AA", ack
+    rp.refresh_from_db()
+    assert (rp.status, rp.placer_status) == ("COMPLETED", "CANCELED")
+    assert "EHR0003" in rp.placer_status_cause
 
 
 def test_a_rejection_is_shown_alarmed_and_resent_with_the_same_msh10(client, sink, fast, mail_settings):

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('hl7gateway', '0009_outbound_filler_orders'),
+        ('hl7gateway', '0010_outbound_validation_pdf'),
         ('ris', '0004_mwl_indexes'),
     ]
 
