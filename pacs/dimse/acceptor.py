@@ -95,8 +95,8 @@ REFUSAL_PDU = ul.pdu(ul.A_ASSOCIATE_RJ, bytes((0, *REJECT_LOCAL_LIMIT)))
 
 # The failure status of a service whose handler raised or gave no answer: C-STORE "cannot
 # understand" (PS3.4 B.2.3), C-FIND "unable to process" (PS3.4 C.4.1.1.4), otherwise
-# "processing failure" (PS3.7 C.4.2).
-_FAILURE_STATUS = {"C-STORE": 0xC000, "C-FIND": 0xC000}
+# "processing failure" (PS3.7 C.4.2); C-MOVE and C-GET "unable to process" (PS3.4 C.4.2.1.5, C.4.3.1.4).
+_FAILURE_STATUS = {"C-STORE": 0xC000, "C-FIND": 0xC000, "C-MOVE": 0xC000, "C-GET": 0xC000}
 PROCESSING_FAILURE = 0x0110
 # The status of a request whose data set exceeds the bound: C-FIND "out of resources"
 # (PS3.4 C.4.1.1.4), otherwise "resource limitation" (PS3.7 C.4.2).
@@ -629,7 +629,8 @@ class Association:
             self._cancelled.add(command.MessageIDBeingRespondedTo)  # nothing running: ignored
             return
         handler = self.server.handlers.get(name)
-        if handler is None:
+        served_on = getattr(handler, "sop_classes", None)
+        if handler is None or (served_on is not None and context.abstract_syntax not in served_on):
             log.warning("DIMSE request not served", extra={"calling_ae_title": self.requestor.ae_title,
                                                            "command": name})
             self._respond(context, command, {"Status": UNRECOGNIZED_OPERATION})
@@ -808,7 +809,8 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
     """The listening socket; every connection is an ``Association`` on its own thread.
 
     ``contexts``: pynetdicom ``PresentationContext`` list (SCP side); ``handlers``: DIMSE
-    command name ("C-FIND", ...) -> handler(event); ``policy(assoc)``: may narrow
+    command name ("C-FIND", ...) -> handler(event), served only on the contexts of the handler's
+    ``sop_classes`` when it has that attribute; ``policy(assoc)``: may narrow
     ``assoc.supported_contexts`` or raise ``Rejected``; ``on_end(assoc)`` after each association;
     ``on_handshake_failure(address, reason, called_ae_title=...)`` after each failed TLS handshake
     (the audit trail's record of it: it must not block, the refusal path stays fast).

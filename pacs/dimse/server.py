@@ -66,15 +66,18 @@ def _association_ended(assoc) -> None:
     connections.close_all()
 
 
-def _by_sop_class(served: list[tuple[frozenset, object]]):
-    """One DIMSE command served by several modules (C-FIND: the worklist and Query/Retrieve):
-    each request goes to the handler of the module whose SOP class its context negotiated."""
-    table = {sop_class: handler for sop_classes, handler in served for sop_class in sop_classes}
+class _BySopClass:
+    """The handler of one DIMSE command: each request goes to the handler of the module whose
+    SOP class its presentation context negotiated (C-FIND: the worklist or Query/Retrieve).
+    ``sop_classes`` tells the acceptor which contexts the command is served on: on any other
+    (a C-GET on the Verification context) it is answered 0x0211."""
 
-    def handler(event):
-        return table[event.context.abstract_syntax](event)
+    def __init__(self, served: list[tuple[frozenset, object]]):
+        self.table = {sop_class: handler for sop_classes, handler in served for sop_class in sop_classes}
+        self.sop_classes = frozenset(self.table)
 
-    return handler
+    def __call__(self, event):
+        return self.table[event.context.abstract_syntax](event)
 
 
 def services() -> tuple[list, dict]:
@@ -92,8 +95,7 @@ def services() -> tuple[list, dict]:
             sop_classes.append(str(sop_class))
         for command, handler in module.handlers().items():
             served.setdefault(command, []).append((frozenset(sop_classes), handler))
-    handlers = {command: entries[0][1] if len(entries) == 1 else _by_sop_class(entries)
-                for command, entries in served.items()}
+    handlers = {command: _BySopClass(entries) for command, entries in served.items()}
     for n, cx in enumerate(contexts):
         cx.context_id = 2 * n + 1
     return contexts, handlers

@@ -259,3 +259,25 @@ def test_a_node_without_the_grant_gets_no_query_retrieve_context(engine, held):
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+# --- the database failing -------------------------------------------------------------------------
+@pytest.fixture
+def study_table_away(held):
+    """The image index's study table renamed (an error inside the database) for the test's body."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute('ALTER TABLE "pacs_study" RENAME TO "pacs_study_away"')
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute('ALTER TABLE "pacs_study_away" RENAME TO "pacs_study"')
+
+
+def test_a_database_failure_is_a_failure_status_never_success(engine, study_table_away, tmp_path):
+    proc, answers = qr_findscu(engine, "-S", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID="], tmp_path / "rsp",
+                               extra=("-d",))
+    assert answers == [] and "0xa700" in (proc.stdout + proc.stderr).lower()
+    proc = retrieve_tool("getscu", engine, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S1}"],
+                         extra=["-d", "-od", str(tmp_path)])
+    assert "0xa701" in (proc.stdout + proc.stderr).lower()
