@@ -151,8 +151,6 @@ KEYS: dict[str, QKey] = {
     "SOPClassUID": QKey(IMAGE, "sop_class_uid", "uid"),
     "InstanceNumber": QKey(IMAGE, "instance_number", "int"),
 }
-# Keys answered at every level, from the engine rather than the index (C.4.1.1.3.2, C.6.1.1.2).
-ENGINE_KEYS = frozenset({"QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability", "SpecificCharacterSet"})
 
 # The ORM path from the model queried at a level to the columns of a key's level.
 _PREFIX = {

@@ -188,6 +188,23 @@ def test_movescu_sends_a_study_to_a_declared_storescp(engine, held, tmp_path):
     assert [(p.patient_id, p.issuer) for p in record.patients.all()] == [("PAT001", "HOSP")]
 
 
+def test_a_destination_without_the_stored_transfer_syntax_gets_the_instances_re_encoded(engine, held, tmp_path):
+    port = free_port()
+    DicomNode.objects.create(ae_title="STORESCP", host="127.0.0.1", port=port)
+    scp = start_storescp(port, tmp_path / "moved", extra=("+xi",))  # implicit VR little endian only
+    try:
+        proc = retrieve_tool("movescu", engine, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S3}"],
+                             extra=["-aem", "STORESCP"])
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    assert proc.returncode == 0, proc.stderr
+    received = [dcmread(p) for p in (tmp_path / "moved").iterdir()]
+    assert len(received) == 2
+    assert {ds.file_meta.TransferSyntaxUID for ds in received} == {"1.2.840.10008.1.2"}
+    _same_pixels(received, held, as_stored=False)
+
+
 def test_movescu_series_and_images(engine, held, tmp_path):
     port = free_port()
     DicomNode.objects.create(ae_title="STORESCP", host="127.0.0.1", port=port)
@@ -208,9 +225,17 @@ def test_movescu_series_and_images(engine, held, tmp_path):
     assert received == pr | {image}
 
 
-def test_an_unknown_move_destination_is_a801(engine, held, tmp_path):
+@pytest.mark.parametrize("destination,node", [
+    ("NOWHERE", None),  # no such node
+    ("NET", {"host": "10.1.4.0/24", "port": 104}),  # a network is no address to send to
+    ("NOPORT", {"host": "127.0.0.1", "port": None}),
+    ("OFF", {"host": "127.0.0.1", "port": 104, "enabled": False}),
+])
+def test_an_unknown_move_destination_is_a801(engine, held, tmp_path, destination, node):
+    if node is not None:
+        DicomNode.objects.create(ae_title=destination, **node)
     proc = retrieve_tool("movescu", engine, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S1}"],
-                         extra=["-d", "-aem", "NOWHERE"])
+                         extra=["-d", "-aem", destination])
     assert "0xa801" in (proc.stdout + proc.stderr).lower()
 
 

@@ -82,10 +82,11 @@ def retrieve_tool(tool: str, server, model: str, keys: list[str], *, aet="WS1", 
     return subprocess.run(args, capture_output=True, text=True, env=DCMTK_ENV, timeout=timeout)
 
 
-def start_storescp(port: int, out: Path, *, aet="STORESCP") -> subprocess.Popen:
-    """dcmtk's storescp receiving into ``out`` (every storage SOP class, uncompressed)."""
+def start_storescp(port: int, out: Path, *, aet="STORESCP", extra=()) -> subprocess.Popen:
+    """dcmtk's storescp receiving into ``out`` (every storage SOP class, uncompressed unless
+    ``extra`` says otherwise, e.g. ``+xi``: implicit VR little endian only)."""
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([dcmtk_tool("storescp"), "-aet", aet, "-od", str(out), "-uf", str(port)],
+    proc = subprocess.Popen([dcmtk_tool("storescp"), "-aet", aet, "-od", str(out), "-uf", *extra, str(port)],
                             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
