@@ -8,6 +8,7 @@ import datetime as dt
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom.sop_class import (
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
@@ -306,3 +307,42 @@ def test_a_database_failure_is_a_failure_status_never_success(engine, study_tabl
     proc = retrieve_tool("getscu", engine, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S1}"],
                          extra=["-d", "-od", str(tmp_path)])
     assert "0xa701" in (proc.stdout + proc.stderr).lower()
+
+
+def test_c_cancel_stops_a_c_get_between_sub_operations(engine, held):
+    """pynetdicom as the SCU (dcmtk's getscu sends no C-CANCEL): C-CANCEL after the first pending
+    response; the C-GET ends with 0xFE00 and the remaining count, fewer than all sent."""
+    from pynetdicom import AE, build_role, evt
+
+    stored = []
+
+    def on_store(event):
+        stored.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    ae = AE(ae_title="WS1")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    assoc = ae.associate("127.0.0.1", port_of(engine), ae_title="PACS",
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = [S1, S2, S3]
+    statuses = []
+    try:
+        context_id = next(cx.context_id for cx in assoc.accepted_contexts
+                          if cx.abstract_syntax == StudyRootQueryRetrieveInformationModelGet)
+        for status, _identifier in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet,
+                                                    msg_id=7):
+            statuses.append(status)
+            if status.Status == 0xFF00 and len(statuses) == 1:
+                assoc.send_c_cancel(7, context_id)
+    finally:
+        assoc.release()
+    final = statuses[-1]
+    assert final.Status == 0xFE00
+    assert final.NumberOfRemainingSuboperations > 0 and len(stored) < 8
+    assert final.NumberOfCompletedSuboperations == len(stored)
