@@ -60,7 +60,8 @@ from pynetdicom.sop_class import (
 
 from audit import events
 from pacs import auditing, storage
-from pacs.dimse import db, requestor
+from pacs.dimse import db, requestor, ul
+from pacs.dimse.acceptor import Aborted
 from pacs.dimse.counting import counted
 from pacs.dimse.matching import IdentifierError, _string_condition, _text_value
 from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
@@ -655,6 +656,7 @@ def on_c_move(event):
         destination = db.run(move_destination, destination_title)
     except DatabaseError as exc:
         log.error("C-MOVE failed", extra={"calling_ae_title": calling, "error": str(exc)[:200]})
+        _audit_retrieval(event, identifier, None, destination_title, events.SERIOUS_FAILURE)
         yield _failure(OUT_OF_RESOURCES_MATCHES, "database unavailable"), None
         return
     if destination is None:
@@ -665,8 +667,8 @@ def on_c_move(event):
         return
     tally = _Tally(len(items))
     if not items:
-        yield tally.final()
         _audit_retrieval(event, identifier, tally, destination_title, events.SUCCESS)
+        yield tally.final()
         return
     pairs = []
     for item in items:
@@ -767,9 +769,9 @@ def on_c_get(event):
                                                 sop_class_uid=item.sop_class_uid,
                                                 sop_instance_uid=item.sop_instance_uid)
                     return _outcome(status)
-        except (OSError, ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:
-            if isinstance(exc, (ConnectionError, TimeoutError)):
-                raise
+        except (ConnectionError, TimeoutError, Aborted, ul.ProtocolError):
+            raise  # the association itself failed: the C-GET ends there (0xC000, or nothing after an abort)
+        except Exception as exc:  # noqa: BLE001 - a file that cannot be read or re-encoded: that one fails
             log.warning("C-GET sub-operation failed", extra={"calling_ae_title": calling, "error": str(exc)[:200]})
         return "failed"
 

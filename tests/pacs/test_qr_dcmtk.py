@@ -346,3 +346,15 @@ def test_c_cancel_stops_a_c_get_between_sub_operations(engine, held):
     assert final.Status == 0xFE00
     assert final.NumberOfRemainingSuboperations > 0 and len(stored) < 8
     assert final.NumberOfCompletedSuboperations == len(stored)
+
+
+def test_a_retrieval_that_names_nothing_held_is_success_with_no_sub_operation(engine, held, tmp_path):
+    DicomNode.objects.create(ae_title="STORESCP", host="127.0.0.1", port=free_port())  # never reached
+    proc = retrieve_tool("movescu", engine, "-S", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3.4.5"],
+                         extra=["-d", "-aem", "STORESCP"])
+    assert proc.returncode == 0, proc.stderr
+    out = (proc.stdout + proc.stderr).lower()
+    assert "dimse status                  : 0x0000" in out and "pending" not in out
+    trail.flush()
+    record = AuditRecord.records.filter(event_id=events.INSTANCES_TRANSFERRED.value, action=events.READ).latest("pk")
+    assert record.destination == "STORESCP" and record.outcome == events.SUCCESS
