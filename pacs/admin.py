@@ -14,10 +14,10 @@ from ris.audited_admin import AuditedAdmin
 class DicomNodeAdmin(admin.ModelAdmin):
     list_display = (
         "ae_title", "host", "certificate_name", "port", "enabled", "allow_echo", "allow_mwl_find", "allow_mpps", "allow_store",
-        "allow_storage_commitment", "from_environment", "station_ae_title", "description",
+        "allow_storage_commitment", "allow_query_retrieve", "from_environment", "station_ae_title", "description",
     )
     list_filter = ("enabled", "from_environment", "allow_mwl_find", "allow_mpps", "allow_store",
-                   "allow_storage_commitment")
+                   "allow_storage_commitment", "allow_query_retrieve")
     search_fields = ("ae_title", "host", "certificate_name", "description", "station_ae_title")
     readonly_fields = ("from_environment",)
 

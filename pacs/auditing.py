@@ -3,9 +3,11 @@
 The DIMSE handlers, the association policy, the acceptor and VNA routing call these functions;
 each turns what happened into one :mod:`audit.trail` record:
 
-- an MWL C-FIND answered: *Query* (A.5.3.10), the calling AE and its address, the called AE, the
-  matching keys asked and the patients returned; written by the audit writer thread
-  (``record_soon``) after the last response, so the answer never waits for it;
+- an MWL or Query/Retrieve C-FIND answered: *Query* (A.5.3.10), the calling AE and its address,
+  the called AE, the matching keys asked and the patients returned; written by the audit writer
+  thread (``record_soon``) after the last response, so the answer never waits for it;
+- a C-MOVE or C-GET served: *DICOM Instances Transferred* (A.5.3.7), action R, the requesting AE,
+  the destination AE, the studies sent (instances per study) and their patients;
 - instances received by C-STORE: *DICOM Instances Transferred* (A.5.3.7), action C, one record
   per association and study (not per instance: C-STORE's speed), at the association's end;
 - MPPS N-CREATE / N-SET: *Procedure Record* (A.5.3.15), action C / U;
@@ -95,6 +97,42 @@ def mwl_query(assoc, identifier: Dataset, rows: Iterable[dict], *, patient_id_pa
         outcome=outcome, source_address=address, destination=_called(assoc), patients=patients,
         objects=[{"type": "query", "id": MWL_FIND_SOP_CLASS, "detail": {"keys": query_keys(identifier)}}],
         detail={"answers": answers},
+    )
+
+
+def query(assoc, identifier: Dataset, patients: list[tuple[str, str]], *, sop_class_uid: str, answers: int,
+          outcome: int = events.SUCCESS) -> None:
+    """A Query/Retrieve C-FIND answered (PS3.15 A.5.3.10), recorded as the worklist query is:
+    the querying AE, the AE queried, the SOP class and keys asked, the patients answered."""
+    calling, address = _addresses(assoc)
+    trail.record_soon(
+        events.QUERY, action=events.EXECUTE, actor=calling or "(no AE title)", actor_kind=events.DICOM,
+        outcome=outcome, source_address=address, destination=_called(assoc), patients=list(patients),
+        objects=[{"type": "query", "id": str(sop_class_uid), "detail": {"keys": query_keys(identifier)}}],
+        detail={"answers": answers},
+    )
+
+
+def instances_retrieved(assoc, identifier: Dataset | None, studies: dict, *, sop_class_uid: str, destination: str,
+                        failed: int, outcome: int = events.SUCCESS) -> None:
+    """A C-MOVE or C-GET served (PS3.15 A.5.3.7 DICOM Instances Transferred, the sender's side:
+    action R): one record per retrieval, naming the requesting AE, the destination AE, the
+    studies sent with their instance counts and their patients; a refused retrieval is recorded
+    with the keys it asked for and no study."""
+    calling, address = _addresses(assoc)
+    patients: list = []
+    objects = []
+    for study_uid, (patient, count) in studies.items():
+        if patient[0] and tuple(patient) not in patients:
+            patients.append(tuple(patient))
+        objects.append({"type": "study", "id": study_uid, "detail": {"instances": count}})
+    if not objects:
+        keys = query_keys(identifier) if identifier is not None else {}
+        objects.append({"type": "query", "id": str(sop_class_uid), "detail": {"keys": keys}})
+    trail.record_soon(
+        events.INSTANCES_TRANSFERRED, action=events.READ, actor=calling or "(no AE title)", actor_kind=events.DICOM,
+        outcome=outcome, source_address=address, destination=destination[:255], patients=patients, objects=objects,
+        detail={"sop_class_uid": str(sop_class_uid), "failed": failed},
     )
 
 

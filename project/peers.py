@@ -2,10 +2,11 @@
 matches a node's host.  Pure functions (no Django), read by the settings and by the
 association policy (``pacs.dimse.policy``).
 
-``DICOM_NODES``: comma-separated ``AE@HOST:GRANTS[;cert=NAME]``.  HOST is an IP address, a CIDR
-network (``10.1.4.0/24``) or a host name; GRANTS are ``+``-separated service names
+``DICOM_NODES``: comma-separated ``AE@HOST:GRANTS[;cert=NAME][;port=PORT]``.  HOST is an IP
+address, a CIDR network (``10.1.4.0/24``) or a host name; GRANTS are ``+``-separated service names
 (``GRANTS``); NAME, when given, is the certificate the node must present on the DICOM TLS port
-(PS3.15 B.9): its subject CN or one of its DNS or IP subject alternative names.
+(PS3.15 B.9): its subject CN or one of its DNS or IP subject alternative names; PORT, when given,
+is where the node listens (a C-MOVE destination, PS3.4 C.4.2, is reached at HOST:PORT).
 C-ECHO (Verification, PS3.4 Annex A) is granted to every node declared this way: it reveals
 nothing, and a modality's "test connection" uses it.
 """
@@ -24,6 +25,7 @@ GRANTS = {
     "mpps": "allow_mpps",  # Modality Performed Procedure Step, PS3.4 F.7
     "store": "allow_store",  # Storage, PS3.4 Annex B
     "commitment": "allow_storage_commitment",  # Storage Commitment Push Model N-EVENT-REPORT, PS3.4 J.3.3
+    "qr": "allow_query_retrieve",  # Query/Retrieve C-FIND, C-MOVE, C-GET, PS3.4 Annex C
 }
 
 # RFC 1123 host name: labels of letters, digits and hyphens, separated by dots.
@@ -37,6 +39,7 @@ class Peer:
     host: str
     grants: frozenset[str]
     certificate_name: str = ""
+    port: int | None = None
 
     def flags(self) -> dict[str, bool]:
         """The DicomNode grant fields of this declaration (echo always granted, see above)."""
@@ -137,12 +140,12 @@ def parse_nodes(text: str) -> tuple[list[Peer], list[tuple[str, str]]]:
     seen: set[str] = set()
     for entry in [e.strip() for e in (text or "").split(",") if e.strip()]:
         declaration, *options = entry.split(";")
-        certificate, option_problem = _certificate_option(options)
+        certificate, port, option_problem = _options(options)
         ae_title, at, rest = declaration.strip().partition("@")
         host, colon, grants_text = rest.rpartition(":")
         grants = frozenset(g.strip().lower() for g in grants_text.split("+") if g.strip())
         if not at or not colon or not grants:
-            problems.append((entry, "is not AE@HOST:GRANTS[;cert=NAME] (e.g. CT1@10.1.2.3:mwl+mpps+store)"))
+            problems.append((entry, "is not AE@HOST:GRANTS[;cert=NAME][;port=PORT] (e.g. CT1@10.1.2.3:mwl+mpps+store)"))
         elif option_problem:
             problems.append((entry, option_problem))
         elif not is_valid_ae_title(ae_title):
@@ -156,19 +159,25 @@ def parse_nodes(text: str) -> tuple[list[Peer], list[tuple[str, str]]]:
             problems.append((entry, f"AE title {ae_title.strip()} is declared twice"))
         else:
             seen.add(ae_title.strip())
-            peers.append(Peer(ae_title.strip(), host.strip(), grants, certificate))
+            peers.append(Peer(ae_title.strip(), host.strip(), grants, certificate, port))
     return peers, problems
 
 
-def _certificate_option(options: list[str]) -> tuple[str, str | None]:
-    """The ``;cert=NAME`` option of a DICOM_NODES entry: (name, problem)."""
-    certificate = ""
+def _options(options: list[str]) -> tuple[str, int | None, str | None]:
+    """The ``;cert=NAME`` and ``;port=PORT`` options of a DICOM_NODES entry: (name, port, problem)."""
+    certificate, port = "", None
     for option in options:
         key, equals, value = option.strip().partition("=")
-        if key.strip().lower() != "cert" or not equals or not value.strip() or certificate:
-            return "", f"{option.strip()!r} is not one cert=NAME option"
+        key = key.strip().lower()
+        if key == "port" and equals and port is None:
+            if not value.strip().isdigit() or not 0 < int(value) < 65536:
+                return "", None, f"{option.strip()!r}: the port is a number from 1 to 65535"
+            port = int(value)
+            continue
+        if key != "cert" or not equals or not value.strip() or certificate:
+            return "", None, f"{option.strip()!r} is not one cert=NAME or port=PORT option"
         certificate = value.strip()
         problem = certificate_problem(certificate)
         if problem:
-            return "", problem
-    return certificate, None
+            return "", None, problem
+    return certificate, port, None

@@ -291,6 +291,10 @@ DICOM_MIN_RECEIVE_RATE = env_int("DICOM_MIN_RECEIVE_RATE", 65536, minimum=0)
 MWL_PATIENT_NAME_CASE_INSENSITIVE = env_bool("MWL_PATIENT_NAME_CASE_INSENSITIVE", True)
 MWL_FILTER_BY_CALLING_AE = env_bool("MWL_FILTER_BY_CALLING_AE", False)
 MWL_MAX_RESULTS = env_int("MWL_MAX_RESULTS", 500, minimum=1)
+# Query/Retrieve C-FIND (PS3.4 Annex C): answers beyond this are cut (logged); PatientName matched
+# without regard to case.
+QR_MAX_RESULTS = env_int("QR_MAX_RESULTS", 1000, minimum=1)
+QR_PATIENT_NAME_CASE_INSENSITIVE = env_bool("QR_PATIENT_NAME_CASE_INSENSITIVE", True)
 # Database connections kept open for the DICOM handlers (pacs.dimse.db), shared by all associations.
 DICOM_DB_CONNECTIONS = env_int("DICOM_DB_CONNECTIONS", 8, minimum=1)
 

@@ -95,8 +95,8 @@ REFUSAL_PDU = ul.pdu(ul.A_ASSOCIATE_RJ, bytes((0, *REJECT_LOCAL_LIMIT)))
 
 # The failure status of a service whose handler raised or gave no answer: C-STORE "cannot
 # understand" (PS3.4 B.2.3), C-FIND "unable to process" (PS3.4 C.4.1.1.4), otherwise
-# "processing failure" (PS3.7 C.4.2).
-_FAILURE_STATUS = {"C-STORE": 0xC000, "C-FIND": 0xC000}
+# "processing failure" (PS3.7 C.4.2); C-MOVE and C-GET "unable to process" (PS3.4 C.4.2.1.5, C.4.3.1.4).
+_FAILURE_STATUS = {"C-STORE": 0xC000, "C-FIND": 0xC000, "C-MOVE": 0xC000, "C-GET": 0xC000}
 PROCESSING_FAILURE = 0x0110
 # The status of a request whose data set exceeds the bound: C-FIND "out of resources"
 # (PS3.4 C.4.1.1.4), otherwise "resource limitation" (PS3.7 C.4.2).
@@ -114,6 +114,8 @@ _RESPONSE_OF = {
 # The names a handler reads a request's data set by, as pynetdicom's events give them
 # (C-FIND identifier, N-CREATE attribute list, N-SET modification list, N-EVENT-REPORT event
 # information, N-ACTION action information; PS3.7 9.1.2, 10.1).
+# The services answered with pending responses before the final one (PS3.7 9.1.2-9.1.4).
+_PENDING_SERVICES = frozenset({"C-FIND", "C-GET", "C-MOVE"})
 _DATA_SET_NAMES = frozenset({"identifier", "attribute_list", "modification_list", "event_information",
                              "action_information"})
 
@@ -124,11 +126,15 @@ def failure_status(command_name: str) -> int:
 
 
 class Context(NamedTuple):
-    """An accepted presentation context (as pynetdicom's ``PresentationContextTuple``)."""
+    """An accepted presentation context (as pynetdicom's ``PresentationContextTuple``), with the
+    roles this acceptor took on it (PS3.7 D.3.3.4): ``as_scp`` serves the requestor's requests,
+    ``as_scu`` may send its own (C-STORE sub-operations of a C-GET)."""
 
     context_id: int
     abstract_syntax: str
     transfer_syntax: str
+    as_scu: bool = False
+    as_scp: bool = True
 
 
 class Rejected(Exception):
@@ -224,6 +230,10 @@ class Association:
         self._aborted = False
         self.holds_association_slot = False
         self.dataset_head = b""
+        # Abstract syntaxes this acceptor may use only as SCU on this association (set by the
+        # policy: storage for a node that may retrieve but not store).
+        self.scu_only: frozenset[str] = frozenset()
+        self._message_id = 0  # of the requests this acceptor sends (C-GET's C-STORE sub-operations)
 
     # ----------------------------------------------------------------- transport
     def send(self, data: bytes) -> None:
@@ -346,8 +356,11 @@ class Association:
         result, ac_roles = negotiate_as_acceptor(
             primitive.presentation_context_definition_list, self.supported_contexts, roles
         )
+        if self.scu_only:
+            ac_roles = self._restrict_to_scu(result, ac_roles)
         self.contexts = {
-            cx.context_id: Context(cx.context_id, str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+            cx.context_id: Context(cx.context_id, str(cx.abstract_syntax), str(cx.transfer_syntax[0]),
+                                   bool(cx.as_scu), bool(cx.as_scp))
             for cx in result if cx.result == 0x00
         }
         ac = A_ASSOCIATE()
@@ -369,6 +382,21 @@ class Association:
         self.send(pdu.encode())
         self.is_established = True
         return True
+
+    def _restrict_to_scu(self, result, ac_roles):
+        """The contexts of ``scu_only`` abstract syntaxes keep this acceptor as SCU alone: the
+        SCP role is taken away (its SCP/SCU Role Selection reply says the requestor may not act
+        as SCU, PS3.7 D.3.3.4), and a context left with no role is rejected (user rejection)."""
+        for cx in result:
+            if cx.result != 0x00 or str(cx.abstract_syntax) not in self.scu_only:
+                continue
+            cx._as_scp = False
+            if not cx.as_scu:
+                cx.result = 0x01
+        for role in ac_roles:
+            if str(role.sop_class_uid) in self.scu_only:
+                role.scu_role = False
+        return [role for role in ac_roles if role.scp_role or role.scu_role]
 
     # ----------------------------------------------------------------- DIMSE messages
     def _read_message(self):
@@ -516,6 +544,61 @@ class Association:
             return True
         return message_id in self._cancelled
 
+    def storage_contexts(self, sop_class_uid: str) -> list[Context]:
+        """The accepted contexts of ``sop_class_uid`` on which this acceptor may act as SCU."""
+        return [cx for cx in self.contexts.values() if cx.abstract_syntax == sop_class_uid and cx.as_scu]
+
+    def send_c_store(self, context: Context, data, *, sop_class_uid: str, sop_instance_uid: str,
+                     data_set_offset: int = 0) -> int:
+        """A C-STORE sub-operation of a C-GET on this association (PS3.4 C.4.3.3): the request
+        (the data set of the stored file ``data`` from ``data_set_offset``, or encoded bytes),
+        then the C-STORE-RSP's Status.  A C-CANCEL read meanwhile is kept for ``is_cancelled``;
+        an A-ABORT raises ``Aborted``, no response within the DIMSE timeout ``TimeoutError``."""
+        self._message_id = self._message_id % 0xFFFF + 1
+        message_id = self._message_id
+        command = ul.encode_command({
+            "AffectedSOPClassUID": sop_class_uid, "CommandField": 0x0001, "MessageID": message_id,
+            "Priority": 0x0000, "CommandDataSetType": 0x0000, "AffectedSOPInstanceUID": sop_instance_uid,
+        })
+        peer_max = self.requestor.maximum_length
+        self.send(b"".join(ul.p_data_pdus(context.context_id, True, command, peer_max)))
+        if isinstance(data, (bytes, bytearray)):
+            self.send(b"".join(ul.p_data_pdus(context.context_id, False, bytes(data), peer_max)))
+        else:
+            room = (peer_max - 6) if peer_max else 1024 * 1024
+            self.sock.settimeout(self.network_timeout)
+            with open(data, "rb", buffering=0) as fh:
+                ul.send_file_data_set(self.sock, fh, data_set_offset, context.context_id, room, name=str(data))
+        return self._await_store_response(message_id)
+
+    def _await_store_response(self, message_id: int) -> int:
+        deadline = ul.Deadline(self.server.dimse_timeout)
+        command_bytes = bytearray()
+        while True:
+            pdu_type, body = self._next_pdu(deadline)
+            if pdu_type == ul.A_ABORT:
+                self._aborted = True
+                raise Aborted("A-ABORT from the peer")
+            if pdu_type != ul.P_DATA_TF:
+                raise ul.ProtocolError(f"unexpected PDU 0x{pdu_type:02X} during a C-GET", ul.REASON_UNEXPECTED_PDU)
+            for _context_id, is_command, is_last, fragment in ul.iter_pdvs(body):
+                if not is_command:
+                    continue
+                command_bytes += fragment
+                if not is_last:
+                    continue
+                response = ul.decode_command(command_bytes)
+                command_bytes = bytearray()
+                if response.CommandField == 0x0FFF:
+                    self._cancelled.add(response.MessageIDBeingRespondedTo)
+                elif response.CommandField == 0x8001 and response.MessageIDBeingRespondedTo == message_id:
+                    if response.Status is None:
+                        raise ul.ProtocolError("C-STORE-RSP without Status")
+                    return response.Status
+                else:
+                    raise ul.ProtocolError(f"unexpected command 0x{response.CommandField:04X} during a C-GET",
+                                           ul.REASON_UNEXPECTED_PDU)
+
     def _respond(self, context, command: ul.Command, elements: dict, dataset=None) -> None:
         """One response: command set (and data set, encoded in the context's transfer syntax)."""
         name = command.name
@@ -546,7 +629,8 @@ class Association:
             self._cancelled.add(command.MessageIDBeingRespondedTo)  # nothing running: ignored
             return
         handler = self.server.handlers.get(name)
-        if handler is None:
+        served_on = getattr(handler, "sop_classes", None)
+        if handler is None or (served_on is not None and context.abstract_syntax not in served_on):
             log.warning("DIMSE request not served", extra={"calling_ae_title": self.requestor.ae_title,
                                                            "command": name})
             self._respond(context, command, {"Status": UNRECOGNIZED_OPERATION})
@@ -557,12 +641,18 @@ class Association:
                 command=name, maximum_dataset_size=self.server.maximum_dataset_size))
             self._respond(context, command, {"Status": _TOO_LARGE_STATUS.get(name, RESOURCE_LIMITATION)})
             return
+        if name == "C-STORE" and not context.as_scp:
+            log.warning("C-STORE refused: this association may only retrieve", extra=self._log_extra())
+            self._respond(context, command, {"Status": UNRECOGNIZED_OPERATION,
+                                             "AffectedSOPInstanceUID": command.AffectedSOPInstanceUID})
+            _remove(dataset_path)
+            return
         event = Event(self, context, command, data, dataset_path)
         event.receive_error = receive_error
         if dataset_path is not None:
             event.dataset_head, self.dataset_head = self.dataset_head, b""
         try:
-            if name == "C-FIND":
+            if name in _PENDING_SERVICES:
                 self._serve_find(handler, event)
                 return
             answer = self._call(handler, event)
@@ -596,7 +686,12 @@ class Association:
             return failure_status(event.request.name)
 
     def _serve_find(self, handler, event: Event) -> None:
+        """C-FIND, C-GET, C-MOVE: the handler yields ``(status, identifier)`` answers, pending
+        ones (0xFF00, 0xFF01) then one final.  A C-FIND's identifier goes with pending answers
+        only; a C-GET's or C-MOVE's with the final one too (its Failed SOP Instance UID List,
+        PS3.4 C.4.2.1.4.2), and their status data sets carry the sub-operation counts."""
         command = event.request
+        final_identifier = command.name != "C-FIND"
         answers = self._call(handler, event)
         if isinstance(answers, int):  # the handler failed before it could yield
             answers = iter((answers,))
@@ -610,7 +705,8 @@ class Association:
             pending = elements["Status"] in (0xFF00, 0xFF01)
             if self._aborted:
                 return
-            self._respond(event.context, command, elements, identifier if pending else None)
+            self._respond(event.context, command, elements,
+                          identifier if pending or final_identifier else None)
             if not pending:
                 break
         self._cancelled.discard(command.MessageID)
@@ -713,7 +809,8 @@ class Acceptor(socketserver.ThreadingMixIn, socketserver.TCPServer):
     """The listening socket; every connection is an ``Association`` on its own thread.
 
     ``contexts``: pynetdicom ``PresentationContext`` list (SCP side); ``handlers``: DIMSE
-    command name ("C-FIND", ...) -> handler(event); ``policy(assoc)``: may narrow
+    command name ("C-FIND", ...) -> handler(event), served only on the contexts of the handler's
+    ``sop_classes`` when it has that attribute; ``policy(assoc)``: may narrow
     ``assoc.supported_contexts`` or raise ``Rejected``; ``on_end(assoc)`` after each association;
     ``on_handshake_failure(address, reason, called_ae_title=...)`` after each failed TLS handshake
     (the audit trail's record of it: it must not block, the refusal path stays fast).

@@ -6,7 +6,8 @@ On A-ASSOCIATE-RQ (``check``, called by ``pacs.dimse.acceptor``) the calling AE 
 - a node, calling from its ``host`` (address, CIDR network or host name): accepted; the
   presentation contexts of the services it may not use (``SERVICE_FLAGS``) are removed from
   what this association accepts, so they are refused at negotiation ("abstract syntax not
-  supported", PS3.8 9.3.3.2);
+  supported", PS3.8 9.3.3.2); a node that may query/retrieve but not store keeps the storage
+  contexts with the engine as their SCU only (C-GET sub-operations, PS3.4 C.4.3);
 - a node calling from any other address (or a node without a host): A-ASSOCIATE-RJ
   rejected-permanent, service user, "calling AE title not recognized" (PS3.8 9.3.4);
 - a node with a ``certificate_name``: besides its host, the association must come over the
@@ -36,7 +37,13 @@ from django.db import DatabaseError
 from pynetdicom.sop_class import (
     ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
@@ -62,6 +69,10 @@ SERVICE_FLAGS = {
     str(ModalityWorklistInformationFind): "allow_mwl_find",
     str(ModalityPerformedProcedureStep): "allow_mpps",
     str(StorageCommitmentPushModel): "allow_storage_commitment",
+    **{str(uid): "allow_query_retrieve" for uid in (
+        PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
+        PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet)},
 }
 _ATTR = "pacs_node"
 
@@ -129,6 +140,17 @@ def check(assoc) -> None:
                 "association rejected: calling AE without its TLS certificate", called=called,
                 over_tls=getattr(assoc, "over_tls", False))
     setattr(assoc, _ATTR, node)
-    allowed = [cx for cx in assoc.supported_contexts if getattr(node, service_flag(cx.abstract_syntax))]
+    allowed, scu_only = [], set()
+    for cx in assoc.supported_contexts:
+        flag = service_flag(cx.abstract_syntax)
+        if getattr(node, flag):
+            allowed.append(cx)
+        elif flag == "allow_store" and node.allow_query_retrieve:
+            # A node that may retrieve by C-GET but not store: the storage contexts carry the
+            # engine's C-STORE sub-operations to it, never its own C-STOREs to the engine.
+            allowed.append(cx)
+            scu_only.add(str(cx.abstract_syntax))
     if len(allowed) != len(assoc.supported_contexts):
         assoc.supported_contexts = allowed
+    if scu_only:
+        assoc.scu_only = frozenset(scu_only)

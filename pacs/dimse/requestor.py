@@ -40,9 +40,6 @@ from pacs.dimse.acceptor import APPLICATION_CONTEXT_NAME
 OUR_MAXIMUM_PDU = 65536
 # Our P-DATA-TF size when the peer announces no limit (0).
 UNLIMITED_SEND = 1024 * 1024
-_PDV = struct.Struct(">BxLLBB")  # PDU header + PDV header
-# Bytes of PDUs handed to the socket per write.
-SEND_BYTES = 256 * 1024
 # Response CommandField values (PS3.7 E.1-1 / E.2-1).
 C_STORE_RSP = 0x8001
 N_ACTION_RSP = 0x8130
@@ -197,13 +194,18 @@ class Association:
         self._message_id = self._message_id % 0xFFFF + 1
         return self._message_id
 
-    def send_c_store(self, path_or_bytes, *, sop_class_uid: str, sop_instance_uid: str, context_id: int) -> int:
+    def send_c_store(self, path_or_bytes, *, sop_class_uid: str, sop_instance_uid: str, context_id: int,
+                     move_originator: tuple[str, int] | None = None) -> int:
         """Send one instance (a stored Part 10 file, or an encoded data set as bytes) and
-        return the response Status.  Raises AssociationLost if no response comes."""
+        return the response Status.  ``move_originator``: (AE title, Message ID) of the C-MOVE
+        this C-STORE is a sub-operation of (PS3.7 9.3.1.1).  Raises AssociationLost if no
+        response comes."""
         message_id = self._next_message_id()
         command = ul.encode_command({
             "AffectedSOPClassUID": sop_class_uid, "CommandField": 0x0001, "MessageID": message_id,
             "Priority": 0x0000, "CommandDataSetType": 0x0000, "AffectedSOPInstanceUID": sop_instance_uid,
+            "MoveOriginatorApplicationEntityTitle": move_originator[0] if move_originator else None,
+            "MoveOriginatorMessageID": move_originator[1] if move_originator else None,
         })
         room = (self.peer_max - 6) if self.peer_max else UNLIMITED_SEND
         try:
@@ -239,35 +241,9 @@ class Association:
             raise AssociationLost(f"association lost during N-ACTION: {exc}") from exc
 
     def _send_file(self, path, context_id: int, room: int) -> None:
-        """The data set of a Part 10 file as P-DATA-TF PDUs of ``room`` data bytes each; several
-        PDUs are read into one buffer behind their headers and written with one ``sendall``
-        (at a VNA's 16 KiB maximum a 512 KiB image is 32 PDUs)."""
+        """The data set of a Part 10 file as P-DATA-TF PDUs of ``room`` data bytes each."""
         with open(path, "rb", buffering=0) as fh:
-            offset = data_set_offset(fh)
-            fh.seek(0, 2)
-            remaining = fh.tell() - offset
-            fh.seek(offset)
-            if remaining == 0:
-                self.sock.sendall(_PDV.pack(ul.P_DATA_TF, 6, 2, context_id, 0x02))
-                return
-            step = 12 + min(room, remaining)
-            per_write = max(1, SEND_BYTES // step)
-            buffer = bytearray(step * per_write)
-            view = memoryview(buffer)
-            while remaining > 0:
-                used = 0
-                for _ in range(per_write):
-                    if remaining <= 0:
-                        break
-                    size = min(room, remaining)
-                    got = fh.readinto(view[used + 12:used + 12 + size])
-                    if got != size:
-                        raise OSError(f"{path} changed while being sent")
-                    remaining -= size
-                    _PDV.pack_into(buffer, used, ul.P_DATA_TF, size + 6, size + 2, context_id,
-                                   0x00 if remaining else 0x02)
-                    used += 12 + size
-                self.sock.sendall(view[:used])
+            ul.send_file_data_set(self.sock, fh, data_set_offset(fh), context_id, room, name=str(path))
 
     def _read_response(self, message_id: int, command_field: int) -> int:
         """The Status of the response ``command_field`` to ``message_id``; data set PDVs skipped."""

@@ -41,6 +41,7 @@ SERVICE_MODULES = [
     "pacs.dimse.mpps",
     "pacs.dimse.store",
     "pacs.dimse.commitment",
+    "pacs.dimse.qr",
 ]
 
 
@@ -65,13 +66,36 @@ def _association_ended(assoc) -> None:
     connections.close_all()
 
 
+class _BySopClass:
+    """The handler of one DIMSE command: each request goes to the handler of the module whose
+    SOP class its presentation context negotiated (C-FIND: the worklist or Query/Retrieve).
+    ``sop_classes`` tells the acceptor which contexts the command is served on: on any other
+    (a C-GET on the Verification context) it is answered 0x0211."""
+
+    def __init__(self, served: list[tuple[frozenset, object]]):
+        self.table = {sop_class: handler for sop_classes, handler in served for sop_class in sop_classes}
+        self.sop_classes = frozenset(self.table)
+
+    def __call__(self, event):
+        return self.table[event.context.abstract_syntax](event)
+
+
 def services() -> tuple[list, dict]:
-    """The presentation contexts (SCP side) and DIMSE handlers of every service module."""
-    contexts, handlers = [], {}
+    """The presentation contexts (SCP side) and DIMSE handlers of every service module.  A
+    module with ``ROLE_SELECTION`` accepts an SCP/SCU Role Selection on its contexts (PS3.7
+    D.3.3.4): the storage SOP classes, on which a C-GET's sub-operations are sent back."""
+    contexts, served = [], {}
     for module in _service_modules():
+        sop_classes = []
         for sop_class, syntaxes in module.contexts():
-            contexts.append(build_context(sop_class, syntaxes))
-        handlers.update(module.handlers())
+            cx = build_context(sop_class, syntaxes)
+            if getattr(module, "ROLE_SELECTION", False):
+                cx.scu_role, cx.scp_role = True, True
+            contexts.append(cx)
+            sop_classes.append(str(sop_class))
+        for command, handler in module.handlers().items():
+            served.setdefault(command, []).append((frozenset(sop_classes), handler))
+    handlers = {command: _BySopClass(entries) for command, entries in served.items()}
     for n, cx in enumerate(contexts):
         cx.context_id = 2 * n + 1
     return contexts, handlers

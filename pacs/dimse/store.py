@@ -71,6 +71,10 @@ STORAGE_TRANSFER_SYNTAXES = [
     JPEG2000Lossless, JPEG2000, RLELossless,
 ]
 
+# The acceptor accepts an SCP/SCU Role Selection on these contexts (PS3.7 D.3.3.4): a C-GET's
+# requestor proposes itself as their SCP, and its sub-operations come back on them (PS3.4 C.4.3).
+ROLE_SELECTION = True
+
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900

@@ -80,7 +80,9 @@ class Study(models.Model):
 
     class Meta:
         verbose_name_plural = "studies"
-        indexes = [models.Index(fields=["status", "last_received_at"]), models.Index(fields=["match_method"])]
+        indexes = [models.Index(fields=["status", "last_received_at"]), models.Index(fields=["match_method"]),
+                   # Query/Retrieve: StudyDate ranges, and answers in study date and time order
+                   models.Index(fields=["study_date", "study_time"])]
         ordering = ["-last_received_at"]
 
     def __str__(self) -> str:

@@ -38,7 +38,8 @@ class DicomNode(models.Model):
         max_length=255, blank=True, validators=[validate_certificate_name],
         help_text="the TLS client certificate it must present (CN, DNS or IP name, signed by TLS_CA_CERTIFICATES); "
                   "empty: clear or TLS port, no certificate asked for")
-    port = models.PositiveIntegerField(null=True, blank=True, help_text="its listening port, if it has one")
+    port = models.PositiveIntegerField(null=True, blank=True,
+                                       help_text="its listening port, if it has one (a C-MOVE destination needs it)")
     description = models.CharField(max_length=255, blank=True)
     allow_echo = models.BooleanField(default=True)
     allow_mwl_find = models.BooleanField(default=True, help_text="may query the Modality Worklist")
@@ -46,6 +47,8 @@ class DicomNode(models.Model):
     allow_store = models.BooleanField(default=True, help_text="may send images (C-STORE)")
     allow_storage_commitment = models.BooleanField(
         default=False, help_text="may send Storage Commitment reports (N-EVENT-REPORT): a VNA")
+    allow_query_retrieve = models.BooleanField(
+        default=False, help_text="may query and retrieve the images held (Query/Retrieve C-FIND, C-MOVE, C-GET)")
     # The MWL station filter: steps scheduled for this AE title when the query has no
     # ScheduledStationAETitle and MWL_FILTER_BY_CALLING_AE is on.  Empty: the AE title.
     station_ae_title = models.CharField(max_length=16, blank=True)

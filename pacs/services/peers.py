@@ -27,14 +27,14 @@ log = logging.getLogger("pacs.peers")
 def sync_environment_nodes(declared: list[Peer] | None = None) -> int:
     """Write the DICOM_NODES declarations into DicomNode rows; returns how many are declared."""
     declared = settings.DICOM_NODES_DECLARED if declared is None else declared
-    rows = [DicomNode(ae_title=p.ae_title, host=p.host, certificate_name=p.certificate_name, enabled=True,
-                      from_environment=True, **p.flags())
+    rows = [DicomNode(ae_title=p.ae_title, host=p.host, certificate_name=p.certificate_name, port=p.port,
+                      enabled=True, from_environment=True, **p.flags())
             for p in declared]
     with transaction.atomic():
         if rows:
             DicomNode.objects.bulk_create(
                 rows, update_conflicts=True, unique_fields=["ae_title"],
-                update_fields=["host", "certificate_name", "enabled", "from_environment", *GRANTS.values()])
+                update_fields=["host", "certificate_name", "port", "enabled", "from_environment", *GRANTS.values()])
         (DicomNode.objects.filter(from_environment=True, enabled=True)
          .exclude(ae_title__in=[p.ae_title for p in declared]).update(enabled=False))
     if declared:

@@ -49,7 +49,17 @@ def test_dicom_nodes_form_is_parsed_and_bad_entries_are_named():
     assert "required" in problems[0][1] and "print" in problems[2][1] and "twice" in problems[5][1]
     # echo is granted with every declaration; the others only when named
     assert declared[1].flags() == {"allow_echo": True, "allow_mwl_find": False, "allow_mpps": False,
-                                   "allow_store": True, "allow_storage_commitment": False}
+                                   "allow_store": True, "allow_storage_commitment": False,
+                                   "allow_query_retrieve": False}
+
+
+def test_dicom_nodes_form_takes_the_query_retrieve_grant_and_a_port():
+    declared, problems = peers.parse_nodes("WS1@10.1.2.7:qr;port=11113,ARCH@10.1.2.8:store+qr;port=0,"
+                                           "X@10.1.2.9:qr;port=ab,Y@10.1.2.9:qr;port=104;port=105")
+    assert [(p.ae_title, p.port, p.flags()["allow_query_retrieve"]) for p in declared] == [("WS1", 11113, True)]
+    assert [entry for entry, _ in problems] == ["ARCH@10.1.2.8:store+qr;port=0", "X@10.1.2.9:qr;port=ab",
+                                                "Y@10.1.2.9:qr;port=104;port=105"]
+    assert "1 to 65535" in problems[0][1]
 
 
 @pytest.mark.parametrize("host,address,expected", [

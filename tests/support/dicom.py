@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pydicom import dcmread
@@ -50,17 +52,51 @@ def pynetdicom_store(server_port: int, datasets, *, called="PACS"):
         assoc.release()
 
 
-def findscu(server, keys: list[str], out: Path, *, aet="MOD1", aec="PACS", extra=(), timeout=30):
-    """Run dcmtk's findscu (-W) with ``-k`` keys; returns (completed process, response datasets)."""
+def findscu(server, keys: list[str], out: Path, *, aet="MOD1", aec="PACS", extra=(), timeout=30, worklist=True):
+    """Run dcmtk's findscu (-W unless ``worklist`` is False) with ``-k`` keys; returns (completed
+    process, response datasets)."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("rsp*.dcm"):
         old.unlink()
-    args = [dcmtk_tool("findscu"), "-W", "-aet", aet, "-aec", aec, "-to", "10", "-X", "-od", str(out), *extra]
+    args = [dcmtk_tool("findscu"), *(["-W"] if worklist else []), "-aet", aet, "-aec", aec, "-to", "10", "-X",
+            "-od", str(out), *extra]
     for key in keys:
         args += ["-k", key]
     args += ["127.0.0.1", str(port_of(server))]
     proc = subprocess.run(args, capture_output=True, text=True, env=DCMTK_ENV, timeout=timeout)
     return proc, [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def qr_findscu(server, model: str, keys: list[str], out: Path, *, aet="WS1", aec="PACS", extra=(), timeout=30):
+    """dcmtk's findscu on a Query/Retrieve information model (``model``: "-S" Study Root, "-P"
+    Patient Root); returns (completed process, response datasets in the order received)."""
+    return findscu(server, keys, out, aet=aet, aec=aec, extra=(model, *extra), timeout=timeout, worklist=False)
+
+
+def retrieve_tool(tool: str, server, model: str, keys: list[str], *, aet="WS1", aec="PACS", extra=(), timeout=60):
+    """dcmtk's movescu or getscu (``tool``) with ``-k`` keys; returns the completed process."""
+    args = [dcmtk_tool(tool), "-v", "-aet", aet, "-aec", aec, "-to", "10", model, *extra]
+    for key in keys:
+        args += ["-k", key]
+    args += ["127.0.0.1", str(port_of(server))]
+    return subprocess.run(args, capture_output=True, text=True, env=DCMTK_ENV, timeout=timeout)
+
+
+def start_storescp(port: int, out: Path, *, aet="STORESCP", extra=()) -> subprocess.Popen:
+    """dcmtk's storescp receiving into ``out`` (every storage SOP class, uncompressed unless
+    ``extra`` says otherwise, e.g. ``+xi``: implicit VR little endian only)."""
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([dcmtk_tool("storescp"), "-aet", aet, "-od", str(out), "-uf", *extra, str(port)],
+                            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("storescp did not start")
 
 
 def echoscu(server, *, aet="MOD1", aec="PACS"):
