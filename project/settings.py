@@ -381,6 +381,14 @@ VIEWER_URL_TEMPLATE = env_str("VIEWER_URL_TEMPLATE", "")
 # 10.4.1), for the RP OBX of an ORU^R01 (destinations with links=wado); empty: no such link.
 WADO_RS_BASE_URL = env_str("WADO_RS_BASE_URL", "")
 
+# --- DICOMweb (pacs.dicomweb, PS3.18) ------------------------------------------------------
+# How long a signed study link (project.links.sign_study_link) grants DICOMweb on its study.
+DICOMWEB_LINK_MAX_AGE_MINUTES = env_int("DICOMWEB_LINK_MAX_AGE_MINUTES", 60, minimum=1)
+# At most this many results per QIDO-RS search (a larger limit is lowered to it, with a Warning).
+DICOMWEB_QIDO_MAX_RESULTS = env_int("DICOMWEB_QIDO_MAX_RESULTS", 1000, minimum=1)
+# Browser origins (scheme://host[:port]) of web viewers allowed to call DICOMweb (CORS); empty: none.
+DICOMWEB_CORS_ORIGINS = env_list("DICOMWEB_CORS_ORIGINS", [])
+
 # --- Monitoring and alarms (monitoring app) ------------------------------------------------
 # Alarm rules live in the database (admin); the beat task checks them every ALARM_CHECK_SECONDS.
 ALARM_CHECK_SECONDS = env_float("ALARM_CHECK_SECONDS", 60.0, minimum=5.0)
