@@ -25,7 +25,7 @@ PIXEL_DATA_TAG = "7FE00010"
 
 #: Transfer syntaxes whose pixel data is native (not encapsulated) and little endian: a frame
 #: is a byte range of the file.
-NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"}
+NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 
 #: Media types of encapsulated frames (PS3.18 Table 8.7.3-2): transfer syntax -> type.
 FRAME_MEDIA_TYPES = {
@@ -74,23 +74,27 @@ class PixelLayout:
 
 
 def pixel_layout(path: Path) -> PixelLayout:
-    """Where the pixel data is and how it is cut into frames (PS3.5 8.2)."""
-    ds = dcmread(path, defer_size=1024)
-    if "PixelData" not in ds:
-        raise NotRenderable("the instance has no pixel data")
+    """Where the pixel data is and how it is cut into frames (PS3.5 8.2): the header read up to
+    the Pixel Data element, whose own header (PS3.5 7.1.2) gives the value's place and length."""
+    with open(path, "rb") as fh:
+        ds = dcmread(fh, stop_before_pixels=True)
+        position = fh.tell()
+        element_header = fh.read(12)
     ts = str(ds.file_meta.TransferSyntaxUID)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    element = ds.get_item(0x7FE00010)
+    if element_header[:4] != b"\xe0\x7f\x10\x00" or "Rows" not in ds:
+        raise NotRenderable("the instance has no pixel data")
     if ts not in NATIVE_LITTLE_ENDIAN:
         return PixelLayout(ts, frames, 0, 0, 0)
+    if ts == "1.2.840.10008.1.2":  # implicit VR: tag, 4-byte length
+        offset, length = position + 8, int.from_bytes(element_header[4:8], "little")
+    else:  # explicit VR OB/OW: tag, VR, 2 reserved bytes, 4-byte length
+        offset, length = position + 12, int.from_bytes(element_header[8:12], "little")
     bits = int(ds.BitsAllocated)
     if bits % 8:
         raise NotRenderable("frames of BitsAllocated 1 are not cut out of the pixel data")
     size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits // 8
-    offset = getattr(element, "value_tell", None)
-    if offset is None:
-        raise NotRenderable("the pixel data could not be located in the file")
-    return PixelLayout(ts, frames, size, int(offset), int(element.length))
+    return PixelLayout(ts, frames, size, offset, length)
 
 
 def native_frame(path: Path, layout: PixelLayout, number: int) -> bytes:

@@ -35,6 +35,10 @@ _CONTROL = {"limit", "offset", "fuzzymatching", "includefield", links.STUDY_LINK
 
 
 def _base(request) -> str:
+    """The service's base URL in the URLs it answers with (RetrieveURL, BulkDataURI):
+    ``WADO_RS_BASE_URL`` when set (the public address, behind a proxy), else the request's."""
+    if settings.WADO_RS_BASE_URL and not links.base_url_problem(settings.WADO_RS_BASE_URL):
+        return settings.WADO_RS_BASE_URL.rstrip("/")
     return request.build_absolute_uri(reverse("dicomweb:root")).rstrip("/")
 
 
@@ -192,7 +196,7 @@ def _dicom_acceptable(request) -> tuple[bool, str]:
     for r in media.accepted(request.headers.get("Accept", "")):
         if r.type in ("*/*", "multipart/*"):
             return True, ""
-        if r.type == "multipart/related" and r.part_type in ("", "application/dicom"):
+        if r.type == "multipart/related" and r.part_type in ("", "*/*", "application/dicom"):
             return True, r.transfer_syntax
     return False, ""
 
@@ -256,7 +260,7 @@ def frames(request, grant, study_uid: str, series_uid: str, sop_uid: str, frame_
         mark = media.boundary()
         if layout.transfer_syntax_uid in files.NATIVE_LITTLE_ENDIAN:
             if not any(r.type in ("*/*", "multipart/*") or (
-                    r.type == "multipart/related" and r.part_type in ("", "application/octet-stream")
+                    r.type == "multipart/related" and r.part_type in ("", "*/*", "application/octet-stream")
                     and r.transfer_syntax in ("", "*", "1.2.840.10008.1.2.1")) for r in ranges):
                 return problem(406, 'native frames are offered as multipart/related; type="application/octet-stream"')
             chunks = [files.native_frame(s.path, layout, n) for n in numbers]
@@ -264,6 +268,7 @@ def frames(request, grant, study_uid: str, series_uid: str, sop_uid: str, frame_
         else:
             image_type = files.FRAME_MEDIA_TYPES.get(layout.transfer_syntax_uid, "")
             if not any(r.type in ("*/*", "multipart/*") or (
+                    r.type == "multipart/related" and r.part_type == "*/*") or (
                     r.type == "multipart/related" and (
                         (r.part_type == "application/octet-stream"
                          and r.transfer_syntax in ("*", layout.transfer_syntax_uid))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+import time_machine
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
@@ -190,8 +191,6 @@ def test_signed_link_searches_its_study_only(client, settings):
 
 
 def test_signed_link_expires(client, settings):
-    import time_machine
-
     study = _study()
     settings.DICOMWEB_LINK_MAX_AGE_MINUTES = 5
     with time_machine.travel(timezone.now() - dt.timedelta(minutes=6), tick=False):
