@@ -137,4 +137,6 @@ def dicomweb_view(view):
             response["Vary"] = "Origin"
         return response
 
-    return declare_roles(csrf_exempt(login_not_required(wrapper)), IMAGE_ROLES)
+    wrapper = csrf_exempt(login_not_required(wrapper))
+    wrapper.api_auth = "session-or-token"  # a signed study link too
+    return declare_roles(wrapper, IMAGE_ROLES)

@@ -4,9 +4,11 @@ who may search (index rows only: no files needed for a search)."""
 from __future__ import annotations
 
 import datetime as dt
+from urllib.parse import unquote
 
 import pytest
 import time_machine
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
@@ -197,3 +199,37 @@ def test_signed_link_expires(client, settings):
         token = links.sign_study_link(study.study_instance_uid)
     response = client.get("/dicomweb/studies", {"access_token": token})
     assert response.status_code == 401 and "expired" in response.json()["error"]
+
+
+def test_dicomweb_link_command_prints_a_link_for_its_study(client, settings, capsys):
+    study = _study()
+    call_command("dicomweb_link", study.study_instance_uid, "--base", "https://pacs.example/dicomweb")
+    link = capsys.readouterr().out.strip()
+    assert link.startswith(f"https://pacs.example/dicomweb/studies/{study.study_instance_uid}?access_token=")
+    token = link.split("access_token=", 1)[1]
+    assert _uids(client.get("/dicomweb/studies", {"access_token": unquote(token)})) == {study.study_instance_uid}
+    with pytest.raises(CommandError):
+        call_command("dicomweb_link", "1.2.3.4.5")
+
+
+def test_cors_for_declared_origins_only(tech_client, settings):
+    settings.DICOMWEB_CORS_ORIGINS = ["https://viewer.example.org"]
+    _study()
+    allowed = tech_client.get("/dicomweb/studies", HTTP_ORIGIN="https://viewer.example.org")
+    assert allowed["Access-Control-Allow-Origin"] == "https://viewer.example.org"
+    preflight = tech_client.options("/dicomweb/studies", HTTP_ORIGIN="https://viewer.example.org")
+    assert preflight.status_code == 204 and "Authorization" in preflight["Access-Control-Allow-Headers"]
+    other = tech_client.get("/dicomweb/studies", HTTP_ORIGIN="https://elsewhere.example.org")
+    assert "Access-Control-Allow-Origin" not in other
+
+
+def test_not_acceptable_and_not_found(tech_client, settings, tmp_path):
+    settings.STORAGE_DIR = tmp_path
+    study = _study()
+    assert tech_client.get("/dicomweb/studies", HTTP_ACCEPT="application/dicom+xml").status_code == 406
+    assert tech_client.get(f"/dicomweb/studies/{study.study_instance_uid}",
+                           HTTP_ACCEPT="application/zip").status_code == 406
+    assert tech_client.get(f"/dicomweb/studies/{generate_uid()}").status_code == 404
+    Study.objects.filter(pk=study.pk).update(purged_at=timezone.now())
+    purged = tech_client.get(f"/dicomweb/studies/{study.study_instance_uid}/metadata")
+    assert purged.status_code == 404 and "purged" in purged.json()["error"]
