@@ -13,11 +13,12 @@ A request is let in by one of three credentials, tried in this order:
 
 No credential: 401 with ``WWW-Authenticate``; a bad or expired one: 401; a user without an
 image role: 403.  Each granted request is audited by the view that answers it, with the way in
-(``via``) and, for a link, when the link was signed.
+(``via``) and, for a link, when the link was signed; a refused credential is a Security Alert.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -27,6 +28,8 @@ from django.contrib.auth.decorators import login_not_required
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from audit import events, trail
+from audit import web as web_audit
 from project import links
 from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST, declare_roles, has_role
 
@@ -111,6 +114,22 @@ def grant_for(request) -> Grant | JsonResponse:
     return Grant(actor=user.get_username(), via=SESSION)
 
 
+def _audit_refusal(request, refusal: JsonResponse) -> None:
+    """A credential refused (a bad or revoked token, a forged or expired link, a user without an
+    image role): Security Alert, Use of Restricted Function (PS3.15 A.5.3.11), outcome 8.  A
+    request that brought no credential at all is not recorded (every unauthenticated probe)."""
+    if not settings.AUDIT_ENABLED or (refusal.status_code == 401 and not (
+            request.headers.get("Authorization") or request.GET.get(links.STUDY_LINK_PARAMETER))):
+        return
+    user = getattr(request, "user", None)
+    actor = user.get_username() if user is not None and user.is_authenticated else "anonymous"
+    trail.record_soon(events.SECURITY_ALERT, event_type=events.USE_OF_RESTRICTED_FUNCTION, action=events.EXECUTE,
+                      outcome=events.SERIOUS_FAILURE, actor=actor, actor_kind=events.USER,
+                      source_address=web_audit.client_address(request),
+                      detail={"path": request.path, "status": refusal.status_code,
+                              "reason": json.loads(refusal.content)["error"]})
+
+
 def dicomweb_view(view):
     """Authenticate (module docstring), then call ``view(request, grant, ...)``; CORS headers
     for the origins in ``DICOMWEB_CORS_ORIGINS``, and their preflight ``OPTIONS`` answered."""
@@ -130,7 +149,11 @@ def dicomweb_view(view):
             response["Allow"] = "GET"
         else:
             grant = grant_for(request)
-            response = grant if isinstance(grant, JsonResponse) else view(request, grant, *args, **kwargs)
+            if isinstance(grant, JsonResponse):
+                _audit_refusal(request, grant)
+                response = grant
+            else:
+                response = view(request, grant, *args, **kwargs)
         if allowed:
             response["Access-Control-Allow-Origin"] = allowed
             response["Access-Control-Expose-Headers"] = "Warning, Content-Type"

@@ -187,6 +187,8 @@ def test_signed_link_searches_its_study_only(client, settings):
                            HTTP_AUTHORIZATION=f"Bearer {token}")
     assert by_header.status_code == 200
     assert client.get("/dicomweb/studies", {"access_token": token[:-2] + "xx"}).status_code == 401
+    alert = AuditRecord.records.filter(event_id="110113", event_type="110132").latest("id")
+    assert alert.outcome == 8 and alert.detail["status"] == 401
     record = AuditRecord.records.filter(event_id="110112").latest("id")
     [asked] = [o["detail"] for o in record.objects if o["type"] == "query"]
     assert record.actor == "study-link" and asked["via"] == "link"
