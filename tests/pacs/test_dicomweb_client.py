@@ -14,49 +14,29 @@ from dicomweb_client.api import DICOMwebClient
 from django.utils import timezone
 from PIL import Image
 from pydicom import dcmread
-from pydicom.uid import generate_uid
 
 from audit.models import AuditRecord
 from project import links
-from project.access import RADIOLOGIST
 from tests import factories
-from tests.support.dicom import port, pynetdicom_store
-from tests.support.orthanc import make_instance
 from worklist.models import ApiToken
 
 pytestmark = pytest.mark.socket
 
-KEY = "dicomweb-test-token-0123456789"
+@pytest.fixture
+def stored(dicomweb_studies):
+    return dicomweb_studies
 
 
 @pytest.fixture
-def stored(engine, live_server, settings):
-    """Two studies received by C-STORE: one of 3 single-frame images, one of 1 image."""
-    settings.DICOM_UNKNOWN_AE_FROM = ["127.0.0.1"]
-    # The client sends Host without the port: the URLs answered use the public base URL.
-    settings.WADO_RS_BASE_URL = f"{live_server.url}/dicomweb"
-    first, second = generate_uid(), generate_uid()
-    series = generate_uid()
-    datasets = [make_instance(study_instance_uid=first, series_instance_uid=series, instance_number=n,
-                              patient_id="DWC001", accession_number="ACCDW1", rows=32, columns=24)
-                for n in range(1, 4)]
-    datasets.append(make_instance(study_instance_uid=second, patient_id="DWC002", modality="MR"))
-    assert pynetdicom_store(port(engine), datasets) == [0] * 4
-    user = factories.user("viewer", RADIOLOGIST)
-    ApiToken.objects.create(user=user, name="viewer", key_sha256=ApiToken.digest(KEY))
-    return {"study": first, "series": series, "other": second, "datasets": datasets,
-            "url": f"{live_server.url}/dicomweb"}
-
-
-@pytest.fixture
-def connect():
+def connect(stored):
     """DICOMweb clients whose HTTP sessions are closed after the test (a kept-alive connection
     would keep the live server's request thread, and its database connection, open)."""
     sessions = []
 
-    def make(url: str, authorization: str = f"Token {KEY}") -> DICOMwebClient:
+    def make(url: str, authorization: str = "") -> DICOMwebClient:
         sessions.append(requests.Session())
-        return DICOMwebClient(url=url, session=sessions[-1], headers={"Authorization": authorization})
+        return DICOMwebClient(url=url, session=sessions[-1],
+                              headers={"Authorization": authorization or f"Token {stored['key']}"})
 
     yield make
     for session in sessions:
@@ -116,7 +96,7 @@ def test_wado_uri(stored):
     one = stored["datasets"][2]
     params = {"requestType": "WADO", "studyUID": stored["study"], "seriesUID": stored["series"],
               "objectUID": one.SOPInstanceUID}
-    headers = {"Authorization": f"Token {KEY}"}
+    headers = {"Authorization": f"Token {stored['key']}"}
     dicom = requests.get(f"{stored['url']}/wado", params={**params, "contentType": "application/dicom"},
                          headers=headers, timeout=30)
     assert dicom.status_code == 200 and dicom.headers["Content-Type"] == "application/dicom"
@@ -134,13 +114,13 @@ def test_retrieve_is_audited_and_refused_without_a_credential(stored):
     assert requests.get(url, timeout=30).status_code == 401
     assert requests.get(url, headers={"Authorization": "Token wrong"}, timeout=30).status_code == 401
     ApiToken.objects.update(revoked_at="2026-01-01T00:00Z")
-    assert requests.get(url, headers={"Authorization": f"Token {KEY}"}, timeout=30).status_code == 401
+    assert requests.get(url, headers={"Authorization": f"Token {stored['key']}"}, timeout=30).status_code == 401
     ApiToken.objects.update(revoked_at=None)
     factories.user("clerk")
     clerk = ApiToken.objects.create(user=factories.user("nobody"), name="x", key_sha256=ApiToken.digest("k2" * 10))
     assert requests.get(url, headers={"Authorization": f"Token {'k2' * 10}"}, timeout=30).status_code == 403
     assert clerk.pk
-    response = requests.get(f"{url}/metadata", headers={"Authorization": f"Token {KEY}"}, timeout=30)
+    response = requests.get(f"{url}/metadata", headers={"Authorization": f"Token {stored['key']}"}, timeout=30)
     assert response.status_code == 200
     record = AuditRecord.records.filter(event_id="110103").latest("id")
     assert record.actor == "viewer"
