@@ -14,10 +14,14 @@ from dicomweb_client.api import DICOMwebClient
 from django.utils import timezone
 from PIL import Image
 from pydicom import dcmread
+from pydicom.encaps import encapsulate
+from pydicom.uid import generate_uid
 
 from audit.models import AuditRecord
 from project import links
 from tests import factories
+from tests.support.dicom import port, pynetdicom_store
+from tests.support.orthanc import make_instance
 from worklist.models import ApiToken
 
 pytestmark = pytest.mark.socket
@@ -146,3 +150,44 @@ def test_signed_link_grants_its_study_only(stored, connect, settings):
     expired = requests.get(f"{stored['url']}/studies/{stored['study']}/metadata", params={"access_token": old},
                            timeout=30)
     assert expired.status_code == 401 and "expired" in expired.json()["error"]
+
+
+def _multiframe(study_uid: str, *, jpeg: bool) -> tuple:
+    """A 3-frame 8-bit Multi-frame Grayscale Byte Secondary Capture image: native, or each frame
+    a JPEG Baseline (made by Pillow) encapsulated; with its frames as sent."""
+    ds = make_instance(study_instance_uid=study_uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.7.2", modality="OT",
+                       rows=8, columns=8, bits=8, patient_id="DWC003")
+    frames = [bytes([(f * 80 + i) % 256 for i in range(64)]) for f in range(3)]
+    ds.NumberOfFrames = 3
+    if jpeg:
+        encoded = []
+        for frame in frames:
+            out = io.BytesIO()
+            Image.frombytes("L", (8, 8), frame).save(out, format="JPEG", quality=95)
+            encoded.append(out.getvalue())
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+        ds.PixelData = encapsulate(encoded)
+        ds["PixelData"].VR = "OB"
+        return ds, encoded
+    ds.PixelData = b"".join(frames)
+    return ds, frames
+
+
+def test_frames_of_multiframe_images_native_and_jpeg(stored, engine, connect):
+    study = generate_uid()
+    native, native_frames = _multiframe(study, jpeg=False)
+    jpeg, jpeg_frames = _multiframe(study, jpeg=True)
+    assert pynetdicom_store(port(engine), [native, jpeg]) == [0, 0]
+    client = connect(stored["url"])
+    got = client.retrieve_instance_frames(study, native.SeriesInstanceUID, native.SOPInstanceUID, [3, 1])
+    assert got == [native_frames[2], native_frames[0]]
+    got = client.retrieve_instance_frames(study, jpeg.SeriesInstanceUID, jpeg.SOPInstanceUID, [2],
+                                          media_types=(("image/jpeg", "1.2.840.10008.1.2.4.50"),))
+    assert got == [jpeg_frames[1]]
+    rendered = client.retrieve_instance_frames_rendered(study, jpeg.SeriesInstanceUID, jpeg.SOPInstanceUID, [3],
+                                                        media_types=("image/png",))
+    assert Image.open(io.BytesIO(rendered)).size == (8, 8)
+    refused = requests.get(f"{stored['url']}/studies/{study}/series/{native.SeriesInstanceUID}/instances/"
+                           f"{native.SOPInstanceUID}/frames/4", headers={"Authorization": f"Token {stored['key']}"},
+                           timeout=30)
+    assert refused.status_code == 404
