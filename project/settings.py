@@ -386,6 +386,9 @@ WADO_RS_BASE_URL = env_str("WADO_RS_BASE_URL", "")
 DICOMWEB_LINK_MAX_AGE_MINUTES = env_int("DICOMWEB_LINK_MAX_AGE_MINUTES", 60, minimum=1)
 # At most this many results per QIDO-RS search (a larger limit is lowered to it, with a Warning).
 DICOMWEB_QIDO_MAX_RESULTS = env_int("DICOMWEB_QIDO_MAX_RESULTS", 1000, minimum=1)
+# The ORU^R01's WADO-RS link (links=wado) carries a signed study grant (?access_token=...), so that
+# the EHR opens the study without an account, for DICOMWEB_LINK_MAX_AGE_MINUTES after the report.
+DICOMWEB_ORU_SIGNED_LINKS = env_bool("DICOMWEB_ORU_SIGNED_LINKS", False)
 # Browser origins (scheme://host[:port]) of web viewers allowed to call DICOMweb (CORS); empty: none.
 DICOMWEB_CORS_ORIGINS = env_list("DICOMWEB_CORS_ORIGINS", [])
 
