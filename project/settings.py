@@ -382,6 +382,9 @@ VIEWER_URL_TEMPLATE = env_str("VIEWER_URL_TEMPLATE", "")
 WADO_RS_BASE_URL = env_str("WADO_RS_BASE_URL", "")
 
 # --- DICOMweb (pacs.dicomweb, PS3.18) ------------------------------------------------------
+# The public address of /dicomweb/ (e.g. https://pacs.example/dicomweb) in the RetrieveURL and
+# BulkDataURI of answers; empty: the address each request came to.
+DICOMWEB_BASE_URL = env_str("DICOMWEB_BASE_URL", "")
 # How long a signed study link (project.links.sign_study_link) grants DICOMweb on its study.
 DICOMWEB_LINK_MAX_AGE_MINUTES = env_int("DICOMWEB_LINK_MAX_AGE_MINUTES", 60, minimum=1)
 # At most this many results per QIDO-RS search (a larger limit is lowered to it, with a Warning).

@@ -36,9 +36,9 @@ _CONTROL = {"limit", "offset", "fuzzymatching", "includefield", links.STUDY_LINK
 
 def _base(request) -> str:
     """The service's base URL in the URLs it answers with (RetrieveURL, BulkDataURI):
-    ``WADO_RS_BASE_URL`` when set (the public address, behind a proxy), else the request's."""
-    if settings.WADO_RS_BASE_URL and not links.base_url_problem(settings.WADO_RS_BASE_URL):
-        return settings.WADO_RS_BASE_URL.rstrip("/")
+    ``DICOMWEB_BASE_URL`` when set (the public address, behind a proxy), else the request's."""
+    if settings.DICOMWEB_BASE_URL:  # checked at start (pacs.E009)
+        return settings.DICOMWEB_BASE_URL.rstrip("/")
     return request.build_absolute_uri(reverse("dicomweb:root")).rstrip("/")
 
 

@@ -130,3 +130,9 @@ def test_signed_wado_rs_link_grants_its_study(settings):
     assert base == f"https://pacs.example/dicom-web/studies/{rp.study_instance_uid}"
     study, _signed_at = links.study_of_link(unquote(query), max_age_seconds=60)
     assert study == rp.study_instance_uid
+
+
+def test_dicomweb_base_url_that_is_no_url_stops_the_start(settings):
+    settings.DICOMWEB_BASE_URL = "pacs.example/dicomweb"
+    [error] = checks.check_study_links(None)
+    assert error.id == "pacs.E009" and "DICOMWEB_BASE_URL" in error.msg

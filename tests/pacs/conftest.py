@@ -22,7 +22,7 @@ def dicomweb_studies(engine, live_server, settings):
 
     settings.DICOM_UNKNOWN_AE_FROM = ["127.0.0.1"]
     # dicomweb-client sends Host without the port: the URLs answered use the public base URL.
-    settings.WADO_RS_BASE_URL = f"{live_server.url}/dicomweb"
+    settings.DICOMWEB_BASE_URL = f"{live_server.url}/dicomweb"
     first, second = generate_uid(), generate_uid()
     series = generate_uid()
     datasets = [make_instance(study_instance_uid=first, series_instance_uid=series, instance_number=n,
