@@ -373,7 +373,10 @@ def wado_uri(request, grant):
     study_uid, series_uid, sop_uid = q.get("studyUID"), q.get("seriesUID"), q.get("objectUID")
     if not (study_uid and series_uid and sop_uid):
         return problem(400, "studyUID, seriesUID and objectUID are required")
-    content_type = (q.get("contentType") or "image/jpeg").split(";")[0].strip()
+    # contentType may list several types (PS3.18 9.1.2.1.6): the first one offered here is used.
+    offered = ("application/dicom", "image/jpeg", "image/png")
+    asked = [t.split(";")[0].strip() for t in (q.get("contentType") or "image/jpeg").split(",")]
+    content_type = next((t for t in asked if t in offered), asked[0])
     if content_type == "application/dicom":
         syntax = q.get("transferSyntax", "")
         stored = _stored(request, grant, study_uid, series_uid, sop_uid, resource="wado-uri")

@@ -108,6 +108,11 @@ def test_wado_uri(stored):
     jpeg = requests.get(f"{stored['url']}/wado", params=params, headers=headers, timeout=30)
     assert jpeg.headers["Content-Type"] == "image/jpeg"
     assert Image.open(io.BytesIO(jpeg.content)).format == "JPEG"
+    png = requests.get(f"{stored['url']}/wado", params={**params, "contentType": "image/gif,image/png"},
+                       headers=headers, timeout=30)
+    assert png.headers["Content-Type"] == "image/png"
+    assert requests.get(f"{stored['url']}/wado", params={**params, "contentType": "image/gif"}, headers=headers,
+                        timeout=30).status_code == 406
     assert requests.get(f"{stored['url']}/wado", params={**params, "requestType": "X"}, headers=headers,
                         timeout=30).status_code == 400
     assert requests.get(f"{stored['url']}/wado", params=params, timeout=30).status_code == 401
