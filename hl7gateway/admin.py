@@ -89,6 +89,8 @@ class DeclaredSenderAdmin(admin.ModelAdmin):
         if obj is not None and obj.declared_in_environment:
             return ("sending_application", "sending_facility", "address", "may_send_orders", "may_send_patients",
                     "may_send_merges", "enabled", "declared_in_environment")
+        if obj is not None and obj.sends_patient_updates:
+            return ("name", "host", "port", "tls", "sends_patient_updates")
         return ("declared_in_environment",)
 
 
@@ -117,20 +119,26 @@ from hl7gateway.models import OutboundAction, OutboundAttempt, OutboundDestinati
 class OutboundDestinationAdmin(admin.ModelAdmin):
     """Billing, the EHR ...: where signed reports and order status messages go.  Destinations
     declared in HL7_ORU_DESTINATIONS take host, port, TLS (mllps://), the kinds of message
-    (messages=) and the ORU links (links=) from the environment (read-only here); the other fields
-    stay editable."""
+    (messages=), the ORU links (links=), the PDF (pdf=) and validation (validate=) from the
+    environment (read-only here); the other fields stay editable.  A VNA's HL7 ADT receiver
+    (``vna-<n>``, *patient updates to the archive*) takes host, port and TLS from its VNA
+    destination (pacs admin, VNA_DESTINATIONS ?adt=) at each change forwarded."""
 
     list_display = ("name", "host", "port", "tls", "hl7_version", "receiving_application", "receiving_facility",
-                    "text_value_type", "sends_results", "sends_order_status", "sends_charges", "link_viewer", "link_wado_rs",
+                    "text_value_type", "sends_results", "sends_order_status", "sends_charges", "sends_filler_orders",
+                    "sends_patient_updates", "link_viewer", "link_wado_rs", "report_pdf", "validate_messages",
                     "enabled", "declared_in_environment")
     list_filter = ("enabled", "declared_in_environment", "hl7_version", "sends_results", "sends_order_status",
-                   "sends_charges")
+                   "sends_charges", "sends_filler_orders", "sends_patient_updates", "validate_messages")
     search_fields = ("name", "host", "receiving_application", "receiving_facility")
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.declared_in_environment:
-            return ("name", "host", "port", "tls", "sends_results", "sends_order_status", "sends_charges", "link_viewer",
-                    "link_wado_rs", "declared_in_environment")
+            return ("name", "host", "port", "tls", "sends_results", "sends_order_status", "sends_charges",
+                    "sends_filler_orders", "link_viewer", "link_wado_rs", "report_pdf", "validate_messages",
+                    "declared_in_environment")
+        if obj is not None and obj.sends_patient_updates:
+            return ("name", "host", "port", "tls", "sends_patient_updates")
         return ("declared_in_environment",)
 
     def has_delete_permission(self, request, obj=None) -> bool:

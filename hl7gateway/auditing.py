@@ -2,8 +2,8 @@
 
 The inbound messages' changes are recorded where they are applied (the ris services); here:
 
-- a result (ORU) delivered: *Export* (A.5.3.4), action R, when the receiving system acknowledged
-  it with AA (HL7 v2.5.1 2.9.2 original acknowledgment mode: only AA says it was accepted),
+- a result (ORU), an order status message or a patient update to an archive (ADT) delivered:
+  *Export* (A.5.3.4), action R, when the receiving system acknowledged it with AA (HL7 v2.5.1 2.9.2 original acknowledgment mode: only AA says it was accepted),
   written in the transaction that marks the message delivered; the destination, the patient
   (PID-3 as sent) and the order (OBR-18 accession number) and report version;
 - a message refused by the sender policy: *Security Alert* (A.5.3.11), Node Authentication,
@@ -14,6 +14,7 @@ The inbound messages' changes are recorded where they are applied (the ris servi
 from __future__ import annotations
 
 from audit import events, trail
+from hl7gateway.models.outbound import ADT
 
 
 def _pid3_pairs(patient_id_text: str) -> list[tuple[str, str]]:
@@ -29,9 +30,13 @@ def _pid3_pairs(patient_id_text: str) -> list[tuple[str, str]]:
 
 def oru_delivered(row, *, host: str, port: int) -> None:
     """An outbound message the destination acknowledged with AA (PS3.15 A.5.3.4 Export): an
-    ORU^R01 (its report version), or an order status message (its order status, ORC-5); written
-    now, in the caller's transaction (the one that records the delivery)."""
-    if row.report_version_id is not None:
+    ORU^R01 (its report version), an order status message (its order status, ORC-5), or a
+    patient update to an archive (ADT^A08 / ADT^A40, its patient as PID-3 sent); written now, in
+    the caller's transaction (the one that records the delivery)."""
+    if row.kind == ADT:
+        objects = [{"type": "patient update", "id": row.message_control_id or "",
+                    "detail": {"message_type": row.message_type}}]
+    elif row.report_version_id is not None:
         objects = [{"type": "report", "id": str(row.report_version_id),
                     "detail": {"message_control_id": row.message_control_id or "",
                                "result_status": row.result_status}}]

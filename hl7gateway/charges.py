@@ -15,7 +15,7 @@ Which charges a procedure posts is a setting per procedure code (``CHARGE_POSTIN
 Layout (docs/hl7-interface.md 2.6)::
 
     MSH  MSH-9 DFT^P03^DFT_P03 (v2.5.1) / DFT^P03 (v2.3.1), MSH-10 stable control ID, MSH-12,
-         MSH-18 UNICODE UTF-8, original acknowledgement mode
+         MSH-18 UNICODE UTF-8 (v2.5.1) / UNICODE (v2.3.1), original acknowledgement mode
     EVN  EVN-1 P03, EVN-2 recorded date/time (required in v2.3.1, kept in v2.5.1)
     PID  as in the ORU^R01
     PV1  as in the ORU^R01; PV1-19 the visit number, the account billing posts to
@@ -35,7 +35,6 @@ from datetime import date, datetime
 
 from hl7gateway import order_status
 from hl7gateway.oru import (
-    CHARSET,
     ENCODING_CHARACTERS,
     VERSIONS,
     MessageHeader,
@@ -43,6 +42,7 @@ from hl7gateway.oru import (
     Person,
     _components,
     _segment,
+    charset,
     cx,
     ei,
     escape,
@@ -70,11 +70,26 @@ def charge_for(event: str | None) -> str | None:
     return _EVENT_CHARGE.get(event) if event else None
 
 
+#: The changes that reverse posted charges: the placer's ORC-1 ``CA`` (applied by
+#: ``ris.services.orders``) as the requested procedure's workflow status (cancelled before the
+#: exam) or as its placer status (cancelled after the exam was performed: the workflow status
+#: stays COMPLETED, the technical charge already posted is reversed all the same).  A DC
+#: (discontinued) reverses nothing: what was performed stays billed.
+_CREDITING = frozenset({("requested_procedure", "CANCELED"), ("placer_status", "CANCELED")})
+
+
 def credits(entity: str, to_status: str) -> bool:
-    """True for the change that reverses posted charges: the requested procedure cancelled (ORC-1
-    ``CA`` from the placer, applied by ``ris.services.orders``).  Unlike the order status, a
-    cancellation the placer asked for is exactly what billing must hear of."""
-    return (entity, to_status) == ("requested_procedure", "CANCELED")
+    """True for a change that reverses posted charges (``_CREDITING``).  Unlike the order status,
+    a cancellation the placer asked for is exactly what billing must hear of; a second one (the
+    workflow and the placer status of one cancel) adds nothing (``enqueue_credits`` credits once)."""
+    return (entity, to_status) in _CREDITING
+
+
+def cancelled(workflow_status: str, placer_status: str) -> bool:
+    """A procedure billing must not be charged for any more: cancelled by the placer, before or
+    after the exam (its later charges, e.g. the professional one at a confirmed final report, are
+    not posted)."""
+    return "CANCELED" in (workflow_status, placer_status)
 
 
 def parse_kinds(value: str, *, where: str) -> frozenset[str]:
@@ -181,7 +196,7 @@ def render_segments(content: ChargeContent, header: MessageHeader, *, time_zone:
             escape(header.processing_id),  # MSH-11
             header.version,  # MSH-12
             "", "", "", "", "",  # MSH-13 .. MSH-17 (original acknowledgement mode)
-            CHARSET,  # MSH-18
+            charset(header.version),  # MSH-18 (table 0211 of the version)
         ]
     )
     code = _components(content.procedure_code_value, content.procedure_code_meaning, content.procedure_code_scheme)

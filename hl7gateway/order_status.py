@@ -6,20 +6,28 @@ complete, a step was discontinued, the report is final.  HL7 v2.3.1 chapter 4 (O
 v2.5.1 chapter 4 (OMI^O23); ORC-1 ``SC`` "status changed" (HL7 table 0119), ORC-5 the new
 order status (HL7 table 0038): ``IP`` in process, ``CM`` completed, ``DC`` discontinued.
 
+The same message with ORC-1 ``SN`` ("send order number", HL7 v2.5.1 4.5.1.1) tells the placer of
+an order the department created itself (``FILLER_ORDER``: an unordered study reconciled to its
+patient, encounter-based imaging).  The placer answers ORR^O02 (v2.3.1) or ORG^O20 (v2.5.1) with
+MSA-1 AA, ORC-1 ``NA`` ("number assigned") and ORC-2 the placer order number it assigned
+(``read_order_answer``, ``filler_order_refusal``), which the engine stores on the order.
+
 Which change causes which message is decided once, by ``event_for``; the message is rendered
 by ``render_status`` from plain values (``StatusContent``; built from the database by
 ``hl7gateway.outbox.content.content_for_status``), like the ORU^R01 (``hl7gateway.oru``), whose
 escaping and data types it shares.  Layout (docs/hl7-interface.md 2.4)::
 
     MSH  MSH-9 ORM^O01 (v2.3.1) / OMI^O23^OMI_O23 (v2.5.1), MSH-10 stable control ID, MSH-12,
-         MSH-18 UNICODE UTF-8, original acknowledgement mode
+         MSH-18 UNICODE UTF-8 (v2.5.1) / UNICODE (v2.3.1), original acknowledgement mode
     PID  as in the ORU^R01
     PV1  as in the ORU^R01
-    ORC  ORC-1 SC, ORC-2 placer order number, ORC-3 filler order number, ORC-5 IP / CM / DC,
+    ORC  ORC-1 SC (SN for a filler order), ORC-2 placer order number (empty in SN), ORC-3 filler
+         order number, ORC-5 IP / CM / DC (SN: the order's status, SC / IP / CM / DC),
          ORC-9 date/time of the transaction (the change), ORC-12 ordering provider
     OBR  OBR-2, OBR-3, OBR-4 procedure code, OBR-7 exam start, OBR-16 ordering provider,
          OBR-24 RAD, OBR-25 F when the report is final;
-         v2.3.1 only: OBR-18 accession number, OBR-19 requested procedure ID, OBR-20 step ID
+         v2.3.1 only: OBR-18 accession number, OBR-19 requested procedure ID, OBR-20 step ID;
+         SN in v2.5.1: OBR-18 accession number as well
     ZDS  v2.3.1 only: ZDS-1 Study Instance UID (the ZDS segment of IHE RAD TF-2, RAD-4)
     IPC  v2.5.1 only, one per scheduled step (v2.5.1 chapter 4, segment IPC): IPC-1 accession number, IPC-2
          requested procedure ID, IPC-3 Study Instance UID, IPC-4 step ID, IPC-5 modality,
@@ -33,7 +41,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from hl7gateway.oru import (
-    CHARSET,
     ENCODING_CHARACTERS,
     VERSIONS,
     MessageHeader,
@@ -41,6 +48,7 @@ from hl7gateway.oru import (
     Person,
     _components,
     _segment,
+    charset,
     cx,
     ei,
     escape,
@@ -56,8 +64,24 @@ STARTED = "started"  # the first MPPS IN PROGRESS of the procedure (PS3.4 F.7.2.
 EXAM_COMPLETE = "exam-complete"  # the study is complete (MPPS COMPLETED, or the quiet period)
 DISCONTINUED = "discontinued"  # a step was discontinued (MPPS DISCONTINUED, PS3.4 F.7.2.2)
 REPORT_FINAL = "report-final"  # the report was signed final (HL7 v2.5.1 table 0123: F)
+FILLER_ORDER = "filler-order"  # the department created the order (ORC-1 SN, HL7 table 0119)
 ORDER_STATUS = {STARTED: "IP", EXAM_COMPLETE: "CM", DISCONTINUED: "DC", REPORT_FINAL: "CM"}
 RESULT_STATUS = {REPORT_FINAL: "F"}
+#: ORC-1 of each event's message (HL7 table 0119): SN for a new filler order, else SC.
+ORDER_CONTROL = {FILLER_ORDER: "SN"}
+#: ORC-5 of an SN: the filler order's status now (requested procedure status -> HL7 table 0038).
+FILLER_ORDER_STATUS = {"IN_PROGRESS": "IP", "COMPLETED": "CM", "DISCONTINUED": "DC", "CANCELED": "CA"}
+ORC5_VALUES = ("SC", "IP", "CM", "DC", "CA")
+
+
+def order_control(event: str) -> str:
+    """ORC-1 of the message of ``event``: SN for a filler order, SC for a status change."""
+    return ORDER_CONTROL.get(event, "SC")
+
+
+def filler_order_status(requested_procedure_status: str) -> str:
+    """ORC-5 of an SN: the order's status (HL7 table 0038), SC "in process, scheduled" until started."""
+    return FILLER_ORDER_STATUS.get(requested_procedure_status, "SC")
 
 #: (entity of ``ris.states.TABLES``, status moved to) -> event.  The requested procedure moves to
 #: IN_PROGRESS once, at its first started step; the study (pacs) to COMPLETE when completion
@@ -105,6 +129,7 @@ class StatusContent:
     assigned_location: str = ""
     referring_physician: Person = field(default_factory=Person)
     # ORC / OBR
+    order_control: str = "SC"  # ORC-1, HL7 table 0119: SC, or SN for a filler order
     order_status: str = "IP"  # ORC-5, HL7 table 0038
     transaction_at: datetime | None = None  # ORC-9: when the change happened
     result_status: str = ""  # OBR-25: F when the report is final, else empty
@@ -136,8 +161,11 @@ def render_segments(content: StatusContent, header: MessageHeader, *, time_zone:
     """The segments of the order status message, each a str without the terminating CR."""
     if header.version not in VERSIONS:
         raise ValueError(f"unsupported version {header.version!r}; use one of {VERSIONS}")
-    if content.order_status not in set(ORDER_STATUS.values()):
-        raise ValueError(f"ORC-5 must be one of {sorted(set(ORDER_STATUS.values()))}, not {content.order_status!r}")
+    if content.order_control not in ("SC", "SN"):
+        raise ValueError(f"ORC-1 must be SC or SN, not {content.order_control!r}")
+    allowed = ORC5_VALUES if content.order_control == "SN" else sorted(set(ORDER_STATUS.values()))
+    if content.order_status not in allowed:
+        raise ValueError(f"ORC-5 must be one of {list(allowed)}, not {content.order_status!r}")
     if not header.message_control_id:
         raise ValueError("MSH-10 (message control ID) is required")
     tz = zoneinfo.ZoneInfo(time_zone)
@@ -155,7 +183,7 @@ def render_segments(content: StatusContent, header: MessageHeader, *, time_zone:
             escape(header.processing_id),  # MSH-11
             header.version,  # MSH-12
             "", "", "", "", "",  # MSH-13 .. MSH-17 (MSH-15/16 empty: original acknowledgement mode)
-            CHARSET,  # MSH-18
+            charset(header.version),  # MSH-18 (table 0211 of the version)
         ]
     )
     placer = ei(content.placer_order_number, content.placer_namespace)
@@ -175,6 +203,10 @@ def render_segments(content: StatusContent, header: MessageHeader, *, time_zone:
         # v2.3.1: the DICOM keys in OBR (IHE RAD TF-2, RAD-4); v2.5.1 carries them in IPC.
         obr.update({18: escape(content.accession_number), 19: escape(content.requested_procedure_id),
                     20: escape(first_step.step_id)})
+    elif content.order_control == "SN":
+        # A new filler order: the placer has never seen the accession number; OBR-18 (placer
+        # field 1) names it in both versions, IPC-1 too in v2.5.1.
+        obr[18] = escape(content.accession_number)
     segments = [
         msh,
         _segment("PID", {1: "1", 3: "~".join(cx(i) for i in content.patient_identifiers if i.id_number),
@@ -182,7 +214,7 @@ def render_segments(content: StatusContent, header: MessageHeader, *, time_zone:
                          8: escape(content.patient_sex)}),
         _segment("PV1", {1: "1", 2: escape(content.patient_class) or "U", 3: escape(content.assigned_location),
                          8: xcn(content.referring_physician), 19: escape(content.visit_number)}),
-        _segment("ORC", {1: "SC", 2: placer, 3: filler, 5: content.order_status,
+        _segment("ORC", {1: content.order_control, 2: placer, 3: filler, 5: content.order_status,
                          9: hl7_ts(content.transaction_at, tz), 12: xcn(content.ordering_provider)}),
         _segment("OBR", obr),
     ]
@@ -206,3 +238,54 @@ def render_segments(content: StatusContent, header: MessageHeader, *, time_zone:
 def render_status(content: StatusContent, header: MessageHeader, *, time_zone: str = "UTC") -> str:
     """The message as text: segments each terminated by CR (HL7 v2.5.1 2.5.5)."""
     return "\r".join(render_segments(content, header, time_zone=time_zone)) + "\r"
+
+
+# --- the order placer's answer to an SN (ORR^O02 / ORG^O20) ---------------------------------------
+@dataclass(frozen=True)
+class OrderAnswer:
+    """What the order placer's answer to a filler order says (HL7 v2.5.1 4.4.2 ORG^O20,
+    v2.3.1 4.4.2 ORR^O02): MSH-9, ORC-1 and ORC-2 (EI: number ^ namespace ID)."""
+
+    message_type: str = ""
+    order_control: str = ""
+    placer_order_number: str = ""
+    placer_namespace: str = ""
+
+
+def read_order_answer(answer: bytes) -> OrderAnswer:
+    """MSH-9, ORC-1 and ORC-2 of an answer, with its own separators (MSH-1, MSH-2); the
+    components are unescaped.  Missing segments or fields read as empty."""
+    text = answer.decode("utf-8", errors="replace")
+    if not text.startswith("MSH") or len(text) < 8:
+        return OrderAnswer()
+    sep, comp, rep, esc = text[3], text[4], text[5], text[6]
+    segments = [s.split(sep) for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s]
+    msh = segments[0]
+    orc = next((s for s in segments if s[0] == "ORC"), [])
+
+    def field(seg: list[str], n: int) -> str:
+        return seg[n] if len(seg) > n else ""
+
+    placer = field(orc, 2).split(rep)[0].split(comp)
+    return OrderAnswer(
+        message_type=field(msh, 8).replace(comp, "^"),
+        order_control=field(orc, 1).strip().upper(),
+        placer_order_number=_unescape(placer[0].strip(), sep, comp, esc),
+        placer_namespace=_unescape(placer[1].strip(), sep, comp, esc) if len(placer) > 1 else "",
+    )
+
+
+def _unescape(value: str, sep: str, comp: str, esc: str) -> str:
+    for code, char in (("F", sep), ("S", comp), ("T", "&"), ("R", "~"), ("E", esc)):
+        value = value.replace(f"{esc}{code}{esc}", char)
+    return value
+
+
+def filler_order_refusal(answer: OrderAnswer) -> str:
+    """Why an answer accepted at MSA-1 (AA) does not accept the filler order, or "": it must
+    say ORC-1 NA ("number assigned") and carry the placer order number in ORC-2.1."""
+    if answer.order_control != "NA":
+        return f"ORC-1 {answer.order_control or '(empty)'} is not NA (number assigned)"
+    if not answer.placer_order_number:
+        return "ORC-2 (placer order number) is empty"
+    return ""

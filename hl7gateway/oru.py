@@ -8,7 +8,7 @@ Message layout (HL7 v2.5.1 ch. 7.3.1 "ORU^R01"; IHE Radiology RAD-28 "Structured
 Export" / RAD-128; docs/hl7-interface.md 2.2)::
 
     MSH  MSH-9 ORU^R01^ORU_R01 (v2.5.1) / ORU^R01 (v2.3.1), MSH-10 stable control ID,
-         MSH-11 P, MSH-12 version, MSH-18 UNICODE UTF-8 (original acknowledgement mode:
+         MSH-11 P, MSH-12 version, MSH-18 UNICODE UTF-8 (v2.5.1) / UNICODE (v2.3.1) (original acknowledgement mode:
          MSH-15/16 empty, one AA/AE/AR expected)
     PID  PID-3 every identifier as ID^^^assigning authority^type (CX), PID-5, PID-7, PID-8
     PV1  PV1-2 patient class (U when unknown), PV1-3, PV1-8, PV1-19 visit number
@@ -18,11 +18,14 @@ Export" / RAD-128; docs/hl7-interface.md 2.2)::
          OBR-24 RAD, OBR-25 P / F / C, OBR-32 principal result interpreter
     OBX  one per text line: OBX-2 TX (or FT), OBX-3 18748-4^Diagnostic imaging study report^LN,
          OBX-11 = OBR-25
-    OBX  OBX-2 HD, OBX-3 113014^DICOM Study^DCM, OBX-5 the Study Instance UID
+    OBX  OBX-2 ST, OBX-3 113014^DICOM Study^DCM, OBX-5 the Study Instance UID
     OBX  per destination (off by default): OBX-2 RP (reference pointer, HL7 v2.5.1 2A.65),
          OBX-3 VIEWER^Study in the image viewer^99PACS, OBX-5 url^MSH-3^TEXT^HTML
     OBX  per destination (off by default): OBX-2 RP, OBX-3 WADORS^Study by DICOMweb WADO-RS^99PACS,
          OBX-5 {WADO_RS_BASE_URL}/studies/{uid}^MSH-3^IM^DICOM (PS3.18 10.4.1)
+    OBX  per destination (off by default): OBX-2 ED (encapsulated data, HL7 v2.5.1 2A.24),
+         OBX-3 18748-4^Diagnostic imaging study report^LN, OBX-4 2,
+         OBX-5 MSH-3^AP^PDF^Base64^the report as a PDF (``hl7gateway.report_pdf``)
 
 Report text is escaped (HL7 v2.5.1 2.7.4 "Special characters"): ``\\`` -> ``\\E\\``,
 ``|`` -> ``\\F\\``, ``^`` -> ``\\S\\``, ``&`` -> ``\\T\\``, ``~`` -> ``\\R\\``; every other
@@ -33,6 +36,7 @@ split the text into one OBX per line.
 
 from __future__ import annotations
 
+import base64
 import re
 import zoneinfo
 from dataclasses import dataclass, field
@@ -42,6 +46,9 @@ VERSIONS = ("2.5.1", "2.3.1")
 RESULT_STATUSES = ("P", "F", "C", "X")
 TEXT_VALUE_TYPES = ("TX", "FT")
 CHARSET = "UNICODE UTF-8"
+#: MSH-18 per version (HL7 table 0211): ``UNICODE UTF-8`` exists since v2.5; v2.3.1's table has
+#: only ``UNICODE`` (ISO/IEC 10646), of which UTF-8 is the encoding we send.
+CHARSETS = {"2.5.1": CHARSET, "2.3.1": "UNICODE"}
 ENCODING_CHARACTERS = "^~\\&"
 
 #: OBX-3 of the report text lines (LOINC).
@@ -54,6 +61,11 @@ WADO_RS_OBSERVATION_ID = ("WADORS", "Study by DICOMweb WADO-RS", "99PACS")
 #: RP-3 type of data (HL7 table 0191) and RP-4 subtype (table 0291) of each pointer: a web page,
 #: and DICOM objects (WADO-RS answers multipart/related; type=application/dicom, PS3.18 8.7.3).
 VIEWER_POINTER_TYPE = ("TEXT", "HTML")
+#: The report as a PDF (ED, 2A.24): OBX-4 sub-ID 2 (the text lines are sub-ID 1 of the same
+#: observation), ED-2 type of data ``AP`` (other application data, table 0191), ED-3 subtype
+#: ``PDF`` (table 0291), ED-4 encoding ``Base64`` (table 0299).
+PDF_SUB_ID = "2"
+PDF_DATA_TYPE = ("AP", "PDF", "Base64")
 WADO_RS_POINTER_TYPE = ("IM", "DICOM")
 
 
@@ -232,14 +244,21 @@ def principal_result_interpreter(person: Person, signed_at: datetime | None, tz)
 
 
 # --- the message ------------------------------------------------------------------------------
+def charset(version: str) -> str:
+    """MSH-18 for an MSH-12 version: a value of that version's table 0211."""
+    return CHARSETS.get(version, CHARSET)
+
+
 def _segment(name: str, fields: dict[int, str]) -> str:
     """Build a segment from {field number: already-escaped value}; empty trailing fields dropped."""
     last = max((n for n, v in fields.items() if v), default=0)
     return "|".join([name] + [fields.get(i, "") for i in range(1, last + 1)])
 
 
-def render_segments(content: OruContent, header: MessageHeader, *, time_zone: str = "UTC") -> list[str]:
-    """The segments of the ORU^R01, each a str without the terminating CR."""
+def render_segments(content: OruContent, header: MessageHeader, *, time_zone: str = "UTC",
+                    pdf: bytes = b"") -> list[str]:
+    """The segments of the ORU^R01, each a str without the terminating CR; ``pdf``, when given,
+    is the report as a PDF (``hl7gateway.report_pdf``), carried in an OBX of value type ED."""
     if header.version not in VERSIONS:
         raise ValueError(f"unsupported ORU version {header.version!r}; use one of {VERSIONS}")
     if content.result_status not in RESULT_STATUSES:
@@ -268,7 +287,7 @@ def render_segments(content: OruContent, header: MessageHeader, *, time_zone: st
             "",  # MSH-15 accept ack type: empty = original mode
             "",  # MSH-16
             "",  # MSH-17
-            CHARSET,  # MSH-18
+            charset(header.version),  # MSH-18
         ]
     )
     segments = [msh]
@@ -355,7 +374,7 @@ def render_segments(content: OruContent, header: MessageHeader, *, time_zone: st
                 "OBX",
                 {
                     1: str(set_id),
-                    2: "HD",
+                    2: "ST",  # HL7 table 0125 of v2.3.1 / v2.5.1 has no HD; a UID is a string
                     3: _components(*STUDY_OBSERVATION_ID),
                     4: "1",
                     5: escape(content.study_instance_uid),
@@ -379,12 +398,29 @@ def render_segments(content: OruContent, header: MessageHeader, *, time_zone: st
             5: _components(url, header.sending_application, data_type, subtype),
             11: status,
         }))
+    if pdf:
+        set_id += 1
+        # ED (2A.24): source application ^ type of data ^ subtype ^ encoding ^ data.  Base64
+        # (RFC 4648, no line breaks) uses A-Z a-z 0-9 + / = only: no HL7 delimiter, no escape
+        # sequence, no control character -- the data goes in as it is.
+        data = base64.b64encode(pdf).decode("ascii")
+        segments.append(_segment("OBX", {
+            1: str(set_id),
+            2: "ED",
+            3: _components(*REPORT_OBSERVATION_ID),
+            4: PDF_SUB_ID,
+            5: "^".join([escape(header.sending_application), *PDF_DATA_TYPE, data]),
+            11: status,
+            14: hl7_ts(content.observation_datetime, tz),
+            16: observer,
+            **({19: hl7_ts(content.signed_at, tz)} if v251 else {}),
+        }))
     return segments
 
 
-def render_oru(content: OruContent, header: MessageHeader, *, time_zone: str = "UTC") -> str:
+def render_oru(content: OruContent, header: MessageHeader, *, time_zone: str = "UTC", pdf: bytes = b"") -> str:
     """The ORU^R01 as text: segments each terminated by CR (HL7 v2.5.1 2.5.5)."""
-    return "\r".join(render_segments(content, header, time_zone=time_zone)) + "\r"
+    return "\r".join(render_segments(content, header, time_zone=time_zone, pdf=pdf)) + "\r"
 
 
 def encode(message: str) -> bytes:

@@ -19,7 +19,8 @@ from django.views.decorators.http import require_POST
 from audit import web as web_audit
 from hl7gateway.views import age
 from monitoring import journey as journey_mod
-from monitoring import replay, selectors
+from monitoring import models as alarm_kinds
+from monitoring import replay, selectors, services
 from monitoring.records import ReplayRecord
 from project.access import ADMINISTRATOR, roles
 from ris import auditing as ris_auditing
@@ -42,6 +43,35 @@ def sparkline(values: list[int], *, width: int = 144, height: int = 28) -> str:
     return mark_safe("".join(parts))  # noqa: S308 - every value above is a number or escaped by format_html
 
 
+# Where the console shows what an alarm of each kind is about (an anchor of the page).
+ALARM_ANCHORS = {
+    alarm_kinds.INBOUND_SILENCE: "iface-hl7_in", alarm_kinds.HL7_REFUSED: "iface-hl7_in",
+    alarm_kinds.OUTBOUND_BACKLOG: "iface-hl7_out",
+    alarm_kinds.DICOM_REFUSED: "iface-dicom", alarm_kinds.AUDIT_BACKLOG: "iface-audit",
+    alarm_kinds.UNMATCHED_STUDY: "unmatched", alarm_kinds.TRANSFER_FAILED: "failed-transfers",
+    alarm_kinds.MODALITY_SILENT: "modality-silent", alarm_kinds.COMMITMENT_UNANSWERED: "commitment-unanswered",
+    alarm_kinds.STAT_UNREAD: "stat-unread", alarm_kinds.ORU_UNDELIVERED: "oru-undelivered",
+}
+
+
+def _with_age(alarms: list, now) -> list:
+    for a in alarms:
+        a.age = age(((a.cleared_at or now) - a.opened_at).total_seconds())
+        a.anchor = ALARM_ANCHORS.get(a.rule.kind, "")
+    return alarms
+
+
+def dangling(now) -> dict[str, dict]:
+    """The hand-offs left dangling, per check: its items (each with its age) and its limit."""
+    out = {}
+    for kind in alarm_kinds.SETTING_THRESHOLDS:
+        items = services.dangling(kind, now, limit=200)
+        for item in items:
+            item["age"] = age(item["age_seconds"])
+        out[kind] = {"rows": items, "limit": services.setting_threshold(kind)}
+    return out
+
+
 def _rows(interfaces: list[dict]) -> list[dict]:
     for row in interfaces:
         row["chart"] = sparkline(row["per_hour"])
@@ -53,7 +83,9 @@ def _rows(interfaces: list[dict]) -> list[dict]:
 @roles(ADMINISTRATOR)
 def console(request):
     """Every interface: last message, per hour (24 h), errors, queue depth and oldest age; unmatched
-    studies, failed transfers and deliveries, open and recent alarms."""
+    studies, failed transfers and deliveries, the hand-offs left dangling (silent modalities,
+    unanswered storage commitments, unread STAT studies, final reports without ORU), open and
+    recent alarms, each with its age and a link to what it is about."""
     now = timezone.now()
     groups = [
         ("Inbound HL7 (per sending application^facility)", "hl7_in", _rows(selectors.inbound_interfaces(now))),
@@ -67,10 +99,14 @@ def console(request):
     for s in unmatched:
         s["age"] = age(s["age_seconds"])
     alarms = selectors.console_alarms(now)
+    stuck = dangling(now)
     return render(request, "monitoring/console.html", {
         "now": now, "groups": groups, "unmatched": unmatched,
+        "silent_modalities": stuck[alarm_kinds.MODALITY_SILENT],
+        "unanswered_commitments": stuck[alarm_kinds.COMMITMENT_UNANSWERED],
+        "unread_stat": stuck[alarm_kinds.STAT_UNREAD], "undelivered_reports": stuck[alarm_kinds.ORU_UNDELIVERED],
         "failed_transfers": selectors.failed_transfers(), "failed_deliveries": selectors.failed_deliveries(),
-        "open_alarms": alarms["open"], "recent_alarms": alarms["recent"],
+        "open_alarms": _with_age(alarms["open"], now), "recent_alarms": _with_age(alarms["recent"], now),
         "failed_inbound_count": replay.failed_inbound_count(),
     })
 

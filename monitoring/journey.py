@@ -92,7 +92,11 @@ def _minutes(delta: dt.timedelta) -> str:
 def _outbound_label(o) -> tuple[str, str]:
     """(step kind, what was queued) of an outbox row: every kind the outbox carries -- the ORU^R01
     (HL7 v2.5.1 chapter 7, with OBR-25), the order status message to the placer (IHE RAD-3,
-    with ORC-5) and the charge posted to billing (IHE RAD-35, DFT^P03 with its kind and FT1-6)."""
+    with ORC-5; ORC-1 SN for an order the department created, with the placer number its answer
+    assigned) and the charge posted to billing (IHE RAD-35, DFT^P03 with its kind and FT1-6)."""
+    if o.kind == "STATUS" and o.order_control == "SN":
+        assigned = f", ORC-2 {o.placer_order_number} assigned" if o.placer_order_number else ""
+        return "order-status", f"{o.message_type} (ORC-1 SN, new filler order{assigned})"
     if o.kind == "STATUS":
         return "order-status", f"{o.message_type} (ORC-5 {o.order_status})"
     if o.kind == "CHARGE":
@@ -114,7 +118,8 @@ def timeline(rows: Rows, *, now: dt.datetime, vna_overdue: dt.timedelta, oru_ack
                         + (f": {m.error_text}" if m.error_text else ""),
                         state=OK if ok else FAILED))
     for sc in rows.status_changes:
-        out.append(Step(sc.at, "status", f"{sc.entity.replace('_', ' ')} {sc.from_status} -> {sc.to_status}",
+        out.append(Step(sc.at, "status",
+                        f"{sc.entity.replace('_', ' ')} {sc.from_status or '(none)'} -> {sc.to_status}",
                         peer=sc.actor, outcome=sc.cause))
     # The steps are created while their order message is applied, before its row is stored.
     first_order = min((m.received_at for m in rows.inbound if m.status == "APPLIED"), default=None)
@@ -292,6 +297,7 @@ def collect(accession: str) -> Rows:
     # The status trail of every entity of this accession (ris.services.transitions).
     wanted = {
         "requested_procedure": [rp.pk] if rp else [],
+        "placer_status": [rp.pk] if rp else [],
         "sps": sps_ids,
         "mpps": [p.pk for p in rows.mpps],
         "study": study_ids,
@@ -305,7 +311,7 @@ def collect(accession: str) -> Rows:
             q |= Q(entity=entity, object_id__in=ids)
     # MPPS, transfer and ORU changes are told by their own steps above; keep the order and study trail.
     rows.status_changes = [sc for sc in StatusChange.objects.filter(q).order_by("at", "pk")
-                           if sc.entity in ("requested_procedure", "sps", "study", "report")]
+                           if sc.entity in ("requested_procedure", "placer_status", "sps", "study", "report")]
     return rows
 
 

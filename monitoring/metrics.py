@@ -16,8 +16,8 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 from prometheus_client.exposition import generate_latest
 
 from hl7gateway.models import OutboundAttempt, OutboundMessage
-from monitoring import selectors
-from monitoring.models import Alarm, AlarmRule
+from monitoring import selectors, services
+from monitoring.models import SETTING_THRESHOLDS, Alarm, AlarmRule
 from pacs.models import Transfer
 from project.tls import certificate_expiries
 
@@ -104,6 +104,26 @@ class DatabaseCollector:
         yield GaugeMetricFamily("pacs_unmatched_studies", "studies without an order", value=unmatched)
         yield GaugeMetricFamily("pacs_unmatched_study_oldest_age_seconds", "age of the oldest unmatched study (0: none)",
                                 value=oldest or 0.0)
+
+        # Hand-offs left dangling past their ALARM_..._MINUTES setting (the alarms' own figures),
+        # per check and interface (AE title, destination or modality; never an accession).
+        stuck = GaugeMetricFamily("pacs_dangling_items", "hand-offs stuck past their setting, by check and interface",
+                                  labels=["check", "interface"])
+        stuck_age = GaugeMetricFamily("pacs_dangling_oldest_age_seconds",
+                                      "age of the oldest hand-off stuck past its setting, by check and interface",
+                                      labels=["check", "interface"])
+        for kind in SETTING_THRESHOLDS:
+            per_key: dict[str, list[float]] = {}
+            counts: dict[str, int] = {}
+            for item in services.dangling(kind, now):
+                per_key.setdefault(item["key"], []).append(item["age_seconds"] or 0.0)
+                # A silent modality counts the steps due for it; the other checks, their items.
+                counts[item["key"]] = counts.get(item["key"], 0) + item.get("steps", 1)
+            for key, ages in sorted(per_key.items()):
+                stuck.add_metric([kind, key], counts[key])
+                stuck_age.add_metric([kind, key], max(ages))
+        yield stuck
+        yield stuck_age
 
         open_alarms = GaugeMetricFamily("pacs_alarm_open", "1 while an alarm of the rule is open for the interface",
                                         labels=["rule", "kind", "interface"])

@@ -25,6 +25,18 @@ DICOM_REFUSED = "dicom_refused"
 HL7_REFUSED = "hl7_refused"
 CERTIFICATE_EXPIRY = "certificate_expiry"
 AUDIT_BACKLOG = "audit_backlog"
+MODALITY_SILENT = "modality_silent"
+COMMITMENT_UNANSWERED = "commitment_unanswered"
+STAT_UNREAD = "stat_unread"
+ORU_UNDELIVERED = "oru_undelivered"
+#: The kinds whose threshold is a setting, not ``AlarmRule.threshold_minutes`` (hand-offs left
+#: dangling in the department: the same limit on the console, in /metrics and in the alarm).
+SETTING_THRESHOLDS = {
+    MODALITY_SILENT: "ALARM_MODALITY_SILENCE_MINUTES",
+    COMMITMENT_UNANSWERED: "ALARM_STORAGE_COMMITMENT_MINUTES",
+    STAT_UNREAD: "ALARM_STAT_UNREAD_MINUTES",
+    ORU_UNDELIVERED: "ALARM_ORU_UNDELIVERED_MINUTES",
+}
 KIND_CHOICES = [
     (INBOUND_SILENCE, "no inbound HL7 from a sender for longer than N minutes"),
     (OUTBOUND_BACKLOG, "outbound HL7 backlog: oldest undelivered message older than N minutes"),
@@ -35,6 +47,12 @@ KIND_CHOICES = [
     (HL7_REFUSED, "inbound HL7 refused (undeclared sender, or a type not granted) within the last N minutes"),
     (CERTIFICATE_EXPIRY, "a configured TLS certificate is unreadable, expired or expires within TLS_EXPIRY_WARNING_DAYS"),
     (AUDIT_BACKLOG, "audit trail not exported: oldest record not yet at the Audit Record Repository older than N minutes"),
+    (MODALITY_SILENT, "a declared modality sends nothing (no C-STORE, MPPS or MWL query) while steps are scheduled "
+                      "for it, for longer than ALARM_MODALITY_SILENCE_MINUTES"),
+    (COMMITMENT_UNANSWERED, "a storage commitment request to a VNA not answered within ALARM_STORAGE_COMMITMENT_MINUTES"),
+    (STAT_UNREAD, "a STAT study ready to read and without a final report after ALARM_STAT_UNREAD_MINUTES"),
+    (ORU_UNDELIVERED, "a final report whose ORU^R01 a destination has not acknowledged within "
+                      "ALARM_ORU_UNDELIVERED_MINUTES"),
 ]
 
 # What the interface key of each kind names (empty: every interface of the kind, one alarm each).
@@ -46,7 +64,9 @@ INTERFACE_KEY_HELP = (
     "dicom_refused: source IP address; "
     "hl7_refused: the source address; "
     "certificate_expiry: the setting (TLS_CERTIFICATE, TLS_CA_CERTIFICATES); "
-    "audit_backlog: the Audit Record Repository, host:port. "
+    "audit_backlog: the Audit Record Repository, host:port; "
+    "modality_silent: the modality's AE title; commitment_unanswered: VNA destination name; "
+    "stat_unread: the modality (0008,0060); oru_undelivered: ORU destination name. "
     "Empty = each interface of the kind separately."
 )
 
@@ -56,7 +76,9 @@ class AlarmRule(models.Model):
     kind = models.CharField(max_length=32, choices=KIND_CHOICES)
     interface_key = models.CharField(max_length=200, blank=True, help_text=INTERFACE_KEY_HELP)
     threshold_minutes = models.PositiveIntegerField(
-        default=60, help_text="silence / backlog age / unmatched age in minutes; error_rate: the window"
+        default=60, help_text="silence / backlog age / unmatched age in minutes; error_rate: the window; "
+                              "not used by modality_silent, commitment_unanswered, stat_unread and "
+                              "oru_undelivered (their ALARM_..._MINUTES setting)"
     )
     threshold_rate = models.FloatField(
         null=True, blank=True, help_text="error_rate only: fraction of errors (0.2 = 20%) above which it opens"

@@ -15,7 +15,11 @@ Interfaces and their keys:
 - DICOM associations refused per source address (``pacs.DicomRefusal``, counted by the
   association policy);
 - the audit trail's export per Audit Record Repository, ``host:port`` (``audit.exports``: the
-  cursor, the records after it and the age of the oldest).
+  cursor, the records after it and the age of the oldest);
+- hand-offs left dangling in the department, one list per check, each item with its age and
+  what to open: a declared modality silent while steps are scheduled for it (per AE title), a
+  storage commitment request unanswered (per VNA destination), a STAT study unread (per
+  modality), a final report whose ORU^R01 a destination has not acknowledged (per destination).
 
 Every function takes ``now`` (default: ``timezone.now()``) so that tests can move time.
 Nothing here returns a patient name.
@@ -26,21 +30,27 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 
-from django.db.models import Count, Max, Min, Q, Sum
+from django.db.models import Count, Exists, Max, Min, OuterRef, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from audit import exports as audit_exports
 from audit.models import AuditExport, AuditRecord
 from hl7gateway.models import InboundMessage, InboundRefusal
+from hl7gateway.models import outbound as ob
 from hl7gateway.models.outbound import FAILED as ORU_FAILED
 from hl7gateway.models.outbound import PENDING as ORU_PENDING
 from hl7gateway.models.outbound import OutboundAttempt, OutboundDestination, OutboundMessage
 from monitoring.models import Alarm, DicomOperation
-from pacs.models import DicomRefusal, Study
+from pacs.models import DicomNode, DicomRefusal, Study
+from pacs.models import transfers as tr
 from pacs.models.transfers import FAILED as TRANSFER_FAILED
 from pacs.models.transfers import OPEN as TRANSFER_OPEN
 from pacs.models.transfers import Transfer, VnaDestination
+from ris import states
+from ris.models import ScheduledProcedureStep, StatusChange
+from ris.models.reports import KIND_FINAL, ReportVersion
+from worklist.models import ReadingItem
 
 HOURS = 24
 HL7_ERROR_ACKS = ("AE", "AR", "CE", "CR")
@@ -384,6 +394,138 @@ def unmatched_studies(now: dt.datetime | None = None, *, calling_ae_title: str =
              "status": s.status, "first_received_at": s.first_received_at,
              "age_seconds": _age_seconds(s.first_received_at, now)}
             for s in qs.order_by("first_received_at")[:limit]]
+
+
+# --- hand-offs left dangling ----------------------------------------------------------------
+
+#: What a modality sends (PS3.4 B, K, F): images, MPPS, worklist queries.  A C-ECHO is not work.
+MODALITY_OPERATIONS = (DicomOperation.C_STORE, DicomOperation.MWL_FIND, DicomOperation.MPPS_N_CREATE,
+                       DicomOperation.MPPS_N_SET)
+#: Steps not yet performed: still on the Modality Worklist (PS3.4 K.6, (0040,0020)).
+STEP_WAITING = (states.SPS_SCHEDULED, states.SPS_ARRIVED, states.SPS_READY)
+#: How far back a modality's scheduled hours reach: steps due before this are not its day any more.
+SCHEDULE_LOOKBACK = dt.timedelta(hours=24)
+
+
+def silent_modalities(now: dt.datetime | None = None, *, limit_minutes: int, ae_title: str = "") -> list[dict]:
+    """Declared modalities silent during their scheduled hours, one item per AE title.
+
+    A declared node (enabled, not a storage commitment SCP) whose station (its MWL station AE
+    title, else its AE title; ScheduledStationAETitle (0040,0001)) has a step still waiting that
+    was due more than ``limit_minutes`` ago (within the last 24 hours), and from which no
+    C-STORE, MPPS or MWL C-FIND has come since before that step was due.  ``age_seconds``: since
+    the first such step was due."""
+    now = _now(now)
+    nodes = DicomNode.objects.filter(enabled=True, allow_storage_commitment=False)
+    if ae_title:
+        nodes = nodes.filter(ae_title=ae_title)
+    nodes = list(nodes.order_by("ae_title"))
+    if not nodes:
+        return []
+    last = dict(DicomOperation.objects.filter(calling_ae_title__in=[n.ae_title for n in nodes],
+                                              operation__in=MODALITY_OPERATIONS)
+                .values("calling_ae_title").annotate(last=Max("last_at")).values_list("calling_ae_title", "last"))
+    due_before = now - dt.timedelta(minutes=limit_minutes)
+    out = []
+    for node in nodes:
+        station = node.station_ae_title or node.ae_title
+        heard = last.get(node.ae_title)
+        since = max(heard, now - SCHEDULE_LOOKBACK) if heard else now - SCHEDULE_LOOKBACK
+        steps = ScheduledProcedureStep.objects.filter(scheduled_station_ae_title=station, status__in=STEP_WAITING,
+                                                      scheduled_start__gt=since, scheduled_start__lte=due_before)
+        first = steps.select_related("requested_procedure").order_by("scheduled_start", "pk").first()
+        if first is None:
+            continue
+        out.append({"key": node.ae_title, "node_id": node.pk, "station": station, "last_operation_at": heard,
+                    "steps": steps.count(), "first_due_at": first.scheduled_start,
+                    "accession_number": first.requested_procedure.accession_number,
+                    "age_seconds": _age_seconds(first.scheduled_start, now)})
+    return out
+
+
+def _asking_since(changes: list) -> dt.datetime | None:
+    """When the transfer last began asking for storage commitment: its first move to COMMITTING
+    after its last send failure or reschedule (a re-request after a timeout does not restart it)."""
+    since = None
+    for change in changes:
+        if change.to_status == tr.COMMITTING and since is None:
+            since = change.at
+        elif change.to_status in (tr.RETRYING, tr.SCHEDULED):
+            since = None
+    return since
+
+
+def unanswered_commitments(now: dt.datetime | None = None, *, limit_minutes: int, destination: str = "") -> list[dict]:
+    """Storage commitment requests (PS3.4 J.3.2 N-ACTION) no N-EVENT-REPORT has answered for
+    more than ``limit_minutes``: transfers COMMITTING, asking since (re-requests included) longer
+    than that; oldest first."""
+    now = _now(now)
+    qs = Transfer.objects.filter(status=tr.COMMITTING).select_related("destination", "study")
+    if destination:
+        qs = qs.filter(destination__name=destination)
+    rows = list(qs.annotate(waiting=Count("items", filter=Q(items__status=tr.ITEM_SENT))))
+    trail: dict[int, list] = defaultdict(list)
+    for change in StatusChange.objects.filter(entity="transfer", object_id__in=[t.pk for t in rows]).order_by("at", "pk"):
+        trail[change.object_id].append(change)
+    out = []
+    for t in rows:
+        since = _asking_since(trail[t.pk]) or t.commitment_requested_at
+        age = _age_seconds(since, now)
+        if age is None or age <= limit_minutes * 60:
+            continue
+        out.append({"key": t.destination.name, "transfer_id": t.pk, "study_id": t.study_id,
+                    "accession_number": t.study.accession_number, "asking_since": since,
+                    "requested_at": t.commitment_requested_at, "instances": t.waiting, "attempts": t.attempts,
+                    "age_seconds": age})
+    return sorted(out, key=lambda item: -item["age_seconds"])
+
+
+def unread_stat_studies(now: dt.datetime | None = None, *, limit_minutes: int, modality: str = "",
+                        limit: int = 200) -> list[dict]:
+    """STAT studies (RequestedProcedurePriority (0040,1003) STAT, from ORC-7.6 / OBR-27.6 / TQ1-9)
+    on the reading worklist for more than ``limit_minutes`` without a final report; longest
+    waiting first.  Cancelled orders are left out."""
+    now = _now(now)
+    qs = (ReadingItem.objects.filter(is_read=False, priority_rank=states.PRIORITY_RANK[states.PRIORITY_STAT],
+                                     ready_at__lte=now - dt.timedelta(minutes=limit_minutes))
+          .exclude(requested_procedure__status=states.RP_CANCELED))
+    if modality:
+        qs = qs.filter(modality=modality)
+    return [{"key": r.modality, "requested_procedure_id": r.requested_procedure_id,
+             "accession_number": r.accession_number, "ready_at": r.ready_at, "report_status": r.report_status,
+             "age_seconds": _age_seconds(r.ready_at, now)} for r in qs.order_by("ready_at", "id")[:limit]]
+
+
+def undelivered_final_reports(now: dt.datetime | None = None, *, limit_minutes: int, destination: str = "",
+                              limit: int = 200) -> list[dict]:
+    """Final reports (OBR-25 F) signed more than ``limit_minutes`` ago whose ORU^R01 an enabled
+    destination that takes results has not acknowledged (no row DELIVERED, nor CANCELED by an
+    operator), per destination, oldest first; reports signed before the destination existed are
+    not its.  ``message_id`` is None when no ORU^R01 was queued for it at all."""
+    now = _now(now)
+    due_before = now - dt.timedelta(minutes=limit_minutes)
+    dests = OutboundDestination.objects.filter(enabled=True, sends_results=True)
+    if destination:
+        dests = dests.filter(name=destination)
+    out = []
+    for dest in dests.order_by("name"):
+        settled = OutboundMessage.objects.filter(kind=ob.ORU, destination=dest, report_version=OuterRef("pk"),
+                                                 status__in=ob.SETTLED)
+        versions = list(ReportVersion.objects.filter(kind=KIND_FINAL, signed_at__lte=due_before,
+                                                     signed_at__gte=dest.created_at)
+                        .exclude(Exists(settled)).select_related("report__requested_procedure")
+                        .order_by("signed_at", "pk")[:limit])
+        queued = {m.report_version_id: m for m in OutboundMessage.objects.filter(
+            kind=ob.ORU, destination=dest, report_version__in=[v.pk for v in versions]).only(
+            "id", "report_version", "status", "message_control_id")}
+        for v in versions:
+            m = queued.get(v.pk)
+            out.append({"key": dest.name, "report_version_id": v.pk,
+                        "requested_procedure_id": v.report.requested_procedure_id,
+                        "accession_number": v.report.requested_procedure.accession_number, "signed_at": v.signed_at,
+                        "message_id": m.pk if m else None, "message_control_id": m.message_control_id if m else "",
+                        "status": m.status if m else "never queued", "age_seconds": _age_seconds(v.signed_at, now)})
+    return sorted(out, key=lambda item: -item["age_seconds"])[:limit]
 
 
 # --- alarms (for the operator's console) ---------------------------------------------------

@@ -4,7 +4,9 @@ it stops, and notify each opening and each clearing exactly once.
 ``evaluate(now=None)`` is run by the beat task ``monitoring.evaluate_alarms`` every
 ``ALARM_CHECK_SECONDS``.  For each enabled rule it computes, per interface key, whether the
 condition holds (``conditions``), from the same figures as the console and /metrics
-(``monitoring.selectors``).  Outside a rule's schedule no alarm is opened (nights and
+(``monitoring.selectors``).  The hand-off kinds (``SETTING_THRESHOLDS``: a silent modality, an
+unanswered storage commitment, an unread STAT study, a final report without ORU) take their
+limit from a setting, so the console and /metrics list the same items (``dangling``).  Outside a rule's schedule no alarm is opened (nights and
 weekends page no one); an open alarm is still cleared when its condition stops.
 
 Exactly once: at most one open alarm per (rule, interface key) (a partial unique index), and
@@ -31,11 +33,16 @@ from monitoring import selectors
 from monitoring.models import (
     AUDIT_BACKLOG,
     CERTIFICATE_EXPIRY,
+    COMMITMENT_UNANSWERED,
     DICOM_REFUSED,
     ERROR_RATE,
     HL7_REFUSED,
     INBOUND_SILENCE,
+    MODALITY_SILENT,
+    ORU_UNDELIVERED,
     OUTBOUND_BACKLOG,
+    SETTING_THRESHOLDS,
+    STAT_UNREAD,
     TRANSFER_FAILED,
     UNMATCHED_STUDY,
     Alarm,
@@ -74,10 +81,59 @@ def _error_keys() -> list[str]:
             + [f"dicom:{k}" for k in selectors.dicom_calling_aes()])
 
 
+def setting_threshold(kind: str) -> int:
+    """The limit in minutes of a kind whose threshold is a setting (``SETTING_THRESHOLDS``)."""
+    return int(getattr(settings, SETTING_THRESHOLDS[kind]))
+
+
+def dangling(kind: str, now: dt.datetime, key: str = "", *, limit: int = 10000) -> list[dict]:
+    """The items of a hand-off check stuck past its setting (``monitoring.selectors``), for the
+    alarm, the console and /metrics alike; ``key`` narrows them to one interface."""
+    minutes = setting_threshold(kind)
+    if kind == MODALITY_SILENT:
+        return selectors.silent_modalities(now, limit_minutes=minutes, ae_title=key)
+    if kind == COMMITMENT_UNANSWERED:
+        return selectors.unanswered_commitments(now, limit_minutes=minutes, destination=key)
+    if kind == STAT_UNREAD:
+        return selectors.unread_stat_studies(now, limit_minutes=minutes, modality=key, limit=limit)
+    return selectors.undelivered_final_reports(now, limit_minutes=minutes, destination=key, limit=limit)
+
+
+# What each hand-off check's alarm says (counts and interfaces only, no accession or patient).
+_DANGLING_MESSAGE = {
+    MODALITY_SILENT: "modality {key} sent nothing (C-STORE, MPPS, MWL query) while {n} step(s) were due "
+                     "for it; first due {age:.0f} min ago (limit {limit})",
+    COMMITMENT_UNANSWERED: "{n} storage commitment request(s) to {key} not answered, oldest asking for "
+                           "{age:.0f} min (limit {limit})",
+    STAT_UNREAD: "{n} STAT stud(ies) ({key}) without a final report, longest ready for {age:.0f} min "
+                 "(limit {limit})",
+    ORU_UNDELIVERED: "{n} final report(s) not acknowledged by {key}, oldest signed {age:.0f} min ago "
+                     "(limit {limit})",
+}
+
+
+def _dangling_conditions(rule: AlarmRule, now: dt.datetime) -> dict[str, Condition]:
+    """One alarm per interface key with an item stuck past the kind's setting; a key with none
+    is absent (so its open alarm clears)."""
+    limit = setting_threshold(rule.kind)
+    by_key: dict[str, list[dict]] = {}
+    for item in dangling(rule.kind, now, rule.interface_key):
+        by_key.setdefault(item["key"], []).append(item)
+    out = {}
+    for key, items in by_key.items():
+        age = _minutes(max(i["age_seconds"] or 0.0 for i in items)) or 0.0
+        n = items[0]["steps"] if rule.kind == MODALITY_SILENT else len(items)
+        out[key] = Condition(True, age, _DANGLING_MESSAGE[rule.kind].format(key=key or "-", n=n, age=age,
+                                                                            limit=limit))
+    return out
+
+
 def conditions(rule: AlarmRule, now: dt.datetime) -> dict[str, Condition]:
     """{interface key: Condition} of a rule at ``now``."""
     out: dict[str, Condition] = {}
     limit = rule.threshold_minutes
+    if rule.kind in SETTING_THRESHOLDS:
+        return _dangling_conditions(rule, now)
     if rule.kind == INBOUND_SILENCE:
         for key in [rule.interface_key] if rule.interface_key else selectors.inbound_senders():
             last = selectors.inbound_last_message_at(key) or rule.created_at

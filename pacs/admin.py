@@ -114,8 +114,8 @@ class VnaDestinationForm(forms.ModelForm):
 @admin.register(VnaDestination)
 class VnaDestinationAdmin(admin.ModelAdmin):
     form = VnaDestinationForm
-    list_display = ("name", "kind", "ae_title", "host", "port", "tls", "url", "storage_commitment", "enabled",
-                    "from_environment")
+    list_display = ("name", "kind", "ae_title", "host", "port", "tls", "url", "storage_commitment", "adt_url",
+                    "enabled", "from_environment")
     list_filter = ("kind", "enabled", "from_environment")
     search_fields = ("name", "ae_title", "host", "url")
 

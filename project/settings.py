@@ -352,7 +352,8 @@ for _entry in destination_entries(VNA_DESTINATIONS):
     try:
         parse_vna_entry(_entry)
     except ValueError:
-        record("VNA_DESTINATIONS", _entry, "is neither dicom://AE@host:port nor stow+http(s)://host:port/path")
+        record("VNA_DESTINATIONS", _entry, "is neither dicom://AE@host:port nor stow+http(s)://host:port/path "
+               "(optionally ?adt=mllp://host:port)")
 ARCHIVE_RETENTION_DAYS = env_int("ARCHIVE_RETENTION_DAYS", 0, minimum=0)
 # VNA transfers: attempts, exponential backoff with jitter (capped below the Redis visibility
 # timeout, else Redis redelivers the task), the lease a worker holds a transfer for, and how long
@@ -403,6 +404,15 @@ ALARM_EMAIL_FROM = env_str("ALARM_EMAIL_FROM", "pacs-alarms@localhost")
 ALARM_EMAIL_SUBJECT_PREFIX = env_str("ALARM_EMAIL_SUBJECT_PREFIX", "[PACS alarm] ")
 ALARM_WEBHOOK_TIMEOUT_SECONDS = env_float("ALARM_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 ALARM_SOURCE_NAME = env_str("ALARM_SOURCE_NAME", "pacs")
+# Hand-offs left dangling (monitoring.selectors, the alarms of the same names, the console):
+# a declared modality silent while steps are scheduled for it; a storage commitment request
+# unanswered (above STORAGE_COMMITMENT_TIMEOUT_SECONDS, so one re-request has had its chance);
+# a STAT study ready to read without a final report; a final report not acknowledged by a
+# destination that takes results.
+ALARM_MODALITY_SILENCE_MINUTES = env_int("ALARM_MODALITY_SILENCE_MINUTES", 60, minimum=1)
+ALARM_STORAGE_COMMITMENT_MINUTES = env_int("ALARM_STORAGE_COMMITMENT_MINUTES", 30, minimum=1)
+ALARM_STAT_UNREAD_MINUTES = env_int("ALARM_STAT_UNREAD_MINUTES", 60, minimum=1)
+ALARM_ORU_UNDELIVERED_MINUTES = env_int("ALARM_ORU_UNDELIVERED_MINUTES", 30, minimum=1)
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)

@@ -4,10 +4,12 @@ importing them (ris imports nothing of ours but audit and project).
 Every one is sent inside the transaction that makes the change, so that what a receiver
 writes commits or rolls back with it:
 
-- ``patient_changed`` (kwarg ``patient_id``): demographics updated (A08) or a merge (A40)
-  moved studies to this patient.
+- ``patient_changed`` (kwargs ``patient_id``, ``event``, ``merge_id``): demographics updated
+  (``event`` "A08") or a merge (``event`` "A40", ``merge_id`` the ``PatientMerge`` row) moved
+  studies to this patient.  VNA routing forwards the change to the archives that already hold
+  the patient's studies (``pacs.services.routing.patient_changes``).
 - ``procedure_changed`` (kwarg ``requested_procedure_id``): priority, procedure or
-  accession data of a requested procedure changed (XO).
+  accession data of a requested procedure changed (XO), or its placer status (ORC-1 CA / DC).
 - ``report_changing`` (kwargs ``requested_procedure_id``, ``user``): ``user`` is about to open,
   change or sign the study's report.  A receiver refuses by raising ``ris.errors.DomainError``
   (the reading worklist: another user holds the study's active reading claim); the report
@@ -28,6 +30,11 @@ writes commits or rolls back with it:
   ORM^O01 / OMI^O23, IHE RAD-2/RAD-4).  The HL7 gateway decides from it which order status
   message (ORM^O01 / OMI^O23 with ORC-1 SC, IHE RAD-3) the order placer is sent, and queues it
   in this transaction.
+- ``filler_order_created`` (kwargs ``order_id``, ``requested_procedure_id``): the department
+  created an order itself (ORC-1 ``SN``, HL7 v2.5.1 4.5.1.1 and table 0119: an unordered study
+  reconciled to its patient, encounter-based imaging).  The HL7 gateway queues the new filler
+  order to the order placer (ORM^O01 / OMI^O23 ORC-1 SN) in this transaction, so that the EHR
+  learns of the order and answers with the placer order number it assigns (ORC-1 NA).
 """
 
 from django.dispatch import Signal
@@ -38,3 +45,4 @@ report_changing = Signal()
 report_draft_saved = Signal()
 report_signed = Signal()
 procedure_status_changed = Signal()
+filler_order_created = Signal()

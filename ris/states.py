@@ -76,6 +76,27 @@ RP_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
+# --- Placer status: what the order placer last said of a requested procedure ----------------
+# ORC-1 CA (cancel) or DC (discontinue) from the EHR (HL7 v2.5.1 table 0119).  Kept apart from the
+# workflow status: a cancel that arrives after the exam was performed (RP_COMPLETED, or
+# RP_DISCONTINUED by the modality) leaves the workflow status as it is -- the images exist and the
+# exam was done -- and is recorded here, so the reading worklist flags the study and a final
+# signature needs a confirmation.  Before the exam, the workflow status follows too (CANCELED,
+# DISCONTINUED) and the placer status records who asked.
+PLACER_NONE = ""
+PLACER_CANCELED = "CANCELED"
+PLACER_DISCONTINUED = "DISCONTINUED"
+PLACER_STATUS_CHOICES = [(PLACER_NONE, "none"), (PLACER_CANCELED, "cancelled by the placer"),
+                         (PLACER_DISCONTINUED, "discontinued by the placer")]
+# The step status an ORC-1/ORC-5 pair maps to (ORDER_CONTROL_TO_SPS_STATUS) -> placer status.
+SPS_TO_PLACER_STATUS = {SPS_CANCELED: PLACER_CANCELED, SPS_DISCONTINUED: PLACER_DISCONTINUED}
+PLACER_STATUS_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
+    {(PLACER_NONE, PLACER_CANCELED), (PLACER_NONE, PLACER_DISCONTINUED), (PLACER_DISCONTINUED, PLACER_CANCELED)}
+)
+# Workflow statuses of a requested procedure whose exam was performed (in whole or in part): a
+# placer's CA/DC then changes the placer status only.
+RP_PERFORMED = frozenset({RP_COMPLETED, RP_DISCONTINUED})
+
 # --- HL7 order control (ORC-1) + order status (ORC-5) -> step status ------------------------
 # dcm4chee's default mapping (ORC-1 HL7 table 0119, ORC-5 table 0038; docs/hl7-interface.md 1.5);
 # an unknown pair is rejected with AE, ERR-3 code 101 at ORC-1.  An empty ORC-5 matches the
@@ -102,6 +123,8 @@ ORDER_CONTROL_TO_SPS_STATUS: dict[tuple[str, str], str] = {
 TABLES: dict[str, frozenset[tuple[str, str]]] = {
     "sps": SPS_TRANSITIONS,
     "requested_procedure": RP_TRANSITIONS,
+    # RequestedProcedure.placer_status: the order placer's CA / DC (see above).
+    "placer_status": PLACER_STATUS_TRANSITIONS,
     # PerformedProcedureStepStatus (0040,0252), PS3.4 F.7.2.2 (pacs.models.mpps).
     "mpps": frozenset({("IN PROGRESS", "COMPLETED"), ("IN PROGRESS", "DISCONTINUED")}),
     # Report status (ris.models.reports): draft -> preliminary -> final -> addended.

@@ -216,6 +216,36 @@ def committing_transfer(*, instances: int = 3, ae_title: str = "VNA", host: str 
     return t
 
 
+def vna_study(rp: RequestedProcedure, destination: VnaDestination, *, instances: int = 2, sent: bool = True,
+              patient_name: str = "") -> Study:
+    """The complete, matched study of ``rp`` with one transfer to ``destination``: its instances
+    committed by the VNA (``sent``), or still waiting to go (not in the VNA).  Files are
+    placeholders in STORAGE_DIR (request the ``store_dir`` fixture)."""
+    identifier = rp.order.patient.primary_identifier
+    study = Study.objects.create(
+        study_instance_uid=rp.study_instance_uid, accession_number=rp.accession_number, requested_procedure=rp,
+        match_method=im.MATCH_ACCESSION, patient_id=identifier.id_number,
+        issuer_of_patient_id=identifier.assigning_authority, patient_name=patient_name or rp.order.patient.patient_name,
+        status=im.RECEIVING, batch=1, last_received_at=timezone.now())
+    transition(study, im.COMPLETE, entity="study", cause="test", actor="test")
+    series = Series.objects.create(study=study, series_instance_uid=generate_uid())
+    t = Transfer.objects.create(study=study, destination=destination, batch=1, next_attempt_at=timezone.now())
+    for _ in range(instances):
+        uid = generate_uid()
+        rel = storage.relative_path(study.study_instance_uid, series.series_instance_uid, uid)
+        storage.absolute_path(rel).parent.mkdir(parents=True, exist_ok=True)
+        storage.absolute_path(rel).write_bytes(b"\x00" * 128 + b"DICM")
+        instance = Instance.objects.create(study=study, series=series, sop_instance_uid=uid, sop_class_uid="1.2.3",
+                                           transfer_syntax_uid="1.2.840.10008.1.2.1", path=rel, size=132, batch=1,
+                                           received_at=timezone.now())
+        TransferItem.objects.create(transfer=t, instance=instance,
+                                    status=tr.ITEM_COMMITTED if sent else tr.ITEM_PENDING)
+    if sent:
+        for status in (tr.IN_PROGRESS, tr.COMMITTING, tr.COMMITTED):
+            transition(t, status, entity="transfer", cause="test", actor="test")
+    return study
+
+
 def received_study(rp: RequestedProcedure, *, last_received_at: datetime | None = None) -> Study:
     """The images of ``rp`` as received and matched (RECEIVING: study completion decides when they
     are complete), without files; ``last_received_at`` backdates the last arrival (quiet period)."""

@@ -48,6 +48,20 @@ def test_vna_destination_forms():
             parse_vna(bad)
 
 
+def test_a_vna_that_takes_hl7_adt_names_its_mllp_receiver():
+    dicom, stow, plain = parse_vna("dicom://VNA@h1:104?adt=mllp://h1:2575,"
+                                   "stow+https://h3/dicom-web?adt=mllps://adt.h3:2576, dicom://VNA@h2:104")
+    assert (dicom["adt_host"], dicom["adt_port"], dicom["adt_tls"]) == ("h1", 2575, False)
+    assert dicom["name"] == "env:dicom://VNA@h1:104"  # the same row with or without the option
+    assert (stow["url"], stow["adt_host"], stow["adt_port"], stow["adt_tls"]) == (
+        "https://h3/dicom-web", "adt.h3", 2576, True)
+    assert (plain["adt_host"], plain["adt_port"], plain["adt_tls"]) == ("", None, False)
+    for bad in ("dicom://VNA@h:104?adt=http://h:1", "dicom://VNA@h:104?adt=mllp://h",
+                "dicom://VNA@h:104?adt=mllp://h:0", "dicom://VNA@h:104?hl7=mllp://h:1"):
+        with pytest.raises(ValueError, match="adt=mllp://host:port"):
+            parse_vna(bad)
+
+
 @pytest.mark.parametrize("value,message", [
     ("ehr", "expected name=mllp://host:port"),
     ("ehr=http://h:1", "the address must be mllp://host:port or mllps://host:port"),

@@ -6,7 +6,9 @@ must hold a reporting role.  The endpoints call the same domain services as the 
 No session, no CSRF cookie: the token is the credential (a machine endpoint).
 
 Answers: 200/201 JSON; 400 malformed JSON or fields; 401 no or bad token; 403 role or claim
-refuses; 404 unknown accession number; 422 a report rule refuses (e.g. final already signed).
+refuses; 404 unknown accession number; 409 a FINAL signature of a study whose order the EHR
+cancelled or discontinued (``placer_status`` in the report's JSON) without ``"confirm_cancelled":
+true``; 422 a report rule refuses (e.g. final already signed).
 """
 
 from __future__ import annotations
@@ -131,12 +133,22 @@ def _version_json(v) -> dict:
     }
 
 
+def _placer_json(rp) -> dict | None:
+    """The reading worklist's flag: the order placer's CA / DC (ORC-1), or None."""
+    if not rp.placer_status:
+        return None
+    return {"status": rp.placer_status, "flag": rp.placer_flag,
+            "at": rp.placer_status_at.isoformat() if rp.placer_status_at else None,
+            "message": rp.placer_status_cause}
+
+
 def _report_json(rp) -> dict:
     report = Report.objects.filter(requested_procedure=rp).first()
     return {
         "accession_number": rp.accession_number,
         "study_instance_uid": rp.study_instance_uid,
         "status": report.status if report else None,
+        "placer_status": _placer_json(rp),
         "versions": [_version_json(v) for v in reports.history(rp.pk)],
     }
 
@@ -151,27 +163,40 @@ def _call(fn):
         return _error(404, str(exc))
     except reports.ReportPermissionDenied as exc:
         return _error(403, str(exc))
+    except reports.PlacerStatusNotConfirmed as exc:
+        return JsonResponse({"error": str(exc), "flag": exc.placer_flag, "placer_status": exc.placer_status,
+                             "confirm_with": {"confirm_cancelled": True}}, status=409)
     except DomainError as exc:
         return _error(422, str(exc))
+
+
+def _flag(data: dict, name: str) -> bool:
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise _BadRequest(f"{name} must be true or false")
+    return value
 
 
 def _sign_or_save(request, rp, data: dict, kind: str | None):
     text = {"findings": _text(data, "findings"), "impression": _text(data, "impression"),
             "addendum": _text(data, "addendum")}
+    confirm_cancelled = _flag(data, "confirm_cancelled")
     if kind is None:
         version = reports.save_draft(rp.pk, request.user, source="api", **text)
         return JsonResponse({"report": _report_json(rp), "version": _version_json(version)}, status=201)
     version = reports.sign(
         rp.pk, request.user, kind, source="api", critical_result=bool(data.get("critical_result")),
         critical_communicated_to=str(data.get("critical_communicated_to") or ""),
-        critical_communicated_at=_datetime(data, "critical_communicated_at"), **text,
+        critical_communicated_at=_datetime(data, "critical_communicated_at"), confirm_cancelled=confirm_cancelled,
+        **text,
     )
     return JsonResponse({"report": _report_json(rp), "version": _version_json(version)}, status=201)
 
 
 @token_roles(*API_ROLES)
 def create_report(request):
-    """POST /api/v1/reports/ {accession_number, findings, impression, sign?: PRELIMINARY|FINAL, critical...}.
+    """POST /api/v1/reports/ {accession_number, findings, impression, sign?: PRELIMINARY|FINAL, critical...,
+    confirm_cancelled?}.
 
     Without ``sign`` the text is saved as the open draft; with it the report is signed at once.
     """
@@ -211,7 +236,8 @@ def report_detail(request, accession_number: str):
 
 @token_roles(*API_ROLES)
 def sign_report(request, accession_number: str):
-    """POST /api/v1/reports/<accession>/sign/ {kind: PRELIMINARY|FINAL, findings?, impression?, critical...}."""
+    """POST /api/v1/reports/<accession>/sign/ {kind: PRELIMINARY|FINAL, findings?, impression?, critical...,
+    confirm_cancelled?}."""
     if request.method != "POST":
         return _error(405, "POST")
 

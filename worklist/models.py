@@ -16,6 +16,7 @@ from django.db import models
 from django.db.models import Q
 
 from ris import states
+from ris.models.core import placer_flag
 
 # Report status as shown on the reading worklist (mirror of ris.Report.status, UNREAD = no report yet).
 UNREAD = "UNREAD"
@@ -57,6 +58,10 @@ class ReadingItem(models.Model):
     study_instance_uid = models.CharField(max_length=64, help_text="(0020,000D)")
     report_status = models.CharField(max_length=12, choices=REPORT_STATUS_CHOICES, default=UNREAD)
     is_read = models.BooleanField(default=False, help_text="report final: out of the default 'to read' view")
+    # The order placer's CA / DC (ris RequestedProcedure.placer_status): the row's flag.
+    placer_status = models.CharField(max_length=16, blank=True, default=states.PLACER_NONE,
+                                     choices=states.PLACER_STATUS_CHOICES, help_text="ORC-1 CA / DC of the placer")
+    placer_status_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -75,6 +80,11 @@ class ReadingItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.accession_number} {self.requested_procedure_priority} {self.report_status}"
+
+    @property
+    def placer_flag(self) -> str:
+        """"order cancelled by the EHR on <date>" (or discontinued), empty when the order stands."""
+        return placer_flag(self.placer_status, self.placer_status_at)
 
 
 class ReadingClaim(models.Model):

@@ -1,7 +1,8 @@
 """The reading worklist follows the RIS domain and the imaging side through their signals
 (``ris.signals``, ``pacs.signals``), each inside the sender's transaction:
 
-- A08 rename, A40 merge, XO priority change: the list row's copied columns are refreshed;
+- A08 rename, A40 merge, XO priority change, the placer's CA / DC: the list row's copied columns
+  (the placer status is the row's flag) are refreshed;
 - a report about to change: refused while another user holds the study's active claim;
 - a draft saved, a report signed: the row shows the report's status; a signature gives back
   the signer's claim;

@@ -58,6 +58,8 @@ def _copied_columns(rp: RequestedProcedure) -> dict:
         "accession_number": rp.accession_number,
         "requested_procedure_description": rp.requested_procedure_description or rp.procedure_code_meaning,
         "study_instance_uid": rp.study_instance_uid,
+        "placer_status": rp.placer_status,
+        "placer_status_at": rp.placer_status_at,
     }
 
 
@@ -92,10 +94,11 @@ def mark_ready_for_reading(requested_procedure_id: int, *, ready_at: dt.datetime
 
 
 def refresh_reading_item(requested_procedure_id: int) -> None:
-    """Re-copy priority, modality, patient name/ID, accession after the order or patient changed.
+    """Re-copy priority, modality, patient name/ID, accession, placer status after the order or
+    patient changed.
 
     No-op for a study that is not on the reading worklist.  Call it after an HL7 update
-    (priority change, A08 name change, A40 merge) so that the list shows current values.
+    (priority change, CA / DC, A08 name change, A40 merge) so that the list shows current values.
     """
     item = ReadingItem.objects.filter(requested_procedure_id=requested_procedure_id).first()
     if item is not None:

@@ -169,6 +169,7 @@ def sign(request, requested_procedure_id: int):
             critical_result=request.POST.get("critical_result") == "on",
             critical_communicated_to=request.POST.get("critical_communicated_to", ""),
             critical_communicated_at=_parse_local_datetime(request.POST.get("critical_communicated_at", "")),
+            confirm_cancelled=request.POST.get("confirm_cancelled") == "on",
         )
     except ValueError:
         messages.error(request, "critical result: the time is not a date and time")

@@ -1,7 +1,7 @@
 """The outbound HL7 queue: destinations, one row per message and destination, every delivery
 attempt as a row, and the operator's retry / cancel actions.
 
-Two kinds of message share the queue, its order and its delivery:
+Four kinds of message share the queue, its order and its delivery:
 
 * ``ORU``: the ORU^R01 of a signed report version (HL7 v2.5.1 chapter 7; IHE RAD-28/RAD-128),
   one row per (report version, destination), written in the signing transaction
@@ -9,11 +9,16 @@ Two kinds of message share the queue, its order and its delivery:
 * ``STATUS``: an order status message to the order placer (IHE RAD-3 Filler Order Management:
   ORM^O01 in v2.3.1, OMI^O23 in v2.5.1, ORC-1 ``SC``), one row per (requested procedure, status
   event, destination), written in the transaction of the change that causes it
-  (``hl7gateway.outbox.enqueue.enqueue_status``);
+  (``hl7gateway.outbox.enqueue.enqueue_status``); the same kind carries, with the event
+  ``filler-order``, an order the department created itself to the order placer (ORC-1 SN),
+  whose answer (ORC-1 NA) assigns the placer order number stored on the order;
 * ``CHARGE``: a charge posted to billing (IHE RAD-35 Charge Posted: DFT^P03, HL7 v2.5.1 chapter
   6), one row per (requested procedure, charge kind, FT1-6 transaction type, destination): the
   technical or professional charge (``CG``) once, and its credit (``CD``) once, written in the
-  transaction of the change that causes it (``hl7gateway.outbox.enqueue.enqueue_charge``).
+  transaction of the change that causes it (``hl7gateway.outbox.enqueue.enqueue_charge``);
+* ``ADT``: a patient change forwarded to a VNA that takes HL7 (IHE RAD-12 Patient Update:
+  ADT^A08 or ADT^A40, HL7 v2.5.1 chapter 3), one row per change and VNA holding studies of the
+  patient, written in the A08 / A40 transaction (``hl7gateway.outbox.enqueue.enqueue_patient_update``).
 
 A row is written with its message already rendered and its MSH-10 fixed, so that every resend
 is the same bytes.
@@ -39,6 +44,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from hl7gateway import order_status
+
 PENDING = "PENDING"
 DELIVERED = "DELIVERED"
 FAILED = "FAILED"
@@ -52,8 +59,11 @@ SETTLED = (DELIVERED, CANCELED)
 ORU = "ORU"
 STATUS = "STATUS"
 CHARGE = "CHARGE"
+ADT = "ADT"
 KIND_CHOICES = [(ORU, "Result (ORU^R01)"), (STATUS, "Order status (ORM^O01 / OMI^O23)"),
-                (CHARGE, "Charge (DFT^P03)")]
+                (CHARGE, "Charge (DFT^P03)"), (ADT, "Patient update to the archive (ADT^A08 / ADT^A40)")]
+#: Name prefix of the destinations that are a VNA's HL7 ADT receiver (``vna-<VNA destination key>``).
+ARCHIVE_PREFIX = "vna-"
 
 
 class OutboundDestination(models.Model):
@@ -63,7 +73,8 @@ class OutboundDestination(models.Model):
     host and port are then taken from the environment at every sync; the other fields stay
     editable in the admin).  ``sends_results`` and ``sends_order_status`` choose the kinds of
     message it takes: results only unless told otherwise, as before order status existed;
-    ``sends_charges`` (DFT^P03, IHE RAD-35) is off unless turned on.
+    ``sends_charges`` (DFT^P03, IHE RAD-35) and ``sends_filler_orders`` (the orders the department
+    creates, ORC-1 SN) are off unless turned on.
     """
 
     VERSION_DEFAULT = ""
@@ -90,16 +101,31 @@ class OutboundDestination(models.Model):
         default=False, verbose_name="order status (ORM^O01 / OMI^O23)",
         help_text="ORC-1 SC with ORC-5 IP, CM or DC when the exam starts, is complete, is discontinued, "
                   "and when the report is final (IHE RAD-3); ORM^O01 in v2.3.1, OMI^O23 in v2.5.1")
+    sends_filler_orders = models.BooleanField(
+        default=False, verbose_name="filler orders (ORM^O01 / OMI^O23 SN)",
+        help_text="an order the department created (reconciliation, encounter-based imaging) as ORC-1 SN; the "
+                  "placer order number of the answer (ORR^O02 / ORG^O20, ORC-1 NA) is stored on the order")
     sends_charges = models.BooleanField(
         default=False, verbose_name="charges (DFT^P03)",
         help_text="the technical charge when the exam is complete, the professional charge when the report is "
                   "final, the credit when the order is cancelled after a charge (IHE RAD-35, HL7 chapter 6)")
+    sends_patient_updates = models.BooleanField(
+        default=False, editable=False, verbose_name="patient updates to the archive (ADT^A08 / ADT^A40)",
+        help_text="the HL7 ADT receiver of a VNA destination (its ADT host and port, or ?adt= in VNA_DESTINATIONS), "
+                  "kept in step with it: A08 and A40 of patients whose studies are in that VNA")
     link_viewer = models.BooleanField(default=False, verbose_name="ORU: image viewer link",
                                       help_text="an OBX of value type RP with the study's viewer URL "
                                                 "(VIEWER_URL_TEMPLATE)")
     link_wado_rs = models.BooleanField(default=False, verbose_name="ORU: WADO-RS link",
                                        help_text="an OBX of value type RP with the study's WADO-RS URL "
                                                  "(WADO_RS_BASE_URL/studies/{StudyInstanceUID})")
+    report_pdf = models.BooleanField(default=False, verbose_name="ORU: report as PDF",
+                                     help_text="an OBX of value type ED with the report as a PDF, base64 "
+                                               "(HL7 v2.5.1 2A.24)")
+    validate_messages = models.BooleanField(
+        default=False, verbose_name="validate before sending",
+        help_text="each message is checked against its HL7 version and message structure (hl7apy) before it is "
+                  "sent; one that fails is not sent but FAILED with the findings")
     enabled = models.BooleanField(default=True, help_text="disabled: no new messages are queued for it")
     drain_requested_at = models.DateTimeField(null=True, blank=True, editable=False,
                                               help_text="a drain task for it is queued since (coalesced wake-ups)")
@@ -142,6 +168,9 @@ class OutboundMessage(models.Model):
     status_event = models.CharField(max_length=16, blank=True,
                                     help_text="order status message: the change that caused it (once per procedure)")
     order_status = models.CharField(max_length=2, blank=True, help_text="ORC-5 as sent (order status message)")
+    placer_order_number = models.CharField(
+        max_length=130, blank=True,
+        help_text="filler order (ORC-1 SN): ORC-2 of the placer's answer (number^namespace), stored on the order")
     charge_kind = models.CharField(max_length=16, blank=True, help_text="charge: technical or professional")
     transaction_type = models.CharField(max_length=2, blank=True, help_text="charge: FT1-6 as sent, CG or CD")
     transaction_id = models.CharField(max_length=12, blank=True,
@@ -178,7 +207,7 @@ class OutboundMessage(models.Model):
             # A charge is posted once, and credited once (IHE RAD-35; FT1-6 CG / CD).
             models.UniqueConstraint(fields=["requested_procedure", "charge_kind", "transaction_type", "destination"],
                                     condition=Q(kind=CHARGE), name="uniq_charge_per_kind_type_destination"),
-            models.CheckConstraint(condition=Q(kind__in=[STATUS, CHARGE]) | Q(report_version__isnull=False),
+            models.CheckConstraint(condition=Q(kind__in=[STATUS, CHARGE, ADT]) | Q(report_version__isnull=False),
                                    name="oru_names_its_report_version"),
         ]
         indexes = [
@@ -193,6 +222,13 @@ class OutboundMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_type} {self.message_control_id} -> {self.destination_id} {self.status}"
+
+    @property
+    def order_control(self) -> str:
+        """ORC-1 as sent by an order status message: SN for a filler order, else SC; "" for others."""
+        if self.kind != STATUS:
+            return ""
+        return order_status.order_control(self.status_event)
 
     @property
     def text(self) -> str:

@@ -1,7 +1,8 @@
 """From the database to the plain values of an outbound message: a signed ``ris.ReportVersion``
 to its ORU^R01 (``hl7gateway.oru`` renders them; HL7 v2.5.1 chapter 7.3.1), a requested procedure
 to its order status message (``hl7gateway.order_status``; IHE RAD-3) and to its charges
-(``hl7gateway.charges``; DFT^P03, IHE RAD-35)."""
+(``hl7gateway.charges``; DFT^P03, IHE RAD-35), a patient after an A08 / A40 to the ADT
+forwarded to an archive (``hl7gateway.patient_updates``; IHE RAD-12)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
-from hl7gateway import charges, order_status, oru
+from hl7gateway import charges, order_status, oru, patient_updates
 from project import links
-from ris.models import ReportVersion
+from ris.models import PatientMerge, ReportVersion
 
 
 def report_text_lines(version) -> list[str]:
@@ -116,11 +117,13 @@ def content_for_report_version(version) -> oru.OruContent:
 
 def content_for_status(rp, event: str, at: datetime) -> order_status.StatusContent:
     """The plain-value content of the order status message ``event`` causes for one
-    ``ris.RequestedProcedure`` (IHE RAD-3); ``at`` is the time of the change (ORC-9)."""
+    ``ris.RequestedProcedure`` (IHE RAD-3), or of its new filler order (``FILLER_ORDER``, ORC-1
+    SN); ``at`` is the time of the change (ORC-9)."""
     order = rp.order
     patient = order.patient
     visit = order.visit
     steps = list(rp.steps.order_by("pk"))
+    control = order_status.order_control(event)
     return order_status.StatusContent(
         patient_identifiers=_identifiers(patient),
         patient_name=oru.Person.from_dicom_pn(patient.patient_name),
@@ -132,7 +135,10 @@ def content_for_status(rp, event: str, at: datetime) -> order_status.StatusConte
         referring_physician=oru.Person.from_dicom_pn(
             (visit.referring_physician_name if visit else "") or order.referring_physician_name
         ),
-        order_status=order_status.ORDER_STATUS[event],
+        order_control=control,
+        # SN: the new order's own status; SC: the status the change moved it to.
+        order_status=(order_status.filler_order_status(rp.status) if control == "SN"
+                      else order_status.ORDER_STATUS[event]),
         transaction_at=at,
         result_status=order_status.RESULT_STATUS.get(event, ""),
         placer_order_number=order.placer_order_number,
@@ -207,8 +213,29 @@ def content_for_charge(rp, kind: str, transaction_type: str, posted_at: datetime
     )
 
 
+def content_for_patient_update(patient, event: str, merge_id: int | None,
+                               recorded_at: datetime) -> patient_updates.PatientUpdateContent:
+    """The plain-value content of the ADT^A08 / ADT^A40 forwarded to an archive: the patient as the
+    engine holds it now (current identifiers: none retired into it by a merge), and for a merge
+    the identifier it retired (``ris.PatientMerge``, MRG-1)."""
+    retired = None
+    if event == patient_updates.A40 and merge_id is not None:
+        merge = PatientMerge.objects.get(pk=merge_id)
+        retired = oru.PatientIdentifier(merge.retired_patient_id, merge.retired_issuer_of_patient_id)
+    return patient_updates.PatientUpdateContent(
+        event=event,
+        patient_identifiers=tuple(oru.PatientIdentifier(i.id_number, i.assigning_authority, i.identifier_type_code)
+                                  for i in patient.current_identifiers()),
+        patient_name=oru.Person.from_dicom_pn(patient.patient_name),
+        patient_birth_date=patient.patient_birth_date,
+        patient_sex=patient.patient_sex,
+        recorded_at=recorded_at,
+        retired_identifier=retired,
+    )
+
+
 def message_control_id(pk: int, prefix: str = "ORU") -> str:
     """MSH-10 (ST, at most 20 characters): fixed when the row is created, reused on every resend;
-    ``ORU`` for results, ``OSC`` for order status, ``DFT`` for charges (the prefix only helps the
-    operator read it)."""
+    ``ORU`` for results, ``OSC`` for order status, ``OSN`` for filler orders (ORC-1 SN), ``DFT`` for
+    charges, ``ADT`` for patient updates to the archive (the prefix only helps the operator read it)."""
     return f"{prefix}{pk:012d}"

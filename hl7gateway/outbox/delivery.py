@@ -22,11 +22,12 @@ from django.db import transaction
 from django.db.models import Exists
 from django.utils import timezone
 
-from hl7gateway import auditing, client
+from hl7gateway import auditing, client, order_status
 from hl7gateway.models.outbound import (
     DELIVERED,
     FAILED,
     PENDING,
+    STATUS,
     OutboundAttempt,
     OutboundDestination,
     OutboundMessage,
@@ -37,10 +38,14 @@ from hl7gateway.outbox.rules import (
     COUNTDOWN_LIMIT_SECONDS,
     DRAIN_SECONDS,
     ENTITY,
+    INVALID,
     RETRY_WITH_LIMIT,
     RETRY_WITHOUT_LIMIT,
     backoff_seconds,
 )
+from ris.errors import DomainError
+from ris.models import RequestedProcedure
+from ris.services import orders
 from ris.services.transitions import transition
 
 log = logging.getLogger("hl7gateway.outbox")
@@ -102,27 +107,51 @@ def _deliver(claimed: list[Claim] | None, destination_id: int | None, *, drain: 
 
 def _send_batch(claimed: list[Claim], *, follow_up: bool = True) -> tuple[dict[int, str], bool]:
     """Send claimed rows in id order over one connection, each waiting for its ACK; record them.
-    Returns the statuses and whether the destination kept answering (every row was sent and
-    answered AA, AE or AR)."""
+    A row for a destination that validates is checked first and, if invalid, not sent (outcome
+    ``INVALID``).  Returns the statuses and whether the destination kept answering (every row
+    was sent and answered AA, AE or AR)."""
     first = claimed[0]
     outcomes: list[tuple[Claim, client.SendResult]] = []
-    budget_ends = time.monotonic() + first.ack_timeout
-    with client.MLLPConnection(first.host, first.port, connect_timeout=first.connect_timeout,
-                               ack_timeout=first.ack_timeout, tls=first.tls) as conn:
-        for c in claimed:
-            if outcomes and (outcomes[-1][1].outcome not in client.ANSWERED or time.monotonic() > budget_ends):
-                break  # the destination stopped answering, or the batch used up its time
-            outcomes.append((c, conn.send(c.payload, message_control_id=c.message_control_id)))
-    answering = len(outcomes) == len(claimed) and outcomes[-1][1].outcome in client.ANSWERED
-    return record_results(outcomes, unsent=claimed[len(outcomes):], follow_up=follow_up), answering
+    to_send: list[Claim] = []
+    for c in claimed:
+        finding = _invalid(c) if c.validate else None
+        if finding is None:
+            to_send.append(c)
+        else:
+            outcomes.append((c, client.SendResult(outcome=INVALID, detail=finding)))
+    sent: list[tuple[Claim, client.SendResult]] = []
+    if to_send:
+        budget_ends = time.monotonic() + first.ack_timeout
+        with client.MLLPConnection(first.host, first.port, connect_timeout=first.connect_timeout,
+                                   ack_timeout=first.ack_timeout, tls=first.tls) as conn:
+            for c in to_send:
+                if sent and (sent[-1][1].outcome not in client.ANSWERED or time.monotonic() > budget_ends):
+                    break  # the destination stopped answering, or the batch used up its time
+                sent.append((c, conn.send(c.payload, message_control_id=c.message_control_id)))
+    answering = len(sent) == len(to_send) and (not sent or sent[-1][1].outcome in client.ANSWERED)
+    return record_results(outcomes + sent, unsent=to_send[len(sent):], follow_up=follow_up), answering
+
+
+def _invalid(c: Claim) -> str | None:
+    """Why the claimed message is not valid HL7 for its version and structure, or None.
+    (``hl7gateway.conformance`` loads hl7apy: imported only for a destination that validates.)"""
+    from hl7gateway import conformance
+
+    try:
+        found = conformance.problems(c.payload)
+    except Exception as exc:  # noqa: BLE001 - hl7apy raises assorted errors on input it mishandles: not validated, not sent
+        # The exception's text may quote the message's values: its type alone goes to the log.
+        log.error("HL7 validation failed: %s", type(exc).__name__, extra={"message_id": c.message_id})
+        found = [f"the validator failed ({type(exc).__name__}); the message was not checked"]
+    return "; ".join(found) if found else None
 
 
 def record_results(outcomes: list[tuple[Claim, client.SendResult]], unsent: list[Claim] = (), *,
                    follow_up: bool = True) -> dict[int, str]:
     """Record the outcomes of a batch in one transaction and decide what happens to each message.
 
-    AA: delivered.  AR: failed.  AE / an answer that is not our ACK: retried after a backoff,
-    failed at the attempt cap.  Timeout, refused, lost: retried after a backoff, no cap.
+    AA: delivered.  AR, or INVALID (not sent: it failed validation): failed.  AE / an answer
+    that is not our ACK: retried after a backoff, failed at the attempt cap.  Timeout, refused, lost: retried after a backoff, no cap.
     ``unsent`` are claimed rows the batch did not get to (the destination stopped answering,
     or the batch ran out of time): their attempt is withdrawn and they wait as long as the
     failed message before them.  A row whose lease was taken over meanwhile (another worker
@@ -150,6 +179,11 @@ def record_results(outcomes: list[tuple[Claim, client.SendResult]], unsent: list
                 log.warning("ORU attempt finished after its lease was taken over",
                             extra={"message_id": row.pk, "attempt": claimed.number, "outcome": result.outcome})
                 continue
+            if result.outcome == client.ACCEPTED and row.kind == STATUS and \
+                    row.status_event == order_status.FILLER_ORDER:
+                result = _filler_order_answered(row, result)
+                attempt.update(outcome=result.outcome, detail=(result.detail or "")[:2000])
+                detail = attempt["detail"]
             new_attempts.append(OutboundAttempt(message=row, number=claimed.number, **attempt))
             summary = f"{result.outcome}: {detail}" if detail else result.outcome
             tries = row.attempt_count - row.attempt_floor  # attempts since creation or the last operator retry
@@ -160,13 +194,16 @@ def record_results(outcomes: list[tuple[Claim, client.SendResult]], unsent: list
                     auditing.oru_delivered(row, host=claimed.host, port=claimed.port)
                 delivered.append(row)
                 continue
-            if result.outcome == client.REJECTED or (
+            if result.outcome in (client.REJECTED, INVALID) or (
                 result.outcome in RETRY_WITH_LIMIT and tries >= settings.HL7_ORU_MAX_ATTEMPTS
             ):
                 cause = (f"ORU rejected (AR) for MSH-10 {row.message_control_id}" if result.outcome == client.REJECTED
+                         else f"not sent: MSH-10 {row.message_control_id} is not valid HL7 {row.hl7_version}"
+                         if result.outcome == INVALID
                          else f"ORU failed after {tries} attempts ({result.outcome})")
-                transition(row, FAILED, entity=ENTITY, actor="hl7gateway worker", cause=cause)
-                row.last_error = summary if result.outcome == client.REJECTED else f"{summary} (after {tries} attempts)"
+                transition(row, FAILED, entity=ENTITY, actor="hl7gateway worker", cause=cause[:255])
+                row.last_error = (summary if result.outcome in (client.REJECTED, INVALID)
+                                  else f"{summary} (after {tries} attempts)")
                 row.ack = result.ack or None
             else:
                 # AE / BAD_ACK below the cap, or the destination unreachable: try again later.
@@ -209,6 +246,33 @@ def record_results(outcomes: list[tuple[Claim, client.SendResult]], unsent: list
                                        "attempt": claimed.number, "outcome": result.outcome,
                                        "status": statuses.get(claimed.message_id)})
     return statuses
+
+
+def _filler_order_answered(row: OutboundMessage, result: client.SendResult) -> client.SendResult:
+    """The order placer accepted a filler order (ORC-1 SN) at MSA-1: its answer (ORR^O02 /
+    ORG^O20) must also say ORC-1 NA with the placer order number it assigned in ORC-2, which is
+    then stored on the order (``ris.services.orders.assign_placer_order_number``, audited).
+    Returns ``result`` when stored; otherwise the answer counts as a rejection (AR: the row
+    fails at once, shown on the outbound page and counted by the backlog alarm), its detail
+    saying why."""
+    answer = order_status.read_order_answer(result.ack)
+    refusal = order_status.filler_order_refusal(answer)
+    if not refusal:
+        order_id = (RequestedProcedure.objects.filter(pk=row.requested_procedure_id)
+                    .values_list("order_id", flat=True).first())
+        try:
+            with transaction.atomic():  # a refusal leaves the batch's transaction usable
+                orders.assign_placer_order_number(order_id, answer.placer_order_number, answer.placer_namespace,
+                                                  actor="hl7gateway worker")
+        except DomainError as exc:
+            refusal = f"the placer order number could not be stored: {exc}"
+        else:
+            assigned = f"{answer.placer_order_number}^{answer.placer_namespace}".rstrip("^")[:130]
+            OutboundMessage.objects.filter(pk=row.pk).update(placer_order_number=assigned)
+            return result
+    log.warning("filler order not accepted by the order placer",
+                extra={"message_id": row.pk, "msh_10": row.message_control_id, "reason": refusal})
+    return client.SendResult(client.REJECTED, result.ack, f"MSA-1 AA, but {refusal}", result.elapsed)
 
 
 def _follow_up(delivered, unsent, wait_until, now) -> tuple[str, int, float] | None:

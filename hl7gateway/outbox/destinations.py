@@ -18,7 +18,8 @@ log = logging.getLogger("hl7gateway.outbox")
 
 def parse_destinations(value: str) -> list[MllpDestination]:
     """Parse ``HL7_ORU_DESTINATIONS``: ``name=mllp://host:port[?version=2.3.1&application=BILL
-    &facility=HOSP&text=FT&timeout=30&messages=oru,status,charges&links=viewer,wado]``, comma-separated;
+    &facility=HOSP&text=FT&timeout=30&messages=oru,status,charges,orders&links=viewer,wado&validate=1&pdf=1]``,
+    comma-separated;
     ``mllps://`` for MLLP over TLS.
     Raises ValueError with the reason (the system check hl7gateway.E101)."""
     return parse_mllp(value, versions=oru.VERSIONS, text_value_types=oru.TEXT_VALUE_TYPES)
@@ -28,8 +29,8 @@ def sync_environment_destinations(value: str | None = None) -> list[OutboundDest
     """Make the destination rows match ``HL7_ORU_DESTINATIONS``.
 
     Declared destinations are created or updated (host, port, TLS and the options given; the
-    kinds of message and the ORU links always, results only and no links unless ``messages=`` /
-    ``links=`` say otherwise; other fields keep their admin values); a destination no longer declared is disabled, not
+    kinds of message, the ORU links, validation and the PDF always: results only, no links, no
+    validation and no PDF unless ``messages=`` / ``links=`` / ``validate=`` / ``pdf=`` say otherwise; other fields keep their admin values); a destination no longer declared is disabled, not
     deleted (its messages stay visible).  Costs one query when nothing changed.
     """
     value = settings.HL7_ORU_DESTINATIONS if value is None else value

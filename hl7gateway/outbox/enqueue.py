@@ -3,10 +3,14 @@
 * ``enqueue_oru``: the ORU^R01 of a signed report (HL7 v2.5.1 chapter 7; IHE Radiology RAD-28 /
   RAD-128), one row per enabled destination that takes results;
 * ``enqueue_status``: an order status message to the order placer (IHE RAD-3; ORM^O01 in v2.3.1,
-  OMI^O23 in v2.5.1), one row per enabled destination that takes order status;
+  OMI^O23 in v2.5.1), one row per enabled destination that takes order status; with the event
+  ``filler-order``, an order the department created (ORC-1 SN), one row per enabled destination
+  that takes filler orders;
 * ``enqueue_charge`` / ``enqueue_credits``: a charge posted to billing (IHE RAD-35, DFT^P03,
   HL7 v2.5.1 chapter 6) and the credit that reverses it, one row per enabled destination that
-  takes charges.
+  takes charges;
+* ``enqueue_patient_update``: an A08 or A40 forwarded to the VNAs that hold studies of the patient
+  and take HL7 ADT (IHE RAD-12; ADT^A08 / ADT^A40, HL7 v2.5.1 chapter 3), one row per such VNA.
 
 Every kind goes to the same queue, in the same per-patient order, by the same delivery."""
 
@@ -18,11 +22,20 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from hl7gateway import charges, order_status, oru
-from hl7gateway.models.outbound import CANCELED, CHARGE, STATUS, OutboundDestination, OutboundMessage
+from hl7gateway import charges, order_status, oru, patient_updates
+from hl7gateway.models.outbound import (
+    ADT,
+    ARCHIVE_PREFIX,
+    CANCELED,
+    CHARGE,
+    STATUS,
+    OutboundDestination,
+    OutboundMessage,
+)
 from hl7gateway.outbox import publish
 from hl7gateway.outbox.content import (
     content_for_charge,
+    content_for_patient_update,
     content_for_report_version,
     content_for_status,
     message_control_id,
@@ -30,7 +43,7 @@ from hl7gateway.outbox.content import (
 from hl7gateway.outbox.destinations import sync_environment_destinations
 from hl7gateway.outbox.rules import OutboxError
 from ris.errors import UnknownKey
-from ris.models import ReportVersion, RequestedProcedure
+from ris.models import Patient, ReportVersion, RequestedProcedure
 
 log = logging.getLogger("hl7gateway.outbox")
 
@@ -40,7 +53,8 @@ def enqueue_oru(report_version_id: int) -> int:
 
     Call it inside the signing transaction: the rows commit (or roll back) with the
     signature, and the delivery tasks are published only after the commit.  Each row is
-    rendered now, so every resend is the same bytes, MSH-10 included.  Calling it
+    rendered now, so every resend is the same bytes, MSH-10 and the PDF of a destination with
+    ``report_pdf`` included.  Calling it
     again for the same version adds nothing (one row per version and destination).
     Returns the number of rows created.
     """
@@ -63,6 +77,9 @@ def enqueue_oru(report_version_id: int) -> int:
                 log.warning("no enabled ORU destination: report not sent", extra={"report_version_id": version.pk})
             return 0
         content = content_for_report_version(version)
+        # The report as a PDF, built once for every destination that asks (``pdf=1``); the
+        # PDF library is loaded only then.
+        pdf = report_pdf(content) if any(d.report_pdf for d in destinations) else b""
         patient_id_text = "~".join(oru.cx(i) for i in content.patient_identifiers)[:200]
         now = timezone.now()
         created: list[int] = []
@@ -93,12 +110,20 @@ def enqueue_oru(report_version_id: int) -> int:
                 link_viewer=dest.link_viewer,
                 link_wado_rs=dest.link_wado_rs,
             )
-            row.payload = oru.encode(oru.render_oru(content, header, time_zone=settings.TIME_ZONE))
+            row.payload = oru.encode(oru.render_oru(content, header, time_zone=settings.TIME_ZONE,
+                                                    pdf=pdf if dest.report_pdf else b""))
             row.save(update_fields=["message_control_id", "payload"])
             created.append(row.pk)
         publish.wake_after_commit({d.pk for d in destinations})
     log.info("ORU^R01 queued", extra={"report_version_id": report_version_id, "rows": len(created)})
     return len(created)
+
+
+def report_pdf(content: oru.OruContent) -> bytes:
+    """The report as a PDF (``hl7gateway.report_pdf``, imported here: only when a destination asks)."""
+    from hl7gateway import report_pdf as pdf
+
+    return pdf.render_pdf(content, time_zone=settings.TIME_ZONE, institution=settings.HL7_RECEIVING_FACILITY)
 
 
 def enqueue_status(requested_procedure_id: int, event: str, *, at=None) -> int:
@@ -109,10 +134,14 @@ def enqueue_status(requested_procedure_id: int, event: str, *, at=None) -> int:
     the delivery tasks are published only after the commit.  Each event is sent once per
     procedure and destination: calling it again adds nothing.  ``at`` (ORC-9) is the time of
     the change, now by default.  Returns the number of rows created.
+
+    ``order_status.FILLER_ORDER`` (the department created the order, ORC-1 SN) goes to the
+    destinations that take filler orders instead (``sends_filler_orders``).
     """
+    flag = "sends_filler_orders" if event == order_status.FILLER_ORDER else "sends_order_status"
     with transaction.atomic():
         sync_environment_destinations()
-        destinations = list(OutboundDestination.objects.filter(enabled=True, sends_order_status=True))
+        destinations = list(OutboundDestination.objects.filter(enabled=True, **{flag: True}))
         if not destinations:
             return 0
         already = set(OutboundMessage.objects.filter(kind=STATUS, requested_procedure_id=requested_procedure_id,
@@ -162,7 +191,7 @@ def _status_row(dest, rp, event, content, patient_id_text, now) -> OutboundMessa
         next_attempt_at=now,
         dispatched_at=now,
     )
-    row.message_control_id = message_control_id(row.pk, "OSC")
+    row.message_control_id = message_control_id(row.pk, "OSN" if event == order_status.FILLER_ORDER else "OSC")
     header = oru.MessageHeader(
         message_control_id=row.message_control_id,
         created_at=now,
@@ -182,7 +211,7 @@ def enqueue_charge(requested_procedure_id: int, kind: str) -> int:
     """Post the ``kind`` charge (``hl7gateway.charges``: technical at exam complete, professional
     at the final report) of this requested procedure: one DFT^P03 with FT1-6 ``CG`` per enabled
     destination that takes charges, if the procedure's code posts that kind (``CHARGE_POSTING``,
-    ``CHARGE_POSTING_BY_CODE``) and the order is not cancelled.
+    ``CHARGE_POSTING_BY_CODE``) and the order is not cancelled (before or after the exam).
 
     Call it inside the transaction of the change: the rows commit (or roll back) with it.  A
     charge is posted once per procedure, kind and destination (a unique constraint): calling it
@@ -194,7 +223,7 @@ def enqueue_charge(requested_procedure_id: int, kind: str) -> int:
         if not destinations:
             return 0
         rp = _procedure(requested_procedure_id)
-        if rp.status == "CANCELED":
+        if charges.cancelled(rp.status, rp.placer_status):
             return 0  # nothing to bill; a credit would only reverse it
         if kind not in charges.kinds_for(rp.procedure_code_value, settings.CHARGE_POSTING,
                                          settings.CHARGE_POSTING_BY_CODE):
@@ -287,3 +316,77 @@ def _charge_rows(rp, kind: str, transaction_type: str, destinations: list[Outbou
         created += 1
     publish.wake_after_commit({d.pk for d in destinations})
     return created
+
+
+# --- patient changes to the archive (IHE RAD-12) ------------------------------------------------
+def archive_destinations(archives) -> list[OutboundDestination]:
+    """The outbound destinations of these VNAs' HL7 ADT receivers (``project.delivery.signals.
+    AdtArchive``), kept in step with the VNA destinations: created on first use as ``vna-<key>``
+    (patient updates only), host, port and TLS updated when the VNA's changed; the other fields
+    (MSH-5, MSH-6, the ACK timeout, enabled) stay the admin's."""
+    rows = []
+    for archive in archives:
+        wanted = {"host": archive.host, "port": archive.port, "tls": archive.tls, "sends_patient_updates": True}
+        row, created = OutboundDestination.objects.get_or_create(
+            name=f"{ARCHIVE_PREFIX}{archive.key}",
+            defaults={**wanted, "hl7_version": patient_updates.VERSION, "sends_results": False,
+                      "sends_order_status": False, "sends_charges": False})
+        if created:
+            log.info("archive ADT destination created", extra={"destination": row.name})
+        elif any(getattr(row, k) != v for k, v in wanted.items()):
+            for k, v in wanted.items():
+                setattr(row, k, v)
+            row.save(update_fields=[*wanted, "updated_at"])
+        rows.append(row)
+    return rows
+
+
+def enqueue_patient_update(patient_id: int, event: str, merge_id: int | None, archives) -> int:
+    """Queue the ADT^A08 / ADT^A40 (``hl7gateway.patient_updates``) of this patient change to each
+    of ``archives`` (the VNAs holding studies of the patient that take HL7 ADT) whose destination
+    is enabled.
+
+    Call it inside the A08 / A40 transaction: the rows commit (or roll back) with the change and
+    leave in the patient's order with everything else queued for that destination.  Each call is
+    one change: a second A08 is a second message.  Returns the number of rows created."""
+    if event not in patient_updates.EVENTS:
+        raise OutboxError(f"no patient update for event {event!r}")
+    with transaction.atomic():
+        destinations = [d for d in archive_destinations(archives) if d.enabled]
+        if not destinations:
+            return 0
+        try:
+            patient = Patient.objects.get(pk=patient_id)
+        except Patient.DoesNotExist:
+            raise UnknownKey(f"no patient {patient_id}") from None
+        now = timezone.now()
+        content = content_for_patient_update(patient, event, merge_id, now)
+        patient_id_text = "~".join(oru.cx(i) for i in content.patient_identifiers)[:200]
+        for dest in destinations:
+            row = OutboundMessage.objects.create(
+                destination=dest,
+                kind=ADT,
+                message_type=patient_updates.MESSAGE_TYPES[event].rsplit("^", 1)[0],
+                patient=patient,
+                patient_id_text=patient_id_text,
+                hl7_version=patient_updates.VERSION,
+                payload=b"",
+                next_attempt_at=now,
+                dispatched_at=now,
+            )
+            row.message_control_id = message_control_id(row.pk, "ADT")
+            header = oru.MessageHeader(
+                message_control_id=row.message_control_id,
+                created_at=now,
+                sending_application=settings.HL7_RECEIVING_APPLICATION,
+                sending_facility=settings.HL7_RECEIVING_FACILITY,
+                receiving_application=dest.receiving_application,
+                receiving_facility=dest.receiving_facility,
+                version=patient_updates.VERSION,
+            )
+            row.payload = oru.encode(patient_updates.render_patient_update(content, header,
+                                                                           time_zone=settings.TIME_ZONE))
+            row.save(update_fields=["message_control_id", "payload"])
+        publish.wake_after_commit({d.pk for d in destinations})
+    log.info("patient update queued for the archive", extra={"event": event, "rows": len(destinations)})
+    return len(destinations)

@@ -46,6 +46,7 @@ class Claim:
     worker: str
     previous_outcome: str = ""
     tls: bool = False  # MLLP over TLS (the destination's mllps://)
+    validate: bool = False  # checked against its HL7 version and structure before it is sent
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,7 @@ def _lease(dest: OutboundDestination, candidates: list[OutboundMessage], limit: 
             message_id=r.pk, number=r.attempt_count + 1, host=dest.host, port=dest.port, payload=bytes(r.payload),
             message_control_id=r.message_control_id, connect_timeout=connect_timeout, ack_timeout=ack_timeout,
             started_at=now, leased_until=leased_until, worker=worker, previous_outcome=r.last_outcome, tls=dest.tls,
+            validate=dest.validate_messages,
         )
         for r in sorted(candidates, key=lambda r: r.pk)
     ]

@@ -6,6 +6,9 @@
 * No answer within the ACK timeout, connection refused or lost: retried with the same backoff
   and no attempt limit -- a destination that is down for hours must not lose reports; the
   operator page shows the queue growing and its age.
+* A message for a destination that validates (``validate_messages``) and that is not valid HL7
+  for its version and structure (``hl7gateway.conformance``) is not sent: the attempt's outcome
+  is ``INVALID`` with the findings, and the message fails at once, like AR.
 * Delays up to ``COUNTDOWN_LIMIT_SECONDS`` are Celery countdowns, longer ones wait for the
   sweep; both stay far below the Redis visibility timeout, after which the broker would hand
   a countdown task to a second worker.
@@ -31,6 +34,9 @@ COUNTDOWN_LIMIT_SECONDS = 60
 LEASE_MARGIN_SECONDS = 5.0
 #: Rows the sweep re-queues per run.
 SWEEP_BATCH = 500
+
+#: The attempt's outcome for a message that failed validation before it was sent.
+INVALID = "INVALID"
 
 RETRY_WITHOUT_LIMIT = {client.TIMEOUT, client.CONNECT_ERROR, client.CONNECTION_LOST}
 RETRY_WITH_LIMIT = {client.ERROR, client.BAD_ACK}

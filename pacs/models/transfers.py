@@ -12,6 +12,7 @@ which records who did it (a retry or cancel from the transfers page names the us
 
 from __future__ import annotations
 
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from project.encryption import SealedField
@@ -60,6 +61,16 @@ class VnaDestination(models.Model):
     # TLS_CA_CERTIFICATES and its host name checked; never falls back to clear text.
     tls = models.BooleanField("TLS", default=False, help_text="DICOM over TLS (dicoms://): the VNA's certificate is verified")
     storage_commitment = models.BooleanField(default=True, help_text="ask for storage commitment (DICOM)")
+    # The VNA's HL7 ADT receiver (MLLP), if it takes patient changes as HL7: A08 and A40 then reach
+    # it as ADT^A08 / ADT^A40 through the HL7 outbox; without it, as a re-send of the images with
+    # the corrected patient attributes (pacs.services.routing.patient_changes).
+    adt_host = models.CharField("ADT host", max_length=255, blank=True,
+                                help_text="the VNA's HL7 receiver for ADT^A08 / ADT^A40 (MLLP); empty: the VNA "
+                                          "takes DICOM only, patient changes are sent as a re-send of the images")
+    adt_port = models.PositiveIntegerField("ADT port", null=True, blank=True,
+                                           validators=[MinValueValidator(1), MaxValueValidator(65535)])
+    adt_tls = models.BooleanField("ADT over TLS", default=False,
+                                  help_text="mllps://: the receiver's certificate is verified against TLS_CA_CERTIFICATES")
     enabled = models.BooleanField(default=True)
     from_environment = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -75,11 +86,26 @@ class VnaDestination(models.Model):
             return f"{self.name} ({scheme}://{self.ae_title}@{self.host}:{self.port})"
         return f"{self.name} ({self.url})"
 
+    @property
+    def takes_adt(self) -> bool:
+        """Whether patient changes reach this VNA as HL7 ADT messages (its MLLP address is set)."""
+        return bool(self.adt_host and self.adt_port)
+
+    @property
+    def adt_url(self) -> str:
+        return f"{'mllps' if self.adt_tls else 'mllp'}://{self.adt_host}:{self.adt_port}" if self.takes_adt else ""
+
 
 class Transfer(models.Model):
     study = models.ForeignKey("pacs.Study", on_delete=models.PROTECT, related_name="transfers")
     destination = models.ForeignKey(VnaDestination, on_delete=models.PROTECT, related_name="transfers")
     batch = models.PositiveIntegerField(help_text="the study's completion this transfer sends")
+    # A re-send of a study already in the VNA with the patient's corrected attributes (an A08 or
+    # A40 applied after it left): numbered per study and destination; 0 for a batch of images.
+    patient_update = models.PositiveIntegerField(
+        default=0, help_text="0: a batch of images; n: the n-th re-send with the patient's corrected attributes")
+    patient_event = models.CharField(max_length=3, blank=True,
+                                     help_text="the patient change a re-send carries: A08 or A40")
     status = models.CharField(max_length=16, choices=[(s, s) for s in STATUSES], default=SCHEDULED)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(help_text="a sweep re-queues the row after this if no worker holds it")
@@ -93,13 +119,16 @@ class Transfer(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["study", "destination", "batch"], name="uniq_transfer_per_study_batch")
+            models.UniqueConstraint(fields=["study", "destination", "batch", "patient_update"],
+                                    name="uniq_transfer_per_study_batch_update")
         ]
         indexes = [models.Index(fields=["status", "next_attempt_at"])]
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"transfer {self.pk} study {self.study_id} batch {self.batch} -> {self.destination_id} {self.status}"
+        update = f" patient update {self.patient_update} ({self.patient_event})" if self.patient_update else ""
+        return (f"transfer {self.pk} study {self.study_id} batch {self.batch}{update} -> {self.destination_id} "
+                f"{self.status}")
 
 
 class TransferItem(models.Model):

@@ -23,8 +23,8 @@ from pacs.models import images as im
 from pacs.services import completion
 from ris import auditing, states
 from ris.errors import DomainError, UnknownKey
-from ris.models import Order, Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep
-from ris.services.identifiers import new_accession_number
+from ris.models import Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep
+from ris.services import orders
 
 log = logging.getLogger("pacs.matching")
 
@@ -109,21 +109,29 @@ def demographics_mismatch(study: Study, patient: Patient) -> list[dict]:
 
 
 def corrections_for(study: Study, rp: RequestedProcedure) -> dict[str, list[str]]:
-    """What to rewrite on the way to the VNA: {keyword: [received, from the order]}."""
+    """What to rewrite on the way to the VNA: {keyword: [received, from the order]}.
+
+    The patient attributes are the patient's as the engine holds them now (Patient Module,
+    PS3.3 C.7.1.1): after an A08 its new demographics, after an A40 the survivor's identifier
+    (an identifier retired into the patient by the merge is never sent)."""
     patient = rp.order.patient
     identifier = (
-        patient.identifiers.filter(id_number=study.patient_id).order_by("pk").first() or patient.primary_identifier
+        patient.current_identifiers().filter(id_number=study.patient_id).first() or patient.primary_identifier
     )
     wanted = {
         "PatientID": identifier.id_number if identifier else "",
         "IssuerOfPatientID": identifier.assigning_authority if identifier else "",
         "PatientName": patient.patient_name,
+        "PatientBirthDate": patient.patient_birth_date.strftime("%Y%m%d") if patient.patient_birth_date else "",
+        "PatientSex": patient.patient_sex,
         "AccessionNumber": rp.accession_number,
     }
     received = {
         "PatientID": study.patient_id,
         "IssuerOfPatientID": study.issuer_of_patient_id,
         "PatientName": study.patient_name,
+        "PatientBirthDate": study.patient_birth_date,
+        "PatientSex": study.patient_sex,
         "AccessionNumber": study.accession_number,
     }
     return {k: [received[k], v] for k, v in wanted.items() if v and v != received[k]}
@@ -195,7 +203,8 @@ def _audit_link(link: StudyLink, study: Study, rp: RequestedProcedure, action: s
 def link_study_to_new_order(study_id: int, patient_pk: int, *, actor: str, description: str = "",
                             note: str = "") -> StudyLink:
     """Encounter-based imaging: a new filler order (ORC-1 SN, created_by_filler) for the patient,
-    with one requested procedure carrying the study's own Study Instance UID."""
+    with one requested procedure carrying the study's own Study Instance UID
+    (``ris.services.orders.create_filler_order``: the order placer is told of it)."""
     with transaction.atomic():
         study = _locked_study(study_id)
         if study.requested_procedure_id is not None:
@@ -204,21 +213,10 @@ def link_study_to_new_order(study_id: int, patient_pk: int, *, actor: str, descr
             patient = Patient.objects.get(pk=patient_pk)
         except Patient.DoesNotExist:
             raise UnknownKey(f"patient {patient_pk} does not exist") from None
-        order = Order.objects.create(patient=patient, order_control="SN", created_by_filler=True)
-        order.filler_order_number = f"F{order.pk:08d}"
-        order.save(update_fields=["filler_order_number"])
-        accession = new_accession_number()
         modality = (study.modalities_in_study.split("\\") or ["OT"])[0] or "OT"
-        rp = RequestedProcedure.objects.create(
-            order=order, requested_procedure_id=accession[-16:], study_instance_uid=study.study_instance_uid,
-            accession_number=accession, accession_assigned_by_us=True,
-            requested_procedure_description=(description or study.study_description)[:64],
-            status=states.RP_COMPLETED,
-        )
-        ScheduledProcedureStep.objects.create(
-            requested_procedure=rp, scheduled_procedure_step_id=accession[-16:], modality=modality[:16],
-            scheduled_start=study.first_received_at or timezone.now(), status=states.SPS_COMPLETED,
-        )
+        rp = orders.create_filler_order(patient, study_instance_uid=study.study_instance_uid,
+                                        description=description or study.study_description, modality=modality,
+                                        performed_at=study.first_received_at or timezone.now())
         _apply(study, rp, im.MATCH_NEW_ORDER)
         link = StudyLink.objects.create(study=study, requested_procedure=rp, created_order=True,
                                         corrections=study.corrections, actor=actor, note=note[:255])

@@ -9,7 +9,8 @@ same four rules, written once here:
 * ``sweep``: the periodic re-publication of rows no worker holds;
 * ``destinations``: the forms of the destinations declared in the environment
   (``VNA_DESTINATIONS``, ``HL7_ORU_DESTINATIONS``); ``declared``: the table rows kept in step
-  with them.
+  with them; ``signals``: the hand-over of a patient change (A08, A40) from VNA routing to the
+  outbox, for the VNAs that take HL7 ADT.
 
 Nothing here imports an app: each side passes its own settings and models.
 """

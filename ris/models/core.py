@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from ris import states
 
@@ -148,11 +149,23 @@ class RequestedProcedure(models.Model):
     accession_number_issuer = models.CharField(max_length=64, blank=True)
     accession_assigned_by_us = models.BooleanField(default=False)
     status = models.CharField(max_length=16, choices=states.RP_STATUS_CHOICES, default=states.RP_SCHEDULED)
+    # The order placer's ORC-1 CA / DC (ris.states, "placer status"): set by the inbound message,
+    # whatever the workflow status; changed only through ris.services.transitions.transition.
+    placer_status = models.CharField(max_length=16, blank=True, default=states.PLACER_NONE,
+                                     choices=states.PLACER_STATUS_CHOICES, help_text="ORC-1 CA / DC of the placer")
+    placer_status_at = models.DateTimeField(null=True, blank=True, help_text="when the CA / DC was applied")
+    placer_status_cause = models.CharField(max_length=255, blank=True,
+                                           help_text="the message, e.g. 'HL7 ORM^O01 CA/CA MSG00012'")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         indexes = [models.Index(fields=["requested_procedure_id"])]
+
+    @property
+    def placer_flag(self) -> str:
+        """The flag the reading worklist shows, e.g. "order cancelled by the EHR on 2026-12-03"."""
+        return placer_flag(self.placer_status, self.placer_status_at)
 
     def __str__(self) -> str:
         return f"{self.accession_number} {self.requested_procedure_description}".strip()
@@ -246,6 +259,16 @@ class AccessionNumberAllocation(models.Model):
     """
 
     allocated_at = models.DateTimeField(auto_now_add=True)
+
+
+def placer_flag(placer_status: str, at) -> str:
+    """"order cancelled by the EHR on <date>" (or discontinued) for a placer status; empty for none.
+    The date is the local date (TIME_ZONE) the CA / DC was applied."""
+    if not placer_status:
+        return ""
+    what = "cancelled" if placer_status == states.PLACER_CANCELED else "discontinued"
+    when = f" on {timezone.localtime(at).date().isoformat()}" if at else ""
+    return f"order {what} by the EHR{when}"
 
 
 def retired_by_merge(patient_ref: str = "patient") -> models.Exists:

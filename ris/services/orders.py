@@ -8,20 +8,28 @@ through ``ris.services.transitions.transition``.  Called inside the caller's tra
 A new order (NW, the hot path of the HL7 intake) is decided by ``ris.services.plans`` and
 written by the writer of the database kind (``ris.services.writers``: PostgreSQL statements, or
 the ORM).
+
+A filler order (ORC-1 SN, HL7 v2.5.1 4.5.1.1) is one the department creates itself
+(``create_filler_order``); the placer order number the order placer then assigns (its answer,
+ORC-1 NA) is stored by ``assign_placer_order_number``, after which the placer's own messages
+about the order (ORC-2) find it.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.utils import timezone
 
 from audit import events
-from ris import states
+from ris import auditing, states
 from ris.commands import OrderCommand, ProcedureData
-from ris.errors import TableValueNotFound, UnknownKey
-from ris.models import Order, RequestedProcedure
+from ris.errors import DuplicateKey, InvalidTransition, TableValueNotFound, UnknownKey
+from ris.models import Order, Patient, RequestedProcedure, ScheduledProcedureStep
 from ris.services import patients, plans, writers
+from ris.services.identifiers import new_accession_number
 from ris.services.transitions import transition
-from ris.signals import procedure_changed
+from ris.signals import filler_order_created, procedure_changed
 
 # Requested procedure status that follows from its steps' statuses.
 _STEP_TO_RP = {
@@ -174,15 +182,43 @@ def replace_order(order: Order, cmd: OrderCommand, to_status: str) -> dict:
 
 
 def change_order_status(order: Order, cmd: OrderCommand, to_status: str) -> dict:
-    """SC (status changed), CA (cancel), DC (discontinue): steps to the mapped status."""
+    """SC (status changed), CA (cancel), DC (discontinue): steps to the mapped status.
+
+    A CA or DC also sets each named procedure's placer status (``_set_placer_status``).  For a
+    procedure whose exam was already performed (``ris.states.RP_PERFORMED``) that is all it
+    changes: the images exist and the exam was done, so its steps and workflow status stay; the
+    request (ORC-1 CA / DC, HL7 v2.5.1 table 0119) is accepted and shows as a flag on the reading
+    worklist, where a final signature then needs a confirmation.
+    """
     order.order_control, order.order_status = cmd.order_control, cmd.order_status
     order.save(update_fields=["order_control", "order_status", "updated_at"])
     procs = _matching_procedures(order, cmd, add_missing=False)
-    changed = [pk for rp in procs for pk in _set_status(rp, to_status, cmd)]
+    placer_status = states.SPS_TO_PLACER_STATUS.get(to_status)
+    changed = []
+    for rp in procs:
+        if placer_status is None or rp.status not in states.RP_PERFORMED:
+            changed += _set_status(rp, to_status, cmd)
+        if placer_status is not None:
+            _set_placer_status(rp, placer_status, cmd)
     plans.order_audit(cmd, events.UPDATE, [p.accession_number for p in procs],
-                      {"to_status": to_status, "steps_changed": changed}).record()
+                      {"to_status": to_status, "steps_changed": changed,
+                       **({"placer_status": placer_status} if placer_status else {})}).record()
     return {"order": order.pk, "procedures": [p.pk for p in procs], "steps_changed": changed,
             "accession_numbers": [p.accession_number for p in procs]}
+
+
+def _set_placer_status(rp: RequestedProcedure, placer_status: str, cmd: OrderCommand) -> None:
+    """Record the placer's CA / DC on the procedure (when, by which message) and tell the listeners:
+    ``procedure_status_changed`` (entity ``placer_status``: billing's credit for a cancel, IHE
+    RAD-35) and ``procedure_changed`` (the reading worklist's flag).  A repeat changes nothing."""
+    rp.refresh_from_db(fields=["placer_status"])
+    if (rp.placer_status, placer_status) not in states.PLACER_STATUS_TRANSITIONS:
+        return  # the same again, or a DC after a CA: the first word stands
+    rp.placer_status_at, rp.placer_status_cause = timezone.now(), cmd.cause[:255]
+    rp.save(update_fields=["placer_status_at", "placer_status_cause", "updated_at"])
+    transition(rp, placer_status, entity="placer_status", field="placer_status", cause=cmd.cause,
+               actor=cmd.sending_application[:150], placer_request=True)
+    procedure_changed.send(sender=RequestedProcedure, requested_procedure_id=rp.pk)
 
 
 def cancel_order(order: Order, cmd: OrderCommand) -> dict:
@@ -195,3 +231,61 @@ def discontinue_order(order: Order, cmd: OrderCommand) -> dict:
 
 def complete_order(order: Order, cmd: OrderCommand) -> dict:
     return change_order_status(order, cmd, states.SPS_COMPLETED)
+
+
+# --- filler orders (ORC-1 SN / NA, HL7 v2.5.1 4.5.1.1, table 0119) ------------------------------
+def create_filler_order(patient: Patient, *, study_instance_uid: str, description: str, modality: str,
+                        performed_at: datetime) -> RequestedProcedure:
+    """SN: a new order created by the department for an exam already done (encounter-based
+    imaging, an unordered study reconciled to its patient): one requested procedure carrying the
+    study's own Study Instance UID, one completed step, an accession number we assign.
+
+    Inside the caller's transaction.  Receivers of ``ris.signals.filler_order_created`` (the HL7
+    gateway queues ORM^O01 / OMI^O23 ORC-1 SN to the order placer) write in that transaction."""
+    order = Order.objects.create(patient=patient, order_control="SN", created_by_filler=True)
+    order.filler_order_number = f"F{order.pk:08d}"
+    order.save(update_fields=["filler_order_number"])
+    accession = new_accession_number()
+    rp = RequestedProcedure.objects.create(
+        order=order, requested_procedure_id=accession[-16:], study_instance_uid=study_instance_uid,
+        accession_number=accession, accession_assigned_by_us=True,
+        requested_procedure_description=description[:64], status=states.RP_COMPLETED,
+    )
+    ScheduledProcedureStep.objects.create(
+        requested_procedure=rp, scheduled_procedure_step_id=accession[-16:], modality=(modality or "OT")[:16],
+        scheduled_start=performed_at, status=states.SPS_COMPLETED,
+    )
+    filler_order_created.send(sender=Order, order_id=order.pk, requested_procedure_id=rp.pk)
+    return rp
+
+
+def assign_placer_order_number(order_id: int, placer_order_number: str, placer_namespace: str = "", *,
+                               actor: str) -> Order:
+    """NA (number assigned, HL7 table 0119): the order placer answered our filler order with the
+    placer order number it assigned (ORC-2, EI: entity identifier ^ namespace ID).  Stored on the
+    order, so that its later messages naming that number (ORC-2) find the order; audited as an
+    Order Record update (PS3.15 A.5.3.13).  Inside the caller's transaction.
+
+    The same number again changes nothing.  Refused: an order that already has another placer
+    number (``InvalidTransition``), a number another order holds (``DuplicateKey``)."""
+    if not placer_order_number:
+        raise TableValueNotFound("the answer carries no placer order number (ORC-2)", location="ORC^1^2")
+    try:
+        order = Order.objects.select_for_update().get(pk=order_id)
+    except Order.DoesNotExist:
+        raise UnknownKey(f"order {order_id} does not exist") from None
+    number, namespace = placer_order_number[:64], placer_namespace[:64]
+    if (order.placer_order_number, order.placer_namespace) == (number, namespace):
+        return order
+    if order.placer_order_number:
+        raise InvalidTransition(f"order {order.filler_order_number or order.pk} already has placer order number "
+                                f"{order.placer_order_number}")
+    if Order.objects.filter(placer_order_number=number, placer_namespace=namespace).exclude(pk=order.pk).exists():
+        raise DuplicateKey(f"placer order number {number}^{namespace} belongs to another order", location="ORC^1^2")
+    order.placer_order_number, order.placer_namespace = number, namespace
+    order.save(update_fields=["placer_order_number", "placer_namespace", "updated_at"])
+    accessions = list(order.procedures.order_by("pk").values_list("accession_number", flat=True))
+    auditing.change(events.ORDER_RECORD, events.UPDATE, patients=auditing.patient_ids(order.patient_id),
+                    objects=auditing.order_objects(order, accessions),
+                    detail={"placer_order_number_assigned": f"{number}^{namespace}".rstrip("^")}, actor=actor)
+    return order

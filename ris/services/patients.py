@@ -60,7 +60,7 @@ def update_patient(cmd: UpdatePatient) -> dict:
                 order.referring_physician_name = cmd.visit.referring_physician_name
                 order.save(update_fields=["referring_physician_name", "updated_at"])
                 touched.append(order.pk)
-    patient_changed.send(sender=Patient, patient_id=patient_pk)
+    patient_changed.send(sender=Patient, patient_id=patient_pk, event="A08", merge_id=None)
     return {"patient": patient_pk, "created": created, "visit": visit_pk,
             "open_orders": [o.pk for o in open_orders], "orders_updated": touched}
 
@@ -114,5 +114,5 @@ def merge_patients(cmd: MergePatients) -> dict:
                     detail={"merge": {"survivor": auditing.identity(cmd.survivor.primary),
                                       "retired": auditing.identity(cmd.retired),
                                       "moved": {label: len(pks) for label, pks in moved.items()}}})
-    patient_changed.send(sender=Patient, patient_id=survivor.pk)
+    patient_changed.send(sender=Patient, patient_id=survivor.pk, event="A40", merge_id=merge.pk)
     return {"survivor": survivor.pk, "retired": retired.pk, "merge": merge.pk, "moved": moved}

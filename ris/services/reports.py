@@ -7,7 +7,9 @@ Who may do what (the roles of project.access):
 - sign FINAL (``F``): radiologist only, while the report is not final;
 - sign an ADDENDUM (``C``): radiologist only, after the final signature.  The addendum is a new
   version that repeats the signed findings and impression and adds its own text: the signed
-  versions are never changed.
+  versions are never changed;
+- sign FINAL a study whose order the placer cancelled or discontinued (its placer status, ORC-1
+  CA / DC): only with the signer's explicit confirmation, recorded in the signature's audit record.
 
 Nobody may change a report while another user holds the study's active reading claim: the
 reading worklist refuses through ``ris.signals.report_changing``.  Every signature, its
@@ -70,6 +72,16 @@ class ReportError(DomainError):
 
 class ReportPermissionDenied(ReportError):
     pass
+
+
+class PlacerStatusNotConfirmed(ReportError):
+    """A final signature of a study whose order the placer cancelled or discontinued (ORC-1 CA /
+    DC) was asked for without the signer's confirmation that the flag was seen."""
+
+    def __init__(self, rp: RequestedProcedure):
+        self.placer_status = rp.placer_status
+        self.placer_flag = rp.placer_flag
+        super().__init__(f"{rp.placer_flag}: signing final needs your confirmation that you saw this flag")
 
 
 def signer_name(user) -> str:
@@ -222,13 +234,17 @@ def save_draft(requested_procedure_id: int, user, *, findings: str | None = None
 def sign(requested_procedure_id: int, user, kind: str, *, findings: str | None = None,
          impression: str | None = None, addendum: str | None = None, critical_result: bool = False,
          critical_communicated_to: str = "", critical_communicated_at: dt.datetime | None = None,
-         source: str = "browser") -> ReportVersion:
+         source: str = "browser", confirm_cancelled: bool = False) -> ReportVersion:
     """Sign the study's report as ``kind`` (PRELIMINARY, FINAL or ADDENDUM); returns the signed version.
 
     Text given here replaces the draft's text before signing (the dictation API sends it in one
     call).  A critical result needs whom it was communicated to; the time defaults to now.
     The signature, the report status change, the reading worklist status and the outbound
     ORU^R01 rows commit together.
+
+    A FINAL signature of a study whose order the placer cancelled or discontinued (its placer
+    status, ORC-1 CA / DC) needs ``confirm_cancelled``: without it ``PlacerStatusNotConfirmed``;
+    with it the confirmation is part of the signature's audit record.
     """
     if kind not in KINDS:
         raise ReportError(f"unknown kind of signature {kind!r} (one of {', '.join(KINDS)})")
@@ -244,12 +260,20 @@ def sign(requested_procedure_id: int, user, kind: str, *, findings: str | None =
     rp = _procedure(requested_procedure_id)
     now = timezone.now()
     with transaction.atomic():
+        # Locked: a CA / DC applied at the same moment is either seen here or waits for the signature.
+        rp = RequestedProcedure.objects.select_for_update().get(pk=rp.pk)
         report = _locked_report(rp, user)
         _check_claim(rp, user)
         if report.status not in _SIGNABLE_FROM[kind]:
             if kind == KIND_ADDENDUM:
                 raise ReportError("an addendum can only be added to a final report")
             raise ReportError(f"the report is {report.status.lower()}; add an addendum instead")
+        confirmed = {}
+        if kind == KIND_FINAL and rp.placer_status:
+            if not confirm_cancelled:
+                raise PlacerStatusNotConfirmed(rp)
+            confirmed = {"confirmed_placer_status": rp.placer_status, "placer_flag": rp.placer_flag,
+                         "placer_status_cause": rp.placer_status_cause}
         draft = _open_draft(report, user, kind)
         draft.kind = kind
         if kind == KIND_ADDENDUM:
@@ -286,7 +310,7 @@ def sign(requested_procedure_id: int, user, kind: str, *, findings: str | None =
                         patients=auditing.patient_ids(rp.order.patient_id), objects=auditing.objects_of(rp)
                         + [{"type": "report", "id": str(report.pk), "detail": f"version {draft.version_number}"}],
                         detail={"signed": kind, "version": draft.version_number, "source": source,
-                                "report_status": report.status}, actor=user.get_username())
+                                "report_status": report.status, **confirmed}, actor=user.get_username())
         report_signed.send(sender=Report, report_version=draft, requested_procedure_id=rp.pk,
                            report_status=report.status, user=user)
     log.info("report signed", extra={"report_id": report.pk, "version": draft.version_number, "kind": kind})

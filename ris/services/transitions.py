@@ -41,7 +41,7 @@ def transition(obj: models.Model, to_status: str, *, entity: str, cause: str, ac
         actor=actor[:150],
     )
     _audit(obj, entity, current, to_status, cause, actor)
-    procedure_id = obj.pk if entity == "requested_procedure" else getattr(obj, "requested_procedure_id", None)
+    procedure_id = obj.pk if entity in _PROCEDURE_ENTITIES else getattr(obj, "requested_procedure_id", None)
     if procedure_id is not None:
         procedure_status_changed.send(
             sender=type(obj), entity=entity, object_id=obj.pk, requested_procedure_id=procedure_id,
@@ -50,15 +50,17 @@ def transition(obj: models.Model, to_status: str, *, entity: str, cause: str, ac
     return True
 
 
+# Entities whose row is the requested procedure itself (its workflow status, its placer status).
+_PROCEDURE_ENTITIES = frozenset({"requested_procedure", "placer_status"})
 # Status changes audited as Procedure Record U (PS3.15 A.5.3.15): a step or a requested procedure
 # of a patient; the report's and the transfer's own changes are audited where they happen.
-_AUDITED = {"sps", "requested_procedure"}
+_AUDITED = {"sps", "requested_procedure", "placer_status"}
 
 
 def _audit(obj, entity: str, from_status: str, to_status: str, cause: str, actor: str) -> None:
     if entity not in _AUDITED:
         return
-    path = "patient__orders__procedures" if entity == "requested_procedure" else "patient__orders__procedures__steps"
+    path = "patient__orders__procedures" if entity in _PROCEDURE_ENTITIES else "patient__orders__procedures__steps"
     patients = PatientIdentifier.objects.filter(**{path: obj.pk}).values_list("id_number", "assigning_authority")
     auditing.change(events.PROCEDURE_RECORD, events.UPDATE, patients=list(patients),
                     objects=[{"type": entity, "id": str(obj.pk)}],

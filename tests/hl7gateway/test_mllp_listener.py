@@ -55,9 +55,11 @@ def test_many_messages_on_one_connection_are_applied_in_order(listener):
     with MLLPClient("127.0.0.1", server.port) as client:
         acks = [ack_fields(unframe(client.send_message(fixture(name)))) for name in (
             "epic_orm_o01_nw.hl7", "epic_orm_o01_sc_ip.hl7", "epic_orm_o01_xo_cm.hl7", "epic_orm_o01_ca.hl7")]
-    assert [a["msa_1"] for a in acks] == ["AA", "AA", "AA", "AE"]  # cancel after completion: refused
+    # A cancel after completion is accepted: the exam stays completed, the order carries the cancel.
+    assert [a["msa_1"] for a in acks] == ["AA", "AA", "AA", "AA"]
     assert ScheduledProcedureStep.objects.get(scheduled_procedure_step_id="SPS100001").status == "COMPLETED"
-    assert acks[3]["msa_2"] == "EPC000102" and "207" in acks[3]["err"]
+    assert acks[3]["msa_2"] == "EPC000102" and acks[3]["err"] is None
+    assert RequestedProcedure.objects.get(accession_number="EA100001").placer_status == "CANCELED"
 
 
 def test_duplicate_resend_gets_stored_ack_and_changes_nothing(listener):

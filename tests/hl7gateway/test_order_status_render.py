@@ -139,3 +139,22 @@ def test_values_are_escaped_and_bad_input_refused():
         st.render_status(content(order_status="ZZ"), header("2.5.1"))
     with pytest.raises(ValueError, match="unsupported version"):
         st.render_status(content(), header("2.4"))
+
+
+# --- ORC-1 SN: a new filler order (HL7 v2.5.1 4.5.1.1) ------------------------------------------
+def test_a_filler_order_is_sn_with_no_placer_number_and_its_accession_in_obr18():
+    assert st.order_control(st.FILLER_ORDER) == "SN" and st.order_control(st.EXAM_COMPLETE) == "SC"
+    assert [st.filler_order_status(s) for s in ("COMPLETED", "IN_PROGRESS", "SCHEDULED")] == ["CM", "IP", "SC"]
+    for version in ("2.3.1", "2.5.1"):  # OBR-18 names the accession in both versions
+        msg = parsed(version, order_control="SN", order_status="SC", placer_order_number="", placer_namespace="")
+        orc, obr = msg.segment("ORC"), msg.segment("OBR")
+        assert (str(orc[1]), str(orc[2]), str(orc[3]), str(orc[5])) == ("SN", "", "FL888^PACS", "SC")
+        assert (str(obr[2]), str(obr[3]), str(obr[18])) == ("", "FL888^PACS", "ACC00000042")
+    assert str(parsed("2.5.1", order_control="SN", order_status="CM").segment("IPC")[1]) == "ACC00000042"
+
+
+def test_sc_keeps_its_order_statuses_and_other_order_controls_are_refused():
+    with pytest.raises(ValueError, match="ORC-5"):
+        st.render_status(content(order_status="SC"), header("2.3.1"))  # SC of an SC message: no news
+    with pytest.raises(ValueError, match="ORC-1"):
+        st.render_status(content(order_control="NW"), header("2.3.1"))

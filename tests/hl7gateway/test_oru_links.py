@@ -38,7 +38,7 @@ def rp_obx(msg: hl7.Message) -> list:
 
 def test_no_reference_pointer_unless_the_destination_asks():
     msg = render()
-    assert rp_obx(msg) == [] and [str(s[2]) for s in msg.segments("OBX")] == ["TX", "HD"]
+    assert rp_obx(msg) == [] and [str(s[2]) for s in msg.segments("OBX")] == ["TX", "ST"]
 
 
 def test_viewer_and_wado_rs_pointers_follow_the_study_uid_obx():

@@ -103,7 +103,7 @@ def test_v251_fields():
         assert str(seg[19]) == "20260302114005+0000"  # OBX-19 exists since v2.5
     assert [msg.unescape(str(s[5])) for s in obx[:5]] == list(content().text_lines)
     study = obx[5]
-    assert str(study[2]) == "HD" and str(study[3]) == "113014^DICOM Study^DCM"
+    assert str(study[2]) == "ST" and str(study[3]) == "113014^DICOM Study^DCM"
     assert str(study[5]) == "2.25.123456789" and str(study[11]) == "F"
     assert [str(s[0]) for s in msg] == ["MSH", "PID", "PV1", "ORC", "OBR"] + ["OBX"] * 6
 
@@ -112,7 +112,7 @@ def test_v231_differs_where_the_versions_differ():
     msg = parse(oru.render_oru(content(), header(version="2.3.1")))
     assert str(msg.segment("MSH")[12]) == "2.3.1"
     assert str(msg.segment("MSH")[9]) == "ORU^R01"
-    assert str(msg.segment("MSH")[18]) == "UNICODE UTF-8"
+    assert str(msg.segment("MSH")[18]) == "UNICODE"  # table 0211 of v2.3.1 has no UNICODE UTF-8
     for seg in msg.segments("OBX"):
         assert len(seg) <= 17  # no OBX-19 (date/time of the analysis) before v2.5
     # Everything the receiver keys on is the same.

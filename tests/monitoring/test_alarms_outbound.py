@@ -12,7 +12,7 @@ from django.utils import timezone
 from hl7gateway.models import OutboundDestination, OutboundMessage
 from hl7gateway.outbox import delivery
 from monitoring import services
-from monitoring.models import ERROR_RATE, OUTBOUND_BACKLOG, Alarm
+from monitoring.models import ERROR_RATE, OUTBOUND_BACKLOG, Alarm, AlarmRule
 from tests.factories import oru as h
 from tests.factories import rule
 from tests.support.mllp_sink import MLLPSink
@@ -32,7 +32,10 @@ def fast(settings):
 
 def test_backlog_ages_opens_then_delivery_clears(mail_settings, webhook, mailoutbox, fast):
     dest = h.destination("billing", free_port())  # nothing listens there
-    rule(OUTBOUND_BACKLOG, "billing", webhook_url=webhook.url, minutes=60)
+    backlog = rule(OUTBOUND_BACKLOG, "billing", webhook_url=webhook.url, minutes=60)
+    # The rule under test alone: the default "final report without ORU delivered" rule watches
+    # the same report (tests/monitoring/test_alarms_dangling.py).
+    AlarmRule.objects.exclude(pk=backlog.pk).update(enabled=False)
     row = OutboundMessage.objects.get(report_version=h.sign_report(h.study(), h.radiologist()))
     assert delivery.deliver(row.pk) == "PENDING"  # connection refused: retried later
     start = timezone.now()

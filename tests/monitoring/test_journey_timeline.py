@@ -35,7 +35,7 @@ def transfer(status, **kw):
 
 def oru(status, **kw):
     base = dict(pk=9, destination=Row(name="billing"), destination_id=2, report_version_id=3, result_status="F",
-                kind="ORU", message_type="ORU^R01", order_status="",
+                kind="ORU", message_type="ORU^R01", order_status="", order_control="", placer_order_number="",
                 message_control_id="PACS9", status=status, created_at=at(40), delivered_at=None, updated_at=at(40),
                 last_error="")
     base.update(kw)
@@ -144,6 +144,15 @@ def test_an_order_status_row_is_a_step_of_its_own_kind_with_its_message_type_and
     labels = [(s.kind, s.label) for s in run(rows, at(50))]
     assert labels == [("order-status", "ORM^O01 (ORC-5 CM) queued for billing"),
                       ("order-status", "ORM^O01 acknowledged by billing")]
+
+
+def test_a_filler_order_row_names_orc1_sn_and_the_placer_number_assigned():
+    rows = Rows(accession="A1", outbound=[oru("DELIVERED", kind="STATUS", message_type="ORM^O01", order_status="CM",
+                                              order_control="SN", placer_order_number="PL7^EHR",
+                                              report_version_id=None, result_status="", delivered_at=at(41))])
+    (queued, _) = run(rows, at(50))
+    assert (queued.kind, queued.label) == (
+        "order-status", "ORM^O01 (ORC-1 SN, new filler order, ORC-2 PL7^EHR assigned) queued for billing")
 
 
 def test_a_charge_row_is_a_step_with_its_kind_and_transaction_type():

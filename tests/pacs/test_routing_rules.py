@@ -31,7 +31,8 @@ def test_parse_destinations_from_the_environment():
     parsed = parse_vna(
         "dicom://ORTHANC@vna-host:4242, stow+https://user:secret@vna-host:8443/dicom-web/")
     assert parsed[0] | {} == {"name": "env:dicom://ORTHANC@vna-host:4242", "kind": "dicom", "ae_title": "ORTHANC",
-                              "host": "vna-host", "port": 4242, "url": "", "tls": False}
+                              "host": "vna-host", "port": 4242, "url": "", "tls": False,
+                              "adt_host": "", "adt_port": None, "adt_tls": False}
     assert parsed[1]["kind"] == "stow" and parsed[1]["url"] == "https://vna-host:8443/dicom-web"
     assert parsed[1]["username"] == "user" and parsed[1]["password"] == "secret"
     assert "secret" not in parsed[1]["name"]

@@ -5,7 +5,8 @@ virtual environment built from ``requirements.txt`` alone).
 Prints the modules that failed with their error and exits 1 when any did.  Lazily loaded
 modules are the ones an ``import`` of our code does not reach: the kombu transports behind
 CELERY_BROKER_URL (``redis://``, ``filesystem://``), Celery's beat scheduler and pool, the
-gunicorn worker class, the database backends behind DATABASE_URL, and whitenoise's storage.
+gunicorn worker class, the database backends behind DATABASE_URL, whitenoise's storage, and the
+HL7 validator and PDF library of the outbound destinations that ask for them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ LAZY = (
     "whitenoise.storage",
     "whitenoise.middleware",
     "honcho.command",
+    # Loaded by hl7gateway.conformance (a destination with validate=1) and hl7gateway.report_pdf
+    # (a destination with pdf=1) only when used.
+    "hl7apy.parser",
+    "hl7apy.validation",
+    "reportlab.platypus",
 )
 
 

@@ -111,13 +111,32 @@ def test_cancel_unknown_order_is_unknown_key():
     assert ei.value.code == 204 and ei.value.location == "ORC^1^2"
 
 
-def test_cancel_completed_order_is_refused():
-    from ris.errors import InvalidTransition
-
+@pytest.mark.parametrize("name,placer_status", [("epic_orm_o01_ca.hl7", "CANCELED"),
+                                                 ("epic_orm_o01_dc.hl7", "DISCONTINUED")])
+def test_cancel_after_the_exam_keeps_it_completed_and_records_the_placer_status(name, placer_status):
     orders.apply_order(cmds("epic_orm_o01_nw.hl7")[0])
     orders.apply_order(cmds("epic_orm_o01_xo_cm.hl7")[0])
-    with pytest.raises(InvalidTransition):
-        orders.apply_order(cmds("epic_orm_o01_ca.hl7")[0])
+    effect = orders.apply_order(cmds(name)[0])
+    rp = RequestedProcedure.objects.get(accession_number="EA100001")
+    assert rp.status == "COMPLETED" and effect["steps_changed"] == []
+    assert ScheduledProcedureStep.objects.get(scheduled_procedure_step_id="SPS100001").status == "COMPLETED"
+    assert rp.placer_status == placer_status and rp.placer_status_at is not None
+    assert rp.placer_status_cause.startswith("HL7 ORM^O01 ") and rp.placer_status_cause.endswith(
+        "EPC000102" if placer_status == "CANCELED" else "EPC000103")
+    change = StatusChange.objects.get(entity="placer_status", object_id=rp.pk)
+    assert (change.from_status, change.to_status, change.actor) == ("", placer_status, "EPIC")
+    # The other procedure of the order was not named: no flag.
+    assert RequestedProcedure.objects.get(accession_number="EA100002").placer_status == ""
+
+
+def test_cancel_before_the_exam_cancels_and_records_the_placer_status():
+    orders.apply_order(cmds("epic_orm_o01_nw.hl7")[0])
+    orders.apply_order(cmds("epic_orm_o01_ca.hl7")[0])
+    orders.apply_order(cmds("epic_orm_o01_ca.hl7", "EPC-CA-AGAIN")[0])  # a resend changes nothing more
+    rp = RequestedProcedure.objects.get(accession_number="EA100001")
+    assert (rp.status, rp.placer_status) == ("CANCELED", "CANCELED")
+    assert rp.placer_status_cause.endswith("EPC000102")
+    assert StatusChange.objects.filter(entity="placer_status", object_id=rp.pk).count() == 1
 
 
 def test_new_order_twice_is_duplicate_key():

@@ -107,3 +107,29 @@ def rss_kb() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def adt_a08(control_id: str, patient_id: str, *, issuer: str = "HOSP", name: str = "", birth_date: str = "",
+            sex: str = "") -> bytes:
+    """An ADT^A08 (HL7 v2.5.1 3.3.8, update patient information) for one patient, synthetic."""
+    return ("MSH|^~\\&|EHR|HOSP|PACS|RADIOLOGY|20261203120000||ADT^A08^ADT_A01|" + control_id + "|P|2.5.1\r"
+            "EVN|A08|20261203120000\r"
+            f"PID|1||{patient_id}^^^{issuer}^MR||{name}||{birth_date}|{sex}\r"
+            "PV1|1|O\r").encode()
+
+
+def adt_a40(control_id: str, survivor_id: str, retired_id: str, *, issuer: str = "HOSP", name: str = "") -> bytes:
+    """An ADT^A40 (HL7 v2.5.1 3.3.40, merge patient - patient identifier list): ``retired_id``
+    (MRG-1) merged into ``survivor_id`` (PID-3), synthetic."""
+    return ("MSH|^~\\&|EHR|HOSP|PACS|RADIOLOGY|20261203120000||ADT^A40^ADT_A39|" + control_id + "|P|2.5.1\r"
+            "EVN|A40|20261203120000\r"
+            f"PID|1||{survivor_id}^^^{issuer}^MR||{name}\r"
+            f"MRG|{retired_id}^^^{issuer}^MR\r").encode()
+
+
+def send_mllp(port: int, raw: bytes) -> dict:
+    """Send one message to the engine's MLLP listener with python-hl7's client; the ACK's fields."""
+    from hl7.client import MLLPClient
+
+    with MLLPClient("127.0.0.1", port) as client:
+        return ack_fields(unframe(client.send_message(raw)))

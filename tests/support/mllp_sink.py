@@ -6,6 +6,12 @@ nothing at all (``SILENT``: the sender's ACK timeout fires), or by closing the c
 (``CLOSE``) -- and it can be taken down (port closed: connection refused) and brought up
 again on the same port.  It records every message it received, with the answer it gave.
 
+It also answers order messages (ORM^O01 / OMI^O23) the way an EHR, the order placer, answers a
+new filler order (ORC-1 SN, HL7 v2.5.1 4.5.1.1): ``NA`` -- ORR^O02 (v2.3.1) or ORG^O20 (v2.5.1)
+with MSA-1 AA, ORC-1 NA and ORC-2 a placer order number it assigns (``placer_namespace``, the
+number kept in ``Received.placer_order_number``); ``NA_NO_NUMBER`` -- the same without ORC-2;
+``UA`` -- ORR/ORG with MSA-1 AR and ORC-1 UA ("unable to accept order", HL7 table 0119).
+
 Used by the outbox tests and by ``bench/oru_delivery.py``::
 
     with MLLPSink() as sink:            # port 0: an ephemeral port
@@ -42,7 +48,8 @@ if __package__ in (None, ""):  # run as a script: make hl7gateway importable
 from hl7gateway.mllp import MLLPDecoder, frame  # noqa: E402
 
 AA, AE, AR, SILENT, CLOSE = "AA", "AE", "AR", "SILENT", "CLOSE"
-MODES = (AA, AE, AR, SILENT, CLOSE)
+NA, NA_NO_NUMBER, UA = "NA", "NA_NO_NUMBER", "UA"  # answers of an order placer (ORR^O02 / ORG^O20)
+MODES = (AA, AE, AR, SILENT, CLOSE, NA, NA_NO_NUMBER, UA)
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class Received:
     control_id: str  # MSH-10
     answer: str  # the mode used to answer it
     at: float  # time.monotonic()
+    placer_order_number: str = ""  # ORC-2.1 the ``NA`` answer assigned
 
     @property
     def text(self) -> str:
@@ -95,6 +103,38 @@ def build_ack(payload: bytes, code: str, control_id: str, text: str = "") -> byt
 _ack_ids = itertools.count(1)
 
 
+def _orc3(payload: bytes) -> str:
+    """ORC-3 (filler order number) of the message, as sent."""
+    for seg in payload.decode("utf-8", errors="replace").split("\r"):
+        if seg.startswith("ORC|"):
+            fields = seg.split("|")
+            return fields[3] if len(fields) > 3 else ""
+    return ""
+
+
+def build_order_answer(payload: bytes, code: str, control_id: str, order_control: str, placer: str = "",
+                       text: str = "") -> bytes:
+    """The answer of an order placer to an order message: ORR^O02 to a v2.3.1 ORM^O01, ORG^O20
+    (with its message structure) to a v2.5.1 OMI^O23 -- MSA-1 ``code``, MSA-2 = MSH-10, then
+    ORC-1 ``order_control`` (NA, UA), ORC-2 ``placer`` (number^namespace) and ORC-3 echoed."""
+    msh = _msh_fields(payload)
+
+    def f(n: int) -> str:
+        return msh[n] if len(msh) > n else ""
+
+    version = f(12) or "2.5.1"
+    message_type = "ORR^O02" if version.startswith("2.3") else "ORG^O20^ORG_O20"
+    now = time.strftime("%Y%m%d%H%M%S")
+    lines = [
+        f"MSH|^~\\&|{f(5)}|{f(6)}|{f(3)}|{f(4)}|{now}||{message_type}|ORR{next(_ack_ids)}|P|{version}",
+        f"MSA|{code}|{control_id}" + (f"|{text}" if text else ""),
+    ]
+    if code != AA:
+        lines.append(f"ERR|||207^Application internal error^HL70357|E||||{text}")
+    lines.append(f"ORC|{order_control}|{placer}|{_orc3(payload)}")
+    return ("\r".join(lines) + "\r").encode("utf-8")
+
+
 def tls_context(certificate, key, ca=None) -> ssl.SSLContext:
     """A server context of the sink: its certificate chain and key; with ``ca``, client
     certificates are required and verified against it."""
@@ -111,7 +151,7 @@ class MLLPSink:
     """A threaded MLLP receiver on 127.0.0.1 (see the module docstring)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, mode: str = AA, ack_delay: float = 0.0,
-                 record_payloads: bool = True, tls: ssl.SSLContext | None = None):
+                 record_payloads: bool = True, tls: ssl.SSLContext | None = None, placer_namespace: str = "EHR"):
         if mode not in MODES:
             raise ValueError(mode)
         self.host = host
@@ -120,6 +160,8 @@ class MLLPSink:
         self.ack_delay = ack_delay
         self.record_payloads = record_payloads
         self.tls = tls
+        self.placer_namespace = placer_namespace  # ORC-2.2 of the placer order numbers ``NA`` assigns
+        self._placer_numbers = itertools.count(1)
         self.handshake_failures = 0
         self.handshake_errors: list[str] = []
         self.peer_certificates: list[dict] = []  # ssl getpeercert() of each TLS connection with one
@@ -273,9 +315,10 @@ class MLLPSink:
                     msh = _msh_fields(payload)
                     control_id = msh[10] if len(msh) > 10 else ""
                     answer = self._next_answer()
+                    placer = f"PL{self.port}{next(self._placer_numbers):05d}" if answer == NA else ""
                     with self._cond:
                         self.received.append(Received(payload if self.record_payloads else b"", control_id, answer,
-                                                      time.monotonic()))
+                                                      time.monotonic(), placer))
                         self.count += 1
                         self._cond.notify_all()
                     if answer == SILENT:
@@ -284,9 +327,18 @@ class MLLPSink:
                         return
                     if self.ack_delay:
                         time.sleep(self.ack_delay)
-                    text = {AE: "Simulated application error", AR: "Simulated rejection"}.get(answer, "")
+                    text = {AE: "Simulated application error", AR: "Simulated rejection",
+                            UA: "Simulated order rejection"}.get(answer, "")
+                    if answer == NA:
+                        reply = build_order_answer(payload, AA, control_id, "NA", f"{placer}^{self.placer_namespace}")
+                    elif answer == NA_NO_NUMBER:
+                        reply = build_order_answer(payload, AA, control_id, "NA")
+                    elif answer == UA:
+                        reply = build_order_answer(payload, AR, control_id, "UA", text=text)
+                    else:
+                        reply = build_ack(payload, answer, control_id, text)
                     try:
-                        conn.sendall(frame(build_ack(payload, answer, control_id, text)))
+                        conn.sendall(frame(reply))
                     except OSError:
                         return
         finally:
@@ -299,7 +351,8 @@ class MLLPSink:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="MLLP sink: ACKs every HL7 message it receives")
+    parser = argparse.ArgumentParser(description="MLLP sink: ACKs every HL7 message it receives "
+                                                 "(NA, NA_NO_NUMBER, UA: answers as an order placer)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode", default=AA, choices=MODES)

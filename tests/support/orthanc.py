@@ -167,6 +167,15 @@ class OrthancProcess:
             out.append(tags["SOPInstanceUID"])
         return out
 
+    def studies(self, study_instance_uid: str) -> list[dict]:
+        """The studies Orthanc holds under this Study Instance UID, each with its patient's main
+        tags (``PatientMainDicomTags``: PatientName, PatientID, ...), as its REST API returns them."""
+        r = requests.post(f"{self.url}/tools/find", json={"Level": "Study", "Expand": True,
+                                                           "Query": {"StudyInstanceUID": study_instance_uid}},
+                          timeout=10, verify=self.verify)
+        r.raise_for_status()
+        return r.json()
+
     def instance_tags(self, sop_instance_uid: str) -> dict:
         found = requests.post(f"{self.url}/tools/lookup", data=sop_instance_uid, timeout=10, verify=self.verify).json()
         oid = next(f["ID"] for f in found if f["Type"] == "Instance")

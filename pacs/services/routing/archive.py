@@ -26,7 +26,9 @@ def maybe_archive(study_id: int) -> None:
         return
     if Instance.objects.filter(study=study, batch__isnull=True).exists():
         return
-    transfers = Transfer.objects.filter(study=study)
+    # The images' transfers: a re-send with a patient's corrected attributes (patient_update)
+    # neither holds back nor makes the archiving; it only keeps the files until it ends (purge).
+    transfers = Transfer.objects.filter(study=study, patient_update=0)
     if not transfers.exists() or transfers.exclude(status=tr.COMMITTED).exists():
         return
     # Every batch sent to every destination must be covered.
@@ -41,7 +43,8 @@ def maybe_archive(study_id: int) -> None:
 
 def purge_archived(*, now: dt.datetime | None = None) -> int:
     """Delete local files of studies archived more than ARCHIVE_RETENTION_DAYS ago (0: never).
-    Only ARCHIVED studies qualify: nothing is deleted before storage commitment."""
+    Only ARCHIVED studies qualify: nothing is deleted before storage commitment, nor while a
+    transfer of the study is still open (a re-send with a patient's corrected attributes)."""
     days = settings.ARCHIVE_RETENTION_DAYS
     if days <= 0:
         return 0
@@ -51,7 +54,7 @@ def purge_archived(*, now: dt.datetime | None = None) -> int:
                                       archived_at__lt=now - dt.timedelta(days=days)):
         with transaction.atomic():
             locked = Study.objects.select_for_update().get(pk=study.pk)
-            if locked.status != im.ARCHIVED:
+            if locked.status != im.ARCHIVED or Transfer.objects.filter(study=locked, status__in=tr.OPEN).exists():
                 continue
             for path in Instance.objects.filter(study=locked).values_list("path", flat=True):
                 storage.remove_instance_file(path)

@@ -25,7 +25,7 @@ def schedule_batch(study: Study, batch: int, instance_ids: list[int]) -> list[Tr
     created = []
     for destination in destinations.destinations():
         transfer, was_created = Transfer.objects.get_or_create(
-            study=study, destination=destination, batch=batch, defaults={"next_attempt_at": now}
+            study=study, destination=destination, batch=batch, patient_update=0, defaults={"next_attempt_at": now}
         )
         if not was_created:
             continue

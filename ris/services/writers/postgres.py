@@ -158,9 +158,9 @@ WITH v AS (
                                       procedure_code_value, procedure_code_scheme, procedure_code_meaning,
                                       requested_procedure_priority, study_instance_uid, accession_number,
                                       accession_number_issuer, accession_assigned_by_us, status,
-                                      created_at, updated_at)
+                                      placer_status, placer_status_at, placer_status_cause, created_at, updated_at)
   SELECT o.id, d.rp_id, d.description, d.code_value, d.code_scheme, d.code_meaning, d.priority, d.uid, d.accession,
-         d.issuer, d.assigned, %(rp_status)s::varchar, %(now)s::timestamptz, %(now)s::timestamptz
+         d.issuer, d.assigned, %(rp_status)s::varchar, '', NULL, '', %(now)s::timestamptz, %(now)s::timestamptz
   FROM o, unnest(%(rp_ids)s::varchar[], %(descriptions)s::varchar[], %(code_values)s::varchar[],
                  %(code_schemes)s::varchar[], %(code_meanings)s::varchar[], %(priorities)s::varchar[],
                  %(rp_uids)s::varchar[], %(rp_accessions)s::varchar[], %(issuers)s::varchar[],
