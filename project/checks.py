@@ -16,8 +16,9 @@ pacs.W006  (deploy) a configured certificate is expired or expires within TLS_EX
 pacs.W007  (deploy) the web is served over plain HTTP (neither WEB_TLS nor WEB_TRUSTED_PROXIES)
 pacs.E008  SECRET_KEY is unset outside the embedded default (SQLite and the filesystem broker): no
            process starts so (project.secret_key)
-pacs.E009  VIEWER_URL_TEMPLATE cannot be filled (unreadable, unknown placeholder) or WADO_RS_BASE_URL
-           is not an http(s) URL: the study links (worklist, RP OBX of the ORU^R01) would be missing
+pacs.E009  VIEWER_URL_TEMPLATE cannot be filled (unreadable, unknown placeholder), or WADO_RS_BASE_URL
+           or DICOMWEB_BASE_URL is not an http(s) URL: the study links (worklist, RP OBX of the
+           ORU^R01, DICOMweb RetrieveURL) would be missing or wrong
 """
 
 from __future__ import annotations
@@ -166,4 +167,7 @@ def check_study_links(app_configs, **kwargs):
     problem = links.base_url_problem(settings.WADO_RS_BASE_URL)
     if problem:
         errors.append(Error(f"WADO_RS_BASE_URL {problem}.", id="pacs.E009"))
+    problem = links.base_url_problem(settings.DICOMWEB_BASE_URL)
+    if problem:
+        errors.append(Error(f"DICOMWEB_BASE_URL {problem}.", id="pacs.E009"))
     return errors

@@ -9,7 +9,10 @@ fill rather than leaving every link silently empty.
 from __future__ import annotations
 
 import string
+import time
 from urllib.parse import quote, urlsplit
+
+from django.core import signing
 
 #: The placeholders a viewer template may use: DICOM keywords and their snake-case forms.
 PLACEHOLDERS = ("StudyInstanceUID", "AccessionNumber", "PatientID",
@@ -58,3 +61,45 @@ def wado_rs_study_url(base: str, study_instance_uid: str) -> str:
     if not base or not study_instance_uid or base_url_problem(base):
         return ""
     return f"{base.rstrip('/')}/studies/{quote(study_instance_uid, safe='')}"
+
+
+# --- Signed study links (DICOMweb for one study) ----------------------------------------------
+#: Salt of the study link signature: a link signed for anything else never verifies as one.
+STUDY_LINK_SALT = "dicomweb.study-link"
+#: The query parameter that carries the signature (as RFC 6750 2.3 carries a bearer token).
+STUDY_LINK_PARAMETER = "access_token"
+
+
+class StudyLinkInvalid(Exception):
+    """A study link signature that is malformed, forged or expired."""
+
+
+def sign_study_link(study_instance_uid: str) -> str:
+    """A signature that grants DICOMweb on one study (``django.core.signing``, timestamped,
+    keyed by SECRET_KEY); how long it is good for is decided when it is checked."""
+    return signing.dumps({"study": study_instance_uid, "at": int(time.time())}, salt=STUDY_LINK_SALT, compress=True)
+
+
+def study_of_link(token: str, *, max_age_seconds: float) -> tuple[str, float]:
+    """The Study Instance UID a link signature grants and the time it was signed (POSIX
+    seconds); ``StudyLinkInvalid`` when it is malformed, forged or older than ``max_age_seconds``."""
+    try:
+        value = signing.loads(token, salt=STUDY_LINK_SALT, max_age=max_age_seconds)
+    except signing.SignatureExpired:
+        raise StudyLinkInvalid("the study link has expired") from None
+    except signing.BadSignature:
+        raise StudyLinkInvalid("the study link is not valid") from None
+    study = value.get("study") if isinstance(value, dict) else None
+    if not isinstance(study, str) or not study:
+        raise StudyLinkInvalid("the study link names no study")
+    signed_at = value.get("at")
+    return study, float(signed_at) if isinstance(signed_at, (int, float)) else 0.0
+
+
+def signed_study_link(base: str, study_instance_uid: str) -> str:
+    """A WADO-RS study link that carries its own grant: ``{base}/studies/{uid}?access_token=...``
+    ("" without a usable base URL)."""
+    url = wado_rs_study_url(base, study_instance_uid)
+    if not url:
+        return ""
+    return f"{url}?{STUDY_LINK_PARAMETER}={quote(sign_study_link(study_instance_uid), safe='')}"

@@ -386,6 +386,20 @@ VIEWER_URL_TEMPLATE = env_str("VIEWER_URL_TEMPLATE", "")
 # 10.4.1), for the RP OBX of an ORU^R01 (destinations with links=wado); empty: no such link.
 WADO_RS_BASE_URL = env_str("WADO_RS_BASE_URL", "")
 
+# --- DICOMweb (pacs.dicomweb, PS3.18) ------------------------------------------------------
+# The public address of /dicomweb/ (e.g. https://pacs.example/dicomweb) in the RetrieveURL and
+# BulkDataURI of answers; empty: the address each request came to.
+DICOMWEB_BASE_URL = env_str("DICOMWEB_BASE_URL", "")
+# How long a signed study link (project.links.sign_study_link) grants DICOMweb on its study.
+DICOMWEB_LINK_MAX_AGE_MINUTES = env_int("DICOMWEB_LINK_MAX_AGE_MINUTES", 60, minimum=1)
+# At most this many results per QIDO-RS search (a larger limit is lowered to it, with a Warning).
+DICOMWEB_QIDO_MAX_RESULTS = env_int("DICOMWEB_QIDO_MAX_RESULTS", 1000, minimum=1)
+# The ORU^R01's WADO-RS link (links=wado) carries a signed study grant (?access_token=...), so that
+# the EHR opens the study without an account, for DICOMWEB_LINK_MAX_AGE_MINUTES after the report.
+DICOMWEB_ORU_SIGNED_LINKS = env_bool("DICOMWEB_ORU_SIGNED_LINKS", False)
+# Browser origins (scheme://host[:port]) of web viewers allowed to call DICOMweb (CORS); empty: none.
+DICOMWEB_CORS_ORIGINS = env_list("DICOMWEB_CORS_ORIGINS", [])
+
 # --- Monitoring and alarms (monitoring app) ------------------------------------------------
 # Alarm rules live in the database (admin); the beat task checks them every ALARM_CHECK_SECONDS.
 ALARM_CHECK_SECONDS = env_float("ALARM_CHECK_SECONDS", 60.0, minimum=5.0)

@@ -11,6 +11,7 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("worklist.urls")),
     path("imaging/", include("pacs.web.urls")),
+    path("dicomweb/", include("pacs.dicomweb.urls")),
     path("interfaces/", include("hl7gateway.urls")),
     path("monitoring/", include("monitoring.urls")),
     path("audit/", include("monitoring.audit_urls")),

@@ -9,6 +9,8 @@ declared outcome:
   set -> 403; a declared role -> neither 403 nor a login redirect nor a server error;
 - token views (the dictation API): 401 without a token, even with a session; with a token of
   a declared role -> allowed; with a token of another role -> 403;
+- session-or-token views (DICOMweb): 401 for anonymous (a machine endpoint: no login redirect);
+  a session or a token of a declared role -> allowed; of another role -> 403;
 - the Django admin: staff only (everyone else is sent to the admin login).
 
 A pattern whose view declares nothing fails the test (default deny: a new URL must say who
@@ -89,6 +91,11 @@ EXPECTED: dict[str, object] = {
     ("token", "worklist:api_report"): READERS,
     ("token", "worklist:api_sign"): READERS,
     ("token", "worklist:api_addendum"): READERS,
+    # DICOMweb: every role that works with studies, by session or API token.
+    **{("session-or-token", f"dicomweb:{name}"): CLINICAL for name in (
+        "root", "wado", "search_studies", "search_all_series", "search_all_instances", "search_series",
+        "search_study_instances", "search_instances", "study", "series", "instance", "study_metadata",
+        "series_metadata", "instance_metadata", "frames", "bulkdata", "rendered", "frame_rendered")},
 }
 
 def _request(client: Client, url: str, **headers):
@@ -117,7 +124,7 @@ def matrix_failures(people, superuser, *, expected=EXPECTED) -> list[str]:
         if match.func is not view and name.split(":")[0] != "admin":
             failures.append(f"{url} ({name}): the sample URL resolves to another view")
             continue
-        expected_key = ("token", name) if isinstance(declaration, tuple) else name
+        expected_key = (declaration[0], name) if isinstance(declaration, tuple) else name
         if expected_key in expected:
             want = expected[expected_key]
             got = declaration[1] if isinstance(declaration, tuple) else declaration
@@ -157,6 +164,21 @@ def _check(url, name, declaration, people, superuser) -> list[str]:
     if declaration == PUBLIC:
         if _to_login(r) or r.status_code in (401, 403) or r.status_code >= 500:
             out.append(f"{url} ({name}) anonymous: {r.status_code} on a public page")
+        return out
+    if isinstance(declaration, tuple) and declaration[0] == "session-or-token":  # DICOMweb
+        allowed = declaration[1]
+        if r.status_code != 401:
+            out.append(f"{url} ({name}) anonymous: {r.status_code}, expected 401")
+        for role, (user, key) in people.items():
+            c = Client(raise_request_exception=False)
+            c.force_login(user)
+            by_session = _request(c, url)
+            by_token = _request(Client(raise_request_exception=False), url, HTTP_AUTHORIZATION=f"Token {key}")
+            for how, r in (("session", by_session), ("token", by_token)):
+                if role in allowed and (r.status_code in (401, 403) or r.status_code >= 500):
+                    out.append(f"{url} ({name}) {role} {how}: {r.status_code}, expected allowed")
+                if role not in allowed and r.status_code != 403:
+                    out.append(f"{url} ({name}) {role} {how}: {r.status_code}, expected 403")
         return out
     if isinstance(declaration, tuple):  # token API
         allowed = declaration[1]

@@ -39,6 +39,23 @@ def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
 
+def user_for_token(key: str):
+    """The active user of an unrevoked token key (its last use noted), or None.  DICOMweb
+    (``pacs.dicomweb.access``) takes the same tokens: ``WorklistConfig.ready`` registers this."""
+    key = key.strip()
+    if not key:
+        return None
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(key_sha256=ApiToken.digest(key), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if token is None:
+        return None
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    return token.user
+
+
 def token_roles(*allowed: str):
     """Authenticate ``Authorization: Token <key>`` and require one of ``allowed`` roles."""
 
@@ -49,19 +66,14 @@ def token_roles(*allowed: str):
             scheme, _, key = header.partition(" ")
             if scheme.lower() != "token" or not key.strip():
                 return _auth_required()
-            token = (
-                ApiToken.objects.select_related("user")
-                .filter(key_sha256=ApiToken.digest(key.strip()), revoked_at__isnull=True, user__is_active=True)
-                .first()
-            )
-            if token is None:
+            user = user_for_token(key)
+            if user is None:
                 return _auth_required()
-            ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-            request.user = token.user
-            if not has_role(token.user, *allowed):
+            request.user = user
+            if not has_role(user, *allowed):
                 return _error(403, "this token's user has no reporting role")
             # The token's user acts in the changes the call makes (the session middleware saw none).
-            with acting(token.user.get_username(), events.USER,
+            with acting(user.get_username(), events.USER,
                                      source_address=web_audit.client_address(request)):
                 return view(request, *args, **kwargs)
 

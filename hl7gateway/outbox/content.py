@@ -62,10 +62,14 @@ def _identifiers(patient) -> tuple[oru.PatientIdentifier, ...]:
 
 def study_links(rp, patient_identifiers) -> tuple[str, str]:
     """The viewer URL (``VIEWER_URL_TEMPLATE``) and the WADO-RS study URL (``WADO_RS_BASE_URL``)
-    of the procedure's study, "" where not configured (``project.links``)."""
+    of the procedure's study, "" where not configured (``project.links``); with
+    DICOMWEB_ORU_SIGNED_LINKS the WADO-RS URL carries a signed study grant (``access_token``)."""
     patient_id = patient_identifiers[0].id_number if patient_identifiers else ""
     viewer = links.viewer_url(settings.VIEWER_URL_TEMPLATE, study_instance_uid=rp.study_instance_uid,
                               accession_number=rp.accession_number, patient_id=patient_id)
+    if settings.DICOMWEB_ORU_SIGNED_LINKS:
+        # The link grants its study for DICOMWEB_LINK_MAX_AGE_MINUTES (``pacs.dicomweb.access``).
+        return viewer, links.signed_study_link(settings.WADO_RS_BASE_URL, rp.study_instance_uid)
     return viewer, links.wado_rs_study_url(settings.WADO_RS_BASE_URL, rp.study_instance_uid)
 
 

@@ -6,6 +6,7 @@ study's viewer URL (VIEWER_URL_TEMPLATE) and one with its WADO-RS URL (WADO_RS_B
 from __future__ import annotations
 
 import datetime as dt
+from urllib.parse import unquote
 
 import hl7
 import pytest
@@ -114,3 +115,24 @@ def test_good_and_empty_link_settings_pass(settings):
     for template, base in ((VIEWER, WADO), ("", "")):
         settings.VIEWER_URL_TEMPLATE, settings.WADO_RS_BASE_URL = template, base
         assert checks.check_study_links(None) == []
+
+
+@pytest.mark.django_db
+def test_signed_wado_rs_link_grants_its_study(settings):
+    settings.WADO_RS_BASE_URL = WADO
+    settings.DICOMWEB_ORU_SIGNED_LINKS = True
+    h.destination("ehr", 2577, link_wado_rs=True)
+    rp = h.study()
+    version = h.sign_report(rp, h.radiologist())
+    [wado] = rp_obx(hl7.parse(bytes(OutboundMessage.objects.get(report_version=version).payload).decode()))
+    url = oru.unescape(str(wado[5][0][0]))
+    base, _, query = url.partition("?access_token=")
+    assert base == f"https://pacs.example/dicom-web/studies/{rp.study_instance_uid}"
+    study, _signed_at = links.study_of_link(unquote(query), max_age_seconds=60)
+    assert study == rp.study_instance_uid
+
+
+def test_dicomweb_base_url_that_is_no_url_stops_the_start(settings):
+    settings.DICOMWEB_BASE_URL = "pacs.example/dicomweb"
+    [error] = checks.check_study_links(None)
+    assert error.id == "pacs.E009" and "DICOMWEB_BASE_URL" in error.msg

@@ -47,7 +47,7 @@ def walk(patterns=None, prefix="", namespace=""):
 
 def view_declaration(name: str, view):
     """Who may open the view: PUBLIC, ADMIN_SITE, its roles, (\"token\", roles) for the dictation API,
-    or None when it declares nothing (project.access)."""
+    (\"session-or-token\", roles) for DICOMweb, or None when it declares nothing (project.access)."""
     if name in ("admin:login", "admin:logout"):  # the admin's own login form, like /accounts/login/
         return PUBLIC
     if name.split(":")[0] == "admin":
@@ -57,4 +57,6 @@ def view_declaration(name: str, view):
         return None
     if getattr(view, "api_auth", None) == "token":
         return ("token", declared)
+    if getattr(view, "api_auth", None) == "session-or-token":
+        return ("session-or-token", declared)
     return declared

@@ -1,0 +1,116 @@
+"""Media types of DICOMweb requests and answers: the Accept header read (RFC 9110 12.5.1),
+DICOM JSON written (PS3.18 F.2), multipart/related bodies streamed (RFC 2387, PS3.18 8.6.1.2)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+DICOM_JSON = "application/dicom+json"
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    type: str  # "multipart/related", "application/dicom", "*/*", ...
+    params: dict = field(default_factory=dict)  # lower-case names, unquoted values
+
+    @property
+    def part_type(self) -> str:
+        return self.params.get("type", "").lower()
+
+    @property
+    def transfer_syntax(self) -> str:
+        return self.params.get("transfer-syntax", "")
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """Split outside double quotes."""
+    out, current, quoted = [], [], False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == separator and not quoted:
+            out.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    out.append("".join(current))
+    return out
+
+
+def accepted(header: str) -> list[MediaRange]:
+    """The media ranges of an Accept header, in its order (q=0 ones dropped); ``*/*`` when absent."""
+    ranges = []
+    for item in _split(header or "", ","):
+        parts = [p.strip() for p in _split(item, ";")]
+        if not parts[0]:
+            continue
+        params = {}
+        for p in parts[1:]:
+            name, _, value = p.partition("=")
+            params[name.strip().lower()] = value.strip().strip('"')
+        if params.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
+            continue
+        ranges.append(MediaRange(parts[0].lower(), params))
+    return ranges or [MediaRange("*/*")]
+
+
+def element(keyword: str, value) -> dict:
+    """One attribute in DICOM JSON (PS3.18 F.2.2): ``{"vr": .., "Value": [..]}``; an empty
+    value has no ``Value``."""
+    vr = dictionary_VR(keyword)
+    doc: dict = {"vr": vr}
+    if value is None or value == "":
+        return doc
+    if isinstance(value, date):
+        value = value.strftime("%Y%m%d")
+    if vr == "PN":
+        doc["Value"] = [{"Alphabetic": str(value)}]
+    elif vr in ("IS", "US", "UL", "SS", "SL"):
+        doc["Value"] = [int(value)]
+    elif vr == "CS" and isinstance(value, str) and "\\" in value:
+        doc["Value"] = [v for v in value.split("\\") if v]
+    else:
+        doc["Value"] = [str(value)]
+    return doc
+
+
+def dataset_json(values: dict) -> dict:
+    """``{keyword: value}`` as a DICOM JSON object, keyed by tag in ascending order (F.2.1)."""
+    tagged = {f"{tag_for_keyword(k):08X}": element(k, v) for k, v in values.items()}
+    return dict(sorted(tagged.items()))
+
+
+def json_array(items: Iterable[dict]) -> Iterator[bytes]:
+    """A JSON array written as its items come (one item in memory at a time)."""
+    yield b"["
+    first = True
+    for item in items:
+        if not first:
+            yield b","
+        first = False
+        yield json.dumps(item, separators=(",", ":")).encode()
+    yield b"]"
+
+
+def boundary() -> str:
+    return f"dicomweb-{uuid.uuid4().hex}"
+
+
+def multipart(parts: Iterable[tuple[str, Iterable[bytes]]], mark: str) -> Iterator[bytes]:
+    """A multipart/related body: each ``(content type, body chunks)`` as one part (RFC 2387)."""
+    for content_type, body in parts:
+        yield f"--{mark}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+        yield from body
+        yield b"\r\n"
+    yield f"--{mark}--\r\n".encode()
+
+
+def multipart_type(part_type: str, mark: str, transfer_syntax: str = "") -> str:
+    syntax = f"; transfer-syntax={transfer_syntax}" if transfer_syntax else ""
+    return f'multipart/related; type="{part_type}"{syntax}; boundary={mark}'
