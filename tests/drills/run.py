@@ -5,7 +5,7 @@
 
 Every option has an environment variable (DRILL_SEED, DRILL_KILLS, DRILL_KILL_GAP, DRILL_OUTAGES,
 DRILL_OUTAGE_SECONDS, DRILL_SENDERS, DRILL_MINIMUM, DRILL_STUDIES, DRILL_IMAGES, DRILL_REPORTS,
-DRILL_WORKDIR).  Exits 1 when a promise was broken (a must-be-zero column is not zero) or the
+DRILL_SPREAD, DRILL_WORKDIR).  Exits 1 when a promise was broken (a must-be-zero column is not zero) or the
 drill could not finish.
 """
 
@@ -57,6 +57,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--studies", type=int, default=int(e("DRILL_STUDIES", "200")))
     p.add_argument("--images", type=int, default=int(e("DRILL_IMAGES", "4")))
     p.add_argument("--reports", type=int, default=int(e("DRILL_REPORTS", "200")))
+    p.add_argument("--spread", action=argparse.BooleanOptionalAction, default=e("DRILL_SPREAD", "1") not in ("", "0"),
+                   help="pace the exams and the reports over the kill phase, so that every outage meets them "
+                        "(default; --no-spread: as fast as they are answered)")
     p.add_argument("--title", default=e("DRILL_TITLE", "Long drill"))
     p.add_argument("--workdir", default=e("DRILL_WORKDIR", ""))
     p.add_argument("--no-results", action="store_true", help="print the table only")
@@ -66,7 +69,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="drill-"))
-    config = DrillConfig(seed=args.seed, workdir=workdir, kills=args.kills, kill_gap=args.kill_gap,
+    config = DrillConfig(seed=args.seed, workdir=workdir, kills=args.kills, kill_gap=args.kill_gap, spread=args.spread,
                          outages=tuple(o for o in args.outages.split(",") if o), outage_seconds=args.outage_seconds,
                          hl7_senders=args.senders, hl7_minimum=args.minimum, dicom_studies=args.studies,
                          dicom_images=args.images, reports=args.reports, drain_timeout=900)

@@ -49,6 +49,7 @@ class DrillConfig:
     dicom_studies: int = 30  # at most
     reports: int = 30  # orders whose two reports are signed, at most
     drain_timeout: float = 600.0
+    spread: bool = False  # exams and reports spread over the kill phase (not as fast as answered)
     settings: dict[str, str] = field(default_factory=dict)  # engine settings over the drill's defaults
 
     def command(self) -> str:
@@ -58,6 +59,8 @@ class DrillConfig:
             parts.append(f"--outages {','.join(self.outages)} --outage-seconds {self.outage_seconds:g}")
         parts += [f"--senders {self.hl7_senders}", f"--minimum {self.hl7_minimum}",
                   f"--studies {self.dicom_studies}", f"--images {self.dicom_images}", f"--reports {self.reports}"]
+        if self.spread:
+            parts.append("--spread")
         return " ".join(parts)
 
 
@@ -304,9 +307,13 @@ class Drill:
             with lock:
                 return next(counter)
 
-        signer = ReportSigner("signer", self.ports["web"], lambda: self.token, stop, config.reports)
+        # A kill cycle takes the gap and about two seconds of start-up: the kill phase's length,
+        # over which --spread paces the exams and the reports so that every outage meets them.
+        phase = max([n * (sum(config.kill_gap) / 2 + 2) for n in config.kills.values()] + [30.0])
+        signer = ReportSigner("signer", self.ports["web"], lambda: self.token, stop, config.reports,
+                              pace=phase / max(config.reports, 1) if config.spread else 0.0)
         dicom = DicomSender("modality", self.ports["dicom"], self.work / "images", config.dicom_images, stop,
-                            config.dicom_studies)
+                            config.dicom_studies, pace=phase / max(config.dicom_studies, 1) if config.spread else 0.0)
 
         def applied(message) -> None:
             signer.offer(message)

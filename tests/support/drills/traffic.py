@@ -208,6 +208,8 @@ class StudyOutcome:
     mwl_queries: int = 0  # findscu runs
     mwl_answered: bool = False  # a final C-FIND response Success (0000) arrived
     mwl_found: bool = False  # ... and it held the order's scheduled step
+    requested_procedure_id: str = ""  # from the worklist answer, for the MPPS (IHE RAD-6)
+    scheduled_procedure_step_id: str = ""
     mpps_uid: str = ""
     mpps_requests: int = 0  # N-CREATE and N-SET requests sent
     mpps_created: str = ""  # "Success", or "Duplicate" (0111: a resend after a lost answer)
@@ -222,8 +224,9 @@ class DicomSender(threading.Thread):
     (until ``stop``), at most ``limit``."""
 
     def __init__(self, name: str, port: int, workdir: Path, images: int, stop: threading.Event, limit: int,
-                 ae_title: str = "PACS", give_up_after: float = 600.0):
+                 ae_title: str = "PACS", give_up_after: float = 600.0, pace: float = 0.0):
         super().__init__(name=name, daemon=True)
+        self.pace = pace  # seconds between two exams: spreads them over the faults
         self.port = port
         self.workdir = Path(workdir)
         self.images = images
@@ -258,6 +261,8 @@ class DicomSender(threading.Thread):
                 self._mpps_create(study, message)
                 self.studies.append(self._send(study))
                 self._mpps_complete(study)
+                if self.pace and self.stop.wait(self.pace):
+                    return
         except BaseException as exc:  # noqa: BLE001 - reported by the drill
             self.error = exc
 
@@ -287,7 +292,7 @@ class DicomSender(threading.Thread):
                 result = subprocess.run(
                     [dcmtk_tool("findscu"), "-v", "-W", "-aet", "DRILLCT", "-aec", self.ae_title, "-to", "30",
                      "-ta", "30", "-td", "60", "-X", "-od", str(out), "-k", f"AccessionNumber={study.accession}",
-                     "-k", "StudyInstanceUID", "-k", "PatientID",
+                     "-k", "StudyInstanceUID", "-k", "PatientID", "-k", "RequestedProcedureID",
                      "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
                      "127.0.0.1", str(self.port)], env=env, capture_output=True, text=True, timeout=120)
                 output = result.stdout + result.stderr
@@ -297,8 +302,13 @@ class DicomSender(threading.Thread):
             if final and final[-1] == "Success":
                 answers = [pydicom.dcmread(p) for p in sorted(out.glob("*.dcm"))]
                 study.mwl_answered = True
-                study.mwl_found = any(a.get("AccessionNumber") == study.accession
-                                      and a.get("StudyInstanceUID") == study.study_instance_uid for a in answers)
+                mine = [a for a in answers if a.get("AccessionNumber") == study.accession
+                        and a.get("StudyInstanceUID") == study.study_instance_uid]
+                study.mwl_found = bool(mine)
+                if mine:
+                    study.requested_procedure_id = str(mine[0].get("RequestedProcedureID", ""))
+                    steps = mine[0].get("ScheduledProcedureStepSequence") or []
+                    study.scheduled_procedure_step_id = str(steps[0].get("ScheduledProcedureStepID", "")) if steps else ""
                 return
             backoff.pause()
 
@@ -343,8 +353,11 @@ class DicomSender(threading.Thread):
         return ""
 
     def _mpps_create(self, study: StudyOutcome, order: OrderMessage) -> None:
-        """N-CREATE IN PROGRESS for the exam (PS3.4 F.7.2.1, IHE RAD-6)."""
+        """N-CREATE IN PROGRESS for the exam (PS3.4 F.7.2.1, IHE RAD-6), naming the scheduled step
+        the worklist gave (ScheduledStepAttributesSequence)."""
         create = n_create_for(study_instance_uid=study.study_instance_uid, accession_number=study.accession,
+                              requested_procedure_id=study.requested_procedure_id,
+                              scheduled_procedure_step_id=study.scheduled_procedure_step_id,
                               patient_id=order.patient_id, patient_name="Testpatient^Anna^Maria^^Ms",
                               station="DRILLCT")
         study.mpps_created = self._retry_mpps(
@@ -402,8 +415,9 @@ class ReportSigner(threading.Thread):
     most ``limit`` orders."""
 
     def __init__(self, name: str, port: int, token_source, stop: threading.Event, limit: int,
-                 give_up_after: float = 600.0):
+                 give_up_after: float = 600.0, pace: float = 0.0):
         super().__init__(name=name, daemon=True)
+        self.pace = pace  # seconds between two orders' reports: spreads them over the faults
         self.port = port
         self.token_source = token_source
         self.stop = stop
@@ -437,6 +451,8 @@ class ReportSigner(threading.Thread):
                 done += 1
                 for accession in message.accessions:
                     self._sign(accession, message.patient_id)
+                if self.pace and self.stop.wait(self.pace):
+                    return
         except BaseException as exc:  # noqa: BLE001 - reported by the drill
             self.error = exc
 
