@@ -1,6 +1,7 @@
 """Admin pages of the HL7 gateway: the inbound message log (operators search it by control ID,
 sender, patient ID, accession number, type and status; raw message and ACK shown readable).
-The outbound queue (ORU) registers its admin below."""
+The outbox (every message we send: results, order status, filler orders, charges, patient
+updates to the archive) registers its admin below."""
 
 from __future__ import annotations
 
@@ -111,16 +112,17 @@ class InboundRefusalAdmin(admin.ModelAdmin):
         return False
 
 
-# --- Outbound ORU^R01 (hl7gateway.models.outbound) ------------------------------------------
+# --- The outbox, every kind of outbound message (hl7gateway.models.outbound) -----------------
 from hl7gateway.models import OutboundAction, OutboundAttempt, OutboundDestination, OutboundMessage  # noqa: E402
 
 
 @admin.register(OutboundDestination)
 class OutboundDestinationAdmin(admin.ModelAdmin):
-    """Billing, the EHR ...: where signed reports and order status messages go.  Destinations
-    declared in HL7_ORU_DESTINATIONS take host, port, TLS (mllps://), the kinds of message
-    (messages=), the ORU links (links=), the PDF (pdf=) and validation (validate=) from the
-    environment (read-only here); the other fields stay editable.  A VNA's HL7 ADT receiver
+    """Billing, the EHR, a VNA ...: where signed reports, order status messages, filler orders,
+    charges and patient updates go.  Destinations declared in HL7_ORU_DESTINATIONS take host,
+    port, TLS (mllps://), the kinds of message (messages=), the ORU links (links=), the PDF (pdf=)
+    and validation (validate=) from the environment (read-only here); the other fields stay
+    editable.  A VNA's HL7 ADT receiver
     (``vna-<n>``, *patient updates to the archive*) takes host, port and TLS from its VNA
     destination (pacs admin, VNA_DESTINATIONS ?adt=) at each change forwarded."""
 
@@ -169,8 +171,8 @@ class OutboundActionInline(admin.TabularInline):
 
 @admin.register(OutboundMessage)
 class OutboundMessageAdmin(AuditedAdmin, admin.ModelAdmin):
-    """The outbox (ORU^R01 and order status messages), read-only (retry and cancel are on the
-    operator page /interfaces/)."""
+    """The outbox (ORU^R01, ORM^O01 / OMI^O23, DFT^P03, ADT^A08 / ADT^A40), read-only (retry and
+    cancel are on the operator page /interfaces/)."""
 
     # The class of the messages' <pre> (a stylesheet: the Content-Security-Policy allows no inline style).
     class Media:

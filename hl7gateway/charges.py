@@ -35,20 +35,19 @@ from datetime import date, datetime
 
 from hl7gateway import order_status
 from hl7gateway.oru import (
-    ENCODING_CHARACTERS,
     VERSIONS,
     MessageHeader,
     PatientIdentifier,
     Person,
     _components,
     _segment,
-    charset,
-    cx,
     ei,
     escape,
     hl7_ts,
+    msh_segment,
+    pid_segment,
+    pv1_segment,
     xcn,
-    xpn,
 )
 
 # --- the rule: which event posts which charge ------------------------------------------------
@@ -183,31 +182,12 @@ def render_segments(content: ChargeContent, header: MessageHeader, *, time_zone:
     if not content.transaction_id:
         raise ValueError("FT1-2 (transaction ID) is required")
     tz = zoneinfo.ZoneInfo(time_zone)
-    msh = "MSH|" + ENCODING_CHARACTERS + "|" + "|".join(
-        [
-            escape(header.sending_application),  # MSH-3
-            escape(header.sending_facility),  # MSH-4
-            escape(header.receiving_application),  # MSH-5
-            escape(header.receiving_facility),  # MSH-6
-            hl7_ts(header.created_at, tz),  # MSH-7
-            "",  # MSH-8
-            message_type(header.version),  # MSH-9
-            escape(header.message_control_id),  # MSH-10
-            escape(header.processing_id),  # MSH-11
-            header.version,  # MSH-12
-            "", "", "", "", "",  # MSH-13 .. MSH-17 (original acknowledgement mode)
-            charset(header.version),  # MSH-18 (table 0211 of the version)
-        ]
-    )
     code = _components(content.procedure_code_value, content.procedure_code_meaning, content.procedure_code_scheme)
     return [
-        msh,
+        msh_segment(header, message_type(header.version), tz),
         _segment("EVN", {1: "P03", 2: hl7_ts(content.posted_at or header.created_at, tz)}),
-        _segment("PID", {1: "1", 3: "~".join(cx(i) for i in content.patient_identifiers if i.id_number),
-                         5: xpn(content.patient_name), 7: hl7_ts(content.patient_birth_date),
-                         8: escape(content.patient_sex)}),
-        _segment("PV1", {1: "1", 2: escape(content.patient_class) or "U", 3: escape(content.assigned_location),
-                         8: xcn(content.referring_physician), 19: escape(content.visit_number)}),
+        pid_segment(content),
+        pv1_segment(content),
         _segment("FT1", {
             1: "1",
             2: escape(content.transaction_id),

@@ -41,20 +41,19 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from hl7gateway.oru import (
-    ENCODING_CHARACTERS,
     VERSIONS,
     MessageHeader,
     PatientIdentifier,
     Person,
     _components,
     _segment,
-    charset,
-    cx,
     ei,
     escape,
     hl7_ts,
+    msh_segment,
+    pid_segment,
+    pv1_segment,
     xcn,
-    xpn,
 )
 
 # --- the rule: which change tells the placer what (IHE RAD-3) ---------------------------------
@@ -170,22 +169,6 @@ def render_segments(content: StatusContent, header: MessageHeader, *, time_zone:
         raise ValueError("MSH-10 (message control ID) is required")
     tz = zoneinfo.ZoneInfo(time_zone)
     v251 = header.version == "2.5.1"
-    msh = "MSH|" + ENCODING_CHARACTERS + "|" + "|".join(
-        [
-            escape(header.sending_application),  # MSH-3
-            escape(header.sending_facility),  # MSH-4
-            escape(header.receiving_application),  # MSH-5
-            escape(header.receiving_facility),  # MSH-6
-            hl7_ts(header.created_at, tz),  # MSH-7
-            "",  # MSH-8
-            message_type(header.version),  # MSH-9
-            escape(header.message_control_id),  # MSH-10
-            escape(header.processing_id),  # MSH-11
-            header.version,  # MSH-12
-            "", "", "", "", "",  # MSH-13 .. MSH-17 (MSH-15/16 empty: original acknowledgement mode)
-            charset(header.version),  # MSH-18 (table 0211 of the version)
-        ]
-    )
     placer = ei(content.placer_order_number, content.placer_namespace)
     filler = ei(content.filler_order_number, content.filler_namespace)
     first_step = content.steps[0] if content.steps else StepValues(content.requested_procedure_id)
@@ -208,12 +191,9 @@ def render_segments(content: StatusContent, header: MessageHeader, *, time_zone:
         # field 1) names it in both versions, IPC-1 too in v2.5.1.
         obr[18] = escape(content.accession_number)
     segments = [
-        msh,
-        _segment("PID", {1: "1", 3: "~".join(cx(i) for i in content.patient_identifiers if i.id_number),
-                         5: xpn(content.patient_name), 7: hl7_ts(content.patient_birth_date),
-                         8: escape(content.patient_sex)}),
-        _segment("PV1", {1: "1", 2: escape(content.patient_class) or "U", 3: escape(content.assigned_location),
-                         8: xcn(content.referring_physician), 19: escape(content.visit_number)}),
+        msh_segment(header, message_type(header.version), tz),
+        pid_segment(content),
+        pv1_segment(content),
         _segment("ORC", {1: content.order_control, 2: placer, 3: filler, 5: content.order_status,
                          9: hl7_ts(content.transaction_at, tz), 12: xcn(content.ordering_provider)}),
         _segment("OBR", obr),

@@ -255,6 +255,64 @@ def _segment(name: str, fields: dict[int, str]) -> str:
     return "|".join([name] + [fields.get(i, "") for i in range(1, last + 1)])
 
 
+def msh_segment(header: MessageHeader, message_type: str, tz: zoneinfo.ZoneInfo, *, version: str = "") -> str:
+    """MSH (HL7 v2.5.1 2.14.9) of every message we send: MSH-3 .. MSH-6 from ``header``, MSH-7 its
+    creation time, MSH-9 ``message_type``, MSH-10 the stable control ID, MSH-11, MSH-12 ``version``
+    (else the header's), MSH-15 / MSH-16 empty (original acknowledgement mode), MSH-18 the
+    version's character set (table 0211)."""
+    version = version or header.version
+    return "MSH|" + ENCODING_CHARACTERS + "|" + "|".join(
+        [
+            escape(header.sending_application),  # MSH-3
+            escape(header.sending_facility),  # MSH-4
+            escape(header.receiving_application),  # MSH-5
+            escape(header.receiving_facility),  # MSH-6
+            hl7_ts(header.created_at, tz),  # MSH-7
+            "",  # MSH-8
+            message_type,  # MSH-9
+            escape(header.message_control_id),  # MSH-10
+            escape(header.processing_id),  # MSH-11
+            version,  # MSH-12
+            "",  # MSH-13
+            "",  # MSH-14
+            "",  # MSH-15 accept ack type: empty = original mode
+            "",  # MSH-16
+            "",  # MSH-17
+            charset(version),  # MSH-18
+        ]
+    )
+
+
+def pid_segment(content) -> str:
+    """PID (HL7 v2.5.1 3.4.2) of every message we send: PID-1 1, PID-3 every identifier (CX),
+    PID-5 name (XPN), PID-7 birth date, PID-8 sex."""
+    return _segment(
+        "PID",
+        {
+            1: "1",
+            3: "~".join(cx(i) for i in content.patient_identifiers if i.id_number),
+            5: xpn(content.patient_name),
+            7: hl7_ts(content.patient_birth_date),
+            8: escape(content.patient_sex),
+        },
+    )
+
+
+def pv1_segment(content) -> str:
+    """PV1 (HL7 v2.5.1 3.4.3) of the order's visit: PV1-1 1, PV1-2 patient class (U when unknown),
+    PV1-3 assigned location, PV1-8 referring doctor (XCN), PV1-19 visit number."""
+    return _segment(
+        "PV1",
+        {
+            1: "1",
+            2: escape(content.patient_class) or "U",
+            3: escape(content.assigned_location),
+            8: xcn(content.referring_physician),
+            19: escape(content.visit_number),
+        },
+    )
+
+
 def render_segments(content: OruContent, header: MessageHeader, *, time_zone: str = "UTC",
                     pdf: bytes = b"") -> list[str]:
     """The segments of the ORU^R01, each a str without the terminating CR; ``pdf``, when given,
@@ -270,51 +328,9 @@ def render_segments(content: OruContent, header: MessageHeader, *, time_zone: st
     tz = zoneinfo.ZoneInfo(time_zone)
     v251 = header.version == "2.5.1"
     status = content.result_status
-    msh = "MSH|" + ENCODING_CHARACTERS + "|" + "|".join(
-        [
-            escape(header.sending_application),  # MSH-3
-            escape(header.sending_facility),  # MSH-4
-            escape(header.receiving_application),  # MSH-5
-            escape(header.receiving_facility),  # MSH-6
-            hl7_ts(header.created_at, tz),  # MSH-7
-            "",  # MSH-8
-            "ORU^R01^ORU_R01" if v251 else "ORU^R01",  # MSH-9 (message structure since v2.3.1, required in 2.5)
-            escape(header.message_control_id),  # MSH-10
-            escape(header.processing_id),  # MSH-11
-            header.version,  # MSH-12
-            "",  # MSH-13
-            "",  # MSH-14
-            "",  # MSH-15 accept ack type: empty = original mode
-            "",  # MSH-16
-            "",  # MSH-17
-            charset(header.version),  # MSH-18
-        ]
-    )
-    segments = [msh]
-    segments.append(
-        _segment(
-            "PID",
-            {
-                1: "1",
-                3: "~".join(cx(i) for i in content.patient_identifiers if i.id_number),
-                5: xpn(content.patient_name),
-                7: hl7_ts(content.patient_birth_date),
-                8: escape(content.patient_sex),
-            },
-        )
-    )
-    segments.append(
-        _segment(
-            "PV1",
-            {
-                1: "1",
-                2: escape(content.patient_class) or "U",
-                3: escape(content.assigned_location),
-                8: xcn(content.referring_physician),
-                19: escape(content.visit_number),
-            },
-        )
-    )
+    # MSH-9: the message structure since v2.3.1, required in 2.5.
+    segments = [msh_segment(header, "ORU^R01^ORU_R01" if v251 else "ORU^R01", tz), pid_segment(content),
+                pv1_segment(content)]
     placer = ei(content.placer_order_number, content.placer_namespace)
     filler = ei(content.filler_order_number, content.filler_namespace)
     segments.append(

@@ -27,16 +27,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from hl7gateway.oru import (
-    CHARSET,
-    ENCODING_CHARACTERS,
     MessageHeader,
     PatientIdentifier,
     Person,
     _segment,
     cx,
-    escape,
     hl7_ts,
-    xpn,
+    msh_segment,
+    pid_segment,
 )
 
 A08 = "A08"
@@ -71,28 +69,10 @@ def render_segments(content: PatientUpdateContent, header: MessageHeader, *, tim
     if not header.message_control_id:
         raise ValueError("MSH-10 (message control ID) is required")
     tz = zoneinfo.ZoneInfo(time_zone)
-    msh = "MSH|" + ENCODING_CHARACTERS + "|" + "|".join(
-        [
-            escape(header.sending_application),  # MSH-3
-            escape(header.sending_facility),  # MSH-4
-            escape(header.receiving_application),  # MSH-5
-            escape(header.receiving_facility),  # MSH-6
-            hl7_ts(header.created_at, tz),  # MSH-7
-            "",  # MSH-8
-            MESSAGE_TYPES[content.event],  # MSH-9
-            escape(header.message_control_id),  # MSH-10
-            escape(header.processing_id),  # MSH-11
-            VERSION,  # MSH-12
-            "", "", "", "", "",  # MSH-13 .. MSH-17 (original acknowledgement mode)
-            CHARSET,  # MSH-18
-        ]
-    )
     segments = [
-        msh,
+        msh_segment(header, MESSAGE_TYPES[content.event], tz, version=VERSION),
         _segment("EVN", {1: content.event, 2: hl7_ts(content.recorded_at or header.created_at, tz)}),
-        _segment("PID", {1: "1", 3: "~".join(cx(i) for i in content.patient_identifiers if i.id_number),
-                         5: xpn(content.patient_name), 7: hl7_ts(content.patient_birth_date),
-                         8: escape(content.patient_sex)}),
+        pid_segment(content),
     ]
     if content.event == A08:
         segments.append(_segment("PV1", {1: "1", 2: "N"}))

@@ -16,7 +16,7 @@ from hl7gateway.outbox import delivery, publish, sweep
 
 @shared_task(name=publish.TASK_NAME, acks_late=True, ignore_result=True)
 def deliver_oru(message_id: int) -> str:
-    """Send one outbound ORU^R01 row (claim, send over MLLP, wait for the ACK, record)."""
+    """Send one outbound row, whatever its kind (claim, send over MLLP, wait for the ACK, record)."""
     return delivery.deliver(message_id)
 
 

@@ -224,7 +224,8 @@ HL7_RECEIVING_APPLICATION = env_str("HL7_RECEIVING_APPLICATION", "PACS")
 HL7_RECEIVING_FACILITY = env_str("HL7_RECEIVING_FACILITY", "RADIOLOGY")
 # ORM^O01 has no station AE title (OMI has IPC-9): site rule MODALITY=AE,... e.g. "CT=CT1,MR=MR1".
 HL7_STATION_AE_BY_MODALITY = env_str("HL7_STATION_AE_BY_MODALITY", "")
-# Outbound ORU^R01: name=mllp://host:port,... (also configurable in the admin).
+# Outbound HL7 destinations, each taking the kinds of message its messages= names (results,
+# order status, charges, filler orders): name=mllp://host:port,... (also configurable in the admin).
 HL7_ORU_DESTINATIONS = env_str("HL7_ORU_DESTINATIONS", "")
 HL7_ORU_VERSION = env_choice("HL7_ORU_VERSION", "2.5.1", {"2.5.1", "2.3.1"})
 # Charge posting (DFT^P03, IHE RAD-35) to destinations with messages=charges: which charges a
@@ -232,10 +233,10 @@ HL7_ORU_VERSION = env_choice("HL7_ORU_VERSION", "2.5.1", {"2.5.1", "2.3.1"})
 # per-code overrides CODE=kinds;CODE=kinds (checked at start, hl7gateway.E105).
 CHARGE_POSTING = env_str("CHARGE_POSTING", "technical,professional")
 CHARGE_POSTING_BY_CODE = env_str("CHARGE_POSTING_BY_CODE", "")
-# ORU delivery (hl7gateway.outbox): timeouts, AE attempts before failing, backoff with jitter
-# (capped far below the Redis visibility timeout, else Redis redelivers the task), the sweep
-# that re-queues rows no worker picked up, and how long a dispatched row may wait before it is
-# re-queued.
+# Outbox delivery (hl7gateway.outbox), the same for every kind of message: timeouts, AE
+# attempts before failing, backoff with jitter (capped far below the Redis visibility timeout,
+# else Redis redelivers the task), the sweep that re-queues rows no worker picked up, and how
+# long a dispatched row may wait before it is re-queued.
 HL7_ORU_CONNECT_TIMEOUT_SECONDS = env_float("HL7_ORU_CONNECT_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 HL7_ORU_ACK_TIMEOUT_SECONDS = env_float("HL7_ORU_ACK_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 HL7_ORU_MAX_ATTEMPTS = env_int("HL7_ORU_MAX_ATTEMPTS", 8, minimum=1)

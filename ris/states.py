@@ -143,7 +143,8 @@ TABLES: dict[str, frozenset[tuple[str, str]]] = {
         | {(a, "CANCELED") for a in ("SCHEDULED", "IN_PROGRESS", "COMMITTING", "RETRYING", "FAILED")}
         | {("IN_PROGRESS", "COMMITTING"), ("IN_PROGRESS", "COMMITTED"), ("COMMITTING", "COMMITTED")}
     ),
-    # Outbound ORU^R01 (hl7gateway.models.outbound): AA delivers, AR / the attempt cap fails;
+    # Every outbound HL7 message (hl7gateway.models.outbound: results, order status, filler
+    # orders, charges, patient updates to the archive): AA delivers, AR / the attempt cap fails;
     # the operator retries a failed message or cancels a pending or failed one.
     "oru_outbound": frozenset(
         {("PENDING", "DELIVERED"), ("PENDING", "FAILED"), ("PENDING", "CANCELED"), ("FAILED", "PENDING"),

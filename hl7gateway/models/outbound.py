@@ -55,7 +55,8 @@ STATUSES = (PENDING, DELIVERED, FAILED, CANCELED)
 SETTLED = (DELIVERED, CANCELED)
 # Allowed status changes: ris.states.TABLES["oru_outbound"].
 
-#: ``OutboundMessage.kind``: a result, or an order status message to the order placer.
+#: ``OutboundMessage.kind``: a result, an order status message (or a filler order) to the order
+#: placer, a charge to billing, a patient update to the archive.
 ORU = "ORU"
 STATUS = "STATUS"
 CHARGE = "CHARGE"

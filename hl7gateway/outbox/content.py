@@ -47,9 +47,13 @@ def report_text_lines(version) -> list[str]:
     return lines
 
 
-def _observation_datetime(rp) -> datetime | None:
+def _steps(rp) -> list:
+    """The procedure's scheduled steps in the order they were created, read once per message."""
+    return list(rp.steps.order_by("pk"))
+
+
+def _observation_datetime(steps) -> datetime | None:
     """OBR-7: when the exam was done -- the first performed (else scheduled) step's start."""
-    steps = list(rp.steps.all())
     performed = [s for s in steps if s.status in ("STARTED", "DEPARTED", "COMPLETED")]
     chosen = sorted(performed or steps, key=lambda s: s.scheduled_start)
     return chosen[0].scheduled_start if chosen else None
@@ -58,6 +62,24 @@ def _observation_datetime(rp) -> datetime | None:
 def _identifiers(patient) -> tuple[oru.PatientIdentifier, ...]:
     return tuple(oru.PatientIdentifier(i.id_number, i.assigning_authority, i.identifier_type_code)
                  for i in patient.identifiers.order_by("pk"))
+
+
+def _patient_and_visit(order) -> dict:
+    """The PID and PV1 values (HL7 v2.5.1 3.4.2, 3.4.3) of an order's patient and visit, read once:
+    PV1-8 is the visit's referring physician, else the order's."""
+    patient, visit = order.patient, order.visit
+    return {
+        "patient_identifiers": _identifiers(patient),
+        "patient_name": oru.Person.from_dicom_pn(patient.patient_name),
+        "patient_birth_date": patient.patient_birth_date,
+        "patient_sex": patient.patient_sex,
+        "visit_number": visit.visit_number if visit else "",
+        "patient_class": visit.patient_class if visit else "",
+        "assigned_location": visit.assigned_location if visit else "",
+        "referring_physician": oru.Person.from_dicom_pn(
+            (visit.referring_physician_name if visit else "") or order.referring_physician_name
+        ),
+    }
 
 
 def study_links(rp, patient_identifiers) -> tuple[str, str]:
@@ -77,22 +99,12 @@ def content_for_report_version(version) -> oru.OruContent:
     """The plain-value content of the ORU^R01 for one signed ``ris.ReportVersion``."""
     rp = version.report.requested_procedure
     order = rp.order
-    patient = order.patient
-    visit = order.visit
+    pid_pv1 = _patient_and_visit(order)
+    steps = _steps(rp)
     signer_id = version.signed_by.get_username() if version.signed_by_id else ""
-    identifiers = _identifiers(patient)
-    viewer, wado = study_links(rp, identifiers)
+    viewer, wado = study_links(rp, pid_pv1["patient_identifiers"])
     return oru.OruContent(
-        patient_identifiers=identifiers,
-        patient_name=oru.Person.from_dicom_pn(patient.patient_name),
-        patient_birth_date=patient.patient_birth_date,
-        patient_sex=patient.patient_sex,
-        visit_number=visit.visit_number if visit else "",
-        patient_class=visit.patient_class if visit else "",
-        assigned_location=visit.assigned_location if visit else "",
-        referring_physician=oru.Person.from_dicom_pn(
-            (visit.referring_physician_name if visit else "") or order.referring_physician_name
-        ),
+        **pid_pv1,
         placer_order_number=order.placer_order_number,
         placer_namespace=order.placer_namespace,
         # ORC-3 / OBR-3: our filler number; an order without one is identified by its accession.
@@ -101,7 +113,7 @@ def content_for_report_version(version) -> oru.OruContent:
         procedure_code_value=rp.procedure_code_value,
         procedure_code_meaning=rp.procedure_code_meaning or rp.requested_procedure_description,
         procedure_code_scheme=rp.procedure_code_scheme,
-        observation_datetime=_observation_datetime(rp),
+        observation_datetime=_observation_datetime(steps),
         ordering_provider=oru.Person.from_dicom_pn(order.ordering_provider),
         accession_number=rp.accession_number,
         requested_procedure_id=rp.requested_procedure_id,
@@ -120,21 +132,11 @@ def content_for_status(rp, event: str, at: datetime) -> order_status.StatusConte
     ``ris.RequestedProcedure`` (IHE RAD-3), or of its new filler order (``FILLER_ORDER``, ORC-1
     SN); ``at`` is the time of the change (ORC-9)."""
     order = rp.order
-    patient = order.patient
-    visit = order.visit
-    steps = list(rp.steps.order_by("pk"))
+    pid_pv1 = _patient_and_visit(order)
+    steps = _steps(rp)
     control = order_status.order_control(event)
     return order_status.StatusContent(
-        patient_identifiers=_identifiers(patient),
-        patient_name=oru.Person.from_dicom_pn(patient.patient_name),
-        patient_birth_date=patient.patient_birth_date,
-        patient_sex=patient.patient_sex,
-        visit_number=visit.visit_number if visit else "",
-        patient_class=visit.patient_class if visit else "",
-        assigned_location=visit.assigned_location if visit else "",
-        referring_physician=oru.Person.from_dicom_pn(
-            (visit.referring_physician_name if visit else "") or order.referring_physician_name
-        ),
+        **pid_pv1,
         order_control=control,
         # SN: the new order's own status; SC: the status the change moved it to.
         order_status=(order_status.filler_order_status(rp.status) if control == "SN"
@@ -149,7 +151,7 @@ def content_for_status(rp, event: str, at: datetime) -> order_status.StatusConte
         procedure_code_value=rp.procedure_code_value,
         procedure_code_meaning=rp.procedure_code_meaning or rp.requested_procedure_description,
         procedure_code_scheme=rp.procedure_code_scheme,
-        observation_datetime=_observation_datetime(rp),
+        observation_datetime=_observation_datetime(steps),
         ordering_provider=oru.Person.from_dicom_pn(order.ordering_provider),
         accession_number=rp.accession_number,
         requested_procedure_id=rp.requested_procedure_id,
@@ -175,28 +177,19 @@ def content_for_charge(rp, kind: str, transaction_type: str, posted_at: datetime
     exam where the order named one (technical), the radiologist who signed the final report
     (professional)."""
     order = rp.order
-    patient = order.patient
-    visit = order.visit
+    pid_pv1 = _patient_and_visit(order)
     if kind == charges.TECHNICAL:
-        step = rp.steps.exclude(scheduled_performing_physician_name="").order_by("pk").first()
+        steps = _steps(rp)
+        step = next((s for s in steps if s.scheduled_performing_physician_name), None)
         performed_by = oru.Person.from_dicom_pn(step.scheduled_performing_physician_name if step else "")
-        service_at = _observation_datetime(rp)
+        service_at = _observation_datetime(steps)
     else:
         final = _final_signature(rp)
         signer_id = final.signed_by.get_username() if final and final.signed_by_id else ""
         performed_by = oru.Person.from_dicom_pn(final.signer_name if final else "", id_number=signer_id)
         service_at = final.signed_at if final else None
     return charges.ChargeContent(
-        patient_identifiers=_identifiers(patient),
-        patient_name=oru.Person.from_dicom_pn(patient.patient_name),
-        patient_birth_date=patient.patient_birth_date,
-        patient_sex=patient.patient_sex,
-        visit_number=visit.visit_number if visit else "",
-        patient_class=visit.patient_class if visit else "",
-        assigned_location=visit.assigned_location if visit else "",
-        referring_physician=oru.Person.from_dicom_pn(
-            (visit.referring_physician_name if visit else "") or order.referring_physician_name
-        ),
+        **pid_pv1,
         charge_kind=kind,
         transaction_type=transaction_type,
         transaction_id=charges.transaction_id(rp.pk, kind),

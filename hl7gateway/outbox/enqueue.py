@@ -16,7 +16,9 @@ Every kind goes to the same queue, in the same per-patient order, by the same de
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -80,43 +82,19 @@ def enqueue_oru(report_version_id: int) -> int:
         # The report as a PDF, built once for every destination that asks (``pdf=1``); the
         # PDF library is loaded only then.
         pdf = report_pdf(content) if any(d.report_pdf for d in destinations) else b""
-        patient_id_text = "~".join(oru.cx(i) for i in content.patient_identifiers)[:200]
-        now = timezone.now()
-        created: list[int] = []
-        for dest in destinations:
-            row = OutboundMessage.objects.create(
-                destination=dest,
-                report_version=version,
-                requested_procedure_id=version.report.requested_procedure_id,
-                patient_id=version.report.requested_procedure.order.patient_id,
-                patient_id_text=patient_id_text,
-                accession_number=content.accession_number,
-                result_status=content.result_status,
-                hl7_version=dest.version,
-                payload=b"",
-                next_attempt_at=now,
-                dispatched_at=now,
-            )
-            row.message_control_id = message_control_id(row.pk)
-            header = oru.MessageHeader(
-                message_control_id=row.message_control_id,
-                created_at=now,
-                sending_application=settings.HL7_RECEIVING_APPLICATION,
-                sending_facility=settings.HL7_RECEIVING_FACILITY,
-                receiving_application=dest.receiving_application,
-                receiving_facility=dest.receiving_facility,
-                version=dest.version,
-                text_value_type=dest.text_value_type,
-                link_viewer=dest.link_viewer,
-                link_wado_rs=dest.link_wado_rs,
-            )
-            row.payload = oru.encode(oru.render_oru(content, header, time_zone=settings.TIME_ZONE,
-                                                    pdf=pdf if dest.report_pdf else b""))
-            row.save(update_fields=["message_control_id", "payload"])
-            created.append(row.pk)
-        publish.wake_after_commit({d.pk for d in destinations})
-    log.info("ORU^R01 queued", extra={"report_version_id": report_version_id, "rows": len(created)})
-    return len(created)
+        rp = version.report.requested_procedure
+        created = _queue_rows(
+            destinations, content, timezone.now(), "ORU",
+            fields=lambda dest: {"report_version": version, "requested_procedure_id": rp.pk,
+                                 "patient_id": rp.order.patient_id, "accession_number": content.accession_number,
+                                 "result_status": content.result_status},
+            header_fields=lambda dest: {"text_value_type": dest.text_value_type, "link_viewer": dest.link_viewer,
+                                        "link_wado_rs": dest.link_wado_rs},
+            render=lambda dest, header: oru.render_oru(content, header, time_zone=settings.TIME_ZONE,
+                                                       pdf=pdf if dest.report_pdf else b""),
+        )
+    log.info("ORU^R01 queued", extra={"report_version_id": report_version_id, "rows": created})
+    return created
 
 
 def report_pdf(content: oru.OruContent) -> bytes:
@@ -156,54 +134,20 @@ def enqueue_status(requested_procedure_id: int, event: str, *, at=None) -> int:
             raise UnknownKey(f"no requested procedure {requested_procedure_id}") from None
         now = timezone.now()
         content = content_for_status(rp, event, at or now)
-        patient_id_text = "~".join(oru.cx(i) for i in content.patient_identifiers)[:200]
-        created = 0
-        for dest in destinations:
-            try:
-                # A savepoint: a concurrent transaction that queued the same event first (two
-                # steps of one procedure discontinued at once) wins; this one sends nothing more.
-                with transaction.atomic():
-                    _status_row(dest, rp, event, content, patient_id_text, now)
-            except IntegrityError:
-                continue
-            created += 1
-        publish.wake_after_commit({d.pk for d in destinations})
+        # First wins: a concurrent transaction that queued the same event first (two steps of
+        # one procedure discontinued at once) keeps its row; this one sends nothing more.
+        created = _queue_rows(
+            destinations, content, now, "OSN" if event == order_status.FILLER_ORDER else "OSC",
+            fields=lambda dest: {"kind": STATUS, "message_type": order_status.MESSAGE_TYPES[dest.version],
+                                 "requested_procedure": rp, "status_event": event,
+                                 "order_status": content.order_status, "result_status": content.result_status,
+                                 "patient_id": rp.order.patient_id, "accession_number": content.accession_number},
+            render=lambda dest, header: order_status.render_status(content, header, time_zone=settings.TIME_ZONE),
+            first_wins=True,
+        )
     log.info("order status queued", extra={"requested_procedure_id": requested_procedure_id, "event": event,
                                            "rows": created})
     return created
-
-
-def _status_row(dest, rp, event, content, patient_id_text, now) -> OutboundMessage:
-    """One destination's row, rendered now with its fixed MSH-10 (every resend the same bytes)."""
-    row = OutboundMessage.objects.create(
-        destination=dest,
-        kind=STATUS,
-        message_type=order_status.MESSAGE_TYPES[dest.version],
-        requested_procedure=rp,
-        status_event=event,
-        order_status=content.order_status,
-        result_status=content.result_status,
-        patient_id=rp.order.patient_id,
-        patient_id_text=patient_id_text,
-        accession_number=content.accession_number,
-        hl7_version=dest.version,
-        payload=b"",
-        next_attempt_at=now,
-        dispatched_at=now,
-    )
-    row.message_control_id = message_control_id(row.pk, "OSN" if event == order_status.FILLER_ORDER else "OSC")
-    header = oru.MessageHeader(
-        message_control_id=row.message_control_id,
-        created_at=now,
-        sending_application=settings.HL7_RECEIVING_APPLICATION,
-        sending_facility=settings.HL7_RECEIVING_FACILITY,
-        receiving_application=dest.receiving_application,
-        receiving_facility=dest.receiving_facility,
-        version=dest.version,
-    )
-    row.payload = oru.encode(order_status.render_status(content, header, time_zone=settings.TIME_ZONE))
-    row.save(update_fields=["message_control_id", "payload"])
-    return row
 
 
 # --- charges (IHE RAD-35) -----------------------------------------------------------------------
@@ -278,44 +222,15 @@ def _charge_rows(rp, kind: str, transaction_type: str, destinations: list[Outbou
         return 0
     now = timezone.now()
     content = content_for_charge(rp, kind, transaction_type, now)
-    patient_id_text = "~".join(oru.cx(i) for i in content.patient_identifiers)[:200]
-    created = 0
-    for dest in destinations:
-        try:
-            with transaction.atomic():
-                row = OutboundMessage.objects.create(
-                    destination=dest,
-                    kind=CHARGE,
-                    message_type="DFT^P03",
-                    requested_procedure=rp,
-                    charge_kind=kind,
-                    transaction_type=transaction_type,
-                    transaction_id=content.transaction_id,
-                    patient_id=rp.order.patient_id,
-                    patient_id_text=patient_id_text,
-                    accession_number=rp.accession_number,
-                    hl7_version=dest.version,
-                    payload=b"",
-                    next_attempt_at=now,
-                    dispatched_at=now,
-                )
-                row.message_control_id = message_control_id(row.pk, "DFT")
-                header = oru.MessageHeader(
-                    message_control_id=row.message_control_id,
-                    created_at=now,
-                    sending_application=settings.HL7_RECEIVING_APPLICATION,
-                    sending_facility=settings.HL7_RECEIVING_FACILITY,
-                    receiving_application=dest.receiving_application,
-                    receiving_facility=dest.receiving_facility,
-                    version=dest.version,
-                )
-                row.payload = oru.encode(charges.render_charge(content, header, time_zone=settings.TIME_ZONE))
-                row.save(update_fields=["message_control_id", "payload"])
-        except IntegrityError:
-            continue
-        created += 1
-    publish.wake_after_commit({d.pk for d in destinations})
-    return created
+    return _queue_rows(
+        destinations, content, now, "DFT",
+        fields=lambda dest: {"kind": CHARGE, "message_type": "DFT^P03", "requested_procedure": rp,
+                             "charge_kind": kind, "transaction_type": transaction_type,
+                             "transaction_id": content.transaction_id, "patient_id": rp.order.patient_id,
+                             "accession_number": rp.accession_number},
+        render=lambda dest, header: charges.render_charge(content, header, time_zone=settings.TIME_ZONE),
+        first_wins=True,
+    )
 
 
 # --- patient changes to the archive (IHE RAD-12) ------------------------------------------------
@@ -361,32 +276,65 @@ def enqueue_patient_update(patient_id: int, event: str, merge_id: int | None, ar
             raise UnknownKey(f"no patient {patient_id}") from None
         now = timezone.now()
         content = content_for_patient_update(patient, event, merge_id, now)
-        patient_id_text = "~".join(oru.cx(i) for i in content.patient_identifiers)[:200]
-        for dest in destinations:
-            row = OutboundMessage.objects.create(
-                destination=dest,
-                kind=ADT,
-                message_type=patient_updates.MESSAGE_TYPES[event].rsplit("^", 1)[0],
-                patient=patient,
-                patient_id_text=patient_id_text,
-                hl7_version=patient_updates.VERSION,
-                payload=b"",
-                next_attempt_at=now,
-                dispatched_at=now,
-            )
-            row.message_control_id = message_control_id(row.pk, "ADT")
-            header = oru.MessageHeader(
-                message_control_id=row.message_control_id,
-                created_at=now,
-                sending_application=settings.HL7_RECEIVING_APPLICATION,
-                sending_facility=settings.HL7_RECEIVING_FACILITY,
-                receiving_application=dest.receiving_application,
-                receiving_facility=dest.receiving_facility,
-                version=patient_updates.VERSION,
-            )
-            row.payload = oru.encode(patient_updates.render_patient_update(content, header,
-                                                                           time_zone=settings.TIME_ZONE))
-            row.save(update_fields=["message_control_id", "payload"])
-        publish.wake_after_commit({d.pk for d in destinations})
+        _queue_rows(
+            destinations, content, now, "ADT",
+            fields=lambda dest: {"kind": ADT, "message_type": patient_updates.MESSAGE_TYPES[event].rsplit("^", 1)[0],
+                                 "patient": patient},
+            render=lambda dest, header: patient_updates.render_patient_update(content, header,
+                                                                              time_zone=settings.TIME_ZONE),
+            version=patient_updates.VERSION,
+        )
     log.info("patient update queued for the archive", extra={"event": event, "rows": len(destinations)})
     return len(destinations)
+
+
+# --- the rows, one per destination --------------------------------------------------------------
+def _queue_rows(destinations: list[OutboundDestination], content, now, prefix: str, *,
+                fields: Callable[[OutboundDestination], dict],
+                render: Callable[[OutboundDestination, oru.MessageHeader], str],
+                header_fields: Callable[[OutboundDestination], dict] | None = None,
+                version: str | None = None, first_wins: bool = False) -> int:
+    """One row per destination, rendered now with its fixed MSH-10 (``prefix`` and the row's key),
+    so that every resend is the same bytes; the delivery tasks of ``destinations`` are published
+    after the commit.
+
+    ``fields`` gives the row's own columns, ``header_fields`` the destination's MSH and OBX choices
+    beyond MSH-5 / MSH-6 / MSH-12, ``render`` the message; MSH-12 is ``version``, else the
+    destination's.  With ``first_wins`` each row goes in a savepoint and a row a concurrent
+    transaction queued first (a unique constraint) is skipped.  Returns the number of rows created.
+    """
+    patient_id_text = "~".join(oru.cx(i) for i in content.patient_identifiers)[:200]
+    created = 0
+    for dest in destinations:
+        hl7_version = version or dest.version
+        try:
+            with transaction.atomic() if first_wins else contextlib.nullcontext():
+                row = OutboundMessage.objects.create(
+                    destination=dest,
+                    patient_id_text=patient_id_text,
+                    hl7_version=hl7_version,
+                    payload=b"",
+                    next_attempt_at=now,
+                    dispatched_at=now,
+                    **fields(dest),
+                )
+                row.message_control_id = message_control_id(row.pk, prefix)
+                header = oru.MessageHeader(
+                    message_control_id=row.message_control_id,
+                    created_at=now,
+                    sending_application=settings.HL7_RECEIVING_APPLICATION,
+                    sending_facility=settings.HL7_RECEIVING_FACILITY,
+                    receiving_application=dest.receiving_application,
+                    receiving_facility=dest.receiving_facility,
+                    version=hl7_version,
+                    **(header_fields(dest) if header_fields else {}),
+                )
+                row.payload = oru.encode(render(dest, header))
+                row.save(update_fields=["message_control_id", "payload"])
+        except IntegrityError:
+            if not first_wins:
+                raise
+            continue
+        created += 1
+    publish.wake_after_commit({d.pk for d in destinations})
+    return created

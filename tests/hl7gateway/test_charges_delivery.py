@@ -18,24 +18,10 @@ from monitoring.models import OUTBOUND_BACKLOG, Alarm
 from pacs.services import completion
 from tests.factories import oru as h
 from tests.factories import received_study, rule
-from tests.support.mllp_sink import AA, AE, MLLPSink
+from tests.support.mllp_sink import AA, AE
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def sink():
-    with MLLPSink() as s:
-        yield s
-
-
-@pytest.fixture
-def fast(settings):
-    settings.HL7_ORU_RETRY_BASE_SECONDS = 2.0
-    settings.HL7_ORU_RETRY_MAX_SECONDS = 10.0
-    settings.HL7_ORU_CONNECT_TIMEOUT_SECONDS = 1.0
-    return settings
 
 
 def complete(rp) -> None:

@@ -5,32 +5,15 @@ recorded with who did it; a Query audit record naming the patients listed; admin
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from audit.models import AuditRecord
 from hl7gateway.models import OutboundAction, OutboundMessage
 from hl7gateway.outbox import delivery, enqueue
-from project.access import ADMINISTRATOR
 from tests.factories import oru as h
-from tests.support.mllp_sink import AA, AR, MLLPSink
+from tests.support.mllp_sink import AA, AR
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def sink():
-    with MLLPSink() as s:
-        yield s
-
-
-@pytest.fixture
-def admin_client(client):
-    user = h.radiologist("operator", first_name="Olga", last_name="Operator")
-    user.groups.add(Group.objects.get_or_create(name=ADMINISTRATOR)[0])
-    client.force_login(user)
-    client.user = user
-    return client
 
 
 @pytest.fixture
@@ -53,31 +36,31 @@ def rows_of(page: str, status: str) -> int:
     return page.count(f'data-status="{status}"')
 
 
-def test_the_page_lists_posted_pending_and_failed_charges_per_order(admin_client, posted):
-    page = admin_client.get("/interfaces/charges/").content.decode()
+def test_the_page_lists_posted_pending_and_failed_charges_per_order(operator, posted):
+    page = operator.get("/interfaces/charges/").content.decode()
     first, second = posted["first"], posted["second"]
     assert first.accession_number in page and second.accession_number in page
     assert rows_of(page, "DELIVERED") == 1 and rows_of(page, "FAILED") == 1 and rows_of(page, "PENDING") == 1
     assert f"T{first.pk:011d}" in page and f"P{second.pk:011d}" in page  # FT1-2 of each charge
-    failed_only = admin_client.get("/interfaces/charges/", {"state": "failed"}).content.decode()
+    failed_only = operator.get("/interfaces/charges/", {"state": "failed"}).content.decode()
     assert second.accession_number in failed_only and first.accession_number not in failed_only
-    posted_only = admin_client.get("/interfaces/charges/", {"state": "posted"}).content.decode()
+    posted_only = operator.get("/interfaces/charges/", {"state": "posted"}).content.decode()
     assert first.accession_number in posted_only and second.accession_number not in posted_only
-    by_accession = admin_client.get("/interfaces/charges/", {"q": first.accession_number}).content.decode()
+    by_accession = operator.get("/interfaces/charges/", {"q": first.accession_number}).content.decode()
     assert rows_of(by_accession, "DELIVERED") == 1 and second.accession_number not in by_accession
 
 
-def test_the_page_writes_a_query_record_naming_the_patients_listed(admin_client, posted):
+def test_the_page_writes_a_query_record_naming_the_patients_listed(operator, posted):
     since = AuditRecord.records.order_by("-id").values_list("id", flat=True).first() or 0
-    admin_client.get("/interfaces/charges/", {"state": "failed"})
+    operator.get("/interfaces/charges/", {"state": "failed"})
     record = AuditRecord.records.filter(id__gt=since).get()
     named = set(record.patients.values_list("patient_id", flat=True))
     assert named == {"MRNCHG002"}  # only the patient listed
 
 
-def test_retry_of_a_failed_charge_is_the_outbox_retry_and_comes_back_here(admin_client, posted, sink):
+def test_retry_of_a_failed_charge_is_the_outbox_retry_and_comes_back_here(operator, posted, sink):
     failed = OutboundMessage.objects.get(kind="CHARGE", status="FAILED")
-    response = admin_client.post(f"/interfaces/outbound/{failed.pk}/retry/",
+    response = operator.post(f"/interfaces/outbound/{failed.pk}/retry/",
                                  {"reason": "billing fixed the account", "next": "charges"})
     assert response.status_code == 302 and response["Location"] == "/interfaces/charges/"
     failed.refresh_from_db()
@@ -88,7 +71,7 @@ def test_retry_of_a_failed_charge_is_the_outbox_retry_and_comes_back_here(admin_
     sink.mode = AA
     delivery.drain(posted["dest"].pk)
     assert set(OutboundMessage.objects.values_list("status", flat=True)) == {"DELIVERED"}
-    page = admin_client.get("/interfaces/charges/").content.decode()
+    page = operator.get("/interfaces/charges/").content.decode()
     assert rows_of(page, "DELIVERED") == 3
 
 

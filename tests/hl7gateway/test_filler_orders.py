@@ -30,25 +30,21 @@ from ris.models import Order
 from tests.factories import make_step, rule
 from tests.factories import oru as h
 from tests.support.hl7 import ack_fields
-from tests.support.mllp_sink import AA, NA, NA_NO_NUMBER, UA, MLLPSink
+from tests.support.mllp_sink import AA, NA, NA_NO_NUMBER, UA
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def sink():
-    with MLLPSink() as s:
-        s.mode = NA
-        yield s
+def sink(sink):
+    sink.mode = NA  # the order placer answers a filler order with ORC-1 NA and its number
+    return sink
 
 
 @pytest.fixture
-def fast(settings):
-    settings.HL7_ORU_RETRY_BASE_SECONDS = 2.0
-    settings.HL7_ORU_RETRY_MAX_SECONDS = 10.0
-    settings.HL7_ORU_CONNECT_TIMEOUT_SECONDS = 1.0
-    settings.VNA_DESTINATIONS = ""
-    return settings
+def fast(fast):
+    fast.VNA_DESTINATIONS = ""
+    return fast
 
 
 def unmatched_study(patient_id: str, *, modality: str = "US") -> Study:

@@ -21,7 +21,7 @@ from pacs.services import mpps
 from project.access import ADMINISTRATOR
 from tests.factories import oru as h
 from tests.factories import rule
-from tests.support.mllp_sink import AA, AE, AR, MLLPSink
+from tests.support.mllp_sink import AA, AE, AR
 from tests.support.mpps import n_create_dataset
 from tests.support.net import free_port
 
@@ -29,18 +29,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def sink():
-    with MLLPSink() as s:
-        yield s
-
-
-@pytest.fixture
-def fast(settings):
-    settings.HL7_ORU_RETRY_BASE_SECONDS = 2.0
-    settings.HL7_ORU_RETRY_MAX_SECONDS = 10.0
-    settings.HL7_ORU_CONNECT_TIMEOUT_SECONDS = 1.0
-    settings.HL7_ORU_BATCH_SIZE = 50
-    return settings
+def fast(fast):
+    fast.HL7_ORU_BATCH_SIZE = 50
+    return fast
 
 
 def scheduled(patient=None):

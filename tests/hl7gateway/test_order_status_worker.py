@@ -20,7 +20,6 @@ from tests.factories import make_patient, make_step
 from tests.factories import oru as h
 from tests.support.celery_worker import oru_worker as Worker
 from tests.support.dicom import port
-from tests.support.mllp_sink import MLLPSink
 from tests.support.mpps import completion_dataset, n_create_dataset
 from tests.support.orthanc import storescu, write_study
 from tests.support.waiting import wait_until
@@ -33,12 +32,6 @@ def worker(tmp_path, broker):
     w = Worker(tmp_path, "osc").start()
     yield w
     w.stop()
-
-
-@pytest.fixture
-def sink():
-    with MLLPSink() as s:
-        yield s
 
 
 def images_listed_by(ds_set, rp, tmp_path) -> list:

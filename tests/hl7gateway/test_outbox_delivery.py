@@ -15,25 +15,16 @@ from hl7gateway.models import OutboundAction, OutboundAttempt, OutboundMessage
 from hl7gateway.outbox import actions, delivery, publish, queue, rules, sweep
 from ris.models import StatusChange
 from tests.factories import oru as h
-from tests.support.mllp_sink import AA, AE, AR, CLOSE, SILENT, MLLPSink
+from tests.support.mllp_sink import AA, AE, AR, CLOSE, SILENT
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def sink():
-    with MLLPSink() as s:
-        yield s
-
-
-@pytest.fixture
-def fast(settings):
-    settings.HL7_ORU_RETRY_BASE_SECONDS = 2.0
-    settings.HL7_ORU_RETRY_MAX_SECONDS = 10.0
-    settings.HL7_ORU_MAX_ATTEMPTS = 3
-    settings.HL7_ORU_CONNECT_TIMEOUT_SECONDS = 1.0
-    settings.HL7_ORU_BATCH_SIZE = 1  # one message per task here; batches are tested below
-    return settings
+def fast(fast):
+    fast.HL7_ORU_MAX_ATTEMPTS = 3
+    fast.HL7_ORU_BATCH_SIZE = 1  # one message per task here; batches are tested below
+    return fast
 
 
 def queued(sink, n_reports: int = 1, *, same_patient=None, **dest) -> list[OutboundMessage]:

@@ -12,7 +12,6 @@ import re
 import zlib
 
 import pytest
-from django.contrib.auth.models import Group
 from django.utils import timezone
 
 from hl7gateway import conformance
@@ -20,36 +19,16 @@ from hl7gateway.models import OutboundDestination, OutboundMessage
 from hl7gateway.outbox import actions, delivery, destinations
 from monitoring import selectors, services
 from monitoring.models import ORU_UNDELIVERED, OUTBOUND_BACKLOG, Alarm
-from project.access import ADMINISTRATOR
 from tests.factories import oru as h
 from tests.factories import rule
-from tests.support.mllp_sink import MLLPSink
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def sink():
-    with MLLPSink() as s:
-        yield s
-
-
-@pytest.fixture
-def fast(settings):
-    settings.HL7_ORU_RETRY_BASE_SECONDS = 2.0
-    settings.HL7_ORU_RETRY_MAX_SECONDS = 10.0
-    settings.HL7_ORU_CONNECT_TIMEOUT_SECONDS = 1.0
-    settings.HL7_ORU_BATCH_SIZE = 10
-    return settings
-
-
-@pytest.fixture
-def operator(client):
-    user = h.radiologist("operator", first_name="Olga", last_name="Operator")
-    user.groups.add(Group.objects.get_or_create(name=ADMINISTRATOR)[0])
-    client.force_login(user)
-    client.user = user
-    return client
+def fast(fast):
+    fast.HL7_ORU_BATCH_SIZE = 10
+    return fast
 
 
 def pdf_text(pdf: bytes) -> str:

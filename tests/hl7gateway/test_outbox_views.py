@@ -14,7 +14,7 @@ from hl7gateway.models import OutboundAction, OutboundMessage
 from hl7gateway.outbox import delivery
 from project.access import ADMINISTRATOR
 from tests.factories import oru as h
-from tests.support.mllp_sink import AR, MLLPSink
+from tests.support.mllp_sink import AR
 
 pytestmark = pytest.mark.django_db
 
@@ -22,21 +22,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def one_per_task(settings):
     settings.HL7_ORU_BATCH_SIZE = 1  # each deliver() below sends exactly the row it is given
-
-
-@pytest.fixture
-def admin_client(client):
-    user = h.radiologist("operator", first_name="Olga", last_name="Operator")
-    user.groups.add(Group.objects.get_or_create(name=ADMINISTRATOR)[0])
-    client.force_login(user)
-    client.user = user
-    return client
-
-
-@pytest.fixture
-def sink():
-    with MLLPSink() as s:
-        yield s
 
 
 def signed(n: int, *, patient=None) -> list[OutboundMessage]:
@@ -48,7 +33,7 @@ def signed(n: int, *, patient=None) -> list[OutboundMessage]:
     return rows
 
 
-def test_summary_per_destination(admin_client, sink):
+def test_summary_per_destination(operator, sink):
     billing = h.destination("billing", sink.port)
     h.destination("ehr", sink.port)
     rows = signed(3)  # 6 rows: 3 per destination
@@ -58,7 +43,7 @@ def test_summary_per_destination(admin_client, sink):
         created_at=timezone.now() - dt.timedelta(hours=2, minutes=5))
     sink.mode = AR
     delivery.deliver(billing_rows[2].pk)
-    page = admin_client.get("/interfaces/")
+    page = operator.get("/interfaces/")
     assert page.status_code == 200
     html = page.content.decode()
     summaries = {s.destination.name: s for s in page.context["summaries"]}
@@ -72,58 +57,58 @@ def test_summary_per_destination(admin_client, sink):
     assert "Simulated rejection" in html and "AR" in html
 
 
-def test_held_back_message_names_its_blocker(admin_client, sink):
+def test_held_back_message_names_its_blocker(operator, sink):
     h.destination("ehr", sink.port)
     patient = h.patient()
     first, second = signed(2, patient=patient)
     sink.mode = AR
     delivery.deliver(first.pk)
     delivery.deliver(second.pk)
-    page = admin_client.get(f"/interfaces/outbound/{second.pk}/")
+    page = operator.get(f"/interfaces/outbound/{second.pk}/")
     assert page.status_code == 200 and page.context["blocked_by"].pk == first.pk
-    overview = admin_client.get("/interfaces/")
+    overview = operator.get("/interfaces/")
     assert [m.pk for m in overview.context["problems"]] == [first.pk, second.pk]  # the failed one, then what it holds
     assert f"held behind {first.message_control_id}" in overview.content.decode()
 
 
-def test_detail_shows_bytes_attempts_and_ack(admin_client, sink):
+def test_detail_shows_bytes_attempts_and_ack(operator, sink):
     h.destination("ehr", sink.port)
     (row,) = signed(1)
     delivery.deliver(row.pk)
-    html = admin_client.get(f"/interfaces/outbound/{row.pk}/").content.decode()
+    html = operator.get(f"/interfaces/outbound/{row.pk}/").content.decode()
     assert "OBR|1|" in html and "MSA|AA|" + row.message_control_id in html
     assert "PENDING → DELIVERED" in html
 
 
-def test_retry_and_cancel_are_recorded_with_the_user(admin_client, sink):
+def test_retry_and_cancel_are_recorded_with_the_user(operator, sink):
     h.destination("ehr", sink.port)
     first, second = signed(2)
     sink.mode = AR
     delivery.deliver(first.pk)
-    response = admin_client.post(f"/interfaces/outbound/{first.pk}/retry/", {"reason": "EHR fixed", "next": "list"})
+    response = operator.post(f"/interfaces/outbound/{first.pk}/retry/", {"reason": "EHR fixed", "next": "list"})
     assert response.status_code == 302 and response["Location"] == "/interfaces/"
     first.refresh_from_db()
     assert first.status == "PENDING"
-    response = admin_client.post(f"/interfaces/outbound/{second.pk}/cancel/", {"reason": "duplicate order"})
+    response = operator.post(f"/interfaces/outbound/{second.pk}/cancel/", {"reason": "duplicate order"})
     assert response.status_code == 302 and response["Location"] == f"/interfaces/outbound/{second.pk}/"
     actions = list(OutboundAction.objects.order_by("pk").values_list("action", "username", "reason"))
     assert actions == [("RETRY", "operator", "EHR fixed"), ("CANCEL", "operator", "duplicate order")]
-    assert OutboundAction.objects.filter(user=admin_client.user).count() == 2
+    assert OutboundAction.objects.filter(user=operator.user).count() == 2
     # Refused actions say why and change nothing.
-    response = admin_client.post(f"/interfaces/outbound/{second.pk}/retry/", {"reason": "x"}, follow=True)
+    response = operator.post(f"/interfaces/outbound/{second.pk}/retry/", {"reason": "x"}, follow=True)
     assert "only a failed message can be retried" in response.content.decode()
     assert OutboundAction.objects.count() == 2
 
 
-def test_filters_and_search(admin_client, sink):
+def test_filters_and_search(operator, sink):
     h.destination("ehr", sink.port)
     rows = signed(3)
     delivery.deliver(rows[0].pk)
-    page = admin_client.get("/interfaces/", {"status": "DELIVERED"})
+    page = operator.get("/interfaces/", {"status": "DELIVERED"})
     assert [m.pk for m in page.context["page"]] == [rows[0].pk]
-    page = admin_client.get("/interfaces/", {"q": rows[1].accession_number})
+    page = operator.get("/interfaces/", {"q": rows[1].accession_number})
     assert [m.pk for m in page.context["page"]] == [rows[1].pk]
-    page = admin_client.get("/interfaces/", {"q": rows[2].message_control_id, "status": "bogus", "page": "x"})
+    page = operator.get("/interfaces/", {"q": rows[2].message_control_id, "status": "bogus", "page": "x"})
     assert [m.pk for m in page.context["page"]] == [rows[2].pk]
 
 
@@ -154,12 +139,12 @@ def test_actions_need_post_and_csrf(sink):
     assert row.status == "PENDING"
 
 
-def test_admin_registrations(admin_client, sink):
+def test_admin_registrations(operator, sink):
     h.destination("ehr", sink.port)
     (row,) = signed(1)
-    admin_client.user.is_staff = admin_client.user.is_superuser = True
-    admin_client.user.save()
-    assert admin_client.get("/admin/hl7gateway/outbounddestination/").status_code == 200
-    assert admin_client.get("/admin/hl7gateway/outboundmessage/").status_code == 200
-    detail = admin_client.get(f"/admin/hl7gateway/outboundmessage/{row.pk}/change/")
+    operator.user.is_staff = operator.user.is_superuser = True
+    operator.user.save()
+    assert operator.get("/admin/hl7gateway/outbounddestination/").status_code == 200
+    assert operator.get("/admin/hl7gateway/outboundmessage/").status_code == 200
+    detail = operator.get(f"/admin/hl7gateway/outboundmessage/{row.pk}/change/")
     assert detail.status_code == 200 and "ORU^R01^ORU_R01" in detail.content.decode()

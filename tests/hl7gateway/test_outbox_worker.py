@@ -16,7 +16,7 @@ import pytest
 from hl7gateway.models import OutboundAttempt, OutboundMessage
 from tests.factories import oru as h
 from tests.support.celery_worker import oru_worker as Worker
-from tests.support.mllp_sink import AA, AE, AR, SILENT, MLLPSink
+from tests.support.mllp_sink import AA, AE, AR, SILENT
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -27,12 +27,6 @@ def worker(tmp_path, broker):
     w = Worker(tmp_path, "h5oru").start()
     yield w
     w.stop()
-
-
-@pytest.fixture
-def sink():
-    with MLLPSink() as s:
-        yield s
 
 
 def statuses() -> list[str]:

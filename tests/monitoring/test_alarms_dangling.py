@@ -176,12 +176,9 @@ def test_a_stat_study_read_in_time_opens_nothing(settings):
 # ------------------------------------------------------------------------- ORU undelivered
 
 @pytest.fixture
-def fast(settings):
-    settings.HL7_ORU_CONNECT_TIMEOUT_SECONDS = 0.5
-    settings.HL7_ORU_RETRY_BASE_SECONDS = 0.01
-    settings.HL7_ORU_RETRY_MAX_SECONDS = 0.01
-    settings.ALARM_ORU_UNDELIVERED_MINUTES = 30
-    return settings
+def fast(fast):
+    fast.ALARM_ORU_UNDELIVERED_MINUTES = 30
+    return fast
 
 
 @pytest.mark.django_db

@@ -22,12 +22,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def fast(settings):
-    settings.HL7_ORU_CONNECT_TIMEOUT_SECONDS = 0.5
-    settings.HL7_ORU_RETRY_BASE_SECONDS = 0.01
-    settings.HL7_ORU_RETRY_MAX_SECONDS = 0.01
-    settings.HL7_ORU_BATCH_SIZE = 1
-    return settings
+def fast(fast):
+    fast.HL7_ORU_BATCH_SIZE = 1
+    return fast
 
 
 def test_backlog_ages_opens_then_delivery_clears(mail_settings, webhook, mailoutbox, fast):
