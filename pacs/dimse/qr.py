@@ -4,13 +4,13 @@ FIND (C.4.1), at the levels of the information model (Patient Root: PATIENT, STU
 IMAGE; Study Root: STUDY, SERIES, IMAGE, its patient attributes being study-level keys), with
 the baseline hierarchical search (C.4.1.2.2.1): the identifier holds the unique key of every
 level above the query level (PatientID, StudyInstanceUID, SeriesInstanceUID) with one value,
-and no key of a level below it; else 0xA900.  The identifier becomes one SQL query over
-``pacs.models.Study`` / ``Series`` / ``Instance`` (the patient level groups studies by patient
-ID and issuer), with the matching of C.2.2.2 (``pacs.dimse.matching``): single value, universal
-(empty or ``*``), wildcards ``*`` and ``?``, ranges on dates and times, lists of UIDs.  Each
-match is one pending (0xFF00) response with the keys asked for, the unique keys of the levels
-above and at the query level, and SpecificCharacterSet as the worklist answers do (ISO_IR 192
-when a value is not ASCII); results beyond QR_MAX_RESULTS are cut with a warning in the log.
+and no key of a level below it; else 0xA900.  The identifier becomes a query of the image
+index (``pacs.services.index_query``, the search QIDO-RS uses too: one SQL query, the matching
+of C.2.2.2, the patient level grouping studies by patient ID and issuer): this module only
+reads the identifier into it and its rows into answers.  Each match is one pending (0xFF00)
+response with the keys asked for, the unique keys of the levels above and at the query level,
+and SpecificCharacterSet as the worklist answers do (ISO_IR 192 when a value is not ASCII);
+results beyond QR_MAX_RESULTS are cut with a warning in the log.
 Keys the index does not hold are returned empty and matched universally.
 
 MOVE (C.4.2) and GET (C.4.3): the identifier names studies, series or instances by their unique
