@@ -293,7 +293,7 @@ MWL_PATIENT_NAME_CASE_INSENSITIVE = env_bool("MWL_PATIENT_NAME_CASE_INSENSITIVE"
 MWL_FILTER_BY_CALLING_AE = env_bool("MWL_FILTER_BY_CALLING_AE", False)
 MWL_MAX_RESULTS = env_int("MWL_MAX_RESULTS", 500, minimum=1)
 # Query/Retrieve C-FIND (PS3.4 Annex C): answers beyond this are cut (logged); PatientName matched
-# without regard to case.
+# without regard to case (C-FIND and QIDO-RS: the one search of the image index).
 QR_MAX_RESULTS = env_int("QR_MAX_RESULTS", 1000, minimum=1)
 QR_PATIENT_NAME_CASE_INSENSITIVE = env_bool("QR_PATIENT_NAME_CASE_INSENSITIVE", True)
 # Database connections kept open for the DICOM handlers (pacs.dimse.db), shared by all associations.

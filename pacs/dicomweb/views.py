@@ -121,7 +121,7 @@ def _search(request, grant: Grant, level: str, study_uid: str | None = None, ser
         return problem(400, str(exc))
     if result.more:
         warnings.append(f'299 {_base(request)}: "There are additional results that can be requested."')
-    web_audit.query(request, patients=[r[iq.PATIENT] for r in result.rows if r[iq.PATIENT][0]], actor=grant.actor,
+    web_audit.query(request, patients=[r[iq.PATIENT_PAIR] for r in result.rows if r[iq.PATIENT_PAIR][0]], actor=grant.actor,
                     criteria={**query.keys, "level": level, "study": study_uid, "series": series_uid,
                               **grant.audit_detail()}, shown=len(result.rows))
     if not result.rows:

@@ -36,12 +36,11 @@ from pacs.lib.dicom_values import (
     ValueError_,
     has_wildcard,
     is_universal,
-    normalize_pn,
     parse_da,
     parse_range,
     parse_tm,
-    wildcard_to_like,
 )
+from pacs.services.index_query import string_condition as _string_condition
 from ris import states
 from ris.models import PatientIdentifier, ScheduledProcedureStep
 from ris.models.core import retired_by_merge
@@ -159,29 +158,6 @@ def _text_value(value, *, ui: bool = False) -> list[str]:
     if any("\x00" in (v.rstrip("\x00") if ui else v) for v in values):
         raise IdentifierError("a key holds a NUL character (0x00), which no string VR allows")
     return values
-
-
-def _or(conditions: list[Q]) -> Q:
-    combined = conditions[0]
-    for condition in conditions[1:]:
-        combined |= condition
-    return combined
-
-
-def _string_condition(path: str, values: list[str], *, case_insensitive: bool = False, pn: bool = False) -> Q | None:
-    """Single value or wildcard matching of a string key; None = universal."""
-    values = [normalize_pn(v) if pn else v.strip() for v in values]
-    if any(is_universal(v) for v in values):
-        return None
-    conditions = []
-    for v in values:
-        target = f"{path}__upper" if case_insensitive else path
-        v = v.upper() if case_insensitive else v
-        if has_wildcard(v):
-            conditions.append(Q(**{f"{target}__dicom_like": wildcard_to_like(v)}))
-        else:
-            conditions.append(Q(**{target: v}))
-    return _or(conditions)
 
 
 def _zone():

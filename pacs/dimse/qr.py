@@ -4,13 +4,13 @@ FIND (C.4.1), at the levels of the information model (Patient Root: PATIENT, STU
 IMAGE; Study Root: STUDY, SERIES, IMAGE, its patient attributes being study-level keys), with
 the baseline hierarchical search (C.4.1.2.2.1): the identifier holds the unique key of every
 level above the query level (PatientID, StudyInstanceUID, SeriesInstanceUID) with one value,
-and no key of a level below it; else 0xA900.  The identifier becomes one SQL query over
-``pacs.models.Study`` / ``Series`` / ``Instance`` (the patient level groups studies by patient
-ID and issuer), with the matching of C.2.2.2 (``pacs.dimse.matching``): single value, universal
-(empty or ``*``), wildcards ``*`` and ``?``, ranges on dates and times, lists of UIDs.  Each
-match is one pending (0xFF00) response with the keys asked for, the unique keys of the levels
-above and at the query level, and SpecificCharacterSet as the worklist answers do (ISO_IR 192
-when a value is not ASCII); results beyond QR_MAX_RESULTS are cut with a warning in the log.
+and no key of a level below it; else 0xA900.  The identifier becomes a query of the image
+index (``pacs.services.index_query``, the search QIDO-RS uses too: one SQL query, the matching
+of C.2.2.2, the patient level grouping studies by patient ID and issuer): this module only
+reads the identifier into it and its rows into answers.  Each match is one pending (0xFF00)
+response with the keys asked for, the unique keys of the levels above and at the query level,
+and SpecificCharacterSet as the worklist answers do (ISO_IR 192 when a value is not ASCII);
+results beyond QR_MAX_RESULTS are cut with a warning in the log.
 Keys the index does not hold are returned empty and matched universally.
 
 MOVE (C.4.2) and GET (C.4.3): the identifier names studies, series or instances by their unique
@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import date
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Count, IntegerField, Max, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import Q
 from pydicom import config, dcmread
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
@@ -63,19 +63,14 @@ from pacs import auditing, storage
 from pacs.dimse import db, requestor, ul
 from pacs.dimse.acceptor import Aborted
 from pacs.dimse.counting import counted
-from pacs.dimse.matching import IdentifierError, _string_condition, _text_value
+from pacs.dimse.matching import IdentifierError, _text_value
 from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
 from pacs.lib.dicom_values import (
-    ValueError_,
     format_da,
     has_wildcard,
-    is_universal,
-    parse_da,
-    parse_range,
-    parse_tm,
-    wildcard_to_like,
 )
-from pacs.models import DicomNode, Instance, Series, Study
+from pacs.models import DicomNode, Instance
+from pacs.services import index_query as iq
 from project.peers import network
 
 log = logging.getLogger("pacs.dimse.qr")
@@ -91,9 +86,9 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 
-PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
-DEPTH = {PATIENT: 0, STUDY: 1, SERIES: 2, IMAGE: 3}
-UNIQUE_KEY = {PATIENT: "PatientID", STUDY: "StudyInstanceUID", SERIES: "SeriesInstanceUID", IMAGE: "SOPInstanceUID"}
+PATIENT, STUDY, SERIES, IMAGE = iq.PATIENT, iq.STUDY, iq.SERIES, iq.IMAGE
+DEPTH = iq.DEPTH
+UNIQUE_KEY = iq.UNIQUE_KEY
 
 # SOP class -> (information model root, top level).
 FIND_MODELS = {
@@ -112,73 +107,23 @@ def contexts():
     return [(uid, UNCOMPRESSED) for uid in (*FIND_MODELS, *RETRIEVE_MODELS)]
 
 
-@dataclass(frozen=True)
-class QKey:
-    """A key of the index: its level, its column on that level's model (None: not held,
-    returned empty) and how it is matched (``text``, ``pn``, ``uid``, ``date`` on a DateField,
-    ``da_text`` / ``tm_text`` on a DA / TM kept as text, ``int``, ``modalities``, ``count``)."""
-
-    level: str
-    column: str | None
-    kind: str = "text"
-
-
-# PS3.4 C.6.1.1 (Patient Root) and C.6.2.1 (Study Root): the keys supported, by level.
-KEYS: dict[str, QKey] = {
-    "PatientName": QKey(PATIENT, "patient_name", "pn"),
-    "PatientID": QKey(PATIENT, "patient_id"),
-    "IssuerOfPatientID": QKey(PATIENT, "issuer_of_patient_id"),
-    "PatientBirthDate": QKey(PATIENT, "patient_birth_date", "da_text"),
-    "PatientSex": QKey(PATIENT, "patient_sex"),
-    "NumberOfPatientRelatedStudies": QKey(PATIENT, "studies", "count"),
-    "NumberOfPatientRelatedSeries": QKey(PATIENT, "series", "count"),
-    "NumberOfPatientRelatedInstances": QKey(PATIENT, "instances", "count"),
-    "StudyInstanceUID": QKey(STUDY, "study_instance_uid", "uid"),
-    "StudyDate": QKey(STUDY, "study_date", "date"),
-    "StudyTime": QKey(STUDY, "study_time", "tm_text"),
-    "AccessionNumber": QKey(STUDY, "accession_number"),
-    "StudyDescription": QKey(STUDY, "study_description"),
-    "ModalitiesInStudy": QKey(STUDY, "modalities_in_study", "modalities"),
-    "NumberOfStudyRelatedSeries": QKey(STUDY, "series", "count"),
-    "NumberOfStudyRelatedInstances": QKey(STUDY, "instances", "count"),
-    "StudyID": QKey(STUDY, None),
-    "ReferringPhysicianName": QKey(STUDY, None),
-    "SeriesInstanceUID": QKey(SERIES, "series_instance_uid", "uid"),
-    "Modality": QKey(SERIES, "modality"),
-    "SeriesNumber": QKey(SERIES, "series_number", "int"),
-    "SeriesDescription": QKey(SERIES, "series_description"),
-    "NumberOfSeriesRelatedInstances": QKey(SERIES, "instances", "count"),
-    "SOPInstanceUID": QKey(IMAGE, "sop_instance_uid", "uid"),
-    "SOPClassUID": QKey(IMAGE, "sop_class_uid", "uid"),
-    "InstanceNumber": QKey(IMAGE, "instance_number", "int"),
-}
-
-# The ORM path from the model queried at a level to the columns of a key's level.
-_PREFIX = {
-    PATIENT: {PATIENT: ""},
-    STUDY: {PATIENT: "", STUDY: ""},
-    SERIES: {PATIENT: "study__", STUDY: "study__", SERIES: ""},
-    IMAGE: {PATIENT: "study__", STUDY: "study__", SERIES: "series__", IMAGE: ""},
-}
-_PATIENT_PAIR = {PATIENT: ("patient_id", "issuer_of_patient_id"), STUDY: ("patient_id", "issuer_of_patient_id"),
-                 SERIES: ("study__patient_id", "study__issuer_of_patient_id"),
-                 IMAGE: ("study__patient_id", "study__issuer_of_patient_id")}
-
-
-def key_level(keyword: str, top: str) -> str:
-    """The level of a key in a model: in Study Root the patient's attributes are study keys."""
-    level = KEYS[keyword].level
-    return STUDY if level == PATIENT and top == STUDY else level
+# The scope of the image index query each unique key above the query level gives.
+_SCOPE = {PATIENT: "patient_id", STUDY: "study_uid", SERIES: "series_uid"}
 
 
 @dataclass
 class Query:
-    level: str
+    """A C-FIND identifier read: the image index query it asks (``search``), the model's top
+    level, the keys to answer (keyword, tag, VR) in identifier order."""
+
+    search: iq.Query
     top: str
-    conditions: list = field(default_factory=list)
-    returned: list = field(default_factory=list)  # (keyword, tag, VR) in identifier order
-    counts: set = field(default_factory=set)  # count keywords asked
+    returned: list = field(default_factory=list)
     charset_requested: bool = False
+
+    @property
+    def level(self) -> str:
+        return self.search.level
 
 
 def _level_of(identifier: Dataset, top: str) -> str:
@@ -196,76 +141,33 @@ def _single(identifier: Dataset, keyword: str) -> str:
     return values[0]
 
 
-def _condition(path: str, spec: QKey, keyword: str, value) -> Q | None:
-    kind = spec.kind
-    if kind == "text":
-        return _string_condition(path, _text_value(value))
-    if kind == "pn":
-        return _string_condition(path, _text_value(value), pn=True,
-                                 case_insensitive=settings.QR_PATIENT_NAME_CASE_INSENSITIVE)
-    if kind == "uid":
-        uids = [v.strip().rstrip("\x00") for v in _text_value(value, ui=True) if v.strip()]
-        if not uids or all(is_universal(u) for u in uids):
-            return None
-        if any(has_wildcard(u) for u in uids):
-            raise IdentifierError(f"{keyword}: no wildcards in UIDs (C.2.2.2.2)")
-        return Q(**{f"{path}__in": uids})
-    text = str(value if value is not None else "").strip()
-    if is_universal(text):
-        return None
-    if kind == "int":
-        try:
-            return Q(**{path: int(text)})
-        except ValueError:
-            raise IdentifierError(f"{keyword}: not a number: {text!r}") from None
-    if kind in ("date", "da_text"):
-        lo, hi = parse_range(text, parse_da)
-        if kind == "date":
-            return Q(**({f"{path}__gte": lo} if lo else {})) & Q(**({f"{path}__lte": hi} if hi else {}))
-        condition = ~Q(**{path: ""})
-        if lo:
-            condition &= Q(**{f"{path}__gte": format_da(lo)})
-        if hi:
-            condition &= Q(**{f"{path}__lte": format_da(hi)})
-        return condition
-    if kind == "tm_text":
-        lo, hi = parse_range(text, parse_tm)
-        condition = ~Q(**{path: ""})
-        if lo:
-            condition &= Q(**{f"{path}__gte": lo.strftime("%H%M%S")})
-        if hi:
-            condition &= Q(**{f"{path}__lte": hi.strftime("%H%M%S.%f")})
-        return condition
-    if kind == "modalities":
-        return _modalities_condition(path, _text_value(value))
-    return None  # count: returned, never matched
-
-
-def _modalities_condition(path: str, values: list[str]) -> Q | None:
-    """ModalitiesInStudy (0008,0061) is multi-valued (``CT\\PR``): a value matches when one of
-    the study's modalities does (C.2.2.2.1, with wildcards C.2.2.2.4); several values are OR-ed."""
-    values = [v.strip() for v in values]
-    if any(is_universal(v) for v in values):
-        return None
-    combined = Q()
-    for v in values:
-        like = wildcard_to_like(v)
-        combined |= (Q(**{f"{path}__dicom_like": like}) | Q(**{f"{path}__dicom_like": like + "\\\\%"})
-                     | Q(**{f"{path}__dicom_like": "%\\\\" + like}) | Q(**{f"{path}__dicom_like": "%\\\\" + like + "\\\\%"}))
-    return combined
+def _key_value(elem: DataElement) -> str | list[str]:
+    """A key's value as the index query takes it: a text, or the values of a multi-valued one."""
+    try:
+        value = elem.value
+    except Exception as exc:  # noqa: BLE001 - undecodable value in the identifier
+        raise IdentifierError(f"{elem.keyword} cannot be decoded: {exc}") from None
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value]
+    return str(value)
 
 
 def read_query(identifier: Dataset, top: str) -> Query:
-    """The identifier of a C-FIND as a ``Query``; IdentifierError when it breaks the model."""
+    """The identifier of a C-FIND as a ``Query`` of the image index (PS3.4 C.4.1.2.2.1): the
+    unique key of each level above with one value scopes it; the other keys are matched and
+    returned; those the index does not hold are returned empty.  IdentifierError when the
+    identifier breaks the model."""
     level = _level_of(identifier, top)
-    query = Query(level=level, top=top)
-    prefix = _PREFIX[level]
+    levels = [lvl for lvl in iq.LEVELS if DEPTH[top] <= DEPTH[lvl] <= DEPTH[level]]
+    search = iq.Query(level=level, defaults=False, include={UNIQUE_KEY[lvl] for lvl in levels},
+                      limit=settings.QR_MAX_RESULTS)
+    query = Query(search=search, top=top)
     unique_above = set()
-    for above in (PATIENT, STUDY, SERIES):
-        if DEPTH[top] <= DEPTH[above] < DEPTH[level]:
-            unique_above.add(UNIQUE_KEY[above])
-            query.conditions.append(Q(**{prefix[above] + KEYS[UNIQUE_KEY[above]].column: _single(identifier,
-                                                                                                 UNIQUE_KEY[above])}))
+    for above in levels[:-1]:
+        unique_above.add(UNIQUE_KEY[above])
+        setattr(search, _SCOPE[above], _single(identifier, UNIQUE_KEY[above]))
     for elem in identifier:
         keyword = elem.keyword
         if keyword == "SpecificCharacterSet":
@@ -273,98 +175,29 @@ def read_query(identifier: Dataset, top: str) -> Query:
             continue
         if elem.tag.element == 0 or elem.tag.is_private or keyword in ("QueryRetrieveLevel", ""):
             continue
-        if elem.VR == "SQ":
-            query.returned.append((keyword, elem.tag, "SQ"))  # no sequence key is held: returned empty
-            continue
         query.returned.append((keyword, elem.tag, elem.VR))
-        spec = KEYS.get(keyword)
-        if spec is None:
-            continue  # not held: returned empty, matched universally
-        depth = DEPTH[key_level(keyword, top)]
-        if depth > DEPTH[level]:
-            raise IdentifierError(f"{keyword} is a key of a level below {level} (C.4.1.2.2.1)")
-        if spec.kind == "count":
-            if depth == DEPTH[level]:
-                query.counts.add(keyword)
-            continue
-        if spec.column is None or keyword in unique_above:
-            continue  # not held, or a unique key above the level: matched above
-        try:
-            value = elem.value
-        except Exception as exc:  # noqa: BLE001 - undecodable value in the identifier
-            raise IdentifierError(f"{keyword} cannot be decoded: {exc}") from None
-        try:
-            condition = _condition(_PREFIX[level][spec.level] + spec.column, spec, keyword, value)
-        except ValueError_ as exc:
-            raise IdentifierError(f"{keyword}: {exc}") from None
-        if condition is not None:
-            query.conditions.append(condition)
+        if elem.VR == "SQ" or keyword not in iq.ATTRIBUTES:
+            continue  # not held (no sequence is): returned empty, matched universally
+        if keyword in unique_above:
+            search.include.add(keyword)
+        else:
+            search.keys[keyword] = _key_value(elem)
     return query
 
 
-def _count_of(model, fk: str, key: str):
-    """How many ``model`` rows point at the row queried (a correlated COUNT subquery)."""
-    return Coalesce(Subquery(model.objects.filter(**{fk: OuterRef(key)}).order_by().values(fk)
-                             .annotate(n=Count("pk")).values("n")[:1], output_field=IntegerField()), Value(0))
-
-
-def _columns(query: Query) -> list[str]:
-    """The ORM paths an answer at the query's level is built from: every held key at or above it."""
-    prefix = _PREFIX[query.level]
-    return sorted({prefix[spec.level] + spec.column
-                   for k, spec in KEYS.items()
-                   if spec.column and spec.kind != "count" and DEPTH[key_level(k, query.top)] <= DEPTH[query.level]})
-
-
-def run_query(query: Query) -> list[dict]:
-    """The one SQL query: rows as dicts keyed by ORM path (and count keywords), at most
-    QR_MAX_RESULTS + 1 of them."""
-    limit = settings.QR_MAX_RESULTS + 1
-    live = Q(purged_at__isnull=True) if query.level in (PATIENT, STUDY) else Q(study__purged_at__isnull=True)
-    if query.level == PATIENT:
-        qs = Study.objects.filter(live)
-        for condition in query.conditions:
-            qs = qs.filter(condition)
-        aggregates = {"patient_name": Max("patient_name"), "patient_birth_date": Max("patient_birth_date"),
-                      "patient_sex": Max("patient_sex")}
-        if "NumberOfPatientRelatedStudies" in query.counts:
-            aggregates["NumberOfPatientRelatedStudies"] = Count("pk", distinct=True)
-        if "NumberOfPatientRelatedSeries" in query.counts:
-            aggregates["NumberOfPatientRelatedSeries"] = Count("series", distinct=True)
-        if "NumberOfPatientRelatedInstances" in query.counts:
-            aggregates["NumberOfPatientRelatedInstances"] = Count("instances", distinct=True)
-        qs = (qs.order_by().values("patient_id", "issuer_of_patient_id").annotate(**aggregates)
-              .order_by("patient_id", "issuer_of_patient_id"))
-        return list(qs[:limit])
-    model = {STUDY: Study, SERIES: Series, IMAGE: Instance}[query.level]
-    qs = model.objects.filter(live)
-    for condition in query.conditions:
-        qs = qs.filter(condition)
-    counts = {}
-    if "NumberOfStudyRelatedSeries" in query.counts:
-        counts["NumberOfStudyRelatedSeries"] = _count_of(Series, "study", "pk")
-    if "NumberOfStudyRelatedInstances" in query.counts:
-        counts["NumberOfStudyRelatedInstances"] = _count_of(Instance, "study", "pk")
-    if "NumberOfSeriesRelatedInstances" in query.counts:
-        counts["NumberOfSeriesRelatedInstances"] = _count_of(Instance, "series", "pk")
-    if counts:
-        qs = qs.annotate(**counts)
-    order = {STUDY: ("study_date", "study_time", "pk"), SERIES: ("series_number", "pk"),
-             IMAGE: ("instance_number", "pk")}[query.level]
-    return list(qs.order_by(*order).values(*_columns(query), *counts)[:limit])
-
-
 def find(identifier: Dataset, top: str, *, calling_ae_title: str) -> tuple[Query, list[dict]]:
-    """``(query, rows)`` for a C-FIND identifier; rows at most QR_MAX_RESULTS (a cut is logged).
-    Raises IdentifierError (0xA900) or a DatabaseError."""
+    """``(query, rows)`` for a C-FIND identifier: one query of the image index, rows at most
+    QR_MAX_RESULTS (a cut is logged).  Raises IdentifierError (0xA900) or a DatabaseError."""
     query = read_query(identifier, top)
-    rows = run_query(query)
-    limit = settings.QR_MAX_RESULTS
-    if len(rows) > limit:
+    try:
+        result = iq.search(query.search)
+    except iq.QueryError as exc:
+        raise IdentifierError(str(exc)) from None
+    if result.more:
         log.warning("query/retrieve result cut at QR_MAX_RESULTS",
-                    extra={"calling_ae_title": calling_ae_title, "level": query.level, "limit": limit})
-        rows = rows[:limit]
-    return query, rows
+                    extra={"calling_ae_title": calling_ae_title, "level": query.level,
+                           "limit": settings.QR_MAX_RESULTS})
+    return query, result.rows
 
 
 def _answer_value(keyword: str, query: Query, row: dict):
@@ -374,20 +207,15 @@ def _answer_value(keyword: str, query: Query, row: dict):
         return settings.DICOM_AE_TITLE
     if keyword == "InstanceAvailability":
         return "ONLINE"
-    spec = KEYS.get(keyword)
-    if spec is None or spec.column is None or DEPTH[key_level(keyword, query.top)] > DEPTH[query.level]:
-        return None
-    if spec.kind == "count":
-        return row.get(keyword)
-    raw = row.get(_PREFIX[query.level][spec.level] + spec.column)
+    raw = row.get(keyword)
     if raw is None or raw == "":
         return None
-    if spec.kind == "date":
+    if isinstance(raw, date):
         return format_da(raw)
-    if spec.kind == "modalities":
+    if keyword == "ModalitiesInStudy":
         return [m for m in str(raw).split("\\") if m]
-    if spec.kind == "int":
-        return int(raw)
+    if isinstance(raw, int):
+        return raw
     return str(raw)
 
 
@@ -419,10 +247,9 @@ def build_answer(query: Query, row: dict) -> Dataset:
 
 
 def _patients(query: Query, rows: list[dict]) -> list[tuple[str, str]]:
-    id_path, issuer_path = _PATIENT_PAIR[query.level]
     pairs: list = []
     for row in rows:
-        pair = (row.get(id_path) or "", row.get(issuer_path) or "")
+        pair = tuple(v or "" for v in row[iq.PATIENT_PAIR])
         if pair[0] and pair not in pairs:
             pairs.append(pair)
     return pairs

@@ -9,6 +9,8 @@ from urllib.parse import unquote
 import pytest
 import time_machine
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
@@ -235,3 +237,48 @@ def test_not_acceptable_and_not_found(tech_client, settings, tmp_path):
     Study.objects.filter(pk=study.pk).update(purged_at=timezone.now())
     purged = tech_client.get(f"/dicomweb/studies/{study.study_instance_uid}/metadata")
     assert purged.status_code == 404 and "purged" in purged.json()["error"]
+
+
+def test_search_leaves_purged_studies_out_and_lists_studies_by_date(tech_client):
+    later = _study(patient_id="ORD001", date=dt.date(2026, 5, 2))
+    earlier = _study(patient_id="ORD002", date=dt.date(2026, 5, 1))
+    purged = _study(patient_id="ORD003", date=dt.date(2026, 4, 1))
+    Study.objects.filter(pk=purged.pk).update(purged_at=timezone.now())
+    response = tech_client.get("/dicomweb/studies", {"PatientID": "ORD*"})
+    assert [item["0020000D"]["Value"][0] for item in response.json()] == [
+        earlier.study_instance_uid, later.study_instance_uid]  # by StudyDate; the purged study is not held
+    assert tech_client.get(f"/dicomweb/studies/{purged.study_instance_uid}/series").status_code == 204
+
+
+def test_lone_asterisk_uid_is_universal_and_empty_values_match_no_range(tech_client):
+    dated = _study(patient_id="RNG001")
+    undated = _study(patient_id="RNG002", time="")
+    Study.objects.filter(pk=undated.pk).update(patient_birth_date="")
+
+    def search(**params):
+        return _uids(tech_client.get("/dicomweb/studies", {"PatientID": "RNG*", **params}))
+
+    assert search(StudyInstanceUID="*") == {dated.study_instance_uid, undated.study_instance_uid}  # C.2.2.2.3
+    assert search(PatientBirthDate="-19991231") == {dated.study_instance_uid}
+    assert search(StudyTime="-235959") == {dated.study_instance_uid}
+
+
+def test_patient_name_case_follows_the_setting(tech_client, settings):
+    study = _study(patient_id="CASE01", name="TESTPERSON^CASE")
+    assert _uids(tech_client.get("/dicomweb/studies", {"PatientName": "testperson^case"})) == {study.study_instance_uid}
+    settings.QR_PATIENT_NAME_CASE_INSENSITIVE = False
+    assert _uids(tech_client.get("/dicomweb/studies", {"PatientName": "testperson^case"})) == set()
+    assert _uids(tech_client.get("/dicomweb/studies", {"PatientName": "TESTPERSON^C*"})) == {study.study_instance_uid}
+
+
+def test_a_search_is_one_query_of_the_index(tech_client):
+    for n in range(3):
+        _study(patient_id=f"ONEQ{n}", modalities=("CT", "MR"), instances=2)
+    for path, params in (("/dicomweb/studies", {"ModalitiesInStudy": "MR", "includefield": "all"}),
+                         ("/dicomweb/series", {"Modality": "CT", "includefield": "all"}),
+                         ("/dicomweb/instances", {"PatientID": "ONEQ*", "includefield": "all"})):
+        with CaptureQueriesContext(connection) as queries:
+            response = tech_client.get(path, params)
+        assert response.status_code == 200 and len(response.json()) >= 3, path
+        index = [q["sql"] for q in queries.captured_queries if '"pacs_study"' in q["sql"]]
+        assert len(index) == 1, (path, index)
