@@ -1,0 +1,141 @@
+"""Relevant priors of a new order, with a real Orthanc as the VNA and a real Celery worker: the
+patient's earlier studies are held by Orthanc under an identifier retired by an A40 merge; the
+order's arrival finds them by C-FIND under every identifier, chooses the relevant ones and
+fetches them by C-MOVE to the engine's AE (Orthanc knows the engine as a DICOM modality)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+from pydicom.uid import generate_uid
+
+from pacs.models import Prior, Study, VnaDestination
+from pacs.models import images as im
+from pacs.models import priors as pr
+from pacs.models import transfers as tr
+from ris.commands import MergePatients, OrderCommand, PatientData, PatientIdentity, ProcedureData, StepData
+from ris.models import StatusChange
+from ris.services import orders
+from ris.services.patients import merge_patients
+from tests.factories import make_patient
+from tests.support.orthanc import OrthancProcess, storescu, write_study
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
+
+
+def _years_ago(years: float) -> dt.date:
+    return timezone.localdate() - dt.timedelta(days=int(365.25 * years))
+
+
+def _prior_in(vna, tmp_path, *, patient_id: str, modality: str, years: float, n: int = 2) -> str:
+    uid = generate_uid()
+    paths = write_study(tmp_path / uid, n, study_instance_uid=uid, modality=modality, patient_id=patient_id,
+                        patient_name="DOE^JON", accession_number=f"OLD{uid[-6:]}", study_date=_years_ago(years))
+    proc = storescu(vna.dicom_port, paths, called=vna.aet)
+    assert proc.returncode == 0, proc.stderr
+    return uid
+
+
+def _merged_patient() -> None:
+    """P7 survives; OLD7 (the identifier the VNA's studies carry) is merged into it (A40)."""
+    make_patient("DOE^JOHN", "P7")
+    make_patient("DOE^JON", "OLD7")
+    with transaction.atomic():
+        merge_patients(MergePatients(survivor=PatientData(identifiers=[PatientIdentity("P7", "HOSP")]),
+                                     retired=PatientIdentity("OLD7", "HOSP"), cause="HL7 ADT^A40 test"))
+
+
+def _order(modality: str = "CT") -> int:
+    """A new order (ORC-1 NW) for P7 through the RIS service, as the HL7 intake places it."""
+    cmd = OrderCommand(order_control="NW", order_status="", placer_order_number=f"PL{generate_uid()[-8:]}",
+                       placer_namespace="EHR", patient=PatientData(identifiers=[PatientIdentity("P7", "HOSP")],
+                                                                   patient_name="DOE^JOHN"),
+                       procedures=[ProcedureData(requested_procedure_id="", steps=[
+                           StepData(scheduled_procedure_step_id="", modality=modality,
+                                    scheduled_start=timezone.now() + dt.timedelta(hours=1))])],
+                       sending_application="EHR", cause="HL7 ORM^O01 NW test")
+    with transaction.atomic():
+        effect = orders.apply_order(cmd)
+    return effect["procedures"][0]
+
+
+def test_priors_under_a_merged_away_id_are_found_chosen_and_fetched(engine, orthanc, routing_settings, worker,
+                                                                    tmp_path):
+    vna = VnaDestination.objects.create(name="orthanc", kind=tr.KIND_DICOM, ae_title=orthanc.aet,
+                                        host="127.0.0.1", port=orthanc.dicom_port)
+    newer = _prior_in(orthanc, tmp_path, patient_id="OLD7", modality="CT", years=1)
+    older = _prior_in(orthanc, tmp_path, patient_id="OLD7", modality="CT", years=2, n=3)
+    other_modality = _prior_in(orthanc, tmp_path, patient_id="OLD7", modality="MR", years=1)
+    too_old = _prior_in(orthanc, tmp_path, patient_id="OLD7", modality="CT", years=8)
+    someone_else = _prior_in(orthanc, tmp_path, patient_id="X99", modality="CT", years=1)
+    _merged_patient()
+
+    rp_pk = _order("CT")
+
+    wait_for(lambda: Prior.objects.filter(requested_procedure_id=rp_pk).count() == 2
+             and not Prior.objects.filter(requested_procedure_id=rp_pk).exclude(status=pr.READY).exists(), 90,
+             message="two priors ready", detail=lambda: worker.log()[-3000:])
+    chosen = list(Prior.objects.filter(requested_procedure_id=rp_pk))  # newest first
+    assert [p.study_instance_uid for p in chosen] == [newer, older]
+    assert all(p.source_id == vna.pk and p.patient_id == "OLD7" and p.attempts == 1 for p in chosen)
+    assert {other_modality, too_old, someone_else}.isdisjoint(
+        Prior.objects.values_list("study_instance_uid", flat=True))
+    # Fetched into the engine's own store, counted as archived (the VNA holds them): not routed back.
+    for uid, n in ((newer, 2), (older, 3)):
+        study = Study.objects.get(study_instance_uid=uid)
+        assert study.instances.count() == n and study.status == im.ARCHIVED and study.patient_id == "OLD7"
+        assert not study.transfers.exists()
+    assert not Study.objects.filter(study_instance_uid__in=[other_modality, too_old, someone_else]).exists()
+    history = [c.to_status for c in StatusChange.objects.filter(entity="prior", object_id=chosen[0].pk)]
+    assert history == [pr.IN_PROGRESS, pr.READY]
+
+
+def test_a_prior_held_locally_is_ready_without_a_fetch(engine, orthanc, routing_settings, worker, tmp_path):
+    from tests.support.dicom import port
+
+    VnaDestination.objects.create(name="orthanc", kind=tr.KIND_DICOM, ae_title=orthanc.aet,
+                                  host="127.0.0.1", port=orthanc.dicom_port)
+    _merged_patient()
+    uid = generate_uid()
+    paths = write_study(tmp_path / uid, 2, study_instance_uid=uid, modality="CT", patient_id="OLD7",
+                        study_date=_years_ago(3))
+    assert storescu(port(engine), paths).returncode == 0
+
+    rp_pk = _order("CT")
+
+    wait_for(lambda: Prior.objects.filter(requested_procedure_id=rp_pk, status=pr.READY).exists(), 60,
+             message="local prior ready", detail=lambda: worker.log()[-3000:])
+    prior = Prior.objects.get(requested_procedure_id=rp_pk)
+    assert prior.study_instance_uid == uid and prior.source_id is None and prior.attempts == 0
+    assert orthanc.count_instances() == 0
+
+
+def test_a_vna_that_does_not_know_the_engine_fails_the_fetch_with_the_reason(engine, routing_settings, worker,
+                                                                              tmp_path):
+    from tests.support.dicom import port
+
+    # Orthanc answers C-FIND and C-MOVE from any AE, but knows no modality called PACS.
+    vna = OrthancProcess(tmp_path / "stranger", engine_aet="SOMEONE", engine_port=port(engine),
+                         extra={"DicomAlwaysAllowFind": True, "DicomAlwaysAllowMove": True}).start()
+    try:
+        VnaDestination.objects.create(name="stranger", kind=tr.KIND_DICOM, ae_title=vna.aet,
+                                      host="127.0.0.1", port=vna.dicom_port)
+        uid = _prior_in(vna, tmp_path, patient_id="OLD7", modality="CT", years=1)
+        _merged_patient()
+
+        rp_pk = _order("CT")
+
+        wait_for(lambda: Prior.objects.filter(requested_procedure_id=rp_pk, status=pr.FAILED).exists(), 60,
+                 message="prior fetch failed", detail=lambda: worker.log()[-3000:])
+        prior = Prior.objects.get(requested_procedure_id=rp_pk)
+        assert prior.study_instance_uid == uid and prior.attempts == 1  # permanent: not retried
+        # Orthanc 1.10.1 answers an unknown move destination with 0xC000 (PS3.4 C.4.2.1.4.1: 0xA801).
+        assert prior.reason.startswith("permanent: C-MOVE refused") and "PACS as a move destination" in prior.reason, \
+            prior.reason
+        assert not Study.objects.filter(study_instance_uid=uid).exists()
+    finally:
+        vna.stop()
