@@ -64,7 +64,7 @@ def _order(modality: str = "CT") -> int:
 
 
 def test_priors_under_a_merged_away_id_are_found_chosen_and_fetched(engine, orthanc, routing_settings, worker,
-                                                                    tmp_path):
+                                                                    tmp_path, client):
     vna = VnaDestination.objects.create(name="orthanc", kind=tr.KIND_DICOM, ae_title=orthanc.aet,
                                         host="127.0.0.1", port=orthanc.dicom_port)
     newer = _prior_in(orthanc, tmp_path, patient_id="OLD7", modality="CT", years=1)
@@ -92,26 +92,58 @@ def test_priors_under_a_merged_away_id_are_found_chosen_and_fetched(engine, orth
     assert not Study.objects.filter(study_instance_uid__in=[other_modality, too_old, someone_else]).exists()
     history = [c.to_status for c in StatusChange.objects.filter(entity="prior", object_id=chosen[0].pk)]
     assert history == [pr.IN_PROGRESS, pr.READY]
+    # The prior fetches page shows them with their state and attempts.
+    from django.urls import reverse
+
+    from project.access import ADMINISTRATOR
+    from tests.factories import user
+
+    client.force_login(user("priors-admin", ADMINISTRATOR))
+    page = client.get(reverse("imaging:priors")).content.decode()
+    assert page.count('data-status="READY"') == 2 and "orthanc" in page
 
 
-def test_a_prior_held_locally_is_ready_without_a_fetch(engine, orthanc, routing_settings, worker, tmp_path):
+def test_a_prior_held_locally_is_ready_without_a_fetch_and_shown_with_its_report(
+        engine, orthanc, routing_settings, worker, tmp_path, client):
+    """An earlier order of the patient, read and reported in the engine, its images still held:
+    chosen without asking the VNA for images; the reading worklist counts it and the study page
+    lists it with the report's text."""
+    from django.urls import reverse
+
+    from pacs.models import Instance
+    from ris.models import Patient
+    from tests.factories import oru_study, radiologist, sign_report
     from tests.support.dicom import port
+    from worklist.services import mark_ready_for_reading
 
     VnaDestination.objects.create(name="orthanc", kind=tr.KIND_DICOM, ae_title=orthanc.aet,
                                   host="127.0.0.1", port=orthanc.dicom_port)
     _merged_patient()
-    uid = generate_uid()
-    paths = write_study(tmp_path / uid, 2, study_instance_uid=uid, modality="CT", patient_id="OLD7",
-                        study_date=_years_ago(3))
+    earlier = oru_study(for_patient=Patient.objects.get(identifiers__id_number="P7"), modality="CT")
+    paths = write_study(tmp_path / "earlier", 2, study_instance_uid=earlier.study_instance_uid, modality="CT",
+                        patient_id="P7", accession_number=earlier.accession_number, study_date=_years_ago(3))
     assert storescu(port(engine), paths).returncode == 0
+    assert Instance.objects.filter(study__study_instance_uid=earlier.study_instance_uid).count() == 2
+    reader = radiologist("reader")
+    sign_report(earlier, reader, findings="Stable 4 mm nodule, right upper lobe.", impression="Follow up.")
 
     rp_pk = _order("CT")
 
     wait_for(lambda: Prior.objects.filter(requested_procedure_id=rp_pk, status=pr.READY).exists(), 60,
              message="local prior ready", detail=lambda: worker.log()[-3000:])
     prior = Prior.objects.get(requested_procedure_id=rp_pk)
-    assert prior.study_instance_uid == uid and prior.source_id is None and prior.attempts == 0
-    assert orthanc.count_instances() == 0
+    assert prior.study_instance_uid == earlier.study_instance_uid
+    assert prior.source_id is None and prior.attempts == 0
+    assert orthanc.count_instances() == 0  # nothing was asked of the VNA's images
+
+    with transaction.atomic():
+        mark_ready_for_reading(rp_pk)
+    client.force_login(reader)
+    listing = client.get(reverse("worklist:list")).content.decode()
+    assert '<td class="priors-ready">1</td>' in listing
+    page = client.get(reverse("worklist:study", args=[rp_pk])).content.decode()
+    assert f'data-study-instance-uid="{earlier.study_instance_uid}" data-status="READY"' in page
+    assert "Stable 4 mm nodule, right upper lobe." in page
 
 
 def test_a_vna_that_does_not_know_the_engine_fails_the_fetch_with_the_reason(engine, routing_settings, worker,
