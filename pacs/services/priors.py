@@ -29,6 +29,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from audit import events
+from pacs import auditing
 from pacs.models import Study, VnaDestination
 from pacs.models import images as im
 from pacs.models import priors as pr
@@ -102,9 +104,11 @@ def vna_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]]) -> tuple[
     for vna in destinations.destinations():
         if vna.kind != tr.KIND_DICOM:
             continue
+        answers, failed = 0, False
         try:
             for patient_id, issuer in ids:
                 for f in qr_scu.find_studies(vna, patient_id, issuer):
+                    answers += 1
                     if f.study_instance_uid == rp.study_instance_uid:
                         continue
                     out.setdefault(f.study_instance_uid, {
@@ -114,6 +118,11 @@ def vna_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]]) -> tuple[
                         "source": vna.pk})
         except (TransientError, PermanentError) as exc:
             errors.append(str(exc))
+            failed = True
+            log.warning("priors: C-FIND failed", extra={"destination": vna.name, "reason": str(exc)[:300]})
+        if settings.AUDIT_ENABLED:
+            auditing.priors_queried(vna, ids, answers=answers,
+                                    outcome=events.SERIOUS_FAILURE if failed else events.SUCCESS)
     return out, errors
 
 

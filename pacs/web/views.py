@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from audit import events
 from audit import web as web_audit
 from pacs.models import Prior, StoreConflict, Study, Transfer
+from pacs.models import images as im
 from pacs.models import priors as pr
 from pacs.models import transfers as tr
 from pacs.services import order_matching, resends
@@ -36,7 +37,10 @@ def _actor(request) -> str:
 def reconciliation(request):
     """Unmatched studies (waiting for a person), matched ones whose demographics disagree, and
     resends of stored instances with other content (STORE_OVERWRITE_POLICY)."""
-    unmatched = Study.objects.filter(requested_procedure__isnull=True).annotate(n=Count("instances"))
+    # A prior fetched from the VNA (pacs.services.priors) is archived already and needs no order.
+    fetched_priors = Prior.objects.filter(source__isnull=False).values("study_instance_uid")
+    unmatched = (Study.objects.filter(requested_procedure__isnull=True)
+                 .exclude(status=im.ARCHIVED, study_instance_uid__in=fetched_priors).annotate(n=Count("instances")))
     flagged = (
         Study.objects.filter(requested_procedure__isnull=False).exclude(demographics_mismatch=[])
         .select_related("requested_procedure").annotate(n=Count("instances"))

@@ -101,6 +101,17 @@ def test_priors_under_a_merged_away_id_are_found_chosen_and_fetched(engine, orth
     client.force_login(user("priors-admin", ADMINISTRATOR))
     page = client.get(reverse("imaging:priors")).content.decode()
     assert page.count('data-status="READY"') == 2 and "orthanc" in page
+    # Fetched priors wait for no person on the reconciliation queue.
+    queue = client.get(reverse("imaging:reconciliation")).content.decode()
+    assert newer not in queue and older not in queue
+    # The query of the VNA is on the audit trail (PS3.15 A.5.3.10), with both identifiers asked.
+    from audit import events, trail
+    from audit.models import AuditRecord
+
+    trail.flush()
+    (asked,) = AuditRecord.records.filter(event_id=events.QUERY.value, actor="priors")
+    assert asked.destination == f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}" and asked.outcome == events.SUCCESS
+    assert {(p.patient_id, p.issuer) for p in asked.patients.all()} == {("OLD7", "HOSP"), ("P7", "HOSP")}
 
 
 def test_a_prior_held_locally_is_ready_without_a_fetch_and_shown_with_its_report(
