@@ -54,6 +54,6 @@ def purge_archived() -> int:
 
 @signals.worker_init.connect(dispatch_uid="pacs.tasks.import_senders")
 def import_senders(**kwargs) -> None:
-    """Import the VNA senders (pydicom, pynetdicom: about 0.4 s) once in the worker's main
+    """Import the VNA senders and the priors SCU (pydicom, pynetdicom: about 0.4 s) once in the worker's main
     process, before the pool forks its children, instead of in each child's first transfer."""
-    from pacs import scu, stow  # noqa: F401
+    from pacs import qr_scu, scu, stow  # noqa: F401

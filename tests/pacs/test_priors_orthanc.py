@@ -182,3 +182,33 @@ def test_a_vna_that_does_not_know_the_engine_fails_the_fetch_with_the_reason(eng
         assert not Study.objects.filter(study_instance_uid=uid).exists()
     finally:
         vna.stop()
+
+
+@pytest.mark.socket
+def test_a_vna_that_cannot_be_reached_is_retried_with_backoff_then_given_up(broker, routing_settings):
+    """No association (nothing listens on the VNA's port): each attempt is transient, leaves the
+    row RETRYING with the reason and a later next attempt, until TRANSFER_MAX_ATTEMPTS."""
+    from pacs.services import priors
+    from tests.factories import make_step
+    from tests.support.net import free_port
+
+    routing_settings.TRANSFER_MAX_ATTEMPTS = 2
+    routing_settings.TRANSFER_RETRY_BASE_SECONDS, routing_settings.TRANSFER_RETRY_MAX_SECONDS = 60.0, 120.0
+    vna = VnaDestination.objects.create(name="away", kind=tr.KIND_DICOM, ae_title="AWAY", host="127.0.0.1",
+                                        port=free_port())
+    rp = make_step(modality="CT").requested_procedure
+    prior = Prior.objects.create(requested_procedure=rp, study_instance_uid=generate_uid(), source=vna,
+                                 study_date=_years_ago(1), modalities_in_study="CT", next_attempt_at=timezone.now())
+
+    assert priors.run_fetch(prior.pk) == pr.RETRYING
+    prior.refresh_from_db()
+    assert prior.attempts == 1 and "no association with dicom://AWAY@127.0.0.1" in prior.reason
+    assert prior.next_attempt_at > timezone.now() + dt.timedelta(seconds=20) and prior.lease_expires_at is None
+    assert priors.run_fetch(prior.pk) == "skipped"  # not due yet
+
+    Prior.objects.filter(pk=prior.pk).update(next_attempt_at=timezone.now())
+    assert priors.run_fetch(prior.pk) == pr.FAILED
+    prior.refresh_from_db()
+    assert prior.attempts == 2 and prior.reason.startswith("gave up after 2 attempts")
+    assert [c.to_status for c in StatusChange.objects.filter(entity="prior", object_id=prior.pk)] == [
+        pr.IN_PROGRESS, pr.RETRYING, pr.IN_PROGRESS, pr.FAILED]
