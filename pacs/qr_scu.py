@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
@@ -46,7 +47,7 @@ def _associate(destination, model):
     ae.acse_timeout = settings.DICOM_ACSE_TIMEOUT
     ae.dimse_timeout = settings.DICOM_DIMSE_TIMEOUT
     ae.network_timeout = settings.DICOM_NETWORK_TIMEOUT
-    ae.add_requested_context(model)
+    ae.add_requested_context(model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     context = tls_context(destination)
     assoc = ae.associate(destination.host, int(destination.port), ae_title=destination.ae_title,
                          tls_args=(context, destination.host) if context else None)
