@@ -13,6 +13,8 @@ each turns what happened into one :mod:`audit.trail` record:
 - MPPS N-CREATE / N-SET: *Procedure Record* (A.5.3.15), action C / U;
 - a study committed by a VNA: *DICOM Instances Transferred*, action R (the sender's side of
   A.5.3.7), with the destination; written in the transaction that marks the transfer committed;
+- a VNA asked for a patient's studies (relevant priors, C-FIND as SCU): *Query* (A.5.3.10), the
+  engine as actor, the VNA as destination, the identifiers asked, the number of answers;
 - an association refused (unknown AE, unexpected address, missing certificate) or a TLS handshake
   failed: *Security Alert* (A.5.3.11), Node Authentication, outcome 8 (serious failure).
 
@@ -232,4 +234,17 @@ def study_exported(transfer, *, instances: int) -> None:
         destination=where[:255], patients=[(study.patient_id, study.issuer_of_patient_id)] if study.patient_id else [],
         objects=[{"type": "study", "id": study.study_instance_uid,
                   "detail": {"instances": instances, "transfer": transfer.pk, "batch": transfer.batch}}],
+    )
+
+
+def priors_queried(destination, identities: list[tuple[str, str]], *, answers: int,
+                   outcome: int = events.SUCCESS) -> None:
+    """The engine asked a VNA for a patient's studies (C-FIND as SCU, PS3.15 A.5.3.10, from the
+    querying side): the VNA, the identifiers asked (PatientID, IssuerOfPatientID), the answers."""
+    trail.record(
+        events.QUERY, action=events.EXECUTE, actor="priors", actor_kind=events.SYSTEM, outcome=outcome,
+        destination=f"{destination.ae_title}@{destination.host}:{destination.port}"[:255], patients=list(identities),
+        objects=[{"type": "query", "id": "1.2.840.10008.5.1.4.1.2.2.1",
+                  "detail": {"keys": {"QueryRetrieveLevel": "STUDY", "PatientID": [i for i, _ in identities]}}}],
+        detail={"answers": answers},
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from celery import shared_task, signals
 
-from pacs.services import completion
+from pacs.services import completion, priors
 from pacs.services.routing import archive, schedule, sweep, transfers
 
 
@@ -20,7 +20,30 @@ def send_transfer(transfer_id: int) -> str:
 @shared_task(name="pacs.imaging_sweep", acks_late=True, ignore_result=True)
 def imaging_sweep() -> dict:
     """Periodic: complete quiet studies, re-queue transfers no worker holds."""
-    return {"completed": completion.sweep_quiet_studies(), "requeued": sweep.sweep()}
+    return {"completed": completion.sweep_quiet_studies(), "requeued": sweep.sweep(),
+            "priors_requeued": priors.sweep()}
+
+
+@shared_task(name=priors.FIND_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def find_priors(self, requested_procedure_id: int) -> int:
+    """Find and choose the priors of a new requested procedure (``pacs.services.priors.find_priors``);
+    a VNA that could not be asked is asked again with the transfers' backoff."""
+    from django.conf import settings
+
+    from pacs.services.routing.sending import TransientError
+
+    last = self.request.retries >= settings.TRANSFER_MAX_ATTEMPTS - 1
+    try:
+        return len(priors.find_priors(requested_procedure_id, last_attempt=last))
+    except TransientError as exc:
+        raise self.retry(countdown=priors.backoff_seconds(self.request.retries + 1),
+                         max_retries=settings.TRANSFER_MAX_ATTEMPTS) from exc
+
+
+@shared_task(name=priors.FETCH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def fetch_prior(prior_id: int) -> str:
+    """Fetch one prior from its VNA by C-MOVE (``pacs.services.priors.run_fetch``)."""
+    return priors.run_fetch(prior_id)
 
 
 @shared_task(name="pacs.purge_archived", acks_late=True, ignore_result=True)
@@ -31,6 +54,6 @@ def purge_archived() -> int:
 
 @signals.worker_init.connect(dispatch_uid="pacs.tasks.import_senders")
 def import_senders(**kwargs) -> None:
-    """Import the VNA senders (pydicom, pynetdicom: about 0.4 s) once in the worker's main
+    """Import the VNA senders and the priors SCU (pydicom, pynetdicom: about 0.4 s) once in the worker's main
     process, before the pool forks its children, instead of in each child's first transfer."""
-    from pacs import scu, stow  # noqa: F401
+    from pacs import qr_scu, scu, stow  # noqa: F401

@@ -371,6 +371,15 @@ STORAGE_COMMITMENT_TIMEOUT_SECONDS = env_int("STORAGE_COMMITMENT_TIMEOUT_SECONDS
 IMAGING_SWEEP_SECONDS = env_float("IMAGING_SWEEP_SECONDS", 10.0, minimum=1.0)
 # Who sends C-STORE to a DICOM VNA: "engine" (pacs.dimse.requestor, in the worker) or "dcmtk" (/usr/bin/storescu).
 VNA_DICOM_SENDER = env_choice("VNA_DICOM_SENDER", "engine", {"engine", "dcmtk"})
+# Relevant priors of a new order (pacs.services.priors): found in the index and by C-FIND in every
+# DICOM VNA, under every identifier the patient has had; chosen by PRIORS_MATCH ("modality": a
+# modality of the order's steps among the prior's ModalitiesInStudy; "any": every study), within
+# PRIORS_MAX_YEARS, at most PRIORS_MAX_COUNT, newest first; fetched by C-MOVE with the transfers'
+# retries (TRANSFER_*).  PRIORS_ENABLED off: no prior is looked for.
+PRIORS_ENABLED = env_bool("PRIORS_ENABLED", True)
+PRIORS_MATCH = env_choice("PRIORS_MATCH", "modality", {"modality", "any"})
+PRIORS_MAX_YEARS = env_int("PRIORS_MAX_YEARS", 5, minimum=1)
+PRIORS_MAX_COUNT = env_int("PRIORS_MAX_COUNT", 3, minimum=1)
 CELERY_BEAT_SCHEDULE.update({
     # Quiet-period completion, re-queue of transfers no worker holds, commitment timeouts.
     "pacs.imaging_sweep": {"task": "pacs.imaging_sweep", "schedule": IMAGING_SWEEP_SECONDS},

@@ -35,6 +35,9 @@ writes commits or rolls back with it:
   reconciled to its patient, encounter-based imaging).  The HL7 gateway queues the new filler
   order to the order placer (ORM^O01 / OMI^O23 ORC-1 SN) in this transaction, so that the EHR
   learns of the order and answers with the placer order number it assigns (ORC-1 NA).
+- ``procedures_ordered`` (kwarg ``requested_procedure_ids``): a new order (ORC-1 NW, IHE RAD-2 /
+  RAD-4) created these requested procedures.  The imaging side looks for the patient's relevant
+  prior studies once the transaction commits (``pacs.services.priors``).
 """
 
 from django.dispatch import Signal
@@ -46,3 +49,4 @@ report_draft_saved = Signal()
 report_signed = Signal()
 procedure_status_changed = Signal()
 filler_order_created = Signal()
+procedures_ordered = Signal()

@@ -143,6 +143,14 @@ TABLES: dict[str, frozenset[tuple[str, str]]] = {
         | {(a, "CANCELED") for a in ("SCHEDULED", "IN_PROGRESS", "COMMITTING", "RETRYING", "FAILED")}
         | {("IN_PROGRESS", "COMMITTING"), ("IN_PROGRESS", "COMMITTED"), ("COMMITTING", "COMMITTED")}
     ),
+    # Relevant prior of an ordered procedure (pacs.models.priors): fetched from the VNA by C-MOVE,
+    # retried like a transfer; a failed one may be retried by the sweep of a new order.
+    "prior": frozenset(
+        {(a, "IN_PROGRESS") for a in ("SCHEDULED", "RETRYING")}
+        | {(a, "RETRYING") for a in ("SCHEDULED", "IN_PROGRESS", "FAILED")}
+        | {(a, "FAILED") for a in ("SCHEDULED", "IN_PROGRESS", "RETRYING")}
+        | {(a, "READY") for a in ("SCHEDULED", "IN_PROGRESS", "RETRYING", "FAILED")}
+    ),
     # Every outbound HL7 message (hl7gateway.models.outbound: results, order status, filler
     # orders, charges, patient updates to the archive): AA delivers, AR / the attempt cap fails;
     # the operator retries a failed message or cancels a pending or failed one.

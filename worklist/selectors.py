@@ -16,8 +16,11 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from pacs.models import Prior, Study
+from pacs.services import priors
 from project import links
 from ris import states
+from ris.models import ReportVersion, RequestedProcedure
 from worklist.models import REPORT_STATUSES, ReadingClaim, ReadingItem, name_key
 from worklist.services import claim_timeout
 
@@ -150,8 +153,10 @@ def reading_page(filters: ListFilters, *, after: str = "", before: str = "", pag
             last_activity_at__gte=cutoff,
         ).select_related("user")
         page.claims = {c.requested_procedure_id: c for c in active}
+    ready = priors.ready_counts(r.requested_procedure_id for r in rows) if rows else {}
     for row in rows:
         row.claim = page.claims.get(row.requested_procedure_id)
+        row.priors_ready = ready.get(row.requested_procedure_id, 0)
     return page
 
 
@@ -202,3 +207,30 @@ def time_waiting(ready_at: dt.datetime, now: dt.datetime | None = None) -> str:
     if hours:
         return f"{hours}h {minutes:02d}m"
     return f"{minutes}m"
+
+
+def priors_of(requested_procedure_id: int) -> list:
+    """The relevant priors chosen for a study (``pacs.models.Prior``), newest first, each with
+    the latest signed version of the engine's report on it (``report``: a ``ReportVersion`` or
+    None): the report of the requested procedure the prior study belongs to, found by the
+    study's match or by its Study Instance UID."""
+    rows = list(Prior.objects.filter(requested_procedure_id=requested_procedure_id)
+                .select_related("source").order_by("-study_date", "-pk"))
+    uids = [p.study_instance_uid for p in rows]
+    procedure_of = {s: rp for s, rp in Study.objects.filter(study_instance_uid__in=uids, requested_procedure__isnull=False)
+                    .values_list("study_instance_uid", "requested_procedure_id")}
+    procedure_of.update({s: rp for s, rp in procedures_by_study_uid(uids) if s not in procedure_of})
+    signed = {}
+    for v in (ReportVersion.objects.filter(report__requested_procedure_id__in=set(procedure_of.values()),
+                                           signed_at__isnull=False)
+              .select_related("report").order_by("report_id", "version_number")):
+        signed[v.report.requested_procedure_id] = v
+    for p in rows:
+        p.report = signed.get(procedure_of.get(p.study_instance_uid))
+        p.prior_procedure_id = procedure_of.get(p.study_instance_uid)
+    return rows
+
+
+def procedures_by_study_uid(uids: list[str]) -> list[tuple[str, int]]:
+    """(Study Instance UID, requested procedure key) of the engine's orders for these studies."""
+    return list(RequestedProcedure.objects.filter(study_instance_uid__in=uids).values_list("study_instance_uid", "pk"))

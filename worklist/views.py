@@ -94,6 +94,7 @@ def _study_context(request, item: ReadingItem, claim, editable: bool, draft=None
     return {
         "item": item, "claim": claim, "editable": editable, "draft": draft, "report": report,
         "versions": reports.history(item.requested_procedure_id),
+        "priors": selectors.priors_of(item.requested_procedure_id),
         "viewer_url": selectors.viewer_url(item),
         "is_radiologist": has_role(request.user, RADIOLOGIST),
         "is_admin": has_role(request.user, ADMINISTRATOR),

@@ -1,4 +1,4 @@
-"""Imaging pages: the reconciliation queue and the VNA transfers page.
+"""Imaging pages: the reconciliation queue, the VNA transfers page and the prior fetches page.
 
 Thin: each view parses the request, calls ``pacs.services.order_matching`` or
 ``pacs.services.routing`` with plain values and renders.  Every view declares its roles.
@@ -14,7 +14,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from audit import events
 from audit import web as web_audit
-from pacs.models import StoreConflict, Study, Transfer
+from pacs.models import Prior, StoreConflict, Study, Transfer
+from pacs.models import images as im
+from pacs.models import priors as pr
 from pacs.models import transfers as tr
 from pacs.services import order_matching, resends
 from pacs.services.routing import actions as transfer_actions
@@ -35,7 +37,10 @@ def _actor(request) -> str:
 def reconciliation(request):
     """Unmatched studies (waiting for a person), matched ones whose demographics disagree, and
     resends of stored instances with other content (STORE_OVERWRITE_POLICY)."""
-    unmatched = Study.objects.filter(requested_procedure__isnull=True).annotate(n=Count("instances"))
+    # A prior fetched from the VNA (pacs.services.priors) is archived already and needs no order.
+    fetched_priors = Prior.objects.filter(source__isnull=False).values("study_instance_uid")
+    unmatched = (Study.objects.filter(requested_procedure__isnull=True)
+                 .exclude(status=im.ARCHIVED, study_instance_uid__in=fetched_priors).annotate(n=Count("instances")))
     flagged = (
         Study.objects.filter(requested_procedure__isnull=False).exclude(demographics_mismatch=[])
         .select_related("requested_procedure").annotate(n=Count("instances"))
@@ -145,6 +150,25 @@ def transfers(request):
         "retryable": {tr.FAILED, tr.RETRYING, tr.CANCELED, tr.SCHEDULED},
         "cancelable": tr.OPEN | {tr.FAILED},
     })
+
+
+@roles(ADMINISTRATOR, TECHNOLOGIST)
+@require_GET
+def priors(request):
+    """Prior studies fetched from the VNA for new orders, by state, with source, attempts, age, reason."""
+    status = request.GET.get("status", "")
+    rows = Prior.objects.select_related("requested_procedure__order", "source").order_by("-created_at")
+    if status in pr.STATUSES:
+        rows = rows.filter(status=status)
+    now = timezone.now()
+    rows = list(rows[:500])
+    for row in rows:
+        row.age = _age(row.created_at, now)
+    web_audit.query(request, patients=[p for row in rows for p in ris_auditing.patients_of(row.requested_procedure)],
+                    criteria={"list": "priors", "status": status}, shown=len(rows))
+    counts = dict(Prior.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    return render(request, "imaging/priors.html", {
+        "rows": rows, "status": status, "states": [(s, counts.get(s, 0)) for s in pr.STATUSES]})
 
 
 def _act_on_transfer(request, transfer_id: int, action, done: str):

@@ -29,7 +29,7 @@ from ris.models import Order, Patient, RequestedProcedure, ScheduledProcedureSte
 from ris.services import patients, plans, writers
 from ris.services.identifiers import new_accession_number
 from ris.services.transitions import transition
-from ris.signals import filler_order_created, procedure_changed
+from ris.signals import filler_order_created, procedure_changed, procedures_ordered
 
 # Requested procedure status that follows from its steps' statuses.
 _STEP_TO_RP = {
@@ -91,6 +91,8 @@ def place_order(cmd: OrderCommand, to_status: str = states.SPS_SCHEDULED) -> dic
     if to_status != states.SPS_SCHEDULED:
         for rp in RequestedProcedure.objects.filter(pk__in=written["procedures"]).order_by("pk"):
             _set_status(rp, to_status, cmd)
+    if written["procedures"]:
+        procedures_ordered.send(sender=RequestedProcedure, requested_procedure_ids=list(written["procedures"]))
     return {**written, "accession_numbers": plan.accession_numbers}
 
 

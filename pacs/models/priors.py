@@ -1,0 +1,52 @@
+"""Relevant priors: the earlier studies of an ordered procedure's patient chosen for comparison,
+and their fetch from the VNA (IHE SWF "prefetch"; PS3.4 C.4.2 C-MOVE).
+
+One ``Prior`` per (requested procedure, prior Study Instance UID), written by
+``pacs.services.priors.find_priors`` after the order is committed.  A prior the engine holds
+is READY at once; one only the VNA holds is SCHEDULED and fetched by the Celery task
+``pacs.fetch_prior`` (C-MOVE to the engine's own AE) with the retries, backoff and lease of
+VNA routing; its state, attempts and last failure show on the priors page.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+# Prior status.
+SCHEDULED = "SCHEDULED"  # to fetch from the VNA
+IN_PROGRESS = "IN_PROGRESS"  # a worker holds it (C-MOVE under way)
+RETRYING = "RETRYING"  # a transient failure; next attempt at next_attempt_at
+READY = "READY"  # held by the engine
+FAILED = "FAILED"
+STATUSES = (SCHEDULED, IN_PROGRESS, RETRYING, READY, FAILED)
+OPEN = frozenset({SCHEDULED, IN_PROGRESS, RETRYING})
+
+
+class Prior(models.Model):
+    requested_procedure = models.ForeignKey("ris.RequestedProcedure", on_delete=models.CASCADE,
+                                            related_name="priors", help_text="the ordered procedure")
+    study_instance_uid = models.CharField(max_length=64, help_text="(0020,000D) of the prior study")
+    patient_id = models.CharField(max_length=64, blank=True, help_text="(0010,0020) it was found under")
+    issuer_of_patient_id = models.CharField(max_length=64, blank=True, help_text="(0010,0021)")
+    study_date = models.DateField(null=True, blank=True, help_text="(0008,0020)")
+    study_description = models.CharField(max_length=64, blank=True, help_text="(0008,1030)")
+    modalities_in_study = models.CharField(max_length=64, blank=True, help_text="(0008,0061), backslash-separated")
+    accession_number = models.CharField(max_length=16, blank=True, help_text="(0008,0050)")
+    source = models.ForeignKey("pacs.VnaDestination", null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="+", help_text="the VNA it is fetched from; empty: held locally")
+    status = models.CharField(max_length=16, choices=[(s, s) for s in STATUSES], default=SCHEDULED)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, help_text="while a worker holds it")
+    reason = models.TextField(blank=True, help_text="last failure")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["requested_procedure", "study_instance_uid"],
+                                               name="uniq_prior_per_procedure")]
+        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+        ordering = ["-study_date", "-pk"]
+
+    def __str__(self) -> str:
+        return f"prior {self.study_instance_uid} of procedure {self.requested_procedure_id} {self.status}"
