@@ -141,7 +141,9 @@ def app_config(dicomweb_root: str) -> str:
         "routerBasename": MOUNT.rstrip("/"),
         "extensions": [],
         "modes": [],
-        "customizationService": {},
+        # No guided tour over the first study a radiologist opens (a Global customization wins
+        # over the mode's).
+        "customizationService": [{"ohif.tours": {"$set": []}}],
         "showStudyList": False,
         "maxNumberOfWebWorkers": 3,
         "showWarningMessageForCrossOrigin": False,

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db.models import F, Q
 from django.utils import timezone
 
-from pacs.models import Study
+from pacs.models import Series, Study
 from project import links
 from ris import states
 from worklist import ohif
@@ -216,14 +216,21 @@ def viewer_studies(item) -> list[str]:
 
 def builtin_viewer_url(item) -> str:
     """The built-in viewer (``worklist.ohif``) on the study and its priors held here:
-    ``/viewer/viewer?StudyInstanceUIDs=<uid>,<uid>...`` (OHIF's basic viewer mode); "" when the
-    viewer is not installed or the engine holds no images of the study."""
+    ``/viewer/viewer?StudyInstanceUIDs=<uid>,<uid>...&initialSeriesInstanceUID=<uid>`` (OHIF's
+    basic viewer mode; the viewport opens on the study's first series, by Series Number, not on
+    a prior's); "" when the viewer is not installed or the engine holds no images of the study."""
     if not ohif.is_installed(settings.VIEWER_DIR):
         return ""
     uids = viewer_studies(item)
     if not uids:
         return ""
-    return f"{ohif.MOUNT}viewer?{urlencode({'StudyInstanceUIDs': ','.join(uids)}, safe=',')}"
+    query = {"StudyInstanceUIDs": ",".join(uids)}
+    first = (Series.objects.filter(study__study_instance_uid=uids[0])
+             .order_by(F("series_number").asc(nulls_last=True), "pk").values_list("series_instance_uid", flat=True)
+             .first())
+    if first:
+        query["initialSeriesInstanceUID"] = first
+    return f"{ohif.MOUNT}viewer?{urlencode(query, safe=',')}"
 
 
 def time_waiting(ready_at: dt.datetime, now: dt.datetime | None = None) -> str:

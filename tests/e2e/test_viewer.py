@@ -59,10 +59,13 @@ def test_study_opens_in_the_builtin_viewer_through_dicomweb(builtin_viewer, engi
     link = page.locator("#viewer-link")
     href = link.get_attribute("href")
     assert href.startswith("/viewer/viewer?StudyInstanceUIDs=")
-    assert href.endswith(f"{study_uid},{prior_uid}")  # the study first, then its prior
+    # The study first, then its prior; the viewport opens on the study's first series.
+    assert f"StudyInstanceUIDs={study_uid},{prior_uid}&" in href
+    assert href.endswith(f"initialSeriesInstanceUID={axial_uid}")
     with page.context.expect_page() as opened:
         link.click()
     viewer = opened.value
+    # Watched from its first request on: the tab is loaded again with the listeners in place.
     requests: list[str] = []
     viewer.on("request", lambda r: requests.append(r.url))
     viewer.add_init_script(WATCH)
@@ -71,15 +74,18 @@ def test_study_opens_in_the_builtin_viewer_through_dicomweb(builtin_viewer, engi
     # OHIF's study browser lists the series of the study, by their Series Description.
     viewer.get_by_text("AXIAL VIEWER TEST").first.wait_for(timeout=60_000)
     viewer.get_by_text("SCOUT VIEWER TEST").first.wait_for()
+    viewer.get_by_text("PRIOR VIEWER TEST").first.wait_for()  # the prior beside it, in the study browser
     # ... and the image of the first series reaches a viewport through WADO-RS frames.
     frames = re.compile(rf"/dicomweb/studies/{re.escape(study_uid)}/series/{re.escape(axial_uid)}/instances/"
                         r"[0-9.]+/frames/1")
     viewer.wait_for_function("() => document.querySelector('.cornerstone-canvas, canvas') !== null", timeout=60_000)
     _wait(viewer, lambda: any(frames.search(u) for u in requests), "a WADO-RS frame request")
+    # The viewport's overlay names the study's first series (its thumbnail and the overlay), not the prior's.
+    _wait(viewer, lambda: viewer.get_by_text("AXIAL VIEWER TEST").count() == 2, "overlay of the study's first series")
+    assert viewer.get_by_text("PRIOR VIEWER TEST").count() == 1
 
     assert any(f"/dicomweb/studies/{study_uid}/series" in u for u in requests)  # QIDO-RS series of the study
-    assert any("/dicomweb/studies?" in u and prior_uid in u or f"/dicomweb/studies/{prior_uid}" in u
-               for u in requests)  # the prior is looked up too
+    assert any(f"/dicomweb/studies/{prior_uid}/series" in u for u in requests)  # and of the prior
     # The engine saw and audited the reads as the signed-in radiologist (session).
     reads = AuditRecord.records.filter(event_id="110103", actor="rad_view")
     resources = set(reads.values_list("detail__resource", flat=True))
@@ -93,4 +99,4 @@ def _wait(page, condition, what: str, seconds: float = 60.0) -> None:
         if condition():
             return
         page.wait_for_timeout(250)
-    pytest.fail(f"the viewer made no {what}")
+    pytest.fail(f"the viewer showed no {what}")
