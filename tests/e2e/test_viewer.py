@@ -90,6 +90,7 @@ def test_study_opens_in_the_builtin_viewer_through_dicomweb(builtin_viewer, engi
     reads = AuditRecord.records.filter(event_id="110103", actor="rad_view")
     resources = set(reads.values_list("detail__resource", flat=True))
     assert {"metadata", "frames"} <= resources, resources
+    assert set(reads.values_list("detail__via", flat=True)) == {"session"}
     assert set(reads.values_list("patients__patient_id", flat=True)) == {patient_id}
     assert viewer.evaluate("window.__csp || []") == []
 

@@ -9,6 +9,7 @@ import json
 import re
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
@@ -86,6 +87,19 @@ def test_install_refuses_a_tarball_that_is_not_the_pinned_one(tmp_path, monkeypa
         ohif.install(tmp_path, log=lambda _: None)
     assert list(tmp_path.iterdir()) == []  # nothing unpacked, nothing left behind
     assert not ohif.is_installed(tmp_path)
+
+
+def test_install_viewer_command_without_npm(tmp_path, settings, monkeypatch, capsys):
+    settings.VIEWER_DIR = tmp_path / "viewer"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no npm on it
+    with pytest.raises(CommandError, match="npm is not on PATH"):
+        call_command("install_viewer")
+    call_command("install_viewer", "--if-npm")  # make run goes on without the viewer
+    assert "built-in viewer not installed" in capsys.readouterr().err
+    # Once installed, the command needs neither npm nor the registry.
+    dist = _dist(ohif.installed_dir(settings.VIEWER_DIR))
+    (dist / ohif.MARKER).write_text(ohif.INTEGRITY)
+    call_command("install_viewer")
 
 
 @pytest.fixture
