@@ -14,7 +14,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 # Not the embedded default: the engine needs a SECRET_KEY (pacs.E008); this one is for tests only.
 TEST_SECRET_KEY ?= test-run-only-not-a-production-key-6f1d0c9b2a7e4f3d8c5b
 
-.PHONY: run test test-quick venv venv-dev services migrate admin lint bench drills clean
+.PHONY: run test test-quick venv venv-dev viewer services migrate admin lint bench drills clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: installing python3-venv"; \
@@ -34,9 +34,16 @@ $(VENV)/.dev-installed: $(VENV)/.run-installed requirements-dev.txt
 venv: $(VENV)/.run-installed
 venv-dev: $(VENV)/.dev-installed
 
+# The built-in image viewer (worklist.ohif: the pinned @ohif/app from the npm registry, its
+# integrity checked) in VIEWER_DIR (var/viewer); nothing to do once that version is there.
+# Without npm, make run goes on without it (the study page then offers no viewer).
+viewer: venv
+	$(BIN)/python manage.py install_viewer --if-npm
+
 migrate: venv
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput -v 0
+	$(BIN)/python manage.py install_viewer --if-npm
 
 run: migrate
 	$(BIN)/python manage.py check
@@ -56,6 +63,7 @@ test: venv-dev services
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) SECRET_KEY=$(TEST_SECRET_KEY) $(BIN)/python manage.py makemigrations --check --dry-run
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) SECRET_KEY=$(TEST_SECRET_KEY) $(BIN)/python manage.py install_viewer
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) SECRET_KEY=$(TEST_SECRET_KEY) $(BIN)/pytest $(PYTEST_ARGS)
 
 # The unit tier (pytest -m unit: no database, no broker, no sockets; tests/conftest.py gives

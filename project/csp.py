@@ -21,6 +21,25 @@ POLICY = "; ".join([
     "frame-ancestors 'none'",
 ])
 
+#: The built-in image viewer's pages and files (``/viewer/``, worklist.ohif) only, and only what
+#: OHIF needs beyond ``POLICY``: its image codecs are WebAssembly ('wasm-unsafe-eval', not
+#: 'unsafe-eval'); React and its style sheets set inline styles ('unsafe-inline' for styles, never
+#: for scripts); decoded images and worker code come as data: and blob: URLs.  Scripts and every
+#: request still go to the engine's own origin only (its DICOMweb), and no other site may frame it.
+VIEWER_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self' 'wasm-unsafe-eval'",
+    "style-src 'self' 'unsafe-inline'",
+    "img-src 'self' data: blob:",
+    "font-src 'self' data:",
+    "worker-src 'self' blob:",
+    "connect-src 'self' data: blob:",
+    "object-src 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+])
+
 
 class ContentSecurityPolicyMiddleware:
     """Outermost but one (``settings.MIDDLEWARE``): it sees every response, the 404 and 500 pages

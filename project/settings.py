@@ -391,7 +391,14 @@ CELERY_BEAT_SCHEDULE.update({
 READING_CLAIM_TIMEOUT_MINUTES = env_int("READING_CLAIM_TIMEOUT_MINUTES", 30, minimum=1)
 # Close idle reading claims once a minute (worklist.tasks; claims are also checked on every claim).
 CELERY_BEAT_SCHEDULE["worklist.expire_idle_claims"] = {"task": "worklist.expire_idle_claims", "schedule": 60.0}
+# A site's own viewer: when set, the study page's "Open images" link is this template filled in
+# (project.links) instead of the built-in viewer.
 VIEWER_URL_TEMPLATE = env_str("VIEWER_URL_TEMPLATE", "")
+# The built-in viewer (worklist.ohif: OHIF from its npm package, ``manage.py install_viewer``) lives
+# here; without it installed (and without VIEWER_URL_TEMPLATE) the study page offers no viewer.
+VIEWER_DIR = Path(env_str("VIEWER_DIR", str(VAR_DIR / "viewer"))).resolve()
+# At most this many of the patient's other studies held here open beside the study, newest first.
+VIEWER_PRIOR_STUDIES = env_int("VIEWER_PRIOR_STUDIES", 5, minimum=0)
 # DICOMweb base URL of the studies' WADO-RS resources ({base}/studies/{StudyInstanceUID}, PS3.18
 # 10.4.1), for the RP OBX of an ORU^R01 (destinations with links=wado); empty: no such link.
 WADO_RS_BASE_URL = env_str("WADO_RS_BASE_URL", "")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (from Debian's packages) and starts what the test suite needs:
-# PostgreSQL, Redis, dcmtk, Orthanc (+ DICOMweb plug-in), Chromium, socat (a TLS front), rsyslog with
+# PostgreSQL, Redis, dcmtk, Orthanc (+ DICOMweb plug-in), Chromium, npm (fetches the built-in viewer), socat (a TLS front), rsyslog with
 # its TLS driver (an Audit Record Repository for the audit export tests), OpenLDAP's slapd and
 # ldap-utils (the directory sign-in tests start their own slapd), and the headers that python-ldap
 # builds against.  Idempotent.
@@ -17,6 +17,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/socat ] || need+=(socat)
 [ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] || [ -n "$(find /usr/lib -name lmnsd_gtls.so -print -quit 2>/dev/null)" ] || need+=(rsyslog-gnutls)

@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
-from pacs.models import Prior, Study
+from pacs.models import Prior, Series, Study
 from pacs.services import priors
 from project import links
 from ris import states
 from ris.models import ReportVersion, RequestedProcedure
+from worklist import ohif
 from worklist.models import REPORT_STATUSES, ReadingClaim, ReadingItem, name_key
 from worklist.services import claim_timeout
 
@@ -186,15 +187,54 @@ def modalities() -> list[str]:
 
 
 def viewer_url(item) -> str:
-    """The image viewer link of a study from VIEWER_URL_TEMPLATE (empty template: no link).
+    """The image viewer link of a study: a site's own viewer from VIEWER_URL_TEMPLATE when set,
+    else the built-in viewer (``builtin_viewer_url``).
 
     Placeholders by DICOM keyword -- {StudyInstanceUID}, {AccessionNumber}, {PatientID} -- or in
     snake case ({study_instance_uid} ...); values are URL-quoted.  A template with an unknown
     placeholder gives no link rather than a wrong one (``project.links``, the same link an
     ORU^R01 carries).
     """
-    return links.viewer_url(settings.VIEWER_URL_TEMPLATE, study_instance_uid=item.study_instance_uid,
-                            accession_number=item.accession_number, patient_id=getattr(item, "patient_id", ""))
+    if settings.VIEWER_URL_TEMPLATE:
+        return links.viewer_url(settings.VIEWER_URL_TEMPLATE, study_instance_uid=item.study_instance_uid,
+                                accession_number=item.accession_number, patient_id=getattr(item, "patient_id", ""))
+    return builtin_viewer_url(item)
+
+
+def viewer_studies(item) -> list[str]:
+    """The Study Instance UIDs (0020,000D) the built-in viewer opens for a reading item: its own
+    study when the engine holds it, then the patient's other studies held here -- same Patient ID
+    (0010,0020) and, where both are known, Issuer of Patient ID (0010,0021) -- newest first by
+    Study Date, at most VIEWER_PRIOR_STUDIES.  None when the study itself is not held."""
+    if not item.study_instance_uid or not Study.objects.filter(study_instance_uid=item.study_instance_uid).exists():
+        return []
+    uids = [item.study_instance_uid]
+    if item.patient_id and settings.VIEWER_PRIOR_STUDIES:
+        others = Study.objects.filter(patient_id=item.patient_id).exclude(study_instance_uid=item.study_instance_uid)
+        if item.issuer_of_patient_id:
+            others = others.filter(Q(issuer_of_patient_id=item.issuer_of_patient_id) | Q(issuer_of_patient_id=""))
+        others = others.order_by(F("study_date").desc(nulls_last=True), "-last_received_at")
+        uids += list(others.values_list("study_instance_uid", flat=True)[:settings.VIEWER_PRIOR_STUDIES])
+    return uids
+
+
+def builtin_viewer_url(item) -> str:
+    """The built-in viewer (``worklist.ohif``) on the study and its priors held here:
+    ``/viewer/viewer?StudyInstanceUIDs=<uid>,<uid>...&initialSeriesInstanceUID=<uid>`` (OHIF's
+    basic viewer mode; the viewport opens on the study's first series, by Series Number, not on
+    a prior's); "" when the viewer is not installed or the engine holds no images of the study."""
+    if not ohif.is_installed(settings.VIEWER_DIR):
+        return ""
+    uids = viewer_studies(item)
+    if not uids:
+        return ""
+    query = {"StudyInstanceUIDs": ",".join(uids)}
+    first = (Series.objects.filter(study__study_instance_uid=uids[0])
+             .order_by(F("series_number").asc(nulls_last=True), "pk").values_list("series_instance_uid", flat=True)
+             .first())
+    if first:
+        query["initialSeriesInstanceUID"] = first
+    return f"{ohif.MOUNT}viewer?{urlencode(query, safe=',')}"
 
 
 def time_waiting(ready_at: dt.datetime, now: dt.datetime | None = None) -> str:

@@ -1,6 +1,6 @@
 """Reading worklist pages and the dictation API (each view declares its roles, see project.access)."""
 
-from django.urls import path
+from django.urls import path, re_path
 
 from worklist import api, views
 
@@ -18,6 +18,7 @@ urlpatterns = [
     path("reading/templates/", views.template_list, name="templates"),
     path("reading/templates/new/", views.template_edit, name="template_new"),
     path("reading/templates/<int:template_id>/", views.template_edit, name="template_edit"),
+    re_path(r"^viewer/(?P<path>.*)$", views.viewer, name="viewer"),
     path("api/v1/reports/", api.create_report, name="api_create_report"),
     path("api/v1/reports/<str:accession_number>/", api.report_detail, name="api_report"),
     path("api/v1/reports/<str:accession_number>/sign/", api.sign_report, name="api_sign"),

@@ -7,10 +7,13 @@ Thin: each view parses the request, calls ``worklist.services`` / ``ris.services
 from __future__ import annotations
 
 import datetime as dt
+import re
+from pathlib import Path
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
-from django.http import JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -18,11 +21,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from audit import events
 from audit import web as web_audit
+from project import csp
 from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST, has_role, roles
 from ris.errors import DomainError
 from ris.models import Report, ReportTemplate
 from ris.services import reports
-from worklist import selectors, services
+from worklist import ohif, selectors, services
 from worklist.models import ReadingItem, SavedFilter
 
 EVERY_ROLE = (RADIOLOGIST, RESIDENT, TECHNOLOGIST, ADMINISTRATOR)
@@ -221,3 +225,50 @@ def template_edit(request, template_id: int | None = None):
         messages.success(request, "Template saved.")
         return redirect("worklist:templates")
     return render(request, "worklist/template_form.html", {"form": form, "instance": instance})
+
+
+# --- The built-in image viewer (worklist.ohif) ------------------------------------------------
+_VIEWER_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".html": "text/html",
+                 ".json": "application/json", ".wasm": "application/wasm", ".svg": "image/svg+xml",
+                 ".png": "image/png", ".ico": "image/x-icon", ".woff2": "font/woff2", ".woff": "font/woff",
+                 ".ttf": "font/ttf", ".xml": "application/xml", ".onnx": "application/octet-stream"}
+#: Files whose name carries their content hash (``app.bundle.0f6159c501addfe9.js``) never change.
+_HASHED_NAME = re.compile(r"[.-][0-9a-f]{16,}\.")
+
+
+def _viewer_file(root: Path, path: str) -> Path | None:
+    """The installed viewer file at ``path`` (None: none such, or outside the viewer's directory,
+    or a dot file such as the install marker)."""
+    if not path or any(part.startswith(".") for part in path.split("/")):
+        return None
+    candidate = (root / path).resolve()
+    if not candidate.is_relative_to(root.resolve()) or not candidate.is_file():
+        return None
+    return candidate
+
+
+@roles(*EVERY_ROLE)
+@require_GET
+def viewer(request, path: str = ""):
+    """The built-in viewer under ``/viewer/``: its files, its ``app-config.js`` (the engine's
+    DICOMweb as data source, ``worklist.ohif.app_config``), and for every other path its page
+    (OHIF routes in the browser: ``/viewer/viewer?StudyInstanceUIDs=...``).  Under the viewer's
+    own Content-Security-Policy (``project.csp.VIEWER_POLICY``).  The images themselves come
+    through ``/dicomweb/``, which checks and audits every access."""
+    if not ohif.is_installed(settings.VIEWER_DIR):
+        raise Http404("The built-in viewer is not installed (manage.py install_viewer).")
+    root = ohif.installed_dir(settings.VIEWER_DIR)
+    if path == ohif.CONFIG_FILE:
+        dicomweb_root = request.build_absolute_uri(reverse("dicomweb:root")).rstrip("/")
+        response = HttpResponse(ohif.app_config(dicomweb_root), content_type="text/javascript; charset=utf-8")
+        response["Cache-Control"] = "no-store"
+    else:
+        found = _viewer_file(root, path)
+        if found is None and Path(path).suffix:
+            raise Http404("No such file of the viewer.")
+        found = found or root / "index.html"
+        response = FileResponse(open(found, "rb"), content_type=_VIEWER_TYPES.get(found.suffix, "application/octet-stream"))
+        immutable = found.name != "index.html" and _HASHED_NAME.search(found.name)
+        response["Cache-Control"] = "private, max-age=31536000, immutable" if immutable else "private, no-cache"
+    response[csp.HEADER] = csp.VIEWER_POLICY
+    return response

@@ -44,3 +44,18 @@ def new_page(browser):
     yield make
     for ctx in contexts:
         ctx.close()
+
+
+@pytest.fixture(scope="session")
+def builtin_viewer():
+    """The built-in viewer installed where the engine serves it from (VIEWER_DIR), as
+    ``manage.py install_viewer`` does for ``make test``: nothing to do when it is already there."""
+    from django.conf import settings
+
+    from worklist import ohif
+
+    try:
+        ohif.install(settings.VIEWER_DIR, log=lambda _: None)
+    except ohif.InstallError as exc:
+        pytest.fail(f"the built-in viewer cannot be installed: {exc}")
+    return ohif.installed_dir(settings.VIEWER_DIR)

@@ -224,7 +224,8 @@ def test_anonymous_is_sent_to_login(client):
     assert r.status_code == 302 and r["Location"].startswith("/accounts/login/")
 
 
-def test_viewer_url_template_placeholders(settings):
+def test_viewer_url_template_placeholders(settings, tmp_path):
+    settings.VIEWER_DIR = tmp_path  # no built-in viewer installed there
     item = type("Item", (), {"study_instance_uid": "1.2.3", "accession_number": "A 1", "patient_id": "P/1"})()
     settings.VIEWER_URL_TEMPLATE = "https://v.example/{StudyInstanceUID}?acc={accession_number}&pid={PatientID}"
     assert selectors.viewer_url(item) == "https://v.example/1.2.3?acc=A%201&pid=P%2F1"
