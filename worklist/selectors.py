@@ -203,18 +203,16 @@ def viewer_url(item) -> str:
 
 def viewer_studies(item) -> list[str]:
     """The Study Instance UIDs (0020,000D) the built-in viewer opens for a reading item: its own
-    study when the engine holds it, then the patient's other studies held here -- same Patient ID
-    (0010,0020) and, where both are known, Issuer of Patient ID (0010,0021) -- newest first by
-    Study Date, at most VIEWER_PRIOR_STUDIES.  None when the study itself is not held."""
+    study when the engine holds it, then its relevant priors that are ready here -- the ones
+    ``pacs.services.priors`` chose by the site's rules (PRIORS_MATCH, PRIORS_MAX_YEARS,
+    PRIORS_MAX_COUNT; every identifier of the patient, merges included) and holds -- newest first
+    by Study Date, at most VIEWER_PRIOR_STUDIES.  Empty when the study itself is not held."""
     if not item.study_instance_uid or not Study.objects.filter(study_instance_uid=item.study_instance_uid).exists():
         return []
     uids = [item.study_instance_uid]
-    if item.patient_id and settings.VIEWER_PRIOR_STUDIES:
-        others = Study.objects.filter(patient_id=item.patient_id).exclude(study_instance_uid=item.study_instance_uid)
-        if item.issuer_of_patient_id:
-            others = others.filter(Q(issuer_of_patient_id=item.issuer_of_patient_id) | Q(issuer_of_patient_id=""))
-        others = others.order_by(F("study_date").desc(nulls_last=True), "-last_received_at")
-        uids += list(others.values_list("study_instance_uid", flat=True)[:settings.VIEWER_PRIOR_STUDIES])
+    if settings.VIEWER_PRIOR_STUDIES:
+        uids += [uid for uid in priors.ready_study_uids(item.requested_procedure_id, settings.VIEWER_PRIOR_STUDIES)
+                 if uid != item.study_instance_uid]
     return uids
 
 

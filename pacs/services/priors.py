@@ -316,6 +316,15 @@ def sweep(*, now: dt.datetime | None = None, grace_seconds: float = 30.0) -> int
     return len(ids)
 
 
+def ready_study_uids(requested_procedure_id: int, limit: int) -> list[str]:
+    """The Study Instance UIDs of a procedure's READY priors, newest first (the viewer opens them)."""
+    from django.db.models import F
+
+    rows = (Prior.objects.filter(requested_procedure_id=requested_procedure_id, status=pr.READY)
+            .order_by(F("study_date").desc(nulls_last=True), "-pk"))
+    return list(rows.values_list("study_instance_uid", flat=True)[:limit])
+
+
 def ready_counts(requested_procedure_ids) -> dict[int, int]:
     """How many priors are READY per requested procedure (the reading worklist's column)."""
     from django.db.models import Count

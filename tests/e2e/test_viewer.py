@@ -12,6 +12,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from audit.models import AuditRecord
+from pacs.models import Prior
 from project.access import RADIOLOGIST
 from project.csp import VIEWER_POLICY
 from tests.factories import reading as f
@@ -51,6 +52,9 @@ def test_study_opens_in_the_builtin_viewer_through_dicomweb(builtin_viewer, engi
     _, prior = _series(prior_uid, patient_id, "PRIOR VIEWER TEST", images=1, number=1,
                        study_date=today - dt.timedelta(days=400))
     assert pynetdicom_store(port(engine), axial + scout + prior) == [0] * 5
+    # The prior as the priors service leaves it once chosen for this order and held (READY).
+    Prior.objects.create(requested_procedure=rp, study_instance_uid=prior_uid, patient_id=patient_id,
+                         study_date=today - dt.timedelta(days=400), status="READY")
     f.user("rad_view", RADIOLOGIST)
 
     page = new_page()

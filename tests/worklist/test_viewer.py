@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from pacs.models import Series, Study
+from pacs.models import Prior, Series, Study
 from project.access import PRIVACY_OFFICER, RADIOLOGIST
 from project.csp import POLICY, VIEWER_POLICY
 from tests.factories import reading as f
@@ -152,21 +152,25 @@ def _held(uid: str, patient_id: str, *, issuer: str = "HOSP", study_date: dt.dat
 
 
 @pytest.mark.django_db
-def test_study_page_opens_the_study_and_its_priors_held_here(client, installed, settings):
+def test_study_page_opens_the_study_and_its_ready_priors(client, installed, settings):
+    """The viewer opens the study and the relevant priors chosen for its order (pacs.services.priors)
+    that the engine holds: READY ones, newest first, at most VIEWER_PRIOR_STUDIES."""
     settings.VIEWER_URL_TEMPLATE = ""
     settings.VIEWER_PRIOR_STUDIES = 2
     rp = f.study(patient_name="PRIORS^CASE")
+    other = f.study(patient_name="OTHER^CASE")
     item = ReadingItem.objects.get(requested_procedure=rp)
     client.force_login(f.user("rad", RADIOLOGIST))
     page = client.get(reverse("worklist:study", args=[rp.pk]))
     assert b'id="viewer-link"' not in page.content  # no images held yet: no viewer
     _held(rp.study_instance_uid, item.patient_id, study_date=dt.date(2026, 11, 1),
           series=(("1.9.2", 2), ("1.9.1", 1), ("1.9.0", None)))
-    _held("1.8.2020", item.patient_id, study_date=dt.date(2020, 1, 1))
-    _held("1.8.2024", item.patient_id, issuer="", study_date=dt.date(2024, 1, 1))  # issuer unknown: same patient
-    _held("1.8.2025", item.patient_id, study_date=dt.date(2025, 1, 1))
-    _held("1.8.other-issuer", item.patient_id, issuer="OTHER", study_date=dt.date(2026, 1, 1))
-    _held("1.8.other-patient", "SOMEONE-ELSE", study_date=dt.date(2026, 2, 1))
+    for uid, year, status, procedure in (("1.8.2020", 2020, "READY", rp), ("1.8.2024", 2024, "READY", rp),
+                                         ("1.8.2025", 2025, "READY", rp),
+                                         ("1.8.2026-fetching", 2026, "IN_PROGRESS", rp),  # not held yet
+                                         ("1.8.other-order", 2026, "READY", other)):  # another order's
+        Prior.objects.create(requested_procedure=procedure, study_instance_uid=uid, patient_id=item.patient_id,
+                             study_date=dt.date(year, 1, 1), status=status)
     assert selectors.viewer_studies(item) == [rp.study_instance_uid, "1.8.2025", "1.8.2024"]
     page = client.get(reverse("worklist:study", args=[rp.pk]))
     href = re.search(r'href="([^"]+)"[^>]*id="viewer-link"', page.content.decode()).group(1)
