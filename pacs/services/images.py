@@ -112,6 +112,11 @@ def store_instance(attrs: InstanceAttributes, temporary: Path) -> StoreResult:
             except BaseException:
                 storage.discard(final)
                 raise
+            try:
+                durable.result()  # no file was there: it may become the stored one (_restore_purged)
+            except BaseException:
+                storage.discard(final)
+                raise
             return _store_resend(attrs, final, placed=True)
     if storage.absolute_path(relative).exists() and Instance.objects.filter(
             sop_instance_uid=attrs.sop_instance_uid).exists():
