@@ -360,6 +360,12 @@ for _entry in destination_entries(VNA_DESTINATIONS):
         record("VNA_DESTINATIONS", _entry, "is neither dicom://AE@host:port nor stow+http(s)://host:port/path "
                "(optionally ?adt=mllp://host:port)")
 ARCHIVE_RETENTION_DAYS = env_int("ARCHIVE_RETENTION_DAYS", 0, minimum=0)
+# A purged study retrieved by a client (WADO-RS, WADO-URI, C-MOVE, C-GET) is fetched back from the
+# VNA (pacs.services.recall): the request waits up to RECALL_WAIT_SECONDS for it (0: answers at
+# once), then is told to retry (DICOMweb: 503 with Retry-After: RECALL_RETRY_AFTER_SECONDS, or
+# until the recall's next attempt; Q/R: 0xA702 with an ErrorComment).
+RECALL_WAIT_SECONDS = env_float("RECALL_WAIT_SECONDS", 3.0, minimum=0.0)
+RECALL_RETRY_AFTER_SECONDS = env_int("RECALL_RETRY_AFTER_SECONDS", 10, minimum=1)
 # VNA transfers: attempts, exponential backoff with jitter (capped below the Redis visibility
 # timeout, else Redis redelivers the task), the lease a worker holds a transfer for, and how long
 # to wait for the storage commitment N-EVENT-REPORT.

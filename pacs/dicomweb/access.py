@@ -156,7 +156,7 @@ def dicomweb_view(view):
                 response = view(request, grant, *args, **kwargs)
         if allowed:
             response["Access-Control-Allow-Origin"] = allowed
-            response["Access-Control-Expose-Headers"] = "Warning, Content-Type"
+            response["Access-Control-Expose-Headers"] = "Warning, Content-Type, Retry-After"
             response["Vary"] = "Origin"
         return response
 

@@ -8,6 +8,10 @@
   ``/frames/{list}`` and ``/bulkdata/7FE00010``, and ``/rendered`` (image/jpeg, image/png);
 - WADO-URI (9): ``/wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=..``.
 
+A retrieval of a study purged here after archiving fetches it back from the VNA
+(``pacs.services.recall``) and answers 503 with Retry-After until it is held again; searches
+answer from the index and need no files.
+
 Thin: each view checks the grant (``pacs.dicomweb.access``), parses the request, reads the
 index and the files (``pacs.dicomweb.files``), records the read on the audit trail
 (DICOM Instances Accessed or Query, PS3.15 A.5.3.6 / A.5.3.10) and answers.
@@ -29,6 +33,7 @@ from pacs.dicomweb import files, media
 from pacs.dicomweb.access import Grant, dicomweb_view, problem
 from pacs.models import Instance
 from pacs.services import index_query as iq
+from pacs.services import recall
 from project import links
 
 _CONTROL = {"limit", "offset", "fuzzymatching", "includefield", links.STUDY_LINK_PARAMETER}
@@ -164,24 +169,51 @@ class Stored:
     sop_uid: str
 
 
+def _rows(study_uid: str, series_uid: str | None, sop_uid: str | None) -> list[tuple]:
+    rows = Instance.objects.filter(study__study_instance_uid=study_uid)
+    if series_uid is not None:
+        rows = rows.filter(series__series_instance_uid=series_uid)
+    if sop_uid is not None:
+        rows = rows.filter(sop_instance_uid=sop_uid)
+    return list(rows.order_by("series__series_number", "series_id", "instance_number", "pk").values_list(
+        "path", "transfer_syntax_uid", "series__series_instance_uid", "sop_instance_uid", "study__patient_id",
+        "study__issuer_of_patient_id", "study__accession_number", "study__purged_at"))
+
+
+def _recalled(request, grant: Grant, study_uid: str) -> JsonResponse | None:
+    """A study purged here after archiving: fetched back from the VNA (``pacs.services.recall``).
+    None when it is held again within ``RECALL_WAIT_SECONDS``; else 503 Service Unavailable with
+    Retry-After (PS3.18 8.7.3 / RFC 9110 15.6.4) while it is being fetched, or 404 when no archive
+    known to hold it can be asked."""
+    first = recall.request(study_uid, actor=grant.actor, via="DICOMweb",
+                           source_address=web_audit.client_address(request))
+    result = recall.wait(study_uid, first, seconds=settings.RECALL_WAIT_SECONDS)
+    if result.state == recall.HELD:
+        return None
+    if result.state == recall.UNAVAILABLE:
+        return problem(404, result.reason)
+    response = problem(503, f"the study's files were purged here after archiving: {result.reason}; "
+                            f"retry after {result.retry_after} seconds")
+    response["Retry-After"] = str(result.retry_after)
+    return response
+
+
 def _stored(request, grant: Grant, study_uid: str, series_uid: str | None = None,
             sop_uid: str | None = None, *, resource: str) -> list[Stored] | JsonResponse:
     """The stored instances of a resource (404 when none is held here), the read audited."""
     bad = _bad_uids(study_uid, series_uid, sop_uid) or _refused(grant, study_uid)
     if bad is not None:
         return bad
-    rows = Instance.objects.filter(study__study_instance_uid=study_uid)
-    if series_uid is not None:
-        rows = rows.filter(series__series_instance_uid=series_uid)
-    if sop_uid is not None:
-        rows = rows.filter(sop_instance_uid=sop_uid)
-    rows = list(rows.order_by("series__series_number", "series_id", "instance_number", "pk").values_list(
-        "path", "transfer_syntax_uid", "series__series_instance_uid", "sop_instance_uid", "study__patient_id",
-        "study__issuer_of_patient_id", "study__accession_number", "study__purged_at"))
+    rows = _rows(study_uid, series_uid, sop_uid)
     if not rows:
         return problem(404, "no such study, series or instance here")
     if rows[0][7] is not None:
-        return problem(404, "the study's files were purged here after archiving; retrieve it from the archive")
+        refusal = _recalled(request, grant, study_uid)
+        if refusal is not None:
+            return refusal
+        rows = _rows(study_uid, series_uid, sop_uid)
+        if not rows or rows[0][7] is not None:
+            return problem(404, "no such study, series or instance here")
     patient_id, issuer, accession = rows[0][4], rows[0][5], rows[0][6]
     objects = [{"type": "study", "id": study_uid}] + ([{"type": "accession", "id": accession}] if accession else [])
     web_audit.read(request, events.INSTANCES_ACCESSED, patients=[(patient_id, issuer)] if patient_id else [],

@@ -24,6 +24,11 @@ response with the remaining, completed, failed and warning counts follows every 
 the final status is 0x0000 (all completed), 0xB000 (some failed or had warnings), 0xA702 (all
 failed) or 0xFE00 (C-CANCEL), with the Failed SOP Instance UID List when one failed.
 
+A study purged here after archiving is fetched back from the VNA (``pacs.dimse.recall``): the
+retrieval waits up to RECALL_WAIT_SECONDS for it; if nothing named is held by then it is refused
+with 0xA702 and an ErrorComment asking to retry (0xC000 when no archive can be asked); else the
+instances of the purged studies are failed sub-operations of an otherwise normal retrieval.
+
 Statuses of refusals: 0xA900 identifier does not match SOP class, 0xA700 (FIND) / 0xA701
 (MOVE, GET) database unavailable, 0xC000 unable to process (a bug: logged).  Every query and
 every retrieval is on the audit trail (``pacs.auditing``).
@@ -61,6 +66,7 @@ from pynetdicom.sop_class import (
 from audit import events
 from pacs import auditing, storage
 from pacs.dimse import db, requestor, ul
+from pacs.dimse import recall as qr_recall
 from pacs.dimse.acceptor import Aborted
 from pacs.dimse.counting import counted
 from pacs.dimse.matching import IdentifierError, _text_value
@@ -328,12 +334,13 @@ class ToSend:
     patient: tuple[str, str]
 
 
-def retrieve_filter(identifier: Dataset, top: str) -> Q:
+def retrieve_filter(identifier: Dataset, top: str, *, purged: bool = False) -> Q:
     """The instances a C-MOVE / C-GET identifier names (C.4.2.2.1, baseline): the unique keys
     of the levels above the retrieve level with one value each, the retrieve level's with one
-    or more (a list of UIDs); nothing else is matched."""
+    or more (a list of UIDs); nothing else is matched.  Those of studies held here, or
+    (``purged``) those of studies purged here after archiving."""
     level = _level_of(identifier, top)
-    condition = Q(study__purged_at__isnull=True)
+    condition = Q(study__purged_at__isnull=not purged)
     paths = {PATIENT: "study__patient_id", STUDY: "study__study_instance_uid",
              SERIES: "series__series_instance_uid", IMAGE: "sop_instance_uid"}
     for each in (PATIENT, STUDY, SERIES, IMAGE):
@@ -350,9 +357,10 @@ def retrieve_filter(identifier: Dataset, top: str) -> Q:
     return condition
 
 
-def plan_retrieval(identifier: Dataset, top: str) -> list[ToSend]:
-    """The instances to send, in study, series and instance order."""
-    rows = (Instance.objects.filter(retrieve_filter(identifier, top))
+def plan_retrieval(identifier: Dataset, top: str, *, purged: bool = False) -> list[ToSend]:
+    """The instances to send, in study, series and instance order (``purged``: those named whose
+    study was purged here after archiving)."""
+    rows = (Instance.objects.filter(retrieve_filter(identifier, top, purged=purged))
             .order_by("study_id", "series__series_number", "series_id", "instance_number", "pk")
             .values_list("sop_class_uid", "sop_instance_uid", "transfer_syntax_uid", "path",
                          "study__study_instance_uid", "study__patient_id", "study__issuer_of_patient_id"))
@@ -440,6 +448,16 @@ class _Tally:
         return self.status(code, remaining=False), self.failed_list()
 
 
+def _tally(items: list[ToSend], missing: list[ToSend]) -> _Tally:
+    """The count of sub-operations: one per instance named; those of a purged study not fetched
+    back in time are failed before the others are sent (C.4.2.1.5: 0xB000 with the Failed SOP
+    Instance UID List)."""
+    tally = _Tally(len(items) + len(missing))
+    for item in missing:
+        tally.add(item, "failed")
+    return tally
+
+
 def _plan(event, calling: str, operation: str):
     """The decoded identifier and the instances it names, or the refusal to yield."""
     identifier, problem = _decoded(event)
@@ -456,6 +474,19 @@ def _plan(event, calling: str, operation: str):
         log.error(f"{operation} failed", extra={"calling_ae_title": calling, "error": str(exc)[:200]})
         return identifier, None, (_failure(OUT_OF_RESOURCES_MATCHES, "database unavailable"), None)
     return identifier, items, None
+
+
+def _with_purged(event, identifier, items: list[ToSend], operation: str):
+    """The items to send, those of purged studies that could not be fetched back in time (each a
+    failed sub-operation), or the refusal to yield when nothing named is held here
+    (``pacs.dimse.recall``)."""
+    top = RETRIEVE_MODELS[event.context.abstract_syntax]
+    try:
+        return qr_recall.recall_purged(event.assoc, identifier, items, operation,
+                                       plan=lambda purged: plan_retrieval(identifier, top, purged=purged))
+    except DatabaseError as exc:
+        log.error(f"{operation} failed", extra={"error": str(exc)[:200]})
+        return items, [], (_failure(OUT_OF_RESOURCES_MATCHES, "database unavailable"), None)
 
 
 def _sub_operations(event, items: list[ToSend], send, tally: _Tally):
@@ -475,6 +506,8 @@ def on_c_move(event):
     calling = event.assoc.requestor.ae_title.strip()
     destination_title = (event.request.MoveDestination or "").strip()
     identifier, items, refusal = _plan(event, calling, "C-MOVE")
+    if refusal is None:
+        items, missing, refusal = _with_purged(event, identifier, items, "C-MOVE")
     if refusal is not None:
         _audit_retrieval(event, identifier, None, destination_title, events.SERIOUS_FAILURE)
         yield refusal
@@ -492,7 +525,7 @@ def on_c_move(event):
         _audit_retrieval(event, identifier, None, destination_title, events.SERIOUS_FAILURE)
         yield _failure(MOVE_DESTINATION_UNKNOWN, "move destination unknown"), None
         return
-    tally = _Tally(len(items))
+    tally = _tally(items, missing)
     if not items:
         _audit_retrieval(event, identifier, tally, destination_title, events.SUCCESS)
         yield tally.final()
@@ -573,11 +606,13 @@ def on_c_get(event):
     assoc = event.assoc
     calling = assoc.requestor.ae_title.strip()
     identifier, items, refusal = _plan(event, calling, "C-GET")
+    if refusal is None:
+        items, missing, refusal = _with_purged(event, identifier, items, "C-GET")
     if refusal is not None:
         _audit_retrieval(event, identifier, None, calling, events.SERIOUS_FAILURE)
         yield refusal
         return
-    tally = _Tally(len(items))
+    tally = _tally(items, missing)
 
     def send(item: ToSend) -> str:
         contexts = assoc.storage_contexts(item.sop_class_uid)

@@ -76,6 +76,8 @@ class Study(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
     archived_at = models.DateTimeField(null=True, blank=True)
     purged_at = models.DateTimeField(null=True, blank=True, help_text="local files deleted after retention")
+    recalled_at = models.DateTimeField(
+        null=True, blank=True, help_text="purged files fetched back from the VNA; retention counts from here")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

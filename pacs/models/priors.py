@@ -1,11 +1,16 @@
-"""Relevant priors: the earlier studies of an ordered procedure's patient chosen for comparison,
-and their fetch from the VNA (IHE SWF "prefetch"; PS3.4 C.4.2 C-MOVE).
+"""Fetches of studies from the VNA (PS3.4 C.4.2 C-MOVE to the engine's own AE), for two purposes:
 
-One ``Prior`` per (requested procedure, prior Study Instance UID), written by
-``pacs.services.priors.find_priors`` after the order is committed.  A prior the engine holds
-is READY at once; one only the VNA holds is SCHEDULED and fetched by the Celery task
-``pacs.fetch_prior`` (C-MOVE to the engine's own AE) with the retries, backoff and lease of
-VNA routing; its state, attempts and last failure show on the priors page.
+- a relevant **prior**: an earlier study of an ordered procedure's patient chosen for comparison
+  (IHE SWF "prefetch").  One row per (requested procedure, prior Study Instance UID), written by
+  ``pacs.services.priors.find_priors`` after the order is committed;
+- a **recall**: a study whose local files were purged after archiving, asked for by a DICOMweb
+  client or a Query/Retrieve C-MOVE / C-GET (``pacs.services.recall``).  No requested procedure;
+  at most one open recall per study, a new row each time the study is recalled again.
+
+A row the engine already holds is READY at once; otherwise it is SCHEDULED and fetched by the
+Celery task ``pacs.fetch_prior`` (``pacs.services.priors.run_fetch``: one fetch path for both)
+with the retries, backoff and lease of VNA routing; its state, attempts and last failure show on
+the fetches page.
 """
 
 from __future__ import annotations
@@ -21,10 +26,19 @@ FAILED = "FAILED"
 STATUSES = (SCHEDULED, IN_PROGRESS, RETRYING, READY, FAILED)
 OPEN = frozenset({SCHEDULED, IN_PROGRESS, RETRYING})
 
+# Why the study is fetched.
+PRIOR = "prior"  # a relevant prior of an ordered procedure
+RECALL = "recall"  # a purged study asked for by a DICOMweb or Query/Retrieve client
+PURPOSES = (PRIOR, RECALL)
+
 
 class Prior(models.Model):
-    requested_procedure = models.ForeignKey("ris.RequestedProcedure", on_delete=models.CASCADE,
-                                            related_name="priors", help_text="the ordered procedure")
+    requested_procedure = models.ForeignKey("ris.RequestedProcedure", null=True, blank=True,
+                                            on_delete=models.CASCADE, related_name="priors",
+                                            help_text="the ordered procedure; empty for a recall")
+    purpose = models.CharField(max_length=8, choices=[(p, p) for p in PURPOSES], default=PRIOR)
+    requested_by = models.CharField(max_length=150, blank=True,
+                                    help_text="a recall: who asked (user name or calling AE title) and how")
     study_instance_uid = models.CharField(max_length=64, help_text="(0020,000D) of the prior study")
     patient_id = models.CharField(max_length=64, blank=True, help_text="(0010,0020) it was found under")
     issuer_of_patient_id = models.CharField(max_length=64, blank=True, help_text="(0010,0021)")
@@ -44,9 +58,13 @@ class Prior(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["requested_procedure", "study_instance_uid"],
-                                               name="uniq_prior_per_procedure")]
+                                               name="uniq_prior_per_procedure"),
+                       models.UniqueConstraint(fields=["study_instance_uid"], name="uniq_open_recall_per_study",
+                                               condition=models.Q(purpose=RECALL, status__in=sorted(OPEN)))]
         indexes = [models.Index(fields=["status", "next_attempt_at"])]
         ordering = ["-study_date", "-pk"]
 
     def __str__(self) -> str:
+        if self.purpose == RECALL:
+            return f"recall {self.study_instance_uid} {self.status}"
         return f"prior {self.study_instance_uid} of procedure {self.requested_procedure_id} {self.status}"

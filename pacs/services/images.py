@@ -15,6 +15,8 @@ work (conventions: persist before you acknowledge, PS3.4 B.2.3: Success means st
 An instance whose SOP Instance UID has an index row is never written over by the index: the
 plan says ``AlreadyStored`` and ``_store_resend`` applies what ``pacs.services.resends``
 decides (identical: nothing changes; else STORE_OVERWRITE_POLICY), the same on every database.
+The one exception is an instance of a study purged after archiving whose file is gone: what
+arrives (fetched back from the VNA) becomes its file (``_restore_purged``).
 """
 
 from __future__ import annotations
@@ -110,6 +112,11 @@ def store_instance(attrs: InstanceAttributes, temporary: Path) -> StoreResult:
             except BaseException:
                 storage.discard(final)
                 raise
+            try:
+                durable.result()  # no file was there: it may become the stored one (_restore_purged)
+            except BaseException:
+                storage.discard(final)
+                raise
             return _store_resend(attrs, final, placed=True)
     if storage.absolute_path(relative).exists() and Instance.objects.filter(
             sop_instance_uid=attrs.sop_instance_uid).exists():
@@ -193,6 +200,8 @@ def _store_resend(attrs: InstanceAttributes, received: Path, *, placed: bool) ->
         stored_path = storage.absolute_path(row["path"])
         if placed and received == stored_path:
             owned = None
+            if Study.objects.filter(pk=row["study_id"], purged_at__isnull=False).exists():
+                return _restore_purged(attrs, row, received)
         stored_sha256 = resends.stored_sha256(row["pk"], row["dataset_sha256"], stored_path)
         attrs = dataclasses.replace(attrs, dataset_sha256=attrs.dataset_sha256 or resends.received_sha256(received))
         action = resends.decide(stored_sha256, attrs.dataset_sha256)
@@ -211,6 +220,18 @@ def _store_resend(attrs: InstanceAttributes, received: Path, *, placed: bool) ->
         return StoreResult(row["pk"], row["study_id"], created=False, reopened=False)
     finally:
         storage.discard(owned)
+
+
+def _restore_purged(attrs: InstanceAttributes, row: dict, received: Path) -> StoreResult:
+    """An instance of a study purged after archiving, received again (fetched back from the VNA,
+    ``pacs.services.recall``): its file was gone and the received one is now in its place.  There
+    is no local version to compare with, so the archive's version becomes the cached copy (it
+    may carry the patient corrections sent to the VNA); its row is updated to describe it.  The
+    study is held again once every instance is back (``routing.archive.restore_purged``)."""
+    digest = attrs.dataset_sha256 or resends.received_sha256(received)
+    Instance.objects.filter(pk=row["pk"]).update(transfer_syntax_uid=attrs.transfer_syntax_uid,
+                                                 size=received.stat().st_size, dataset_sha256=digest)
+    return StoreResult(row["pk"], row["study_id"], created=False, reopened=False)
 
 
 def _replace(attrs: InstanceAttributes, row: dict, received: Path, *, placed: bool, found: list[dict],

@@ -18,7 +18,8 @@ Query/Retrieve C-FIND SCP (PS3.4 C.4.1, ``pacs.dimse.qr``).  The rules, of PS3.4
 - the hierarchy (C.4.1.2.2.1): a key of a level below the query level is refused; the unique
   keys of the levels above (``patient_id``, ``study_uid``, ``series_uid``: a C-FIND
   identifier's single values, a QIDO-RS resource path) narrow the query by equality;
-- studies whose files were purged after archiving are not held.
+- studies whose files were purged after archiving are found too: their index rows stay, and a
+  retrieval fetches them back from the VNA on demand (``pacs.services.recall``).
 
 A key or value that breaks these forms raises :class:`QueryError`.
 """
@@ -369,7 +370,7 @@ def _single_value(raw: str | list[str]) -> str | None:
 
 
 def _conditions(query: Query) -> Q:
-    condition = Q(purged_at__isnull=True) if query.level in (PATIENT, STUDY) else Q(study__purged_at__isnull=True)
+    condition = Q()
     keys = dict(query.keys)
     for keyword in keys:
         spec = ATTRIBUTES.get(keyword)

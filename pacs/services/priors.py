@@ -17,6 +17,11 @@ the relevant ones, fetch those the engine does not hold before the exam is read.
 
 A study fetched this way came from the archive: it is indexed like any received study and
 marked as archived, so that it is neither routed back nor purged before ``ARCHIVE_RETENTION_DAYS``.
+
+The same fetch path (``claim``, ``run_fetch``, ``_retry_later``, ``sweep``) brings back a study
+purged after archiving that a client asked for (a recall, ``pacs.services.recall``): its rows are
+``Prior`` rows with purpose ``recall`` and no requested procedure; once every file is back the
+study is held again (``routing.archive.restore_purged``).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from pacs.models import images as im
 from pacs.models import priors as pr
 from pacs.models import transfers as tr
 from pacs.models.priors import Prior
-from pacs.services.routing import destinations
+from pacs.services.routing import archive, destinations
 from pacs.services.routing.schedule import backoff_seconds
 from pacs.services.routing.sending import PermanentError, TransientError
 from project.celery import app
@@ -252,6 +257,7 @@ def run_fetch(prior_id: int) -> str:
         sent = qr_scu.move_study(vna, p.study_instance_uid)
         with transaction.atomic():
             p = Prior.objects.select_for_update().get(pk=prior_id)
+            archive.restore_purged(p.study_instance_uid)  # a purged study is held again once every file is back
             if not held_locally(p.study_instance_uid):
                 raise TransientError(f"C-MOVE succeeded ({sent} sent) but the study is not held")
             _mark_archived(p.study_instance_uid)
@@ -281,7 +287,7 @@ def _retry_later(prior_id: int, reason: str) -> str:
         p.save(update_fields=["reason", "lease_expires_at", "next_attempt_at"])
         transition(p, pr.RETRYING, entity="prior", cause=f"transient: {reason}"[:255], actor="priors")
         enqueue_on_commit(p.pk, countdown=delay)
-    log.warning("prior fetch will be retried", extra={"prior_id": prior_id, "delay": round(delay, 1)})
+    log.warning("fetch from the VNA will be retried", extra={"prior_id": prior_id, "delay": round(delay, 1)})
     return pr.RETRYING
 
 

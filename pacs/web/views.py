@@ -155,7 +155,8 @@ def transfers(request):
 @roles(ADMINISTRATOR, TECHNOLOGIST)
 @require_GET
 def priors(request):
-    """Prior studies fetched from the VNA for new orders, by state, with source, attempts, age, reason."""
+    """Studies fetched from the VNA, by state, with source, attempts, age, reason: the priors of new
+    orders and the recalls of studies purged after archiving that a client asked for."""
     status = request.GET.get("status", "")
     rows = Prior.objects.select_related("requested_procedure__order", "source").order_by("-created_at")
     if status in pr.STATUSES:
@@ -164,7 +165,9 @@ def priors(request):
     rows = list(rows[:500])
     for row in rows:
         row.age = _age(row.created_at, now)
-    web_audit.query(request, patients=[p for row in rows for p in ris_auditing.patients_of(row.requested_procedure)],
+    web_audit.query(request, patients=[p for row in rows for p in (
+        ris_auditing.patients_of(row.requested_procedure) if row.requested_procedure_id
+        else [(row.patient_id, row.issuer_of_patient_id)] if row.patient_id else [])],
                     criteria={"list": "priors", "status": status}, shown=len(rows))
     counts = dict(Prior.objects.values_list("status").annotate(n=Count("pk")).order_by())
     return render(request, "imaging/priors.html", {

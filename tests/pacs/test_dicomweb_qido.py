@@ -239,15 +239,17 @@ def test_not_acceptable_and_not_found(tech_client, settings, tmp_path):
     assert purged.status_code == 404 and "purged" in purged.json()["error"]
 
 
-def test_search_leaves_purged_studies_out_and_lists_studies_by_date(tech_client):
+def test_search_finds_purged_studies_too_and_lists_studies_by_date(tech_client):
     later = _study(patient_id="ORD001", date=dt.date(2026, 5, 2))
     earlier = _study(patient_id="ORD002", date=dt.date(2026, 5, 1))
     purged = _study(patient_id="ORD003", date=dt.date(2026, 4, 1))
     Study.objects.filter(pk=purged.pk).update(purged_at=timezone.now())
     response = tech_client.get("/dicomweb/studies", {"PatientID": "ORD*"})
+    # By StudyDate; the purged study is found from the index (a retrieval fetches it back).
     assert [item["0020000D"]["Value"][0] for item in response.json()] == [
-        earlier.study_instance_uid, later.study_instance_uid]  # by StudyDate; the purged study is not held
-    assert tech_client.get(f"/dicomweb/studies/{purged.study_instance_uid}/series").status_code == 204
+        purged.study_instance_uid, earlier.study_instance_uid, later.study_instance_uid]
+    series = tech_client.get(f"/dicomweb/studies/{purged.study_instance_uid}/series")
+    assert series.status_code == 200 and len(series.json()) == 1
 
 
 def test_lone_asterisk_uid_is_universal_and_empty_values_match_no_range(tech_client):

@@ -59,9 +59,9 @@ studies = ask("STUDY", QueryRetrieveLevel="STUDY", StudyInstanceUID="", Modaliti
 assert [(a.StudyInstanceUID, list(a.ModalitiesInStudy), a.NumberOfStudyRelatedSeries,
          a.NumberOfStudyRelatedInstances) for a in studies] == [("1.2.9.1", ["CT", "PR"], 2, 4)], studies
 assert [a.StudyInstanceUID for a in ask("STUDY", QueryRetrieveLevel="STUDY", StudyInstanceUID="",
-                                        ModalitiesInStudy="CT")] == ["1.2.9.3", "1.2.9.1"]
+                                        ModalitiesInStudy="CT")] == ["1.2.9.3", "1.2.9.1"]  # by their series
 assert [a.StudyInstanceUID for a in ask("STUDY", QueryRetrieveLevel="STUDY", PatientName="roe*",
-                                        StudyInstanceUID="")] == ["1.2.9.3"]  # the purged study is not held
+                                        StudyInstanceUID="")] == ["1.2.9.4", "1.2.9.3"]  # purged: found, fetched back
 assert [a.SeriesInstanceUID for a in ask("STUDY", QueryRetrieveLevel="SERIES", StudyInstanceUID="1.2.9.1",
                                          SeriesInstanceUID="", Modality="C*")] == ["1.2.9.1.1"]
 images = ask("PATIENT", QueryRetrieveLevel="IMAGE", PatientID="PAT001", StudyInstanceUID="1.2.9.1",

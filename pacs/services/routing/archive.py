@@ -1,6 +1,10 @@
 """The end of a study's journey on this engine: archived once every VNA committed every instance
 (Storage Commitment, PS3.4 J.3.3), its local files purged ``ARCHIVE_RETENTION_DAYS`` later.
-Nothing is deleted before the study is ARCHIVED."""
+Nothing is deleted before the study is ARCHIVED.
+
+A purged study fetched back from the VNA (``pacs.services.recall``) is restored when every one
+of its instances has its file again (``restore_purged``); its retention then counts from the
+recall (``recalled_at``), so the cached copy is purged again ``ARCHIVE_RETENTION_DAYS`` later."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import datetime as dt
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from pacs import storage
@@ -50,8 +55,9 @@ def purge_archived(*, now: dt.datetime | None = None) -> int:
         return 0
     now = now or timezone.now()
     purged = 0
-    for study in Study.objects.filter(status=im.ARCHIVED, purged_at__isnull=True,
-                                      archived_at__lt=now - dt.timedelta(days=days)):
+    cutoff = now - dt.timedelta(days=days)
+    for study in Study.objects.filter(Q(recalled_at__isnull=True) | Q(recalled_at__lt=cutoff), status=im.ARCHIVED,
+                                      purged_at__isnull=True, archived_at__lt=cutoff):
         with transaction.atomic():
             locked = Study.objects.select_for_update().get(pk=study.pk)
             if locked.status != im.ARCHIVED or Transfer.objects.filter(study=locked, status__in=tr.OPEN).exists():
@@ -62,3 +68,21 @@ def purge_archived(*, now: dt.datetime | None = None) -> int:
             locked.save(update_fields=["purged_at", "updated_at"])
             purged += 1
     return purged
+
+
+def restore_purged(study_instance_uid: str, *, now: dt.datetime | None = None) -> bool:
+    """Inside the caller's transaction: a purged study whose every instance has its file again
+    (fetched back from the VNA) is held again: ``purged_at`` cleared, ``recalled_at`` set (the
+    retention clock starts again).  Returns whether the study is held now (False: still purged,
+    or no such study)."""
+    study = Study.objects.select_for_update().filter(study_instance_uid=study_instance_uid).first()
+    if study is None:
+        return False
+    if study.purged_at is None:
+        return True
+    paths = list(Instance.objects.filter(study=study).values_list("path", flat=True))
+    if not paths or not all(storage.absolute_path(p).exists() for p in paths):
+        return False
+    study.purged_at, study.recalled_at = None, now or timezone.now()
+    study.save(update_fields=["purged_at", "recalled_at", "updated_at"])
+    return True
