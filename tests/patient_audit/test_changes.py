@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from django.db import transaction
 
-from audit import events
-from audit.actors import acting
 from audit.models import AuditRecord
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage
+from project.auditing import events
+from project.auditing.actors import acting
 from ris.commands import PatientData, PatientIdentity, RegisterPatient
 from ris.models import Patient
 from ris.services import patients
