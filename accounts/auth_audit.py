@@ -30,7 +30,8 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.db.models.signals import m2m_changed, post_init, post_save
 
 from accounts.signals import account_locked
-from audit import events, trail
+from audit import trail
+from project.auditing import events
 from project.https import client_address
 
 # The request being answered by this thread (or task): who changes an account, from where.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from audit import events, trail
+from audit import trail
 from audit.models import AuditExport, AuditPatient, AuditRecord
 from project.access import ADMINISTRATOR
 from project.admin_mixins import ReadOnlyAdmin
+from project.auditing import events
 from project.https import client_address
 
 

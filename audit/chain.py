@@ -22,8 +22,9 @@ from datetime import UTC, datetime, timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit import events, exports, trail
+from audit import exports, trail
 from audit.models import AuditRecord, ChainCheck
+from project.auditing import events
 
 GENESIS = "0" * 64
 # pg_advisory_xact_lock key of the sealer (and of the purge, which must not run beside it).

@@ -49,7 +49,7 @@ class _AppendOnly(models.Model):
 class AuditRecord(_AppendOnly):
     """One audit message (PS3.15 A.5.1): what happened, who did it, to what, with what outcome.
 
-    ``event_id`` / ``event_type`` hold DCM code values (:mod:`audit.events`); ``objects`` the
+    ``event_id`` / ``event_type`` hold DCM code values (:mod:`project.auditing.events`); ``objects`` the
     participant objects (A.5.2 ParticipantObjectIdentification) as ``{"type", "id", "issuer"?,
     "detail"?}``; ``detail`` what was asked, a change's before and after, counts, control IDs.
     ``seq`` / ``prev_hash`` / ``record_hash`` are the hash chain (:mod:`audit.chain`): null and

@@ -19,7 +19,8 @@ import socket
 
 from django.db import DatabaseError, connection
 
-from audit import events, trail
+from audit import trail
+from project.auditing import events
 
 log = logging.getLogger("audit.processes")
 

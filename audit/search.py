@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from audit import events
 from audit.models import AuditPatient, AuditRecord
+from project.auditing import events
 
 # "Who saw this patient" looks back this far unless told otherwise.
 WHO_SAW_DEFAULT_DAYS = 30

@@ -7,8 +7,9 @@ import atexit
 from celery import shared_task, signals
 from django.conf import settings
 
-from audit import chain, events, trail
+from audit import chain, trail
 from audit.processes import application_activity
+from project.auditing import events
 
 
 @shared_task(name="audit.seal", ignore_result=True)

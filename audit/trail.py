@@ -1,9 +1,11 @@
 """The audit trail's API: ``record`` (now, in the caller's transaction) and ``record_soon``
-(reads, written by an in-process writer thread).  Every other app calls these two.
+(reads, written by an in-process writer thread).  Every other app calls these two, here or
+through ``project.auditing.recording`` (the domain, which does not import this app): the audit app
+registers this module as that recorder when Django starts (``audit.apps``).
 
-A record is an audit message of DICOM PS3.15 A.5.1: EventID (``event_id``, an
-:mod:`audit.events` code), EventActionCode (``action``), EventOutcomeIndicator (``outcome``),
-EventTypeCode (``event_type``), the active participant (``actor`` of ``actor_kind``, from
+A record is an audit message of DICOM PS3.15 A.5.1: EventID (``event_id``, a
+:mod:`project.auditing.events` code), EventActionCode (``action``), EventOutcomeIndicator
+(``outcome``), EventTypeCode (``event_type``), the active participant (``actor`` of ``actor_kind``, from
 ``source_address``, to ``destination``) and the participant objects (``patients``, ``objects``).
 No patient data goes to the log: what goes wrong here is logged with record ids and counts only.
 """
@@ -25,8 +27,8 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
-from audit import events
 from audit.models import AuditPatient, AuditRecord
+from project.auditing import events
 from project.text import no_nul
 
 logger = logging.getLogger(__name__)

@@ -13,8 +13,9 @@ The inbound messages' changes are recorded where they are applied (the ris servi
 
 from __future__ import annotations
 
-from audit import events, trail
+from audit import trail
 from hl7gateway.models.outbound import ADT
+from project.auditing import events
 
 
 def _pid3_pairs(patient_id_text: str) -> list[tuple[str, str]]:

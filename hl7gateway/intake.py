@@ -20,14 +20,14 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 
-from audit import events
-from audit.actors import acting, hl7_actor_name
 from hl7gateway import auditing as hl7_auditing
 from hl7gateway import limits, refusals, senders
 from hl7gateway.acks import build_ack, encode_ack
 from hl7gateway.mapping import map_message
 from hl7gateway.models import InboundMessage
 from hl7gateway.parsing import MSH, HL7Error, parse, read_msh
+from project.auditing import events
+from project.auditing.actors import acting, hl7_actor_name
 from project.text import no_nul
 from ris import auditing
 from ris.commands import MergePatients, OrderCommand, RegisterPatient, UpdatePatient

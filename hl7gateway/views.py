@@ -19,13 +19,13 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from audit import web as web_audit
 from hl7gateway.models import OutboundDestination, OutboundMessage
 from hl7gateway.models.outbound import CHARGE, DELIVERED, FAILED, PENDING
 from hl7gateway.outbox import actions, queries
 from hl7gateway.outbox.queue import blocking_message
 from hl7gateway.outbox.rules import ENTITY
 from project.access import ADMINISTRATOR, roles
+from project.auditing import web as web_audit
 from ris import auditing as ris_auditing
 from ris.errors import DomainError
 from ris.services.transitions import history

@@ -23,7 +23,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from audit import chain, events, trail
+from audit import chain, trail
 from audit.models import AuditPatient, AuditRecord
 from audit.search import (
     CSV_COLUMNS,
@@ -36,6 +36,7 @@ from audit.search import (
     who_saw,
 )
 from project.access import ADMINISTRATOR, PRIVACY_OFFICER, roles
+from project.auditing import events
 from project.https import client_address
 
 PAGE_SIZE = 50

@@ -16,13 +16,13 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
-from audit import web as web_audit
 from hl7gateway.views import age
 from monitoring import journey as journey_mod
 from monitoring import models as alarm_kinds
 from monitoring import replay, selectors, services
 from monitoring.records import ReplayRecord
 from project.access import ADMINISTRATOR, roles
+from project.auditing import web as web_audit
 from ris import auditing as ris_auditing
 from ris.errors import DomainError
 

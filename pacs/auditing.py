@@ -31,7 +31,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from audit import events, trail
+from audit import trail
+from project.auditing import events
 
 MWL_FIND_SOP_CLASS = "1.2.840.10008.5.1.4.31"
 MPPS_SOP_CLASS = "1.2.840.10008.3.1.2.3.3"

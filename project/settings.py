@@ -81,7 +81,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "project.access.DefaultDenyMiddleware",
     # The signed-in user is the actor of the audit records of every change a request makes.
-    "audit.web.AuditActorMiddleware",
+    "project.auditing.web.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns a sign-in refused for a lockout into the "locked" page (django-axes).

@@ -5,8 +5,8 @@ an inline save and a delete the change, naming the patients and objects by the d
 
 from __future__ import annotations
 
-from audit import events
-from audit.web import actor_name, query, read
+from project.auditing import events
+from project.auditing.web import actor_name, query, read
 from ris import auditing
 
 

@@ -2,15 +2,15 @@
 A.5.3.13 Order Record, A.5.3.14 Patient Record, A.5.3.15 Procedure Record; IHE ATNA).
 
 The services call :func:`change`; who acted is not a parameter of every service but the context
-the adapter sets with ``audit.actors.acting`` (the web middleware sets the user and the client
-address; the HL7 intake MSH-3^MSH-4 with the message control ID; the MPPS service the calling AE
-title).  Without one the actor is the engine itself (actor
-kind "system").
+the adapter sets with ``project.auditing.actors.acting`` (the web middleware sets the user and
+the client address; the HL7 intake MSH-3^MSH-4 with the message control ID; the MPPS service the
+calling AE title).  Without one the actor is the engine itself (actor kind "system").
 
-A change's record is written in the caller's transaction (``audit.trail.record``), so that it
-commits or rolls back with the change.  Inside :func:`collecting` (the HL7 intake) the records
-are gathered instead and written by :func:`write_collected` in one statement before the commit:
-one round trip per message, whatever the message changed.
+A change's record is written in the caller's transaction (``project.auditing.recording.record``,
+which the ``audit`` app's trail carries out), so that it commits or rolls back with the change.
+Inside :func:`collecting` (the HL7 intake) the records are gathered instead and written by
+:func:`write_collected` in one statement before the commit: one round trip per message, whatever
+the message changed.
 
 Patients are named by identifier and issuer (PID-3.1 / PID-3.4 = PatientID / IssuerOfPatientID),
 never by name; demographics appear only as the before and after of a change of them, in the
@@ -25,8 +25,8 @@ from contextvars import ContextVar
 
 from django.conf import settings
 
-from audit import events, trail
-from audit.actors import current_actor
+from project.auditing import events, recording
+from project.auditing.actors import current_actor
 from ris.models import PatientIdentifier
 from ris.services import pg
 
@@ -47,7 +47,7 @@ def collecting() -> Iterator[list]:
 def write_collected() -> None:
     pending = _pending.get()
     if pending:
-        trail.record_prepared(pending, cursor=pg.cursor)
+        recording.record_prepared(pending, cursor=pg.cursor)
         pending.clear()
 
 
@@ -65,9 +65,9 @@ def change(event_id, action: str, *, patients: Iterable[tuple[str, str]] = (), o
                   detail={**who.detail, **(detail or {})})
     pending = _pending.get()
     if pending is not None:
-        pending.append(trail.prepare(event_id, **kwargs))
+        pending.append(recording.prepare(event_id, **kwargs))
     else:
-        trail.record(event_id, **kwargs)
+        recording.record(event_id, **kwargs)
 
 
 # --- Naming what a record is about ---------------------------------------------------------------

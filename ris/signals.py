@@ -1,5 +1,6 @@
 """Signals the RIS domain sends so that other apps can follow its changes without ris
-importing them (ris imports nothing of ours but audit and project).
+importing them (ris imports nothing of ours but project; it records its changes through
+project.auditing, see ris.auditing).
 
 Every one is sent inside the transaction that makes the change, so that what a receiver
 writes commits or rolls back with it:

@@ -22,10 +22,10 @@ from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from audit import events
-from audit import web as web_audit
-from audit.actors import acting
 from project.access import RADIOLOGIST, RESIDENT, declare_roles, has_role
+from project.auditing import events
+from project.auditing import web as web_audit
+from project.auditing.actors import acting
 from ris import auditing as ris_auditing
 from ris.errors import DomainError, UnknownKey
 from ris.models import Report

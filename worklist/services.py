@@ -16,8 +16,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from audit import events
 from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, has_role
+from project.auditing import events
 from ris import auditing, states
 from ris.errors import DomainError
 from ris.models import Report, RequestedProcedure

@@ -19,10 +19,10 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from audit import events
-from audit import web as web_audit
 from project import csp
 from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST, has_role, roles
+from project.auditing import events
+from project.auditing import web as web_audit
 from ris.errors import DomainError
 from ris.models import Report, ReportTemplate
 from ris.services import reports

@@ -28,10 +28,11 @@ from django.contrib.auth.decorators import login_not_required
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from audit import events, trail
-from audit import web as web_audit
+from audit import trail
 from project import links
 from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST, declare_roles, has_role
+from project.auditing import events
+from project.auditing import web as web_audit
 
 #: The roles that may see images.
 IMAGE_ROLES = (RADIOLOGIST, RESIDENT, TECHNOLOGIST, ADMINISTRATOR)

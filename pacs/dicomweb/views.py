@@ -26,8 +26,6 @@ from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 
-from audit import events
-from audit import web as web_audit
 from pacs import storage
 from pacs.dicomweb import files, media
 from pacs.dicomweb.access import Grant, dicomweb_view, problem
@@ -35,6 +33,8 @@ from pacs.models import Instance
 from pacs.services import index_query as iq
 from pacs.services import recall
 from project import links
+from project.auditing import events
+from project.auditing import web as web_audit
 
 _CONTROL = {"limit", "offset", "fuzzymatching", "includefield", links.STUDY_LINK_PARAMETER}
 

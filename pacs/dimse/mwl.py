@@ -26,7 +26,6 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
-from audit import events
 from pacs import auditing
 from pacs.dimse import db, policy
 from pacs.dimse.counting import counted
@@ -43,6 +42,7 @@ from pacs.dimse.matching import (
 from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
 from pacs.lib.dicom_values import format_da, format_tm
 from pacs.signals import worklist_items_returned
+from project.auditing import events
 
 log = logging.getLogger("pacs.dimse.mwl")
 

@@ -63,7 +63,6 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from audit import events
 from pacs import auditing, storage
 from pacs.dimse import db, requestor, ul
 from pacs.dimse import recall as qr_recall
@@ -77,6 +76,7 @@ from pacs.lib.dicom_values import (
 )
 from pacs.models import DicomNode, Instance
 from pacs.services import index_query as iq
+from project.auditing import events
 from project.peers import network
 
 log = logging.getLogger("pacs.dimse.qr")

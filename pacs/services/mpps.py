@@ -25,12 +25,12 @@ from django.db import transaction
 from django.utils import timezone
 from pydicom.dataset import Dataset
 
-from audit import events
-from audit.actors import acting
 from pacs import auditing
 from pacs.lib.dicom_values import ValueError_, parse_da, parse_tm
 from pacs.models.mpps import COMPLETED, DISCONTINUED, FINAL, IN_PROGRESS, PerformedInstance, PerformedProcedureStep
 from pacs.signals import mpps_completed
+from project.auditing import events
+from project.auditing.actors import acting
 from project.text import no_nul
 from ris import states
 from ris.errors import InvalidTransition

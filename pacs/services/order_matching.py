@@ -17,10 +17,10 @@ import logging
 from django.db import transaction
 from django.utils import timezone
 
-from audit import events
 from pacs.models import Study, StudyLink
 from pacs.models import images as im
 from pacs.services import completion
+from project.auditing import events
 from ris import auditing, states
 from ris.errors import DomainError, UnknownKey
 from ris.models import Patient, PatientIdentifier, RequestedProcedure, ScheduledProcedureStep

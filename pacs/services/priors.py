@@ -34,7 +34,6 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from audit import events
 from pacs import auditing
 from pacs.models import Study, VnaDestination
 from pacs.models import images as im
@@ -44,6 +43,7 @@ from pacs.models.priors import Prior
 from pacs.services.routing import archive, destinations
 from pacs.services.routing.schedule import backoff_seconds
 from pacs.services.routing.sending import PermanentError, TransientError
+from project.auditing import events
 from project.celery import app
 from project.delivery import leases
 from project.delivery.sweep import publish_each

@@ -12,8 +12,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from audit import events
-from audit import web as web_audit
 from pacs.models import Prior, StoreConflict, Study, Transfer
 from pacs.models import images as im
 from pacs.models import priors as pr
@@ -21,6 +19,8 @@ from pacs.models import transfers as tr
 from pacs.services import order_matching, resends
 from pacs.services.routing import actions as transfer_actions
 from project.access import ADMINISTRATOR, TECHNOLOGIST, has_role, roles
+from project.auditing import events
+from project.auditing import web as web_audit
 from ris import auditing as ris_auditing
 from ris.errors import DomainError
 from ris.models import PatientIdentifier, RequestedProcedure

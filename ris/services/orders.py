@@ -21,7 +21,7 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from audit import events
+from project.auditing import events
 from ris import auditing, states
 from ris.commands import OrderCommand, ProcedureData
 from ris.errors import DuplicateKey, InvalidTransition, TableValueNotFound, UnknownKey

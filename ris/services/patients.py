@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from django.db.models import ForeignKey
 
-from audit import events
+from project.auditing import events
 from ris import auditing
 from ris.commands import MergePatients, PatientData, RegisterPatient, UpdatePatient, VisitData
 from ris.errors import UnknownKey

@@ -33,7 +33,7 @@ from datetime import date, datetime
 
 from django.conf import settings
 
-from audit import events
+from project.auditing import events
 from ris import auditing, states
 from ris.commands import OrderCommand, PatientData, PatientIdentity, ProcedureData, VisitData
 from ris.errors import DuplicateKey, RequiredFieldMissing

@@ -28,8 +28,8 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from audit import events
 from project.access import RADIOLOGIST, RESIDENT, has_role
+from project.auditing import events
 from ris import auditing
 from ris.errors import DomainError, UnknownKey
 from ris.models import Report, ReportTemplate, ReportVersion, RequestedProcedure

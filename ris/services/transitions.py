@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.db import models
 
-from audit import events
+from project.auditing import events
 from ris import auditing, states
 from ris.errors import InvalidTransition
 from ris.models import PatientIdentifier, StatusChange

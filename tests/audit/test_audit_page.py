@@ -13,9 +13,10 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from audit import chain, events, tasks, trail
+from audit import chain, tasks, trail
 from audit.models import AuditRecord, ChainCheck
 from project.access import ADMINISTRATOR, PRIVACY_OFFICER, RADIOLOGIST, RESIDENT, ROLES, TECHNOLOGIST
+from project.auditing import events
 from tests import factories
 
 PAGES = ["/audit/", "/audit/who-saw/?patient_id=PAT-A", "/audit/export.csv"]

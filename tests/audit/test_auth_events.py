@@ -12,9 +12,9 @@ from django.db import transaction
 from django.test import Client
 
 from accounts import auth_audit
-from audit import events
 from audit.models import AuditRecord
 from project.access import ADMINISTRATOR, PRIVACY_OFFICER, RADIOLOGIST, TECHNOLOGIST
+from project.auditing import events
 
 PASSWORD = "pw-For-Tests-1"
 

@@ -13,8 +13,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, connections, transaction
 
-from audit import chain, events, tasks, trail
+from audit import chain, tasks, trail
 from audit.models import AppendOnlyError, AuditPatient, AuditRecord
+from project.auditing import events
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,8 +16,8 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from audit import events
 from audit.models import AuditRecord
+from project.auditing import events
 from tests.support.celery_worker import CeleryWorker
 from tests.support.net import free_port
 from tests.support.waiting import wait_for

@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from django.db import DatabaseError, connection, transaction
 
-from audit import chain, events, trail
+from audit import chain, trail
+from project.auditing import events
 from audit.models import AuditPatient, AuditRecord
 
 assert connection.vendor == "sqlite", connection.vendor

@@ -8,8 +8,9 @@ import time
 import pytest
 from django.db import connection, connections, transaction
 
-from audit import events, trail
+from audit import trail
 from audit.models import AuditPatient, AuditRecord
+from project.auditing import events
 
 
 def _query(**kw):

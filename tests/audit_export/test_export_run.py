@@ -14,12 +14,13 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 from django.utils import timezone
 
-from audit import chain, events, exports, trail
+from audit import chain, exports, trail
 from audit.models import AuditExport, AuditRecord
 from audit_export import run, tasks
 from monitoring import selectors, services
 from monitoring.models import AUDIT_BACKLOG, Alarm
 from project.access import ADMINISTRATOR
+from project.auditing import events
 from tests.factories import rule, user
 from tests.support.audit_records import actors, login
 from tests.support.postgres import conninfo

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from audit import events, trail
+from audit import trail
 from audit.models import AuditRecord
 from project.access import PRIVACY_OFFICER, RADIOLOGIST
+from project.auditing import events
 from tests.factories import reading as f
 from tests.support.browser import login
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from audit import events, trail
+from audit import trail
 from audit.models import AuditPatient, AuditRecord
 from hl7gateway.models import OutboundMessage
 from hl7gateway.outbox import delivery
 from hl7gateway.server import MLLPServer
+from project.auditing import events
 from tests.factories import oru as h
 from tests.support.hl7 import ack_fields, connect, exchange, fixture, with_control_id
 from tests.support.mllp_sink import AR, MLLPSink

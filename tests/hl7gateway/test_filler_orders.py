@@ -16,7 +16,6 @@ from django.urls import reverse
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
-from audit import events
 from audit.models import AuditRecord
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage, OutboundMessage
@@ -26,6 +25,7 @@ from monitoring import selectors, services
 from monitoring.models import OUTBOUND_BACKLOG, Alarm
 from pacs.models import Study
 from project.access import ADMINISTRATOR, TECHNOLOGIST
+from project.auditing import events
 from ris.models import Order
 from tests.factories import make_step, rule
 from tests.factories import oru as h

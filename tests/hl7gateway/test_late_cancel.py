@@ -17,12 +17,12 @@ from django.utils import timezone
 from hl7.client import MLLPClient
 from pydicom.uid import generate_uid
 
-from audit import events
 from audit.models import AuditRecord
 from hl7gateway.models import InboundMessage, OutboundMessage
 from monitoring import journey
 from pacs.services import mpps
 from project.access import RADIOLOGIST
+from project.auditing import events
 from ris.models import Report, RequestedProcedure, ScheduledProcedureStep
 from tests.factories import oru as h
 from tests.factories import reading, received_study

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from audit import events, trail
+from audit import trail
 from audit.models import AuditRecord
 from hl7gateway import senders
 from hl7gateway.mllp import frame
 from hl7gateway.models import InboundMessage
+from project.auditing import events
 from project.tls import server_context
 from ris.models import Order
 from tests.support.hl7 import ack_fields, fixture, new_order, recv_frame

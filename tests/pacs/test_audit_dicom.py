@@ -15,10 +15,11 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep, Verification
 
-from audit import events, trail
+from audit import trail
 from audit.models import AuditPatient, AuditRecord
 from pacs.dimse import db
 from pacs.models import DicomNode, DicomRefusal
+from project.auditing import events
 from tests.factories import local, make_patient, make_step
 from tests.support.dicom import associate_from, findscu, port_of, tls_echoscu
 from tests.support.mpps import completion_dataset, n_create_dataset

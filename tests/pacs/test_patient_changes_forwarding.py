@@ -13,7 +13,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from audit import events, trail
+from audit import trail
 from audit.models import AuditRecord
 from hl7gateway import conformance
 from hl7gateway.models import OutboundMessage
@@ -24,6 +24,7 @@ from pacs.models import images as im
 from pacs.models import transfers as tr
 from pacs.services.routing import archive
 from project.access import ADMINISTRATOR
+from project.auditing import events
 from ris.services.transitions import transition
 from tests.factories import make_patient, make_step, user, vna_study
 from tests.support.hl7 import adt_a08, adt_a40, send_mllp

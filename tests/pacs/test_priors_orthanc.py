@@ -105,8 +105,9 @@ def test_priors_under_a_merged_away_id_are_found_chosen_and_fetched(engine, orth
     queue = client.get(reverse("imaging:reconciliation")).content.decode()
     assert newer not in queue and older not in queue
     # The query of the VNA is on the audit trail (PS3.15 A.5.3.10), with both identifiers asked.
-    from audit import events, trail
+    from audit import trail
     from audit.models import AuditRecord
+    from project.auditing import events
 
     trail.flush()
     (asked,) = AuditRecord.records.filter(event_id=events.QUERY.value, actor="priors")

@@ -15,9 +15,10 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
 )
 
-from audit import events, trail
+from audit import trail
 from audit.models import AuditRecord
 from pacs.models import DicomNode, Study
+from project.auditing import events
 from tests.support.dicom import (
     OTHER,
     associate_from,

@@ -13,12 +13,13 @@ from django.db import connection
 from django.utils import timezone
 from pydicom.uid import generate_uid
 
-from audit import events, trail
+from audit import trail
 from audit.models import AuditRecord
 from pacs.models import Study, Transfer, TransferItem, VnaDestination
 from pacs.models import images as im
 from pacs.models import transfers as tr
 from pacs.services.routing import destinations, sweep, transfers
+from project.auditing import events
 from ris.models import StatusChange
 from tests.support.dicom import port
 from tests.support.orthanc import OrthancProcess, storescu, write_study

@@ -5,13 +5,15 @@ services, and the admin."""
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
-from audit import events
-from audit.actors import acting
+from audit import trail
 from audit.models import AuditRecord
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage
+from project.auditing import events, recording
+from project.auditing.actors import acting
 from ris.commands import PatientData, PatientIdentity, RegisterPatient
 from ris.models import Patient
 from ris.services import patients
@@ -102,6 +104,30 @@ def test_a_service_change_that_rolls_back_leaves_no_record():
         raise Refused
     assert not Patient.objects.filter(identifiers__id_number="RB0001").exists()
     assert AuditRecord.records.filter(patients__patient_id="RB0001").count() == 0
+
+
+def test_the_domain_records_through_the_trail_the_audit_app_registered():
+    """ris imports nothing of ours but project: its changes go to ``project.auditing.recording``,
+    which the audit app pointed at its trail when Django started."""
+    assert recording.registered() is trail
+
+
+def test_a_service_change_with_no_recorder_raises_and_is_not_kept(monkeypatch):
+    monkeypatch.setattr(recording, "_recorder", None)
+    cmd = RegisterPatient(PatientData([PatientIdentity("NOREC1", "HOSP")], patient_name="NO^RECORDER"))
+    with pytest.raises(ImproperlyConfigured, match="no audit recorder"), transaction.atomic():
+        patients.register_patient(cmd)
+    assert not Patient.objects.filter(identifiers__id_number="NOREC1").exists()
+    assert AuditRecord.records.count() == 0
+
+
+def test_a_message_with_no_recorder_is_refused_and_kept_but_changes_nothing(monkeypatch):
+    monkeypatch.setattr(recording, "_recorder", None)
+    ack = handle_payload(fixture("cerner_adt_a04.hl7"), "127.0.0.1:5000")
+    assert b"|AA|" not in ack
+    assert InboundMessage.objects.filter(message_control_id="CRN-A04-1").exists()
+    assert not Patient.objects.filter(identifiers__id_number="C2000010").exists()
+    assert AuditRecord.records.count() == 0
 
 
 def test_the_actor_of_the_context_is_recorded_and_without_one_the_engine():

@@ -11,13 +11,13 @@ from django.contrib import admin
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
-from audit import events
 from audit.models import AuditPatient, AuditRecord
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import InboundMessage, OutboundMessage
 from hl7gateway.outbox import enqueue
 from pacs.models import Instance, PerformedProcedureStep, Prior, Series, Study, StudyLink, Transfer, VnaDestination
 from pacs.models import images as im
+from project.auditing import events
 from ris.audited_admin import AuditedAdmin
 from ris.models import Patient, PatientMerge, ReportTemplate, StatusChange
 from tests.factories import oru as oh

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 import pytest
 from django.conf import settings
 
-from audit import events
+from project.auditing import events
 from ris import states
 from ris.commands import OrderCommand, PatientData, PatientIdentity, ProcedureData, StepData, VisitData
 from ris.errors import DuplicateKey, RequiredFieldMissing

@@ -12,10 +12,11 @@ from pathlib import Path
 from lxml import etree
 
 import audit_export
-from audit import events, trail
+from audit import trail
 from audit.models import AuditRecord
 from audit_export.message import Engine
 from audit_export.syslog import BOM
+from project.auditing import events
 
 #: The RELAX NG schema of the audit message (the engine's copy of PS3.15's).
 SCHEMA = etree.RelaxNG(etree.parse(str(Path(audit_export.__file__).with_name("audit-message.rng"))))

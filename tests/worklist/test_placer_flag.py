@@ -15,12 +15,12 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 from django.utils import timezone
 
-from audit import events
 from audit.models import AuditRecord
 from hl7gateway.intake import handle_payload
 from hl7gateway.models import OutboundMessage
 from pacs.services import completion
 from project.access import RADIOLOGIST, RESIDENT
+from project.auditing import events
 from ris.models import Report, RequestedProcedure
 from tests.factories import oru as h
 from tests.factories import reading, received_study

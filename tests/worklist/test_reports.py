@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from audit import events
 from audit.models import AuditRecord
 from hl7gateway.models.outbound import OutboundDestination, OutboundMessage
 from project.access import ADMINISTRATOR, RADIOLOGIST, RESIDENT, TECHNOLOGIST
+from project.auditing import events
 from ris.models import Report, ReportTemplate, ReportVersion, StatusChange
 from ris.services import reports
 from tests.factories import reading as f

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from audit import events
+from project.auditing import events
 
 
 @dataclass(frozen=True)

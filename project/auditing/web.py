@@ -3,7 +3,7 @@ from where (DICOM PS3.15 A.5.3, IHE ATNA; the table of which page writes which e
 README.md, "Audit trail").
 
 - :class:`AuditActorMiddleware` makes the signed-in user the actor of every change a request
-  causes (``audit.actors.acting``), so the domain services record who changed what.
+  causes (``project.auditing.actors.acting``), so the domain services record who changed what.
 - :func:`read` records that a page or API answer showed patient data (``record_soon``: off the
   request's critical path; action R); :func:`query` that a list was answered.
 - The admin's change list, change view, save and delete: ``ris.audited_admin.AuditedAdmin``.
@@ -18,9 +18,9 @@ from collections.abc import Iterable
 
 from django.conf import settings
 
-from audit import events, trail
-from audit.actors import acting
 from project import https
+from project.auditing import events, recording
+from project.auditing.actors import acting
 
 
 def client_address(request) -> str:
@@ -58,7 +58,7 @@ def read(request, event_id, *, patients: Iterable[tuple[str, str]] = (), objects
         return
     pairs = list(dict.fromkeys((str(p), str(i or "")) for p, i in patients if p))
     page = getattr(getattr(request, "resolver_match", None), "view_name", "") or request.path
-    trail.record_soon(event_id, action=events.READ, actor=actor or actor_name(request) or "anonymous",
+    recording.record_soon(event_id, action=events.READ, actor=actor or actor_name(request) or "anonymous",
                       actor_kind=events.USER, source_address=client_address(request), patients=pairs,
                       objects=list(objects), detail={"page": page, **(detail or {})})
 
