@@ -22,9 +22,9 @@ import time
 from django.conf import settings
 from pydicom.dataset import Dataset
 
-from audit import events
 from pacs.dimse import db
 from pacs.services import recall
+from project.auditing import events
 
 OUT_OF_RESOURCES_SUBOPERATIONS = 0xA702
 UNABLE_TO_PROCESS = 0xC000

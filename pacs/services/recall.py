@@ -28,11 +28,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from audit import events, trail
+from audit import trail
 from pacs.models import Prior, Study, Transfer, VnaDestination
 from pacs.models import priors as pr
 from pacs.models import transfers as tr
 from pacs.services import priors
+from project.auditing import events
 
 log = logging.getLogger("pacs.recall")
 

@@ -16,7 +16,7 @@ from dicomweb_client.api import DICOMwebClient
 from django.utils import timezone
 from pydicom import dcmread
 
-from audit import events, trail
+from audit import trail
 from audit.models import AuditRecord
 from pacs import storage
 from pacs.models import DicomNode, Instance, Prior, Study, Transfer, VnaDestination
@@ -25,6 +25,7 @@ from pacs.models import priors as pr
 from pacs.models import transfers as tr
 from pacs.services.routing import archive
 from project.access import RADIOLOGIST
+from project.auditing import events
 from tests import factories
 from tests.support.dicom import retrieve_tool, start_storescp
 from tests.support.net import free_port
