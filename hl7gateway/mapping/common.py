@@ -61,8 +61,11 @@ def group_obr(group: list[Segment], obrs_before: int) -> Segment | None:
     having cancelled only the first."""
     obrs = [s for s in group if s.id == "OBR"]
     if len(obrs) > 1:
-        raise HL7Error("more than one OBR after one ORC: each procedure needs its own ORC", code=100,
-                       location=f"OBR^{obrs_before + 2}")
+        raise HL7Error(
+            "more than one OBR after one ORC: each procedure needs its own ORC",
+            code=100,
+            location=f"OBR^{obrs_before + 2}",
+        )
     return obrs[0] if obrs else None
 
 

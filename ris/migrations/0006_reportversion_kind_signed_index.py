@@ -5,15 +5,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('ris', '0005_placer_status'),
+        ("ris", "0005_placer_status"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='reportversion',
-            index=models.Index(fields=['kind', 'signed_at', 'id'], name='reportversion_kind_signed'),
+            model_name="reportversion",
+            index=models.Index(fields=["kind", "signed_at", "id"], name="reportversion_kind_signed"),
         ),
     ]
