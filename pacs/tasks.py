@@ -36,7 +36,7 @@ def find_priors(self, requested_procedure_id: int) -> int:
     try:
         return len(priors.find_priors(requested_procedure_id, last_attempt=last))
     except TransientError as exc:
-        raise self.retry(countdown=priors.backoff_seconds(self.request.retries + 1),
+        raise self.retry(countdown=schedule.backoff_seconds(self.request.retries + 1),
                          max_retries=settings.TRANSFER_MAX_ATTEMPTS) from exc
 
 

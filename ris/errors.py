@@ -31,6 +31,14 @@ class DuplicateKey(DomainError):
     code = 205
 
 
+class OrderCancelled(DomainError):
+    """A change (ORC-1 XO) of an order or procedure the placer cancelled or discontinued: refused,
+    as a filler answers UX "unable to change" (HL7 v2.5.1 table 0119); HL7 0357 has no closer code
+    than 207."""
+
+    code = 207
+
+
 class InvalidTransition(DomainError):
     """A status change not allowed by ris.states."""
 

@@ -82,7 +82,8 @@ RP_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
 # RP_DISCONTINUED by the modality) leaves the workflow status as it is -- the images exist and the
 # exam was done -- and is recorded here, so the reading worklist flags the study and a final
 # signature needs a confirmation.  Before the exam, the workflow status follows too (CANCELED,
-# DISCONTINUED) and the placer status records who asked.
+# DISCONTINUED) and the placer status records who asked.  No placer message clears it: a change
+# (XO) of a procedure with a placer status is refused (ris.services.orders).
 PLACER_NONE = ""
 PLACER_CANCELED = "CANCELED"
 PLACER_DISCONTINUED = "DISCONTINUED"

@@ -28,6 +28,20 @@ def test_backoff_doubles_per_failure_up_to_the_cap_with_jitter():
         assert max(values) - min(values) > full * 0.3
 
 
+def test_next_attempt_after_a_transient_failure_or_none_at_the_cap():
+    now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    rng = random.Random(5)
+    for attempts in (1, 2, 4):
+        retry = backoff.next_attempt(attempts, max_attempts=5, base=10.0, cap=100.0, now=now, rng=rng)
+        ceiling = min(100.0, 10.0 * 2 ** (attempts - 1))
+        assert ceiling * 0.5 <= retry.delay <= ceiling
+        assert retry.at == now + dt.timedelta(seconds=retry.delay)
+    assert backoff.next_attempt(5, max_attempts=5, base=10.0, cap=100.0, now=now) is None
+    assert backoff.next_attempt(9, max_attempts=5, base=10.0, cap=100.0, now=now) is None
+    unbounded = backoff.next_attempt(50, max_attempts=None, base=10.0, cap=100.0, now=now)
+    assert unbounded is not None and 50.0 <= unbounded.delay <= 100.0
+
+
 def test_a_lease_is_held_until_it_ends():
     now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
     end = leases.until(now, 30)

@@ -53,6 +53,22 @@ def parse_date(value: str, location: str) -> date | None:
         raise HL7Error(f"{value!r} is not a valid date", code=102, location=location) from None
 
 
+def group_obr(group: list[Segment], obrs_before: int) -> Segment | None:
+    """The OBR of an order group, if any.  An ORC is followed by one OBR (ORM^O01 ORDER_DETAIL,
+    HL7 v2.3.1 4.2; OMI^O23 ORDER, v2.5.1 4.4.10); a second OBR before the next ORC is a segment
+    sequence error (AE 100 at that OBR, ``obrs_before`` counting the OBRs of the groups before),
+    never dropped: a cancel naming two procedures under one ORC would otherwise be acknowledged AA
+    having cancelled only the first."""
+    obrs = [s for s in group if s.id == "OBR"]
+    if len(obrs) > 1:
+        raise HL7Error(
+            "more than one OBR after one ORC: each procedure needs its own ORC",
+            code=100,
+            location=f"OBR^{obrs_before + 2}",
+        )
+    return obrs[0] if obrs else None
+
+
 def _pn(family: str, given: str, middle: str, prefix: str, suffix: str) -> str:
     return "^".join([family, given, middle, prefix, suffix]).rstrip("^")
 

@@ -7,7 +7,15 @@ IPC segments with other values are further procedures.  Each IPC is one schedule
 
 from __future__ import annotations
 
-from hl7gateway.mapping.common import cause, parse_ts, patient_from_pid, priority, visit_from_pv1, xcn_to_pn
+from hl7gateway.mapping.common import (
+    cause,
+    group_obr,
+    parse_ts,
+    patient_from_pid,
+    priority,
+    visit_from_pv1,
+    xcn_to_pn,
+)
 from hl7gateway.mapping.orm import order_control
 from hl7gateway.parsing import HL7Error, ParsedMessage
 from ris.commands import OrderCommand, ProcedureData, StepData
@@ -26,7 +34,7 @@ def map_omi(msg: ParsedMessage) -> list[OrderCommand]:
     for index, group in enumerate(groups, start=1):
         orc = group[0]
         control, status = order_control(orc, index)
-        obr = next((s for s in group if s.id == "OBR"), None)
+        obr = group_obr(group, obr_index)
         tq1 = next((s for s in group if s.id == "TQ1"), None)
         ipcs = [s for s in group if s.id == "IPC"]
         placer = orc.get(2) or (obr.get(2) if obr else "")

@@ -1,7 +1,7 @@
 """ORM^O01 (HL7 v2.3.1 section 4.2; IHE RAD-2/RAD-4) -> ``ris.commands.OrderCommand``.
 
 Structure read: MSH, PID, [PV1], then one or more groups ORC, [OBR], [ZDS], ... (NTE, OBX,
-DG1 ignored).  Each ORC/OBR group is one requested procedure; groups with the same placer
+DG1 ignored; a second OBR in a group is refused).  Each ORC/OBR group is one requested procedure; groups with the same placer
 order number (ORC-2, else OBR-2) form one order.  Fields: docs/hl7-interface.md 1.4.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from hl7gateway.mapping.common import (
     cause,
+    group_obr,
     patient_from_pid,
     priority,
     station_ae_for,
@@ -50,7 +51,7 @@ def map_orm(msg: ParsedMessage) -> list[OrderCommand]:
     for index, group in enumerate(groups, start=1):
         orc = group[0]
         control, status = order_control(orc, index)
-        obr = next((s for s in group if s.id == "OBR"), None)
+        obr = group_obr(group, obr_index)
         zds = next((s for s in group if s.id == "ZDS"), None)
         if obr is not None:
             obr_index += 1

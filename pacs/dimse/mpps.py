@@ -11,18 +11,17 @@ from __future__ import annotations
 import logging
 
 from django.db import DatabaseError
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from pacs.dimse import db
 from pacs.dimse.counting import counted
+from pacs.dimse.status import SUCCESS, failure
 from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
 from pacs.services import mpps as service
 
 log = logging.getLogger("pacs.dimse.mpps")
 
-SUCCESS = 0x0000
 
 
 def contexts():
@@ -30,15 +29,7 @@ def contexts():
 
 
 def _status(refused: service.MppsRefused) -> Dataset:
-    status = Dataset()
-    status.Status = refused.status
-    status.ErrorComment = refused.comment[:64]
-    if refused.error_id is not None:
-        status.ErrorID = refused.error_id
-    tags = [tag_for_keyword(k) for k in refused.offending if tag_for_keyword(k) is not None]
-    if tags:
-        status.AttributeIdentifierList = tags
-    return status
+    return failure(refused.status, refused.comment, error_id=refused.error_id, offending=refused.offending)
 
 
 def _answer(kind: str, call, event, uid: str, dataset_of):

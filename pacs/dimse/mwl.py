@@ -39,6 +39,14 @@ from pacs.dimse.matching import (
     build_queryset,
     read_identifier,
 )
+from pacs.dimse.status import (
+    CANCELED,
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+    PENDING,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+)
+from pacs.dimse.status import failure as _failure
 from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
 from pacs.lib.dicom_values import format_da, format_tm
 from pacs.signals import worklist_items_returned
@@ -46,11 +54,6 @@ from project.auditing import events
 
 log = logging.getLogger("pacs.dimse.mwl")
 
-PENDING = 0xFF00
-SUCCESS = 0x0000
-CANCELED = 0xFE00
-IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-UNABLE_TO_PROCESS = 0xC000
 
 
 def contexts():
@@ -298,14 +301,6 @@ def _audit(event, identifier: Dataset, rows: list, outcome: int) -> None:
                            issuer_path=ISSUER_OF_PATIENT_ID, outcome=outcome)
     except Exception:  # noqa: BLE001
         log.exception("mwl query not recorded on the audit trail")
-
-
-def _failure(code: int, text: str) -> Dataset:
-    """A failure status with ErrorComment (0000,0902), at most 64 characters."""
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = text[:64]
-    return status
 
 
 def handlers():

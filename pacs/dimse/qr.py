@@ -69,6 +69,14 @@ from pacs.dimse import recall as qr_recall
 from pacs.dimse.acceptor import Aborted
 from pacs.dimse.counting import counted
 from pacs.dimse.matching import IdentifierError, _text_value
+from pacs.dimse.status import (
+    CANCELED,
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+    PENDING,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+)
+from pacs.dimse.status import failure as _failure
 from pacs.dimse.transfer_syntaxes import UNCOMPRESSED
 from pacs.lib.dicom_values import (
     format_da,
@@ -81,16 +89,11 @@ from project.peers import network
 
 log = logging.getLogger("pacs.dimse.qr")
 
-PENDING = 0xFF00
-SUCCESS = 0x0000
-CANCELED = 0xFE00
 WARNING = 0xB000  # sub-operations complete, one or more failures or warnings (C.4.2.1.5)
 OUT_OF_RESOURCES = 0xA700  # C-FIND (C.4.1.1.4)
 OUT_OF_RESOURCES_MATCHES = 0xA701  # C-MOVE, C-GET: unable to calculate the number of matches
 OUT_OF_RESOURCES_SUBOPERATIONS = 0xA702  # unable to perform sub-operations
 MOVE_DESTINATION_UNKNOWN = 0xA801
-IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-UNABLE_TO_PROCESS = 0xC000
 
 PATIENT, STUDY, SERIES, IMAGE = iq.PATIENT, iq.STUDY, iq.SERIES, iq.IMAGE
 DEPTH = iq.DEPTH
@@ -647,14 +650,6 @@ def _audit_retrieval(event, identifier, tally: _Tally | None, destination: str, 
             destination=destination, failed=0 if tally is None else tally.failed, outcome=outcome)
     except Exception:  # noqa: BLE001 - the retrieval stands; the failure to record is logged
         log.exception("retrieval not recorded on the audit trail")
-
-
-def _failure(code: int, text: str) -> Dataset:
-    """A failure status with ErrorComment (0000,0902), at most 64 characters."""
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = text[:64]
-    return status
 
 
 def handlers():

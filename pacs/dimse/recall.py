@@ -23,18 +23,12 @@ from django.conf import settings
 from pydicom.dataset import Dataset
 
 from pacs.dimse import db
+from pacs.dimse.status import UNABLE_TO_PROCESS
+from pacs.dimse.status import failure as _failure
 from pacs.services import recall
 from project.auditing import events
 
-OUT_OF_RESOURCES_SUBOPERATIONS = 0xA702
-UNABLE_TO_PROCESS = 0xC000
-
-
-def _failure(code: int, text: str) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = text[:64]
-    return status
+OUT_OF_RESOURCES_SUBOPERATIONS = 0xA702  # C-MOVE, C-GET: unable to perform sub-operations (PS3.4 C.4.2.1.5)
 
 
 def recall_purged(assoc, identifier: Dataset, items: list, operation: str, *, plan):

@@ -41,7 +41,7 @@ from pacs.models import priors as pr
 from pacs.models import transfers as tr
 from pacs.models.priors import Prior
 from pacs.services.routing import archive, destinations
-from pacs.services.routing.schedule import backoff_seconds
+from pacs.services.routing.schedule import next_attempt
 from pacs.services.routing.sending import PermanentError, TransientError
 from project.auditing import events
 from project.celery import app
@@ -280,14 +280,14 @@ def _retry_later(prior_id: int, reason: str) -> str:
             return p.status
         p.reason = reason[:2000]
         p.lease_expires_at = None
-        if p.attempts >= settings.TRANSFER_MAX_ATTEMPTS:
+        retry = next_attempt(p.attempts)
+        if retry is None:
             return _failed(p, f"gave up after {p.attempts} attempts: {reason}")
-        delay = backoff_seconds(p.attempts)
-        p.next_attempt_at = timezone.now() + dt.timedelta(seconds=delay)
+        p.next_attempt_at = retry.at
         p.save(update_fields=["reason", "lease_expires_at", "next_attempt_at"])
         transition(p, pr.RETRYING, entity="prior", cause=f"transient: {reason}"[:255], actor="priors")
-        enqueue_on_commit(p.pk, countdown=delay)
-    log.warning("fetch from the VNA will be retried", extra={"prior_id": prior_id, "delay": round(delay, 1)})
+        enqueue_on_commit(p.pk, countdown=retry.delay)
+    log.warning("fetch from the VNA will be retried", extra={"prior_id": prior_id, "delay": round(retry.delay, 1)})
     return pr.RETRYING
 
 

@@ -128,24 +128,36 @@ def _age(since, now) -> str:
     return f"{seconds // 86400} d"
 
 
+LIST_LIMIT = 500  # rows an operator list shows, newest first
+
+
+def _status_list(request, queryset, statuses, *, name: str, patients_of) -> dict:
+    """An operator list of rows with a status: filtered by ``?status=`` when it is one of
+    ``statuses`` (else every row), newest first, at most ``LIST_LIMIT``, each with its age; the
+    query recorded on the audit trail with the patients shown (``patients_of(row)``); and the
+    count of every status for the filter links.  The template context: rows, status, states."""
+    status = request.GET.get("status", "")
+    rows = queryset.order_by("-created_at")
+    if status in statuses:
+        rows = rows.filter(status=status)
+    now = timezone.now()
+    rows = list(rows[:LIST_LIMIT])
+    for row in rows:
+        row.age = _age(row.created_at, now)
+    web_audit.query(request, patients=[p for row in rows for p in patients_of(row)],
+                    criteria={"list": name, "status": status}, shown=len(rows))
+    counts = dict(queryset.model.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    return {"rows": rows, "status": status, "states": [(s, counts.get(s, 0)) for s in statuses]}
+
+
 @roles(ADMINISTRATOR, TECHNOLOGIST)
 @require_GET
 def transfers(request):
     """Transfers by state with reason, attempts and age; retry and cancel for administrators."""
-    status = request.GET.get("status", "")
-    rows = Transfer.objects.select_related("study", "destination").order_by("-created_at")
-    if status in tr.STATUSES:
-        rows = rows.filter(status=status)
-    now = timezone.now()
-    rows = list(rows[:500])
-    for row in rows:
-        row.age = _age(row.created_at, now)
-    web_audit.query(request, patients=[p for row in rows for p in ris_auditing.patients_of(row.study)],
-                   criteria={"list": "transfers", "status": status}, shown=len(rows))
-    counts = dict(Transfer.objects.values_list("status").annotate(n=Count("pk")).order_by())
+    listed = _status_list(request, Transfer.objects.select_related("study", "destination"), tr.STATUSES,
+                          name="transfers", patients_of=lambda row: ris_auditing.patients_of(row.study))
     return render(request, "imaging/transfers.html", {
-        "rows": rows, "status": status,
-        "states": [(s, counts.get(s, 0)) for s in tr.STATUSES],
+        **listed,
         "can_act": has_role(request.user, ADMINISTRATOR),
         "retryable": {tr.FAILED, tr.RETRYING, tr.CANCELED, tr.SCHEDULED},
         "cancelable": tr.OPEN | {tr.FAILED},
@@ -157,21 +169,11 @@ def transfers(request):
 def priors(request):
     """Studies fetched from the VNA, by state, with source, attempts, age, reason: the priors of new
     orders and the recalls of studies purged after archiving that a client asked for."""
-    status = request.GET.get("status", "")
-    rows = Prior.objects.select_related("requested_procedure__order", "source").order_by("-created_at")
-    if status in pr.STATUSES:
-        rows = rows.filter(status=status)
-    now = timezone.now()
-    rows = list(rows[:500])
-    for row in rows:
-        row.age = _age(row.created_at, now)
-    web_audit.query(request, patients=[p for row in rows for p in (
-        ris_auditing.patients_of(row.requested_procedure) if row.requested_procedure_id
-        else [(row.patient_id, row.issuer_of_patient_id)] if row.patient_id else [])],
-                    criteria={"list": "priors", "status": status}, shown=len(rows))
-    counts = dict(Prior.objects.values_list("status").annotate(n=Count("pk")).order_by())
-    return render(request, "imaging/priors.html", {
-        "rows": rows, "status": status, "states": [(s, counts.get(s, 0)) for s in pr.STATUSES]})
+    listed = _status_list(
+        request, Prior.objects.select_related("requested_procedure__order", "source"), pr.STATUSES, name="priors",
+        patients_of=lambda row: (ris_auditing.patients_of(row.requested_procedure) if row.requested_procedure_id
+                                 else [(row.patient_id, row.issuer_of_patient_id)] if row.patient_id else []))
+    return render(request, "imaging/priors.html", listed)
 
 
 def _act_on_transfer(request, transfer_id: int, action, done: str):

@@ -85,6 +85,9 @@ class ReportVersion(models.Model):
             models.UniqueConstraint(fields=["report", "version_number"], name="uniq_report_version_number"),
             models.UniqueConstraint(fields=["report"], condition=Q(signed_at__isnull=True), name="one_draft_per_report"),
         ]
+        # Signed versions of a kind in signing order: the final reports whose ORU^R01 is overdue
+        # (monitoring.selectors.undelivered_final_reports) are read oldest first by this index.
+        indexes = [models.Index(fields=["kind", "signed_at", "id"], name="reportversion_kind_signed")]
         ordering = ["report", "version_number"]
 
     def __str__(self) -> str:

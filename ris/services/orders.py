@@ -24,7 +24,7 @@ from django.utils import timezone
 from project.auditing import events
 from ris import auditing, states
 from ris.commands import OrderCommand, ProcedureData
-from ris.errors import DuplicateKey, InvalidTransition, TableValueNotFound, UnknownKey
+from ris.errors import DuplicateKey, InvalidTransition, OrderCancelled, TableValueNotFound, UnknownKey
 from ris.models import Order, Patient, RequestedProcedure, ScheduledProcedureStep
 from ris.services import patients, plans, writers
 from ris.services.identifiers import new_accession_number
@@ -70,6 +70,8 @@ def apply_order(cmd: OrderCommand) -> dict:
     if order is None:
         raise UnknownKey(f"order {cmd.placer_order_number or cmd.filler_order_number} is unknown",
                          location=f"{cmd.location}^{2 if cmd.placer_order_number else 3}")
+    if cmd.order_control == "XO":
+        _refuse_change_of_closed(order, cmd)  # before the patient's demographics are touched
     if order.patient.merged_into_id is None:
         patients.register(cmd.patient, None)
     if cmd.order_control == "XO":
@@ -117,6 +119,13 @@ def _set_status(rp: RequestedProcedure, to_status: str, cmd: OrderCommand) -> li
     return changed
 
 
+def _names(data: ProcedureData, rp: RequestedProcedure) -> bool:
+    """Whether an OBR / IPC names ``rp``: by accession number, else by requested procedure ID."""
+    if data.accession_number:
+        return rp.accession_number == data.accession_number
+    return rp.requested_procedure_id == data.requested_procedure_id
+
+
 def _matching_procedures(order: Order, cmd: OrderCommand, *, add_missing: bool) -> list[RequestedProcedure]:
     """The procedures a status message is about: those named by accession number or requested
     procedure ID (OBR-18/19, IPC-1/2), else all of the order."""
@@ -126,9 +135,7 @@ def _matching_procedures(order: Order, cmd: OrderCommand, *, add_missing: bool) 
         return existing
     result = []
     for data in named:
-        match = next((rp for rp in existing if (data.accession_number and rp.accession_number == data.accession_number)
-                      or (not data.accession_number and rp.requested_procedure_id == data.requested_procedure_id)),
-                     None)
+        match = next((rp for rp in existing if _names(data, rp)), None)
         if match is None:
             if not add_missing:
                 raise UnknownKey(f"procedure {data.accession_number or data.requested_procedure_id} is not part of "
@@ -138,8 +145,42 @@ def _matching_procedures(order: Order, cmd: OrderCommand, *, add_missing: bool) 
     return result
 
 
+def _why_closed(rp: RequestedProcedure) -> str:
+    """What closed ``rp`` for a change: the placer's CA or DC (before or after the exam), or its
+    workflow status CANCELED; empty while it is open."""
+    if rp.placer_status == states.PLACER_CANCELED:
+        return "placer cancelled it (CA)"
+    if rp.placer_status == states.PLACER_DISCONTINUED:
+        return "placer discontinued it (DC)"
+    return "it is cancelled" if rp.status == states.RP_CANCELED else ""
+
+
+def _refuse_change_of_closed(order: Order, cmd: OrderCommand) -> None:
+    """An XO may not change a procedure the placer cancelled or discontinued, nor add one to an
+    order whose every procedure is: refused before anything is written (``OrderCancelled``, AE
+    207 at ORC-1), the placer status left as it is.  HL7 v2.5.1 4.5.1 and table 0119: a cancelled
+    order is not changed back; the filler's answer to such a change is UX (unable to change), and
+    the placer orders again (NW)."""
+    existing = list(order.procedures.select_for_update().order_by("pk"))
+    closed = {rp.pk: why for rp in existing if (why := _why_closed(rp))}
+    if not closed:
+        return
+    named = [p for p in cmd.procedures if p.accession_number or p.requested_procedure_id]
+    targets = [rp for rp in existing if any(_names(data, rp) for data in named)] if named else existing
+    refused = [rp for rp in targets if rp.pk in closed]
+    if not refused and len(closed) == len(existing):
+        refused = existing  # a new procedure for an order that is closed as a whole
+    if refused:
+        rp = refused[0]
+        # Within the 80 characters of MSA-3 (v2.3.1) for any accession number (16).
+        raise OrderCancelled(f"{rp.accession_number}: {closed[rp.pk]}; XO refused, send a new order (NW)",
+                             location=f"{cmd.location}^1")
+
+
 def replace_order(order: Order, cmd: OrderCommand, to_status: str) -> dict:
-    """XO: change the order (procedure text, priority, steps' modality and start), then its status."""
+    """XO: change the order (procedure text, priority, steps' modality and start), then its status.
+    Refused for a procedure the placer cancelled or discontinued (``_refuse_change_of_closed``)."""
+    _refuse_change_of_closed(order, cmd)
     for name in ("ordering_provider", "referring_physician_name", "reason_for_study"):
         value = getattr(cmd, name)
         if value:

@@ -177,6 +177,20 @@ def test_application_errors_carry_code_and_location(mutate, code, location):
     assert (ei.value.code, ei.value.location, ei.value.ack_code) == (code, location, "AE")
 
 
+@pytest.mark.parametrize("name,anchor,location", [
+    # a second OBR in the second ORC group of the ORM: the message's third OBR
+    ("epic_orm_o01_nw.hl7", b"\rZDS|1.2.826.0.1.3680043.10.1234.1002", "OBR^3"),
+    ("omi_o23_nw.hl7", b"\rIPC|EA400001|RP400001|1.2.826.0.1.3680043.10.1234.4001|SPS400001", "OBR^2"),
+])
+def test_a_second_obr_after_one_orc_is_a_segment_sequence_error(name, anchor, location):
+    raw = fixture(name)
+    assert anchor in raw
+    raw = raw.replace(anchor, b"\rOBR|9|P1^EPIC||X^Y^EPICPROC||||||||||||||EA999999|RP999999" + anchor, 1)
+    with pytest.raises(HL7Error) as ei:
+        map_message(parse(raw))
+    assert (ei.value.code, ei.value.location, ei.value.ack_code) == (100, location, "AE")
+
+
 def test_with_control_id_helper():
     raw = with_control_id(fixture("smallvendor_orm_o01_nw_lf.hl7"), "NEW1")
     assert read_msh(raw).msh_10 == "NEW1"

@@ -158,6 +158,29 @@ def test_queries_are_on_the_audit_trail(engine, held, tmp_path):
 
 
 # --- C-MOVE ---------------------------------------------------------------------------------------
+@pytest.fixture
+def move_destination(tmp_path):
+    """Start dcmtk's storescp on a free port, declared as the DICOM node STORESCP (keyword
+    arguments: the node's other fields; ``extra``: storescp's options); it is stopped at the
+    test's end.  Returns the directory it writes what it receives to."""
+    started = []
+
+    def start(*, extra=(), **node):
+        port = free_port()
+        DicomNode.objects.create(ae_title="STORESCP", host="127.0.0.1", port=port, **node)
+        started.append(start_storescp(port, tmp_path / "moved", extra=extra))
+        return tmp_path / "moved"
+
+    yield start
+    for scp in started:
+        scp.terminate()
+        scp.wait(10)
+
+
+def _movescu(engine, model: str, keys: list[str], destination: str = "STORESCP", *extra: str):
+    return retrieve_tool("movescu", engine, model, keys, extra=[*extra, "-aem", destination])
+
+
 def _same_pixels(received: list, sent: dict, *, as_stored: bool = True) -> None:
     """Each file received has the pixel data sent, byte for byte (and, ``as_stored``, in the
     transfer syntax it was stored in)."""
@@ -167,18 +190,11 @@ def _same_pixels(received: list, sent: dict, *, as_stored: bool = True) -> None:
             assert ds.file_meta.TransferSyntaxUID == sent[ds.SOPInstanceUID].file_meta.TransferSyntaxUID
 
 
-def test_movescu_sends_a_study_to_a_declared_storescp(engine, held, tmp_path):
-    port = free_port()
-    DicomNode.objects.create(ae_title="STORESCP", host="127.0.0.1", port=port, allow_store=False)
-    scp = start_storescp(port, tmp_path / "moved")
-    try:
-        proc = retrieve_tool("movescu", engine, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S1}\\{S2}"],
-                             extra=["-aem", "STORESCP"])
-    finally:
-        scp.terminate()
-        scp.wait(10)
+def test_movescu_sends_a_study_to_a_declared_storescp(engine, held, move_destination):
+    moved = move_destination(allow_store=False)
+    proc = _movescu(engine, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S1}\\{S2}"])
     assert proc.returncode == 0, proc.stderr
-    received = [dcmread(p) for p in (tmp_path / "moved").iterdir()]
+    received = [dcmread(p) for p in moved.iterdir()]
     assert len(received) == 6
     _same_pixels(received, held)
     assert "Pending" in proc.stdout + proc.stderr  # a pending response per sub-operation
@@ -190,39 +206,26 @@ def test_movescu_sends_a_study_to_a_declared_storescp(engine, held, tmp_path):
     assert [(p.patient_id, p.issuer) for p in record.patients.all()] == [("PAT001", "HOSP")]
 
 
-def test_a_destination_without_the_stored_transfer_syntax_gets_the_instances_re_encoded(engine, held, tmp_path):
-    port = free_port()
-    DicomNode.objects.create(ae_title="STORESCP", host="127.0.0.1", port=port)
-    scp = start_storescp(port, tmp_path / "moved", extra=("+xi",))  # implicit VR little endian only
-    try:
-        proc = retrieve_tool("movescu", engine, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S3}"],
-                             extra=["-aem", "STORESCP"])
-    finally:
-        scp.terminate()
-        scp.wait(10)
+def test_a_destination_without_the_stored_transfer_syntax_gets_the_instances_re_encoded(engine, held,
+                                                                                         move_destination):
+    moved = move_destination(extra=("+xi",))  # implicit VR little endian only
+    proc = _movescu(engine, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S3}"])
     assert proc.returncode == 0, proc.stderr
-    received = [dcmread(p) for p in (tmp_path / "moved").iterdir()]
+    received = [dcmread(p) for p in moved.iterdir()]
     assert len(received) == 2
     assert {ds.file_meta.TransferSyntaxUID for ds in received} == {"1.2.840.10008.1.2"}
     _same_pixels(received, held, as_stored=False)
 
 
-def test_movescu_series_and_images(engine, held, tmp_path):
-    port = free_port()
-    DicomNode.objects.create(ae_title="STORESCP", host="127.0.0.1", port=port)
+def test_movescu_series_and_images(engine, held, move_destination):
+    moved = move_destination()
     image = next(uid for uid, ds in held.items() if ds.SeriesInstanceUID == S1_CT and ds.InstanceNumber == 2)
-    scp = start_storescp(port, tmp_path / "moved")
-    try:
-        series = retrieve_tool("movescu", engine, "-S", ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={S1}",
-                                                         f"SeriesInstanceUID={S1_PR}"], extra=["-aem", "STORESCP"])
-        one = retrieve_tool("movescu", engine, "-P", ["QueryRetrieveLevel=IMAGE", "PatientID=PAT001",
-                                                      f"StudyInstanceUID={S1}", f"SeriesInstanceUID={S1_CT}",
-                                                      f"SOPInstanceUID={image}"], extra=["-aem", "STORESCP"])
-    finally:
-        scp.terminate()
-        scp.wait(10)
+    series = _movescu(engine, "-S", ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={S1}",
+                                     f"SeriesInstanceUID={S1_PR}"])
+    one = _movescu(engine, "-P", ["QueryRetrieveLevel=IMAGE", "PatientID=PAT001", f"StudyInstanceUID={S1}",
+                                  f"SeriesInstanceUID={S1_CT}", f"SOPInstanceUID={image}"])
     assert series.returncode == 0 and one.returncode == 0, series.stderr + one.stderr
-    received = {dcmread(p).SOPInstanceUID for p in (tmp_path / "moved").iterdir()}
+    received = {dcmread(p).SOPInstanceUID for p in moved.iterdir()}
     pr = {uid for uid, ds in held.items() if ds.SeriesInstanceUID == S1_PR}
     assert received == pr | {image}
 
@@ -233,18 +236,16 @@ def test_movescu_series_and_images(engine, held, tmp_path):
     ("NOPORT", {"host": "127.0.0.1", "port": None}),
     ("OFF", {"host": "127.0.0.1", "port": 104, "enabled": False}),
 ])
-def test_an_unknown_move_destination_is_a801(engine, held, tmp_path, destination, node):
+def test_an_unknown_move_destination_is_a801(engine, held, destination, node):
     if node is not None:
         DicomNode.objects.create(ae_title=destination, **node)
-    proc = retrieve_tool("movescu", engine, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S1}"],
-                         extra=["-d", "-aem", destination])
+    proc = _movescu(engine, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S1}"], destination, "-d")
     assert "0xa801" in (proc.stdout + proc.stderr).lower()
 
 
-def test_an_unreachable_destination_fails_every_sub_operation(engine, held, tmp_path):
+def test_an_unreachable_destination_fails_every_sub_operation(engine, held):
     DicomNode.objects.create(ae_title="GONE", host="127.0.0.1", port=free_port())
-    proc = retrieve_tool("movescu", engine, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S2}"],
-                         extra=["-d", "-aem", "GONE"])
+    proc = _movescu(engine, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S2}"], "GONE", "-d")
     assert "0xa702" in (proc.stdout + proc.stderr).lower()
 
 
@@ -349,10 +350,9 @@ def test_c_cancel_stops_a_c_get_between_sub_operations(engine, held):
     assert final.NumberOfCompletedSuboperations == len(stored)
 
 
-def test_a_retrieval_that_names_nothing_held_is_success_with_no_sub_operation(engine, held, tmp_path):
+def test_a_retrieval_that_names_nothing_held_is_success_with_no_sub_operation(engine, held):
     DicomNode.objects.create(ae_title="STORESCP", host="127.0.0.1", port=free_port())  # never reached
-    proc = retrieve_tool("movescu", engine, "-S", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3.4.5"],
-                         extra=["-d", "-aem", "STORESCP"])
+    proc = _movescu(engine, "-S", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3.4.5"], "STORESCP", "-d")
     assert proc.returncode == 0, proc.stderr
     out = (proc.stdout + proc.stderr).lower()
     assert "dimse status                  : 0x0000" in out and "pending" not in out

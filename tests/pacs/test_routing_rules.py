@@ -59,6 +59,16 @@ def test_backoff_is_exponential_with_jitter_and_capped(settings):
         assert len(values) > 1  # jitter
 
 
+def test_transfers_and_prior_fetches_give_up_at_transfer_max_attempts(settings):
+    settings.TRANSFER_MAX_ATTEMPTS = 3
+    settings.TRANSFER_RETRY_BASE_SECONDS = 10
+    settings.TRANSFER_RETRY_MAX_SECONDS = 300
+    before = timezone.now()
+    retry = schedule.next_attempt(2)
+    assert 10 <= retry.delay <= 20 and before + dt.timedelta(seconds=retry.delay) <= retry.at
+    assert schedule.next_attempt(3) is None
+
+
 @pytest.fixture
 def transfer(store_dir):
     return committing_transfer()

@@ -98,3 +98,23 @@ def test_status_changes_only_through_the_table(rows):
 
     with pytest.raises(InvalidTransition):
         transition(rows[tr.COMMITTED], tr.RETRYING, entity="transfer", cause="x")
+
+
+def test_priors_page_filters_by_state_like_the_transfers_page(client):
+    from pacs.models import Prior
+    from pacs.models import priors as pr
+    from tests.factories import make_step
+
+    rp = make_step().requested_procedure
+    for n, status in enumerate((pr.SCHEDULED, pr.FAILED, pr.FAILED, pr.READY)):
+        Prior.objects.create(requested_procedure=rp, study_instance_uid=f"2.25.9{n}", accession_number=f"PRI-{n}",
+                             status=status, reason=f"reason {n}")
+    login(client, "tech", TECHNOLOGIST)
+    everything = client.get(reverse("imaging:priors")).content.decode()
+    assert all(f"PRI-{n}" in everything for n in range(4))
+    assert "failed (2)" in everything and "ready (1)" in everything and "retrying (0)" in everything
+    failed = client.get(reverse("imaging:priors") + "?status=FAILED").content.decode()
+    assert failed.count('data-status="FAILED"') == 2 and 'data-status="READY"' not in failed
+    assert "failed (2)" in failed  # the counts stay those of every state
+    unknown = client.get(reverse("imaging:priors") + "?status=NOSUCH").content.decode()
+    assert unknown.count("<tr data-status=") == 4

@@ -90,3 +90,68 @@ def dockerfile() -> Dockerfile:
 def documented_settings() -> set[str]:
     """The names .env.example documents (``# NAME=`` lines)."""
     return set(re.findall(r"^# ([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+
+
+def dockerignore_patterns() -> list[tuple[str, bool]]:
+    """The .dockerignore at the build context's root (the repository's): (pattern, exception)
+    pairs in file order, comments and blank lines dropped, each pattern cleaned as docker does
+    (a leading ``/`` or ``./`` and a trailing ``/`` removed)."""
+    out = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pattern = line[1:].strip() if exception else line
+        pattern = re.sub(r"^(\./|/)+", "", pattern).rstrip("/")
+        out.append((pattern, exception))
+    return out
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    """Docker's match: Go's filepath.Match (``*`` and ``?`` within one path element) with ``**``
+    for any number of elements."""
+    parts, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            parts.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            parts.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            parts.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            parts.append("[^/]")
+            i += 1
+        else:
+            parts.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(parts) + r"\Z")
+
+
+def dockerignored(path: str) -> bool:
+    """Whether ``path`` (relative to the context) stays out of the build context: the last
+    pattern that matches the path or one of its parent directories decides."""
+    elements = path.split("/")
+    prefixes = ["/".join(elements[: n + 1]) for n in range(len(elements))]
+    ignored = False
+    for pattern, exception in dockerignore_patterns():
+        regex = _pattern_regex(pattern)
+        if any(regex.match(prefix) for prefix in prefixes):
+            ignored = not exception
+    return ignored
+
+
+def dockerfile_copy_sources() -> list[str]:
+    """The context paths the Dockerfile's COPY instructions read (``--from`` copies excluded)."""
+    text = re.sub(r"\\\n", " ", (ROOT / "docker" / "Dockerfile").read_text())
+    sources = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].upper() != "COPY" or any(w.startswith("--from") for w in words):
+            continue
+        args = [w for w in words[1:] if not w.startswith("--")]
+        sources += args[:-1]
+    return sources

@@ -231,3 +231,86 @@ def test_intake_rejects_unsupported_and_garbage():
     ack = ack_fields(handle_payload(b"\x00\x01 this is not HL7"))
     assert ack["msa_1"] == "AR" and ack["msa_2"] == ""
     assert set(InboundMessage.objects.values_list("status", flat=True)) == {"REJECTED"}
+
+
+# --- late cancels: a change of a cancelled order, a cancel of some procedures (HL7 v2.5.1 4.5.1) ---
+
+SECOND_PROCEDURE = (b"EA100001|RP100001", b"EA100002|RP100002")
+
+
+def send(name: str, control_id: str, *replacements: tuple[bytes, bytes]) -> dict:
+    raw = with_control_id(fixture(name), control_id)
+    for old, new in replacements:
+        raw = raw.replace(old, new)
+    return ack_fields(handle_payload(raw, "127.0.0.1:1"))
+
+
+def _state(accession: str):
+    rp = RequestedProcedure.objects.get(accession_number=accession)
+    return (rp.status, rp.placer_status, rp.requested_procedure_description,
+            sorted(rp.steps.values_list("status", flat=True)))
+
+
+@pytest.mark.parametrize("exam_done", [True, False])
+@pytest.mark.parametrize("control,word", [("epic_orm_o01_ca.hl7", "placer cancelled it (CA)"),
+                                          ("epic_orm_o01_dc.hl7", "placer discontinued it (DC)")])
+def test_a_change_of_a_procedure_the_placer_cancelled_is_refused_and_changes_nothing(exam_done, control, word):
+    assert send("epic_orm_o01_nw.hl7", "L1")["msa_1"] == "AA"
+    if exam_done:
+        assert send("epic_orm_o01_xo_cm.hl7", "L2")["msa_1"] == "AA"
+    assert send(control, "L3")["msa_1"] == "AA"
+    before = _state("EA100001"), Patient.objects.get().patient_name
+    for status in (b"|||CM", b"|||SC"):  # XO completed, XO scheduled
+        ack = send("epic_orm_o01_xo_cm.hl7", f"L4{status[-2:].decode()}", (b"|||CM", status),
+                   (b"CT Head without contrast", b"CT Head changed"), (b"Testpatient^Anna", b"Renamed^Anna"))
+        assert ack["msa_1"] == "AE" and ack["err"].startswith("ERR|ORC^1^1^207&"), ack
+        assert ack["msa_3"] == f"EA100001: {word}; XO refused, send a new order (NW)"
+        assert (_state("EA100001"), Patient.objects.get().patient_name) == before  # the flag stays, nothing changed
+    row = InboundMessage.objects.get(message_control_id="L4SC")
+    assert (row.status, row.error_code, row.error_location) == ("ERROR", "207", "ORC^1^1")
+
+
+def test_a_change_of_the_open_procedure_beside_a_cancelled_one_is_applied():
+    send("epic_orm_o01_nw.hl7", "M1")
+    send("epic_orm_o01_ca.hl7", "M2")  # EA100001 only
+    ack = send("epic_orm_o01_xo_cm.hl7", "M3", SECOND_PROCEDURE, (b"|||CM", b"|||SC"),
+               (b"CT Head without contrast", b"CT Chest changed"))
+    assert ack["msa_1"] == "AA", ack
+    assert _state("EA100002") == ("SCHEDULED", "", "CT Chest changed", ["SCHEDULED"])
+    assert _state("EA100001")[:2] == ("CANCELED", "CANCELED")
+
+
+def test_a_new_procedure_for_an_order_cancelled_as_a_whole_is_refused():
+    send("epic_orm_o01_nw.hl7", "N1")
+    ca_all = fixture("epic_orm_o01_ca.hl7").split(b"\rOBR")[0] + b"\r"  # no OBR: every procedure
+    assert ack_fields(handle_payload(with_control_id(ca_all, "N2")))["msa_1"] == "AA"
+    ack = send("epic_orm_o01_xo_cm.hl7", "N3", (b"|||CM", b"|||SC"), (b"EA100001|RP100001", b"EA100009|RP100009"))
+    assert ack["msa_1"] == "AE" and "207" in ack["err"] and "placer cancelled it (CA)" in ack["msa_3"]
+    assert not RequestedProcedure.objects.filter(accession_number="EA100009").exists()
+
+
+def test_a_cancel_of_some_procedures_of_an_order_is_accepted_for_those_only():
+    """A partial cancel (the CA names one procedure by OBR-18) is AA: that procedure is cancelled
+    and flagged; the order's other procedure stays scheduled, without a flag."""
+    send("epic_orm_o01_nw.hl7", "P1")
+    ack = send("epic_orm_o01_ca.hl7", "P2", SECOND_PROCEDURE)
+    assert ack["msa_1"] == "AA" and ack["err"] is None
+    assert _state("EA100002")[:2] == ("CANCELED", "CANCELED")
+    assert _state("EA100001") == ("SCHEDULED", "", "CT Head without contrast", ["SCHEDULED"])
+    assert StatusChange.objects.filter(entity="placer_status").count() == 1
+
+
+@pytest.mark.parametrize("second,error,location", [
+    # a second ORC/OBR group naming a procedure the order does not have: unknown key
+    (b"ORC|CA|P10001^EPIC|||CA\rOBR|2|P10001^EPIC||X||||||||||||||EA100009|RP100009", "204", "OBR^2^18"),
+    # a second OBR under the same ORC: not the ORM^O01 structure, never dropped silently
+    (b"OBR|2|P10001^EPIC||CTCHEST||||||||||||||EA100002|RP100002", "100", "OBR^2"),
+])
+def test_a_cancel_that_cannot_be_applied_whole_changes_nothing(second, error, location):
+    send("epic_orm_o01_nw.hl7", "Q1")
+    raw = with_control_id(fixture("epic_orm_o01_ca.hl7"), "Q2").rstrip(b"\r\n") + b"\r" + second + b"\r"
+    ack = ack_fields(handle_payload(raw, "127.0.0.1:1"))
+    assert ack["msa_1"] == "AE" and ack["err"].startswith(f"ERR|{location}^") and f"^{error}&" in ack["err"], ack
+    for accession in ("EA100001", "EA100002"):
+        assert _state(accession)[:2] == ("SCHEDULED", "")
+    assert not StatusChange.objects.filter(entity="placer_status").exists()

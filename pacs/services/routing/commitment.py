@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from pacs.models import Transfer, TransferItem, VnaDestination
 from pacs.models import transfers as tr
-from pacs.services.routing.schedule import backoff_seconds, enqueue_on_commit
+from pacs.services.routing.schedule import enqueue_on_commit, next_attempt
 from pacs.services.routing.transfers import finish_locked
 from project.peers import address_matches
 from ris.services.transitions import transition
@@ -52,16 +49,16 @@ def record_commitment(transaction_uid: str, committed: list[str], failed: list[t
         if failed_uids:
             t.reason = f"{len(failed_uids)} instance(s) not committed: " + "; ".join(f"{u}: {r}" for u, r in failed[:5])
             t.save(update_fields=["reason"])
-            if t.attempts >= settings.TRANSFER_MAX_ATTEMPTS:
+            retry = next_attempt(t.attempts, now)
+            if retry is None:
                 t.finished_at = now
                 t.save(update_fields=["finished_at"])
                 transition(t, tr.FAILED, entity="transfer", cause=t.reason[:255], actor="N-EVENT-REPORT")
                 return tr.FAILED
-            delay = backoff_seconds(t.attempts)
-            t.next_attempt_at = now + dt.timedelta(seconds=delay)
+            t.next_attempt_at = retry.at
             t.save(update_fields=["next_attempt_at"])
             transition(t, tr.RETRYING, entity="transfer", cause=t.reason[:255], actor="N-EVENT-REPORT")
-            enqueue_on_commit(t.pk, countdown=delay)
+            enqueue_on_commit(t.pk, countdown=retry.delay)
             return tr.RETRYING
         return finish_locked(t, cause="storage commitment: every instance committed")
 

@@ -54,3 +54,12 @@ def backoff_seconds(attempts: int) -> float:
     capped by ``TRANSFER_RETRY_MAX_SECONDS``, jittered: ``project.delivery.backoff``)."""
     return backoff.backoff_seconds(attempts, base=settings.TRANSFER_RETRY_BASE_SECONDS,
                                    cap=settings.TRANSFER_RETRY_MAX_SECONDS)
+
+
+def next_attempt(attempts: int, now=None) -> backoff.Retry | None:
+    """After ``attempts`` attempts of a transfer or a prior fetch, the last one failed
+    transiently: None once they reach ``TRANSFER_MAX_ATTEMPTS`` (give up), else when to try again
+    (``backoff_seconds`` from now: ``project.delivery.backoff.next_attempt``)."""
+    return backoff.next_attempt(attempts, max_attempts=settings.TRANSFER_MAX_ATTEMPTS,
+                                base=settings.TRANSFER_RETRY_BASE_SECONDS, cap=settings.TRANSFER_RETRY_MAX_SECONDS,
+                                now=now or timezone.now())

@@ -23,7 +23,7 @@ from pacs import auditing, storage
 from pacs.models import Transfer, TransferItem, VnaDestination
 from pacs.models import transfers as tr
 from pacs.services.routing import archive
-from pacs.services.routing.schedule import backoff_seconds, enqueue_on_commit
+from pacs.services.routing.schedule import enqueue_on_commit, next_attempt
 from pacs.services.routing.sending import ItemOutcome, ItemToSend, PermanentError, TransientError
 from project.delivery import leases
 from ris.services.transitions import transition
@@ -222,14 +222,14 @@ def _retry_later(transfer_id: int, reason: str) -> str:
         t, in_progress = _locked_for_outcome(transfer_id, reason)
         if not in_progress:
             return t.status
-        if t.attempts >= settings.TRANSFER_MAX_ATTEMPTS:
+        retry = next_attempt(t.attempts)
+        if retry is None:
             return _failed(t, f"gave up after {t.attempts} attempts: {reason}")
-        delay = backoff_seconds(t.attempts)
-        t.next_attempt_at = timezone.now() + dt.timedelta(seconds=delay)
+        t.next_attempt_at = retry.at
         t.save(update_fields=["reason", "lease_expires_at", "next_attempt_at"])
         transition(t, tr.RETRYING, entity="transfer", cause=f"transient: {reason}"[:255], actor="routing")
-        enqueue_on_commit(t.pk, countdown=delay)
-    log.warning("transfer will be retried", extra={"transfer_id": transfer_id, "delay": round(delay, 1)})
+        enqueue_on_commit(t.pk, countdown=retry.delay)
+    log.warning("transfer will be retried", extra={"transfer_id": transfer_id, "delay": round(retry.delay, 1)})
     return tr.RETRYING
 
 
