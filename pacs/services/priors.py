@@ -2,7 +2,9 @@
 the relevant ones, fetch those the engine does not hold before the exam is read.
 
 1. ``on_procedures_ordered`` (the ``ris.signals.procedures_ordered`` receiver, in the order's
-   transaction) queues the task ``pacs.find_priors`` per requested procedure when it commits.
+   transaction) records a ``PriorSearch`` per requested procedure and queues the task
+   ``pacs.find_priors`` when it commits; the sweep queues again a search not finished
+   (``pacs.services.prior_searches``: a broker down at order time loses none).
 2. ``find_priors`` looks under every identifier the patient has had (its PatientID +
    IssuerOfPatientID pairs, those retired into it by an A40 merge included) in the engine's
    index and, by C-FIND (Study Root, STUDY level, PS3.4 C.4.1), in every enabled DICOM VNA.
@@ -37,7 +39,7 @@ from pacs.models import images as im
 from pacs.models import priors as pr
 from pacs.models import transfers as tr
 from pacs.models.priors import Prior
-from pacs.services import prior_relevance
+from pacs.services import prior_relevance, prior_searches
 from pacs.services.routing import destinations
 from pacs.services.routing.schedule import backoff_seconds
 from pacs.services.routing.sending import PermanentError, TransientError
@@ -49,7 +51,7 @@ from ris.services.transitions import transition
 
 log = logging.getLogger("pacs.priors")
 
-FIND_TASK = "pacs.find_priors"
+FIND_TASK = prior_searches.FIND_TASK
 FETCH_TASK = "pacs.fetch_prior"
 
 
@@ -59,10 +61,7 @@ def on_procedures_ordered(requested_procedure_ids: list[int]) -> None:
     for a rolled-back order; a broker that is down loses none: ``prior_searches.sweep``)."""
     if not settings.PRIORS_ENABLED:
         return
-    ids = list(requested_procedure_ids)
-    transaction.on_commit(lambda: publish_each(
-        ids, lambda pk: app.send_task(FIND_TASK, args=(pk,)), log=log,
-        event="could not queue the search for priors", key="requested_procedure_id"))
+    prior_searches.queue(requested_procedure_ids)
 
 
 def identities(patient_pk: int) -> list[tuple[str, str]]:
@@ -209,6 +208,7 @@ def find_priors(requested_procedure_id: int, *, last_attempt: bool = True) -> li
             written.append(prior.pk)
             if not held:
                 enqueue_on_commit(prior.pk)
+        prior_searches.finished(rp.pk)
     log.info("priors chosen", extra={"requested_procedure_id": rp.pk, "priors": len(written),
                                      "vna_failures": len(errors)})
     return written
