@@ -428,6 +428,8 @@ DICOMWEB_BASE_URL = env_str("DICOMWEB_BASE_URL", "")
 DICOMWEB_LINK_MAX_AGE_MINUTES = env_int("DICOMWEB_LINK_MAX_AGE_MINUTES", 60, minimum=1)
 # At most this many results per QIDO-RS search (a larger limit is lowered to it, with a Warning).
 DICOMWEB_QIDO_MAX_RESULTS = env_int("DICOMWEB_QIDO_MAX_RESULTS", 1000, minimum=1)
+# A QIDO-RS search still running after this many seconds is cancelled and answered 503 (PostgreSQL).
+DICOMWEB_QIDO_TIMEOUT_SECONDS = env_float("DICOMWEB_QIDO_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 # The ORU^R01's WADO-RS link (links=wado) carries a signed study grant (?access_token=...), so that
 # the EHR opens the study without an account, for DICOMWEB_LINK_MAX_AGE_MINUTES after the report.
 DICOMWEB_ORU_SIGNED_LINKS = env_bool("DICOMWEB_ORU_SIGNED_LINKS", False)
