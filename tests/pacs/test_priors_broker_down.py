@@ -145,3 +145,28 @@ def test_choosing_the_priors_finishes_the_search(settings, broker):
     priors.find_priors(rp.pk)
     search.refresh_from_db()
     assert search.finished_at is not None
+
+
+@pytest.mark.django_db
+def test_recording_the_searches_costs_an_order_one_statement(settings):
+    """The searches of every procedure of an order are one INSERT in the order's transaction."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from hl7gateway.mapping import map_message
+    from hl7gateway.parsing import parse
+    from ris import auditing
+    from ris.services import orders
+
+    def place(control_id: str, *, priors_enabled: bool) -> tuple[int, list[int]]:
+        settings.PRIORS_ENABLED = priors_enabled
+        cmd = map_message(parse(new_order(control_id)))[0]
+        with auditing.collecting(), CaptureQueriesContext(connection) as queries:
+            effect = orders.place_order(cmd)
+        return len(queries.captured_queries), effect["procedures"]
+
+    place("STMT0", priors_enabled=False)  # the patient is known from now on
+    without, _ = place("STMT1", priors_enabled=False)
+    with_searches, procedures = place("STMT2", priors_enabled=True)
+    assert with_searches == without + 1
+    assert PriorSearch.objects.filter(requested_procedure_id__in=procedures).count() == 2
