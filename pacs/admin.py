@@ -124,7 +124,8 @@ class SeriesInline(admin.TabularInline):
     model = Series
     extra = 0
     can_delete = False
-    readonly_fields = ("series_instance_uid", "modality", "series_number", "series_description")
+    readonly_fields = ("series_instance_uid", "modality", "series_number", "series_description",
+                       "body_part_examined")
 
 
 @admin.register(Study)

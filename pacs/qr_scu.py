@@ -1,5 +1,6 @@
 """The engine as a Query/Retrieve SCU towards a DICOM VNA (PS3.4 Annex C): Study Root C-FIND at
-the STUDY level (C.4.1) to find a patient's studies, and C-MOVE (C.4.2) to have a study sent to
+the STUDY level (C.4.1) to find a patient's studies, at the SERIES level for their
+BodyPartExamined (relevant priors by body part), and C-MOVE (C.4.2) to have a study sent to
 the engine's own AE (``DICOM_AE_TITLE``; the VNA must know it as a move destination).  Used by
 ``pacs.services.priors`` inside a Celery task; one association per call, never shared.
 
@@ -96,6 +97,41 @@ def find_studies(destination, patient_id: str, issuer_of_patient_id: str) -> lis
         error = TransientError if 0xA700 <= final <= 0xA7FF or final == 0xC000 else PermanentError
         raise error(f"C-FIND status 0x{final:04X} from {where(destination)}")
     return [f for f in found if f.study_instance_uid]
+
+
+def find_body_parts(destination, study_instance_uids) -> dict[str, frozenset[str]]:
+    """C-FIND Study Root, QueryRetrieveLevel SERIES, one query per study (StudyInstanceUID single
+    value matching) on one association; return key BodyPartExamined (0018,0015), a series
+    attribute (PS3.3 C.7.3.1).  Returns the values found per study (studies without any are left
+    out); failures as for ``find_studies``."""
+    uids = [u for u in study_instance_uids if u]
+    if not uids:
+        return {}
+    assoc = _associate(destination, StudyRootQueryRetrieveInformationModelFind)
+    found: dict[str, set[str]] = {}
+    try:
+        for uid in uids:
+            query = Dataset()
+            query.QueryRetrieveLevel = "SERIES"
+            query.StudyInstanceUID = uid
+            query.SeriesInstanceUID = ""
+            query.BodyPartExamined = ""
+            final = None
+            for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+                if not status:
+                    raise TransientError(f"no C-FIND response from {where(destination)}")
+                final = status.Status
+                if final in PENDING and identifier is not None:
+                    part = str(identifier.get("BodyPartExamined", "") or "").strip().upper()
+                    if part:
+                        found.setdefault(uid, set()).add(part[:16])
+            if final not in (0x0000, None) and final not in PENDING:
+                error = TransientError if 0xA700 <= final <= 0xA7FF or final == 0xC000 else PermanentError
+                raise error(f"C-FIND (SERIES) status 0x{final:04X} from {where(destination)}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return {uid: frozenset(parts) for uid, parts in found.items()}
 
 
 def move_study(destination, study_instance_uid: str) -> int:

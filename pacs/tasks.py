@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from celery import shared_task, signals
 
-from pacs.services import completion, priors
+from pacs.services import completion, prior_searches, priors
 from pacs.services.routing import archive, schedule, sweep, transfers
 
 
@@ -21,7 +21,7 @@ def send_transfer(transfer_id: int) -> str:
 def imaging_sweep() -> dict:
     """Periodic: complete quiet studies, re-queue transfers no worker holds."""
     return {"completed": completion.sweep_quiet_studies(), "requeued": sweep.sweep(),
-            "priors_requeued": priors.sweep()}
+            "priors_requeued": priors.sweep(), "prior_searches_requeued": prior_searches.sweep()}
 
 
 @shared_task(name=priors.FIND_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -36,8 +36,9 @@ def find_priors(self, requested_procedure_id: int) -> int:
     try:
         return len(priors.find_priors(requested_procedure_id, last_attempt=last))
     except TransientError as exc:
-        raise self.retry(countdown=schedule.backoff_seconds(self.request.retries + 1),
-                         max_retries=settings.TRANSFER_MAX_ATTEMPTS) from exc
+        countdown = schedule.backoff_seconds(self.request.retries + 1)
+        prior_searches.postpone(requested_procedure_id, countdown)
+        raise self.retry(countdown=countdown, max_retries=settings.TRANSFER_MAX_ATTEMPTS) from exc
 
 
 @shared_task(name=priors.FETCH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -378,12 +378,29 @@ IMAGING_SWEEP_SECONDS = env_float("IMAGING_SWEEP_SECONDS", 10.0, minimum=1.0)
 # Who sends C-STORE to a DICOM VNA: "engine" (pacs.dimse.requestor, in the worker) or "dcmtk" (/usr/bin/storescu).
 VNA_DICOM_SENDER = env_choice("VNA_DICOM_SENDER", "engine", {"engine", "dcmtk"})
 # Relevant priors of a new order (pacs.services.priors): found in the index and by C-FIND in every
-# DICOM VNA, under every identifier the patient has had; chosen by PRIORS_MATCH ("modality": a
-# modality of the order's steps among the prior's ModalitiesInStudy; "any": every study), within
+# DICOM VNA, under every identifier the patient has had; chosen by PRIORS_MATCH, within
 # PRIORS_MAX_YEARS, at most PRIORS_MAX_COUNT, newest first; fetched by C-MOVE with the transfers'
 # retries (TRANSFER_*).  PRIORS_ENABLED off: no prior is looked for.
+# PRIORS_MATCH (pacs.services.prior_relevance): "modality" (a modality of the order's steps among
+# the prior's ModalitiesInStudy), "body_part" (the order's body part and the prior's share a
+# region), "modality_or_body_part", "modality_and_body_part", or "any" (every study).  Body parts
+# are BodyPartExamined (0018,0015) defined terms (PS3.3 C.7.3.1; PS3.16 Annex L, the regions of
+# CID 4031 Common Anatomic Regions): a prior's from its series (SERIES-level C-FIND at the VNA),
+# else its StudyDescription; the order's from PRIORS_BODY_PARTS, the procedure code (OBR-4.1) to
+# its body parts, "CODE=PART[+PART],...", e.g. "71250=CHEST,74177=ABDOMEN+PELVIS", else the terms
+# its description names (OBR-4.2).  An order whose body part is not known is matched by modality.
 PRIORS_ENABLED = env_bool("PRIORS_ENABLED", True)
-PRIORS_MATCH = env_choice("PRIORS_MATCH", "modality", {"modality", "any"})
+PRIORS_MATCH = env_choice("PRIORS_MATCH", "modality", {"modality", "body_part", "modality_or_body_part",
+                                                       "modality_and_body_part", "any"})
+PRIORS_BODY_PARTS: dict[str, tuple[str, ...]] = {}
+for _entry in env_list("PRIORS_BODY_PARTS", []):
+    _code, _sep, _parts = _entry.partition("=")
+    _terms = tuple(p.strip().upper() for p in _parts.split("+") if p.strip())
+    if not _sep or not _code.strip() or not _terms or not all(
+            len(t) <= 16 and t.replace("_", "").replace(" ", "").isalnum() for t in _terms):
+        record("PRIORS_BODY_PARTS", _entry, "is not CODE=PART[+PART] (BodyPartExamined defined terms, e.g. CHEST)")
+        continue
+    PRIORS_BODY_PARTS[_code.strip().upper()] = _terms
 PRIORS_MAX_YEARS = env_int("PRIORS_MAX_YEARS", 5, minimum=1)
 PRIORS_MAX_COUNT = env_int("PRIORS_MAX_COUNT", 3, minimum=1)
 CELERY_BEAT_SCHEDULE.update({
@@ -417,6 +434,8 @@ DICOMWEB_BASE_URL = env_str("DICOMWEB_BASE_URL", "")
 DICOMWEB_LINK_MAX_AGE_MINUTES = env_int("DICOMWEB_LINK_MAX_AGE_MINUTES", 60, minimum=1)
 # At most this many results per QIDO-RS search (a larger limit is lowered to it, with a Warning).
 DICOMWEB_QIDO_MAX_RESULTS = env_int("DICOMWEB_QIDO_MAX_RESULTS", 1000, minimum=1)
+# A QIDO-RS search still running after this many seconds is cancelled and answered 503 (PostgreSQL).
+DICOMWEB_QIDO_TIMEOUT_SECONDS = env_float("DICOMWEB_QIDO_TIMEOUT_SECONDS", 30.0, minimum=0.1)
 # The ORU^R01's WADO-RS link (links=wado) carries a signed study grant (?access_token=...), so that
 # the EHR opens the study without an account, for DICOMWEB_LINK_MAX_AGE_MINUTES after the report.
 DICOMWEB_ORU_SIGNED_LINKS = env_bool("DICOMWEB_ORU_SIGNED_LINKS", False)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.db import OperationalError, connection, transaction
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 
@@ -99,6 +100,28 @@ def _parse_search(request, query: iq.Query) -> tuple[iq.Query, list[str]]:
     return query, warnings
 
 
+class SearchTooLong(Exception):
+    """The search ran longer than ``DICOMWEB_QIDO_TIMEOUT_SECONDS``."""
+
+
+def _run_search(query: iq.Query) -> iq.Result:
+    """``iq.search`` bounded in time: on PostgreSQL the statement is cancelled after
+    ``DICOMWEB_QIDO_TIMEOUT_SECONDS`` (``SET LOCAL statement_timeout``, this transaction only),
+    so that a search held up by a lock or a slow plan frees its web worker."""
+    if connection.vendor != "postgresql":
+        return iq.search(query)
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)",
+                               [f"{int(settings.DICOMWEB_QIDO_TIMEOUT_SECONDS * 1000)}ms"])
+            return iq.search(query)
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "57014":  # query_canceled
+            raise SearchTooLong from exc
+        raise
+
+
 def _retrieve_url(base: str, row: dict, level: str) -> str:
     url = f"{base}/studies/{row['StudyInstanceUID']}"
     if level in (iq.SERIES, iq.IMAGE):
@@ -121,9 +144,15 @@ def _search(request, grant: Grant, level: str, study_uid: str | None = None, ser
         query, warnings = _parse_search(request, query)
         if query.limit > settings.DICOMWEB_QIDO_MAX_RESULTS:
             query.limit = settings.DICOMWEB_QIDO_MAX_RESULTS
-        result = iq.search(query)
+        result = _run_search(query)
     except iq.QueryError as exc:
         return problem(400, str(exc))
+    except SearchTooLong:
+        # PS3.18 8.6.1.2: 503, the service is unavailable for now; a narrower search may answer.
+        response = problem(503, f"the search took longer than {settings.DICOMWEB_QIDO_TIMEOUT_SECONDS:g} s; "
+                                "narrow it (more matching keys, a smaller limit) or try again later")
+        response["Retry-After"] = "10"
+        return response
     if result.more:
         warnings.append(f'299 {_base(request)}: "There are additional results that can be requested."')
     web_audit.query(request, patients=[r[iq.PATIENT_PAIR] for r in result.rows if r[iq.PATIENT_PAIR][0]], actor=grant.actor,

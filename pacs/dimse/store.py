@@ -163,6 +163,7 @@ def read_attributes(path, *, transfer_syntax_uid: str, calling_ae_title: str,
         modality=_text(ds, "Modality"),
         series_number=_int(ds, "SeriesNumber"),
         series_description=_text(ds, "SeriesDescription"),
+        body_part_examined=_text(ds, "BodyPartExamined"),
         instance_number=_int(ds, "InstanceNumber"),
         calling_ae_title=calling_ae_title,
     )

@@ -10,10 +10,10 @@ priors.py     relevant prior studies of an ordered procedure, fetched from the V
 from pacs.models.images import Instance, Series, StoreConflict, Study, StudyLink
 from pacs.models.mpps import PerformedInstance, PerformedProcedureStep
 from pacs.models.nodes import DicomNode, DicomRefusal
-from pacs.models.priors import Prior
+from pacs.models.priors import Prior, PriorSearch
 from pacs.models.transfers import Transfer, TransferItem, VnaDestination
 
 __all__ = [
-    "DicomNode", "DicomRefusal", "PerformedInstance", "PerformedProcedureStep", "Prior",
+    "DicomNode", "DicomRefusal", "PerformedInstance", "PerformedProcedureStep", "Prior", "PriorSearch",
     "Instance", "Series", "StoreConflict", "Study", "StudyLink", "Transfer", "TransferItem", "VnaDestination",
 ]

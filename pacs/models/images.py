@@ -101,6 +101,7 @@ class Series(models.Model):
     modality = models.CharField(max_length=16, blank=True, help_text="(0008,0060)")
     series_number = models.IntegerField(null=True, blank=True, help_text="(0020,0011)")
     series_description = models.CharField(max_length=64, blank=True, help_text="(0008,103E)")
+    body_part_examined = models.CharField(max_length=16, blank=True, help_text="(0018,0015), PS3.3 C.7.3.1")
 
     class Meta:
         verbose_name_plural = "series"

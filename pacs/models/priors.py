@@ -68,3 +68,22 @@ class Prior(models.Model):
         if self.purpose == RECALL:
             return f"recall {self.study_instance_uid} {self.status}"
         return f"prior {self.study_instance_uid} of procedure {self.requested_procedure_id} {self.status}"
+
+
+class PriorSearch(models.Model):
+    """The search for one requested procedure's priors, written in the order's transaction: a
+    search whose task could not be queued (the broker down when the order committed) or was lost
+    is queued again by the sweep until it has run (``pacs.services.prior_searches``)."""
+
+    requested_procedure = models.OneToOneField("ris.RequestedProcedure", on_delete=models.CASCADE,
+                                               related_name="prior_search", help_text="the ordered procedure")
+    created_at = models.DateTimeField(auto_now_add=True)
+    next_attempt_at = models.DateTimeField(help_text="not queued again by the sweep before this")
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="when the priors were chosen; empty: to do")
+    requeued = models.PositiveIntegerField(default=0, help_text="times the sweep queued it again")
+
+    class Meta:
+        indexes = [models.Index(fields=["finished_at", "next_attempt_at"])]
+
+    def __str__(self) -> str:
+        return f"prior search of procedure {self.requested_procedure_id}"

@@ -71,6 +71,7 @@ class InstanceAttributes:
     modality: str = ""
     series_number: int | None = None
     series_description: str = ""
+    body_part_examined: str = ""
     instance_number: int | None = None
     calling_ae_title: str = ""
     dataset_sha256: str = ""  # of the data set as received, when known (a resend: pacs.services.resends)
@@ -164,6 +165,7 @@ def new_series_row(attrs: InstanceAttributes) -> dict:
         "modality": attrs.modality[:16],
         "series_number": attrs.series_number,
         "series_description": attrs.series_description[:64],
+        "body_part_examined": attrs.body_part_examined[:16].upper(),
     }
 
 

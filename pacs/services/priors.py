@@ -2,12 +2,15 @@
 the relevant ones, fetch those the engine does not hold before the exam is read.
 
 1. ``on_procedures_ordered`` (the ``ris.signals.procedures_ordered`` receiver, in the order's
-   transaction) queues the task ``pacs.find_priors`` per requested procedure when it commits.
+   transaction) records a ``PriorSearch`` per requested procedure and queues the task
+   ``pacs.find_priors`` when it commits; the sweep queues again a search not finished
+   (``pacs.services.prior_searches``: a broker down at order time loses none).
 2. ``find_priors`` looks under every identifier the patient has had (its PatientID +
    IssuerOfPatientID pairs, those retired into it by an A40 merge included) in the engine's
    index and, by C-FIND (Study Root, STUDY level, PS3.4 C.4.1), in every enabled DICOM VNA.
-3. ``choose`` keeps the studies ``PRIORS_MATCH`` calls relevant (a modality of the order's
-   steps among ModalitiesInStudy, or any), not older than ``PRIORS_MAX_YEARS``, at most
+3. ``choose`` keeps the studies ``PRIORS_MATCH`` calls relevant (``pacs.services.prior_relevance``:
+   a modality of the order's steps among ModalitiesInStudy, a body part in common, both, either,
+   or any), not older than ``PRIORS_MAX_YEARS``, at most
    ``PRIORS_MAX_COUNT``, newest first; each becomes a ``Prior`` row: READY when the engine holds
    it, else SCHEDULED and fetched by ``pacs.fetch_prior``.
 4. ``run_fetch`` (one attempt of the task) leases the row and asks the VNA for a C-MOVE of the
@@ -40,6 +43,7 @@ from pacs.models import images as im
 from pacs.models import priors as pr
 from pacs.models import transfers as tr
 from pacs.models.priors import Prior
+from pacs.services import prior_relevance, prior_searches
 from pacs.services.routing import archive, destinations
 from pacs.services.routing.schedule import next_attempt
 from pacs.services.routing.sending import PermanentError, TransientError
@@ -52,19 +56,17 @@ from ris.services.transitions import transition
 
 log = logging.getLogger("pacs.priors")
 
-FIND_TASK = "pacs.find_priors"
+FIND_TASK = prior_searches.FIND_TASK
 FETCH_TASK = "pacs.fetch_prior"
 
 
 # ------------------------------------------------------------------------------------ new order
 def on_procedures_ordered(requested_procedure_ids: list[int]) -> None:
-    """In the order's transaction: look for priors once it commits (never for a rolled-back order)."""
+    """In the order's transaction: record the searches for priors, queued once it commits (never
+    for a rolled-back order; a broker that is down loses none: ``prior_searches.sweep``)."""
     if not settings.PRIORS_ENABLED:
         return
-    ids = list(requested_procedure_ids)
-    transaction.on_commit(lambda: publish_each(
-        ids, lambda pk: app.send_task(FIND_TASK, args=(pk,)), log=log,
-        event="could not queue the search for priors", key="requested_procedure_id"))
+    prior_searches.queue(requested_procedure_ids)
 
 
 def identities(patient_pk: int) -> list[tuple[str, str]]:
@@ -96,15 +98,23 @@ def local_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]]) -> dict
         out[s.study_instance_uid] = {
             "study_date": s.study_date, "modalities_in_study": s.modalities_in_study,
             "study_description": s.study_description, "accession_number": s.accession_number,
-            "patient_id": s.patient_id, "issuer_of_patient_id": s.issuer_of_patient_id, "source": None}
+            "patient_id": s.patient_id, "issuer_of_patient_id": s.issuer_of_patient_id, "source": None,
+            "body_parts": frozenset()}
+    if prior_relevance.needs_body_part():
+        for uid, parts in prior_relevance.local_body_parts(out).items():
+            out[uid]["body_parts"] = parts
     return out
 
 
-def vna_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]]) -> tuple[dict[str, dict], list[str]]:
-    """C-FIND in every enabled DICOM VNA, once per identifier.  Returns the studies found and
-    the failures (one per VNA that could not be asked)."""
+def vna_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]], *,
+                   today: dt.date | None = None) -> tuple[dict[str, dict], list[str]]:
+    """C-FIND in every enabled DICOM VNA, once per identifier; when ``PRIORS_MATCH`` looks at body
+    parts, a SERIES-level C-FIND for the BodyPartExamined of the studies found within
+    ``PRIORS_MAX_YEARS``.  Returns the studies found and the failures (one per VNA that could not
+    be asked)."""
     from pacs import qr_scu  # pynetdicom: imported by the worker only
 
+    oldest = _oldest(today or timezone.localdate())
     out, errors = {}, []
     for vna in destinations.destinations():
         if vna.kind != tr.KIND_DICOM:
@@ -120,7 +130,12 @@ def vna_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]]) -> tuple[
                         "study_date": _date(f.study_date), "modalities_in_study": f.modalities_in_study,
                         "study_description": f.study_description, "accession_number": f.accession_number,
                         "patient_id": f.patient_id, "issuer_of_patient_id": f.issuer_of_patient_id,
-                        "source": vna.pk})
+                        "source": vna.pk, "body_parts": frozenset()})
+            if prior_relevance.needs_body_part():
+                recent = [uid for uid, c in out.items()
+                          if c["source"] == vna.pk and c["study_date"] and c["study_date"] >= oldest]
+                for uid, parts in qr_scu.find_body_parts(vna, recent).items():
+                    out[uid]["body_parts"] = parts
         except (TransientError, PermanentError) as exc:
             errors.append(str(exc))
             failed = True
@@ -131,17 +146,28 @@ def vna_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]]) -> tuple[
     return out, errors
 
 
+def _oldest(today: dt.date) -> dt.date:
+    """The earliest StudyDate within ``PRIORS_MAX_YEARS``."""
+    if today.month == 2 and today.day == 29:
+        return today - dt.timedelta(days=365 * settings.PRIORS_MAX_YEARS)
+    return today.replace(year=today.year - settings.PRIORS_MAX_YEARS)
+
+
 def choose(rp: RequestedProcedure, candidates: dict[str, dict], *, today: dt.date) -> list[tuple[str, dict]]:
-    """The relevant ones, newest first: ``PRIORS_MATCH``, ``PRIORS_MAX_YEARS``, ``PRIORS_MAX_COUNT``.
-    A study without StudyDate cannot be placed in time and is left out."""
+    """The relevant ones, newest first: ``PRIORS_MATCH`` (``pacs.services.prior_relevance``),
+    ``PRIORS_MAX_YEARS``, ``PRIORS_MAX_COUNT``.  A study without StudyDate cannot be placed in time
+    and is left out."""
+    mode = settings.PRIORS_MATCH
     modalities = set(ScheduledProcedureStep.objects.filter(requested_procedure=rp).values_list("modality", flat=True))
-    oldest = today.replace(year=today.year - settings.PRIORS_MAX_YEARS) if not (
-        today.month == 2 and today.day == 29) else today - dt.timedelta(days=365 * settings.PRIORS_MAX_YEARS)
+    ordered_parts = prior_relevance.order_body_parts(rp) if prior_relevance.needs_body_part(mode) else frozenset()
+    oldest = _oldest(today)
     chosen = []
     for uid, c in candidates.items():
         if c["study_date"] is None or c["study_date"] < oldest or c["study_date"] > today:
             continue
-        if settings.PRIORS_MATCH == "modality" and not (modalities & set(filter(None, c["modalities_in_study"].split("\\")))):
+        parts = prior_relevance.with_description(c.get("body_parts") or frozenset(), c["study_description"])
+        if not prior_relevance.relevant(mode, ordered_modalities=modalities, ordered_body_parts=ordered_parts,
+                                        modalities_in_study=c["modalities_in_study"], body_parts=parts):
             continue
         chosen.append((uid, c))
     chosen.sort(key=lambda item: (item[1]["study_date"], item[0]), reverse=True)
@@ -162,7 +188,7 @@ def find_priors(requested_procedure_id: int, *, last_attempt: bool = True) -> li
         return []
     ids = identities(rp.order.patient_id)
     candidates = local_candidates(rp, ids)
-    remote, errors = vna_candidates(rp, ids)
+    remote, errors = vna_candidates(rp, ids, today=timezone.localdate())
     if errors and not last_attempt:
         raise TransientError("; ".join(errors))
     for uid, c in remote.items():
@@ -187,6 +213,7 @@ def find_priors(requested_procedure_id: int, *, last_attempt: bool = True) -> li
             written.append(prior.pk)
             if not held:
                 enqueue_on_commit(prior.pk)
+        prior_searches.finished(rp.pk)
     log.info("priors chosen", extra={"requested_procedure_id": rp.pk, "priors": len(written),
                                      "vna_failures": len(errors)})
     return written

@@ -59,7 +59,7 @@ def test_a_new_study_keeps_its_first_instances_attributes_and_is_matched():
     assert p.new_study["study_instance_uid"] == "1.2.3" and p.new_study["accession_number"] == "ACC1"
     assert p.new_study["modalities_in_study"] == "CT" and p.new_study["last_received_at"] == NOW
     assert p.new_series == {"series_instance_uid": "1.2.3.4", "modality": "CT", "series_number": 1,
-                            "series_description": ""}
+                            "series_description": "", "body_part_examined": ""}
     assert p.instance["sop_instance_uid"] == "1.2.3.4.1" and p.instance["received_at"] == NOW
 
 

@@ -5,6 +5,7 @@ association.  The index is filled through the store SCP (storescu), as a modalit
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from pydicom import dcmread
@@ -22,6 +23,7 @@ from project.auditing import events
 from tests.support.dicom import (
     OTHER,
     associate_from,
+    echoscu,
     port_of,
     qr_findscu,
     retrieve_tool,
@@ -359,3 +361,37 @@ def test_a_retrieval_that_names_nothing_held_is_success_with_no_sub_operation(en
     trail.flush()
     record = AuditRecord.records.filter(event_id=events.INSTANCES_TRANSFERRED.value, action=events.READ).latest("pk")
     assert record.destination == "STORESCP" and record.outcome == events.SUCCESS
+
+
+@pytest.mark.parametrize("scp_options", [(), ("--fork",)], ids=["one-association-at-a-time", "forking"])
+def test_two_concurrent_moves_of_a_study_to_one_destination_both_succeed(engine, held, tmp_path, scp_options):
+    """Two movescu at once, each asking for S1 and S2 to the same storescp: each gets its own
+    final Success with 6 completed sub-operations and none failed, and the destination receives
+    every instance once per move (storescp +uf keeps each copy in a file of its own; a storescp
+    without --fork takes one association at a time, so the engine's second association waits for
+    the first)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    DicomNode.objects.create(ae_title="STORESCP", host="127.0.0.1", port=port)
+    scp = start_storescp(port, tmp_path / "moved", extra=("+uf", *scp_options))
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            runs = [pool.submit(retrieve_tool, "movescu", engine, "-S",
+                                ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={S1}\\{S2}"],
+                                extra=["-d", "-aem", "STORESCP"]) for _ in range(2)]
+            procs = [run.result() for run in runs]
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    for proc in procs:
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        final = out[out.rindex("Received Final Move Response"):]
+        assert re.search(r"DIMSE Status\s*:\s*0x0000: Success", final), final[:2000]
+        assert re.search(r"Completed Suboperations\s*:\s*6\b", final), final[:2000]
+        assert re.search(r"Failed Suboperations\s*:\s*0\b", final), final[:2000]
+    received = [dcmread(p).SOPInstanceUID for p in (tmp_path / "moved").iterdir()]
+    wanted = {uid for uid, ds in held.items() if ds.StudyInstanceUID in (S1, S2)}
+    assert len(wanted) == 6 and sorted(received) == sorted(list(wanted) * 2)
+    assert echoscu(engine, aet="WS1").returncode == 0  # the engine still answers

@@ -131,7 +131,8 @@ def test_new_patient_rows_are_the_same_on_both_paths(monkeypatch):
     assert stored[0] == stored[1]
 
 
-def test_known_patient_order_takes_two_statements_and_updates_demographics_and_visit():
+def test_known_patient_order_takes_two_statements_and_updates_demographics_and_visit(settings):
+    settings.PRIORS_ENABLED = False  # the writer's statements only: not the prior search pacs records (one INSERT)
     orders.place_order(command("smallvendor_orm_o01_nw_lf.hl7"))
     patient = Patient.objects.get(identifiers__id_number="S3000003")
     # The same patient again, new name and visit data, another order.
@@ -231,7 +232,8 @@ def test_hot_statements_are_prepared_with_generic_plans():
     assert Order.objects.filter(placer_order_number__startswith="PREP").count() == 3
 
 
-def test_other_identifiers_are_added_once_and_a_known_patient_takes_two_statements(path):
+def test_other_identifiers_are_added_once_and_a_known_patient_takes_two_statements(path, settings):
+    settings.PRIORS_ENABLED = False  # the writer's statements only: not the prior search pacs records (one INSERT)
     orders.place_order(command("epic_orm_o01_nw.hl7"))
     patient = Patient.objects.get(identifiers__id_number="E1000001")
     cmd = command("epic_orm_o01_nw.hl7", P10001="P10002", EA100001="EA900001", EA100002="EA900002",

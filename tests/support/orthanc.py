@@ -187,7 +187,7 @@ def make_instance(*, study_instance_uid: str, series_instance_uid: str | None = 
                   accession_number: str = "", patient_id: str = "PAT001", issuer_of_patient_id: str = "HOSP",
                   patient_name: str = "TEST^SYNTHETIC", birth_date: str = "19700101", sex: str = "O",
                   study_date: dt.date | None = None, instance_number: int = 1, rows: int = 16, columns: int = 16,
-                  bits: int = 16) -> Dataset:
+                  bits: int = 16, study_description: str = "", body_part_examined: str = "") -> Dataset:
     """A synthetic image (random pixels) with the identifying attributes the tests need."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -209,6 +209,10 @@ def make_instance(*, study_instance_uid: str, series_instance_uid: str | None = 
     ds.StudyID = "1"
     ds.Modality = modality
     ds.SeriesNumber = 1
+    if study_description:
+        ds.StudyDescription = study_description
+    if body_part_examined:
+        ds.BodyPartExamined = body_part_examined
     ds.InstanceNumber = instance_number
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
