@@ -15,8 +15,8 @@ association each to the engine (``manage.py run_dicom --workers 2``, PostgreSQL)
 (the Procfile's web process, 2 workers, an API token, the audit trail on) and by Orthanc's
 plug-in (``/dicom-web``).  One client for both: a kept-alive ``requests`` session.
 
-One warm-up round (not counted) checks both answers (as many parts as images, each part a DICOM
-file; the rendered frames JPEG); then ``--runs`` rounds alternate which side goes first; each
+A warm-up (not counted) checks both answers (as many parts as images, each part a DICOM file;
+the rendered frames JPEG) and takes every web worker past its first request; then ``--runs`` rounds alternate which side goes first; each
 round retrieves the study once per side and asks ``--renders`` rendered frames per side.
 Medians over the rounds, and the ratio engine / Orthanc (MB/s: higher is better; p50: lower).
 
@@ -56,6 +56,7 @@ from tests.support.orthanc import OrthancProcess  # noqa: E402
 
 DICOM_MULTIPART = 'multipart/related; type="application/dicom"'
 READ = 1 << 20
+WARM_UP = 4  # requests of each kind per side before the rounds: twice the engine's web workers
 
 
 def retrieve(session, base: str, study_uid: str, *, check: int = 0) -> dict:
@@ -131,9 +132,11 @@ def bench(workdir: Path, images: int, runs: int, renders: int) -> dict:
         engine_http = requests.Session()
         engine_http.headers["Authorization"] = f"Token {web.api_token('wadobench')}"
         sides = {"engine": (engine_http, web.dicomweb), "orthanc": (requests.Session(), f"{orthanc.url}/dicom-web")}
-        for http, base in sides.values():  # warm-up and checks, not counted
+        for http, base in sides.values():  # checks, then warm-up (every web worker past its first request)
             retrieve(http, base, study_uid, check=images)
-            rendered(http, base, study_uid, instances[0])
+            for k in range(WARM_UP):
+                retrieve(http, base, study_uid)
+                rendered(http, base, study_uid, instances[k % images])
         rows = []
         for run in range(runs):
             order = ("engine", "orthanc") if run % 2 == 0 else ("orthanc", "engine")
