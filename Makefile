@@ -77,7 +77,8 @@ BENCH_PG := postgres://postgres:postgres@127.0.0.1:5432
 # Flushed by bench/archive_latency.py (its worker's broker): not the tests' database.
 BENCH_BROKER_URL ?= redis://127.0.0.1:6379/13
 bench: venv-dev services
-	for db in pacs_bench_hl7 pacs_bench_mwl pacs_bench_store pacs_bench_reading pacs_bench_oru pacs_bench_archive; do \
+	for db in pacs_bench_hl7 pacs_bench_mwl pacs_bench_store pacs_bench_reading pacs_bench_oru pacs_bench_archive \
+	    pacs_bench_wado pacs_bench_priors; do \
 	  PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = '$$db'" | grep -q 1 \
 	  || PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $$db"; done
 	DATABASE_URL=$(BENCH_PG)/pacs_bench_hl7 $(BIN)/python bench/hl7_intake.py --n 5000 --workers 1,2
@@ -87,6 +88,9 @@ bench: venv-dev services
 	BENCH_DATABASE_URL=$(BENCH_PG)/pacs_bench_oru $(BIN)/python bench/oru_delivery.py --n 1000 --concurrency 2,4
 	DATABASE_URL=$(BENCH_PG)/pacs_bench_archive CELERY_BROKER_URL=$(BENCH_BROKER_URL) \
 	  $(BIN)/python bench/archive_latency.py --images 200 --runs 7
+	DATABASE_URL=$(BENCH_PG)/pacs_bench_wado $(BIN)/python bench/wado.py --images 200 --runs 5 --renders 50
+	DATABASE_URL=$(BENCH_PG)/pacs_bench_priors CELERY_BROKER_URL=$(BENCH_BROKER_URL) \
+	  $(BIN)/python bench/priors_ready.py --rate 100 --orders 17 --exam-minutes 5
 
 # The long crash and outage drill (tests/drills/run.py): every process of the Procfile on a
 # PostgreSQL cluster and a Redis server of the drill's own (started from the installed binaries,

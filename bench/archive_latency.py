@@ -40,7 +40,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,34 +55,14 @@ os.environ["VNA_DESTINATIONS"] = ""
 
 import store  # noqa: E402 - bench/store.py: database, engine process, study, storescu helpers
 
+from bench.common import Beat, mpps  # noqa: E402
 from tests.support.celery_worker import CeleryWorker  # noqa: E402
-from tests.support.mpps import n_create_for, n_set_for  # noqa: E402
 from tests.support.orthanc import OrthancProcess  # noqa: E402
 
 # Production's process options (Procfile).
 RUN_DICOM_ARGS = ("--workers", "2")
 WORKER_ARGS = ["--concurrency", "2"]
 _RECEIVED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainProcess\] Task pacs\.send_transfer\[")
-
-
-class Beat:
-    """``celery -A project beat`` with its schedule file in the work directory."""
-
-    def __init__(self, workdir: Path, env: dict):
-        self.log = open(workdir / "beat.log", "wb")
-        self.process = subprocess.Popen(
-            [str(ROOT / ".venv/bin/celery"), "-A", "project", "beat", "--loglevel", "INFO",
-             "-s", str(workdir / "celerybeat-schedule")],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        self.log.close()
 
 
 class Vna:
@@ -134,43 +113,6 @@ class Vna:
 
 def load() -> float:
     return round(os.getloadavg()[0], 2)
-
-
-def mpps(port: int, rp, files: list[Path]):
-    """N-CREATE IN PROGRESS, then N-SET COMPLETED listing every file; returns the N-SET's
-    (request sent, response received) as time.time()."""
-    from pydicom import dcmread
-    from pydicom.uid import generate_uid
-    from pynetdicom import AE
-    from pynetdicom.sop_class import ModalityPerformedProcedureStep
-
-    step = rp.steps.get()
-    headers = [dcmread(f, stop_before_pixels=True) for f in files]
-    today = dt.date.today().strftime("%Y%m%d")
-    create = n_create_for(study_instance_uid=rp.study_instance_uid, accession_number=rp.accession_number,
-                          requested_procedure_id=rp.requested_procedure_id,
-                          scheduled_procedure_step_id=step.scheduled_procedure_step_id,
-                          patient_name="BENCH^CT", patient_id="BENCH", start_date=today, start_time="080000")
-    done = n_set_for([(h.SOPClassUID, h.SOPInstanceUID) for h in headers],
-                     series_instance_uid=headers[0].SeriesInstanceUID, end_date=today, end_time="081500")
-    ae = AE(ae_title="CT1")
-    ae.add_requested_context(ModalityPerformedProcedureStep)
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
-    if not assoc.is_established:
-        raise RuntimeError("no MPPS association with the engine")
-    try:
-        uid = generate_uid()
-        status, _ = assoc.send_n_create(create, ModalityPerformedProcedureStep, uid)
-        if status.Status != 0:
-            raise RuntimeError(f"N-CREATE status 0x{status.Status:04X}")
-        sent = time.time()
-        status, _ = assoc.send_n_set(done, ModalityPerformedProcedureStep, uid)
-        answered = time.time()
-        if status.Status != 0:
-            raise RuntimeError(f"N-SET status 0x{status.Status:04X}")
-    finally:
-        assoc.release()
-    return sent, answered
 
 
 def engine_leg(engine, vna: Vna, rp, files, images: int, poll: float) -> dict:

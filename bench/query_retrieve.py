@@ -35,6 +35,9 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import Web, free_port, manage, pct, wait_port  # noqa: E402
+
 DB_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/pacs_qr_bench")
 ENV = {
     **os.environ, "DATABASE_URL": DB_URL, "DJANGO_SETTINGS_MODULE": "project.settings", "LOG_LEVEL": "WARNING",
@@ -48,19 +51,8 @@ PATIENTS, DAYS, FIRST_DAY = 2000, 1000, dt.date(2022, 1, 1)
 MODALITIES = ("CT", "MR", "US", "CR", "NM")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def manage(*args: str, work: Path) -> str:
-    env = {**ENV, "VAR_DIR": str(work / "var"), "STORAGE_DIR": str(work / "var" / "storage")}
-    result = subprocess.run([str(ROOT / ".venv/bin/python"), "manage.py", *args], cwd=ROOT, env=env,
-                            capture_output=True, text=True, check=False)
-    if result.returncode:
-        raise RuntimeError(f"manage.py {args[0]}: {result.stderr[-2000:]}")
-    return result.stdout
+def engine_env(work: Path) -> dict:
+    return {**ENV, "VAR_DIR": str(work / "var"), "STORAGE_DIR": str(work / "var" / "storage")}
 
 
 def recreate_database() -> None:
@@ -81,16 +73,6 @@ def write_studies(n: int, folder: Path) -> None:
                            patient_name=f"QRBENCH^PATIENT{i % PATIENTS:05d}",
                            study_date=FIRST_DAY + dt.timedelta(days=i % DAYS), rows=8, columns=8)
         ds.save_as(folder / f"{i:06d}.dcm", enforce_file_format=True)
-
-
-def wait_port(port: int, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def storescu(port: int, called: str, folder: Path) -> float:
@@ -145,11 +127,6 @@ def qido(session, base: str, key: str, value: str) -> tuple[float, int]:
     return elapsed, len(response.json()) if response.status_code == 200 and response.content else 0
 
 
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 2)
-
-
 def measure(name: str, kind: str, run, queries) -> dict:
     run(*queries[0])  # warm-up (connections, caches)
     by_key: dict[str, list[float]] = {}
@@ -177,45 +154,39 @@ def main() -> None:
     recreate_database()
     with tempfile.TemporaryDirectory(prefix="qr-bench-") as tmp:
         work = Path(tmp)
-        manage("migrate", "--noinput", work=work)
+        manage(engine_env(work), "migrate", "--noinput")
         write_studies(args.studies, work / "studies")
         procs = []
+        web = None
         try:
-            dicom_port, web_port = free_port(), free_port()
-            env = {**ENV, "VAR_DIR": str(work / "var"), "STORAGE_DIR": str(work / "var" / "storage"),
-                   "WEB_PORT": str(web_port), "DICOMWEB_BASE_URL": f"http://127.0.0.1:{web_port}/dicomweb"}
+            dicom_port = free_port()
+            env = engine_env(work)
             procs.append(subprocess.Popen([str(ROOT / ".venv/bin/python"), "manage.py", "run_dicom", "--host",
                                            "127.0.0.1", "--port", str(dicom_port), "--workers", "2"], cwd=ROOT, env=env,
                                           stdout=open(work / "dicom.log", "wb"), stderr=subprocess.STDOUT))
-            procs.append(subprocess.Popen([str(ROOT / ".venv/bin/gunicorn"), "project.wsgi"], cwd=ROOT, env=env,
-                                          stdout=open(work / "web.log", "wb"), stderr=subprocess.STDOUT))
-            wait_port(dicom_port)
-            wait_port(web_port)
+            web = Web(env, work / "web.log")
+            wait_port(dicom_port, 90)
             orthanc = OrthancProcess(work / "orthanc", aet="ORTHANC", dicomweb=True, extra={
                 "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
                 "DicomModalities": {"bench": ["BENCH", "127.0.0.1", 104]}, "DicomAlwaysAllowFind": True})
             orthanc.start()
             loaded = {"engine": storescu(dicom_port, "PACS", work / "studies"),
                       "orthanc": storescu(orthanc.dicom_port, "ORTHANC", work / "studies")}
-            manage("shell", "-c", "from django.contrib.auth.models import Group, User\n"
-                   "from project.access import TECHNOLOGIST\n"
-                   "u = User.objects.create_user('qrbench')\n"
-                   "u.groups.add(Group.objects.get(name=TECHNOLOGIST))\n", work=work)
-            key = manage("create_api_token", "qrbench", "--name", "benchmark", work=work).strip().splitlines()[-1]
             engine_web = requests.Session()
-            engine_web.headers["Authorization"] = f"Token {key}"
+            engine_web.headers["Authorization"] = f"Token {web.api_token('qrbench')}"
             orthanc_web = requests.Session()
             queries = find_queries(args.studies, args.queries)
             results = [
                 measure("engine", "C-FIND", lambda k, v: c_find(dicom_port, "PACS", k, v), queries),
                 measure("orthanc", "C-FIND", lambda k, v: c_find(orthanc.dicom_port, "ORTHANC", k, v), queries),
-                measure("engine", "QIDO-RS", lambda k, v: qido(engine_web, f"http://127.0.0.1:{web_port}/dicomweb", k, v),
-                        queries),
+                measure("engine", "QIDO-RS", lambda k, v: qido(engine_web, web.dicomweb, k, v), queries),
                 measure("orthanc", "QIDO-RS", lambda k, v: qido(orthanc_web, f"{orthanc.url}/dicom-web", k, v),
                         queries),
             ]
             orthanc.stop()
         finally:
+            if web is not None:
+                web.stop()
             for proc in procs:
                 proc.terminate()
                 proc.wait(30)

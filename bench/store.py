@@ -49,19 +49,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 os.environ["TCP_NODELAY"] = "1"
 os.environ.setdefault("VNA_DESTINATIONS", "")
 
+from bench.common import free_port, wait_port  # noqa: E402
 from tests.support.orthanc import OrthancProcess, write_study  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 PROFILE_ROUTE = False
 PDU = 0  # Orthanc's MaximumPduLength for the routing bench (0: Orthanc's default, 16 KiB)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_database() -> None:
@@ -73,18 +66,6 @@ def ensure_database() -> None:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=ENV, check=True)
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def storescu(port: int, called: str, files: list[Path], extra: tuple[str, ...] = ()) -> float:

@@ -74,6 +74,18 @@ def absolute_path(relative: str) -> Path:
     return path
 
 
+def instance_path(relative: str) -> Path:
+    """The file of an indexed instance without resolving it: a path of the shape
+    ``relative_path`` gives (three UIDs, the last with ``.dcm``: digits and dots only) cannot
+    leave the store.  Any other shape gets ``absolute_path``'s check, which resolves every
+    directory level (system calls that add up over a study's thousand instances)."""
+    parts = relative.split("/")
+    if len(parts) == 3 and parts[2].endswith(".dcm") and all(
+            is_valid_uid(p) for p in (parts[0], parts[1], parts[2][:-4])):
+        return storage_root() / relative
+    return absolute_path(relative)
+
+
 def incoming_dir() -> Path:
     path = storage_root() / ".incoming"
     path.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,16 @@ fragments of an encapsulated frame), and a rendered frame (PS3.18 8.7.5, JPEG or
 Memory stays bounded by one instance: files are read in ``CHUNK`` pieces, headers without
 the pixel data, a native frame by seeking to it; only rendering and encapsulated frames hold
 one instance's pixel data.
+
+A file is sent with the size it had when the answer's Content-Length was reckoned
+(``sized_chunks``): a file replaced meanwhile by another of a different size (a resend under
+the ``replace`` policy) ends the answer short, never as a part of the wrong length.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +25,7 @@ from pydicom.encaps import generate_frames
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024
 PIXEL_DATA_TAG = "7FE00010"
 
 #: Transfer syntaxes whose pixel data is native (not encapsulated) and little endian: a frame
@@ -42,10 +47,28 @@ class NotRenderable(ValueError):
     number beyond its frames, a transfer syntax it cannot decode)."""
 
 
+class ChangedWhileSent(RuntimeError):
+    """A file's size is no longer the one announced in the answer's Content-Length."""
+
+
 def chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as fh:
         while block := fh.read(CHUNK):
             yield block
+
+
+def sized_chunks(path: Path, size: int) -> Iterator[bytes]:
+    """The file in ``CHUNK`` pieces, exactly ``size`` bytes of it: ``ChangedWhileSent`` (the
+    answer is cut short) when the file opened is not ``size`` bytes long."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size != size:
+            raise ChangedWhileSent(f"{path.name} changed size while its study was being sent")
+        left = size
+        while left and (block := fh.read(min(CHUNK, left))):
+            left -= len(block)
+            yield block
+    if left:
+        raise ChangedWhileSent(f"{path.name} was cut short while its study was being sent")
 
 
 def header(path: Path) -> Dataset:

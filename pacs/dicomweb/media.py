@@ -102,13 +102,24 @@ def boundary() -> str:
     return f"dicomweb-{uuid.uuid4().hex}"
 
 
+def _part_header(content_type: str, mark: str) -> bytes:
+    return f"--{mark}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+
+
 def multipart(parts: Iterable[tuple[str, Iterable[bytes]]], mark: str) -> Iterator[bytes]:
     """A multipart/related body: each ``(content type, body chunks)`` as one part (RFC 2387)."""
     for content_type, body in parts:
-        yield f"--{mark}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+        yield _part_header(content_type, mark)
         yield from body
         yield b"\r\n"
     yield f"--{mark}--\r\n".encode()
+
+
+def multipart_length(parts: Iterable[tuple[str, int]], mark: str) -> int:
+    """The byte length of ``multipart`` of parts of these ``(content type, body length)``: the
+    answer's Content-Length, so that it is sent as it is and not cut into HTTP/1.1 chunks
+    (RFC 9112 6.3), which costs both ends a pass over the bytes."""
+    return sum(len(_part_header(t, mark)) + n + 2 for t, n in parts) + len(f"--{mark}--\r\n")
 
 
 def multipart_type(part_type: str, mark: str, transfer_syntax: str = "") -> str:

@@ -248,7 +248,7 @@ def _stored(request, grant: Grant, study_uid: str, series_uid: str | None = None
     web_audit.read(request, events.INSTANCES_ACCESSED, patients=[(patient_id, issuer)] if patient_id else [],
                    objects=objects, actor=grant.actor,
                    detail={"resource": resource, "instances": len(rows), **grant.audit_detail()})
-    return [Stored(storage.absolute_path(r[0]), r[1], study_uid, r[2], r[3]) for r in rows]
+    return [Stored(storage.instance_path(r[0]), r[1], study_uid, r[2], r[3]) for r in rows]
 
 
 def _dicom_acceptable(request) -> tuple[bool, str]:
@@ -275,9 +275,12 @@ def retrieve(request, grant, study_uid: str, series_uid: str | None = None, sop_
         return problem(406, f"the instances are stored in another transfer syntax than {syntax[:64]}; "
                             "ask for transfer-syntax=* to have them as stored")
     mark = media.boundary()
-    parts = ((f"application/dicom; transfer-syntax={s.transfer_syntax_uid}", files.chunks(s.path)) for s in stored)
+    sized = [(f"application/dicom; transfer-syntax={s.transfer_syntax_uid}", s.path, s.path.stat().st_size)
+             for s in stored]
+    parts = ((content_type, files.sized_chunks(path, size)) for content_type, path, size in sized)
     response = StreamingHttpResponse(media.multipart(parts, mark), content_type=media.multipart_type(
         "application/dicom", mark))
+    response["Content-Length"] = str(media.multipart_length(((t, n) for t, _, n in sized), mark))
     return response
 
 

@@ -70,6 +70,18 @@ def test_qido_and_wado_rs_round_trip(stored, connect):
     assert instance.SOPInstanceUID == one.SOPInstanceUID and instance.PixelData == one.PixelData
 
 
+def test_a_study_is_answered_with_its_length_not_in_chunks(stored):
+    """The whole body's Content-Length is announced (RFC 9112 6.3), so that neither end pays
+    for chunked transfer coding, and it is the body's length."""
+    response = requests.get(f"{stored['url']}/studies/{stored['study']}", timeout=30, headers={
+        "Accept": 'multipart/related; type="application/dicom"', "Authorization": f"Token {stored['key']}"})
+    assert response.status_code == 200
+    assert "Transfer-Encoding" not in response.headers
+    assert int(response.headers["Content-Length"]) == len(response.content)
+    mark = response.headers["Content-Type"].split("boundary=")[1]
+    assert response.content.count(f"--{mark}\r\n".encode()) == 3
+
+
 def test_metadata_frames_bulkdata_rendered(stored, connect):
     client = connect(stored["url"])
     one = stored["datasets"][0]
