@@ -7,8 +7,10 @@
   (its SQLite index), each a separate process on an ephemeral port;
 * QIDO-RS is served by ``gunicorn project.wsgi`` (the Procfile's web process, 2 workers) with an
   API token, and by Orthanc's DICOMweb plug-in (``/dicom-web``);
-* a pynetdicom client (one association per query, as a workstation does) and a ``requests``
-  session (kept-alive) send the same searches to both: a patient's studies (PatientID, 5
+* a pynetdicom client (one association per query, as a workstation does), the lean C-FIND
+  client of ``bench/lean_find.py`` (the same association and query written straight onto the
+  socket: what the servers spend, without pynetdicom's own client cost in the figure) and a
+  ``requests`` session (kept-alive) send the same searches to both: a patient's studies (PatientID, 5
   matches) and a day's studies (StudyDate, about 10 matches); p50 / p95 latency, and each
   search's match count checked to be the same on both sides.
 
@@ -118,6 +120,24 @@ def c_find(port: int, called: str, key: str, value: str) -> tuple[float, int]:
     return time.perf_counter() - t0, matches
 
 
+def lean_c_find(port: int, called: str, key: str, value: str) -> tuple[float, int]:
+    """The same query as :func:`c_find` from ``lean_find`` (no client library in the figure)."""
+    from pydicom.dataset import Dataset
+
+    from bench import lean_find
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    for keyword in ("StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "AccessionNumber",
+                    "ModalitiesInStudy", "NumberOfStudyRelatedInstances"):
+        setattr(ds, keyword, "")
+    setattr(ds, key, value)
+    t0 = time.perf_counter()
+    matches = lean_find.find("127.0.0.1", port, calling="BENCH", called=called,
+                             sop_class="1.2.840.10008.5.1.4.1.2.2.1", identifier=ds)
+    return time.perf_counter() - t0, matches
+
+
 def qido(session, base: str, key: str, value: str) -> tuple[float, int]:
     t0 = time.perf_counter()
     response = session.get(f"{base}/studies", params={key: value}, headers={"Accept": "application/dicom+json"},
@@ -179,6 +199,9 @@ def main() -> None:
             results = [
                 measure("engine", "C-FIND", lambda k, v: c_find(dicom_port, "PACS", k, v), queries),
                 measure("orthanc", "C-FIND", lambda k, v: c_find(orthanc.dicom_port, "ORTHANC", k, v), queries),
+                measure("engine", "C-FIND lean", lambda k, v: lean_c_find(dicom_port, "PACS", k, v), queries),
+                measure("orthanc", "C-FIND lean", lambda k, v: lean_c_find(orthanc.dicom_port, "ORTHANC", k, v),
+                        queries),
                 measure("engine", "QIDO-RS", lambda k, v: qido(engine_web, web.dicomweb, k, v), queries),
                 measure("orthanc", "QIDO-RS", lambda k, v: qido(orthanc_web, f"{orthanc.url}/dicom-web", k, v),
                         queries),
@@ -190,14 +213,14 @@ def main() -> None:
             for proc in procs:
                 proc.terminate()
                 proc.wait(30)
-    same = results[0]["counts"] == results[1]["counts"] == results[2]["counts"] == results[3]["counts"]
+    same = all(r["counts"] == results[0]["counts"] for r in results)
     print(f"\nStudy search, {args.studies} studies, {args.queries} searches of each kind; loaded in "
           f"{loaded['engine']:.0f} s (engine) / {loaded['orthanc']:.0f} s (Orthanc); same matches everywhere: {same}")
-    print(f"{'service':10} {'peer':8} {'PatientID p50':>14} {'p95':>8} {'StudyDate p50':>14} {'p95':>8} {'q/s':>7}")
+    print(f"{'service':12} {'peer':8} {'PatientID p50':>14} {'p95':>8} {'StudyDate p50':>14} {'p95':>8} {'q/s':>7}")
     for r in results:
-        print(f"{r['kind']:10} {r['peer']:8} {r['PatientID_p50_ms']:14.2f} {r['PatientID_p95_ms']:8.2f} "
+        print(f"{r['kind']:12} {r['peer']:8} {r['PatientID_p50_ms']:14.2f} {r['PatientID_p95_ms']:8.2f} "
               f"{r['StudyDate_p50_ms']:14.2f} {r['StudyDate_p95_ms']:8.2f} {r['queries_per_s']:7.1f}")
-    for kind in ("C-FIND", "QIDO-RS"):
+    for kind in ("C-FIND", "C-FIND lean", "QIDO-RS"):
         engine, peer = (r for r in results if r["kind"] == kind)
         print(f"{kind}: Orthanc p50 / engine p50 = "
               f"{peer['PatientID_p50_ms'] / engine['PatientID_p50_ms']:.1f} (PatientID), "

@@ -39,9 +39,16 @@ def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
 
+# The token's last use is noted to the minute: a write per request would make every read (a
+# viewer fetching a study's frames, a QIDO-RS search) wait on a commit for a figure that the
+# administrator reads to find stale tokens.
+LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
+
+
 def user_for_token(key: str):
-    """The active user of an unrevoked token key (its last use noted), or None.  DICOMweb
-    (``pacs.dicomweb.access``) takes the same tokens: ``WorklistConfig.ready`` registers this."""
+    """The active user of an unrevoked token key (its last use noted, to the minute), or None.
+    DICOMweb (``pacs.dicomweb.access``) takes the same tokens: ``WorklistConfig.ready`` registers
+    this."""
     key = key.strip()
     if not key:
         return None
@@ -52,7 +59,9 @@ def user_for_token(key: str):
     )
     if token is None:
         return None
-    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
     return token.user
 
 

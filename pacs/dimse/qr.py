@@ -64,7 +64,7 @@ from pynetdicom.sop_class import (
 )
 
 from pacs import auditing, storage
-from pacs.dimse import db, requestor, ul
+from pacs.dimse import db, flat, requestor, ul
 from pacs.dimse import recall as qr_recall
 from pacs.dimse.acceptor import Aborted
 from pacs.dimse.counting import counted
@@ -228,31 +228,56 @@ def _answer_value(keyword: str, query: Query, row: dict):
     return str(raw)
 
 
-def build_answer(query: Query, row: dict) -> Dataset:
-    """One pending answer (C.4.1.1.3.2): the keys asked for, each filled from the index or
-    empty, the unique keys of the levels down to the query level and QueryRetrieveLevel."""
-    ds = Dataset()
+def answer_elements(query: Query, row: dict) -> tuple[list[tuple[int, str, object]], str | None]:
+    """One pending answer (C.4.1.1.3.2) as ``(elements, SpecificCharacterSet)``: the keys asked
+    for, each filled from the index or empty, the unique keys of the levels down to the query
+    level and QueryRetrieveLevel; ISO_IR 192 when a value is not ASCII, empty when the
+    identifier asked for SpecificCharacterSet, else None (not sent)."""
     returned = list(query.returned)
     asked = {keyword for keyword, _tag, _vr in returned}
     for level in (PATIENT, STUDY, SERIES, IMAGE):
         if DEPTH[query.top] <= DEPTH[level] <= DEPTH[query.level] and UNIQUE_KEY[level] not in asked:
-            tag = tag_for_keyword(UNIQUE_KEY[level])
-            returned.append((UNIQUE_KEY[level], tag, dictionary_VR(tag)))
-    returned.append(("QueryRetrieveLevel", tag_for_keyword("QueryRetrieveLevel"), "CS"))
+            returned.append(_UNIQUE_KEY_ELEMENT[level])
+    returned.append(_LEVEL_ELEMENT)
     non_ascii = False
+    elements = []
     for keyword, tag, vr in returned:
-        if vr == "SQ":
-            ds.add_new(tag, "SQ", [])
-            continue
-        value = _answer_value(keyword, query, row)
+        value = None if vr == "SQ" else _answer_value(keyword, query, row)
         if isinstance(value, str) and not value.isascii():
             non_ascii = True
-        ds[tag] = DataElement(tag, vr, None if value in (None, "", []) else value, validation_mode=config.IGNORE)
-    if non_ascii:
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    elif query.charset_requested:
-        ds.SpecificCharacterSet = ""
+        elements.append((int(tag), vr, None if value in (None, "", []) else value))
+    charset = "ISO_IR 192" if non_ascii else ("" if query.charset_requested else None)
+    return elements, charset
+
+
+def build_answer(query: Query, row: dict) -> Dataset:
+    """The answer of :func:`answer_elements` as a pydicom data set."""
+    elements, charset = answer_elements(query, row)
+    ds = Dataset()
+    for tag, vr, value in elements:
+        if vr == "SQ":
+            ds.add_new(tag, "SQ", [])
+        else:
+            ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
     return ds
+
+
+def encoded_answer(query: Query, row: dict, transfer_syntax: str) -> bytes | Dataset:
+    """The answer ready to send in ``transfer_syntax``: bytes written by ``flat.encode`` for the
+    little endian syntaxes, else the pydicom data set (encoded by the acceptor)."""
+    elements, charset = answer_elements(query, row)
+    if charset is not None:
+        elements.append((_CHARSET_TAG, "CS", charset or None))
+    encoded = flat.encode(elements, transfer_syntax, utf8=charset == "ISO_IR 192")
+    return encoded if encoded is not None else build_answer(query, row)
+
+
+_UNIQUE_KEY_ELEMENT = {level: (keyword, tag_for_keyword(keyword), dictionary_VR(keyword))
+                       for level, keyword in UNIQUE_KEY.items()}
+_LEVEL_ELEMENT = ("QueryRetrieveLevel", tag_for_keyword("QueryRetrieveLevel"), "CS")
+_CHARSET_TAG = tag_for_keyword("SpecificCharacterSet")
 
 
 def _patients(query: Query, rows: list[dict]) -> list[tuple[str, str]]:
@@ -304,7 +329,7 @@ def on_c_find(event):
             yield CANCELED, None
             return
         try:
-            answer = build_answer(query, row)
+            answer = encoded_answer(query, row, event.context.transfer_syntax)
         except Exception:  # noqa: BLE001
             log.exception("query/retrieve answer could not be built", extra={"calling_ae_title": calling})
             yield _failure(UNABLE_TO_PROCESS, "internal error"), None

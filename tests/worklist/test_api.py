@@ -117,6 +117,26 @@ def test_create_api_token_command(capsys):
 
 
 @pytest.mark.django_db
+def test_a_tokens_last_use_is_noted_to_the_minute_without_a_write_per_request(client, rad_key,
+                                                                              django_assert_num_queries):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    url = "/api/v1/reports/NO-SUCH-ACCESSION/"
+    assert client.get(url, HTTP_AUTHORIZATION=f"Token {rad_key}").status_code == 404
+    token = ApiToken.objects.get()
+    first = token.last_used_at
+    assert first is not None
+    with django_assert_num_queries(3):  # the token, the user's roles, the report looked for: no UPDATE
+        assert client.get(url, HTTP_AUTHORIZATION=f"Token {rad_key}").status_code == 404
+    assert ApiToken.objects.get().last_used_at == first
+    ApiToken.objects.update(last_used_at=timezone.now() - dt.timedelta(minutes=2))
+    assert client.get(url, HTTP_AUTHORIZATION=f"Token {rad_key}").status_code == 404
+    assert ApiToken.objects.get().last_used_at > first
+
+
+@pytest.mark.django_db
 def test_oversized_bodies_are_refused(client, rad_key):
     rp = f.study()
     r = _post(client, "/api/v1/reports/", {"accession_number": rp.accession_number, "findings": "x" * 100_001,
