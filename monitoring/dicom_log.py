@@ -1,7 +1,8 @@
 """Counting DIMSE operations per calling AE (``monitoring.DicomOperation``).
 
 ``record_many(counts)`` adds to the hours' counters, one upsert per (hour, calling AE,
-operation, status) (INSERT ... ON CONFLICT DO UPDATE, PostgreSQL and SQLite).  The DIMSE
+operation, status) (INSERT ... ON CONFLICT DO UPDATE, PostgreSQL and SQLite), committed without waiting for
+the disk on PostgreSQL (the counts are for the operator, not the patient record).  The DIMSE
 handlers send ``pacs.signals.dicom_operation`` after deciding their answer
 (``pacs.dimse.counting``) and ``monitoring.receivers`` calls ``record_quietly``: the count is
 gathered in memory and written in the background (several answers per upsert under load);
@@ -28,6 +29,12 @@ def record_many(counts: dict) -> None:
     """Add ``{(hour, calling_ae_title, operation, status): (count, last_at)}`` in one transaction."""
     table = DicomOperation._meta.db_table
     with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Counters for the operator, not patient data: an asynchronous commit (this
+            # transaction only) does not wait for the WAL flush, so counting costs a DIMSE
+            # database thread no disk wait; a crash may lose the last fraction of a second of
+            # counts, never make them inconsistent (PostgreSQL "Asynchronous Commit").
+            cursor.execute("SET LOCAL synchronous_commit = off")
         for (hour, calling, operation, status), (count, last_at) in sorted(counts.items()):
             cursor.execute(
                 f"INSERT INTO {table} (hour, calling_ae_title, operation, status, count, last_at) "

@@ -37,11 +37,18 @@ def user_roles(user) -> set[str]:
         return set()
     cached = getattr(user, "_pacs_roles", None)
     if cached is None:
-        cached = set(user.groups.values_list("name", flat=True)) & set(ROLES)
-        if user.is_superuser:
-            cached.add(ADMINISTRATOR)
-        user._pacs_roles = cached
+        cached = remember_roles(user, user.groups.values_list("name", flat=True))
     return cached
+
+
+def remember_roles(user, group_names) -> set[str]:
+    """The roles of ``user`` from the names of its groups (read by the caller, e.g. in the same
+    statement as the user), kept on the user object for this request."""
+    roles = set(group_names) & set(ROLES)
+    if user.is_superuser:
+        roles.add(ADMINISTRATOR)
+    user._pacs_roles = roles
+    return roles
 
 
 def has_role(user, *allowed: str) -> bool:

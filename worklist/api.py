@@ -14,15 +14,19 @@ true``; 422 a report rule refuses (e.g. final already signed).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from functools import wraps
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_not_required
+from django.db import connection
 from django.http import JsonResponse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 
-from project.access import RADIOLOGIST, RESIDENT, declare_roles, has_role
+from project.access import RADIOLOGIST, RESIDENT, declare_roles, has_role, remember_roles
 from project.auditing import events
 from project.auditing import web as web_audit
 from project.auditing.actors import acting
@@ -45,24 +49,56 @@ def _error(status: int, message: str) -> JsonResponse:
 LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 
 
+@functools.cache
+def _token_statement() -> str:
+    """The token lookup as one statement: the token's user (every column, as the ORM loads it),
+    the token's id and last use, and the user's group names (one row per group), so that a
+    request's credential and its roles cost one round trip.  Names come from the models."""
+    user_model = get_user_model()
+    qn = connection.ops.quote_name
+    meta = user_model._meta
+    columns = ", ".join(f"u.{qn(f.column)}" for f in meta.concrete_fields)
+    groups = meta.get_field("groups")
+    group = groups.related_model._meta
+    return (
+        f"SELECT {columns}, t.{qn('id')} AS token_id, t.{qn('last_used_at')} AS token_last_used_at, "
+        f"g.{qn('name')} AS group_name "
+        f"FROM {qn(ApiToken._meta.db_table)} t "
+        f"JOIN {qn(meta.db_table)} u ON u.{qn(meta.pk.column)} = t.{qn('user_id')} "
+        f"LEFT JOIN {qn(groups.remote_field.through._meta.db_table)} ug "
+        f"ON ug.{qn(groups.m2m_column_name())} = u.{qn(meta.pk.column)} "
+        f"LEFT JOIN {qn(group.db_table)} g ON g.{qn(group.pk.column)} = ug.{qn(groups.m2m_reverse_name())} "
+        f"WHERE t.{qn('key_sha256')} = %s AND t.{qn('revoked_at')} IS NULL AND u.{qn('is_active')}"
+    )
+
+
+def _aware(value) -> dt.datetime | None:
+    """A timestamp read outside the ORM: SQLite gives text, PostgreSQL an aware datetime."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if value is not None and timezone.is_naive(value):
+        value = timezone.make_aware(value, dt.UTC)
+    return value
+
+
 def user_for_token(key: str):
-    """The active user of an unrevoked token key (its last use noted, to the minute), or None.
+    """The active user of an unrevoked token key (its last use noted, to the minute), or None;
+    the user's roles are read in the same statement (``project.access.remember_roles``).
     DICOMweb (``pacs.dicomweb.access``) takes the same tokens: ``WorklistConfig.ready`` registers
     this."""
     key = key.strip()
     if not key:
         return None
-    token = (
-        ApiToken.objects.select_related("user")
-        .filter(key_sha256=ApiToken.digest(key), revoked_at__isnull=True, user__is_active=True)
-        .first()
-    )
-    if token is None:
+    rows = list(get_user_model().objects.raw(_token_statement(), [ApiToken.digest(key)]))
+    if not rows:
         return None
+    user = rows[0]
+    remember_roles(user, [row.group_name for row in rows if row.group_name is not None])
+    last_used_at = _aware(user.token_last_used_at)
     now = timezone.now()
-    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return token.user
+    if last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION:
+        ApiToken.objects.filter(pk=user.token_id).update(last_used_at=now)
+    return user
 
 
 def token_roles(*allowed: str):

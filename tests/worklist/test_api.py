@@ -128,12 +128,49 @@ def test_a_tokens_last_use_is_noted_to_the_minute_without_a_write_per_request(cl
     token = ApiToken.objects.get()
     first = token.last_used_at
     assert first is not None
-    with django_assert_num_queries(3):  # the token, the user's roles, the report looked for: no UPDATE
+    with django_assert_num_queries(2):  # the token with its user's roles, the report looked for: no UPDATE
         assert client.get(url, HTTP_AUTHORIZATION=f"Token {rad_key}").status_code == 404
     assert ApiToken.objects.get().last_used_at == first
     ApiToken.objects.update(last_used_at=timezone.now() - dt.timedelta(minutes=2))
     assert client.get(url, HTTP_AUTHORIZATION=f"Token {rad_key}").status_code == 404
     assert ApiToken.objects.get().last_used_at > first
+
+
+@pytest.mark.django_db
+def test_the_token_lookup_reads_the_user_and_every_role_in_one_statement(django_assert_num_queries):
+    """The user comes back whole (as the ORM loads it) with all its groups' roles; an inactive
+    user's or a revoked token's key finds no one; a superuser counts as an administrator."""
+    from django.contrib.auth.models import Group
+
+    from project.access import ADMINISTRATOR, has_role, user_roles
+    from worklist.api import user_for_token
+
+    both = f.user("both", RADIOLOGIST, first_name="Bo", last_name="Th")
+    both.groups.add(Group.objects.get(name=ADMINISTRATOR))
+    key = _token(both)
+    user_for_token(key)  # notes the last use (an UPDATE) once
+    with django_assert_num_queries(1):
+        user = user_for_token(key)
+        assert user_roles(user) == {RADIOLOGIST, ADMINISTRATOR} and has_role(user, ADMINISTRATOR)
+    assert (user.pk, user.get_username(), user.get_full_name(), user.is_active) == (both.pk, "both", "Bo Th", True)
+    assert user.date_joined == both.date_joined and user.has_usable_password() == both.has_usable_password()
+
+    lone = f.user("lone", TECHNOLOGIST)
+    lone.groups.clear()
+    assert user_roles(user_for_token(_token(lone))) == set()
+    boss = f.user("boss", TECHNOLOGIST)
+    boss.groups.clear()
+    boss.is_superuser = True
+    boss.save()
+    assert user_roles(user_for_token(_token(boss))) == {ADMINISTRATOR}
+
+    gone = f.user("gone", RADIOLOGIST)
+    gone_key = _token(gone)
+    gone.is_active = False
+    gone.save()
+    assert user_for_token(gone_key) is None
+    ApiToken.objects.filter(key_sha256=ApiToken.digest(key)).update(revoked_at="2026-01-01T00:00Z")
+    assert user_for_token(key) is None and user_for_token("") is None and user_for_token("no-such-key") is None
 
 
 @pytest.mark.django_db
