@@ -29,8 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import Count, Exists, IntegerField, Max, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
+from django.db import connection
+from django.db.models import Count, Exists, IntegerField, Max, OuterRef, Q
+from django.db.models.expressions import RawSQL
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 import pacs.lib.lookups  # noqa: F401 - registers dicom_like and upper
@@ -396,9 +397,17 @@ def _conditions(query: Query) -> Q:
     return condition
 
 
-def _count(model, **link) -> Coalesce:
-    counted = model.objects.filter(**link).order_by().values(next(iter(link))).annotate(n=Count("pk")).values("n")
-    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+def _count(model, link: str, level: str, column: str) -> RawSQL:
+    """The number of ``model`` rows whose foreign key ``link`` is the matched row's ``column``
+    (a field of the ``level`` model): a correlated ``COUNT(*)`` subquery, 0 when there are none.
+    Written as SQL from the models' names: built through the ORM (Subquery, OuterRef) these
+    counts took as long to compile as the rest of the search with its execution."""
+    qn = connection.ops.quote_name
+    main = _MODEL[level]._meta
+    fk = model._meta.get_field(link).column
+    return RawSQL(f"SELECT COUNT(*) FROM {qn(model._meta.db_table)} counted "
+                  f"WHERE counted.{qn(fk)} = {qn(main.db_table)}.{qn(main.get_field(column).column)}", (),
+                  output_field=IntegerField())
 
 
 def _patients(rows, returned: tuple[str, ...]):
@@ -425,14 +434,14 @@ def search(query: Query) -> Result:
     if query.level == PATIENT:
         rows = _patients(rows, returned)
     else:
-        study_pk = "pk" if query.level == STUDY else "study_id"
+        study_pk = "id" if query.level == STUDY else "study"
         if "NumberOfStudyRelatedSeries" in returned:
-            rows = rows.annotate(n_study_series=_count(Series, study=OuterRef(study_pk)))
+            rows = rows.annotate(n_study_series=_count(Series, "study", query.level, study_pk))
         if "NumberOfStudyRelatedInstances" in returned:
-            rows = rows.annotate(n_study_instances=_count(Instance, study=OuterRef(study_pk)))
+            rows = rows.annotate(n_study_instances=_count(Instance, "study", query.level, study_pk))
         if "NumberOfSeriesRelatedInstances" in returned:
             rows = rows.annotate(n_series_instances=_count(
-                Instance, series=OuterRef("pk" if query.level == SERIES else "series_id")))
+                Instance, "series", query.level, "id" if query.level == SERIES else "series"))
     columns = [*paths.values(), study + "patient_id", study + "issuer_of_patient_id"]
     page = list(rows.order_by(*_ORDER[query.level]).values_list(*columns)[query.offset:query.offset + query.limit + 1])
     found = []

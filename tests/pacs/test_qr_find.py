@@ -79,7 +79,9 @@ def test_one_sql_query_per_c_find_at_every_level():
         ("STUDY", dict(QueryRetrieveLevel="SERIES", StudyInstanceUID=one.study_instance_uid, SeriesInstanceUID="",
                        Modality="", NumberOfSeriesRelatedInstances="", NumberOfStudyRelatedInstances="")),
         ("PATIENT", dict(QueryRetrieveLevel="IMAGE", PatientID="ONE0", StudyInstanceUID=one.study_instance_uid,
-                         SeriesInstanceUID=series.series_instance_uid, SOPInstanceUID="", InstanceNumber="")),
+                         SeriesInstanceUID=series.series_instance_uid, SOPInstanceUID="", InstanceNumber="",
+                         NumberOfSeriesRelatedInstances="", NumberOfStudyRelatedInstances="",
+                         NumberOfStudyRelatedSeries="")),
     ]
     expected = [3, 3, 2, 2]
     for (top, keys), count in zip(identifiers, expected, strict=True):
@@ -92,3 +94,6 @@ def test_one_sql_query_per_c_find_at_every_level():
             patient.NumberOfPatientRelatedInstances) == (1, 2, 4)
     series_answer = _find("STUDY", **identifiers[2][1])[0]
     assert series_answer.NumberOfSeriesRelatedInstances == 2 and series_answer.NumberOfStudyRelatedInstances == 4
+    image_answers = _find("PATIENT", **identifiers[3][1])
+    assert [(a.NumberOfSeriesRelatedInstances, a.NumberOfStudyRelatedInstances, a.NumberOfStudyRelatedSeries)
+            for a in image_answers] == [(2, 4, 2), (2, 4, 2)]
