@@ -3,6 +3,7 @@ DICOM JSON written (PS3.18 F.2), multipart/related bodies streamed (RFC 2387, PS
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Iterable, Iterator
@@ -60,10 +61,20 @@ def accepted(header: str) -> list[MediaRange]:
     return ranges or [MediaRange("*/*")]
 
 
+@functools.lru_cache(maxsize=1024)
+def _vr(keyword: str) -> str:
+    return dictionary_VR(keyword)
+
+
+@functools.lru_cache(maxsize=1024)
+def _tag(keyword: str) -> str:
+    return f"{tag_for_keyword(keyword):08X}"
+
+
 def element(keyword: str, value) -> dict:
     """One attribute in DICOM JSON (PS3.18 F.2.2): ``{"vr": .., "Value": [..]}``; an empty
     value has no ``Value``."""
-    vr = dictionary_VR(keyword)
+    vr = _vr(keyword)
     doc: dict = {"vr": vr}
     if value is None or value == "":
         return doc
@@ -82,7 +93,7 @@ def element(keyword: str, value) -> dict:
 
 def dataset_json(values: dict) -> dict:
     """``{keyword: value}`` as a DICOM JSON object, keyed by tag in ascending order (F.2.1)."""
-    tagged = {f"{tag_for_keyword(k):08X}": element(k, v) for k, v in values.items()}
+    tagged = {_tag(k): element(k, v) for k, v in values.items()}
     return dict(sorted(tagged.items()))
 
 
