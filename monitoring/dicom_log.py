@@ -45,20 +45,18 @@ def record_many(counts: dict) -> None:
             )
 
 
-# Counts not yet written, and whether a write of them is queued: a C-STORE stream of 200
-# instances becomes a few upserts (one per write that finds counts waiting), not 200 commits
-# competing with the instances' own index commits.
+# Counts not yet written.  They are written at most every COUNT_WRITE_DELAY seconds
+# (pacs.dimse.db.run_soon): a stream of C-STORE or C-FIND answers becomes a few upserts a second,
+# not a commit per answer competing with the answers' own database work.
 _pending: dict = {}
 _pending_lock = threading.Lock()
-_flush_queued = False
+COUNT_WRITE_DELAY = 0.5
 
 
 def _flush_pending() -> None:
-    global _flush_queued
     with _pending_lock:
         counts = dict(_pending)
         _pending.clear()
-        _flush_queued = False
     if not counts:
         return
     try:
@@ -69,9 +67,8 @@ def _flush_pending() -> None:
 
 def record_quietly(calling_ae_title: str, operation: str, status: int) -> None:
     """Count one answer: added in memory and written by a DIMSE database thread
-    (pacs.dimse.db.run_later) soon after, never waited for -- counting never delays or
+    (pacs.dimse.db.run_soon) within COUNT_WRITE_DELAY seconds, never waited for -- counting never delays or
     changes an answer; errors are logged only.  ``pacs.dimse.db.flush()`` waits for it."""
-    global _flush_queued
     if calling_ae_title == HEALTHCHECK_AE_TITLE:
         return  # the container healthcheck's C-ECHO is not an interface
     now = timezone.now()
@@ -79,13 +76,8 @@ def record_quietly(calling_ae_title: str, operation: str, status: int) -> None:
     with _pending_lock:
         count, _last = _pending.get(key, (0, now))
         _pending[key] = (count + 1, now)
-        if _flush_queued:
-            return
-        _flush_queued = True
     try:
-        db.run_later(_flush_pending)
+        db.run_soon(_flush_pending, COUNT_WRITE_DELAY)
     except Exception as exc:  # noqa: BLE001
-        with _pending_lock:
-            _flush_queued = False
         log.warning("dicom operation not counted", extra={"calling_ae_title": calling_ae_title,
                                                           "operation": operation, "error": str(exc)[:200]})

@@ -22,6 +22,7 @@ from django.db import close_old_connections, connections
 log = logging.getLogger("pacs.dimse.db")
 _lock = threading.Lock()
 _later: set = set()  # futures of run_later not yet done
+_deferred: dict = {}  # run_soon: fn -> its timer, until it is queued
 CHECK_EVERY_SECONDS = 1.0
 _workers: _Workers | None = None
 
@@ -103,16 +104,52 @@ def run_later(fn, *args, **kwargs) -> Future:
     return future
 
 
+def run_soon(fn, delay: float) -> None:
+    """Queue ``fn()`` on a database worker thread ``delay`` seconds from now, once however
+    often it is asked for meanwhile: work that gathers (counters) is then written a few times a
+    second at most instead of once per answer.  ``flush()`` and ``stop()`` queue it at once."""
+    with _lock:
+        if fn in _deferred:
+            return
+        timer = threading.Timer(delay, _queue_deferred, (fn,))
+        timer.daemon = True
+        _deferred[fn] = timer
+    timer.start()
+
+
+def _queue_deferred(fn) -> None:
+    with _lock:
+        timer = _deferred.pop(fn, None)
+    if timer is None:
+        return  # queued meanwhile by flush()
+    timer.cancel()
+    try:
+        run_later(fn)
+    except Exception as exc:  # noqa: BLE001 - on a timer thread: logged, as run_later's failures are
+        log.warning("background database work not queued", extra={"task": getattr(fn, "__name__", str(fn)),
+                                                                   "error": str(exc)[:200]})
+
+
 def flush(timeout: float = 10.0) -> None:
-    """Wait until the work queued by ``run_later`` so far is done (tests, shutdown)."""
+    """Queue what ``run_soon`` holds, then wait until the work queued by ``run_later`` so far is
+    done (tests, shutdown)."""
+    with _lock:
+        deferred = list(_deferred)
+    for fn in deferred:
+        _queue_deferred(fn)
     with _lock:
         pending = list(_later)
     wait(pending, timeout=timeout)
 
 
 def stop() -> None:
-    """Stop the worker threads and close their connections."""
+    """Stop the worker threads (after the work queued, ``run_soon``'s included) and close their
+    connections."""
     global _workers
+    with _lock:
+        deferred = list(_deferred) if _workers is not None else []
+    for fn in deferred:
+        _queue_deferred(fn)
     with _lock:
         workers, _workers = _workers, None
     if workers is not None:
