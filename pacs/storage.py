@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -53,7 +54,12 @@ def require_uid(value, what: str) -> str:
 
 
 def storage_root() -> Path:
-    return Path(settings.STORAGE_DIR)
+    return _root(str(settings.STORAGE_DIR))
+
+
+@functools.lru_cache(maxsize=8)
+def _root(directory: str) -> Path:
+    return Path(directory)
 
 
 def relative_path(study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> str:
