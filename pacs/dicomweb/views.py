@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
+from django.db import OperationalError
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 
@@ -106,16 +106,10 @@ class SearchTooLong(Exception):
 
 def _run_search(query: iq.Query) -> iq.Result:
     """``iq.search`` bounded in time: on PostgreSQL the statement is cancelled after
-    ``DICOMWEB_QIDO_TIMEOUT_SECONDS`` (``SET LOCAL statement_timeout``, this transaction only),
-    so that a search held up by a lock or a slow plan frees its web worker."""
-    if connection.vendor != "postgresql":
-        return iq.search(query)
+    ``DICOMWEB_QIDO_TIMEOUT_SECONDS``, so that a search held up by a lock or a slow plan frees its
+    web worker."""
     try:
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT set_config('statement_timeout', %s, true)",
-                               [f"{int(settings.DICOMWEB_QIDO_TIMEOUT_SECONDS * 1000)}ms"])
-            return iq.search(query)
+        return iq.search(query, time_limit_ms=int(settings.DICOMWEB_QIDO_TIMEOUT_SECONDS * 1000))
     except OperationalError as exc:
         if getattr(exc.__cause__, "sqlstate", None) == "57014":  # query_canceled
             raise SearchTooLong from exc

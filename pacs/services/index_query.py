@@ -422,8 +422,27 @@ def _patients(rows, returned: tuple[str, ...]):
     return rows.order_by().values("patient_id", "issuer_of_patient_id").annotate(**aggregates)
 
 
-def search(query: Query) -> Result:
-    """The matches of ``query``, one page of them (``offset``, ``limit``), in index order."""
+def _fetch(rows, time_limit_ms: int | None) -> list[tuple]:
+    """The rows of the query set ``rows``; with ``time_limit_ms`` on PostgreSQL, the statement is
+    cancelled after that long (``query_canceled``, SQLSTATE 57014, raised as OperationalError).
+    The limit and the statement go in one query string, one round trip: statements sent together
+    run as one implicit transaction, so ``SET LOCAL`` holds for that statement only (PostgreSQL,
+    "Multiple Statements in a Simple Query"; psycopg's client-side binding sends them so)."""
+    if time_limit_ms is None or connection.vendor != "postgresql" or connection.in_atomic_block:
+        if time_limit_ms is not None and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:  # inside a transaction: SET LOCAL holds to its end
+                cursor.execute(f"SET LOCAL statement_timeout = {int(time_limit_ms)}")
+        return list(rows)
+    sql, params = rows.query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET LOCAL statement_timeout = {int(time_limit_ms)}; {sql}", params)
+        cursor.nextset()
+        return cursor.fetchall()
+
+
+def search(query: Query, *, time_limit_ms: int | None = None) -> Result:
+    """The matches of ``query``, one page of them (``offset``, ``limit``), in index order;
+    ``time_limit_ms``: on PostgreSQL, the search is cancelled after that long (see ``_fetch``)."""
     if query.level not in LEVELS:
         raise QueryError(f"unknown query level {query.level!r}")
     returned = returned_keywords(query)
@@ -443,7 +462,8 @@ def search(query: Query) -> Result:
             rows = rows.annotate(n_series_instances=_count(
                 Instance, "series", query.level, "id" if query.level == SERIES else "series"))
     columns = [*paths.values(), study + "patient_id", study + "issuer_of_patient_id"]
-    page = list(rows.order_by(*_ORDER[query.level]).values_list(*columns)[query.offset:query.offset + query.limit + 1])
+    page = _fetch(rows.order_by(*_ORDER[query.level]).values_list(*columns)[query.offset:query.offset + query.limit + 1],
+                  time_limit_ms)
     found = []
     for row in page[:query.limit]:
         values = dict(zip(paths, row[:-2], strict=True))
