@@ -10,7 +10,8 @@
 * a pynetdicom client (one association per query, as a workstation does), the lean C-FIND
   client of ``bench/lean_find.py`` (the same association and query written straight onto the
   socket: what the servers spend, without pynetdicom's own client cost in the figure) and a
-  ``requests`` session (kept-alive) send the same searches to both: a patient's studies (PatientID, 5
+  ``requests`` session (kept-alive), and a kept-alive ``http.client`` connection (the lean
+  QIDO-RS client: no client library's cost in the figure) send the same searches to both: a patient's studies (PatientID, 5
   matches) and a day's studies (StudyDate, about 10 matches); p50 / p95 latency, and each
   search's match count checked to be the same on both sides.
 
@@ -147,6 +148,32 @@ def qido(session, base: str, key: str, value: str) -> tuple[float, int]:
     return elapsed, len(response.json()) if response.status_code == 200 and response.content else 0
 
 
+class LeanHttp:
+    """A kept-alive ``http.client`` connection: the same QIDO-RS request as :func:`qido` without
+    the ``requests`` library's own cost per request (a few milliseconds here, the same for every
+    server), so that what the servers spend shows."""
+
+    def __init__(self, base: str, headers: dict):
+        parts = urlsplit(base)
+        self.host, self.port, self.path = parts.hostname, parts.port, parts.path
+        self.headers = {**headers, "Accept": "application/dicom+json"}
+        self.connection = None
+
+    def search(self, key: str, value: str) -> tuple[float, int]:
+        import http.client
+        from urllib.parse import urlencode
+
+        t0 = time.perf_counter()
+        if self.connection is None:
+            self.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        self.connection.request("GET", f"{self.path}/studies?{urlencode({key: value})}", headers=self.headers)
+        response = self.connection.getresponse()
+        body = response.read()
+        elapsed = time.perf_counter() - t0
+        assert response.status in (200, 204), (self.path, response.status, body[:300])
+        return elapsed, len(json.loads(body)) if response.status == 200 and body else 0
+
+
 def measure(name: str, kind: str, run, queries) -> dict:
     run(*queries[0])  # warm-up (connections, caches)
     by_key: dict[str, list[float]] = {}
@@ -205,6 +232,8 @@ def main() -> None:
                 measure("engine", "QIDO-RS", lambda k, v: qido(engine_web, web.dicomweb, k, v), queries),
                 measure("orthanc", "QIDO-RS", lambda k, v: qido(orthanc_web, f"{orthanc.url}/dicom-web", k, v),
                         queries),
+                measure("engine", "QIDO-RS lean", LeanHttp(web.dicomweb, {"Authorization": engine_web.headers["Authorization"]}).search, queries),
+                measure("orthanc", "QIDO-RS lean", LeanHttp(f"{orthanc.url}/dicom-web", {}).search, queries),
             ]
             orthanc.stop()
         finally:
@@ -220,7 +249,7 @@ def main() -> None:
     for r in results:
         print(f"{r['kind']:12} {r['peer']:8} {r['PatientID_p50_ms']:14.2f} {r['PatientID_p95_ms']:8.2f} "
               f"{r['StudyDate_p50_ms']:14.2f} {r['StudyDate_p95_ms']:8.2f} {r['queries_per_s']:7.1f}")
-    for kind in ("C-FIND", "C-FIND lean", "QIDO-RS"):
+    for kind in ("C-FIND", "C-FIND lean", "QIDO-RS", "QIDO-RS lean"):
         engine, peer = (r for r in results if r["kind"] == kind)
         print(f"{kind}: Orthanc p50 / engine p50 = "
               f"{peer['PatientID_p50_ms'] / engine['PatientID_p50_ms']:.1f} (PatientID), "
