@@ -11,7 +11,8 @@
   client of ``bench/lean_find.py`` (the same association and query written straight onto the
   socket: what the servers spend, without pynetdicom's own client cost in the figure) and a
   ``requests`` session (kept-alive), and a kept-alive ``http.client`` connection (the lean
-  QIDO-RS client: no client library's cost in the figure) send the same searches to both: a patient's studies (PatientID, 5
+  QIDO-RS client: no client library's cost in the figure) send the same searches to both, each
+  search to one side then the other (the first side alternating): a patient's studies (PatientID, 5
   matches) and a day's studies (StudyDate, about 10 matches); p50 / p95 latency, and each
   search's match count checked to be the same on both sides.
 
@@ -174,18 +175,28 @@ class LeanHttp:
         return elapsed, len(json.loads(body)) if response.status == 200 and body else 0
 
 
-def measure(name: str, kind: str, run, queries) -> dict:
-    run(*queries[0])  # warm-up (connections, caches)
-    by_key: dict[str, list[float]] = {}
-    counts = []
-    for key, value in queries:
-        seconds, matches = run(key, value)
-        by_key.setdefault(key, []).append(seconds)
-        counts.append(matches)
+def _summary(name: str, kind: str, by_key: dict[str, list[float]], counts: list[int]) -> dict:
     return {"peer": name, "kind": kind, "counts": counts,
             **{f"{key}_p50_ms": pct(v, 0.5) for key, v in by_key.items()},
             **{f"{key}_p95_ms": pct(v, 0.95) for key, v in by_key.items()},
-            "queries_per_s": round(len(queries) / sum(sum(v) for v in by_key.values()), 1)}
+            "queries_per_s": round(len(counts) / sum(sum(v) for v in by_key.values()), 1)}
+
+
+def measure(kind: str, engine_run, orthanc_run, queries) -> list[dict]:
+    """Each search sent to both sides one after the other, the side that goes first alternating,
+    so that a slow spell of this shared machine falls on both sides alike (not on one side's
+    whole series, as when one side's searches all run before the other's)."""
+    runs = {"engine": engine_run, "orthanc": orthanc_run}
+    for run in runs.values():
+        run(*queries[0])  # warm-up (connections, caches)
+    by_key: dict[str, dict[str, list[float]]] = {name: {} for name in runs}
+    counts: dict[str, list[int]] = {name: [] for name in runs}
+    for n, (key, value) in enumerate(queries):
+        for name in (("engine", "orthanc") if n % 2 == 0 else ("orthanc", "engine")):
+            seconds, matches = runs[name](key, value)
+            by_key[name].setdefault(key, []).append(seconds)
+            counts[name].append(matches)
+    return [_summary(name, kind, by_key[name], counts[name]) for name in runs]
 
 
 def main() -> None:
@@ -223,17 +234,16 @@ def main() -> None:
             engine_web.headers["Authorization"] = f"Token {web.api_token('qrbench')}"
             orthanc_web = requests.Session()
             queries = find_queries(args.studies, args.queries)
+            token = {"Authorization": engine_web.headers["Authorization"]}
             results = [
-                measure("engine", "C-FIND", lambda k, v: c_find(dicom_port, "PACS", k, v), queries),
-                measure("orthanc", "C-FIND", lambda k, v: c_find(orthanc.dicom_port, "ORTHANC", k, v), queries),
-                measure("engine", "C-FIND lean", lambda k, v: lean_c_find(dicom_port, "PACS", k, v), queries),
-                measure("orthanc", "C-FIND lean", lambda k, v: lean_c_find(orthanc.dicom_port, "ORTHANC", k, v),
-                        queries),
-                measure("engine", "QIDO-RS", lambda k, v: qido(engine_web, web.dicomweb, k, v), queries),
-                measure("orthanc", "QIDO-RS", lambda k, v: qido(orthanc_web, f"{orthanc.url}/dicom-web", k, v),
-                        queries),
-                measure("engine", "QIDO-RS lean", LeanHttp(web.dicomweb, {"Authorization": engine_web.headers["Authorization"]}).search, queries),
-                measure("orthanc", "QIDO-RS lean", LeanHttp(f"{orthanc.url}/dicom-web", {}).search, queries),
+                *measure("C-FIND", lambda k, v: c_find(dicom_port, "PACS", k, v),
+                         lambda k, v: c_find(orthanc.dicom_port, "ORTHANC", k, v), queries),
+                *measure("C-FIND lean", lambda k, v: lean_c_find(dicom_port, "PACS", k, v),
+                         lambda k, v: lean_c_find(orthanc.dicom_port, "ORTHANC", k, v), queries),
+                *measure("QIDO-RS", lambda k, v: qido(engine_web, web.dicomweb, k, v),
+                         lambda k, v: qido(orthanc_web, f"{orthanc.url}/dicom-web", k, v), queries),
+                *measure("QIDO-RS lean", LeanHttp(web.dicomweb, token).search,
+                         LeanHttp(f"{orthanc.url}/dicom-web", {}).search, queries),
             ]
             orthanc.stop()
         finally:
