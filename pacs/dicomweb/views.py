@@ -90,7 +90,7 @@ def _parse_search(request, query: iq.Query) -> tuple[iq.Query, list[str]]:
             keyword = iq.keyword_of(name)
             if len(values) != 1 or keyword in query.keys:
                 raise iq.QueryError(f"{keyword} is given more than once")
-            if iq.attribute(keyword) is None or iq.attribute(keyword).kind == "count":
+            if iq.attribute(keyword) is None or iq.attribute(keyword).kind in iq.RETURN_ONLY:
                 unsupported.append(keyword)
                 continue
             query.keys[keyword] = values[0]

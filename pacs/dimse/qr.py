@@ -214,8 +214,6 @@ def _answer_value(keyword: str, query: Query, row: dict):
         return query.level
     if keyword == "RetrieveAETitle":
         return settings.DICOM_AE_TITLE
-    if keyword == "InstanceAvailability":
-        return "ONLINE"
     raw = row.get(keyword)
     if raw is None or raw == "":
         return None

@@ -101,6 +101,9 @@ ATTRIBUTES: dict[str, Attribute] = {a.keyword: a for a in (
     Attribute("StudyDescription", STUDY, "study_description"),
     Attribute("NumberOfStudyRelatedSeries", STUDY, "n_study_series", "count"),
     Attribute("NumberOfStudyRelatedInstances", STUDY, "n_study_instances", "count"),
+    # PS3.4 C.4.23.1.1 / PS3.3 C.4.23.1.1: ONLINE, or NEARLINE for a study whose files were purged
+    # here after archiving (a retrieval fetches them back from the VNA first).  Returned only.
+    Attribute("InstanceAvailability", STUDY, "purged_at", "availability"),
     Attribute("SeriesInstanceUID", SERIES, "series_instance_uid", "uid"),
     Attribute("Modality", SERIES, "modality"),
     Attribute("SeriesNumber", SERIES, "series_number", "int"),
@@ -110,6 +113,9 @@ ATTRIBUTES: dict[str, Attribute] = {a.keyword: a for a in (
     Attribute("SOPClassUID", IMAGE, "sop_class_uid", "uid"),
     Attribute("InstanceNumber", IMAGE, "instance_number", "int"),
 )}
+
+#: Kinds of attribute that are returned only, never matched (a value given is ignored).
+RETURN_ONLY = ("count", "availability")
 
 #: Returned by default at each level (PS3.18 Tables 10.6.3-3, -4, -5: the required return
 #: attributes the index holds; the patient's are the study's).  A query at a lower level
@@ -375,7 +381,7 @@ def _conditions(query: Query) -> Q:
     keys = dict(query.keys)
     for keyword in keys:
         spec = ATTRIBUTES.get(keyword)
-        if spec is not None and DEPTH[spec.level] > DEPTH[query.level]:
+        if spec is not None and spec.kind != "availability" and DEPTH[spec.level] > DEPTH[query.level]:
             raise QueryError(f"{keyword} is not an attribute of the {query.level.lower()} level or above")
     date, time = _single_value(keys.get("StudyDate", "")), _single_value(keys.get("StudyTime", ""))
     if date is not None and time is not None:
@@ -384,7 +390,7 @@ def _conditions(query: Query) -> Q:
         condition &= _date_time_range(study + "study_date", study + "study_time", date, time)
     for keyword, raw in keys.items():
         spec = ATTRIBUTES.get(keyword)
-        if spec is None or spec.kind == "count":
+        if spec is None or spec.kind in RETURN_ONLY:
             continue
         one = _key_condition(spec, query.level, raw)
         if one is not None:
@@ -419,7 +425,9 @@ def _patients(rows, returned: tuple[str, ...]):
                              ("NumberOfPatientRelatedInstances", "instances")):
         if keyword in returned:
             aggregates[ATTRIBUTES[keyword].field] = Count(counted, distinct=True)
-    return rows.order_by().values("patient_id", "issuer_of_patient_id").annotate(**aggregates)
+    # DISTINCT: without an aggregate asked for there is no GROUP BY, and a patient with several
+    # studies would be answered once per study.
+    return rows.order_by().values("patient_id", "issuer_of_patient_id").annotate(**aggregates).distinct()
 
 
 def _fetch(rows, time_limit_ms: int | None) -> list[tuple]:
@@ -467,6 +475,8 @@ def search(query: Query, *, time_limit_ms: int | None = None) -> Result:
     found = []
     for row in page[:query.limit]:
         values = dict(zip(paths, row[:-2], strict=True))
+        if "InstanceAvailability" in values:
+            values["InstanceAvailability"] = "ONLINE" if values["InstanceAvailability"] is None else "NEARLINE"
         values[PATIENT_PAIR] = (row[-2], row[-1])
         found.append(values)
     return Result(rows=found, more=len(page) > query.limit, returned=returned)

@@ -97,3 +97,41 @@ def test_one_sql_query_per_c_find_at_every_level():
     image_answers = _find("PATIENT", **identifiers[3][1])
     assert [(a.NumberOfSeriesRelatedInstances, a.NumberOfStudyRelatedInstances, a.NumberOfStudyRelatedSeries)
             for a in image_answers] == [(2, 4, 2), (2, 4, 2)]
+
+
+def test_instance_availability_is_nearline_for_a_study_purged_after_archiving(client):
+    """PS3.4 C.4.23.1.1 / PS3.3 C.4.23.1.1: the files of a purged study are fetched back from the
+    VNA before they can be sent, so its instances are NEARLINE, a held study's ONLINE; the same
+    for C-FIND at every level below the patient and for QIDO-RS (one index query module).  A
+    value given for it is not a filter; at the patient level it is answered empty."""
+    from django.contrib.auth.models import Group, User
+
+    from project.access import TECHNOLOGIST
+
+    held = _study("AVL001", dt.date(2026, 11, 20), "090000")
+    purged = _study("AVL001", dt.date(2026, 11, 21), "090000")
+    Study.objects.filter(pk=purged.pk).update(purged_at=timezone.now())
+    expected = {held.study_instance_uid: "ONLINE", purged.study_instance_uid: "NEARLINE"}
+    for asked in ("", "ONLINE"):
+        answers = _find("PATIENT", QueryRetrieveLevel="STUDY", PatientID="AVL001", StudyInstanceUID="",
+                        InstanceAvailability=asked)
+        assert {(a.StudyInstanceUID, a.InstanceAvailability) for a in answers} == set(expected.items()), asked
+    for study in (held, purged):
+        series = Series.objects.filter(study=study).first()
+        for level, extra in (("SERIES", {"SeriesInstanceUID": ""}),
+                             ("IMAGE", {"SeriesInstanceUID": series.series_instance_uid, "SOPInstanceUID": ""})):
+            answers = _find("STUDY", QueryRetrieveLevel=level, StudyInstanceUID=study.study_instance_uid,
+                            InstanceAvailability="", **extra)
+            assert answers and {a.InstanceAvailability for a in answers} == {expected[study.study_instance_uid]}
+    # One answer for the patient (of two studies), also when no count or name is asked for.
+    patient = _find("PATIENT", QueryRetrieveLevel="PATIENT", PatientID="AVL001", InstanceAvailability="")
+    assert len(patient) == 1 and patient[0].InstanceAvailability in ("", None)
+    assert len(_find("PATIENT", QueryRetrieveLevel="PATIENT", PatientID="AVL*")) == 1
+
+    user = User.objects.create_user("avl")
+    user.groups.add(Group.objects.get_or_create(name=TECHNOLOGIST)[0])
+    client.force_login(user)
+    r = client.get("/dicomweb/studies", {"PatientID": "AVL001", "includefield": "InstanceAvailability"},
+                   HTTP_ACCEPT="application/dicom+json")
+    assert r.status_code == 200
+    assert {d["0020000D"]["Value"][0]: d["00080056"]["Value"][0] for d in r.json()} == expected
