@@ -18,6 +18,7 @@ from django.db import connection
 
 from hl7gateway.server import MLLPServer
 from monitoring.models import DicomOperation
+from pacs.dimse import db
 from tests.support.celery_worker import routing_worker as Worker
 from tests.support.dicom import port
 from tests.support.net import free_port
@@ -74,6 +75,7 @@ def test_mllp_health_connects_to_the_listener():
 def test_dicom_health_echoes_the_engine(engine):  # noqa: F811 - pytest fixture
     code, body = health("dicom", "--host", "127.0.0.1", "--port", str(port(engine)), DICOM_AE_TITLE="PACS")
     assert code == 0 and body["checks"] == {"database": True, "listener": True}
+    db.flush()  # what was counted is written
     assert not DicomOperation.objects.filter(calling_ae_title="HEALTHCHECK").exists()  # not an interface
     code, body = health("dicom", "--host", "127.0.0.1", "--port", str(free_port()))
     assert code == 1 and body["checks"]["listener"] is False
