@@ -433,17 +433,20 @@ def _patients(rows, returned: tuple[str, ...]):
 def _fetch(rows, time_limit_ms: int | None) -> list[tuple]:
     """The rows of the query set ``rows``; with ``time_limit_ms`` on PostgreSQL, the statement is
     cancelled after that long (``query_canceled``, SQLSTATE 57014, raised as OperationalError).
-    The limit and the statement go in one query string, one round trip: statements sent together
-    run as one implicit transaction, so ``SET LOCAL`` holds for that statement only (PostgreSQL,
-    "Multiple Statements in a Simple Query"; psycopg's client-side binding sends them so)."""
-    if time_limit_ms is None or connection.vendor != "postgresql" or connection.in_atomic_block:
-        if time_limit_ms is not None and connection.vendor == "postgresql":
-            with connection.cursor() as cursor:  # inside a transaction: SET LOCAL holds to its end
-                cursor.execute(f"SET LOCAL statement_timeout = {int(time_limit_ms)}")
+    Outside a transaction the limit and the statement go in one query string, one round trip:
+    statements sent together run as one implicit transaction, so ``SET LOCAL`` holds for that
+    statement only (PostgreSQL, "Multiple Statements in a Simple Query"; psycopg's client-side
+    binding sends them so).  Those rows come as the driver gives them: the index's columns need
+    no ORM converter on PostgreSQL.  Inside a transaction the limit holds to its end."""
+    if time_limit_ms is None or connection.vendor != "postgresql":
         return list(rows)
-    sql, params = rows.query.sql_with_params()
+    limit = f"SET LOCAL statement_timeout = {int(time_limit_ms)}"
     with connection.cursor() as cursor:
-        cursor.execute(f"SET LOCAL statement_timeout = {int(time_limit_ms)}; {sql}", params)
+        if connection.in_atomic_block:
+            cursor.execute(limit)
+            return list(rows)
+        sql, params = rows.query.sql_with_params()
+        cursor.execute(f"{limit}; {sql}", params)
         cursor.nextset()
         return cursor.fetchall()
 
