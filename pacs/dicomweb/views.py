@@ -125,6 +125,11 @@ def _retrieve_url(base: str, row: dict, level: str) -> str:
     return url
 
 
+def _criteria(query: iq.Query, level: str, study_uid: str | None, series_uid: str | None, grant: Grant) -> dict:
+    """What a search asked, as its Query audit record holds it."""
+    return {**query.keys, "level": level, "study": study_uid, "series": series_uid, **grant.audit_detail()}
+
+
 def _search(request, grant: Grant, level: str, study_uid: str | None = None, series_uid: str | None = None):
     bad = _bad_uids(study_uid, series_uid) or _refused(grant, study_uid)
     if bad is not None:
@@ -142,6 +147,10 @@ def _search(request, grant: Grant, level: str, study_uid: str | None = None, ser
     except iq.QueryError as exc:
         return problem(400, str(exc))
     except SearchTooLong:
+        # The search was run on the patient data asked for and cancelled: on the audit trail as a
+        # Query that failed (PS3.15 A.5.3.10, EventOutcomeIndicator 8), nobody listed.
+        web_audit.query(request, patients=[], actor=grant.actor, outcome=events.SERIOUS_FAILURE,
+                        criteria=_criteria(query, level, study_uid, series_uid, grant), shown=0)
         # PS3.18 8.6.1.2: 503, the service is unavailable for now; a narrower search may answer.
         response = problem(503, f"the search took longer than {settings.DICOMWEB_QIDO_TIMEOUT_SECONDS:g} s; "
                                 "narrow it (more matching keys, a smaller limit) or try again later")
@@ -150,8 +159,7 @@ def _search(request, grant: Grant, level: str, study_uid: str | None = None, ser
     if result.more:
         warnings.append(f'299 {_base(request)}: "There are additional results that can be requested."')
     web_audit.query(request, patients=[r[iq.PATIENT_PAIR] for r in result.rows if r[iq.PATIENT_PAIR][0]], actor=grant.actor,
-                    criteria={**query.keys, "level": level, "study": study_uid, "series": series_uid,
-                              **grant.audit_detail()}, shown=len(result.rows))
+                    criteria=_criteria(query, level, study_uid, series_uid, grant), shown=len(result.rows))
     if not result.rows:
         response = HttpResponse(status=204)  # PS3.18 8.3.4.4.1: no matches, no payload
     else:

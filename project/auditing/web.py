@@ -49,22 +49,27 @@ class AuditActorMiddleware:
 
 
 def read(request, event_id, *, patients: Iterable[tuple[str, str]] = (), objects: Iterable[dict] = (),
-         detail: dict | None = None, actor: str = "") -> None:
+         detail: dict | None = None, actor: str = "", outcome: int = events.SUCCESS) -> None:
     """Record that ``request`` was answered with the data of ``patients`` (action R).
 
-    ``actor``: who, when the request's user is not the one (the token API's account).
+    ``actor``: who, when the request's user is not the one (the token API's account);
+    ``outcome``: PS3.15 A.5.1 EventOutcomeIndicator, a failure when the read was attempted and
+    not answered.
     """
     if not settings.AUDIT_ENABLED:
         return
     pairs = list(dict.fromkeys((str(p), str(i or "")) for p, i in patients if p))
     page = getattr(getattr(request, "resolver_match", None), "view_name", "") or request.path
-    recording.record_soon(event_id, action=events.READ, actor=actor or actor_name(request) or "anonymous",
+    recording.record_soon(event_id, action=events.READ, outcome=outcome, actor=actor or actor_name(request) or "anonymous",
                       actor_kind=events.USER, source_address=client_address(request), patients=pairs,
                       objects=list(objects), detail={"page": page, **(detail or {})})
 
 
-def query(request, *, patients: Iterable[tuple[str, str]], criteria: dict, shown: int, actor: str = "") -> None:
-    """A list answered: a Query record (PS3.15 A.5.3.10) with what was asked and who was listed."""
+def query(request, *, patients: Iterable[tuple[str, str]], criteria: dict, shown: int, actor: str = "",
+          outcome: int = events.SUCCESS) -> None:
+    """A list answered: a Query record (PS3.15 A.5.3.10) with what was asked and who was listed;
+    a query that was run and not answered (cancelled) is recorded too, with its failure ``outcome``
+    and nobody listed."""
     asked = {k: v for k, v in criteria.items() if v not in ("", None, [], ())}
-    read(request, events.QUERY, patients=patients, actor=actor,
+    read(request, events.QUERY, patients=patients, actor=actor, outcome=outcome,
          objects=[{"type": "query", "id": request.path, "detail": asked}], detail={"shown": shown})

@@ -12,6 +12,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from django.utils import timezone
 
+from audit.models import AuditRecord
 from pacs.models import Instance, Series, Study
 from project.access import RADIOLOGIST
 from tests import factories
@@ -139,5 +140,15 @@ def test_a_search_held_up_longer_than_the_timeout_is_cancelled_and_answered_503(
     assert held_up.status_code == 503, held_up.text
     assert "longer than 1 s" in held_up.json()["error"] and held_up.headers["Retry-After"] == "10"
     assert 0.9 < took < 10
+    # The search that was run and cancelled is on the audit trail: a Query (DCM 110112) that
+    # failed (outcome 8), with what was asked, by whom, and nobody listed.
+    failed = AuditRecord.records.filter(event_id="110112", outcome=8)
+    assert failed.count() == 1
+    record = failed.get()
+    [asked] = [o["detail"] for o in record.objects if o["type"] == "query"]
+    assert record.actor == "limits" and asked["PatientID"] == "LIM001" and asked["level"] == "STUDY"
+    assert record.detail["shown"] == 0 and not record.patients.exists()
     free = _get(many, limit="5")
     assert free.status_code == 200 and len(_uids(free)) == 5
+    answered = AuditRecord.records.filter(event_id="110112").latest("id")
+    assert answered.outcome == 0 and answered.detail["shown"] == 5
