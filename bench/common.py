@@ -8,6 +8,7 @@ process, the database and the image tables are ``bench/store.py``'s.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import socket
 import subprocess
 import time
@@ -61,6 +62,23 @@ def stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and of its live descendants (Linux /proc:
+    fields 14 and 15 of ``stat``, in clock ticks; ``task/*/children`` for the tree)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 class Web:

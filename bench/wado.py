@@ -18,7 +18,9 @@ plug-in (``/dicom-web``).  One client for both: a kept-alive ``requests`` sessio
 A warm-up (not counted) checks both answers (as many parts as images, each part a DICOM file;
 the rendered frames JPEG) and takes every web worker past its first request; then ``--runs`` rounds alternate which side goes first; each
 round retrieves the study once per side and asks ``--renders`` rendered frames per side.
-Medians over the rounds, and the ratio engine / Orthanc (MB/s: higher is better; p50: lower).
+Medians over the rounds, and the ratio engine / Orthanc (MB/s: higher is better; p50: lower);
+the CPU time the serving processes spent per retrieve (the gunicorn master and its workers;
+Orthanc), a mean over the rounds: a cost the machine's drifting speed moves less than seconds.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/pacs_h3 CELERY_BROKER_URL=redis://127.0.0.1:6379/3 \\
         .venv/bin/python bench/wado.py --images 200 --runs 5 --renders 50
@@ -51,7 +53,7 @@ os.environ["DEBUG"] = "false"
 
 import store  # noqa: E402 - bench/store.py: database, engine process, storescu
 
-from bench.common import Web, pct, write_ct_study  # noqa: E402
+from bench.common import Web, cpu_seconds, pct, write_ct_study  # noqa: E402
 from tests.support.orthanc import OrthancProcess  # noqa: E402
 
 DICOM_MULTIPART = 'multipart/related; type="application/dicom"'
@@ -59,9 +61,11 @@ READ = 1 << 20
 WARM_UP = 4  # requests of each kind per side before the rounds: twice the engine's web workers
 
 
-def retrieve(session, base: str, study_uid: str, *, check: int = 0) -> dict:
+def retrieve(session, base: str, study_uid: str, *, check: int = 0, server: int = 0) -> dict:
     """The whole study, read to its last byte; with ``check``, the body is kept and must hold
-    ``check`` DICOM parts."""
+    ``check`` DICOM parts; with ``server`` (a process id), the CPU seconds that process and its
+    children spent meanwhile."""
+    cpu0 = cpu_seconds(server) if server else 0.0
     t0 = time.perf_counter()
     response = session.get(f"{base}/studies/{study_uid}", headers={"Accept": DICOM_MULTIPART}, stream=True, timeout=300)
     if response.status_code != 200:
@@ -72,6 +76,7 @@ def retrieve(session, base: str, study_uid: str, *, check: int = 0) -> dict:
         if check:
             kept.append(block)
     seconds = time.perf_counter() - t0
+    cpu = cpu_seconds(server) - cpu0 if server else 0.0
     if check:
         body = b"".join(kept)
         mark = response.headers["Content-Type"].split("boundary=", 1)[1].split(";")[0].strip().strip('"')
@@ -79,7 +84,7 @@ def retrieve(session, base: str, study_uid: str, *, check: int = 0) -> dict:
         dicom = sum(1 for p in parts if p.split(b"\r\n\r\n", 1)[-1][128:132] == b"DICM")
         if len(parts) != check or dicom != check:
             raise RuntimeError(f"{base}: {len(parts)} parts, {dicom} DICOM files, {check} expected")
-    return {"seconds": seconds, "bytes": size, "MB_per_s": size / seconds / 1e6}
+    return {"seconds": seconds, "bytes": size, "MB_per_s": size / seconds / 1e6, "server_cpu": cpu}
 
 
 def rendered(session, base: str, study_uid: str, instance: tuple[str, str]) -> float:
@@ -131,8 +136,9 @@ def bench(workdir: Path, images: int, runs: int, renders: int) -> dict:
         shutil.rmtree(workdir / "study")
         engine_http = requests.Session()
         engine_http.headers["Authorization"] = f"Token {web.api_token('wadobench')}"
-        sides = {"engine": (engine_http, web.dicomweb), "orthanc": (requests.Session(), f"{orthanc.url}/dicom-web")}
-        for http, base in sides.values():  # checks, then warm-up (every web worker past its first request)
+        sides = {"engine": (engine_http, web.dicomweb, web.process.pid),
+                 "orthanc": (requests.Session(), f"{orthanc.url}/dicom-web", orthanc.process.pid)}
+        for http, base, _ in sides.values():  # checks, then warm-up (every web worker past its first request)
             retrieve(http, base, study_uid, check=images)
             for k in range(WARM_UP):
                 retrieve(http, base, study_uid)
@@ -143,12 +149,13 @@ def bench(workdir: Path, images: int, runs: int, renders: int) -> dict:
             picked = [instances[(run * renders + k) % images] for k in range(renders)]
             row: dict = {"run": run, "first": order[0]}
             for name in order:
-                http, base = sides[name]
-                got = retrieve(http, base, study_uid)
+                http, base, pid = sides[name]
+                got = retrieve(http, base, study_uid, server=pid)
                 latencies = [rendered(http, base, study_uid, i) for i in picked]
                 row[name] = {
                     "retrieve_MB_per_s": round(got["MB_per_s"], 1),
                     "retrieve_seconds": round(got["seconds"], 3),
+                    "retrieve_server_cpu_s": round(got["server_cpu"], 3),
                     "body_MB": round(got["bytes"] / 1e6, 1),
                     "rendered_p50_ms": pct(latencies, 0.5),
                     "rendered_p95_ms": pct(latencies, 0.95),
@@ -176,6 +183,9 @@ def bench(workdir: Path, images: int, runs: int, renders: int) -> dict:
         out[side] = {
             k: med(side, k) for k in ("retrieve_MB_per_s", "retrieve_seconds", "rendered_p50_ms", "rendered_p95_ms")
         }
+        # CPU is counted in clock ticks (10 ms): a mean over the rounds, not a median.
+        out[side]["retrieve_server_cpu_ms"] = round(
+            1000 * statistics.fmean(r[side]["retrieve_server_cpu_s"] for r in rows), 1)
     out["retrieve_engine_over_orthanc"] = round(
         out["engine"]["retrieve_MB_per_s"] / out["orthanc"]["retrieve_MB_per_s"], 2
     )
@@ -270,11 +280,12 @@ def main() -> None:
         f"\nDICOMweb out, a study of {result['images']} CT images ({result['study_MB']} MB), median of "
         f"{result['runs']} rounds, {result['renders_per_run']} rendered frames per side and round:"
     )
-    print(f"{'':10} {'WADO-RS MB/s':>13} {'seconds':>8} {'rendered p50 ms':>16} {'p95 ms':>8}")
+    print(f"{'':10} {'WADO-RS MB/s':>13} {'seconds':>8} {'server CPU ms':>14} {'rendered p50 ms':>16} {'p95 ms':>8}")
     for side in ("engine", "orthanc"):
         r = result[side]
         print(
-            f"{side:10} {r['retrieve_MB_per_s']:13.1f} {r['retrieve_seconds']:8.3f} {r['rendered_p50_ms']:16.2f} "
+            f"{side:10} {r['retrieve_MB_per_s']:13.1f} {r['retrieve_seconds']:8.3f} {r['retrieve_server_cpu_ms']:14.1f} "
+            f"{r['rendered_p50_ms']:16.2f} "
             f"{r['rendered_p95_ms']:8.2f}"
         )
     print(
