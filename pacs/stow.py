@@ -6,30 +6,22 @@ requests of at most ``BATCH_BYTES`` (bounded memory); the response's FailedSOPSe
 connection errors are transient; other 4xx are permanent.  STOW-RS has no storage
 commitment: an instance in ReferencedSOPSequence (0008,1199) counts as committed.
 
-Over https (TLS 1.2 or 1.3, the BCP 195 profile that PS3.15 B.9 names for DICOM) the server's certificate is
-verified against TLS_CA_CERTIFICATES when set (the system's store otherwise) and its host name
-checked; the engine's certificate (TLS_CERTIFICATE, TLS_PRIVATE_KEY) is presented when the
-server asks for a client certificate.  A server certificate that does not verify is permanent
-(no retry mends it until a certificate or the trusted CAs change); there is no fallback to
-http or to an unverified connection.
+The base URL, credentials, TLS (https: the server's certificate verified, the engine's presented
+when asked), timeouts and the classification of failures are those of ``pacs.dicomweb_http``,
+which the QIDO-RS / WADO-RS client of the same destinations (``pacs.qr_dicomweb``) shares.
 """
 
 from __future__ import annotations
 
-import ssl
 import uuid
 
-import requests
-from django.conf import settings
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
-from pacs.services.routing.sending import ItemOutcome, ItemToSend, PermanentError, TransientError
-from project.encryption import Unreadable
+from pacs import dicomweb_http
+from pacs.services.routing.sending import ItemOutcome, ItemToSend, PermanentError
 
 BATCH_BYTES = 32 * 1024 * 1024
-TIMEOUT = (10, 300)
-TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
 
 
 def _payload(item: ItemToSend, corrections: dict[str, str]) -> bytes:
@@ -44,24 +36,6 @@ def _payload(item: ItemToSend, corrections: dict[str, str]) -> bytes:
     return out.getvalue()
 
 
-def tls_arguments() -> dict:
-    """``requests``' verify and cert: the trusted CAs and the engine's client certificate."""
-    own = (settings.TLS_CERTIFICATE, settings.TLS_PRIVATE_KEY) if settings.TLS_CERTIFICATE and settings.TLS_PRIVATE_KEY \
-        else None
-    return {"verify": settings.TLS_CA_CERTIFICATES or True, "cert": own}
-
-
-def _refused_certificate(exc: requests.RequestException) -> str:
-    """The verification error when the server's certificate was refused, else ''."""
-    cause = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"certificate verify failed: {cause.verify_message}"
-        inner = [getattr(cause, "reason", None), *cause.args[:1], cause.__cause__, cause.__context__]
-        cause = next((c for c in inner if isinstance(c, BaseException) and c is not cause), None)
-    return ""
-
-
 def _post(destination, parts: list[bytes]) -> dict:
     boundary = uuid.uuid4().hex
     body = bytearray()
@@ -74,25 +48,9 @@ def _post(destination, parts: list[bytes]) -> dict:
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
         "Accept": "application/dicom+json",
     }
-    if isinstance(destination.username, Unreadable) or isinstance(destination.password, Unreadable):
-        raise PermanentError("the stored STOW-RS credentials cannot be opened with SECRETS_ENCRYPTION_KEYS")
-    auth = (destination.username, destination.password) if destination.username else None
-    try:
-        response = requests.post(f"{destination.url.rstrip('/')}/studies", data=bytes(body), headers=headers,
-                                 auth=auth, timeout=TIMEOUT, **tls_arguments())
-    except requests.exceptions.SSLError as exc:
-        if refused := _refused_certificate(exc):
-            raise PermanentError(f"STOW-RS to {destination.url}: the server's certificate was refused: {refused}") \
-                from exc
-        raise TransientError(f"STOW-RS to {destination.url}: TLS handshake failed") from exc
-    except requests.RequestException as exc:
-        raise TransientError(f"STOW-RS to {destination.url}: {type(exc).__name__}") from exc
-    except OSError as exc:  # requests' own check of the files named in verify and cert
-        raise PermanentError(f"STOW-RS to {destination.url}: cannot load the TLS files: {exc}") from exc
-    if response.status_code in TRANSIENT_HTTP:
-        raise TransientError(f"STOW-RS HTTP {response.status_code}")
-    if response.status_code >= 400 and response.status_code != 409:
-        raise PermanentError(f"STOW-RS HTTP {response.status_code}: {response.text[:200]}")
+    response = dicomweb_http.send(destination, "POST", f"{dicomweb_http.base_url(destination)}/studies",
+                                  service="STOW-RS", data=bytes(body), headers=headers)
+    dicomweb_http.check_status(response, "STOW-RS", allowed=(409,))  # 409: some instances refused (FailedSOPSequence)
     try:
         return response.json() or {}
     except ValueError:
