@@ -13,8 +13,12 @@ each turns what happened into one :mod:`audit.trail` record:
 - MPPS N-CREATE / N-SET: *Procedure Record* (A.5.3.15), action C / U;
 - a study committed by a VNA: *DICOM Instances Transferred*, action R (the sender's side of
   A.5.3.7), with the destination; written in the transaction that marks the transfer committed;
-- a VNA asked for a patient's studies (relevant priors, C-FIND as SCU): *Query* (A.5.3.10), the
-  engine as actor, the VNA as destination, the identifiers asked, the number of answers;
+- a VNA asked for a patient's studies (relevant priors, C-FIND as SCU, or QIDO-RS of a DICOMweb
+  VNA): *Query* (A.5.3.10), the engine as actor, the VNA as destination, the identifiers asked,
+  the number of answers;
+- a study fetched from a DICOMweb VNA by WADO-RS (a prior, a recall): *DICOM Instances
+  Transferred* (A.5.3.7), action C (the engine imported them), as a C-STORE received is; the
+  VNA named as the other party;
 - an association refused (unknown AE, unexpected address, missing certificate) or a TLS handshake
   failed: *Security Alert* (A.5.3.11), Node Authentication, outcome 8 (serious failure).
 
@@ -32,10 +36,12 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from audit import trail
+from pacs.models.transfers import KIND_STOW
 from project.auditing import events
 
 MWL_FIND_SOP_CLASS = "1.2.840.10008.5.1.4.31"
 MPPS_SOP_CLASS = "1.2.840.10008.3.1.2.3.3"
+STUDY_ROOT_FIND_SOP_CLASS = "1.2.840.10008.5.1.4.1.2.2.1"
 
 
 def _value(value):
@@ -221,18 +227,21 @@ def handshake_failed(address: str, reason: str, *, called_ae_title: str = "") ->
     )
 
 
+def vna_address(destination) -> str:
+    """How the trail names a VNA: AE title, host and port (DICOM), its base URL (DICOMweb)."""
+    if destination.kind == KIND_STOW:
+        return destination.url[:255]
+    return f"{destination.ae_title}@{destination.host}:{destination.port}"[:255]
+
+
 def study_exported(transfer, *, instances: int) -> None:
     """A study committed by a VNA (PS3.15 A.5.3.7 from the sender's side: action R), recorded in
     the transaction that marks the transfer committed: the engine sent it, to that destination."""
     study = transfer.study
-    destination = transfer.destination
-    if destination.ae_title:
-        where = f"{destination.ae_title}@{destination.host}:{destination.port}"
-    else:
-        where = destination.url
     trail.record(
         events.INSTANCES_TRANSFERRED, action=events.READ, actor="routing", actor_kind=events.SYSTEM,
-        destination=where[:255], patients=[(study.patient_id, study.issuer_of_patient_id)] if study.patient_id else [],
+        destination=vna_address(transfer.destination),
+        patients=[(study.patient_id, study.issuer_of_patient_id)] if study.patient_id else [],
         objects=[{"type": "study", "id": study.study_instance_uid,
                   "detail": {"instances": instances, "transfer": transfer.pk, "batch": transfer.batch}}],
     )
@@ -240,12 +249,34 @@ def study_exported(transfer, *, instances: int) -> None:
 
 def priors_queried(destination, identities: list[tuple[str, str]], *, answers: int,
                    outcome: int = events.SUCCESS) -> None:
-    """The engine asked a VNA for a patient's studies (C-FIND as SCU, PS3.15 A.5.3.10, from the
-    querying side): the VNA, the identifiers asked (PatientID, IssuerOfPatientID), the answers."""
+    """The engine asked a VNA for a patient's studies (PS3.15 A.5.3.10, from the querying side):
+    the VNA, the identifiers asked (PatientID, IssuerOfPatientID), the answers.  The query is
+    named as the engine's own searches name theirs: a C-FIND by its SOP class (Study Root,
+    STUDY level), a QIDO-RS search by its resource (``{base}/studies``, PS3.18 10.6)."""
+    keys = {"PatientID": [i for i, _ in identities]}
+    if destination.kind == KIND_STOW:
+        query = {"type": "query", "id": f"{destination.url.rstrip('/')}/studies"[:255],
+                 "detail": {"keys": keys, "service": "QIDO-RS"}}
+    else:
+        query = {"type": "query", "id": STUDY_ROOT_FIND_SOP_CLASS,
+                 "detail": {"keys": {"QueryRetrieveLevel": "STUDY", **keys}}}
     trail.record(
         events.QUERY, action=events.EXECUTE, actor="priors", actor_kind=events.SYSTEM, outcome=outcome,
-        destination=f"{destination.ae_title}@{destination.host}:{destination.port}"[:255], patients=list(identities),
-        objects=[{"type": "query", "id": "1.2.840.10008.5.1.4.1.2.2.1",
-                  "detail": {"keys": {"QueryRetrieveLevel": "STUDY", "PatientID": [i for i, _ in identities]}}}],
+        destination=vna_address(destination), patients=list(identities), objects=[query],
         detail={"answers": answers},
     )
+
+
+def instances_fetched(destination, studies: dict, *, service: str, outcome: int = events.SUCCESS) -> None:
+    """Instances the engine fetched from a VNA itself and stored (WADO-RS of a DICOMweb VNA):
+    *DICOM Instances Transferred* (A.5.3.7), action C, one record per study, as for a C-STORE
+    received (``association_ended``); ``studies``: Study Instance UID -> ((PatientID, issuer),
+    instances stored)."""
+    for study_uid, ((patient_id, issuer), count) in studies.items():
+        trail.record(
+            events.INSTANCES_TRANSFERRED, action=events.CREATE, actor="priors", actor_kind=events.SYSTEM,
+            outcome=outcome, destination=vna_address(destination),
+            patients=[(patient_id, issuer)] if patient_id else [],
+            objects=[{"type": "study", "id": study_uid, "detail": {"instances": count}}],
+            detail={"service": service},
+        )

@@ -28,6 +28,7 @@ from pacs.scu import tls_context, where
 from pacs.services.routing.sending import PermanentError, TransientError
 
 PENDING = frozenset({0xFF00, 0xFF01})
+RETRIEVE = "C-MOVE"  # how a fetch is named in a prior's history (qr_dicomweb: WADO-RS)
 
 
 @dataclass(frozen=True)

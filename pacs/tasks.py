@@ -43,7 +43,7 @@ def find_priors(self, requested_procedure_id: int) -> int:
 
 @shared_task(name=priors.FETCH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def fetch_prior(prior_id: int) -> str:
-    """Fetch one prior from its VNA by C-MOVE (``pacs.services.priors.run_fetch``)."""
+    """Fetch one prior from its VNA by C-MOVE or WADO-RS (``pacs.services.priors.run_fetch``)."""
     return priors.run_fetch(prior_id)
 
 
@@ -55,6 +55,6 @@ def purge_archived() -> int:
 
 @signals.worker_init.connect(dispatch_uid="pacs.tasks.import_senders")
 def import_senders(**kwargs) -> None:
-    """Import the VNA senders and the priors SCU (pydicom, pynetdicom: about 0.4 s) once in the worker's main
-    process, before the pool forks its children, instead of in each child's first transfer."""
-    from pacs import qr_scu, scu, stow  # noqa: F401
+    """Import the VNA senders and the priors clients (pydicom, pynetdicom: about 0.4 s) once in the worker's
+    main process, before the pool forks its children, instead of in each child's first transfer."""
+    from pacs import qr_dicomweb, qr_scu, scu, stow  # noqa: F401

@@ -7,16 +7,19 @@ the relevant ones, fetch those the engine does not hold before the exam is read.
    (``pacs.services.prior_searches``: a broker down at order time loses none).
 2. ``find_priors`` looks under every identifier the patient has had (its PatientID +
    IssuerOfPatientID pairs, those retired into it by an A40 merge included) in the engine's
-   index and, by C-FIND (Study Root, STUDY level, PS3.4 C.4.1), in every enabled DICOM VNA.
+   index and in every enabled VNA: by C-FIND (Study Root, STUDY level, PS3.4 C.4.1) in a DICOM
+   one, by QIDO-RS (Search for Studies, PS3.18 10.6) in one that takes STOW-RS (``client``).
 3. ``choose`` keeps the studies ``PRIORS_MATCH`` calls relevant (``pacs.services.prior_relevance``:
    a modality of the order's steps among ModalitiesInStudy, a body part in common, both, either,
    or any), not older than ``PRIORS_MAX_YEARS``, at most
    ``PRIORS_MAX_COUNT``, newest first; each becomes a ``Prior`` row: READY when the engine holds
    it, else SCHEDULED and fetched by ``pacs.fetch_prior``.
-4. ``run_fetch`` (one attempt of the task) leases the row and asks the VNA for a C-MOVE of the
-   study to the engine's own AE (PS3.4 C.4.2); transient failures are retried with the transfers'
-   backoff up to ``TRANSFER_MAX_ATTEMPTS``, permanent ones fail with the reason.  ``sweep``
-   re-queues rows no worker holds (the periodic imaging sweep).
+4. ``run_fetch`` (one attempt of the task) leases the row and fetches the study from its VNA: a
+   C-MOVE to the engine's own AE (PS3.4 C.4.2) from a DICOM VNA, a WADO-RS Retrieve Study
+   (PS3.18 10.4) from a STOW-RS one, its instances stored as received ones either way; transient
+   failures are retried with the transfers' backoff up to ``TRANSFER_MAX_ATTEMPTS``, permanent
+   ones fail with the reason.  ``sweep`` re-queues rows no worker holds (the periodic imaging
+   sweep).
 
 A study fetched this way came from the archive: it is indexed like any received study and
 marked as archived, so that it is neither routed back nor purged before ``ARCHIVE_RETENTION_DAYS``.
@@ -106,23 +109,37 @@ def local_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]]) -> dict
     return out
 
 
+def client(vna: VnaDestination):
+    """The module that asks this VNA and fetches from it, with the same functions and answers
+    (``find_studies``, ``find_body_parts``, ``move_study``, ``RETRIEVE``): ``pacs.qr_scu``
+    (C-FIND, C-MOVE) for a DICOM VNA, ``pacs.qr_dicomweb`` (QIDO-RS, WADO-RS) for a STOW-RS one,
+    at the base URL its studies are sent to.  Imported on first use (pydicom, pynetdicom: the
+    worker imports them before forking, ``pacs.tasks``)."""
+    if vna.kind == tr.KIND_STOW:
+        from pacs import qr_dicomweb
+
+        return qr_dicomweb
+    from pacs import qr_scu
+
+    return qr_scu
+
+
 def vna_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]], *,
                    today: dt.date | None = None) -> tuple[dict[str, dict], list[str]]:
-    """C-FIND in every enabled DICOM VNA, once per identifier; when ``PRIORS_MATCH`` looks at body
-    parts, a SERIES-level C-FIND for the BodyPartExamined of the studies found within
-    ``PRIORS_MAX_YEARS``.  Returns the studies found and the failures (one per VNA that could not
-    be asked)."""
-    from pacs import qr_scu  # pynetdicom: imported by the worker only
-
+    """Every enabled VNA asked once per identifier (C-FIND, or QIDO-RS: ``client``); when
+    ``PRIORS_MATCH`` looks at body parts, a SERIES-level query for the BodyPartExamined of the
+    studies found within ``PRIORS_MAX_YEARS``.  Every query is on the audit trail, one record per
+    VNA.  Returns the studies found and the failures (one per VNA that could not be asked)."""
     oldest = _oldest(today or timezone.localdate())
     out, errors = {}, []
     for vna in destinations.destinations():
-        if vna.kind != tr.KIND_DICOM:
+        if vna.kind not in (tr.KIND_DICOM, tr.KIND_STOW):
             continue
+        qr = client(vna)
         answers, failed = 0, False
         try:
             for patient_id, issuer in ids:
-                for f in qr_scu.find_studies(vna, patient_id, issuer):
+                for f in qr.find_studies(vna, patient_id, issuer):
                     answers += 1
                     if f.study_instance_uid == rp.study_instance_uid:
                         continue
@@ -134,12 +151,12 @@ def vna_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]], *,
             if prior_relevance.needs_body_part():
                 recent = [uid for uid, c in out.items()
                           if c["source"] == vna.pk and c["study_date"] and c["study_date"] >= oldest]
-                for uid, parts in qr_scu.find_body_parts(vna, recent).items():
+                for uid, parts in qr.find_body_parts(vna, recent).items():
                     out[uid]["body_parts"] = parts
         except (TransientError, PermanentError) as exc:
             errors.append(str(exc))
             failed = True
-            log.warning("priors: C-FIND failed", extra={"destination": vna.name, "reason": str(exc)[:300]})
+            log.warning("priors: VNA query failed", extra={"destination": vna.name, "reason": str(exc)[:300]})
         if settings.AUDIT_ENABLED:
             auditing.priors_queried(vna, ids, answers=answers,
                                     outcome=events.SERIOUS_FAILURE if failed else events.SUCCESS)
@@ -271,25 +288,26 @@ def _mark_archived(study_instance_uid: str) -> None:
 
 
 def run_fetch(prior_id: int) -> str:
-    """One attempt (the Celery task's body): C-MOVE of the prior from its VNA.  Returns the status left."""
-    from pacs import qr_scu
-
+    """One attempt (the Celery task's body): the prior fetched from its VNA (C-MOVE, or WADO-RS:
+    ``client``).  Returns the status left."""
     p = claim(prior_id)
     if p is None:
         return "skipped"
     try:
-        vna = VnaDestination.objects.filter(pk=p.source_id, enabled=True, kind=tr.KIND_DICOM).first()
+        vna = VnaDestination.objects.filter(pk=p.source_id, enabled=True,
+                                            kind__in=(tr.KIND_DICOM, tr.KIND_STOW)).first()
         if vna is None:
-            raise PermanentError("the VNA it was found in is no longer an enabled DICOM destination")
-        sent = qr_scu.move_study(vna, p.study_instance_uid)
+            raise PermanentError("the VNA it was found in is no longer an enabled destination")
+        qr = client(vna)
+        sent = qr.move_study(vna, p.study_instance_uid)
         with transaction.atomic():
             p = Prior.objects.select_for_update().get(pk=prior_id)
             archive.restore_purged(p.study_instance_uid)  # a purged study is held again once every file is back
             if not held_locally(p.study_instance_uid):
-                raise TransientError(f"C-MOVE succeeded ({sent} sent) but the study is not held")
+                raise TransientError(f"{qr.RETRIEVE} succeeded ({sent} sent) but the study is not held")
             _mark_archived(p.study_instance_uid)
             if p.status == pr.IN_PROGRESS:
-                _ready(p, f"C-MOVE from {vna.name}: {sent} instances")
+                _ready(p, f"{qr.RETRIEVE} from {vna.name}: {sent} instances")
         return pr.READY
     except TransientError as exc:
         return _retry_later(prior_id, str(exc))

@@ -4,16 +4,18 @@
 (``pacs.services.routing.archive.purge_archived``); the index keeps its rows, so QIDO-RS and
 C-FIND still find it.  When a client retrieves it (DICOMweb WADO-RS / WADO-URI, PS3.18 10.4 / 9;
 Query/Retrieve C-MOVE / C-GET, PS3.4 C.4.2 / C.4.3), ``request`` queues a **recall**: a fetch of
-the study from a VNA that holds it, by C-MOVE to the engine's own AE, on the one fetch path the
-relevant priors use (``pacs.models.Prior`` with purpose ``recall``, Celery task
-``pacs.fetch_prior``, ``pacs.services.priors.run_fetch``: leases, backoff, attempts, the reason of
-the last failure, shown on the fetches page).  The instances come back through the Storage SCP
-(``pacs.services.images`` puts each file back in place); when every instance is back the study is
-held again and its retention counts from the recall (``routing.archive.restore_purged``).
+the study from a VNA that holds it, on the one fetch path the relevant priors use
+(``pacs.models.Prior`` with purpose ``recall``, Celery task ``pacs.fetch_prior``,
+``pacs.services.priors.run_fetch``: leases, backoff, attempts, the reason of the last failure,
+shown on the fetches page): by C-MOVE to the engine's own AE from a DICOM VNA, by WADO-RS Retrieve
+Study (PS3.18 10.4) from a VNA the study was sent to by STOW-RS.  The instances come back through
+the one writer of received instances (``pacs.services.images`` puts each file back in place);
+when every instance is back the study is held again and its retention counts from the recall
+(``routing.archive.restore_purged``).
 
 The adapters answer "being fetched, retry later" meanwhile, after waiting at most
-``RECALL_WAIT_SECONDS`` for a recall that completes quickly (``wait``).  A study no enabled DICOM
-VNA is known to hold (none committed it; it was not fetched from one) cannot be recalled.
+``RECALL_WAIT_SECONDS`` for a recall that completes quickly (``wait``).  A study no enabled VNA
+is known to hold (none committed it; it was not fetched from one) cannot be recalled.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from audit import trail
+from pacs import auditing
 from pacs.models import Prior, Study, Transfer, VnaDestination
 from pacs.models import priors as pr
 from pacs.models import transfers as tr
@@ -51,13 +54,17 @@ class Recall:
 
 
 def archives_of(study: Study) -> list[VnaDestination]:
-    """The enabled DICOM VNAs known to hold the study: those that committed a transfer of it
-    (Storage Commitment, PS3.4 J.3.3), then those it was fetched from as a prior or a recall."""
+    """The enabled VNAs known to hold the study: those that committed a transfer of it (Storage
+    Commitment, PS3.4 J.3.3; for STOW-RS, which has none, every instance in the answer's
+    ReferencedSOPSequence: ``pacs.stow``), then those it was fetched from as a prior or a
+    recall.  DICOM and STOW-RS VNAs alike: the fetch asks each the way it can answer
+    (``priors.client``)."""
     committed = Transfer.objects.filter(study=study, status=tr.COMMITTED).values("destination_id")
     fetched = Prior.objects.filter(
         study_instance_uid=study.study_instance_uid, status=pr.READY, source__isnull=False
     ).values("source_id")
-    found = VnaDestination.objects.filter(Q(pk__in=committed) | Q(pk__in=fetched), enabled=True, kind=tr.KIND_DICOM)
+    found = VnaDestination.objects.filter(Q(pk__in=committed) | Q(pk__in=fetched), enabled=True,
+                                          kind__in=(tr.KIND_DICOM, tr.KIND_STOW))
     by_commit = set(committed.values_list("destination_id", flat=True))
     return sorted(found, key=lambda v: (v.pk not in by_commit, v.pk))
 
@@ -137,7 +144,7 @@ def request(
                 actor=actor[:150] or "recall",
                 actor_kind=actor_kind,
                 source_address=source_address,
-                destination=f"{vna.ae_title}@{vna.host}:{vna.port}"[:255],
+                destination=auditing.vna_address(vna),
                 patients=[(study.patient_id, study.issuer_of_patient_id)] if study.patient_id else [],
                 objects=[{"type": "study", "id": study_instance_uid, "detail": {"recall": fetch.pk}}],
                 detail={"recall": fetch.pk, "via": via, "reason": "purged after archiving; fetched back on demand"},

@@ -1,0 +1,292 @@
+"""Relevant priors from a VNA the engine reaches by DICOMweb only (a destination of kind STOW-RS):
+a real Orthanc with its DICOMweb plug-in as the VNA.  The patient's earlier studies are held
+there under an identifier retired by an A40 merge; the order's arrival finds them by QIDO-RS
+(PS3.18 10.6) under every identifier, chooses the relevant ones and fetches them by WADO-RS
+Retrieve Study (PS3.18 10.4), storing each instance as a received one.  Then what goes wrong:
+the VNA away, a study it does not hold, an answer cut short or with a part that is not DICOM."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+
+import pytest
+import requests
+from django.db import transaction
+from django.utils import timezone
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from audit import trail
+from audit.models import AuditRecord
+from pacs import storage
+from pacs.dimse import IMPLEMENTATION_CLASS_UID
+from pacs.models import Instance, Prior, Study, VnaDestination
+from pacs.models import images as im
+from pacs.models import priors as pr
+from pacs.models import transfers as tr
+from pacs.services import priors
+from project.auditing import events
+from ris.commands import MergePatients, OrderCommand, PatientData, PatientIdentity, ProcedureData, StepData
+from ris.models import StatusChange
+from ris.services import orders
+from ris.services.patients import merge_patients
+from tests.factories import make_patient, make_step
+from tests.support.dicomweb_faults import FaultyDicomWeb
+from tests.support.net import free_port
+from tests.support.orthanc import OrthancProcess, storescu, write_study
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def web_vna(tmp_path):
+    """Orthanc with the DICOMweb plug-in (QIDO-RS, WADO-RS, STOW-RS at /dicom-web)."""
+    vna = OrthancProcess(tmp_path / "web-vna", dicomweb=True).start()
+    try:
+        yield vna
+    finally:
+        vna.stop()
+
+
+def _years_ago(years: float) -> dt.date:
+    return timezone.localdate() - dt.timedelta(days=int(365.25 * years))
+
+
+def _prior_in(vna, tmp_path, *, patient_id: str, modality: str, years: float, n: int = 2, **kwargs) -> str:
+    uid = generate_uid()
+    paths = write_study(tmp_path / uid, n, study_instance_uid=uid, modality=modality, patient_id=patient_id,
+                        patient_name="DOE^JON", accession_number=f"OLD{uid[-6:]}", study_date=_years_ago(years),
+                        **kwargs)
+    proc = storescu(vna.dicom_port, paths, called=vna.aet)
+    assert proc.returncode == 0, proc.stderr
+    return uid
+
+
+def _stow_destination(url: str) -> VnaDestination:
+    return VnaDestination.objects.create(name="web-vna", kind=tr.KIND_STOW, url=url)
+
+
+def _merged_patient() -> None:
+    """P7 survives; OLD7 (the identifier the VNA's studies carry) is merged into it (A40)."""
+    make_patient("DOE^JOHN", "P7")
+    make_patient("DOE^JON", "OLD7")
+    with transaction.atomic():
+        merge_patients(MergePatients(survivor=PatientData(identifiers=[PatientIdentity("P7", "HOSP")]),
+                                     retired=PatientIdentity("OLD7", "HOSP"), cause="HL7 ADT^A40 test"))
+
+
+def _order(modality: str = "CT") -> int:
+    """A new order (ORC-1 NW) for P7 through the RIS service, as the HL7 intake places it."""
+    cmd = OrderCommand(order_control="NW", order_status="", placer_order_number=f"PL{generate_uid()[-8:]}",
+                       placer_namespace="EHR", patient=PatientData(identifiers=[PatientIdentity("P7", "HOSP")],
+                                                                   patient_name="DOE^JOHN"),
+                       procedures=[ProcedureData(requested_procedure_id="", steps=[
+                           StepData(scheduled_procedure_step_id="", modality=modality,
+                                    scheduled_start=timezone.now() + dt.timedelta(hours=1))])],
+                       sending_application="EHR", cause="HL7 ORM^O01 NW test")
+    with transaction.atomic():
+        effect = orders.apply_order(cmd)
+    return effect["procedures"][0]
+
+
+def _archived_file(vna: OrthancProcess, sop_instance_uid: str) -> bytes:
+    found = requests.post(f"{vna.url}/tools/lookup", data=sop_instance_uid, timeout=30).json()
+    oid = next(f["ID"] for f in found if f["Type"] == "Instance")
+    return requests.get(f"{vna.url}/instances/{oid}/file", timeout=30).content
+
+
+def _data_set_sha256(data: bytes) -> str:
+    offset = storage.data_set_offset(io.BytesIO(data))
+    return hashlib.sha256(data[offset:]).hexdigest()
+
+
+def _incoming_files() -> list[str]:
+    root = storage.storage_root() / ".incoming"
+    return sorted(os.listdir(root)) if root.is_dir() else []
+
+
+def _stored_files() -> list[str]:
+    root = storage.storage_root()
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.dcm"))
+
+
+def _a_prior(vna: VnaDestination, uid: str) -> Prior:
+    rp = make_step(modality="CT").requested_procedure
+    return Prior.objects.create(requested_procedure=rp, study_instance_uid=uid, source=vna, patient_id="OLD7",
+                                issuer_of_patient_id="HOSP", study_date=_years_ago(1), modalities_in_study="CT",
+                                next_attempt_at=timezone.now())
+
+
+# ------------------------------------------------------------------------------ found and fetched
+def test_priors_under_a_merged_away_id_are_found_by_qido_rs_and_fetched_by_wado_rs(
+        web_vna, routing_settings, worker, tmp_path):
+    vna = _stow_destination(f"{web_vna.url}/dicom-web")
+    newer = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1)
+    older = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=2, n=3)
+    other_issuer = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1,
+                             issuer_of_patient_id="ELSEWHERE")
+    other_modality = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="MR", years=1)
+    too_old = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=8)
+    someone_else = _prior_in(web_vna, tmp_path, patient_id="X99", modality="CT", years=1)
+    _merged_patient()
+
+    rp_pk = _order("CT")
+
+    wait_for(lambda: Prior.objects.filter(requested_procedure_id=rp_pk).count() == 2
+             and not Prior.objects.filter(requested_procedure_id=rp_pk).exclude(status=pr.READY).exists(), 90,
+             message="two priors ready", detail=lambda: worker.log()[-3000:])
+    chosen = list(Prior.objects.filter(requested_procedure_id=rp_pk))  # newest first
+    assert [p.study_instance_uid for p in chosen] == [newer, older]
+    assert all(p.source_id == vna.pk and p.patient_id == "OLD7" and p.attempts == 1 for p in chosen)
+    assert {other_issuer, other_modality, too_old, someone_else}.isdisjoint(
+        Prior.objects.values_list("study_instance_uid", flat=True))
+    history = list(StatusChange.objects.filter(entity="prior", object_id=chosen[0].pk))
+    assert [c.to_status for c in history] == [pr.IN_PROGRESS, pr.READY]
+    assert history[-1].cause == "WADO-RS from web-vna: 2 instances"
+
+    # Held here, counted as archived (the VNA holds them: not routed back), with the VNA's files:
+    # the data set byte for byte (transfer-syntax=*: as the VNA holds it), behind the engine's
+    # own zero preamble and File Meta Information, as a C-STORE received is written.
+    for uid, n in ((newer, 2), (older, 3)):
+        study = Study.objects.get(study_instance_uid=uid)
+        assert study.instances.count() == n and study.status == im.ARCHIVED and study.patient_id == "OLD7"
+        assert study.purged_at is None and not study.transfers.exists()
+        for instance in Instance.objects.filter(study=study):
+            path = storage.absolute_path(instance.path)
+            held = path.read_bytes()
+            archived = _archived_file(web_vna, instance.sop_instance_uid)
+            assert _data_set_sha256(held) == _data_set_sha256(archived)
+            assert held[:128] == b"\x00" * 128
+            stored = dcmread(path)
+            assert stored.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+            assert stored == dcmread(io.BytesIO(archived))
+    assert not Study.objects.filter(
+        study_instance_uid__in=[other_issuer, other_modality, too_old, someone_else]).exists()
+    assert _incoming_files() == []
+
+    # On the audit trail: the query, with both identifiers asked, and each study fetched.
+    trail.flush()
+    (asked,) = AuditRecord.records.filter(event_id=events.QUERY.value, actor="priors")
+    assert asked.destination == vna.url and asked.outcome == events.SUCCESS
+    (query,) = [o for o in asked.objects if o["type"] == "query"]
+    assert query["id"] == f"{vna.url}/studies" and query["detail"]["service"] == "QIDO-RS"
+    assert asked.detail == {"answers": 4}
+    assert {(p.patient_id, p.issuer) for p in asked.patients.all()} == {("OLD7", "HOSP"), ("P7", "HOSP")}
+    fetched = AuditRecord.records.filter(event_id=events.INSTANCES_TRANSFERRED.value, action=events.CREATE,
+                                         actor="priors")
+    assert {(r.objects[-1]["id"], r.objects[-1]["detail"]["instances"], r.destination) for r in fetched} == {
+        (newer, 2, vna.url), (older, 3, vna.url)}
+    assert all({(p.patient_id, p.issuer) for p in r.patients.all()} == {("OLD7", "HOSP")} for r in fetched)
+    # The worker's log names no patient.
+    log = worker.log()
+    assert "OLD7" not in log and "DOE^JO" not in log
+
+
+def test_body_parts_of_a_prior_held_in_the_vna_come_from_a_series_search(web_vna, routing_settings, tmp_path):
+    """PRIORS_MATCH=body_part: BodyPartExamined of the studies found, by QIDO-RS at the series level."""
+    routing_settings.PRIORS_MATCH = "body_part"
+    vna = _stow_destination(f"{web_vna.url}/dicom-web")
+    chest = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1, body_part_examined="CHEST")
+    plain = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=2)
+    rp = make_step(modality="CT").requested_procedure
+
+    found, errors = priors.vna_candidates(rp, [("OLD7", "HOSP")])
+
+    assert errors == []
+    assert set(found) == {chest, plain}
+    assert found[chest]["body_parts"] == frozenset({"CHEST"}) and found[plain]["body_parts"] == frozenset()
+    assert found[chest]["source"] == vna.pk and found[chest]["modalities_in_study"] == "CT"
+    assert found[chest]["study_date"] == _years_ago(1) and found[chest]["accession_number"] == f"OLD{chest[-6:]}"
+
+
+def test_nothing_in_the_vna_for_the_patient_is_an_empty_answer_on_the_audit_trail(web_vna, routing_settings):
+    vna = _stow_destination(f"{web_vna.url}/dicom-web")
+    rp = make_step(modality="CT").requested_procedure
+
+    found, errors = priors.vna_candidates(rp, [("NOBODY1", "HOSP")])
+
+    assert found == {} and errors == []
+    trail.flush()
+    (asked,) = AuditRecord.records.filter(event_id=events.QUERY.value, actor="priors")
+    assert asked.destination == vna.url and asked.outcome == events.SUCCESS and asked.detail == {"answers": 0}
+
+
+# ------------------------------------------------------------------------------ what goes wrong
+def test_the_vna_away_is_transient_retried_with_the_reason_then_given_up(broker, store_dir, routing_settings):
+    """Nothing listens at the VNA's URL: the search records the failure (and is retried by the
+    task); each fetch attempt is transient, leaves the row RETRYING with the reason and a later
+    next attempt, until TRANSFER_MAX_ATTEMPTS."""
+    routing_settings.TRANSFER_MAX_ATTEMPTS = 2
+    routing_settings.TRANSFER_RETRY_BASE_SECONDS, routing_settings.TRANSFER_RETRY_MAX_SECONDS = 60.0, 120.0
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    vna = _stow_destination(url)
+    rp = make_step(modality="CT").requested_procedure
+
+    found, errors = priors.vna_candidates(rp, [("OLD7", "HOSP")])
+    assert found == {} and errors == [f"QIDO-RS to {url}: ConnectionError"]
+    trail.flush()
+    (asked,) = AuditRecord.records.filter(event_id=events.QUERY.value, actor="priors")
+    assert asked.outcome == events.SERIOUS_FAILURE and asked.destination == url
+
+    prior = _a_prior(vna, generate_uid())
+    assert priors.run_fetch(prior.pk) == pr.RETRYING
+    prior.refresh_from_db()
+    assert prior.attempts == 1 and prior.reason == f"WADO-RS to {url}: ConnectionError"
+    assert prior.next_attempt_at > timezone.now() + dt.timedelta(seconds=20) and prior.lease_expires_at is None
+    assert priors.run_fetch(prior.pk) == "skipped"  # not due yet
+
+    Prior.objects.filter(pk=prior.pk).update(next_attempt_at=timezone.now())
+    assert priors.run_fetch(prior.pk) == pr.FAILED
+    prior.refresh_from_db()
+    assert prior.attempts == 2 and prior.reason.startswith("gave up after 2 attempts: WADO-RS to")
+    assert [c.to_status for c in StatusChange.objects.filter(entity="prior", object_id=prior.pk)] == [
+        pr.IN_PROGRESS, pr.RETRYING, pr.IN_PROGRESS, pr.FAILED]
+
+
+def test_a_study_the_vna_does_not_hold_fails_at_once_with_the_reason(web_vna, broker, store_dir, routing_settings):
+    vna = _stow_destination(f"{web_vna.url}/dicom-web")
+    prior = _a_prior(vna, generate_uid())
+
+    assert priors.run_fetch(prior.pk) == pr.FAILED
+    prior.refresh_from_db()
+    assert prior.attempts == 1  # permanent: not retried
+    assert prior.reason == f"permanent: WADO-RS: {vna.url} does not hold the study (HTTP 404)"
+    assert not Study.objects.filter(study_instance_uid=prior.study_instance_uid).exists()
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("cut", "broken off after 0 instances: ChunkedEncodingError"),  # urllib3 reads the whole chunk first
+    ("cut-unframed", "cut short after 1 instances: the body ended inside a part"),
+    ("bad-part", "part 2 is not usable: not a DICOM PS3.10 file"),
+    ("status:503", "WADO-RS HTTP 503"),
+    ("status:206", "sent only part of the study (HTTP 206)"),
+])
+def test_an_answer_cut_short_or_spoilt_stores_nothing_and_is_retried(web_vna, broker, store_dir, routing_settings,
+                                                                      tmp_path, fault, reason):
+    """No instance of a spoilt answer is stored, so the prior is not taken as held (no false
+    READY) and nothing is half-indexed; the next attempt, with the answer whole, fetches it all."""
+    uid = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1, n=3)
+    with FaultyDicomWeb(web_vna.url) as proxy:
+        vna = _stow_destination(proxy.url)
+        prior = _a_prior(vna, uid)
+        proxy.fault = fault
+
+        assert priors.run_fetch(prior.pk) == pr.RETRYING
+        prior.refresh_from_db()
+        assert reason in prior.reason, prior.reason
+        assert not Study.objects.filter(study_instance_uid=uid).exists()
+        assert not Instance.objects.exists()
+        assert _stored_files() == [] and _incoming_files() == []
+        assert not priors.held_locally(uid)
+
+        proxy.fault = None
+        Prior.objects.filter(pk=prior.pk).update(next_attempt_at=timezone.now())
+        assert priors.run_fetch(prior.pk) == pr.READY
+    prior.refresh_from_db()
+    assert prior.attempts == 2 and prior.reason == ""
+    assert Study.objects.get(study_instance_uid=uid).instances.count() == 3
+    assert len(_stored_files()) == 3 and _incoming_files() == []

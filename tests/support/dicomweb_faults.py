@@ -1,0 +1,102 @@
+"""A real HTTP listener in front of a DICOMweb server (Orthanc) that passes every request on and
+can spoil the answers to a WADO-RS Retrieve Study: the faults a VNA or the network between may
+cause, for the tests of the engine's WADO-RS client (``pacs.qr_dicomweb``).
+
+``fault`` (set it at any time; None passes everything on as it came):
+
+- ``"cut"``: the answer announced with its whole Content-Length, the connection closed in the
+  middle of the second part (an HTTP client sees the body end early);
+- ``"cut-unframed"``: the same without a Content-Length (the end of the connection is the end of
+  the body, as Orthanc answers): only the missing close delimiter shows that it was cut;
+- ``"bad-part"``: the whole answer, but the second part's DICOM prefix spoilt (not a DICOM file);
+- ``"status:NNN"``: that HTTP status, no body.
+
+``requests`` counts the WADO-RS retrievals answered.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+_STUDY_RETRIEVE = re.compile(r"^/dicom-web/studies/[0-9.]+/?$")
+
+
+class FaultyDicomWeb:
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/")  # Orthanc's http://host:port
+        self.fault: str | None = None
+        self.retrievals = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):  # noqa: N802 - http.server's name
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization")}
+                answer = requests.get(proxy.upstream + self.path, headers=headers, timeout=60)
+                body = answer.content
+                retrieve = _STUDY_RETRIEVE.match(self.path.split("?")[0]) is not None
+                fault = proxy.fault if retrieve else None
+                if retrieve:
+                    proxy.retrievals += 1
+                if fault and fault.startswith("status:"):
+                    self.send_response(int(fault.split(":")[1]))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if fault == "bad-part":
+                    second = _part_starts(body, answer.headers["Content-Type"])[1]
+                    body = body[:second + 128] + b"XXXX" + body[second + 132:]
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("Content-Type", "application/octet-stream"))
+                if fault == "cut-unframed":
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if fault in ("cut", "cut-unframed"):
+                    second = _part_starts(body, answer.headers["Content-Type"])[1]
+                    self.wfile.write(body[:second + 600])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The DICOMweb base URL through this listener."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+
+    def __enter__(self) -> FaultyDicomWeb:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _part_starts(body: bytes, content_type: str) -> list[int]:
+    """Where each part's content begins (after its header block)."""
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type).group(1).encode()
+    starts = []
+    at = body.find(b"--" + boundary)
+    while at >= 0:
+        end = body.find(b"\r\n\r\n", at)
+        if body[at + 2 + len(boundary):at + 4 + len(boundary)] == b"--" or end < 0:
+            break
+        starts.append(end + 4)
+        at = body.find(b"\r\n--" + boundary, end)
+        at = at + 2 if at >= 0 else -1
+    return starts
