@@ -8,7 +8,7 @@ from pydicom.uid import generate_uid
 from project.access import RADIOLOGIST
 from tests import factories
 from tests.support.dicom import port, pynetdicom_store
-from tests.support.orthanc import make_instance
+from tests.support.orthanc import OrthancProcess, make_instance
 
 DICOMWEB_KEY = "dicomweb-test-token-0123456789"
 
@@ -34,3 +34,14 @@ def dicomweb_studies(engine, live_server, settings):
     ApiToken.objects.create(user=user, name="viewer", key_sha256=ApiToken.digest(DICOMWEB_KEY))
     return {"study": first, "series": series, "other": second, "datasets": datasets, "key": DICOMWEB_KEY,
             "url": f"{live_server.url}/dicomweb"}
+
+
+@pytest.fixture
+def web_vna(tmp_path):
+    """Orthanc with the DICOMweb plug-in: a VNA reached by STOW-RS, QIDO-RS and WADO-RS at
+    ``{url}/dicom-web`` (and by C-STORE at its DICOM port, to put studies into it)."""
+    vna = OrthancProcess(tmp_path / "web-vna", dicomweb=True).start()
+    try:
+        yield vna
+    finally:
+        vna.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from django.utils import timezone
 from pydicom.uid import generate_uid
 
 from pacs.models import Prior, Series, VnaDestination
@@ -19,6 +18,7 @@ from pacs.services import prior_relevance as rel
 from pacs.services import priors
 from tests.factories import make_patient, make_step
 from tests.support.orthanc import storescu, write_study
+from tests.support.priors import years_ago
 
 TODAY = dt.date(2026, 12, 4)
 
@@ -156,8 +156,6 @@ def test_the_body_part_map_from_the_environment_and_a_bad_entry_named_by_the_che
 
 
 # --------------------------------------------------------- the index and a real Orthanc as the VNA
-def _years_ago(years: float) -> dt.date:
-    return timezone.localdate() - dt.timedelta(days=int(365.25 * years))
 
 
 def _study(tmp_path, *, modality, years, body_part="", description="", n=1) -> tuple[str, list]:
@@ -170,7 +168,7 @@ def _study(tmp_path, *, modality, years, body_part="", description="", n=1) -> t
         patient_id="BP1",
         patient_name="DOE^BODY",
         accession_number=f"B{uid[-8:]}",
-        study_date=_years_ago(years),
+        study_date=years_ago(years),
         body_part_examined=body_part,
         study_description=description,
     )

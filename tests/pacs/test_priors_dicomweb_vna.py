@@ -14,7 +14,6 @@ import os
 
 import pytest
 import requests
-from django.db import transaction
 from django.utils import timezone
 from pydicom import dcmread
 from pydicom.uid import generate_uid
@@ -29,68 +28,29 @@ from pacs.models import priors as pr
 from pacs.models import transfers as tr
 from pacs.services import priors
 from project.auditing import events
-from ris.commands import MergePatients, OrderCommand, PatientData, PatientIdentity, ProcedureData, StepData
 from ris.models import StatusChange
-from ris.services import orders
-from ris.services.patients import merge_patients
-from tests.factories import make_patient, make_step
+from tests.factories import make_step
 from tests.support.dicomweb_faults import FaultyDicomWeb
 from tests.support.net import free_port
-from tests.support.orthanc import OrthancProcess, storescu, write_study
+from tests.support.orthanc import OrthancProcess
+from tests.support.priors import merged_patient, new_order, prior_in, years_ago
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
 
-@pytest.fixture
-def web_vna(tmp_path):
-    """Orthanc with the DICOMweb plug-in (QIDO-RS, WADO-RS, STOW-RS at /dicom-web)."""
-    vna = OrthancProcess(tmp_path / "web-vna", dicomweb=True).start()
-    try:
-        yield vna
-    finally:
-        vna.stop()
 
 
-def _years_ago(years: float) -> dt.date:
-    return timezone.localdate() - dt.timedelta(days=int(365.25 * years))
 
 
-def _prior_in(vna, tmp_path, *, patient_id: str, modality: str, years: float, n: int = 2, **kwargs) -> str:
-    uid = generate_uid()
-    paths = write_study(tmp_path / uid, n, study_instance_uid=uid, modality=modality, patient_id=patient_id,
-                        patient_name="DOE^JON", accession_number=f"OLD{uid[-6:]}", study_date=_years_ago(years),
-                        **kwargs)
-    proc = storescu(vna.dicom_port, paths, called=vna.aet)
-    assert proc.returncode == 0, proc.stderr
-    return uid
 
 
 def _stow_destination(url: str) -> VnaDestination:
     return VnaDestination.objects.create(name="web-vna", kind=tr.KIND_STOW, url=url)
 
 
-def _merged_patient() -> None:
-    """P7 survives; OLD7 (the identifier the VNA's studies carry) is merged into it (A40)."""
-    make_patient("DOE^JOHN", "P7")
-    make_patient("DOE^JON", "OLD7")
-    with transaction.atomic():
-        merge_patients(MergePatients(survivor=PatientData(identifiers=[PatientIdentity("P7", "HOSP")]),
-                                     retired=PatientIdentity("OLD7", "HOSP"), cause="HL7 ADT^A40 test"))
 
 
-def _order(modality: str = "CT") -> int:
-    """A new order (ORC-1 NW) for P7 through the RIS service, as the HL7 intake places it."""
-    cmd = OrderCommand(order_control="NW", order_status="", placer_order_number=f"PL{generate_uid()[-8:]}",
-                       placer_namespace="EHR", patient=PatientData(identifiers=[PatientIdentity("P7", "HOSP")],
-                                                                   patient_name="DOE^JOHN"),
-                       procedures=[ProcedureData(requested_procedure_id="", steps=[
-                           StepData(scheduled_procedure_step_id="", modality=modality,
-                                    scheduled_start=timezone.now() + dt.timedelta(hours=1))])],
-                       sending_application="EHR", cause="HL7 ORM^O01 NW test")
-    with transaction.atomic():
-        effect = orders.apply_order(cmd)
-    return effect["procedures"][0]
 
 
 def _archived_file(vna: OrthancProcess, sop_instance_uid: str) -> bytes:
@@ -117,7 +77,7 @@ def _stored_files() -> list[str]:
 def _a_prior(vna: VnaDestination, uid: str) -> Prior:
     rp = make_step(modality="CT").requested_procedure
     return Prior.objects.create(requested_procedure=rp, study_instance_uid=uid, source=vna, patient_id="OLD7",
-                                issuer_of_patient_id="HOSP", study_date=_years_ago(1), modalities_in_study="CT",
+                                issuer_of_patient_id="HOSP", study_date=years_ago(1), modalities_in_study="CT",
                                 next_attempt_at=timezone.now())
 
 
@@ -125,16 +85,16 @@ def _a_prior(vna: VnaDestination, uid: str) -> Prior:
 def test_priors_under_a_merged_away_id_are_found_by_qido_rs_and_fetched_by_wado_rs(
         web_vna, routing_settings, worker, tmp_path):
     vna = _stow_destination(f"{web_vna.url}/dicom-web")
-    newer = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1)
-    older = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=2, n=3)
-    other_issuer = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1,
+    newer = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1)
+    older = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=2, n=3)
+    other_issuer = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1,
                              issuer_of_patient_id="ELSEWHERE")
-    other_modality = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="MR", years=1)
-    too_old = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=8)
-    someone_else = _prior_in(web_vna, tmp_path, patient_id="X99", modality="CT", years=1)
-    _merged_patient()
+    other_modality = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="MR", years=1)
+    too_old = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=8)
+    someone_else = prior_in(web_vna, tmp_path, patient_id="X99", modality="CT", years=1)
+    merged_patient()
 
-    rp_pk = _order("CT")
+    rp_pk = new_order("CT")
 
     wait_for(lambda: Prior.objects.filter(requested_procedure_id=rp_pk).count() == 2
              and not Prior.objects.filter(requested_procedure_id=rp_pk).exclude(status=pr.READY).exists(), 90,
@@ -190,8 +150,8 @@ def test_body_parts_of_a_prior_held_in_the_vna_come_from_a_series_search(web_vna
     """PRIORS_MATCH=body_part: BodyPartExamined of the studies found, by QIDO-RS at the series level."""
     routing_settings.PRIORS_MATCH = "body_part"
     vna = _stow_destination(f"{web_vna.url}/dicom-web")
-    chest = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1, body_part_examined="CHEST")
-    plain = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=2)
+    chest = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1, body_part_examined="CHEST")
+    plain = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=2)
     rp = make_step(modality="CT").requested_procedure
 
     found, errors = priors.vna_candidates(rp, [("OLD7", "HOSP")])
@@ -200,7 +160,7 @@ def test_body_parts_of_a_prior_held_in_the_vna_come_from_a_series_search(web_vna
     assert set(found) == {chest, plain}
     assert found[chest]["body_parts"] == frozenset({"CHEST"}) and found[plain]["body_parts"] == frozenset()
     assert found[chest]["source"] == vna.pk and found[chest]["modalities_in_study"] == "CT"
-    assert found[chest]["study_date"] == _years_ago(1) and found[chest]["accession_number"] == f"OLD{chest[-6:]}"
+    assert found[chest]["study_date"] == years_ago(1) and found[chest]["accession_number"] == f"OLD{chest[-6:]}"
 
 
 def test_nothing_in_the_vna_for_the_patient_is_an_empty_answer_on_the_audit_trail(web_vna, routing_settings):
@@ -269,7 +229,7 @@ def test_an_answer_cut_short_or_spoilt_stores_nothing_and_is_retried(web_vna, br
                                                                       tmp_path, fault, reason):
     """No instance of a spoilt answer is stored, so the prior is not taken as held (no false
     READY) and nothing is half-indexed; the next attempt, with the answer whole, fetches it all."""
-    uid = _prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1, n=3)
+    uid = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1, n=3)
     with FaultyDicomWeb(web_vna.url) as proxy:
         vna = _stow_destination(proxy.url)
         prior = _a_prior(vna, uid)

@@ -16,65 +16,34 @@ from pacs.models import Prior, Study, VnaDestination
 from pacs.models import images as im
 from pacs.models import priors as pr
 from pacs.models import transfers as tr
-from ris.commands import MergePatients, OrderCommand, PatientData, PatientIdentity, ProcedureData, StepData
 from ris.models import StatusChange
-from ris.services import orders
-from ris.services.patients import merge_patients
-from tests.factories import make_patient
 from tests.support.orthanc import OrthancProcess, storescu, write_study
+from tests.support.priors import merged_patient, new_order, prior_in, years_ago
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
 
-def _years_ago(years: float) -> dt.date:
-    return timezone.localdate() - dt.timedelta(days=int(365.25 * years))
 
 
-def _prior_in(vna, tmp_path, *, patient_id: str, modality: str, years: float, n: int = 2) -> str:
-    uid = generate_uid()
-    paths = write_study(tmp_path / uid, n, study_instance_uid=uid, modality=modality, patient_id=patient_id,
-                        patient_name="DOE^JON", accession_number=f"OLD{uid[-6:]}", study_date=_years_ago(years))
-    proc = storescu(vna.dicom_port, paths, called=vna.aet)
-    assert proc.returncode == 0, proc.stderr
-    return uid
 
 
-def _merged_patient() -> None:
-    """P7 survives; OLD7 (the identifier the VNA's studies carry) is merged into it (A40)."""
-    make_patient("DOE^JOHN", "P7")
-    make_patient("DOE^JON", "OLD7")
-    with transaction.atomic():
-        merge_patients(MergePatients(survivor=PatientData(identifiers=[PatientIdentity("P7", "HOSP")]),
-                                     retired=PatientIdentity("OLD7", "HOSP"), cause="HL7 ADT^A40 test"))
 
 
-def _order(modality: str = "CT") -> int:
-    """A new order (ORC-1 NW) for P7 through the RIS service, as the HL7 intake places it."""
-    cmd = OrderCommand(order_control="NW", order_status="", placer_order_number=f"PL{generate_uid()[-8:]}",
-                       placer_namespace="EHR", patient=PatientData(identifiers=[PatientIdentity("P7", "HOSP")],
-                                                                   patient_name="DOE^JOHN"),
-                       procedures=[ProcedureData(requested_procedure_id="", steps=[
-                           StepData(scheduled_procedure_step_id="", modality=modality,
-                                    scheduled_start=timezone.now() + dt.timedelta(hours=1))])],
-                       sending_application="EHR", cause="HL7 ORM^O01 NW test")
-    with transaction.atomic():
-        effect = orders.apply_order(cmd)
-    return effect["procedures"][0]
 
 
 def test_priors_under_a_merged_away_id_are_found_chosen_and_fetched(engine, orthanc, routing_settings, worker,
                                                                     tmp_path, client):
     vna = VnaDestination.objects.create(name="orthanc", kind=tr.KIND_DICOM, ae_title=orthanc.aet,
                                         host="127.0.0.1", port=orthanc.dicom_port)
-    newer = _prior_in(orthanc, tmp_path, patient_id="OLD7", modality="CT", years=1)
-    older = _prior_in(orthanc, tmp_path, patient_id="OLD7", modality="CT", years=2, n=3)
-    other_modality = _prior_in(orthanc, tmp_path, patient_id="OLD7", modality="MR", years=1)
-    too_old = _prior_in(orthanc, tmp_path, patient_id="OLD7", modality="CT", years=8)
-    someone_else = _prior_in(orthanc, tmp_path, patient_id="X99", modality="CT", years=1)
-    _merged_patient()
+    newer = prior_in(orthanc, tmp_path, patient_id="OLD7", modality="CT", years=1)
+    older = prior_in(orthanc, tmp_path, patient_id="OLD7", modality="CT", years=2, n=3)
+    other_modality = prior_in(orthanc, tmp_path, patient_id="OLD7", modality="MR", years=1)
+    too_old = prior_in(orthanc, tmp_path, patient_id="OLD7", modality="CT", years=8)
+    someone_else = prior_in(orthanc, tmp_path, patient_id="X99", modality="CT", years=1)
+    merged_patient()
 
-    rp_pk = _order("CT")
+    rp_pk = new_order("CT")
 
     wait_for(lambda: Prior.objects.filter(requested_procedure_id=rp_pk).count() == 2
              and not Prior.objects.filter(requested_procedure_id=rp_pk).exclude(status=pr.READY).exists(), 90,
@@ -130,16 +99,16 @@ def test_a_prior_held_locally_is_ready_without_a_fetch_and_shown_with_its_report
 
     VnaDestination.objects.create(name="orthanc", kind=tr.KIND_DICOM, ae_title=orthanc.aet,
                                   host="127.0.0.1", port=orthanc.dicom_port)
-    _merged_patient()
+    merged_patient()
     earlier = oru_study(for_patient=Patient.objects.get(identifiers__id_number="P7"), modality="CT")
     paths = write_study(tmp_path / "earlier", 2, study_instance_uid=earlier.study_instance_uid, modality="CT",
-                        patient_id="P7", accession_number=earlier.accession_number, study_date=_years_ago(3))
+                        patient_id="P7", accession_number=earlier.accession_number, study_date=years_ago(3))
     assert storescu(port(engine), paths).returncode == 0
     assert Instance.objects.filter(study__study_instance_uid=earlier.study_instance_uid).count() == 2
     reader = radiologist("reader")
     sign_report(earlier, reader, findings="Stable 4 mm nodule, right upper lobe.", impression="Follow up.")
 
-    rp_pk = _order("CT")
+    rp_pk = new_order("CT")
 
     wait_for(lambda: Prior.objects.filter(requested_procedure_id=rp_pk, status=pr.READY).exists(), 60,
              message="local prior ready", detail=lambda: worker.log()[-3000:])
@@ -168,10 +137,10 @@ def test_a_vna_that_does_not_know_the_engine_fails_the_fetch_with_the_reason(eng
     try:
         VnaDestination.objects.create(name="stranger", kind=tr.KIND_DICOM, ae_title=vna.aet,
                                       host="127.0.0.1", port=vna.dicom_port)
-        uid = _prior_in(vna, tmp_path, patient_id="OLD7", modality="CT", years=1)
-        _merged_patient()
+        uid = prior_in(vna, tmp_path, patient_id="OLD7", modality="CT", years=1)
+        merged_patient()
 
-        rp_pk = _order("CT")
+        rp_pk = new_order("CT")
 
         wait_for(lambda: Prior.objects.filter(requested_procedure_id=rp_pk, status=pr.FAILED).exists(), 60,
                  message="prior fetch failed", detail=lambda: worker.log()[-3000:])
@@ -199,7 +168,7 @@ def test_a_vna_that_cannot_be_reached_is_retried_with_backoff_then_given_up(brok
                                         port=free_port())
     rp = make_step(modality="CT").requested_procedure
     prior = Prior.objects.create(requested_procedure=rp, study_instance_uid=generate_uid(), source=vna,
-                                 study_date=_years_ago(1), modalities_in_study="CT", next_attempt_at=timezone.now())
+                                 study_date=years_ago(1), modalities_in_study="CT", next_attempt_at=timezone.now())
 
     assert priors.run_fetch(prior.pk) == pr.RETRYING
     prior.refresh_from_db()

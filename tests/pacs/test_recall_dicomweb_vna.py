@@ -37,14 +37,6 @@ pytestmark = [pytest.mark.socket, pytest.mark.django_db(transaction=True), pytes
 KEY = "recall-web-test-token-0123456789"
 
 
-@pytest.fixture
-def web_vna(tmp_path):
-    """Orthanc with the DICOMweb plug-in: the VNA, reached by STOW-RS, QIDO-RS and WADO-RS only."""
-    vna = OrthancProcess(tmp_path / "web-vna", dicomweb=True).start()
-    try:
-        yield vna
-    finally:
-        vna.stop()
 
 
 @pytest.fixture
