@@ -2,8 +2,10 @@
 
 The engine's processes as production runs them (``manage.py run_mllp --workers 2``,
 ``manage.py run_dicom --workers 2``, ``celery -A project worker --concurrency 2``, ``celery -A
-project beat``; PostgreSQL, Redis) and Orthanc 1.10.1 as the DICOM VNA (a ``VnaDestination``;
-the engine's AE in its ``DicomModalities`` for the C-MOVE and the storage commitment report).
+project beat``; PostgreSQL, Redis) and Orthanc 1.10.1 as the VNA (a ``VnaDestination``): by
+default a DICOM one (the engine's AE in its ``DicomModalities`` for the C-MOVE and the storage
+commitment report); with ``--vna dicomweb`` a STOW-RS one, asked by QIDO-RS and fetched from by
+WADO-RS (its DICOMweb plug-in).
 
 Before the clock starts, Orthanc is loaded (dcmtk ``storescu``) with each order's patient's
 earlier studies, all synthetic: ``--priors`` CT studies of ``--prior-images`` CT images each
@@ -359,6 +361,12 @@ def main() -> None:
     parser.add_argument("--prior-images", type=int, default=200, help="images of each prior (512 x 512 CT)")
     parser.add_argument("--exam-images", type=int, default=20, help="images of each new exam")
     parser.add_argument(
+        "--vna",
+        choices=("dicom", "dicomweb"),
+        default="dicom",
+        help="how the engine reaches Orthanc: a DICOM VNA (C-FIND, C-MOVE) or a STOW-RS one (QIDO-RS, WADO-RS)",
+    )
+    parser.add_argument(
         "--settle-minutes",
         type=float,
         default=10.0,
@@ -386,13 +394,17 @@ def main() -> None:
         try:
             engine = store.Engine(workdir, ("--workers", "2"))
             started.append(engine)
-            orthanc = OrthancProcess(workdir / "orthanc", sync_storage=True, engine_port=engine.port)
+            orthanc = OrthancProcess(workdir / "orthanc", sync_storage=True, engine_port=engine.port,
+                                     dicomweb=args.vna == "dicomweb")
             started.append(orthanc)
             orthanc.start()
             VnaDestination.objects.all().delete()
-            VnaDestination.objects.create(
-                name="bench-orthanc", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
-            )
+            if args.vna == "dicomweb":
+                VnaDestination.objects.create(name="bench-orthanc", kind="stow", url=f"{orthanc.url}/dicom-web")
+            else:
+                VnaDestination.objects.create(
+                    name="bench-orthanc", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
+                )
             loaded = load_priors(orthanc, workdir, args.orders, args.priors, args.prior_images, run)
             print(f"VNA loaded: {loaded}", flush=True)
             mllp = Mllp(workdir, engine.env)
@@ -409,6 +421,7 @@ def main() -> None:
             settle(args.priors, [r["rp"] for r in orders.rows.values()], args.settle_minutes * 60)
             per_order = outcome(orders.rows, args.priors, args.prior_images)
             result = {
+                "vna": args.vna,
                 "rate_per_hour": args.rate,
                 "exam_minutes": args.exam_minutes,
                 "priors": args.priors,
@@ -428,7 +441,8 @@ def main() -> None:
     print(
         f"\nPriors ready before the exam is complete: {result['in_time']} of {result['orders']} orders "
         f"({result['in_time_share']:.0%}); {args.orders} orders at {args.rate:g}/h, exam complete "
-        f"{args.exam_minutes:g} min after the order, {args.priors} priors of {args.prior_images} images each"
+        f"{args.exam_minutes:g} min after the order, {args.priors} priors of {args.prior_images} images each, "
+        f"from a {'DICOM (C-FIND, C-MOVE)' if args.vna == 'dicom' else 'DICOMweb (QIDO-RS, WADO-RS)'} VNA"
     )
     for name in ("chosen", "ready"):
         if f"{name}_p50_s" in result:
