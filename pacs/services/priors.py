@@ -259,7 +259,12 @@ def claim(prior_id: int, *, now: dt.datetime | None = None) -> Prior | None:
             return None
         if p.status in (pr.SCHEDULED, pr.RETRYING) and p.next_attempt_at and p.next_attempt_at > now + dt.timedelta(seconds=1):
             return None
-        if held_locally(p.study_instance_uid):
+        if p.attempts == 0 and held_locally(p.study_instance_uid):
+            # Held before any fetch of this row (received from a modality, fetched for another
+            # order): ready.  After an attempt of its own, what is held may be only the part of
+            # the study stored before instances were refused: the attempt runs again (instances
+            # already stored come back as identical resends, stored as they are) and only a
+            # fetch that ends without a refusal makes the prior READY.
             _ready(p, "held by the engine")
             return None
         if p.status != pr.IN_PROGRESS:

@@ -22,7 +22,7 @@ from audit import trail
 from audit.models import AuditRecord
 from pacs import storage
 from pacs.dimse import IMPLEMENTATION_CLASS_UID
-from pacs.models import Instance, Prior, Study, VnaDestination
+from pacs.models import Instance, Prior, Series, Study, VnaDestination
 from pacs.models import images as im
 from pacs.models import priors as pr
 from pacs.models import transfers as tr
@@ -32,7 +32,7 @@ from ris.models import StatusChange
 from tests.factories import make_step
 from tests.support.dicomweb_faults import FaultyDicomWeb
 from tests.support.net import free_port
-from tests.support.orthanc import OrthancProcess
+from tests.support.orthanc import OrthancProcess, storescu, write_study
 from tests.support.priors import merged_patient, new_order, prior_in, years_ago
 from tests.support.waiting import wait_for
 
@@ -250,3 +250,38 @@ def test_an_answer_cut_short_or_spoilt_stores_nothing_and_is_retried(web_vna, br
     assert prior.attempts == 2 and prior.reason == ""
     assert Study.objects.get(study_instance_uid=uid).instances.count() == 3
     assert len(_stored_files()) == 3 and _incoming_files() == []
+
+
+def test_a_fetch_that_stored_part_of_the_study_is_not_taken_as_held(web_vna, broker, store_dir, routing_settings,
+                                                                    tmp_path):
+    """Some instances refused (a series the engine already indexes under another study: a Series
+    Instance UID names one series of one study, PS3.3 C.7.3.1), the rest stored: holding part of
+    the study is not holding it.  The next attempt fetches again (the instances stored come back
+    as identical resends, answered as stored) and, the refusal standing, the prior fails with the
+    reason once the attempts run out: never READY with instances missing."""
+    routing_settings.TRANSFER_MAX_ATTEMPTS = 2
+    uid, clash = generate_uid(), generate_uid()
+    common = {"study_instance_uid": uid, "modality": "CT", "patient_id": "OLD7", "patient_name": "DOE^JON",
+              "accession_number": "OLDPART1", "study_date": years_ago(1)}
+    paths = write_study(tmp_path / "kept", 2, **common) + write_study(
+        tmp_path / "refused", 1, series_instance_uid=clash, **common)
+    assert storescu(web_vna.dicom_port, paths, called=web_vna.aet).returncode == 0
+    other = Study.objects.create(study_instance_uid=generate_uid(), patient_id="X1", issuer_of_patient_id="HOSP",
+                                 last_received_at=timezone.now())
+    Series.objects.create(study=other, series_instance_uid=clash, modality="CT")
+    vna = _stow_destination(f"{web_vna.url}/dicom-web")
+    prior = _a_prior(vna, uid)
+
+    assert priors.run_fetch(prior.pk) == pr.RETRYING
+    prior.refresh_from_db()
+    assert "2 instances stored, 1 refused (InstanceConflict" in prior.reason, prior.reason
+    assert Study.objects.get(study_instance_uid=uid).instances.count() == 2
+    assert priors.held_locally(uid)  # some of it is here ...
+
+    Prior.objects.filter(pk=prior.pk).update(next_attempt_at=timezone.now())
+    assert priors.run_fetch(prior.pk) == pr.FAILED  # ... which is not the study: fetched again, refused again
+    prior.refresh_from_db()
+    assert prior.attempts == 2 and prior.reason.startswith("gave up after 2 attempts: WADO-RS from")
+    assert "2 instances stored, 1 refused" in prior.reason
+    assert [c.to_status for c in StatusChange.objects.filter(entity="prior", object_id=prior.pk)] == [
+        pr.IN_PROGRESS, pr.RETRYING, pr.IN_PROGRESS, pr.FAILED]
