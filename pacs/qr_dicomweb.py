@@ -41,10 +41,10 @@ from pathlib import Path
 import requests
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError
-from pydicom.datadict import tag_for_keyword
 from pydicom.filereader import read_dataset
 
 from pacs import auditing, dicomweb_http, storage
+from pacs.dicomweb import media
 from pacs.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
 from pacs.dimse.store import read_attributes
 from pacs.lib import multipart
@@ -70,13 +70,9 @@ SUFFIX = ".wado"  # files of this module in the incoming directory (swept with t
 STUDY_KEYS = ("StudyInstanceUID", "StudyDate", "StudyDescription", "ModalitiesInStudy", "AccessionNumber")
 
 
-def _tag(keyword: str) -> str:
-    return f"{tag_for_keyword(keyword):08X}"
-
-
 def _values(item: dict, keyword: str) -> list:
     """An attribute's values in a DICOM JSON object (PS3.18 F.2.2), [] when absent or empty."""
-    element = item.get(_tag(keyword)) if isinstance(item, dict) else None
+    element = item.get(media.tag(keyword)) if isinstance(item, dict) else None
     values = element.get("Value") if isinstance(element, dict) else None
     return values if isinstance(values, list) else []
 
@@ -171,9 +167,10 @@ def _file_meta(head: bytes) -> tuple[dict, int] | None:
     elements by keyword, where the data set begins), or None when ``head`` is too short yet."""
     if len(head) < 144:
         return None
-    if head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00" or head[136:138] != b"UL":
-        raise BadPart("not a DICOM PS3.10 file (no DICM prefix and File Meta Information)")
-    end = 144 + int.from_bytes(head[140:144], "little")
+    try:
+        end = storage.data_set_offset(BytesIO(head[:144]))
+    except ValueError:
+        raise BadPart("not a DICOM PS3.10 file (no DICM prefix and File Meta Information)") from None
     if end - 144 > MAX_FILE_META_BYTES:
         raise BadPart("File Meta Information too long")
     if len(head) < end:

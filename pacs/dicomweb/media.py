@@ -67,7 +67,8 @@ def _vr(keyword: str) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _tag(keyword: str) -> str:
+def tag(keyword: str) -> str:
+    """A keyword's tag as DICOM JSON names it (PS3.18 F.2.1.1: eight upper-case hex digits)."""
     return f"{tag_for_keyword(keyword):08X}"
 
 
@@ -93,7 +94,7 @@ def element(keyword: str, value) -> dict:
 
 def dataset_json(values: dict) -> dict:
     """``{keyword: value}`` as a DICOM JSON object, keyed by tag in ascending order (F.2.1)."""
-    tagged = {_tag(k): element(k, v) for k, v in values.items()}
+    tagged = {tag(k): element(k, v) for k, v in values.items()}
     return dict(sorted(tagged.items()))
 
 
