@@ -285,3 +285,67 @@ def test_a_fetch_that_stored_part_of_the_study_is_not_taken_as_held(web_vna, bro
     assert "2 instances stored, 1 refused" in prior.reason
     assert [c.to_status for c in StatusChange.objects.filter(entity="prior", object_id=prior.pk)] == [
         pr.IN_PROGRESS, pr.RETRYING, pr.IN_PROGRESS, pr.FAILED]
+
+
+def test_an_answer_that_is_not_multipart_fails_at_once_and_stores_nothing(web_vna, broker, store_dir,
+                                                                          routing_settings, tmp_path):
+    uid = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1)
+    with FaultyDicomWeb(web_vna.url) as proxy:
+        vna = _stow_destination(proxy.url)
+        prior = _a_prior(vna, uid)
+        proxy.fault = "html"  # an error page of something between the engine and the VNA
+
+        assert priors.run_fetch(prior.pk) == pr.FAILED
+    prior.refresh_from_db()
+    assert prior.attempts == 1 and "is text/html, not multipart/related" in prior.reason, prior.reason
+    assert not Study.objects.filter(study_instance_uid=uid).exists()
+    assert _stored_files() == [] and _incoming_files() == []
+
+
+def test_search_answers_of_other_patients_are_dropped_and_a_non_json_answer_is_a_failure(web_vna, routing_settings,
+                                                                                         tmp_path):
+    mine = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1)
+    prior_in(web_vna, tmp_path, patient_id="X99", modality="CT", years=1)
+    rp = make_step(modality="CT").requested_procedure
+    with FaultyDicomWeb(web_vna.url) as proxy:
+        vna = _stow_destination(proxy.url)
+        proxy.search_fault = "ignore-patient"  # the VNA answers with every patient's studies
+        found, errors = priors.vna_candidates(rp, [("OLD7", "HOSP")])
+        assert errors == [] and set(found) == {mine}
+
+        proxy.search_fault = "not-json"
+        found, errors = priors.vna_candidates(rp, [("OLD7", "HOSP")])
+    assert found == {} and errors == [f"QIDO-RS answer from {vna.url} is not DICOM JSON"]
+    trail.flush()
+    outcomes = list(AuditRecord.records.filter(event_id=events.QUERY.value, actor="priors")
+                    .order_by("id").values_list("outcome", flat=True))
+    assert outcomes == [events.SUCCESS, events.SERIOUS_FAILURE]
+
+
+def test_two_fetches_of_one_study_at_once_store_it_once(web_vna, broker, store_dir, routing_settings, tmp_path):
+    """Two orders of one patient choose the same prior and their fetches run at the same time:
+    both end READY, each instance is stored and indexed once, nothing is left in .incoming."""
+    import threading
+
+    from django.db import connection
+
+    uid = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1, n=3)
+    vna = _stow_destination(f"{web_vna.url}/dicom-web")
+    rows = [_a_prior(vna, uid), _a_prior(vna, uid)]
+    barrier = threading.Barrier(len(rows))
+
+    def fetch(pk: int) -> None:
+        try:
+            barrier.wait(10)
+            priors.run_fetch(pk)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=fetch, args=(p.pk,)) for p in rows]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [Prior.objects.get(pk=p.pk).status for p in rows] == [pr.READY, pr.READY]
+    assert Instance.objects.filter(study__study_instance_uid=uid).count() == 3
+    assert len(_stored_files()) == 3 and _incoming_files() == []

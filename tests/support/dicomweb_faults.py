@@ -9,7 +9,14 @@ cause, for the tests of the engine's WADO-RS client (``pacs.qr_dicomweb``).
 - ``"cut-unframed"``: the same without a Content-Length (the end of the connection is the end of
   the body, as Orthanc answers): only the missing close delimiter shows that it was cut;
 - ``"bad-part"``: the whole answer, but the second part's DICOM prefix spoilt (not a DICOM file);
-- ``"status:NNN"``: that HTTP status, no body.
+- ``"status:NNN"``: that HTTP status, no body;
+- ``"html"``: 200 with an HTML page instead of the multipart answer (a portal or proxy error page).
+
+``search_fault`` spoils the answers to QIDO-RS searches (``/studies?...``):
+
+- ``"not-json"``: 200 with a body that is not JSON;
+- ``"ignore-patient"``: the search passed on without its PatientID key (a server that does not
+  match on it answers with every patient's studies).
 
 ``requests`` counts the WADO-RS retrievals answered.
 """
@@ -29,6 +36,7 @@ class FaultyDicomWeb:
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/")  # Orthanc's http://host:port
         self.fault: str | None = None
+        self.search_fault: str | None = None
         self.retrievals = 0
         proxy = self
 
@@ -37,6 +45,14 @@ class FaultyDicomWeb:
 
             def do_GET(self):  # noqa: N802 - http.server's name
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization")}
+                path, _, query = self.path.partition("?")
+                search = path.rstrip("/").endswith("/studies")
+                if search and proxy.search_fault == "not-json":
+                    self._plain(200, "text/plain", b"search service temporarily moved")
+                    return
+                if search and proxy.search_fault == "ignore-patient":
+                    kept = [p for p in query.split("&") if not p.startswith(("PatientID=", "IssuerOfPatientID="))]
+                    self.path = f"{path}?{'&'.join(kept)}"
                 answer = requests.get(proxy.upstream + self.path, headers=headers, timeout=60)
                 body = answer.content
                 retrieve = _STUDY_RETRIEVE.match(self.path.split("?")[0]) is not None
@@ -44,9 +60,10 @@ class FaultyDicomWeb:
                 if retrieve:
                     proxy.retrievals += 1
                 if fault and fault.startswith("status:"):
-                    self.send_response(int(fault.split(":")[1]))
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self._plain(int(fault.split(":")[1]), "text/plain", b"")
+                    return
+                if fault == "html":
+                    self._plain(200, "text/html", b"<html><body>Service unavailable</body></html>")
                     return
                 if fault == "bad-part":
                     second = _part_starts(body, answer.headers["Content-Type"])[1]
@@ -65,6 +82,13 @@ class FaultyDicomWeb:
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                self.wfile.write(body)
+
+            def _plain(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
                 self.wfile.write(body)
 
             def log_message(self, *args):
