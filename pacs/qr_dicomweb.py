@@ -48,7 +48,7 @@ from pacs.dicomweb import media
 from pacs.dimse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
 from pacs.dimse.store import read_attributes
 from pacs.lib import multipart
-from pacs.qr_scu import FoundStudy
+from pacs.qr_scu import FoundStudy, count
 from pacs.services import completion, images, resends
 from pacs.services.routing.sending import PermanentError, TransientError
 from project.auditing import events
@@ -108,12 +108,14 @@ def _search(session: requests.Session, destination, url: str, params: list[tuple
 def find_studies(destination, patient_id: str, issuer_of_patient_id: str) -> list[FoundStudy]:
     """QIDO-RS Search for Studies: PatientID (single value matching) and, when known,
     IssuerOfPatientID; return keys StudyInstanceUID, StudyDate, StudyDescription,
-    ModalitiesInStudy, AccessionNumber (those of ``qr_scu.find_studies``), with PatientID and
+    ModalitiesInStudy, AccessionNumber, NumberOfStudyRelatedInstances (those of
+    ``qr_scu.find_studies``; PS3.18 Table 10.6.3-3 lists the count among a study's), with PatientID and
     IssuerOfPatientID to check the answers."""
     params = [("PatientID", patient_id)]
     if issuer_of_patient_id:
         params.append(("IssuerOfPatientID", issuer_of_patient_id))
-    params += [("includefield", k) for k in (*STUDY_KEYS, "PatientID", "IssuerOfPatientID")]
+    params += [("includefield", k) for k in (*STUDY_KEYS, "NumberOfStudyRelatedInstances", "PatientID",
+                                              "IssuerOfPatientID")]
     with requests.Session() as session:
         answers = _search(session, destination, f"{dicomweb_http.base_url(destination)}/studies", params)
     found = []
@@ -130,7 +132,7 @@ def find_studies(destination, patient_id: str, issuer_of_patient_id: str) -> lis
         found.append(FoundStudy(
             uid, patient_id, issuer_of_patient_id, _text(item, "StudyDate"), _text(item, "StudyDescription")[:64],
             "\\".join(str(m) for m in _values(item, "ModalitiesInStudy") if m)[:64],
-            _text(item, "AccessionNumber")[:16]))
+            _text(item, "AccessionNumber")[:16], count(_values(item, "NumberOfStudyRelatedInstances"))))
     return found
 
 

@@ -42,6 +42,19 @@ class FoundStudy:
     study_description: str
     modalities_in_study: str  # backslash-separated
     accession_number: str
+    number_of_instances: int | None = None  # NumberOfStudyRelatedInstances, None when not answered
+
+
+def count(value) -> int | None:
+    """An IS count as answered (pydicom's IS, a DICOM JSON number or string), or None when it
+    is missing or not a non-negative integer."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if len(value) == 1 else None
+    try:
+        n = int(str(value).strip()) if value is not None and str(value).strip() else None
+    except ValueError:
+        return None
+    return n if n is not None and n >= 0 else None
 
 
 def _associate(destination, model):
@@ -66,12 +79,15 @@ def _associate(destination, model):
 def find_studies(destination, patient_id: str, issuer_of_patient_id: str) -> list[FoundStudy]:
     """C-FIND Study Root, QueryRetrieveLevel STUDY, PatientID (single value matching) and, when
     known, IssuerOfPatientID; return keys StudyInstanceUID, StudyDate, StudyDescription,
-    ModalitiesInStudy, AccessionNumber (PS3.4 C.6.2.1)."""
+    ModalitiesInStudy, AccessionNumber and NumberOfStudyRelatedInstances (PS3.4 C.6.2.1; C.3.4,
+    an optional key the VNA may leave unanswered: then whether the engine holds the whole study is
+    not known)."""
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.PatientID = patient_id
     query.IssuerOfPatientID = issuer_of_patient_id
-    for keyword in ("StudyInstanceUID", "StudyDate", "StudyDescription", "ModalitiesInStudy", "AccessionNumber"):
+    for keyword in ("StudyInstanceUID", "StudyDate", "StudyDescription", "ModalitiesInStudy", "AccessionNumber",
+                    "NumberOfStudyRelatedInstances"):
         setattr(query, keyword, "")
     assoc = _associate(destination, StudyRootQueryRetrieveInformationModelFind)
     found, final = [], None
@@ -90,7 +106,8 @@ def find_studies(destination, patient_id: str, issuer_of_patient_id: str) -> lis
                 found.append(FoundStudy(
                     str(identifier.get("StudyInstanceUID", "")), patient_id, issuer_of_patient_id,
                     str(identifier.get("StudyDate", "") or ""), str(identifier.get("StudyDescription", "") or "")[:64],
-                    modalities[:64], str(identifier.get("AccessionNumber", "") or "")[:16]))
+                    modalities[:64], str(identifier.get("AccessionNumber", "") or "")[:16],
+                    count(identifier.get("NumberOfStudyRelatedInstances"))))
     finally:
         if assoc.is_established:
             assoc.release()

@@ -46,6 +46,9 @@ class Prior(models.Model):
     study_description = models.CharField(max_length=64, blank=True, help_text="(0008,1030)")
     modalities_in_study = models.CharField(max_length=64, blank=True, help_text="(0008,0061), backslash-separated")
     accession_number = models.CharField(max_length=16, blank=True, help_text="(0008,0050)")
+    number_of_instances = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="(0020,1208) NumberOfStudyRelatedInstances the VNA answered; empty: not known")
     source = models.ForeignKey("pacs.VnaDestination", null=True, blank=True, on_delete=models.SET_NULL,
                                related_name="+", help_text="the VNA it is fetched from; empty: held locally")
     status = models.CharField(max_length=16, choices=[(s, s) for s in STATUSES], default=SCHEDULED)

@@ -13,7 +13,8 @@ the relevant ones, fetch those the engine does not hold before the exam is read.
    a modality of the order's steps among ModalitiesInStudy, a body part in common, both, either,
    or any), not older than ``PRIORS_MAX_YEARS``, at most
    ``PRIORS_MAX_COUNT``, newest first; each becomes a ``Prior`` row: READY when the engine holds
-   it, else SCHEDULED and fetched by ``pacs.fetch_prior``.
+   it whole (``held_whole``: as many instances as the VNA counts), else SCHEDULED and fetched by
+   ``pacs.fetch_prior``.
 4. ``run_fetch`` (one attempt of the task) leases the row and fetches the study from its VNA: a
    C-MOVE to the engine's own AE (PS3.4 C.4.2) from a DICOM VNA, a WADO-RS Retrieve Study
    (PS3.18 10.4) from a STOW-RS one, its instances stored as received ones either way; transient
@@ -147,7 +148,7 @@ def vna_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]], *,
                         "study_date": _date(f.study_date), "modalities_in_study": f.modalities_in_study,
                         "study_description": f.study_description, "accession_number": f.accession_number,
                         "patient_id": f.patient_id, "issuer_of_patient_id": f.issuer_of_patient_id,
-                        "source": vna.pk, "body_parts": frozenset()})
+                        "source": vna.pk, "body_parts": frozenset(), "number_of_instances": f.number_of_instances})
             if prior_relevance.needs_body_part():
                 recent = [uid for uid, c in out.items()
                           if c["source"] == vna.pk and c["study_date"] and c["study_date"] >= oldest]
@@ -196,6 +197,22 @@ def held_locally(study_instance_uid: str) -> bool:
                                 instances__isnull=False).exists()
 
 
+def instances_held(study_instance_uid: str) -> int:
+    """How many instances of the study the engine holds (0 when purged or unknown)."""
+    return im.Instance.objects.filter(study__study_instance_uid=study_instance_uid,
+                                      study__purged_at__isnull=True).count()
+
+
+def held_whole(study_instance_uid: str, number_of_instances: int | None) -> bool:
+    """Whether the engine holds the study as the VNA does: at least the NumberOfStudyRelatedInstances
+    (0020,1208) the VNA answered, or, that count not known (a study of the engine's own index, a
+    VNA that left the optional key unanswered), any of it.  A study a modality also sent here in
+    part is thus fetched from the VNA, not taken as held."""
+    if number_of_instances is None:
+        return held_locally(study_instance_uid)
+    return instances_held(study_instance_uid) >= max(number_of_instances, 1)
+
+
 def find_priors(requested_procedure_id: int, *, last_attempt: bool = True) -> list[int]:
     """Find, choose and record the priors of one requested procedure; queue the fetches.
     A VNA that could not be asked raises ``TransientError`` unless ``last_attempt`` (then the
@@ -217,12 +234,13 @@ def find_priors(requested_procedure_id: int, *, last_attempt: bool = True) -> li
     now = timezone.now()
     with transaction.atomic():
         for uid, c in choose(rp, candidates, today=timezone.localdate()):
-            held = held_locally(uid)
+            held = held_whole(uid, c.get("number_of_instances"))
             prior, created = Prior.objects.get_or_create(
                 requested_procedure=rp, study_instance_uid=uid,
                 defaults={"patient_id": c["patient_id"][:64], "issuer_of_patient_id": c["issuer_of_patient_id"][:64],
                           "study_date": c["study_date"], "study_description": c["study_description"],
                           "modalities_in_study": c["modalities_in_study"], "accession_number": c["accession_number"],
+                          "number_of_instances": c.get("number_of_instances"),
                           "source_id": c["source"], "status": pr.READY if held else pr.SCHEDULED,
                           "next_attempt_at": now, "finished_at": now if held else None})
             if not created:
@@ -259,9 +277,9 @@ def claim(prior_id: int, *, now: dt.datetime | None = None) -> Prior | None:
             return None
         if p.status in (pr.SCHEDULED, pr.RETRYING) and p.next_attempt_at and p.next_attempt_at > now + dt.timedelta(seconds=1):
             return None
-        if p.attempts == 0 and held_locally(p.study_instance_uid):
-            # Held before any fetch of this row (received from a modality, fetched for another
-            # order): ready.  After an attempt of its own, what is held may be only the part of
+        if p.attempts == 0 and held_whole(p.study_instance_uid, p.number_of_instances):
+            # Held whole before any fetch of this row (received from a modality, fetched for
+            # another order): ready.  After an attempt of its own, what is held may be only the part of
             # the study stored before instances were refused: the attempt runs again (instances
             # already stored come back as identical resends, stored as they are) and only a
             # fetch that ends without a refusal makes the prior READY.
@@ -308,8 +326,11 @@ def run_fetch(prior_id: int) -> str:
         with transaction.atomic():
             p = Prior.objects.select_for_update().get(pk=prior_id)
             archive.restore_purged(p.study_instance_uid)  # a purged study is held again once every file is back
-            if not held_locally(p.study_instance_uid):
-                raise TransientError(f"{qr.RETRIEVE} succeeded ({sent} sent) but the study is not held")
+            if not held_whole(p.study_instance_uid, p.number_of_instances):
+                held = instances_held(p.study_instance_uid)
+                expected = f" of the {p.number_of_instances} the VNA counts" if p.number_of_instances else ""
+                raise TransientError(f"{qr.RETRIEVE} succeeded ({sent} sent) but the engine holds {held} "
+                                     f"instances{expected}")
             _mark_archived(p.study_instance_uid)
             if p.status == pr.IN_PROGRESS:
                 _ready(p, f"{qr.RETRIEVE} from {vna.name}: {sent} instances")

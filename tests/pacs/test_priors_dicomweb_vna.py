@@ -175,6 +175,50 @@ def test_nothing_in_the_vna_for_the_patient_is_an_empty_answer_on_the_audit_trai
     assert asked.destination == vna.url and asked.outcome == events.SUCCESS and asked.detail == {"answers": 0}
 
 
+def test_a_prior_the_engine_holds_in_part_is_fetched_whole(web_vna, engine, broker, routing_settings, tmp_path):
+    """A modality sent the engine one image of a study the VNA holds whole (three): holding part
+    of it is not holding it.  The VNA's NumberOfStudyRelatedInstances (a QIDO-RS study result
+    attribute) is kept on the prior, which is fetched; READY once the three are held."""
+    from tests.support.dicom import port
+
+    _stow_destination(f"{web_vna.url}/dicom-web")
+    uid = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1, n=3)
+    assert storescu(port(engine), sorted((tmp_path / uid).glob("*.dcm"))[:1]).returncode == 0
+    assert priors.instances_held(uid) == 1
+    merged_patient()
+    rp_pk = new_order("CT")  # its search is queued for a worker; this test runs it itself
+
+    (pk,) = priors.find_priors(rp_pk)
+
+    prior = Prior.objects.get(pk=pk)
+    assert prior.study_instance_uid == uid and prior.number_of_instances == 3
+    assert prior.status == pr.SCHEDULED and prior.attempts == 0  # not ready on the part held
+    assert priors.run_fetch(pk) == pr.READY
+    prior.refresh_from_db()
+    assert prior.attempts == 1 and priors.instances_held(uid) == 3
+
+
+def test_a_fetch_leaving_fewer_instances_than_the_vna_counts_is_retried(web_vna, broker, store_dir,
+                                                                       routing_settings, tmp_path):
+    """The VNA counted more instances when searched than its retrieval gives (some deleted or
+    rejected there since): the attempt stored what came and is retried with the counts in the
+    reason, never READY with instances missing; it fails with them when the attempts run out."""
+    routing_settings.TRANSFER_MAX_ATTEMPTS = 2
+    uid = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1, n=2)
+    vna = _stow_destination(f"{web_vna.url}/dicom-web")
+    prior = _a_prior(vna, uid)
+    Prior.objects.filter(pk=prior.pk).update(number_of_instances=3)
+
+    assert priors.run_fetch(prior.pk) == pr.RETRYING
+    prior.refresh_from_db()
+    assert prior.reason == "WADO-RS succeeded (2 sent) but the engine holds 2 instances of the 3 the VNA counts"
+    Prior.objects.filter(pk=prior.pk).update(next_attempt_at=timezone.now())
+    assert priors.run_fetch(prior.pk) == pr.FAILED
+    prior.refresh_from_db()
+    assert prior.reason.startswith("gave up after 2 attempts: WADO-RS succeeded (2 sent)"), prior.reason
+    assert priors.instances_held(uid) == 2
+
+
 # ------------------------------------------------------------------------------ what goes wrong
 def test_the_vna_away_is_transient_retried_with_the_reason_then_given_up(broker, store_dir, routing_settings):
     """Nothing listens at the VNA's URL: the search records the failure (and is retried by the

@@ -127,6 +127,30 @@ def test_a_prior_held_locally_is_ready_without_a_fetch_and_shown_with_its_report
     assert "Stable 4 mm nodule, right upper lobe." in page
 
 
+def test_a_prior_the_engine_holds_in_part_is_fetched_whole_by_c_move(engine, orthanc, routing_settings, worker,
+                                                                     tmp_path):
+    """A modality sent the engine one image of a study the VNA holds whole (three): the C-FIND's
+    NumberOfStudyRelatedInstances (0020,1208) says the engine lacks two; the prior is fetched, not
+    taken as held, and READY once the three are here."""
+    from tests.support.dicom import port
+
+    VnaDestination.objects.create(name="orthanc", kind=tr.KIND_DICOM, ae_title=orthanc.aet,
+                                  host="127.0.0.1", port=orthanc.dicom_port)
+    uid = prior_in(orthanc, tmp_path, patient_id="OLD7", modality="CT", years=1, n=3)
+    assert storescu(port(engine), sorted((tmp_path / uid).glob("*.dcm"))[:1]).returncode == 0
+    merged_patient()
+
+    rp_pk = new_order("CT")
+
+    wait_for(lambda: Prior.objects.filter(requested_procedure_id=rp_pk, status=pr.READY).exists(), 90,
+             message="prior ready", detail=lambda: worker.log()[-3000:])
+    prior = Prior.objects.get(requested_procedure_id=rp_pk)
+    assert prior.study_instance_uid == uid and prior.number_of_instances == 3 and prior.attempts == 1
+    assert Study.objects.get(study_instance_uid=uid).instances.count() == 3
+    assert [c.to_status for c in StatusChange.objects.filter(entity="prior", object_id=prior.pk)] == [
+        pr.IN_PROGRESS, pr.READY]
+
+
 def test_a_vna_that_does_not_know_the_engine_fails_the_fetch_with_the_reason(engine, routing_settings, worker,
                                                                               tmp_path):
     from tests.support.dicom import port

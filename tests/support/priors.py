@@ -23,7 +23,8 @@ def years_ago(years: float) -> dt.date:
 
 
 def prior_in(vna, tmp_path, *, patient_id: str, modality: str, years: float, n: int = 2, **kwargs) -> str:
-    """A study of ``n`` instances stored into ``vna`` (an ``OrthancProcess``) by C-STORE; its UID."""
+    """A study of ``n`` instances stored into ``vna`` (an ``OrthancProcess``) by C-STORE; its UID.
+    Its files stay in ``tmp_path / uid`` (``0001.dcm``...), to send some of them elsewhere too."""
     uid = generate_uid()
     paths = write_study(tmp_path / uid, n, study_instance_uid=uid, modality=modality, patient_id=patient_id,
                         patient_name="DOE^JON", accession_number=f"OLD{uid[-6:]}", study_date=years_ago(years),
