@@ -331,6 +331,67 @@ def test_a_fetch_that_stored_part_of_the_study_is_not_taken_as_held(web_vna, bro
         pr.IN_PROGRESS, pr.RETRYING, pr.IN_PROGRESS, pr.FAILED]
 
 
+def test_the_database_lost_during_a_fetch_stores_nothing_and_the_study_is_fetched_again(
+        web_vna, broker, store_dir, routing_settings, tmp_path):
+    """The database goes away while the VNA's answer is on its way.  Every session ended and the
+    server back at once (a restart, a failover): no instance indexed, no file left in the store or
+    its incoming directory, the attempt retried with the reason.  Every session ended and the
+    server gone: the row cannot be written either, so it stays IN PROGRESS under the worker's
+    lease; once the lease has run out the sweep queues it again, and the next attempt, the
+    database back, fetches the whole study."""
+    import psycopg
+    from django.db import connection
+    from django.db.utils import Error as DjangoDatabaseError
+
+    uid = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1, n=3)
+    db = connection.settings_dict
+    real_port = db["PORT"]
+
+    def end_every_session() -> None:
+        with psycopg.connect(host=db["HOST"], port=real_port or 5432, user=db["USER"], dbname="postgres",
+                             autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s AND pid <> pg_backend_pid()", (db["NAME"],))
+
+    def and_stay_down() -> None:
+        end_every_session()
+        db["PORT"] = "1"  # a reconnection finds no database
+
+    def nothing_held() -> None:
+        assert Instance.objects.filter(study__study_instance_uid=uid).count() == 0
+        assert _stored_files() == [] and _incoming_files() == []
+
+    with FaultyDicomWeb(web_vna.url) as proxy:
+        vna = _stow_destination(proxy.url)
+        prior = _a_prior(vna, uid)
+
+        proxy.before_answer = end_every_session
+        assert priors.run_fetch(prior.pk) == pr.RETRYING
+        prior.refresh_from_db()
+        assert prior.reason.startswith(f"WADO-RS from {proxy.url}: 0 instances stored, then "), prior.reason
+        nothing_held()
+
+        proxy.before_answer = and_stay_down
+        Prior.objects.filter(pk=prior.pk).update(next_attempt_at=timezone.now())
+        try:
+            with pytest.raises(DjangoDatabaseError):
+                priors.run_fetch(prior.pk)
+        finally:
+            db["PORT"] = real_port
+            connection.close()  # as the worker does after a task whose connection broke
+        proxy.before_answer = None
+        nothing_held()
+        prior.refresh_from_db()
+        assert prior.status == pr.IN_PROGRESS and prior.attempts == 2 and prior.lease_expires_at > timezone.now()
+        assert priors.sweep() == 0  # a worker may still hold it
+        assert priors.sweep(now=prior.lease_expires_at + dt.timedelta(seconds=1)) == 1  # its lease is over
+
+        Prior.objects.filter(pk=prior.pk).update(lease_expires_at=timezone.now() - dt.timedelta(seconds=1))
+        assert priors.run_fetch(prior.pk) == pr.READY
+    prior.refresh_from_db()
+    assert prior.attempts == 3 and priors.instances_held(uid) == 3 and len(_stored_files()) == 3
+
+
 def test_an_answer_that_is_not_multipart_fails_at_once_and_stores_nothing(web_vna, broker, store_dir,
                                                                           routing_settings, tmp_path):
     uid = prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=1)

@@ -18,6 +18,9 @@ cause, for the tests of the engine's WADO-RS client (``pacs.qr_dicomweb``).
 - ``"ignore-patient"``: the search passed on without its PatientID key (a server that does not
   match on it answers with every patient's studies).
 
+``before_answer``, when set, is called (no arguments) before a WADO-RS retrieval is answered:
+something the test makes happen while the engine waits for the answer.
+
 ``requests`` counts the WADO-RS retrievals answered.
 """
 
@@ -37,6 +40,7 @@ class FaultyDicomWeb:
         self.upstream = upstream.rstrip("/")  # Orthanc's http://host:port
         self.fault: str | None = None
         self.search_fault: str | None = None
+        self.before_answer = None
         self.retrievals = 0
         proxy = self
 
@@ -59,6 +63,8 @@ class FaultyDicomWeb:
                 fault = proxy.fault if retrieve else None
                 if retrieve:
                     proxy.retrievals += 1
+                    if proxy.before_answer is not None:
+                        proxy.before_answer()
                 if fault and fault.startswith("status:"):
                     self._plain(int(fault.split(":")[1]), "text/plain", b"")
                     return
