@@ -203,6 +203,16 @@ def instances_held(study_instance_uid: str) -> int:
                                       study__purged_at__isnull=True).count()
 
 
+def instances_held_of(study_instance_uids) -> dict[str, int]:
+    """``instances_held`` of several studies in one query (studies not held are left out)."""
+    from django.db.models import Count
+
+    rows = (im.Instance.objects.filter(study__study_instance_uid__in=list(study_instance_uids),
+                                       study__purged_at__isnull=True)
+            .values("study__study_instance_uid").annotate(n=Count("pk")).order_by())
+    return {r["study__study_instance_uid"]: r["n"] for r in rows}
+
+
 def held_whole(study_instance_uid: str, number_of_instances: int | None) -> bool:
     """Whether the engine holds the study as the VNA does: at least the NumberOfStudyRelatedInstances
     (0020,1208) the VNA answered, or, that count not known (a study of the engine's own index, a

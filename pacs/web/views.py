@@ -17,6 +17,7 @@ from pacs.models import images as im
 from pacs.models import priors as pr
 from pacs.models import transfers as tr
 from pacs.services import order_matching, resends
+from pacs.services import priors as prior_service
 from pacs.services.routing import actions as transfer_actions
 from project.access import ADMINISTRATOR, TECHNOLOGIST, has_role, roles
 from project.auditing import events
@@ -173,6 +174,9 @@ def priors(request):
         request, Prior.objects.select_related("requested_procedure__order", "source"), pr.STATUSES, name="priors",
         patients_of=lambda row: (ris_auditing.patients_of(row.requested_procedure) if row.requested_procedure_id
                                  else [(row.patient_id, row.issuer_of_patient_id)] if row.patient_id else []))
+    held = prior_service.instances_held_of({row.study_instance_uid for row in listed["rows"]})
+    for row in listed["rows"]:
+        row.held = held.get(row.study_instance_uid, 0)  # beside the VNA's count: a prior held in part shows
     return render(request, "imaging/priors.html", listed)
 
 

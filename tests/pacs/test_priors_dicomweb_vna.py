@@ -193,6 +193,7 @@ def test_a_prior_the_engine_holds_in_part_is_fetched_whole(web_vna, engine, brok
     prior = Prior.objects.get(pk=pk)
     assert prior.study_instance_uid == uid and prior.number_of_instances == 3
     assert prior.status == pr.SCHEDULED and prior.attempts == 0  # not ready on the part held
+    assert priors.instances_held_of([uid, generate_uid()]) == {uid: 1}  # the fetches page's column
     assert priors.run_fetch(pk) == pr.READY
     prior.refresh_from_db()
     assert prior.attempts == 1 and priors.instances_held(uid) == 3

@@ -128,7 +128,7 @@ def test_a_prior_held_locally_is_ready_without_a_fetch_and_shown_with_its_report
 
 
 def test_a_prior_the_engine_holds_in_part_is_fetched_whole_by_c_move(engine, orthanc, routing_settings, worker,
-                                                                     tmp_path):
+                                                                     tmp_path, client):
     """A modality sent the engine one image of a study the VNA holds whole (three): the C-FIND's
     NumberOfStudyRelatedInstances (0020,1208) says the engine lacks two; the prior is fetched, not
     taken as held, and READY once the three are here."""
@@ -149,6 +149,14 @@ def test_a_prior_the_engine_holds_in_part_is_fetched_whole_by_c_move(engine, ort
     assert Study.objects.get(study_instance_uid=uid).instances.count() == 3
     assert [c.to_status for c in StatusChange.objects.filter(entity="prior", object_id=prior.pk)] == [
         pr.IN_PROGRESS, pr.READY]
+    # The fetches page shows what is held beside what the VNA counts.
+    from django.urls import reverse
+
+    from project.access import TECHNOLOGIST
+    from tests.factories import user
+
+    client.force_login(user("priors-tech", TECHNOLOGIST))
+    assert '<td class="instances">3 of 3</td>' in client.get(reverse("imaging:priors")).content.decode()
 
 
 def test_a_vna_that_does_not_know_the_engine_fails_the_fetch_with_the_reason(engine, routing_settings, worker,
