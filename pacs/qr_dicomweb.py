@@ -82,19 +82,29 @@ def _text(item: dict, keyword: str) -> str:
     return "" if not values or values[0] is None else str(values[0])
 
 
-def _search(session: requests.Session, destination, url: str, params: list[tuple[str, str]], *,
-            not_found_is_empty: bool = False) -> list[dict]:
-    """One QIDO-RS search: the DICOM JSON objects answered.  The status's body is left out of a
-    failure's message: it may repeat the query (a PatientID)."""
+MAX_SEARCH_PAGES = 50  # a VNA that keeps saying "more" is asked at most this many times per search
+
+
+def _more_results(response: requests.Response) -> bool:
+    """Whether the answer says that it was cut at the server's maximum number of matches: the
+    Warning PS3.18 8.3.4 gives for it ("There are additional results that can be requested")."""
+    return "additional results" in response.headers.get("Warning", "").lower()
+
+
+def _search_page(session: requests.Session, destination, url: str, params: list[tuple[str, str]], *,
+                 not_found_is_empty: bool) -> tuple[list[dict], bool]:
+    """One QIDO-RS request: the DICOM JSON objects answered and whether more can be requested.
+    The status's body is left out of a failure's message: it may repeat the query (a PatientID)."""
     response = dicomweb_http.send(destination, "GET", url, service="QIDO-RS", session=session, params=params,
                                   headers={"Accept": DICOM_JSON})
     with response:
         if response.status_code == 204 or (response.status_code == 404 and not_found_is_empty):
-            return []
+            return [], False
         dicomweb_http.check_status(response, "QIDO-RS", with_body=False)
-        if response.headers.get("Warning"):
-            # PS3.18 8.3.4: e.g. the answer cut at the server's maximum number of matches.  Its
-            # text is not logged: it may repeat the query.
+        more = _more_results(response)
+        if response.headers.get("Warning") and not more:
+            # PS3.18 8.3.4: e.g. a matching key the server ignored.  Its text is not logged: it
+            # may repeat the query.
             log.warning("QIDO-RS answer with a Warning header", extra={"destination": destination.name})
         try:
             answer = response.json()
@@ -102,7 +112,41 @@ def _search(session: requests.Session, destination, url: str, params: list[tuple
             raise PermanentError(f"QIDO-RS answer from {destination.url} is not DICOM JSON") from None
     if not isinstance(answer, list):
         raise PermanentError(f"QIDO-RS answer from {destination.url} is not a DICOM JSON array")
-    return [item for item in answer if isinstance(item, dict)]
+    return [item for item in answer if isinstance(item, dict)], more
+
+
+def _search(session: requests.Session, destination, url: str, params: list[tuple[str, str]], *,
+            not_found_is_empty: bool = False) -> list[dict]:
+    """A QIDO-RS search, every page of it: an answer cut at the server's maximum number of matches
+    (its Warning, ``_more_results``) is followed by a request for the rest with ``offset`` (PS3.18
+    8.3.4) set to the number of answers given so far, until an answer says no more, brings nothing new
+    (a server that ignores ``offset``) or ``MAX_SEARCH_PAGES`` is reached; those two are logged
+    and the search ends with what was found."""
+    found: list[dict] = []
+    seen: set[str] = set()
+    given = 0  # answers the server has given so far: the next page's offset
+    for _page in range(MAX_SEARCH_PAGES):
+        page_params = params + [("offset", str(given))] if given else params
+        answer, more = _search_page(session, destination, url, page_params, not_found_is_empty=not_found_is_empty)
+        given += len(answer)
+        new = [item for item in answer if _identity(item) not in seen]
+        seen.update(_identity(item) for item in new)
+        found.extend(new)
+        if not more:
+            return found
+        if not new:
+            log.warning("QIDO-RS server says more results but its next page brings none new",
+                        extra={"destination": destination.name, "answers": len(found)})
+            return found
+    log.warning("QIDO-RS search stopped after the most pages asked", extra={
+        "destination": destination.name, "answers": len(found), "pages": MAX_SEARCH_PAGES})
+    return found
+
+
+def _identity(item: dict) -> str:
+    """What names one answer of any level: its UIDs (the DICOM JSON of an answer without them)."""
+    uids = [_text(item, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+    return "|".join(uids) if any(uids) else repr(sorted(item.items()))
 
 
 def find_studies(destination, patient_id: str, issuer_of_patient_id: str) -> list[FoundStudy]:

@@ -428,6 +428,31 @@ def test_search_answers_of_other_patients_are_dropped_and_a_non_json_answer_is_a
     assert outcomes == [events.SUCCESS, events.SERIOUS_FAILURE]
 
 
+def test_a_search_answered_in_pages_is_followed_to_its_end(web_vna, routing_settings, tmp_path):
+    """A VNA that answers at most two matches per search and says so in a Warning (PS3.18 8.3.4):
+    the next pages are asked for with ``offset`` until one says no more, so that no prior is missed
+    because the VNA stopped early; a VNA that says "more" but ignores ``offset`` is asked once
+    more, then the search ends with what it gave (not a loop)."""
+    mine = {prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=y) for y in (1, 2, 3, 4, 5)}
+    rp = make_step(modality="CT").requested_procedure
+    with FaultyDicomWeb(web_vna.url) as proxy:
+        _stow_destination(proxy.url)
+        proxy.search_fault = "page:2"
+
+        found, errors = priors.vna_candidates(rp, [("OLD7", "HOSP")])
+        assert errors == [] and set(found) == mine
+        assert proxy.searches == 3  # 2 + 2 + 1
+
+        proxy.search_fault, proxy.searches = "page-ignoring-offset:2", 0
+        found, errors = priors.vna_candidates(rp, [("OLD7", "HOSP")])
+    assert errors == [] and len(found) == 2 and set(found) < mine
+    assert proxy.searches == 2
+    trail.flush()
+    answers = [r.detail["answers"] for r in AuditRecord.records.filter(event_id=events.QUERY.value, actor="priors")
+               .order_by("id")]
+    assert answers == [5, 2]
+
+
 def test_two_fetches_of_one_study_at_once_store_it_once(web_vna, broker, store_dir, routing_settings, tmp_path):
     """Two orders of one patient choose the same prior and their fetches run at the same time:
     both end READY, each instance is stored and indexed once, nothing is left in .incoming."""

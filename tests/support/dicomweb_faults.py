@@ -16,7 +16,13 @@ cause, for the tests of the engine's WADO-RS client (``pacs.qr_dicomweb``).
 
 - ``"not-json"``: 200 with a body that is not JSON;
 - ``"ignore-patient"``: the search passed on without its PatientID key (a server that does not
-  match on it answers with every patient's studies).
+  match on it answers with every patient's studies);
+- ``"page:N"``: a server whose answers hold at most N matches: the client's ``offset`` honoured,
+  and when more match, the Warning "There are additional results that can be requested."
+  (PS3.18 8.3.4);
+- ``"page-ignoring-offset:N"``: the same, but always the first N matches whatever the offset.
+
+``searches`` counts the QIDO-RS study searches answered.
 
 ``before_answer``, when set, is called (no arguments) before a WADO-RS retrieval is answered:
 something the test makes happen while the engine waits for the answer.
@@ -26,9 +32,11 @@ something the test makes happen while the engine waits for the answer.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlencode
 
 import requests
 
@@ -42,6 +50,7 @@ class FaultyDicomWeb:
         self.search_fault: str | None = None
         self.before_answer = None
         self.retrievals = 0
+        self.searches = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,9 +63,14 @@ class FaultyDicomWeb:
                 if search and proxy.search_fault == "not-json":
                     self._plain(200, "text/plain", b"search service temporarily moved")
                     return
+                if search:
+                    proxy.searches += 1
                 if search and proxy.search_fault == "ignore-patient":
                     kept = [p for p in query.split("&") if not p.startswith(("PatientID=", "IssuerOfPatientID="))]
                     self.path = f"{path}?{'&'.join(kept)}"
+                if search and proxy.search_fault and proxy.search_fault.startswith("page"):
+                    self._page(path, query, headers)
+                    return
                 answer = requests.get(proxy.upstream + self.path, headers=headers, timeout=60)
                 body = answer.content
                 retrieve = _STUDY_RETRIEVE.match(self.path.split("?")[0]) is not None
@@ -88,6 +102,24 @@ class FaultyDicomWeb:
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                self.wfile.write(body)
+
+            def _page(self, path: str, query: str, headers: dict) -> None:
+                size = int(proxy.search_fault.split(":")[1])
+                params = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in ("limit", "offset")]
+                offset = 0 if proxy.search_fault.startswith("page-ignoring-offset") else int(
+                    dict(parse_qsl(query)).get("offset", "0"))
+                params += [("limit", str(size + 1)), ("offset", str(offset))]
+                answer = requests.get(f"{proxy.upstream}{path}?{urlencode(params)}", headers=headers, timeout=60)
+                items = answer.json() if answer.status_code == 200 else []
+                self.send_response(200 if items else 204)
+                if len(items) > size:
+                    self.send_header("Warning", f'299 {proxy.upstream}: "There are additional results that can be '
+                                                'requested."')
+                body = json.dumps(items[:size]).encode() if items else b""
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
                 self.wfile.write(body)
 
             def _plain(self, status: int, content_type: str, body: bytes) -> None:
