@@ -32,6 +32,7 @@ retrieval is permanent (the VNA does not hold the study); 204 to a search is no 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 from dataclasses import dataclass
@@ -149,15 +150,19 @@ def _identity(item: dict) -> str:
     return "|".join(uids) if any(uids) else repr(sorted(item.items()))
 
 
-def find_studies(destination, patient_id: str, issuer_of_patient_id: str) -> list[FoundStudy]:
-    """QIDO-RS Search for Studies: PatientID (single value matching) and, when known,
-    IssuerOfPatientID; return keys StudyInstanceUID, StudyDate, StudyDescription,
+def find_studies(destination, patient_id: str, issuer_of_patient_id: str, *,
+                 since: dt.date | None = None) -> list[FoundStudy]:
+    """QIDO-RS Search for Studies: PatientID (single value matching), when known
+    IssuerOfPatientID, and with ``since`` StudyDate ``YYYYMMDD-`` (range matching, PS3.18 8.3.4
+    and PS3.4 C.2.2.2.5, as the C-FIND asks); return keys StudyInstanceUID, StudyDate, StudyDescription,
     ModalitiesInStudy, AccessionNumber, NumberOfStudyRelatedInstances (those of
     ``qr_scu.find_studies``; PS3.18 Table 10.6.3-3 lists the count among a study's), with PatientID and
     IssuerOfPatientID to check the answers."""
     params = [("PatientID", patient_id)]
     if issuer_of_patient_id:
         params.append(("IssuerOfPatientID", issuer_of_patient_id))
+    if since:
+        params.append(("StudyDate", f"{since:%Y%m%d}-"))
     params += [("includefield", k) for k in (*STUDY_KEYS, "NumberOfStudyRelatedInstances", "PatientID",
                                               "IssuerOfPatientID")]
     with requests.Session() as session:

@@ -13,6 +13,7 @@ class not accepted).
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -76,9 +77,11 @@ def _associate(destination, model):
     return assoc
 
 
-def find_studies(destination, patient_id: str, issuer_of_patient_id: str) -> list[FoundStudy]:
-    """C-FIND Study Root, QueryRetrieveLevel STUDY, PatientID (single value matching) and, when
-    known, IssuerOfPatientID; return keys StudyInstanceUID, StudyDate, StudyDescription,
+def find_studies(destination, patient_id: str, issuer_of_patient_id: str, *,
+                 since: dt.date | None = None) -> list[FoundStudy]:
+    """C-FIND Study Root, QueryRetrieveLevel STUDY, PatientID (single value matching), when
+    known IssuerOfPatientID, and with ``since`` StudyDate ``YYYYMMDD-`` (range matching, PS3.4
+    C.2.2.2.5: the studies of that day or later); return keys StudyInstanceUID, StudyDate, StudyDescription,
     ModalitiesInStudy, AccessionNumber and NumberOfStudyRelatedInstances (PS3.4 C.6.2.1; C.3.4,
     an optional key the VNA may leave unanswered: then whether the engine holds the whole study is
     not known)."""
@@ -86,9 +89,10 @@ def find_studies(destination, patient_id: str, issuer_of_patient_id: str) -> lis
     query.QueryRetrieveLevel = "STUDY"
     query.PatientID = patient_id
     query.IssuerOfPatientID = issuer_of_patient_id
-    for keyword in ("StudyInstanceUID", "StudyDate", "StudyDescription", "ModalitiesInStudy", "AccessionNumber",
+    for keyword in ("StudyInstanceUID", "StudyDescription", "ModalitiesInStudy", "AccessionNumber",
                     "NumberOfStudyRelatedInstances"):
         setattr(query, keyword, "")
+    query.StudyDate = f"{since:%Y%m%d}-" if since else ""
     assoc = _associate(destination, StudyRootQueryRetrieveInformationModelFind)
     found, final = [], None
     try:

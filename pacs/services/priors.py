@@ -127,7 +127,9 @@ def client(vna: VnaDestination):
 
 def vna_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]], *,
                    today: dt.date | None = None) -> tuple[dict[str, dict], list[str]]:
-    """Every enabled VNA asked once per identifier (C-FIND, or QIDO-RS: ``client``); when
+    """Every enabled VNA asked once per identifier (C-FIND, or QIDO-RS: ``client``) for the
+    studies within ``PRIORS_MAX_YEARS`` (StudyDate range matching: older ones are never chosen:
+    they need not cross the network nor count against a VNA's maximum number of matches); when
     ``PRIORS_MATCH`` looks at body parts, a SERIES-level query for the BodyPartExamined of the
     studies found within ``PRIORS_MAX_YEARS``.  Every query is on the audit trail, one record per
     VNA.  Returns the studies found and the failures (one per VNA that could not be asked)."""
@@ -140,7 +142,7 @@ def vna_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]], *,
         answers, failed = 0, False
         try:
             for patient_id, issuer in ids:
-                for f in qr.find_studies(vna, patient_id, issuer):
+                for f in qr.find_studies(vna, patient_id, issuer, since=oldest):
                     answers += 1
                     if f.study_instance_uid == rp.study_instance_uid:
                         continue
@@ -159,7 +161,7 @@ def vna_candidates(rp: RequestedProcedure, ids: list[tuple[str, str]], *,
             failed = True
             log.warning("priors: VNA query failed", extra={"destination": vna.name, "reason": str(exc)[:300]})
         if settings.AUDIT_ENABLED:
-            auditing.priors_queried(vna, ids, answers=answers,
+            auditing.priors_queried(vna, ids, answers=answers, since=oldest,
                                     outcome=events.SERIOUS_FAILURE if failed else events.SUCCESS)
     return out, errors
 

@@ -134,7 +134,10 @@ def test_priors_under_a_merged_away_id_are_found_by_qido_rs_and_fetched_by_wado_
     assert asked.destination == vna.url and asked.outcome == events.SUCCESS
     (query,) = [o for o in asked.objects if o["type"] == "query"]
     assert query["id"] == f"{vna.url}/studies" and query["detail"]["service"] == "QIDO-RS"
-    assert asked.detail == {"answers": 4}
+    # Asked only for the studies within PRIORS_MAX_YEARS (StudyDate range matching): the
+    # eight-year-old study is not among the answers.
+    assert query["detail"]["keys"]["StudyDate"] == f"{timezone.localdate().year - 5}{timezone.localdate():%m%d}-"
+    assert asked.detail == {"answers": 3}
     assert {(p.patient_id, p.issuer) for p in asked.patients.all()} == {("OLD7", "HOSP"), ("P7", "HOSP")}
     fetched = AuditRecord.records.filter(event_id=events.INSTANCES_TRANSFERRED.value, action=events.CREATE,
                                          actor="priors")
@@ -433,7 +436,7 @@ def test_a_search_answered_in_pages_is_followed_to_its_end(web_vna, routing_sett
     the next pages are asked for with ``offset`` until one says no more, so that no prior is missed
     because the VNA stopped early; a VNA that says "more" but ignores ``offset`` is asked once
     more, then the search ends with what it gave (not a loop)."""
-    mine = {prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=y) for y in (1, 2, 3, 4, 5)}
+    mine = {prior_in(web_vna, tmp_path, patient_id="OLD7", modality="CT", years=y) for y in (1, 1.5, 2, 3, 4)}
     rp = make_step(modality="CT").requested_procedure
     with FaultyDicomWeb(web_vna.url) as proxy:
         _stow_destination(proxy.url)

@@ -81,6 +81,11 @@ def test_priors_under_a_merged_away_id_are_found_chosen_and_fetched(engine, orth
     trail.flush()
     (asked,) = AuditRecord.records.filter(event_id=events.QUERY.value, actor="priors")
     assert asked.destination == f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}" and asked.outcome == events.SUCCESS
+    # Only the studies within PRIORS_MAX_YEARS asked for (StudyDate range matching, PS3.4
+    # C.2.2.2.5): newer, older and other_modality answered, too_old not.
+    (query,) = [o for o in asked.objects if o["type"] == "query"]
+    assert query["detail"]["keys"]["StudyDate"] == f"{timezone.localdate().year - 5}{timezone.localdate():%m%d}-"
+    assert asked.detail == {"answers": 3}
     assert {(p.patient_id, p.issuer) for p in asked.patients.all()} == {("OLD7", "HOSP"), ("P7", "HOSP")}
 
 
