@@ -46,16 +46,20 @@ class FoundStudy:
     number_of_instances: int | None = None  # NumberOfStudyRelatedInstances, None when not answered
 
 
+MAX_COUNT = 2**31 - 1  # an IS holds up to 12 digits (PS3.5 6.2); no study has more instances than this
+
+
 def count(value) -> int | None:
     """An IS count as answered (pydicom's IS, a DICOM JSON number or string), or None when it
-    is missing or not a non-negative integer."""
+    is missing, not a non-negative integer, or beyond ``MAX_COUNT`` (not a real count; it would
+    not fit the column the prior keeps it in)."""
     if isinstance(value, (list, tuple)):
         value = value[0] if len(value) == 1 else None
     try:
         n = int(str(value).strip()) if value is not None and str(value).strip() else None
     except ValueError:
         return None
-    return n if n is not None and n >= 0 else None
+    return n if n is not None and 0 <= n <= MAX_COUNT else None
 
 
 def _associate(destination, model):
