@@ -201,12 +201,12 @@ def held_locally(study_instance_uid: str) -> bool:
 
 def instances_held(study_instance_uid: str) -> int:
     """How many instances of the study the engine holds (0 when purged or unknown)."""
-    return im.Instance.objects.filter(study__study_instance_uid=study_instance_uid,
-                                      study__purged_at__isnull=True).count()
+    return instances_held_of([study_instance_uid]).get(study_instance_uid, 0)
 
 
 def instances_held_of(study_instance_uids) -> dict[str, int]:
-    """``instances_held`` of several studies in one query (studies not held are left out)."""
+    """How many instances of each study the engine holds, in one query (studies purged or not
+    held are left out)."""
     from django.db.models import Count
 
     rows = (im.Instance.objects.filter(study__study_instance_uid__in=list(study_instance_uids),

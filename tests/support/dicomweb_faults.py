@@ -34,16 +34,16 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlencode
 
 import requests
 
+from tests.support.http_listener import LocalHttpListener, QuietHandler
+
 _STUDY_RETRIEVE = re.compile(r"^/dicom-web/studies/[0-9.]+/?$")
 
 
-class FaultyDicomWeb:
+class FaultyDicomWeb(LocalHttpListener):
     def __init__(self, upstream: str):
         self.upstream = upstream.rstrip("/")  # Orthanc's http://host:port
         self.fault: str | None = None
@@ -53,7 +53,7 @@ class FaultyDicomWeb:
         self.searches = 0
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self):  # noqa: N802 - http.server's name
@@ -129,24 +129,12 @@ class FaultyDicomWeb:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
         """The DICOMweb base URL through this listener."""
-        return f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
-
-    def __enter__(self) -> FaultyDicomWeb:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return f"http://127.0.0.1:{self.port}/dicom-web"
 
 
 def _part_starts(body: bytes, content_type: str) -> list[int]:

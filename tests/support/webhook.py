@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.support.http_listener import LocalHttpListener, QuietHandler
 
 
-class WebhookSink:
+class WebhookSink(LocalHttpListener):
     """http.server on 127.0.0.1, ephemeral port; records each POSTed JSON body.
 
     ``status`` is the answer it gives (200 by default; 500 to simulate a failing receiver).
@@ -20,7 +20,7 @@ class WebhookSink:
         self.headers: list[dict] = []
         sink = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 length = int(self.headers.get("Content-Length", "0"))
                 data = self.rfile.read(length)
@@ -30,23 +30,11 @@ class WebhookSink:
                 self.end_headers()
                 self.wfile.write(b"ok")
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        return f"http://127.0.0.1:{self.port}/hook"
 
     def events(self) -> list[str]:
         return [b["event"] for b in self.bodies]
