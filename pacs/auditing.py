@@ -251,9 +251,9 @@ def priors_queried(destination, identities: list[tuple[str, str]], *, answers: i
                    since=None, outcome: int = events.SUCCESS) -> None:
     """The engine asked a VNA for a patient's studies (PS3.15 A.5.3.10, from the querying side):
     the VNA, the identifiers asked (PatientID, IssuerOfPatientID) and the StudyDate range, the
-    answers.  The query is
-    named as the engine's own searches name theirs: a C-FIND by its SOP class (Study Root,
-    STUDY level), a QIDO-RS search by its resource (``{base}/studies``, PS3.18 10.6)."""
+    answers.  The query is named as the engine's own searches name theirs: a C-FIND by its SOP
+    class (Study Root, STUDY level), a QIDO-RS search by its resource (``{base}/studies``,
+    PS3.18 10.6)."""
     keys = {"PatientID": [i for i, _ in identities]}
     if since:
         keys["StudyDate"] = f"{since:%Y%m%d}-"
